@@ -1,0 +1,240 @@
+"""The ``ftx`` command line: parse options, run the library, map errors to exit codes.
+
+Exit codes (also in README.md):
+  0 success · 1 some files failed · 2 usage error · 3 connection failed or lost
+  4 protocol error from the peer · 5 local file error · 130 interrupted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from . import DEFAULT_PORT, __version__
+from .core.config import Config
+from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from .errors import FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
+
+EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+
+log = logging.getLogger("ftx")
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, (TransportError, PeerError)):
+        return EXIT_CONNECTION
+    if isinstance(exc, ProtocolError):
+        return EXIT_PROTOCOL
+    if isinstance(exc, (StorageError, UnsafePath, OSError)):
+        return EXIT_LOCAL
+    return EXIT_FILES
+
+
+def _setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.WARNING + 10 * (quiet - verbose)
+    logging.basicConfig(level=max(logging.DEBUG, level), format="ftx: %(message)s", stream=sys.stderr)
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 1M or 4194304") from None
+
+
+def _show_progress(no_progress: bool, as_json: bool) -> bool:
+    return not no_progress and sys.stderr.isatty()
+
+
+def _die(message: str, code: int):
+    click.echo(f"ftx: {message}", err=True)
+    sys.exit(code)
+
+
+verbosity = [
+    click.option("-v", "--verbose", count=True, help="More logging (repeat for debug)."),
+    click.option("-q", "--quiet", count=True, help="Less logging."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
+    click.option("--no-progress", is_flag=True, help="No progress bars (also off when stderr is not a terminal)."),
+    click.option("--idle-timeout", type=float, default=30.0, show_default=True,
+                 help="Give up when the peer has been silent this many seconds."),
+]
+
+
+def _with(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ftx")
+def main() -> None:
+    """Send files and directories between machines; interrupted transfers resume."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("dest")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help=f"Port when DEST names none (default {DEFAULT_PORT}).")
+@click.option("--no-resume", is_flag=True, help="Discard partial data on the receiver and start over.")
+@click.option("--links", is_flag=True, help="Send symlinks as symlinks (inside the tree only).")
+@click.option("--chunk-size", default="1M", show_default=True, help="Chunk size: resume and checksum unit.")
+@_with(verbosity)
+def send(paths, dest, port, no_resume, links, chunk_size, verbose, quiet, as_json, no_progress, idle_timeout):
+    """Send PATH... (files or directories) to a receiver at DEST.
+
+    DEST is HOST, HOST:PORT or [IPv6]:PORT.
+    """
+    _setup_logging(verbose, quiet)
+    from .transport.tcp import parse_dest
+
+    try:
+        host, dport = parse_dest(dest, port or DEFAULT_PORT)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="DEST") from None
+    csize = _size(chunk_size)
+    if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
+        raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
+    for p in paths:
+        if not os.path.lexists(p):
+            _die(f"{p}: no such file or directory", EXIT_LOCAL)
+    config = Config(chunk_size=csize, resume=not no_resume)
+    progress = None
+    if _show_progress(no_progress, as_json):
+        from .progress import SendBars
+
+        progress = SendBars()
+    try:
+        report = asyncio.run(_send(list(paths), host, dport, config, links, progress, idle_timeout))
+    except KeyboardInterrupt:
+        _die("interrupted", EXIT_INTERRUPTED)
+    except FtxError as exc:
+        _die(str(exc), _exit_code(exc))
+    finally:
+        if progress is not None:
+            progress.close()
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+    if report.error:
+        _die(report.error, EXIT_PROTOCOL if "protocol" in report.error.lower() else EXIT_CONNECTION)
+    if not report.ok:
+        failed = [f for f in report.files if not f.ok]
+        _die(f"{len(failed)} of {len(report.files)} items failed; first: {failed[0].path}: "
+             f"{failed[0].message or failed[0].status}", EXIT_FILES)
+    if not as_json:
+        log.info("sent %d items, %d bytes (%d on the wire, %d resumed) in %.2f s",
+                 len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
+
+
+async def _send(paths, host, port, config, links, progress, idle_timeout):
+    from .sending import SendSession
+    from .source import walk
+    from .transport.tcp import connect
+
+    list(walk(paths, links))  # fail on bad arguments before connecting
+    link = await connect(host, port)
+    try:
+        return await SendSession(link, config, links, progress, idle_timeout).run(paths)
+    finally:
+        link.close()
+
+
+@main.command()
+@click.option("--listen", "host", default="::", show_default=True, help="Address to listen on (:: = all, IPv6 and IPv4).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="TCP port; 0 picks a free one (see the --json 'listening' line).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Directory to receive into.")
+@click.option("--once", is_flag=True, help="Exit after one complete transfer.")
+@click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
+@_with(verbosity)
+def receive(host, port, directory, once, overwrite, verbose, quiet, as_json, no_progress, idle_timeout):
+    """Receive files into --dir, serving one sender after another (many at once)."""
+    _setup_logging(verbose - (0 if as_json else 1), quiet)
+    from .storage import Destination
+
+    try:
+        dest = Destination(directory, overwrite)
+    except OSError as exc:
+        _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
+    try:
+        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout))
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except FtxError as exc:
+        _die(str(exc), _exit_code(exc))
+    sys.exit(code)
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _receive(dest, host, port, once, as_json, idle_timeout) -> int:
+    from .receiving import receive_over
+    from .transport.tcp import listen, serve
+
+    socks = listen(host, port)
+    bound = socks[0].getsockname()
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    stop_code = [EXIT_OK]
+
+    def on_signal(code: int) -> None:
+        stop_code[0] = code
+        main_task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_OK)
+    loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
+    if as_json:
+        _emit({"event": "listening", "transport": "tcp", "host": bound[0], "port": bound[1],
+               "dir": os.fsdecode(dest.root), "pid": os.getpid()})
+    log.info("listening on %s port %d, receiving into %s", bound[0], bound[1], os.fsdecode(dest.root))
+    finished: asyncio.Future = loop.create_future()
+
+    def on_file(report) -> None:
+        if as_json:
+            _emit({"event": "file", **report.__dict__})
+        elif report.ok:
+            log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
+
+    async def handle(link) -> None:
+        session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout)
+        ok = session.complete and all(r.ok for r in session.reports)
+        if as_json:
+            _emit({"event": "session", "peer": str(link.peer), "complete": session.complete, "ok": ok,
+                   "files": len(session.reports), "error": session.error})
+        if once and session.complete and not finished.done():
+            finished.set_result(EXIT_OK if ok else EXIT_FILES)
+
+    server = loop.create_task(serve(socks, handle))
+    try:
+        done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
+        if server in done:
+            server.result()
+        return finished.result()
+    except asyncio.CancelledError:
+        return stop_code[0]
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        for s in socks:
+            s.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,34 @@
+"""Tunable knobs of a connection, one dataclass (tests and the CLI set them here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import __version__
+from .manifest import DEFAULT_CHUNK_SIZE
+
+AGENT = f"ftx/{__version__}"
+
+
+@dataclass
+class Config:
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Bytes per chunk: the unit of checksumming, journaling and resume."""
+
+    max_payload: int = 4 * 1024 * 1024 + 64 * 1024
+    """Largest frame payload this side accepts (announced in HELLO)."""
+
+    small_file_limit: int = 64 * 1024
+    """Files up to this size travel whole in one SMALL_FILE frame, with no round trip."""
+
+    offer_window: int = 256
+    """Offers a sender may have outstanding (sent, no decision or result yet)."""
+
+    resume: bool = True
+    """Sender: use the receiver's verified partial data; False discards it."""
+
+    overwrite: bool = False
+    """Receiver: replace destination files whose content differs."""
+
+    agent: str = AGENT
+    """Free text naming the implementation, sent in HELLO."""

@@ -1,0 +1,179 @@
+"""What sender and receiver connections share: framing, handshake, errors, output.
+
+Input: ``get_buffer``/``buffer_updated`` (zero-copy, asyncio BufferedProtocol
+style) or ``receive_data`` (copying), and ``receive_eof``.  Output:
+``data_to_send`` (a list of bytes-like buffers, to be written in order, e.g.
+with ``socket.sendmsg``) and ``next_event``.  No I/O, no clock.
+
+After a RemoteProtocolError the connection queues an ERROR frame for the peer,
+enters the error state and re-raises; every later call raises too.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..errors import (
+    ErrorCode,
+    FtxError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatch,
+)
+from .config import Config
+from .events import Event, HandshakeComplete, PeerFailed
+from .frames import Frame, FrameDecoder, FrameType, encode_frame
+from .messages import PROTOCOL_VERSION, ErrorMessage, Hello
+from .states import FileState, In
+
+
+class Connection:
+    role: int = 0
+    transitions: dict = {}
+
+    def __init__(self, config: Config | None = None, hello_flags: int = 0) -> None:
+        self.config = config or Config()
+        self._decoder = FrameDecoder()
+        self._out: list = []
+        self._out_bytes = 0
+        self._events: deque[Event] = deque()
+        self._files: dict[int, FileState] = {}
+        self.peer: Hello | None = None
+        self.closed = False  # DONE exchanged, or an ERROR sent/received
+        self._error: FtxError | None = None
+        self._send_frame(FrameType.HELLO, Hello(self.role, self.config.max_payload, hello_flags, self.config.agent).encode())
+
+    # -- input -------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        self._check_usable()
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._check_usable()
+        self._guard(self._decoder.buffer_updated, nbytes)
+        self._drain_frames()
+
+    def receive_data(self, data) -> None:
+        """Copying input path: events carry their own copies of chunk bytes."""
+        self._check_usable()
+        self._decoder.copy_payloads = True
+        view = memoryview(data)
+        while view:
+            buf = self._decoder.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def receive_eof(self) -> None:
+        """The peer closed its side.  Raises if that cut a frame or the session short."""
+        if self._error is not None or self.closed:
+            return
+        self._guard(self._decoder.receive_eof)
+        self._fail_local(RemoteProtocolError("peer closed the connection before the transfer finished"))
+
+    def _drain_frames(self) -> None:
+        while (frame := self._decoder.next_frame()) is not None:
+            self._guard(self._dispatch, frame)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except RemoteProtocolError as exc:
+            self._fail_local(exc)
+
+    def _fail_local(self, exc: FtxError) -> None:
+        """Tell the peer why we give up, then raise ``exc`` to our driver."""
+        if self._error is None and not self.closed:
+            self._send_frame(FrameType.ERROR, ErrorMessage(exc.code, str(exc)).encode())
+        self._error = exc
+        raise exc
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.type == FrameType.ERROR:
+            msg = ErrorMessage.decode(frame.payload)
+            self._error = RemoteProtocolError(f"peer error {msg.code}: {msg.message}", ErrorCode.ABORTED)
+            self.closed = True
+            self._events.append(PeerFailed(msg.code, msg.message))
+            return
+        if frame.type == FrameType.HELLO:
+            if self.peer is not None:
+                raise RemoteProtocolError("second HELLO")
+            self._on_hello(Hello.decode(frame.payload))
+            return
+        if self.peer is None:
+            raise RemoteProtocolError(f"{frame.type.name} before HELLO")
+        if frame.type == FrameType.PING:
+            self._send_frame(FrameType.PONG, bytes(frame.payload[:8]))
+            return
+        if frame.type == FrameType.PONG:
+            return
+        self._on_frame(frame)
+
+    def _on_hello(self, hello: Hello) -> None:
+        expected = 3 - self.role
+        if hello.role != expected:
+            raise RemoteProtocolError("both peers claim the same role")
+        if min(hello.version, PROTOCOL_VERSION) < 1:
+            raise VersionMismatch(f"peer speaks protocol version {hello.version}, we need >= 1")
+        if hello.max_payload < 64 * 1024:
+            raise RemoteProtocolError("peer announced a maximum payload below 64 KiB")
+        self.peer = hello
+        self._decoder.set_max_payload(self.config.max_payload)
+        self._events.append(HandshakeComplete(min(hello.version, PROTOCOL_VERSION), hello.agent, hello.flags, hello.max_payload))
+
+    def _on_frame(self, frame: Frame) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- per-file state ----------------------------------------------------
+    def _step(self, file_id: int, inp: In, remote: bool) -> FileState:
+        state = self._files.get(file_id)
+        try:
+            new = self.transitions[state, inp]
+        except KeyError:
+            where = state.name if state else "unknown file"
+            err = RemoteProtocolError if remote else LocalProtocolError
+            raise err(f"{inp.value} not allowed for file {file_id} in state {where}") from None
+        self._files[file_id] = new
+        return new
+
+    def file_state(self, file_id: int) -> FileState | None:
+        return self._files.get(file_id)
+
+    # -- output ------------------------------------------------------------
+    def _send_frame(self, ftype: FrameType, payload: bytes = b"") -> None:
+        frame = encode_frame(ftype, payload)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
+    def _send_buffers(self, *bufs) -> None:
+        self._out.extend(bufs)
+        self._out_bytes += sum(len(b) for b in bufs)
+
+    def data_to_send(self) -> list:
+        out, self._out, self._out_bytes = self._out, [], 0
+        return out
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_bytes
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def send_error(self, code: ErrorCode, message: str) -> None:
+        """Give up on the whole session locally (e.g. out of disk), telling the peer."""
+        if self._error is None and not self.closed:
+            self._send_frame(FrameType.ERROR, ErrorMessage(code, message).encode())
+            self._error = FtxError(message, code)
+            self.closed = True
+
+    def _check_usable(self) -> None:
+        if self._error is not None and not self.closed:
+            raise LocalProtocolError(f"connection already failed: {self._error}")
+
+    def _require_open(self) -> None:
+        if self._error is not None or self.closed:
+            raise LocalProtocolError("connection is closed")
+        if self.peer is None:
+            raise LocalProtocolError("handshake not complete")

@@ -1,0 +1,105 @@
+"""Events the state machines hand to their drivers: frozen dataclasses, named as nouns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ErrorCode
+from .manifest import FileEntry
+from .messages import Decision, Result
+from .ranges import RangeSet
+
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class HandshakeComplete(Event):
+    version: int
+    agent: str
+    flags: int
+    max_payload: int
+
+
+# -- seen by the receiver ---------------------------------------------------
+@dataclass(frozen=True)
+class FileOffered(Event):
+    """Answer with ``decide`` (regular files) or ``file_result`` (dirs, links)."""
+
+    file_id: int
+    entry: FileEntry
+
+
+@dataclass(frozen=True)
+class SmallFileReceived(Event):
+    """A whole file arrived in one frame; answer with ``file_result``."""
+
+    file_id: int
+    entry: FileEntry
+    digest: bytes
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class ChunkReceived(Event):
+    """A verified chunk; ``data`` is valid until the next ``get_buffer`` call."""
+
+    file_id: int
+    index: int
+    offset: int
+    checksum: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class FileDataComplete(Event):
+    """Every chunk is in; verify ``digest``, finalize, then ``file_result``."""
+
+    file_id: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class FileRestarted(Event):
+    """The sender found the partial stale: forget the held chunks of this file."""
+
+    file_id: int
+
+
+@dataclass(frozen=True)
+class FileWithdrawn(Event):
+    """The sender skipped or aborted the file; release it, then ``file_result``."""
+
+    file_id: int
+    code: ErrorCode | int
+    message: str
+
+
+# -- seen by the sender -----------------------------------------------------
+@dataclass(frozen=True)
+class DecisionReceived(Event):
+    decision: Decision
+
+    @property
+    def held(self) -> RangeSet:
+        return self.decision.held
+
+
+@dataclass(frozen=True)
+class FileResolved(Event):
+    result: Result
+
+
+# -- both ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionComplete(Event):
+    """Both sides said DONE: every file has its result; close the connection."""
+
+
+@dataclass(frozen=True)
+class PeerFailed(Event):
+    """The peer sent ERROR; the connection is finished."""
+
+    code: ErrorCode | int
+    message: str

@@ -1,0 +1,217 @@
+"""Payload layouts of the control frames (protocol.md, "Frame payloads").
+
+Each message is a frozen dataclass with ``encode() -> bytes`` and a
+``decode(payload)`` classmethod that raises RemoteProtocolError on malformed
+input.  DATA frames live in frames.py (their bytes never pass through here).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import ErrorCode, RemoteProtocolError
+from .checksum import DIGEST_SIZE
+from .manifest import FileEntry, decode_entry, encode_entry
+from .ranges import RangeSet
+
+MAGIC = b"ftx\x00"
+PROTOCOL_VERSION = 1
+ROLE_SENDER = 1
+ROLE_RECEIVER = 2
+
+# HELLO flags
+HELLO_NO_RESUME = 1 << 0  # sender: ignore and discard partial data
+HELLO_OVERWRITE = 1 << 1  # receiver: differing destination files will be replaced
+
+# DECISION flags
+DECISION_EXISTS = 1 << 0  # destination exists; existing_digest is its digest
+DECISION_OVERWRITE = 1 << 1  # receiver will replace a differing destination
+DECISION_DISCARDED = 1 << 2  # a stale partial was discarded (source changed)
+
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+
+def _need(payload, size: int, what: str) -> None:
+    if len(payload) < size:
+        raise RemoteProtocolError(f"{what} payload truncated")
+
+
+def _text(payload, offset: int, what: str) -> tuple[str, int]:
+    _need(payload, offset + 2, what)
+    (n,) = struct.unpack_from(">H", payload, offset)
+    offset += 2
+    _need(payload, offset + n, what)
+    return bytes(payload[offset : offset + n]).decode("utf-8", "replace"), offset + n
+
+
+def _pack_text(text: str) -> bytes:
+    raw = text.encode("utf-8")[:1024]
+    return struct.pack(">H", len(raw)) + raw
+
+
+def _code(value: int) -> ErrorCode | int:
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return value  # unknown codes from newer peers are kept as numbers
+
+
+@dataclass(frozen=True)
+class Hello:
+    role: int
+    max_payload: int
+    flags: int = 0
+    agent: str = "ftx"
+    version: int = PROTOCOL_VERSION
+    _S = struct.Struct(">4sHBBIQ")
+
+    def encode(self) -> bytes:
+        return self._S.pack(MAGIC, self.version, self.role, 0, self.max_payload, self.flags) + _pack_text(self.agent)
+
+    @classmethod
+    def decode(cls, p) -> "Hello":
+        _need(p, cls._S.size, "HELLO")
+        magic, version, role, _r, max_payload, flags = cls._S.unpack_from(p, 0)
+        if magic != MAGIC:
+            raise RemoteProtocolError("not an ftx peer (bad HELLO magic)")
+        agent, _ = _text(p, cls._S.size, "HELLO")  # trailing bytes: reserved for extensions
+        return cls(role, max_payload, flags, agent, version)
+
+
+@dataclass(frozen=True)
+class Offer:
+    file_id: int
+    entry: FileEntry
+
+    def encode(self) -> bytes:
+        return encode_entry(self.file_id, self.entry)
+
+    @classmethod
+    def decode(cls, p) -> "Offer":
+        file_id, entry, end = decode_entry(p)
+        if end != len(p):
+            raise RemoteProtocolError("trailing bytes after OFFER")
+        return cls(file_id, entry)
+
+
+@dataclass(frozen=True)
+class SmallFile:
+    """A whole small file in one frame: entry, digest, then its bytes."""
+
+    file_id: int
+    entry: FileEntry
+    digest: bytes
+    data: bytes | memoryview
+
+    def encode(self) -> bytes:
+        return encode_entry(self.file_id, self.entry) + self.digest + bytes(self.data)
+
+    @classmethod
+    def decode(cls, p) -> "SmallFile":
+        file_id, entry, off = decode_entry(p)
+        if len(p) - off != DIGEST_SIZE + entry.size:
+            raise RemoteProtocolError("SMALL_FILE length does not match its size")
+        return cls(file_id, entry, bytes(p[off : off + DIGEST_SIZE]), p[off + DIGEST_SIZE :])
+
+
+@dataclass(frozen=True)
+class Decision:
+    file_id: int
+    flags: int = 0
+    existing_digest: bytes = ZERO_DIGEST
+    held_digest: int = 0
+    held: RangeSet = field(default_factory=RangeSet)
+    message: str = ""
+    _S = struct.Struct(">IBBH16sQ")
+
+    def encode(self) -> bytes:
+        return (
+            self._S.pack(self.file_id, 1, self.flags, 0, self.existing_digest, self.held_digest)
+            + self.held.encode()
+            + _pack_text(self.message)
+        )
+
+    @classmethod
+    def decode(cls, p) -> "Decision":
+        _need(p, cls._S.size, "DECISION")
+        file_id, verdict, flags, _r, existing, held_digest = cls._S.unpack_from(p, 0)
+        if verdict != 1:
+            raise RemoteProtocolError(f"unknown DECISION verdict {verdict}")
+        held, off = RangeSet.decode(p, cls._S.size)
+        message, _ = _text(p, off, "DECISION")
+        return cls(file_id, flags, existing, held_digest, held, message)
+
+
+@dataclass(frozen=True)
+class FileEnd:
+    file_id: int
+    digest: bytes
+    _S = struct.Struct(">I16s")
+
+    def encode(self) -> bytes:
+        return self._S.pack(self.file_id, self.digest)
+
+    @classmethod
+    def decode(cls, p) -> "FileEnd":
+        _need(p, cls._S.size, "FILE_END")
+        return cls(*cls._S.unpack_from(p, 0))
+
+
+@dataclass(frozen=True)
+class Result:
+    file_id: int
+    code: ErrorCode | int
+    digest: bytes = ZERO_DIGEST
+    message: str = ""
+    _S = struct.Struct(">IH16s")
+
+    def encode(self) -> bytes:
+        return self._S.pack(self.file_id, self.code, self.digest) + _pack_text(self.message)
+
+    @classmethod
+    def decode(cls, p) -> "Result":
+        _need(p, cls._S.size, "RESULT")
+        file_id, code, digest = cls._S.unpack_from(p, 0)
+        message, _ = _text(p, cls._S.size, "RESULT")
+        return cls(file_id, _code(code), digest, message)
+
+    @property
+    def ok(self) -> bool:
+        return self.code in (ErrorCode.OK, ErrorCode.IDENTICAL)
+
+
+@dataclass(frozen=True)
+class FileNotice:
+    """SKIP, RESTART and ABORT_FILE share one layout: file id, code, message."""
+
+    file_id: int
+    code: ErrorCode | int = ErrorCode.OK
+    message: str = ""
+    _S = struct.Struct(">IH")
+
+    def encode(self) -> bytes:
+        return self._S.pack(self.file_id, self.code) + _pack_text(self.message)
+
+    @classmethod
+    def decode(cls, p) -> "FileNotice":
+        _need(p, cls._S.size, "file notice")
+        file_id, code = cls._S.unpack_from(p, 0)
+        message, _ = _text(p, cls._S.size, "file notice")
+        return cls(file_id, _code(code), message)
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    code: ErrorCode | int
+    message: str = ""
+
+    def encode(self) -> bytes:
+        return struct.pack(">H", self.code) + _pack_text(self.message)
+
+    @classmethod
+    def decode(cls, p) -> "ErrorMessage":
+        _need(p, 2, "ERROR")
+        (code,) = struct.unpack_from(">H", p, 0)
+        message, _ = _text(p, 2, "ERROR")
+        return cls(_code(code), message)

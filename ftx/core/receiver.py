@@ -1,0 +1,176 @@
+"""The receiving side of a session, as a sans-I/O state machine.
+
+Frames become events; the driver answers with calls:
+
+* ``FileOffered``       -> ``decide(file_id, held=..., ...)`` for a regular file,
+                           or ``file_result(...)`` to refuse it / for dirs and links
+* ``SmallFileReceived`` -> ``file_result``
+* ``ChunkReceived``     -> write the (already verified) bytes
+* ``FileDataComplete``  -> verify the digest, finalize, ``file_result``
+* ``FileRestarted``     -> forget held chunks
+* ``FileWithdrawn``     -> release the file, ``file_result``
+
+When the sender has said DONE and every file has its result, the receiver
+answers DONE and emits ``SessionComplete``.
+"""
+
+from __future__ import annotations
+
+from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .config import Config
+from .connection import Connection
+from .events import (
+    ChunkReceived,
+    FileDataComplete,
+    FileOffered,
+    FileRestarted,
+    FileWithdrawn,
+    SessionComplete,
+    SmallFileReceived,
+)
+from .frames import Frame, FrameType, parse_data_payload
+from .manifest import FileEntry, Kind
+from .messages import (
+    HELLO_NO_RESUME,
+    HELLO_OVERWRITE,
+    ROLE_RECEIVER,
+    ZERO_DIGEST,
+    Decision,
+    FileEnd,
+    FileNotice,
+    Offer,
+    Result,
+    SmallFile,
+)
+from .ranges import RangeSet
+from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
+
+
+class ReceiverConnection(Connection):
+    role = ROLE_RECEIVER
+    transitions = RECEIVER_TRANSITIONS
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config or Config()
+        super().__init__(config, HELLO_OVERWRITE if config.overwrite else 0)
+        self._entries: dict[int, FileEntry] = {}
+        self._have: dict[int, RangeSet] = {}
+        self._sender_done = False
+
+    @property
+    def resume_allowed(self) -> bool:
+        return self.peer is not None and not self.peer.flags & HELLO_NO_RESUME
+
+    # -- calls from the driver ---------------------------------------------
+    def decide(
+        self,
+        file_id: int,
+        held: RangeSet | None = None,
+        held_digest: int = 0,
+        flags: int = 0,
+        existing_digest: bytes = ZERO_DIGEST,
+        message: str = "",
+    ) -> None:
+        """Accept an offered file, saying which chunks are already held and verified."""
+        entry = self._entries.get(file_id)
+        if entry is None or entry.kind != Kind.FILE:
+            raise LocalProtocolError(f"file {file_id} was not offered as a regular file")
+        held = held if held is not None else RangeSet()
+        self._step(file_id, In.DECISION, remote=False)
+        self._have[file_id] = held
+        self._send_frame(FrameType.DECISION, Decision(file_id, flags, existing_digest, held_digest, held, message).encode())
+
+    def file_result(self, file_id: int, code: ErrorCode, digest: bytes = ZERO_DIGEST, message: str = "") -> None:
+        """Report a file's outcome; also how a file is refused or failed early."""
+        new = self._step(file_id, In.RESULT, remote=False)
+        if new == FileState.DONE:
+            self._forget(file_id)
+        self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
+        self._maybe_complete()
+
+    def receive_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
+        """Deliver a chunk verified outside the frame layer (e.g. by the UDP transport)."""
+        self._on_chunk(file_id, index, checksum, data)
+
+    def entry(self, file_id: int) -> FileEntry:
+        return self._entries[file_id]
+
+    # -- frames from the sender --------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        t, p = frame.type, frame.payload
+        if t == FrameType.DATA:
+            file_id, index, checksum, data = parse_data_payload(p)
+            self._on_chunk(file_id, index, checksum, data)
+        elif t == FrameType.OFFER:
+            o = Offer.decode(p)
+            self._new_file(o.file_id, o.entry, FileState.OFFERED)
+            self._events.append(FileOffered(o.file_id, o.entry))
+        elif t == FrameType.SMALL_FILE:
+            s = SmallFile.decode(p)
+            if s.entry.kind != Kind.FILE:
+                raise RemoteProtocolError("SMALL_FILE must carry a regular file")
+            self._new_file(s.file_id, s.entry, FileState.SENDING)
+            self._step(s.file_id, In.END, remote=True)
+            self._events.append(SmallFileReceived(s.file_id, s.entry, s.digest, s.data))
+        elif t == FrameType.FILE_END:
+            e = FileEnd.decode(p)
+            if self._step(e.file_id, In.END, remote=True) == FileState.ENDED:
+                entry = self._entries[e.file_id]
+                if not self._have[e.file_id].covers(0, entry.chunks):
+                    raise RemoteProtocolError(f"FILE_END for file {e.file_id} before all its chunks")
+                self._events.append(FileDataComplete(e.file_id, e.digest))
+            else:
+                self._forget(e.file_id)
+        elif t in (FrameType.SKIP, FrameType.ABORT_FILE, FrameType.RESTART):
+            n = FileNotice.decode(p)
+            inp = {FrameType.SKIP: In.SKIP, FrameType.ABORT_FILE: In.ABORT, FrameType.RESTART: In.RESTART}[t]
+            new = self._step(n.file_id, inp, remote=True)
+            if new == FileState.FAILED:
+                pass  # we already gave our result; nothing to do
+            elif new == FileState.DONE:
+                self._forget(n.file_id)
+            elif t == FrameType.RESTART:
+                self._have[n.file_id] = RangeSet()
+                self._events.append(FileRestarted(n.file_id))
+            else:
+                self._events.append(FileWithdrawn(n.file_id, n.code, n.message))
+        elif t == FrameType.DONE:
+            if self._sender_done:
+                raise RemoteProtocolError("second DONE")
+            self._sender_done = True
+            self._maybe_complete()
+        else:
+            raise RemoteProtocolError(f"{t.name} is not sent by a sender")
+        self._maybe_complete()
+
+    def _new_file(self, file_id: int, entry: FileEntry, state: FileState) -> None:
+        if self._sender_done:
+            raise RemoteProtocolError("file offered after DONE")
+        if file_id in self._files:
+            raise RemoteProtocolError(f"file id {file_id} reused while in use")
+        self._files[file_id] = state
+        self._entries[file_id] = entry
+        self._have[file_id] = RangeSet()
+
+    def _on_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
+        if self._step(file_id, In.CHUNK, remote=True) == FileState.FAILED:
+            return
+        entry = self._entries[file_id]
+        if not 0 <= index < entry.chunks:
+            raise RemoteProtocolError(f"chunk {index} is beyond the end of file {file_id}")
+        if len(data) != entry.chunk_length(index):
+            raise RemoteProtocolError(f"chunk {index} of file {file_id} has the wrong length")
+        self._have[file_id].add(index)
+        self._events.append(ChunkReceived(file_id, index, index * entry.chunk_size, checksum, data))
+
+    def _forget(self, file_id: int) -> None:
+        self._files.pop(file_id, None)
+        self._entries.pop(file_id, None)
+        self._have.pop(file_id, None)
+
+    def _maybe_complete(self) -> None:
+        if self._sender_done and not self.closed and all(s in RESOLVED for s in self._files.values()):
+            self._files.clear()
+            self.closed = True
+            self._send_frame(FrameType.DONE)
+            self._events.append(SessionComplete())

@@ -1,0 +1,141 @@
+"""The sending side of a session, as a sans-I/O state machine.
+
+The driver reads source files; this class only turns its calls into frames and
+the receiver's frames into events.  A typical file::
+
+    fid = conn.offer(entry)                # -> OFFER
+    ... DecisionReceived(decision)         # which chunks the receiver holds
+    conn.send_chunk(fid, i, data)          # -> DATA, for each missing chunk
+    conn.end_file(fid, digest)             # -> FILE_END
+    ... FileResolved(result)               # RESULT: written, identical or failed
+
+``send_small_file`` replaces all of that for small files: no round trip.
+"""
+
+from __future__ import annotations
+
+from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .checksum import chunk_checksum
+from .config import Config
+from .connection import Connection
+from .events import DecisionReceived, FileResolved, SessionComplete
+from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
+from .manifest import FileEntry, Kind
+from .messages import (
+    HELLO_NO_RESUME,
+    ROLE_SENDER,
+    Decision,
+    FileEnd,
+    FileNotice,
+    Offer,
+    Result,
+    SmallFile,
+)
+from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
+
+
+class SenderConnection(Connection):
+    role = ROLE_SENDER
+    transitions = SENDER_TRANSITIONS
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config or Config()
+        super().__init__(config, 0 if config.resume else HELLO_NO_RESUME)
+        self._next_id = 0
+        self._entries: dict[int, FileEntry] = {}
+        self._finished = False
+
+    # -- calls from the driver ---------------------------------------------
+    def _new_id(self, entry: FileEntry) -> int:
+        self._require_open()
+        if self._finished:
+            raise LocalProtocolError("offer after finish()")
+        if entry.kind == Kind.FILE and entry.chunk_size + DATA_HEADER_SIZE > self.peer.max_payload:
+            raise LocalProtocolError("chunk size exceeds the receiver's frame limit")
+        fid = self._next_id
+        self._next_id += 1
+        self._entries[fid] = entry
+        return fid
+
+    def offer(self, entry: FileEntry) -> int:
+        fid = self._new_id(entry)
+        self._files[fid] = FileState.OFFERED
+        self._send_frame(FrameType.OFFER, Offer(fid, entry).encode())
+        return fid
+
+    def send_small_file(self, entry: FileEntry, data, digest: bytes) -> int:
+        if len(data) != entry.size or entry.kind != Kind.FILE:
+            raise LocalProtocolError("small file data does not match its entry")
+        if entry.size + 256 + len(entry.path) > self.peer.max_payload:
+            raise LocalProtocolError("file too large for SMALL_FILE")
+        fid = self._new_id(entry)
+        self._files[fid] = FileState.ENDED
+        self._send_frame(FrameType.SMALL_FILE, SmallFile(fid, entry, digest, data).encode())
+        return fid
+
+    def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None) -> None:
+        """Queue one DATA frame.  ``data`` is not copied: keep it intact until sent."""
+        entry = self._entries.get(file_id)
+        if entry is None or not 0 <= index < entry.chunks:
+            raise LocalProtocolError(f"chunk {index} of file {file_id} does not exist")
+        if len(data) != entry.chunk_length(index):
+            raise LocalProtocolError("chunk has the wrong length")
+        self._step(file_id, In.CHUNK, remote=False)
+        if checksum is None:
+            checksum = chunk_checksum(data)
+        self._send_buffers(encode_data_header(file_id, index, checksum, len(data)), data)
+
+    def end_file(self, file_id: int, digest: bytes) -> None:
+        self._step(file_id, In.END, remote=False)
+        self._send_frame(FrameType.FILE_END, FileEnd(file_id, digest).encode())
+
+    def skip_file(self, file_id: int, code: ErrorCode, message: str = "") -> None:
+        """Do not send the file after all (e.g. the destination is identical)."""
+        self._step(file_id, In.SKIP, remote=False)
+        self._send_frame(FrameType.SKIP, FileNotice(file_id, code, message).encode())
+
+    def restart_file(self, file_id: int, message: str = "") -> None:
+        """The receiver's partial does not match the source: it must start over."""
+        self._step(file_id, In.RESTART, remote=False)
+        self._send_frame(FrameType.RESTART, FileNotice(file_id, ErrorCode.SOURCE_CHANGED, message).encode())
+
+    def abort_file(self, file_id: int, code: ErrorCode, message: str) -> None:
+        """Stop sending a file midway (source vanished, changed or unreadable)."""
+        self._step(file_id, In.ABORT, remote=False)
+        self._send_frame(FrameType.ABORT_FILE, FileNotice(file_id, code, message).encode())
+
+    def finish(self) -> None:
+        """No more offers; the receiver answers DONE once every file has its result."""
+        self._require_open()
+        if not self._finished:
+            self._finished = True
+            self._send_frame(FrameType.DONE)
+
+    def entry(self, file_id: int) -> FileEntry:
+        return self._entries[file_id]
+
+    # -- frames from the receiver ------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        t = frame.type
+        if t == FrameType.DECISION:
+            d = Decision.decode(frame.payload)
+            entry = self._entries.get(d.file_id)
+            if entry is None or entry.kind != Kind.FILE:
+                raise RemoteProtocolError(f"DECISION for file {d.file_id}, which awaits none")
+            if d.held and list(d.held)[-1][1] > entry.chunks:
+                raise RemoteProtocolError("DECISION holds chunks beyond the end of the file")
+            self._step(d.file_id, In.DECISION, remote=True)
+            self._events.append(DecisionReceived(d))
+        elif t == FrameType.RESULT:
+            r = Result.decode(frame.payload)
+            self._step(r.file_id, In.RESULT, remote=True)
+            del self._files[r.file_id]
+            del self._entries[r.file_id]
+            self._events.append(FileResolved(r))
+        elif t == FrameType.DONE:
+            if not self._finished or any(s not in RESOLVED for s in self._files.values()):
+                raise RemoteProtocolError("DONE before every file has its result")
+            self.closed = True
+            self._events.append(SessionComplete())
+        else:
+            raise RemoteProtocolError(f"{t.name} is not sent by a receiver")

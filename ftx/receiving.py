@@ -1,0 +1,287 @@
+"""Answers a ReceiverConnection's events with storage operations.
+
+Transport-neutral: the TCP driver (and later the UDP one) feeds bytes to the
+connection, then passes each event to ``ReceiveSession.handle``.  Every per-file
+failure becomes a RESULT for that file; the session carries on with the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+from .core.config import Config
+from .core.events import (
+    ChunkReceived,
+    Event,
+    FileDataComplete,
+    FileOffered,
+    FileRestarted,
+    FileWithdrawn,
+    HandshakeComplete,
+    PeerFailed,
+    SessionComplete,
+    SmallFileReceived,
+)
+from .core.manifest import FileEntry, Kind
+from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
+from .core.receiver import ReceiverConnection
+from .errors import ErrorCode, FtxError
+from .storage import Destination, PartialFile, hash_file, remove_stale_partial
+from .transport.link import Watchdog, link_busy
+
+log = logging.getLogger("ftx.receive")
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What happened to one received item (for --json lines and logs)."""
+
+    path: str
+    kind: str
+    size: int
+    status: str  # "ok", "identical" or an error code name in lower case
+    digest: str = ""
+    message: str = ""
+    bytes_received: int = 0
+    bytes_resumed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "identical")
+
+
+class ReceiveSession:
+    #: events whose handling may block on disk for long (hashing, fsync): drivers
+    #: may run them off the event loop
+    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived)
+
+    def __init__(
+        self,
+        conn: ReceiverConnection,
+        dest: Destination,
+        on_file: Callable[[FileReport], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.dest = dest
+        self.on_file = on_file or (lambda report: None)
+        self._partials: dict[int, PartialFile] = {}
+        self._received: dict[int, int] = {}
+        self._resumed: dict[int, int] = {}
+        self._dirs: list[tuple[bytes, FileEntry]] = []
+        self.reports: list[FileReport] = []
+        self.complete = False
+        self.error = ""
+
+    # -- dispatch -------------------------------------------------------------
+    def handle(self, ev: Event) -> None:
+        if isinstance(ev, ChunkReceived):
+            self._on_chunk(ev)
+        elif isinstance(ev, FileOffered):
+            self._guarded(ev.file_id, ev.entry, self._on_offer, ev)
+        elif isinstance(ev, SmallFileReceived):
+            self._guarded(ev.file_id, ev.entry, self._on_small, ev)
+        elif isinstance(ev, FileDataComplete):
+            self._guarded(ev.file_id, self.conn.entry(ev.file_id), self._on_complete, ev)
+        elif isinstance(ev, FileRestarted):
+            part = self._partials.get(ev.file_id)
+            if part is not None:
+                log.warning("%s: %s; starting over", _name(part.entry), "source content changed")
+                self._guarded(ev.file_id, part.entry, lambda e: part.restart(), ev)
+                self._resumed[ev.file_id] = 0
+        elif isinstance(ev, FileWithdrawn):
+            self._on_withdrawn(ev)
+        elif isinstance(ev, SessionComplete):
+            Destination.finish_dirs(self._dirs)
+            self.complete = True
+        elif isinstance(ev, HandshakeComplete):
+            log.debug("handshake with %s (protocol %d)", ev.agent, ev.version)
+        elif isinstance(ev, PeerFailed):
+            log.warning("sender gave up: %s (code %s)", ev.message, ev.code)
+
+    def _guarded(self, file_id: int, entry: FileEntry, fn, ev) -> None:
+        try:
+            fn(ev)
+        except FtxError as exc:
+            self._fail(file_id, entry, exc.code, str(exc))
+        except OSError as exc:
+            self._fail(file_id, entry, ErrorCode.STORAGE, f"{os.fsdecode(entry.path)}: {exc.strerror or exc}")
+
+    def _fail(self, file_id: int, entry: FileEntry, code: ErrorCode, message: str) -> None:
+        part = self._partials.pop(file_id, None)
+        if part is not None:
+            part.close()  # keep what was verified, for a later resume
+        log.warning("%s: %s", _name(entry), message)
+        self._finish(file_id, entry, code, ZERO_DIGEST, message)
+
+    def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "") -> None:
+        self.conn.file_result(file_id, code, digest, message)
+        status = code.name.lower() if isinstance(code, ErrorCode) else str(code)
+        report = FileReport(
+            _name(entry),
+            entry.kind.name.lower(),
+            entry.size,
+            status,
+            digest.hex() if digest != ZERO_DIGEST else "",
+            message,
+            self._received.pop(file_id, 0),
+            self._resumed.pop(file_id, 0),
+        )
+        self.reports.append(report)
+        self.on_file(report)
+
+    # -- handlers --------------------------------------------------------------
+    def _on_offer(self, ev: FileOffered) -> None:
+        entry = ev.entry
+        if entry.kind == Kind.DIR:
+            self._dirs.append((self.dest.make_dir(entry), entry))
+            self._finish(ev.file_id, entry, ErrorCode.OK, ZERO_DIGEST)
+            return
+        if entry.kind == Kind.SYMLINK:
+            self._finish(ev.file_id, entry, self.dest.make_symlink(entry), ZERO_DIGEST)
+            return
+        path = self.dest.resolve(entry.path)
+        st = self.dest.existing(path)
+        flags, existing = 0, ZERO_DIGEST
+        if st is not None:
+            same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+            if same_size:
+                flags |= DECISION_EXISTS
+                existing = hash_file(path)
+            if self.dest.overwrite:
+                flags |= DECISION_OVERWRITE
+            elif not same_size:
+                raise FtxError(f"{_name(entry)} exists and differs (receiver has no --overwrite)", ErrorCode.EXISTS)
+            else:  # the sender compares digests and skips; nothing to store
+                self.conn.decide(ev.file_id, flags=flags, existing_digest=existing)
+                return
+        part = PartialFile(self.dest, entry, path)
+        held, held_digest = part.open(resume=self.conn.resume_allowed)
+        self._partials[ev.file_id] = part
+        if part.discarded:
+            flags |= DECISION_DISCARDED
+            log.warning("%s: %s; starting over", _name(entry), part.discarded)
+        if held:
+            resumed = sum(entry.chunk_length(i) for i in held.values())
+            self._resumed[ev.file_id] = resumed
+            log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
+        self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
+
+    def _on_small(self, ev: SmallFileReceived) -> None:
+        code = self.dest.write_small(ev.entry, ev.data, ev.digest)
+        if code == ErrorCode.OK:
+            self._received[ev.file_id] = ev.entry.size
+        self._finish(ev.file_id, ev.entry, code, ev.digest)
+
+    def _on_chunk(self, ev: ChunkReceived) -> None:
+        part = self._partials.get(ev.file_id)
+        if part is None:
+            entry = self.conn.entry(ev.file_id)
+            self._fail(ev.file_id, entry, ErrorCode.PROTOCOL, "chunk for a file that was not accepted for writing")
+            return
+        try:
+            part.write_chunk(ev.index, ev.checksum, ev.data)
+        except FtxError as exc:
+            self._fail(ev.file_id, part.entry, exc.code, str(exc))
+            return
+        self._received[ev.file_id] = self._received.get(ev.file_id, 0) + len(ev.data)
+
+    def _on_complete(self, ev: FileDataComplete) -> None:
+        part = self._partials.pop(ev.file_id, None)
+        if part is None:
+            raise FtxError("file completed without a partial", ErrorCode.PROTOCOL)
+        try:
+            digest = part.finalize(ev.digest)
+        except FtxError:
+            part.close()
+            raise
+        self._finish(ev.file_id, part.entry, ErrorCode.OK, digest)
+
+    def _on_withdrawn(self, ev: FileWithdrawn) -> None:
+        entry = self.conn.entry(ev.file_id)
+        part = self._partials.pop(ev.file_id, None)
+        code = ev.code if isinstance(ev.code, ErrorCode) else ErrorCode.ABORTED
+        if code == ErrorCode.IDENTICAL:
+            if part is not None:
+                part.discard()
+            else:
+                remove_stale_partial(self.dest.resolve(entry.path, make_parents=False))
+            self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST, "destination already identical")
+            return
+        if part is not None:
+            part.close()
+        if code == ErrorCode.OK:
+            code = ErrorCode.ABORTED
+        log.warning("%s: sender withdrew it: %s", _name(entry), ev.message)
+        self._finish(ev.file_id, entry, code, ZERO_DIGEST, ev.message)
+
+    def close(self) -> None:
+        """Connection over (finished or not): release every open partial, keep its data."""
+        for part in self._partials.values():
+            part.close()
+        self._partials.clear()
+
+
+def _name(entry: FileEntry) -> str:
+    return os.fsdecode(entry.path)
+
+
+async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0) -> ReceiveSession:
+    """Serve one sender on ``link`` until the session ends; return it for its reports.
+
+    Per-file problems become RESULTs; a broken or silent peer ends only this
+    connection.  Slow storage work runs in a worker thread so that the other
+    connections on the loop keep moving.
+    """
+    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite))
+    session = ReceiveSession(conn, dest, on_file)
+    task = asyncio.current_task()
+    dead: list[Exception] = []
+
+    def on_dead(exc: Exception) -> None:
+        dead.append(exc)
+        task.cancel()
+
+    dog = Watchdog(link, idle_timeout)
+    dog.start(on_dead)
+    try:
+        try:
+            await _serve_loop(link, conn, session)
+        except asyncio.CancelledError:
+            if not dead:
+                raise
+            raise dead[0] from None
+    except FtxError as exc:
+        session.error = str(exc)
+        try:
+            await asyncio.wait_for(link.send(conn.data_to_send()), 1.0)
+        except Exception:
+            pass
+        log.warning("connection from %s ended: %s", getattr(link, "peer", "?"), exc)
+    finally:
+        dog.stop()
+        session.close()
+        link.close()
+    return session
+
+
+async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -> None:
+    slow = ReceiveSession.SLOW_EVENTS
+    await link.send(conn.data_to_send())
+    while not conn.closed:
+        n = await link.recv_into(conn.get_buffer())
+        if n == 0:
+            conn.receive_eof()
+        conn.buffer_updated(n)
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, slow):
+                with link_busy(link):
+                    await asyncio.to_thread(session.handle, ev)
+            else:
+                session.handle(ev)
+        if conn.pending_output:
+            await link.send(conn.data_to_send())

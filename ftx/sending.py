@@ -1,0 +1,370 @@
+"""Runs a SenderConnection over a link: walks the sources, reads, hashes, streams.
+
+Transport-neutral: give it any ``Link``.  Offers run ahead of the data (up to
+``Config.offer_window`` files without a result), small files travel whole with
+no round trip, and each large file streams only the chunks the receiver lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from .core.checksum import FileHasher, file_digest
+from .core.config import Config
+from .core.events import DecisionReceived, FileResolved, HandshakeComplete, PeerFailed, SessionComplete
+from .core.manifest import FileEntry, Kind
+from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
+from .core.ranges import RangeSet
+from .core.sender import SenderConnection
+from .core.states import FileState
+from .errors import ErrorCode, FtxError, PeerError, TransportError
+from .source import SourceChanged, SourceFile, SourceItem, walk
+from .transport.link import Link, Watchdog
+
+log = logging.getLogger("ftx.send")
+
+
+@dataclass
+class FileSendReport:
+    path: str
+    kind: str
+    size: int
+    status: str = "pending"
+    digest: str = ""
+    bytes_sent: int = 0
+    bytes_resumed: int = 0
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "identical")
+
+
+@dataclass
+class SendReport:
+    ok: bool
+    transport: str
+    seconds: float
+    bytes: int
+    bytes_sent: int
+    bytes_resumed: int
+    files: list[FileSendReport] = field(default_factory=list)
+    error: str = ""
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d["file_count"] = len(self.files)
+        d["failed"] = sum(1 for f in self.files if not f.ok)
+        return d
+
+
+class Progress:
+    """Hooks for a progress display; the default does nothing."""
+
+    def start_file(self, path: str, size: int, resumed: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def end_file(self, report: FileSendReport) -> None: ...
+
+
+class SendSession:
+    def __init__(self, link: Link, config: Config | None = None, links: bool = False,
+                 progress: Progress | None = None, idle_timeout: float = 30.0) -> None:
+        self.link = link
+        self.config = config or Config()
+        self.conn = SenderConnection(self.config)
+        self.links = links
+        self.progress = progress or Progress()
+        self.idle_timeout = idle_timeout
+        loop = asyncio.get_running_loop()
+        self._handshake: asyncio.Future = loop.create_future()
+        self._complete: asyncio.Future = loop.create_future()
+        self._failure: asyncio.Future = loop.create_future()  # set with the first fatal error
+        self._decisions: dict[int, asyncio.Future] = {}
+        self._reports: dict[int, FileSendReport] = {}
+        self._sources: dict[int, SourceFile] = {}
+        self._outstanding = 0
+        self._resolved = asyncio.Event()
+        self._buf = memoryview(bytearray(self.config.chunk_size))
+        self.reports: list[FileSendReport] = []
+        self._main: asyncio.Task | None = None
+
+    # -- top level --------------------------------------------------------------
+    async def run(self, paths: list) -> SendReport:
+        t0 = time.monotonic()
+        error = ""
+        items = list(walk(paths, self.links))  # walk first: bad arguments fail before connecting
+        self._main = asyncio.current_task()
+        reader = asyncio.get_running_loop().create_task(self._read_loop())
+        dog = Watchdog(self.link, self.idle_timeout)
+        dog.start(self._fail)
+        try:
+            try:
+                await self._flush()
+                await self._wait(self._handshake)
+                await self._send_all(items)
+                self.conn.finish()
+                await self._flush()
+                await self._wait(self._complete)
+            except asyncio.CancelledError:
+                if not self._failure.done():
+                    raise
+                raise self._failure.exception() from None
+        except FtxError as exc:
+            error = self._best_error(exc)
+        finally:
+            dog.stop()
+            reader.cancel()
+            for src in self._sources.values():
+                src.close()
+        files = self.reports + [r for r in self._reports.values()]
+        for r in files:
+            if r.status == "pending":
+                r.status, r.message = "aborted", error or "session ended first"
+        ok = not error and all(r.ok for r in files)
+        return SendReport(
+            ok=ok,
+            transport=getattr(self.link, "transport", "?"),
+            seconds=round(time.monotonic() - t0, 6),
+            bytes=sum(r.size for r in files),
+            bytes_sent=sum(r.bytes_sent for r in files),
+            bytes_resumed=sum(r.bytes_resumed for r in files),
+            files=files,
+            error=error,
+        )
+
+    def _best_error(self, exc: FtxError) -> str:
+        # a transport error is often the echo of a reason the peer gave first
+        if self._failure.done() and not self._failure.cancelled():
+            first = self._failure.exception()
+            if first is not None and first is not exc and isinstance(exc, TransportError):
+                exc = first
+        return str(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """First fatal error wins; it interrupts the writer wherever it waits."""
+        if not self._failure.done():
+            self._failure.set_exception(exc)
+            self._failure.exception()  # mark retrieved
+            if self._main is not None and self._main is not asyncio.current_task():
+                self._main.cancel()
+
+    async def _wait(self, fut: asyncio.Future):
+        """Await ``fut`` unless the session fails first."""
+        if not fut.done():
+            await asyncio.wait({fut, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        if not fut.done() and self._failure.done():
+            raise self._failure.exception()
+        return fut.result()
+
+    async def _flush(self) -> None:
+        if self._failure.done():
+            raise self._failure.exception()
+        out = self.conn.data_to_send()
+        if out:
+            await self.link.send(out)
+
+    # -- reading the receiver -----------------------------------------------------
+    async def _read_loop(self) -> None:
+        conn, link = self.conn, self.link
+        try:
+            while True:
+                buf = conn.get_buffer()
+                n = await link.recv_into(buf)
+                if n == 0:
+                    if conn.closed:
+                        return
+                    conn.receive_eof()
+                conn.buffer_updated(n)
+                while (ev := conn.next_event()) is not None:
+                    self._on_event(ev)
+                if conn.pending_output:
+                    await self._flush()
+                if conn.closed:
+                    return
+        except FtxError as exc:
+            try:  # tell the peer why (the core queued an ERROR frame)
+                await asyncio.wait_for(self.link.send(conn.data_to_send()), 1.0)
+            except Exception:
+                pass
+            self._fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: still end the session cleanly
+            self._fail(FtxError(f"internal error: {exc!r}"))
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, DecisionReceived):
+            fut = self._decisions.get(ev.decision.file_id)
+            if fut is not None and not fut.done():
+                fut.set_result(ev.decision)
+        elif isinstance(ev, FileResolved):
+            self._on_result(ev.result)
+        elif isinstance(ev, HandshakeComplete):
+            self._handshake.set_result(ev)
+        elif isinstance(ev, SessionComplete):
+            if not self._complete.done():
+                self._complete.set_result(None)
+        elif isinstance(ev, PeerFailed):
+            self._fail(PeerError(f"receiver error: {ev.message}", ev.code if isinstance(ev.code, ErrorCode) else None))
+
+    def _on_result(self, result) -> None:
+        fid = result.file_id
+        report = self._reports.pop(fid)
+        src = self._sources.pop(fid, None)
+        if src is not None:
+            src.close()
+        fut = self._decisions.pop(fid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)  # refused before any decision
+        code = result.code
+        report.status = code.name.lower() if isinstance(code, ErrorCode) else f"error_{code}"
+        if result.message and not report.message:
+            report.message = result.message
+        if result.ok and result.digest != bytes(16):
+            report.digest = result.digest.hex()
+        if not result.ok:
+            log.warning("%s: %s", report.path, report.message or report.status)
+        self.reports.append(report)
+        self.progress.end_file(report)
+        self._outstanding -= 1
+        self._resolved.set()
+
+    # -- sending ----------------------------------------------------------------
+    async def _send_all(self, items: list[SourceItem]) -> None:
+        conn, cfg = self.conn, self.config
+        queue: deque[int] = deque()  # large files offered, in offer order
+        for item in items:
+            while self._outstanding >= cfg.offer_window:
+                if queue:
+                    await self._stream(queue.popleft())
+                else:
+                    self._resolved.clear()
+                    await self._flush()
+                    await self._wait(asyncio.ensure_future(self._resolved.wait()))
+            fid = self._offer(item)
+            if fid is not None:
+                queue.append(fid)
+            while queue and self._decisions[queue[0]].done():
+                await self._stream(queue.popleft())
+            if conn.pending_output >= 256 * 1024:
+                await self._flush()
+        while queue:
+            await self._stream(queue.popleft())
+
+    def _offer(self, item: SourceItem) -> int | None:
+        """Send an item's first frame; return its id when it awaits a decision."""
+        conn, cfg = self.conn, self.config
+        if item.kind != Kind.FILE:
+            entry = _entry_for_nonfile(item, cfg.chunk_size)
+            fid = conn.offer(entry)
+            self._track(fid, FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), 0))
+            return None
+        try:
+            src = SourceFile(item, cfg.chunk_size)
+        except FtxError as exc:
+            log.warning("%s", exc)
+            self.reports.append(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))
+            return None
+        entry = src.entry
+        report = FileSendReport(os.fsdecode(item.wire), "file", entry.size)
+        if entry.size <= cfg.small_file_limit:
+            try:
+                data = src.read_all()
+            except FtxError as exc:
+                src.close()
+                report.status, report.message = exc.code.name.lower(), str(exc)
+                self.reports.append(report)
+                return None
+            finally:
+                src.close()
+            digest = file_digest(data)
+            fid = conn.send_small_file(entry, data, digest)
+            report.digest, report.bytes_sent = digest.hex(), entry.size
+            self._track(fid, report)
+            self.progress.start_file(report.path, entry.size, 0)
+            self.progress.advance(entry.size)
+            return None
+        fid = conn.offer(entry)
+        self._sources[fid] = src
+        self._decisions[fid] = asyncio.get_running_loop().create_future()
+        self._track(fid, report)
+        return fid
+
+    def _track(self, fid: int, report: FileSendReport) -> None:
+        self._reports[fid] = report
+        self._outstanding += 1
+
+    async def _stream(self, fid: int) -> None:
+        """Wait for the decision on a large file, then send what the receiver lacks."""
+        await self._flush()
+        decision: Decision | None = await self._wait(self._decisions[fid])
+        if decision is None or self.conn.file_state(fid) != FileState.SENDING:
+            return  # refused: its result is already in
+        src, report = self._sources[fid], self._reports[fid]
+        try:
+            await self._stream_file(fid, src, report, decision)
+        except SourceChanged as exc:
+            report.message = str(exc)
+            if self.conn.file_state(fid) == FileState.SENDING:
+                self.conn.abort_file(fid, ErrorCode.SOURCE_CHANGED, str(exc))
+        except OSError as exc:
+            report.message = f"read error: {exc.strerror or exc}"
+            if self.conn.file_state(fid) == FileState.SENDING:
+                self.conn.abort_file(fid, ErrorCode.STORAGE, report.message)
+        await self._flush()
+
+    async def _stream_file(self, fid: int, src: SourceFile, report: FileSendReport, d: Decision) -> None:
+        conn, entry, view = self.conn, src.entry, self._buf
+        if d.flags & DECISION_EXISTS:
+            digest = src.digest(view)
+            if digest == d.existing_digest:
+                report.digest = digest.hex()
+                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical")
+                return
+            if not d.flags & DECISION_OVERWRITE:
+                report.message = f"{report.path} exists on the receiver and differs (receiver has no --overwrite)"
+                conn.skip_file(fid, ErrorCode.EXISTS, report.message)
+                return
+        hasher = FileHasher()
+        held, hashed = d.held, 0
+        if d.message:
+            log.warning("%s: %s", report.path, d.message)
+        if held:
+            matches, hashed = src.check_held(held, d.held_digest, view, hasher)
+            if not matches:
+                log.warning("%s: source content changed since the partial was made; starting over", report.path)
+                conn.restart_file(fid, "held chunks differ from the source")
+                held, hashed, hasher = RangeSet(), 0, FileHasher()
+        resumed = sum(entry.chunk_length(i) for i in held.values())
+        report.bytes_resumed = resumed
+        self.progress.start_file(report.path, entry.size, resumed)
+        for index in range(hashed, entry.chunks):
+            data = src.read_chunk(index, view)
+            hasher.update(data)
+            if index in held:
+                continue
+            if conn.file_state(fid) != FileState.SENDING:
+                return  # the receiver failed the file; its result says why
+            conn.send_chunk(fid, index, data)
+            await self._flush()
+            report.bytes_sent += len(data)
+            self.progress.advance(len(data))
+        if not src.unchanged():
+            raise SourceChanged(f"{os.fsdecode(src.item.local)} changed while being sent")
+        digest = hasher.digest()
+        report.digest = digest.hex()
+        conn.end_file(fid, digest)
+
+
+def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:
+    st = os.lstat(item.local)
+    return FileEntry(item.wire, item.kind, 0, st.st_mode & 0o7777, st.st_mtime_ns, chunk_size, item.target)
+
+
+async def send_paths(link: Link, paths: list, config: Config | None = None, **kwargs) -> SendReport:
+    return await SendSession(link, config, **kwargs).run(paths)

@@ -1,0 +1,454 @@
+"""Receiver-side storage: safe paths, partial files with a journal, atomic finalize.
+
+Layout beside each destination ``DIR/name``::
+
+    DIR/.name.ftx-part      the data, written at chunk offsets (never the final name)
+    DIR/.name.ftx-journal   header + one record per verified chunk
+
+Journal (big-endian): a 40-byte header ``"FTXJ" u16 version u16 0 u32 chunk_size
+u64 size i64 mtime_ns u64 xxh3_64(previous 32 bytes)``, then 24-byte records
+``u64 index, u64 chunk checksum, u64 xxh3_64(previous 16 bytes)``.  A record is
+appended after its chunk is written; on resume every recorded chunk is read back
+and re-hashed, so torn or lost writes (a kill, a crash) are found and re-sent.
+Finalize: verify the XXH3-128 digest, set mode and mtime, fsync, then link (or,
+with overwrite, rename) into place and fsync the directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+import threading
+
+import xxhash
+
+from .core.checksum import FileHasher, HeldDigest, chunk_checksum, file_digest
+from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
+from .core.ranges import RangeSet
+from .errors import ErrorCode, StorageError, UnsafePath
+
+JOURNAL_MAGIC = b"FTXJ"
+JOURNAL_HEADER = struct.Struct(">4sHHIQq")
+RECORD = struct.Struct(">QQ")
+RECORD_SIZE = RECORD.size + 8
+PART_SUFFIX = b".ftx-part"
+JOURNAL_SUFFIX = b".ftx-journal"
+READ_BLOCK = 1024 * 1024
+
+_busy_lock = threading.Lock()
+_busy: set[bytes] = set()  # destinations being written by this process
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    return StorageError(f"{what}: {os.strerror(exc.errno) if exc.errno else exc}")
+
+
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _pwrite_full(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def hash_file(path: bytes, block: int = READ_BLOCK) -> bytes:
+    """XXH3-128 of a file, streaming."""
+    h = FileHasher()
+    buf = bytearray(block)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        while n := os.readv(fd, [view]):
+            h.update(view[:n])
+    finally:
+        os.close(fd)
+    return h.digest()
+
+
+def _fsync_dir(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sidecar(dest: bytes, suffix: bytes) -> bytes:
+    head, name = os.path.split(dest)
+    if len(name) + len(suffix) + 1 > 255:
+        name = xxhash.xxh3_64_hexdigest(name).encode()
+    return os.path.join(head, b"." + name + suffix)
+
+
+class Destination:
+    """The receive root.  Every wire path is resolved below it, never through a symlink."""
+
+    def __init__(self, root: str | bytes, overwrite: bool = False) -> None:
+        self.root = os.path.realpath(os.fsencode(root))
+        self.overwrite = overwrite
+        os.makedirs(self.root, exist_ok=True)
+
+    def resolve(self, wire_path: bytes, make_parents: bool = True) -> bytes:
+        """Absolute local path for a wire path; parents are real directories (created if asked)."""
+        check_wire_path(wire_path)
+        parts = wire_path.split(b"/")
+        cur = self.root
+        for part in parts[:-1]:
+            cur = os.path.join(cur, part)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                if not make_parents:
+                    return os.path.join(self.root, wire_path)
+                try:
+                    os.mkdir(cur, 0o755)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise _storage_error(exc, f"cannot create directory {os.fsdecode(cur)}") from exc
+                st = os.lstat(cur)
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePath(f"refusing to write through symlink {os.fsdecode(cur)}")
+            if not stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{os.fsdecode(cur)} exists and is not a directory", ErrorCode.EXISTS)
+        return os.path.join(cur, parts[-1])
+
+    # -- directories and symlinks -----------------------------------------
+    def make_dir(self, entry: FileEntry) -> bytes:
+        """Create a directory (mode and mtime are applied later by ``finish_dirs``)."""
+        path = self.resolve(entry.path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{os.fsdecode(path)} exists and is not a directory", ErrorCode.EXISTS) from None
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot create {os.fsdecode(path)}") from exc
+        return path
+
+    @staticmethod
+    def finish_dirs(dirs: list[tuple[bytes, FileEntry]]) -> None:
+        """Apply directory modes and mtimes, deepest first, once their contents are written."""
+        for path, entry in sorted(dirs, key=lambda d: -d[0].count(b"/")):
+            try:
+                os.chmod(path, entry.mode & 0o777 | 0o700)
+                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            except OSError:
+                pass
+
+    def make_symlink(self, entry: FileEntry) -> ErrorCode:
+        check_link_target(entry.path, entry.target)
+        path = self.resolve(entry.path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode) and os.readlink(path) == entry.target:
+                return ErrorCode.IDENTICAL
+            if not self.overwrite or stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{os.fsdecode(path)} exists and differs", ErrorCode.EXISTS)
+        tmp = sidecar(path, PART_SUFFIX)
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(entry.target, tmp)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot create symlink {os.fsdecode(path)}") from exc
+        return ErrorCode.OK
+
+    # -- regular files ------------------------------------------------------
+    def existing(self, path: bytes) -> os.stat_result | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"{os.fsdecode(path)} exists and is a directory", ErrorCode.EXISTS)
+        return st
+
+    def write_small(self, entry: FileEntry, data, digest: bytes) -> ErrorCode:
+        """Store a whole small file: verify, write beside, fsync, move into place."""
+        if file_digest(data) != digest:
+            raise StorageError("whole-file digest mismatch", ErrorCode.DIGEST_MISMATCH)
+        path = self.resolve(entry.path)
+        st = self.existing(path)
+        if st is not None:
+            if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and hash_file(path) == digest:
+                return ErrorCode.IDENTICAL
+            if not self.overwrite:
+                raise StorageError(f"{os.fsdecode(entry.path)} exists and differs (receiver has no --overwrite)", ErrorCode.EXISTS)
+        with claim(path):
+            tmp = sidecar(path, PART_SUFFIX)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    _pwrite_full(fd, data, 0)
+                    _seal(fd, entry)
+                finally:
+                    os.close(fd)
+                _commit(tmp, path, self.overwrite)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+        return ErrorCode.OK
+
+
+def _seal(fd: int, entry: FileEntry) -> None:
+    os.fchmod(fd, entry.mode & 0o777)
+    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    os.fsync(fd)
+
+
+def _commit(tmp: bytes, path: bytes, overwrite: bool) -> None:
+    """Move a finished file into place: never over a user's file unless overwrite."""
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise StorageError(f"{os.fsdecode(path)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if os.path.lexists(path):
+                    raise StorageError(f"{os.fsdecode(path)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
+                os.rename(tmp, path)
+            else:
+                os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        raise _storage_error(exc, f"cannot finalize {os.fsdecode(path)}") from exc
+
+
+def _unlink_quietly(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class claim:
+    """Context manager marking a destination as being written by this process."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __enter__(self) -> "claim":
+        with _busy_lock:
+            if self.path in _busy:
+                raise StorageError(f"{os.fsdecode(self.path)} is being received from another sender", ErrorCode.BUSY)
+            _busy.add(self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with _busy_lock:
+            _busy.discard(self.path)
+
+
+class PartialFile:
+    """A file being received in chunks, with its journal of verified chunks."""
+
+    def __init__(self, dest: Destination, entry: FileEntry, path: bytes) -> None:
+        self.dest, self.entry, self.path = dest, entry, path
+        self.part_path = sidecar(path, PART_SUFFIX)
+        self.journal_path = sidecar(path, JOURNAL_SUFFIX)
+        self.fd = -1
+        self.jfd = -1
+        self.held = RangeSet()
+        self._claim = claim(path)
+        self._claim.__enter__()
+        self._hasher = FileHasher()
+        self._hashed = 0  # chunks [0, _hashed) are in _hasher
+        self.discarded = ""  # why an old partial was thrown away, if it was
+
+    # -- opening ------------------------------------------------------------
+    def open(self, resume: bool) -> tuple[RangeSet, int]:
+        """Open (or create) the partial; return the verified held chunks and their held digest."""
+        try:
+            self.jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(self.jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StorageError(f"{os.fsdecode(self.path)} is being received by another process", ErrorCode.BUSY) from None
+            self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            records = self._read_journal() if resume else None
+            if records is None:
+                self._start_fresh()
+                return RangeSet(), 0
+            return self._verify(records)
+        except OSError as exc:
+            self.close()
+            raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.path)}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _header(self) -> bytes:
+        e = self.entry
+        head = JOURNAL_HEADER.pack(JOURNAL_MAGIC, 1, 0, e.chunk_size, e.size, e.mtime_ns)
+        return head + xxhash.xxh3_64_digest(head)
+
+    def _read_journal(self) -> dict[int, int] | None:
+        """Recorded chunks, or None when there is no usable journal for this source."""
+        raw = b""
+        while chunk := os.read(self.jfd, 1 << 20):
+            raw += chunk
+        header = self._header()
+        if not raw:
+            return None
+        if raw[: len(header)] != header:
+            self.discarded = "the source changed since the partial was made (size, mtime or chunk size differ)"
+            return None
+        records: dict[int, int] = {}
+        for off in range(len(header), len(raw) - RECORD_SIZE + 1, RECORD_SIZE):
+            rec = raw[off : off + RECORD.size]
+            if xxhash.xxh3_64_intdigest(rec) != int.from_bytes(raw[off + RECORD.size : off + RECORD_SIZE], "big"):
+                break  # torn record: everything after it is suspect
+            index, csum = RECORD.unpack(rec)
+            if index < self.entry.chunks:
+                records[index] = csum
+        return records
+
+    def _start_fresh(self) -> None:
+        os.ftruncate(self.fd, 0)
+        if self.entry.size:
+            try:
+                os.posix_fallocate(self.fd, 0, self.entry.size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise StorageError(
+                        f"no space left for {os.fsdecode(self.entry.path)} ({self.entry.size} bytes)"
+                    ) from exc
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+        self._rewrite_journal({})
+
+    def _rewrite_journal(self, records: dict[int, int]) -> None:
+        out = bytearray(self._header())
+        for index in sorted(records):
+            out += _record(index, records[index])
+        os.ftruncate(self.jfd, 0)
+        _pwrite_full(self.jfd, out, 0)
+        os.lseek(self.jfd, len(out), os.SEEK_SET)
+
+    def _verify(self, records: dict[int, int]) -> tuple[RangeSet, int]:
+        """Re-hash every recorded chunk from disk; keep those that still match."""
+        e = self.entry
+        buf = bytearray(e.chunk_size)
+        view = memoryview(buf)
+        good: dict[int, int] = {}
+        held_digest = HeldDigest()
+        for index in sorted(records):
+            length = e.chunk_length(index)
+            got = _pread_full(self.fd, view[:length], index * e.chunk_size)
+            if got != length or chunk_checksum(view[:length]) != records[index]:
+                continue
+            good[index] = records[index]
+            held_digest.add(records[index])
+            self.held.add(index)
+            if index == self._hashed:
+                self._hasher.update(view[:length])
+                self._hashed += 1
+        if len(good) != len(records):
+            self._rewrite_journal(good)
+        else:
+            os.lseek(self.jfd, 0, os.SEEK_END)
+        return RangeSet(self.held), held_digest.value() if good else 0
+
+    # -- writing --------------------------------------------------------------
+    def write_chunk(self, index: int, checksum: int, data) -> None:
+        try:
+            _pwrite_full(self.fd, data, index * self.entry.chunk_size)
+            os.write(self.jfd, _record(index, checksum))
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot write {os.fsdecode(self.entry.path)}") from exc
+        self.held.add(index)
+        if index == self._hashed:
+            self._hasher.update(data)
+            self._hashed += 1
+
+    def restart(self) -> None:
+        """The sender says the held chunks are stale: forget them."""
+        self.held = RangeSet()
+        self._hasher = FileHasher()
+        self._hashed = 0
+        self.discarded = "the source content changed since the partial was made"
+        self._start_fresh()
+
+    def finalize(self, expected: bytes) -> bytes:
+        """Verify the whole-file digest and move the file into place; return the digest."""
+        e = self.entry
+        try:
+            if self._hashed < e.chunks:  # chunks arrived out of order: hash the rest from disk
+                buf = bytearray(e.chunk_size)
+                view = memoryview(buf)
+                for index in range(self._hashed, e.chunks):
+                    n = e.chunk_length(index)
+                    _pread_full(self.fd, view[:n], index * e.chunk_size)
+                    self._hasher.update(view[:n])
+            digest = self._hasher.digest()
+            if digest != expected:
+                self.discard()
+                raise StorageError("whole-file digest mismatch: partial discarded", ErrorCode.DIGEST_MISMATCH)
+            if os.fstat(self.fd).st_size != e.size:
+                os.ftruncate(self.fd, e.size)
+            _seal(self.fd, e)
+            st = self.dest.existing(self.path)
+            if st is not None and not self.dest.overwrite:
+                raise StorageError(f"{os.fsdecode(self.path)} appeared meanwhile; not replaced", ErrorCode.EXISTS)
+            _commit(self.part_path, self.path, self.dest.overwrite)
+            _unlink_quietly(self.journal_path)
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot finalize {os.fsdecode(e.path)}") from exc
+        finally:
+            self.close()
+        return digest
+
+    def discard(self) -> None:
+        _unlink_quietly(self.part_path)
+        _unlink_quietly(self.journal_path)
+        self.close()
+
+    def close(self) -> None:
+        """Release descriptors and the claim; the partial and journal stay for a resume."""
+        for attr in ("fd", "jfd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+        if self._claim is not None:
+            self._claim.__exit__(None, None, None)
+            self._claim = None
+
+
+def _record(index: int, checksum: int) -> bytes:
+    rec = RECORD.pack(index, checksum)
+    return rec + xxhash.xxh3_64_digest(rec)
+
+
+def remove_stale_partial(path: bytes) -> None:
+    """Drop leftovers of an earlier run for a destination that is already complete."""
+    _unlink_quietly(sidecar(path, PART_SUFFIX))
+    _unlink_quietly(sidecar(path, JOURNAL_SUFFIX))
+
+
+__all__ = ["Destination", "PartialFile", "hash_file", "chunk_count", "remove_stale_partial"]

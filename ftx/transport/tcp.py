@@ -1,0 +1,195 @@
+"""TCP driver: non-blocking sockets on the asyncio loop, one task per connection.
+
+``TcpLink`` writes with ``sendmsg`` (header and chunk bytes in one call, no
+copy in Python) and reads with ``recv_into`` straight into the frame decoder's
+buffer.  ``connect`` opens a sender's link; ``serve`` accepts receivers' links
+and runs any number of them side by side on one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from typing import Awaitable, Callable
+
+from .. import DEFAULT_PORT
+from ..errors import ErrorCode, TransportError
+
+log = logging.getLogger("ftx.tcp")
+IOV_MAX = 512
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class TcpLink:
+    transport = "tcp"
+
+    def __init__(self, sock: socket.socket) -> None:
+        _tune(sock)
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._send_lock = asyncio.Lock()
+        self.last_recv = self.last_send = time.monotonic()
+        self.busy = 0
+        try:
+            self.peer = sock.getpeername()
+        except OSError:
+            self.peer = None
+
+    @property
+    def sending(self) -> bool:
+        return self._send_lock.locked()
+
+    async def send(self, bufs: list) -> None:
+        if not bufs:
+            return
+        async with self._send_lock:
+            views = [memoryview(b).cast("B") for b in bufs if len(b)]
+            i = 0
+            sock = self.sock
+            while i < len(views):
+                try:
+                    n = sock.sendmsg(views[i : i + IOV_MAX])
+                except (BlockingIOError, InterruptedError):
+                    await self._writable()
+                    continue
+                except OSError as exc:
+                    raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
+                self.last_send = time.monotonic()
+                while n:
+                    size = len(views[i])
+                    if n >= size:
+                        n -= size
+                        i += 1
+                    else:
+                        views[i] = views[i][n:]
+                        n = 0
+
+    async def _writable(self) -> None:
+        fut = self._loop.create_future()
+        fd = self.sock.fileno()
+        self._loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            self._loop.remove_writer(fd)
+
+    async def recv_into(self, buf: memoryview) -> int:
+        try:
+            n = await self._loop.sock_recv_into(self.sock, buf)
+        except OSError as exc:
+            raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        self.last_recv = time.monotonic()
+        return n
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_dest(dest: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address."""
+    if dest.startswith("["):
+        host, sep, rest = dest[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad destination {dest!r}: expected [IPv6]:PORT")
+        port = rest[1:] if rest else ""
+    elif dest.count(":") == 1:
+        host, port = dest.split(":")
+    else:
+        host, port = dest, ""
+    if not host:
+        raise ValueError(f"bad destination {dest!r}: no host")
+    if port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad port {port!r}")
+        return host, int(port)
+    return host, default_port
+
+
+async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot resolve {host}: {exc.strerror}") from exc
+    last: Exception | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+            return TcpLink(sock)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            last = exc
+    reason = getattr(last, "strerror", None) or "timed out"
+    raise TransportError(f"cannot connect to {host} port {port}: {reason}", ErrorCode.ABORTED)
+
+
+def listen(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets: ``None``/``::`` means every address, IPv6 and IPv4."""
+    socks: list[socket.socket] = []
+    if host in (None, "", "::", "*"):
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            targets = [(s, ("::", port))]
+        except OSError:
+            targets = [(socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("0.0.0.0", port))]
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        targets = [(socket.socket(family, socket.SOCK_STREAM), addr)]
+    for sock, addr in targets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot listen on {addr[0]} port {addr[1]}: {exc.strerror}") from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitable[None]]) -> None:
+    """Accept forever, running ``handle(link)`` for each connection concurrently."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    async def accept_loop(lsock: socket.socket) -> None:
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; retrying", exc.strerror)
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            task = loop.create_task(handle(TcpLink(sock)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    try:
+        await asyncio.gather(*(accept_loop(s) for s in socks))
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
