@@ -92,8 +92,10 @@ def main() -> None:
 @click.option("--no-resume", is_flag=True, help="Discard partial data on the receiver and start over.")
 @click.option("--links", is_flag=True, help="Send symlinks as symlinks (inside the tree only).")
 @click.option("--chunk-size", default="1M", show_default=True, help="Chunk size: resume and checksum unit.")
+@click.option("--max-rate", default=None, help="Cap the payload rate, in bytes per second (e.g. 20M).")
 @_with(verbosity)
-def send(paths, dest, port, no_resume, links, chunk_size, verbose, quiet, as_json, no_progress, idle_timeout):
+def send(paths, dest, port, no_resume, links, chunk_size, max_rate, verbose, quiet, as_json, no_progress,
+         idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
@@ -111,6 +113,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, verbose, quiet, as_jso
     for p in paths:
         if not os.path.lexists(p):
             _die(f"{p}: no such file or directory", EXIT_LOCAL)
+    rate = _size(max_rate) if max_rate else None
+    if rate is not None and rate <= 0:
+        raise click.BadParameter("must be positive", param_hint="--max-rate")
     config = Config(chunk_size=csize, resume=not no_resume)
     progress = None
     if _show_progress(no_progress, as_json):
@@ -118,7 +123,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, verbose, quiet, as_jso
 
         progress = SendBars()
     try:
-        report = asyncio.run(_send(list(paths), host, dport, config, links, progress, idle_timeout))
+        report = asyncio.run(_send(list(paths), host, dport, config, links, progress, idle_timeout, rate))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -139,7 +144,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, verbose, quiet, as_jso
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate):
     from .sending import SendSession
     from .source import walk
     from .transport.tcp import connect
@@ -147,7 +152,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout):
     list(walk(paths, links))  # fail on bad arguments before connecting
     link = await connect(host, port)
     try:
-        return await SendSession(link, config, links, progress, idle_timeout).run(paths)
+        return await SendSession(link, config, links, progress, idle_timeout, rate).run(paths)
     finally:
         link.close()
 

@@ -73,7 +73,8 @@ class Progress:
 
 class SendSession:
     def __init__(self, link: Link, config: Config | None = None, links: bool = False,
-                 progress: Progress | None = None, idle_timeout: float = 30.0) -> None:
+                 progress: Progress | None = None, idle_timeout: float = 30.0,
+                 max_rate: float | None = None) -> None:
         self.link = link
         self.config = config or Config()
         self.conn = SenderConnection(self.config)
@@ -92,6 +93,7 @@ class SendSession:
         self._buf = memoryview(bytearray(self.config.chunk_size))
         self.reports: list[FileSendReport] = []
         self._main: asyncio.Task | None = None
+        self._pacer = Pacer(max_rate) if max_rate else None
 
     # -- top level --------------------------------------------------------------
     async def run(self, paths: list) -> SendReport:
@@ -352,6 +354,8 @@ class SendSession:
                 return  # the receiver failed the file; its result says why
             conn.send_chunk(fid, index, data)
             await self._flush()
+            if self._pacer is not None:
+                await self._pacer.pace(len(data))
             report.bytes_sent += len(data)
             self.progress.advance(len(data))
         if not src.unchanged():
@@ -359,6 +363,20 @@ class SendSession:
         digest = hasher.digest()
         report.digest = digest.hex()
         conn.end_file(fid, digest)
+
+
+class Pacer:
+    """Keeps the average payload rate at or below ``rate`` bytes per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._next = time.monotonic()
+
+    async def pace(self, nbytes: int) -> None:
+        now = time.monotonic()
+        self._next = max(self._next, now - 0.1) + nbytes / self.rate  # at most 100 ms of credit
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
 
 
 def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:

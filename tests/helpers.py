@@ -1,0 +1,147 @@
+"""Shared helpers for the end-to-end tests: real `ftx` subprocesses on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FTX = [sys.executable, "-m", "ftx"]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.002, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class LineReader:
+    """Collects a child's stdout lines on a thread, so reads can have deadlines."""
+
+    def __init__(self, stream) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self._t = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self._q.put(line)
+        self._q.put(None)
+
+    def next_json(self, timeout: float = 20.0) -> dict:
+        try:
+            line = self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"timed out after {timeout} s waiting for a JSON line") from None
+        if line is None:
+            raise AssertionError("process closed its output")
+        return json.loads(line)
+
+
+class Receiver:
+    """``ftx receive --json`` as a subprocess on an ephemeral loopback port."""
+
+    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1") -> None:
+        self.dir = directory
+        self.proc = subprocess.Popen(
+            FTX + ["receive", "--listen", host, "--port", "0", "--dir", str(directory), "--json", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines = LineReader(self.proc.stdout)
+        first = self.lines.next_json()
+        assert first["event"] == "listening", first
+        self.port = first["port"]
+        self.host = host
+
+    @property
+    def dest(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def next_event(self, timeout: float = 20.0) -> dict:
+        return self.lines.next_json(timeout)
+
+    def events_until(self, kind: str, timeout: float = 20.0) -> list[dict]:
+        out = []
+        while True:
+            ev = self.next_event(timeout)
+            out.append(ev)
+            if ev["event"] == kind:
+                return out
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read()
+            self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def run_send(*args: str, timeout: float = 60.0) -> tuple[int, dict | None, str]:
+    """Run ``ftx send ... --json``; return (exit code, parsed JSON or None, stderr)."""
+    proc = subprocess.run(FTX + ["send", *args, "--json", "--no-progress"], capture_output=True, text=True,
+                          timeout=timeout)
+    report = json.loads(proc.stdout) if proc.stdout.strip() else None
+    return proc.returncode, report, proc.stderr
+
+
+def start_send(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(FTX + ["send", *args, "--json", "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> bytes:
+    import random
+
+    data = random.Random(seed).randbytes(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def journal_records(dest_dir: Path, name: str) -> int:
+    """Verified-chunk records in the journal beside ``dest_dir/name`` (0 if none)."""
+    try:
+        size = os.path.getsize(dest_dir / f".{name}.ftx-journal")
+    except OSError:
+        return 0
+    return max(0, (size - 40) // 24)
+
+
+def tree_equal(a: Path, b: Path) -> bool:
+    """Same relative paths, same kinds, same bytes, same modes (files)."""
+    def listing(root: Path):
+        out = {}
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", p.read_bytes(), p.stat().st_mode & 0o777)
+        return out
+
+    return listing(a) == listing(b)
