@@ -78,6 +78,10 @@ class ReceiveSession:
         self.error = ""
 
     # -- dispatch -------------------------------------------------------------
+    def handle_all(self, events: list[Event]) -> None:
+        for ev in events:
+            self.handle(ev)
+
     def handle(self, ev: Event) -> None:
         if isinstance(ev, ChunkReceived):
             self._on_chunk(ev)
@@ -277,11 +281,19 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
-        while (ev := conn.next_event()) is not None:
-            if isinstance(ev, slow):
-                with link_busy(link):
-                    await asyncio.to_thread(session.handle, ev)
+        # handling an event can raise new ones (the last RESULT completes the session)
+        while events := _drain(conn):
+            if any(isinstance(ev, slow) for ev in events):
+                with link_busy(link):  # one thread hop for the whole batch
+                    await asyncio.to_thread(session.handle_all, events)
             else:
-                session.handle(ev)
+                session.handle_all(events)
         if conn.pending_output:
             await link.send(conn.data_to_send())
+
+
+def _drain(conn) -> list[Event]:
+    events = []
+    while (ev := conn.next_event()) is not None:
+        events.append(ev)
+    return events
