@@ -119,9 +119,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, verbose, qui
     config = Config(chunk_size=csize, resume=not no_resume)
     progress = None
     if _show_progress(no_progress, as_json):
-        from .progress import SendBars
+        from .progress import Bars
 
-        progress = SendBars()
+        progress = Bars()
     try:
         report = asyncio.run(_send(list(paths), host, dport, config, links, progress, idle_timeout, rate))
     except KeyboardInterrupt:
@@ -176,7 +176,8 @@ def receive(host, port, directory, once, overwrite, verbose, quiet, as_json, no_
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
-        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout))
+        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
+                                    _show_progress(no_progress, as_json)))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -184,12 +185,19 @@ def receive(host, port, directory, once, overwrite, verbose, quiet, as_json, no_
     sys.exit(code)
 
 
+def _peer_label(peer) -> str:
+    if isinstance(peer, tuple):
+        host = peer[0].removeprefix("::ffff:")
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
 def _emit(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-async def _receive(dest, host, port, once, as_json, idle_timeout) -> int:
+async def _receive(dest, host, port, once, as_json, idle_timeout, bars) -> int:
     from .receiving import receive_over
     from .transport.tcp import listen, serve
 
@@ -218,10 +226,19 @@ async def _receive(dest, host, port, once, as_json, idle_timeout) -> int:
             log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
 
     async def handle(link) -> None:
-        session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout)
+        progress = None
+        if bars:
+            from .progress import Bars
+
+            progress = Bars(label=_peer_label(link.peer))
+        try:
+            session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
         ok = session.complete and all(r.ok for r in session.reports)
         if as_json:
-            _emit({"event": "session", "peer": str(link.peer), "complete": session.complete, "ok": ok,
+            _emit({"event": "session", "peer": _peer_label(link.peer), "complete": session.complete, "ok": ok,
                    "files": len(session.reports), "error": session.error})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)

@@ -31,6 +31,7 @@ from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
 from .errors import ErrorCode, FtxError
+from .progress import Progress
 from .storage import Destination, PartialFile, hash_file, remove_stale_partial
 from .transport.link import Watchdog, link_busy
 
@@ -65,10 +66,12 @@ class ReceiveSession:
         conn: ReceiverConnection,
         dest: Destination,
         on_file: Callable[[FileReport], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.conn = conn
         self.dest = dest
         self.on_file = on_file or (lambda report: None)
+        self.progress = progress or Progress()
         self._partials: dict[int, PartialFile] = {}
         self._received: dict[int, int] = {}
         self._resumed: dict[int, int] = {}
@@ -136,6 +139,7 @@ class ReceiveSession:
             self._resumed.pop(file_id, 0),
         )
         self.reports.append(report)
+        self.progress.end_file(report)
         self.on_file(report)
 
     # -- handlers --------------------------------------------------------------
@@ -169,16 +173,19 @@ class ReceiveSession:
         if part.discarded:
             flags |= DECISION_DISCARDED
             log.warning("%s: %s; starting over", _name(entry), part.discarded)
+        resumed = sum(entry.chunk_length(i) for i in held.values())
         if held:
-            resumed = sum(entry.chunk_length(i) for i in held.values())
             self._resumed[ev.file_id] = resumed
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
+        self.progress.start_file(_name(entry), entry.size, resumed)
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
 
     def _on_small(self, ev: SmallFileReceived) -> None:
         code = self.dest.write_small(ev.entry, ev.data, ev.digest)
         if code == ErrorCode.OK:
             self._received[ev.file_id] = ev.entry.size
+            self.progress.start_file(_name(ev.entry), ev.entry.size, 0)
+            self.progress.advance(ev.entry.size)
         self._finish(ev.file_id, ev.entry, code, ev.digest)
 
     def _on_chunk(self, ev: ChunkReceived) -> None:
@@ -193,6 +200,7 @@ class ReceiveSession:
             self._fail(ev.file_id, part.entry, exc.code, str(exc))
             return
         self._received[ev.file_id] = self._received.get(ev.file_id, 0) + len(ev.data)
+        self.progress.advance(len(ev.data))
 
     def _on_complete(self, ev: FileDataComplete) -> None:
         part = self._partials.pop(ev.file_id, None)
@@ -234,7 +242,8 @@ def _name(entry: FileEntry) -> str:
     return os.fsdecode(entry.path)
 
 
-async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0) -> ReceiveSession:
+async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
+                       progress: Progress | None = None) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
@@ -242,7 +251,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connections on the loop keep moving.
     """
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite))
-    session = ReceiveSession(conn, dest, on_file)
+    session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
     dead: list[Exception] = []
 

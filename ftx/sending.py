@@ -23,6 +23,7 @@ from .core.ranges import RangeSet
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, TransportError
+from .progress import Progress
 from .source import SourceChanged, SourceFile, SourceItem, walk
 from .transport.link import Link, Watchdog
 
@@ -61,14 +62,6 @@ class SendReport:
         d["file_count"] = len(self.files)
         d["failed"] = sum(1 for f in self.files if not f.ok)
         return d
-
-
-class Progress:
-    """Hooks for a progress display; the default does nothing."""
-
-    def start_file(self, path: str, size: int, resumed: int) -> None: ...
-    def advance(self, nbytes: int) -> None: ...
-    def end_file(self, report: FileSendReport) -> None: ...
 
 
 class SendSession:
