@@ -125,3 +125,35 @@ def test_resume_of_a_directory_skips_finished_files(tmp_path, receiver):
     assert report["bytes_sent"] <= 0.55 * sum(len(v) for v in files.values())
     for name, data in files.items():
         assert (receiver.dir / "d" / name).read_bytes() == data
+
+
+def test_source_modified_during_transfer_is_never_spliced(tmp_path, receiver):
+    src = tmp_path / "big.bin"
+    write_random(src, SIZE, seed=7)
+    proc = start_send(str(src), receiver.dest, "--max-rate", RATE)
+    wait_for(lambda: journal_records(receiver.dir, "big.bin") >= 3, what="a few chunks")
+    with open(src, "r+b") as f:  # rewrite the start behind the sender's back
+        f.write(b"changed" * 1000)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert "changed" in err
+    assert not (receiver.dir / "big.bin").exists()
+    rc, report, err = run_send(str(src), receiver.dest)  # the next run starts over and is right
+    assert rc == 0, err
+    assert (receiver.dir / "big.bin").read_bytes() == src.read_bytes()
+
+
+def test_receiver_sigterm_keeps_partial_for_resume(tmp_path, receiver_factory):
+    data = write_random(tmp_path / "big.bin", SIZE, seed=8)
+    dst = tmp_path / "dst"
+    r1 = receiver_factory(directory=dst)
+    proc = start_send(str(tmp_path / "big.bin"), r1.dest, "--max-rate", RATE)
+    wait_for(lambda: journal_records(dst, "big.bin") >= CHUNKS // 2, what="half the chunks")
+    assert r1.stop() == 0  # SIGTERM: clean exit
+    proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    r2 = receiver_factory(directory=dst)
+    rc, report, err = run_send(str(tmp_path / "big.bin"), r2.dest)
+    assert rc == 0, err
+    assert report["bytes_sent"] <= 0.55 * SIZE
+    assert (dst / "big.bin").read_bytes() == data
