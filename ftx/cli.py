@@ -149,10 +149,10 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate):
     from .source import walk
     from .transport.tcp import connect
 
-    list(walk(paths, links))  # fail on bad arguments before connecting
+    items = list(walk(paths, links))  # bad arguments fail before connecting
     link = await connect(host, port)
     try:
-        return await SendSession(link, config, links, progress, idle_timeout, rate).run(paths)
+        return await SendSession(link, config, progress, idle_timeout, rate).run(items)
     finally:
         link.close()
 

@@ -65,13 +65,12 @@ class SendReport:
 
 
 class SendSession:
-    def __init__(self, link: Link, config: Config | None = None, links: bool = False,
+    def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
                  max_rate: float | None = None) -> None:
         self.link = link
         self.config = config or Config()
         self.conn = SenderConnection(self.config)
-        self.links = links
         self.progress = progress or Progress()
         self.idle_timeout = idle_timeout
         loop = asyncio.get_running_loop()
@@ -89,10 +88,10 @@ class SendSession:
         self._pacer = Pacer(max_rate) if max_rate else None
 
     # -- top level --------------------------------------------------------------
-    async def run(self, paths: list) -> SendReport:
+    async def run(self, items: list[SourceItem]) -> SendReport:
+        """Send ``items`` (from ``source.walk``) and wait for every result."""
         t0 = time.monotonic()
         error = ""
-        items = list(walk(paths, self.links))  # walk first: bad arguments fail before connecting
         self._main = asyncio.current_task()
         reader = asyncio.get_running_loop().create_task(self._read_loop())
         dog = Watchdog(self.link, self.idle_timeout)
@@ -377,5 +376,6 @@ def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:
     return FileEntry(item.wire, item.kind, 0, st.st_mode & 0o7777, st.st_mtime_ns, chunk_size, item.target)
 
 
-async def send_paths(link: Link, paths: list, config: Config | None = None, **kwargs) -> SendReport:
-    return await SendSession(link, config, **kwargs).run(paths)
+async def send_paths(link: Link, paths: list, config: Config | None = None, links: bool = False,
+                     **kwargs) -> SendReport:
+    return await SendSession(link, config, **kwargs).run(list(walk(paths, links)))

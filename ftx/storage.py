@@ -309,9 +309,10 @@ class PartialFile:
 
     def _read_journal(self) -> dict[int, int] | None:
         """Recorded chunks, or None when there is no usable journal for this source."""
-        raw = b""
+        buf = bytearray()
         while chunk := os.read(self.jfd, 1 << 20):
-            raw += chunk
+            buf += chunk
+        raw = bytes(buf)
         header = self._header()
         if not raw:
             return None
