@@ -260,7 +260,8 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         task.cancel()
 
     dog = Watchdog(link, idle_timeout)
-    dog.start(on_dead)
+    if not getattr(link, "own_liveness", False):
+        dog.start(on_dead)
     try:
         try:
             await _serve_loop(link, conn, session)
@@ -286,10 +287,7 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -
     slow = ReceiveSession.SLOW_EVENTS
     await link.send(conn.data_to_send())
     while not conn.closed:
-        n = await link.recv_into(conn.get_buffer())
-        if n == 0:
-            conn.receive_eof()
-        conn.buffer_updated(n)
+        await link.feed(conn)
         # handling an event can raise new ones (the last RESULT completes the session)
         while events := _drain(conn):
             if any(isinstance(ev, slow) for ev in events):

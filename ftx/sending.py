@@ -95,7 +95,8 @@ class SendSession:
         self._main = asyncio.current_task()
         reader = asyncio.get_running_loop().create_task(self._read_loop())
         dog = Watchdog(self.link, self.idle_timeout)
-        dog.start(self._fail)
+        if not getattr(self.link, "own_liveness", False):
+            dog.start(self._fail)
         try:
             try:
                 await self._flush()
@@ -167,13 +168,7 @@ class SendSession:
         conn, link = self.conn, self.link
         try:
             while True:
-                buf = conn.get_buffer()
-                n = await link.recv_into(buf)
-                if n == 0:
-                    if conn.closed:
-                        return
-                    conn.receive_eof()
-                conn.buffer_updated(n)
+                await link.feed(conn)
                 while (ev := conn.next_event()) is not None:
                     self._on_event(ev)
                 if conn.pending_output:
@@ -344,7 +339,7 @@ class SendSession:
                 continue
             if conn.file_state(fid) != FileState.SENDING:
                 return  # the receiver failed the file; its result says why
-            conn.send_chunk(fid, index, data)
+            await self.link.send_chunk(conn, fid, index, data)
             await self._flush()
             if self._pacer is not None:
                 await self._pacer.pace(len(data))
@@ -354,7 +349,9 @@ class SendSession:
             raise SourceChanged(f"{os.fsdecode(src.item.local)} changed while being sent")
         digest = hasher.digest()
         report.digest = digest.hex()
-        conn.end_file(fid, digest)
+        await self.link.file_sent(fid)
+        if conn.file_state(fid) == FileState.SENDING:
+            conn.end_file(fid, digest)
 
 
 class Pacer:

@@ -73,17 +73,22 @@ class SenderConnection(Connection):
         self._send_frame(FrameType.SMALL_FILE, SmallFile(fid, entry, digest, data).encode())
         return fid
 
-    def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None) -> None:
-        """Queue one DATA frame.  ``data`` is not copied: keep it intact until sent."""
+    def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None, framed: bool = True) -> None:
+        """Queue one DATA frame.  ``data`` is not copied: keep it intact until sent.
+
+        ``framed=False`` records the chunk as sent without a frame, for
+        transports that carry chunk bytes themselves (UDP CHUNK frames).
+        """
         entry = self._entries.get(file_id)
         if entry is None or not 0 <= index < entry.chunks:
             raise LocalProtocolError(f"chunk {index} of file {file_id} does not exist")
         if len(data) != entry.chunk_length(index):
             raise LocalProtocolError("chunk has the wrong length")
         self._step(file_id, In.CHUNK, remote=False)
-        if checksum is None:
-            checksum = chunk_checksum(data)
-        self._send_buffers(encode_data_header(file_id, index, checksum, len(data)), data)
+        if framed:
+            if checksum is None:
+                checksum = chunk_checksum(data)
+            self._send_buffers(encode_data_header(file_id, index, checksum, len(data)), data)
 
     def end_file(self, file_id: int, digest: bytes) -> None:
         self._step(file_id, In.END, remote=False)

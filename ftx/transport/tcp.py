@@ -90,6 +90,22 @@ class TcpLink:
         self.last_recv = time.monotonic()
         return n
 
+    # -- what the transport-neutral layers call -----------------------------------
+    own_liveness = False  # the Watchdog pings and times out for us
+
+    async def feed(self, conn) -> None:
+        """Move whatever arrives next into ``conn`` (zero-copy into its frame buffer)."""
+        n = await self.recv_into(conn.get_buffer())
+        if n == 0:
+            conn.receive_eof()
+        conn.buffer_updated(n)
+
+    async def send_chunk(self, conn, file_id: int, index: int, data) -> None:
+        conn.send_chunk(file_id, index, data)  # a DATA frame, flushed with the others
+
+    async def file_sent(self, file_id: int) -> None:
+        """On TCP, FILE_END simply follows the DATA frames in the stream."""
+
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)

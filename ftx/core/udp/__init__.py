@@ -1,0 +1,1 @@
+"""Reliable UDP, sans I/O: packets, loss recovery, congestion control, sessions."""

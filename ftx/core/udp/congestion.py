@@ -1,0 +1,127 @@
+"""A BBR-style congestion controller: pace at the measured bottleneck rate.
+
+Loss-based controllers (NewReno, CUBIC) shrink their window on every loss, so
+on a path with random loss they collapse: the Mathis bound gives NewReno about
+MSS/RTT * 1.22/sqrt(p), a few Mbit/s at 1% loss and 30 ms.  BBR instead models
+the path (draft-cardwell-iccrg-bbr-congestion-control, BBR v1):
+
+* BtlBw: the maximum delivery rate seen over the last 10 round trips;
+* RTprop: the minimum RTT seen over the last 10 seconds;
+* STARTUP paces at 2/ln 2 (2.885) x BtlBw until BtlBw grows less than 25% for
+  three rounds, DRAIN paces at 1/2.885 until the queue it built is gone, then
+  PROBE_BW cycles its pacing gain through 5/4, 3/4, 1, 1, 1, 1, 1, 1, one
+  phase per RTprop;
+* cwnd = cwnd_gain (2, or 2.885 in STARTUP) x BtlBw x RTprop, at least 4 packets.
+
+Random loss does not lower the model, so goodput stays near the bottleneck;
+a narrower bottleneck lowers the measured delivery rate, so the sender slows
+to it instead of flooding it.  ``max_rate`` caps the pacing rate (the user's
+--max-rate).
+"""
+
+from __future__ import annotations
+
+from .recovery import RateSample
+
+STARTUP_GAIN = 2.885
+PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+BW_WINDOW_ROUNDS = 10
+MIN_RTT_WINDOW = 10.0
+INITIAL_CWND_PACKETS = 32
+
+
+class Bbr:
+    def __init__(self, mss: int, max_rate: float | None = None) -> None:
+        self.mss = mss
+        self.max_rate = max_rate
+        self.state = "startup"
+        self.pacing_gain = STARTUP_GAIN
+        self.cwnd_gain = STARTUP_GAIN
+        self._bw_samples: list[tuple[int, float]] = []  # (round, rate)
+        self.btl_bw = 0.0
+        self.min_rtt = float("inf")
+        self._min_rtt_stamp = 0.0
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._round_start = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self._cycle_index = 0
+        self._cycle_stamp = 0.0
+        self._srtt_hint = 0.1
+
+    # -- outputs --------------------------------------------------------------------
+    @property
+    def cwnd(self) -> int:
+        if not self.btl_bw or self.min_rtt == float("inf"):
+            return INITIAL_CWND_PACKETS * self.mss
+        bdp = self.btl_bw * self.min_rtt
+        return max(int(self.cwnd_gain * bdp) + 3 * self.mss, 4 * self.mss)
+
+    @property
+    def pacing_rate(self) -> float:
+        if self.btl_bw:
+            rate = self.pacing_gain * self.btl_bw
+        else:
+            rate = STARTUP_GAIN * INITIAL_CWND_PACKETS * self.mss / max(self._srtt_hint, 0.001)
+        if self.max_rate:
+            rate = min(rate, self.max_rate)
+        return rate
+
+    # -- inputs ---------------------------------------------------------------------
+    def on_ack(self, rs: RateSample, now: float, delivered: int, bytes_in_flight: int, srtt: float) -> None:
+        self._srtt_hint = srtt
+        if rs.acked:
+            newest = max(rs.acked, key=lambda p: p.delivered)
+            self._round_start = newest.delivered >= self._next_round_delivered
+            if self._round_start:
+                self._next_round_delivered = delivered
+                self.round_count += 1
+        if rs.rtt and (rs.rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW):
+            self.min_rtt = rs.rtt
+            self._min_rtt_stamp = now
+        if rs.rate and (not rs.app_limited or rs.rate >= self.btl_bw):
+            self._bw_samples.append((self.round_count, rs.rate))
+        horizon = self.round_count - BW_WINDOW_ROUNDS
+        while self._bw_samples and self._bw_samples[0][0] <= horizon:
+            self._bw_samples.pop(0)
+        if len(self._bw_samples) > 64:  # keep the filter small: the best per round is enough
+            best: dict[int, float] = {}
+            for r, v in self._bw_samples:
+                best[r] = max(v, best.get(r, 0.0))
+            self._bw_samples = sorted(best.items())
+        self.btl_bw = max((v for _, v in self._bw_samples), default=self.btl_bw)
+        self._advance_state(now, bytes_in_flight, rs.app_limited)
+
+    def _advance_state(self, now: float, bytes_in_flight: int, app_limited: bool) -> None:
+        if self.state == "startup" and self._round_start and not app_limited:
+            if self.btl_bw >= self._full_bw * 1.25:
+                self._full_bw, self._full_bw_count = self.btl_bw, 0
+            else:
+                self._full_bw_count += 1
+            if self._full_bw_count >= 3:
+                self.state, self.pacing_gain, self.cwnd_gain = "drain", 1 / STARTUP_GAIN, STARTUP_GAIN
+        if self.state == "drain" and bytes_in_flight <= self.btl_bw * self.min_rtt:
+            self._enter_probe_bw(now)
+        if self.state == "probe_bw" and now - self._cycle_stamp > self.min_rtt:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
+            self._cycle_stamp = now
+            self.pacing_gain = PROBE_GAINS[self._cycle_index]
+
+    def _enter_probe_bw(self, now: float) -> None:
+        self.state = "probe_bw"
+        self.cwnd_gain = 2.0
+        self._cycle_index = 2  # start in a cruising phase
+        self._cycle_stamp = now
+        self.pacing_gain = PROBE_GAINS[self._cycle_index]
+
+    def on_loss(self, rs: RateSample, now: float) -> None:
+        """BBR v1 keeps its model on loss; the probe phase ends early instead."""
+        if self.state == "probe_bw" and self.pacing_gain > 1.0:
+            self._cycle_index = 1
+            self.pacing_gain = PROBE_GAINS[1]
+            self._cycle_stamp = now
+
+    def on_persistent_congestion(self) -> None:
+        """Nothing got through for a long time: forget the model and start over."""
+        self.__init__(self.mss, self.max_rate)

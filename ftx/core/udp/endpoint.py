@@ -1,0 +1,186 @@
+"""Connection set-up over UDP, sans I/O: the receiver's Listener, the sender's Dialer.
+
+Handshake (protocol.md, "UDP handshake")::
+
+    sender                                   receiver
+    INITIAL(dcid=R0, scid=S, token="")  -->              (padded to 1200 bytes)
+                                        <--  RETRY(dcid=S, token=T)   (no state kept)
+    INITIAL(dcid=R0, scid=S, token=T)   -->              token checked: address valid
+                                        <--  INITIAL(dcid=S, scid=R)  session created
+    DATA(dcid=R, ...)                   <->  DATA(dcid=S, ...)
+
+The token is ``u32 seconds || HMAC-SHA256(secret, seconds || address || port || S)[:16]``
+and is valid for 10 s: the receiver keeps no state for an address until it has
+proved it receives there, and a RETRY is smaller than the INITIAL that caused
+it, so a spoofed source can neither exhaust memory nor be flooded through us.
+DATA packets are routed by connection ID, so a sender whose address or port
+changes keeps its session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from ...errors import RemoteProtocolError
+from .packets import (
+    DATA,
+    INITIAL,
+    MIN_INITIAL_SIZE,
+    RETRY,
+    TRAILER_SIZE,
+    build,
+    initial_payload,
+    parse,
+    parse_initial,
+)
+from .session import UdpConfig, UdpSession
+
+TOKEN_LIFETIME = 10
+
+
+def _addr_bytes(addr) -> bytes:
+    return f"{addr[0]}|{addr[1]}".encode()
+
+
+def make_token(secret: bytes, addr, scid: int, now: float) -> bytes:
+    ts = struct.pack(">I", int(now) & 0xFFFFFFFF)
+    mac = hmac.new(secret, ts + _addr_bytes(addr) + scid.to_bytes(8, "big"), hashlib.sha256).digest()[:16]
+    return ts + mac
+
+
+def check_token(secret: bytes, token: bytes, addr, scid: int, now: float) -> bool:
+    if len(token) != 20:
+        return False
+    (ts,) = struct.unpack(">I", token[:4])
+    age = (int(now) - ts) & 0xFFFFFFFF
+    if age > TOKEN_LIFETIME:
+        return False
+    return hmac.compare_digest(token, make_token(secret, addr, scid, ts))
+
+
+def padded_initial(dcid: int, pn: int, scid: int, token: bytes) -> bytes:
+    payload = initial_payload(scid, token)
+    pad = MIN_INITIAL_SIZE - (18 + len(payload) + TRAILER_SIZE)
+    return build(INITIAL, dcid, pn, payload + bytes(max(0, pad)))
+
+
+class Listener:
+    """Receiver side: validates addresses statelessly, routes packets to sessions."""
+
+    def __init__(self, secret: bytes, config: UdpConfig, new_cid) -> None:
+        self.secret = secret
+        self.config = config
+        self._new_cid = new_cid  # callable returning a fresh random 64-bit ID
+        self.sessions: dict[int, UdpSession] = {}
+        self.addresses: dict[int, tuple] = {}
+        self._by_initial: dict[tuple, int] = {}  # (address, sender cid) -> our cid
+        self.stats = {"garbage": 0, "foreign": 0, "retries": 0, "short_initials": 0, "bad_tokens": 0}
+
+    def receive_datagram(self, data, addr, now: float) -> tuple[UdpSession | None, bool, list[bytes]]:
+        """Returns (session the datagram was for, whether it is new, replies to send to ``addr``)."""
+        try:
+            pkt = parse(data)
+        except RemoteProtocolError:
+            self.stats["garbage"] += 1
+            return None, False, []
+        if pkt.ptype == DATA:
+            session = self.sessions.get(pkt.dcid)
+            if session is None:
+                self.stats["foreign"] += 1
+                return None, False, []
+            before = session._largest_recv
+            session.receive_payload(pkt.pn, pkt.payload, now)
+            if pkt.pn > before and self.addresses.get(pkt.dcid) != addr:
+                self.addresses[pkt.dcid] = addr  # the sender moved (new port or address)
+            return session, False, []
+        if pkt.ptype != INITIAL:
+            self.stats["foreign"] += 1
+            return None, False, []
+        if len(data) < MIN_INITIAL_SIZE:
+            self.stats["short_initials"] += 1
+            return None, False, []
+        try:
+            scid, token, _ = parse_initial(pkt.payload)
+        except RemoteProtocolError:
+            self.stats["garbage"] += 1
+            return None, False, []
+        known = self._by_initial.get((addr, scid))
+        if known is not None and known in self.sessions:  # our INITIAL reply was lost: repeat it
+            return self.sessions[known], False, [self._reply(known, scid)]
+        if not token:
+            self.stats["retries"] += 1
+            return None, False, [build(RETRY, scid, 0, initial_payload(0, make_token(self.secret, addr, scid, now)))]
+        if not check_token(self.secret, token, addr, scid, now):
+            self.stats["bad_tokens"] += 1
+            return None, False, []
+        cid = self._new_cid()
+        session = UdpSession(cid, scid, self.config, now, chunk_receiver=True)
+        self.sessions[cid] = session
+        self.addresses[cid] = addr
+        self._by_initial[(addr, scid)] = cid
+        return session, True, [self._reply(cid, scid)]
+
+    def _reply(self, cid: int, scid: int) -> bytes:
+        return build(INITIAL, scid, 0, initial_payload(cid, b""))
+
+    def forget(self, session: UdpSession) -> None:
+        self.sessions.pop(session.local_cid, None)
+        self.addresses.pop(session.local_cid, None)
+        for k, v in list(self._by_initial.items()):
+            if v == session.local_cid:
+                del self._by_initial[k]
+
+
+class Dialer:
+    """Sender side: INITIAL, follow a RETRY, create the session on the receiver's INITIAL."""
+
+    def __init__(self, config: UdpConfig, local_cid: int, initial_dcid: int, now: float) -> None:
+        self.config = config
+        self.local_cid = local_cid
+        self.initial_dcid = initial_dcid
+        self.token = b""
+        self.session: UdpSession | None = None
+        self._tries = 0
+        self._next_try = now
+        self._start = now
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        if self.session is not None or now < self._next_try:
+            return []
+        self._tries += 1
+        self._next_try = now + min(0.25 * 2 ** (self._tries - 1), 2.0)
+        return [padded_initial(self.initial_dcid, self._tries, self.local_cid, self.token)]
+
+    def next_timer(self) -> float | None:
+        return None if self.session is not None else self._next_try
+
+    def timed_out(self, now: float) -> bool:
+        return self.session is None and now - self._start > self.config.idle_timeout
+
+    def receive_datagram(self, data, now: float) -> UdpSession | None:
+        """Feed any datagram; returns the session once it exists (and feeds it DATA)."""
+        try:
+            pkt = parse(data)
+        except RemoteProtocolError:
+            return self.session
+        if pkt.dcid != self.local_cid:
+            return self.session
+        if pkt.ptype == RETRY and self.session is None:
+            try:
+                _, token, _ = parse_initial(pkt.payload)
+            except RemoteProtocolError:
+                return None
+            if token and token != self.token:
+                self.token = token
+                self._next_try = now  # answer at once
+        elif pkt.ptype == INITIAL and self.session is None:
+            try:
+                peer_cid, _, _ = parse_initial(pkt.payload)
+            except RemoteProtocolError:
+                return None
+            self.session = UdpSession(self.local_cid, peer_cid, self.config, now, chunk_receiver=False)
+        elif pkt.ptype == DATA and self.session is not None:
+            self.session.receive_payload(pkt.pn, pkt.payload, now)
+        return self.session

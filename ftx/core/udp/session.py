@@ -1,0 +1,517 @@
+"""One ftx connection over UDP, sans I/O: both directions, either role.
+
+Carries two things reliably:
+
+* the control stream -- the same frames as on TCP (HELLO, OFFER, DECISION, ...)
+  as an ordered byte stream in STREAM frames, retransmitted until acknowledged;
+* chunk data (sender to receiver only) in CHUNK frames that name the file,
+  chunk and offset they fill, so nothing waits behind a lost packet: the
+  receiver reassembles each chunk, checks its XXH3-64 and hands it over whole.
+
+Every packet gets a new packet number; lost content is sent again in new
+packets (RFC 9002).  ACK frames carry ranges.  A BBR-style controller paces
+the sender; the receiver's MAX_DATA bounds the chunk bytes it must buffer.
+
+Driver contract (as aioquic's): feed ``receive_payload(pn, payload, now)``,
+send ``datagrams_to_send(now)``, wake at ``next_timer()`` and call
+``handle_timer(now)``.  No socket, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import xxhash
+
+from ...errors import ErrorCode, RemoteProtocolError
+from ..ranges import RangeSet
+from .congestion import Bbr
+from .packets import (
+    CHUNK_HEADER,
+    CHUNK_HEADER_SIZE,
+    DATA,
+    F_MAX_DATA,
+    F_PING,
+    HEADER,
+    OVERHEAD,
+    PING,
+    TRAILER_SIZE,
+    VERSION,
+    AckFrame,
+    ChunkFrame,
+    CloseFrame,
+    StreamFrame,
+    encode_ack,
+    encode_close,
+    encode_stream,
+    encode_varint_frame,
+    parse_frames,
+)
+from .recovery import Recovery, SentPacket
+
+MAX_CHUNK = 16 * 1024 * 1024
+RECV_RANGES_KEPT = 64
+STREAM_OOO_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass
+class UdpConfig:
+    max_datagram: int = 1452
+    """Largest UDP payload sent (1500-byte path: 1452)."""
+
+    idle_timeout: float = 15.0
+    """Close when nothing at all arrived for this long; PING at a third of it."""
+
+    max_ack_delay: float = 0.005
+    """How long a receiver may hold back an ACK (the sender's PTO allows 25 ms)."""
+
+    ack_every: int = 10
+    """Acknowledge at least every this many ack-eliciting packets."""
+
+    flow_window: int = 16 * 1024 * 1024
+    """Chunk bytes a receiver will buffer beyond what it has handed over (MAX_DATA)."""
+
+    max_rate: float | None = None
+    """Cap on the pacing rate, bytes per second."""
+
+    retain_limit: int = 16 * 1024 * 1024
+    """Sender: unacknowledged chunk bytes kept for retransmission before send_chunk blocks."""
+
+
+PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
+
+
+@dataclass
+class ChunkOut:
+    data: bytes
+    checksum: int
+    next_off: int
+    unacked: RangeSet
+
+
+class UdpSession:
+    def __init__(self, local_cid: int, peer_cid: int, config: UdpConfig, now: float, chunk_receiver: bool) -> None:
+        self.local_cid = local_cid
+        self.peer_cid = peer_cid
+        self.config = config
+        self.chunk_receiver = chunk_receiver
+        mss = config.max_datagram
+        self.recovery = Recovery(PEER_MAX_ACK_DELAY)
+        self.cc = Bbr(mss, config.max_rate)
+        self._next_pn = 0
+        # receiving
+        self._recv = RangeSet()
+        self._largest_recv = -1
+        self._largest_recv_time = 0.0
+        self._unacked_eliciting = 0
+        self._ack_now = False
+        self._ack_deadline: float | None = None
+        self.last_recv_time = now
+        self._last_eliciting_sent = now
+        # control stream, out and in
+        self._sout = bytearray()
+        self._sout_base = 0
+        self._sout_next = 0
+        self._sout_retx = RangeSet()
+        self._sout_acked = RangeSet()
+        self._sin_next = 0
+        self._sin_ooo: dict[int, bytes] = {}
+        self._sin_ooo_bytes = 0
+        self._sin = bytearray()
+        # chunks out (sender)
+        self._cout: dict[tuple[int, int], ChunkOut] = {}
+        self._cout_new: deque[tuple[int, int]] = deque()
+        self._cout_retx: deque[tuple[tuple[int, int], int, int]] = deque()
+        self.retained_bytes = 0
+        self._file_chunks: dict[int, int] = {}
+        self._peer_max_data = config.flow_window
+        self._new_chunk_bytes = 0
+        # chunks in (receiver)
+        self._cin: dict[tuple[int, int], tuple[bytearray, RangeSet, int]] = {}
+        self._cin_bytes = 0
+        self._cin_done: set[tuple[int, int]] = set()
+        self._completed: deque = deque()
+        self._delivered = 0
+        self._max_data_sent = config.flow_window
+        # pacing, probes, close
+        self._pace_next = now
+        self._probes = 0
+        self._ping = False
+        self.closed = False
+        self.close_code: int = 0
+        self.close_reason = ""
+        self._close_sends = 0
+        self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
+                      "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
+                      "probes": 0}
+
+    # == input ==================================================================
+    def receive_payload(self, pn: int, payload, now: float) -> None:
+        """A packet addressed to us, already length- and checksum-checked."""
+        if self.closed:
+            return
+        if pn in self._recv:
+            self.stats["duplicate_packets"] += 1
+            return
+        if self._recv and pn < next(iter(self._recv))[0]:
+            self.stats["stale_packets"] += 1
+            return
+        frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
+        self.stats["packets_received"] += 1
+        self.stats["bytes_received"] += len(payload) + OVERHEAD
+        self.last_recv_time = now
+        if pn != self._largest_recv + 1:
+            self._ack_now = True  # a gap or reordering: tell the sender at once
+        self._recv.add(pn)
+        if len(self._recv) > RECV_RANGES_KEPT:
+            first = next(iter(self._recv))
+            self._recv.subtract(first[0], first[1])
+        if pn > self._largest_recv:
+            self._largest_recv, self._largest_recv_time = pn, now
+        eliciting = False
+        for f in frames:
+            if isinstance(f, ChunkFrame):
+                eliciting = True
+                self._on_chunk(f)
+            elif isinstance(f, AckFrame):
+                self._on_ack(f, now)
+            elif isinstance(f, StreamFrame):
+                eliciting = True
+                self._on_stream(f.offset, f.data)
+            elif f is PING:
+                eliciting = True
+            elif isinstance(f, CloseFrame):
+                self.closed, self.close_code, self.close_reason = True, f.code, f.reason or "peer closed"
+                return
+            elif isinstance(f, tuple) and f[0] == "max_data":
+                self._peer_max_data = max(self._peer_max_data, f[1])
+        if eliciting:
+            self._unacked_eliciting += 1
+            if self._unacked_eliciting >= self.config.ack_every:
+                self._ack_now = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.config.max_ack_delay
+
+    def _on_ack(self, f: AckFrame, now: float) -> None:
+        if f.acked and list(f.acked)[-1][1] > self._next_pn:
+            raise RemoteProtocolError("ACK for a packet never sent")
+        rs = self.recovery.on_ack(f.acked, f.delay_us / 1e6, now)
+        for p in rs.acked:
+            self._settle(p, acked=True)
+        self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
+        self._on_lost(rs, now)
+
+    def _on_lost(self, rs, now: float) -> None:
+        if rs.lost:
+            self.stats["lost_packets"] += len(rs.lost)
+            for p in rs.lost:
+                self._settle(p, acked=False)
+            self.cc.on_loss(rs, now)
+
+    def _settle(self, p: SentPacket, acked: bool) -> None:
+        for item in p.items:
+            if item[0] == "s":
+                _, off, length = item
+                if acked:
+                    self._sout_acked.add(off, off + length)
+                    self._trim_stream()
+                else:
+                    self._sout_retx.add(off, off + length)
+            else:
+                _, key, off, length = item
+                c = self._cout.get(key)
+                if c is None:
+                    continue
+                if acked:
+                    c.unacked.subtract(off, off + length)
+                    if not c.unacked:
+                        del self._cout[key]
+                        self.retained_bytes -= len(c.data)
+                        self._file_chunks[key[0]] -= 1
+                        if not self._file_chunks[key[0]]:
+                            del self._file_chunks[key[0]]
+                else:
+                    self._cout_retx.append((key, off, length))
+
+    def _trim_stream(self) -> None:
+        end = self._sout_acked.prefix_end() if self._sout_acked else 0
+        if end > self._sout_base:
+            del self._sout[: end - self._sout_base]
+            self._sout_base = end
+
+    def _on_stream(self, off: int, data) -> None:
+        end = off + len(data)
+        if end <= self._sin_next:
+            return
+        if off > self._sin_next:
+            if off not in self._sin_ooo:
+                if self._sin_ooo_bytes + len(data) > STREAM_OOO_LIMIT:
+                    return  # dropped; the sender will send it again
+                self._sin_ooo[off] = bytes(data)
+                self._sin_ooo_bytes += len(data)
+            return
+        self._sin += data[self._sin_next - off :]
+        self._sin_next = end
+        while self._sin_ooo:
+            nxt = min(self._sin_ooo)
+            if nxt > self._sin_next:
+                break
+            piece = self._sin_ooo.pop(nxt)
+            self._sin_ooo_bytes -= len(piece)
+            if nxt + len(piece) > self._sin_next:
+                self._sin += piece[self._sin_next - nxt :]
+                self._sin_next = nxt + len(piece)
+
+    def _on_chunk(self, f: ChunkFrame) -> None:
+        if not self.chunk_receiver:
+            raise RemoteProtocolError("CHUNK frame sent to a sender")
+        key = (f.file_id, f.index)
+        if key in self._cin_done:
+            return
+        slot = self._cin.get(key)
+        if slot is None:
+            if not 0 < f.chunk_len <= MAX_CHUNK:
+                raise RemoteProtocolError("chunk length out of range")
+            if self._cin_bytes + f.chunk_len > self.config.flow_window + MAX_CHUNK:
+                raise RemoteProtocolError("flow control limit exceeded")
+            slot = (bytearray(f.chunk_len), RangeSet(), f.checksum)
+            self._cin[key] = slot
+            self._cin_bytes += f.chunk_len
+        buf, got, checksum = slot
+        if len(buf) != f.chunk_len or checksum != f.checksum:
+            raise RemoteProtocolError("CHUNK frames disagree about their chunk")
+        buf[f.offset : f.offset + len(f.data)] = f.data
+        got.add(f.offset, f.offset + len(f.data))
+        if got.covers(0, len(buf)):
+            del self._cin[key]
+            self._cin_bytes -= len(buf)
+            if xxhash.xxh3_64_intdigest(buf) != checksum:
+                raise RemoteProtocolError("reassembled chunk fails its checksum")
+            self._cin_done.add(key)
+            self._completed.append((f.file_id, f.index, checksum, buf))
+
+    # == application side =========================================================
+    def stream_write(self, data) -> None:
+        self._sout += data
+
+    def stream_read_into(self, buf: memoryview) -> int:
+        n = min(len(buf), len(self._sin))
+        if n:
+            buf[:n] = self._sin[:n]
+            del self._sin[:n]
+        return n
+
+    @property
+    def stream_readable(self) -> int:
+        return len(self._sin)
+
+    @property
+    def stream_all_acked(self) -> bool:
+        return not self._sout  # bytes leave the buffer only once acknowledged
+
+    def send_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
+        key = (file_id, index)
+        if key in self._cout:
+            return
+        self._cout[key] = ChunkOut(bytes(data), checksum, 0, RangeSet([(0, len(data))]))
+        self._cout_new.append(key)
+        self.retained_bytes += len(data)
+        self._file_chunks[file_id] = self._file_chunks.get(file_id, 0) + 1
+
+    def file_acked(self, file_id: int) -> bool:
+        return file_id not in self._file_chunks
+
+    def take_chunks(self) -> list:
+        out = list(self._completed)
+        self._completed.clear()
+        for _, _, _, buf in out:
+            self._delivered += len(buf)
+        return out
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if not self.closed:
+            self.closed, self.close_code, self.close_reason = True, code, reason
+            self._close_sends = 2
+
+    # == output ===================================================================
+    def _has_data(self) -> bool:
+        return bool(
+            self._sout_retx or self._sout_next < self._sout_base + len(self._sout) or self._cout_retx
+            or (self._cout_new and self._new_chunk_bytes < self._peer_max_data)
+        )
+
+    def _want_ack(self, now: float) -> bool:
+        if not self._unacked_eliciting and not self._ack_now:
+            return False
+        return self._ack_now or (self._ack_deadline is not None and now >= self._ack_deadline)
+
+    def _max_data_due(self) -> bool:
+        return self.chunk_receiver and self._delivered + self.config.flow_window - self._max_data_sent >= \
+            self.config.flow_window // 4
+
+    def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes]:
+        out: list[bytes] = []
+        if self.closed:
+            if self._close_sends:
+                self._close_sends -= 1
+                out.append(self._packet([encode_close(self.close_code, self.close_reason)], now, [], False))
+            return out
+        if self._want_ack(now) or self._max_data_due():
+            out.append(self._packet(self._control_frames(now), now, [], False))
+        mss = self.config.max_datagram
+        while len(out) < limit:
+            probe = self._probes > 0
+            if not probe:
+                if self.recovery.bytes_in_flight + mss > self.cc.cwnd:
+                    break
+                if now < self._pace_next:
+                    break
+                if not self._has_data():
+                    if self._ping:
+                        self._ping = False
+                        out.append(self._packet([bytes([F_PING])], now, [], True))
+                    else:
+                        self.recovery.mark_app_limited()
+                    break
+            frames, items = self._fill(mss - OVERHEAD, now)
+            if not frames:
+                if probe:  # nothing to resend: a PING still elicits an ACK
+                    frames = [bytes([F_PING])]
+                else:
+                    break
+            if probe:
+                self._probes -= 1
+                self.stats["probes"] += 1
+            out.append(self._packet(frames, now, items, True))
+            rate = self.cc.pacing_rate
+            size = len(out[-1])
+            self._pace_next = max(self._pace_next, now - max(0.002, 10 * mss / rate)) + size / rate
+        return out
+
+    def _control_frames(self, now: float) -> list[bytes]:
+        frames = []
+        if self._recv:
+            delay = int(max(0.0, now - self._largest_recv_time) * 1e6)
+            frames.append(encode_ack(self._recv, delay))
+        self._unacked_eliciting = 0
+        self._ack_now = False
+        self._ack_deadline = None
+        if self.chunk_receiver:
+            self._max_data_sent = self._delivered + self.config.flow_window
+            frames.append(encode_varint_frame(F_MAX_DATA, self._max_data_sent))
+        return frames
+
+    def _fill(self, room: int, now: float) -> tuple[list[bytes], list]:
+        """Frames of retransmittable content for one packet: stream first, then chunks."""
+        frames: list = []
+        items: list = []
+        if self._unacked_eliciting and room > 200:  # piggyback a pending ACK
+            for f in self._control_frames(now):
+                frames.append(f)
+                room -= len(f)
+        # control stream: retransmissions, then new bytes
+        while room > 24:
+            if self._sout_retx:
+                start, stop = next(iter(self._sout_retx))
+                start = max(start, self._sout_base)
+                if start >= stop:
+                    self._sout_retx.subtract(*next(iter(self._sout_retx)))
+                    continue
+                retx = True
+            elif self._sout_next < self._sout_base + len(self._sout):
+                start, stop = self._sout_next, self._sout_base + len(self._sout)
+                retx = False
+            else:
+                break
+            n = min(stop - start, room - 20)
+            rel = start - self._sout_base
+            frames.append(encode_stream(start, self._sout[rel : rel + n]))
+            items.append(("s", start, n))
+            room -= len(frames[-1])
+            if retx:
+                self._sout_retx.subtract(start, start + n)
+                self.stats["retransmitted_bytes"] += n
+            else:
+                self._sout_next = start + n
+        # chunk data: retransmissions, then new bytes within the peer's credit
+        while room > CHUNK_HEADER_SIZE + 64:
+            if self._cout_retx:
+                key, off, length = self._cout_retx[0]
+                c = self._cout.get(key)
+                if c is None:
+                    self._cout_retx.popleft()
+                    continue
+                n = min(length, room - CHUNK_HEADER_SIZE)
+                if n == length:
+                    self._cout_retx.popleft()
+                else:
+                    self._cout_retx[0] = (key, off + n, length - n)
+                self.stats["retransmitted_bytes"] += n
+            elif self._cout_new and self._new_chunk_bytes < self._peer_max_data:
+                key = self._cout_new[0]
+                c = self._cout[key]
+                off = c.next_off
+                n = min(len(c.data) - off, room - CHUNK_HEADER_SIZE, self._peer_max_data - self._new_chunk_bytes)
+                c.next_off += n
+                self._new_chunk_bytes += n
+                if c.next_off >= len(c.data):
+                    self._cout_new.popleft()
+            else:
+                break
+            frames.append(CHUNK_HEADER.pack(4, key[0], key[1], len(c.data), off, c.checksum, n))
+            frames.append(memoryview(c.data)[off : off + n])
+            items.append(("c", key, off, n))
+            room -= CHUNK_HEADER_SIZE + n
+        return frames, items
+
+    def _packet(self, frames: list, now: float, items: list, eliciting: bool) -> bytes:
+        pn = self._next_pn
+        self._next_pn += 1
+        body = b"".join(frames)
+        out = bytearray(HEADER.pack(DATA, VERSION, self.peer_cid, pn))
+        out += body
+        end = len(out)
+        out += b"\0" * TRAILER_SIZE
+        struct.pack_into(">Q", out, end, xxhash.xxh3_64_intdigest(memoryview(out)[:end]))
+        size = len(out)
+        self.stats["packets_sent"] += 1
+        self.stats["bytes_sent"] += size
+        if eliciting:
+            self._last_eliciting_sent = now
+        self.recovery.on_sent(SentPacket(pn, now, size, eliciting, items))
+        return bytes(out)
+
+    # == timers =====================================================================
+    def next_timer(self) -> float | None:
+        if self.closed:
+            return None
+        times = [self.last_recv_time + self.config.idle_timeout]
+        if self._ack_deadline is not None:
+            times.append(self._ack_deadline)
+        t = self.recovery.timer()
+        if t is not None:
+            times.append(t)
+        if self._has_data() and self.recovery.bytes_in_flight + self.config.max_datagram <= self.cc.cwnd:
+            times.append(self._pace_next)
+        if not self.recovery.bytes_in_flight:
+            times.append(self._last_eliciting_sent + self.config.idle_timeout / 3)
+        return min(times)
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if now >= self.last_recv_time + self.config.idle_timeout:
+            self.closed, self.close_code = True, ErrorCode.TIMEOUT
+            self.close_reason = f"peer silent for {self.config.idle_timeout:g} s"
+            return
+        t = self.recovery.timer()
+        if t is not None and now >= t:
+            rs, probe = self.recovery.on_timer(now)
+            self._on_lost(rs, now)
+            if probe:
+                self._probes = 2
+        if not self.recovery.bytes_in_flight and now >= self._last_eliciting_sent + self.config.idle_timeout / 3:
+            self._ping = True
+            self._pace_next = min(self._pace_next, now)
