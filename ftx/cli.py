@@ -65,8 +65,8 @@ verbosity = [
     click.option("-q", "--quiet", count=True, help="Less logging."),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
     click.option("--no-progress", is_flag=True, help="No progress bars (also off when stderr is not a terminal)."),
-    click.option("--idle-timeout", type=float, default=30.0, show_default=True,
-                 help="Give up when the peer has been silent this many seconds."),
+    click.option("--idle-timeout", type=float, default=None,
+                 help="Give up when the peer has been silent this many seconds (TCP 30, UDP 15)."),
 ]
 
 
@@ -93,8 +93,11 @@ def main() -> None:
 @click.option("--links", is_flag=True, help="Send symlinks as symlinks (inside the tree only).")
 @click.option("--chunk-size", default="1M", show_default=True, help="Chunk size: resume and checksum unit.")
 @click.option("--max-rate", default=None, help="Cap the payload rate, in bytes per second (e.g. 20M).")
+@click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
+@click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
+              help="UDP: path MTU; datagrams carry at most MTU-48 bytes.")
 @_with(verbosity)
-def send(paths, dest, port, no_resume, links, chunk_size, max_rate, verbose, quiet, as_json, no_progress,
+def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, verbose, quiet, as_json, no_progress,
          idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
@@ -123,7 +126,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, verbose, qui
 
         progress = Bars()
     try:
-        report = asyncio.run(_send(list(paths), host, dport, config, links, progress, idle_timeout, rate))
+        report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
+                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -144,17 +148,27 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, verbose, qui
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu):
     from .sending import SendSession
     from .source import walk
-    from .transport.tcp import connect
 
     items = list(walk(paths, links))  # bad arguments fail before connecting
-    link = await connect(host, port)
+    if udp:
+        from .transport import udp as transport
+
+        link = await transport.connect(host, port, transport.UdpConfig(
+            max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate))
+        rate = None  # the UDP pacer applies it
+    else:
+        from .transport import tcp as transport
+
+        link = await transport.connect(host, port)
     try:
-        return await SendSession(link, config, progress, idle_timeout, rate).run(items)
+        report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
+        report.transport_stats = getattr(link, "stats", {})
+        return report
     finally:
-        link.close()
+        await link.aclose()
 
 
 @main.command()
@@ -165,8 +179,9 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate):
               help="Directory to receive into.")
 @click.option("--once", is_flag=True, help="Exit after one complete transfer.")
 @click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
+@click.option("--no-udp", is_flag=True, help="Serve TCP only (by default UDP is served on the same port number).")
 @_with(verbosity)
-def receive(host, port, directory, once, overwrite, verbose, quiet, as_json, no_progress, idle_timeout):
+def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_json, no_progress, idle_timeout):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     from .storage import Destination
@@ -177,7 +192,7 @@ def receive(host, port, directory, once, overwrite, verbose, quiet, as_json, no_
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json)))
+                                    _show_progress(no_progress, as_json), not no_udp))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -197,12 +212,31 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _receive(dest, host, port, once, as_json, idle_timeout, bars) -> int:
-    from .receiving import receive_over
-    from .transport.tcp import listen, serve
+async def _bind_both(host, port, udp: bool, handle_udp):
+    """TCP listening sockets and, unless disabled, UDP on the same port number."""
+    from .transport import tcp, udp as udp_transport
 
-    socks = listen(host, port)
-    bound = socks[0].getsockname()
+    for attempt in range(20):
+        socks = tcp.listen(host, port)
+        bound = socks[0].getsockname()
+        if not udp:
+            return socks, bound, None
+        try:
+            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp)
+        except TransportError:
+            for s in socks:
+                s.close()
+            if port != 0 or attempt == 19:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp) -> int:
+    from .receiving import receive_over
+    from .transport.tcp import serve
+
+    handlers = {}
+    socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0))
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop_code = [EXIT_OK]
@@ -213,9 +247,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars) -> int:
 
     loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_OK)
     loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
+    transports = ["tcp", "udp"] if udp_server else ["tcp"]
     if as_json:
-        _emit({"event": "listening", "transport": "tcp", "host": bound[0], "port": bound[1],
-               "dir": os.fsdecode(dest.root), "pid": os.getpid()})
+        _emit({"event": "listening", "transport": transports, "host": bound[0], "port": bound[1],
+               "udp_port": bound[1] if udp_server else None, "dir": os.fsdecode(dest.root), "pid": os.getpid()})
     log.info("listening on %s port %d, receiving into %s", bound[0], bound[1], os.fsdecode(dest.root))
     finished: asyncio.Future = loop.create_future()
 
@@ -225,24 +260,27 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars) -> int:
         elif report.ok:
             log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
 
-    async def handle(link) -> None:
+    async def handle(link, default_timeout: float = 30.0) -> None:
         progress = None
         if bars:
             from .progress import Bars
 
             progress = Bars(label=_peer_label(link.peer))
         try:
-            session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout, progress=progress)
+            session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
+                                         progress=progress)
         finally:
             if progress is not None:
                 progress.close()
         ok = session.complete and all(r.ok for r in session.reports)
         if as_json:
-            _emit({"event": "session", "peer": _peer_label(link.peer), "complete": session.complete, "ok": ok,
-                   "files": len(session.reports), "error": session.error})
+            _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
+                   "complete": session.complete, "ok": ok, "files": len(session.reports), "error": session.error,
+                   "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
 
+    handlers["handle"] = handle
     server = loop.create_task(serve(socks, handle))
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -256,6 +294,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars) -> int:
         await asyncio.gather(server, return_exceptions=True)
         for s in socks:
             s.close()
+        if udp_server is not None:
+            udp_server[0].close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -279,7 +279,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     finally:
         dog.stop()
         session.close()
-        link.close()
+        await link.aclose()
     return session
 
 

@@ -56,6 +56,7 @@ class SendReport:
     bytes_resumed: int
     files: list[FileSendReport] = field(default_factory=list)
     error: str = ""
+    transport_stats: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
         d = asdict(self)

@@ -115,6 +115,9 @@ class TcpLink:
     def close(self) -> None:
         self.sock.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 def parse_dest(dest: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address."""

@@ -11,7 +11,9 @@ the path (draft-cardwell-iccrg-bbr-congestion-control, BBR v1):
   three rounds, DRAIN paces at 1/2.885 until the queue it built is gone, then
   PROBE_BW cycles its pacing gain through 5/4, 3/4, 1, 1, 1, 1, 1, 1, one
   phase per RTprop;
-* cwnd = cwnd_gain (2, or 2.885 in STARTUP) x BtlBw x RTprop, at least 4 packets.
+* cwnd = cwnd_gain (2, or 2.885 in STARTUP) x BtlBw x RTprop, at least 4 packets --
+  and at least enough for the receiver's ACK batching (3 x its ack_every), or a
+  tiny path would wait for delayed ACKs and measure their delay as bandwidth.
 
 Random loss does not lower the model, so goodput stays near the bottleneck;
 a narrower bottleneck lowers the measured delivery rate, so the sender slows
@@ -31,9 +33,10 @@ INITIAL_CWND_PACKETS = 32
 
 
 class Bbr:
-    def __init__(self, mss: int, max_rate: float | None = None) -> None:
+    def __init__(self, mss: int, max_rate: float | None = None, min_cwnd_packets: int = 4) -> None:
         self.mss = mss
         self.max_rate = max_rate
+        self.min_cwnd = max(4, min_cwnd_packets) * mss
         self.state = "startup"
         self.pacing_gain = STARTUP_GAIN
         self.cwnd_gain = STARTUP_GAIN
@@ -56,7 +59,7 @@ class Bbr:
         if not self.btl_bw or self.min_rtt == float("inf"):
             return INITIAL_CWND_PACKETS * self.mss
         bdp = self.btl_bw * self.min_rtt
-        return max(int(self.cwnd_gain * bdp) + 3 * self.mss, 4 * self.mss)
+        return max(int(self.cwnd_gain * bdp) + 3 * self.mss, self.min_cwnd)
 
     @property
     def pacing_rate(self) -> float:
@@ -124,4 +127,4 @@ class Bbr:
 
     def on_persistent_congestion(self) -> None:
         """Nothing got through for a long time: forget the model and start over."""
-        self.__init__(self.mss, self.max_rate)
+        self.__init__(self.mss, self.max_rate, self.min_cwnd // self.mss)

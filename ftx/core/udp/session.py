@@ -99,7 +99,7 @@ class UdpSession:
         self.chunk_receiver = chunk_receiver
         mss = config.max_datagram
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
-        self.cc = Bbr(mss, config.max_rate)
+        self.cc = Bbr(mss, config.max_rate, 3 * config.ack_every)
         self._next_pn = 0
         # receiving
         self._recv = RangeSet()
