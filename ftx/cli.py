@@ -298,5 +298,59 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp) -> 
             udp_server[0].close()
 
 
+@main.command()
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT the relay listens on.")
+@click.option("--to", "target", required=True, help="HOST:PORT to forward to (e.g. a receiver).")
+@click.option("--both", default="", help="Impairments in both directions, e.g. 'loss=0.01,delay=15ms'.")
+@click.option("--forward", default="", help="Extra impairments towards --to (override --both).")
+@click.option("--reverse", default="", help="Extra impairments back to the client (override --both).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed, the same fates.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: listening, then the counters at exit.")
+def relay(listen, target, both, forward, reverse, seed, duration, as_json):
+    """A UDP relay that drops, duplicates, reorders, corrupts, delays and rate-limits.
+
+    Impairments: loss, dup, reorder, reorder_delay, corrupt (probabilities or
+    N%), delay, jitter, queue (seconds or ms), rate (bytes/s with K/M/G, or
+    kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several).
+    Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
+    """
+    from .netsim import Impairment
+    from .transport.tcp import parse_dest
+
+    try:
+        lhost, lport = parse_dest(listen, 0, allow_zero=True)
+        thost, tport = parse_dest(target, DEFAULT_PORT)
+        fwd = Impairment.parse(",".join(filter(None, [both, forward])))
+        rev = Impairment.parse(",".join(filter(None, [both, reverse])))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    asyncio.run(_relay(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
+
+
+async def _relay(lhost, lport, target, fwd, rev, seed, duration, as_json):
+    from .netsim import Relay
+
+    r = Relay(target, fwd, rev, seed)
+    port = await r.start(lhost, lport)
+    if as_json:
+        _emit({"event": "listening", "host": lhost, "port": port, "to": list(target)})
+    else:
+        click.echo(f"ftx relay: {lhost}:{port} -> {target[0]}:{target[1]}", err=True)
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    try:
+        await asyncio.wait_for(stop, duration)
+    except asyncio.TimeoutError:
+        pass
+    r.close()
+    stats = {"event": "stats", **r.stats}
+    if as_json:
+        _emit(stats)
+    else:
+        click.echo(json.dumps(stats), err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

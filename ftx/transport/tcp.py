@@ -119,7 +119,7 @@ class TcpLink:
         self.close()
 
 
-def parse_dest(dest: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+def parse_dest(dest: str, default_port: int = DEFAULT_PORT, allow_zero: bool = False) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address."""
     if dest.startswith("["):
         host, sep, rest = dest[1:].partition("]")
@@ -133,7 +133,7 @@ def parse_dest(dest: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     if not host:
         raise ValueError(f"bad destination {dest!r}: no host")
     if port:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
             raise ValueError(f"bad port {port!r}")
         return host, int(port)
     return host, default_port
