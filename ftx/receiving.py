@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,9 +31,9 @@ from .core.events import (
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
-from .errors import ErrorCode, FtxError
+from .errors import ErrorCode, FtxError, TransportError
 from .progress import Progress
-from .storage import Destination, PartialFile, hash_file, remove_stale_partial
+from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_stale_partial
 from .transport.link import Watchdog, link_busy
 
 log = logging.getLogger("ftx.receive")
@@ -79,6 +80,8 @@ class ReceiveSession:
         self.reports: list[FileReport] = []
         self.complete = False
         self.error = ""
+        self.peer_host: str | None = None  # set by the driver; used to recognise a re-run
+        self.abandon = lambda: None  # set by the driver: end this connection from another thread
 
     # -- dispatch -------------------------------------------------------------
     def handle_all(self, events: list[Event]) -> None:
@@ -167,7 +170,7 @@ class ReceiveSession:
             else:  # the sender compares digests and skips; nothing to store
                 self.conn.decide(ev.file_id, flags=flags, existing_digest=existing)
                 return
-        part = PartialFile(self.dest, entry, path)
+        part = self._claim_partial(entry, path)
         held, held_digest = part.open(resume=self.conn.resume_allowed)
         self._partials[ev.file_id] = part
         if part.discarded:
@@ -179,6 +182,27 @@ class ReceiveSession:
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
         self.progress.start_file(_name(entry), entry.size, resumed)
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
+
+    def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
+        """Open the partial; take it over from an earlier connection of the same host.
+
+        A sender that was killed, or whose network vanished, leaves its old
+        connection waiting for the idle timeout; the user's re-run comes from
+        the same host and must not be told "busy" for that long.
+        """
+        try:
+            return PartialFile(self.dest, entry, path, owner=self)
+        except Busy as exc:
+            old = exc.holder
+            if not isinstance(old, ReceiveSession) or old is self or old.peer_host != self.peer_host \
+                    or self.peer_host is None:
+                raise
+            log.warning("%s: taking over from an earlier connection from %s", _name(entry), self.peer_host)
+            old.abandon()
+            deadline = time.monotonic() + 5.0
+            while not claim.is_free(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return PartialFile(self.dest, entry, path, owner=self)
 
     def _on_small(self, ev: SmallFileReceived) -> None:
         code = self.dest.write_small(ev.entry, ev.data, ev.digest)
@@ -254,6 +278,15 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
     dead: list[Exception] = []
+    loop = asyncio.get_running_loop()
+    peer = getattr(link, "peer", None)
+    session.peer_host = peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
+
+    def abandon() -> None:
+        dead.append(TransportError("superseded by a newer connection from the same host"))
+        loop.call_soon_threadsafe(task.cancel)
+
+    session.abandon = abandon
 
     def on_dead(exc: Exception) -> None:
         dead.append(exc)

@@ -39,7 +39,7 @@ JOURNAL_SUFFIX = b".ftx-journal"
 READ_BLOCK = 1024 * 1024
 
 _busy_lock = threading.Lock()
-_busy: set[bytes] = set()  # destinations being written by this process
+_busy: dict[bytes, object] = {}  # destination -> who is writing it, in this process
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
@@ -246,35 +246,53 @@ def _unlink_quietly(path: bytes) -> None:
         pass
 
 
-class claim:
-    """Context manager marking a destination as being written by this process."""
+class Busy(StorageError):
+    """Another connection of this process is writing the destination; ``holder`` says which."""
 
-    def __init__(self, path: bytes) -> None:
+    code = ErrorCode.BUSY
+
+    def __init__(self, message: str, holder: object) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class claim:
+    """Context manager marking a destination as being written by ``owner``."""
+
+    def __init__(self, path: bytes, owner: object = None) -> None:
         self.path = path
+        self.owner = owner
 
     def __enter__(self) -> "claim":
         with _busy_lock:
-            if self.path in _busy:
-                raise StorageError(f"{os.fsdecode(self.path)} is being received from another sender", ErrorCode.BUSY)
-            _busy.add(self.path)
+            holder = _busy.get(self.path)
+            if holder is not None:
+                raise Busy(f"{os.fsdecode(self.path)} is being received from another sender", holder)
+            _busy[self.path] = self.owner if self.owner is not None else self
         return self
 
     def __exit__(self, *exc) -> None:
         with _busy_lock:
-            _busy.discard(self.path)
+            if _busy.get(self.path) is (self.owner if self.owner is not None else self):
+                del _busy[self.path]
+
+    @staticmethod
+    def is_free(path: bytes) -> bool:
+        with _busy_lock:
+            return path not in _busy
 
 
 class PartialFile:
     """A file being received in chunks, with its journal of verified chunks."""
 
-    def __init__(self, dest: Destination, entry: FileEntry, path: bytes) -> None:
+    def __init__(self, dest: Destination, entry: FileEntry, path: bytes, owner: object = None) -> None:
         self.dest, self.entry, self.path = dest, entry, path
         self.part_path = sidecar(path, PART_SUFFIX)
         self.journal_path = sidecar(path, JOURNAL_SUFFIX)
         self.fd = -1
         self.jfd = -1
         self.held = RangeSet()
-        self._claim = claim(path)
+        self._claim = claim(path, owner)
         self._claim.__enter__()
         self._hasher = FileHasher()
         self._hashed = 0  # chunks [0, _hashed) are in _hasher

@@ -145,3 +145,26 @@ def tree_equal(a: Path, b: Path) -> bool:
         return out
 
     return listing(a) == listing(b)
+
+
+class Relay:
+    """``ftx relay --json`` as a subprocess in front of a receiver's UDP port."""
+
+    def __init__(self, target_port: int, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            FTX + ["relay", "--to", f"127.0.0.1:{target_port}", "--json", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = LineReader(self.proc.stdout)
+        first = self.lines.next_json()
+        assert first["event"] == "listening", first
+        self.port = first["port"]
+        self.dest = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> dict:
+        """Stop it and return its counters."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        stats = self.lines.next_json(timeout=10)
+        self.proc.wait(10)
+        self.proc.stderr.close()
+        return stats
