@@ -295,7 +295,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp) -> 
         for s in socks:
             s.close()
         if udp_server is not None:
-            udp_server[0].close()
+            udp_server.close()
 
 
 @main.command()

@@ -52,6 +52,10 @@ class Bbr:
         self._cycle_index = 0
         self._cycle_stamp = 0.0
         self._srtt_hint = 0.1
+        self._ack_epoch_start = 0.0
+        self._ack_epoch_acked = 0
+        self._extra_acked: list[tuple[int, int]] = []  # (round, bytes) maxima
+        self.extra_acked = 0
 
     # -- outputs --------------------------------------------------------------------
     @property
@@ -59,7 +63,7 @@ class Bbr:
         if not self.btl_bw or self.min_rtt == float("inf"):
             return INITIAL_CWND_PACKETS * self.mss
         bdp = self.btl_bw * self.min_rtt
-        return max(int(self.cwnd_gain * bdp) + 3 * self.mss, self.min_cwnd)
+        return max(int(self.cwnd_gain * bdp) + self.extra_acked + 3 * self.mss, self.min_cwnd)
 
     @property
     def pacing_rate(self) -> float:
@@ -94,7 +98,29 @@ class Bbr:
                 best[r] = max(v, best.get(r, 0.0))
             self._bw_samples = sorted(best.items())
         self.btl_bw = max((v for _, v in self._bw_samples), default=self.btl_bw)
+        self._update_ack_aggregation(rs.newly_acked, now)
         self._advance_state(now, bytes_in_flight, rs.app_limited)
+
+    def _update_ack_aggregation(self, acked: int, now: float) -> None:
+        """Bytes ACKed beyond what BtlBw explains since an epoch began (BBR draft, 4.5.8:
+        ACKs that arrive in bursts -- delayed ACKs, batched receive, a busy receiver --
+        need that much more cwnd, or the sender idles between bursts)."""
+        if not acked or not self.btl_bw:
+            return
+        expected = self.btl_bw * (now - self._ack_epoch_start)
+        if self._ack_epoch_acked <= expected:
+            self._ack_epoch_start, self._ack_epoch_acked = now, 0
+            expected = 0.0
+        self._ack_epoch_acked += acked
+        extra = int(min(self._ack_epoch_acked - expected, self.btl_bw * 0.1))
+        if self._extra_acked and self._extra_acked[-1][0] == self.round_count:
+            if extra > self._extra_acked[-1][1]:
+                self._extra_acked[-1] = (self.round_count, extra)
+        else:
+            self._extra_acked.append((self.round_count, extra))
+        while self._extra_acked and self._extra_acked[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+            self._extra_acked.pop(0)
+        self.extra_acked = max(v for _, v in self._extra_acked)
 
     def _advance_state(self, now: float, bytes_in_flight: int, app_limited: bool) -> None:
         if self.state == "startup" and self._round_start and not app_limited:

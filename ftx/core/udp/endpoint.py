@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import struct
 
-from ...errors import RemoteProtocolError
+from ...errors import ErrorCode, RemoteProtocolError
 from .packets import (
     DATA,
     INITIAL,
@@ -91,7 +91,10 @@ class Listener:
                 self.stats["foreign"] += 1
                 return None, False, []
             before = session._largest_recv
-            session.receive_payload(pkt.pn, pkt.payload, now)
+            try:
+                session.receive_payload(pkt.pn, pkt.payload, now)
+            except RemoteProtocolError as exc:  # checksum fine, content not: end that session
+                session.close(ErrorCode.PROTOCOL, str(exc))
             if pkt.pn > before and self.addresses.get(pkt.dcid) != addr:
                 self.addresses[pkt.dcid] = addr  # the sender moved (new port or address)
             return session, False, []
@@ -182,5 +185,8 @@ class Dialer:
                 return None
             self.session = UdpSession(self.local_cid, peer_cid, self.config, now, chunk_receiver=False)
         elif pkt.ptype == DATA and self.session is not None:
-            self.session.receive_payload(pkt.pn, pkt.payload, now)
+            try:
+                self.session.receive_payload(pkt.pn, pkt.payload, now)
+            except RemoteProtocolError as exc:
+                self.session.close(ErrorCode.PROTOCOL, str(exc))
         return self.session
