@@ -11,6 +11,7 @@ forward and a reverse emulator.  ``ftx relay`` is its command line.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import socket
 import time
@@ -143,20 +144,12 @@ class LinkEmulator:
         return out
 
 
-class _Side(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram) -> None:
-        self.on_datagram = on_datagram
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data, addr) -> None:
-        self.on_datagram(data, addr)
-
-
 class Relay:
-    """Listens on ``listen``; each client gets its own upstream socket to ``target``."""
+    """Listens on ``listen``; each client gets its own upstream socket to ``target``.
+
+    Sockets are read in batches with large buffers, and datagrams wait in one
+    heap for their release time, so the relay itself drops nothing it could carry.
+    """
 
     def __init__(self, target: tuple[str, int], forward: Impairment, reverse: Impairment, seed: int = 1) -> None:
         self.target = target
@@ -168,70 +161,74 @@ class Relay:
         self.reverse = LinkEmulator(reverse, seed + 1000003, now)
         self._front = None
         self._uplinks: dict = {}
+        self._heap: list = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        from .transport.udp import DatagramSocket
+
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._front, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Side(self._from_client), local_addr=(host, port), family=family)
-        self.port = self._front.get_extra_info("sockname")[1]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, port))
+        self._front = DatagramSocket(sock, self._from_clients)
+        self.port = sock.getsockname()[1]
         return self.port
 
-    def _from_client(self, data: bytes, addr) -> None:
-        up = self._uplinks.get(addr)
-        if up is None:
-            up = self._uplinks[addr] = _PendingUplink()
-            self._loop.create_task(self._open_uplink(addr, up))
-        for when, d in self.forward.process(data, time.monotonic()):
-            self._loop.call_at(self._at(when), up.send, d)
+    def _from_clients(self, batch: list) -> None:
+        from .transport.udp import DatagramSocket
 
-    async def _open_uplink(self, addr, up: "_PendingUplink") -> None:
-        family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Side(lambda data, _a: self._from_server(data, addr)), remote_addr=self.target, family=family)
-        up.attach(transport)
+        now = time.monotonic()
+        for data, addr in batch:
+            up = self._uplinks.get(addr)
+            if up is None:
+                family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.connect(self.target)
+                up = self._uplinks[addr] = DatagramSocket(
+                    sock, lambda b, client=addr: self._from_server(b, client))
+            for when, d in self.forward.process(bytes(data), now):
+                self._schedule(when, d, up, None)
 
-    def _from_server(self, data: bytes, client) -> None:
-        for when, d in self.reverse.process(data, time.monotonic()):
-            self._loop.call_at(self._at(when), self._to_client, d, client)
+    def _from_server(self, batch: list, client) -> None:
+        now = time.monotonic()
+        for data, _addr in batch:
+            for when, d in self.reverse.process(bytes(data), now):
+                self._schedule(when, d, self._front, client)
 
-    def _to_client(self, data: bytes, client) -> None:
-        if self._front is not None:
-            self._front.sendto(data, client)
+    def _schedule(self, when: float, data: bytes, dsock, addr) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, data, dsock, addr))
+        if self._timer is None or when < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = when
+            self._timer = self._loop.call_at(self._loop.time() + (when - time.monotonic()), self._release)
 
-    def _at(self, when: float) -> float:
-        return self._loop.time() + (when - time.monotonic())
+    def _release(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        heap = self._heap
+        out: dict = {}
+        while heap and heap[0][0] <= now + 0.0002:
+            _, _, data, dsock, addr = heapq.heappop(heap)
+            out.setdefault((id(dsock), addr), (dsock, addr, []))[2].append(data)
+        for dsock, addr, datagrams in out.values():
+            if not dsock.closed:
+                dsock.send(datagrams, addr)
+        if heap:
+            self._timer_when = heap[0][0]
+            self._timer = self._loop.call_at(self._loop.time() + (heap[0][0] - now), self._release)
 
     @property
     def stats(self) -> dict:
         return {"forward": dict(self.forward.stats), "reverse": dict(self.reverse.stats)}
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._front is not None:
             self._front.close()
         for up in self._uplinks.values():
             up.close()
-
-
-class _PendingUplink:
-    """Buffers datagrams until the upstream socket exists."""
-
-    def __init__(self) -> None:
-        self.transport = None
-        self._pending: list[bytes] = []
-
-    def attach(self, transport) -> None:
-        self.transport = transport
-        for d in self._pending:
-            transport.sendto(d)
-        self._pending.clear()
-
-    def send(self, data: bytes) -> None:
-        if self.transport is None:
-            self._pending.append(data)
-        else:
-            self.transport.sendto(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

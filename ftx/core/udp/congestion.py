@@ -56,6 +56,9 @@ class Bbr:
         self._ack_epoch_acked = 0
         self._extra_acked: list[tuple[int, int]] = []  # (round, bytes) maxima
         self.extra_acked = 0
+        self._round_lost = 0
+        self._round_lost_packets = 0
+        self._round_acked = 0
 
     # -- outputs --------------------------------------------------------------------
     @property
@@ -84,6 +87,9 @@ class Bbr:
             if self._round_start:
                 self._next_round_delivered = delivered
                 self.round_count += 1
+                self._check_startup_loss()
+                self._round_lost = self._round_lost_packets = self._round_acked = 0
+        self._round_acked += rs.newly_acked
         if rs.rtt and (rs.rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW):
             self.min_rtt = rs.rtt
             self._min_rtt_stamp = now
@@ -144,12 +150,19 @@ class Bbr:
         self._cycle_stamp = now
         self.pacing_gain = PROBE_GAINS[self._cycle_index]
 
+    def _check_startup_loss(self) -> None:
+        """Leave STARTUP when a round lost more than 2% in at least 8 packets (as BBR v2 does):
+        a shallow bottleneck queue overflows long before the bandwidth plateau shows."""
+        if self.state != "startup" or not self.btl_bw:
+            return
+        total = self._round_acked + self._round_lost
+        if self._round_lost_packets >= 8 and total and self._round_lost / total > 0.02:
+            self.state, self.pacing_gain, self.cwnd_gain = "drain", 1 / STARTUP_GAIN, STARTUP_GAIN
+
     def on_loss(self, rs: RateSample, now: float) -> None:
-        """BBR v1 keeps its model on loss; the probe phase ends early instead."""
-        if self.state == "probe_bw" and self.pacing_gain > 1.0:
-            self._cycle_index = 1
-            self.pacing_gain = PROBE_GAINS[1]
-            self._cycle_stamp = now
+        """Random loss must not shrink the model (BBR v1); it only counts towards the STARTUP exit."""
+        self._round_lost += rs.newly_lost
+        self._round_lost_packets += len(rs.lost)
 
     def on_persistent_congestion(self) -> None:
         """Nothing got through for a long time: forget the model and start over."""
