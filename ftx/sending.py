@@ -101,7 +101,8 @@ class SendSession:
         try:
             try:
                 await self._flush()
-                await self._wait(self._handshake)
+                hello = await self._wait(self._handshake)
+                self._fit_to_peer(hello.max_payload)
                 await self._send_all(items)
                 self.conn.finish()
                 await self._flush()
@@ -132,6 +133,18 @@ class SendSession:
             files=files,
             error=error,
         )
+
+    def _fit_to_peer(self, peer_max: int) -> None:
+        """Chunks and whole small files must fit the receiver's largest frame."""
+        from .core.frames import DATA_HEADER_SIZE
+        from .core.manifest import MIN_CHUNK_SIZE
+
+        cfg = self.config
+        fit = (peer_max - DATA_HEADER_SIZE) // MIN_CHUNK_SIZE * MIN_CHUNK_SIZE
+        if cfg.chunk_size > fit:
+            log.warning("chunk size %d is larger than the receiver accepts; using %d", cfg.chunk_size, fit)
+            cfg.chunk_size = fit
+        cfg.small_file_limit = min(cfg.small_file_limit, peer_max - 8192)
 
     def _best_error(self, exc: FtxError) -> str:
         # a transport error is often the echo of a reason the peer gave first
@@ -321,7 +334,7 @@ class SendSession:
                 conn.skip_file(fid, ErrorCode.EXISTS, report.message)
                 return
         hasher = FileHasher()
-        held, hashed = d.held, 0
+        held, hashed = (d.held if self.config.resume else RangeSet()), 0
         if d.message:
             log.warning("%s: %s", report.path, d.message)
         if held:

@@ -71,6 +71,9 @@ def _walk_dir(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Itera
         except UnsafePath as exc:
             log.warning("skipping %s: %s", os.fsdecode(child_local), exc)
             continue
+        if de.name.startswith(b".") and de.name.endswith((b".ftx-part", b".ftx-journal")):
+            log.warning("skipping %s: an unfinished ftx transfer's partial data", os.fsdecode(child_local))
+            continue
         if de.is_symlink():
             item = _link_item(child_local, child_wire, root_real, links)
             if item is not None:

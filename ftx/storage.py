@@ -5,8 +5,8 @@ Layout beside each destination ``DIR/name``::
     DIR/.name.ftx-part      the data, written at chunk offsets (never the final name)
     DIR/.name.ftx-journal   header + one record per verified chunk
 
-Journal (big-endian): a 40-byte header ``"FTXJ" u16 version u16 0 u32 chunk_size
-u64 size i64 mtime_ns u64 xxh3_64(previous 32 bytes)``, then 24-byte records
+Journal (big-endian): a 36-byte header ``"FTXJ" u16 version u16 0 u32 chunk_size
+u64 size i64 mtime_ns u64 xxh3_64(previous 28 bytes)``, then 24-byte records
 ``u64 index, u64 chunk checksum, u64 xxh3_64(previous 16 bytes)``.  A record is
 appended after its chunk is written; on resume every recorded chunk is read back
 and re-hashed, so torn or lost writes (a kill, a crash) are found and re-sent.
@@ -105,6 +105,9 @@ class Destination:
         """Absolute local path for a wire path; parents are real directories (created if asked)."""
         check_wire_path(wire_path)
         parts = wire_path.split(b"/")
+        last = parts[-1]
+        if last.startswith(b".") and (last.endswith(PART_SUFFIX) or last.endswith(JOURNAL_SUFFIX)):
+            raise UnsafePath(f"{os.fsdecode(wire_path)}: names ending in .ftx-part/.ftx-journal are ftx's own")
         cur = self.root
         for part in parts[:-1]:
             cur = os.path.join(cur, part)

@@ -127,7 +127,7 @@ def journal_records(dest_dir: Path, name: str) -> int:
         size = os.path.getsize(dest_dir / f".{name}.ftx-journal")
     except OSError:
         return 0
-    return max(0, (size - 40) // 24)
+    return max(0, (size - 36) // 24)
 
 
 def tree_equal(a: Path, b: Path) -> bool:

@@ -50,7 +50,7 @@ class Connection:
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()
-        self._guard(self._decoder.buffer_updated, nbytes)
+        self._decoder.buffer_updated(nbytes)
         self._drain_frames()
 
     def receive_data(self, data) -> None:
@@ -73,7 +73,8 @@ class Connection:
         self._fail_local(RemoteProtocolError("peer closed the connection before the transfer finished"))
 
     def _drain_frames(self) -> None:
-        while (frame := self._decoder.next_frame()) is not None:
+        # after an ERROR, sent or received, the session is over: later input is dropped
+        while self._error is None and (frame := self._guard(self._decoder.next_frame)) is not None:
             self._guard(self._dispatch, frame)
 
     def _guard(self, fn, *args):

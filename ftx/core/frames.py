@@ -152,8 +152,9 @@ class FrameDecoder:
             self._start, self._end = 0, end - start
 
     def buffer_updated(self, nbytes: int) -> None:
+        """Frames are parsed lazily by ``next_frame``, so that a HELLO can raise the
+        size limit before the frame behind it, read in the same call, is checked."""
         self._end += nbytes
-        self._parse()
 
     def feed(self, data) -> None:
         """Copying convenience: accept any bytes-like object, whole or in part."""
@@ -164,9 +165,13 @@ class FrameDecoder:
             buf[:n] = data[:n]
             data = data[n:]
             self.buffer_updated(n)
+            while (frame := self._parse_one()) is not None:  # keep room: parse as we go
+                self._frames.append(frame)
 
     def next_frame(self) -> Frame | None:
-        return self._frames.popleft() if self._frames else None
+        if self._frames:
+            return self._frames.popleft()
+        return self._parse_one()
 
     def receive_eof(self) -> None:
         if self._end != self._start:
@@ -179,29 +184,28 @@ class FrameDecoder:
         return self._end - self._start
 
     # -- parsing -----------------------------------------------------------
-    def _parse(self) -> None:
+    def _parse_one(self) -> Frame | None:
         view = self._view
-        while True:
-            start, avail = self._start, self._end - self._start
-            if self._frame_len < 0:
-                if avail < HEADER_SIZE:
-                    return
-                ftype, flags, reserved, length, _ = HEADER.unpack_from(view, start)
-                if length > self._max_payload:
-                    raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max_payload}")
-                self._frame_len = HEADER_SIZE + length
-            if avail < self._frame_len:
-                return
-            ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
-            payload = view[start + HEADER_SIZE : start + self._frame_len]
-            self._check(ftype, flags, reserved, length, csum, payload)
-            if self.copy_payloads:
-                payload = bytes(payload)
-            self._frames.append(Frame(FrameType(ftype), flags, payload))
-            self._start += self._frame_len
-            self._frame_len = -1
-            if self._start == self._end:
-                self._start = self._end = 0
+        start, avail = self._start, self._end - self._start
+        if self._frame_len < 0:
+            if avail < HEADER_SIZE:
+                return None
+            ftype, flags, reserved, length, _ = HEADER.unpack_from(view, start)
+            if length > self._max_payload:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max_payload}")
+            self._frame_len = HEADER_SIZE + length
+        if avail < self._frame_len:
+            return None
+        ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
+        payload = view[start + HEADER_SIZE : start + self._frame_len]
+        self._check(ftype, flags, reserved, length, csum, payload)
+        if self.copy_payloads:
+            payload = bytes(payload)
+        self._start += self._frame_len
+        self._frame_len = -1
+        if self._start == self._end:
+            self._start = self._end = 0
+        return Frame(FrameType(ftype), flags, payload)
 
     @staticmethod
     def _check(ftype, flags, reserved, length, csum, payload) -> None:

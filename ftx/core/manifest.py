@@ -46,17 +46,26 @@ def check_wire_path(path: bytes) -> bytes:
 
 
 def check_link_target(path: bytes, target: bytes) -> bytes:
-    """A symlink target must stay inside the tree it is received into."""
+    """A symlink target must stay inside the tree it is received into.
+
+    Relative only; '..' only as a leading run (it climbs the link's own parent
+    directories, which are real directories) and never above the tree root.
+    A '..' after a name could climb out of whatever that name resolves to --
+    possibly another symlink -- so ``a/l1 -> ..`` plus ``a/l2 -> l1/..`` is refused.
+    """
     if not target or b"\x00" in target or target.startswith(b"/") or len(target) > MAX_PATH:
         raise UnsafePath(f"symlink target {target!r} is absolute or invalid")
     depth = path.count(b"/")  # directories above the link inside the tree
+    descended = False
     for part in target.split(b"/"):
         if part == b"..":
+            if descended:
+                raise UnsafePath(f"symlink target {target!r} has '..' after a name")
             depth -= 1
             if depth < 0:
                 raise UnsafePath(f"symlink target {target!r} escapes the destination")
         elif part not in (b"", b"."):
-            depth += 1
+            descended = True
     return target
 
 

@@ -182,6 +182,8 @@ def read_varint(data, offset: int) -> tuple[int, int]:
         offset += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if value >> 64:
+                raise RemoteProtocolError("varint longer than 64 bits")
             return value, offset
         shift += 7
         if shift > 63:

@@ -138,7 +138,6 @@ class ReceiverConnection(Connection):
             if self._sender_done:
                 raise RemoteProtocolError("second DONE")
             self._sender_done = True
-            self._maybe_complete()
         else:
             raise RemoteProtocolError(f"{t.name} is not sent by a sender")
         self._maybe_complete()

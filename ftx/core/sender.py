@@ -64,6 +64,7 @@ class SenderConnection(Connection):
         return fid
 
     def send_small_file(self, entry: FileEntry, data, digest: bytes) -> int:
+        self._require_open()
         if len(data) != entry.size or entry.kind != Kind.FILE:
             raise LocalProtocolError("small file data does not match its entry")
         if entry.size + 256 + len(entry.path) > self.peer.max_payload:

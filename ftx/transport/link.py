@@ -56,12 +56,12 @@ class Watchdog:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            if link.busy:
+            if link.busy:  # our own slow work: not the peer's silence
                 link.last_recv = now
-                continue
-            if now - link.last_recv > timeout:
+            elif now - link.last_recv > timeout:
                 on_dead(TransportError(f"peer silent for {timeout:g} s: connection lost", ErrorCode.TIMEOUT))
                 return
+            # keep pinging even while busy, so the peer does not give up on us
             if now - link.last_send > timeout / 3 and not link.sending:
                 try:
                     await link.send([encode_frame(FrameType.PING, now.hex().encode()[:8])])

@@ -21,6 +21,7 @@ from ..errors import ErrorCode, TransportError
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
+RCVLOWAT_MAX = 256 * 1024
 
 
 def _tune(sock: socket.socket) -> None:
@@ -39,6 +40,7 @@ class TcpLink:
         self._send_lock = asyncio.Lock()
         self.last_recv = self.last_send = time.monotonic()
         self.busy = 0
+        self._lowat = 1
         try:
             self.peer = sock.getpeername()
         except OSError:
@@ -94,8 +96,20 @@ class TcpLink:
     own_liveness = False  # the Watchdog pings and times out for us
 
     async def feed(self, conn) -> None:
-        """Move whatever arrives next into ``conn`` (zero-copy into its frame buffer)."""
-        n = await self.recv_into(conn.get_buffer())
+        """Move whatever arrives next into ``conn`` (zero-copy into its frame buffer).
+
+        While a large frame is being filled, SO_RCVLOWAT keeps the loop from
+        waking for every 64 KiB segment: fewer wake-ups, larger reads.
+        """
+        buf = conn.get_buffer()
+        lowat = min(len(buf), RCVLOWAT_MAX) if len(buf) > 65536 else 1
+        if lowat != self._lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self._lowat = lowat
+            except OSError:
+                pass
+        n = await self.recv_into(buf)
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
