@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from harness import warm_memory, FTX, bench_ftx, make_source, parse_size, read_line, run_wait
 
 BASELINE_RECV = r"""
 import socket, sys
@@ -42,40 +43,6 @@ s.close()
 """
 
 
-def parse_size(text: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(float(text[:-1]) * mult[text[-1].upper()]) if text[-1].upper() in mult else int(text)
-
-
-def run_wait(proc: subprocess.Popen) -> tuple[int, float, int]:
-    """Wait for a child; return (status, cpu seconds, peak RSS bytes)."""
-    _, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
-
-
-def read_line(proc: subprocess.Popen, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            return proc.stdout.readline()
-    raise RuntimeError("child did not report in time")
-
-
-def make_source(path: str, size: int) -> None:
-    block = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
-    with open(path, "rb") as f:  # warm the page cache
-        while f.read(8 << 20):
-            pass
-
-
 def bench_baseline(src: str, dst: str) -> dict:
     recv = subprocess.Popen([sys.executable, "-c", BASELINE_RECV, dst], stdout=subprocess.PIPE, text=True)
     port = read_line(recv).strip()
@@ -88,37 +55,14 @@ def bench_baseline(src: str, dst: str) -> dict:
     return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2]}
 
 
-def ftx_cmd() -> list[str]:
-    return [sys.executable, "-m", "ftx.cli"]
-
-
-def bench_ftx(src: str, dst_dir: str, extra_send: list[str] | None = None) -> dict:
-    recv = subprocess.Popen(ftx_cmd() + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
-                                         "--once", "--json"], stdout=subprocess.PIPE, text=True)
-    port = json.loads(read_line(recv))["port"]
-    t0 = time.perf_counter()
-    send = subprocess.Popen(ftx_cmd() + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress"]
-                            + (extra_send or []), stdout=subprocess.PIPE, text=True)
-    out = send.stdout.read()
-    s = run_wait(send)
-    recv.stdout.read()
-    r = run_wait(recv)
-    elapsed = time.perf_counter() - t0
-    if s[0] != 0 or r[0] != 0:
-        raise RuntimeError(f"ftx failed: send {s[0]}, receive {r[0]}")
-    report = json.loads(out)
-    return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2],
-            "bytes_sent": report["bytes_sent"], "bytes_resumed": report["bytes_resumed"]}
-
-
 def bench_resume_check(src: str, dst_dir: str, size: int) -> dict:
     """Kill a transfer half-way, then time the resumed run and its verify step."""
-    recv = subprocess.Popen(ftx_cmd() + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
-                                         "--json"], stdout=subprocess.PIPE, text=True)
+    recv = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
+                                         "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = json.loads(read_line(recv))["port"]
     part = os.path.join(dst_dir, "." + os.path.basename(src) + ".ftx-part")
     journal = os.path.join(dst_dir, "." + os.path.basename(src) + ".ftx-journal")
-    send = subprocess.Popen(ftx_cmd() + ["send", src, f"127.0.0.1:{port}", "--no-progress"])
+    send = subprocess.Popen(FTX + ["send", src, f"127.0.0.1:{port}", "--no-progress"], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.exists(journal) and os.path.getsize(journal) > 40 + 24 * (size // (1 << 20)) // 2:
@@ -158,6 +102,7 @@ def main() -> None:
     src = os.path.join(work_src, "payload.bin")
     try:
         make_source(src, size)
+        warm_memory(work_dst, 2 * size)
         rows: dict[str, list[dict]] = {"baseline": [], "ftx": []}
         for _ in range(args.runs):
             dst = os.path.join(work_dst, "baseline.bin")

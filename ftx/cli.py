@@ -212,7 +212,7 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _bind_both(host, port, udp: bool, handle_udp):
+async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
     """TCP listening sockets and, unless disabled, UDP on the same port number."""
     from .transport import tcp, udp as udp_transport
 
@@ -222,7 +222,7 @@ async def _bind_both(host, port, udp: bool, handle_udp):
         if not udp:
             return socks, bound, None
         try:
-            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp)
+            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config)
         except TransportError:
             for s in socks:
                 s.close()
@@ -236,7 +236,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp) -> 
     from .transport.tcp import serve
 
     handlers = {}
-    socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0))
+    from .core.udp.session import UdpConfig
+
+    socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0),
+                                                UdpConfig(idle_timeout=idle_timeout or 15.0))
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop_code = [EXIT_OK]
@@ -312,7 +315,9 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
 
     Impairments: loss, dup, reorder, reorder_delay, corrupt (probabilities or
     N%), delay, jitter, queue (seconds or ms), rate (bytes/s with K/M/G, or
-    kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several).
+    kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
+    replay (probability of re-sending an earlier datagram 50 ms late), and
+    rebind=T (forward: new source port at T seconds, like a NAT rebinding).
     Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment

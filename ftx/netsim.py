@@ -30,6 +30,8 @@ class Impairment:
     rate: float = 0.0  # bottleneck, bytes per second (0 = none)
     queue: float = 0.05  # bottleneck queue, seconds of data at ``rate``; beyond it: drop-tail
     blackouts: list[tuple[float, float]] = field(default_factory=list)  # (start, end) s since start
+    replay: float = 0.0  # probability an earlier datagram (of the last 1000) is sent again, late
+    rebind: list[float] = field(default_factory=list)  # forward only: new source port at these times
 
     @classmethod
     def parse(cls, spec: str) -> "Impairment":
@@ -61,6 +63,10 @@ class Impairment:
                 for window in value.split(";"):
                     a, _, b = window.partition("-")
                     imp.blackouts.append((float(a), float(b)))
+            elif key == "replay":
+                imp.replay = _prob(value)
+            elif key == "rebind":
+                imp.rebind.extend(float(t) for t in value.split(";"))
             else:
                 raise ValueError(f"unknown impairment {key!r}")
         return imp
@@ -99,8 +105,10 @@ class LinkEmulator:
         self.rng = random.Random(seed)
         self.start = start
         self._free_at = start  # when the bottleneck is next idle
+        self._history: list[bytes] = []  # recent datagrams, for replays
+        self._replay_rng = random.Random(seed ^ 0x5EED)  # own stream: replay on/off shifts nothing else
         self.stats = {"in": 0, "out": 0, "dropped": 0, "blackout_dropped": 0, "queue_dropped": 0,
-                      "duplicated": 0, "reordered": 0, "corrupted": 0, "bytes_in": 0, "bytes_out": 0}
+                      "duplicated": 0, "reordered": 0, "corrupted": 0, "replayed": 0, "bytes_in": 0, "bytes_out": 0}
 
     def process(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
         imp, rng, st = self.imp, self.rng, self.stats
@@ -125,6 +133,14 @@ class LinkEmulator:
         if copies == 2:
             st["duplicated"] += 1
         out = []
+        if imp.replay:
+            if self._history and self._replay_rng.random() < imp.replay:
+                old = self._history[int(self._replay_rng.random() * len(self._history))]
+                out.append((now + imp.delay + 0.05, old))  # a stale copy, 50 ms late
+                st["replayed"] += 1
+            self._history.append(data)
+            if len(self._history) > 1000:
+                del self._history[:100]
         for i in range(copies):
             depart = now
             if imp.rate:
@@ -164,6 +180,7 @@ class Relay:
         self._heap: list = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._rebinds = 0
         self.port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -176,18 +193,27 @@ class Relay:
         self.port = sock.getsockname()[1]
         return self.port
 
-    def _from_clients(self, batch: list) -> None:
+    def _uplink(self, client):
         from .transport.udp import DatagramSocket
 
+        family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.connect(self.target)
+        return DatagramSocket(sock, lambda b: self._from_server(b, client))
+
+    def _from_clients(self, batch: list) -> None:
         now = time.monotonic()
+        due = [t for t in self.forward_imp.rebind if now - self.forward.start >= t]
+        if len(due) > self._rebinds:  # NAT rebinding: every client's traffic leaves from a new port
+            self._rebinds = len(due)
+            for client, old in list(self._uplinks.items()):
+                self._uplinks[client] = self._uplink(client)
+                self._loop.call_later(0.2, old.close)  # late replies to the old port are lost
+            self.forward.stats["rebinds"] = self._rebinds
         for data, addr in batch:
             up = self._uplinks.get(addr)
             if up is None:
-                family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sock.connect(self.target)
-                up = self._uplinks[addr] = DatagramSocket(
-                    sock, lambda b, client=addr: self._from_server(b, client))
+                up = self._uplinks[addr] = self._uplink(addr)
             for when, d in self.forward.process(bytes(data), now):
                 self._schedule(when, d, up, None)
 

@@ -157,3 +157,25 @@ def test_garbage_and_replayed_datagrams_have_no_effect(tmp_path, receiver, relay
     assert proc.returncode == 0, err
     assert (receiver.dir / "big.bin").read_bytes() == data
     assert sent > 10
+
+
+def test_udp_survives_a_source_port_change(tmp_path, receiver, relays):
+    """NAT rebinding: mid-transfer the sender's datagrams start arriving from a new port."""
+    data = write_random(tmp_path / "f.bin", 6_000_000, seed=21)
+    relay = relays(receiver.port, "--forward", "rate=4M,rebind=0.6")
+    rc, report, err = run_send(str(tmp_path / "f.bin"), relay.dest, "--udp")
+    counters = relay.stop()
+    assert rc == 0, err
+    assert counters["forward"].get("rebinds") == 1
+    assert (receiver.dir / "f.bin").read_bytes() == data
+
+
+def test_udp_replayed_datagrams_have_no_effect(tmp_path, receiver, relays):
+    """Real datagrams of this very transfer, replayed 50 ms late in both directions."""
+    src = _payload(tmp_path, 4_000_000)
+    relay = relays(receiver.port, "--both", "replay=0.05", "--seed", "3")
+    rc, report, err = run_send(str(src), relay.dest, "--udp")
+    counters = relay.stop()
+    assert rc == 0, err
+    assert counters["forward"]["replayed"] > 50 and counters["reverse"]["replayed"] > 0
+    assert tree_equal(src, receiver.dir / "src")
