@@ -51,18 +51,22 @@ class RangeSet:
         stops[i:j] = [new_stop]
 
     def subtract(self, start: int, stop: int) -> None:
-        if stop <= start:
+        if stop <= start or not self._starts:
             return
-        out = RangeSet()
-        for a, b in self:
-            if b <= start or a >= stop:
-                out.add(a, b)
-            else:
-                if a < start:
-                    out.add(a, start)
-                if b > stop:
-                    out.add(stop, b)
-        self._starts, self._stops = out._starts, out._stops
+        starts, stops = self._starts, self._stops
+        i = bisect.bisect_right(stops, start)  # first range ending after start
+        j = bisect.bisect_left(starts, stop)  # ranges [i, j) begin before stop: they overlap
+        if i >= j:
+            return
+        keep_starts, keep_stops = [], []
+        if starts[i] < start:
+            keep_starts.append(starts[i])
+            keep_stops.append(start)
+        if stops[j - 1] > stop:
+            keep_starts.append(stop)
+            keep_stops.append(stops[j - 1])
+        starts[i:j] = keep_starts
+        stops[i:j] = keep_stops
 
     def clear(self) -> None:
         self._starts.clear()

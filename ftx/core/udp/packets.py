@@ -15,7 +15,7 @@ payload of DATA packets (and the rest of an INITIAL) is a sequence of frames.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -65,8 +65,7 @@ def build(ptype: int, dcid: int, pn: int, payload: bytes) -> bytes:
     return bytes(out)
 
 
-@dataclass(frozen=True)
-class Packet:
+class Packet(NamedTuple):
     ptype: int
     dcid: int
     pn: int
@@ -166,8 +165,7 @@ def encode_close(code: int, reason: str) -> bytes:
     return struct.pack(">BHH", F_CLOSE, code, len(raw)) + raw
 
 
-@dataclass(frozen=True)
-class ChunkFrame:
+class ChunkFrame(NamedTuple):
     file_id: int
     index: int
     chunk_len: int
@@ -176,22 +174,23 @@ class ChunkFrame:
     data: memoryview
 
 
-@dataclass(frozen=True)
-class StreamFrame:
+class StreamFrame(NamedTuple):
     offset: int
     data: memoryview
 
 
-@dataclass(frozen=True)
-class AckFrame:
+class AckFrame(NamedTuple):
     acked: RangeSet
     delay_us: int
 
 
-@dataclass(frozen=True)
-class CloseFrame:
+class CloseFrame(NamedTuple):
     code: int
     reason: str
+
+
+class MaxDataFrame(NamedTuple):
+    value: int
 
 
 PING = object()
@@ -231,7 +230,7 @@ def parse_frames(payload: memoryview) -> list:
             off += 1
         elif ftype == F_MAX_DATA:
             value, off = read_varint(payload, off + 1)
-            out.append(("max_data", value))
+            out.append(MaxDataFrame(value))
         elif ftype == F_CLOSE:
             if n - off < 5:
                 raise RemoteProtocolError("CLOSE truncated")

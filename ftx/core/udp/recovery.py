@@ -53,7 +53,7 @@ class RttEstimator:
         return self.smoothed + max(4 * self.var, K_GRANULARITY) + self.max_ack_delay
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SentPacket:
     pn: int
     time: float

@@ -42,6 +42,7 @@ from .packets import (
     AckFrame,
     ChunkFrame,
     CloseFrame,
+    MaxDataFrame,
     StreamFrame,
     encode_ack,
     encode_close,
@@ -52,6 +53,9 @@ from .packets import (
 from .recovery import Recovery, SentPacket
 
 MAX_CHUNK = 16 * 1024 * 1024
+_TRAILER_ZERO = bytes(TRAILER_SIZE)
+_pack_q = struct.Struct(">Q").pack_into
+_xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
 STREAM_OOO_LIMIT = 8 * 1024 * 1024
 
@@ -185,8 +189,8 @@ class UdpSession:
             elif isinstance(f, CloseFrame):
                 self.closed, self.close_code, self.close_reason = True, f.code, f.reason or "peer closed"
                 return
-            elif isinstance(f, tuple) and f[0] == "max_data":
-                self._peer_max_data = max(self._peer_max_data, f[1])
+            elif isinstance(f, MaxDataFrame):
+                self._peer_max_data = max(self._peer_max_data, f.value)
         if eliciting:
             self._unacked_eliciting += 1
             if self._unacked_eliciting >= self.config.ack_every:
@@ -361,10 +365,13 @@ class UdpSession:
         if self._want_ack(now) or self._max_data_due():
             out.append(self._packet(self._control_frames(now), now, [], False))
         mss = self.config.max_datagram
+        cwnd = self.cc.cwnd
+        rate = self.cc.pacing_rate
+        burst = max(0.002, 10 * mss / rate)
         while len(out) < limit:
             probe = self._probes > 0
             if not probe:
-                if self.recovery.bytes_in_flight + mss > self.cc.cwnd:
+                if self.recovery.bytes_in_flight + mss > cwnd:
                     break
                 if now < self._pace_next:
                     break
@@ -385,9 +392,7 @@ class UdpSession:
                 self._probes -= 1
                 self.stats["probes"] += 1
             out.append(self._packet(frames, now, items, True))
-            rate = self.cc.pacing_rate
-            size = len(out[-1])
-            self._pace_next = max(self._pace_next, now - max(0.002, 10 * mss / rate)) + size / rate
+            self._pace_next = max(self._pace_next, now - burst) + len(out[-1]) / rate
         return out
 
     def _control_frames(self, now: float) -> list[bytes]:
@@ -469,19 +474,20 @@ class UdpSession:
     def _packet(self, frames: list, now: float, items: list, eliciting: bool) -> bytes:
         pn = self._next_pn
         self._next_pn += 1
-        body = b"".join(frames)
         out = bytearray(HEADER.pack(DATA, VERSION, self.peer_cid, pn))
-        out += body
+        for f in frames:
+            out += f
         end = len(out)
-        out += b"\0" * TRAILER_SIZE
-        struct.pack_into(">Q", out, end, xxhash.xxh3_64_intdigest(memoryview(out)[:end]))
+        out += _TRAILER_ZERO
+        with memoryview(out) as mv:
+            _pack_q(out, end, _xxh64(mv[:end]))
         size = len(out)
         self.stats["packets_sent"] += 1
         self.stats["bytes_sent"] += size
         if eliciting:
             self._last_eliciting_sent = now
         self.recovery.on_sent(SentPacket(pn, now, size, eliciting, items))
-        return bytes(out)
+        return out
 
     # == timers =====================================================================
     def next_timer(self) -> float | None:
