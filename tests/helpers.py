@@ -168,3 +168,21 @@ class Relay:
         self.proc.wait(10)
         self.proc.stderr.close()
         return stats
+
+
+def interrupt_receiver_half_way(receiver_factory, dst: Path, src: Path, chunks: int, stop, *send_args: str) -> int:
+    """Start a send, ``stop(receiver)`` once half the chunks are journaled; return the sender's exit code."""
+    first = receiver_factory(directory=dst)
+    proc = start_send(str(src), first.dest, *send_args)
+    wait_for(lambda: journal_records(dst, src.name) >= chunks // 2, what="half the chunks")
+    stop(first)
+    proc.communicate(timeout=30)
+    return proc.returncode
+
+
+def resend_to_new_receiver(receiver_factory, dst: Path, src: Path, *send_args: str) -> dict:
+    """Re-run the send against a fresh receiver on ``dst``; return the report (asserts success)."""
+    again = receiver_factory(directory=dst)
+    rc, report, err = run_send(str(src), again.dest, *send_args)
+    assert rc == 0, err
+    return report

@@ -12,7 +12,15 @@ import signal
 
 import pytest
 
-from .helpers import journal_records, run_send, start_send, wait_for, write_random
+from .helpers import (
+    interrupt_receiver_half_way,
+    journal_records,
+    resend_to_new_receiver,
+    run_send,
+    start_send,
+    wait_for,
+    write_random,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,16 +53,10 @@ def test_sender_killed_resumes(tmp_path, receiver):
 def test_receiver_killed_and_restarted_resumes(tmp_path, receiver_factory):
     data = write_random(tmp_path / "big.bin", SIZE, seed=5)
     dst = tmp_path / "dst"
-    r1 = receiver_factory(directory=dst)
-    proc = start_send(str(tmp_path / "big.bin"), r1.dest, "--max-rate", RATE)
-    wait_for(lambda: journal_records(dst, "big.bin") >= CHUNKS // 2, what="half the chunks")
-    r1.kill()
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 3, err  # connection lost
-    assert "ftx:" in err
-    r2 = receiver_factory(directory=dst)
-    rc, report, err = run_send(str(tmp_path / "big.bin"), r2.dest)
-    assert rc == 0, err
+    rc = interrupt_receiver_half_way(receiver_factory, dst, tmp_path / "big.bin", CHUNKS, lambda r: r.kill(),
+                                     "--max-rate", RATE)
+    assert rc == 3  # connection lost
+    report = resend_to_new_receiver(receiver_factory, dst, tmp_path / "big.bin")
     assert report["bytes_sent"] <= 0.55 * SIZE
     assert (dst / "big.bin").read_bytes() == data
 
@@ -146,14 +148,13 @@ def test_source_modified_during_transfer_is_never_spliced(tmp_path, receiver):
 def test_receiver_sigterm_keeps_partial_for_resume(tmp_path, receiver_factory):
     data = write_random(tmp_path / "big.bin", SIZE, seed=8)
     dst = tmp_path / "dst"
-    r1 = receiver_factory(directory=dst)
-    proc = start_send(str(tmp_path / "big.bin"), r1.dest, "--max-rate", RATE)
-    wait_for(lambda: journal_records(dst, "big.bin") >= CHUNKS // 2, what="half the chunks")
-    assert r1.stop() == 0  # SIGTERM: clean exit
-    proc.communicate(timeout=30)
-    assert proc.returncode == 3
-    r2 = receiver_factory(directory=dst)
-    rc, report, err = run_send(str(tmp_path / "big.bin"), r2.dest)
-    assert rc == 0, err
+
+    def sigterm(r):
+        assert r.stop() == 0  # a clean exit
+
+    rc = interrupt_receiver_half_way(receiver_factory, dst, tmp_path / "big.bin", CHUNKS, sigterm,
+                                     "--max-rate", RATE)
+    assert rc == 3
+    report = resend_to_new_receiver(receiver_factory, dst, tmp_path / "big.bin")
     assert report["bytes_sent"] <= 0.55 * SIZE
     assert (dst / "big.bin").read_bytes() == data

@@ -9,7 +9,17 @@ import time
 
 import pytest
 
-from .helpers import Relay, journal_records, run_send, start_send, tree_equal, wait_for, write_random
+from .helpers import (
+    Relay,
+    interrupt_receiver_half_way,
+    journal_records,
+    resend_to_new_receiver,
+    run_send,
+    start_send,
+    tree_equal,
+    wait_for,
+    write_random,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,16 +129,11 @@ def test_udp_sender_killed_resumes(tmp_path, receiver):
 def test_udp_receiver_killed_resumes_and_tcp_udp_mix(tmp_path, receiver_factory):
     data = write_random(tmp_path / "big.bin", SIZE, seed=12)
     dst = tmp_path / "dst"
-    r1 = receiver_factory(directory=dst)
-    proc = start_send(str(tmp_path / "big.bin"), r1.dest, "--udp", "--max-rate", "16M", "--idle-timeout", "3")
-    wait_for(lambda: journal_records(dst, "big.bin") >= CHUNKS // 2, what="half the chunks")
-    r1.kill()
-    proc.communicate(timeout=30)
-    assert proc.returncode == 3
-    r2 = receiver_factory(directory=dst)
+    rc = interrupt_receiver_half_way(receiver_factory, dst, tmp_path / "big.bin", CHUNKS, lambda r: r.kill(),
+                                     "--udp", "--max-rate", "16M", "--idle-timeout", "3")
+    assert rc == 3
     # the journal belongs to the core: a transfer started over UDP resumes over TCP
-    rc, report, err = run_send(str(tmp_path / "big.bin"), r2.dest)
-    assert rc == 0, err
+    report = resend_to_new_receiver(receiver_factory, dst, tmp_path / "big.bin")
     assert report["bytes_sent"] <= 0.55 * SIZE
     assert (dst / "big.bin").read_bytes() == data
 
