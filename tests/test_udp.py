@@ -184,3 +184,28 @@ def test_udp_replayed_datagrams_have_no_effect(tmp_path, receiver, relays):
     assert rc == 0, err
     assert counters["forward"]["replayed"] > 50 and counters["reverse"]["replayed"] > 0
     assert tree_equal(src, receiver.dir / "src")
+
+
+def test_udp_one_port_serves_many_senders_at_once(tmp_path, receiver):
+    procs = []
+    for i in range(4):
+        write_random(tmp_path / f"s{i}" / "data.bin", 3_000_000, seed=30 + i)
+        procs.append(start_send(str(tmp_path / f"s{i}"), receiver.dest, "--udp"))
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    for i in range(4):
+        assert tree_equal(tmp_path / f"s{i}", receiver.dir / f"s{i}")
+
+
+def test_udp_no_congestion_collapse_behind_a_narrow_bottleneck(tmp_path, receiver, relays):
+    """A 4 MB/s bottleneck with a short queue: the sender must find the rate, not flood it."""
+    data = write_random(tmp_path / "f.bin", 10_000_000, seed=41)
+    relay = relays(receiver.port, "--forward", "rate=4M,queue=20ms", "--both", "delay=5ms")
+    rc, report, err = run_send(str(tmp_path / "f.bin"), relay.dest, "--udp")
+    counters = relay.stop()
+    assert rc == 0, err
+    assert (receiver.dir / "f.bin").read_bytes() == data
+    retx = report["transport_stats"]["retransmitted_bytes"] / len(data)
+    assert retx < 0.10, f"{retx:.1%} retransmitted: the sender overran the bottleneck"
+    assert counters["forward"]["queue_dropped"] < 0.10 * counters["forward"]["in"]
