@@ -311,14 +311,14 @@ class SendSession:
         src, report = self._sources[fid], self._reports[fid]
         try:
             await self._stream_file(fid, src, report, decision)
-        except SourceChanged as exc:
-            report.message = str(exc)
+        except (SourceChanged, OSError) as exc:
+            if isinstance(exc, SourceChanged):
+                code, report.message = ErrorCode.SOURCE_CHANGED, str(exc)
+            else:
+                code, report.message = ErrorCode.STORAGE, f"read error: {exc.strerror or exc}"
+            await self.link.file_sent(fid)  # chunks already handed over must land before the abort
             if self.conn.file_state(fid) == FileState.SENDING:
-                self.conn.abort_file(fid, ErrorCode.SOURCE_CHANGED, str(exc))
-        except OSError as exc:
-            report.message = f"read error: {exc.strerror or exc}"
-            if self.conn.file_state(fid) == FileState.SENDING:
-                self.conn.abort_file(fid, ErrorCode.STORAGE, report.message)
+                self.conn.abort_file(fid, code, report.message)
         await self._flush()
 
     async def _stream_file(self, fid: int, src: SourceFile, report: FileSendReport, d: Decision) -> None:
@@ -342,6 +342,8 @@ class SendSession:
             if not matches:
                 log.warning("%s: source content changed since the partial was made; starting over", report.path)
                 conn.restart_file(fid, "held chunks differ from the source")
+                await self._flush()
+                await self.link.control_delivered()  # RESTART must arrive before new chunks
                 held, hashed, hasher = RangeSet(), 0, FileHasher()
         resumed = sum(entry.chunk_length(i) for i in held.values())
         report.bytes_resumed = resumed

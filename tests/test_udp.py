@@ -209,3 +209,32 @@ def test_udp_no_congestion_collapse_behind_a_narrow_bottleneck(tmp_path, receive
     retx = report["transport_stats"]["retransmitted_bytes"] / len(data)
     assert retx < 0.10, f"{retx:.1%} retransmitted: the sender overran the bottleneck"
     assert counters["forward"]["queue_dropped"] < 0.10 * counters["forward"]["in"]
+
+
+def test_udp_content_change_restarts_and_mid_transfer_change_aborts(tmp_path, receiver):
+    """RESTART must reach the receiver before new chunks; ABORT_FILE after the chunks sent."""
+    src = tmp_path / "big.bin"
+    write_random(src, SIZE, seed=51)
+    st = os.stat(src)
+    proc = start_send(str(src), receiver.dest, "--udp", "--max-rate", "16M")
+    wait_for(lambda: journal_records(receiver.dir, "big.bin") >= CHUNKS // 2, what="half the chunks")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    new = bytearray(src.read_bytes())
+    new[10] ^= 0xFF  # same size, same mtime, other content
+    src.write_bytes(new)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rc, report, err = run_send(str(src), receiver.dest, "--udp")
+    assert rc == 0, err
+    assert report["bytes_resumed"] == 0
+    assert (receiver.dir / "big.bin").read_bytes() == bytes(new)
+    # now change the source while it is being sent
+    (receiver.dir / "big.bin").unlink()
+    proc = start_send(str(src), receiver.dest, "--udp", "--max-rate", "16M")
+    wait_for(lambda: journal_records(receiver.dir, "big.bin") >= 3, what="a few chunks")
+    with open(src, "r+b") as f:
+        f.write(b"changed" * 1000)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err  # that file failed; the session itself stayed healthy
+    assert "changed" in err and "protocol" not in err.lower()
+    assert not (receiver.dir / "big.bin").exists()

@@ -120,6 +120,9 @@ class TcpLink:
     async def file_sent(self, file_id: int) -> None:
         """On TCP, FILE_END simply follows the DATA frames in the stream."""
 
+    async def control_delivered(self) -> None:
+        """On TCP, later DATA frames cannot overtake earlier control frames."""
+
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)

@@ -270,6 +270,11 @@ class UdpLink:
         await self._wait_until(lambda: s.file_acked(file_id))
         self._raise_if_closed()
 
+    async def control_delivered(self) -> None:
+        """Wait until the peer has every control byte sent so far (chunks travel apart)."""
+        await self._wait_until(lambda: self.session.stream_all_acked)
+        self._raise_if_closed()
+
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until our control bytes are acknowledged."""
         try:
@@ -320,6 +325,8 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
             session = dialer.receive_datagram(data, now)
         if session is not None and not ready.done():
             ready.set_result(session)
+        elif session is None:
+            dsock.send(dialer.datagrams_to_send(now))  # a RETRY is answered at once
         link = holder.get("link")
         if link is not None:
             link.wake()
@@ -365,7 +372,7 @@ class UdpServer:
                 continue
             if new:
                 cid = session.local_cid
-                link = UdpLink(session, lambda ds, cid=cid: self.dsock.send(ds, self.listener.addresses[cid]), addr)
+                link = UdpLink(session, lambda ds, cid=cid: self._send_to(cid, ds), addr)
                 self.links[cid] = link
                 self.on_session(link)
             else:
@@ -374,6 +381,11 @@ class UdpServer:
                 woken.add(link)
         for link in woken:
             link.wake()
+
+    def _send_to(self, cid: int, datagrams: list[bytes]) -> None:
+        addr = self.listener.addresses.get(cid)
+        if addr is not None:  # None: the session was already forgotten
+            self.dsock.send(datagrams, addr)
 
     def forget(self, link: UdpLink) -> None:
         self.links.pop(link.session.local_cid, None)

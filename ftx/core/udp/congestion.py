@@ -163,7 +163,3 @@ class Bbr:
         """Random loss must not shrink the model (BBR v1); it only counts towards the STARTUP exit."""
         self._round_lost += rs.newly_lost
         self._round_lost_packets += len(rs.lost)
-
-    def on_persistent_congestion(self) -> None:
-        """Nothing got through for a long time: forget the model and start over."""
-        self.__init__(self.mss, self.max_rate, self.min_cwnd // self.mss)

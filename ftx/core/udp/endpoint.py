@@ -94,7 +94,7 @@ class Listener:
             try:
                 session.receive_payload(pkt.pn, pkt.payload, now)
             except RemoteProtocolError as exc:  # checksum fine, content not: end that session
-                session.close(ErrorCode.PROTOCOL, str(exc))
+                session.close(exc.code, str(exc))
             if pkt.pn > before and self.addresses.get(pkt.dcid) != addr:
                 self.addresses[pkt.dcid] = addr  # the sender moved (new port or address)
             return session, False, []
@@ -112,12 +112,10 @@ class Listener:
         known = self._by_initial.get((addr, scid))
         if known is not None and known in self.sessions:  # our INITIAL reply was lost: repeat it
             return self.sessions[known], False, [self._reply(known, scid)]
-        if not token:
-            self.stats["retries"] += 1
+        if not token or not check_token(self.secret, token, addr, scid, now):
+            # no token, or an old or foreign one: a fresh RETRY (still smaller than the INITIAL)
+            self.stats["retries" if not token else "bad_tokens"] += 1
             return None, False, [build(RETRY, scid, 0, initial_payload(0, make_token(self.secret, addr, scid, now)))]
-        if not check_token(self.secret, token, addr, scid, now):
-            self.stats["bad_tokens"] += 1
-            return None, False, []
         cid = self._new_cid()
         session = UdpSession(cid, scid, self.config, now, chunk_receiver=True)
         self.sessions[cid] = session
@@ -188,5 +186,5 @@ class Dialer:
             try:
                 self.session.receive_payload(pkt.pn, pkt.payload, now)
             except RemoteProtocolError as exc:
-                self.session.close(ErrorCode.PROTOCOL, str(exc))
+                self.session.close(exc.code, str(exc))
         return self.session

@@ -236,6 +236,8 @@ def parse_frames(payload: memoryview) -> list:
                 raise RemoteProtocolError("CLOSE truncated")
             _, code, rlen = struct.unpack_from(">BHH", payload, off)
             off += 5
+            if n - off < rlen:
+                raise RemoteProtocolError("CLOSE reason truncated")
             reason = bytes(payload[off : off + rlen]).decode("utf-8", "replace")
             off += rlen
             out.append(CloseFrame(code, reason))

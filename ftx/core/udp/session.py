@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from ...errors import ErrorCode, RemoteProtocolError
+from ...errors import ChecksumMismatch, ErrorCode, RemoteProtocolError
 from ..ranges import RangeSet
 from .congestion import Bbr
 from .packets import (
@@ -53,6 +53,7 @@ from .packets import (
 from .recovery import Recovery, SentPacket
 
 MAX_CHUNK = 16 * 1024 * 1024
+INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the first MAX_DATA (protocol.md)
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
 _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
@@ -107,6 +108,7 @@ class UdpSession:
         self._next_pn = 0
         # receiving
         self._recv = RangeSet()
+        self._recv_floor = -1  # packet numbers up to here were forgotten (only the last 64 ranges are kept)
         self._largest_recv = -1
         self._largest_recv_time = 0.0
         self._unacked_eliciting = 0
@@ -130,7 +132,7 @@ class UdpSession:
         self._cout_retx: deque[tuple[tuple[int, int], int, int]] = deque()
         self.retained_bytes = 0
         self._file_chunks: dict[int, int] = {}
-        self._peer_max_data = config.flow_window
+        self._peer_max_data = INITIAL_MAX_DATA
         self._new_chunk_bytes = 0
         # chunks in (receiver)
         self._cin: dict[tuple[int, int], tuple[bytearray, RangeSet, int]] = {}
@@ -138,7 +140,7 @@ class UdpSession:
         self._cin_done: set[tuple[int, int]] = set()
         self._completed: deque = deque()
         self._delivered = 0
-        self._max_data_sent = config.flow_window
+        self._max_data_sent = INITIAL_MAX_DATA
         # pacing, probes, close
         self._pace_next = now
         self._probes = 0
@@ -149,7 +151,7 @@ class UdpSession:
         self._close_sends = 0
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
-                      "probes": 0}
+                      "dropped_no_buffer": 0, "probes": 0}
 
     # == input ==================================================================
     def receive_payload(self, pn: int, payload, now: float) -> None:
@@ -159,19 +161,22 @@ class UdpSession:
         if pn in self._recv:
             self.stats["duplicate_packets"] += 1
             return
-        if self._recv and pn < next(iter(self._recv))[0]:
+        if pn <= self._recv_floor:  # older than anything we still track: its ACK is long gone
             self.stats["stale_packets"] += 1
             return
         frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
+        if not self._stream_fits(frames):
+            self.stats["dropped_no_buffer"] += 1
+            return  # not recorded, so not acknowledged: the sender will send it again
         self.stats["packets_received"] += 1
         self.stats["bytes_received"] += len(payload) + OVERHEAD
         self.last_recv_time = now
-        if pn != self._largest_recv + 1:
-            self._ack_now = True  # a gap or reordering: tell the sender at once
+        in_order = pn == self._largest_recv + 1
         self._recv.add(pn)
         if len(self._recv) > RECV_RANGES_KEPT:
             first = next(iter(self._recv))
             self._recv.subtract(first[0], first[1])
+            self._recv_floor = first[1] - 1
         if pn > self._largest_recv:
             self._largest_recv, self._largest_recv_time = pn, now
         eliciting = False
@@ -193,6 +198,8 @@ class UdpSession:
                 self._peer_max_data = max(self._peer_max_data, f.value)
         if eliciting:
             self._unacked_eliciting += 1
+            if not in_order:
+                self._ack_now = True  # a gap or reordering: tell the sender at once
             if self._unacked_eliciting >= self.config.ack_every:
                 self._ack_now = True
             elif self._ack_deadline is None:
@@ -245,14 +252,20 @@ class UdpSession:
             del self._sout[: end - self._sout_base]
             self._sout_base = end
 
+    def _stream_fits(self, frames: list) -> bool:
+        """Whether every STREAM frame's data can be kept (out-of-order buffer is bounded)."""
+        extra = 0
+        for f in frames:
+            if isinstance(f, StreamFrame) and f.offset > self._sin_next and f.offset not in self._sin_ooo:
+                extra += len(f.data)
+        return not extra or self._sin_ooo_bytes + extra <= STREAM_OOO_LIMIT
+
     def _on_stream(self, off: int, data) -> None:
         end = off + len(data)
         if end <= self._sin_next:
             return
         if off > self._sin_next:
-            if off not in self._sin_ooo:
-                if self._sin_ooo_bytes + len(data) > STREAM_OOO_LIMIT:
-                    return  # dropped; the sender will send it again
+            if off not in self._sin_ooo:  # room was checked by _stream_fits
                 self._sin_ooo[off] = bytes(data)
                 self._sin_ooo_bytes += len(data)
             return
@@ -278,7 +291,7 @@ class UdpSession:
         if slot is None:
             if not 0 < f.chunk_len <= MAX_CHUNK:
                 raise RemoteProtocolError("chunk length out of range")
-            if self._cin_bytes + f.chunk_len > self.config.flow_window + MAX_CHUNK:
+            if self._cin_bytes + f.chunk_len > max(self.config.flow_window, INITIAL_MAX_DATA) + MAX_CHUNK:
                 raise RemoteProtocolError("flow control limit exceeded")
             slot = (bytearray(f.chunk_len), RangeSet(), f.checksum)
             self._cin[key] = slot
@@ -292,7 +305,7 @@ class UdpSession:
             del self._cin[key]
             self._cin_bytes -= len(buf)
             if xxhash.xxh3_64_intdigest(buf) != checksum:
-                raise RemoteProtocolError("reassembled chunk fails its checksum")
+                raise ChecksumMismatch("reassembled chunk fails its checksum")
             self._cin_done.add(key)
             self._completed.append((f.file_id, f.index, checksum, buf))
 
