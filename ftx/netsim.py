@@ -69,6 +69,11 @@ class Impairment:
                 imp.rebind.extend(float(t) for t in value.split(";"))
             else:
                 raise ValueError(f"unknown impairment {key!r}")
+        for name in ("delay", "jitter", "rate", "queue", "reorder_delay"):
+            if getattr(imp, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if any(b <= a or a < 0 for a, b in imp.blackouts) or any(t < 0 for t in imp.rebind):
+            raise ValueError("blackout windows must be START-END with 0 <= START < END")
         return imp
 
 
@@ -138,6 +143,8 @@ class LinkEmulator:
                 old = self._history[int(self._replay_rng.random() * len(self._history))]
                 out.append((now + imp.delay + 0.05, old))  # a stale copy, 50 ms late
                 st["replayed"] += 1
+                st["out"] += 1
+                st["bytes_out"] += len(old)
             self._history.append(data)
             if len(self._history) > 1000:
                 del self._history[:100]

@@ -64,7 +64,7 @@ class Bbr:
     @property
     def cwnd(self) -> int:
         if not self.btl_bw or self.min_rtt == float("inf"):
-            return INITIAL_CWND_PACKETS * self.mss
+            return max(INITIAL_CWND_PACKETS * self.mss, self.min_cwnd)
         bdp = self.btl_bw * self.min_rtt
         return max(int(self.cwnd_gain * bdp) + self.extra_acked + 3 * self.mss, self.min_cwnd)
 
@@ -81,6 +81,7 @@ class Bbr:
     # -- inputs ---------------------------------------------------------------------
     def on_ack(self, rs: RateSample, now: float, delivered: int, bytes_in_flight: int, srtt: float) -> None:
         self._srtt_hint = srtt
+        self._round_start = False  # an ACK that acknowledges nothing new starts no round
         if rs.acked:
             newest = max(rs.acked, key=lambda p: p.delivered)
             self._round_start = newest.delivered >= self._next_round_delivered

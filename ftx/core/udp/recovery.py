@@ -116,6 +116,8 @@ class Recovery:
     # -- ACKs -----------------------------------------------------------------------
     def on_ack(self, acked: RangeSet, ack_delay: float, now: float) -> RateSample:
         rs = RateSample()
+        if not acked:
+            return rs
         largest = list(acked)[-1][1] - 1
         newly: list[SentPacket] = []
         for start, stop in acked:

@@ -143,6 +143,7 @@ class UdpSession:
         self._max_data_sent = INITIAL_MAX_DATA
         # pacing, probes, close
         self._pace_next = now
+        self._blocked_probe_at = now
         self._probes = 0
         self._ping = False
         self.closed = False
@@ -359,6 +360,10 @@ class UdpSession:
             or (self._cout_new and self._new_chunk_bytes < self._peer_max_data)
         )
 
+    def _credit_starved(self, now: float) -> bool:
+        return bool(self._cout_new) and self._new_chunk_bytes >= self._peer_max_data \
+            and not self.recovery.bytes_in_flight and now >= self._blocked_probe_at
+
     def _want_ack(self, now: float) -> bool:
         if not self._unacked_eliciting and not self._ack_now:
             return False
@@ -389,6 +394,11 @@ class UdpSession:
                 if now < self._pace_next:
                     break
                 if not self._has_data():
+                    if self._credit_starved(now):
+                        # out of credit with nothing in flight: a PING draws an ACK, and the
+                        # ACK carries the receiver's current MAX_DATA (its last one may be lost)
+                        self._ping = True
+                        self._blocked_probe_at = now + self.recovery.rtt.pto()
                     if self._ping:
                         self._ping = False
                         out.append(self._packet([bytes([F_PING])], now, [], True))
@@ -516,6 +526,8 @@ class UdpSession:
             times.append(self._pace_next)
         if not self.recovery.bytes_in_flight:
             times.append(self._last_eliciting_sent + self.config.idle_timeout / 3)
+            if self._cout_new and self._new_chunk_bytes >= self._peer_max_data:
+                times.append(self._blocked_probe_at)
         return min(times)
 
     def handle_timer(self, now: float) -> None:
