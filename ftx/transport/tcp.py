@@ -21,7 +21,7 @@ from ..errors import ErrorCode, TransportError
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
-RCVLOWAT_MAX = 256 * 1024
+RCVLOWAT_MAX = 1024 * 1024
 
 
 def _tune(sock: socket.socket) -> None:
