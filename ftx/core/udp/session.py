@@ -32,6 +32,7 @@ from .packets import (
     CHUNK_HEADER,
     CHUNK_HEADER_SIZE,
     DATA,
+    F_CHUNK,
     F_MAX_DATA,
     F_PING,
     HEADER,
@@ -55,6 +56,8 @@ from .recovery import Recovery, SentPacket
 MAX_CHUNK = 16 * 1024 * 1024
 INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the first MAX_DATA (protocol.md)
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
+_BULK_HEADER = struct.Struct(">BBQQ" + CHUNK_HEADER.format.lstrip(">"))  # packet header + CHUNK header
+_BULK_HEADER_SIZE = _BULK_HEADER.size
 _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
@@ -165,21 +168,19 @@ class UdpSession:
         if pn <= self._recv_floor:  # older than anything we still track: its ACK is long gone
             self.stats["stale_packets"] += 1
             return
+        if payload and payload[0] == F_CHUNK and self.chunk_receiver and len(payload) >= CHUNK_HEADER_SIZE:
+            # fast path: a packet that is one CHUNK frame (nearly all of a transfer's packets)
+            _, fid, index, clen, coff, csum, length = CHUNK_HEADER.unpack_from(payload, 0)
+            if len(payload) == CHUNK_HEADER_SIZE + length and coff + length <= clen:
+                in_order = self._record(pn, len(payload), now)
+                self._on_chunk(ChunkFrame(fid, index, clen, coff, csum, payload[CHUNK_HEADER_SIZE:]))
+                self._on_eliciting(in_order, now)
+                return
         frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
         if not self._stream_fits(frames):
             self.stats["dropped_no_buffer"] += 1
             return  # not recorded, so not acknowledged: the sender will send it again
-        self.stats["packets_received"] += 1
-        self.stats["bytes_received"] += len(payload) + OVERHEAD
-        self.last_recv_time = now
-        in_order = pn == self._largest_recv + 1
-        self._recv.add(pn)
-        if len(self._recv) > RECV_RANGES_KEPT:
-            first = next(iter(self._recv))
-            self._recv.subtract(first[0], first[1])
-            self._recv_floor = first[1] - 1
-        if pn > self._largest_recv:
-            self._largest_recv, self._largest_recv_time = pn, now
+        in_order = self._record(pn, len(payload), now)
         eliciting = False
         for f in frames:
             if isinstance(f, ChunkFrame):
@@ -198,13 +199,31 @@ class UdpSession:
             elif isinstance(f, MaxDataFrame):
                 self._peer_max_data = max(self._peer_max_data, f.value)
         if eliciting:
-            self._unacked_eliciting += 1
-            if not in_order:
-                self._ack_now = True  # a gap or reordering: tell the sender at once
-            if self._unacked_eliciting >= self.config.ack_every:
-                self._ack_now = True
-            elif self._ack_deadline is None:
-                self._ack_deadline = now + self.config.max_ack_delay
+            self._on_eliciting(in_order, now)
+
+    def _record(self, pn: int, size: int, now: float) -> bool:
+        """Note a packet as received (for ACKs); returns whether it came in order."""
+        self.stats["packets_received"] += 1
+        self.stats["bytes_received"] += size + OVERHEAD
+        self.last_recv_time = now
+        in_order = pn == self._largest_recv + 1
+        self._recv.add(pn)
+        if len(self._recv) > RECV_RANGES_KEPT:
+            first = next(iter(self._recv))
+            self._recv.subtract(first[0], first[1])
+            self._recv_floor = first[1] - 1
+        if pn > self._largest_recv:
+            self._largest_recv, self._largest_recv_time = pn, now
+        return in_order
+
+    def _on_eliciting(self, in_order: bool, now: float) -> None:
+        self._unacked_eliciting += 1
+        if not in_order:
+            self._ack_now = True  # a gap or reordering: tell the sender at once
+        if self._unacked_eliciting >= self.config.ack_every:
+            self._ack_now = True
+        elif self._ack_deadline is None:
+            self._ack_deadline = now + self.config.max_ack_delay
 
     def _on_ack(self, f: AckFrame, now: float) -> None:
         if f.acked and list(f.acked)[-1][1] > self._next_pn:
@@ -405,6 +424,9 @@ class UdpSession:
                     else:
                         self.recovery.mark_app_limited()
                     break
+            if not probe and self._bulk_ready():
+                self._bulk_chunks(out, now, limit, cwnd, rate, burst)
+                continue
             frames, items = self._fill(mss - OVERHEAD, now)
             if not frames:
                 if probe:  # nothing to resend: a PING still elicits an ACK
@@ -417,6 +439,58 @@ class UdpSession:
             out.append(self._packet(frames, now, items, True))
             self._pace_next = max(self._pace_next, now - burst) + len(out[-1]) / rate
         return out
+
+    def _bulk_ready(self) -> bool:
+        """Only new chunk bytes to send: the common case, served by ``_bulk_chunks``."""
+        return (not self._unacked_eliciting and not self._sout_retx and not self._cout_retx
+                and self._sout_next == self._sout_base + len(self._sout)
+                and bool(self._cout_new) and self._new_chunk_bytes < self._peer_max_data)
+
+    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, burst: float) -> None:
+        """Full CHUNK packets in a tight loop: the same bytes as ``_fill`` + ``_packet``
+        would produce, with a fraction of the per-packet Python work."""
+        key = self._cout_new[0]
+        c = self._cout[key]
+        data, clen, csum = c.data, len(c.data), c.checksum
+        room = self.config.max_datagram - OVERHEAD - CHUNK_HEADER_SIZE
+        rec = self.recovery
+        sent = rec.sent
+        first_delivered = rec.delivered
+        pace = max(self._pace_next, now - burst)
+        app_limited = rec.app_limited_until > 0
+        if not sent:
+            rec.first_sent_time = rec.delivered_time = now
+        nbytes = npackets = 0
+        while len(out) < limit and rec.bytes_in_flight + self.config.max_datagram <= cwnd and pace <= now:
+            off = c.next_off
+            n = min(clen - off, room, self._peer_max_data - self._new_chunk_bytes)
+            if n <= 0:
+                break
+            pn = self._next_pn
+            self._next_pn = pn + 1
+            size = OVERHEAD + CHUNK_HEADER_SIZE + n
+            pkt = bytearray(size)
+            _BULK_HEADER.pack_into(pkt, 0, DATA, VERSION, self.peer_cid, pn, 4, key[0], key[1], clen, off, csum, n)
+            pkt[_BULK_HEADER_SIZE : _BULK_HEADER_SIZE + n] = data[off : off + n]
+            _pack_q(pkt, size - TRAILER_SIZE, _xxh64(memoryview(pkt)[: size - TRAILER_SIZE]))
+            out.append(pkt)
+            c.next_off = off + n
+            self._new_chunk_bytes += n
+            p = SentPacket(pn, now, size, True, [("c", key, off, n)], first_delivered, rec.delivered_time,
+                           rec.first_sent_time, app_limited)
+            sent[pn] = p
+            rec.bytes_in_flight += size
+            nbytes += size
+            npackets += 1
+            pace += size / rate
+            if c.next_off >= clen:
+                self._cout_new.popleft()
+                break
+        if nbytes:
+            rec.last_ack_eliciting_time = self._last_eliciting_sent = now
+            self._pace_next = pace
+        self.stats["packets_sent"] += npackets
+        self.stats["bytes_sent"] += nbytes
 
     def _control_frames(self, now: float) -> list[bytes]:
         frames = []
