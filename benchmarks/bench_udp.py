@@ -6,7 +6,9 @@
 2. Through the seeded relay: a bottleneck of --rate (default 200 Mbit/s) with a
    30 ms queue, --rtt (default 30 ms) and 0%, 1% and 3% random loss each way:
    goodput against the bottleneck and retransmitted bytes against the loss rate.
-3. aioquic, when installed, is reported as skipped: no comparison harness yet.
+3. aioquic (QUIC in Python), when installed, pushing the same kind of file over one
+   stream on the same paths (benchmarks/aioquic_peer.py), with smaller files and a
+   time limit on the lossy paths, where its NewReno controller is slow.
 
     python benchmarks/bench_udp.py [--size 1G] [--relay-size 200M] [--runs 1]
 """
@@ -19,7 +21,47 @@ import shutil
 import sys
 import tempfile
 
-from harness import warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size
+from harness import warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
+
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aioquic_peer.py")
+
+
+def have_aioquic() -> bool:
+    try:
+        import aioquic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def aioquic_push(src: str, dst: str, via_relay: list[str] | None = None, timeout: float = 300.0) -> dict | None:
+    """One aioquic transfer (optionally through a relay); None if it ran out of time."""
+    import json
+    import subprocess
+
+    server = subprocess.Popen([sys.executable, PEER, "server", os.path.join(dst, "aioquic.bin")],
+                              stdout=subprocess.PIPE, text=True)
+    port = json.loads(read_line(server))["port"]
+    relay = Relay(port, *via_relay) if via_relay is not None else None
+    try:
+        client = subprocess.Popen([sys.executable, PEER, "client", "127.0.0.1", str(relay.port if relay else port), src],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            out, _ = client.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+            return None
+        return json.loads(out)
+    finally:
+        if relay is not None:
+            relay.stop()
+        server.kill()
+        server.wait()
+        try:
+            os.unlink(os.path.join(dst, "aioquic.bin"))
+        except OSError:
+            pass
 
 
 def loopback(src: str, dst: str, size: int, runs: int) -> None:
@@ -37,12 +79,19 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
         r = min(results, key=lambda x: x["seconds"])
         best[name] = r
         pps = r["stats"].get("packets_sent", 0) / r["seconds"]
-        print(f"{name:8} {size / r['seconds'] / 1e6:7.0f} {pps:9.0f} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
+        pps_text = f"{pps:.0f}" if pps else "-"
+        print(f"{name:8} {size / r['seconds'] / 1e6:7.0f} {pps_text:>9} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
               f"{r['send_rss'] / 1e6:12.1f} {r['recv_rss'] / 1e6:12.1f}")
     print(f"ratio udp/tcp: {best['ftx tcp']['seconds'] / best['ftx udp']['seconds']:.2f}x")
+    if have_aioquic():
+        res = aioquic_push(src, dst)
+        if res:
+            rate = res["bytes"] / res["seconds"]
+            print(f"aioquic  {rate / 1e6:7.0f}   (one stream, same file; ftx udp is "
+                  f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
-def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float) -> None:
+def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float, small_src: str | None = None) -> None:
     from ftx.netsim import _rate
 
     bottleneck = _rate(rate)
@@ -61,6 +110,15 @@ def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float) -> None:
         fwd = counters["forward"]
         print(f"{loss:5.0%} {goodput * 8 / 1e6:15.1f} {goodput / bottleneck:14.1%} {retx:14.2%} "
               f"{fwd['dropped']:>13}/{fwd['queue_dropped']:<12}")
+        if small_src is not None:
+            res = aioquic_push(small_src, dst, ["--both", f"loss={loss},delay={rtt_ms / 2}ms",
+                                                "--forward", f"rate={rate},queue=30ms"], timeout=120)
+            if res is None:
+                print(f"{'':5} aioquic: not done within 120 s ({os.path.getsize(small_src) / 2**20:.0f} MiB)")
+            else:
+                g = res["bytes"] / res["seconds"]
+                print(f"{'':5} aioquic: {g * 8 / 1e6:8.1f} Mbit/s = {g / bottleneck:.1%} of the bottleneck "
+                      f"({res['bytes'] / 2**20:.0f} MiB)")
 
 
 def main() -> None:
@@ -87,13 +145,13 @@ def main() -> None:
         size = parse_size(args.relay_size)
         src = os.path.join(work_src, "relay.bin")
         make_source(src, size)
-        impaired(src, work_dst, size, args.rate, args.rtt)
-        try:
-            import aioquic  # noqa: F401
-
-            print("\n3. aioquic is installed, but this benchmark has no aioquic harness yet: skipped")
-        except ImportError:
-            print("\n3. aioquic not installed: comparison skipped (pip install aioquic)")
+        small = None
+        if have_aioquic():
+            small = os.path.join(work_src, "small.bin")
+            make_source(small, min(size, 40 << 20))
+        impaired(src, work_dst, size, args.rate, args.rtt, small)
+        if not have_aioquic():
+            print("\n(aioquic not installed: its rows are skipped; pip install aioquic)")
     finally:
         shutil.rmtree(work_src, ignore_errors=True)
         shutil.rmtree(work_dst, ignore_errors=True)
