@@ -41,30 +41,13 @@ class Impairment:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, _, value = part.partition("=")
             key = key.strip().lower()
-            if key == "loss":
-                imp.loss = _prob(value)
-            elif key in ("dup", "duplicate"):
-                imp.duplicate = _prob(value)
-            elif key == "reorder":
-                imp.reorder = _prob(value)
-            elif key == "reorder_delay":
-                imp.reorder_delay = _seconds(value)
-            elif key == "corrupt":
-                imp.corrupt = _prob(value)
-            elif key == "delay":
-                imp.delay = _seconds(value)
-            elif key == "jitter":
-                imp.jitter = _seconds(value)
-            elif key == "rate":
-                imp.rate = _rate(value)
-            elif key == "queue":
-                imp.queue = _seconds(value)
+            if key in _SCALARS:
+                attr, convert = _SCALARS[key]
+                setattr(imp, attr, convert(value))
             elif key == "blackout":
                 for window in value.split(";"):
                     a, _, b = window.partition("-")
                     imp.blackouts.append((float(a), float(b)))
-            elif key == "replay":
-                imp.replay = _prob(value)
             elif key == "rebind":
                 imp.rebind.extend(float(t) for t in value.split(";"))
             else:
@@ -100,6 +83,21 @@ def _rate(text: str) -> float:
         if t.endswith(suffix):
             return float(t[: -len(suffix)]) * mult
     return float(t)
+
+
+_SCALARS = {  # spec key -> (Impairment field, parser)
+    "loss": ("loss", _prob),
+    "dup": ("duplicate", _prob),
+    "duplicate": ("duplicate", _prob),
+    "reorder": ("reorder", _prob),
+    "reorder_delay": ("reorder_delay", _seconds),
+    "corrupt": ("corrupt", _prob),
+    "delay": ("delay", _seconds),
+    "jitter": ("jitter", _seconds),
+    "rate": ("rate", _rate),
+    "queue": ("queue", _seconds),
+    "replay": ("replay", _prob),
+}
 
 
 class LinkEmulator:
