@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
 from .core.events import DecisionReceived, FileResolved, HandshakeComplete, PeerFailed, SessionComplete
-from .core.manifest import FileEntry, Kind
+from .core.frames import DATA_HEADER_SIZE
+from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
 from .core.ranges import RangeSet
 from .core.sender import SenderConnection
@@ -118,7 +119,7 @@ class SendSession:
             reader.cancel()
             for src in self._sources.values():
                 src.close()
-        files = self.reports + [r for r in self._reports.values()]
+        files = self.reports + list(self._reports.values())
         for r in files:
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
@@ -136,9 +137,6 @@ class SendSession:
 
     def _fit_to_peer(self, peer_max: int) -> None:
         """Chunks and whole small files must fit the receiver's largest frame."""
-        from .core.frames import DATA_HEADER_SIZE
-        from .core.manifest import MIN_CHUNK_SIZE
-
         cfg = self.config
         fit = (peer_max - DATA_HEADER_SIZE) // MIN_CHUNK_SIZE * MIN_CHUNK_SIZE
         if cfg.chunk_size > fit:

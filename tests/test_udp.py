@@ -238,3 +238,13 @@ def test_udp_content_change_restarts_and_mid_transfer_change_aborts(tmp_path, re
     assert proc.returncode == 1, err  # that file failed; the session itself stayed healthy
     assert "changed" in err and "protocol" not in err.lower()
     assert not (receiver.dir / "big.bin").exists()
+
+
+def test_udp_larger_mtu(tmp_path, receiver):
+    """--mtu raises the datagram size (loopback carries 9000-byte datagrams)."""
+    src = _payload(tmp_path, 5_000_000)
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", "--mtu", "9000")
+    assert rc == 0, err
+    assert tree_equal(src, receiver.dir / "src")
+    stats = report["transport_stats"]
+    assert stats["bytes_sent"] / stats["packets_sent"] > 5000  # far above a 1452-byte datagram

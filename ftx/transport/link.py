@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from typing import Protocol
 
@@ -64,7 +65,7 @@ class Watchdog:
             # keep pinging even while busy, so the peer does not give up on us
             if now - link.last_send > timeout / 3 and not link.sending:
                 try:
-                    await link.send([encode_frame(FrameType.PING, now.hex().encode()[:8])])
+                    await link.send([encode_frame(FrameType.PING, struct.pack(">d", now))])
                 except (OSError, TransportError):
                     pass
 
