@@ -173,7 +173,7 @@ class UdpSession:
             _, fid, index, clen, coff, csum, length = CHUNK_HEADER.unpack_from(payload, 0)
             if len(payload) == CHUNK_HEADER_SIZE + length and coff + length <= clen:
                 in_order = self._record(pn, len(payload), now)
-                self._on_chunk(ChunkFrame(fid, index, clen, coff, csum, payload[CHUNK_HEADER_SIZE:]))
+                self._chunk_piece(fid, index, clen, coff, csum, payload[CHUNK_HEADER_SIZE:])
                 self._on_eliciting(in_order, now)
                 return
         frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
@@ -304,30 +304,34 @@ class UdpSession:
     def _on_chunk(self, f: ChunkFrame) -> None:
         if not self.chunk_receiver:
             raise RemoteProtocolError("CHUNK frame sent to a sender")
-        key = (f.file_id, f.index)
-        if key in self._cin_done:
-            return
+        self._chunk_piece(f.file_id, f.index, f.chunk_len, f.offset, f.checksum, f.data)
+
+    def _chunk_piece(self, file_id: int, index: int, chunk_len: int, offset: int, checksum: int, data) -> None:
+        key = (file_id, index)
         slot = self._cin.get(key)
         if slot is None:
-            if not 0 < f.chunk_len <= MAX_CHUNK:
+            if key in self._cin_done:
+                return  # a late duplicate of a chunk already handed over
+            if not 0 < chunk_len <= MAX_CHUNK:
                 raise RemoteProtocolError("chunk length out of range")
-            if self._cin_bytes + f.chunk_len > max(self.config.flow_window, INITIAL_MAX_DATA) + MAX_CHUNK:
+            if self._cin_bytes + chunk_len > max(self.config.flow_window, INITIAL_MAX_DATA) + MAX_CHUNK:
                 raise RemoteProtocolError("flow control limit exceeded")
-            slot = (bytearray(f.chunk_len), RangeSet(), f.checksum)
+            slot = (bytearray(chunk_len), RangeSet(), checksum)
             self._cin[key] = slot
-            self._cin_bytes += f.chunk_len
-        buf, got, checksum = slot
-        if len(buf) != f.chunk_len or checksum != f.checksum:
+            self._cin_bytes += chunk_len
+        buf, got, expected = slot
+        if len(buf) != chunk_len or checksum != expected:
             raise RemoteProtocolError("CHUNK frames disagree about their chunk")
-        buf[f.offset : f.offset + len(f.data)] = f.data
-        got.add(f.offset, f.offset + len(f.data))
-        if got.covers(0, len(buf)):
+        end = offset + len(data)
+        buf[offset:end] = data
+        got.add(offset, end)
+        if got.covers(0, chunk_len):
             del self._cin[key]
-            self._cin_bytes -= len(buf)
+            self._cin_bytes -= chunk_len
             if xxhash.xxh3_64_intdigest(buf) != checksum:
                 raise ChecksumMismatch("reassembled chunk fails its checksum")
             self._cin_done.add(key)
-            self._completed.append((f.file_id, f.index, checksum, buf))
+            self._completed.append((file_id, index, checksum, buf))
 
     # == application side =========================================================
     def stream_write(self, data) -> None:
