@@ -38,6 +38,7 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 READ_BATCH = 256
+PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
 
 def _random_cid() -> int:
@@ -204,6 +205,13 @@ class UdpLink:
                     self._cond.notify_all()
                 if s.closed and not s._close_sends:
                     break
+                if out and s.pacing_limited:
+                    # Paced: let a quantum of credit build up, undisturbed by ACK wake-ups,
+                    # so bursts stay large (GSO, GRO, few ACKs) instead of a packet or two
+                    # per wake-up, a mode that costs so much per packet it cannot speed up.
+                    quantum = min(PACING_QUANTUM, 32 * s.config.max_datagram / s.cc.pacing_rate)
+                    await asyncio.sleep(max(quantum, s._pace_next - time.monotonic()))
+                    continue
                 t = s.next_timer()
                 self._wake.clear()
                 timeout = None if t is None else t - time.monotonic()

@@ -30,6 +30,11 @@ PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 BW_WINDOW_ROUNDS = 10
 MIN_RTT_WINDOW = 10.0
 INITIAL_CWND_PACKETS = 32
+# A round trip, for this controller's clocks, lasts at least this long. On loopback the
+# real RTT (~0.1 ms) is far below what an event loop can pace (~1 ms timers): rounds that
+# short measure the scheduler, not the path, and a cwnd of 2 x BtlBw x 0.1 ms caps the
+# rate at what fits in one scheduler tick -- a state PROBE_BW could not leave.
+ROUND_FLOOR = 0.002
 
 
 class Bbr:
@@ -45,6 +50,7 @@ class Bbr:
         self.min_rtt = float("inf")
         self._min_rtt_stamp = 0.0
         self.round_count = 0
+        self._round_stamp = float("-inf")
         self._next_round_delivered = 0
         self._round_start = False
         self._full_bw = 0.0
@@ -65,7 +71,7 @@ class Bbr:
     def cwnd(self) -> int:
         if not self.btl_bw or self.min_rtt == float("inf"):
             return max(INITIAL_CWND_PACKETS * self.mss, self.min_cwnd)
-        bdp = self.btl_bw * self.min_rtt
+        bdp = self.btl_bw * max(self.min_rtt, ROUND_FLOOR)  # see ROUND_FLOOR
         return max(int(self.cwnd_gain * bdp) + self.extra_acked + 3 * self.mss, self.min_cwnd)
 
     @property
@@ -84,9 +90,11 @@ class Bbr:
         self._round_start = False  # an ACK that acknowledges nothing new starts no round
         if rs.acked:
             newest = max(rs.acked, key=lambda p: p.delivered)
-            self._round_start = newest.delivered >= self._next_round_delivered
+            self._round_start = (newest.delivered >= self._next_round_delivered
+                                 and now - self._round_stamp >= ROUND_FLOOR)
             if self._round_start:
                 self._next_round_delivered = delivered
+                self._round_stamp = now
                 self.round_count += 1
                 self._check_startup_loss()
                 self._round_lost = self._round_lost_packets = self._round_acked = 0
@@ -139,7 +147,7 @@ class Bbr:
                 self.state, self.pacing_gain, self.cwnd_gain = "drain", 1 / STARTUP_GAIN, STARTUP_GAIN
         if self.state == "drain" and bytes_in_flight <= self.btl_bw * self.min_rtt:
             self._enter_probe_bw(now)
-        if self.state == "probe_bw" and now - self._cycle_stamp > self.min_rtt:
+        if self.state == "probe_bw" and now - self._cycle_stamp > max(self.min_rtt, ROUND_FLOOR):
             self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
             self._cycle_stamp = now
             self.pacing_gain = PROBE_GAINS[self._cycle_index]

@@ -146,6 +146,7 @@ class UdpSession:
         self._max_data_sent = INITIAL_MAX_DATA
         # pacing, probes, close
         self._pace_next = now
+        self.pacing_limited = False  # the last datagrams_to_send stopped for pacing
         self._blocked_probe_at = now
         self._probes = 0
         self._ping = False
@@ -405,6 +406,7 @@ class UdpSession:
             return out
         if self._want_ack(now) or self._max_data_due():
             out.append(self._packet(self._control_frames(now), now, [], False))
+        self.pacing_limited = False
         mss = self.config.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
@@ -415,6 +417,7 @@ class UdpSession:
                 if self.recovery.bytes_in_flight + mss > cwnd:
                     break
                 if now < self._pace_next:
+                    self.pacing_limited = True
                     break
                 if not self._has_data():
                     if self._credit_starved(now):
@@ -465,7 +468,10 @@ class UdpSession:
         if not sent:
             rec.first_sent_time = rec.delivered_time = now
         nbytes = npackets = 0
-        while len(out) < limit and rec.bytes_in_flight + self.config.max_datagram <= cwnd and pace <= now:
+        while len(out) < limit and rec.bytes_in_flight + self.config.max_datagram <= cwnd:
+            if pace > now:
+                self.pacing_limited = True
+                break
             off = c.next_off
             n = min(clen - off, room, self._peer_max_data - self._new_chunk_bytes)
             if n <= 0:
