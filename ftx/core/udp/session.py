@@ -55,6 +55,9 @@ from .recovery import Recovery, SentPacket
 
 MAX_CHUNK = 16 * 1024 * 1024
 INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the first MAX_DATA (protocol.md)
+# Pacing credit a sender may bank: more than a driver's nap between bursts plus timer slop
+# (drivers nap up to 2 ms), or every nap would forfeit part of the rate.
+PACING_BURST = 0.005
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
 _BULK_HEADER = struct.Struct(">BBQQ" + CHUNK_HEADER.format.lstrip(">"))  # packet header + CHUNK header
 _BULK_HEADER_SIZE = _BULK_HEADER.size
@@ -410,7 +413,7 @@ class UdpSession:
         mss = self.config.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
-        burst = max(0.002, 10 * mss / rate)
+        burst = max(PACING_BURST, 10 * mss / rate)
         while len(out) < limit:
             probe = self._probes > 0
             if not probe:
