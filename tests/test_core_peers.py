@@ -459,15 +459,20 @@ def test_refused_file():
     finish_session(link)
 
 
-def test_receiver_fails_file_early_in_flight_data_is_dropped():
+def accepted_file(seed: int):
+    """A linked pair with one 4-chunk file offered and accepted, events drained."""
     link = linked()
-    data = content(4 * CS, 8)
-    cs = chunks_of(data)
+    data = content(4 * CS, seed)
     fid = link.s.offer(FileEntry(b"f", size=len(data), chunk_size=CS))
     link.pump()
     link.r.decide(fid)
     link.pump()
     link.take("r"), link.take("s")
+    return link, data, chunks_of(data), fid
+
+
+def test_receiver_fails_file_early_in_flight_data_is_dropped():
+    link, data, cs, fid = accepted_file(seed=8)
     link.s.send_chunk(fid, 0, cs[0])
     link.to_receiver()
     assert [e.index for e in link.take("r")] == [0]
@@ -488,14 +493,7 @@ def test_receiver_fails_file_early_in_flight_data_is_dropped():
 
 
 def test_receiver_fails_file_early_sender_learns_before_finishing():
-    link = linked()
-    data = content(4 * CS, 9)
-    cs = chunks_of(data)
-    fid = link.s.offer(FileEntry(b"f", size=len(data), chunk_size=CS))
-    link.pump()
-    link.r.decide(fid)
-    link.pump()
-    link.take("r"), link.take("s")
+    link, data, cs, fid = accepted_file(seed=9)
     link.s.send_chunk(fid, 0, cs[0])
     link.r.file_result(fid, ErrorCode.STORAGE, message="disk full")
     link.pump()
