@@ -104,7 +104,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, ve
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
     """
     _setup_logging(verbose, quiet)
-    from .transport.tcp import parse_dest
+    from .transport.sockets import parse_dest
 
     try:
         host, dport = parse_dest(dest, port or DEFAULT_PORT)
@@ -321,7 +321,7 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
     Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment
-    from .transport.tcp import parse_dest
+    from .transport.sockets import parse_dest
 
     try:
         lhost, lport = parse_dest(listen, 0, allow_zero=True)

@@ -15,8 +15,8 @@ import socket
 import time
 from typing import Awaitable, Callable
 
-from .. import DEFAULT_PORT
 from ..errors import ErrorCode, TransportError
+from .sockets import bound_socket
 
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
@@ -136,26 +136,6 @@ class TcpLink:
         self.close()
 
 
-def parse_dest(dest: str, default_port: int = DEFAULT_PORT, allow_zero: bool = False) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address."""
-    if dest.startswith("["):
-        host, sep, rest = dest[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad destination {dest!r}: expected [IPv6]:PORT")
-        port = rest[1:] if rest else ""
-    elif dest.count(":") == 1:
-        host, port = dest.split(":")
-    else:
-        host, port = dest, ""
-    if not host:
-        raise ValueError(f"bad destination {dest!r}: no host")
-    if port:
-        if not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
-            raise ValueError(f"bad port {port!r}")
-        return host, int(port)
-    return host, default_port
-
-
 async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
     loop = asyncio.get_running_loop()
     try:
@@ -178,29 +158,10 @@ async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
 
 def listen(host: str | None, port: int) -> list[socket.socket]:
     """Listening sockets: ``None``/``::`` means every address, IPv6 and IPv4."""
-    socks: list[socket.socket] = []
-    if host in (None, "", "::", "*"):
-        try:
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            targets = [(s, ("::", port))]
-        except OSError:
-            targets = [(socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("0.0.0.0", port))]
-    else:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        targets = [(socket.socket(family, socket.SOCK_STREAM), addr)]
-    for sock, addr in targets:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"cannot listen on {addr[0]} port {addr[1]}: {exc.strerror}") from exc
-        sock.listen(128)
-        sock.setblocking(False)
-        socks.append(sock)
-    return socks
+    sock = bound_socket(host, port, socket.SOCK_STREAM, reuse_addr=True)
+    sock.listen(128)
+    sock.setblocking(False)
+    return [sock]
 
 
 async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitable[None]]) -> None:

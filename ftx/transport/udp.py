@@ -29,6 +29,7 @@ from ..core.checksum import chunk_checksum
 from ..core.udp.endpoint import Dialer, Listener
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
+from .sockets import bound_socket
 
 log = logging.getLogger("ftx.udp")
 SOCKET_BUFFER = 8 * 1024 * 1024
@@ -426,19 +427,7 @@ async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitab
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    if host in (None, "", "::", "*"):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        bind = ("::", port)
-    else:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        bind = (host, port)
-    try:
-        sock.bind(bind)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(f"cannot listen on UDP {bind[0]} port {bind[1]}: {exc.strerror}") from exc
+    sock = bound_socket(host, port, socket.SOCK_DGRAM)
     server = UdpServer(sock, listener, on_session)
     server.tasks = tasks
     return server

@@ -25,7 +25,7 @@ import struct
 
 import xxhash
 
-from ...errors import ErrorCode, RemoteProtocolError
+from ...errors import RemoteProtocolError
 from .packets import (
     DATA,
     HEADER,

@@ -1,0 +1,54 @@
+"""Addresses and listening sockets shared by the TCP and UDP drivers."""
+
+from __future__ import annotations
+
+import socket
+
+from .. import DEFAULT_PORT
+from ..errors import TransportError
+
+ANY = (None, "", "::", "*")
+
+
+def parse_dest(dest: str, default_port: int = DEFAULT_PORT, allow_zero: bool = False) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address."""
+    if dest.startswith("["):
+        host, sep, rest = dest[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad destination {dest!r}: expected [IPv6]:PORT")
+        port = rest[1:] if rest else ""
+    elif dest.count(":") == 1:
+        host, port = dest.split(":")
+    else:
+        host, port = dest, ""
+    if not host:
+        raise ValueError(f"bad destination {dest!r}: no host")
+    if port:
+        if not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
+            raise ValueError(f"bad port {port!r}")
+        return host, int(port)
+    return host, default_port
+
+
+def bound_socket(host: str | None, port: int, socktype: int, reuse_addr: bool = False) -> socket.socket:
+    """A socket bound to ``host``/``port``; ``None``/``::`` means every address, IPv6 and IPv4
+    (falling back to IPv4 alone where the machine has no IPv6)."""
+    if host in ANY:
+        try:
+            sock = socket.socket(socket.AF_INET6, socktype)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            addr = ("::", port)
+        except OSError:
+            sock, addr = socket.socket(socket.AF_INET, socktype), ("0.0.0.0", port)
+    else:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socktype, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socktype)
+    if reuse_addr:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        kind = "UDP" if socktype == socket.SOCK_DGRAM else "TCP"
+        raise TransportError(f"cannot listen on {kind} {addr[0]} port {addr[1]}: {exc.strerror}") from exc
+    return sock
