@@ -464,12 +464,7 @@ class UdpSession:
         data, clen, csum = c.data, len(c.data), c.checksum
         room = self.config.max_datagram - OVERHEAD - CHUNK_HEADER_SIZE
         rec = self.recovery
-        sent = rec.sent
-        first_delivered = rec.delivered
         pace = max(self._pace_next, now - burst)
-        app_limited = rec.app_limited_until > 0
-        if not sent:
-            rec.first_sent_time = rec.delivered_time = now
         nbytes = npackets = 0
         while len(out) < limit and rec.bytes_in_flight + self.config.max_datagram <= cwnd:
             if pace > now:
@@ -483,16 +478,14 @@ class UdpSession:
             self._next_pn = pn + 1
             size = OVERHEAD + CHUNK_HEADER_SIZE + n
             pkt = bytearray(size)
-            _BULK_HEADER.pack_into(pkt, 0, DATA, VERSION, self.peer_cid, pn, 4, key[0], key[1], clen, off, csum, n)
+            _BULK_HEADER.pack_into(pkt, 0, DATA, VERSION, self.peer_cid, pn, F_CHUNK, key[0], key[1], clen, off,
+                                   csum, n)
             pkt[_BULK_HEADER_SIZE : _BULK_HEADER_SIZE + n] = data[off : off + n]
             _pack_q(pkt, size - TRAILER_SIZE, _xxh64(memoryview(pkt)[: size - TRAILER_SIZE]))
             out.append(pkt)
             c.next_off = off + n
             self._new_chunk_bytes += n
-            p = SentPacket(pn, now, size, True, [("c", key, off, n)], first_delivered, rec.delivered_time,
-                           rec.first_sent_time, app_limited)
-            sent[pn] = p
-            rec.bytes_in_flight += size
+            rec.on_sent(SentPacket(pn, now, size, True, [("c", key, off, n)]))
             nbytes += size
             npackets += 1
             pace += size / rate
@@ -500,7 +493,7 @@ class UdpSession:
                 self._cout_new.popleft()
                 break
         if nbytes:
-            rec.last_ack_eliciting_time = self._last_eliciting_sent = now
+            self._last_eliciting_sent = now
             self._pace_next = pace
         self.stats["packets_sent"] += npackets
         self.stats["bytes_sent"] += nbytes
@@ -575,7 +568,7 @@ class UdpSession:
                     self._cout_new.popleft()
             else:
                 break
-            frames.append(CHUNK_HEADER.pack(4, key[0], key[1], len(c.data), off, c.checksum, n))
+            frames.append(CHUNK_HEADER.pack(F_CHUNK, key[0], key[1], len(c.data), off, c.checksum, n))
             frames.append(memoryview(c.data)[off : off + n])
             items.append(("c", key, off, n))
             room -= CHUNK_HEADER_SIZE + n
