@@ -17,6 +17,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from .core.udp.packets import segments
+
 
 @dataclass
 class Impairment:
@@ -194,7 +196,7 @@ class Relay:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((host, port))
-        self._front = DatagramSocket(sock, self._from_clients)
+        self._front = DatagramSocket(sock, self._from_client)
         self.port = sock.getsockname()[1]
         return self.port
 
@@ -204,9 +206,9 @@ class Relay:
         family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.connect(self.target)
-        return DatagramSocket(sock, lambda b: self._from_server(b, client))
+        return DatagramSocket(sock, lambda data, seg, _addr: self._from_server(data, seg, client))
 
-    def _from_clients(self, batch: list) -> None:
+    def _from_client(self, data, seg: int, addr) -> None:
         now = time.monotonic()
         due = [t for t in self.forward_imp.rebind if now - self.forward.start >= t]
         if len(due) > self._rebinds:  # NAT rebinding: every client's traffic leaves from a new port
@@ -215,17 +217,17 @@ class Relay:
                 self._uplinks[client] = self._uplink(client)
                 self._loop.call_later(0.2, old.close)  # late replies to the old port are lost
             self.forward.stats["rebinds"] = self._rebinds
-        for data, addr in batch:
-            up = self._uplinks.get(addr)
-            if up is None:
-                up = self._uplinks[addr] = self._uplink(addr)
-            for when, d in self.forward.process(bytes(data), now):
+        up = self._uplinks.get(addr)
+        if up is None:
+            up = self._uplinks[addr] = self._uplink(addr)
+        for datagram in segments(data, seg):
+            for when, d in self.forward.process(bytes(datagram), now):
                 self._schedule(when, d, up, None)
 
-    def _from_server(self, batch: list, client) -> None:
+    def _from_server(self, data, seg: int, client) -> None:
         now = time.monotonic()
-        for data, _addr in batch:
-            for when, d in self.reverse.process(bytes(data), now):
+        for datagram in segments(data, seg):
+            for when, d in self.reverse.process(bytes(datagram), now):
                 self._schedule(when, d, self._front, client)
 
     def _schedule(self, when: float, data: bytes, dsock, addr) -> None:
@@ -247,7 +249,7 @@ class Relay:
             out.setdefault((id(dsock), addr), (dsock, addr, []))[2].append(data)
         for dsock, addr, datagrams in out.values():
             if not dsock.closed:
-                dsock.send(datagrams, addr)
+                dsock.send_datagrams(datagrams, addr)
         if heap:
             self._timer_when = heap[0][0]
             self._timer = self._loop.call_at(self._loop.time() + (heap[0][0] - now), self._release)

@@ -258,8 +258,9 @@ def _send(rec: Recovery, pn: int, t: float, size: int = 1000, eliciting: bool = 
     return p
 
 
-def _pns(packets) -> list[int]:
-    return [p.pn for p in packets]
+def _pns(pieces) -> list[int]:
+    """Packet numbers named by (run, first, stop) pieces."""
+    return [pn for _run, a, b in pieces for pn in range(a, b)]
 
 
 class TestRtt:
@@ -334,7 +335,7 @@ class TestLossDetection:
         assert rs.newly_lost == 1000 and rec.lost_packets == 1
         rs = rec.on_ack(RangeSet([(3, 5)]), 0.0, 0.1)
         assert _pns(rs.lost) == [1]
-        assert list(rec.sent) == [2, 5]
+        assert rec.unsettled() == [2, 5]
 
     def test_time_threshold_via_timer(self):
         rec = Recovery()
@@ -347,7 +348,7 @@ class TestLossDetection:
         assert rec.timer() == rec.loss_time()
         rs, probe = rec.on_timer(rec.loss_time())
         assert not probe and _pns(rs.lost) == [1, 2]
-        assert list(rec.sent) == [4]  # above the largest acked: not lost
+        assert rec.unsettled() == [4]  # above the largest acked: not lost
         assert rec.loss_time() is None
 
     def test_time_threshold_uses_max_of_smoothed_and_latest(self):
@@ -377,7 +378,7 @@ class TestLossDetection:
         assert _pns(rs.lost) == [0, 1] and rec.bytes_in_flight == 2000
         rs = rec.on_ack(RangeSet([(0, 5)]), 0.0, 0.2)  # the "lost" ones arrive after all
         assert _pns(rs.acked) == [2, 3] and rs.newly_acked == 2000
-        assert rec.bytes_in_flight == 0 and not rec.sent and rec.delivered == 3000
+        assert rec.bytes_in_flight == 0 and not rec.unsettled() and rec.delivered == 3000
         assert rec.lost_packets == 2
 
     def test_repeated_and_overlapping_acks_do_not_reack(self):
@@ -409,7 +410,7 @@ class TestLossDetection:
         assert rec.bytes_in_flight == 1400
         rs, probe = rec.on_timer(rec.timer())
         assert _pns(rs.lost) == [3] and not probe
-        assert rec.bytes_in_flight == 0 and not rec.sent and rec.timer() is None
+        assert rec.bytes_in_flight == 0 and not rec.unsettled() and rec.timer() is None
         assert rec.lost_bytes == 2600 and rec.lost_packets == 2
 
     @settings(max_examples=60, deadline=None, derandomize=True)
@@ -427,12 +428,87 @@ class TestLossDetection:
             now += 0.01
             start = min(start, 59)
             rs = rec.on_ack(RangeSet([(start, min(60, start + length))]), 0.0, now)
-            for p in rs.acked + rs.lost:
-                assert p.pn not in settled
-                settled.add(p.pn)
-            expect = sum(sizes[pn] for pn in rec.sent if eliciting[pn])
+            for pn in _pns(rs.acked + rs.lost):
+                assert pn not in settled
+                settled.add(pn)
+            expect = sum(sizes[pn] for pn in rec.unsettled() if eliciting[pn])
             assert rec.bytes_in_flight == expect >= 0
-            assert set(rec.sent).isdisjoint(settled)
+            assert set(rec.unsettled()).isdisjoint(settled)
+
+
+def _send_run(rec: Recovery, pn: int, count: int, t: float, size: int = 1000, last: int = 0) -> SentPacket:
+    p = SentPacket(pn, t, size, True, [("r", pn)], count, last)
+    rec.on_sent(p)
+    return p
+
+
+class TestRuns:
+    """Packets sent in one burst are one record: ACKs and losses split it into pieces."""
+
+    def test_partial_acks_and_losses_split_a_run(self):
+        rec = Recovery()
+        run = _send_run(rec, 0, 10, 0.0, 1000, last=500)
+        assert rec.bytes_in_flight == 9500 and rec.unsettled() == list(range(10))
+        rs = rec.on_ack(RangeSet([(2, 5)]), 0.0, 0.1)
+        assert rs.acked == [(run, 2, 5)] and rs.newly_acked == 3000
+        assert rs.lost == [(run, 0, 2)] and rs.newly_lost == 2000 and rs.lost_count == 2  # 0, 1 <= 4 - 3
+        assert rec.bytes_in_flight == 4500 and rec.unsettled() == [5, 6, 7, 8, 9]
+        rs = rec.on_ack(RangeSet([(0, 10)]), 0.0, 0.2)  # the lost ones are not acked again
+        assert rs.acked == [(run, 5, 10)] and rs.newly_acked == 4500  # the last packet is short
+        assert rec.bytes_in_flight == 0 and rec.unsettled() == [] and rec.timer() is None
+        assert rec.delivered == 7500 and rec.lost_bytes == 2000 and rec.lost_packets == 2
+
+    def test_time_threshold_within_a_run(self):
+        rec = Recovery()
+        run = _send_run(rec, 0, 10, 0.0)
+        rs = rec.on_ack(RangeSet([(9, 10)]), 0.0, 0.1)  # all sent together: only 0..6 are 3 behind
+        assert rs.lost == [(run, 0, 7)] and rec.unsettled() == [7, 8]
+        assert rec.loss_time() == pytest.approx(9 / 8 * 0.1)
+        rs, probe = rec.on_timer(rec.loss_time())
+        assert not probe and rs.lost == [(run, 7, 9)] and rec.unsettled() == []
+
+    def test_ack_spanning_runs_and_single_packets(self):
+        rec = Recovery()
+        a = _send_run(rec, 0, 5, 0.0)
+        b = _send(rec, 5, 0.001)
+        c = _send_run(rec, 6, 5, 0.002, last=100)
+        rs = rec.on_ack(RangeSet([(3, 8)]), 0.0, 0.1)
+        assert rs.acked == [(a, 3, 5), (b, 5, 6), (c, 6, 8)] and rs.newly_acked == 5000
+        assert rs.lost == [(a, 0, 3)]  # at least 3 below the largest, 7
+        assert rs.prior_delivered == 0 and rs.rtt == pytest.approx(0.098)
+        rs = rec.on_ack(RangeSet([(10, 11)]), 0.0, 0.2)
+        assert rs.acked == [(c, 10, 11)] and rs.newly_acked == 100
+        assert rs.lost == [] and rec.unsettled() == [8, 9]  # 8 > 10 - 3; not old enough either
+        rs = rec.on_ack(RangeSet([(11, 12)]), 0.0, 0.21)  # a packet never sent: beyond the runs
+        assert rs.acked == [] and rec.unsettled() == [8, 9]
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(st.lists(st.integers(1, 6), min_size=1, max_size=15),
+           st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), min_size=1, max_size=30))
+    def test_every_packet_settles_once(self, counts, acks):
+        rec = Recovery()
+        sizes, pn = {}, 0
+        for i, count in enumerate(counts):
+            last = 300 + i
+            _send_run(rec, pn, count, pn * 0.001, 1000, last)
+            for k in range(count):
+                sizes[pn + k] = last if k == count - 1 else 1000
+            pn += count
+        total = sum(sizes.values())
+        settled: set[int] = set()
+        now = 0.1
+        for start, length in acks:
+            now += 0.01
+            start = min(start, pn - 1)
+            rs = rec.on_ack(RangeSet([(start, min(pn, start + length))]), 0.0, now)
+            for p in _pns(rs.acked + rs.lost):
+                assert p not in settled
+                settled.add(p)
+            assert rs.newly_acked == sum(sizes[p] for p in _pns(rs.acked))
+            assert rs.newly_lost == sum(sizes[p] for p in _pns(rs.lost))
+            assert rec.unsettled() == sorted(set(sizes) - settled)
+            assert rec.bytes_in_flight == sum(sizes[p] for p in rec.unsettled())
+            assert rec.delivered + rec.lost_bytes + rec.bytes_in_flight == total
 
 
 class TestPto:
@@ -474,7 +550,7 @@ class TestPto:
         _send(rec, 0, 0.0)
         _send(rec, 1, 0.01)
         rec.on_ack(RangeSet([(1, 2)]), 0.0, 0.1)
-        assert 0 in rec.sent
+        assert 0 in rec.unsettled()
         assert rec.timer() == pytest.approx(0.0 + 9 / 8 * 0.09)
         rs, probe = rec.on_timer(rec.timer())
         assert _pns(rs.lost) == [0] and not probe and rec.pto_count == 0
@@ -507,10 +583,10 @@ class BbrFeed:
         self.pn += 1
         self.delivered += acked
         rs = RateSample(delivered=acked, interval=rtt, rate=rate, app_limited=app_limited, rtt=rtt,
-                        newly_acked=acked, acked=[p])
+                        newly_acked=acked, acked=[(p, p.pn, p.pn + 1)], prior_delivered=p.delivered)
         self.bbr.on_ack(rs, self.now, self.delivered, in_flight, rtt)
         if lost or lost_packets:
-            lrs = RateSample(newly_lost=lost, lost=[SentPacket(0, 0, 1400, True, [])] * lost_packets)
+            lrs = RateSample(newly_lost=lost, lost_count=lost_packets)
             self.bbr.on_loss(lrs, self.now)
 
 
@@ -695,11 +771,31 @@ class BudgetExceeded(AssertionError):
 MIN_STEP = 1e-5  # a driver that wakes "now" again still lets a little time pass
 
 
+def gro(arrivals: list) -> list:
+    """Coalesce ``(datagram, address)`` arrivals as UDP GRO does: consecutive datagrams
+    from one address and of one size (the last of a run may be shorter) become one
+    ``(buffer, segment size, address)`` read of at most 64 segments."""
+    out: list = []
+    for data, addr in arrivals:
+        if out:
+            buf, seg, a, k = out[-1]
+            if a == addr and len(data) <= seg and len(buf) % seg == 0 and k < 64 and len(buf) + len(data) <= 65535:
+                out[-1] = (buf + data, seg, a, k + 1)
+                continue
+        out.append((bytes(data), len(data), addr, 1))
+    return [(buf, seg, addr) for buf, seg, addr, _ in out]
+
+
 class InMemoryNet:
     """A Dialer and a Listener joined by two Wires, one clock, driven like the asyncio driver."""
 
     def __init__(self, seed: int = 1, fwd: dict | None = None, rev: dict | None = None,
-                 config: UdpConfig | None = None, listener_config: UdpConfig | None = None) -> None:
+                 config: UdpConfig | None = None, listener_config: UdpConfig | None = None,
+                 gro: bool = False) -> None:
+        # gro: deliver as the asyncio driver does with UDP GRO, runs of datagrams in one read; and
+        # wake at most every 2 ms, as the driver's pacing naps do, so that senders send bursts
+        self.gro = gro
+        self.min_step = 0.002 if gro else MIN_STEP
         self.now = 100.0
         self.rng = random.Random(seed)
         self.fwd = Wire(seed * 2 + 1, **(fwd or {}))  # dialer -> listener
@@ -736,22 +832,31 @@ class InMemoryNet:
             if not times:
                 self.stuck = True  # nothing in flight, no timer: only the test can make progress
                 return
-            self.now = max(min(times), self.now + MIN_STEP)
+            self.now = max(min(times), self.now + self.min_step)
         self._woken = False
         self.iterations += 1
         now = self.now
-        for data, addr in self.fwd.due(now):
-            s, new, replies = self.listener.receive_datagram(data, addr, now)
+        fwd = self.fwd.due(now)
+        results = ([(r, addr) for buf, seg, addr in gro(fwd) for r in self.listener.receive_burst(buf, seg, addr, now)]
+                   if self.gro else [(self.listener.receive_datagram(data, addr, now), addr) for data, addr in fwd])
+        for (s, new, replies), addr in results:
             if new:
                 assert self.lsession is None, "a second session for the same dialer"
                 self.lsession = s
             for r in replies:
                 self.rev.send(r, now, addr)
+        rev = []
         for data, addr in self.rev.due(now):
             if addr != self.addr:  # sent to an address the dialer no longer has
                 self.misrouted += 1
                 continue
-            self.dialer.receive_datagram(data, now)
+            rev.append((data, addr))
+        if self.gro:
+            for buf, seg, _ in gro(rev):
+                self.dialer.receive_burst(buf, seg, now)
+        else:
+            for data, _ in rev:
+                self.dialer.receive_datagram(data, now)
         for s in self.sessions():
             t = s.next_timer()
             if t is not None and now >= t:
@@ -916,8 +1021,9 @@ class TestTransfer:
                       max_seconds=5, max_iterations=5000)
         assert net.dsession.stats["retransmitted_bytes"] == 0
 
-    def test_chunks_clean_link(self):
-        net = InMemoryNet()
+    @pytest.mark.parametrize("gro", [False, True])
+    def test_chunks_clean_link(self, gro):
+        net = InMemoryNet(gro=gro)
         net.handshake()
         blobs = _chunks(20, 64 * 1024, seed=7)
         _send_all(net, blobs)
@@ -929,18 +1035,20 @@ class TestTransfer:
         assert net.dsession.stats["retransmitted_bytes"] == 0
         assert net.dsession.stats["lost_packets"] == 0
 
+    @pytest.mark.parametrize("gro", [False, True])
     @pytest.mark.parametrize("seed", [1, 2, 3])
-    def test_everything_arrives_through_an_impaired_link(self, seed):
+    def test_everything_arrives_through_an_impaired_link(self, seed, gro):
         imp = {"loss": 0.10, "reorder": 0.05, "dup": 0.01, "corrupt": 0.001}
-        self._impaired(seed, imp, max_seconds=30, max_iterations=50_000)
+        self._impaired(seed, imp, max_seconds=30, max_iterations=50_000, gro=gro)
 
-    def test_everything_arrives_through_a_very_bad_link(self):
+    @pytest.mark.parametrize("gro", [False, True])
+    def test_everything_arrives_through_a_very_bad_link(self, gro):
         imp = {"loss": 0.25, "reorder": 0.25, "dup": 0.1, "corrupt": 0.05}
-        net = self._impaired(7, imp, max_seconds=90, max_iterations=100_000)
+        net = self._impaired(7, imp, max_seconds=90, max_iterations=100_000, gro=gro)
         assert net.listener.stats["garbage"] > 0
 
-    def _impaired(self, seed, imp, max_seconds, max_iterations):
-        net = InMemoryNet(seed=seed, fwd=imp, rev=imp)
+    def _impaired(self, seed, imp, max_seconds, max_iterations, gro=False):
+        net = InMemoryNet(seed=seed, fwd=imp, rev=imp, gro=gro)
         net.handshake(max_seconds=20, max_iterations=2000)
         blobs = _chunks(20, 64 * 1024, seed=seed)
         _send_all(net, blobs)
@@ -1207,8 +1315,10 @@ class TestListener:
         bad = P.build(P.DATA, s.local_cid, 0, bytes([0x7E]))  # unknown frame, valid checksum
         assert lst.receive_datagram(bad, self.ADDR, 1.1)[0] is s
         assert s.closed and s.close_code == ErrorCode.PROTOCOL
-        close = s.datagrams_to_send(1.2)
-        assert len(close) == 1 and isinstance(P.parse_frames(P.parse(close[0]).payload)[0], P.CloseFrame)
+        close = s.datagrams_to_send(1.2)  # two copies at once, in case one is lost
+        assert len(close) == 2
+        assert all(isinstance(P.parse_frames(P.parse(d).payload)[0], P.CloseFrame) for d in close)
+        assert s.datagrams_to_send(1.3) == []
 
 
 class TestSessionEdges:

@@ -103,6 +103,10 @@ class RangeSet:
         i = bisect.bisect_right(self._starts, start) - 1
         return i >= 0 and self._stops[i] >= stop
 
+    def last(self) -> int:
+        """The largest integer in the set (which must not be empty)."""
+        return self._stops[-1] - 1
+
     def prefix_end(self) -> int:
         """End of the run that starts at 0 (0 when 0 is not held)."""
         if self._starts and self._starts[0] == 0:

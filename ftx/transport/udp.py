@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from typing import Awaitable, Callable
 
@@ -38,8 +39,16 @@ UDP_SEGMENT = 103  # linux/udp.h
 UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
-READ_BATCH = 256
+READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
+SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
+
+
+def _unshared(obj) -> bool:
+    """True when nothing but a list and the caller's loop variable refer to ``obj``
+    (CPython reference counts: those two, our parameter and getrefcount's own)."""
+    getrefcount = getattr(sys, "getrefcount", None)
+    return getrefcount is not None and getrefcount(obj) <= 4
 
 
 def _random_cid() -> int:
@@ -49,7 +58,8 @@ def _random_cid() -> int:
 class DatagramSocket:
     """Batched datagram I/O on one non-blocking socket (GRO in, GSO out, with fallbacks)."""
 
-    def __init__(self, sock: socket.socket, on_batch: Callable[[list], None], gso: bool = True) -> None:
+    def __init__(self, sock: socket.socket, on_read: Callable[[memoryview, int, object], None],
+                 on_drained: Callable[[], None] | None = None, gso: bool = True) -> None:
         self.sock = sock
         sock.setblocking(False)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -69,89 +79,112 @@ class DatagramSocket:
                 self.gso = True
             except OSError:
                 pass
-        self.on_batch = on_batch
+        self.on_read = on_read
+        self.on_drained = on_drained
+        self._rbuf = bytearray(65536)
+        self._rview = memoryview(self._rbuf)
         self._loop = asyncio.get_running_loop()
-        self._queue: list[tuple[list[bytes], object]] = []
+        self._queue: list[tuple[list, object]] = []
         self._cmsg_space = socket.CMSG_SPACE(4)
         self._loop.add_reader(sock.fileno(), self._readable)
         self.closed = False
 
     def _readable(self) -> None:
-        batch: list = []
-        sock = self.sock
+        """Drain the socket (a bounded number of reads, so ACKs and timers get their turn):
+        each read goes to ``on_read(data, segment size, address)`` at once, into one
+        reused buffer -- ``data`` is valid only during the call."""
+        sock, buf, view, on_read = self.sock, self._rbuf, self._rview, self.on_read
         try:
             for _ in range(READ_BATCH):
                 if self.gro:
-                    data, anc, _flags, addr = sock.recvmsg(65535, self._cmsg_space)
-                    seg = 0
+                    n, anc, _flags, addr = sock.recvmsg_into([buf], self._cmsg_space)
+                    seg = n
                     for level, kind, value in anc:
                         if level == SOL_UDP and kind == UDP_GRO:
-                            seg = struct.unpack("=i", value[:4])[0]
-                    if seg and len(data) > seg:
-                        view = memoryview(data)
-                        batch.extend((view[i : i + seg], addr) for i in range(0, len(data), seg))
-                        continue
+                            seg = struct.unpack("=i", value[:4])[0] or n
                 else:
-                    data, addr = sock.recvfrom(65535)
-                batch.append((data, addr))
+                    n, addr = sock.recvfrom_into(buf)
+                    seg = n
+                on_read(view[:n], seg, addr)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:  # e.g. ICMP port unreachable reported on a connected socket
             log.debug("udp receive error: %s", exc)
-        if batch:
-            self.on_batch(batch)
+        if self.on_drained is not None:
+            self.on_drained()
 
-    def send(self, datagrams: list[bytes], addr=None) -> None:
-        if not datagrams:
+    def send(self, bursts: list[tuple[bytes, int]], addr=None) -> None:
+        """Send ``(buffer, size)`` bursts: datagrams of ``size`` bytes laid end to end."""
+        if not bursts:
             return
         if self._queue:
-            self._queue.append((datagrams, addr))
+            self._queue.append((bursts, addr))
             return
-        rest = self._send_now(datagrams, addr)
+        rest = self._send_now(bursts, addr)
         if rest:
             self._queue.append((rest, addr))
             self._loop.add_writer(self.sock.fileno(), self._writable)
 
-    def _send_now(self, datagrams: list[bytes], addr) -> list[bytes]:
+    def send_datagrams(self, datagrams: list[bytes], addr=None) -> None:
+        """Send separate datagrams, joining runs of equal size into bursts where GSO works."""
+        bursts, i, n = [], 0, len(datagrams)
+        while i < n:
+            size = len(datagrams[i])
+            j, total = i + 1, size
+            if self.gso:
+                while (j < n and j - i < GSO_MAX_SEGMENTS and len(datagrams[j]) <= size
+                       and total + len(datagrams[j]) <= GSO_MAX_BYTES):
+                    total += len(datagrams[j])
+                    j += 1
+                    if len(datagrams[j - 1]) < size:
+                        break  # only the last segment may be shorter
+            bursts.append((datagrams[i] if j == i + 1 else b"".join(datagrams[i:j]), size))
+            i = j
+        self.send(bursts, addr)
+
+    def _send_now(self, bursts: list, addr) -> list:
         """Send what the socket takes; return what it would not take now."""
-        sock, i, n = self.sock, 0, len(datagrams)
+        sock, i = self.sock, 0
         try:
-            while i < n:
-                size = len(datagrams[i])
-                j = i + 1
-                if self.gso:
-                    total = size
-                    while (j < n and j - i < GSO_MAX_SEGMENTS and len(datagrams[j]) <= size
-                           and total + len(datagrams[j]) <= GSO_MAX_BYTES):
-                        total += len(datagrams[j])
-                        j += 1
-                        if len(datagrams[j - 1]) < size:
-                            break  # only the last segment may be shorter
-                if j - i > 1:
-                    anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-                    buf = b"".join(datagrams[i:j])
+            while i < len(bursts):
+                buf, seg = bursts[i]
+                if len(buf) <= seg:
+                    if addr is None:
+                        sock.send(buf)
+                    else:
+                        sock.sendto(buf, addr)
+                elif self.gso:
+                    anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
                     if addr is None:
                         sock.sendmsg([buf], anc)
                     else:
                         sock.sendmsg([buf], anc, 0, addr)
-                elif addr is None:
-                    sock.send(datagrams[i])
                 else:
-                    sock.sendto(datagrams[i], addr)
-                i = j
+                    view = memoryview(buf)
+                    for off in range(0, len(buf), seg):
+                        try:
+                            if addr is None:
+                                sock.send(view[off : off + seg])
+                            else:
+                                sock.sendto(view[off : off + seg], addr)
+                        except (BlockingIOError, InterruptedError):
+                            bursts[i] = (bytes(view[off:]), seg)
+                            raise
+                i += 1
         except (BlockingIOError, InterruptedError):
-            return datagrams[i:]
+            return bursts[i:]
         except OSError as exc:
             if exc.errno in (5, 22, 90, 95) and self.gso:  # EIO/EINVAL/EMSGSIZE/EOPNOTSUPP: no GSO here
                 self.gso = False
-                return self._send_now(datagrams[i:], addr)
+                return self._send_now(bursts[i:], addr)
             log.debug("udp send error: %s", exc)  # the loss is repaired like any other
+            return self._send_now(bursts[i + 1 :], addr) if i + 1 < len(bursts) else []
         return []
 
     def _writable(self) -> None:
         while self._queue:
-            datagrams, addr = self._queue[0]
-            rest = self._send_now(datagrams, addr)
+            bursts, addr = self._queue[0]
+            rest = self._send_now(bursts, addr)
             if rest:
                 self._queue[0] = (rest, addr)
                 return
@@ -182,6 +215,7 @@ class UdpLink:
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
         self.closed_event = asyncio.Event()
         self._on_close: list[Callable[[], None]] = []
+        self._lent: list[bytearray] = []
 
     @property
     def sending(self) -> bool:
@@ -199,7 +233,7 @@ class UdpLink:
                 t = s.next_timer()
                 if t is not None and now >= t:
                     s.handle_timer(now)
-                out = s.datagrams_to_send(now)
+                out = s.transmit(now, SEND_BATCH)
                 if out:
                     self._send(out)
                 async with self._cond:
@@ -250,8 +284,15 @@ class UdpLink:
 
     async def feed(self, conn) -> None:
         s = self.session
+        # The chunks handed over last time have been handled by now: buffers nothing
+        # else refers to go back to the session for reuse.
+        for buf in self._lent:
+            if _unshared(buf):
+                s.recycle(buf)
+        self._lent.clear()
         await self._wait_until(lambda: s.stream_readable or s._completed)
         chunks = s.take_chunks()
+        self._lent.extend(c[3] for c in chunks)
         if chunks:
             self.wake()  # MAX_DATA may now be due
         for fid, index, checksum, data in chunks:
@@ -327,26 +368,26 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
     ready = loop.create_future()
     holder: dict = {}
 
-    def on_batch(batch: list) -> None:
-        now = time.monotonic()
-        session = None
-        for data, _addr in batch:
-            session = dialer.receive_datagram(data, now)
+    def on_read(data, seg: int, _addr) -> None:
+        holder["session"] = dialer.receive_burst(data, seg, time.monotonic())
+
+    def on_drained() -> None:
+        session = holder.get("session")
         if session is not None and not ready.done():
             ready.set_result(session)
         elif session is None:
-            dsock.send(dialer.datagrams_to_send(now))  # a RETRY is answered at once
+            dsock.send_datagrams(dialer.datagrams_to_send(time.monotonic()))  # a RETRY is answered at once
         link = holder.get("link")
         if link is not None:
             link.wake()
 
-    dsock = DatagramSocket(sock, on_batch)
+    dsock = DatagramSocket(sock, on_read, on_drained)
     try:
         while not ready.done():
             now = time.monotonic()
             if dialer.timed_out(now):
                 raise TransportError(f"no answer from {host} port {port} over UDP", ErrorCode.TIMEOUT)
-            dsock.send(dialer.datagrams_to_send(now))
+            dsock.send_datagrams(dialer.datagrams_to_send(now))
             t = dialer.next_timer()
             try:
                 await asyncio.wait_for(asyncio.shield(ready), max(0.0, (t or now + 0.1) - time.monotonic()))
@@ -368,15 +409,13 @@ class UdpServer:
         self.listener = listener
         self.on_session = on_session
         self.links: dict[int, UdpLink] = {}
-        self.dsock = DatagramSocket(sock, self._on_batch)
+        self._woken: set[UdpLink] = set()
+        self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
 
-    def _on_batch(self, batch: list) -> None:
-        now = time.monotonic()
-        woken: set[UdpLink] = set()
-        for data, addr in batch:
-            session, new, replies = self.listener.receive_datagram(data, addr, now)
+    def _on_read(self, data, seg: int, addr) -> None:
+        for session, new, replies in self.listener.receive_burst(data, seg, addr, time.monotonic()):
             if replies:
-                self.dsock.send(replies, addr)
+                self.dsock.send_datagrams(replies, addr)
             if session is None:
                 continue
             if new:
@@ -387,14 +426,17 @@ class UdpServer:
             else:
                 link = self.links.get(session.local_cid)
             if link is not None:
-                woken.add(link)
-        for link in woken:
-            link.wake()
+                self._woken.add(link)
 
-    def _send_to(self, cid: int, datagrams: list[bytes]) -> None:
+    def _on_drained(self) -> None:
+        for link in self._woken:
+            link.wake()
+        self._woken.clear()
+
+    def _send_to(self, cid: int, bursts: list) -> None:
         addr = self.listener.addresses.get(cid)
         if addr is not None:  # None: the session was already forgotten
-            self.dsock.send(datagrams, addr)
+            self.dsock.send(bursts, addr)
 
     def forget(self, link: UdpLink) -> None:
         self.links.pop(link.session.local_cid, None)

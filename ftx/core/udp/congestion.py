@@ -88,9 +88,8 @@ class Bbr:
     def on_ack(self, rs: RateSample, now: float, delivered: int, bytes_in_flight: int, srtt: float) -> None:
         self._srtt_hint = srtt
         self._round_start = False  # an ACK that acknowledges nothing new starts no round
-        if rs.acked:
-            newest = max(rs.acked, key=lambda p: p.delivered)
-            self._round_start = (newest.delivered >= self._next_round_delivered
+        if rs.acked:  # prior_delivered: the delivery state of the newest packet acknowledged
+            self._round_start = (rs.prior_delivered >= self._next_round_delivered
                                  and now - self._round_stamp >= ROUND_FLOOR)
             if self._round_start:
                 self._next_round_delivered = delivered
@@ -171,4 +170,4 @@ class Bbr:
     def on_loss(self, rs: RateSample, now: float) -> None:
         """Random loss must not shrink the model (BBR v1); it only counts towards the STARTUP exit."""
         self._round_lost += rs.newly_lost
-        self._round_lost_packets += len(rs.lost)
+        self._round_lost_packets += rs.lost_count

@@ -40,6 +40,7 @@ from .packets import (
     initial_payload,
     parse,
     parse_initial,
+    segments,
 )
 from .session import UdpConfig, UdpSession
 
@@ -85,6 +86,36 @@ class Listener:
         self.addresses: dict[int, tuple] = {}
         self._by_initial: dict[tuple, int] = {}  # (address, sender cid) -> our cid
         self.stats = {"garbage": 0, "foreign": 0, "retries": 0, "short_initials": 0, "bad_tokens": 0}
+
+    def receive_burst(self, data, seg: int, addr, now: float) -> list[tuple[UdpSession | None, bool, list[bytes]]]:
+        """Datagrams of ``seg`` bytes laid end to end, all from ``addr`` (a UDP GRO read;
+        the last may be shorter).  Returns ``receive_datagram``'s answer for each, except
+        that a run of CHUNK packets for one session is taken in one pass and answered once."""
+        n = len(data)
+        if n <= seg:
+            return [self.receive_datagram(data, addr, now)]
+        view = memoryview(data)
+        results = []
+        full = n - n % seg
+        session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) if data[0] == DATA else None
+        if session is not None and session.chunk_receiver:
+            before = session._largest_recv
+            try:
+                others, garbage = session.receive_chunk_burst(view[:full], seg, now)
+            except RemoteProtocolError as exc:
+                session.close(exc.code, str(exc))
+                others, garbage = [], 0
+            self.stats["garbage"] += garbage
+            if session._largest_recv > before and self.addresses.get(session.local_cid) != addr:
+                self.addresses[session.local_cid] = addr  # the sender moved (new port or address)
+            results.append((session, False, []))
+        else:
+            others = range(0, full, seg)
+        for off in others:
+            results.append(self.receive_datagram(view[off : off + seg], addr, now))
+        if full < n:
+            results.append(self.receive_datagram(view[full:], addr, now))
+        return results
 
     def receive_datagram(self, data, addr, now: float) -> tuple[UdpSession | None, bool, list[bytes]]:
         """Returns (session the datagram was for, whether it is new, replies to send to ``addr``)."""
@@ -184,6 +215,12 @@ class Dialer:
 
     def timed_out(self, now: float) -> bool:
         return self.session is None and now - self._start > self.config.idle_timeout
+
+    def receive_burst(self, data, seg: int, now: float) -> UdpSession | None:
+        """Datagrams of ``seg`` bytes laid end to end (a UDP GRO read), fed one by one."""
+        for datagram in segments(data, seg):
+            self.receive_datagram(datagram, now)
+        return self.session
 
     def receive_datagram(self, data, now: float) -> UdpSession | None:
         """Feed any datagram; returns the session once it exists (and feeds it DATA)."""

@@ -59,6 +59,14 @@ def seal(buf: bytearray | memoryview, end: int) -> int:
     return end + TRAILER_SIZE
 
 
+def segments(data, seg: int) -> list:
+    """The datagrams of a burst: ``seg`` bytes each, laid end to end, the last maybe shorter."""
+    if len(data) <= seg:
+        return [data]
+    view = memoryview(data)
+    return [view[off : off + seg] for off in range(0, len(data), seg)]
+
+
 def build(ptype: int, dcid: int, pn: int, payload: bytes) -> bytes:
     out = bytearray(HEADER.pack(ptype, VERSION, dcid, pn) + payload + bytes(TRAILER_SIZE))
     seal(out, len(out) - TRAILER_SIZE)

@@ -9,14 +9,19 @@ Also the delivery-rate sampling that the BBR controller needs
 (draft-cheng-iccrg-delivery-rate-estimation): each sent packet remembers how
 much had been delivered when it left.
 
-Packet numbers are dense integers that only grow; every packet number is
-settled once, as acknowledged or as lost (``_settled`` keeps that as ranges,
-so an ACK repeating old ranges costs nothing).
+Bookkeeping is per *run*: packets sent in one go (a GSO burst) share a send
+time and a delivery state, so one ``SentPacket`` record stands for ``count``
+consecutive packet numbers, and ACKs, losses and rate samples are worked out
+per run and range, not per packet -- at 400k packets a second, per-packet work
+in Python is what would limit the rate.  A single packet is a run of one.
+Packet numbers are dense integers that only grow; every one is settled once,
+as acknowledged or as lost, and results name the settled numbers as
+``(run, first, stop)`` pieces.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import bisect
 from dataclasses import dataclass, field
 
 from ..ranges import RangeSet
@@ -54,15 +59,50 @@ class RttEstimator:
 
 @dataclass(eq=False, slots=True)
 class SentPacket:
+    """Packets ``pn .. pn + count - 1``, sent at ``time``: each ``size`` bytes, the last ``last_size``."""
+
     pn: int
     time: float
     size: int
     ack_eliciting: bool
-    items: list  # what to resend if lost: ("s", offset, length) / ("c", key, offset, length)
+    items: list  # what they carry, for the session: ("s", off, len) / ("c", key, off, len) / ("r", ...)
+    count: int = 1
+    last_size: int = 0  # 0: the same as size
     delivered: int = 0
     delivered_time: float = 0.0
     first_sent_time: float = 0.0
     app_limited: bool = False
+    live: RangeSet | None = None  # numbers not yet settled; None: all of them
+
+    @property
+    def end(self) -> int:
+        return self.pn + self.count
+
+    def span_bytes(self, a: int, b: int) -> int:
+        """Bytes of packets ``a .. b - 1`` of this run."""
+        n = (b - a) * self.size
+        if b == self.pn + self.count and self.last_size:
+            n += self.last_size - self.size
+        return n
+
+    def live_in(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The unsettled numbers of [a, b), as ranges."""
+        live = self.live
+        if live is None:
+            return [(max(a, self.pn), min(b, self.pn + self.count))]
+        return [(max(a, s), min(b, e)) for s, e in live if s < b and e > a]
+
+    def settle(self, a: int, b: int) -> None:
+        if self.live is None:
+            self.live = RangeSet([(self.pn, self.pn + self.count)])
+        self.live.subtract(a, b)
+
+    @property
+    def settled(self) -> bool:
+        return self.live is not None and not self.live
+
+    def first_live(self) -> int:
+        return self.pn if self.live is None else next(iter(self.live))[0]
 
 
 @dataclass
@@ -73,11 +113,12 @@ class RateSample:
     interval: float = 0.0
     rate: float = 0.0
     app_limited: bool = False
-    prior_delivered: int = -1
+    prior_delivered: int = -1  # the delivery state of the newest packet acknowledged
     rtt: float = 0.0
     newly_acked: int = 0
     newly_lost: int = 0
-    acked: list = field(default_factory=list)
+    lost_count: int = 0  # packets
+    acked: list = field(default_factory=list)  # (run, first, stop) pieces
     lost: list = field(default_factory=list)
 
 
@@ -86,8 +127,10 @@ class Recovery:
 
     def __init__(self, max_ack_delay: float = 0.025) -> None:
         self.rtt = RttEstimator(max_ack_delay)
-        self.sent: OrderedDict[int, SentPacket] = OrderedDict()  # O(1) at both ends
-        self._settled = RangeSet()
+        # runs in packet-number order; those before _head are settled and forgotten
+        self._runs: list[SentPacket] = []
+        self._starts: list[int] = []
+        self._head = 0
         self.bytes_in_flight = 0
         self.largest_acked = -1
         self.pto_count = 0
@@ -101,93 +144,129 @@ class Recovery:
 
     # -- sending ------------------------------------------------------------------
     def on_sent(self, p: SentPacket) -> None:
-        if not self.sent:
+        if self._head == len(self._runs):
             self.first_sent_time = self.delivered_time = p.time
         p.delivered, p.delivered_time, p.first_sent_time = self.delivered, self.delivered_time, self.first_sent_time
         p.app_limited = self.app_limited_until > 0
-        self.sent[p.pn] = p
+        self._runs.append(p)
+        self._starts.append(p.pn)
         if p.ack_eliciting:
-            self.bytes_in_flight += p.size
+            self.bytes_in_flight += p.span_bytes(p.pn, p.pn + p.count)
             self.last_ack_eliciting_time = p.time
 
     def mark_app_limited(self) -> None:
         self.app_limited_until = max(self.delivered + self.bytes_in_flight, 1)
+
+    def unsettled(self) -> list[int]:
+        """Every packet number still in flight (for tests and debugging)."""
+        out: list[int] = []
+        for run in self._runs[self._head :]:
+            for a, b in run.live_in(run.pn, run.end):
+                out.extend(range(a, b))
+        return out
+
+    def _trim(self) -> None:
+        runs, head = self._runs, self._head
+        while head < len(runs) and runs[head].settled:
+            head += 1
+        if head > 64 and head * 2 > len(runs):
+            del runs[:head], self._starts[:head]
+            head = 0
+        self._head = head
 
     # -- ACKs -----------------------------------------------------------------------
     def on_ack(self, acked: RangeSet, ack_delay: float, now: float) -> RateSample:
         rs = RateSample()
         if not acked:
             return rs
-        largest = list(acked)[-1][1] - 1
-        newly: list[SentPacket] = []
+        largest = 0
+        runs, starts, head = self._runs, self._starts, self._head
+        pieces = rs.acked
         for start, stop in acked:
-            for a, b in self._settled.complement(start, stop):
-                for pn in range(a, b):
-                    p = self.sent.pop(pn, None)
-                    if p is not None:
-                        newly.append(p)
-            self._settled.add(start, stop)
-        if not newly:
+            largest = stop - 1
+            i = max(bisect.bisect_right(starts, start, head) - 1, head)
+            while i < len(runs) and runs[i].pn < stop:
+                run = runs[i]
+                i += 1
+                if run.pn + run.count <= start or run.settled:
+                    continue
+                for a, b in run.live_in(start, stop):
+                    if a < b:
+                        pieces.append((run, a, b))
+        if not pieces:
             return rs
         if largest > self.largest_acked:
             self.largest_acked = largest
-        top = newly[-1]
-        if top.pn == largest and top.ack_eliciting:
+        top, a, b = pieces[-1]
+        if b - 1 == largest and top.ack_eliciting:
             rs.rtt = now - top.time
             self.rtt.update(rs.rtt, ack_delay)
-        for p in newly:
-            if p.ack_eliciting:
-                self.bytes_in_flight -= p.size
-            self.delivered += p.size
-            self.delivered_time = now
-            if p.delivered >= rs.prior_delivered:
-                rs.prior_delivered = p.delivered
-                rs.app_limited = p.app_limited
-                send_elapsed = p.time - p.first_sent_time
-                ack_elapsed = now - p.delivered_time
-                rs.interval = max(send_elapsed, ack_elapsed)
-                self.first_sent_time = p.time
-            rs.newly_acked += p.size
+        last_run = None
+        for run, a, b in pieces:
+            run.settle(a, b)
+            nbytes = run.span_bytes(a, b)
+            if run.ack_eliciting:
+                self.bytes_in_flight -= nbytes
+            self.delivered += nbytes
+            rs.newly_acked += nbytes
+            if run is not last_run and run.delivered >= rs.prior_delivered:
+                last_run = run
+                rs.prior_delivered = run.delivered
+                rs.app_limited = run.app_limited
+                rs.interval = max(run.time - run.first_sent_time, now - run.delivered_time)
+                self.first_sent_time = run.time
+        self.delivered_time = now
         if self.app_limited_until and self.delivered > self.app_limited_until:
             self.app_limited_until = 0
         rs.delivered = self.delivered - rs.prior_delivered
         if rs.interval >= max(self.rtt.min, K_GRANULARITY) * 0.5 and rs.interval > 0:
             rs.rate = rs.delivered / rs.interval
-        rs.acked = newly
         self.pto_count = 0
         self._detect_lost(now, rs)
+        self._trim()
         return rs
 
     def _loss_delay(self) -> float:
         return max(K_TIME_THRESHOLD * max(self.rtt.smoothed, self.rtt.latest), K_GRANULARITY)
 
     def _detect_lost(self, now: float, rs: RateSample) -> None:
-        delay = self._loss_delay()
-        sent = self.sent
-        while sent:
-            pn = next(iter(sent))
-            p = sent[pn]
-            if pn > self.largest_acked:
+        """Packets below the largest acknowledged one are lost once K_PACKET_THRESHOLD
+        later packets were acknowledged, or once they are a loss delay old (RFC 9002 6.1)."""
+        largest = self.largest_acked
+        by_number = largest - K_PACKET_THRESHOLD + 1  # numbers below this are lost
+        sent_before = now - self._loss_delay()
+        runs, i = self._runs, self._head
+        while i < len(runs):
+            run = runs[i]
+            i += 1
+            if run.pn >= largest:
                 break
-            if pn <= self.largest_acked - K_PACKET_THRESHOLD or p.time <= now - delay:
-                del sent[pn]
-                self._settled.add(pn)
-                if p.ack_eliciting:
-                    self.bytes_in_flight -= p.size
-                self.lost_packets += 1
-                self.lost_bytes += p.size
-                rs.lost.append(p)
-                rs.newly_lost += p.size
-            else:
+            below = min(run.pn + run.count, largest)
+            upto = below if run.time <= sent_before else min(below, by_number)
+            if upto > run.pn:
+                for a, b in run.live_in(run.pn, upto):
+                    if a < b:
+                        run.settle(a, b)
+                        nbytes = run.span_bytes(a, b)
+                        if run.ack_eliciting:
+                            self.bytes_in_flight -= nbytes
+                        self.lost_packets += b - a
+                        self.lost_bytes += nbytes
+                        rs.lost.append((run, a, b))
+                        rs.newly_lost += nbytes
+                        rs.lost_count += b - a
+            if upto < below and any(a < b for a, b in run.live_in(upto, below)):
                 break  # later packets are newer in number and in time
+            if below < run.pn + run.count:
+                break
 
     # -- timers ---------------------------------------------------------------------
     def loss_time(self) -> float | None:
         """When the oldest unacked packet below the largest acked becomes lost by time."""
-        for pn, p in self.sent.items():
-            if pn < self.largest_acked:
-                return p.time + self._loss_delay()
-            break
+        if self._head < len(self._runs):
+            run = self._runs[self._head]
+            if run.first_live() < self.largest_acked:
+                return run.time + self._loss_delay()
         return None
 
     def timer(self) -> float | None:
@@ -204,12 +283,7 @@ class Recovery:
         t = self.loss_time()
         if t is not None and now >= t:
             self._detect_lost(now, rs)
+            self._trim()
             return rs, False
         self.pto_count += 1
         return rs, True
-
-    def oldest_unacked(self) -> SentPacket | None:
-        for p in self.sent.values():
-            if p.ack_eliciting:
-                return p
-        return None

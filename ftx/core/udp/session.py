@@ -50,6 +50,7 @@ from .packets import (
     encode_stream,
     encode_varint_frame,
     parse_frames,
+    segments,
 )
 from .recovery import Recovery, SentPacket
 
@@ -61,6 +62,10 @@ PACING_BURST = 0.005
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
 _BULK_HEADER = struct.Struct(">BBQQ" + CHUNK_HEADER.format.lstrip(">"))  # packet header + CHUNK header
 _BULK_HEADER_SIZE = _BULK_HEADER.size
+# The most datagrams one burst holds: what one UDP GSO send takes (64 segments, 64 KiB).
+BURST_DATAGRAMS = 64
+BURST_BYTES = 65000
+_BURST_FORMATS: dict[int, struct.Struct] = {}  # datagram size -> layout of a full CHUNK packet
 _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
@@ -94,9 +99,29 @@ class UdpConfig:
 PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
 
 
+class Spares:
+    """Chunk buffers kept for reuse.  A fresh 1 MiB bytearray costs a memset and, once
+    malloc hands such sizes back to the kernel, 256 page faults: at hundreds of chunks
+    a second that is a noticeable share of a core."""
+
+    def __init__(self, limit: int = 32) -> None:
+        self.limit = limit
+        self._free: dict[int, list[bytearray]] = {}
+
+    def get(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes with unspecified content."""
+        free = self._free.get(size)
+        return free.pop() if free else bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.limit:
+            free.append(buf)
+
+
 @dataclass
 class ChunkOut:
-    data: bytes
+    data: bytearray
     checksum: int
     next_off: int
     unacked: RangeSet
@@ -141,6 +166,7 @@ class UdpSession:
         self._peer_max_data = INITIAL_MAX_DATA
         self._new_chunk_bytes = 0
         # chunks in (receiver)
+        self._spares = Spares()
         self._cin: dict[tuple[int, int], tuple[bytearray, RangeSet, int]] = {}
         self._cin_bytes = 0
         self._cin_done: set[tuple[int, int]] = set()
@@ -211,14 +237,18 @@ class UdpSession:
         self.stats["bytes_received"] += size + OVERHEAD
         self.last_recv_time = now
         in_order = pn == self._largest_recv + 1
-        self._recv.add(pn)
+        self._recv_add(pn, pn + 1)
+        if pn > self._largest_recv:
+            self._largest_recv, self._largest_recv_time = pn, now
+        return in_order
+
+    def _recv_add(self, start: int, stop: int) -> None:
+        """Packet numbers received; only the newest RECV_RANGES_KEPT ranges are remembered."""
+        self._recv.add(start, stop)
         if len(self._recv) > RECV_RANGES_KEPT:
             first = next(iter(self._recv))
             self._recv.subtract(first[0], first[1])
             self._recv_floor = first[1] - 1
-        if pn > self._largest_recv:
-            self._largest_recv, self._largest_recv_time = pn, now
-        return in_order
 
     def _on_eliciting(self, in_order: bool, now: float) -> None:
         self._unacked_eliciting += 1
@@ -230,45 +260,54 @@ class UdpSession:
             self._ack_deadline = now + self.config.max_ack_delay
 
     def _on_ack(self, f: AckFrame, now: float) -> None:
-        if f.acked and list(f.acked)[-1][1] > self._next_pn:
+        if f.acked and f.acked.last() >= self._next_pn:
             raise RemoteProtocolError("ACK for a packet never sent")
         rs = self.recovery.on_ack(f.acked, f.delay_us / 1e6, now)
-        for p in rs.acked:
-            self._settle(p, acked=True)
+        for run, a, b in rs.acked:
+            self._settle(run, a, b, acked=True)
         self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
         self._on_lost(rs, now)
 
     def _on_lost(self, rs, now: float) -> None:
         if rs.lost:
-            self.stats["lost_packets"] += len(rs.lost)
-            for p in rs.lost:
-                self._settle(p, acked=False)
+            self.stats["lost_packets"] += rs.lost_count
+            for run, a, b in rs.lost:
+                self._settle(run, a, b, acked=False)
             self.cc.on_loss(rs, now)
 
-    def _settle(self, p: SentPacket, acked: bool) -> None:
-        for item in p.items:
-            if item[0] == "s":
+    def _settle(self, run: SentPacket, a: int, b: int, acked: bool) -> None:
+        """Packets ``a .. b - 1`` of ``run`` were acknowledged, or lost: their content is
+        done with, or must go again."""
+        for item in run.items:
+            kind = item[0]
+            if kind == "s":
                 _, off, length = item
                 if acked:
                     self._sout_acked.add(off, off + length)
                     self._trim_stream()
                 else:
                     self._sout_retx.add(off, off + length)
+                continue
+            if kind == "r":  # a burst of one chunk's bytes, ``step`` bytes a packet
+                _, key, first, step, stop = item
+                off = first + (a - run.pn) * step
+                length = min(first + (b - run.pn) * step, stop) - off
             else:
                 _, key, off, length = item
-                c = self._cout.get(key)
-                if c is None:
-                    continue
-                if acked:
-                    c.unacked.subtract(off, off + length)
-                    if not c.unacked:
-                        del self._cout[key]
-                        self.retained_bytes -= len(c.data)
-                        self._file_chunks[key[0]] -= 1
-                        if not self._file_chunks[key[0]]:
-                            del self._file_chunks[key[0]]
-                else:
-                    self._cout_retx.append((key, off, length))
+            c = self._cout.get(key)
+            if c is None:
+                continue
+            if acked:
+                c.unacked.subtract(off, off + length)
+                if not c.unacked:
+                    del self._cout[key]
+                    self._spares.put(c.data)
+                    self.retained_bytes -= len(c.data)
+                    self._file_chunks[key[0]] -= 1
+                    if not self._file_chunks[key[0]]:
+                        del self._file_chunks[key[0]]
+            else:
+                self._cout_retx.append((key, off, length))
 
     def _trim_stream(self) -> None:
         end = self._sout_acked.prefix_end() if self._sout_acked else 0
@@ -311,31 +350,146 @@ class UdpSession:
         self._chunk_piece(f.file_id, f.index, f.chunk_len, f.offset, f.checksum, f.data)
 
     def _chunk_piece(self, file_id: int, index: int, chunk_len: int, offset: int, checksum: int, data) -> None:
+        slot = self._chunk_slot(file_id, index, chunk_len, checksum)
+        if slot is not None:
+            end = offset + len(data)
+            slot[0][offset:end] = data
+            self._chunk_got(file_id, index, slot, offset, end)
+
+    def _chunk_slot(self, file_id: int, index: int, chunk_len: int, checksum: int):
+        """The reassembly slot (buffer, ranges held, checksum) of a chunk; None once handed over."""
         key = (file_id, index)
         slot = self._cin.get(key)
         if slot is None:
             if key in self._cin_done:
-                return  # a late duplicate of a chunk already handed over
+                return None  # a late duplicate of a chunk already handed over
             if not 0 < chunk_len <= MAX_CHUNK:
                 raise RemoteProtocolError("chunk length out of range")
             if self._cin_bytes + chunk_len > max(self.config.flow_window, INITIAL_MAX_DATA) + MAX_CHUNK:
                 raise RemoteProtocolError("flow control limit exceeded")
-            slot = (bytearray(chunk_len), RangeSet(), checksum)
+            slot = (self._spares.get(chunk_len), RangeSet(), checksum)
             self._cin[key] = slot
             self._cin_bytes += chunk_len
-        buf, got, expected = slot
-        if len(buf) != chunk_len or checksum != expected:
+        if len(slot[0]) != chunk_len or checksum != slot[2]:
             raise RemoteProtocolError("CHUNK frames disagree about their chunk")
-        end = offset + len(data)
-        buf[offset:end] = data
-        got.add(offset, end)
-        if got.covers(0, chunk_len):
-            del self._cin[key]
-            self._cin_bytes -= chunk_len
-            if xxhash.xxh3_64_intdigest(buf) != checksum:
-                raise ChecksumMismatch("reassembled chunk fails its checksum")
-            self._cin_done.add(key)
-            self._completed.append((file_id, index, checksum, buf))
+        return slot
+
+    def _chunk_got(self, file_id: int, index: int, slot, start: int, end: int) -> bool:
+        """Bytes [start, end) of a chunk are in its buffer; hand the chunk over once whole
+        (and say so)."""
+        buf, got, checksum = slot
+        got.add(start, end)
+        if not got.covers(0, len(buf)):
+            return False
+        key = (file_id, index)
+        del self._cin[key]
+        self._cin_bytes -= len(buf)
+        if xxhash.xxh3_64_intdigest(buf) != checksum:
+            raise ChecksumMismatch("reassembled chunk fails its checksum")
+        self._cin_done.add(key)
+        self._completed.append((file_id, index, checksum, buf))
+        return True
+
+    def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
+        """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
+        addressed to us.  Those that are one full-sized CHUNK packet each -- nearly all of
+        a transfer's -- are checked and taken here in one pass, with the per-packet work
+        cut to a tuple unpack, a checksum and a copy; ranges of packet numbers and of
+        chunk bytes are recorded per run, not per packet.
+
+        Returns the offsets of the datagrams not taken (any other kind: the caller feeds
+        them one by one) and the number that failed their checksum (dropped)."""
+        room = seg - OVERHEAD - CHUNK_HEADER_SIZE
+        if room <= 0 or self.closed or not self.chunk_receiver:  # too small to be a CHUNK packet
+            return ([] if self.closed else list(range(0, len(view), seg))), 0
+        fmt = _BURST_FORMATS.get(seg)
+        if fmt is None:
+            fmt = _BURST_FORMATS[seg] = struct.Struct(_BULK_HEADER.format + f"{room}xQ")
+        n = len(view)
+        sums = map(_xxh64, [view[o : o + seg - TRAILER_SIZE] for o in range(0, n, seg)])
+        others: list[int] = []
+        cid, recv = self.local_cid, self._recv
+        largest = self._largest_recv
+        garbage = dups = stale = taken = 0
+        out_of_order = False
+        run_start = run_end = -1  # packet numbers of the run being received
+        cur_fid = cur_idx = -1
+        slot = None
+        buf = None
+        got_start = got_end = -1  # chunk bytes of the run being received
+        base = -seg
+        for (ptype, version, dcid, pn, ftype, fid, idx, clen, coff, csum, dlen, trailer), check in \
+                zip(fmt.iter_unpack(view), sums):
+            base += seg
+            if check != trailer:
+                garbage += 1
+                continue
+            if ptype != DATA or dcid != cid or version != VERSION or ftype != F_CHUNK or dlen != room:
+                others.append(base)
+                continue
+            if pn > largest:
+                if pn != largest + 1:
+                    out_of_order = True  # a gap: tell the sender at once
+                largest = pn
+                if pn != run_end:
+                    if run_end > run_start:
+                        self._recv_add(run_start, run_end)
+                    run_start = pn
+                run_end = pn + 1
+            else:  # an old number: late, duplicate or stale
+                if run_end > run_start:
+                    self._recv_add(run_start, run_end)
+                run_start = run_end = -1
+                if pn in recv:
+                    dups += 1
+                    continue
+                if pn <= self._recv_floor:
+                    stale += 1
+                    continue
+                out_of_order = True
+                run_start, run_end = pn, pn + 1
+            taken += 1
+            if fid != cur_fid or idx != cur_idx:
+                if got_end > got_start:
+                    self._chunk_got(cur_fid, cur_idx, slot, got_start, got_end)
+                got_start = got_end = -1
+                cur_fid, cur_idx = fid, idx
+                slot = self._chunk_slot(fid, idx, clen, csum)
+                buf = None if slot is None else slot[0]
+            if buf is None:
+                continue  # a chunk already handed over
+            end = coff + dlen
+            if end > clen or clen != len(buf) or csum != slot[2]:
+                if end > clen:
+                    raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
+                raise RemoteProtocolError("CHUNK frames disagree about their chunk")
+            if coff != got_end:  # not adjacent to the bytes before: record those first
+                if got_end > got_start and self._chunk_got(fid, idx, slot, got_start, got_end):
+                    buf = None  # that completed the chunk: this packet repeats bytes it has
+                    got_start = got_end = -1
+                    continue
+                got_start = coff
+            buf[coff:end] = view[base + _BULK_HEADER_SIZE : base + _BULK_HEADER_SIZE + dlen]
+            got_end = end
+        if run_end > run_start:
+            self._recv_add(run_start, run_end)
+        if got_end > got_start:
+            self._chunk_got(cur_fid, cur_idx, slot, got_start, got_end)
+        st = self.stats
+        st["duplicate_packets"] += dups
+        st["stale_packets"] += stale
+        if taken:
+            st["packets_received"] += taken
+            st["bytes_received"] += taken * seg
+            self.last_recv_time = now
+            if largest > self._largest_recv:
+                self._largest_recv, self._largest_recv_time = largest, now
+            self._unacked_eliciting += taken
+            if out_of_order or self._unacked_eliciting >= self.config.ack_every:
+                self._ack_now = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.config.max_ack_delay
+        return others, garbage
 
     # == application side =========================================================
     def stream_write(self, data) -> None:
@@ -360,7 +514,9 @@ class UdpSession:
         key = (file_id, index)
         if key in self._cout:
             return
-        self._cout[key] = ChunkOut(bytes(data), checksum, 0, RangeSet([(0, len(data))]))
+        buf = self._spares.get(len(data))
+        buf[:] = data
+        self._cout[key] = ChunkOut(buf, checksum, 0, RangeSet([(0, len(data))]))
         self._cout_new.append(key)
         self.retained_bytes += len(data)
         self._file_chunks[file_id] = self._file_chunks.get(file_id, 0) + 1
@@ -374,6 +530,10 @@ class UdpSession:
         for _, _, _, buf in out:
             self._delivered += len(buf)
         return out
+
+    def recycle(self, buf: bytearray) -> None:
+        """A chunk buffer from ``take_chunks`` that nothing refers to any more."""
+        self._spares.put(buf)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if not self.closed:
@@ -401,20 +561,29 @@ class UdpSession:
             self.config.flow_window // 4
 
     def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes]:
-        out: list[bytes] = []
+        """What to send now, one datagram each (drivers that can send bursts use ``transmit``)."""
+        return [bytes(d) for buf, seg in self.transmit(now, limit) for d in segments(buf, seg)]
+
+    def transmit(self, now: float, limit: int = 64) -> list[tuple[bytearray, int]]:
+        """What to send now, at most ``limit`` datagrams, as ``(buffer, size)`` bursts: a
+        buffer holds datagrams of ``size`` bytes laid end to end, the last one possibly
+        shorter -- one UDP GSO send each (a driver without GSO sends the slices)."""
+        out: list[tuple[bytearray, int]] = []
         if self.closed:
-            if self._close_sends:
+            while self._close_sends:  # two copies, back to back: one may be lost
                 self._close_sends -= 1
-                out.append(self._packet([encode_close(self.close_code, self.close_reason)], now, [], False))
+                self._emit(out, self._packet([encode_close(self.close_code, self.close_reason)], now, [], False))
             return out
+        count = 0
         if self._want_ack(now) or self._max_data_due():
-            out.append(self._packet(self._control_frames(now), now, [], False))
+            self._emit(out, self._packet(self._control_frames(now), now, [], False))
+            count += 1
         self.pacing_limited = False
         mss = self.config.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
         burst = max(PACING_BURST, 10 * mss / rate)
-        while len(out) < limit:
+        while count < limit:
             probe = self._probes > 0
             if not probe:
                 if self.recovery.bytes_in_flight + mss > cwnd:
@@ -430,12 +599,16 @@ class UdpSession:
                         self._blocked_probe_at = now + self.recovery.rtt.pto()
                     if self._ping:
                         self._ping = False
-                        out.append(self._packet([bytes([F_PING])], now, [], True))
+                        self._emit(out, self._packet([bytes([F_PING])], now, [], True))
+                        count += 1
                     else:
                         self.recovery.mark_app_limited()
                     break
             if not probe and self._bulk_ready():
-                self._bulk_chunks(out, now, limit, cwnd, rate, burst)
+                made = self._bulk_chunks(out, now, limit - count, cwnd, rate, burst)
+                if not made:
+                    break
+                count += made
                 continue
             frames, items = self._fill(mss - OVERHEAD, now)
             if not frames:
@@ -446,9 +619,15 @@ class UdpSession:
             if probe:
                 self._probes -= 1
                 self.stats["probes"] += 1
-            out.append(self._packet(frames, now, items, True))
-            self._pace_next = max(self._pace_next, now - burst) + len(out[-1]) / rate
+            pkt = self._packet(frames, now, items, True)
+            self._emit(out, pkt)
+            count += 1
+            self._pace_next = max(self._pace_next, now - burst) + len(pkt) / rate
         return out
+
+    @staticmethod
+    def _emit(out: list, pkt: bytearray) -> None:
+        out.append((pkt, len(pkt)))
 
     def _bulk_ready(self) -> bool:
         """Only new chunk bytes to send: the common case, served by ``_bulk_chunks``."""
@@ -456,47 +635,59 @@ class UdpSession:
                 and self._sout_next == self._sout_base + len(self._sout)
                 and bool(self._cout_new) and self._new_chunk_bytes < self._peer_max_data)
 
-    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, burst: float) -> None:
-        """Full CHUNK packets in a tight loop: the same bytes as ``_fill`` + ``_packet``
-        would produce, with a fraction of the per-packet Python work."""
+    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, burst: float) -> int:
+        """One burst of full CHUNK packets of the first chunk in line: the same bytes as
+        ``_fill`` + ``_packet`` would produce one by one, built in one buffer with a
+        fraction of the per-packet Python work, and recorded as one run.  Returns the
+        number of datagrams made."""
         key = self._cout_new[0]
         c = self._cout[key]
-        data, clen, csum = c.data, len(c.data), c.checksum
-        room = self.config.max_datagram - OVERHEAD - CHUNK_HEADER_SIZE
+        mss = self.config.max_datagram
+        room = mss - OVERHEAD - CHUNK_HEADER_SIZE
         rec = self.recovery
         pace = max(self._pace_next, now - burst)
-        nbytes = npackets = 0
-        while len(out) < limit and rec.bytes_in_flight + self.config.max_datagram <= cwnd:
+        off = c.next_off
+        clen = len(c.data)
+        avail = min(clen - off, self._peer_max_data - self._new_chunk_bytes)
+        n = min(-(-avail // room), limit, BURST_DATAGRAMS, max(1, BURST_BYTES // mss), (cwnd - rec.bytes_in_flight) // mss,
+                int((now - pace) * rate / mss) + 1)
+        if n <= 0 or avail <= 0:
             if pace > now:
                 self.pacing_limited = True
-                break
-            off = c.next_off
-            n = min(clen - off, room, self._peer_max_data - self._new_chunk_bytes)
-            if n <= 0:
-                break
-            pn = self._next_pn
-            self._next_pn = pn + 1
-            size = OVERHEAD + CHUNK_HEADER_SIZE + n
-            pkt = bytearray(size)
-            _BULK_HEADER.pack_into(pkt, 0, DATA, VERSION, self.peer_cid, pn, F_CHUNK, key[0], key[1], clen, off,
-                                   csum, n)
-            pkt[_BULK_HEADER_SIZE : _BULK_HEADER_SIZE + n] = data[off : off + n]
-            _pack_q(pkt, size - TRAILER_SIZE, _xxh64(memoryview(pkt)[: size - TRAILER_SIZE]))
-            out.append(pkt)
-            c.next_off = off + n
-            self._new_chunk_bytes += n
-            rec.on_sent(SentPacket(pn, now, size, True, [("c", key, off, n)]))
-            nbytes += size
-            npackets += 1
-            pace += size / rate
-            if c.next_off >= clen:
-                self._cout_new.popleft()
-                break
-        if nbytes:
-            self._last_eliciting_sent = now
-            self._pace_next = pace
-        self.stats["packets_sent"] += npackets
-        self.stats["bytes_sent"] += nbytes
+            return 0
+        nbytes = min(avail, n * room)
+        last = nbytes - (n - 1) * room  # data in the last datagram
+        size = n * mss - (room - last)
+        buf = bytearray(size)
+        view = memoryview(buf)
+        data = memoryview(c.data)
+        pn = self._next_pn
+        peer, fid, index, csum = self.peer_cid, key[0], key[1], c.checksum
+        pack = _BULK_HEADER.pack_into
+        pos, o = 0, off
+        for i in range(n - 1):
+            pack(buf, pos, DATA, VERSION, peer, pn + i, F_CHUNK, fid, index, clen, o, csum, room)
+            view[pos + _BULK_HEADER_SIZE : pos + _BULK_HEADER_SIZE + room] = data[o : o + room]
+            pos += mss
+            o += room
+        pack(buf, pos, DATA, VERSION, peer, pn + n - 1, F_CHUNK, fid, index, clen, o, csum, last)
+        view[pos + _BULK_HEADER_SIZE : pos + _BULK_HEADER_SIZE + last] = data[o : o + last]
+        full = range(0, (n - 1) * mss, mss)
+        for p, digest in zip(full, map(_xxh64, [view[p : p + mss - TRAILER_SIZE] for p in full])):
+            _pack_q(buf, p + mss - TRAILER_SIZE, digest)
+        _pack_q(buf, size - TRAILER_SIZE, _xxh64(view[pos : size - TRAILER_SIZE]))
+        out.append((buf, mss))
+        self._next_pn = pn + n
+        c.next_off = off + nbytes
+        self._new_chunk_bytes += nbytes
+        if c.next_off >= clen:
+            self._cout_new.popleft()
+        rec.on_sent(SentPacket(pn, now, mss, True, [("r", key, off, room, off + nbytes)], n, size - (n - 1) * mss))
+        self._last_eliciting_sent = now
+        self._pace_next = pace + size / rate
+        self.stats["packets_sent"] += n
+        self.stats["bytes_sent"] += size
+        return n
 
     def _control_frames(self, now: float) -> list[bytes]:
         frames = []
