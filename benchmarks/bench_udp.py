@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--src-dir", default="/var/tmp")
     ap.add_argument("--dst-dir", default="/dev/shm")
     ap.add_argument("--skip-loopback", action="store_true")
+    ap.add_argument("--skip-relay", action="store_true")
     args = ap.parse_args()
     work_src = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.src_dir)
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)
@@ -142,6 +143,8 @@ def main() -> None:
             warm_memory(work_dst, 2 * size)
             loopback(src, work_dst, size, args.runs)
             os.unlink(src)
+        if args.skip_relay:
+            return
         size = parse_size(args.relay_size)
         src = os.path.join(work_src, "relay.bin")
         make_source(src, size)

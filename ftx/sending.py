@@ -347,7 +347,7 @@ class SendSession:
         report.bytes_resumed = resumed
         self.progress.start_file(report.path, entry.size, resumed)
         for index in range(hashed, entry.chunks):
-            data = src.read_chunk(index, view)
+            data = src.read_chunk(index, self.link.read_buffer(view))
             hasher.update(data)
             if index in held:
                 continue

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftx.core.ranges import RangeSet, write_varint
+from ftx.core.udp import burst
 from ftx.core.udp import packets as P
 from ftx.core.udp.congestion import INITIAL_CWND_PACKETS, STARTUP_GAIN, Bbr
 from ftx.core.udp.endpoint import Dialer, Listener, make_token, padded_initial
@@ -41,6 +42,17 @@ from ftx.core.udp.session import UdpConfig, UdpSession
 from ftx.errors import ErrorCode, RemoteProtocolError
 
 pytestmark = pytest.mark.timeout(60)
+# How datagrams reach the listener: one by one, or as GRO bursts read by the Python or the C loops
+DELIVERY = [pytest.param(False, id="single"), pytest.param("py", id="gro-python"),
+            pytest.param("c", id="gro-c", marks=pytest.mark.skipif(burst._burst is None,
+                                                                   reason="the C accelerator was not built"))]
+
+
+@pytest.fixture
+def loops():
+    """Restores the default bulk loops after a test that picked some."""
+    yield burst.use
+    burst.use(True)
 
 
 def _sealed(ptype: int, version: int, dcid: int, pn: int, payload: bytes) -> bytes:
@@ -1021,9 +1033,10 @@ class TestTransfer:
                       max_seconds=5, max_iterations=5000)
         assert net.dsession.stats["retransmitted_bytes"] == 0
 
-    @pytest.mark.parametrize("gro", [False, True])
-    def test_chunks_clean_link(self, gro):
-        net = InMemoryNet(gro=gro)
+    @pytest.mark.parametrize("gro", DELIVERY)
+    def test_chunks_clean_link(self, gro, loops):
+        loops(gro == "c")
+        net = InMemoryNet(gro=bool(gro))
         net.handshake()
         blobs = _chunks(20, 64 * 1024, seed=7)
         _send_all(net, blobs)
@@ -1035,16 +1048,18 @@ class TestTransfer:
         assert net.dsession.stats["retransmitted_bytes"] == 0
         assert net.dsession.stats["lost_packets"] == 0
 
-    @pytest.mark.parametrize("gro", [False, True])
+    @pytest.mark.parametrize("gro", DELIVERY)
     @pytest.mark.parametrize("seed", [1, 2, 3])
-    def test_everything_arrives_through_an_impaired_link(self, seed, gro):
+    def test_everything_arrives_through_an_impaired_link(self, seed, gro, loops):
+        loops(gro == "c")
         imp = {"loss": 0.10, "reorder": 0.05, "dup": 0.01, "corrupt": 0.001}
-        self._impaired(seed, imp, max_seconds=30, max_iterations=50_000, gro=gro)
+        self._impaired(seed, imp, max_seconds=30, max_iterations=50_000, gro=bool(gro))
 
-    @pytest.mark.parametrize("gro", [False, True])
-    def test_everything_arrives_through_a_very_bad_link(self, gro):
+    @pytest.mark.parametrize("gro", DELIVERY)
+    def test_everything_arrives_through_a_very_bad_link(self, gro, loops):
+        loops(gro == "c")
         imp = {"loss": 0.25, "reorder": 0.25, "dup": 0.1, "corrupt": 0.05}
-        net = self._impaired(7, imp, max_seconds=90, max_iterations=100_000, gro=gro)
+        net = self._impaired(7, imp, max_seconds=90, max_iterations=100_000, gro=bool(gro))
         assert net.listener.stats["garbage"] > 0
 
     def _impaired(self, seed, imp, max_seconds, max_iterations, gro=False):

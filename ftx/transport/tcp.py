@@ -114,6 +114,10 @@ class TcpLink:
             conn.receive_eof()
         conn.buffer_updated(n)
 
+    def read_buffer(self, shared: memoryview) -> memoryview:
+        """Where the sender reads its next chunk: framed and sent at once, so one buffer serves."""
+        return shared
+
     async def send_chunk(self, conn, file_id: int, index: int, data) -> None:
         conn.send_chunk(file_id, index, data)  # a DATA frame, flushed with the others
 

@@ -27,13 +27,19 @@ import time
 from typing import Awaitable, Callable
 
 from ..core.checksum import chunk_checksum
+from ..core.udp import burst
 from ..core.udp.endpoint import Dialer, Listener
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.udp")
-SOCKET_BUFFER = 8 * 1024 * 1024
+if os.environ.get("FTX_PURE_PYTHON"):
+    burst.use(accelerated=False)  # measure or test the reference loops
+SOCKET_BUFFER = 16 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux values
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h
 UDP_GRO = 104
@@ -62,11 +68,19 @@ class DatagramSocket:
                  on_drained: Callable[[], None] | None = None, gso: bool = True) -> None:
         self.sock = sock
         sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        for force, opt in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:  # beyond net.core.rmem_max where we may (CAP_NET_ADMIN), else up to it
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
             except OSError:
-                pass
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    pass
+        self.drops = 0  # datagrams the kernel dropped because our receive buffer was full
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        except OSError:
+            pass
         self.gro = self.gso = False
         if gso:
             try:
@@ -85,7 +99,7 @@ class DatagramSocket:
         self._rview = memoryview(self._rbuf)
         self._loop = asyncio.get_running_loop()
         self._queue: list[tuple[list, object]] = []
-        self._cmsg_space = socket.CMSG_SPACE(4)
+        self._cmsg_space = 2 * socket.CMSG_SPACE(4)
         self._loop.add_reader(sock.fileno(), self._readable)
         self.closed = False
 
@@ -96,15 +110,13 @@ class DatagramSocket:
         sock, buf, view, on_read = self.sock, self._rbuf, self._rview, self.on_read
         try:
             for _ in range(READ_BATCH):
-                if self.gro:
-                    n, anc, _flags, addr = sock.recvmsg_into([buf], self._cmsg_space)
-                    seg = n
-                    for level, kind, value in anc:
-                        if level == SOL_UDP and kind == UDP_GRO:
-                            seg = struct.unpack("=i", value[:4])[0] or n
-                else:
-                    n, addr = sock.recvfrom_into(buf)
-                    seg = n
+                n, anc, _flags, addr = sock.recvmsg_into([buf], self._cmsg_space)
+                seg = n
+                for level, kind, value in anc:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        seg = struct.unpack("=i", value[:4])[0] or n
+                    elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+                        self.drops = struct.unpack("=I", value[:4])[0]
                 on_read(view[:n], seg, addr)
         except (BlockingIOError, InterruptedError):
             pass
@@ -216,6 +228,7 @@ class UdpLink:
         self.closed_event = asyncio.Event()
         self._on_close: list[Callable[[], None]] = []
         self._lent: list[bytearray] = []
+        self._reading: bytearray | None = None  # see read_buffer
 
     @property
     def sending(self) -> bool:
@@ -306,13 +319,25 @@ class UdpLink:
             self._raise_if_closed()
         self.last_recv = time.monotonic()
 
+    def read_buffer(self, shared: memoryview) -> memoryview:
+        """Where the sender reads its next chunk: a buffer the session can keep as it is
+        (it holds chunks until they are acknowledged), saving a copy per chunk."""
+        if self._reading is None or len(self._reading) != len(shared):
+            self._reading = self.session.spare_buffer(len(shared))
+        return memoryview(self._reading)
+
     async def send_chunk(self, conn, file_id: int, index: int, data) -> None:
         s = self.session
         await self._wait_until(lambda: s.retained_bytes < s.config.retain_limit)
         self._raise_if_closed()
         checksum = chunk_checksum(data)
         conn.send_chunk(file_id, index, data, checksum, framed=False)
-        s.send_chunk(file_id, index, checksum, data)
+        reading = self._reading
+        if isinstance(data, memoryview) and reading is not None and data.obj is reading and len(data) == len(reading):
+            self._reading = None
+            s.send_chunk(file_id, index, checksum, reading, owned=True)
+        else:
+            s.send_chunk(file_id, index, checksum, data)
         self.wake()
 
     async def file_sent(self, file_id: int) -> None:
@@ -410,6 +435,7 @@ class UdpServer:
         self.on_session = on_session
         self.links: dict[int, UdpLink] = {}
         self._woken: set[UdpLink] = set()
+        self._drops = 0
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
 
     def _on_read(self, data, seg: int, addr) -> None:
@@ -429,6 +455,12 @@ class UdpServer:
                 self._woken.add(link)
 
     def _on_drained(self) -> None:
+        if self.dsock.drops != self._drops:  # our socket overflowed: every session must slow down
+            self._drops = self.dsock.drops
+            now = time.monotonic()
+            for link in self.links.values():
+                link.session.on_overflow(now)
+                self._woken.add(link)
         for link in self._woken:
             link.wake()
         self._woken.clear()

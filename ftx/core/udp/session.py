@@ -36,6 +36,7 @@ from .packets import (
     F_MAX_DATA,
     F_PING,
     HEADER,
+    HEADER_SIZE,
     OVERHEAD,
     PING,
     TRAILER_SIZE,
@@ -52,6 +53,7 @@ from .packets import (
     parse_frames,
     segments,
 )
+from . import burst
 from .recovery import Recovery, SentPacket
 
 MAX_CHUNK = 16 * 1024 * 1024
@@ -60,15 +62,13 @@ INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the f
 # (drivers nap up to 2 ms), or every nap would forfeit part of the rate.
 PACING_BURST = 0.005
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
-_BULK_HEADER = struct.Struct(">BBQQ" + CHUNK_HEADER.format.lstrip(">"))  # packet header + CHUNK header
-_BULK_HEADER_SIZE = _BULK_HEADER.size
 # The most datagrams one burst holds: what one UDP GSO send takes (64 segments, 64 KiB).
 BURST_DATAGRAMS = 64
 BURST_BYTES = 65000
-_BURST_FORMATS: dict[int, struct.Struct] = {}  # datagram size -> layout of a full CHUNK packet
 _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
+MIN_FLOW_WINDOW = 2 * 1024 * 1024
 STREAM_OOO_LIMIT = 8 * 1024 * 1024
 
 
@@ -173,6 +173,8 @@ class UdpSession:
         self._completed: deque = deque()
         self._delivered = 0
         self._max_data_sent = INITIAL_MAX_DATA
+        self.flow_window = config.flow_window  # shrinks when our socket buffer overflows (on_overflow)
+        self._overflow_at = float("-inf")
         # pacing, probes, close
         self._pace_next = now
         self.pacing_limited = False  # the last datagrams_to_send stopped for pacing
@@ -185,7 +187,7 @@ class UdpSession:
         self._close_sends = 0
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
-                      "dropped_no_buffer": 0, "probes": 0}
+                      "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0}
 
     # == input ==================================================================
     def receive_payload(self, pn: int, payload, now: float) -> None:
@@ -392,98 +394,42 @@ class UdpSession:
 
     def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
         """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
-        addressed to us.  Those that are one full-sized CHUNK packet each -- nearly all of
-        a transfer's -- are checked and taken here in one pass, with the per-packet work
-        cut to a tuple unpack, a checksum and a copy; ranges of packet numbers and of
-        chunk bytes are recorded per run, not per packet.
+        addressed to us.  Those that are full CHUNK packets -- nearly all of a transfer's --
+        are checked and taken here a run at a time (``burst.scan_chunk_burst``): packet
+        numbers are recorded per run and each run's data copied in one call.
 
         Returns the offsets of the datagrams not taken (any other kind: the caller feeds
         them one by one) and the number that failed their checksum (dropped)."""
         room = seg - OVERHEAD - CHUNK_HEADER_SIZE
         if room <= 0 or self.closed or not self.chunk_receiver:  # too small to be a CHUNK packet
             return ([] if self.closed else list(range(0, len(view), seg))), 0
-        fmt = _BURST_FORMATS.get(seg)
-        if fmt is None:
-            fmt = _BURST_FORMATS[seg] = struct.Struct(_BULK_HEADER.format + f"{room}xQ")
-        n = len(view)
-        sums = map(_xxh64, [view[o : o + seg - TRAILER_SIZE] for o in range(0, n, seg)])
-        others: list[int] = []
-        cid, recv = self.local_cid, self._recv
-        largest = self._largest_recv
-        garbage = dups = stale = taken = 0
+        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, _xxh64)
+        taken = 0
         out_of_order = False
-        run_start = run_end = -1  # packet numbers of the run being received
-        cur_fid = cur_idx = -1
-        slot = None
-        buf = None
-        got_start = got_end = -1  # chunk bytes of the run being received
-        base = -seg
-        for (ptype, version, dcid, pn, ftype, fid, idx, clen, coff, csum, dlen, trailer), check in \
-                zip(fmt.iter_unpack(view), sums):
-            base += seg
-            if check != trailer:
-                garbage += 1
+        for first, count, pn, fid, index, clen, csum, coff in runs:
+            if pn <= self._largest_recv:  # old numbers among them: late, duplicate or stale
+                for k in range(count):
+                    at = first + k * seg
+                    self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now)
                 continue
-            if ptype != DATA or dcid != cid or version != VERSION or ftype != F_CHUNK or dlen != room:
-                others.append(base)
-                continue
-            if pn > largest:
-                if pn != largest + 1:
-                    out_of_order = True  # a gap: tell the sender at once
-                largest = pn
-                if pn != run_end:
-                    if run_end > run_start:
-                        self._recv_add(run_start, run_end)
-                    run_start = pn
-                run_end = pn + 1
-            else:  # an old number: late, duplicate or stale
-                if run_end > run_start:
-                    self._recv_add(run_start, run_end)
-                run_start = run_end = -1
-                if pn in recv:
-                    dups += 1
-                    continue
-                if pn <= self._recv_floor:
-                    stale += 1
-                    continue
-                out_of_order = True
-                run_start, run_end = pn, pn + 1
-            taken += 1
-            if fid != cur_fid or idx != cur_idx:
-                if got_end > got_start:
-                    self._chunk_got(cur_fid, cur_idx, slot, got_start, got_end)
-                got_start = got_end = -1
-                cur_fid, cur_idx = fid, idx
-                slot = self._chunk_slot(fid, idx, clen, csum)
-                buf = None if slot is None else slot[0]
-            if buf is None:
+            if pn != self._largest_recv + 1:
+                out_of_order = True  # a gap: tell the sender at once
+            self._largest_recv, self._largest_recv_time = pn + count - 1, now
+            self._recv_add(pn, pn + count)
+            taken += count
+            slot = self._chunk_slot(fid, index, clen, csum)
+            if slot is None:
                 continue  # a chunk already handed over
-            end = coff + dlen
-            if end > clen or clen != len(buf) or csum != slot[2]:
-                if end > clen:
-                    raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
-                raise RemoteProtocolError("CHUNK frames disagree about their chunk")
-            if coff != got_end:  # not adjacent to the bytes before: record those first
-                if got_end > got_start and self._chunk_got(fid, idx, slot, got_start, got_end):
-                    buf = None  # that completed the chunk: this packet repeats bytes it has
-                    got_start = got_end = -1
-                    continue
-                got_start = coff
-            buf[coff:end] = view[base + _BULK_HEADER_SIZE : base + _BULK_HEADER_SIZE + dlen]
-            got_end = end
-        if run_end > run_start:
-            self._recv_add(run_start, run_end)
-        if got_end > got_start:
-            self._chunk_got(cur_fid, cur_idx, slot, got_start, got_end)
-        st = self.stats
-        st["duplicate_packets"] += dups
-        st["stale_packets"] += stale
+            end = coff + count * room
+            if end > clen:
+                raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
+            burst.gather(view, seg, first, count, slot[0], coff)
+            self._chunk_got(fid, index, slot, coff, end)
         if taken:
+            st = self.stats
             st["packets_received"] += taken
             st["bytes_received"] += taken * seg
             self.last_recv_time = now
-            if largest > self._largest_recv:
-                self._largest_recv, self._largest_recv_time = largest, now
             self._unacked_eliciting += taken
             if out_of_order or self._unacked_eliciting >= self.config.ack_every:
                 self._ack_now = True
@@ -510,12 +456,21 @@ class UdpSession:
     def stream_all_acked(self) -> bool:
         return not self._sout  # bytes leave the buffer only once acknowledged
 
-    def send_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
+    def spare_buffer(self, size: int) -> bytearray:
+        """A buffer to read a chunk into and hand to ``send_chunk(..., owned=True)``."""
+        return self._spares.get(size)
+
+    def send_chunk(self, file_id: int, index: int, checksum: int, data, owned: bool = False) -> None:
+        """Queue a chunk; the session keeps it until acknowledged.  ``owned``: ``data`` is a
+        bytearray the caller gives up (from ``spare_buffer``), kept without a copy."""
         key = (file_id, index)
         if key in self._cout:
             return
-        buf = self._spares.get(len(data))
-        buf[:] = data
+        if owned:
+            buf = data
+        else:
+            buf = self._spares.get(len(data))
+            buf[:] = data
         self._cout[key] = ChunkOut(buf, checksum, 0, RangeSet([(0, len(data))]))
         self._cout_new.append(key)
         self.retained_bytes += len(data)
@@ -529,7 +484,19 @@ class UdpSession:
         self._completed.clear()
         for _, _, _, buf in out:
             self._delivered += len(buf)
+            if self.flow_window < self.config.flow_window:  # regrow slowly: 1/32 of what is delivered
+                self.flow_window = min(self.config.flow_window, self.flow_window + len(buf) // 32)
         return out
+
+    def on_overflow(self, now: float) -> None:
+        """The driver saw datagrams dropped because our socket buffer was full: we take
+        them in slower than the sender sends (BBR cannot tell that from a path that is
+        merely bursty).  Halve the flow-control window -- at most once a round trip, down
+        to MIN_FLOW_WINDOW -- so that no more new data is in flight than the buffer holds."""
+        if now - self._overflow_at >= max(self.recovery.rtt.smoothed, 0.01):
+            self._overflow_at = now
+            self.flow_window = max(self.flow_window // 2, MIN_FLOW_WINDOW)
+            self.stats["receive_overflows"] += 1
 
     def recycle(self, buf: bytearray) -> None:
         """A chunk buffer from ``take_chunks`` that nothing refers to any more."""
@@ -557,8 +524,8 @@ class UdpSession:
         return self._ack_now or (self._ack_deadline is not None and now >= self._ack_deadline)
 
     def _max_data_due(self) -> bool:
-        return self.chunk_receiver and self._delivered + self.config.flow_window - self._max_data_sent >= \
-            self.config.flow_window // 4
+        return self.chunk_receiver and self._delivered + self.flow_window - self._max_data_sent >= \
+            self.flow_window // 4
 
     def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes]:
         """What to send now, one datagram each (drivers that can send bursts use ``transmit``)."""
@@ -582,7 +549,7 @@ class UdpSession:
         mss = self.config.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
-        burst = max(PACING_BURST, 10 * mss / rate)
+        credit = max(PACING_BURST, 10 * mss / rate)  # pacing credit that may be banked
         while count < limit:
             probe = self._probes > 0
             if not probe:
@@ -605,7 +572,7 @@ class UdpSession:
                         self.recovery.mark_app_limited()
                     break
             if not probe and self._bulk_ready():
-                made = self._bulk_chunks(out, now, limit - count, cwnd, rate, burst)
+                made = self._bulk_chunks(out, now, limit - count, cwnd, rate, credit)
                 if not made:
                     break
                 count += made
@@ -622,7 +589,7 @@ class UdpSession:
             pkt = self._packet(frames, now, items, True)
             self._emit(out, pkt)
             count += 1
-            self._pace_next = max(self._pace_next, now - burst) + len(pkt) / rate
+            self._pace_next = max(self._pace_next, now - credit) + len(pkt) / rate
         return out
 
     @staticmethod
@@ -635,7 +602,7 @@ class UdpSession:
                 and self._sout_next == self._sout_base + len(self._sout)
                 and bool(self._cout_new) and self._new_chunk_bytes < self._peer_max_data)
 
-    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, burst: float) -> int:
+    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, credit: float) -> int:
         """One burst of full CHUNK packets of the first chunk in line: the same bytes as
         ``_fill`` + ``_packet`` would produce one by one, built in one buffer with a
         fraction of the per-packet Python work, and recorded as one run.  Returns the
@@ -645,7 +612,7 @@ class UdpSession:
         mss = self.config.max_datagram
         room = mss - OVERHEAD - CHUNK_HEADER_SIZE
         rec = self.recovery
-        pace = max(self._pace_next, now - burst)
+        pace = max(self._pace_next, now - credit)
         off = c.next_off
         clen = len(c.data)
         avail = min(clen - off, self._peer_max_data - self._new_chunk_bytes)
@@ -656,26 +623,11 @@ class UdpSession:
                 self.pacing_limited = True
             return 0
         nbytes = min(avail, n * room)
-        last = nbytes - (n - 1) * room  # data in the last datagram
-        size = n * mss - (room - last)
+        size = burst.burst_size(nbytes, mss)
         buf = bytearray(size)
-        view = memoryview(buf)
-        data = memoryview(c.data)
         pn = self._next_pn
-        peer, fid, index, csum = self.peer_cid, key[0], key[1], c.checksum
-        pack = _BULK_HEADER.pack_into
-        pos, o = 0, off
-        for i in range(n - 1):
-            pack(buf, pos, DATA, VERSION, peer, pn + i, F_CHUNK, fid, index, clen, o, csum, room)
-            view[pos + _BULK_HEADER_SIZE : pos + _BULK_HEADER_SIZE + room] = data[o : o + room]
-            pos += mss
-            o += room
-        pack(buf, pos, DATA, VERSION, peer, pn + n - 1, F_CHUNK, fid, index, clen, o, csum, last)
-        view[pos + _BULK_HEADER_SIZE : pos + _BULK_HEADER_SIZE + last] = data[o : o + last]
-        full = range(0, (n - 1) * mss, mss)
-        for p, digest in zip(full, map(_xxh64, [view[p : p + mss - TRAILER_SIZE] for p in full])):
-            _pack_q(buf, p + mss - TRAILER_SIZE, digest)
-        _pack_q(buf, size - TRAILER_SIZE, _xxh64(view[pos : size - TRAILER_SIZE]))
+        burst.build_chunk_burst(buf, mss, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes,
+                                _xxh64)
         out.append((buf, mss))
         self._next_pn = pn + n
         c.next_off = off + nbytes
@@ -698,7 +650,7 @@ class UdpSession:
         self._ack_now = False
         self._ack_deadline = None
         if self.chunk_receiver:
-            self._max_data_sent = self._delivered + self.config.flow_window
+            self._max_data_sent = max(self._max_data_sent, self._delivered + self.flow_window)
             frames.append(encode_varint_frame(F_MAX_DATA, self._max_data_sent))
         return frames
 
