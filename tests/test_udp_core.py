@@ -1308,6 +1308,16 @@ class TestListener:
         s, new, _ = lst.receive_datagram(padded_initial(7, 2, 42, token), self.ADDR, 50.5 + 9)
         assert new
 
+    def test_token_lifetime_is_exact_to_the_millisecond(self):
+        from ftx.core.udp.endpoint import check_token
+
+        for t0 in (0.0, 50.9999, 1234.5678, 4294967.2):  # also where milliseconds wrap modulo 2^32
+            token = make_token(b"k" * 32, self.ADDR, 42, t0)
+            assert check_token(b"k" * 32, token, self.ADDR, 42, t0)
+            assert check_token(b"k" * 32, token, self.ADDR, 42, t0 + 9.998)
+            assert not check_token(b"k" * 32, token, self.ADDR, 42, t0 + 10.002)
+            assert not check_token(b"k" * 32, token, self.ADDR, 42, t0 - 0.002)  # from the future
+
     def test_foreign_and_garbage(self):
         lst = self._listener()
         r = random.Random(3)
@@ -1340,6 +1350,31 @@ class TestSessionEdges:
     def _pair(self, cfg=None):
         cfg = cfg or UdpConfig()
         return UdpSession(1, 2, cfg, 0.0, chunk_receiver=False), UdpSession(2, 1, cfg, 0.0, chunk_receiver=True)
+
+    def test_receive_overflow_halves_the_window_and_max_data_never_shrinks(self):
+        from ftx.core.udp.session import MIN_FLOW_WINDOW
+
+        def max_data(session, now):
+            frames = P.parse_frames(P.parse(session.datagrams_to_send(now)[0]).payload)
+            return next(f.value for f in frames if isinstance(f, P.MaxDataFrame))
+
+        _, b = self._pair()
+        b.receive_payload(0, memoryview(bytes([P.F_PING])), 0.0)  # something to acknowledge
+        b._ack_now = True
+        first = max_data(b, 0.0)
+        assert first == 16 * 2**20 and b.flow_window == 16 * 2**20
+        b.on_overflow(1.0)
+        assert b.flow_window == 8 * 2**20 and b.stats["receive_overflows"] == 1
+        b.on_overflow(1.001)  # the same episode (within an RTT): once only
+        assert b.flow_window == 8 * 2**20
+        for k in range(10):
+            b.on_overflow(2.0 + k)
+        assert b.flow_window == MIN_FLOW_WINDOW
+        b._ack_now = True
+        assert max_data(b, 20.0) == first  # the credit already given stands
+        b._completed.append((1, 0, 0, bytearray(2**20)))  # a chunk handed over: the window regrows slowly
+        b.take_chunks()
+        assert b.flow_window == MIN_FLOW_WINDOW + 2**20 // 32
 
     def test_ack_for_a_packet_never_sent_is_a_protocol_error(self):
         a, _ = self._pair()

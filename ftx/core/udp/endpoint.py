@@ -9,7 +9,7 @@ Handshake (protocol.md, "UDP handshake")::
                                         <--  INITIAL(dcid=S, scid=R)  session created
     DATA(dcid=R, ...)                   <->  DATA(dcid=S, ...)
 
-The token is ``u32 seconds || HMAC-SHA256(secret, seconds || address || port || S)[:16]``
+The token is ``u32 milliseconds || HMAC-SHA256(secret, milliseconds || address || port || S)[:16]``
 and is valid for 10 s: the receiver keeps no state for an address until it has
 proved it receives there, and a RETRY is smaller than the INITIAL that caused
 it, so a spoofed source can neither exhaust memory nor be flooded through us.
@@ -53,20 +53,22 @@ def _addr_bytes(addr) -> bytes:
     return f"{addr[0]}|{addr[1]}".encode()
 
 
+def _mac(secret: bytes, ts: bytes, addr, scid: int) -> bytes:
+    return hmac.new(secret, ts + _addr_bytes(addr) + scid.to_bytes(8, "big"), hashlib.sha256).digest()[:16]
+
+
 def make_token(secret: bytes, addr, scid: int, now: float) -> bytes:
-    ts = struct.pack(">I", int(now) & 0xFFFFFFFF)
-    mac = hmac.new(secret, ts + _addr_bytes(addr) + scid.to_bytes(8, "big"), hashlib.sha256).digest()[:16]
-    return ts + mac
+    ts = struct.pack(">I", int(now * 1000) & 0xFFFFFFFF)  # milliseconds, modulo 2^32
+    return ts + _mac(secret, ts, addr, scid)
 
 
 def check_token(secret: bytes, token: bytes, addr, scid: int, now: float) -> bool:
     if len(token) != 20:
         return False
     (ts,) = struct.unpack(">I", token[:4])
-    age = (int(now) - ts) & 0xFFFFFFFF
-    if age > TOKEN_LIFETIME:
+    if (int(now * 1000) - ts) & 0xFFFFFFFF > TOKEN_LIFETIME * 1000:
         return False
-    return hmac.compare_digest(token, make_token(secret, addr, scid, ts))
+    return hmac.compare_digest(token[4:], _mac(secret, token[:4], addr, scid))
 
 
 def padded_initial(dcid: int, pn: int, scid: int, token: bytes) -> bytes:
