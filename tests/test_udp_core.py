@@ -523,6 +523,37 @@ class TestRuns:
             assert rec.delivered + rec.lost_bytes + rec.bytes_in_flight == total
 
 
+class TestReorderingAdaptation:
+    def test_spurious_loss_raises_the_thresholds(self):
+        rec = Recovery()
+        for pn in range(10):
+            _send(rec, pn, 0.0)
+        rs = rec.on_ack(RangeSet([(5, 10)]), 0.0, 0.1)
+        assert _pns(rs.lost) == [0, 1, 2, 3, 4]
+        rs = rec.on_ack(RangeSet([(0, 10)]), 0.0, 0.101)  # they were only late
+        assert rs.acked == [] and rec.spurious_losses == 5
+        assert rec.packet_threshold == 10 and rec.time_threshold == pytest.approx(9 / 8 + 1 / 8)
+        for pn in range(10, 20):
+            _send(rec, pn, 0.2)
+        rs = rec.on_ack(RangeSet([(19, 20)]), 0.0, 0.21)  # 9 behind: within the new threshold
+        assert rs.lost == [] and rec.unsettled() == list(range(10, 19))
+        rs, probe = rec.on_timer(rec.loss_time())  # still lost by time, only later
+        assert rec.loss_time() is None and _pns(rs.lost) == list(range(10, 19))
+
+    def test_thresholds_are_capped(self):
+        from ftx.core.udp.recovery import MAX_PACKET_THRESHOLD, MAX_TIME_THRESHOLD
+
+        rec = Recovery()
+        pn = 0
+        for _ in range(20):
+            for k in range(1000):
+                _send(rec, pn + k, pn * 1e-4)
+            rec.on_ack(RangeSet([(pn + 999, pn + 1000)]), 0.0, pn * 1e-4 + 0.1)
+            rec.on_ack(RangeSet([(pn, pn + 1000)]), 0.0, pn * 1e-4 + 0.1)
+            pn += 1000
+        assert rec.packet_threshold == MAX_PACKET_THRESHOLD and rec.time_threshold == MAX_TIME_THRESHOLD
+
+
 class TestPto:
     def test_pto_timer_and_backoff(self):
         rec = Recovery(0.025)

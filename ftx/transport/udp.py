@@ -373,7 +373,9 @@ class UdpLink:
     @property
     def stats(self) -> dict:
         s = self.session
-        return {**s.stats, "srtt_ms": round(s.recovery.rtt.smoothed * 1000, 3),
+        return {**s.stats, "spurious_losses": s.recovery.spurious_losses,
+                "reordering_threshold": s.recovery.packet_threshold,
+                "srtt_ms": round(s.recovery.rtt.smoothed * 1000, 3),
                 "min_rtt_ms": round(s.recovery.rtt.min * 1000, 3) if s.recovery.rtt.has_sample else None,
                 "cc_state": s.cc.state, "btl_bw_mbps": round(s.cc.btl_bw * 8 / 1e6, 1), "cwnd": s.cc.cwnd}
 

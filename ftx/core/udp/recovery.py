@@ -28,6 +28,11 @@ from ..ranges import RangeSet
 
 K_PACKET_THRESHOLD = 3
 K_TIME_THRESHOLD = 9 / 8
+# Adapting to reordering (RFC 9002 6.1.1 and 6.1.2 allow it): a packet declared lost and
+# then acknowledged was only late, so the thresholds grow to what was seen, up to these.
+MAX_PACKET_THRESHOLD = 256
+MAX_TIME_THRESHOLD = 2.0
+LOST_RANGES_KEPT = 64
 K_GRANULARITY = 0.001
 K_INITIAL_RTT = 0.333
 
@@ -141,6 +146,10 @@ class Recovery:
         self.app_limited_until = 0  # 'delivered' value until which samples are app-limited
         self.lost_packets = 0
         self.lost_bytes = 0
+        self.packet_threshold = K_PACKET_THRESHOLD
+        self.time_threshold = K_TIME_THRESHOLD
+        self.spurious_losses = 0  # packets declared lost that were acknowledged after all
+        self._lost_recent = RangeSet()  # numbers declared lost lately (the newest ranges)
 
     # -- sending ------------------------------------------------------------------
     def on_sent(self, p: SentPacket) -> None:
@@ -166,6 +175,10 @@ class Recovery:
         return out
 
     def _trim(self) -> None:
+        lost = self._lost_recent
+        while len(lost) > LOST_RANGES_KEPT:
+            first = next(iter(lost))
+            lost.subtract(first[0], first[1])
         runs, head = self._runs, self._head
         while head < len(runs) and runs[head].settled:
             head += 1
@@ -182,6 +195,8 @@ class Recovery:
         largest = 0
         runs, starts, head = self._runs, self._starts, self._head
         pieces = rs.acked
+        if self._lost_recent:
+            self._check_spurious(acked)
         for start, stop in acked:
             largest = stop - 1
             i = max(bisect.bisect_right(starts, start, head) - 1, head)
@@ -226,14 +241,33 @@ class Recovery:
         self._trim()
         return rs
 
+    def _check_spurious(self, acked: RangeSet) -> None:
+        """Packets declared lost but acknowledged now were reordered, not lost: allow that
+        much reordering from now on (RACK does the same with its reordering window)."""
+        lost = self._lost_recent
+        for start, stop in acked:
+            for a, b in list(lost):
+                if a >= stop:
+                    break
+                if b <= start:
+                    continue
+                lo, hi = max(a, start), min(b, stop)
+                lost.subtract(lo, hi)
+                self.spurious_losses += hi - lo
+                # packet lo was declared lost once packet_threshold later ones were acked; it was
+                # overtaken by everything up to the largest acknowledged so far
+                self.packet_threshold = min(max(self.packet_threshold, self.largest_acked - lo + 1),
+                                            MAX_PACKET_THRESHOLD)
+                self.time_threshold = min(self.time_threshold + 1 / 8, MAX_TIME_THRESHOLD)
+
     def _loss_delay(self) -> float:
-        return max(K_TIME_THRESHOLD * max(self.rtt.smoothed, self.rtt.latest), K_GRANULARITY)
+        return max(self.time_threshold * max(self.rtt.smoothed, self.rtt.latest), K_GRANULARITY)
 
     def _detect_lost(self, now: float, rs: RateSample) -> None:
-        """Packets below the largest acknowledged one are lost once K_PACKET_THRESHOLD
+        """Packets below the largest acknowledged one are lost once ``packet_threshold``
         later packets were acknowledged, or once they are a loss delay old (RFC 9002 6.1)."""
         largest = self.largest_acked
-        by_number = largest - K_PACKET_THRESHOLD + 1  # numbers below this are lost
+        by_number = largest - self.packet_threshold + 1  # numbers below this are lost
         sent_before = now - self._loss_delay()
         runs, i = self._runs, self._head
         while i < len(runs):
@@ -255,6 +289,7 @@ class Recovery:
                         rs.lost.append((run, a, b))
                         rs.newly_lost += nbytes
                         rs.lost_count += b - a
+                        self._lost_recent.add(a, b)
             if upto < below and any(a < b for a, b in run.live_in(upto, below)):
                 break  # later packets are newer in number and in time
             if below < run.pn + run.count:
