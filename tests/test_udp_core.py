@@ -673,6 +673,31 @@ class TestBbr:
         f.ack(1e6, in_flight=int(1e6 * 0.05))  # in flight down to the BDP
         assert f.bbr.state == "probe_bw" and f.bbr.cwnd_gain == 2.0
 
+    def _cruising(self, loss_share: float, rtt_when_lossy: float = 0.05) -> Bbr:
+        f = BbrFeed(Bbr(1400))
+        for _ in range(4):
+            f.ack(1e6)
+        f.ack(1e6, in_flight=int(1e6 * 0.05))
+        assert f.bbr.state == "probe_bw"
+        for _ in range(30):  # rounds that each lose loss_share of their bytes
+            acked = 100 * 1400
+            lost = int(acked * loss_share / (1 - loss_share))
+            f.ack(1e6, acked=acked, lost=lost, lost_packets=lost // 1400, rtt=rtt_when_lossy)
+        f.bbr._cycle_index, f.bbr.pacing_gain = 2, 1.0  # a cruising phase
+        return f.bbr
+
+    def test_random_loss_raises_the_pacing_rate_by_what_it_takes(self):
+        bbr = self._cruising(0.2)
+        assert bbr.loss_rate == pytest.approx(0.2, abs=0.01)
+        assert bbr.pacing_rate == pytest.approx(bbr.btl_bw / (1 - bbr.loss_rate))
+        heavy = self._cruising(0.6)
+        assert heavy.pacing_rate == pytest.approx(heavy.btl_bw / 0.7)  # compensation capped at 30%
+        assert self._cruising(0.005).pacing_rate == pytest.approx(1e6)  # below 1%: left alone
+
+    def test_no_compensation_while_a_queue_builds(self):
+        bbr = self._cruising(0.2, rtt_when_lossy=0.08)  # RTT 80 ms against 50 ms min: our own queue
+        assert bbr.loss_rate > 0.15 and bbr.pacing_rate == pytest.approx(bbr.btl_bw)
+
     def test_exits_startup_on_loss(self):
         f = BbrFeed(Bbr(1400))
         f.ack(1e6)

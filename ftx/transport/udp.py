@@ -361,9 +361,10 @@ class UdpLink:
         self.session.close(0, "done")
         self.wake()
 
-    async def aclose(self, drain_timeout: float = 3.0) -> None:
-        """Graceful: let the peer acknowledge our last control bytes, then CLOSE."""
-        await self.drain(drain_timeout)
+    async def aclose(self, drain_timeout: float | None = None) -> None:
+        """Graceful: let the peer acknowledge our last control bytes (on a very lossy path
+        that can take several probe timeouts; at most the idle timeout), then CLOSE."""
+        await self.drain(self.session.config.idle_timeout if drain_timeout is None else drain_timeout)
         self.close()
         try:
             await asyncio.wait_for(self.closed_event.wait(), 2.0)

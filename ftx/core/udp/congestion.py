@@ -35,6 +35,11 @@ INITIAL_CWND_PACKETS = 32
 # short measure the scheduler, not the path, and a cwnd of 2 x BtlBw x 0.1 ms caps the
 # rate at what fits in one scheduler tick -- a state PROBE_BW could not leave.
 ROUND_FLOOR = 0.002
+# Random loss p makes every delivery-rate sample (1 - p) times the sending rate, so BBR v1's
+# probe (x1.25) stops finding more bandwidth once p reaches 20% and the estimate decays.
+# While the RTT shows no queue (the losses are not ours), the pacing rate is raised by
+# 1 / (1 - p), p up to this much.
+MAX_COMPENSATED_LOSS = 0.3
 
 
 class Bbr:
@@ -65,6 +70,8 @@ class Bbr:
         self._round_lost = 0
         self._round_lost_packets = 0
         self._round_acked = 0
+        self.loss_rate = 0.0  # moving average of the share of bytes lost per round
+        self._latest_rtt = 0.0
 
     # -- outputs --------------------------------------------------------------------
     @property
@@ -77,7 +84,7 @@ class Bbr:
     @property
     def pacing_rate(self) -> float:
         if self.btl_bw:
-            rate = self.pacing_gain * self.btl_bw
+            rate = self.pacing_gain * self.btl_bw * self._loss_boost()
         else:
             rate = STARTUP_GAIN * INITIAL_CWND_PACKETS * self.mss / max(self._srtt_hint, 0.001)
         if self.max_rate:
@@ -96,8 +103,13 @@ class Bbr:
                 self._round_stamp = now
                 self.round_count += 1
                 self._check_startup_loss()
+                total = self._round_acked + self._round_lost
+                if total >= 10 * self.mss:
+                    self.loss_rate = 0.8 * self.loss_rate + 0.2 * self._round_lost / total
                 self._round_lost = self._round_lost_packets = self._round_acked = 0
         self._round_acked += rs.newly_acked
+        if rs.rtt:
+            self._latest_rtt = rs.rtt
         if rs.rtt and (rs.rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW):
             self.min_rtt = rs.rtt
             self._min_rtt_stamp = now
@@ -114,6 +126,14 @@ class Bbr:
         self.btl_bw = max((v for _, v in self._bw_samples), default=self.btl_bw)
         self._update_ack_aggregation(rs.newly_acked, now)
         self._advance_state(now, bytes_in_flight, rs.app_limited)
+
+    def _loss_boost(self) -> float:
+        """1 / (1 - loss rate) while cruising or probing with no queue in sight, else 1."""
+        if self.state != "probe_bw" or self.loss_rate < 0.01 or self.pacing_gain < 1.0:
+            return 1.0
+        if self._latest_rtt > 1.25 * self.min_rtt + ROUND_FLOOR:  # a queue: losses may be our own
+            return 1.0
+        return 1.0 / (1.0 - min(self.loss_rate, MAX_COMPENSATED_LOSS))
 
     def _update_ack_aggregation(self, acked: int, now: float) -> None:
         """Bytes ACKed beyond what BtlBw explains since an epoch began (BBR draft, 4.5.8:
