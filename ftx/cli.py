@@ -96,9 +96,10 @@ def main() -> None:
 @click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
               help="UDP: path MTU; datagrams carry at most MTU-48 bytes.")
+@click.option("--pmtud", is_flag=True, help="UDP: probe for a larger path MTU than --mtu (RFC 8899).")
 @_with(verbosity)
-def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, verbose, quiet, as_json, no_progress,
-         idle_timeout):
+def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, verbose, quiet, as_json,
+         no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
@@ -127,7 +128,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, ve
         progress = Bars()
     try:
         report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu))
+                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -148,7 +149,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, ve
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud):
     from .sending import SendSession
     from .source import walk
 
@@ -157,7 +158,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
         from .transport import udp as transport
 
         link = await transport.connect(host, port, transport.UdpConfig(
-            max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate))
+            max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
         rate = None  # the UDP pacer applies it
     else:
         from .transport import tcp as transport
@@ -317,7 +318,8 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
     N%), delay, jitter, queue (seconds or ms), rate (bytes/s with K/M/G, or
     kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
     replay (probability of re-sending an earlier datagram 50 ms late), and
-    rebind=T (forward: new source port at T seconds, like a NAT rebinding).
+    rebind=T (forward: new source port at T seconds, like a NAT rebinding),
+    mtu=N (datagrams over N bytes are dropped, as on a path with a small MTU).
     Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment

@@ -34,6 +34,7 @@ class Impairment:
     blackouts: list[tuple[float, float]] = field(default_factory=list)  # (start, end) s since start
     replay: float = 0.0  # probability an earlier datagram (of the last 1000) is sent again, late
     rebind: list[float] = field(default_factory=list)  # forward only: new source port at these times
+    mtu: int = 0  # largest datagram (UDP payload, bytes) that gets through, as on a path with a small MTU (0 = any)
 
     @classmethod
     def parse(cls, spec: str) -> "Impairment":
@@ -54,7 +55,7 @@ class Impairment:
                 imp.rebind.extend(float(t) for t in value.split(";"))
             else:
                 raise ValueError(f"unknown impairment {key!r}")
-        for name in ("delay", "jitter", "rate", "queue", "reorder_delay"):
+        for name in ("delay", "jitter", "rate", "queue", "reorder_delay", "mtu"):
             if getattr(imp, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if any(b <= a or a < 0 for a, b in imp.blackouts) or any(t < 0 for t in imp.rebind):
@@ -99,6 +100,7 @@ _SCALARS = {  # spec key -> (Impairment field, parser)
     "rate": ("rate", _rate),
     "queue": ("queue", _seconds),
     "replay": ("replay", _prob),
+    "mtu": ("mtu", int),
 }
 
 
@@ -113,7 +115,8 @@ class LinkEmulator:
         self._history: list[bytes] = []  # recent datagrams, for replays
         self._replay_rng = random.Random(seed ^ 0x5EED)  # own stream: replay on/off shifts nothing else
         self.stats = {"in": 0, "out": 0, "dropped": 0, "blackout_dropped": 0, "queue_dropped": 0,
-                      "duplicated": 0, "reordered": 0, "corrupted": 0, "replayed": 0, "bytes_in": 0, "bytes_out": 0}
+                      "duplicated": 0, "reordered": 0, "corrupted": 0, "replayed": 0, "too_big": 0, "bytes_in": 0,
+                      "bytes_out": 0}
 
     def process(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
         imp, rng, st = self.imp, self.rng, self.stats
@@ -127,6 +130,9 @@ class LinkEmulator:
             return []
         if r_loss < imp.loss:
             st["dropped"] += 1
+            return []
+        if imp.mtu and len(data) > imp.mtu:
+            st["too_big"] += 1
             return []
         if r_cor < imp.corrupt and data:
             buf = bytearray(data)

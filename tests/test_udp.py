@@ -266,3 +266,27 @@ def test_udp_larger_mtu(tmp_path, receiver):
     assert tree_equal(src, receiver.dir / "src")
     stats = report["transport_stats"]
     assert stats["bytes_sent"] / stats["packets_sent"] > 5000  # far above a 1452-byte datagram
+
+
+def test_udp_pmtud_finds_what_the_path_carries(tmp_path, receiver, relays):
+    src = _payload(tmp_path, size=6_000_000)
+    # a 4100-byte path MTU (less IPv4 and UDP headers), slow enough for the search to finish
+    relay = relays(receiver.port, "--forward", "mtu=4072,rate=100Mbit,delay=5ms")
+    rc, report, err = run_send(str(src), relay.dest, "--udp", "--pmtud")
+    counters = relay.stop()
+    assert rc == 0, err
+    assert tree_equal(src, receiver.dir / "src")
+    stats = report["transport_stats"]
+    assert stats["max_datagram"] == 4048 and stats["pmtu_probes"] >= 2  # 4096 - 48; 8144 did not get through
+    assert counters["forward"]["too_big"] >= 1
+
+
+def test_udp_pmtud_on_loopback_and_off_by_default(tmp_path, receiver):
+    src = _payload(tmp_path)
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", "--pmtud")
+    assert rc == 0, err
+    assert report["transport_stats"]["max_datagram"] > 9000  # loopback's MTU is 64 KiB
+    (receiver.dir / "src" / "data.bin").unlink()
+    rc, report, err = run_send(str(src), receiver.dest, "--udp")
+    assert rc == 0, err
+    assert report["transport_stats"]["max_datagram"] == 1452 and report["transport_stats"]["pmtu_probes"] == 0

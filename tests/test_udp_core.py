@@ -783,7 +783,8 @@ class Wire:
     optional blackout windows.  Datagrams carry the address they are sent to/from."""
 
     def __init__(self, seed: int, delay: float = 0.01, loss: float = 0.0, dup: float = 0.0,
-                 reorder: float = 0.0, corrupt: float = 0.0, reorder_delay: float = 0.015) -> None:
+                 reorder: float = 0.0, corrupt: float = 0.0, reorder_delay: float = 0.015, mtu: int = 0) -> None:
+        self.mtu = mtu  # datagrams larger than this are dropped (0: none)
         self.rng = random.Random(seed)
         self.delay, self.loss, self.dup, self.reorder, self.corrupt = delay, loss, dup, reorder, corrupt
         self.reorder_delay = reorder_delay
@@ -798,7 +799,7 @@ class Wire:
         self.log.append((now, data, addr))
         r = self.rng
         rl, rd, rr, rc, rpos, rbit = (r.random() for _ in range(6))
-        if any(a <= now < b for a, b in self.blackouts) or rl < self.loss:
+        if any(a <= now < b for a, b in self.blackouts) or rl < self.loss or (self.mtu and len(data) > self.mtu):
             self.stats["dropped"] += 1
             return
         bad = rc < self.corrupt
@@ -1520,3 +1521,73 @@ class TestSessionEdges:
             if not pending:
                 break
         assert b.stream_readable == total
+
+
+# =====================================================================================
+# path MTU discovery (RFC 8899)
+# =====================================================================================
+class TestPmtuSearch:
+    def test_acked_probes_climb_and_three_losses_end_the_search(self):
+        from ftx.core.udp.pmtu import MAX_PROBES, PmtuSearch
+
+        s = PmtuSearch(1452, now=0.0)
+        assert s.next_timer() == 0.0
+        size = s.probe_due(0.0)
+        assert size == 2000 and s.probe_due(0.0) is None and s.next_timer() is None  # one at a time
+        s.on_probe_acked(size)
+        assert s.current == 2000
+        size = s.probe_due(1.0)
+        assert size == 4048
+        for _ in range(MAX_PROBES - 1):
+            s.on_probe_lost(size)
+            assert s.searching and s.probe_due(1.0) == 4048
+        s.on_probe_lost(size)
+        assert not s.searching and s.current == 2000 and s.probe_due(2.0) is None and s.next_timer() is None
+
+    def test_black_hole_falls_back_then_searches_again(self):
+        from ftx.core.udp.pmtu import RESEARCH_AFTER, PmtuSearch
+
+        s = PmtuSearch(1452, now=0.0, ceiling=8952)
+        for _ in range(10):
+            size = s.probe_due(10.0)
+            if size is None:
+                break
+            s.on_probe_acked(size)
+        assert s.current == 8952 and not s.searching  # the ceiling stops it
+        assert s.on_black_hole(20.0) and s.current == 1452 and s.black_holes == 1
+        assert not s.on_black_hole(20.5)  # already at the base
+        assert s.probe_due(20.0 + RESEARCH_AFTER - 1) is None and s.probe_due(20.0 + RESEARCH_AFTER) == 2000
+
+
+class TestPmtuTransfer:
+    @pytest.mark.parametrize("path_mtu", [1500, 4100, 65535])
+    def test_finds_the_largest_size_the_path_carries(self, path_mtu):
+        cfg = UdpConfig(pmtud=True)
+        net = InMemoryNet(seed=5, config=cfg, listener_config=UdpConfig(), fwd={"mtu": path_mtu - 28})
+        net.handshake()
+        blobs = _chunks(30, 64 * 1024, seed=5)
+        _send_all(net, blobs)
+        done = _all_done(3, 30)
+        net.run_until(lambda n: done(n) and not n.dsession.pmtu.searching, max_seconds=20, max_iterations=50_000)
+        _check_chunks(net, blobs)
+        d = net.dsession
+        expect = {1500: 1452, 4100: 4048, 65535: 65487}[path_mtu]
+        assert d.max_datagram == expect and d.pmtu.current == expect and not d.pmtu.searching
+        assert d.stats["pmtu_probes"] >= 1
+        assert d.stats["lost_packets"] == 0 or path_mtu != 65535  # probes lost are not data lost
+        assert net.lsession.stats["bytes_received"] > 0
+        sizes = {len(data) for _, data, _ in net.fwd.log}
+        assert max(s for s in sizes if s <= path_mtu - 28) == expect
+
+    def test_black_hole_after_the_size_was_raised(self):
+        cfg = UdpConfig(pmtud=True)
+        net = InMemoryNet(seed=6, config=cfg, listener_config=UdpConfig(), fwd={"mtu": 9000 - 28})
+        net.handshake()
+        blobs = _chunks(200, 64 * 1024, seed=6)
+        _send_all(net, blobs)
+        net.run_until(lambda n: n.dsession.max_datagram == 8952, max_seconds=10, max_iterations=20_000)
+        assert len(net.chunks) < 100, "too late: most of the data is through"
+        net.fwd.mtu = 1500 - 28  # the route changed: big datagrams vanish without a word
+        net.run_until(_all_done(3, 200), max_seconds=60, max_iterations=200_000)
+        _check_chunks(net, blobs)
+        assert net.dsession.pmtu.black_holes == 1 and net.dsession.max_datagram == 1452

@@ -18,6 +18,7 @@ of ``TcpLink`` to the transport-neutral layers and keeps liveness itself.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -40,6 +41,9 @@ SOCKET_BUFFER = 16 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux values
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+PMTUDISC_PROBE = 3  # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: set DF, ignore the kernel's path MTU
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h
 UDP_GRO = 104
@@ -161,10 +165,16 @@ class DatagramSocket:
             while i < len(bursts):
                 buf, seg = bursts[i]
                 if len(buf) <= seg:
-                    if addr is None:
-                        sock.send(buf)
-                    else:
-                        sock.sendto(buf, addr)
+                    try:
+                        if addr is None:
+                            sock.send(buf)
+                        else:
+                            sock.sendto(buf, addr)
+                    except OSError as exc:
+                        if exc.errno != errno.EMSGSIZE:
+                            raise
+                        # larger than the local link allows (a path MTU probe, with DF set): it
+                        # is lost, as on a path that drops it
                 elif self.gso:
                     anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
                     if addr is None:
@@ -257,7 +267,7 @@ class UdpLink:
                     # Paced: let a quantum of credit build up, undisturbed by ACK wake-ups,
                     # so bursts stay large (GSO, GRO, few ACKs) instead of a packet or two
                     # per wake-up, a mode that costs so much per packet it cannot speed up.
-                    quantum = min(PACING_QUANTUM, 32 * s.config.max_datagram / s.cc.pacing_rate)
+                    quantum = min(PACING_QUANTUM, 32 * s.max_datagram / s.cc.pacing_rate)
                     await asyncio.sleep(max(quantum, s._pace_next - time.monotonic()))
                     continue
                 t = s.next_timer()
@@ -374,7 +384,7 @@ class UdpLink:
     @property
     def stats(self) -> dict:
         s = self.session
-        return {**s.stats, "spurious_losses": s.recovery.spurious_losses,
+        return {**s.stats, "spurious_losses": s.recovery.spurious_losses, "max_datagram": s.max_datagram,
                 "reordering_threshold": s.recovery.packet_threshold,
                 "srtt_ms": round(s.recovery.rtt.smoothed * 1000, 3),
                 "min_rtt_ms": round(s.recovery.rtt.min * 1000, 3) if s.recovery.rtt.has_sample else None,
@@ -391,6 +401,14 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
         raise TransportError(f"cannot resolve {host}: {exc.strerror}") from exc
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if config.pmtud:  # probes must not be fragmented on the way, or every one "succeeds"
+        level, opt = (socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER) if family == socket.AF_INET6 else \
+            (socket.IPPROTO_IP, IP_MTU_DISCOVER)
+        try:
+            sock.setsockopt(level, opt, PMTUDISC_PROBE)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"--pmtud needs the don't-fragment socket option: {exc.strerror}") from exc
     sock.connect(addr)
     dialer = Dialer(config, _random_cid(), _random_cid(), time.monotonic())
     ready = loop.create_future()

@@ -73,6 +73,11 @@ class Bbr:
         self.loss_rate = 0.0  # moving average of the share of bytes lost per round
         self._latest_rtt = 0.0
 
+    def set_mss(self, mss: int) -> None:
+        """The datagram size changed (path MTU discovery)."""
+        self.min_cwnd = self.min_cwnd // self.mss * mss
+        self.mss = mss
+
     # -- outputs --------------------------------------------------------------------
     @property
     def cwnd(self) -> int:

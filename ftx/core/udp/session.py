@@ -54,6 +54,7 @@ from .packets import (
     segments,
 )
 from . import burst
+from .pmtu import PmtuSearch
 from .recovery import Recovery, SentPacket
 
 MAX_CHUNK = 16 * 1024 * 1024
@@ -69,6 +70,10 @@ _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
 MIN_FLOW_WINDOW = 2 * 1024 * 1024
+# Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost
+# in a row, none acknowledged, while smaller ones still get through (at 10% random loss
+# the odds of that are 1e-16).
+BLACK_HOLE_LOSSES = 16
 STREAM_OOO_LIMIT = 8 * 1024 * 1024
 
 
@@ -94,6 +99,9 @@ class UdpConfig:
 
     retain_limit: int = 16 * 1024 * 1024
     """Sender: unacknowledged chunk bytes kept for retransmission before send_chunk blocks."""
+
+    pmtud: bool = False
+    """Sender: probe for datagrams larger than max_datagram (RFC 8899, pmtu.py)."""
 
 
 PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
@@ -133,7 +141,9 @@ class UdpSession:
         self.peer_cid = peer_cid
         self.config = config
         self.chunk_receiver = chunk_receiver
-        mss = config.max_datagram
+        mss = self.max_datagram = config.max_datagram
+        self.pmtu = PmtuSearch(mss, now) if config.pmtud and not chunk_receiver else None
+        self._big_lost = 0  # datagrams above the base size lost since one was last acknowledged
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
         self.cc = Bbr(mss, config.max_rate, 3 * config.ack_every)
         self._next_pn = 0
@@ -187,7 +197,7 @@ class UdpSession:
         self._close_sends = 0
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
-                      "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0}
+                      "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0, "pmtu_probes": 0}
 
     # == input ==================================================================
     def receive_payload(self, pn: int, payload, now: float) -> None:
@@ -267,10 +277,27 @@ class UdpSession:
         rs = self.recovery.on_ack(f.acked, f.delay_us / 1e6, now)
         for run, a, b in rs.acked:
             self._settle(run, a, b, acked=True)
+            if run.size > self.config.max_datagram:
+                self._big_lost = 0  # datagrams above the base size still get through
         self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
         self._on_lost(rs, now)
 
+    def _set_max_datagram(self, size: int) -> None:
+        if size != self.max_datagram:
+            self.max_datagram = size
+            self.cc.set_mss(size)
+
     def _on_lost(self, rs, now: float) -> None:
+        base = self.config.max_datagram
+        for run, a, b in rs.lost:
+            if run.items and run.items[0][0] == "p":  # a lost probe says nothing about congestion
+                rs.newly_lost -= run.span_bytes(a, b)
+                rs.lost_count -= b - a
+            elif run.size > base:
+                self._big_lost += b - a
+        if self._big_lost >= BLACK_HOLE_LOSSES and self.pmtu is not None and self.pmtu.on_black_hole(now):
+            self._set_max_datagram(self.pmtu.current)  # RFC 8899 4.3; what was lost goes again, smaller
+            self._big_lost = 0
         if rs.lost:
             self.stats["lost_packets"] += rs.lost_count
             for run, a, b in rs.lost:
@@ -282,6 +309,13 @@ class UdpSession:
         done with, or must go again."""
         for item in run.items:
             kind = item[0]
+            if kind == "p":  # a path MTU probe
+                if acked:
+                    self.pmtu.on_probe_acked(item[1])
+                    self._set_max_datagram(self.pmtu.current)
+                else:
+                    self.pmtu.on_probe_lost(item[1])
+                continue
             if kind == "s":
                 _, off, length = item
                 if acked:
@@ -546,7 +580,13 @@ class UdpSession:
             self._emit(out, self._packet(self._control_frames(now), now, [], False))
             count += 1
         self.pacing_limited = False
-        mss = self.config.max_datagram
+        if self.pmtu is not None:
+            size = self.pmtu.probe_due(now)
+            if size is not None:  # a padded PING: no content, acknowledged or not
+                self._emit(out, self._packet([bytes([F_PING]), bytes(size - OVERHEAD - 1)], now, [("p", size)], True))
+                self.stats["pmtu_probes"] += 1
+                count += 1
+        mss = self.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
         credit = max(PACING_BURST, 10 * mss / rate)  # pacing credit that may be banked
@@ -609,7 +649,7 @@ class UdpSession:
         number of datagrams made."""
         key = self._cout_new[0]
         c = self._cout[key]
-        mss = self.config.max_datagram
+        mss = self.max_datagram
         room = mss - OVERHEAD - CHUNK_HEADER_SIZE
         rec = self.recovery
         pace = max(self._pace_next, now - credit)
@@ -745,7 +785,9 @@ class UdpSession:
         t = self.recovery.timer()
         if t is not None:
             times.append(t)
-        if self._has_data() and self.recovery.bytes_in_flight + self.config.max_datagram <= self.cc.cwnd:
+        if self.pmtu is not None and (t := self.pmtu.next_timer()) is not None:
+            times.append(t)
+        if self._has_data() and self.recovery.bytes_in_flight + self.max_datagram <= self.cc.cwnd:
             times.append(self._pace_next)
         if not self.recovery.bytes_in_flight:
             times.append(self._last_eliciting_sent + self.config.idle_timeout / 3)
@@ -766,6 +808,8 @@ class UdpSession:
             self._on_lost(rs, now)
             if probe:
                 self._probes = 2
+                if self.pmtu is not None and self.recovery.pto_count >= 2 and self.pmtu.on_black_hole(now):
+                    self._set_max_datagram(self.pmtu.current)  # what is in flight goes again, smaller
         if not self.recovery.bytes_in_flight and now >= self._last_eliciting_sent + self.config.idle_timeout / 3:
             self._ping = True
             self._pace_next = min(self._pace_next, now)
