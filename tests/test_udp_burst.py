@@ -160,3 +160,22 @@ def test_scan_and_gather_rebuild_the_data(name):
         gather(b, mss, 0, 44, dest, 11)  # past the end of dest
     with pytest.raises(ValueError):
         scan(b[:-1], mss, 77, xxh)  # not whole segments
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_gather_refuses_sizes_whose_products_overflow(name):
+    gather = impl(name)[2]
+    with pytest.raises(ValueError):
+        gather(bytearray(4096), 1 << 33, 0, 1 << 31, bytearray(4096), 0)  # count * seg == 2**64
+    with pytest.raises(ValueError):
+        gather(bytearray(4096), 1452, 0, 1, bytearray(4096), (1 << 63) - 1)
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_a_run_never_wraps_past_the_largest_packet_number(name):
+    mss, room = 1452, 1452 - 57
+    data = bytes(2 * room)
+    last = built("py", mss, pn=2**64 - 1, data=data, clen=2 * room, nbytes=room)
+    first = built("py", mss, pn=0, data=data, clen=2 * room, off=room, nbytes=room)
+    runs, _, _ = impl(name)[1](last + first, mss, 77, xxh)
+    assert [(r[1], r[2]) for r in runs] == [(1, 2**64 - 1), (1, 0)]

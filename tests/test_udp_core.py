@@ -523,6 +523,18 @@ class TestRuns:
             assert rec.delivered + rec.lost_bytes + rec.bytes_in_flight == total
 
 
+def test_the_loss_timer_declares_the_loss_when_it_fires():
+    rng = random.Random(1)
+    for _ in range(20_000):
+        rec = Recovery()
+        t0 = rng.uniform(1000, 100000)
+        _send(rec, 0, t0)
+        _send(rec, 1, t0 + 0.001)
+        rec.on_ack(RangeSet([(1, 2)]), 0, t0 + rng.uniform(0.01, 0.05))  # too soon for 0 to be lost yet
+        rs, probe = rec.on_timer(rec.timer())
+        assert _pns(rs.lost) == [0] and not probe
+
+
 class TestReorderingAdaptation:
     def test_spurious_loss_raises_the_thresholds(self):
         rec = Recovery()
@@ -1390,6 +1402,12 @@ class TestListener:
         assert lst.receive_datagram(d, self.ADDR, 1.0) == (None, False, [])
         assert lst.stats["garbage"] == 7 and not lst.sessions and lst.stats["retries"] == 0
 
+    def test_bursts_of_tiny_datagrams_are_garbage_not_errors(self):
+        lst = self._listener()
+        for data, seg in ((b"\x03" * 16, 8), (b"\x03" * 17, 16), (b"\x03" * 60, 26)):
+            assert lst.receive_burst(data, seg, self.ADDR, 1.0) == [(None, False, [])] * -(-len(data) // seg)
+        assert lst.stats["garbage"] == 2 + 2 + 3 and not lst.sessions
+
     def test_protocol_error_in_data_closes_only_that_session(self):
         lst = self._listener()
         token = self._token(lst, 1.0)
@@ -1432,6 +1450,18 @@ class TestSessionEdges:
         b._completed.append((1, 0, 0, bytearray(2**20)))  # a chunk handed over: the window regrows slowly
         b.take_chunks()
         assert b.flow_window == MIN_FLOW_WINDOW + 2**20 // 32
+
+    def test_window_never_shrinks_below_two_chunks(self):
+        """16 MiB chunks and a receiver whose socket overflowed at once: the shrunken window
+        must still let the sender finish a chunk (it used to wait forever, mid-chunk)."""
+        net = InMemoryNet(seed=1)
+        net.handshake()
+        blobs = _chunks(3, 16 * 1024 * 1024, seed=1)
+        _send_all(net, blobs)
+        net.lsession.on_overflow(net.now)
+        net.run_until(_all_done(3, 3), max_seconds=30, max_iterations=400_000)
+        _check_chunks(net, blobs)
+        assert net.lsession.flow_window == 16 * 2**20  # two 16 MiB chunks, capped at the configured window
 
     def test_ack_for_a_packet_never_sent_is_a_protocol_error(self):
         a, _ = self._pair()
@@ -1578,6 +1608,22 @@ class TestPmtuTransfer:
         assert net.lsession.stats["bytes_received"] > 0
         sizes = {len(data) for _, data, _ in net.fwd.log}
         assert max(s for s in sizes if s <= path_mtu - 28) == expect
+
+    def test_a_congestion_drop_in_a_burst_is_not_a_black_hole(self):
+        s = UdpSession(1, 2, UdpConfig(pmtud=True), 0.0, chunk_receiver=False)
+        s.pmtu.probe_due(0.0)
+        s.pmtu.on_probe_acked(8952)
+        s._set_max_datagram(8952)
+        for i in range(40):
+            s.send_chunk(1, i, 0, bytes(1 << 20))
+        t = 0.0
+        while s._next_pn < 60 and t < 1:
+            s.transmit(t, 256)
+            t += 0.0005
+        sent = s._next_pn
+        s.receive_payload(0, memoryview(P.encode_ack(RangeSet([(0, 10), (30, sent)]), 0)), 0.05)  # 20 dropped
+        assert s.stats["lost_packets"] >= 16
+        assert s.max_datagram >= 8952 and s.pmtu.black_holes == 0
 
     def test_black_hole_after_the_size_was_raised(self):
         cfg = UdpConfig(pmtud=True)

@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import struct
-import sys
 import time
 from typing import Awaitable, Callable
 
@@ -52,13 +51,6 @@ GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
-
-
-def _unshared(obj) -> bool:
-    """True when nothing but a list and the caller's loop variable refer to ``obj``
-    (CPython reference counts: those two, our parameter and getrefcount's own)."""
-    getrefcount = getattr(sys, "getrefcount", None)
-    return getrefcount is not None and getrefcount(obj) <= 4
 
 
 def _random_cid() -> int:
@@ -121,7 +113,10 @@ class DatagramSocket:
                         seg = struct.unpack("=i", value[:4])[0] or n
                     elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
                         self.drops = struct.unpack("=I", value[:4])[0]
-                on_read(view[:n], seg, addr)
+                try:
+                    on_read(view[:n], seg, addr)
+                except Exception:  # a bug in handling one read must not stall the socket
+                    log.exception("udp: error handling a datagram from %s", addr)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:  # e.g. ICMP port unreachable reported on a connected socket
@@ -307,11 +302,11 @@ class UdpLink:
 
     async def feed(self, conn) -> None:
         s = self.session
-        # The chunks handed over last time have been handled by now: buffers nothing
-        # else refers to go back to the session for reuse.
+        # The chunks handed over by the last feed() have been handled: chunk data given to
+        # conn.receive_chunk is valid until the next feed(), as on TCP, where it is a view
+        # into the frame decoder's buffer. Their buffers go back to the session for reuse.
         for buf in self._lent:
-            if _unshared(buf):
-                s.recycle(buf)
+            s.recycle(buf)
         self._lent.clear()
         await self._wait_until(lambda: s.stream_readable or s._completed)
         chunks = s.take_chunks()

@@ -71,8 +71,10 @@ static PyObject *build_chunk_burst(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t room = mss - HDR - TRL;
-    if (room <= 0 || nbytes <= 0 || off < 0 || off + nbytes > data.len || fid > 0xFFFFFFFFul ||
-        clen > 0xFFFFFFFFul || (unsigned long long)(off + nbytes) > clen) {
+    /* (each comparison is written so that no sum can overflow) */
+    if (room <= 0 || nbytes <= 0 || off < 0 || off > data.len || nbytes > data.len - off ||
+        fid > 0xFFFFFFFFul || clen > 0xFFFFFFFFul || (unsigned long long)off > clen ||
+        (unsigned long long)nbytes > clen - (unsigned long long)off) {
         PyErr_SetString(PyExc_ValueError, "build_chunk_burst: arguments out of range");
         goto done;
     }
@@ -175,7 +177,8 @@ static PyObject *scan_chunk_burst(PyObject *self, PyObject *args)
         }
         uint64_t pn = get_be(p + 10, 8), fid = get_be(p + 19, 4), index = get_be(p + 23, 8);
         uint64_t clen = get_be(p + 31, 4), off = get_be(p + 35, 4), csum = get_be(p + 39, 8);
-        if (r.count && pn == r.pn + (uint64_t)r.count && fid == r.fid && index == r.index && clen == r.clen &&
+        if (r.count && pn > r.pn && pn - r.pn == (uint64_t)r.count && fid == r.fid && index == r.index &&
+            clen == r.clen &&
             csum == r.csum && off == r.off + (uint64_t)(r.count * room)) {
             r.count++;
             continue;
@@ -209,8 +212,8 @@ static PyObject *gather(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t room = seg - HDR - TRL;
-    if (room <= 0 || first < 0 || count < 0 || first + count * seg > view.len || dest_off < 0 ||
-        dest_off + count * room > dest.len) {
+    if (room <= 0 || first < 0 || count < 0 || first > view.len || count > (view.len - first) / seg ||
+        dest_off < 0 || dest_off > dest.len || count > (dest.len - dest_off) / room) {
         PyErr_SetString(PyExc_ValueError, "gather: arguments out of range");
         goto done;
     }

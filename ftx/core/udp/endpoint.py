@@ -99,7 +99,7 @@ class Listener:
         view = memoryview(data)
         results = []
         full = n - n % seg
-        session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) if data[0] == DATA else None
+        session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) if data[0] == DATA and seg >= OVERHEAD else None
         if session is not None and session.chunk_receiver:
             before = session._largest_recv
             try:

@@ -268,7 +268,7 @@ class Recovery:
         later packets were acknowledged, or once they are a loss delay old (RFC 9002 6.1)."""
         largest = self.largest_acked
         by_number = largest - self.packet_threshold + 1  # numbers below this are lost
-        sent_before = now - self._loss_delay()
+        delay = self._loss_delay()
         runs, i = self._runs, self._head
         while i < len(runs):
             run = runs[i]
@@ -276,7 +276,7 @@ class Recovery:
             if run.pn >= largest:
                 break
             below = min(run.pn + run.count, largest)
-            upto = below if run.time <= sent_before else min(below, by_number)
+            upto = below if run.time + delay <= now else min(below, by_number)  # as loss_time() computes it
             if upto > run.pn:
                 for a, b in run.live_in(run.pn, upto):
                     if a < b:

@@ -70,9 +70,9 @@ _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 RECV_RANGES_KEPT = 64
 MIN_FLOW_WINDOW = 2 * 1024 * 1024
-# Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost
-# in a row, none acknowledged, while smaller ones still get through (at 10% random loss
-# the odds of that are 1e-16).
+# Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost,
+# and none acknowledged for three round trips, while smaller ones still get through (a
+# congestion drop of part of a burst loses many at once, but the rest keep being acked).
 BLACK_HOLE_LOSSES = 16
 STREAM_OOO_LIMIT = 8 * 1024 * 1024
 
@@ -144,6 +144,7 @@ class UdpSession:
         mss = self.max_datagram = config.max_datagram
         self.pmtu = PmtuSearch(mss, now) if config.pmtud and not chunk_receiver else None
         self._big_lost = 0  # datagrams above the base size lost since one was last acknowledged
+        self._big_acked_at = now
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
         self.cc = Bbr(mss, config.max_rate, 3 * config.ack_every)
         self._next_pn = 0
@@ -184,6 +185,7 @@ class UdpSession:
         self._delivered = 0
         self._max_data_sent = INITIAL_MAX_DATA
         self.flow_window = config.flow_window  # shrinks when our socket buffer overflows (on_overflow)
+        self._window_floor = MIN_FLOW_WINDOW  # never below: two of the largest chunks seen
         self._overflow_at = float("-inf")
         # pacing, probes, close
         self._pace_next = now
@@ -278,7 +280,7 @@ class UdpSession:
         for run, a, b in rs.acked:
             self._settle(run, a, b, acked=True)
             if run.size > self.config.max_datagram:
-                self._big_lost = 0  # datagrams above the base size still get through
+                self._big_lost, self._big_acked_at = 0, now  # datagrams above the base size get through
         self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
         self._on_lost(rs, now)
 
@@ -295,7 +297,8 @@ class UdpSession:
                 rs.lost_count -= b - a
             elif run.size > base:
                 self._big_lost += b - a
-        if self._big_lost >= BLACK_HOLE_LOSSES and self.pmtu is not None and self.pmtu.on_black_hole(now):
+        if (self._big_lost >= BLACK_HOLE_LOSSES and now - self._big_acked_at > 3 * self.recovery.rtt.smoothed
+                and self.pmtu is not None and self.pmtu.on_black_hole(now)):
             self._set_max_datagram(self.pmtu.current)  # RFC 8899 4.3; what was lost goes again, smaller
             self._big_lost = 0
         if rs.lost:
@@ -406,6 +409,11 @@ class UdpSession:
             slot = (self._spares.get(chunk_len), RangeSet(), checksum)
             self._cin[key] = slot
             self._cin_bytes += chunk_len
+            if 2 * chunk_len > self._window_floor:
+                # the credit must always cover a whole chunk or two, or a sender stopped by it
+                # in the middle of a chunk would wait for a delivery that cannot happen
+                self._window_floor = min(2 * chunk_len, self.config.flow_window)
+                self.flow_window = max(self.flow_window, self._window_floor)
         if len(slot[0]) != chunk_len or checksum != slot[2]:
             raise RemoteProtocolError("CHUNK frames disagree about their chunk")
         return slot
@@ -526,10 +534,11 @@ class UdpSession:
         """The driver saw datagrams dropped because our socket buffer was full: we take
         them in slower than the sender sends (BBR cannot tell that from a path that is
         merely bursty).  Halve the flow-control window -- at most once a round trip, down
-        to MIN_FLOW_WINDOW -- so that no more new data is in flight than the buffer holds."""
+        to MIN_FLOW_WINDOW or two of the largest chunks -- so that no more new data is in
+        flight than the buffer holds."""
         if now - self._overflow_at >= max(self.recovery.rtt.smoothed, 0.01):
             self._overflow_at = now
-            self.flow_window = max(self.flow_window // 2, MIN_FLOW_WINDOW)
+            self.flow_window = max(self.flow_window // 2, self._window_floor)
             self.stats["receive_overflows"] += 1
 
     def recycle(self, buf: bytearray) -> None:
