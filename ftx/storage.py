@@ -285,6 +285,9 @@ class claim:
             return path not in _busy
 
 
+PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
+
+
 class PartialFile:
     """A file being received in chunks, with its journal of verified chunks."""
 
@@ -299,6 +302,11 @@ class PartialFile:
         self._claim.__enter__()
         self._hasher = FileHasher()
         self._hashed = 0  # chunks [0, _hashed) are in _hasher
+        # chunks that arrived ahead of _hashed (UDP completes chunks out of order after a
+        # loss), kept -- up to PENDING_LIMIT bytes -- so the whole-file digest need not read
+        # them back from disk at the end
+        self._pending: dict[int, bytes] = {}
+        self._pending_bytes = 0
         self.discarded = ""  # why an old partial was thrown away, if it was
 
     # -- opening ------------------------------------------------------------
@@ -407,12 +415,22 @@ class PartialFile:
         if index == self._hashed:
             self._hasher.update(data)
             self._hashed += 1
+            while self._hashed in self._pending:  # the gap is filled: hash what waited behind it
+                waiting = self._pending.pop(self._hashed)
+                self._pending_bytes -= len(waiting)
+                self._hasher.update(waiting)
+                self._hashed += 1
+        elif index > self._hashed and self._pending_bytes + len(data) <= PENDING_LIMIT:
+            self._pending[index] = bytes(data)
+            self._pending_bytes += len(data)
 
     def restart(self) -> None:
         """The sender says the held chunks are stale: forget them."""
         self.held = RangeSet()
         self._hasher = FileHasher()
         self._hashed = 0
+        self._pending.clear()
+        self._pending_bytes = 0
         self.discarded = "the source content changed since the partial was made"
         self._start_fresh()
 
@@ -420,7 +438,8 @@ class PartialFile:
         """Verify the whole-file digest and move the file into place; return the digest."""
         e = self.entry
         try:
-            if self._hashed < e.chunks:  # chunks arrived out of order: hash the rest from disk
+            self._pending.clear()
+            if self._hashed < e.chunks:  # chunks arrived too far out of order: hash the rest from disk
                 buf = bytearray(e.chunk_size)
                 view = memoryview(buf)
                 for index in range(self._hashed, e.chunks):
@@ -452,6 +471,8 @@ class PartialFile:
 
     def close(self) -> None:
         """Release descriptors and the claim; the partial and journal stay for a resume."""
+        self._pending.clear()
+        self._pending_bytes = 0
         for attr in ("fd", "jfd"):
             fd = getattr(self, attr)
             if fd >= 0:
