@@ -101,15 +101,9 @@ class Listener:
         full = n - n % seg
         session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) if data[0] == DATA and seg >= OVERHEAD else None
         if session is not None and session.chunk_receiver:
-            before = session._largest_recv
-            try:
-                others, garbage = session.receive_chunk_burst(view[:full], seg, now)
-            except RemoteProtocolError as exc:
-                session.close(exc.code, str(exc))
-                others, garbage = [], 0
+            others, garbage = self._deliver(session, addr, None, session.receive_chunk_burst, view[:full], seg, now) \
+                or ([], 0)
             self.stats["garbage"] += garbage
-            if session._largest_recv > before and self.addresses.get(session.local_cid) != addr:
-                self.addresses[session.local_cid] = addr  # the sender moved (new port or address)
             results.append((session, False, []))
         else:
             others = range(0, full, seg)
@@ -130,13 +124,7 @@ class Listener:
                 if _xxh64(view[: n - TRAILER_SIZE]) != _unpack_q(view, n - TRAILER_SIZE)[0]:
                     self.stats["garbage"] += 1
                     return None, False, []
-                before = session._largest_recv
-                try:
-                    session.receive_payload(pn, view[HEADER_SIZE : n - TRAILER_SIZE], now)
-                except RemoteProtocolError as exc:
-                    session.close(exc.code, str(exc))
-                if pn > before and self.addresses.get(dcid) != addr:
-                    self.addresses[dcid] = addr  # the sender moved (new port or address)
+                self._deliver(session, addr, pn, session.receive_payload, pn, view[HEADER_SIZE : n - TRAILER_SIZE], now)
                 return session, False, []
         try:
             pkt = parse(data)
@@ -148,13 +136,7 @@ class Listener:
             if session is None:
                 self.stats["foreign"] += 1
                 return None, False, []
-            before = session._largest_recv
-            try:
-                session.receive_payload(pkt.pn, pkt.payload, now)
-            except RemoteProtocolError as exc:  # checksum fine, content not: end that session
-                session.close(exc.code, str(exc))
-            if pkt.pn > before and self.addresses.get(pkt.dcid) != addr:
-                self.addresses[pkt.dcid] = addr  # the sender moved (new port or address)
+            self._deliver(session, addr, pkt.pn, session.receive_payload, pkt.pn, pkt.payload, now)
             return session, False, []
         if pkt.ptype != INITIAL:
             self.stats["foreign"] += 1
@@ -180,6 +162,22 @@ class Listener:
         self.addresses[cid] = addr
         self._by_initial[(addr, scid)] = cid
         return session, True, [self._reply(cid, scid)]
+
+    def _deliver(self, session: UdpSession, addr, pn: int | None, feed, *args):
+        """``feed(*args)`` (DATA for ``session``, checksum already fine) and its result. Content
+        that breaks the protocol ends that session only. A packet newer than any before it
+        (``pn``; None: whatever ``feed`` recorded) from a new address or port means the
+        sender moved: its packets go there from now on."""
+        before = session._largest_recv
+        try:
+            result = feed(*args)
+        except RemoteProtocolError as exc:
+            session.close(exc.code, str(exc))
+            result = None
+        newest = session._largest_recv if pn is None else pn
+        if newest > before and self.addresses.get(session.local_cid) != addr:
+            self.addresses[session.local_cid] = addr
+        return result
 
     def _reply(self, cid: int, scid: int) -> bytes:
         return build(INITIAL, scid, 0, initial_payload(cid, b""))

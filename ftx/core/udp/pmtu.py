@@ -39,7 +39,6 @@ class PmtuSearch:
         self._failures = 0
         self._outstanding: int | None = None  # size of the probe in flight
         self._next_probe = now  # the handshake is done: the first probe may go at once
-        self.probes_sent = 0
         self.black_holes = 0
 
     def _above(self, size: int) -> list[int]:
@@ -54,7 +53,6 @@ class PmtuSearch:
         if self._outstanding is not None or not self._candidates or now < self._next_probe:
             return None
         self._outstanding = self._candidates[0]
-        self.probes_sent += 1
         return self._outstanding
 
     def next_timer(self) -> float | None:

@@ -245,15 +245,16 @@ class UdpSession:
         if eliciting:
             self._on_eliciting(in_order, now)
 
-    def _record(self, pn: int, size: int, now: float) -> bool:
-        """Note a packet as received (for ACKs); returns whether it came in order."""
-        self.stats["packets_received"] += 1
-        self.stats["bytes_received"] += size + OVERHEAD
+    def _record(self, pn: int, size: int, now: float, count: int = 1) -> bool:
+        """Note packets ``pn .. pn + count - 1`` of ``size`` payload bytes each as received
+        (for ACKs); returns whether they came in order."""
+        self.stats["packets_received"] += count
+        self.stats["bytes_received"] += count * (size + OVERHEAD)
         self.last_recv_time = now
         in_order = pn == self._largest_recv + 1
-        self._recv_add(pn, pn + 1)
-        if pn > self._largest_recv:
-            self._largest_recv, self._largest_recv_time = pn, now
+        self._recv_add(pn, pn + count)
+        if pn + count - 1 > self._largest_recv:
+            self._largest_recv, self._largest_recv_time = pn + count - 1, now
         return in_order
 
     def _recv_add(self, start: int, stop: int) -> None:
@@ -264,8 +265,8 @@ class UdpSession:
             self._recv.subtract(first[0], first[1])
             self._recv_floor = first[1] - 1
 
-    def _on_eliciting(self, in_order: bool, now: float) -> None:
-        self._unacked_eliciting += 1
+    def _on_eliciting(self, in_order: bool, now: float, count: int = 1) -> None:
+        self._unacked_eliciting += count
         if not in_order:
             self._ack_now = True  # a gap or reordering: tell the sender at once
         if self._unacked_eliciting >= self.config.ack_every:
@@ -418,13 +419,12 @@ class UdpSession:
             raise RemoteProtocolError("CHUNK frames disagree about their chunk")
         return slot
 
-    def _chunk_got(self, file_id: int, index: int, slot, start: int, end: int) -> bool:
-        """Bytes [start, end) of a chunk are in its buffer; hand the chunk over once whole
-        (and say so)."""
+    def _chunk_got(self, file_id: int, index: int, slot, start: int, end: int) -> None:
+        """Bytes [start, end) of a chunk are in its buffer; hand the chunk over once whole."""
         buf, got, checksum = slot
         got.add(start, end)
         if not got.covers(0, len(buf)):
-            return False
+            return
         key = (file_id, index)
         del self._cin[key]
         self._cin_bytes -= len(buf)
@@ -432,7 +432,6 @@ class UdpSession:
             raise ChecksumMismatch("reassembled chunk fails its checksum")
         self._cin_done.add(key)
         self._completed.append((file_id, index, checksum, buf))
-        return True
 
     def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
         """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
@@ -447,17 +446,14 @@ class UdpSession:
             return ([] if self.closed else list(range(0, len(view), seg))), 0
         runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, _xxh64)
         taken = 0
-        out_of_order = False
+        in_order = True
         for first, count, pn, fid, index, clen, csum, coff in runs:
             if pn <= self._largest_recv:  # old numbers among them: late, duplicate or stale
                 for k in range(count):
                     at = first + k * seg
                     self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now)
                 continue
-            if pn != self._largest_recv + 1:
-                out_of_order = True  # a gap: tell the sender at once
-            self._largest_recv, self._largest_recv_time = pn + count - 1, now
-            self._recv_add(pn, pn + count)
+            in_order &= self._record(pn, seg - OVERHEAD, now, count)  # a gap: tell the sender at once
             taken += count
             slot = self._chunk_slot(fid, index, clen, csum)
             if slot is None:
@@ -468,15 +464,7 @@ class UdpSession:
             burst.gather(view, seg, first, count, slot[0], coff)
             self._chunk_got(fid, index, slot, coff, end)
         if taken:
-            st = self.stats
-            st["packets_received"] += taken
-            st["bytes_received"] += taken * seg
-            self.last_recv_time = now
-            self._unacked_eliciting += taken
-            if out_of_order or self._unacked_eliciting >= self.config.ack_every:
-                self._ack_now = True
-            elif self._ack_deadline is None:
-                self._ack_deadline = now + self.config.max_ack_delay
+            self._on_eliciting(in_order, now, taken)
         return others, garbage
 
     # == application side =========================================================
