@@ -20,6 +20,7 @@ from . import DEFAULT_PORT, __version__
 from .core.config import Config
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
+from .limits import Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
@@ -42,13 +43,53 @@ def _setup_logging(verbose: int, quiet: int) -> None:
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
     try:
-        return int(float(t[: len(t) - len(unit)]) * units[unit])
+        return parse_size(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size such as 1M or 4194304") from None
+
+
+def _limit_options(fn):
+    """One ``ftx receive`` option per field of ``Limits`` (ftx/limits.py holds the table)."""
+    for name, kind, default, help_text in reversed(Limits.options()):
+        flag = "--" + name.replace("_", "-")
+        if kind == "count":
+            fn = click.option(flag, name, type=click.IntRange(1), default=default, show_default=True,
+                              help=help_text)(fn)
+        else:
+            shown = _human(default, kind)
+            fn = click.option(flag, name, default=None, metavar="SIZE" if kind == "size" else "TIME",
+                              help=f"{help_text}  [default: {shown}]")(fn)
+    return fn
+
+
+def _human(value, kind: str) -> str:
+    if kind == "size":
+        for unit, mult in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value >= mult and value % mult == 0:
+                return f"{value // mult}{unit}"
+        return str(value)
+    for unit, mult in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= mult and value % mult == 0:
+            return f"{int(value // mult)}{unit}"
+    return f"{value:g}s"
+
+
+def _limits_from(values: dict) -> Limits:
+    """Build ``Limits`` from the receive command's parsed options (unset ones keep defaults)."""
+    kwargs = {}
+    for name, kind, _default, _help in Limits.options():
+        raw = values.get(name)
+        if raw is None:
+            continue
+        if kind == "count":
+            kwargs[name] = raw
+            continue
+        try:
+            kwargs[name] = parse_size(raw) if kind == "size" else parse_duration(raw)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
+    return Limits(**kwargs)
 
 
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
@@ -181,10 +222,13 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
 @click.option("--once", is_flag=True, help="Exit after one complete transfer.")
 @click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
 @click.option("--no-udp", is_flag=True, help="Serve TCP only (by default UDP is served on the same port number).")
+@_limit_options
 @_with(verbosity)
-def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_json, no_progress, idle_timeout):
+def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_json, no_progress, idle_timeout,
+            **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
+    limits = _limits_from(limit_values)
     from .storage import Destination
 
     try:
@@ -193,7 +237,7 @@ def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_j
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json), not no_udp))
+                                    _show_progress(no_progress, as_json), not no_udp, limits))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -232,7 +276,8 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
     raise AssertionError("unreachable")
 
 
-async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp) -> int:
+async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None) -> int:
+    limits = limits or Limits()
     from .receiving import receive_over
     from .transport.tcp import serve
 

@@ -1,0 +1,116 @@
+"""What one receiver lets its senders cost it: every resource limit, in one dataclass.
+
+Each field is an ``ftx receive`` option of the same name (``max_per_host`` is
+``--max-per-host``); the CLI builds those options from this table, so a limit,
+its default, its unit and its help text live here and nowhere else.  The
+defaults are what a single host on the internet can live with; README lists
+them.  ``Admission`` counts sessions against the connection limits, for both
+transports.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DURATION_UNITS = {"": 1.0, "S": 1.0, "M": 60.0, "H": 3600.0, "D": 86400.0}
+
+
+def parse_size(text: str) -> int:
+    """``1M``, ``256MiB``, ``4096``, ``1.5G`` -> bytes (binary units).  Raises ValueError."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in SIZE_UNITS and t[-1:] else ""
+    value = float(t[: len(t) - len(unit)])
+    if value < 0 or value != value:
+        raise ValueError(f"{text!r} is not a size such as 1M or 4194304")
+    return int(value * SIZE_UNITS[unit])
+
+
+def parse_duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``12h``, ``7d`` -> seconds.  Raises ValueError."""
+    t = text.strip().upper()
+    unit = t[-1:] if t[-1:] in DURATION_UNITS and t[-1:] else ""
+    value = float(t[: len(t) - len(unit)])
+    if value < 0 or value != value:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 12h or 7d")
+    return value * DURATION_UNITS[unit]
+
+
+def _opt(kind: str, help: str) -> dict:
+    return {"kind": kind, "help": help}
+
+
+@dataclass
+class Limits:
+    # -- sessions (both transports) --------------------------------------------------
+    max_connections: int = field(default=256, metadata=_opt(
+        "count", "Senders served at once, TCP and UDP together; more are refused (BUSY)."))
+    max_per_host: int = field(default=16, metadata=_opt(
+        "count", "Senders served at once from one IP address."))
+    handshake_timeout: float = field(default=10.0, metadata=_opt(
+        "duration", "Drop a connection that has not completed its handshake in this time."))
+    stall_timeout: float = field(default=600.0, metadata=_opt(
+        "duration", "Drop a sender that moves no file data and settles no file for this long "
+                    "(PINGs alone do not keep a session)."))
+    # -- files and descriptors ----------------------------------------------------
+    max_open_files: int = field(default=512, metadata=_opt(
+        "count", "Partial files held open at once, all senders together (descriptors)."))
+    max_files_in_flight: int = field(default=1024, metadata=_opt(
+        "count", "Files one sender may have offered and not yet settled."))
+    # -- disk ---------------------------------------------------------------------
+    min_free: int = field(default=256 << 20, metadata=_opt(
+        "size", "Refuse a file that would leave less free space than this in --dir."))
+    partial_ttl: float = field(default=7 * 86400.0, metadata=_opt(
+        "duration", "Remove partial files untouched for this long (checked at start and hourly)."))
+    # -- memory -------------------------------------------------------------------
+    max_memory: int = field(default=256 << 20, metadata=_opt(
+        "size", "Bound on buffered data (frame, reassembly and handshake buffers) over all senders."))
+
+    @classmethod
+    def options(cls):
+        """(field name, kind, default, help) for each limit, in declaration order."""
+        return [(f.name, f.metadata["kind"], f.default, f.metadata["help"]) for f in fields(cls)]
+
+
+class Admission:
+    """Counts live sessions, in total and per host, against ``Limits``.
+
+    ``admit(host)`` returns a reason string when the session must be refused,
+    else ``None`` and the caller owes one ``release(host)``.  Thread-safe: storage
+    work runs in worker threads.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self.total = 0
+        self.per_host: dict[str, int] = {}
+        self.refused = 0
+
+    def admit(self, host: str | None) -> str | None:
+        key = host or "?"
+        with self._lock:
+            if self.total >= self.limits.max_connections:
+                self.refused += 1
+                return f"receiver busy: {self.total} senders already (--max-connections {self.limits.max_connections})"
+            n = self.per_host.get(key, 0)
+            if n >= self.limits.max_per_host:
+                self.refused += 1
+                return f"receiver busy: {n} senders from {key} already (--max-per-host {self.limits.max_per_host})"
+            self.total += 1
+            self.per_host[key] = n + 1
+            return None
+
+    def release(self, host: str | None) -> None:
+        key = host or "?"
+        with self._lock:
+            self.total -= 1
+            n = self.per_host.get(key, 0) - 1
+            if n > 0:
+                self.per_host[key] = n
+            else:
+                self.per_host.pop(key, None)
+
+
+__all__ = ["Limits", "Admission", "parse_size", "parse_duration"]

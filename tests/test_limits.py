@@ -1,0 +1,52 @@
+"""The receiver's limits table: parsing, the CLI options built from it, admission counting."""
+
+import pytest
+from click.testing import CliRunner
+
+from ftx.cli import main
+from ftx.limits import Admission, Limits, parse_duration, parse_size
+
+
+@pytest.mark.parametrize("text,value", [("4096", 4096), ("1K", 1024), ("256M", 256 << 20), ("256MiB", 256 << 20),
+                                        ("1.5G", 3 << 29), ("2T", 2 << 40), ("20MB", 20 << 20)])
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text,value", [("30", 30.0), ("30s", 30.0), ("5m", 300.0), ("12h", 43200.0), ("7d", 604800.0)])
+def test_durations(text, value):
+    assert parse_duration(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "x", "-1", "1Q", "nan"])
+def test_bad_values_raise_value_error(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_every_limit_is_a_receive_option_with_its_default_in_help():
+    out = CliRunner().invoke(main, ["receive", "--help"]).output
+    for name, _kind, _default, _help in Limits.options():
+        assert "--" + name.replace("_", "-") in out
+
+
+def test_a_bad_limit_is_a_usage_error():
+    result = CliRunner().invoke(main, ["receive", "--min-free", "lots"])
+    assert result.exit_code == 2
+    assert "--min-free" in result.output
+
+
+def test_admission_counts_total_and_per_host():
+    adm = Admission(Limits(max_connections=3, max_per_host=2))
+    assert adm.admit("a") is None and adm.admit("a") is None
+    assert "max-per-host" in adm.admit("a")
+    assert adm.admit("b") is None
+    assert "max-connections" in adm.admit("c")
+    adm.release("a")
+    assert adm.admit("c") is None
+    assert adm.refused == 2
+    for host in ("a", "b", "c"):
+        adm.release(host)
+    assert adm.total == 0 and adm.per_host == {}
