@@ -114,6 +114,9 @@ class SendSession:
                 raise self._failure.exception() from None
         except FtxError as exc:
             error = self._best_error(exc)
+        except Exception as exc:  # a bug: still report every file and end cleanly
+            log.debug("internal error", exc_info=True)
+            error = f"internal error: {exc!r}"
         finally:
             dog.stop()
             reader.cancel()
@@ -219,7 +222,7 @@ class SendSession:
         src = self._sources.pop(fid, None)
         if src is not None:
             src.close()
-        fut = self._decisions.pop(fid, None)
+        fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
         if fut is not None and not fut.done():
             fut.set_result(None)  # refused before any decision
         code = result.code
@@ -304,6 +307,7 @@ class SendSession:
         """Wait for the decision on a large file, then send what the receiver lacks."""
         await self._flush()
         decision: Decision | None = await self._wait(self._decisions[fid])
+        del self._decisions[fid]
         if decision is None or self.conn.file_state(fid) != FileState.SENDING:
             return  # refused: its result is already in
         src, report = self._sources[fid], self._reports[fid]
