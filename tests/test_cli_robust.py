@@ -112,3 +112,118 @@ def test_out_of_range_offer_is_a_protocol_error_not_a_crash(tmp_path, receiver, 
     assert run_send(str(tmp_path / "after.bin"), receiver.dest)[0] == 0
     receiver.stop()
     assert "Traceback" not in receiver.stderr, receiver.stderr
+
+
+class FakeServer:
+    """A TCP server on loopback that is not ftx: greets with ``banner`` or answers the first bytes with ``reply``."""
+
+    def __init__(self, banner: bytes = b"", reply: bytes = b"") -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.banner, self.reply = banner, reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(30)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(30)
+            if self.banner:
+                conn.sendall(self.banner)
+            try:
+                conn.recv(4096)
+                if self.reply:
+                    conn.sendall(self.reply)
+                    conn.shutdown(socket.SHUT_WR)
+                conn.recv(4096)  # until the client hangs up
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("banner,reply,shown", [
+    (b"", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+    (b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n", b"", "SSH-2.0-OpenSSH_9.6p1"),
+    (b"\x01\x00\x00\x00\x00\x00\x00\x1f" + bytes(8) + b"ftx!", b"", "\\x01\\x00"),  # HELLO header, no magic
+])
+def test_a_peer_that_is_not_ftx_is_a_protocol_error(tmp_path, banner, reply, shown):
+    """Issue #11 item 6: an HTTP server gave exit 3 and "frame of 791752241 bytes exceeds the limit"."""
+    write_random(tmp_path / "f.bin", 1000)
+    server = FakeServer(banner, reply)
+    try:
+        rc, report, err = run_send(str(tmp_path / "f.bin"), f"127.0.0.1:{server.port}", timeout=30)
+    finally:
+        server.close()
+    assert rc == 4, err
+    assert "does not speak ftx" in err and shown in err, err
+    assert "exceeds the limit" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_receiver_names_a_client_that_is_not_ftx(tmp_path, receiver):
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while s.recv(4096):
+            pass
+    ev = receiver.events_until("session")[-1]
+    assert "does not speak ftx" in ev["error"] and "GET / HTTP/1.1" in ev["error"], ev
+
+
+def _ftx(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    return subprocess.run(FTX + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("listen", ["nonsense.invalid", "127.0.0.1:7000", "192.0.2.1", "::1::2"])
+def test_bad_listen_address_is_a_one_line_usage_error(tmp_path, listen):
+    """Issue #11 item 6: a bad --listen printed a 30-line traceback."""
+    out = _ftx("receive", "--listen", listen, "--port", "0", "--dir", str(tmp_path), "--once")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("ftx: ") and "--listen" in out.stderr
+
+
+def test_relay_bad_addresses_are_one_line_usage_errors():
+    for args in (["--listen", "nonsense.invalid:0", "--to", "127.0.0.1:9"],
+                 ["--listen", "127.0.0.1:0", "--to", "nonsense.invalid:9"]):
+        out = _ftx("relay", *args, "--duration", "1")
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "abc"])
+def test_idle_timeout_must_be_positive(tmp_path, value):
+    write_random(tmp_path / "f", 10)
+    out = _ftx("send", str(tmp_path / "f"), "127.0.0.1:9", "--idle-timeout", value)
+    assert out.returncode == 2 and "--idle-timeout" in out.stderr, out.stderr
+    out = _ftx("receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path), "--idle-timeout", value)
+    assert out.returncode == 2 and "--idle-timeout" in out.stderr, out.stderr
+
+
+def test_listen_port_in_use_is_one_line(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        out = _ftx("receive", "--listen", "127.0.0.1", "--port", str(s.getsockname()[1]), "--dir", str(tmp_path))
+    assert out.returncode == 3 and "in use" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["send", "{f}", "a" * 300],  # a host name the resolver cannot even encode
+    ["send", "{f}", "127.0.0.1:9", "--chunk-size", "1e400"],
+    ["send", "{f}", "127.0.0.1:9", "--max-rate", "1e400"],
+    ["send", "{f}", "127.0.0.1:9", "--max-rate", "nan"],
+    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--max-memory", "1e400"],
+    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--min-free", "lots"],
+    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--partial-ttl", "inf"],
+])
+def test_bad_option_values_are_usage_errors_not_tracebacks(tmp_path, args):
+    write_random(tmp_path / "f", 10)
+    out = _ftx(*[a.format(f=tmp_path / "f", d=tmp_path) for a in args])
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "could not convert" not in out.stderr, out.stderr
