@@ -214,3 +214,49 @@ def test_receiver_connection_turns_any_offer_payload_into_an_event_or_protocol_e
             e = ev.entry
             assert 0 <= e.size <= MAX_FILE_SIZE and 0 <= e.mode <= 0o7777
             assert e.kind == Kind.SYMLINK or not e.target
+
+
+# -- chunks delivered outside the frame layer (UDP) ----------------------------------------
+def _receiver_with_offer(chunk_size=1 << 20, max_payload=None):
+    from ftx.core.frames import FrameDecoder
+
+    r = ReceiverConnection(Config(**({"max_payload": max_payload} if max_payload else {})))
+    r.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 1 << 22).encode()))
+    r.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"f", size=10, chunk_size=chunk_size)).encode()))
+    r.data_to_send()
+    dec = FrameDecoder(max_payload=1 << 22)
+    return r, dec
+
+
+def _sent_errors(r, dec):
+    for b in r.data_to_send():
+        dec.feed(b)
+    out = []
+    while (f := dec.next_frame()) is not None:
+        if f.type == FrameType.ERROR:
+            out.append(ErrorMessage.decode(f.payload))
+    return out
+
+
+def test_chunk_for_an_unknown_file_queues_an_error_frame():
+    """protocol.md 14.8: the UDP receiver closed with CLOSE 0 "done" and sent no ERROR."""
+    r, dec = _receiver_with_offer()
+    with pytest.raises(RemoteProtocolError, match="unknown file"):
+        r.receive_chunk(7, 0, 0, b"x" * 10)
+    errors = _sent_errors(r, dec)
+    assert [e.code for e in errors] == [ErrorCode.PROTOCOL] and "unknown file" in errors[0].message
+    with pytest.raises(Exception):
+        r.receive_chunk(0, 0, 0, b"x" * 10)  # the connection is dead now
+
+
+def test_offer_whose_chunks_cannot_fit_a_data_frame_is_refused_at_once():
+    """Unspecified before: chunk_size + 24 above the receiver's max_payload (protocol.md 5.3)."""
+    from ftx.core.manifest import MIN_CHUNK_SIZE
+
+    max_payload = 64 * 1024
+    r = ReceiverConnection(Config(max_payload=max_payload))
+    r.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 1 << 22).encode()))
+    fits = max_payload - 24 - (max_payload - 24) % MIN_CHUNK_SIZE
+    r.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"a", size=10, chunk_size=fits)).encode()))
+    with pytest.raises(RemoteProtocolError, match="max_payload"):
+        r.receive_data(encode_frame(FrameType.OFFER, Offer(1, FileEntry(b"b", size=10, chunk_size=fits + 4096)).encode()))
