@@ -35,6 +35,7 @@ from ftx.core.udp import packets
 from ftx.errors import ErrorCode, RemoteProtocolError
 
 pytestmark = pytest.mark.timeout(60)
+SMALL_PAYLOAD = 128 * 1024  # connections in the fuzz tests: small decoder buffers
 
 
 def raw_entry(file_id=0, kind=1, mode=0o644, mtime=0, size=0, cs=1 << 20, path=b"f", target=b""):
@@ -203,7 +204,7 @@ def test_decoders_end_in_remote_protocol_error(which, seed, noise, at, cut):
 @given(st.binary(max_size=200))
 @settings(max_examples=500, deadline=None)
 def test_receiver_connection_turns_any_offer_payload_into_an_event_or_protocol_error(payload):
-    r = ReceiverConnection(Config())
+    r = ReceiverConnection(Config(max_payload=SMALL_PAYLOAD))  # small buffers: fast
     r.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 1 << 22).encode()))
     try:
         r.receive_data(encode_frame(FrameType.OFFER, payload))
@@ -260,3 +261,42 @@ def test_offer_whose_chunks_cannot_fit_a_data_frame_is_refused_at_once():
     r.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"a", size=10, chunk_size=fits)).encode()))
     with pytest.raises(RemoteProtocolError, match="max_payload"):
         r.receive_data(encode_frame(FrameType.OFFER, Offer(1, FileEntry(b"b", size=10, chunk_size=fits + 4096)).encode()))
+
+
+FRAME_SEEDS = SEEDS + [
+    FileEnd(1, bytes(16)).encode(), FileNotice(1, ErrorCode.EXISTS, "x").encode(),
+    ErrorMessage(ErrorCode.PROTOCOL, "e").encode(), b"", bytes(40),
+]
+
+
+@given(st.sampled_from([int(t) for t in FrameType]), st.sampled_from(FRAME_SEEDS), st.binary(max_size=48),
+       st.integers(0, 120), st.booleans())
+@settings(max_examples=800, deadline=None)
+def test_connections_turn_any_frame_into_events_or_a_protocol_error(ftype, seed, noise, at, to_sender):
+    """After the handshake, any frame of any type with a mangled payload: events or RemoteProtocolError."""
+    from ftx.core.checksum import chunk_checksum
+    from ftx.core.frames import encode_data_header
+
+    payload = bytearray(seed)
+    payload[at:at + len(noise)] = noise
+    if to_sender:
+        conn = SenderConnection(Config(max_payload=SMALL_PAYLOAD))
+        conn.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_RECEIVER, 1 << 22).encode()))
+        conn.offer(FileEntry(b"big", size=3 * 4096, chunk_size=4096))  # file 0 awaits a decision
+        conn.send_small_file(FileEntry(b"s", size=1), b"s", bytes(16))  # file 1 awaits a result
+    else:
+        conn = ReceiverConnection(Config(max_payload=SMALL_PAYLOAD))
+        conn.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 1 << 22).encode()))
+        conn.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"big", size=3 * 4096, chunk_size=4096)).encode()))
+        conn.decide(0)
+    if ftype == FrameType.DATA:  # chunk index 0-4 (3 exist), right or wrong chunk checksum, any length
+        body = bytes(payload)
+        blob = encode_data_header(0, at % 5, chunk_checksum(body) if at % 2 else 0, len(body)) + body
+    else:
+        blob = encode_frame(FrameType(ftype), bytes(payload))
+    try:
+        conn.receive_data(blob)
+    except RemoteProtocolError:
+        return
+    while conn.next_event() is not None:
+        pass
