@@ -220,7 +220,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if progress is not None:
             progress.close()
     if as_json:
-        click.echo(json.dumps(report.as_json()))
+        _emit(report.as_json())
     if report.error:
         _die(report.error, _report_exit_code(report))
     if not report.ok:
@@ -296,8 +296,15 @@ def _peer_label(peer) -> str:
 
 
 def _emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program."""
+    try:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
+        os.close(devnull)
+        log.warning("standard output was closed; no more --json lines")
 
 
 async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):

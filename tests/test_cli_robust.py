@@ -227,3 +227,25 @@ def test_bad_option_values_are_usage_errors_not_tracebacks(tmp_path, args):
     out = _ftx(*[a.format(f=tmp_path / "f", d=tmp_path) for a in args])
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "could not convert" not in out.stderr, out.stderr
+
+
+def test_receiver_survives_its_json_reader_going_away(tmp_path):
+    """`ftx receive --json | head -1`: a closed stdout gave a BrokenPipeError traceback per session."""
+    import json
+
+    (tmp_path / "dst").mkdir()
+    proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path / "dst"),
+                                   "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = json.loads(proc.stdout.readline())["port"]
+        proc.stdout.close()  # the reader is gone
+        for i in range(2):
+            data = write_random(tmp_path / f"f{i}.bin", 100_000, seed=i)
+            rc, report, err = run_send(str(tmp_path / f"f{i}.bin"), f"127.0.0.1:{port}")
+            assert rc == 0, err
+            assert (tmp_path / "dst" / f"f{i}.bin").read_bytes() == data
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
