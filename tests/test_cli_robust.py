@@ -249,3 +249,4 @@ def test_receiver_survives_its_json_reader_going_away(tmp_path):
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
