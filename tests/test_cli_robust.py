@@ -18,7 +18,11 @@ def _leftovers(directory) -> list[str]:
     return sorted(n for n in os.listdir(os.fsencode(directory)) if n.endswith((b".ftx-part", b".ftx-journal")))
 
 
-def test_refusing_a_later_file_of_several_keeps_the_session(tmp_path, receiver):
+TRANSPORTS = pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+
+
+@TRANSPORTS
+def test_refusing_a_later_file_of_several_keeps_the_session(tmp_path, receiver, transport):
     """Issue #11 item 3: a refused b.bin crashed the sender (KeyError) and stranded c.bin's partial."""
     src = tmp_path / "src"
     a = write_random(src / "a.bin", 300_000, seed=1)
@@ -26,7 +30,7 @@ def test_refusing_a_later_file_of_several_keeps_the_session(tmp_path, receiver):
     c = write_random(src / "c.bin", 300_000, seed=3)
     d = write_random(src / "d.bin", 400_000, seed=4)
     theirs = write_random(receiver.dir / "src" / "b.bin", 123_456, seed=9)  # a different b.bin
-    rc, report, err = run_send(str(src), receiver.dest)
+    rc, report, err = run_send(str(src), receiver.dest, *transport)
     assert rc == 1, err
     assert "Traceback" not in err and "KeyError" not in err
     assert report is not None, err
@@ -40,7 +44,8 @@ def test_refusing_a_later_file_of_several_keeps_the_session(tmp_path, receiver):
     assert "b.bin" in err and "differs" in err
 
 
-def test_non_utf8_names_with_refusals_keep_the_session(tmp_path, receiver):
+@TRANSPORTS
+def test_non_utf8_names_with_refusals_keep_the_session(tmp_path, receiver, transport):
     """Issue #11 item 4: a refusal naming a non-UTF-8 file raised UnicodeEncodeError and aborted every file."""
     src = os.fsencode(tmp_path / "src")
     dst = os.fsencode(receiver.dir / "src")
@@ -60,7 +65,7 @@ def test_non_utf8_names_with_refusals_keep_the_session(tmp_path, receiver):
         f.write(b"y" * 200_000)
     with open(os.path.join(dst, b"s\xfc.txt"), "wb") as f:
         f.write(b"z" * 10)
-    rc, report, err = run_send(os.fsdecode(src), receiver.dest)
+    rc, report, err = run_send(os.fsdecode(src), receiver.dest, *transport)
     assert rc == 1, err
     assert "Traceback" not in err and "UnicodeEncodeError" not in err
     status = {os.fsencode(f["path"]): f["status"] for f in report["files"]}
