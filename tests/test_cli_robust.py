@@ -255,3 +255,38 @@ def test_receiver_survives_its_json_reader_going_away(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
+
+
+def test_udp_chunk_for_an_unknown_file_gets_an_error_frame(receiver):
+    """protocol.md 14.8: the receiver sent no ERROR, only CLOSE 0 "done", so the sender could not learn why."""
+    import asyncio
+
+    from ftx.core.checksum import chunk_checksum
+    from ftx.core.config import Config
+    from ftx.core.events import PeerFailed
+    from ftx.core.sender import SenderConnection
+    from ftx.errors import ErrorCode, FtxError
+    from ftx.transport import udp
+
+    async def rogue() -> list:
+        link = await udp.connect("127.0.0.1", receiver.port, udp.UdpConfig(idle_timeout=10))
+        conn, events = SenderConnection(Config()), []
+        try:
+            await link.send(conn.data_to_send())
+            while not any(isinstance(e, PeerFailed) for e in events):
+                await link.feed(conn)
+                while (ev := conn.next_event()) is not None:
+                    events.append(ev)
+                if conn.peer is not None and len(events) == 1:  # handshake done: a chunk of no file
+                    data = b"x" * 5000
+                    link.session.send_chunk(9, 0, chunk_checksum(data), data)
+                    link.wake()
+        except FtxError:
+            pass
+        finally:
+            await link.aclose(1.0)
+        return events
+
+    events = asyncio.run(asyncio.wait_for(rogue(), 30))
+    failed = [e for e in events if isinstance(e, PeerFailed)]
+    assert failed and failed[0].code == ErrorCode.PROTOCOL and "unknown file" in failed[0].message, events
