@@ -237,16 +237,19 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
     from .source import walk
 
     items = list(walk(paths, links))  # bad arguments fail before connecting
-    if udp:
-        from .transport import udp as transport
+    try:
+        if udp:
+            from .transport import udp as transport
 
-        link = await transport.connect(host, port, transport.UdpConfig(
-            max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
-        rate = None  # the UDP pacer applies it
-    else:
-        from .transport import tcp as transport
+            link = await transport.connect(host, port, transport.UdpConfig(
+                max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
+            rate = None  # the UDP pacer applies it
+        else:
+            from .transport import tcp as transport
 
-        link = await transport.connect(host, port)
+            link = await transport.connect(host, port)
+    except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
+        raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
         report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
         report.transport_stats = getattr(link, "stats", {})

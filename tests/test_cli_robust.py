@@ -290,3 +290,10 @@ def test_udp_chunk_for_an_unknown_file_gets_an_error_frame(receiver):
     events = asyncio.run(asyncio.wait_for(rogue(), 30))
     failed = [e for e in events if isinstance(e, PeerFailed)]
     assert failed and failed[0].code == ErrorCode.PROTOCOL and "unknown file" in failed[0].message, events
+
+
+def test_udp_to_a_broadcast_address_is_a_one_line_error(tmp_path):
+    write_random(tmp_path / "f", 10)
+    rc, _, err = run_send(str(tmp_path / "f"), "255.255.255.255:9", "--udp", "--idle-timeout", "1")
+    assert rc == 3 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cannot connect to 255.255.255.255 port 9" in err
