@@ -25,9 +25,9 @@ from .config import Config
 from .events import Event, HandshakeComplete, PeerFailed
 from .frames import FRAME_TYPES, HANDSHAKE_MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
 from .messages import MAGIC, PROTOCOL_VERSION, ErrorMessage, Hello
+from .states import FileState, In
 
 SNIFF_BYTES = 64  # how much of a foreign peer's first bytes an error quotes
-from .states import FileState, In
 
 
 class Connection:
