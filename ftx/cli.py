@@ -19,7 +19,7 @@ import click
 from . import DEFAULT_PORT, __version__
 from .core.config import Config
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from .errors import FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
+from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .limits import Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -35,6 +35,17 @@ def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, (StorageError, UnsafePath, OSError)):
         return EXIT_LOCAL
     return EXIT_FILES
+
+
+def _report_exit_code(report) -> int:
+    """Exit code of a session that failed as a whole: by the class of its error."""
+    failure = getattr(report, "failure", None)
+    if isinstance(failure, ProtocolError):  # the peer's bytes broke the protocol
+        return EXIT_PROTOCOL
+    if isinstance(failure, PeerError) and failure.code in (ErrorCode.PROTOCOL, ErrorCode.CHECKSUM,
+                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE):
+        return EXIT_PROTOCOL  # the peer said our bytes broke it
+    return EXIT_CONNECTION
 
 
 def _setup_logging(verbose: int, quiet: int) -> None:
@@ -92,6 +103,35 @@ def _limits_from(values: dict) -> Limits:
     return Limits(**kwargs)
 
 
+def _positive(value: float | None, param) -> float | None:
+    if value is not None and not 0 < value < float("inf"):  # also refuses nan
+        raise click.BadParameter(f"{value} is not a positive number of seconds", param=param)
+    return value
+
+
+def _check_listen(host: str, option: str = "--listen") -> None:
+    """A bad listening address is a one-line usage error, before anything starts."""
+    import errno
+    import socket
+
+    from .transport.sockets import ANY
+
+    if host in ANY:
+        return
+    try:
+        family, socktype, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        hint = " (give the port with --port)" if option == "--listen" and host.count(":") == 1 else ""
+        _die(f"{option} {host!r} is not an address: {getattr(exc, 'strerror', None) or exc}{hint}", EXIT_USAGE)
+    with socket.socket(family, socktype, proto) as probe:
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                _die(f"{option} {host}: not an address of this machine", EXIT_USAGE)
+
+
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
 
@@ -106,7 +146,7 @@ verbosity = [
     click.option("-q", "--quiet", count=True, help="Less logging."),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
     click.option("--no-progress", is_flag=True, help="No progress bars (also off when stderr is not a terminal)."),
-    click.option("--idle-timeout", type=float, default=None,
+    click.option("--idle-timeout", type=float, default=None, callback=lambda ctx, param, v: _positive(v, param),
                  help="Give up when the peer has been silent this many seconds (TCP 30, UDP 15)."),
 ]
 
@@ -150,8 +190,10 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
     try:
         host, dport = parse_dest(dest, port or DEFAULT_PORT)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="DEST") from None
+        host.encode("idna")  # what the resolver will need; e.g. a label over 63 characters fails
+    except (ValueError, UnicodeError) as exc:
+        raise click.BadParameter(f"bad destination {dest!r}: {exc}" if isinstance(exc, UnicodeError) else str(exc),
+                                 param_hint="DEST") from None
     csize = _size(chunk_size)
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
@@ -178,9 +220,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if progress is not None:
             progress.close()
     if as_json:
-        click.echo(json.dumps(report.as_json()))
+        _emit(report.as_json())
     if report.error:
-        _die(report.error, EXIT_PROTOCOL if "protocol" in report.error.lower() else EXIT_CONNECTION)
+        _die(report.error, _report_exit_code(report))
     if not report.ok:
         failed = [f for f in report.files if not f.ok]
         _die(f"{len(failed)} of {len(report.files)} items failed; first: {failed[0].path}: "
@@ -195,16 +237,19 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
     from .source import walk
 
     items = list(walk(paths, links))  # bad arguments fail before connecting
-    if udp:
-        from .transport import udp as transport
+    try:
+        if udp:
+            from .transport import udp as transport
 
-        link = await transport.connect(host, port, transport.UdpConfig(
-            max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
-        rate = None  # the UDP pacer applies it
-    else:
-        from .transport import tcp as transport
+            link = await transport.connect(host, port, transport.UdpConfig(
+                max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
+            rate = None  # the UDP pacer applies it
+        else:
+            from .transport import tcp as transport
 
-        link = await transport.connect(host, port)
+            link = await transport.connect(host, port)
+    except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
+        raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
         report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
         report.transport_stats = getattr(link, "stats", {})
@@ -229,6 +274,7 @@ def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_j
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _limits_from(limit_values)
+    _check_listen(host)
     from .storage import Destination
 
     try:
@@ -253,8 +299,15 @@ def _peer_label(peer) -> str:
 
 
 def _emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program."""
+    try:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
+        os.close(devnull)
+        log.warning("standard output was closed; no more --json lines")
 
 
 async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
@@ -377,7 +430,21 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
         rev = Impairment.parse(",".join(filter(None, [both, reverse])))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    asyncio.run(_relay(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
+    _check_listen(lhost)
+    _check_resolves(thost, "--to")
+    try:
+        asyncio.run(_relay(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
+    except OSError as exc:
+        _die(f"relay: {exc.strerror or exc}", EXIT_CONNECTION)
+
+
+def _check_resolves(host: str, option: str) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        _die(f"{option} {host!r} is not an address: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
 
 
 async def _relay(lhost, lport, target, fwd, rev, seed, duration, as_json):

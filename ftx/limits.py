@@ -21,8 +21,11 @@ def parse_size(text: str) -> int:
     """``1M``, ``256MiB``, ``4096``, ``1.5G`` -> bytes (binary units).  Raises ValueError."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = t[-1:] if t[-1:] in SIZE_UNITS and t[-1:] else ""
-    value = float(t[: len(t) - len(unit)])
-    if value < 0 or value != value:
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also nan
         raise ValueError(f"{text!r} is not a size such as 1M or 4194304")
     return int(value * SIZE_UNITS[unit])
 
@@ -31,8 +34,11 @@ def parse_duration(text: str) -> float:
     """``30``, ``30s``, ``5m``, ``12h``, ``7d`` -> seconds.  Raises ValueError."""
     t = text.strip().upper()
     unit = t[-1:] if t[-1:] in DURATION_UNITS and t[-1:] else ""
-    value = float(t[: len(t) - len(unit)])
-    if value < 0 or value != value:
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also nan
         raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 12h or 7d")
     return value * DURATION_UNITS[unit]
 

@@ -94,6 +94,7 @@ class SendSession:
         """Send ``items`` (from ``source.walk``) and wait for every result."""
         t0 = time.monotonic()
         error = ""
+        failure: FtxError | None = None
         self._main = asyncio.current_task()
         reader = asyncio.get_running_loop().create_task(self._read_loop())
         dog = Watchdog(self.link, self.idle_timeout)
@@ -113,7 +114,12 @@ class SendSession:
                     raise
                 raise self._failure.exception() from None
         except FtxError as exc:
-            error = self._best_error(exc)
+            failure = self._best_error(exc)
+            error = str(failure)
+        except Exception as exc:  # a bug: still report every file and end cleanly
+            log.debug("internal error", exc_info=True)
+            failure = FtxError(f"internal error: {exc!r}")
+            error = str(failure)
         finally:
             dog.stop()
             reader.cancel()
@@ -124,7 +130,7 @@ class SendSession:
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
         ok = not error and all(r.ok for r in files)
-        return SendReport(
+        report = SendReport(
             ok=ok,
             transport=getattr(self.link, "transport", "?"),
             seconds=round(time.monotonic() - t0, 6),
@@ -134,6 +140,8 @@ class SendSession:
             files=files,
             error=error,
         )
+        report.failure = failure  # not in the JSON: the CLI picks the exit code by its class
+        return report
 
     def _fit_to_peer(self, peer_max: int) -> None:
         """Chunks and whole small files must fit the receiver's largest frame."""
@@ -144,13 +152,13 @@ class SendSession:
             cfg.chunk_size = fit
         cfg.small_file_limit = min(cfg.small_file_limit, peer_max - 8192)
 
-    def _best_error(self, exc: FtxError) -> str:
+    def _best_error(self, exc: FtxError) -> FtxError:
         # a transport error is often the echo of a reason the peer gave first
         if self._failure.done() and not self._failure.cancelled():
             first = self._failure.exception()
             if first is not None and first is not exc and isinstance(exc, TransportError):
                 exc = first
-        return str(exc)
+        return exc
 
     def _fail(self, exc: Exception) -> None:
         """First fatal error wins; it interrupts the writer wherever it waits."""
@@ -219,7 +227,7 @@ class SendSession:
         src = self._sources.pop(fid, None)
         if src is not None:
             src.close()
-        fut = self._decisions.pop(fid, None)
+        fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
         if fut is not None and not fut.done():
             fut.set_result(None)  # refused before any decision
         code = result.code
@@ -304,6 +312,7 @@ class SendSession:
         """Wait for the decision on a large file, then send what the receiver lacks."""
         await self._flush()
         decision: Decision | None = await self._wait(self._decisions[fid])
+        del self._decisions[fid]
         if decision is None or self.conn.file_state(fid) != FileState.SENDING:
             return  # refused: its result is already in
         src, report = self._sources[fid], self._reports[fid]

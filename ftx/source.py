@@ -57,13 +57,17 @@ def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceIt
 
 
 def _walk_dir(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Iterator[SourceItem]:
-    try:
-        with os.scandir(local) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
-        return
-    for de in entries:
+    """Depth first, each directory before its entries, entries sorted by name.
+
+    Iterative (a stack of listings), so that a tree as deep as a 4096-byte wire
+    path allows (2048 levels) cannot exceed Python's recursion limit."""
+    stack = [(local, wire, iter(_listing(local)))]
+    while stack:
+        local, wire, entries = stack[-1]
+        de = next(entries, None)
+        if de is None:
+            stack.pop()
+            continue
         child_local = os.path.join(local, de.name)
         child_wire = wire + b"/" + de.name
         try:
@@ -80,11 +84,20 @@ def _walk_dir(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Itera
                 yield item
         elif de.is_dir(follow_symlinks=False):
             yield SourceItem(child_local, child_wire, Kind.DIR)
-            yield from _walk_dir(child_local, child_wire, root_real, links)
+            stack.append((child_local, child_wire, iter(_listing(child_local))))
         elif de.is_file(follow_symlinks=False):
             yield SourceItem(child_local, child_wire, Kind.FILE)
         else:
             log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
+
+
+def _listing(local: bytes) -> list:
+    try:
+        with os.scandir(local) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
+        return []
 
 
 def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> SourceItem | None:

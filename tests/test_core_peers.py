@@ -41,6 +41,7 @@ from ftx.errors import (
     FrameTooLarge,
     LocalProtocolError,
     RemoteProtocolError,
+    TransportError,
     VersionMismatch,
 )
 
@@ -897,7 +898,7 @@ def test_frame_larger_than_own_limit():
 def test_eof_mid_session(side):
     link = linked()
     conn = link.s if side == "s" else link.r
-    with pytest.raises(RemoteProtocolError, match="before the transfer finished"):
+    with pytest.raises(TransportError, match="before the transfer finished"):
         conn.receive_eof()
     assert _error_code(conn) == ErrorCode.PROTOCOL
 
@@ -905,7 +906,7 @@ def test_eof_mid_session(side):
 def test_eof_mid_frame():
     link = linked()
     link.r.receive_data(encode_frame(FrameType.PING, b"abcdefgh")[:10])
-    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+    with pytest.raises(TransportError, match="middle of a frame"):
         link.r.receive_eof()
     assert _error_code(link.r) == ErrorCode.PROTOCOL
 

@@ -18,13 +18,16 @@ from ..errors import (
     FtxError,
     LocalProtocolError,
     RemoteProtocolError,
+    TransportError,
     VersionMismatch,
 )
 from .config import Config
 from .events import Event, HandshakeComplete, PeerFailed
-from .frames import Frame, FrameDecoder, FrameType, encode_frame
-from .messages import PROTOCOL_VERSION, ErrorMessage, Hello
+from .frames import FRAME_TYPES, HANDSHAKE_MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
+from .messages import MAGIC, PROTOCOL_VERSION, ErrorMessage, Hello
 from .states import FileState, In
+
+SNIFF_BYTES = 64  # how much of a foreign peer's first bytes an error quotes
 
 
 class Connection:
@@ -41,16 +44,27 @@ class Connection:
         self.peer: Hello | None = None
         self.closed = False  # DONE exchanged, or an ERROR sent/received
         self._error: FtxError | None = None
+        self._head: bytes | None = b""  # the peer's first bytes, until they look like ftx
+        self._inbuf: memoryview | None = None
         self._send_frame(FrameType.HELLO, Hello(self.role, self.config.max_payload, hello_flags, self.config.agent).encode())
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
         self._check_usable()
-        return self._decoder.get_buffer()
+        buf = self._decoder.get_buffer()
+        if self._head is not None:
+            self._inbuf = buf
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()
-        self._decoder.buffer_updated(nbytes)
+        if self._head is not None and self._inbuf is not None:
+            self._head += bytes(self._inbuf[: min(nbytes, SNIFF_BYTES - len(self._head))])
+            self._inbuf = None
+            self._decoder.buffer_updated(nbytes)
+            self._guard(self._sniff)
+        else:
+            self._decoder.buffer_updated(nbytes)
         self._drain_frames()
 
     def receive_data(self, data) -> None:
@@ -59,18 +73,48 @@ class Connection:
         self._decoder.copy_payloads = True
         view = memoryview(data)
         while view:
-            buf = self._decoder.get_buffer()
+            buf = self.get_buffer()
             n = min(len(buf), len(view))
             buf[:n] = view[:n]
             view = view[n:]
             self.buffer_updated(n)
 
     def receive_eof(self) -> None:
-        """The peer closed its side.  Raises if that cut a frame or the session short."""
+        """The peer closed its side.  Raises if that cut a frame or the session short.
+
+        That is a lost connection (TransportError), not a protocol violation; a
+        peer that only half-closed still reads, so it gets an ERROR saying why.
+        """
         if self._error is not None or self.closed:
             return
-        self._guard(self._decoder.receive_eof)
-        self._fail_local(RemoteProtocolError("peer closed the connection before the transfer finished"))
+        try:
+            self._decoder.receive_eof()
+        except RemoteProtocolError as exc:
+            self._fail_local(TransportError(f"peer {exc}", ErrorCode.PROTOCOL))
+        when = "before its HELLO" if self.peer is None else "before the transfer finished"
+        self._fail_local(TransportError(f"peer closed the connection {when}", ErrorCode.PROTOCOL))
+
+    def _sniff(self) -> None:
+        """Refuse a peer that is not ftx by its first bytes, before any frame limit fires.
+
+        An ftx peer's first bytes are a frame header (a defined type, flags 0,
+        reserved 0, a length within the 64 KiB handshake limit) and, if it is the
+        HELLO it should be, the magic.  An HTTP server's "HTTP/1.1 ...", an SSH
+        banner or a TLS record fails on its first byte.  (An ftx frame other than
+        HELLO is a protocol error of an ftx peer, reported as such later.)
+        """
+        head = self._head
+        ok = not head or head[0] in FRAME_TYPES
+        ok = ok and (len(head) < 4 or head[1:4] == b"\0\0\0")
+        ok = ok and (len(head) < 8 or int.from_bytes(head[4:8], "big") <= HANDSHAKE_MAX_PAYLOAD)
+        why = ""
+        if ok and head[:1] == b"\x01" and len(head) >= 20 and head[16:20] != MAGIC:
+            ok, why = False, "bad HELLO magic; "
+        if not ok:
+            self._head = None
+            raise RemoteProtocolError(f"peer does not speak ftx ({why}it sent {_quote(head)})")
+        if len(head) >= 20 or (head[:1] != b"\x01" and len(head) >= 8):
+            self._head = None  # looks like ftx: the frame layer takes over
 
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
@@ -178,3 +222,10 @@ class Connection:
             raise LocalProtocolError("connection is closed")
         if self.peer is None:
             raise LocalProtocolError("handshake not complete")
+
+
+def _quote(head: bytes) -> str:
+    """A peer's first bytes for a one-line message: its first line, oddities escaped."""
+    line = head.split(b"\n", 1)[0].rstrip(b"\r") or head
+    text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in line[:40])
+    return f"'{text}'" + ("..." if len(line) > 40 else "")

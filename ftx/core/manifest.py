@@ -19,6 +19,7 @@ MAX_COMPONENT = 255
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
+MAX_FILE_SIZE = 2**63 - 1  # sizes and offsets must fit a signed 64-bit off_t
 
 
 class Kind(enum.IntEnum):
@@ -110,8 +111,11 @@ def encode_entry(file_id: int, e: FileEntry) -> bytes:
 def decode_entry(payload, offset: int = 0) -> tuple[int, FileEntry, int]:
     """Parse an entry; return (file_id, entry, offset after it).
 
-    Path safety is *not* checked here: a bad path is a per-file refusal, not a
-    broken connection, so the receiver checks it when handling the offer.
+    Every integer is bounded here (size fits a signed off_t, mode within
+    0o7777, chunk size in range), so nothing past the decoder meets a value it
+    cannot handle.  Path safety is *not* checked here: a bad path is a per-file
+    refusal, not a broken connection, so the receiver checks it when handling
+    the offer.
     """
     if len(payload) - offset < ENTRY.size:
         raise RemoteProtocolError("file entry truncated")
@@ -130,4 +134,10 @@ def decode_entry(payload, offset: int = 0) -> tuple[int, FileEntry, int]:
         raise RemoteProtocolError(f"chunk size {chunk_size} out of range")
     if kind != Kind.FILE and size:
         raise RemoteProtocolError("only regular files have a size")
+    if size > MAX_FILE_SIZE:
+        raise RemoteProtocolError(f"file size {size} out of range (at most 2**63 - 1)")
+    if mode & ~0o7777:
+        raise RemoteProtocolError(f"mode 0o{mode:o} has bits outside 0o7777")
+    if target and kind != Kind.SYMLINK:
+        raise RemoteProtocolError("only symlinks have a target")
     return file_id, FileEntry(path, kind, size, mode, mtime_ns, chunk_size, target), offset

@@ -45,8 +45,30 @@ def _text(payload, offset: int, what: str) -> tuple[str, int]:
     return bytes(payload[offset : offset + n]).decode("utf-8", "replace"), offset + n
 
 
+MAX_TEXT = 1024  # bytes of UTF-8 a text field carries at most
+
+
+def wire_text(text: str, limit: int = MAX_TEXT) -> bytes:
+    """``text`` as valid UTF-8 of at most ``limit`` bytes, whatever it holds.
+
+    Texts often quote local file names, which ``os.fsdecode`` turns into
+    lone surrogates when they are not UTF-8: those go out as ``\\xNN`` escapes
+    of the original bytes, never as an exception.  A cut never splits a character.
+    """
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+        except UnicodeEncodeError:  # surrogates that do not stand for bytes
+            raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) > limit:
+        raw = raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+    return raw
+
+
 def _pack_text(text: str) -> bytes:
-    raw = text.encode("utf-8")[:1024]
+    raw = wire_text(text)
     return struct.pack(">H", len(raw)) + raw
 
 
@@ -133,12 +155,16 @@ class Decision:
         )
 
     @classmethod
-    def decode(cls, p) -> "Decision":
+    def decode(cls, p, chunks_of=None) -> "Decision":
+        """``chunks_of(file_id)`` gives the file's chunk count, which bounds the held
+        set while it is decoded (or raises RemoteProtocolError for a file that
+        awaits no DECISION)."""
         _need(p, cls._S.size, "DECISION")
         file_id, verdict, flags, _r, existing, held_digest = cls._S.unpack_from(p, 0)
         if verdict != 1:
             raise RemoteProtocolError(f"unknown DECISION verdict {verdict}")
-        held, off = RangeSet.decode(p, cls._S.size)
+        limit = chunks_of(file_id) if chunks_of is not None else None
+        held, off = RangeSet.decode(p, cls._S.size, limit)
         message, _ = _text(p, off, "DECISION")
         return cls(file_id, flags, existing, held_digest, held, message)
 

@@ -151,6 +151,8 @@ class RangeSet:
         ``limit`` bounds every value (e.g. a file's chunk count).
         """
         count, offset = read_varint(data, offset)
+        if count > (len(data) - offset) // 2:  # every pair takes at least two bytes
+            raise RemoteProtocolError(f"range count {count} exceeds the bytes that follow")
         rs = cls()
         pos = 0
         for _ in range(count):

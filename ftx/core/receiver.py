@@ -28,7 +28,7 @@ from .events import (
     SessionComplete,
     SmallFileReceived,
 )
-from .frames import Frame, FrameType, parse_data_payload
+from .frames import DATA_HEADER_SIZE, Frame, FrameType, parse_data_payload
 from .manifest import FileEntry, Kind
 from .messages import (
     HELLO_NO_RESUME,
@@ -89,8 +89,12 @@ class ReceiverConnection(Connection):
         self._maybe_complete()
 
     def receive_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
-        """Deliver a chunk verified outside the frame layer (e.g. by the UDP transport)."""
-        self._on_chunk(file_id, index, checksum, data)
+        """Deliver a chunk verified outside the frame layer (e.g. by the UDP transport).
+
+        Its checks are those of a DATA frame, and so is a failure: an ERROR frame
+        for the peer, then the exception."""
+        self._check_usable()
+        self._guard(self._on_chunk, file_id, index, checksum, data)
 
     def entry(self, file_id: int) -> FileEntry:
         return self._entries[file_id]
@@ -103,6 +107,9 @@ class ReceiverConnection(Connection):
             self._on_chunk(file_id, index, checksum, data)
         elif t == FrameType.OFFER:
             o = Offer.decode(p)
+            if o.entry.kind == Kind.FILE and o.entry.chunk_size + DATA_HEADER_SIZE > self.config.max_payload:
+                raise RemoteProtocolError(
+                    f"chunk size {o.entry.chunk_size} + 24 exceeds our max_payload {self.config.max_payload}")
             self._new_file(o.file_id, o.entry, FileState.OFFERED)
             self._events.append(FileOffered(o.file_id, o.entry))
         elif t == FrameType.SMALL_FILE:

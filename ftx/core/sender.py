@@ -121,15 +121,16 @@ class SenderConnection(Connection):
         return self._entries[file_id]
 
     # -- frames from the receiver ------------------------------------------
+    def _chunks_awaiting_decision(self, file_id: int) -> int:
+        entry = self._entries.get(file_id)
+        if entry is None or entry.kind != Kind.FILE:
+            raise RemoteProtocolError(f"DECISION for file {file_id}, which awaits none")
+        return entry.chunks
+
     def _on_frame(self, frame: Frame) -> None:
         t = frame.type
         if t == FrameType.DECISION:
-            d = Decision.decode(frame.payload)
-            entry = self._entries.get(d.file_id)
-            if entry is None or entry.kind != Kind.FILE:
-                raise RemoteProtocolError(f"DECISION for file {d.file_id}, which awaits none")
-            if d.held and list(d.held)[-1][1] > entry.chunks:
-                raise RemoteProtocolError("DECISION holds chunks beyond the end of the file")
+            d = Decision.decode(frame.payload, self._chunks_awaiting_decision)
             self._step(d.file_id, In.DECISION, remote=True)
             self._events.append(DecisionReceived(d))
         elif t == FrameType.RESULT:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import xxhash
 
 from ...errors import RemoteProtocolError
+from ..messages import wire_text
 from ..ranges import RangeSet, read_varint, write_varint
 
 VERSION = 1
@@ -46,6 +47,9 @@ F_STREAM = 0x03
 F_CHUNK = 0x04
 F_MAX_DATA = 0x05
 F_CLOSE = 0x06
+
+MAX_CHUNK_LEN = 16 * 1024 * 1024  # = manifest.MAX_CHUNK_SIZE
+MAX_STREAM_OFFSET = 2**62 - 1  # as QUIC: stream offsets stay far from any integer limit
 
 # type, file_id, chunk index, chunk length, offset in chunk, chunk checksum, data length
 CHUNK_HEADER = struct.Struct(">BIQIIQH")
@@ -138,12 +142,13 @@ def decode_ack(view, off: int) -> tuple[RangeSet, int, int]:
     delay, off = read_varint(view, off)
     count, off = read_varint(view, off)
     first, off = read_varint(view, off)
+    if count > (len(view) - off) // 2:  # every pair takes at least two bytes
+        raise RemoteProtocolError(f"ACK range count {count} exceeds the frame")
     if first > largest:
         raise RemoteProtocolError("ACK range below zero")
-    acked = RangeSet()
     high = largest + 1
     low = high - first - 1
-    acked.add(low, high)
+    ranges = [(low, high)]  # descending; built into a RangeSet at the end (linear time)
     for _ in range(count):
         gap, off = read_varint(view, off)
         length, off = read_varint(view, off)
@@ -151,8 +156,8 @@ def decode_ack(view, off: int) -> tuple[RangeSet, int, int]:
         low = high - length - 1
         if low < 0:
             raise RemoteProtocolError("ACK range below zero")
-        acked.add(low, high)
-    return acked, delay, off
+        ranges.append((low, high))
+    return RangeSet(reversed(ranges)), delay, off
 
 
 def encode_stream(offset: int, data) -> bytes:
@@ -169,7 +174,7 @@ def encode_varint_frame(ftype: int, value: int) -> bytes:
 
 
 def encode_close(code: int, reason: str) -> bytes:
-    raw = reason.encode("utf-8")[:200]
+    raw = wire_text(reason, 200)
     return struct.pack(">BHH", F_CLOSE, code, len(raw)) + raw
 
 
@@ -221,6 +226,8 @@ def parse_frames(payload: memoryview) -> list:
                 raise RemoteProtocolError("CHUNK data truncated")
             if coff + length > clen:
                 raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
+            if not 0 < clen <= MAX_CHUNK_LEN:
+                raise RemoteProtocolError(f"CHUNK chunk length {clen} out of range")
             out.append(ChunkFrame(fid, index, clen, coff, csum, payload[off : off + length]))
             off += length
         elif ftype == F_ACK:
@@ -231,6 +238,8 @@ def parse_frames(payload: memoryview) -> list:
             length, off = read_varint(payload, off)
             if n - off < length:
                 raise RemoteProtocolError("STREAM data truncated")
+            if soff + length > MAX_STREAM_OFFSET:
+                raise RemoteProtocolError("STREAM data beyond stream offset 2**62 - 1")
             out.append(StreamFrame(soff, payload[off : off + length]))
             off += length
         elif ftype == F_PING:

@@ -1,0 +1,49 @@
+"""The sender's tree walk: deep trees (a 4096-byte wire path allows 2048 levels) do not recurse."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from ftx.core.manifest import Kind
+from ftx.source import walk
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_walk_is_not_limited_by_the_recursion_limit(tmp_path):
+    """A 1 100-level tree made `ftx send` die with RecursionError.  Here: 300 levels under a
+    recursion limit of 150, so the tree stays shallow enough for pytest to clean it up."""
+    depth = 300
+    path = tmp_path / "deep"
+    path.mkdir()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        items = list(walk([str(path)]))
+    finally:
+        sys.setrecursionlimit(old)
+    assert [i.kind for i in items] == [Kind.DIR] * (depth + 1) + [Kind.FILE]
+    assert items[-1].wire == b"deep/" + b"d/" * depth + b"leaf"
+    assert [i.wire for i in items[:3]] == [b"deep", b"deep/d", b"deep/d/d"]  # each directory before its entries
+
+
+def test_walk_order_is_depth_first_sorted(tmp_path):
+    for rel in ["t/b/x", "t/a/z", "t/a/y", "t/c"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"1")
+    assert [i.wire for i in walk([str(tmp_path / "t")])] == [
+        b"t", b"t/a", b"t/a/y", b"t/a/z", b"t/b", b"t/b/x", b"t/c"]
