@@ -22,7 +22,7 @@ from ..errors import (
 )
 from .config import Config
 from .events import Event, HandshakeComplete, PeerFailed
-from .frames import Frame, FrameDecoder, FrameType, encode_frame
+from .frames import BufferBudget, BufferLimit, Frame, FrameDecoder, FrameType, encode_frame
 from .messages import PROTOCOL_VERSION, ErrorMessage, Hello
 from .states import FileState, In
 
@@ -31,9 +31,10 @@ class Connection:
     role: int = 0
     transitions: dict = {}
 
-    def __init__(self, config: Config | None = None, hello_flags: int = 0) -> None:
+    def __init__(self, config: Config | None = None, hello_flags: int = 0,
+                 budget: BufferBudget | None = None) -> None:
         self.config = config or Config()
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(budget=budget)
         self._out: list = []
         self._out_bytes = 0
         self._events: deque[Event] = deque()
@@ -45,8 +46,20 @@ class Connection:
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
+        """Where the next input bytes go.  Out of buffer memory: ERROR BUSY is queued, and raised."""
         self._check_usable()
-        return self._decoder.get_buffer()
+        try:
+            return self._decoder.get_buffer()
+        except BufferLimit as exc:
+            self._fail_local(exc)
+
+    def trim_buffers(self) -> None:
+        """The peer is quiet: give back buffer memory that pending bytes do not need."""
+        self._decoder.trim()
+
+    def release_buffers(self) -> None:
+        """The connection is over: free the input buffer (and its share of the budget)."""
+        self._decoder.release()
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()
@@ -59,7 +72,7 @@ class Connection:
         self._decoder.copy_payloads = True
         view = memoryview(data)
         while view:
-            buf = self._decoder.get_buffer()
+            buf = self.get_buffer()
             n = min(len(buf), len(view))
             buf[:n] = view[:n]
             view = view[n:]
