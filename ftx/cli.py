@@ -161,7 +161,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
-    config = Config(chunk_size=csize, resume=not no_resume)
+    from .identity import sender_id
+
+    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id())
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars

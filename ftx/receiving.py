@@ -82,7 +82,6 @@ class ReceiveSession:
         self.reports: list[FileReport] = []
         self.complete = False
         self.error = ""
-        self.peer_host: str | None = None  # set by the driver; used to recognise a re-run
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
         self.last_progress = time.monotonic()  # file data moved or a file settled (--stall-timeout)
 
@@ -93,6 +92,12 @@ class ReceiveSession:
 
     #: events that show the session is getting somewhere (PINGs never reach here)
     PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)
+
+    @property
+    def identity(self) -> bytes:
+        """The sender's transfer identity from its HELLO (empty: anonymous, an older sender)."""
+        peer = self.conn.peer
+        return peer.sender_id if peer is not None else b""
 
     def handle(self, ev: Event) -> None:
         if isinstance(ev, self.PROGRESS_EVENTS):
@@ -193,20 +198,23 @@ class ReceiveSession:
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
-        """Open the partial; take it over from an earlier connection of the same host.
+        """Open the partial; take it over from an earlier connection of the same sender.
 
         A sender that was killed, or whose network vanished, leaves its old
-        connection waiting for the idle timeout; the user's re-run comes from
-        the same host and must not be told "busy" for that long.
+        connection waiting for the idle timeout; the user's re-run carries the
+        same transfer identity (HELLO's sender id) and must not be told "busy"
+        for that long.  Anyone else -- another user behind the same NAT, an
+        anonymous older sender -- gets BUSY and the transfer in progress goes on.
         """
         try:
             return PartialFile(self.dest, entry, path, owner=self)
         except Busy as exc:
             old = exc.holder
-            if not isinstance(old, ReceiveSession) or old is self or old.peer_host != self.peer_host \
-                    or self.peer_host is None:
-                raise
-            log.warning("%s: taking over from an earlier connection from %s", _name(entry), self.peer_host)
+            if not isinstance(old, ReceiveSession) or old is self or not self.identity \
+                    or old.identity != self.identity:
+                raise Busy("busy: another sender is sending this file right now (a different transfer "
+                           "identity); try again when it is done", old) from None
+            log.warning("%s: taking over from an earlier connection of the same sender", _name(entry))
             old.abandon()
             deadline = time.monotonic() + 5.0
             while not claim.is_free(path) and time.monotonic() < deadline:
@@ -292,11 +300,10 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()
-    peer = getattr(link, "peer", None)
-    session.peer_host = peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
 
     def abandon() -> None:
-        dead.append((TransportError("superseded by a newer connection from the same host"), True))
+        dead.append((TransportError("superseded by a newer connection of the same sender (same transfer "
+                                    "identity) for the same file"), True))
         loop.call_soon_threadsafe(task.cancel)
 
     session.abandon = abandon

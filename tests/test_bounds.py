@@ -250,3 +250,53 @@ def test_stall_timeout_spares_a_sender_that_moves_data(tmp_path, receiver_factor
                                    timeout=60)
     assert rc == 0, stderr
 
+
+# -- item 13: who may take over a partial ----------------------------------------------------
+def _send_as(state_dir, *args: str):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XDG_STATE_HOME=str(state_dir))
+    return subprocess.Popen([sys.executable, "-m", "ftx", "send", *args, "--json", "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _journaled(dst, name: str) -> bool:
+    return (dst / f".{name}.ftx-journal").exists() and (dst / f".{name}.ftx-journal").stat().st_size > 36
+
+
+def test_another_sender_cannot_abort_a_transfer_in_progress(tmp_path, receiver):
+    a_src, b_src = tmp_path / "a" / "big.bin", tmp_path / "b" / "big.bin"
+    a_data = write_random(a_src, 6 * MIB, seed=1)
+    write_random(b_src, 6 * MIB, seed=2)
+    a = _send_as(tmp_path / "state-a", str(a_src), receiver.dest, "--max-rate", "2M", "--chunk-size", "256K")
+    try:
+        wait_for(lambda: _journaled(receiver.dir, "big.bin"), what="the first transfer to be under way")
+        b = _send_as(tmp_path / "state-b", str(b_src), receiver.dest)
+        _out, b_err = b.communicate(timeout=30)
+        assert b.returncode == 1, b_err
+        assert "busy" in b_err.lower() and "another sender" in b_err
+        _out, a_err = a.communicate(timeout=60)
+        assert a.returncode == 0, a_err
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert (receiver.dir / "big.bin").read_bytes() == a_data
+
+
+def test_the_same_sender_takes_over_its_own_partial_at_once(tmp_path, receiver_factory):
+    r = receiver_factory("--idle-timeout", "60")
+    src = tmp_path / "src" / "big.bin"
+    data = write_random(src, 6 * MIB, seed=3)
+    first = _send_as(tmp_path / "state", str(src), r.dest, "--max-rate", "2M", "--chunk-size", "256K")
+    wait_for(lambda: _journaled(r.dir, "big.bin"), what="the first transfer to be under way")
+    first.kill()  # SIGKILL: its connection lingers on the receiver until the idle timeout
+    first.communicate(timeout=10)
+    t0 = time.monotonic()
+    again = _send_as(tmp_path / "state", str(src), r.dest)
+    _out, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err
+    assert time.monotonic() - t0 < 20
+    assert (r.dir / "big.bin").read_bytes() == data
+    assert (tmp_path / "state" / "ftx" / "sender-id").exists()

@@ -23,7 +23,7 @@ from ..errors import (
 from .config import Config
 from .events import Event, HandshakeComplete, PeerFailed
 from .frames import BufferBudget, BufferLimit, Frame, FrameDecoder, FrameType, encode_frame
-from .messages import PROTOCOL_VERSION, ErrorMessage, Hello
+from .messages import PROTOCOL_VERSION, ROLE_SENDER, ErrorMessage, Hello
 from .states import FileState, In
 
 
@@ -42,7 +42,9 @@ class Connection:
         self.peer: Hello | None = None
         self.closed = False  # DONE exchanged, or an ERROR sent/received
         self._error: FtxError | None = None
-        self._send_frame(FrameType.HELLO, Hello(self.role, self.config.max_payload, hello_flags, self.config.agent).encode())
+        hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
+                      sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"")
+        self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
