@@ -290,7 +290,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .core.udp.session import UdpConfig
 
     admission = Admission(limits)  # one count of senders for both transports
-    budget = BufferBudget(limits.max_memory)  # frame buffers of all connections together
+    budget = BufferBudget(limits.buffer_bytes)  # frame buffers of all connections together
     socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0),
                                                 UdpConfig(idle_timeout=idle_timeout or 15.0), admission)
     loop = asyncio.get_running_loop()

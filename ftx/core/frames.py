@@ -222,8 +222,8 @@ class FrameDecoder:
         old = len(self._buf)
         if capacity > old and self.budget is not None and not self.budget.take(capacity - old):
             raise BufferLimit(
-                f"receiver out of buffer memory ({self.budget.used >> 20} MiB in use, --max-memory "
-                f"{self.budget.limit >> 20}M); try again later")
+                f"receiver out of buffer memory ({self.budget.used >> 20} of {self.budget.limit >> 20} MiB "
+                f"in use; its --max-memory); try again later")
         pending = self._view[self._start : self._end]
         new = bytearray(capacity)
         new[: len(pending)] = pending
