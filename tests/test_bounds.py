@@ -300,3 +300,22 @@ def test_the_same_sender_takes_over_its_own_partial_at_once(tmp_path, receiver_f
     assert time.monotonic() - t0 < 20
     assert (r.dir / "big.bin").read_bytes() == data
     assert (tmp_path / "state" / "ftx" / "sender-id").exists()
+
+
+def test_a_superseded_sender_is_told_why(tmp_path, receiver):
+    src = tmp_path / "src" / "big.bin"
+    data = write_random(src, 6 * MIB, seed=4)
+    first = _send_as(tmp_path / "state", str(src), receiver.dest, "--max-rate", "2M", "--chunk-size", "256K")
+    try:
+        wait_for(lambda: _journaled(receiver.dir, "big.bin"), what="the first transfer to be under way")
+        second = _send_as(tmp_path / "state", str(src), receiver.dest)
+        _out, err2 = second.communicate(timeout=30)
+        assert second.returncode == 0, err2
+        _out, err1 = first.communicate(timeout=30)
+        assert first.returncode == 3, err1
+        assert "superseded" in err1
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert (receiver.dir / "big.bin").read_bytes() == data
