@@ -65,7 +65,8 @@ class Limits:
         "duration", "Remove partial files untouched for this long (checked at start and hourly)."))
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
-        "size", "Bound on buffered data (frame, reassembly and handshake buffers) over all senders."))
+        "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "
+                "handshake) get this less 48M for the process itself."))
 
     #: what the receiver process needs besides buffers (interpreter, per-session state)
     PROCESS_RESERVE = 48 << 20
