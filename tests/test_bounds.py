@@ -116,6 +116,30 @@ def test_200_hello_only_connections_cost_little_memory_and_give_it_back(receiver
     wait_for(lambda: rss(pid) - before < 16 * MIB, timeout=20, what="memory back after the clients left")
 
 
+def test_idle_connections_give_their_buffers_back(receiver_factory):
+    """16 connections each send one legal 4 MiB PING, then stay open and quiet."""
+    r = receiver_factory("--max-per-host", "100")
+    pid = r.proc.pid
+    before = rss(pid)
+    big = encode_frame(FrameType.PING, os.urandom(4 * MIB))
+    clients = []
+    try:
+        for _ in range(16):
+            c = Raw(r.port)
+            c.send(HELLO + big)
+            clients.append(c)
+        for c in clients:
+            c.read_until(lambda f: f.type == FrameType.PONG)
+        wait_for(lambda: rss(pid) - before < 16 * MIB, timeout=20, interval=0.2,
+                 what="idle connections to give their buffers back")
+        for c in clients:  # still served
+            c.send(ping(1))
+            c.read_until(lambda f: f.type == FrameType.PONG)
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_partial_frames_stay_within_max_memory(receiver_factory):
     """Big frames that never finish: buffers grow with the bytes, and all of them within --max-memory."""
     r = receiver_factory("--max-connections", "1000", "--max-per-host", "1000", "--max-memory", "24M")
