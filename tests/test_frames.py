@@ -529,3 +529,27 @@ def test_large_corrupt_chunk_detected():
     d = FrameDecoder(max_payload=MIB + 64 * 1024)
     with pytest.raises(ChecksumMismatch):
         feed_zero_copy(d, bytes(bad), [65536])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(512, MIB), min_size=1, max_size=12), trims=st.lists(st.booleans(), max_size=12))
+def test_growth_and_trim_in_any_rhythm_keep_frames_and_bound_capacity(sizes, trims):
+    """Whatever the read sizes and idle trims: the same frames, and never much more
+    buffer than the bytes pending (a header alone does not allocate its payload)."""
+    blob, frames = _big_stream(5, chunk_size=256 * 1024)
+    d = FrameDecoder(max_payload=256 * 1024 + 64 * 1024)
+    view, got, i = memoryview(blob), [], 0
+    while view:
+        buf = d.get_buffer()
+        n = min(len(buf), len(view), sizes[i % len(sizes)])
+        buf[:n] = view[:n]
+        view = view[n:]
+        d.buffer_updated(n)
+        assert d.capacity <= 2 * d.pending_bytes + 2 * READAHEAD + 4096 or d.capacity <= 256 * 1024 + 64 + READAHEAD
+        while (f := d.next_frame()) is not None:
+            got.append((f.type, bytes(f.payload)))
+        if trims and trims[i % len(trims)]:
+            d.trim()
+            assert d.capacity <= max(d.pending_bytes, 4096 if d.pending_bytes else 0)
+        i += 1
+    _check_big(got, frames)
