@@ -28,10 +28,10 @@ from .core.events import (
     SessionComplete,
     SmallFileReceived,
 )
+from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
-from .core.frames import BufferBudget
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
