@@ -268,9 +268,9 @@ def test_connection_that_only_pings_is_dropped(receiver_factory):
 
 
 def test_stall_timeout_spares_a_sender_that_moves_data(tmp_path, receiver_factory):
-    r = receiver_factory("--stall-timeout", "1")
-    write_random(tmp_path / "slow.bin", 3 * MIB)
-    rc, _report, stderr = run_send(str(tmp_path / "slow.bin"), r.dest, "--max-rate", "1M", "--chunk-size", "64K",
+    r = receiver_factory("--stall-timeout", "2")
+    write_random(tmp_path / "slow.bin", 6 * MIB)  # 3 s at 2 MB/s: longer than the stall timeout
+    rc, _report, stderr = run_send(str(tmp_path / "slow.bin"), r.dest, "--max-rate", "2M", "--chunk-size", "64K",
                                    timeout=60)
     assert rc == 0, stderr
 
@@ -293,7 +293,8 @@ def test_another_sender_cannot_abort_a_transfer_in_progress(tmp_path, receiver):
     a_src, b_src = tmp_path / "a" / "big.bin", tmp_path / "b" / "big.bin"
     a_data = write_random(a_src, 6 * MIB, seed=1)
     write_random(b_src, 6 * MIB, seed=2)
-    a = _send_as(tmp_path / "state-a", str(a_src), receiver.dest, "--max-rate", "2M", "--chunk-size", "256K")
+    # 6 s at 1 MB/s: time enough for the second sender to start, even on a loaded machine
+    a = _send_as(tmp_path / "state-a", str(a_src), receiver.dest, "--max-rate", "1M", "--chunk-size", "256K")
     try:
         wait_for(lambda: _journaled(receiver.dir, "big.bin"), what="the first transfer to be under way")
         b = _send_as(tmp_path / "state-b", str(b_src), receiver.dest)
@@ -329,7 +330,7 @@ def test_the_same_sender_takes_over_its_own_partial_at_once(tmp_path, receiver_f
 def test_a_superseded_sender_is_told_why(tmp_path, receiver):
     src = tmp_path / "src" / "big.bin"
     data = write_random(src, 6 * MIB, seed=4)
-    first = _send_as(tmp_path / "state", str(src), receiver.dest, "--max-rate", "2M", "--chunk-size", "256K")
+    first = _send_as(tmp_path / "state", str(src), receiver.dest, "--max-rate", "1M", "--chunk-size", "256K")
     try:
         wait_for(lambda: _journaled(receiver.dir, "big.bin"), what="the first transfer to be under way")
         second = _send_as(tmp_path / "state", str(src), receiver.dest)
