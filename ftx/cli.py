@@ -203,7 +203,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
-    config = Config(chunk_size=csize, resume=not no_resume)
+    from .identity import sender_id
+
+    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id())
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
@@ -310,7 +312,7 @@ def _emit(obj: dict) -> None:
         log.warning("standard output was closed; no more --json lines")
 
 
-async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
+async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None):
     """TCP listening sockets and, unless disabled, UDP on the same port number."""
     from .transport import tcp, udp as udp_transport
 
@@ -320,7 +322,8 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
         if not udp:
             return socks, bound, None
         try:
-            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config)
+            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config,
+                                                           admission=admission)
         except TransportError:
             for s in socks:
                 s.close()
@@ -331,14 +334,18 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None):
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None) -> int:
     limits = limits or Limits()
+    from .core.frames import BufferBudget
+    from .limits import Admission
     from .receiving import receive_over
     from .transport.tcp import serve
 
     handlers = {}
     from .core.udp.session import UdpConfig
 
+    admission = Admission(limits)  # one count of senders for both transports
+    budget = BufferBudget(limits.buffer_bytes)  # frame buffers of all connections together
     socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0),
-                                                UdpConfig(idle_timeout=idle_timeout or 15.0))
+                                                UdpConfig(idle_timeout=idle_timeout or 15.0), admission)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop_code = [EXIT_OK]
@@ -370,7 +377,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             progress = Bars(label=_peer_label(link.peer))
         try:
             session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
-                                         progress=progress)
+                                         progress=progress, limits=limits, budget=budget)
         finally:
             if progress is not None:
                 progress.close()
@@ -383,7 +390,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
 
     handlers["handle"] = handle
-    server = loop.create_task(serve(socks, handle))
+    server = loop.create_task(serve(socks, handle, admission))
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
         if server in done:

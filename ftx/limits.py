@@ -71,7 +71,17 @@ class Limits:
         "duration", "Remove partial files untouched for this long (checked at start and hourly)."))
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
-        "size", "Bound on buffered data (frame, reassembly and handshake buffers) over all senders."))
+        "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "
+                "handshake) get this less 48M for the process itself."))
+
+    #: what the receiver process needs besides buffers (interpreter, per-session state)
+    PROCESS_RESERVE = 48 << 20
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes all senders' buffers may hold together: ``max_memory`` less the process's
+        own share, so that the receiver's RSS stays under ``max_memory``."""
+        return self.max_memory - min(self.PROCESS_RESERVE, self.max_memory // 2)
 
     @classmethod
     def options(cls):

@@ -28,10 +28,12 @@ from .core.events import (
     SessionComplete,
     SmallFileReceived,
 )
+from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
 from .errors import ErrorCode, FtxError, TransportError
+from .limits import Limits
 from .progress import Progress
 from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_stale_partial
 from .transport.link import Watchdog, link_busy
@@ -80,15 +82,26 @@ class ReceiveSession:
         self.reports: list[FileReport] = []
         self.complete = False
         self.error = ""
-        self.peer_host: str | None = None  # set by the driver; used to recognise a re-run
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
+        self.last_progress = time.monotonic()  # file data moved or a file settled (--stall-timeout)
 
     # -- dispatch -------------------------------------------------------------
     def handle_all(self, events: list[Event]) -> None:
         for ev in events:
             self.handle(ev)
 
+    #: events that show the session is getting somewhere (PINGs never reach here)
+    PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)
+
+    @property
+    def identity(self) -> bytes:
+        """The sender's transfer identity from its HELLO (empty: anonymous, an older sender)."""
+        peer = self.conn.peer
+        return peer.sender_id if peer is not None else b""
+
     def handle(self, ev: Event) -> None:
+        if isinstance(ev, self.PROGRESS_EVENTS):
+            self.last_progress = time.monotonic()
         if isinstance(ev, ChunkReceived):
             self._on_chunk(ev)
         elif isinstance(ev, FileOffered):
@@ -129,6 +142,7 @@ class ReceiveSession:
         self._finish(file_id, entry, code, ZERO_DIGEST, message)
 
     def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "") -> None:
+        self.last_progress = time.monotonic()
         self.conn.file_result(file_id, code, digest, message)
         status = code.name.lower() if isinstance(code, ErrorCode) else str(code)
         report = FileReport(
@@ -184,20 +198,23 @@ class ReceiveSession:
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
-        """Open the partial; take it over from an earlier connection of the same host.
+        """Open the partial; take it over from an earlier connection of the same sender.
 
         A sender that was killed, or whose network vanished, leaves its old
-        connection waiting for the idle timeout; the user's re-run comes from
-        the same host and must not be told "busy" for that long.
+        connection waiting for the idle timeout; the user's re-run carries the
+        same transfer identity (HELLO's sender id) and must not be told "busy"
+        for that long.  Anyone else -- another user behind the same NAT, an
+        anonymous older sender -- gets BUSY and the transfer in progress goes on.
         """
         try:
             return PartialFile(self.dest, entry, path, owner=self)
         except Busy as exc:
             old = exc.holder
-            if not isinstance(old, ReceiveSession) or old is self or old.peer_host != self.peer_host \
-                    or self.peer_host is None:
-                raise
-            log.warning("%s: taking over from an earlier connection from %s", _name(entry), self.peer_host)
+            if not isinstance(old, ReceiveSession) or old is self or not self.identity \
+                    or old.identity != self.identity:
+                raise Busy("busy: another sender is sending this file right now (a different transfer "
+                           "identity); try again when it is done", old) from None
+            log.warning("%s: taking over from an earlier connection of the same sender", _name(entry))
             old.abandon()
             deadline = time.monotonic() + 5.0
             while not claim.is_free(path) and time.monotonic() < deadline:
@@ -267,41 +284,48 @@ def _name(entry: FileEntry) -> str:
 
 
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
-                       progress: Progress | None = None) -> ReceiveSession:
+                       progress: Progress | None = None, limits: Limits | None = None,
+                       budget: BufferBudget | None = None) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
     connection.  Slow storage work runs in a worker thread so that the other
-    connections on the loop keep moving.
+    connections on the loop keep moving.  ``limits`` bounds the time to the
+    handshake and a session that moves no data; ``budget`` is shared by all
+    connections' frame buffers (``--max-memory``).
     """
-    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite))
+    limits = limits or Limits()
+    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite), budget)
     session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
-    dead: list[Exception] = []
+    dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()
-    peer = getattr(link, "peer", None)
-    session.peer_host = peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
 
     def abandon() -> None:
-        dead.append(TransportError("superseded by a newer connection from the same host"))
+        dead.append((TransportError("superseded by a newer connection of the same sender (same transfer "
+                                    "identity) for the same file"), True))
         loop.call_soon_threadsafe(task.cancel)
 
     session.abandon = abandon
 
-    def on_dead(exc: Exception) -> None:
-        dead.append(exc)
+    def on_dead(exc: Exception, tell_peer: bool = False) -> None:
+        dead.append((exc, tell_peer))
         task.cancel()
 
     dog = Watchdog(link, idle_timeout)
     if not getattr(link, "own_liveness", False):
         dog.start(on_dead)
+    guard = loop.create_task(_enforce_limits(link, session, limits, on_dead))
     try:
         try:
             await _serve_loop(link, conn, session)
         except asyncio.CancelledError:
             if not dead:
                 raise
-            raise dead[0] from None
+            exc, tell_peer = dead[0]
+            if tell_peer:  # the peer is alive and deserves the reason
+                conn.send_error(getattr(exc, "code", ErrorCode.ABORTED), str(exc))
+            raise exc from None
     except FtxError as exc:
         session.error = str(exc)
         try:
@@ -311,9 +335,33 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         log.warning("connection from %s ended: %s", getattr(link, "peer", "?"), exc)
     finally:
         dog.stop()
+        guard.cancel()
         session.close()
+        conn.release_buffers()
         await link.aclose()
     return session
+
+
+async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead) -> None:
+    """Drop a connection that does not finish its handshake in time, or that moves
+    no file data and settles no file for ``stall_timeout`` (PINGs do not count)."""
+    conn = session.conn
+    start = time.monotonic()
+    period = max(0.05, min(1.0, limits.handshake_timeout / 5, limits.stall_timeout / 5))
+    while True:
+        await asyncio.sleep(period)
+        now = time.monotonic()
+        if conn.peer is None:
+            if now - start > limits.handshake_timeout:
+                on_dead(TransportError(f"no HELLO within {limits.handshake_timeout:g} s (receiver's "
+                                       f"--handshake-timeout)", ErrorCode.TIMEOUT), True)
+                return
+        elif link.busy:  # our own slow work (hashing, fsync) is not the sender's stall
+            session.last_progress = now
+        elif now - session.last_progress > limits.stall_timeout:
+            on_dead(TransportError(f"no file data moved for {limits.stall_timeout:g} s (receiver's "
+                                   f"--stall-timeout)", ErrorCode.TIMEOUT), True)
+            return
 
 
 async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -> None:

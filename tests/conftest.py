@@ -22,3 +22,12 @@ def receiver_factory(tmp_path):
 @pytest.fixture
 def receiver(receiver_factory):
     return receiver_factory()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sender_state_dir(tmp_path_factory):
+    """Senders keep their transfer identity here, not in the real ~/.local/state."""
+    import os
+
+    os.environ.setdefault("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    yield

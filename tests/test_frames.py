@@ -212,14 +212,29 @@ def test_zero_copy_partial_fills(sizes):
 
 def test_zero_copy_payload_views_are_valid_until_next_get_buffer():
     d = FrameDecoder()
-    f1 = encode_frame(FrameType.OFFER, b"A" * 100)
-    f2 = encode_frame(FrameType.RESULT, b"B" * 50)
+    f1 = encode_data_frame(1, 0, b"A" * 100)
+    f2 = encode_data_frame(1, 1, b"B" * 50)
     buf = d.get_buffer()
     buf[: len(f1) + len(f2)] = f1 + f2
     d.buffer_updated(len(f1) + len(f2))
     a, b = d.next_frame(), d.next_frame()
     assert isinstance(a.payload, memoryview)
-    assert bytes(a.payload) == b"A" * 100 and bytes(b.payload) == b"B" * 50
+    assert bytes(parse_data_payload(a.payload)[3]) == b"A" * 100
+    assert bytes(parse_data_payload(b.payload)[3]) == b"B" * 50
+
+
+def test_control_payloads_survive_later_get_buffer_calls():
+    """Only DATA is zero-copy: a SMALL_FILE held in an event must not change when the
+    buffer is compacted or regrown under it (issue 11, item 1's class of bug)."""
+    d = FrameDecoder(max_payload=200_000)
+    frames = [encode_frame(FrameType.SMALL_FILE, bytes([i]) * 3000) for i in range(40)]
+    held = []
+    for f in frames:
+        buf = d.get_buffer()
+        buf[: len(f)] = f
+        d.buffer_updated(len(f))
+        held.append(d.next_frame())
+    assert [bytes(h.payload) for h in held] == [bytes([i]) * 3000 for i in range(40)]
 
 
 def test_frame_of_exactly_max_payload_is_accepted():
@@ -439,14 +454,65 @@ def test_large_frame_body_lands_in_one_region():
     chunk = random.Random(5).randbytes(MIB)
     frame = encode_data_frame(1, 0, chunk)
     d = FrameDecoder(max_payload=MIB + 64 * 1024)
+    d.feed(frame)  # the first frame grows the buffer as it arrives
+    assert bytes(parse_data_payload(d.next_frame().payload)[3]) == chunk
     d.feed(frame[:READAHEAD])
     buf = d.get_buffer()
-    # the rest of the frame fits in one buffer handed out: one recv_into, no copying later
+    # from then on the rest of a frame fits in one buffer handed out: one recv_into, no copying later
     assert len(buf) == len(frame) - READAHEAD
     buf[:] = frame[READAHEAD:]
     d.buffer_updated(len(buf))
     f = d.next_frame()
     assert bytes(parse_data_payload(f.payload)[3]) == chunk
+
+
+def _fill(d: FrameDecoder, data: bytes) -> None:
+    """Zero-copy input the way the TCP driver does it, region by region."""
+    view = memoryview(data)
+    while view:
+        buf = d.get_buffer()
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        d.buffer_updated(n)
+        view = view[n:]
+
+
+def test_a_header_announcing_4_mib_allocates_nothing_for_it():
+    d = FrameDecoder(max_payload=4 * MIB + 64 * 1024)
+    assert d.capacity == 0  # nothing before the first byte
+    _fill(d, encode_data_header(1, 0, 0, 4 * MIB))
+    assert d.capacity <= 2 * READAHEAD
+    for arrived in (100_000, 500_000, 2 * MIB):
+        _fill(d, bytes(arrived - (d.pending_bytes - HEADER_SIZE - DATA_HEADER_SIZE)))
+        assert d.capacity <= 2 * d.pending_bytes + 2 * READAHEAD, (arrived, d.capacity)
+
+
+def test_trim_gives_the_buffer_back_and_release_returns_the_budget():
+    from ftx.core.frames import BufferBudget
+
+    budget = BufferBudget(64 * MIB)
+    d = FrameDecoder(max_payload=MIB + 64 * 1024, budget=budget)
+    chunk = bytes(MIB)
+    _fill(d, encode_data_frame(1, 0, chunk))
+    assert d.next_frame() is not None
+    assert budget.used == d.capacity >= MIB
+    d.trim()
+    assert d.capacity == 0 and budget.used == 0
+    _fill(d, encode_data_frame(1, 0, chunk)[:100_000])
+    d.trim()  # keeps what is pending, nothing more
+    assert 100_000 <= d.capacity < 110_000 and budget.used == d.capacity
+    d.release()
+    assert budget.used == 0
+
+
+def test_growing_past_the_budget_is_a_busy_error():
+    from ftx.core.frames import BufferBudget, BufferLimit
+    from ftx.errors import ErrorCode
+
+    d = FrameDecoder(max_payload=4 * MIB + 64 * 1024, budget=BufferBudget(MIB))
+    with pytest.raises(BufferLimit) as info:
+        _fill(d, encode_data_frame(1, 0, bytes(2 * MIB)))
+    assert info.value.code == ErrorCode.BUSY and "--max-memory" in str(info.value)
 
 
 def test_large_frames_feed_in_random_pieces():
@@ -463,3 +529,27 @@ def test_large_corrupt_chunk_detected():
     d = FrameDecoder(max_payload=MIB + 64 * 1024)
     with pytest.raises(ChecksumMismatch):
         feed_zero_copy(d, bytes(bad), [65536])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(512, MIB), min_size=1, max_size=12), trims=st.lists(st.booleans(), max_size=12))
+def test_growth_and_trim_in_any_rhythm_keep_frames_and_bound_capacity(sizes, trims):
+    """Whatever the read sizes and idle trims: the same frames, and never much more
+    buffer than the bytes pending (a header alone does not allocate its payload)."""
+    blob, frames = _big_stream(5, chunk_size=256 * 1024)
+    d = FrameDecoder(max_payload=256 * 1024 + 64 * 1024)
+    view, got, i = memoryview(blob), [], 0
+    while view:
+        buf = d.get_buffer()
+        n = min(len(buf), len(view), sizes[i % len(sizes)])
+        buf[:n] = view[:n]
+        view = view[n:]
+        d.buffer_updated(n)
+        assert d.capacity <= 2 * d.pending_bytes + 2 * READAHEAD + 4096 or d.capacity <= 256 * 1024 + 64 + READAHEAD
+        while (f := d.next_frame()) is not None:
+            got.append((f.type, bytes(f.payload)))
+        if trims and trims[i % len(trims)]:
+            d.trim()
+            assert d.capacity <= max(d.pending_bytes, 4096 if d.pending_bytes else 0)
+        i += 1
+    _check_big(got, frames)

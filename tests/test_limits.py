@@ -50,3 +50,8 @@ def test_admission_counts_total_and_per_host():
     for host in ("a", "b", "c"):
         adm.release(host)
     assert adm.total == 0 and adm.per_host == {}
+
+
+def test_buffers_get_max_memory_less_the_process_share():
+    assert Limits().buffer_bytes == (256 - 48) << 20
+    assert Limits(max_memory=24 << 20).buffer_bytes == 12 << 20

@@ -349,6 +349,43 @@ def test_hello_layout_and_bad_magic():
         Hello.decode(b"ftp\x00" + enc[4:])
 
 
+def test_hello_sender_id_extension():
+    sid = bytes(range(16))
+    enc = Hello(ROLE_SENDER, 65536, 0, "a", sender_id=sid).encode()
+    # after the agent: type 1, length 16, the id (protocol.md 6.1)
+    assert enc.endswith(struct.pack(">HH", 1, 16) + sid)
+    assert Hello.decode(enc).sender_id == sid
+    assert Hello.decode(Hello(ROLE_SENDER, 65536, 0, "a").encode()).sender_id == b""  # older peers: anonymous
+    ext = Hello(ROLE_SENDER, 65536, 0, "a").encode()
+    unknown = struct.pack(">HH", 0x7777, 3) + b"xyz"
+    assert Hello.decode(ext + unknown + struct.pack(">HH", 1, 2) + b"id").sender_id == b"id"
+    # the first id counts; a bad length, a truncated one or a short tail are ignored, never an error
+    assert Hello.decode(ext + struct.pack(">HH", 1, 1) + b"A" + struct.pack(">HH", 1, 1) + b"B").sender_id == b"A"
+    assert Hello.decode(ext + struct.pack(">HH", 1, 0)).sender_id == b""
+    assert Hello.decode(ext + struct.pack(">HH", 1, 65) + bytes(65)).sender_id == b""
+    assert Hello.decode(ext + struct.pack(">HH", 1, 16) + b"short").sender_id == b""
+    assert Hello.decode(ext + b"\x00").sender_id == b""
+
+
+def test_protocol_md_hello_vectors_match_the_encoder():
+    import re
+    from pathlib import Path
+
+    from ftx.core.frames import FrameType, encode_frame
+
+    text = (Path(__file__).parent.parent / "protocol.md").read_text()
+    blocks = re.findall(r"\*\*HELLO\*\* from a sender.*?```\n(.*?)```.*?SENDER_ID extension.*?```\n(.*?)```",
+                        text, re.S)[0]
+
+    def hexdump(block: str) -> bytes:
+        return bytes.fromhex("".join(line[6:53] for line in block.splitlines()))
+
+    plain = Hello(ROLE_SENDER, 4259840, 0, "ftx/0.1.0")
+    assert hexdump(blocks[0]) == encode_frame(FrameType.HELLO, plain.encode())
+    with_id = Hello(ROLE_SENDER, 4259840, 0, "ftx/0.1.0", sender_id=bytes(range(16)))
+    assert hexdump(blocks[1]) == encode_frame(FrameType.HELLO, with_id.encode())
+
+
 def test_hello_agent_is_truncated_to_1024_bytes():
     h = Hello.decode(Hello(ROLE_RECEIVER, 1 << 20, agent="a" * 5000).encode())
     assert h.agent == "a" * 1024

@@ -32,3 +32,7 @@ class Config:
 
     agent: str = AGENT
     """Free text naming the implementation, sent in HELLO."""
+
+    sender_id: bytes = b""
+    """Sender: the transfer identity sent in HELLO (empty: anonymous).  A receiver lets a
+    new connection take over a partial file only from the same identity."""

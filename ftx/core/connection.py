@@ -23,8 +23,17 @@ from ..errors import (
 )
 from .config import Config
 from .events import Event, HandshakeComplete, PeerFailed
-from .frames import FRAME_TYPES, HANDSHAKE_MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
-from .messages import MAGIC, PROTOCOL_VERSION, ErrorMessage, Hello
+from .frames import (
+    FRAME_TYPES,
+    HANDSHAKE_MAX_PAYLOAD,
+    BufferBudget,
+    BufferLimit,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+from .messages import MAGIC, PROTOCOL_VERSION, ROLE_SENDER, ErrorMessage, Hello
 from .states import FileState, In
 
 SNIFF_BYTES = 64  # how much of a foreign peer's first bytes an error quotes
@@ -34,9 +43,10 @@ class Connection:
     role: int = 0
     transitions: dict = {}
 
-    def __init__(self, config: Config | None = None, hello_flags: int = 0) -> None:
+    def __init__(self, config: Config | None = None, hello_flags: int = 0,
+                 budget: BufferBudget | None = None) -> None:
         self.config = config or Config()
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(budget=budget)
         self._out: list = []
         self._out_bytes = 0
         self._events: deque[Event] = deque()
@@ -46,15 +56,29 @@ class Connection:
         self._error: FtxError | None = None
         self._head: bytes | None = b""  # the peer's first bytes, until they look like ftx
         self._inbuf: memoryview | None = None
-        self._send_frame(FrameType.HELLO, Hello(self.role, self.config.max_payload, hello_flags, self.config.agent).encode())
+        hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
+                      sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"")
+        self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
+        """Where the next input bytes go.  Out of buffer memory: ERROR BUSY is queued, and raised."""
         self._check_usable()
-        buf = self._decoder.get_buffer()
+        try:
+            buf = self._decoder.get_buffer()
+        except BufferLimit as exc:
+            self._fail_local(exc)
         if self._head is not None:
             self._inbuf = buf
         return buf
+
+    def trim_buffers(self) -> None:
+        """The peer is quiet: give back buffer memory that pending bytes do not need."""
+        self._decoder.trim()
+
+    def release_buffers(self) -> None:
+        """The connection is over: free the input buffer (and its share of the budget)."""
+        self._decoder.release()
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()

@@ -26,7 +26,7 @@ import struct
 from collections import deque
 from typing import NamedTuple
 
-from ..errors import ChecksumMismatch, FrameTooLarge, RemoteProtocolError
+from ..errors import ChecksumMismatch, ErrorCode, FrameTooLarge, FtxError, RemoteProtocolError
 from .checksum import chunk_checksum, frame_checksum
 
 HEADER = struct.Struct(">BBHIQ")
@@ -98,10 +98,49 @@ def parse_data_payload(payload) -> tuple[int, int, int, memoryview]:
     return file_id, index, checksum, memoryview(payload)[DATA_HEADER_SIZE:]
 
 
-class FrameDecoder:
-    """Incremental decoder: bytes in any split in, checked frames out."""
+class BufferBudget:
+    """Bytes of frame buffers that all connections together may hold (``--max-memory``).
 
-    def __init__(self, max_payload: int = HANDSHAKE_MAX_PAYLOAD, copy_payloads: bool = False):
+    Decoders ``take`` capacity before they grow and ``give`` it back when they
+    shrink or close.  Pure bookkeeping, used from one event loop thread.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def take(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, nbytes: int) -> None:
+        self.used = max(0, self.used - nbytes)
+
+
+class BufferLimit(FtxError):
+    """Growing a frame buffer would exceed the receiver's memory limit."""
+
+    code = ErrorCode.BUSY
+
+
+MIN_BUFFER = 4096  # first allocation, for headers and small frames
+
+
+class FrameDecoder:
+    """Incremental decoder: bytes in any split in, checked frames out.
+
+    The buffer grows with what actually arrives, never with what a header
+    announces: a large frame is read straight into its final place, in regions
+    that at most double the bytes already there.  ``trim`` (called by the
+    driver when the peer is quiet) gives the memory back.
+    """
+
+    def __init__(self, max_payload: int = HANDSHAKE_MAX_PAYLOAD, copy_payloads: bool = False,
+                 budget: BufferBudget | None = None):
         self._max_payload = 0
         self._buf = bytearray()
         self._view = memoryview(self._buf)
@@ -110,46 +149,91 @@ class FrameDecoder:
         self._frame_len = -1  # total length of the frame at _start once its header is read
         self._frames: deque[Frame] = deque()
         self.copy_payloads = copy_payloads
+        self.budget = budget
         self.set_max_payload(max_payload)
 
     @property
     def max_payload(self) -> int:
         return self._max_payload
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of buffer held now."""
+        return len(self._buf)
+
     def set_max_payload(self, max_payload: int) -> None:
+        """The largest payload accepted from now on.  Allocates nothing."""
         if not 0 < max_payload <= ABSOLUTE_MAX_PAYLOAD:
             raise ValueError("max_payload out of range")
         self._max_payload = max_payload
-        capacity = max(2 * (max_payload + HEADER_SIZE), 4 * READAHEAD)
-        if capacity > len(self._buf):
-            pending = self._view[self._start : self._end]
-            new = bytearray(capacity)
-            new[: len(pending)] = pending
-            self._view.release()
-            self._buf, self._view = new, memoryview(new)
-            self._end -= self._start
-            self._start = 0
 
     # -- BufferedProtocol-style input --------------------------------------
     def get_buffer(self) -> memoryview:
-        """A writable region to fill; invalidates payloads handed out before."""
+        """A writable region to fill; invalidates payloads handed out before.
+
+        Raises ``BufferLimit`` when the buffer must grow and the budget is spent.
+        """
         start, end = self._start, self._end
-        target = start + (self._frame_len if self._frame_len >= 0 else HEADER_SIZE)
-        if target - end >= READAHEAD:
-            if target > len(self._buf):
-                self._compact()  # the frame now starts at 0
-                return self._view[self._end : target - start]
-            return self._view[end:target]
-        if len(self._buf) - end < READAHEAD:
+        pending = end - start
+        need = self._frame_len if self._frame_len >= 0 else HEADER_SIZE
+        if need - pending >= READAHEAD:  # a large frame: read into its final place
+            if start + need > len(self._buf):
+                self._compact()
+                cap = len(self._buf)
+                if cap < need and cap - pending < READAHEAD:  # full: grow by at most what arrived
+                    self._resize(min(need, max(2 * cap, pending + READAHEAD)))
+            start = self._start
+            return self._view[self._end : start + min(need, len(self._buf) - start)]
+        # headers and small frames: read ahead, up to READAHEAD at once
+        want = max(need - pending, MIN_BUFFER)
+        if len(self._buf) - end < want:
             self._compact()
-            end = self._end
-        return self._view[end : end + READAHEAD]
+            cap = len(self._buf)
+            if cap - pending < want:
+                self._resize(max(pending + want, min(max(2 * cap, MIN_BUFFER), pending + READAHEAD)))
+        end = self._end
+        return self._view[end : min(len(self._buf), end + READAHEAD)]
+
+    def trim(self) -> None:
+        """Give back what the bytes held now do not need (the peer is quiet)."""
+        pending = self._end - self._start
+        keep = 0 if not pending else max(pending, MIN_BUFFER)
+        if len(self._buf) > keep:
+            self._resize(keep)
+
+    def release(self) -> None:
+        """The connection is over: free the buffer and return it to the budget."""
+        self._start = self._end = 0
+        self._frame_len = -1
+        self._resize(0)
 
     def _compact(self) -> None:
         start, end = self._start, self._end
         if start:
             self._buf[: end - start] = self._view[start:end]
             self._start, self._end = 0, end - start
+
+    def _resize(self, capacity: int) -> None:
+        """A new buffer of ``capacity`` bytes holding the pending bytes at its start.
+
+        A new object, not a resize in place: payloads handed out may still
+        reference the old one.
+        """
+        old = len(self._buf)
+        if capacity > old and self.budget is not None and not self.budget.take(capacity - old):
+            raise BufferLimit(
+                f"receiver out of buffer memory ({self.budget.used >> 20} of {self.budget.limit >> 20} MiB "
+                f"in use; its --max-memory); try again later")
+        pending = self._view[self._start : self._end]
+        new = bytearray(capacity)
+        new[: len(pending)] = pending
+        self._end -= self._start
+        self._start = 0
+        pending.release()
+        self._view.release()
+        self._buf, self._view = new, memoryview(new)
+        if capacity < old and self.budget is not None:
+            self.budget.give(old - capacity)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Frames are parsed lazily by ``next_frame``, so that a HELLO can raise the
@@ -165,8 +249,8 @@ class FrameDecoder:
             buf[:n] = data[:n]
             data = data[n:]
             self.buffer_updated(n)
-            while (frame := self._parse_one()) is not None:  # keep room: parse as we go
-                self._frames.append(frame)
+            while (frame := self._parse_one(copy=True)) is not None:  # keep room: parse as we go
+                self._frames.append(frame)  # copies: the next get_buffer may move the bytes
 
     def next_frame(self) -> Frame | None:
         if self._frames:
@@ -184,7 +268,10 @@ class FrameDecoder:
         return self._end - self._start
 
     # -- parsing -----------------------------------------------------------
-    def _parse_one(self) -> Frame | None:
+    def _parse_one(self, copy: bool = False) -> Frame | None:
+        """The next complete frame, or None.  Only DATA payloads are views into the buffer
+        (the zero-copy path); control payloads are small and copied, so that an event
+        that holds one (SMALL_FILE content) survives a later ``get_buffer``."""
         view = self._view
         start, avail = self._start, self._end - self._start
         if self._frame_len < 0:
@@ -199,7 +286,7 @@ class FrameDecoder:
         ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
         payload = view[start + HEADER_SIZE : start + self._frame_len]
         self._check(ftype, flags, reserved, length, csum, payload)
-        if self.copy_payloads:
+        if copy or self.copy_payloads or ftype != FrameType.DATA:
             payload = bytes(payload)
         self._start += self._frame_len
         self._frame_len = -1

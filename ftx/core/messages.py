@@ -79,6 +79,12 @@ def _code(value: int) -> ErrorCode | int:
         return value  # unknown codes from newer peers are kept as numbers
 
 
+# HELLO extensions (protocol.md section 6.1): u16 type, u16 length, value
+EXT_SENDER_ID = 0x0001  # sender: the transfer identity, 1-64 opaque bytes
+SENDER_ID_MAX = 64
+_EXT = struct.Struct(">HH")
+
+
 @dataclass(frozen=True)
 class Hello:
     role: int
@@ -86,10 +92,14 @@ class Hello:
     flags: int = 0
     agent: str = "ftx"
     version: int = PROTOCOL_VERSION
+    sender_id: bytes = b""  # transfer identity: who may take over a partial (empty: anonymous)
     _S = struct.Struct(">4sHBBIQ")
 
     def encode(self) -> bytes:
-        return self._S.pack(MAGIC, self.version, self.role, 0, self.max_payload, self.flags) + _pack_text(self.agent)
+        out = self._S.pack(MAGIC, self.version, self.role, 0, self.max_payload, self.flags) + _pack_text(self.agent)
+        if self.sender_id:
+            out += _EXT.pack(EXT_SENDER_ID, len(self.sender_id)) + self.sender_id
+        return out
 
     @classmethod
     def decode(cls, p) -> "Hello":
@@ -97,8 +107,19 @@ class Hello:
         magic, version, role, _r, max_payload, flags = cls._S.unpack_from(p, 0)
         if magic != MAGIC:
             raise RemoteProtocolError("not an ftx peer (bad HELLO magic)")
-        agent, _ = _text(p, cls._S.size, "HELLO")  # trailing bytes: reserved for extensions
-        return cls(role, max_payload, flags, agent, version)
+        agent, off = _text(p, cls._S.size, "HELLO")
+        sender_id = b""
+        # extensions: while a whole one fits; unknown types, a malformed id and
+        # a shorter tail are ignored (trailing bytes were reserved, never an error)
+        while len(p) - off >= _EXT.size:
+            etype, elen = _EXT.unpack_from(p, off)
+            off += _EXT.size
+            if len(p) - off < elen:
+                break
+            if etype == EXT_SENDER_ID and not sender_id and 1 <= elen <= SENDER_ID_MAX:
+                sender_id = bytes(p[off : off + elen])
+            off += elen
+        return cls(role, max_payload, flags, agent, version, sender_id)
 
 
 @dataclass(frozen=True)

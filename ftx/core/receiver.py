@@ -50,9 +50,9 @@ class ReceiverConnection(Connection):
     role = ROLE_RECEIVER
     transitions = RECEIVER_TRANSITIONS
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, budget=None) -> None:
         config = config or Config()
-        super().__init__(config, HELLO_OVERWRITE if config.overwrite else 0)
+        super().__init__(config, HELLO_OVERWRITE if config.overwrite else 0, budget)
         self._entries: dict[int, FileEntry] = {}
         self._have: dict[int, RangeSet] = {}
         self._sender_done = False

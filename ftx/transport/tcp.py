@@ -15,6 +15,8 @@ import socket
 import time
 from typing import Awaitable, Callable
 
+from ..core.frames import FrameType, encode_frame
+from ..core.messages import ErrorMessage
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
 
@@ -22,6 +24,7 @@ log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
 RCVLOWAT_MAX = 1024 * 1024
+IDLE_TRIM = 1.0  # seconds without input after which a connection gives its buffer memory back
 
 
 def _tune(sock: socket.socket) -> None:
@@ -99,20 +102,43 @@ class TcpLink:
         """Move whatever arrives next into ``conn`` (zero-copy into its frame buffer).
 
         While a large frame is being filled, SO_RCVLOWAT keeps the loop from
-        waking for every 64 KiB segment: fewer wake-ups, larger reads.
+        waking for every 64 KiB segment: fewer wake-ups, larger reads.  While
+        nothing arrives no buffer region is held, and after ``IDLE_TRIM``
+        seconds the connection gives its buffer memory back.
         """
-        buf = conn.get_buffer()
-        lowat = min(len(buf), RCVLOWAT_MAX) if len(buf) > 65536 else 1
-        if lowat != self._lowat:
+        sock = self.sock
+        while True:
+            buf = conn.get_buffer()
+            lowat = min(len(buf), RCVLOWAT_MAX) if len(buf) > 65536 else 1
+            if lowat != self._lowat:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                    self._lowat = lowat
+                except OSError:
+                    pass
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-                self._lowat = lowat
-            except OSError:
-                pass
-        n = await self.recv_into(buf)
+                n = sock.recv_into(buf)
+                break
+            except (BlockingIOError, InterruptedError):
+                del buf  # hold no region of the buffer while we wait
+                await self._readable(conn)
+            except OSError as exc:
+                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        self.last_recv = time.monotonic()
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
+
+    async def _readable(self, conn) -> None:
+        fut = self._loop.create_future()
+        fd = self.sock.fileno()
+        self._loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        trim = self._loop.call_later(IDLE_TRIM, conn.trim_buffers)
+        try:
+            await fut
+        finally:
+            trim.cancel()
+            self._loop.remove_reader(fd)
 
     def read_buffer(self, shared: memoryview) -> memoryview:
         """Where the sender reads its next chunk: framed and sent at once, so one buffer serves."""
@@ -134,6 +160,10 @@ class TcpLink:
             pass
 
     def close(self) -> None:
+        try:  # closing with input unread resets the connection, which can destroy our last
+            self.sock.recv(65536)  # frame (an ERROR) before the peer reads it: drop what is there
+        except OSError:
+            pass
         self.sock.close()
 
     async def aclose(self) -> None:
@@ -168,10 +198,33 @@ def listen(host: str | None, port: int) -> list[socket.socket]:
     return [sock]
 
 
-async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitable[None]]) -> None:
-    """Accept forever, running ``handle(link)`` for each connection concurrently."""
+def refuse(sock: socket.socket, reason: str) -> None:
+    """Turn a connection away at once: one ERROR BUSY frame, then close.  Costs no task."""
+    try:
+        sock.setblocking(False)
+        sock.send(encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.BUSY, reason).encode()))
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)  # the peer's HELLO, if in: closing with unread bytes would reset the ERROR away
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitable[None]], admission=None) -> None:
+    """Accept forever, running ``handle(link)`` for each connection concurrently.
+
+    With an ``Admission`` (ftx/limits.py), a connection over its limits is
+    refused with ERROR BUSY before any per-connection state exists.
+    """
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
+
+    async def run(link: TcpLink, host: str) -> None:
+        try:
+            await handle(link)
+        finally:
+            admission.release(host)
 
     async def accept_loop(lsock: socket.socket) -> None:
         while True:
@@ -183,7 +236,21 @@ async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitabl
                     await asyncio.sleep(0.1)
                     continue
                 raise
-            task = loop.create_task(handle(TcpLink(sock)))
+            if admission is None:
+                coro = handle(TcpLink(sock))
+            else:
+                host = addr[0].removeprefix("::ffff:") if isinstance(addr, tuple) else None
+                reason = admission.admit(host)
+                if reason is not None:
+                    log.info("refused %s: %s", host, reason)
+                    refuse(sock, reason)
+                    continue
+                try:
+                    coro = run(TcpLink(sock), host)
+                except BaseException:
+                    admission.release(host)
+                    raise
+            task = loop.create_task(coro)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

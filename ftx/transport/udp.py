@@ -497,8 +497,10 @@ class UdpServer:
 
 
 async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitable[None]],
-                config: UdpConfig | None = None) -> UdpServer:
-    """Listen on UDP ``port``; run ``handle(link)`` for each new session."""
+                config: UdpConfig | None = None, admission=None) -> UdpServer:
+    """Listen on UDP ``port``; run ``handle(link)`` for each new session.
+
+    ``admission`` (ftx/limits.py) is the receiver's one session count, shared with TCP."""
     loop = asyncio.get_running_loop()
     config = config or UdpConfig()
     listener = Listener(os.urandom(32), config, _random_cid)
