@@ -92,6 +92,23 @@ def _limits_from(values: dict) -> Limits:
     return Limits(**kwargs)
 
 
+def _fit_descriptors(limits: Limits) -> Limits:
+    """Make room for 2 descriptors per open partial plus the connections (raising ``ulimit -n`` if
+    allowed); if there is none, lower --max-open-files and say so."""
+    import dataclasses
+
+    from .descriptors import raise_descriptor_limit
+
+    spare = limits.max_connections + 64  # sockets, the listeners, stdio, the interpreter's own
+    soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
+    fits = max(1, (soft - spare) // 2)
+    if fits < limits.max_open_files:
+        log.warning("--max-open-files lowered from %d to %d: the descriptor limit (ulimit -n) is %d",
+                    limits.max_open_files, fits, soft)
+        limits = dataclasses.replace(limits, max_open_files=fits)
+    return limits
+
+
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
 
@@ -228,11 +245,11 @@ def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_j
             **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
-    limits = _limits_from(limit_values)
+    limits = _fit_descriptors(_limits_from(limit_values))
     from .storage import Destination
 
     try:
-        dest = Destination(directory, overwrite)
+        dest = Destination(directory, overwrite, limits=limits)
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:

@@ -177,6 +177,7 @@ class ReceiveSession:
             flags |= DECISION_DISCARDED
             log.warning("%s: %s; starting over", _name(entry), part.discarded)
         resumed = sum(entry.chunk_length(i) for i in held.values())
+        self.dest.check_space(path, entry.size - resumed)  # refused: the verified chunks stay
         if held:
             self._resumed[ev.file_id] = resumed
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
@@ -256,7 +257,7 @@ class ReceiveSession:
         self._finish(ev.file_id, entry, code, ZERO_DIGEST, ev.message)
 
     def close(self) -> None:
-        """Connection over (finished or not): release every open partial, keep its data."""
+        """Connection over (finished or not): release every partial; keep its verified data, if any."""
         for part in self._partials.values():
             part.close()
         self._partials.clear()

@@ -1,0 +1,244 @@
+"""What a sender can cost the receiver in descriptors, sidecar files and disk (issue #11, items 8-10).
+
+Each test attacks a real ``ftx receive`` subprocess the way a client would: a raw
+TCP sender built on the core's ``SenderConnection`` that offers files and then
+sends their data (or never does).  Descriptors are counted in /proc/PID/fd,
+sidecars in --dir, space with statvfs on a tmpfs of our own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import time
+
+import pytest
+
+from ftx.core.checksum import file_digest
+from ftx.core.config import Config
+from ftx.core.events import DecisionReceived, FileResolved, PeerFailed
+from ftx.core.manifest import FileEntry, Kind
+from ftx.core.sender import SenderConnection
+from ftx.errors import ErrorCode
+
+from .helpers import journal_records, run_send, wait_for, write_random
+
+pytestmark = pytest.mark.timeout(60)
+
+CHUNK = 16 * 1024
+
+
+class RawSender:
+    """The real sender core on a blocking socket, driven by hand (no offer window, no data unless told)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = SenderConnection(Config())
+        self.seen: list = []
+        self.flush()
+        self.collect(lambda evs: any(ev.__class__.__name__ == "HandshakeComplete" for ev in evs))
+
+    def flush(self) -> None:
+        for b in self.conn.data_to_send():
+            self.sock.sendall(b)
+
+    def collect(self, done, timeout: float = 20.0) -> list:
+        """Read until ``done(all events so far)``; return them all."""
+        deadline = time.monotonic() + timeout
+        while not done(self.seen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such events in time; last: {self.seen[-3:]}")
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.conn.receive_eof()
+            try:
+                self.conn.receive_data(data)
+            finally:
+                while (ev := self.conn.next_event()) is not None:
+                    self.seen.append(ev)
+        return self.seen
+
+    def count(self, kind) -> int:
+        return sum(isinstance(ev, kind) for ev in self.seen)
+
+    def results(self) -> dict:
+        return {ev.result.file_id: ev.result for ev in self.seen if isinstance(ev, FileResolved)}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def sidecars(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
+                  if p.name.endswith((".ftx-part", ".ftx-journal")))
+
+
+# -- item 8: descriptors and sidecars ------------------------------------------------------
+
+def test_offers_without_data_open_no_descriptor_and_create_no_file(receiver):
+    """1000 OFFERs and never a byte of data: no descriptor, no sidecar (was 2 fds + 2 files each)."""
+    s = RawSender(receiver.port)
+    base = open_fds(receiver.proc.pid)
+    for i in range(1000):
+        s.conn.offer(FileEntry(b"d%d/f%04d.bin" % (i % 10, i), size=3 * CHUNK, chunk_size=CHUNK))
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 1000)
+    assert open_fds(receiver.proc.pid) <= base + 2
+    assert sidecars(receiver.dir) == []
+    s.close()
+    ev = receiver.events_until("session")[-1]
+    assert ev["complete"] is False
+    assert sidecars(receiver.dir) == []
+
+
+def test_open_partials_are_capped_over_all_senders(tmp_path, receiver_factory):
+    """12 files written a chunk at a time, round robin, by two senders: at most --max-open-files partials
+    hold descriptors (2 each); the others close and reopen, and every file lands intact."""
+    r = receiver_factory("--max-open-files", "4")
+    senders = [RawSender(r.port), RawSender(r.port)]
+    base = open_fds(r.proc.pid)
+    rng = random.Random(8)
+    files = []  # (sender, file id, name, data)
+    for n in range(12):
+        s = senders[n % 2]
+        data = rng.randbytes(3 * CHUNK - 100)
+        name = f"f{n:02d}.bin"
+        fid = s.conn.offer(FileEntry(name.encode(), size=len(data), chunk_size=CHUNK))
+        files.append((s, fid, name, data))
+    for s in senders:
+        s.flush()
+        s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 6)
+    assert open_fds(r.proc.pid) <= base + 2, "partials were opened before any data arrived"
+    for index in range(3):
+        for s, fid, name, data in files:
+            s.conn.send_chunk(fid, index, data[index * CHUNK : (index + 1) * CHUNK])
+            s.flush()
+        wait_for(lambda: all(journal_records(r.dir, name) == index + 1 for _s, _f, name, _d in files),
+                 what=f"chunk {index} of every file journaled")
+        assert open_fds(r.proc.pid) <= base + 2 * 4
+    for s, fid, name, data in files:
+        s.conn.end_file(fid, file_digest(data))
+    for s in senders:
+        s.flush()
+        s.collect(lambda evs: sum(isinstance(ev, FileResolved) for ev in evs) == 6)
+        assert {res.code for res in s.results().values()} == {ErrorCode.OK}
+    for _s, _fid, name, data in files:
+        assert (r.dir / name).read_bytes() == data
+    assert sidecars(r.dir) == []
+    assert open_fds(r.proc.pid) <= base
+    for s in senders:
+        s.close()
+
+
+# -- item 9: disk space -------------------------------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 64 MiB tmpfs: free space that no other test run on this machine can change."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def used_bytes(path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_offers_reserve_no_space_and_what_cannot_fit_is_refused(tmp_path, tmpfs, receiver_factory):
+    """A 10 TiB (or 2^64-1 byte) OFFER is refused with STORAGE; an accepted 40 MiB OFFER takes no space
+    until data arrives; a disconnect leaves only partials that hold verified chunks, and those resume."""
+    dst = tmpfs / "dst"
+    r = receiver_factory("--min-free", "8M", directory=dst)
+    src = tmp_path / "big.bin"
+    data = write_random(src, 40 * 1024 * 1024, seed=2)
+    st = os.stat(src)
+    used0 = used_bytes(tmpfs)
+    s = RawSender(r.port)
+    huge = [s.conn.offer(FileEntry(b"huge%d.bin" % i, size=size)) for i, size in
+            enumerate([10 << 40, 1 << 63, (1 << 64) - 1])]
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, FileResolved) for ev in evs) == 3)
+    for fid in huge:
+        res = s.results()[fid]
+        assert res.code == ErrorCode.STORAGE and "not enough space" in res.message, res
+    big = s.conn.offer(FileEntry(b"big.bin", size=st.st_size, mode=0o644, mtime_ns=st.st_mtime_ns))
+    idle = s.conn.offer(FileEntry(b"idle.bin", size=8 * 1024 * 1024))
+    too_big = s.conn.offer(FileEntry(b"too-big.bin", size=60 * 1024 * 1024))  # 64M - 8M kept free < 60M
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 2 and len(s.results()) == 4)
+    assert s.results()[too_big].code == ErrorCode.STORAGE
+    assert used_bytes(tmpfs) - used0 < 1024 * 1024, "space was reserved for data that never came"
+    s.conn.send_chunk(big, 0, data[: 1024 * 1024])
+    s.flush()
+    wait_for(lambda: journal_records(dst, "big.bin") == 1, what="the first chunk journaled")
+    assert used_bytes(tmpfs) - used0 < 3 * 1024 * 1024
+    s.close()
+    assert r.events_until("session")[-1]["complete"] is False
+    assert sidecars(dst) == [".big.bin.ftx-journal", ".big.bin.ftx-part"]  # nothing for idle.bin or the refused
+    assert idle is not None
+    rc, report, err = run_send(str(src), r.dest)
+    assert rc == 0, err
+    assert report["bytes_resumed"] == 1024 * 1024
+    assert (dst / "big.bin").read_bytes() == data
+    assert sidecars(dst) == []
+
+
+def test_small_files_respect_min_free(tmp_path, tmpfs, receiver_factory):
+    dst = tmpfs / "dst"
+    r = receiver_factory("--min-free", "64M", directory=dst)
+    write_random(tmp_path / "src" / "a.txt", 40_000)
+    rc, report, err = run_send(str(tmp_path / "src" / "a.txt"), r.dest)
+    assert rc == 1
+    assert "not enough space" in err
+    assert list(dst.iterdir()) == []
+
+
+# -- the descriptor budget itself ---------------------------------------------------------
+
+def test_a_partial_being_written_is_never_closed_under_its_writer(tmp_path):
+    """Budget of one: a second partial waits while the first is pinned, then takes the place."""
+    import threading
+
+    from ftx.core.checksum import chunk_checksum
+    from ftx.limits import Limits
+    from ftx.storage import Destination, PartialFile
+
+    dest = Destination(tmp_path, limits=Limits(max_open_files=1))
+    parts = []
+    for name in (b"a.bin", b"b.bin"):
+        part = PartialFile(dest, FileEntry(name, size=2 * CHUNK, chunk_size=CHUNK), dest.resolve(name))
+        part.open(resume=True)
+        parts.append(part)
+    a, b = parts
+    piece = bytes(CHUNK)
+    a.write_chunk(0, chunk_checksum(piece), piece)
+    budget = dest.descriptors
+    budget.acquire(a)  # as a writer thread would, mid-write
+    fd_a = a.fd
+    t = threading.Thread(target=b.write_chunk, args=(0, chunk_checksum(piece), piece))
+    t.start()
+    wait_for(lambda: budget._waiting == 1, what="the second writer to wait")
+    assert a.fd == fd_a and b.fd == -1 and budget.open_count == 1
+    budget.release(a)
+    t.join(10)
+    assert a.fd == -1 and b.fd >= 0 and budget.open_count == 1 and budget.peak == 1
+    for part in (a, b):
+        part.write_chunk(1, chunk_checksum(piece), piece)
+        assert part.held.covers(0, 2)
+        part.close()
+    assert budget.open_count == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.bin.ftx-journal", ".a.bin.ftx-part",
+                                                        ".b.bin.ftx-journal", ".b.bin.ftx-part"]
