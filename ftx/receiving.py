@@ -275,7 +275,8 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connection.  Slow storage work runs in a worker thread so that the other
     connections on the loop keep moving.
     """
-    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite))
+    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
+                                               max_files_in_flight=dest.limits.max_files_in_flight))
     session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
     dead: list[Exception] = []

@@ -97,6 +97,33 @@ def test_offers_without_data_open_no_descriptor_and_create_no_file(receiver):
     assert sidecars(receiver.dir) == []
 
 
+def test_files_in_flight_per_session_are_bounded(tmp_path, receiver_factory):
+    """Settled items do not count; one unsettled item over --max-files-in-flight is a PROTOCOL error."""
+    r = receiver_factory("--max-files-in-flight", "64")
+    s = RawSender(r.port)
+    for i in range(60):  # directories settle at once: then they no longer count against the bound
+        s.conn.offer(FileEntry(b"dir%03d" % i, Kind.DIR, mode=0o755))
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, FileResolved) for ev in evs) == 60)
+    for i in range(64):
+        s.conn.offer(FileEntry(b"f%03d.bin" % i, size=2 * CHUNK, chunk_size=CHUNK))
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 64)
+    data = b"one too many"
+    s.conn.send_small_file(FileEntry(b"small.txt", size=len(data)), data, file_digest(data))
+    s.flush()
+    ev = s.collect(lambda evs: any(isinstance(ev, PeerFailed) for ev in evs))[-1]
+    assert isinstance(ev, PeerFailed) and ev.code == ErrorCode.PROTOCOL
+    assert "64 files offered and not yet settled" in ev.message and "--max-files-in-flight" in ev.message
+    s.close()
+    assert r.events_until("session")[-1]["complete"] is False
+    assert sidecars(r.dir) == [] and not (r.dir / "small.txt").exists()
+    src = write_random(tmp_path / "after.bin", 300_000, seed=4)
+    rc, _report, err = run_send(str(tmp_path / "after.bin"), r.dest)
+    assert rc == 0, err
+    assert (r.dir / "after.bin").read_bytes() == src
+
+
 def test_open_partials_are_capped_over_all_senders(tmp_path, receiver_factory):
     """12 files written a chunk at a time, round robin, by two senders: at most --max-open-files partials
     hold descriptors (2 each); the others close and reopen, and every file lands intact."""
