@@ -347,6 +347,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
 
     handlers["handle"] = handle
+    from .expiry import expire_periodically
+
+    expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
     server = loop.create_task(serve(socks, handle))
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -357,7 +360,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         return stop_code[0]
     finally:
         server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
+        expiry.cancel()
+        await asyncio.gather(server, expiry, return_exceptions=True)
         for s in socks:
             s.close()
         if udp_server is not None:

@@ -128,6 +128,12 @@ class Destination:
                 f"and {_bytes(self.limits.min_free)} kept free (--min-free)"
             )
 
+    def expire_partials(self, ttl: float, now: float | None = None) -> list:
+        """Remove ftx's partials (data and journal) untouched for ``ttl`` seconds; return what went."""
+        from .expiry import expire_partials
+
+        return expire_partials(self.root, ttl, now, in_use=in_use)
+
     def resolve(self, wire_path: bytes, make_parents: bool = True) -> bytes:
         """Absolute local path for a wire path; parents are real directories (created if asked)."""
         check_wire_path(wire_path)

@@ -233,6 +233,79 @@ def test_small_files_respect_min_free(tmp_path, tmpfs, receiver_factory):
     assert list(dst.iterdir()) == []
 
 
+# -- item 10: expiry ----------------------------------------------------------------------
+
+DAY = 86400
+
+
+def _journal_bytes() -> bytes:
+    return b"FTXJ" + bytes(32)
+
+
+def _make(path, content: bytes, age: float):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    t = time.time() - age
+    os.utime(path, (t, t))
+
+
+def test_stale_partials_are_removed_at_start_and_users_files_never(tmp_path, receiver_factory):
+    dst = tmp_path / "dst"
+    stale = [dst / ".old.bin.ftx-part", dst / ".old.bin.ftx-journal",
+             dst / "sub" / "deep" / ".x.ftx-part", dst / "sub" / "deep" / ".x.ftx-journal",
+             dst / ".lonely.ftx-journal"]
+    for p in stale:
+        _make(p, _journal_bytes() if p.name.endswith("journal") else b"data" * 1000, 8 * DAY)
+    kept = {
+        dst / ".fresh.bin.ftx-part": b"recent", dst / ".fresh.bin.ftx-journal": _journal_bytes(),
+        dst / ".notes.ftx-journal": b"a user's file that only looks like a journal",
+        dst / ".notes.ftx-part": b"and its neighbour",
+        dst / "old.txt": b"a user's old file",
+        dst / ".recent-part.ftx-part": b"fresh data beside an old journal",
+        dst / ".recent-part.ftx-journal": _journal_bytes(),
+    }
+    for p, content in kept.items():
+        _make(p, content, 8 * DAY if "fresh" not in p.name else DAY)
+    os.utime(dst / ".recent-part.ftx-part")  # touched now: the pair is not stale
+    os.symlink(dst / ".old.bin.ftx-journal", dst / ".link.ftx-journal")  # never followed
+    r = receiver_factory(directory=dst)
+    wait_for(lambda: not any(p.exists() for p in stale), timeout=10, what="stale partials removed")
+    for p, content in kept.items():
+        assert p.read_bytes() == content
+    assert os.path.islink(dst / ".link.ftx-journal")
+    r.stop()
+    assert "removed a stale partial file: .old.bin.ftx-journal" in r.stderr
+    assert "sub/deep/.x.ftx-journal" in r.stderr
+
+
+def test_expiry_runs_periodically_and_spares_partials_in_use(tmp_path, receiver_factory):
+    r = receiver_factory("--partial-ttl", "2s")
+    s = RawSender(r.port)
+    data = random.Random(5).randbytes(3 * CHUNK)
+    fid = s.conn.offer(FileEntry(b"live.bin", size=len(data), chunk_size=CHUNK))
+    s.flush()
+    s.collect(lambda evs: any(isinstance(ev, DecisionReceived) for ev in evs))
+    s.conn.send_chunk(fid, 0, data[:CHUNK])
+    s.flush()
+    wait_for(lambda: journal_records(r.dir, "live.bin") == 1, what="the first chunk journaled")
+    old = time.time() - 3600
+    for name in (".live.bin.ftx-part", ".live.bin.ftx-journal"):
+        os.utime(r.dir / name, (old, old))  # looks stale, but a session is writing it
+    later = [r.dir / ".later.ftx-part", r.dir / ".later.ftx-journal"]
+    for p in later:  # appears after the start-up pass: only a periodic pass can find it
+        _make(p, _journal_bytes(), 3600)
+    wait_for(lambda: not any(p.exists() for p in later), timeout=10, what="a periodic expiry pass")
+    assert sidecars(r.dir) == [".live.bin.ftx-journal", ".live.bin.ftx-part"]
+    for index in (1, 2):
+        s.conn.send_chunk(fid, index, data[index * CHUNK : (index + 1) * CHUNK])
+    s.conn.end_file(fid, file_digest(data))
+    s.flush()
+    s.collect(lambda evs: any(isinstance(ev, FileResolved) for ev in evs))
+    assert s.results()[fid].code == ErrorCode.OK
+    assert (r.dir / "live.bin").read_bytes() == data
+    s.close()
+
+
 # -- the descriptor budget itself ---------------------------------------------------------
 
 def test_a_partial_being_written_is_never_closed_under_its_writer(tmp_path):
