@@ -257,7 +257,7 @@ class ReceiveSession:
         self._finish(ev.file_id, entry, code, ZERO_DIGEST, ev.message)
 
     def close(self) -> None:
-        """Connection over (finished or not): release every partial; keep its verified data, if any."""
+        """Connection over (finished or not): release every partial; keep its verified data (if 1 MiB or more)."""
         for part in self._partials.values():
             part.close()
         self._partials.clear()

@@ -18,7 +18,8 @@ arrives, and no space is reserved ahead of the data (no preallocation); an
 offer whose missing bytes do not fit in the free space less ``min_free`` is
 refused; at most ``max_open_files`` partials hold descriptors at once (least
 recently used ones close and reopen on their next chunk); sidecars that hold
-no verified chunk are removed when their file is let go.
+less than ``KEEP_MIN`` (1 MiB) of verified data are removed when their file
+is let go.
 """
 
 from __future__ import annotations
@@ -333,6 +334,9 @@ class claim:
 
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
+# a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
+# costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
+KEEP_MIN = 1024 * 1024
 
 
 class PartialFile:
@@ -599,6 +603,13 @@ class PartialFile:
         _unlink_quietly(self.journal_path)
         self._on_disk = False
 
+    def held_bytes(self) -> int:
+        e = self.entry
+        n = self.held.count() * e.chunk_size
+        if e.chunks and (e.chunks - 1) in self.held:
+            n -= e.chunk_size - e.chunk_length(e.chunks - 1)
+        return n
+
     def _remove_sidecars(self) -> None:
         """Remove our sidecars, under the journal's lock (left alone if another process took them)."""
         if not self._on_disk:
@@ -616,10 +627,11 @@ class PartialFile:
             budget.forget(self)
 
     def close(self) -> None:
-        """Release descriptors and the claim; the sidecars stay for a resume if they hold verified data."""
+        """Release descriptors and the claim; the sidecars stay for a resume if they hold KEEP_MIN
+        bytes of verified data, and are removed otherwise."""
         self._pending.clear()
         self._pending_bytes = 0
-        if not self.held:
+        if self.held_bytes() < KEEP_MIN:
             self._remove_sidecars()
         budget = self.dest.descriptors
         with budget.lock:  # from now on nothing reopens it (a worker thread may still be handling a chunk)
