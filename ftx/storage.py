@@ -112,6 +112,8 @@ class Destination:
         self.overwrite = overwrite
         self.limits = limits or Limits()
         self.descriptors = DescriptorBudget(self.limits.max_open_files)
+        self._written = 0  # chunk bytes written (all files) since free space was last looked at
+        self._check_every = 0  # ... and how many may go before it is looked at again
         os.makedirs(self.root, exist_ok=True)
 
     def check_space(self, path: bytes, needed: int) -> None:
@@ -128,6 +130,31 @@ class Destination:
                 f"not enough space on the receiver: {_bytes(needed)} needed, {_bytes(free)} free "
                 f"and {_bytes(self.limits.min_free)} kept free (--min-free)"
             )
+
+    def account(self, path: bytes, nbytes: int) -> None:
+        """Before writing ``nbytes`` of a chunk: fail (STORAGE) if free space has sunk below --min-free.
+
+        Files are checked one by one when offered; this keeps them from eating the
+        reserve together.  Free space is looked at every eighth of the room that was
+        left (1 to 64 MiB of writes, over all files), so the reserve is overrun by at
+        most that much plus a chunk.  The counters are shared by threads without a
+        lock: a lost update only moves a check a little.
+        """
+        self._written += nbytes
+        if self._written < self._check_every:
+            return
+        self._written = 0
+        try:
+            st = os.statvfs(os.path.dirname(path))
+        except OSError as exc:
+            raise _storage_error(exc, "cannot tell the free space") from exc
+        free = st.f_bavail * st.f_frsize
+        room = free - nbytes - self.limits.min_free
+        if room < 0:
+            self._check_every = 0
+            raise StorageError(f"the receiver's free space sank to {_bytes(free)}; "
+                               f"{_bytes(self.limits.min_free)} are kept free (--min-free)")
+        self._check_every = min(64 << 20, max(1 << 20, room // 8))
 
     def expire_partials(self, ttl: float, now: float | None = None) -> list:
         """Remove ftx's partials (data and journal) untouched for ``ttl`` seconds; return what went."""
@@ -524,6 +551,7 @@ class PartialFile:
 
     # -- writing --------------------------------------------------------------
     def write_chunk(self, index: int, checksum: int, data) -> None:
+        self.dest.account(self.path, len(data))
         budget = self.dest.descriptors
         budget.acquire(self)
         try:

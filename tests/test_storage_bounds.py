@@ -241,6 +241,33 @@ def test_offers_reserve_no_space_and_what_cannot_fit_is_refused(tmp_path, tmpfs,
     assert sidecars(dst) == []
 
 
+def test_files_accepted_one_by_one_cannot_eat_the_reserve_together(tmpfs, receiver_factory):
+    """Two 40 MiB files each fit when offered (56 MiB of room), not both: the second fails with STORAGE
+    while the --min-free reserve is still there (it used to run the disk full)."""
+    dst = tmpfs / "dst"
+    r = receiver_factory("--min-free", "8M", directory=dst)
+    s = RawSender(r.port)
+    mib = 1024 * 1024
+    piece = random.Random(1).randbytes(mib)
+    a = s.conn.offer(FileEntry(b"a.bin", size=40 * mib, chunk_size=mib))
+    b = s.conn.offer(FileEntry(b"b.bin", size=40 * mib, chunk_size=mib))
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 2)
+    for fid in (a, b):
+        for index in range(40):
+            s.conn.send_chunk(fid, index, piece)
+            s.flush()
+        s.conn.end_file(fid, file_digest(piece * 40))
+        s.flush()
+    s.collect(lambda evs: len(s.results()) == 2)
+    assert s.results()[a].code == ErrorCode.OK
+    assert s.results()[b].code == ErrorCode.STORAGE and "--min-free" in s.results()[b].message
+    st = os.statvfs(tmpfs)
+    assert st.f_bavail * st.f_frsize >= 6 * mib
+    assert (dst / "a.bin").stat().st_size == 40 * mib and not (dst / "b.bin").exists()
+    s.close()
+
+
 def test_small_files_respect_min_free(tmp_path, tmpfs, receiver_factory):
     dst = tmpfs / "dst"
     r = receiver_factory("--min-free", "64M", directory=dst)
