@@ -112,6 +112,7 @@ class Destination:
         self.overwrite = overwrite
         self.limits = limits or Limits()
         self.descriptors = DescriptorBudget(self.limits.max_open_files)
+        self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.max_memory // 4))
         self._written = 0  # chunk bytes written (all files) since free space was last looked at
         self._check_every = 0  # ... and how many may go before it is looked at again
         os.makedirs(self.root, exist_ok=True)
@@ -288,6 +289,27 @@ def in_use(journal_path: bytes) -> bool:
         return journal_path in _live
 
 
+class ByteBudget:
+    """Bytes that may be held in memory over all partials (chunks kept for the digest)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.used -= n
+
+
 def _seal(fd: int, entry: FileEntry) -> None:
     os.fchmod(fd, entry.mode & 0o777)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -361,6 +383,7 @@ class claim:
 
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
+PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most max_memory / 4)
 # a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
 # costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
 KEEP_MIN = 1024 * 1024
@@ -570,9 +593,11 @@ class PartialFile:
             while self._hashed in self._pending:  # the gap is filled: hash what waited behind it
                 waiting = self._pending.pop(self._hashed)
                 self._pending_bytes -= len(waiting)
+                self.dest.pending.give(len(waiting))
                 self._hasher.update(waiting)
                 self._hashed += 1
-        elif index > self._hashed and self._pending_bytes + len(data) <= PENDING_LIMIT:
+        elif index > self._hashed and index not in self._pending \
+                and self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
             self._pending[index] = bytes(data)
             self._pending_bytes += len(data)
 
@@ -581,8 +606,7 @@ class PartialFile:
         self.held = RangeSet()
         self._hasher = FileHasher()
         self._hashed = 0
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._drop_pending()
         self.discarded = "the source content changed since the partial was made"
         self._remove_sidecars()
 
@@ -593,7 +617,7 @@ class PartialFile:
         try:
             budget.acquire(self)  # a file of no chunks gets its (empty) partial here
             try:
-                self._pending.clear()
+                self._drop_pending()
                 if self._hashed < e.chunks:  # chunks arrived too far out of order: hash the rest from disk
                     buf = bytearray(e.chunk_size)
                     view = memoryview(buf)
@@ -631,6 +655,11 @@ class PartialFile:
         _unlink_quietly(self.journal_path)
         self._on_disk = False
 
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self.dest.pending.give(self._pending_bytes)
+        self._pending_bytes = 0
+
     def held_bytes(self) -> int:
         e = self.entry
         n = self.held.count() * e.chunk_size
@@ -657,8 +686,7 @@ class PartialFile:
     def close(self) -> None:
         """Release descriptors and the claim; the sidecars stay for a resume if they hold KEEP_MIN
         bytes of verified data, and are removed otherwise."""
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._drop_pending()
         if self.held_bytes() < KEEP_MIN:
             self._remove_sidecars()
         budget = self.dest.descriptors

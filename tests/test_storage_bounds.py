@@ -181,6 +181,40 @@ def test_open_partials_are_capped_over_all_senders(tmp_path, receiver_factory):
         s.close()
 
 
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_chunks_kept_back_for_the_digest_are_bounded_over_all_files(receiver):
+    """Chunks sent ahead of each file's chunk 0 are kept in memory for the whole-file digest, up to
+    64 MiB over all files (it was 32 MiB per file: 6 files here held 168 MiB); the rest is read back."""
+    s = RawSender(receiver.port)
+    size = 4 << 20
+    piece = random.Random(3).randbytes(size)
+    fids = [s.conn.offer(FileEntry(b"o%d.bin" % i, size=8 * size, chunk_size=size)) for i in range(6)]
+    s.flush()
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 6)
+    before = rss(receiver.proc.pid)
+    for fid in fids:
+        for index in range(1, 8):
+            s.conn.send_chunk(fid, index, piece)
+            s.flush()
+    wait_for(lambda: all(journal_records(receiver.dir, "o%d.bin" % i) == 7 for i in range(6)),
+             what="chunks 1-7 of every file journaled")
+    grown = rss(receiver.proc.pid) - before
+    assert grown < 110 << 20, f"receiver grew by {grown >> 20} MiB"
+    for fid in fids:
+        s.conn.send_chunk(fid, 0, piece)
+        s.conn.end_file(fid, file_digest(piece * 8))
+        s.flush()
+    s.collect(lambda evs: len(s.results()) == 6)
+    assert {res.code for res in s.results().values()} == {ErrorCode.OK}
+    for i in range(6):
+        assert (receiver.dir / f"o{i}.bin").read_bytes() == piece * 8
+    s.close()
+
+
 # -- item 9: disk space -------------------------------------------------------------------
 
 @pytest.fixture
