@@ -34,7 +34,7 @@ def expire_partials(root: bytes, ttl: float, now: float | None = None,
     """
     now = time.time() if now is None else now
     removed = []
-    for dirpath, _dirs, names in os.walk(root):
+    for dirpath, names in _walk(root):
         for name in names:
             if not (name.startswith(b".") and name.endswith(JOURNAL_SUFFIX)):
                 continue
@@ -49,6 +49,28 @@ def expire_partials(root: bytes, ttl: float, now: float | None = None,
                 log.warning("removed a stale partial file: %s (%d bytes, untouched for %.1f days)",
                             rel, gone[0], gone[1] / 86400)
     return removed
+
+
+def _walk(root: bytes):
+    """(directory, file names) for every directory below ``root``, iteratively (a sender can make
+    the tree deeper than Python's recursion limit), never through a symlink."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        names = []
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            names.append(entry.name)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        yield top, names
 
 
 def _remove_if_stale(journal: bytes, part: bytes, ttl: float, now: float) -> tuple[int, float] | None:

@@ -424,3 +424,34 @@ def test_a_partial_being_written_is_never_closed_under_its_writer(tmp_path):
         part.close()
     assert budget.open_count == 0
     assert list(tmp_path.iterdir()) == []  # under 1 MiB verified: not kept for a resume
+
+
+def test_expiry_walks_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    """A sender can make --dir 1100 levels deep (a 2200-byte wire path): os.walk would hit Python's
+    recursion limit and no partial would ever expire again; the expiry walk must get through."""
+    import sys
+
+    from ftx.expiry import expire_partials
+
+    depth = sys.getrecursionlimit() + 100
+    fds = [os.open(tmp_path, os.O_RDONLY)]
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        for name in (".x.ftx-journal", ".x.ftx-part"):
+            w = os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fds[-1])
+            os.write(w, _journal_bytes())
+            os.close(w)
+            os.utime(name, (1, 1), dir_fd=fds[-1])
+        removed = expire_partials(bytes(tmp_path), 3600)
+        assert [os.path.basename(r[0]) for r in removed] == [b".x.ftx-journal"]
+        assert os.listdir(fds[-1]) == []
+    finally:  # bottom up, by hand: shutil.rmtree (pytest's cleanup) recurses too
+        while len(fds) > 1:
+            for name in os.listdir(fds[-1]):
+                if name != "d":
+                    os.unlink(name, dir_fd=fds[-1])
+            os.close(fds.pop())
+            os.rmdir("d", dir_fd=fds[-1])
+        os.close(fds.pop())
