@@ -42,7 +42,7 @@ def expire_partials(root: bytes, ttl: float, now: float | None = None,
             part = os.path.join(dirpath, name[: -len(JOURNAL_SUFFIX)] + PART_SUFFIX)
             if in_use(journal):
                 continue
-            gone = _remove_if_stale(journal, part, ttl, now)
+            gone = _remove_if_stale(journal, part, ttl, now, in_use)
             if gone is not None:
                 removed.append((journal, *gone))
                 rel = os.fsdecode(os.path.relpath(journal, root))
@@ -73,7 +73,8 @@ def _walk(root: bytes):
         yield top, names
 
 
-def _remove_if_stale(journal: bytes, part: bytes, ttl: float, now: float) -> tuple[int, float] | None:
+def _remove_if_stale(journal: bytes, part: bytes, ttl: float, now: float,
+                     in_use: Callable[[bytes], bool]) -> tuple[int, float] | None:
     try:
         fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -94,6 +95,8 @@ def _remove_if_stale(journal: bytes, part: bytes, ttl: float, now: float) -> tup
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a receiver writing it: in use
         except BlockingIOError:
+            return None
+        if in_use(journal):  # a connection took it up meanwhile (it registers before it opens)
             return None
         size = st.st_size + (pst.st_size if pst is not None else 0)
         if pst is not None:
