@@ -103,8 +103,8 @@ def _fit_descriptors(limits: Limits) -> Limits:
     soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
     fits = max(1, (soft - spare) // 2)
     if fits < limits.max_open_files:
-        log.warning("--max-open-files lowered from %d to %d: the descriptor limit (ulimit -n) is %d",
-                    limits.max_open_files, fits, soft)
+        click.echo(f"ftx: --max-open-files lowered from {limits.max_open_files} to {fits}: "
+                   f"the descriptor limit (ulimit -n) is {soft}", err=True)  # shown even without -v
         limits = dataclasses.replace(limits, max_open_files=fits)
     return limits
 

@@ -455,3 +455,20 @@ def test_expiry_walks_a_tree_deeper_than_the_recursion_limit(tmp_path):
             os.close(fds.pop())
             os.rmdir("d", dir_fd=fds[-1])
         os.close(fds.pop())
+
+
+def test_max_open_files_is_fitted_to_the_descriptor_limit(tmp_path):
+    """With ``ulimit -n 600`` (hard), 512 partials x 2 + 256 connections cannot fit: say so, lower it, serve."""
+    import resource
+
+    from .helpers import FTX, LineReader
+
+    proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path),
+                                   "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600)))
+    try:
+        assert LineReader(proc.stdout).next_json()["event"] == "listening"
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert "--max-open-files lowered from 512 to 140: the descriptor limit (ulimit -n) is 600" in err
