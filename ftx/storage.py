@@ -415,7 +415,7 @@ class PartialFile:
         self._jsize = 0  # journal length: where the next record goes
         self._jino = 0
         self._jident: tuple[int, int] | None = None  # journal (inode, size) when last closed
-        self._hasher = FileHasher()
+        self._hasher: FileHasher | None = None  # made by the first chunk (~700 bytes an offer need not cost)
         self._hashed = 0  # chunks [0, _hashed) are in _hasher
         # chunks that arrived ahead of _hashed (UDP completes chunks out of order after a
         # loss), kept -- up to PENDING_LIMIT bytes -- so the whole-file digest need not read
@@ -519,7 +519,7 @@ class PartialFile:
             held_digest.add(records[index])
             self.held.add(index)
             if index == self._hashed:
-                self._hasher.update(view[:length])
+                self._hashing().update(view[:length])
                 self._hashed += 1
         if good and (len(good) != len(records) or self._jsize != JOURNAL_HEADER.size + 8 + RECORD_SIZE * len(good)):
             self._rewrite_journal(good)
@@ -588,7 +588,7 @@ class PartialFile:
             budget.release(self)
         self.held.add(index)
         if index == self._hashed:
-            self._hasher.update(data)
+            self._hashing().update(data)
             self._hashed += 1
             while self._hashed in self._pending:  # the gap is filled: hash what waited behind it
                 waiting = self._pending.pop(self._hashed)
@@ -604,7 +604,7 @@ class PartialFile:
     def restart(self) -> None:
         """The sender says the held chunks are stale: forget them (and remove the sidecars)."""
         self.held = RangeSet()
-        self._hasher = FileHasher()
+        self._hasher = None
         self._hashed = 0
         self._drop_pending()
         self.discarded = "the source content changed since the partial was made"
@@ -624,8 +624,8 @@ class PartialFile:
                     for index in range(self._hashed, e.chunks):
                         n = e.chunk_length(index)
                         _pread_full(self.fd, view[:n], index * e.chunk_size)
-                        self._hasher.update(view[:n])
-                digest = self._hasher.digest()
+                        self._hashing().update(view[:n])
+                digest = self._hashing().digest()
                 if digest != expected:
                     self._unlink_sidecars()
                     raise StorageError("whole-file digest mismatch: partial discarded", ErrorCode.DIGEST_MISMATCH)
@@ -654,6 +654,11 @@ class PartialFile:
         _unlink_quietly(self.part_path)
         _unlink_quietly(self.journal_path)
         self._on_disk = False
+
+    def _hashing(self) -> FileHasher:
+        if self._hasher is None:
+            self._hasher = FileHasher()
+        return self._hasher
 
     def _drop_pending(self) -> None:
         self._pending.clear()
