@@ -132,6 +132,23 @@ def _check_listen(host: str, option: str = "--listen") -> None:
                 _die(f"{option} {host}: not an address of this machine", EXIT_USAGE)
 
 
+def _fit_descriptors(limits: Limits) -> Limits:
+    """Make room for 2 descriptors per open partial plus the connections (raising ``ulimit -n`` if
+    allowed); if there is none, lower --max-open-files and say so."""
+    import dataclasses
+
+    from .descriptors import raise_descriptor_limit
+
+    spare = limits.max_connections + 64  # sockets, the listeners, stdio, the interpreter's own
+    soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
+    fits = max(1, (soft - spare) // 2)
+    if fits < limits.max_open_files:
+        click.echo(f"ftx: --max-open-files lowered from {limits.max_open_files} to {fits}: "
+                   f"the descriptor limit (ulimit -n) is {soft}", err=True)  # shown even without -v
+        limits = dataclasses.replace(limits, max_open_files=fits)
+    return limits
+
+
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
 
@@ -275,12 +292,12 @@ def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_j
             **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
-    limits = _limits_from(limit_values)
+    limits = _fit_descriptors(_limits_from(limit_values))
     _check_listen(host)
     from .storage import Destination
 
     try:
-        dest = Destination(directory, overwrite)
+        dest = Destination(directory, overwrite, limits=limits)
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
@@ -390,6 +407,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
 
     handlers["handle"] = handle
+    from .expiry import expire_periodically
+
+    expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
     server = loop.create_task(serve(socks, handle, admission))
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -400,7 +420,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         return stop_code[0]
     finally:
         server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
+        expiry.cancel()
+        await asyncio.gather(server, expiry, return_exceptions=True)
         for s in socks:
             s.close()
         if udp_server is not None:

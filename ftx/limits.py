@@ -63,12 +63,15 @@ class Limits:
     max_open_files: int = field(default=512, metadata=_opt(
         "count", "Partial files held open at once, all senders together (descriptors)."))
     max_files_in_flight: int = field(default=1024, metadata=_opt(
-        "count", "Files one sender may have offered and not yet settled."))
+        "count", "Files one sender may have offered and not yet settled (ftx senders keep "
+                 "up to 256; a lower value fails their sessions)."))
     # -- disk ---------------------------------------------------------------------
     min_free: int = field(default=256 << 20, metadata=_opt(
-        "size", "Refuse a file that would leave less free space than this in --dir."))
+        "size", "Refuse a file that would leave less free space than this in --dir "
+                "(and fail one whose data gets there)."))
     partial_ttl: float = field(default=7 * 86400.0, metadata=_opt(
-        "duration", "Remove partial files untouched for this long (checked at start and hourly)."))
+        "duration", "Remove partial files untouched for this long (checked at start and hourly, "
+                    "or every TTL/2 if shorter)."))
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
         "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "

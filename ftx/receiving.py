@@ -191,6 +191,7 @@ class ReceiveSession:
             flags |= DECISION_DISCARDED
             log.warning("%s: %s; starting over", _name(entry), part.discarded)
         resumed = sum(entry.chunk_length(i) for i in held.values())
+        self.dest.check_space(path, entry.size - resumed)  # refused: the verified chunks stay
         if held:
             self._resumed[ev.file_id] = resumed
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
@@ -273,7 +274,7 @@ class ReceiveSession:
         self._finish(ev.file_id, entry, code, ZERO_DIGEST, ev.message)
 
     def close(self) -> None:
-        """Connection over (finished or not): release every open partial, keep its data."""
+        """Connection over (finished or not): release every partial; keep its verified data (if 1 MiB or more)."""
         for part in self._partials.values():
             part.close()
         self._partials.clear()
@@ -295,7 +296,8 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connections' frame buffers (``--max-memory``).
     """
     limits = limits or Limits()
-    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite), budget)
+    conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
+                                               max_files_in_flight=limits.max_files_in_flight), budget)
     session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []

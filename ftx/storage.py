@@ -12,6 +12,14 @@ appended after its chunk is written; on resume every recorded chunk is read back
 and re-hashed, so torn or lost writes (a kill, a crash) are found and re-sent.
 Finalize: verify the XXH3-128 digest, set mode and mtime, fsync, then link (or,
 with overwrite, rename) into place and fsync the directory.
+
+Bounds (``Limits``): nothing is created for an offer until its first chunk
+arrives, and no space is reserved ahead of the data (no preallocation); an
+offer whose missing bytes do not fit in the free space less ``min_free`` is
+refused; at most ``max_open_files`` partials hold descriptors at once (least
+recently used ones close and reopen on their next chunk); sidecars that hold
+less than ``KEEP_MIN`` (1 MiB) of verified data are removed when their file
+is let go.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import xxhash
 from .core.checksum import FileHasher, HeldDigest, chunk_checksum, file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .core.ranges import RangeSet
-from .errors import ErrorCode, StorageError, UnsafePath
+from .descriptors import DescriptorBudget
+from .errors import ErrorCode, FtxError, StorageError, UnsafePath
+from .limits import Limits
 
 JOURNAL_MAGIC = b"FTXJ"
 JOURNAL_HEADER = struct.Struct(">4sHHIQq")
@@ -40,6 +50,7 @@ READ_BLOCK = 1024 * 1024
 
 _busy_lock = threading.Lock()
 _busy: dict[bytes, object] = {}  # destination -> who is writing it, in this process
+_live: set[bytes] = set()  # journal paths of the partials this process is using (expiry skips them)
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
@@ -96,10 +107,61 @@ def sidecar(dest: bytes, suffix: bytes) -> bytes:
 class Destination:
     """The receive root.  Every wire path is resolved below it, never through a symlink."""
 
-    def __init__(self, root: str | bytes, overwrite: bool = False) -> None:
+    def __init__(self, root: str | bytes, overwrite: bool = False, limits: Limits | None = None) -> None:
         self.root = os.path.realpath(os.fsencode(root))
         self.overwrite = overwrite
+        self.limits = limits or Limits()
+        self.descriptors = DescriptorBudget(self.limits.max_open_files)
+        self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.max_memory // 4))
+        self._written = 0  # chunk bytes written (all files) since free space was last looked at
+        self._check_every = 0  # ... and how many may go before it is looked at again
         os.makedirs(self.root, exist_ok=True)
+
+    def check_space(self, path: bytes, needed: int) -> None:
+        """Refuse (STORAGE) to store ``needed`` more bytes at ``path`` if they would eat into --min-free."""
+        if needed <= 0:
+            return
+        try:
+            st = os.statvfs(os.path.dirname(path))
+        except OSError as exc:
+            raise _storage_error(exc, "cannot tell the free space") from exc
+        free = st.f_bavail * st.f_frsize
+        if needed > free - self.limits.min_free:
+            raise StorageError(
+                f"not enough space on the receiver: {_bytes(needed)} needed, {_bytes(free)} free "
+                f"and {_bytes(self.limits.min_free)} kept free (--min-free)"
+            )
+
+    def account(self, path: bytes, nbytes: int) -> None:
+        """Before writing ``nbytes`` of a chunk: fail (STORAGE) if free space has sunk below --min-free.
+
+        Files are checked one by one when offered; this keeps them from eating the
+        reserve together.  Free space is looked at every eighth of the room that was
+        left (1 to 64 MiB of writes, over all files), so the reserve is overrun by at
+        most that much plus a chunk.  The counters are shared by threads without a
+        lock: a lost update only moves a check a little.
+        """
+        self._written += nbytes
+        if self._written < self._check_every:
+            return
+        self._written = 0
+        try:
+            st = os.statvfs(os.path.dirname(path))
+        except OSError as exc:
+            raise _storage_error(exc, "cannot tell the free space") from exc
+        free = st.f_bavail * st.f_frsize
+        room = free - nbytes - self.limits.min_free
+        if room < 0:
+            self._check_every = 0
+            raise StorageError(f"the receiver's free space sank to {_bytes(free)}; "
+                               f"{_bytes(self.limits.min_free)} are kept free (--min-free)")
+        self._check_every = min(64 << 20, max(1 << 20, room // 8))
+
+    def expire_partials(self, ttl: float, now: float | None = None) -> list:
+        """Remove ftx's partials (data and journal) untouched for ``ttl`` seconds; return what went."""
+        from .expiry import expire_partials
+
+        return expire_partials(self.root, ttl, now, in_use=in_use)
 
     def resolve(self, wire_path: bytes, make_parents: bool = True) -> bytes:
         """Absolute local path for a wire path; parents are real directories (created if asked)."""
@@ -197,6 +259,7 @@ class Destination:
                 return ErrorCode.IDENTICAL
             if not self.overwrite:
                 raise StorageError(f"{os.fsdecode(entry.path)} exists and differs (receiver has no --overwrite)", ErrorCode.EXISTS)
+        self.check_space(path, len(data))
         with claim(path):
             tmp = sidecar(path, PART_SUFFIX)
             try:
@@ -211,6 +274,40 @@ class Destination:
                 _unlink_quietly(tmp)
                 raise
         return ErrorCode.OK
+
+
+def _bytes(n: int) -> str:
+    for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= mult:
+            return f"{n / mult:.1f} {unit}"
+    return f"{max(n, 0)} bytes"
+
+
+def in_use(journal_path: bytes) -> bool:
+    """Whether a partial of this process uses the journal (open or not)."""
+    with _busy_lock:
+        return journal_path in _live
+
+
+class ByteBudget:
+    """Bytes that may be held in memory over all partials (chunks kept for the digest)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.used -= n
 
 
 def _seal(fd: int, entry: FileEntry) -> None:
@@ -286,10 +383,20 @@ class claim:
 
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
+PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most max_memory / 4)
+# a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
+# costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
+KEEP_MIN = 1024 * 1024
 
 
 class PartialFile:
-    """A file being received in chunks, with its journal of verified chunks."""
+    """A file being received in chunks, with its journal of verified chunks.
+
+    Descriptors are opened when a chunk needs them, through the destination's
+    ``DescriptorBudget``, and may be closed between chunks; the journal's
+    ``flock`` is held while they are open.  Its sidecars are created by the
+    first chunk, not by the offer.
+    """
 
     def __init__(self, dest: Destination, entry: FileEntry, path: bytes, owner: object = None) -> None:
         self.dest, self.entry, self.path = dest, entry, path
@@ -297,10 +404,18 @@ class PartialFile:
         self.journal_path = sidecar(path, JOURNAL_SUFFIX)
         self.fd = -1
         self.jfd = -1
+        self.pins = 0  # threads using the descriptors now (DescriptorBudget)
         self.held = RangeSet()
         self._claim = claim(path, owner)
         self._claim.__enter__()
-        self._hasher = FileHasher()
+        with _busy_lock:
+            _live.add(self.journal_path)
+        self._closed = False  # let go of for good: never reopened
+        self._on_disk = False  # our sidecars exist: kept from an earlier run, or made by the first chunk
+        self._jsize = 0  # journal length: where the next record goes
+        self._jino = 0
+        self._jident: tuple[int, int] | None = None  # journal (inode, size) when last closed
+        self._hasher: FileHasher | None = None  # made by the first chunk (~700 bytes an offer need not cost)
         self._hashed = 0  # chunks [0, _hashed) are in _hasher
         # chunks that arrived ahead of _hashed (UDP completes chunks out of order after a
         # loss), kept -- up to PENDING_LIMIT bytes -- so the whole-file digest need not read
@@ -309,27 +424,48 @@ class PartialFile:
         self._pending_bytes = 0
         self.discarded = ""  # why an old partial was thrown away, if it was
 
-    # -- opening ------------------------------------------------------------
+    # -- what an earlier run left -------------------------------------------------
     def open(self, resume: bool) -> tuple[RangeSet, int]:
-        """Open (or create) the partial; return the verified held chunks and their held digest."""
+        """Return the verified held chunks and their held digest; keep no descriptor open.
+
+        Leftovers that hold no verified chunk (or may not be used: no resume, another
+        source version) are removed.  Nothing is created here.
+        """
         try:
-            self.jfd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
-                fcntl.flock(self.jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StorageError(f"{os.fsdecode(self.path)} is being received by another process", ErrorCode.BUSY) from None
-            self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            records = self._read_journal() if resume else None
-            if records is None:
-                self._start_fresh()
+                self.jfd = os.open(self.journal_path, os.O_RDWR | os.O_NOFOLLOW)
+            except FileNotFoundError:
                 return RangeSet(), 0
-            return self._verify(records)
+            self._lock_journal()
+            records = self._read_journal() if resume else None
+            if records is not None:
+                try:
+                    self.fd = os.open(self.part_path, os.O_RDWR | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    records = None
+            held_digest = self._verify(records) if records else 0
+            if not self.held:
+                _unlink_quietly(self.part_path)  # under the journal's lock
+                _unlink_quietly(self.journal_path)
+                return RangeSet(), 0
+            self._on_disk = True
+            self._jino = os.fstat(self.jfd).st_ino
+            self._jident = (self._jino, self._jsize)
+            return RangeSet(self.held), held_digest
         except OSError as exc:
             self.close()
             raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.path)}") from exc
         except BaseException:
             self.close()
             raise
+        finally:
+            self.close_descriptors()
+
+    def _lock_journal(self) -> None:
+        try:
+            fcntl.flock(self.jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(f"{os.fsdecode(self.path)} is being received by another process", ErrorCode.BUSY) from None
 
     def _header(self) -> bytes:
         e = self.entry
@@ -356,21 +492,8 @@ class PartialFile:
             index, csum = RECORD.unpack(rec)
             if index < self.entry.chunks:
                 records[index] = csum
+        self._jsize = len(raw)
         return records
-
-    def _start_fresh(self) -> None:
-        os.ftruncate(self.fd, 0)
-        if self.entry.size:
-            try:
-                os.posix_fallocate(self.fd, 0, self.entry.size)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise StorageError(
-                        f"no space left for {os.fsdecode(self.entry.path)} ({self.entry.size} bytes)"
-                    ) from exc
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-        self._rewrite_journal({})
 
     def _rewrite_journal(self, records: dict[int, int]) -> None:
         out = bytearray(self._header())
@@ -378,10 +501,10 @@ class PartialFile:
             out += _record(index, records[index])
         os.ftruncate(self.jfd, 0)
         _pwrite_full(self.jfd, out, 0)
-        os.lseek(self.jfd, len(out), os.SEEK_SET)
+        self._jsize = len(out)
 
-    def _verify(self, records: dict[int, int]) -> tuple[RangeSet, int]:
-        """Re-hash every recorded chunk from disk; keep those that still match."""
+    def _verify(self, records: dict[int, int]) -> int:
+        """Re-hash every recorded chunk from disk; keep those that still match; return the held digest."""
         e = self.entry
         buf = bytearray(e.chunk_size)
         view = memoryview(buf)
@@ -396,68 +519,127 @@ class PartialFile:
             held_digest.add(records[index])
             self.held.add(index)
             if index == self._hashed:
-                self._hasher.update(view[:length])
+                self._hashing().update(view[:length])
                 self._hashed += 1
-        if len(good) != len(records):
+        if good and (len(good) != len(records) or self._jsize != JOURNAL_HEADER.size + 8 + RECORD_SIZE * len(good)):
             self._rewrite_journal(good)
-        else:
-            os.lseek(self.jfd, 0, os.SEEK_END)
-        return RangeSet(self.held), held_digest.value() if good else 0
+        return held_digest.value() if good else 0
+
+    # -- descriptors (called by the DescriptorBudget, under its lock) ------------------
+    def open_descriptors(self) -> None:
+        if self._closed:
+            raise StorageError(f"{os.fsdecode(self.entry.path)}: its connection has ended", ErrorCode.ABORTED)
+        fresh = not self._on_disk
+        try:
+            jfd = os.open(self.journal_path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if fresh else 0), 0o600)
+        except FileNotFoundError:
+            raise StorageError(f"the partial file of {os.fsdecode(self.entry.path)} vanished") from None
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.entry.path)}") from exc
+        fd = -1
+        try:
+            self.jfd = jfd
+            self._lock_journal()
+            st = os.fstat(jfd)
+            if fresh:
+                os.ftruncate(jfd, 0)
+                header = self._header()
+                _pwrite_full(jfd, header, 0)
+                self._jsize, self._jino = len(header), st.st_ino
+                fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                self._on_disk = True
+            else:
+                if (st.st_ino, st.st_size) != self._jident:
+                    raise StorageError(f"{os.fsdecode(self.path)}: its partial file was changed by another process",
+                                       ErrorCode.BUSY)
+                fd = os.open(self.part_path, os.O_RDWR | os.O_NOFOLLOW)
+        except BaseException as exc:
+            self.jfd = -1
+            os.close(jfd)
+            if fd >= 0:
+                os.close(fd)
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.entry.path)}") from exc
+            raise
+        self.fd = fd
+
+    def close_descriptors(self) -> None:
+        if self.jfd >= 0:
+            self._jident = (self._jino, self._jsize)
+        for attr in ("fd", "jfd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
     # -- writing --------------------------------------------------------------
     def write_chunk(self, index: int, checksum: int, data) -> None:
+        self.dest.account(self.path, len(data))
+        budget = self.dest.descriptors
+        budget.acquire(self)
         try:
             _pwrite_full(self.fd, data, index * self.entry.chunk_size)
-            os.write(self.jfd, _record(index, checksum))
+            if os.pwrite(self.jfd, _record(index, checksum), self._jsize) != RECORD_SIZE:
+                raise OSError(errno.ENOSPC, "short write to the journal")
+            self._jsize += RECORD_SIZE
         except OSError as exc:
             raise _storage_error(exc, f"cannot write {os.fsdecode(self.entry.path)}") from exc
+        finally:
+            budget.release(self)
         self.held.add(index)
         if index == self._hashed:
-            self._hasher.update(data)
+            self._hashing().update(data)
             self._hashed += 1
             while self._hashed in self._pending:  # the gap is filled: hash what waited behind it
                 waiting = self._pending.pop(self._hashed)
                 self._pending_bytes -= len(waiting)
+                self.dest.pending.give(len(waiting))
                 self._hasher.update(waiting)
                 self._hashed += 1
-        elif index > self._hashed and self._pending_bytes + len(data) <= PENDING_LIMIT:
+        elif index > self._hashed and index not in self._pending \
+                and self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
             self._pending[index] = bytes(data)
             self._pending_bytes += len(data)
 
     def restart(self) -> None:
-        """The sender says the held chunks are stale: forget them."""
+        """The sender says the held chunks are stale: forget them (and remove the sidecars)."""
         self.held = RangeSet()
-        self._hasher = FileHasher()
+        self._hasher = None
         self._hashed = 0
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._drop_pending()
         self.discarded = "the source content changed since the partial was made"
-        self._start_fresh()
+        self._remove_sidecars()
 
     def finalize(self, expected: bytes) -> bytes:
         """Verify the whole-file digest and move the file into place; return the digest."""
         e = self.entry
+        budget = self.dest.descriptors
         try:
-            self._pending.clear()
-            if self._hashed < e.chunks:  # chunks arrived too far out of order: hash the rest from disk
-                buf = bytearray(e.chunk_size)
-                view = memoryview(buf)
-                for index in range(self._hashed, e.chunks):
-                    n = e.chunk_length(index)
-                    _pread_full(self.fd, view[:n], index * e.chunk_size)
-                    self._hasher.update(view[:n])
-            digest = self._hasher.digest()
-            if digest != expected:
-                self.discard()
-                raise StorageError("whole-file digest mismatch: partial discarded", ErrorCode.DIGEST_MISMATCH)
-            if os.fstat(self.fd).st_size != e.size:
-                os.ftruncate(self.fd, e.size)
-            _seal(self.fd, e)
-            st = self.dest.existing(self.path)
-            if st is not None and not self.dest.overwrite:
-                raise StorageError(f"{os.fsdecode(self.path)} appeared meanwhile; not replaced", ErrorCode.EXISTS)
-            _commit(self.part_path, self.path, self.dest.overwrite)
-            _unlink_quietly(self.journal_path)
+            budget.acquire(self)  # a file of no chunks gets its (empty) partial here
+            try:
+                self._drop_pending()
+                if self._hashed < e.chunks:  # chunks arrived too far out of order: hash the rest from disk
+                    buf = bytearray(e.chunk_size)
+                    view = memoryview(buf)
+                    for index in range(self._hashed, e.chunks):
+                        n = e.chunk_length(index)
+                        _pread_full(self.fd, view[:n], index * e.chunk_size)
+                        self._hashing().update(view[:n])
+                digest = self._hashing().digest()
+                if digest != expected:
+                    self._unlink_sidecars()
+                    raise StorageError("whole-file digest mismatch: partial discarded", ErrorCode.DIGEST_MISMATCH)
+                if os.fstat(self.fd).st_size != e.size:
+                    os.ftruncate(self.fd, e.size)
+                _seal(self.fd, e)
+                st = self.dest.existing(self.path)
+                if st is not None and not self.dest.overwrite:
+                    raise StorageError(f"{os.fsdecode(self.path)} appeared meanwhile; not replaced", ErrorCode.EXISTS)
+                _commit(self.part_path, self.path, self.dest.overwrite)
+                _unlink_quietly(self.journal_path)
+                self._on_disk = False
+            finally:
+                budget.release(self)
         except OSError as exc:
             raise _storage_error(exc, f"cannot finalize {os.fsdecode(e.path)}") from exc
         finally:
@@ -465,20 +647,61 @@ class PartialFile:
         return digest
 
     def discard(self) -> None:
-        _unlink_quietly(self.part_path)
-        _unlink_quietly(self.journal_path)
+        self._unlink_sidecars()
         self.close()
 
-    def close(self) -> None:
-        """Release descriptors and the claim; the partial and journal stay for a resume."""
+    def _unlink_sidecars(self) -> None:
+        _unlink_quietly(self.part_path)
+        _unlink_quietly(self.journal_path)
+        self._on_disk = False
+
+    def _hashing(self) -> FileHasher:
+        if self._hasher is None:
+            self._hasher = FileHasher()
+        return self._hasher
+
+    def _drop_pending(self) -> None:
         self._pending.clear()
+        self.dest.pending.give(self._pending_bytes)
         self._pending_bytes = 0
-        for attr in ("fd", "jfd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, attr, -1)
+
+    def held_bytes(self) -> int:
+        e = self.entry
+        n = self.held.count() * e.chunk_size
+        if e.chunks and (e.chunks - 1) in self.held:
+            n -= e.chunk_size - e.chunk_length(e.chunks - 1)
+        return n
+
+    def _remove_sidecars(self) -> None:
+        """Remove our sidecars, under the journal's lock (left alone if another process took them)."""
+        if not self._on_disk:
+            return
+        budget = self.dest.descriptors
+        try:
+            budget.acquire(self)
+        except (FtxError, OSError):
+            self._on_disk = False
+            return
+        try:
+            self._unlink_sidecars()
+        finally:
+            budget.release(self)
+            budget.forget(self)
+
+    def close(self) -> None:
+        """Release descriptors and the claim; the sidecars stay for a resume if they hold KEEP_MIN
+        bytes of verified data, and are removed otherwise."""
+        self._drop_pending()
+        if self.held_bytes() < KEEP_MIN:
+            self._remove_sidecars()
+        budget = self.dest.descriptors
+        with budget.lock:  # from now on nothing reopens it (a worker thread may still be handling a chunk)
+            self._closed = True
+        budget.forget(self)
+        self.close_descriptors()  # descriptors opened outside the budget (by ``open``)
         if self._claim is not None:
+            with _busy_lock:  # before the claim goes: a successor's entry must not be dropped
+                _live.discard(self.journal_path)
             self._claim.__exit__(None, None, None)
             self._claim = None
 

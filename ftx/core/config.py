@@ -30,6 +30,10 @@ class Config:
     overwrite: bool = False
     """Receiver: replace destination files whose content differs."""
 
+    max_files_in_flight: int = 1024
+    """Receiver: items the sender may have outstanding (OFFER or SMALL_FILE, no RESULT yet);
+    one more is a PROTOCOL error (``Limits.max_files_in_flight``)."""
+
     agent: str = AGENT
     """Free text naming the implementation, sent in HELLO."""
 

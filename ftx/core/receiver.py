@@ -56,6 +56,7 @@ class ReceiverConnection(Connection):
         self._entries: dict[int, FileEntry] = {}
         self._have: dict[int, RangeSet] = {}
         self._sender_done = False
+        self._unsettled = 0  # items offered with no RESULT yet (bounded by config.max_files_in_flight)
 
     @property
     def resume_allowed(self) -> bool:
@@ -83,6 +84,7 @@ class ReceiverConnection(Connection):
     def file_result(self, file_id: int, code: ErrorCode, digest: bytes = ZERO_DIGEST, message: str = "") -> None:
         """Report a file's outcome; also how a file is refused or failed early."""
         new = self._step(file_id, In.RESULT, remote=False)
+        self._unsettled -= 1
         if new == FileState.DONE:
             self._forget(file_id)
         self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
@@ -154,6 +156,11 @@ class ReceiverConnection(Connection):
             raise RemoteProtocolError("file offered after DONE")
         if file_id in self._files:
             raise RemoteProtocolError(f"file id {file_id} reused while in use")
+        if self._unsettled >= self.config.max_files_in_flight:
+            raise RemoteProtocolError(
+                f"more than {self.config.max_files_in_flight} files offered and not yet settled "
+                "(the receiver's --max-files-in-flight)")
+        self._unsettled += 1
         self._files[file_id] = state
         self._entries[file_id] = entry
         self._have[file_id] = RangeSet()
