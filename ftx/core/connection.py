@@ -11,6 +11,7 @@ enters the error state and re-raises; every later call raises too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 from ..errors import (
@@ -45,8 +46,17 @@ class Connection:
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
+        """Where the next input bytes go.  Events still queued whose payloads are views into
+        the input buffer take their own copies first: filling the buffer may move or overwrite
+        the bytes under them (the common driver drains every event first, and copies nothing)."""
         self._check_usable()
+        if self._events and not self._decoder.copy_payloads:
+            self._own_queued_payloads()
         return self._decoder.get_buffer()
+
+    def _own_queued_payloads(self) -> None:
+        buf = self._decoder.buffer
+        self._events = deque(_owning(e, buf) for e in self._events)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()
@@ -160,7 +170,13 @@ class Connection:
         return self._out_bytes
 
     def next_event(self) -> Event | None:
+        """The next event.  A payload in it (chunk or small-file bytes) may be a view into the
+        input buffer: it stays valid until the next ``get_buffer`` call after it was taken."""
         return self._events.popleft() if self._events else None
+
+    @property
+    def events_pending(self) -> bool:
+        return bool(self._events)
 
     def send_error(self, code: ErrorCode, message: str) -> None:
         """Give up on the whole session locally (e.g. out of disk), telling the peer."""
@@ -178,3 +194,11 @@ class Connection:
             raise LocalProtocolError("connection is closed")
         if self.peer is None:
             raise LocalProtocolError("handshake not complete")
+
+
+def _owning(event: Event, buf) -> Event:
+    """``event``, or a copy of it whose payload no longer lives in ``buf``."""
+    data = getattr(event, "data", None)
+    if isinstance(data, memoryview) and data.obj is buf:
+        return dataclasses.replace(event, data=bytes(data))
+    return event

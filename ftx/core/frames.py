@@ -16,7 +16,8 @@ buffer (``get_buffer``), fills it (e.g. ``socket.recv_into``) and reports how
 much it wrote (``buffer_updated``).  Large payloads land directly in their final
 place, so chunk bytes are copied once from the kernel and never again.
 Payloads handed out are memoryviews into that buffer, valid until the next
-``get_buffer`` call.  ``feed(bytes)`` is the convenience, copying entry point.
+``get_buffer`` call (``Connection.get_buffer`` gives events still queued their own
+copies before it asks for one).  ``feed(bytes)`` is the convenience, copying entry point.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class FrameDecoder:
     @property
     def max_payload(self) -> int:
         return self._max_payload
+
+    @property
+    def buffer(self) -> bytearray:
+        """The object payloads handed out are views of (``memoryview.obj``)."""
+        return self._buf
 
     def set_max_payload(self, max_payload: int) -> None:
         if not 0 < max_payload <= ABSOLUTE_MAX_PAYLOAD:

@@ -302,12 +302,13 @@ class UdpLink:
 
     async def feed(self, conn) -> None:
         s = self.session
-        # The chunks handed over by the last feed() have been handled: chunk data given to
-        # conn.receive_chunk is valid until the next feed(), as on TCP, where it is a view
-        # into the frame decoder's buffer. Their buffers go back to the session for reuse.
-        for buf in self._lent:
-            s.recycle(buf)
-        self._lent.clear()
+        # Chunk data given to conn.receive_chunk is valid until the next feed() after its
+        # event was taken, as on TCP, where it is a view into the frame decoder's buffer.
+        # Once every event is taken, those buffers go back to the session for reuse.
+        if not conn.events_pending:
+            for buf in self._lent:
+                s.recycle(buf)
+            self._lent.clear()
         await self._wait_until(lambda: s.stream_readable or s._completed)
         chunks = s.take_chunks()
         self._lent.extend(c[3] for c in chunks)
@@ -315,7 +316,7 @@ class UdpLink:
             self.wake()  # MAX_DATA may now be due
         for fid, index, checksum, data in chunks:
             conn.receive_chunk(fid, index, checksum, data)
-        while s.stream_readable:
+        while s.stream_readable:  # conn.get_buffer() keeps the payloads of queued events intact
             buf = conn.get_buffer()
             conn.buffer_updated(s.stream_read_into(buf))
         if not chunks and s.closed:
