@@ -29,6 +29,7 @@ from typing import Awaitable, Callable
 from ..core.checksum import chunk_checksum
 from ..core.udp import burst
 from ..core.udp.endpoint import Dialer, Listener
+from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
@@ -51,6 +52,12 @@ GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
+
+
+def _format_addr(addr) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+    return str(addr)
 
 
 def _random_cid() -> int:
@@ -234,6 +241,7 @@ class UdpLink:
         self._on_close: list[Callable[[], None]] = []
         self._lent: list[bytearray] = []
         self._reading: bytearray | None = None  # see read_buffer
+        self._datagram_size = session.max_datagram
 
     @property
     def sending(self) -> bool:
@@ -254,6 +262,8 @@ class UdpLink:
                 out = s.transmit(now, SEND_BATCH)
                 if out:
                     self._send(out)
+                if s.max_datagram != self._datagram_size:
+                    self._size_changed(s.max_datagram)
                 async with self._cond:
                     self._cond.notify_all()
                 if s.closed and not s._close_sends:
@@ -281,6 +291,15 @@ class UdpLink:
                 fn()
             async with self._cond:
                 self._cond.notify_all()
+
+    def _size_changed(self, size: int) -> None:
+        old, self._datagram_size = self._datagram_size, size
+        peer = _format_addr(self.peer)
+        if size < old:
+            log.info("udp: %d-byte datagrams do not get through to %s (path MTU below %d?): sending %d-byte "
+                     "datagrams and searching for the largest size that does", old, peer, old + 48, size)
+        else:
+            log.info("udp: the path to %s carries %d-byte datagrams", peer, size)
 
     async def _wait_until(self, pred) -> None:
         async with self._cond:
@@ -428,7 +447,8 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
         while not ready.done():
             now = time.monotonic()
             if dialer.timed_out(now):
-                raise TransportError(f"no answer from {host} port {port} over UDP", ErrorCode.TIMEOUT)
+                raise TransportError(f"no answer from {host} port {port} over UDP (no receiver there, UDP blocked, "
+                                     f"or a path that drops {MIN_INITIAL_SIZE}-byte datagrams)", ErrorCode.TIMEOUT)
             dsock.send_datagrams(dialer.datagrams_to_send(now))
             t = dialer.next_timer()
             try:
