@@ -38,6 +38,7 @@ class Connection:
         self._out: list = []
         self._out_bytes = 0
         self._events: deque[Event] = deque()
+        self._views_queued = False  # an event in _events may hold a view into the decoder's buffer
         self._files: dict[int, FileState] = {}
         self.peer: Hello | None = None
         self.closed = False  # DONE exchanged, or an ERROR sent/received
@@ -50,13 +51,12 @@ class Connection:
         the input buffer take their own copies first: filling the buffer may move or overwrite
         the bytes under them (the common driver drains every event first, and copies nothing)."""
         self._check_usable()
-        if self._events and not self._decoder.copy_payloads:
-            self._own_queued_payloads()
+        if self._views_queued:
+            if self._events:
+                buf = self._decoder.buffer
+                self._events = deque(_owning(e, buf) for e in self._events)
+            self._views_queued = False
         return self._decoder.get_buffer()
-
-    def _own_queued_payloads(self) -> None:
-        buf = self._decoder.buffer
-        self._events = deque(_owning(e, buf) for e in self._events)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()
@@ -85,6 +85,10 @@ class Connection:
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
         while self._error is None and (frame := self._guard(self._decoder.next_frame)) is not None:
+            # DATA is the one frame whose payload reaches an event as a view (other payloads
+            # are decoded into objects of their own, SMALL_FILE's bytes copied)
+            if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
+                self._views_queued = True
             self._guard(self._dispatch, frame)
 
     def _guard(self, fn, *args):
