@@ -364,7 +364,8 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
     kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
     replay (probability of re-sending an earlier datagram 50 ms late), and
     rebind=T (forward: new source port at T seconds, like a NAT rebinding),
-    mtu=N (datagrams over N bytes are dropped, as on a path with a small MTU).
+    mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
+    whose MTU is N + 28 over IPv4, N + 48 over IPv6).
     Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment

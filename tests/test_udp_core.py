@@ -1710,4 +1710,4 @@ class TestSmallMtuPath:
         net.run_until(lambda n: n.dsession.closed, max_seconds=10, max_iterations=50_000)
         d = net.dsession
         assert d.close_code == ErrorCode.TIMEOUT and "nothing sent was acknowledged" in d.close_reason
-        assert "1200" in d.close_reason and d.stats["pmtu_fallbacks"] == 1
+        assert "1200-byte" in d.close_reason and d.stats["pmtu_fallbacks"] == 1

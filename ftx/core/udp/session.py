@@ -840,8 +840,8 @@ class UdpSession:
         if self.recovery.bytes_in_flight and now >= self._acked_at + timeout:
             # the peer is there (its packets arrive) but nothing of ours gets through to it
             self.closed, self.close_code = True, ErrorCode.TIMEOUT
-            self.close_reason = (f"nothing sent was acknowledged for {timeout:g} s although the peer answers: "
-                                 f"the path drops datagrams of {self.max_datagram} bytes")
+            self.close_reason = (f"nothing sent was acknowledged for {timeout:g} s although the peer answers "
+                                 f"(does the path drop even {self.max_datagram}-byte datagrams?)")
             return
         t = self.recovery.timer()
         if t is not None and now >= t:
