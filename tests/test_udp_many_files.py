@@ -30,16 +30,29 @@ from .helpers import Relay, run_send, tree_equal
 pytestmark = pytest.mark.timeout(120)
 
 
-def _small_files_stream(count: int, seed: int) -> tuple[bytes, list[bytes]]:
-    """The bytes a sender writes for ``count`` SMALL_FILEs (HELLO first), and the files."""
+def _small_files_stream(count: int, seed: int, tiled: bool) -> tuple[bytes, list[bytes]]:
+    """The bytes a sender writes for ``count`` SMALL_FILEs (HELLO first), and the files.
+
+    ``tiled``: every frame 1 KiB long, the first padded so that frames end on every
+    1 KiB boundary of the stream -- and so on every boundary between two reads of the
+    decoder's 64 KiB, where the old code rewound its buffer under the queued payloads
+    (with random sizes that takes a chance alignment)."""
     s, peer = SenderConnection(Config()), ReceiverConnection(Config())
     s.receive_data(b"".join(bytes(b) for b in peer.data_to_send()))
     assert isinstance(s.next_event(), ev.HandshakeComplete)
+    sent = sum(len(b) for b in s._out)  # HELLO
     r = random.Random(seed)
-    datas = [r.randbytes(r.randrange(0, 2048)) for _ in range(count)]
-    for i, d in enumerate(datas):
+    overhead = 16 + 36 + len(b"d000/f00000") + 16  # frame header, entry, path, digest
+    datas = []
+    for i in range(count):
+        size = (-(sent + overhead) % 1024 or 1024) if tiled else r.randrange(0, 2048)
+        d = r.randbytes(size)
         s.send_small_file(FileEntry(b"d%03d/f%05d" % (i % 100, i), size=len(d)), d, file_digest(d))
-    return b"".join(bytes(b) for b in s.data_to_send()), datas
+        sent += overhead + size
+        datas.append(d)
+    blob = b"".join(bytes(b) for b in s.data_to_send())
+    assert len(blob) == sent
+    return blob, datas
 
 
 async def _deliver_all_then_feed(blob: bytes, deadline: float) -> list:
@@ -75,8 +88,9 @@ async def _deliver_all_then_feed(blob: bytes, deadline: float) -> list:
         server.close()
 
 
-def test_udp_link_feeds_a_backlog_of_small_files_intact():
-    blob, datas = _small_files_stream(3000, seed=11)
+@pytest.mark.parametrize("tiled", [False, True], ids=["random-sizes", "frames-tile-reads"])
+def test_udp_link_feeds_a_backlog_of_small_files_intact(tiled):
+    blob, datas = _small_files_stream(3000, seed=11, tiled=tiled)
     assert len(blob) > 20 * 65536  # many decoder buffers' worth waits at once
     events = asyncio.run(_deliver_all_then_feed(blob, time.monotonic() + 30))
     files = [e for e in events if isinstance(e, ev.SmallFileReceived)]
