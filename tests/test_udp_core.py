@@ -1711,3 +1711,17 @@ class TestSmallMtuPath:
         d = net.dsession
         assert d.close_code == ErrorCode.TIMEOUT and "nothing sent was acknowledged" in d.close_reason
         assert "1200-byte" in d.close_reason and d.stats["pmtu_fallbacks"] == 1
+
+    def test_probe_timeouts_with_only_small_packets_in_flight_say_nothing_about_the_size(self):
+        """A peer whose partner went quiet (killed, unplugged) while only small packets were in
+        flight must not blame the path's MTU for it."""
+        net = InMemoryNet(seed=3)
+        net.handshake()
+        net.lsession.stream_write(b"RESULT" * 20)  # a small packet from the receiver
+        net.dsession.stream_write(b"HELLO" * 20)
+        net.run_until(lambda n: n.lsession.stream_all_acked and n.dsession.stream_all_acked, max_seconds=2)
+        net.fwd.blackouts.append((net.now, net.now + 100))  # the sender vanishes
+        net.rev.blackouts.append((net.now, net.now + 100))
+        net.lsession.stream_write(b"RESULT" * 20)
+        net.run_until(lambda n: n.lsession.recovery.pto_count >= 4, max_seconds=20, max_iterations=50_000)
+        assert net.lsession.max_datagram == 1452 and net.lsession.stats["pmtu_fallbacks"] == 0

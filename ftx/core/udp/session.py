@@ -152,6 +152,7 @@ class UdpSession:
         self._big_lost = 0  # datagrams above the base size lost since one was last acknowledged
         self._big_acked_at = now
         self._big_confirmed = mss <= self.pmtu.base  # a datagram above the base size was acknowledged
+        self._big_sent_at = float("-inf")  # when one (not a probe) was last sent
         self._size_pn = 0  # packets from this number on were sent at the current size
         self._acked_at = now  # when something we sent was last acknowledged (or nothing was in flight)
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
@@ -700,6 +701,8 @@ class UdpSession:
         self._next_pn = pn + n
         if not rec.bytes_in_flight:
             self._acked_at = now
+        if mss > self.pmtu.base:
+            self._big_sent_at = now
         c.next_off = off + nbytes
         self._new_chunk_bytes += nbytes
         if c.next_off >= clen:
@@ -804,6 +807,8 @@ class UdpSession:
             self._last_eliciting_sent = now
             if not self.recovery.bytes_in_flight:
                 self._acked_at = now  # the wait for an acknowledgement starts
+            if size > self.pmtu.base and not (items and items[0][0] == "p"):
+                self._big_sent_at = now
         self.recovery.on_sent(SentPacket(pn, now, size, eliciting, items))
         return out
 
@@ -849,10 +854,11 @@ class UdpSession:
             self._on_lost(rs, now)
             if probe:
                 self._probes = 2
-                # two probe timeouts in a row: a size never confirmed, or raised by probing, is
-                # the likeliest reason (a size that worked before: rather the path is down)
-                if self.recovery.pto_count >= 2 and (not self._big_confirmed
-                                                     or self.max_datagram > self.pmtu.initial):
+                # two probe timeouts in a row with datagrams above the base size unacknowledged:
+                # a size never confirmed, or raised by probing, is the likeliest reason (a size
+                # that worked before: rather the path is down; only small ones: not the size)
+                if (self.recovery.pto_count >= 2 and self._big_sent_at > self._big_acked_at
+                        and (not self._big_confirmed or self.max_datagram > self.pmtu.initial)):
                     self._black_hole(now)
         if not self.recovery.bytes_in_flight and now >= self._last_eliciting_sent + self.config.idle_timeout / 3:
             self._ping = True
