@@ -45,6 +45,9 @@ def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtu
     assert stats["max_datagram"] == expect and stats["pmtu_fallbacks"] == 1
     assert "1452-byte datagrams do not get through" in err and "sending 1200-byte datagrams" in err
     assert f"carries {expect}-byte datagrams" in err
+    session = receiver.events_until("session")[-1]
+    rstats = session["transport_stats"]  # the receiver's own packets (DECISIONs, RESULTs) fell back too
+    assert session["ok"] and rstats["max_datagram"] == expect and rstats["pmtu_fallbacks"] == 1
 
 
 def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver):
