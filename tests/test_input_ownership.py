@@ -90,3 +90,21 @@ def test_chunks_fed_before_draining_stay_intact():
             assert chunk_checksum(e.data) == e.checksum, f"chunk {e.index} of file {e.file_id} overwritten"
             rebuilt[e.file_id][e.offset : e.offset + len(e.data)] = e.data
     assert all(bytes(rebuilt[fid]) == d for fid, d in zip(fids, datas))
+
+
+def test_decoder_feed_keeps_the_frames_it_queues_intact():
+    """``FrameDecoder.feed`` fills its buffer region by region and queues the frames it
+    parses on the way: the same pattern, inside the decoder itself."""
+    from ftx.core.frames import FrameDecoder, FrameType, encode_frame
+
+    r = random.Random(5)
+    payloads = [r.randbytes(1024 - 16) for _ in range(500)]  # 1 KiB frames: every read ends on one
+    blob = b"".join(encode_frame(FrameType.OFFER, p) for p in payloads)
+    d = FrameDecoder()
+    d.feed(blob)
+    got = []
+    while (f := d.next_frame()) is not None:
+        got.append(bytes(f.payload))
+    assert len(got) == len(payloads)
+    bad = [i for i, (a, b) in enumerate(zip(got, payloads)) if a != b]
+    assert not bad, f"{len(bad)} of {len(payloads)} payloads overwritten, first {bad[:5]}"

@@ -163,7 +163,8 @@ class FrameDecoder:
         self._end += nbytes
 
     def feed(self, data) -> None:
-        """Copying convenience: accept any bytes-like object, whole or in part."""
+        """Copying convenience: accept any bytes-like object, whole or in part.  Frames it
+        queues own their payloads (it reuses its buffer while they wait)."""
         data = memoryview(data)
         while data:
             buf = self.get_buffer()
@@ -172,7 +173,8 @@ class FrameDecoder:
             data = data[n:]
             self.buffer_updated(n)
             while (frame := self._parse_one()) is not None:  # keep room: parse as we go
-                self._frames.append(frame)
+                # the next get_buffer() may move or overwrite the bytes under a queued view
+                self._frames.append(frame if self.copy_payloads else frame._replace(payload=bytes(frame.payload)))
 
     def next_frame(self) -> Frame | None:
         if self._frames:
