@@ -136,7 +136,7 @@ def main() -> None:
 @click.option("--max-rate", default=None, help="Cap the payload rate, in bytes per second (e.g. 20M).")
 @click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
-              help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200-byte ones where larger do not get through).")
+              help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
 @click.option("--pmtud", is_flag=True, help="UDP: probe for a larger path MTU than --mtu (RFC 8899).")
 @_with(verbosity)
 def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, verbose, quiet, as_json,
