@@ -193,7 +193,7 @@ def main() -> None:
 @click.option("--max-rate", default=None, help="Cap the payload rate, in bytes per second (e.g. 20M).")
 @click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
-              help="UDP: path MTU; datagrams carry at most MTU-48 bytes.")
+              help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
 @click.option("--pmtud", is_flag=True, help="UDP: probe for a larger path MTU than --mtu (RFC 8899).")
 @_with(verbosity)
 def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, verbose, quiet, as_json,
@@ -445,7 +445,8 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
     kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
     replay (probability of re-sending an earlier datagram 50 ms late), and
     rebind=T (forward: new source port at T seconds, like a NAT rebinding),
-    mtu=N (datagrams over N bytes are dropped, as on a path with a small MTU).
+    mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
+    whose MTU is N + 28 over IPv4, N + 48 over IPv6).
     Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment

@@ -1558,9 +1558,10 @@ class TestSessionEdges:
 # =====================================================================================
 class TestPmtuSearch:
     def test_acked_probes_climb_and_three_losses_end_the_search(self):
+        from ftx.core.udp.packets import MAX_MAX_DATAGRAM
         from ftx.core.udp.pmtu import MAX_PROBES, PmtuSearch
 
-        s = PmtuSearch(1452, now=0.0)
+        s = PmtuSearch(1452, now=0.0, ceiling=MAX_MAX_DATAGRAM)  # --pmtud: search above the initial size
         assert s.next_timer() == 0.0
         size = s.probe_due(0.0)
         assert size == 2000 and s.probe_due(0.0) is None and s.next_timer() is None  # one at a time
@@ -1574,8 +1575,20 @@ class TestPmtuSearch:
         s.on_probe_lost(size)
         assert not s.searching and s.current == 2000 and s.probe_due(2.0) is None and s.next_timer() is None
 
-    def test_black_hole_falls_back_then_searches_again(self):
-        from ftx.core.udp.pmtu import RESEARCH_AFTER, PmtuSearch
+    def test_without_pmtud_nothing_is_probed_until_a_black_hole(self):
+        from ftx.core.udp.pmtu import BASE_PLPMTU, PmtuSearch
+
+        s = PmtuSearch(1452, now=0.0)
+        assert s.base == BASE_PLPMTU == 1200 and not s.searching and s.probe_due(0.0) is None
+        assert s.on_black_hole(1.0) and s.current == 1200
+        probed = []  # the path carries 1400-byte datagrams: 1232 and 1372 do, 1444 does not
+        while (size := s.probe_due(1.0)) is not None:
+            probed.append(size)
+            s.on_probe_acked(size) if size <= 1400 else s.on_probe_lost(size)
+        assert probed == [1232, 1372, 1444, 1444, 1444] and s.current == 1372  # never above --mtu
+
+    def test_black_hole_falls_back_to_the_base_then_searches_again_at_once(self):
+        from ftx.core.udp.pmtu import PmtuSearch
 
         s = PmtuSearch(1452, now=0.0, ceiling=8952)
         for _ in range(10):
@@ -1584,9 +1597,9 @@ class TestPmtuSearch:
                 break
             s.on_probe_acked(size)
         assert s.current == 8952 and not s.searching  # the ceiling stops it
-        assert s.on_black_hole(20.0) and s.current == 1452 and s.black_holes == 1
+        assert s.on_black_hole(20.0) and s.current == 1200 and s.black_holes == 1
         assert not s.on_black_hole(20.5)  # already at the base
-        assert s.probe_due(20.0 + RESEARCH_AFTER - 1) is None and s.probe_due(20.0 + RESEARCH_AFTER) == 2000
+        assert s.probe_due(19.0) is None and s.probe_due(20.0) == 1232
 
 
 class TestPmtuTransfer:
@@ -1637,3 +1650,78 @@ class TestPmtuTransfer:
         net.run_until(_all_done(3, 200), max_seconds=60, max_iterations=200_000)
         _check_chunks(net, blobs)
         assert net.dsession.pmtu.black_holes == 1 and net.dsession.max_datagram == 1452
+
+
+class TestSmallMtuPath:
+    """Issue #11, item 2: a path that carries less than the initial 1452-byte datagrams
+    (a 1420-byte WireGuard MTU, the 1280-byte IPv6 minimum) must work by default, found
+    out in a second or two, not hang until (or beyond) the idle timeout."""
+
+    @pytest.mark.parametrize("pmtud", [False, True], ids=["default", "pmtud"])
+    @pytest.mark.parametrize("path", [1392, 1232])  # UDP payload bytes the path carries, both ways
+    def test_falls_back_then_finds_what_the_path_carries(self, path, pmtud):
+        net = InMemoryNet(seed=9, config=UdpConfig(pmtud=pmtud), listener_config=UdpConfig(),
+                          fwd={"mtu": path}, rev={"mtu": path})
+        net.handshake(max_seconds=1)  # INITIALs are padded to 1200 bytes only
+        start = net.now
+        blobs = _chunks(30, 64 * 1024, seed=9)
+        _send_all(net, blobs)
+        up = random.Random(3).randbytes(40_000)  # both control streams fill whole packets too
+        down = random.Random(4).randbytes(40_000)
+        net.dsession.stream_write(up)
+        net.lsession.stream_write(down)
+        net.run_until(_all_done(3, 30, up=up, down=down), max_seconds=2, max_iterations=50_000)
+        _check_chunks(net, blobs)
+        assert net.now - start < 2  # (simulated seconds) found at once, not at an idle timeout
+        expect = {1392: 1372, 1232: 1232}[path]  # the largest candidate (MTU - 48) that fits
+        for s in (net.dsession, net.lsession):
+            assert s.stats["pmtu_fallbacks"] == 1 and s.pmtu.current == s.max_datagram
+        net.run_until(lambda n: not n.dsession.pmtu.searching, max_seconds=5, max_iterations=50_000)
+        assert net.dsession.max_datagram == expect and not net.dsession.closed
+
+    def test_a_1500_byte_path_keeps_1452_and_sends_no_probe(self):
+        net = InMemoryNet(seed=9, fwd={"mtu": 1472}, rev={"mtu": 1472})
+        net.handshake()
+        blobs = _chunks(30, 64 * 1024, seed=9)
+        _send_all(net, blobs)
+        net.run_until(_all_done(3, 30), max_seconds=5, max_iterations=50_000)
+        d = net.dsession
+        assert d.max_datagram == 1452 and d.stats["pmtu_fallbacks"] == 0 and d.stats["pmtu_probes"] == 0
+        assert d.stats["lost_packets"] == 0
+
+    def test_random_loss_is_not_taken_for_a_small_path(self):
+        net = InMemoryNet(seed=4, fwd={"loss": 0.1}, rev={"loss": 0.1})
+        net.handshake()
+        blobs = _chunks(60, 64 * 1024, seed=4)
+        _send_all(net, blobs)
+        net.run_until(_all_done(3, 60), max_seconds=30, max_iterations=100_000)
+        _check_chunks(net, blobs)
+        assert net.dsession.stats["lost_packets"] > 100
+        assert net.dsession.max_datagram == 1452 and net.dsession.stats["pmtu_fallbacks"] == 0
+
+    def test_nothing_acknowledged_while_the_peer_answers_is_a_timeout_with_its_cause(self):
+        """Were even base-sized datagrams dropped (a path changing under a session), the peer's
+        PINGs would keep the idle timer from firing: the sender must still give up, and say why."""
+        cfg = UdpConfig(idle_timeout=3.0)
+        net = InMemoryNet(seed=2, config=cfg, listener_config=cfg)
+        net.handshake()
+        net.fwd.mtu = 300  # only the smallest packets (ACKs, PINGs) still get through
+        net.dsession.stream_write(random.Random(1).randbytes(20_000))
+        net.run_until(lambda n: n.dsession.closed, max_seconds=10, max_iterations=50_000)
+        d = net.dsession
+        assert d.close_code == ErrorCode.TIMEOUT and "nothing sent was acknowledged" in d.close_reason
+        assert "1200-byte" in d.close_reason and d.stats["pmtu_fallbacks"] == 1
+
+    def test_probe_timeouts_with_only_small_packets_in_flight_say_nothing_about_the_size(self):
+        """A peer whose partner went quiet (killed, unplugged) while only small packets were in
+        flight must not blame the path's MTU for it."""
+        net = InMemoryNet(seed=3)
+        net.handshake()
+        net.lsession.stream_write(b"RESULT" * 20)  # a small packet from the receiver
+        net.dsession.stream_write(b"HELLO" * 20)
+        net.run_until(lambda n: n.lsession.stream_all_acked and n.dsession.stream_all_acked, max_seconds=2)
+        net.fwd.blackouts.append((net.now, net.now + 100))  # the sender vanishes
+        net.rev.blackouts.append((net.now, net.now + 100))
+        net.lsession.stream_write(b"RESULT" * 20)
+        net.run_until(lambda n: n.lsession.recovery.pto_count >= 4, max_seconds=20, max_iterations=50_000)
+        assert net.lsession.max_datagram == 1452 and net.lsession.stats["pmtu_fallbacks"] == 0

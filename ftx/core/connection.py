@@ -11,6 +11,7 @@ enters the error state and re-raises; every later call raises too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 from ..errors import (
@@ -50,6 +51,7 @@ class Connection:
         self._out: list = []
         self._out_bytes = 0
         self._events: deque[Event] = deque()
+        self._views_queued = False  # an event in _events may hold a view into the decoder's buffer
         self._files: dict[int, FileState] = {}
         self.peer: Hello | None = None
         self.closed = False  # DONE exchanged, or an ERROR sent/received
@@ -62,8 +64,12 @@ class Connection:
 
     # -- input -------------------------------------------------------------
     def get_buffer(self) -> memoryview:
-        """Where the next input bytes go.  Out of buffer memory: ERROR BUSY is queued, and raised."""
+        """Where the next input bytes go.  Events still queued whose payloads are views into
+        the input buffer take their own copies first: filling the buffer may move or overwrite
+        the bytes under them (the common driver drains every event first, and copies nothing).
+        Out of buffer memory: ERROR BUSY is queued, and raised."""
         self._check_usable()
+        self._own_queued_views()
         try:
             buf = self._decoder.get_buffer()
         except BufferLimit as exc:
@@ -72,12 +78,21 @@ class Connection:
             self._inbuf = buf
         return buf
 
+    def _own_queued_views(self) -> None:
+        if self._views_queued:
+            if self._events:
+                buf = self._decoder.buffer
+                self._events = deque(_owning(e, buf) for e in self._events)
+            self._views_queued = False
+
     def trim_buffers(self) -> None:
         """The peer is quiet: give back buffer memory that pending bytes do not need."""
+        self._own_queued_views()
         self._decoder.trim()
 
     def release_buffers(self) -> None:
         """The connection is over: free the input buffer (and its share of the budget)."""
+        self._own_queued_views()
         self._decoder.release()
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -143,6 +158,10 @@ class Connection:
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
         while self._error is None and (frame := self._guard(self._decoder.next_frame)) is not None:
+            # DATA is the one frame whose payload reaches an event as a view (other payloads
+            # are decoded into objects of their own, SMALL_FILE's bytes copied)
+            if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
+                self._views_queued = True
             self._guard(self._dispatch, frame)
 
     def _guard(self, fn, *args):
@@ -228,7 +247,13 @@ class Connection:
         return self._out_bytes
 
     def next_event(self) -> Event | None:
+        """The next event.  A payload in it (chunk or small-file bytes) may be a view into the
+        input buffer: it stays valid until the next ``get_buffer`` call after it was taken."""
         return self._events.popleft() if self._events else None
+
+    @property
+    def events_pending(self) -> bool:
+        return bool(self._events)
 
     def send_error(self, code: ErrorCode, message: str) -> None:
         """Give up on the whole session locally (e.g. out of disk), telling the peer."""
@@ -253,3 +278,11 @@ def _quote(head: bytes) -> str:
     line = head.split(b"\n", 1)[0].rstrip(b"\r") or head
     text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in line[:40])
     return f"'{text}'" + ("..." if len(line) > 40 else "")
+
+
+def _owning(event: Event, buf) -> Event:
+    """``event``, or a copy of it whose payload no longer lives in ``buf``."""
+    data = getattr(event, "data", None)
+    if isinstance(data, memoryview) and data.obj is buf:
+        return dataclasses.replace(event, data=bytes(data))
+    return event

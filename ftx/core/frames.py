@@ -16,7 +16,8 @@ buffer (``get_buffer``), fills it (e.g. ``socket.recv_into``) and reports how
 much it wrote (``buffer_updated``).  Large payloads land directly in their final
 place, so chunk bytes are copied once from the kernel and never again.
 Payloads handed out are memoryviews into that buffer, valid until the next
-``get_buffer`` call.  ``feed(bytes)`` is the convenience, copying entry point.
+``get_buffer`` call (``Connection.get_buffer`` gives events still queued their own
+copies before it asks for one).  ``feed(bytes)`` is the convenience, copying entry point.
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ class FrameDecoder:
         """Bytes of buffer held now."""
         return len(self._buf)
 
+    @property
+    def buffer(self) -> bytearray:
+        """The object payloads handed out are views of (``memoryview.obj``)."""
+        return self._buf
+
     def set_max_payload(self, max_payload: int) -> None:
         """The largest payload accepted from now on.  Allocates nothing."""
         if not 0 < max_payload <= ABSOLUTE_MAX_PAYLOAD:
@@ -241,7 +247,8 @@ class FrameDecoder:
         self._end += nbytes
 
     def feed(self, data) -> None:
-        """Copying convenience: accept any bytes-like object, whole or in part."""
+        """Copying convenience: accept any bytes-like object, whole or in part.  Frames it
+        queues own their payloads (it reuses its buffer while they wait)."""
         data = memoryview(data)
         while data:
             buf = self.get_buffer()

@@ -155,7 +155,9 @@ class SmallFile:
         file_id, entry, off = decode_entry(p)
         if len(p) - off != DIGEST_SIZE + entry.size:
             raise RemoteProtocolError("SMALL_FILE length does not match its size")
-        return cls(file_id, entry, bytes(p[off : off + DIGEST_SIZE]), p[off + DIGEST_SIZE :])
+        # the event owns its bytes (small by definition): whoever holds it may keep it while
+        # more input arrives, as the receiver does while it writes the file in a worker thread
+        return cls(file_id, entry, bytes(p[off : off + DIGEST_SIZE]), bytes(p[off + DIGEST_SIZE :]))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Awaitable, Callable
 from ..core.checksum import chunk_checksum
 from ..core.udp import burst
 from ..core.udp.endpoint import Dialer, Listener
+from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
@@ -51,6 +52,12 @@ GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
+
+
+def _format_addr(addr) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+    return str(addr)
 
 
 def _random_cid() -> int:
@@ -234,6 +241,7 @@ class UdpLink:
         self._on_close: list[Callable[[], None]] = []
         self._lent: list[bytearray] = []
         self._reading: bytearray | None = None  # see read_buffer
+        self._datagram_size = session.max_datagram
 
     @property
     def sending(self) -> bool:
@@ -254,6 +262,8 @@ class UdpLink:
                 out = s.transmit(now, SEND_BATCH)
                 if out:
                     self._send(out)
+                if s.max_datagram != self._datagram_size:
+                    self._size_changed(s.max_datagram)
                 async with self._cond:
                     self._cond.notify_all()
                 if s.closed and not s._close_sends:
@@ -282,6 +292,15 @@ class UdpLink:
             async with self._cond:
                 self._cond.notify_all()
 
+    def _size_changed(self, size: int) -> None:
+        old, self._datagram_size = self._datagram_size, size
+        peer = _format_addr(self.peer)
+        if size < old:
+            log.info("udp: %d-byte datagrams do not get through to %s (path MTU below %d?): sending %d-byte "
+                     "datagrams and searching for the largest size that does", old, peer, old + 48, size)
+        else:
+            log.info("udp: the path to %s carries %d-byte datagrams", peer, size)
+
     async def _wait_until(self, pred) -> None:
         async with self._cond:
             await self._cond.wait_for(lambda: pred() or self.session.closed)
@@ -302,12 +321,13 @@ class UdpLink:
 
     async def feed(self, conn) -> None:
         s = self.session
-        # The chunks handed over by the last feed() have been handled: chunk data given to
-        # conn.receive_chunk is valid until the next feed(), as on TCP, where it is a view
-        # into the frame decoder's buffer. Their buffers go back to the session for reuse.
-        for buf in self._lent:
-            s.recycle(buf)
-        self._lent.clear()
+        # Chunk data given to conn.receive_chunk is valid until the next feed() after its
+        # event was taken, as on TCP, where it is a view into the frame decoder's buffer.
+        # Once every event is taken, those buffers go back to the session for reuse.
+        if not conn.events_pending:
+            for buf in self._lent:
+                s.recycle(buf)
+            self._lent.clear()
         await self._wait_until(lambda: s.stream_readable or s._completed)
         chunks = s.take_chunks()
         self._lent.extend(c[3] for c in chunks)
@@ -315,7 +335,7 @@ class UdpLink:
             self.wake()  # MAX_DATA may now be due
         for fid, index, checksum, data in chunks:
             conn.receive_chunk(fid, index, checksum, data)
-        while s.stream_readable:
+        while s.stream_readable:  # conn.get_buffer() keeps the payloads of queued events intact
             buf = conn.get_buffer()
             conn.buffer_updated(s.stream_read_into(buf))
         if not chunks and s.closed:
@@ -427,7 +447,8 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
         while not ready.done():
             now = time.monotonic()
             if dialer.timed_out(now):
-                raise TransportError(f"no answer from {host} port {port} over UDP", ErrorCode.TIMEOUT)
+                raise TransportError(f"no answer from {host} port {port} over UDP (no receiver there, UDP blocked, "
+                                     f"or a path that drops {MIN_INITIAL_SIZE}-byte datagrams)", ErrorCode.TIMEOUT)
             dsock.send_datagrams(dialer.datagrams_to_send(now))
             t = dialer.next_timer()
             try:

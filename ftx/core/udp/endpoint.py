@@ -202,12 +202,16 @@ class Dialer:
         self._tries = 0
         self._next_try = now
         self._start = now
+        self._sent_at = now  # when the INITIAL with the current token went out
+        self._sent_with_token = 0  # INITIALs sent with the current token (one: its answer times the path)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.session is not None or now < self._next_try:
             return []
         self._tries += 1
         self._next_try = now + min(0.25 * 2 ** (self._tries - 1), 2.0)
+        self._sent_at = now
+        self._sent_with_token += 1
         return [padded_initial(self.initial_dcid, self._tries, self.local_cid, self.token)]
 
     def next_timer(self) -> float | None:
@@ -237,6 +241,7 @@ class Dialer:
                 return None
             if token and token != self.token:
                 self.token = token
+                self._sent_with_token = 0
                 self._next_try = now  # answer at once
         elif pkt.ptype == INITIAL and self.session is None:
             try:
@@ -244,6 +249,8 @@ class Dialer:
             except RemoteProtocolError:
                 return None
             self.session = UdpSession(self.local_cid, peer_cid, self.config, now, chunk_receiver=False)
+            if self._sent_with_token == 1:  # an unambiguous round trip: the first RTT sample
+                self.session.recovery.rtt.update(now - self._sent_at, 0.0)
         elif pkt.ptype == DATA and self.session is not None:
             try:
                 self.session.receive_payload(pkt.pn, pkt.payload, now)

@@ -1,41 +1,49 @@
 """Datagram packetization layer path MTU discovery (RFC 8899), sans I/O.
 
-The sender starts at its base size (``--mtu``, 1452-byte datagrams by default,
-safe on any 1500-byte path) and, when asked to (``--pmtud``), probes larger
-sizes with padded PING packets that carry no data:
+Every peer starts at its initial size (``--mtu``, 1452-byte datagrams by
+default, right for any 1500-byte path) without knowing that the path carries
+it.  Below that lies the base size, ``BASE_PLPMTU`` = 1200 bytes (QUIC's
+minimum, RFC 9000 14; it fits the 1280-byte IPv6 minimum MTU), which every
+path ftx supports carries: the handshake's INITIALs are padded to it.
 
-* one probe is outstanding at a time; an acknowledged probe raises the size
-  at once, a probe lost ``MAX_PROBES`` times (RFC 8899 5.1.2: MAX_PROBES = 3)
-  ends the search at the last size that worked;
-* candidates go up through common link MTUs; every datagram size is the MTU
-  less 48 bytes (IPv6 and UDP headers), as the base is;
+* black hole detection (RFC 8899 4.3, driven by the session): when datagrams
+  above the base size do not get through, the size falls back to the base,
+  the lost content goes again in base-sized packets, and a search starts at
+  once for the largest size the path does carry;
+* the search probes with padded PING packets that carry no data: one probe
+  outstanding at a time; an acknowledged probe raises the size at once, a
+  probe lost ``MAX_PROBES`` times (RFC 8899 5.1.2: MAX_PROBES = 3) ends the
+  search at the last size that worked;
+* candidates go up through common link MTUs less 48 bytes (IPv6 and UDP
+  headers), as the initial size is, up to the ceiling: the initial size, or
+  with ``--pmtud`` the largest datagram there is, so that ``--pmtud`` also
+  searches above the initial size from the start;
 * a probe's loss is not a congestion signal (RFC 8899 3, item 7) and its
-  content is never sent again;
-* black hole detection (RFC 8899 4.3): if packets keep going unanswered after
-  the size was raised (two probe timeouts in a row), the size falls back to
-  the base and the search starts again after ``RESEARCH_AFTER`` seconds.
+  content is never sent again.
 
-The driver must send with the IP "don't fragment" bit (Linux:
-IP_PMTUDISC_PROBE), or a probe larger than the path would simply be
-fragmented and "succeed".
+Probes above the initial size need the IP "don't fragment" bit (Linux:
+IP_PMTUDISC_PROBE, set by the driver with ``--pmtud``), or a probe larger than
+the path would simply be fragmented and "succeed".
 """
 
 from __future__ import annotations
 
-from .packets import MAX_MAX_DATAGRAM
+from .packets import MAX_MAX_DATAGRAM, MIN_MAX_DATAGRAM
 
-HEADERS = 48  # IPv6 (40) + UDP (8): the base of 1452 is 1500 - 48
-CANDIDATE_MTUS = (1500, 2048, 4096, 8192, 9000, 16384, 32768, 65535)
+HEADERS = 48  # IPv6 (40) + UDP (8): the initial size of 1452 is 1500 - 48
+BASE_PLPMTU = MIN_MAX_DATAGRAM  # 1200: every supported path carries it (RFC 8899 5.1.4, RFC 9000 14)
+# 1280: the IPv6 minimum; 1420: WireGuard; 1492: PPPoE; then Ethernet and jumbo frames
+CANDIDATE_MTUS = (1280, 1420, 1492, 1500, 2048, 4096, 8192, 9000, 16384, 32768, 65535)
 MAX_PROBES = 3
-RESEARCH_AFTER = 60.0  # RFC 8899 5.1.1 suggests 600 s; a transfer is shorter than that
 
 
 class PmtuSearch:
-    def __init__(self, base: int, now: float, ceiling: int = MAX_MAX_DATAGRAM) -> None:
-        self.base = base
-        self.current = base
-        self.ceiling = ceiling
-        self._candidates = self._above(base)
+    def __init__(self, initial: int, now: float, ceiling: int | None = None, base: int = BASE_PLPMTU) -> None:
+        self.initial = initial
+        self.base = min(base, initial)
+        self.current = initial
+        self.ceiling = max(initial, min(ceiling if ceiling is not None else initial, MAX_MAX_DATAGRAM))
+        self._candidates = self._above(initial)
         self._failures = 0
         self._outstanding: int | None = None  # size of the probe in flight
         self._next_probe = now  # the handshake is done: the first probe may go at once
@@ -77,14 +85,15 @@ class PmtuSearch:
         self._next_probe = float("-inf")
 
     def on_black_hole(self, now: float) -> bool:
-        """Packets of the current size stopped getting through: back to the base size.
-        Returns whether the size changed."""
-        if self.current == self.base:
+        """Datagrams of the current size do not get through: back to the base size, and
+        search again at once for the largest size that does.  Returns whether the size
+        changed."""
+        if self.current <= self.base:
             return False
         self.black_holes += 1
         self.current = self.base
         self._candidates = self._above(self.base)
         self._failures = 0
         self._outstanding = None
-        self._next_probe = now + RESEARCH_AFTER
+        self._next_probe = now
         return True

@@ -39,6 +39,7 @@ from .packets import (
     HEADER_SIZE,
     OVERHEAD,
     PING,
+    MAX_MAX_DATAGRAM,
     TRAILER_SIZE,
     VERSION,
     AckFrame,
@@ -74,6 +75,9 @@ MIN_FLOW_WINDOW = 2 * 1024 * 1024
 # and none acknowledged for three round trips, while smaller ones still get through (a
 # congestion drop of part of a burst loses many at once, but the rest keep being acked).
 BLACK_HOLE_LOSSES = 16
+# Until one datagram above the base size has been acknowledged, the size is a guess: this
+# many of them lost while later, smaller ones are acknowledged, and it was a wrong guess.
+UNCONFIRMED_LOSSES = 3
 STREAM_OOO_LIMIT = 8 * 1024 * 1024
 
 
@@ -101,7 +105,9 @@ class UdpConfig:
     """Sender: unacknowledged chunk bytes kept for retransmission before send_chunk blocks."""
 
     pmtud: bool = False
-    """Sender: probe for datagrams larger than max_datagram (RFC 8899, pmtu.py)."""
+    """Sender: probe for datagrams larger than max_datagram (RFC 8899, pmtu.py).  Without
+    it a peer still falls back to 1200-byte datagrams when larger ones do not get through,
+    and then searches up to max_datagram again."""
 
 
 PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
@@ -142,9 +148,13 @@ class UdpSession:
         self.config = config
         self.chunk_receiver = chunk_receiver
         mss = self.max_datagram = config.max_datagram
-        self.pmtu = PmtuSearch(mss, now) if config.pmtud and not chunk_receiver else None
+        self.pmtu = PmtuSearch(mss, now, ceiling=None if chunk_receiver or not config.pmtud else MAX_MAX_DATAGRAM)
         self._big_lost = 0  # datagrams above the base size lost since one was last acknowledged
         self._big_acked_at = now
+        self._big_confirmed = mss <= self.pmtu.base  # a datagram above the base size was acknowledged
+        self._big_sent_at = float("-inf")  # when one (not a probe) was last sent
+        self._size_pn = 0  # packets from this number on were sent at the current size
+        self._acked_at = now  # when something we sent was last acknowledged (or nothing was in flight)
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
         self.cc = Bbr(mss, config.max_rate, 3 * config.ack_every)
         self._next_pn = 0
@@ -199,7 +209,8 @@ class UdpSession:
         self._close_sends = 0
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
-                      "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0, "pmtu_probes": 0}
+                      "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0, "pmtu_probes": 0,
+                      "pmtu_fallbacks": 0}
 
     # == input ==================================================================
     def receive_payload(self, pn: int, payload, now: float) -> None:
@@ -278,10 +289,13 @@ class UdpSession:
         if f.acked and f.acked.last() >= self._next_pn:
             raise RemoteProtocolError("ACK for a packet never sent")
         rs = self.recovery.on_ack(f.acked, f.delay_us / 1e6, now)
+        if rs.acked:
+            self._acked_at = now
+        base = self.pmtu.base
         for run, a, b in rs.acked:
             self._settle(run, a, b, acked=True)
-            if run.size > self.config.max_datagram:
-                self._big_lost, self._big_acked_at = 0, now  # datagrams above the base size get through
+            if run.size > base:  # datagrams above the base size get through
+                self._big_lost, self._big_acked_at, self._big_confirmed = 0, now, True
         self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
         self._on_lost(rs, now)
 
@@ -289,19 +303,38 @@ class UdpSession:
         if size != self.max_datagram:
             self.max_datagram = size
             self.cc.set_mss(size)
+            self._size_pn = self._next_pn
+
+    def _black_hole(self, now: float) -> None:
+        """Datagrams of our size do not get through (RFC 8899 4.3): fall back to the base
+        size; what was lost goes again, smaller, and the search for a larger size restarts."""
+        if self.pmtu.on_black_hole(now):
+            if not self._big_confirmed:  # nothing got through yet: the path model learnt nothing
+                self.cc = Bbr(self.pmtu.current, self.config.max_rate, 3 * self.config.ack_every)
+            self._set_max_datagram(self.pmtu.current)
+            self._big_lost = 0
+            self.stats["pmtu_fallbacks"] += 1
 
     def _on_lost(self, rs, now: float) -> None:
-        base = self.config.max_datagram
+        base = self.pmtu.base
         for run, a, b in rs.lost:
             if run.items and run.items[0][0] == "p":  # a lost probe says nothing about congestion
                 rs.newly_lost -= run.span_bytes(a, b)
                 rs.lost_count -= b - a
-            elif run.size > base:
+            elif run.size > base and run.pn >= self._size_pn:  # (not what went before a size change)
                 self._big_lost += b - a
-        if (self._big_lost >= BLACK_HOLE_LOSSES and now - self._big_acked_at > 3 * self.recovery.rtt.smoothed
-                and self.pmtu is not None and self.pmtu.on_black_hole(now)):
-            self._set_max_datagram(self.pmtu.current)  # RFC 8899 4.3; what was lost goes again, smaller
-            self._big_lost = 0
+        # Losses found by an ACK: later packets got through.  A size never confirmed is given
+        # up after a few; a confirmed one only when none got through for three round trips.
+        if self._big_confirmed:
+            if self._big_lost >= BLACK_HOLE_LOSSES and now - self._big_acked_at > 3 * self.recovery.rtt.smoothed:
+                self._black_hole(now)
+        elif self._big_lost >= UNCONFIRMED_LOSSES:
+            self._black_hole(now)
+        for run, a, b in rs.lost:  # too big for the path, not a sign of congestion (RFC 8899 3)
+            if run.size > self.max_datagram and not (run.items and run.items[0][0] == "p"):
+                rs.newly_lost -= run.span_bytes(a, b)
+                rs.lost_count -= b - a
+                self.stats["lost_packets"] += b - a
         if rs.lost:
             self.stats["lost_packets"] += rs.lost_count
             for run, a, b in rs.lost:
@@ -577,12 +610,11 @@ class UdpSession:
             self._emit(out, self._packet(self._control_frames(now), now, [], False))
             count += 1
         self.pacing_limited = False
-        if self.pmtu is not None:
-            size = self.pmtu.probe_due(now)
-            if size is not None:  # a padded PING: no content, acknowledged or not
-                self._emit(out, self._packet([bytes([F_PING]), bytes(size - OVERHEAD - 1)], now, [("p", size)], True))
-                self.stats["pmtu_probes"] += 1
-                count += 1
+        size = self.pmtu.probe_due(now)
+        if size is not None:  # a padded PING: no content, acknowledged or not
+            self._emit(out, self._packet([bytes([F_PING]), bytes(size - OVERHEAD - 1)], now, [("p", size)], True))
+            self.stats["pmtu_probes"] += 1
+            count += 1
         mss = self.max_datagram
         cwnd = self.cc.cwnd
         rate = self.cc.pacing_rate
@@ -667,6 +699,10 @@ class UdpSession:
                                 _xxh64)
         out.append((buf, mss))
         self._next_pn = pn + n
+        if not rec.bytes_in_flight:
+            self._acked_at = now
+        if mss > self.pmtu.base:
+            self._big_sent_at = now
         c.next_off = off + nbytes
         self._new_chunk_bytes += nbytes
         if c.next_off >= clen:
@@ -769,6 +805,10 @@ class UdpSession:
         self.stats["bytes_sent"] += size
         if eliciting:
             self._last_eliciting_sent = now
+            if not self.recovery.bytes_in_flight:
+                self._acked_at = now  # the wait for an acknowledgement starts
+            if size > self.pmtu.base and not (items and items[0][0] == "p"):
+                self._big_sent_at = now
         self.recovery.on_sent(SentPacket(pn, now, size, eliciting, items))
         return out
 
@@ -777,12 +817,14 @@ class UdpSession:
         if self.closed:
             return None
         times = [self.last_recv_time + self.config.idle_timeout]
+        if self.recovery.bytes_in_flight:
+            times.append(self._acked_at + self.config.idle_timeout)
         if self._ack_deadline is not None:
             times.append(self._ack_deadline)
         t = self.recovery.timer()
         if t is not None:
             times.append(t)
-        if self.pmtu is not None and (t := self.pmtu.next_timer()) is not None:
+        if (t := self.pmtu.next_timer()) is not None:
             times.append(t)
         if self._has_data() and self.recovery.bytes_in_flight + self.max_datagram <= self.cc.cwnd:
             times.append(self._pace_next)
@@ -795,9 +837,16 @@ class UdpSession:
     def handle_timer(self, now: float) -> None:
         if self.closed:
             return
-        if now >= self.last_recv_time + self.config.idle_timeout:
+        timeout = self.config.idle_timeout
+        if now >= self.last_recv_time + timeout:
             self.closed, self.close_code = True, ErrorCode.TIMEOUT
-            self.close_reason = f"peer silent for {self.config.idle_timeout:g} s"
+            self.close_reason = f"peer silent for {timeout:g} s"
+            return
+        if self.recovery.bytes_in_flight and now >= self._acked_at + timeout:
+            # the peer is there (its packets arrive) but nothing of ours gets through to it
+            self.closed, self.close_code = True, ErrorCode.TIMEOUT
+            self.close_reason = (f"nothing sent was acknowledged for {timeout:g} s although the peer answers "
+                                 f"(does the path drop even {self.max_datagram}-byte datagrams?)")
             return
         t = self.recovery.timer()
         if t is not None and now >= t:
@@ -805,8 +854,12 @@ class UdpSession:
             self._on_lost(rs, now)
             if probe:
                 self._probes = 2
-                if self.pmtu is not None and self.recovery.pto_count >= 2 and self.pmtu.on_black_hole(now):
-                    self._set_max_datagram(self.pmtu.current)  # what is in flight goes again, smaller
+                # two probe timeouts in a row with datagrams above the base size unacknowledged:
+                # a size never confirmed, or raised by probing, is the likeliest reason (a size
+                # that worked before: rather the path is down; only small ones: not the size)
+                if (self.recovery.pto_count >= 2 and self._big_sent_at > self._big_acked_at
+                        and (not self._big_confirmed or self.max_datagram > self.pmtu.initial)):
+                    self._black_hole(now)
         if not self.recovery.bytes_in_flight and now >= self._last_eliciting_sent + self.config.idle_timeout / 3:
             self._ping = True
             self._pace_next = min(self._pace_next, now)

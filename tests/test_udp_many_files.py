@@ -1,0 +1,150 @@
+"""Thousands of small files over UDP arrive intact (issue #11, item 1).
+
+The receiver's ``UdpLink.feed`` moved every waiting stream byte into the frame
+decoder before the events of the earlier bytes were handled; the decoder then
+moved or overwrote the bytes under queued SMALL_FILE payloads, and a block of
+files failed with "whole-file digest mismatch".  It showed when stream bytes
+piled up while the receiver was busy (CPU contention); the in-process test
+below makes them pile up deterministically, the end-to-end tests run the real
+CLI with thousands of files, clean and through the impairing relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ftx.core import events as ev
+from ftx.core.checksum import file_digest
+from ftx.core.config import Config
+from ftx.core.manifest import FileEntry
+from ftx.core.receiver import ReceiverConnection
+from ftx.core.sender import SenderConnection
+from ftx.transport import udp
+
+from .helpers import Relay, run_send, tree_equal
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _small_files_stream(count: int, seed: int, tiled: bool) -> tuple[bytes, list[bytes]]:
+    """The bytes a sender writes for ``count`` SMALL_FILEs (HELLO first), and the files.
+
+    ``tiled``: every frame 1 KiB long, the first padded so that frames end on every
+    1 KiB boundary of the stream -- and so on every boundary between two reads of the
+    decoder's 64 KiB, where the old code rewound its buffer under the queued payloads
+    (with random sizes that takes a chance alignment)."""
+    s, peer = SenderConnection(Config()), ReceiverConnection(Config())
+    s.receive_data(b"".join(bytes(b) for b in peer.data_to_send()))
+    assert isinstance(s.next_event(), ev.HandshakeComplete)
+    sent = sum(len(b) for b in s._out)  # HELLO
+    r = random.Random(seed)
+    overhead = 16 + 36 + len(b"d000/f00000") + 16  # frame header, entry, path, digest
+    datas = []
+    for i in range(count):
+        size = (-(sent + overhead) % 1024 or 1024) if tiled else r.randrange(0, 2048)
+        d = r.randbytes(size)
+        s.send_small_file(FileEntry(b"d%03d/f%05d" % (i % 100, i), size=len(d)), d, file_digest(d))
+        sent += overhead + size
+        datas.append(d)
+    blob = b"".join(bytes(b) for b in s.data_to_send())
+    assert len(blob) == sent
+    return blob, datas
+
+
+async def _deliver_all_then_feed(blob: bytes, deadline: float) -> list:
+    """Send ``blob`` over a real UDP link; feed the receiver once all of it is waiting."""
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def handle(link):
+        try:
+            s = link.session
+            while s.stream_readable < len(blob):  # let every byte pile up, as under contention
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"only {s.stream_readable} of {len(blob)} stream bytes arrived")
+                await asyncio.sleep(0.005)
+            conn = ReceiverConnection(Config(max_files_in_flight=10_000))  # no RESULT goes back here
+            await link.feed(conn)  # one call: the link moves every waiting byte into conn
+            events = []
+            while (e := conn.next_event()) is not None:
+                events.append(e)
+            got.set_result(events)
+        except BaseException as exc:
+            got.set_exception(exc)
+        finally:
+            link.close()
+
+    server = await udp.serve("127.0.0.1", 0, handle)
+    port = server.dsock.sock.getsockname()[1]
+    link = await udp.connect("127.0.0.1", port)
+    try:
+        await link.send([blob])
+        return await asyncio.wait_for(got, deadline - time.monotonic())
+    finally:
+        link.close()
+        server.close()
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["random-sizes", "frames-tile-reads"])
+def test_udp_link_feeds_a_backlog_of_small_files_intact(tiled):
+    blob, datas = _small_files_stream(3000, seed=11, tiled=tiled)
+    assert len(blob) > 20 * 65536  # many decoder buffers' worth waits at once
+    events = asyncio.run(_deliver_all_then_feed(blob, time.monotonic() + 30))
+    files = [e for e in events if isinstance(e, ev.SmallFileReceived)]
+    assert [e.file_id for e in files] == list(range(len(datas)))
+    bad = [e.file_id for e in files if bytes(e.data) != datas[e.file_id]]
+    assert not bad, f"{len(bad)} files corrupted, first {bad[:5]}"
+
+
+def _tree(root, count: int, dirs: int, seed: int, max_size: int = 2048):
+    r = random.Random(seed)
+    for i in range(count):
+        p = root / f"d{i % dirs:03d}" / f"f{i:05d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(r.randbytes(r.randrange(0, max_size + 1)))
+    return root
+
+
+@pytest.fixture
+def fast_receiver(tmp_path, receiver_factory):
+    """A receiver writing to tmpfs where there is one: the receiver fsyncs every file, and
+    thousands of fsyncs on a shared disk would time the disk, not the transport."""
+    if not os.path.isdir("/dev/shm"):
+        yield receiver_factory()
+        return
+    directory = tempfile.mkdtemp(prefix="ftx-test-", dir="/dev/shm")
+    try:
+        receiver = receiver_factory(directory=Path(directory))
+        yield receiver
+        receiver.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_udp_thousands_of_small_files_in_hundreds_of_dirs(tmp_path, fast_receiver):
+    receiver = fast_receiver
+    src = _tree(tmp_path / "many", 2000, 200, seed=1)
+    rc, report, err = run_send(str(src), receiver.dest, "--udp")
+    assert rc == 0, err
+    assert report["failed"] == 0 and report["file_count"] == 2000 + 200 + 1  # files, dirs, the root
+    assert tree_equal(src, receiver.dir / "many")
+
+
+def test_udp_thousands_of_small_files_through_impairments(tmp_path, fast_receiver):
+    receiver = fast_receiver
+    src = _tree(tmp_path / "many", 1500, 150, seed=2, max_size=8192)
+    relay = Relay(receiver.port, "--both", "loss=0.02,reorder=0.02,dup=0.01", "--seed", "5")
+    try:
+        rc, report, err = run_send(str(src), relay.dest, "--udp")
+    finally:
+        counters = relay.stop()
+    assert rc == 0, err
+    assert report["failed"] == 0 and counters["forward"]["dropped"] > 0
+    assert tree_equal(src, receiver.dir / "many")

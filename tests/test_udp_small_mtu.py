@@ -1,0 +1,77 @@
+"""UDP on paths that carry less than 1452-byte datagrams (issue #11, item 2), end to end.
+
+``ftx relay --both mtu=N`` drops every datagram whose UDP payload exceeds N bytes,
+as a path with an MTU of N + 28 (IPv4) would: 1392 is a 1420-byte (WireGuard)
+path, 1232 the 1280-byte IPv6 minimum.  The sender used to hang there without
+a word; by default it must fall back to 1200-byte datagrams, find the largest
+size the path carries, say so at -v, and deliver everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .helpers import FTX, Relay, tree_equal, write_random
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _send(*args: str, timeout: float = 60.0):
+    proc = subprocess.run(FTX + ["send", *args, "--json", "--no-progress", "-v"], capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
+
+
+@pytest.mark.parametrize("pmtud", [False, True], ids=["default", "pmtud"])
+@pytest.mark.parametrize("path", [1392, 1232])
+def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtud):
+    src = tmp_path / "src"
+    write_random(src / "data.bin", 4_000_000, seed=path)
+    for i in range(300):  # many small files: the control streams fill whole packets, both ways
+        write_random(src / "small" / f"f{i:03d}", 700, seed=i)
+    relay = Relay(receiver.port, "--both", f"mtu={path}")
+    try:
+        rc, report, err = _send(str(src), relay.dest, "--udp", *(["--pmtud"] if pmtud else []))
+    finally:
+        counters = relay.stop()
+    assert rc == 0, err
+    assert tree_equal(src, receiver.dir / "src")
+    assert counters["forward"]["too_big"] > 0  # the path did drop the first full-size datagrams
+    expect = {1392: 1372, 1232: 1232}[path]  # the largest candidate (MTU - 48) that fits
+    stats = report["transport_stats"]
+    assert stats["max_datagram"] == expect and stats["pmtu_fallbacks"] == 1
+    assert "1452-byte datagrams do not get through" in err and "sending 1200-byte datagrams" in err
+    assert f"carries {expect}-byte datagrams" in err
+    session = receiver.events_until("session")[-1]
+    rstats = session["transport_stats"]  # the receiver's own packets (DECISIONs, RESULTs) fell back too
+    assert session["ok"] and rstats["max_datagram"] == expect and rstats["pmtu_fallbacks"] == 1
+
+
+def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver):
+    write_random(tmp_path / "f.bin", 3_000_000, seed=1)
+    relay = Relay(receiver.port, "--both", "mtu=1472")
+    try:
+        rc, report, err = _send(str(tmp_path / "f.bin"), relay.dest, "--udp")
+    finally:
+        counters = relay.stop()
+    assert rc == 0, err
+    assert counters["forward"]["too_big"] == 0
+    stats = report["transport_stats"]
+    assert stats["max_datagram"] == 1452 and stats["pmtu_fallbacks"] == 0 and stats["pmtu_probes"] == 0
+    assert "do not get through" not in err
+
+
+def test_udp_path_that_carries_no_initial_is_a_timeout_that_names_the_cause(tmp_path, receiver):
+    """Below 1200 bytes not even the padded INITIAL gets through: the sender gives up after
+    its idle timeout, and says what may be wrong, instead of hanging."""
+    write_random(tmp_path / "f.bin", 1000, seed=1)
+    relay = Relay(receiver.port, "--forward", "mtu=1100")
+    try:
+        rc, report, err = _send(str(tmp_path / "f.bin"), relay.dest, "--udp", "--idle-timeout", "2")
+    finally:
+        counters = relay.stop()
+    assert rc == 3 and counters["forward"]["too_big"] > 0
+    assert "no answer from" in err and "drops 1200-byte datagrams" in err
