@@ -100,6 +100,8 @@ def _limits_from(values: dict) -> Limits:
             kwargs[name] = parse_size(raw) if kind == "size" else parse_duration(raw)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
+        if kind == "duration" and kwargs[name] <= 0:
+            raise click.BadParameter("must be a positive time, such as 30s", param_hint="--" + name.replace("_", "-"))
     return Limits(**kwargs)
 
 

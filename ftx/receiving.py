@@ -335,6 +335,15 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         except Exception:
             pass
         log.warning("connection from %s ended: %s", getattr(link, "peer", "?"), exc)
+    except Exception as exc:  # a bug of ours: end this connection only, say why, keep serving
+        session.error = f"internal error: {exc!r}"
+        conn.send_error(ErrorCode.INTERNAL, session.error)
+        try:
+            await asyncio.wait_for(link.send(conn.data_to_send()), 1.0)
+        except Exception:
+            pass
+        log.error("connection from %s ended by an %s", getattr(link, "peer", "?"), session.error,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
     finally:
         dog.stop()
         guard.cancel()

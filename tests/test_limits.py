@@ -55,3 +55,11 @@ def test_admission_counts_total_and_per_host():
 def test_buffers_get_max_memory_less_the_process_share():
     assert Limits().buffer_bytes == (256 - 48) << 20
     assert Limits(max_memory=24 << 20).buffer_bytes == 12 << 20
+
+
+@pytest.mark.parametrize("option", ["--handshake-timeout", "--stall-timeout", "--partial-ttl"])
+def test_a_zero_time_limit_is_a_usage_error(option):
+    """0 would drop every connection (or expire every partial) at once."""
+    result = CliRunner().invoke(main, ["receive", option, "0"])
+    assert result.exit_code == 2
+    assert option in result.output
