@@ -63,3 +63,32 @@ def test_a_zero_time_limit_is_a_usage_error(option):
     result = CliRunner().invoke(main, ["receive", option, "0"])
     assert result.exit_code == 2
     assert option in result.output
+
+
+def test_per_item_bookkeeping_is_charged_to_the_memory_budget():
+    """256 senders x 1024 unsettled items would be ~500 MB of bookkeeping: it counts against
+    --max-memory like the frame buffers, and a sender past it gets ERROR BUSY, not more memory."""
+    from ftx.core.config import Config
+    from ftx.core.frames import BufferBudget, BufferLimit
+    from ftx.core.manifest import FileEntry
+    from ftx.core.receiver import FILE_STATE_COST, ReceiverConnection
+    from ftx.core.sender import SenderConnection
+    from ftx.errors import ErrorCode
+
+    budget = BufferBudget(64 * 1024 + 200 * FILE_STATE_COST)  # the frame buffer, then ~200 items
+    r = ReceiverConnection(Config(), budget)
+    s = SenderConnection(Config())
+    r.receive_data(b"".join(bytes(b) for b in s.data_to_send()))
+    s.receive_data(b"".join(bytes(b) for b in r.data_to_send()))
+    for i in range(1000):
+        s.offer(FileEntry(b"f%04d" % i, size=10 << 20))
+    with pytest.raises(BufferLimit):
+        r.receive_data(b"".join(bytes(b) for b in s.data_to_send()))
+    assert budget.used <= budget.limit
+    out = b"".join(bytes(b) for b in r.data_to_send())
+    assert out  # an ERROR BUSY for the sender
+    s.receive_data(out)
+    failed = [e for e in iter(s.next_event, None) if type(e).__name__ == "PeerFailed"]
+    assert failed and failed[0].code == ErrorCode.BUSY and "--max-memory" in failed[0].message
+    r.release_buffers()
+    assert budget.used == 0

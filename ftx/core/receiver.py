@@ -28,7 +28,7 @@ from .events import (
     SessionComplete,
     SmallFileReceived,
 )
-from .frames import DATA_HEADER_SIZE, Frame, FrameType, parse_data_payload
+from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
 from .manifest import FileEntry, Kind
 from .messages import (
     HELLO_NO_RESUME,
@@ -46,6 +46,9 @@ from .ranges import RangeSet
 from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
 
 
+FILE_STATE_COST = 2048  # bytes a receiver keeps per unsettled item besides its path (measured 1.5-2 KB)
+
+
 class ReceiverConnection(Connection):
     role = ROLE_RECEIVER
     transitions = RECEIVER_TRANSITIONS
@@ -57,6 +60,7 @@ class ReceiverConnection(Connection):
         self._have: dict[int, RangeSet] = {}
         self._sender_done = False
         self._unsettled = 0  # items offered with no RESULT yet (bounded by config.max_files_in_flight)
+        self._costs: dict[int, int] = {}  # file id -> bytes of bookkeeping charged to the budget
 
     @property
     def resume_allowed(self) -> bool:
@@ -160,6 +164,14 @@ class ReceiverConnection(Connection):
             raise RemoteProtocolError(
                 f"more than {self.config.max_files_in_flight} files offered and not yet settled "
                 "(the receiver's --max-files-in-flight)")
+        budget = self._decoder.budget
+        if budget is not None:  # the receiver's memory bound covers what it keeps per item, too
+            cost = FILE_STATE_COST + len(entry.path) + len(entry.target)
+            if not budget.take(cost):
+                self._fail_local(BufferLimit(
+                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
+                    "in use, --max-memory); try again later"))
+            self._costs[file_id] = cost
         self._unsettled += 1
         self._files[file_id] = state
         self._entries[file_id] = entry
@@ -180,6 +192,16 @@ class ReceiverConnection(Connection):
         self._files.pop(file_id, None)
         self._entries.pop(file_id, None)
         self._have.pop(file_id, None)
+        cost = self._costs.pop(file_id, 0)
+        if cost:
+            self._decoder.budget.give(cost)
+
+    def release_buffers(self) -> None:
+        """The connection is over: its input buffer and its items' bookkeeping leave the budget."""
+        super().release_buffers()
+        if self._costs:
+            self._decoder.budget.give(sum(self._costs.values()))
+            self._costs.clear()
 
     def _maybe_complete(self) -> None:
         if self._sender_done and not self.closed and all(s in RESOLVED for s in self._files.values()):
