@@ -437,7 +437,8 @@ class UdpMutate(Attack):
                 continue
             if r < 0.90:
                 data = mutate(rng, padded_initial(rng.getrandbits(64), 1, rng.getrandbits(64), os.urandom(20)))
-                data = P.build(data[0], rng.getrandbits(64), 1, data[P.HEADER_SIZE : -P.TRAILER_SIZE])
+                if len(data) > P.OVERHEAD:  # sealed again, so the receiver parses it
+                    data = P.build(data[0], rng.getrandbits(64), 1, data[P.HEADER_SIZE : -P.TRAILER_SIZE])
             elif r < 0.95:
                 data = P.build(P.DATA, rng.getrandbits(64), rng.getrandbits(32), random_frames(rng))
             else:
