@@ -69,6 +69,9 @@ class Attack:
     def report(self) -> list[str]:
         return []
 
+    def before_send(self, label: str) -> None:
+        """The legitimate sender is about to send (``label``: tcp or udp)."""
+
     def background(self, fn, *args) -> None:
         def guarded():
             try:
@@ -125,7 +128,7 @@ class Attack:
 
 # == TCP ===========================================================================
 class HelloIdle(Attack):
-    """200 TCP connections each send one HELLO, then idle (issue item 7)."""
+    """200 TCP connections (--quick: 20) each send one HELLO, then idle (issue item 7)."""
 
     name = "hello-idle"
 
@@ -142,7 +145,7 @@ class HelloIdle(Attack):
 
 
 class Offers(Attack):
-    """One TCP connection sends 100 000 OFFERs and never any data (item 8)."""
+    """One TCP connection sends 100 000 OFFERs (--quick: 2 000) of 1-byte files and never any data (item 8)."""
 
     name = "offers"
 
@@ -195,7 +198,7 @@ class Claim10T(Attack):
 
 
 class Claims40M(Attack):
-    """16 connections each OFFER a 40 MiB file, get the answer, then disconnect (item 9)."""
+    """16 connections (--quick: 2) each OFFER a 40 MiB file, get the answer, then disconnect (item 9)."""
 
     name = "claims-40m"
 
@@ -217,7 +220,7 @@ class Claims40M(Attack):
 
 
 class PingOnly(Attack):
-    """50 TCP connections and 50 UDP sessions that only PING, once a second (item 12)."""
+    """50 TCP connections and 50 UDP sessions (--quick: 5 + 5) that only PING, once a second (item 12)."""
 
     name = "ping-only"
 
@@ -249,7 +252,7 @@ class PingOnly(Attack):
 
 
 class SlowHandshake(Attack):
-    """100 TCP connections dribble their HELLO, one byte a second (item 12)."""
+    """100 TCP connections (--quick: 10) dribble their HELLO, one byte a second (item 12)."""
 
     name = "slow-handshake"
 
@@ -272,42 +275,54 @@ class SlowHandshake(Attack):
 
 class SamePath(Attack):
     """A second sender from the same host offers the legitimate sender's destination path
-    while it is being received (item 13)."""
+    while it is being received, once per legitimate send (item 13)."""
 
     name = "same-path"
 
     def start(self) -> None:
         self.tcp = TcpConns(self.ctx.port)
-        self.answers: list[str] = []
+        self.contests: list[tuple[str, int | None]] = []  # (legit send, attacker connection)
+        self.part = os.path.join(self.ctx.dir, f".{self.ctx.legit_name}.ftx-part")
+        self.armed: tuple | None = None  # the partial as it was before this send, or None: done
         self.background(self._watch)
 
+    def _state(self):
+        try:
+            st = os.stat(self.part)
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def before_send(self, label: str) -> None:
+        self.label = label
+        self.armed = (self._state(),)  # contest once the partial differs from this (the send writes it)
+
     def _watch(self) -> None:
-        part = os.path.join(self.ctx.dir, f".{self.ctx.legit_name}.ftx-part")
-        seen: set[int] = set()  # partials (inodes) already contested
         while not self.stopping.is_set():
-            try:
-                ino = os.stat(part).st_ino
-            except OSError:
-                ino = None
-            if ino is None or ino in seen:
+            armed = self.armed
+            state = self._state()
+            if armed is None or state is None or state == armed[0]:
                 time.sleep(0.001)
                 continue
-            seen.add(ino)
+            self.armed = None
+            label = self.label
             (idx,) = self.tcp.connect(1, ["127.0.0.1"], time.monotonic() + 5) or (None,)
             if idx is None:
+                self.contests.append((label, None))
                 continue
-            size = self.ctx.args.legit_size + 1
+            size = self.ctx.args.legit_size + 1  # a different file for the same path
             self.tcp.send(idx, HELLO + offer_frame(0, self.ctx.legit_name.encode(), size, mtime_ns=12345))
-            self.wait(lambda: self.tcp.replies(idx) >= 1 or idx in self.tcp.closed_by_peer, time.monotonic() + 10)
-            self.answers.append(describe_reply(self.tcp.frames[idx]))
+            self.contests.append((label, idx))  # its answer is read when the attack ends
 
     def report(self) -> list[str]:
-        return [f"2nd sender's OFFER of the same path: {a}" for a in self.answers] or ["no partial seen to contest"]
+        return [f"2nd sender's OFFER of the same path during the {label} send: "
+                + (describe_reply(self.tcp.frames[idx]) if idx is not None else "could not connect")
+                for label, idx in self.contests] or ["no partial seen to contest"]
 
 
 # == UDP ===========================================================================
 class UdpChunk16M(Attack):
-    """20 UDP sessions each send 2 tiny CHUNK datagrams announcing 16 MiB chunks (item 11)."""
+    """20 UDP sessions (--quick: 2) each send 2 tiny CHUNK datagrams announcing 16 MiB chunks (item 11)."""
 
     name = "udp-chunk-16m"
 
@@ -329,7 +344,7 @@ class UdpChunk16M(Attack):
 
 
 class UdpStreamOoo(Attack):
-    """20 000 datagrams of zero-length STREAM frames at distinct offsets, then in-order
+    """20 000 datagrams (--quick: 200) of 230 zero-length STREAM frames each, at distinct offsets, then in-order
     control bytes one per datagram (each must be merged past every stored offset) (item 11)."""
 
     name = "udp-stream-ooo"
@@ -341,16 +356,13 @@ class UdpStreamOoo(Attack):
         sess = self.udp.sessions[0]
         n = self.ctx.n(20_000, 200)
         pacer = Pacer(self.ctx.args.flood_rate)
-        off = 1 << 30
+        off = 1 << 21  # far beyond the stream's end; up to 2^28 every offset is a 4-byte varint
         self.frames = 0
         deadline = self.deadline(60, 15)
         for _ in range(n):
-            payload = bytearray()
-            while len(payload) < 1380:
-                payload += P.encode_stream(off, b"")
-                off += 1
-                self.frames += 1
-            self.udp.send(sess, bytes(payload))
+            self.udp.send(sess, zero_length_streams(off, 230))  # 1380 bytes of frames
+            off += 230
+            self.frames += 230
             pacer.tick()
             if time.monotonic() > deadline:
                 break
@@ -377,8 +389,15 @@ class UdpStreamOoo(Attack):
         return [f"{self.frames} zero-length STREAM frames sent; then {self.dribbled} in-order bytes, one a datagram"]
 
 
+def zero_length_streams(first: int, count: int) -> bytes:
+    """STREAM frames of no data at offsets ``first`` .. ``first + count - 1`` (2^21 <= offsets < 2^28):
+    P.encode_stream's bytes, built 20 times faster."""
+    return b"".join(bytes((P.F_STREAM, (o & 0x7F) | 0x80, ((o >> 7) & 0x7F) | 0x80, ((o >> 14) & 0x7F) | 0x80,
+                           o >> 21, 0)) for o in range(first, first + count))
+
+
 class UdpHandshakes(Attack):
-    """2 000 UDP handshakes from one socket, then silence (item 11)."""
+    """2 000 UDP handshakes (--quick: 100) from one socket, then silence (item 11)."""
 
     name = "udp-handshakes"
 
@@ -453,7 +472,7 @@ class UdpMutate(Attack):
 
 
 class UdpInitialFlood(Attack):
-    """A flood of INITIALs from 127.0.0.2..254 (--flood-seconds, --flood-rate), every RETRY
+    """A flood of INITIALs from 127.0.0.2..254 (--quick: ..21) (--flood-seconds, --flood-rate), every RETRY
     answered, so each address validates and gets sessions (item 11)."""
 
     name = "udp-initial-flood"
