@@ -162,21 +162,28 @@ class Receiver:
         self.log.close()
 
 
-def legit_send(src: str, port: int, udp: bool, timeout: float) -> tuple[float | None, str]:
-    """``ftx send`` of the legitimate file; (seconds, "") or (None, why it did not finish)."""
+def legit_send(src: str, port: int, udp: bool, timeout: float, receiver_alive=lambda: True) -> tuple[float | None, str]:
+    """``ftx send`` of the legitimate file; (seconds, "") or (None, why it did not finish).
+    Once the receiver is gone the sender gets half a second more, not its whole timeout."""
     cmd = FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress"] + (["--udp"] if udp else [])
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None, f"not done in {timeout:.0f} s"
-    took = time.perf_counter() - t0
-    if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["?"])[-1]
-        return None, f"exit {proc.returncode}: {last}"[:200]
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline, why = t0 + timeout, ""
+        while proc.poll() is None:
+            now = time.perf_counter()
+            if not receiver_alive() and not why:
+                deadline, why = min(deadline, now + 0.5), "receiver gone"
+            if now >= deadline:
+                proc.kill()
+                proc.wait()
+                return None, why or f"not done in {timeout:.0f} s"
+            time.sleep(0.01)
+        took = time.perf_counter() - t0
+        if proc.returncode != 0:
+            err.seek(0)
+            last = (err.read().strip().splitlines() or ["?"])[-1]
+            return None, f"exit {proc.returncode}: {last}"[:200]
     return took, ""
 
 
@@ -318,14 +325,15 @@ def run_attack(cls, args, scratch_dir: str, work: str, src: str, targets: Target
     clear_dir(scratch_dir)
     recv = Receiver(scratch_dir, os.path.join(work, f"receiver-{cls.name}.log"), extra)
     sampler = Sampler(recv.proc.pid, scratch_dir)
+    alive = lambda: recv.exit_code is None  # noqa: E731
     attack = None
     try:
-        for udp in (False, True):  # untimed: the first send into a fresh receiver pays its start-up costs
-            legit_send(src, recv.port, udp, args.send_timeout)
+        for udp in (False, True) if args.warmup else ():  # untimed: a fresh receiver's start-up costs
+            legit_send(src, recv.port, udp, args.send_timeout, alive)
             _remove(scratch_dir, LEGIT)
-        base_tcp, why_t = legit_send(src, recv.port, False, args.send_timeout)
+        base_tcp, why_t = legit_send(src, recv.port, False, args.send_timeout, alive)
         _remove(scratch_dir, LEGIT)
-        base_udp, why_u = legit_send(src, recv.port, True, args.send_timeout)
+        base_udp, why_u = legit_send(src, recv.port, True, args.send_timeout, alive)
         for why, label in ((why_t, "tcp"), (why_u, "udp")):
             if why:
                 row.notes.append(f"undisturbed {label}: {why}")
@@ -341,10 +349,10 @@ def run_attack(cls, args, scratch_dir: str, work: str, src: str, targets: Target
             row.notes.append(f"attack setup: {type(exc).__name__}: {exc}"[:120])
         row.notes.append(f"in place after {time.monotonic() - t0:.1f} s")
         attack.before_send("tcp")
-        during_t, why_t = legit_send(src, recv.port, False, args.send_timeout)
+        during_t, why_t = legit_send(src, recv.port, False, args.send_timeout, alive)
         _remove(scratch_dir, LEGIT)
         attack.before_send("udp")
-        during_u, why_u = legit_send(src, recv.port, True, args.send_timeout)
+        during_u, why_u = legit_send(src, recv.port, True, args.send_timeout, alive)
         _remove(scratch_dir, LEGIT)
         for why, label in ((why_t, "tcp"), (why_u, "udp")):
             if why:
@@ -457,6 +465,8 @@ def main() -> int:
     ap.add_argument("--fs", default="auto", choices=["auto", "ext4", "tmpfs", "plain"], help="filesystem for --dir")
     ap.add_argument("--fs-size", default="2G")
     ap.add_argument("--work-dir", default="/var/tmp", help="where the source file and the ext4 image go")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="no untimed legit sends before the timed ones (faster, noisier baseline)")
     ap.add_argument("--logs", default="", help="keep each receiver's stderr in this directory")
     args = ap.parse_args()
     attacks = abuse_attacks.ATTACKS
