@@ -116,7 +116,8 @@ class Attack:
         return predicate()
 
     def tcp_closed_note(self, what: str) -> str:
-        return f"receiver closed {self.tcp.check_closed()} of {len(self.tcp.socks)} {what}"
+        note = f"receiver closed {self.tcp.check_closed()} of {len(self.tcp.socks)} {what}"
+        return note + (f" (first ERROR: {self.tcp.first_error[:80]})" if self.tcp.first_error else "")
 
     def udp_keepalive(self, interval: float = 1.0) -> None:
         """UDP PING packets on every attacker session, so none of them idles out."""

@@ -64,6 +64,7 @@ class TcpConns:
         self.socks: list[socket.socket] = []
         self.failed = 0  # connects refused or timed out
         self.closed_by_peer: set[int] = set()
+        self.first_error = ""  # the text of the first ERROR frame the receiver sent on any of them
         self.frame_counts: list[dict[int, int]] = []
         self.frames: list[list[tuple[int, bytes]]] = []
         self._bufs: list[bytearray] = []
@@ -147,6 +148,8 @@ class TcpConns:
                 break
             counts = self.frame_counts[idx]
             counts[ftype] = counts.get(ftype, 0) + 1
+            if ftype == FrameType.ERROR and not self.first_error:
+                self.first_error = bytes(buf[HEADER.size + 4 : HEADER.size + length]).decode("utf-8", "replace")
             if len(self.frames[idx]) < self._keep:
                 self.frames[idx].append((ftype, bytes(buf[HEADER.size : HEADER.size + length])))
             del buf[: HEADER.size + length]

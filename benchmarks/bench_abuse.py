@@ -25,6 +25,7 @@ because some attacks try to fill the filesystem; on a plain directory the
 
     python benchmarks/bench_abuse.py [--quick] [--only NAME[,NAME]] [--receiver-args "--max-memory 128M"]
     python benchmarks/bench_abuse.py --list
+    PYTHONPATH=/path/to/other/checkout python benchmarks/bench_abuse.py   # benchmark that ftx
 
 Counts (full / --quick) are in each attack's description (--list).  Floods
 are paced at --flood-rate datagrams/s (default 20 000), so the attacker and
@@ -55,6 +56,8 @@ import abuse_attacks  # noqa: E402
 
 MB = 1 << 20
 LEGIT = "legit.bin"
+# ftx children run from here, so that PYTHONPATH (not the current directory) says which ftx they run
+NEUTRAL_CWD = "/"
 
 
 # == the receiver and what it costs ================================================
@@ -129,7 +132,8 @@ class Receiver:
     def __init__(self, directory: str, log_path: str, extra: list[str]) -> None:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", directory,
-                                            "--json", *extra], stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                            "--json", *extra], stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=NEUTRAL_CWD)
         self.lines: queue.Queue = queue.Queue()
         self.events = 0
         threading.Thread(target=self._pump, daemon=True).start()
@@ -168,7 +172,7 @@ def legit_send(src: str, port: int, udp: bool, timeout: float, receiver_alive=la
     cmd = FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress"] + (["--udp"] if udp else [])
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=NEUTRAL_CWD)
         deadline, why = t0 + timeout, ""
         while proc.poll() is None:
             now = time.perf_counter()
