@@ -97,6 +97,8 @@ class Attack:
         notes = self.notes
         try:
             notes = self.report() + notes
+        except Exception as exc:  # counting what happened must not lose the row
+            notes.append(f"attack report: {type(exc).__name__}: {exc}"[:120])
         finally:
             if self.tcp is not None:
                 self.tcp.close()
