@@ -112,15 +112,18 @@ class TcpConns:
             return False
 
     def replies(self, idx: int) -> int:
-        return sum(self.frame_counts[idx].values())
+        """Frames the receiver sent on connection ``idx`` other than its HELLO and PONGs: answers."""
+        counts = self.frame_counts[idx]
+        return sum(counts.values()) - counts.get(FrameType.HELLO, 0) - counts.get(FrameType.PONG, 0)
 
     def _reader(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                ready = self._sel.select(0.05) if self.socks else []
-            if not ready:
-                if not self.socks:
-                    time.sleep(0.05)
+            if not self.socks:
+                time.sleep(0.05)
+                continue
+            try:  # epoll: registering from another thread meanwhile is fine
+                ready = self._sel.select(0.05)
+            except (OSError, ValueError):
                 continue
             for key, _ in ready:
                 idx = key.data
