@@ -418,8 +418,8 @@ class UdpHandshakes(Attack):
 
 class UdpMutate(Attack):
     """Mutated datagrams (--fuzz-seconds, default 10; issue: 35 s) at --flood-rate: hostile
-    CHUNK/STREAM/ACK/MAX_DATA frames with flipped bytes, sealed with valid checksums, to
-    live sessions (re-established as they break), plus mutated INITIALs and garbage (item 11)."""
+    CHUNK/STREAM/ACK/MAX_DATA frames with flipped bytes, sealed with valid checksums, to 8
+    live sessions (each replaced once the receiver CLOSEs it), plus mutated INITIALs and garbage (item 11)."""
 
     name = "udp-mutate"
 
@@ -439,20 +439,20 @@ class UdpMutate(Attack):
     def _flood(self) -> None:
         rng = random.Random(11)
         pacer = Pacer(self.ctx.args.flood_rate)
+        live = self.udp.live()
         while not self.stopping.is_set():
             self.sent += 1
             pacer.tick()
-            if self.sent % 300 == 0:
+            if self.sent % 100 == 0:  # keep 8 sessions alive: replace those the receiver closed
                 self.udp.drain()
-                s = rng.choice(self.socks)
-                if self.udp.handshake_many(s, 1, time.monotonic() + 1.0):
+                live = self.udp.live()
+                if len(live) < 8 and self.udp.handshake_many(rng.choice(self.socks), 1, time.monotonic() + 0.5):
                     self.new_sessions += 1
-                    if len(self.udp.sessions) > 16:
-                        self.udp.sessions.pop(0)
+                    live = self.udp.live()
             r = rng.random()
             sock = rng.choice(self.socks)
-            if r < 0.85 and self.udp.sessions:
-                sess = rng.choice(self.udp.sessions)
+            if r < 0.85 and live:
+                sess = rng.choice(live)
                 pn = sess[2] if rng.random() < 0.95 else rng.getrandbits(rng.choice([8, 32, 63]))
                 sess[2] = max(sess[2], pn) + 1
                 self.udp.send(sess, mutate(rng, random_frames(rng)), pn=pn)
@@ -471,7 +471,8 @@ class UdpMutate(Attack):
                 pass
 
     def report(self) -> list[str]:
-        return [f"{self.sent} datagrams in {self.min_seconds:g}+ s; {self.new_sessions} sessions re-established"]
+        return [f"{self.sent} datagrams in {self.min_seconds:g}+ s; {self.new_sessions} sessions set up as the "
+                f"receiver closed others ({len(self.udp.closed)} CLOSEs seen)"]
 
 
 class UdpInitialFlood(Attack):

@@ -208,7 +208,7 @@ def _cid() -> int:
 class UdpSessions:
     """Attacker UDP sessions: sockets, completed handshakes, crafted DATA packets.
 
-    ``sessions`` holds (socket, receiver's connection ID, next packet number) lists.
+    ``sessions`` holds [socket, receiver's connection ID, next packet number, our connection ID].
     """
 
     def __init__(self, port: int) -> None:
@@ -216,6 +216,8 @@ class UdpSessions:
         self.addr = ("127.0.0.1", port)
         self.socks: list[socket.socket] = []
         self.sessions: list[list] = []
+        self._by_cid: dict[int, list] = {}  # our connection ID -> session
+        self.closed: set[int] = set()  # our connection IDs of sessions the receiver has closed
         self._lock = threading.Lock()
 
     def socket(self, host: str = "127.0.0.1") -> socket.socket:
@@ -260,9 +262,10 @@ class UdpSessions:
                 elif pkt.ptype == P.INITIAL:
                     peer_cid, _, _ = P.parse_initial(pkt.payload)
                     del waiting[pkt.dcid]
-                    sess = [sock, peer_cid, 0]
+                    sess = [sock, peer_cid, 0, pkt.dcid]
                     with self._lock:
                         self.sessions.append(sess)
+                        self._by_cid[pkt.dcid] = sess
                     if hello:
                         self.send(sess, P.encode_stream(0, HELLO))
                     done += 1
@@ -304,13 +307,26 @@ class UdpSessions:
             pass  # a full socket buffer: the datagram is lost, as on a real network
 
     def drain(self) -> None:
-        """Throw away what the receiver sent us (ACKs), so our buffers do not fill."""
+        """Read what the receiver sent us, so our buffers do not fill; note sessions it CLOSEd."""
         for s in self.socks:
             try:
-                while s.recv(65536):
-                    pass
+                while data := s.recv(65536):
+                    if data[0] == P.DATA and P.F_CLOSE in data:  # cheap test first; most are ACKs
+                        self._note_close(data)
             except OSError:
                 pass
+
+    def _note_close(self, data: bytes) -> None:
+        try:
+            pkt = P.parse(data)
+            if any(isinstance(f, P.CloseFrame) for f in P.parse_frames(pkt.payload)):
+                self.closed.add(pkt.dcid)
+        except Exception:  # not ours to judge: the receiver's packets are only inspected
+            pass
+
+    def live(self) -> list[list]:
+        """Sessions the receiver has not closed (as far as we have read)."""
+        return [sess for sess in self.sessions if sess[3] not in self.closed]
 
     def close(self) -> None:
         for s in self.socks:
