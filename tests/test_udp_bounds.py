@@ -16,7 +16,10 @@ import pytest
 import xxhash
 
 from ftx.core.udp import packets as P
+from ftx.core.udp.endpoint import Dialer, Listener, padded_initial
 from ftx.core.udp.session import UdpConfig, UdpSession
+from ftx.errors import ErrorCode
+from ftx.limits import Admission, Limits
 
 pytestmark = pytest.mark.timeout(60)
 MIB = 1024 * 1024
@@ -226,3 +229,102 @@ def test_total_buffered_memory_is_bounded_over_sessions_and_windows_shrink():
     for s in sessions:
         s.release_buffers()
     assert budget.used == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# handshakes and sessions (Listener)
+# ---------------------------------------------------------------------------------------------
+def _open(lst: Listener, addr, scid: int, now: float):
+    """Handshake as a sender would: INITIAL, RETRY, INITIAL with the token; the final replies."""
+    _, _, replies = lst.receive_datagram(padded_initial(7, 1, scid, b""), addr, now)
+    token = P.parse_initial(P.parse(replies[0]).payload)[1]
+    return lst.receive_datagram(padded_initial(7, 2, scid, token), addr, now)
+
+
+def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
+    """Issue #11: 2 000 handshakes from one socket took 577 MB."""
+    limits = Limits(max_per_host=16, max_connections=40)
+    admission = Admission(limits)
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), lambda: next(cids), admission=admission)
+    addr = ("198.51.100.1", 5555)
+    now = 10.0
+    with Heap() as heap:
+        for scid in range(1000, 3000):
+            now += 0.001
+            _open(lst, addr, scid, now)
+    assert len(lst.sessions) == 16 and admission.total == 16
+    assert lst.stats["refused"] == 2000 - 16
+    assert heap.current < 4 * MIB
+    # the sender of a refused session learns why
+    dialer = Dialer(UdpConfig(), 5000, 7, now)
+    _, _, replies = _open(lst, addr, 5000, now + 0.01)
+    for r in replies:
+        dialer.receive_datagram(r, now + 0.01)
+    s = dialer.session
+    assert s.closed and s.close_code == ErrorCode.BUSY and "--max-per-host 16" in s.close_reason
+    # other hosts get their own 16, up to the total
+    for k in range(5):
+        for scid in range(16):
+            now += 0.001
+            _open(lst, (f"203.0.113.{k}", 4000), 10_000 * (k + 1) + scid, now)
+    assert len(lst.sessions) == 40
+    # forgetting a session frees its place
+    lst.forget(next(iter(lst.sessions.values())))
+    assert admission.total == 39
+    session, new, _ = _open(lst, ("192.0.2.9", 1), 99, now + 0.01)
+    assert new and len(lst.sessions) == 40
+
+
+def test_handshake_timeout_closes_a_session_without_hello_and_frees_it():
+    budget_cfg = UdpConfig(handshake_timeout=2.0)
+    lst = Listener(b"s" * 32, budget_cfg, iter(range(1, 100)).__next__, admission=Admission(Limits()))
+    s, new, _ = _open(lst, ("198.51.100.1", 1), 42, 10.0)
+    s.receive_payload(0, memoryview(P.encode_stream(5, b"x" * 1000)), 10.1)  # bytes, but no HELLO
+    assert s.next_timer() <= 12.0
+    s.handle_timer(11.9)
+    assert not s.closed
+    s.handle_timer(12.0)
+    assert s.closed and s.close_code == ErrorCode.TIMEOUT and "handshake" in s.close_reason
+    close = [P.parse_frames(P.parse(d).payload)[0] for d in s.datagrams_to_send(12.0)]
+    assert close and all(isinstance(f, P.CloseFrame) and f.code == ErrorCode.TIMEOUT for f in close)
+    lst.forget(s)
+    assert lst.budget.used == 0 and lst.admission.total == 0 and not lst.sessions
+    # a session whose application has the HELLO is not closed by it
+    s2, _, _ = _open(lst, ("198.51.100.1", 2), 43, 20.0)
+    s2.established()
+    s2.handle_timer(23.0)
+    assert not s2.closed
+
+
+def test_before_the_handshake_a_session_buffers_little():
+    from ftx.core.udp.session import PENDING_BUFFER_LIMIT
+
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), iter(range(1, 100)).__next__)
+    s, _, _ = _open(lst, ("198.51.100.1", 1), 42, 10.0)
+    for k in range(1, 400):  # 24 MiB of out-of-order stream bytes, then chunk data
+        s.receive_payload(k, memoryview(P.encode_stream(k * 60_000, bytes(60_000))), 10.1)
+    for k in range(400, 800):
+        s.receive_payload(k, _chunk(1, k, MIB, 0, bytes(60_000)), 10.1)
+    assert s.held <= PENDING_BUFFER_LIMIT
+
+
+def test_initial_flood_is_answered_within_a_budget_and_served_sessions_keep_going():
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: next(cids))
+    s, new, _ = _open(lst, ("192.0.2.1", 9), 42, 10.0)
+    assert new
+    now = 10.0
+    replies = 0
+    for k in range(20_000):  # 20 000 INITIALs from 20 000 addresses in 0.2 s
+        now += 0.00001
+        replies += len(lst.receive_datagram(padded_initial(7, 1, k, b""), (f"10.{k >> 8 & 255}.{k & 255}.1", 1), now)[2])
+        if k % 100 == 0:  # the served sender's DATA still gets through, every one
+            pkt = P.build(P.DATA, s.local_cid, k // 100, P.encode_stream(k // 100, b"z"))
+            lst.receive_datagram(pkt, ("192.0.2.1", 9), now)
+    from ftx.core.udp.endpoint import INITIAL_BURST, INITIAL_RATE
+
+    assert replies <= INITIAL_BURST + INITIAL_RATE * 0.2 + 1
+    assert lst.stats["initials_unanswered"] == 20_000 - replies
+    assert s.stream_readable == 200
+    assert len(lst.sessions) == 1 and not lst._by_initial.keys() - {(("192.0.2.1", 9), 42)}

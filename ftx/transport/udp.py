@@ -18,7 +18,10 @@ of ``TcpLink`` to the transport-neutral layers and keeps liveness itself.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import dataclasses
 import errno
+import gc
 import logging
 import os
 import socket
@@ -29,6 +32,7 @@ from typing import Awaitable, Callable
 from ..core.checksum import chunk_checksum
 from ..core.udp import burst
 from ..core.udp.endpoint import Dialer, Listener
+from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
@@ -55,6 +59,17 @@ PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between burst
 
 def _random_cid() -> int:
     return int.from_bytes(os.urandom(8), "big")
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim_fn = _malloc_trim()
+TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
 
 
 class DatagramSocket:
@@ -318,6 +333,8 @@ class UdpLink:
         while s.stream_readable:
             buf = conn.get_buffer()
             conn.buffer_updated(s.stream_read_into(buf))
+        if conn.peer is not None:
+            s.established()  # the handshake timeout no longer applies
         if not chunks and s.closed:
             if conn.closed:
                 return
@@ -452,6 +469,8 @@ class UdpServer:
         self.links: dict[int, UdpLink] = {}
         self._woken: set[UdpLink] = set()
         self._drops = 0
+        self._trimmed_at = 0.0
+        self._trim_handle: asyncio.TimerHandle | None = None
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
 
     def _on_read(self, data, seg: int, addr) -> None:
@@ -489,19 +508,50 @@ class UdpServer:
     def forget(self, link: UdpLink) -> None:
         self.links.pop(link.session.local_cid, None)
         self.listener.forget(link.session)
+        self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """Give freed heap memory back to the kernel, soon after sessions end: glibc keeps
+        it otherwise, and a receiver would stay at the peak RSS that senders long gone
+        caused.  At most once per TRIM_INTERVAL; a no-op without malloc_trim."""
+        if _malloc_trim_fn is None or self._trim_handle is not None:
+            return
+        wait = self._trimmed_at + TRIM_INTERVAL - time.monotonic()
+
+        def trim() -> None:
+            self._trim_handle = None
+            self._trimmed_at = time.monotonic()
+            gc.collect()  # sessions end in reference cycles: free their buffers now, not at some later collection
+            _malloc_trim_fn(0)
+        if wait <= 0:
+            trim()
+        else:
+            self._trim_handle = asyncio.get_running_loop().call_later(wait, trim)
 
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
         self.dsock.close()
 
 
 async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitable[None]],
-                config: UdpConfig | None = None) -> UdpServer:
-    """Listen on UDP ``port``; run ``handle(link)`` for each new session."""
+                config: UdpConfig | None = None, admission=None, limits=None) -> UdpServer:
+    """Listen on UDP ``port``; run ``handle(link)`` for each new session.
+
+    ``admission`` (``ftx.limits.Admission``, shared with TCP) counts sessions against
+    ``--max-connections`` and ``--max-per-host``; ``limits`` (``ftx.limits.Limits``) gives
+    the handshake timeout and the memory all UDP sessions may buffer together (half of
+    ``max_memory``; the other half is for TCP)."""
     loop = asyncio.get_running_loop()
     config = config or UdpConfig()
-    listener = Listener(os.urandom(32), config, _random_cid)
+    budget = None
+    if limits is not None:
+        budget = MemoryBudget(limits.max_memory // 2)
+        if config.handshake_timeout is None:
+            config = dataclasses.replace(config, handshake_timeout=limits.handshake_timeout)
+    listener = Listener(os.urandom(32), config, _random_cid, admission=admission, budget=budget)
     tasks: set[asyncio.Task] = set()
 
     def on_session(link: UdpLink) -> None:

@@ -7,9 +7,11 @@ Every byte a peer can make us hold is charged to its session and to one
   pieces arrive, never for the ``chunk_len`` a CHUNK frame merely announces --
   it grows to cover the bytes received (at most twice them plus 64 KiB, so a
   lone piece near the end of a 16 MiB chunk allocates nothing: it is dropped
-  and sent again later); each incomplete chunk is also charged a fixed
-  overhead and may hold at most ``SLOT_RANGES_LIMIT`` separate runs, so many
-  tiny pieces cost entries, not just bytes;
+  and sent again later).  The limits count a chunk's whole length from its
+  first piece on (a reservation, not an allocation), so a chunk once started
+  can always finish; each incomplete chunk is also charged a fixed overhead
+  and may hold at most ``SLOT_RANGES_LIMIT`` separate runs, so many tiny
+  pieces cost entries, not just bytes;
 * the control stream (``StreamAssembler``): out-of-order pieces are kept in a
   heap (no scan per in-order byte), counted as entries and bytes; empty pieces
   beyond a gap are ignored; bytes in order but not yet read are bounded too.
@@ -59,6 +61,10 @@ class MemoryBudget:
 
     def allows(self, held: int, n: int) -> bool:
         return self.used + n <= self.total or held + n <= self.share()
+
+    def allows_start(self, n: int) -> bool:
+        """A session with no chunk in progress may start one while all hold under twice the total."""
+        return self.used + n <= 2 * self.total
 
 
 class Spares:
@@ -139,7 +145,12 @@ class ChunkAssembler:
     def prepare(self, file_id: int, index: int, clen: int, checksum: int, start: int, end: int):
         """Room for bytes ``[start, end)`` of chunk ``(file_id, index)``: its slot, with a buffer
         that covers them; None when the chunk was already handed over; ``REFUSED`` when it would
-        take more memory than allowed (the caller drops the packet without acknowledging it)."""
+        take more memory than allowed (the caller drops the packet without acknowledging it).
+
+        A new chunk reserves its whole length against the limits (so that every chunk started
+        can finish: no two half-filled chunks can wait for each other's memory), but memory is
+        allocated only as its bytes arrive.  A session with no chunk in progress may always
+        start one while all sessions together reserve less than twice the budget."""
         key = (file_id, index)
         slot = self.slots.get(key)
         if slot is None:
@@ -148,34 +159,31 @@ class ChunkAssembler:
                 return None  # a late duplicate of a chunk already handed over
             if not 0 < clen <= MAX_CHUNK:
                 raise RemoteProtocolError("chunk length out of range")
+            size = min(clen, max(GROW_MIN, end))
+            if end > 2 * (end - start) + GROW_MIN:
+                return REFUSED  # far into a chunk none of which arrived: not before its start
+            need = clen + SLOT_OVERHEAD
+            if not (self._s.may_hold(need) or (not self.slots and self._s.may_start(need))):
+                return REFUSED
             buf = self.spares.take(clen)
-            if buf is not None:  # memory already held (charged when kept): it moves to the slot
-                self.buffered += clen
-                self._charge(SLOT_OVERHEAD)
-            if buf is None:
-                size = min(clen, max(GROW_MIN, end))
-                if size > 2 * (end - start) + GROW_MIN or not self._s.may_hold(size + SLOT_OVERHEAD):
-                    return REFUSED
+            if buf is not None:  # memory already held: its charge as a spare ends
+                self._s.release(clen)
+            else:
                 buf = bytearray(size)
-                self._charge(size + SLOT_OVERHEAD)
+            self._charge(need)
             slot = self.slots[key] = _Slot(buf, checksum, clen)
             if clen > self.largest:
                 self.largest = clen
         elif slot.clen != clen or checksum != slot.checksum:
             raise RemoteProtocolError("CHUNK frames disagree about their chunk")
         buf = slot.buf
-        if end > len(buf):
+        if end > len(buf):  # within the chunk's reservation: only the arrivals bound it
             allowed = 2 * (slot.arrived + end - start) + GROW_MIN  # twice what arrived, and a step
             if end > allowed:
                 return REFUSED  # far beyond what arrived: not before the gap fills
-            size = min(slot.clen, max(end, min(2 * len(buf), allowed)))
-            grow = size - len(buf)
-            if not self._s.may_hold(grow):
-                return REFUSED
-            bigger = bytearray(size)
+            bigger = bytearray(min(slot.clen, max(end, min(2 * len(buf), allowed))))
             bigger[: len(buf)] = buf
             slot.buf = bigger
-            self._charge(grow)
         if len(slot.got) >= SLOT_RANGES_LIMIT:
             got = slot.got
             n = len(got)
@@ -197,7 +205,7 @@ class ChunkAssembler:
         if not got.covers(0, slot.clen):
             return
         del self.slots[key]
-        self._s.release(SLOT_OVERHEAD)
+        self._s.release(SLOT_OVERHEAD)  # the chunk's length stays charged until it is taken
         self.buffered -= SLOT_OVERHEAD
         buf = slot.buf
         if xxhash.xxh3_64_intdigest(buf) != slot.checksum:

@@ -378,6 +378,11 @@ class UdpSession:
         limit = SESSION_BUFFER_LIMIT if self._handshake_deadline is None else PENDING_BUFFER_LIMIT
         return self.held + n <= limit and self.budget.allows(self.held, n)
 
+    def may_start(self, n: int) -> bool:
+        """Whether a session without a chunk in progress may reserve ``n`` bytes for one."""
+        limit = SESSION_BUFFER_LIMIT if self._handshake_deadline is None else PENDING_BUFFER_LIMIT
+        return self.held + n <= limit and self.budget.allows_start(n)
+
     def charge(self, n: int) -> None:
         self.held += n
         self.budget.used += n
