@@ -7,16 +7,20 @@ where the attack is about resources other senders need.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ftx.core.frames import FrameType, encode_frame
 from ftx.core.udp import packets as P
 from ftx.errors import ErrorCode
 
-from .helpers import Receiver, run_send, wait_for, write_random
+from .helpers import Receiver, run_send, start_send, wait_for, write_random
 from .udp_attacker import MIB, RawPeer, Refused, rss
 
 pytestmark = pytest.mark.timeout(120)
@@ -161,7 +165,9 @@ def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
 
 
 def test_handshakes_from_one_socket_are_bounded_and_time_out(tmp_path):
-    """Issue #11: 2 000 handshakes from one socket took 577 MB, 272 MB still held after timeout."""
+    """Issue #11: 2 000 handshakes from one socket took 577 MB, 272 MB still held after timeout.
+    Now one address gets 16 sessions at a time, its INITIALs are answered 16 a second, and
+    sessions without HELLO are closed after --handshake-timeout."""
     dst = tmp_path / "dst"
     dst.mkdir()
     r = Receiver(dst, "-q", "--handshake-timeout", "2")
@@ -169,23 +175,27 @@ def test_handshakes_from_one_socket_are_bounded_and_time_out(tmp_path):
         pid = r.proc.pid
         base = _settled_rss(pid)
         peer = RawPeer(r.port, timeout=2)
-        opened, refused = [], 0
+        opened, refused, unanswered = [], 0, 0
         t0 = time.monotonic()
         for _ in range(2000):
             try:
-                opened.append(peer.handshake())
+                opened.append(peer.handshake(wait=0.001, attempts=2))
             except Refused as exc:
                 assert exc.frame.code == ErrorCode.BUSY
                 refused += 1
+            except TimeoutError:
+                unanswered += 1
+        elapsed = time.monotonic() - t0
         peak = rss(pid)[1]
-        print(f"\n2000 handshakes: {len(opened)} admitted, RSS {base / MIB:.0f} MiB before, peak {peak / MIB:.0f} MiB")
+        print(f"\n2000 handshakes in {elapsed:.1f} s: {len(opened)} admitted, {refused} refused, {unanswered} "
+              f"unanswered; RSS {base / MIB:.0f} MiB before, peak {peak / MIB:.0f} MiB")
         # 16 at a time from one host; each admitted one is closed 2 s later, freeing its place
-        assert 16 <= len(opened) <= 16 * ((time.monotonic() - t0) // 2 + 1)
-        assert refused == 2000 - len(opened)
+        assert 1 <= len(opened) <= 16 * (elapsed // 2 + 1)
         assert peak - base < 32 * MIB
-        # no HELLO: each admitted session is closed by the handshake timeout
-        closes = [f for f in opened[-1].poll(5) if isinstance(f, P.CloseFrame)]
-        assert closes and closes[0].code == ErrorCode.TIMEOUT
+        # no HELLO: a session is closed by the handshake timeout
+        late = RawPeer(r.port).handshake()
+        closes = [f for f in late.poll(5) if isinstance(f, P.CloseFrame)]
+        assert closes and closes[0].code == ErrorCode.TIMEOUT and "handshake" in closes[0].reason
         code, report, err, data = _legit_send(tmp_path, r)  # places freed: a real sender gets in
         assert code == 0, err
         after = _returns_to(pid, base)
@@ -223,7 +233,7 @@ def _mutate(rng: random.Random, s, hello: bytes) -> bytes:
 
 def test_mutated_datagrams_do_not_grow_memory_and_it_returns(tmp_path):
     """Issue #11: 35 s of mutated datagrams grew RSS by 1.4 GB per round, never freed.  Here
-    8 s of them, over sessions that are re-opened as the receiver closes them."""
+    4 s of them, over sessions that are re-opened as the receiver closes them."""
     dst = tmp_path / "dst"
     dst.mkdir()
     r = Receiver(dst, "-q", "--idle-timeout", "2", "--handshake-timeout", "2")
@@ -236,7 +246,7 @@ def test_mutated_datagrams_do_not_grow_memory_and_it_returns(tmp_path):
         hello = hello_bytes()
         peers = [RawPeer(r.port, timeout=1) for _ in range(4)]
         sessions = [p.handshake() for p in peers]
-        end = time.monotonic() + 8
+        end = time.monotonic() + 4
         sent = rounds = 0
         while time.monotonic() < end:
             for i, s in enumerate(sessions):
@@ -265,10 +275,87 @@ def test_mutated_datagrams_do_not_grow_memory_and_it_returns(tmp_path):
         r.stop()
 
 
-def test_tiny_stream_pieces_do_not_slow_the_receiver(tmp_path):
-    """Issue #11: 20 000 zero-length STREAM frames at distinct offsets, then every in-order byte
-    ran min() over them (a 96 MiB send went from 0.3 s to 16.8 s).  The attacker's pieces are
-    bounded in entries; another sender's transfer is not affected."""
+FLOOD = r"""
+import socket, sys, time
+from ftx.core.udp.endpoint import padded_initial
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+socks = []
+for a in range(1, 9):
+    for b in range(1, 33):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((f"127.9.{a}.{b}", 0))
+        s.setblocking(False)
+        socks.append(s)
+pkts = [padded_initial(k, 1, k, b"") for k in range(64)]
+print("flooding", flush=True)
+end = time.monotonic() + seconds
+n = 0
+while time.monotonic() < end:
+    for s in socks:
+        try:
+            s.sendto(pkts[n & 63], ("127.0.0.1", port))
+        except OSError:
+            pass
+        n += 1
+"""
+
+
+def test_a_flood_of_initials_from_many_addresses_does_not_starve_senders(tmp_path):
+    """Issue #11: an INITIAL flood from 256 source addresses starved a 32 MiB send (not done in
+    60 s).  A sender served before the flood keeps its pace (a socket filter takes most
+    INITIALs off the queue); a new sender gets in after a few attempts and finishes."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    r = Receiver(dst, "-q")
+    try:
+        big = tmp_path / "big.bin"
+        data = write_random(big, 40 * MIB, seed=5)
+        capped = ("--udp", "--max-rate", "16M")  # 2.5 s: the flood starts while it runs
+        t0 = time.monotonic()
+        code, _, err = run_send(str(big), r.dest, *capped, timeout=60)
+        alone = time.monotonic() - t0
+        assert code == 0, err
+        (dst / "big.bin").unlink()
+        t1 = time.monotonic()
+        served = start_send(str(big), r.dest, *capped)
+        wait_for(lambda: any(dst.iterdir()), what="the first sender's data")  # it is served: now the flood
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(r.port), "60"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert flood.stdout.readline().strip() == "flooding"
+            flooded_at = time.monotonic() - t1
+            out, err = served.communicate(timeout=60)
+            during = time.monotonic() - t1
+            assert served.returncode == 0, err
+            assert (dst / "big.bin").read_bytes() == data
+            small = tmp_path / "new.bin"
+            small_data = write_random(small, 4 * MIB, seed=6)
+            t2 = time.monotonic()
+            code, _, err = run_send(str(small), r.dest, "--udp", "--idle-timeout", "30", timeout=60)
+            new = time.monotonic() - t2
+            assert code == 0, err
+            assert (dst / "new.bin").read_bytes() == small_data
+        finally:
+            flood.kill()
+            flood.wait()
+        print(f"\nINITIAL flood: 40 MiB at 16 MB/s alone {alone:.2f} s, with a flood from {flooded_at:.2f} s on "
+              f"{during:.2f} s; a new sender's 4 MiB during the flood {new:.2f} s")
+        assert flooded_at < alone - 0.5  # the flood did overlap the served transfer
+    finally:
+        r.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_empty_stream_frames_cost_the_receiver_no_cpu_per_byte(tmp_path):
+    """Issue #11: zero-length STREAM frames at distinct offsets each became an out-of-order entry,
+    and every in-order STREAM frame then ran min() over them all (100 % CPU; a 96 MiB send went
+    from 0.3 s to 16.8 s).  50 000 empty frames, then 3 000 one-byte frames in order: the CPU
+    this costs the receiver stays small, and memory too."""
     dst = tmp_path / "dst"
     dst.mkdir()
     r = Receiver(dst, "-q")
@@ -277,16 +364,26 @@ def test_tiny_stream_pieces_do_not_slow_the_receiver(tmp_path):
         base = _settled_rss(pid)
         peer = RawPeer(r.port)
         s = peer.handshake()
-        for k in range(200):  # 20 000 empty frames at distinct offsets, 100 a packet
-            s.send(b"".join(P.encode_stream(10_000 + 100 * k + j, b"") for j in range(100)))
-        for off in range(1, 20_001):  # and 20 000 one-byte pieces behind a gap at 0
-            s.send(P.encode_stream(off, b"z"))
-            if off % 2000 == 0:
-                time.sleep(0.01)  # pacing for the loopback socket buffer
-        last = s.send(bytes([P.F_PING]))
-        assert s.wait_acked(last)
+        s.hello()
+        ahead = s.stream_off + 1_000_000
+        for k in range(500):  # 50 000 empty frames at distinct offsets, 100 a packet
+            s.send(b"".join(P.encode_stream(ahead + 100 * k + j, b"") for j in range(100)))
+            if k % 100 == 99:
+                time.sleep(0.005)  # pacing for the loopback socket buffer
+        assert s.wait_acked(s.send(bytes([P.F_PING])))
+        cpu0 = _cpu_seconds(pid)
+        frame = encode_frame(FrameType.OFFER, bytes(64 * 1024))  # in order, a byte a packet; never complete
+        for b in range(3000):
+            s.send(P.encode_stream(s.stream_off, frame[b:b + 1]))
+            s.stream_off += 1
+            if b % 500 == 499:
+                time.sleep(0.005)
+        assert s.wait_acked(s.send(bytes([P.F_PING])))
+        cpu = _cpu_seconds(pid) - cpu0
         peak = rss(pid)[1]
-        print(f"\nstream pieces: RSS {base / MIB:.0f} MiB before, peak {peak / MIB:.0f} MiB")
+        print(f"\nempty stream frames: receiver CPU {cpu:.2f} s for 3 000 in-order frames; RSS {base / MIB:.0f} MiB "
+              f"before, peak {peak / MIB:.0f} MiB")
+        assert cpu < 1.0
         assert peak - base < 32 * MIB
         code, report, err, data = _legit_send(tmp_path, r, size=16 * MIB)
         assert code == 0, err

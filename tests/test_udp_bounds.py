@@ -251,10 +251,10 @@ def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
     now = 10.0
     with Heap() as heap:
         for scid in range(1000, 3000):
-            now += 0.001
+            now += 0.2  # within what one address may ask (HOST_INITIAL_RATE)
             _open(lst, addr, scid, now)
     assert len(lst.sessions) == 16 and admission.total == 16
-    assert lst.stats["refused"] == 2000 - 16
+    assert lst.stats["refused"] == 2000 - 16 and not lst.stats["initials_unanswered"]
     assert heap.current < 4 * MIB
     # the sender of a refused session learns why
     dialer = Dialer(UdpConfig(), 5000, 7, now)
@@ -266,7 +266,7 @@ def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
     # other hosts get their own 16, up to the total
     for k in range(5):
         for scid in range(16):
-            now += 0.001
+            now += 0.01
             _open(lst, (f"203.0.113.{k}", 4000), 10_000 * (k + 1) + scid, now)
     assert len(lst.sessions) == 40
     # forgetting a session frees its place
@@ -328,3 +328,23 @@ def test_initial_flood_is_answered_within_a_budget_and_served_sessions_keep_goin
     assert lst.stats["initials_unanswered"] == 20_000 - replies
     assert s.stream_readable == 200
     assert len(lst.sessions) == 1 and not lst._by_initial.keys() - {(("192.0.2.1", 9), 42)}
+
+
+def test_initial_flood_from_some_addresses_leaves_other_senders_answered():
+    """256 addresses flood; each is answered at most HOST_INITIAL_RATE a second, and half the
+    total budget is kept for addresses that asked little, so once the flood's first burst is
+    spent a sender on another address gets in at its first attempt."""
+    from ftx.core.udp.endpoint import HOST_INITIAL_BURST, HOST_INITIAL_RATE
+
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: next(cids))
+    now, answered = 10.0, 0
+    opened = []
+    for k in range(100_000):  # 100 000 INITIALs in 2 s from 256 addresses
+        now += 0.00002
+        answered += len(lst.receive_datagram(padded_initial(7, 1, k, b""), (f"10.0.0.{k & 255}", 1), now)[2])
+        if k % 10_000 == 5_000 and k > 20_000:  # from 0.5 s on, now and then a new sender elsewhere
+            s, new, _ = _open(lst, (f"192.0.2.{k // 10_000}", 9), 10**6 + k, now)
+            opened.append(new)
+    assert answered <= 256 * (HOST_INITIAL_BURST + HOST_INITIAL_RATE * 2.0)
+    assert all(opened) and len(opened) == 8

@@ -52,14 +52,16 @@ class RawPeer:
         self.sock.settimeout(timeout)
         self.rng = random.Random(os.urandom(8))
 
-    def handshake(self) -> "RawSession":
-        """A new session (raises Refused when the receiver answers with a CLOSE)."""
+    def handshake(self, wait: float = 0.5, attempts: int = 19) -> "RawSession":
+        """A new session (raises Refused when the receiver answers with a CLOSE, TimeoutError
+        when it does not answer ``attempts`` INITIALs within ``wait`` seconds each)."""
         scid = self.rng.getrandbits(64)
         token = b""
-        for attempt in range(1, 20):
+        for attempt in range(1, attempts + 1):
             self.sock.send(padded_initial(self.rng.getrandbits(64), attempt, scid, token))
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
                 try:
                     pkt = P.parse(self.sock.recv(65536))
                 except socket.timeout:

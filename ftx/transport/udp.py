@@ -53,6 +53,9 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
+SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27  # Linux
+SHIELD_PASS = 8  # while shielded, 1 in this many token-less INITIALs reaches the Listener
+SHIELD_CHECK = 0.5  # seconds between looks at whether the INITIAL flood goes on
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
@@ -70,6 +73,25 @@ def _malloc_trim():
 
 _malloc_trim_fn = _malloc_trim()
 TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
+
+
+def _initial_shield(pass_one_in: int) -> bytes:
+    """A classic BPF socket filter for a UDP socket (offset 0 is the UDP header): drop an
+    INITIAL without a token, except 1 in ``pass_one_in`` chosen at random; pass the rest."""
+    payload = 8
+    accept, drop = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
+    prog = [
+        (0x30, 0, 0, payload),  # ldb [0]: packet type
+        (0x15, 0, 6, 0x01),  # jeq INITIAL, else accept
+        (0x28, 0, 0, payload + 18 + 8),  # ldh: token length, after the header and scid
+        (0x15, 0, 4, 0),  # jeq 0, else accept
+        (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # ld rand (SKF_AD_OFF + SKF_AD_RAND)
+        (0x54, 0, 0, pass_one_in - 1),  # and
+        (0x15, 1, 0, 0),  # jeq 0: accept
+        drop,
+        accept,
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
 
 class DatagramSocket:
@@ -472,6 +494,10 @@ class UdpServer:
         self._trimmed_at = 0.0
         self._trim_handle: asyncio.TimerHandle | None = None
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
+        self.shielded = False  # an INITIAL flood: most token-less INITIALs dropped in the kernel
+        self.shield_periods = 0
+        self._unanswered = 0
+        self._shield_handle: asyncio.TimerHandle | None = None
 
     def _on_read(self, data, seg: int, addr) -> None:
         for session, new, replies in self.listener.receive_burst(data, seg, addr, time.monotonic()):
@@ -490,6 +516,11 @@ class UdpServer:
                 self._woken.add(link)
 
     def _on_drained(self) -> None:
+        unanswered = self.listener.stats["initials_unanswered"]
+        if unanswered != self._unanswered:
+            self._unanswered = unanswered
+            if not self.shielded:
+                self._shield_on()
         if self.dsock.drops != self._drops:  # our socket overflowed: every session must slow down
             self._drops = self.dsock.drops
             now = time.monotonic()
@@ -499,6 +530,47 @@ class UdpServer:
         for link in self._woken:
             link.wake()
         self._woken.clear()
+
+    def _shield_on(self) -> None:
+        """More INITIALs than the Listener answers: each still costs a read and a parse, and
+        a flood of them fills the socket's queue, so that the kernel drops the DATA of the
+        senders already served as well.  A socket filter now drops all but 1 in SHIELD_PASS
+        token-less INITIALs before they are queued (DATA and INITIALs with a token pass),
+        until the flood stops; new senders need more attempts meanwhile."""
+        prog = _initial_shield(SHIELD_PASS)
+        code = ctypes.create_string_buffer(prog)
+        fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(code))
+        try:
+            self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            log.debug("udp: no socket filter: %s", exc)
+            return
+        self.shielded = True
+        self.shield_periods += 1
+        log.info("udp: INITIAL flood: answering 1 in %d new senders' first packets", SHIELD_PASS)
+        self._shield_seen = self.listener.stats["initials"]
+        self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
+
+    def _shield_check(self) -> None:
+        """Keep the filter while the INITIALs it lets through, scaled up, still exceed what the
+        Listener answers; else remove it."""
+        seen = self.listener.stats["initials"]
+        rate = (seen - self._shield_seen) * SHIELD_PASS / SHIELD_CHECK
+        self._shield_seen = seen
+        if rate > self.listener.initial_rate / 2:
+            self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
+            return
+        self._shield_handle = None
+        self._shield_off()
+
+    def _shield_off(self) -> None:
+        if self.shielded:
+            try:
+                self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            except OSError:
+                pass
+            self.shielded = False
+            log.info("udp: INITIAL flood over")
 
     def _send_to(self, cid: int, bursts: list) -> None:
         addr = self.listener.addresses.get(cid)
@@ -531,8 +603,9 @@ class UdpServer:
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
-        if self._trim_handle is not None:
-            self._trim_handle.cancel()
+        for handle in (self._trim_handle, self._shield_handle):
+            if handle is not None:
+                handle.cancel()
         self.dsock.close()
 
 
