@@ -205,6 +205,28 @@ def test_handshakes_from_one_socket_are_bounded_and_time_out(tmp_path):
         r.stop()
 
 
+def test_a_session_that_only_pings_is_closed_after_the_stall_timeout(tmp_path):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    r = Receiver(dst, "-q", "--stall-timeout", "2", "--max-per-host", "1")
+    try:
+        peer = RawPeer(r.port)
+        s = peer.handshake()
+        s.hello()
+        t0 = time.monotonic()
+        while s.closed_by is None and time.monotonic() - t0 < 10:
+            s.send(bytes([P.F_PING]))  # alive, but moving nothing
+            s.poll(0.2)
+        assert s.closed_by is not None and s.closed_by.code == ErrorCode.TIMEOUT, s.closed_by
+        assert "no data for 2 s" in s.closed_by.reason
+        assert 1.5 <= time.monotonic() - t0 <= 5
+        code, report, err, data = _legit_send(tmp_path, r)  # its place (--max-per-host 1) is free again
+        assert code == 0, err
+        peer.close()
+    finally:
+        r.stop()
+
+
 def _mutate(rng: random.Random, s, hello: bytes) -> bytes:
     """A DATA payload: a valid-looking frame with random fields and flipped bytes."""
     kind = rng.randrange(6)

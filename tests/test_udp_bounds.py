@@ -348,3 +348,25 @@ def test_initial_flood_from_some_addresses_leaves_other_senders_answered():
             opened.append(new)
     assert answered <= 256 * (HOST_INITIAL_BURST + HOST_INITIAL_RATE * 2.0)
     assert all(opened) and len(opened) == 8
+
+
+def test_stall_timeout_closes_a_session_that_only_pings():
+    """Item 12: a session kept alive by PINGs alone, moving no data, is closed after the stall
+    timeout; stream bytes or chunks the application takes keep it open."""
+    s = _receiver(UdpConfig(stall_timeout=5.0, idle_timeout=15.0))
+    now, pn = 0.0, 0
+    while now < 4.5:  # data now and then: alive
+        now += 0.5
+        s.receive_payload(pn, memoryview(P.encode_stream(pn, b"x")), now)
+        s.stream_read_into(memoryview(bytearray(10)))
+        pn += 1
+        s.handle_timer(now)
+    assert not s.closed
+    while not s.closed and now < 20:  # PINGs only: the idle timeout never fires, the stall timeout does
+        now += 0.5
+        s.receive_payload(pn, memoryview(bytes([P.F_PING])), now)
+        pn += 1
+        if now >= s.next_timer():
+            s.handle_timer(now)
+    assert s.closed and s.close_code == ErrorCode.TIMEOUT and "no data for 5 s" in s.close_reason
+    assert 9.0 <= now <= 10.0

@@ -615,8 +615,8 @@ async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitab
 
     ``admission`` (``ftx.limits.Admission``, shared with TCP) counts sessions against
     ``--max-connections`` and ``--max-per-host``; ``limits`` (``ftx.limits.Limits``) gives
-    the handshake timeout and the memory all UDP sessions may buffer together (half of
-    ``max_memory``; the other half is for TCP)."""
+    the handshake and stall timeouts and the memory all UDP sessions may buffer together
+    (half of ``max_memory``; the other half is for TCP)."""
     loop = asyncio.get_running_loop()
     config = config or UdpConfig()
     budget = None
@@ -624,6 +624,8 @@ async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitab
         budget = MemoryBudget(limits.max_memory // 2)
         if config.handshake_timeout is None:
             config = dataclasses.replace(config, handshake_timeout=limits.handshake_timeout)
+        if config.stall_timeout is None:
+            config = dataclasses.replace(config, stall_timeout=limits.stall_timeout)
     listener = Listener(os.urandom(32), config, _random_cid, admission=admission, budget=budget)
     tasks: set[asyncio.Task] = set()
 

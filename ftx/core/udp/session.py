@@ -111,6 +111,10 @@ class UdpConfig:
     """Receiver: close a session whose application has not called ``established`` this long
     after it was created (the ftx HELLO did not arrive); None: no limit."""
 
+    stall_timeout: float | None = None
+    """Receiver: close a session that hands its application no stream bytes and no chunk for
+    this long (PINGs and ACKs keep a session alive, but not this); None: no limit."""
+
 
 PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
 
@@ -159,6 +163,8 @@ class UdpSession:
         self._sin = StreamAssembler(self)
         self._handshake_deadline = (now + config.handshake_timeout
                                     if chunk_receiver and config.handshake_timeout is not None else None)
+        self._stall = config.stall_timeout if chunk_receiver else None
+        self._progress_at = now  # when the application last got stream bytes or a chunk
         # chunks out (sender)
         self._cout: dict[tuple[int, int], ChunkOut] = {}
         self._cout_new: deque[tuple[int, int]] = deque()
@@ -455,7 +461,10 @@ class UdpSession:
         self._sout += data
 
     def stream_read_into(self, buf: memoryview) -> int:
-        return self._sin.read_into(buf)
+        n = self._sin.read_into(buf)
+        if n:
+            self._progress_at = self.last_recv_time
+        return n
 
     @property
     def stream_readable(self) -> int:
@@ -490,6 +499,8 @@ class UdpSession:
 
     def take_chunks(self) -> list:
         out = self._cin.take()
+        if out:
+            self._progress_at = self.last_recv_time
         for _, _, _, buf in out:
             self._delivered += len(buf)
             if self.flow_window < self.config.flow_window:  # regrow slowly: 1/32 of what is delivered
@@ -760,6 +771,8 @@ class UdpSession:
         times = [self.last_recv_time + self.config.idle_timeout]
         if self._handshake_deadline is not None:
             times.append(self._handshake_deadline)
+        if self._stall is not None:
+            times.append(self._progress_at + self._stall)
         if self._ack_deadline is not None:
             times.append(self._ack_deadline)
         t = self.recovery.timer()
@@ -784,6 +797,9 @@ class UdpSession:
             return
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
             self.close(ErrorCode.TIMEOUT, f"handshake not finished within {self.config.handshake_timeout:g} s")
+            return
+        if self._stall is not None and now >= self._progress_at + self._stall:
+            self.close(ErrorCode.TIMEOUT, f"no data for {self._stall:g} s")
             return
         t = self.recovery.timer()
         if t is not None and now >= t:
