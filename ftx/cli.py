@@ -20,7 +20,7 @@ from . import DEFAULT_PORT, __version__
 from .core.config import Config
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
-from .limits import Limits, parse_duration, parse_size
+from .limits import Admission, Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
@@ -331,7 +331,7 @@ def _emit(obj: dict) -> None:
         log.warning("standard output was closed; no more --json lines")
 
 
-async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None):
+async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None, limits=None):
     """TCP listening sockets and, unless disabled, UDP on the same port number."""
     from .transport import tcp, udp as udp_transport
 
@@ -341,8 +341,7 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admissi
         if not udp:
             return socks, bound, None
         try:
-            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config,
-                                                           admission=admission)
+            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config, admission, limits)
         except TransportError:
             for s in socks:
                 s.close()
@@ -361,10 +360,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     handlers = {}
     from .core.udp.session import UdpConfig
 
-    admission = Admission(limits)  # one count of senders for both transports
-    budget = BufferBudget(limits.buffer_bytes)  # frame buffers of all connections together
+    admission = Admission(limits)  # sessions in total and per host, TCP and UDP together
+    budget = BufferBudget(limits.frame_buffer_bytes)  # frame buffers and item state of all connections
     socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0),
-                                                UdpConfig(idle_timeout=idle_timeout or 15.0), admission)
+                                                UdpConfig(idle_timeout=idle_timeout or 15.0), admission, limits)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop_code = [EXIT_OK]

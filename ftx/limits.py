@@ -86,6 +86,24 @@ class Limits:
         own share, so that the receiver's RSS stays under ``max_memory``."""
         return self.max_memory - min(self.PROCESS_RESERVE, self.max_memory // 2)
 
+    # How buffer_bytes is shared, so that the shares add up to it and no more.  UDP may
+    # commit up to twice its share while a connection holds less than its fair part of it
+    # (ftx/core/udp/reassembly.py), hence 1/4 for 1/2 at worst.
+    @property
+    def frame_buffer_bytes(self) -> int:
+        """Frame decoders of all connections (TCP and UDP) and each unsettled item's state: 3/8."""
+        return self.buffer_bytes * 3 // 8
+
+    @property
+    def udp_buffer_bytes(self) -> int:
+        """UDP chunk reassembly and control-stream buffers of all UDP sessions: 1/4 (1/2 at worst)."""
+        return self.buffer_bytes // 4
+
+    @property
+    def digest_buffer_bytes(self) -> int:
+        """Chunks that arrived out of order, kept for the whole-file digest (storage): 1/8."""
+        return self.buffer_bytes // 8
+
     @classmethod
     def options(cls):
         """(field name, kind, default, help) for each limit, in declaration order."""

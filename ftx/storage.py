@@ -112,7 +112,7 @@ class Destination:
         self.overwrite = overwrite
         self.limits = limits or Limits()
         self.descriptors = DescriptorBudget(self.limits.max_open_files)
-        self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.max_memory // 4))
+        self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.digest_buffer_bytes))
         self._written = 0  # chunk bytes written (all files) since free space was last looked at
         self._check_every = 0  # ... and how many may go before it is looked at again
         os.makedirs(self.root, exist_ok=True)
@@ -383,7 +383,7 @@ class claim:
 
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
-PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most max_memory / 4)
+PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most Limits.digest_buffer_bytes)
 # a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
 # costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
 KEEP_MIN = 1024 * 1024

@@ -18,7 +18,10 @@ of ``TcpLink`` to the transport-neutral layers and keeps liveness itself.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import dataclasses
 import errno
+import gc
 import logging
 import os
 import socket
@@ -30,6 +33,7 @@ from ..core.checksum import chunk_checksum
 from ..core.udp import burst
 from ..core.udp.endpoint import Dialer, Listener
 from ..core.udp.packets import MIN_INITIAL_SIZE
+from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig, UdpSession
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
@@ -50,6 +54,9 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
+SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27  # Linux
+SHIELD_PASS = 8  # while shielded, 1 in this many token-less INITIALs reaches the Listener
+SHIELD_CHECK = 0.5  # seconds between looks at whether the INITIAL flood goes on
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
@@ -62,6 +69,36 @@ def _format_addr(addr) -> str:
 
 def _random_cid() -> int:
     return int.from_bytes(os.urandom(8), "big")
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim_fn = _malloc_trim()
+TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
+
+
+def _initial_shield(pass_one_in: int) -> bytes:
+    """A classic BPF socket filter for a UDP socket (offset 0 is the UDP header): drop an
+    INITIAL without a token, except 1 in ``pass_one_in`` chosen at random; pass the rest."""
+    payload = 8
+    accept, drop = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
+    prog = [
+        (0x30, 0, 0, payload),  # ldb [0]: packet type
+        (0x15, 0, 6, 0x01),  # jeq INITIAL, else accept
+        (0x28, 0, 0, payload + 18 + 8),  # ldh: token length, after the header and scid
+        (0x15, 0, 4, 0),  # jeq 0, else accept
+        (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # ld rand (SKF_AD_OFF + SKF_AD_RAND)
+        (0x54, 0, 0, pass_one_in - 1),  # and
+        (0x15, 1, 0, 0),  # jeq 0: accept
+        drop,
+        accept,
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
 
 class DatagramSocket:
@@ -338,6 +375,8 @@ class UdpLink:
         while s.stream_readable:  # conn.get_buffer() keeps the payloads of queued events intact
             buf = conn.get_buffer()
             conn.buffer_updated(s.stream_read_into(buf))
+        if conn.peer is not None:
+            s.established()  # the handshake timeout no longer applies
         if not chunks and s.closed:
             if conn.closed:
                 return
@@ -473,7 +512,13 @@ class UdpServer:
         self.links: dict[int, UdpLink] = {}
         self._woken: set[UdpLink] = set()
         self._drops = 0
+        self._trimmed_at = 0.0
+        self._trim_handle: asyncio.TimerHandle | None = None
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
+        self.shielded = False  # an INITIAL flood: most token-less INITIALs dropped in the kernel
+        self.shield_periods = 0
+        self._unanswered = 0
+        self._shield_handle: asyncio.TimerHandle | None = None
 
     def _on_read(self, data, seg: int, addr) -> None:
         for session, new, replies in self.listener.receive_burst(data, seg, addr, time.monotonic()):
@@ -492,6 +537,11 @@ class UdpServer:
                 self._woken.add(link)
 
     def _on_drained(self) -> None:
+        unanswered = self.listener.stats["initials_unanswered"]
+        if unanswered != self._unanswered:
+            self._unanswered = unanswered
+            if not self.shielded:
+                self._shield_on()
         if self.dsock.drops != self._drops:  # our socket overflowed: every session must slow down
             self._drops = self.dsock.drops
             now = time.monotonic()
@@ -502,6 +552,47 @@ class UdpServer:
             link.wake()
         self._woken.clear()
 
+    def _shield_on(self) -> None:
+        """More INITIALs than the Listener answers: each still costs a read and a parse, and
+        a flood of them fills the socket's queue, so that the kernel drops the DATA of the
+        senders already served as well.  A socket filter now drops all but 1 in SHIELD_PASS
+        token-less INITIALs before they are queued (DATA and INITIALs with a token pass),
+        until the flood stops; new senders need more attempts meanwhile."""
+        prog = _initial_shield(SHIELD_PASS)
+        code = ctypes.create_string_buffer(prog)
+        fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(code))
+        try:
+            self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            log.debug("udp: no socket filter: %s", exc)
+            return
+        self.shielded = True
+        self.shield_periods += 1
+        log.info("udp: INITIAL flood: answering 1 in %d new senders' first packets", SHIELD_PASS)
+        self._shield_seen = self.listener.stats["initials"]
+        self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
+
+    def _shield_check(self) -> None:
+        """Keep the filter while the INITIALs it lets through, scaled up, still exceed what the
+        Listener answers; else remove it."""
+        seen = self.listener.stats["initials"]
+        rate = (seen - self._shield_seen) * SHIELD_PASS / SHIELD_CHECK
+        self._shield_seen = seen
+        if rate > self.listener.initial_rate / 2:
+            self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
+            return
+        self._shield_handle = None
+        self._shield_off()
+
+    def _shield_off(self) -> None:
+        if self.shielded:
+            try:
+                self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            except OSError:
+                pass
+            self.shielded = False
+            log.info("udp: INITIAL flood over")
+
     def _send_to(self, cid: int, bursts: list) -> None:
         addr = self.listener.addresses.get(cid)
         if addr is not None:  # None: the session was already forgotten
@@ -510,21 +601,53 @@ class UdpServer:
     def forget(self, link: UdpLink) -> None:
         self.links.pop(link.session.local_cid, None)
         self.listener.forget(link.session)
+        self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """Give freed heap memory back to the kernel, soon after sessions end: glibc keeps
+        it otherwise, and a receiver would stay at the peak RSS that senders long gone
+        caused.  At most once per TRIM_INTERVAL; a no-op without malloc_trim."""
+        if _malloc_trim_fn is None or self._trim_handle is not None:
+            return
+        wait = self._trimmed_at + TRIM_INTERVAL - time.monotonic()
+
+        def trim() -> None:
+            self._trim_handle = None
+            self._trimmed_at = time.monotonic()
+            gc.collect()  # sessions end in reference cycles: free their buffers now, not at some later collection
+            _malloc_trim_fn(0)
+        if wait <= 0:
+            trim()
+        else:
+            self._trim_handle = asyncio.get_running_loop().call_later(wait, trim)
 
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
+        for handle in (self._trim_handle, self._shield_handle):
+            if handle is not None:
+                handle.cancel()
         self.dsock.close()
 
 
 async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitable[None]],
-                config: UdpConfig | None = None, admission=None) -> UdpServer:
+                config: UdpConfig | None = None, admission=None, limits=None) -> UdpServer:
     """Listen on UDP ``port``; run ``handle(link)`` for each new session.
 
-    ``admission`` (ftx/limits.py) is the receiver's one session count, shared with TCP."""
+    ``admission`` (``ftx.limits.Admission``, shared with TCP) counts sessions against
+    ``--max-connections`` and ``--max-per-host``; ``limits`` (``ftx.limits.Limits``) gives
+    the handshake and stall timeouts and the memory all UDP sessions may buffer together
+    (``Limits.udp_buffer_bytes``, their share of ``--max-memory``)."""
     loop = asyncio.get_running_loop()
     config = config or UdpConfig()
-    listener = Listener(os.urandom(32), config, _random_cid)
+    budget = None
+    if limits is not None:
+        budget = MemoryBudget(limits.udp_buffer_bytes)
+        if config.handshake_timeout is None:
+            config = dataclasses.replace(config, handshake_timeout=limits.handshake_timeout)
+        if config.stall_timeout is None:
+            config = dataclasses.replace(config, stall_timeout=limits.stall_timeout)
+    listener = Listener(os.urandom(32), config, _random_cid, admission=admission, budget=budget)
     tasks: set[asyncio.Task] = set()
 
     def on_session(link: UdpLink) -> None:

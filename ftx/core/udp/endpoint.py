@@ -15,6 +15,18 @@ proved it receives there, and a RETRY is smaller than the INITIAL that caused
 it, so a spoofed source can neither exhaust memory nor be flooded through us.
 DATA packets are routed by connection ID, so a sender whose address or port
 changes keeps its session.
+
+What a Listener lets its senders cost (all optional; the receiver CLI sets them
+from ``Limits``): ``admission`` counts sessions in total and per host (refused:
+an INITIAL reply and a CLOSE with code BUSY and the reason, still stateless);
+``budget`` is the memory all sessions may buffer together (reassembly.py); the
+config's ``handshake_timeout`` closes a session whose HELLO does not arrive;
+and INITIALs are answered at most ``initial_rate`` a second (with a burst of
+``INITIAL_BURST``), and at most ``HOST_INITIAL_RATE`` a second from one IP
+address, so that a flood of them -- each costs an HMAC and a reply -- takes
+little time from the sessions already served.  Half of the total is kept for
+addresses that still have most of their own budget, so that a sender on
+another address than the flood's still gets its answer.  DATA for a known session is never subject to that budget.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import struct
 
 import xxhash
 
-from ...errors import RemoteProtocolError
+from ...errors import ErrorCode, RemoteProtocolError
 from .packets import (
     DATA,
     HEADER,
@@ -37,14 +49,21 @@ from .packets import (
     RETRY,
     TRAILER_SIZE,
     build,
+    encode_close,
     initial_payload,
     parse,
     parse_initial,
     segments,
 )
+from .reassembly import MemoryBudget
 from .session import UdpConfig, UdpSession
 
 TOKEN_LIFETIME = 10
+INITIAL_RATE = 5000.0  # INITIALs answered per second (RETRY or session), beyond the burst:
+INITIAL_BURST = 256  # half of each for addresses that have asked little lately, half for the rest
+HOST_INITIAL_RATE = 16.0  # the same from one IP address
+HOST_INITIAL_BURST = 32
+HOSTS_TRACKED = 4096  # per-address budgets kept; beyond, they start afresh (the total still holds)
 _xxh64 = xxhash.xxh3_64_intdigest
 _unpack_q = struct.Struct(">Q").unpack_from
 
@@ -71,6 +90,11 @@ def check_token(secret: bytes, token: bytes, addr, scid: int, now: float) -> boo
     return hmac.compare_digest(token[4:], _mac(secret, token[:4], addr, scid))
 
 
+def host_of(addr) -> str:
+    """The host part of a socket address, IPv4-mapped IPv6 as plain IPv4 (what limits count)."""
+    return str(addr[0]).removeprefix("::ffff:")
+
+
 def padded_initial(dcid: int, pn: int, scid: int, token: bytes) -> bytes:
     payload = initial_payload(scid, token)
     pad = MIN_INITIAL_SIZE - (18 + len(payload) + TRAILER_SIZE)
@@ -80,14 +104,22 @@ def padded_initial(dcid: int, pn: int, scid: int, token: bytes) -> bytes:
 class Listener:
     """Receiver side: validates addresses statelessly, routes packets to sessions."""
 
-    def __init__(self, secret: bytes, config: UdpConfig, new_cid) -> None:
+    def __init__(self, secret: bytes, config: UdpConfig, new_cid, admission=None,
+                 budget: MemoryBudget | None = None, initial_rate: float = INITIAL_RATE) -> None:
         self.secret = secret
         self.config = config
         self._new_cid = new_cid  # callable returning a fresh random 64-bit ID
+        self.admission = admission  # admit(host) -> reason or None, release(host); None: no limit
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self.initial_rate = initial_rate
+        self._buckets = {True: [INITIAL_BURST / 2, None], False: [INITIAL_BURST / 2, None]}  # light, heavy
+        self._host_credit: dict[str, tuple[float, float]] = {}  # host -> (credit, as of)
         self.sessions: dict[int, UdpSession] = {}
         self.addresses: dict[int, tuple] = {}
+        self._hosts: dict[int, str] = {}  # our cid -> host admitted (released on forget)
         self._by_initial: dict[tuple, int] = {}  # (address, sender cid) -> our cid
-        self.stats = {"garbage": 0, "foreign": 0, "retries": 0, "short_initials": 0, "bad_tokens": 0}
+        self.stats = {"garbage": 0, "foreign": 0, "retries": 0, "short_initials": 0, "bad_tokens": 0,
+                      "refused": 0, "initials": 0, "initials_unanswered": 0}
 
     def receive_burst(self, data, seg: int, addr, now: float) -> list[tuple[UdpSession | None, bool, list[bytes]]]:
         """Datagrams of ``seg`` bytes laid end to end, all from ``addr`` (a UDP GRO read;
@@ -152,16 +184,49 @@ class Listener:
         known = self._by_initial.get((addr, scid))
         if known is not None and known in self.sessions:  # our INITIAL reply was lost: repeat it
             return self.sessions[known], False, [self._reply(known, scid)]
+        self.stats["initials"] += 1  # INITIALs that would cost an HMAC (drivers watch for floods)
+        host = host_of(addr)
+        if not self._spend_initial(host, now):
+            self.stats["initials_unanswered"] += 1  # a flood: the sender will try again
+            return None, False, []
         if not token or not check_token(self.secret, token, addr, scid, now):
             # no token, or an old or foreign one: a fresh RETRY (still smaller than the INITIAL)
             self.stats["retries" if not token else "bad_tokens"] += 1
             return None, False, [build(RETRY, scid, 0, initial_payload(0, make_token(self.secret, addr, scid, now)))]
+        reason = self.admission.admit(host) if self.admission is not None else None
+        if reason is not None:  # refused: tell the sender why, and keep nothing
+            self.stats["refused"] += 1
+            return None, False, [self._reply(self._new_cid(), scid),
+                                 build(DATA, scid, 0, encode_close(ErrorCode.BUSY, reason))]
         cid = self._new_cid()
-        session = UdpSession(cid, scid, self.config, now, chunk_receiver=True)
+        session = UdpSession(cid, scid, self.config, now, chunk_receiver=True, budget=self.budget)
+        self.budget.sessions += 1
         self.sessions[cid] = session
         self.addresses[cid] = addr
+        self._hosts[cid] = host
         self._by_initial[(addr, scid)] = cid
         return session, True, [self._reply(cid, scid)]
+
+    def _spend_initial(self, host: str, now: float) -> bool:
+        """Whether the INITIAL budgets (token buckets: the host's, then the total) allow
+        answering one more INITIAL from ``host``.  Every INITIAL counts against its host,
+        answered or not, so a flooding address soon gets nothing and costs the total nothing."""
+        credit, at = self._host_credit.get(host, (float(HOST_INITIAL_BURST), now))
+        credit = max(-float(HOST_INITIAL_BURST),
+                     min(float(HOST_INITIAL_BURST), credit + max(0.0, now - at) * HOST_INITIAL_RATE) - 1.0)
+        if len(self._host_credit) >= HOSTS_TRACKED and host not in self._host_credit:
+            self._host_credit.clear()
+        self._host_credit[host] = (credit, now)
+        if credit < 0.0:
+            return False
+        bucket = self._buckets[credit >= HOST_INITIAL_BURST - 4]  # light: has asked little lately
+        if bucket[1] is not None:
+            bucket[0] = min(INITIAL_BURST / 2, bucket[0] + max(0.0, now - bucket[1]) * self.initial_rate / 2)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
     def _deliver(self, session: UdpSession, addr, pn: int | None, feed, *args):
         """``feed(*args)`` (DATA for ``session``, checksum already fine) and its result. Content
@@ -183,8 +248,15 @@ class Listener:
         return build(INITIAL, scid, 0, initial_payload(cid, b""))
 
     def forget(self, session: UdpSession) -> None:
-        self.sessions.pop(session.local_cid, None)
+        """The session is over: free what it holds, and its place in the limits."""
+        if self.sessions.pop(session.local_cid, None) is None:
+            return
         self.addresses.pop(session.local_cid, None)
+        session.release_buffers()
+        self.budget.sessions -= 1
+        host = self._hosts.pop(session.local_cid, None)
+        if host is not None and self.admission is not None:
+            self.admission.release(host)
         for k, v in list(self._by_initial.items()):
             if v == session.local_cid:
                 del self._by_initial[k]

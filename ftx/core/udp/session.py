@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from ...errors import ChecksumMismatch, ErrorCode, RemoteProtocolError
+from ...errors import ErrorCode, RemoteProtocolError
 from ..ranges import RangeSet
 from .congestion import Bbr
 from .packets import (
@@ -56,9 +56,9 @@ from .packets import (
 )
 from . import burst
 from .pmtu import PmtuSearch
+from .reassembly import MAX_CHUNK, REFUSED, STREAM_OOO_LIMIT, ChunkAssembler, MemoryBudget, Spares, StreamAssembler
 from .recovery import Recovery, SentPacket
 
-MAX_CHUNK = 16 * 1024 * 1024
 INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the first MAX_DATA (protocol.md)
 # Pacing credit a sender may bank: more than a driver's nap between bursts plus timer slop
 # (drivers nap up to 2 ms), or every nap would forfeit part of the rate.
@@ -69,6 +69,7 @@ BURST_DATAGRAMS = 64
 BURST_BYTES = 65000
 _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
+__all__ = ["MAX_CHUNK", "STREAM_OOO_LIMIT", "UdpConfig", "UdpSession"]
 RECV_RANGES_KEPT = 64
 MIN_FLOW_WINDOW = 2 * 1024 * 1024
 # Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost,
@@ -78,7 +79,10 @@ BLACK_HOLE_LOSSES = 16
 # Until one datagram above the base size has been acknowledged, the size is a guess: this
 # many of them lost while later, smaller ones are acknowledged, and it was a wrong guess.
 UNCONFIRMED_LOSSES = 3
-STREAM_OOO_LIMIT = 8 * 1024 * 1024
+# What one session may make its receiver buffer: a full credit of chunk data, a chunk
+# beyond it, the control stream in both directions of its buffer, and spare chunk buffers.
+SESSION_BUFFER_LIMIT = 48 * 1024 * 1024
+PENDING_BUFFER_LIMIT = 1024 * 1024  # the same before the handshake is finished (``established``)
 
 
 @dataclass
@@ -109,28 +113,16 @@ class UdpConfig:
     it a peer still falls back to 1200-byte datagrams when larger ones do not get through,
     and then searches up to max_datagram again."""
 
+    handshake_timeout: float | None = None
+    """Receiver: close a session whose application has not called ``established`` this long
+    after it was created (the ftx HELLO did not arrive); None: no limit."""
+
+    stall_timeout: float | None = None
+    """Receiver: close a session that hands its application no stream bytes and no chunk for
+    this long (PINGs and ACKs keep a session alive, but not this); None: no limit."""
+
 
 PEER_MAX_ACK_DELAY = 0.025  # assumed for the peer in PTO computations (RFC 9000 default)
-
-
-class Spares:
-    """Chunk buffers kept for reuse.  A fresh 1 MiB bytearray costs a memset and, once
-    malloc hands such sizes back to the kernel, 256 page faults: at hundreds of chunks
-    a second that is a noticeable share of a core."""
-
-    def __init__(self, limit: int = 32) -> None:
-        self.limit = limit
-        self._free: dict[int, list[bytearray]] = {}
-
-    def get(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes with unspecified content."""
-        free = self._free.get(size)
-        return free.pop() if free else bytearray(size)
-
-    def put(self, buf: bytearray) -> None:
-        free = self._free.setdefault(len(buf), [])
-        if len(free) < self.limit:
-            free.append(buf)
 
 
 @dataclass
@@ -142,7 +134,8 @@ class ChunkOut:
 
 
 class UdpSession:
-    def __init__(self, local_cid: int, peer_cid: int, config: UdpConfig, now: float, chunk_receiver: bool) -> None:
+    def __init__(self, local_cid: int, peer_cid: int, config: UdpConfig, now: float, chunk_receiver: bool,
+                 budget: MemoryBudget | None = None) -> None:
         self.local_cid = local_cid
         self.peer_cid = peer_cid
         self.config = config
@@ -174,10 +167,14 @@ class UdpSession:
         self._sout_next = 0
         self._sout_retx = RangeSet()
         self._sout_acked = RangeSet()
-        self._sin_next = 0
-        self._sin_ooo: dict[int, bytes] = {}
-        self._sin_ooo_bytes = 0
-        self._sin = bytearray()
+        # what the peer makes us buffer (chunks, stream) is charged here and to ``budget``
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self.held = 0
+        self._sin = StreamAssembler(self)
+        self._handshake_deadline = (now + config.handshake_timeout
+                                    if chunk_receiver and config.handshake_timeout is not None else None)
+        self._stall = config.stall_timeout if chunk_receiver else None
+        self._progress_at = now  # when the application last got stream bytes or a chunk
         # chunks out (sender)
         self._cout: dict[tuple[int, int], ChunkOut] = {}
         self._cout_new: deque[tuple[int, int]] = deque()
@@ -187,11 +184,9 @@ class UdpSession:
         self._peer_max_data = INITIAL_MAX_DATA
         self._new_chunk_bytes = 0
         # chunks in (receiver)
-        self._spares = Spares()
-        self._cin: dict[tuple[int, int], tuple[bytearray, RangeSet, int]] = {}
-        self._cin_bytes = 0
-        self._cin_done: set[tuple[int, int]] = set()
-        self._completed: deque = deque()
+        self._spares = Spares()  # sender: buffers of chunks sent
+        self._cin = ChunkAssembler(self)
+        self._completed = self._cin.completed
         self._delivered = 0
         self._max_data_sent = INITIAL_MAX_DATA
         self.flow_window = config.flow_window  # shrinks when our socket buffer overflows (on_overflow)
@@ -227,12 +222,18 @@ class UdpSession:
             # fast path: a packet that is one CHUNK frame (nearly all of a transfer's packets)
             _, fid, index, clen, coff, csum, length = CHUNK_HEADER.unpack_from(payload, 0)
             if len(payload) == CHUNK_HEADER_SIZE + length and coff + length <= clen:
+                slot = self._cin.prepare(fid, index, clen, csum, coff, coff + length)
+                if slot is REFUSED:
+                    self.stats["dropped_no_buffer"] += 1
+                    return  # not recorded, so not acknowledged: the sender will send it again
                 in_order = self._record(pn, len(payload), now)
-                self._chunk_piece(fid, index, clen, coff, csum, payload[CHUNK_HEADER_SIZE:])
+                if slot is not None:
+                    slot.buf[coff : coff + length] = payload[CHUNK_HEADER_SIZE:]
+                    self._cin.filled((fid, index), slot, coff, coff + length)
                 self._on_eliciting(in_order, now)
                 return
         frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
-        if not self._stream_fits(frames):
+        if not self._frames_fit(frames):
             self.stats["dropped_no_buffer"] += 1
             return  # not recorded, so not acknowledged: the sender will send it again
         in_order = self._record(pn, len(payload), now)
@@ -245,7 +246,7 @@ class UdpSession:
                 self._on_ack(f, now)
             elif isinstance(f, StreamFrame):
                 eliciting = True
-                self._on_stream(f.offset, f.data)
+                self._sin.add(f.offset, f.data)
             elif f is PING:
                 eliciting = True
             elif isinstance(f, CloseFrame):
@@ -388,83 +389,68 @@ class UdpSession:
             del self._sout[: end - self._sout_base]
             self._sout_base = end
 
-    def _stream_fits(self, frames: list) -> bool:
-        """Whether every STREAM frame's data can be kept (out-of-order buffer is bounded)."""
-        extra = 0
+    def _frames_fit(self, frames: list) -> bool:
+        """Whether the data of every STREAM and CHUNK frame can be kept (buffers are bounded);
+        makes room for the chunk pieces."""
         for f in frames:
-            if isinstance(f, StreamFrame) and f.offset > self._sin_next and f.offset not in self._sin_ooo:
-                extra += len(f.data)
-        return not extra or self._sin_ooo_bytes + extra <= STREAM_OOO_LIMIT
-
-    def _on_stream(self, off: int, data) -> None:
-        end = off + len(data)
-        if end <= self._sin_next:
-            return
-        if off > self._sin_next:
-            if off not in self._sin_ooo:  # room was checked by _stream_fits
-                self._sin_ooo[off] = bytes(data)
-                self._sin_ooo_bytes += len(data)
-            return
-        self._sin += data[self._sin_next - off :]
-        self._sin_next = end
-        while self._sin_ooo:
-            nxt = min(self._sin_ooo)
-            if nxt > self._sin_next:
-                break
-            piece = self._sin_ooo.pop(nxt)
-            self._sin_ooo_bytes -= len(piece)
-            if nxt + len(piece) > self._sin_next:
-                self._sin += piece[self._sin_next - nxt :]
-                self._sin_next = nxt + len(piece)
+            if isinstance(f, StreamFrame):
+                if not self._sin.fits(f.offset, len(f.data)):
+                    return False
+            elif isinstance(f, ChunkFrame):
+                if not self.chunk_receiver:
+                    raise RemoteProtocolError("CHUNK frame sent to a sender")
+                if self._cin.prepare(f.file_id, f.index, f.chunk_len, f.checksum, f.offset,
+                                     f.offset + len(f.data)) is REFUSED:
+                    return False
+        return True
 
     def _on_chunk(self, f: ChunkFrame) -> None:
-        if not self.chunk_receiver:
-            raise RemoteProtocolError("CHUNK frame sent to a sender")
-        self._chunk_piece(f.file_id, f.index, f.chunk_len, f.offset, f.checksum, f.data)
+        end = f.offset + len(f.data)
+        slot = self._cin.prepare(f.file_id, f.index, f.chunk_len, f.checksum, f.offset, end)
+        if slot:  # None: handed over already; REFUSED cannot happen after _frames_fit but is safe
+            slot.buf[f.offset : end] = f.data
+            self._cin.filled((f.file_id, f.index), slot, f.offset, end)
 
-    def _chunk_piece(self, file_id: int, index: int, chunk_len: int, offset: int, checksum: int, data) -> None:
-        slot = self._chunk_slot(file_id, index, chunk_len, checksum)
-        if slot is not None:
-            end = offset + len(data)
-            slot[0][offset:end] = data
-            self._chunk_got(file_id, index, slot, offset, end)
+    # == what the peer makes us buffer =============================================
+    def may_hold(self, n: int) -> bool:
+        """Whether ``n`` more buffered bytes are allowed, for this session and in all."""
+        limit = SESSION_BUFFER_LIMIT if self._handshake_deadline is None else PENDING_BUFFER_LIMIT
+        return self.held + n <= limit and self.budget.allows(self.held, n)
 
-    def _chunk_slot(self, file_id: int, index: int, chunk_len: int, checksum: int):
-        """The reassembly slot (buffer, ranges held, checksum) of a chunk; None once handed over."""
-        key = (file_id, index)
-        slot = self._cin.get(key)
-        if slot is None:
-            if key in self._cin_done:
-                return None  # a late duplicate of a chunk already handed over
-            if not 0 < chunk_len <= MAX_CHUNK:
-                raise RemoteProtocolError("chunk length out of range")
-            if self._cin_bytes + chunk_len > max(self.config.flow_window, INITIAL_MAX_DATA) + MAX_CHUNK:
-                raise RemoteProtocolError("flow control limit exceeded")
-            slot = (self._spares.get(chunk_len), RangeSet(), checksum)
-            self._cin[key] = slot
-            self._cin_bytes += chunk_len
-            if 2 * chunk_len > self._window_floor:
-                # the credit must always cover a whole chunk or two, or a sender stopped by it
-                # in the middle of a chunk would wait for a delivery that cannot happen
-                self._window_floor = min(2 * chunk_len, self.config.flow_window)
-                self.flow_window = max(self.flow_window, self._window_floor)
-        if len(slot[0]) != chunk_len or checksum != slot[2]:
-            raise RemoteProtocolError("CHUNK frames disagree about their chunk")
-        return slot
+    def may_start(self, n: int) -> bool:
+        """Whether a session without a chunk in progress may reserve ``n`` bytes for one."""
+        limit = SESSION_BUFFER_LIMIT if self._handshake_deadline is None else PENDING_BUFFER_LIMIT
+        return self.held + n <= limit and self.budget.allows_start(n)
 
-    def _chunk_got(self, file_id: int, index: int, slot, start: int, end: int) -> None:
-        """Bytes [start, end) of a chunk are in its buffer; hand the chunk over once whole."""
-        buf, got, checksum = slot
-        got.add(start, end)
-        if not got.covers(0, len(buf)):
-            return
-        key = (file_id, index)
-        del self._cin[key]
-        self._cin_bytes -= len(buf)
-        if xxhash.xxh3_64_intdigest(buf) != checksum:
-            raise ChecksumMismatch("reassembled chunk fails its checksum")
-        self._cin_done.add(key)
-        self._completed.append((file_id, index, checksum, buf))
+    def charge(self, n: int) -> None:
+        self.held += n
+        self.budget.used += n
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        self.budget.used -= n
+
+    def release_buffers(self) -> None:
+        """The session is over: what it buffered no longer counts (the driver drops it)."""
+        self._cin.release_all()
+        self._sin.release_all()
+
+    def _window(self) -> int:
+        """The MAX_DATA window: the configured one, smaller when our socket overflowed or
+        when the memory shared by all sessions is tight (never below a chunk and a step,
+        or a sender could stop mid-chunk waiting for credit only that chunk can bring)."""
+        largest = self._cin.largest
+        if 2 * largest > self._window_floor:
+            # the credit must cover a whole chunk or two, or a sender stopped by it in the
+            # middle of a chunk would wait for a delivery that cannot happen
+            self._window_floor = min(2 * largest, self.config.flow_window)
+            self.flow_window = max(self.flow_window, self._window_floor)
+        share = self.budget.share() - (self.held - self._cin.buffered)  # minus stream and spares
+        return min(self.flow_window, max(share, largest + 64 * 1024, 256 * 1024))
+
+    def established(self) -> None:
+        """The application has the peer's HELLO: the handshake timeout no longer applies."""
+        self._handshake_deadline = None
 
     def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
         """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
@@ -486,16 +472,19 @@ class UdpSession:
                     at = first + k * seg
                     self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now)
                 continue
-            in_order &= self._record(pn, seg - OVERHEAD, now, count)  # a gap: tell the sender at once
-            taken += count
-            slot = self._chunk_slot(fid, index, clen, csum)
-            if slot is None:
-                continue  # a chunk already handed over
             end = coff + count * room
             if end > clen:
                 raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
-            burst.gather(view, seg, first, count, slot[0], coff)
-            self._chunk_got(fid, index, slot, coff, end)
+            slot = self._cin.prepare(fid, index, clen, csum, coff, end)
+            if slot is REFUSED:
+                self.stats["dropped_no_buffer"] += count
+                continue  # not recorded, so not acknowledged: sent again later
+            in_order &= self._record(pn, seg - OVERHEAD, now, count)  # a gap: tell the sender at once
+            taken += count
+            if slot is None:
+                continue  # a chunk already handed over
+            burst.gather(view, seg, first, count, slot.buf, coff)
+            self._cin.filled((fid, index), slot, coff, end)
         if taken:
             self._on_eliciting(in_order, now, taken)
         return others, garbage
@@ -505,15 +494,14 @@ class UdpSession:
         self._sout += data
 
     def stream_read_into(self, buf: memoryview) -> int:
-        n = min(len(buf), len(self._sin))
+        n = self._sin.read_into(buf)
         if n:
-            buf[:n] = self._sin[:n]
-            del self._sin[:n]
+            self._progress_at = self.last_recv_time
         return n
 
     @property
     def stream_readable(self) -> int:
-        return len(self._sin)
+        return len(self._sin.data)
 
     @property
     def stream_all_acked(self) -> bool:
@@ -543,8 +531,9 @@ class UdpSession:
         return file_id not in self._file_chunks
 
     def take_chunks(self) -> list:
-        out = list(self._completed)
-        self._completed.clear()
+        out = self._cin.take()
+        if out:
+            self._progress_at = self.last_recv_time
         for _, _, _, buf in out:
             self._delivered += len(buf)
             if self.flow_window < self.config.flow_window:  # regrow slowly: 1/32 of what is delivered
@@ -564,7 +553,8 @@ class UdpSession:
 
     def recycle(self, buf: bytearray) -> None:
         """A chunk buffer from ``take_chunks`` that nothing refers to any more."""
-        self._spares.put(buf)
+        if not self.closed:
+            self._cin.recycle(buf)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if not self.closed:
@@ -588,8 +578,10 @@ class UdpSession:
         return self._ack_now or (self._ack_deadline is not None and now >= self._ack_deadline)
 
     def _max_data_due(self) -> bool:
-        return self.chunk_receiver and self._delivered + self.flow_window - self._max_data_sent >= \
-            self.flow_window // 4
+        if not self.chunk_receiver:
+            return False
+        window = self._window()
+        return self._delivered + window - self._max_data_sent >= window // 4
 
     def datagrams_to_send(self, now: float, limit: int = 64) -> list[bytes]:
         """What to send now, one datagram each (drivers that can send bursts use ``transmit``)."""
@@ -723,7 +715,7 @@ class UdpSession:
         self._ack_now = False
         self._ack_deadline = None
         if self.chunk_receiver:
-            self._max_data_sent = max(self._max_data_sent, self._delivered + self.flow_window)
+            self._max_data_sent = max(self._max_data_sent, self._delivered + self._window())
             frames.append(encode_varint_frame(F_MAX_DATA, self._max_data_sent))
         return frames
 
@@ -819,6 +811,10 @@ class UdpSession:
         times = [self.last_recv_time + self.config.idle_timeout]
         if self.recovery.bytes_in_flight:
             times.append(self._acked_at + self.config.idle_timeout)
+        if self._handshake_deadline is not None:
+            times.append(self._handshake_deadline)
+        if self._stall is not None:
+            times.append(self._progress_at + self._stall)
         if self._ack_deadline is not None:
             times.append(self._ack_deadline)
         t = self.recovery.timer()
@@ -847,6 +843,12 @@ class UdpSession:
             self.closed, self.close_code = True, ErrorCode.TIMEOUT
             self.close_reason = (f"nothing sent was acknowledged for {timeout:g} s although the peer answers "
                                  f"(does the path drop even {self.max_datagram}-byte datagrams?)")
+            return
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self.close(ErrorCode.TIMEOUT, f"handshake not finished within {self.config.handshake_timeout:g} s")
+            return
+        if self._stall is not None and now >= self._progress_at + self._stall:
+            self.close(ErrorCode.TIMEOUT, f"no data for {self._stall:g} s")
             return
         t = self.recovery.timer()
         if t is not None and now >= t:

@@ -1,0 +1,372 @@
+"""What one UDP peer can make the receiver spend, in memory, in the sans-I/O core.
+
+Each test replays an attack of issue #11 (item 11 and the UDP half of 12) against
+real ``UdpSession`` / ``Listener`` objects with an explicit clock, and measures what
+it costs: Python heap (``tracemalloc``), buffered-bytes accounting, entries kept,
+sessions admitted.  The same attacks through a real ``ftx receive`` process are in
+test_udp_abuse.py.
+"""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+import xxhash
+
+from ftx.core.udp import packets as P
+from ftx.core.udp.endpoint import Dialer, Listener, padded_initial
+from ftx.core.udp.session import UdpConfig, UdpSession
+from ftx.errors import ErrorCode
+from ftx.limits import Admission, Limits
+
+pytestmark = pytest.mark.timeout(60)
+MIB = 1024 * 1024
+
+
+def _receiver(cfg: UdpConfig | None = None, **kw) -> UdpSession:
+    return UdpSession(2, 1, cfg or UdpConfig(), 0.0, chunk_receiver=True, **kw)
+
+
+def _chunk(fid: int, index: int, clen: int, off: int, data: bytes, csum: int = 0) -> memoryview:
+    return memoryview(P.CHUNK_HEADER.pack(P.F_CHUNK, fid, index, clen, off, csum, len(data)) + data)
+
+
+def _acked(session: UdpSession, now: float) -> P.AckFrame | None:
+    acks = [f for d in session.datagrams_to_send(now) for f in P.parse_frames(P.parse(d).payload)
+            if isinstance(f, P.AckFrame)]
+    return acks[-1] if acks else None
+
+
+def _max_data(session: UdpSession, now: float) -> int:
+    session._ack_now = True
+    frames = [f for d in session.datagrams_to_send(now) for f in P.parse_frames(P.parse(d).payload)]
+    return [f.value for f in frames if isinstance(f, P.MaxDataFrame)][-1]
+
+
+class Heap:
+    """Peak Python heap growth while the block runs (bytearrays included)."""
+
+    def __enter__(self):
+        tracemalloc.start()
+        self.base = tracemalloc.get_traced_memory()[0]
+        return self
+
+    def __exit__(self, *exc):
+        self.current, self.peak = (x - self.base for x in tracemalloc.get_traced_memory())
+        tracemalloc.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk reassembly: nothing allocated for data that has not arrived
+# ---------------------------------------------------------------------------------------------
+def test_announced_16_mib_chunks_allocate_only_what_arrives():
+    """Issue #11: 20 sessions x 2 tiny CHUNK datagrams announcing 16 MiB chunks took 645 MB."""
+    sessions = [_receiver() for _ in range(20)]
+    with Heap() as heap:
+        for s in sessions:
+            s.receive_payload(0, _chunk(1, 0, 16 * MIB, 0, b"x" * 10), 0.1)
+            s.receive_payload(1, _chunk(1, 1, 16 * MIB, 8 * MIB, b"y" * 10), 0.1)
+    assert heap.peak < 4 * MIB, f"{heap.peak / MIB:.1f} MiB for 40 datagrams of 10 bytes"
+    for s in sessions:
+        ack = _acked(s, 0.2)
+        assert 0 in ack.acked  # the piece at the start of its chunk is kept
+        assert 1 not in ack.acked  # the lone piece 8 MiB into a chunk is not: it comes again later
+        assert s.stats["dropped_no_buffer"] == 1
+
+
+def test_chunk_buffer_grows_as_pieces_arrive_and_the_chunk_is_whole():
+    s = _receiver()
+    data = random.Random(1).randbytes(4 * MIB)
+    csum = xxhash.xxh3_64_intdigest(data)
+    piece, pn, arrived = 1400, 0, 0
+    for off in range(0, len(data), piece):
+        s.receive_payload(pn, _chunk(7, 3, len(data), off, data[off:off + piece], csum), 0.1)
+        pn += 1
+        arrived += len(data[off:off + piece])
+        slot = s._cin.slots.get((7, 3))
+        if slot is not None:
+            assert len(slot.buf) <= 2 * arrived + 64 * 1024  # never more than twice what arrived
+    (chunk,) = s.take_chunks()
+    assert chunk[:3] == (7, 3, csum) and chunk[3] == data
+    assert s.stats["dropped_no_buffer"] == 0 and s.held == 0
+
+
+def test_chunk_pieces_in_any_order_complete_with_resends():
+    """Pieces refused for being far ahead of what arrived are not acknowledged: a sender
+    resends them, and the chunk completes."""
+    rnd = random.Random(2)
+    s = _receiver()
+    data = rnd.randbytes(2 * MIB)
+    csum = xxhash.xxh3_64_intdigest(data)
+    offsets = list(range(0, len(data), 1400))
+    rnd.shuffle(offsets)
+    pn, now = 0, 0.1
+    for _ in range(50):
+        sent = {}
+        for off in offsets:
+            s.receive_payload(pn, _chunk(1, 0, len(data), off, data[off:off + 1400], csum), now)
+            sent[pn] = off
+            pn += 1
+        now += 0.01
+        ack = _acked(s, now)
+        offsets = [off for p, off in sent.items() if ack is None or p not in ack.acked]
+        if not offsets:
+            break
+    assert not offsets
+    assert s.take_chunks()[0][3] == data
+
+
+def test_many_tiny_pieces_of_one_chunk_are_bounded_in_runs():
+    from ftx.core.udp.reassembly import SLOT_RANGES_LIMIT
+
+    s = _receiver()
+    clen = 8192
+    data = random.Random(3).randbytes(clen)
+    csum = xxhash.xxh3_64_intdigest(data)
+    pn = 0
+    for off in range(0, clen, 2):  # every other byte: 4096 separate runs
+        s.receive_payload(pn, _chunk(1, 0, clen, off, data[off:off + 1], csum), 0.1)
+        pn += 1
+    assert len(s._cin.slots[(1, 0)].got) <= SLOT_RANGES_LIMIT
+    assert s.stats["dropped_no_buffer"] == clen // 2 - SLOT_RANGES_LIMIT
+    for off in range(0, clen, 1024):  # what a sender resends fills the gaps, and merges the runs
+        s.receive_payload(pn, _chunk(1, 0, clen, off, data[off:off + 1024], csum), 0.2)
+        pn += 1
+    assert s.take_chunks()[0][3] == data
+
+
+def test_bytes_and_entries_per_session_are_bounded():
+    """Many chunks of many sizes: what one session holds stays under its limit."""
+    from ftx.core.udp.session import SESSION_BUFFER_LIMIT
+
+    s = _receiver()
+    pn = 0
+    with Heap() as heap:
+        for index in range(20_000):  # each a different chunk: 3 bytes of a 5-byte one
+            s.receive_payload(pn, _chunk(1, index, 5, 0, b"abc"), 0.1)
+            pn += 1
+        for index in range(800):  # and 64 KiB of each of many 1 MiB chunks
+            s.receive_payload(pn, _chunk(2, index, MIB, 0, bytes(60_000)), 0.1)
+            pn += 1
+    assert s.held <= SESSION_BUFFER_LIMIT
+    assert heap.peak < SESSION_BUFFER_LIMIT + 16 * MIB
+    assert s.stats["dropped_no_buffer"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# control stream: out-of-order entries, not only bytes
+# ---------------------------------------------------------------------------------------------
+def test_zero_length_stream_frames_at_distinct_offsets_cost_nothing():
+    """Issue #11: 20 000 zero-length STREAM frames slipped past the out-of-order byte limit."""
+    s = _receiver()
+    frames_per_packet = 100
+    with Heap() as heap:
+        pn = 0
+        for base in range(1, 50_001, frames_per_packet):
+            payload = b"".join(P.encode_stream(off, b"") for off in range(base, base + frames_per_packet))
+            s.receive_payload(pn, memoryview(payload), 0.1)
+            pn += 1
+    assert heap.current < 256 * 1024, f"{heap.current / 1024:.0f} KiB kept for 50 000 empty frames"
+    s.receive_payload(pn, memoryview(P.encode_stream(0, b"hello")), 0.1)
+    assert s.stream_readable == 5
+
+
+def test_tiny_out_of_order_stream_pieces_are_bounded_in_entries():
+    from ftx.core.udp.reassembly import STREAM_OOO_ENTRIES
+
+    s = _receiver()
+    n = 50_000
+    data = random.Random(4).randbytes(n + 1)
+    with Heap() as heap:
+        for off in range(1, n + 1):  # byte 0 is "lost": every piece waits behind it
+            s.receive_payload(off, memoryview(P.encode_stream(off, data[off:off + 1])), 0.1)
+    assert s._sin.entries <= STREAM_OOO_ENTRIES
+    assert heap.current < 2 * MIB, f"{heap.current / MIB:.1f} MiB for {n} one-byte pieces"
+    # the gap fills; what was not kept is resent (not acknowledged), and the stream is whole
+    ack = _acked(s, 0.2)
+    missing = [off for off in range(1, n + 1) if off not in ack.acked]
+    assert len(missing) == n - s._sin.entries
+    pn = n + 1
+    s.receive_payload(pn, memoryview(P.encode_stream(0, data[:1])), 0.2)
+    for off in missing:
+        pn += 1
+        s.receive_payload(pn, memoryview(P.encode_stream(off, data[off:off + 1])), 0.3)
+    out = bytearray(n + 1)
+    assert s.stream_read_into(memoryview(out)) == n + 1 and out == data
+    assert s.held == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# memory shared by all sessions
+# ---------------------------------------------------------------------------------------------
+def test_total_buffered_memory_is_bounded_over_sessions_and_windows_shrink():
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(32 * MIB)
+    sessions = []
+    for k in range(16):
+        budget.sessions += 1
+        sessions.append(_receiver(budget=budget))
+    piece = 60_000
+    for s in sessions:  # each fills 32 unfinished 1 MiB chunks, in order, as far as allowed
+        pn = 0
+        for index in range(32):
+            for off in range(0, 512 * 1024, piece):
+                s.receive_payload(pn, _chunk(1, index, MIB, off, bytes(piece)), 0.1)
+                pn += 1
+    assert budget.used <= 2 * budget.total  # within the total, or a session's fair share of it
+    assert sum(s.held for s in sessions) == budget.used
+    assert all(s.held >= budget.share() // 2 for s in sessions)  # nobody starved
+    assert any(s.stats["dropped_no_buffer"] for s in sessions)
+    # a tight budget shows in MAX_DATA: 16 sessions share 32 MiB, so each is offered ~2 MiB
+    fresh = _receiver(budget=budget)
+    budget.sessions += 1
+    assert _max_data(fresh, 0.2) == 16 * MIB  # the initial credit; it grows by less than a full window
+    fresh._delivered = 16 * MIB
+    assert _max_data(fresh, 0.3) <= 16 * MIB + 2 * MIB
+    for s in sessions:
+        s.release_buffers()
+    assert budget.used == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# handshakes and sessions (Listener)
+# ---------------------------------------------------------------------------------------------
+def _open(lst: Listener, addr, scid: int, now: float):
+    """Handshake as a sender would: INITIAL, RETRY, INITIAL with the token; the final replies."""
+    _, _, replies = lst.receive_datagram(padded_initial(7, 1, scid, b""), addr, now)
+    token = P.parse_initial(P.parse(replies[0]).payload)[1]
+    return lst.receive_datagram(padded_initial(7, 2, scid, token), addr, now)
+
+
+def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
+    """Issue #11: 2 000 handshakes from one socket took 577 MB."""
+    limits = Limits(max_per_host=16, max_connections=40)
+    admission = Admission(limits)
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), lambda: next(cids), admission=admission)
+    addr = ("198.51.100.1", 5555)
+    now = 10.0
+    with Heap() as heap:
+        for scid in range(1000, 3000):
+            now += 0.2  # within what one address may ask (HOST_INITIAL_RATE)
+            _open(lst, addr, scid, now)
+    assert len(lst.sessions) == 16 and admission.total == 16
+    assert lst.stats["refused"] == 2000 - 16 and not lst.stats["initials_unanswered"]
+    assert heap.current < 4 * MIB
+    # the sender of a refused session learns why
+    dialer = Dialer(UdpConfig(), 5000, 7, now)
+    _, _, replies = _open(lst, addr, 5000, now + 0.01)
+    for r in replies:
+        dialer.receive_datagram(r, now + 0.01)
+    s = dialer.session
+    assert s.closed and s.close_code == ErrorCode.BUSY and "--max-per-host 16" in s.close_reason
+    # other hosts get their own 16, up to the total
+    for k in range(5):
+        for scid in range(16):
+            now += 0.01
+            _open(lst, (f"203.0.113.{k}", 4000), 10_000 * (k + 1) + scid, now)
+    assert len(lst.sessions) == 40
+    # forgetting a session frees its place
+    lst.forget(next(iter(lst.sessions.values())))
+    assert admission.total == 39
+    session, new, _ = _open(lst, ("192.0.2.9", 1), 99, now + 0.01)
+    assert new and len(lst.sessions) == 40
+
+
+def test_handshake_timeout_closes_a_session_without_hello_and_frees_it():
+    budget_cfg = UdpConfig(handshake_timeout=2.0)
+    lst = Listener(b"s" * 32, budget_cfg, iter(range(1, 100)).__next__, admission=Admission(Limits()))
+    s, new, _ = _open(lst, ("198.51.100.1", 1), 42, 10.0)
+    s.receive_payload(0, memoryview(P.encode_stream(5, b"x" * 1000)), 10.1)  # bytes, but no HELLO
+    assert s.next_timer() <= 12.0
+    s.handle_timer(11.9)
+    assert not s.closed
+    s.handle_timer(12.0)
+    assert s.closed and s.close_code == ErrorCode.TIMEOUT and "handshake" in s.close_reason
+    close = [P.parse_frames(P.parse(d).payload)[0] for d in s.datagrams_to_send(12.0)]
+    assert close and all(isinstance(f, P.CloseFrame) and f.code == ErrorCode.TIMEOUT for f in close)
+    lst.forget(s)
+    assert lst.budget.used == 0 and lst.admission.total == 0 and not lst.sessions
+    # a session whose application has the HELLO is not closed by it
+    s2, _, _ = _open(lst, ("198.51.100.1", 2), 43, 20.0)
+    s2.established()
+    s2.handle_timer(23.0)
+    assert not s2.closed
+
+
+def test_before_the_handshake_a_session_buffers_little():
+    from ftx.core.udp.session import PENDING_BUFFER_LIMIT
+
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), iter(range(1, 100)).__next__)
+    s, _, _ = _open(lst, ("198.51.100.1", 1), 42, 10.0)
+    for k in range(1, 400):  # 24 MiB of out-of-order stream bytes, then chunk data
+        s.receive_payload(k, memoryview(P.encode_stream(k * 60_000, bytes(60_000))), 10.1)
+    for k in range(400, 800):
+        s.receive_payload(k, _chunk(1, k, MIB, 0, bytes(60_000)), 10.1)
+    assert s.held <= PENDING_BUFFER_LIMIT
+
+
+def test_initial_flood_is_answered_within_a_budget_and_served_sessions_keep_going():
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: next(cids))
+    s, new, _ = _open(lst, ("192.0.2.1", 9), 42, 10.0)
+    assert new
+    now = 10.0
+    replies = 0
+    for k in range(20_000):  # 20 000 INITIALs from 20 000 addresses in 0.2 s
+        now += 0.00001
+        replies += len(lst.receive_datagram(padded_initial(7, 1, k, b""), (f"10.{k >> 8 & 255}.{k & 255}.1", 1), now)[2])
+        if k % 100 == 0:  # the served sender's DATA still gets through, every one
+            pkt = P.build(P.DATA, s.local_cid, k // 100, P.encode_stream(k // 100, b"z"))
+            lst.receive_datagram(pkt, ("192.0.2.1", 9), now)
+    from ftx.core.udp.endpoint import INITIAL_BURST, INITIAL_RATE
+
+    assert replies <= INITIAL_BURST + INITIAL_RATE * 0.2 + 1
+    assert lst.stats["initials_unanswered"] == 20_000 - replies
+    assert s.stream_readable == 200
+    assert len(lst.sessions) == 1 and not lst._by_initial.keys() - {(("192.0.2.1", 9), 42)}
+
+
+def test_initial_flood_from_some_addresses_leaves_other_senders_answered():
+    """256 addresses flood; each is answered at most HOST_INITIAL_RATE a second, and half the
+    total budget is kept for addresses that asked little, so once the flood's first burst is
+    spent a sender on another address gets in at its first attempt."""
+    from ftx.core.udp.endpoint import HOST_INITIAL_BURST, HOST_INITIAL_RATE
+
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: next(cids))
+    now, answered = 10.0, 0
+    opened = []
+    for k in range(100_000):  # 100 000 INITIALs in 2 s from 256 addresses
+        now += 0.00002
+        answered += len(lst.receive_datagram(padded_initial(7, 1, k, b""), (f"10.0.0.{k & 255}", 1), now)[2])
+        if k % 10_000 == 5_000 and k > 20_000:  # from 0.5 s on, now and then a new sender elsewhere
+            s, new, _ = _open(lst, (f"192.0.2.{k // 10_000}", 9), 10**6 + k, now)
+            opened.append(new)
+    assert answered <= 256 * (HOST_INITIAL_BURST + HOST_INITIAL_RATE * 2.0)
+    assert all(opened) and len(opened) == 8
+
+
+def test_stall_timeout_closes_a_session_that_only_pings():
+    """Item 12: a session kept alive by PINGs alone, moving no data, is closed after the stall
+    timeout; stream bytes or chunks the application takes keep it open."""
+    s = _receiver(UdpConfig(stall_timeout=5.0, idle_timeout=15.0))
+    now, pn = 0.0, 0
+    while now < 4.5:  # data now and then: alive
+        now += 0.5
+        s.receive_payload(pn, memoryview(P.encode_stream(pn, b"x")), now)
+        s.stream_read_into(memoryview(bytearray(10)))
+        pn += 1
+        s.handle_timer(now)
+    assert not s.closed
+    while not s.closed and now < 20:  # PINGs only: the idle timeout never fires, the stall timeout does
+        now += 0.5
+        s.receive_payload(pn, memoryview(bytes([P.F_PING])), now)
+        pn += 1
+        if now >= s.next_timer():
+            s.handle_timer(now)
+    assert s.closed and s.close_code == ErrorCode.TIMEOUT and "no data for 5 s" in s.close_reason
+    assert 9.0 <= now <= 10.0
