@@ -96,3 +96,35 @@ def test_chunk_events_after_an_early_failure(tmp_path):
     session.handle_all(list(iter(conn.next_event, None)))
     assert [r.status for r in session.reports] == ["storage"]
     session.close()
+
+
+# -- udp/session.py (udp-bounds) -----------------------------------------------------------
+def _peak_while(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue #11 item 11, owner udp-bounds (core/udp/session.py): a CHUNK frame "
+                          "announcing a 16 MiB chunk allocates the whole chunk before its data arrives")
+def test_udp_chunk_announcing_16_mib_allocates_little():
+    """Found by udp_receiver's bounds check: one 53-byte datagram, 16 MiB held."""
+    from ftx.core.udp import packets as P
+    from ftx.core.udp.endpoint import Listener
+
+    from .fuzz.wiring import RECEIVER_CID, SECRET, T0, udp_config
+
+    listener = Listener(SECRET, udp_config(), lambda: RECEIVER_CID)
+    session = targets.udp_handshake(listener, T0)
+    chunk = P.CHUNK_HEADER.pack(P.F_CHUNK, 1, 0, 16 * 1024 * 1024, 0, 123, 10) + b"x" * 10
+    datagram = P.build(P.DATA, RECEIVER_CID, 5, chunk)
+    peak = _peak_while(lambda: listener.receive_datagram(datagram, targets.ADDR, T0))
+    assert not session.closed  # a legal frame: the peer may send the rest later
+    assert peak < 1024 * 1024, f"{peak} bytes allocated for {len(datagram)} bytes received"

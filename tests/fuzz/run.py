@@ -115,7 +115,7 @@ def _atheris(target: str, seed_dir: Path, corpus: Path, seconds, runs, artifacts
     artifacts.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     args = [sys.argv[0], str(corpus), str(seed_dir), f"-artifact_prefix={artifacts}/crash-{target}-",
-            "-rss_limit_mb=2048", "-timeout=20", "-max_len=65536", "-print_final_stats=1"]
+            "-rss_limit_mb=2048", "-timeout=20", "-max_len=65536", "-len_control=0", "-print_final_stats=1"]
     if seconds is not None:
         args.append(f"-max_total_time={max(1, int(seconds))}")
     if runs is not None:
