@@ -32,7 +32,7 @@ EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "40"))
 RECEIVER_POLICIES = st.sampled_from([D.ACCEPT_ALL, D.ACCEPT_ALL, D.REFUSE_EXISTS, D.RESUME_FIRST, D.FAIL_EARLY,
                                      D.BAD_DIGEST, D.RESUME_FIRST | D.FAIL_EARLY])
 SENDER_POLICIES = st.sampled_from([D.SEND_ALL, D.SEND_ALL, D.SKIP_EXISTING, D.ABORT_MIDWAY, D.RESTART_HELD])
-SIZES = st.one_of(st.just(0), st.integers(1, 300), st.sampled_from([CS - 1, CS, CS + 1, 2 * CS, 3 * CS + 7]))
+SIZES = st.one_of(st.sampled_from([0, CS - 1, CS, CS + 1, 2 * CS, 3 * CS + 7, 5 * CS - 3]), st.integers(1, 300))
 
 
 def content(n: int, size: int) -> bytes:
@@ -40,8 +40,11 @@ def content(n: int, size: int) -> bytes:
 
 
 class TcpSession(RuleBasedStateMachine):
-    @initialize(rpolicy=RECEIVER_POLICIES, spolicy=SENDER_POLICIES)
-    def start(self, rpolicy, spolicy):
+    @initialize(rpolicy=RECEIVER_POLICIES, spolicy=SENDER_POLICIES, hostile=st.booleans(),
+                finish_after=st.integers(0, 8))
+    def start(self, rpolicy, spolicy, hostile, finish_after):
+        self.hostile = hostile  # whether this run may corrupt or cut the stream
+        self.finish_after = finish_after  # offers before the sender may say DONE
         self.pair = TcpPair(rpolicy, spolicy, held_content={})
         self.s, self.r, self.sd, self.rd = self.pair.s, self.pair.r, self.pair.sd, self.pair.rd
         self.to_r = bytearray()
@@ -51,6 +54,9 @@ class TcpSession(RuleBasedStateMachine):
         self.finished = False
         self.damaged = False  # a byte was corrupted or the stream cut: the session may fail
         self.failed: dict[str, FtxError] = {}
+        self.pair.pump()  # HELLOs: the handshake itself is the fuzz targets' business
+        self.rd.events.clear()
+        self.sd.events.clear()
 
     # -- moving bytes -------------------------------------------------------------------
     def _collect(self) -> None:
@@ -97,13 +103,14 @@ class TcpSession(RuleBasedStateMachine):
         if data:
             self._feed("s", self.s, self.sd, data, zero_copy)
 
-    @precondition(lambda self: self.to_r or self.to_s)
+    @precondition(lambda self: self.hostile and (self.to_r or self.to_s))
     @rule(to_receiver=st.booleans(), where=st.floats(0.0, 1.0), bit=st.integers(0, 7))
     def corrupt(self, to_receiver, where, bit):
         buf = self.to_r if to_receiver and self.to_r else self.to_s if self.to_s else self.to_r
         buf[min(len(buf) - 1, int(len(buf) * where))] ^= 1 << bit
         self.damaged = True
 
+    @precondition(lambda self: self.hostile)
     @rule(receiver=st.booleans())
     def cut(self, receiver):
         """The stream ends: EOF to one side, after what is pending."""
@@ -140,7 +147,7 @@ class TcpSession(RuleBasedStateMachine):
             self.rd.held_content[path] = data  # an earlier partial the receiver may resume
         self._collect()
 
-    @precondition(lambda self: self._sender_open())
+    @precondition(lambda self: self._sender_open() and self.n >= self.finish_after)
     @rule()
     def finish(self):
         self.s.finish()
@@ -165,6 +172,11 @@ class TcpSession(RuleBasedStateMachine):
             assert data == sent, f"{path!r}: received content differs"
 
     @invariant()
+    def only_damage_fails_a_session(self):
+        if hasattr(self, "pair") and not self.damaged:
+            assert not self.failed, f"an undamaged session failed: {self.failed}"
+
+    @invariant()
     def sender_ok_means_receiver_has_it(self):
         if not hasattr(self, "pair"):
             return
@@ -180,7 +192,7 @@ class TcpSession(RuleBasedStateMachine):
         return {i: f"f{i + 1}".encode() for i in range(self.n)}
 
     def teardown(self):
-        if not hasattr(self, "pair") or self.damaged or self.failed:
+        if not hasattr(self, "pair") or self.damaged:
             return
         for _ in range(200):
             if self.s.peer is not None and not self.finished and not self.s.closed:

@@ -35,7 +35,7 @@ def tcp_session(rpolicy: int = 0, spolicy: int = 0) -> TcpPair:
 
 
 def tcp_seeds() -> dict[str, list[bytes]]:
-    out: dict[str, list[bytes]] = {"tcp_receiver": [], "tcp_sender": []}
+    out: dict[str, list[bytes]] = {"tcp_receiver": [], "tcp_storage": [], "tcp_sender": []}
     for rp in RECEIVER_POLICIES:
         for sp in SENDER_POLICIES:
             pair = tcp_session(rp, sp)
@@ -45,6 +45,8 @@ def tcp_seeds() -> dict[str, list[bytes]]:
             # that carries its OFFER, so no seed reads everything at once
             for opts, split in ((rp << 2, 200), ((rp << 2) | 2, 97), ((rp << 2) | 0x81, 61)):
                 out["tcp_receiver"].append(bytes([opts, split]) + to_r)
+            if sp == D.SEND_ALL or rp == D.ACCEPT_ALL:
+                out["tcp_storage"].append(bytes([0x40 if rp & D.REFUSE_EXISTS else 0, 150]) + to_r)
             for opts, split in ((sp << 2) | 0x80, 0), ((sp << 2) | 0x82, 0), ((sp << 2) | 0x81, 29):
                 out["tcp_sender"].append(bytes([opts, split]) + to_s)
     return out

@@ -26,7 +26,12 @@ asked: a random 64-bit checksum is never right):
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
+import signal
 import struct
+import tempfile
 
 from ftx.core.checksum import chunk_checksum, frame_checksum
 from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, encode_frame
@@ -36,6 +41,8 @@ from ftx.core.sender import SenderConnection
 from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
 from ftx.errors import FtxError, LocalProtocolError
+from ftx.receiving import ReceiveSession
+from ftx.storage import Destination
 
 from .drivers import ReceiverDriver, SenderDriver
 from .wiring import (
@@ -195,6 +202,64 @@ def tcp_sender(data: bytes) -> None:
     _run(conn.receive_eof)
     conn.data_to_send()
     check_tcp_bounds(conn, len(data))
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int = 4 * 1024 * 1024):
+    """Files may not grow past ``limit`` (RLIMIT_FSIZE; SIGXFSZ ignored, so writes and
+    posix_fallocate fail with EFBIG): a claimed 10 TiB must not fill the machine's disk."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def tcp_storage(data: bytes) -> None:
+    """As tcp_receiver, answered by the real ReceiveSession writing into a real (temporary,
+    size-limited) directory that already holds a differing file and an unrelated one."""
+    if len(data) < 2:
+        return
+    opts, split = data[0], data[1]
+    body = data[2:]
+    if opts & 1:
+        body = seal_frames(body)
+    overwrite = bool(opts & 0x40)
+    with file_size_limit(), tempfile.TemporaryDirectory(prefix="ftx-fuzz-dst-") as tmp:
+        root = os.path.join(tmp, "dst")
+        os.makedirs(os.path.join(root, "dir"))
+        with open(os.path.join(root, "dir", "small.txt"), "wb") as f:
+            f.write(b"not what the sender has\n")
+        with open(os.path.join(tmp, "outside"), "wb") as f:
+            f.write(b"ftx must never touch this\n")
+        conn = ReceiverConnection(config(overwrite=overwrite))
+        session = ReceiveSession(conn, Destination(root, overwrite=overwrite))
+        drv = _SessionDriver(conn, session)
+        hello = encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, MAX_PAYLOAD, HELLO_NO_RESUME if opts & 0x20 else 0).encode())
+        try:
+            _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
+            if opts & 0x80:
+                _run(conn.receive_eof)
+        finally:
+            session.close()
+        with open(os.path.join(tmp, "outside"), "rb") as f:
+            if f.read() != b"ftx must never touch this\n":
+                raise Finding("a file outside --dir changed")
+        check_tcp_bounds(conn, len(data))
+
+
+class _SessionDriver:
+    def __init__(self, conn, session) -> None:
+        self.conn, self.session = conn, session
+
+    def drain(self) -> None:
+        events = []
+        while (e := self.conn.next_event()) is not None:
+            events.append(e)
+        self.session.handle_all(events)
 
 
 # -- UDP -------------------------------------------------------------------------------------
@@ -370,6 +435,7 @@ class _SenderSide:
 
 TARGETS = {
     "tcp_receiver": tcp_receiver,
+    "tcp_storage": tcp_storage,
     "tcp_sender": tcp_sender,
     "udp_receiver": udp_receiver,
     "udp_sender": udp_sender,
