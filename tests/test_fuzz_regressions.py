@@ -128,3 +128,27 @@ def test_udp_chunk_announcing_16_mib_allocates_little():
     peak = _peak_while(lambda: listener.receive_datagram(datagram, targets.ADDR, T0))
     assert not session.closed  # a legal frame: the peer may send the rest later
     assert peak < 1024 * 1024, f"{peak} bytes allocated for {len(datagram)} bytes received"
+
+
+# -- manifest.py / storage.py (peer-robust) ----------------------------------------------------
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="issue #11 item 5, owner peer-robust (manifest.py size bounds; storage.py "
+                          "posix_fallocate): an OFFER size >= 2^63 raises OverflowError")
+@pytest.mark.parametrize("size", [2**63, 2**64 - 1])
+def test_offer_size_2_63_is_refused_not_a_crash(tmp_path, size):
+    """Found by tcp_storage: the real ReceiveSession, a real directory.  The file must be
+    refused (a RESULT) or the session fail with a protocol error -- not a stray exception."""
+    from ftx.receiving import ReceiveSession
+    from ftx.storage import Destination
+
+    conn = receiver()
+    session = ReceiveSession(conn, Destination(tmp_path / "dst"))
+    try:
+        conn.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"x.bin", size=size, chunk_size=1 << 20)).encode()))
+    except FtxError:
+        return  # refused at the frame layer: fine
+    with targets.file_size_limit():
+        session.handle_all(list(iter(conn.next_event, None)))
+    session.close()
+    assert [r.status for r in session.reports] != ["ok"]
+    assert not list((tmp_path / "dst").iterdir()) or all(p.name.startswith(".") for p in (tmp_path / "dst").iterdir())

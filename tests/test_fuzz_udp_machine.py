@@ -41,12 +41,13 @@ def content(n: int, size: int) -> bytes:
 
 
 class UdpSessionMachine(RuleBasedStateMachine):
-    @initialize(rpolicy=RECEIVER_POLICIES, spolicy=SENDER_POLICIES, finish_after=st.integers(0, 8))
-    def start(self, rpolicy, spolicy, finish_after):
+    @initialize(rpolicy=RECEIVER_POLICIES, spolicy=SENDER_POLICIES, finish_after=st.integers(0, 8),
+                clean_handshake=st.booleans())
+    def start(self, rpolicy, spolicy, finish_after, clean_handshake):
         self.finish_after = finish_after  # offers before the sender may say DONE
         self.pair = UdpPair(rpolicy, spolicy)
-        # the handshake (the fuzz targets' business), on a clean network
-        self.pair.run_lossless(lambda p: p.sender.conn.peer is not None and p.receiver.conn.peer is not None)
+        if clean_handshake:  # else the rules impair the handshake too
+            self.pair.run_lossless(lambda p: p.sender.conn.peer is not None and p.receiver.conn.peer is not None)
         self.offered: dict[bytes, tuple[FileEntry, bytes]] = {}
         self.n = 0
         self.finished = False

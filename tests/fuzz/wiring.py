@@ -10,6 +10,8 @@ the frame decoder, and the connection's output back into the stream.
 
 from __future__ import annotations
 
+import itertools
+
 from ftx.core.checksum import chunk_checksum
 from ftx.core.config import Config
 from ftx.core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
@@ -152,12 +154,15 @@ class UdpPair:
     def __init__(self, rpolicy: int = 0, spolicy: int = 0, ucfg: UdpConfig | None = None, **cfg) -> None:
         self.now = T0
         self.ucfg = ucfg or udp_config()
-        self.listener = Listener(SECRET, self.ucfg, lambda: RECEIVER_CID)
+        cids = itertools.count(RECEIVER_CID)
+        self.listener = Listener(SECRET, self.ucfg, lambda: next(cids))
         self.dialer = Dialer(self.ucfg, SENDER_CID, INITIAL_DCID, self.now)
         s = SenderConnection(config(**cfg))
+        self._cfg, self._rpolicy = cfg, rpolicy
         r = ReceiverConnection(config(**cfg))
         self.sender = UdpEnd(s, SenderDriver(s, spolicy, self._send_chunk, self._file_sent, self._control_delivered))
         self.receiver = UdpEnd(r, ReceiverDriver(r, rpolicy))
+        self.orphans: list[UdpEnd] = []  # earlier receiver sessions (see deliver_to_receiver)
         self.to_receiver: list[tuple[bytes, tuple]] = []
         self.to_sender: list[bytes] = []
         self.log: list[tuple[str, float, bytes]] = []  # ('r' to receiver / 's' to sender, time, datagram)
@@ -181,6 +186,13 @@ class UdpPair:
         self.log.append(("r", self.now, datagram))
         session, new, replies = self.listener.receive_datagram(datagram, addr, self.now)
         if new:
+            if self.receiver.session is not None:
+                # A second session for this sender (its address changed between its INITIALs,
+                # and the reply to the first was lost): a new connection, as UdpServer makes;
+                # the old one is left to time out.
+                self.orphans.append(self.receiver)
+                r = ReceiverConnection(config(**self._cfg))
+                self.receiver = UdpEnd(r, ReceiverDriver(r, self.receiver.drv.policy))
             self.receiver.attach(session)
         self.to_sender.extend(replies)
 
