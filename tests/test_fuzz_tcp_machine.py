@@ -66,8 +66,8 @@ class TcpSession(RuleBasedStateMachine):
             self.to_s += b"".join(bytes(b) for b in self.r.data_to_send())
 
     def _feed(self, side: str, conn, drv, data: bytes, zero_copy: bool) -> None:
-        if side in self.failed:
-            return
+        if side in self.failed or conn.closed:
+            return  # as the real drivers: nothing is read after the DONE exchange or an ERROR
         try:
             if zero_copy:
                 view = memoryview(data)

@@ -35,7 +35,7 @@ def _args(argv):
     p.add_argument("--corpus", type=Path, default=None, help="keep the evolving corpus here")
     p.add_argument("--artifacts", type=Path, default=Path("."))
     p.add_argument("--no-atheris", action="store_true", help="use the plain mutation loop")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="fixed random seed (default: a fresh one)")
     extra = []
     if "--" in argv:
         i = argv.index("--")
@@ -107,7 +107,8 @@ def _fallback(target: str, seeds: list[bytes], seconds: float | None, runs: int 
 
 
 # -- atheris ----------------------------------------------------------------------------
-def _atheris(target: str, seed_dir: Path, corpus: Path, seconds, runs, artifacts: Path, extra: list[str]) -> int:
+def _atheris(target: str, seed_dir: Path, corpus: Path, seconds, runs, artifacts: Path, extra: list[str],
+             seed: int | None) -> int:
     import atheris
 
     from .targets import TARGETS  # instrumented by main()
@@ -121,6 +122,8 @@ def _atheris(target: str, seed_dir: Path, corpus: Path, seconds, runs, artifacts
         args.append(f"-max_total_time={max(1, int(seconds))}")
     if runs is not None:
         args.append(f"-runs={runs}")
+    if seed is not None:
+        args.append(f"-seed={seed}")
     atheris.Setup(args + extra, fn)
     atheris.Fuzz()  # exits the process
     return 0
@@ -147,7 +150,9 @@ def main(argv=None) -> int:
         rc = 0
         for t in targets:
             cmd = [sys.executable, "-m", "tests.fuzz.run", t, "--artifacts", str(a.artifacts)]
-            cmd += ["--seconds", str(a.seconds)] if a.seconds is not None else ["--runs", str(a.runs)]
+            cmd += ["--seconds", str(a.seconds)] if a.seconds is not None else []
+            cmd += ["--runs", str(a.runs)] if a.runs is not None else []
+            cmd += ["--seed", str(a.seed)] if a.seed is not None else []
             if a.corpus is not None:
                 cmd += ["--corpus", str(a.corpus / t)]
             rc = max(rc, subprocess.call(cmd + (["--", *extra] if extra else [])))
@@ -165,11 +170,11 @@ def main(argv=None) -> int:
         for t in targets:
             if have_atheris:
                 work = a.corpus if a.corpus is not None else Path(tmp) / "corpus" / t
-                return _atheris(t, seed_dirs[t], work, a.seconds, a.runs, a.artifacts, extra)
+                return _atheris(t, seed_dirs[t], work, a.seconds, a.runs, a.artifacts, extra, a.seed)
             seeds = [p.read_bytes() for p in sorted(seed_dirs[t].iterdir())]
             if a.corpus is not None and a.corpus.is_dir():
                 seeds += [p.read_bytes() for p in sorted(a.corpus.iterdir()) if p.is_file()]
-            rc = _fallback(t, seeds, a.seconds, a.runs, a.artifacts, a.seed)
+            rc = _fallback(t, seeds, a.seconds, a.runs, a.artifacts, 1 if a.seed is None else a.seed)
             if rc:
                 return rc
     return 0

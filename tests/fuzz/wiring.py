@@ -119,7 +119,9 @@ class UdpEnd:
     def step(self) -> None:
         """Hand what the session holds to the connection; raise FtxError as a driver sees it."""
         s = self.session
-        if s is None or self.error is not None:
+        if s is None or self.error is not None or self.conn.closed:
+            # as ftx.receiving/ftx.sending: the serve loop ends once the DONE exchange is
+            # over (chunks of a file failed early may still arrive; nobody reads them)
             return
         for buf in self._lent:
             s.recycle(buf)
