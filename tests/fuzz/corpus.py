@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from ftx.core.frames import HEADER
+from ftx.core.ranges import RangeSet
 from ftx.core.udp import packets as P
 
 from . import drivers as D
-from .targets import DT, record, unseal
+from .targets import DT, record, records_from_frames, unseal
 from .wiring import TcpPair, UdpPair, offer_all, sample_files
 
 RECEIVER_POLICIES = (D.ACCEPT_ALL, D.REFUSE_EXISTS, D.RESUME_FIRST, D.FAIL_EARLY, D.BAD_DIGEST)
@@ -23,6 +24,13 @@ SENDER_POLICIES = (D.SEND_ALL, D.SKIP_EXISTING, D.ABORT_MIDWAY, D.RESTART_HELD)
 def _after_hello(blob: bytes) -> bytes:
     length = HEADER.unpack_from(blob, 0)[3]
     return blob[16 + length :]
+
+
+def _prefixes(stream: bytes):
+    pos = 0
+    while pos + 16 <= len(stream):
+        pos += 16 + HEADER.unpack_from(stream, pos)[3]
+        yield stream[:pos]
 
 
 def tcp_session(rpolicy: int = 0, spolicy: int = 0) -> TcpPair:
@@ -43,12 +51,21 @@ def tcp_seeds() -> dict[str, list[bytes]]:
             to_s = _after_hello(b"".join(b for tag, b in pair.log if tag == "r"))
             # the driver answers between reads: the sender's DATA must not arrive in the read
             # that carries its OFFER, so no seed reads everything at once
-            for opts, split in ((rp << 2, 200), ((rp << 2) | 2, 97), ((rp << 2) | 0x81, 61)):
+            for opts, split in ((rp << 2, 100), ((rp << 2) | 2, 97), ((rp << 2) | 0x81, 61)):
                 out["tcp_receiver"].append(bytes([opts, split]) + to_r)
+            out["tcp_receiver"].append(bytes([rp << 2, 0x80 | 127]) + records_from_frames(to_r))
             if sp == D.SEND_ALL or rp == D.ACCEPT_ALL:
-                out["tcp_storage"].append(bytes([0x40 if rp & D.REFUSE_EXISTS else 0, 150]) + to_r)
+                opts = 0x40 if rp & D.REFUSE_EXISTS else 0
+                out["tcp_storage"].append(bytes([opts, 100]) + to_r)
+                out["tcp_storage"].append(bytes([opts, 0x80 | 100]) + records_from_frames(to_r))
             for opts, split in ((sp << 2) | 0x80, 0), ((sp << 2) | 0x82, 0), ((sp << 2) | 0x81, 29):
                 out["tcp_sender"].append(bytes([opts, split]) + to_s)
+            out["tcp_sender"].append(bytes([(sp << 2) | 0x80, 0x80]) + records_from_frames(to_s))
+            if rp == D.ACCEPT_ALL and sp == D.SEND_ALL:
+                # short seeds, a frame more each: a mutation then often hits the last frame
+                for target, opts, stream in (("tcp_receiver", 0, to_r), ("tcp_sender", 0x80, to_s)):
+                    for frames in _prefixes(stream):
+                        out[target].append(bytes([opts, 0x80 | 127]) + records_from_frames(frames))
     return out
 
 
@@ -68,7 +85,7 @@ def udp_session(rpolicy: int = 0, spolicy: int = 0) -> UdpPair:
     return pair
 
 
-def _udp_records(log: list, tag: str, skip: int) -> bytes:
+def _udp_records(log: list, tag: str, skip: int, limit: int | None = None) -> bytes:
     out = bytearray()
     last = None
     seen = 0
@@ -79,6 +96,8 @@ def _udp_records(log: list, tag: str, skip: int) -> bytes:
         if seen <= skip:
             last = when
             continue
+        if limit is not None and seen - skip > limit:
+            break
         flags = _dt_flags(when - last if last is not None else 0.0)
         last = when
         if d[0] == P.DATA:
@@ -95,6 +114,18 @@ def udp_seeds() -> dict[str, list[bytes]]:
             pair = udp_session(rp, sp)
             out["udp_receiver"].append(bytes([rp << 4]) + _udp_records(pair.log, "r", 2))
             out["udp_sender"].append(bytes([(sp << 5) | 1]) + _udp_records(pair.log, "s", 2))
+            if rp == D.ACCEPT_ALL and sp == D.SEND_ALL:
+                # short seeds, a datagram more each: a mutation then often hits the last one
+                for k in range(1, 25):
+                    out["udp_receiver"].append(bytes([0]) + _udp_records(pair.log, "r", 2, k))
+                    out["udp_sender"].append(bytes([1]) + _udp_records(pair.log, "s", 2, k))
+    # one sealed packet per frame type, encoded by the core's own encoders
+    frames = [bytes([P.F_PING]), bytes([P.F_PADDING]) * 3, P.encode_ack(RangeSet([(0, 3), (5, 9)]), 250),
+              P.encode_stream(0, b"x" * 20), P.encode_varint_frame(P.F_MAX_DATA, 1 << 24),
+              P.encode_close(16, "bye"), P.CHUNK_HEADER.pack(P.F_CHUNK, 1, 0, 4096, 0, 7, 16) + bytes(16)]
+    for f in frames:
+        for target in ("udp_receiver", "udp_sender"):
+            out[target].append(bytes([0]) + record(1, (1).to_bytes(8, "big") + f))
     return out
 
 

@@ -16,8 +16,9 @@ asked: a random 64-bit checksum is never right):
 
 * TCP: ``opts, split, stream...``.  ``opts`` bit 0: seal (recompute every frame's and
   chunk's checksum), bit 1: zero-copy input (get_buffer/buffer_updated) instead of
-  ``receive_data``, bit 7: end with EOF, bits 2-6: driver policy / config.  ``split``:
-  bytes per read (0: all at once).
+  ``receive_data``, bit 7: end with EOF, bits 2-6: driver policy / config.  ``split``
+  bits 0-6: bytes per read (0: all at once); bit 7: the stream is records ``type,
+  length (2 bytes), payload``, made into frames with right lengths and checksums.
 * UDP: records ``flags, len (2 bytes, big-endian), body``.  ``flags`` bit 0: body is
   ``pn (8 bytes) + payload`` of a DATA packet to the session, sealed by the harness;
   otherwise the raw datagram.  Bits 1-3: clock advance before it.  Bit 4: from another
@@ -92,6 +93,45 @@ def seal_frames(stream: bytes) -> bytes:
         struct.pack_into(">Q", buf, p + 8, frame_checksum(header8, covered))
         p = end
     return bytes(buf)
+
+
+FRAME_RECORD = struct.Struct(">BH")
+
+
+def frames_from_records(body: bytes) -> bytes:
+    """Structured TCP input: records ``type, length (2 bytes), payload`` become frames with
+    consistent lengths and valid checksums (a DATA record's payload is its data header and
+    chunk; the chunk checksum is fixed up too)."""
+    out = bytearray()
+    pos = 0
+    while pos + FRAME_RECORD.size <= len(body):
+        ftype, n = FRAME_RECORD.unpack_from(body, pos)
+        pos += FRAME_RECORD.size
+        payload = body[pos : pos + n]
+        pos += n
+        out += HEADER.pack(ftype, 0, 0, len(payload), 0) + payload
+    return seal_frames(bytes(out))
+
+
+def records_from_frames(stream: bytes) -> bytes:
+    """The inverse, for seeds: a stream of whole frames as records."""
+    out = bytearray()
+    pos = 0
+    while pos + HEADER_SIZE <= len(stream):
+        ftype, _flags, _r, length, _ = HEADER.unpack_from(stream, pos)
+        payload = stream[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
+        out += FRAME_RECORD.pack(ftype, len(payload)) + payload
+        pos += HEADER_SIZE + length
+    return bytes(out)
+
+
+def tcp_input(data: bytes) -> tuple[int, int, bytes]:
+    """(options, read size, stream) of a TCP target's input; see the module docstring."""
+    opts, split = data[0], data[1]
+    body = data[2:]
+    if split & 0x80:
+        return opts, split & 0x7F, frames_from_records(body)
+    return opts, split, seal_frames(body) if opts & 1 else body
 
 
 def _feed_tcp(conn, drv, stream: bytes, split: int, zero_copy: bool) -> None:
@@ -178,10 +218,7 @@ def check_tcp_bounds(conn, consumed: int) -> None:
 def tcp_receiver(data: bytes) -> None:
     if len(data) < 2:
         return
-    opts, split = data[0], data[1]
-    body = data[2:]
-    if opts & 1:
-        body = seal_frames(body)
+    opts, split, body = tcp_input(data)
     conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)))
     drv = ReceiverDriver(conn, (opts >> 2) & 0xF, {b"dir/big.bin": sample_files()[1][1]})
     hello = encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, MAX_PAYLOAD, HELLO_NO_RESUME if opts & 0x20 else 0).encode())
@@ -195,10 +232,7 @@ def tcp_receiver(data: bytes) -> None:
 def tcp_sender(data: bytes) -> None:
     if len(data) < 2:
         return
-    opts, split = data[0], data[1]
-    body = data[2:]
-    if opts & 1:
-        body = seal_frames(body)
+    opts, split, body = tcp_input(data)
     conn = SenderConnection(config(resume=not opts & 0x40))
     drv = SenderDriver(conn, (opts >> 2) & 0x7)
     hello = encode_frame(FrameType.HELLO, Hello(ROLE_RECEIVER, MAX_PAYLOAD, HELLO_OVERWRITE if opts & 0x20 else 0).encode())
@@ -239,10 +273,7 @@ def tcp_storage(data: bytes) -> None:
     size-limited) directory that already holds a differing file and an unrelated one."""
     if len(data) < 2:
         return
-    opts, split = data[0], data[1]
-    body = data[2:]
-    if opts & 1:
-        body = seal_frames(body)
+    opts, split, body = tcp_input(data)
     overwrite = bool(opts & 0x40)
     with file_size_limit(), tempfile.TemporaryDirectory(prefix="ftx-fuzz-dst-", dir=SCRATCH) as tmp:
         root = os.path.join(tmp, "dst")
