@@ -31,12 +31,17 @@ from .core.events import (
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
+from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .progress import Progress
 from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_stale_partial
 from .transport.link import Watchdog, link_busy
 
 log = logging.getLogger("ftx.receive")
+# events about one file, and the states in which the file already has its RESULT (an event
+# handled in the same batch failed it early: the core may even have forgotten it)
+_FILE_EVENTS = (ChunkReceived, FileDataComplete, FileRestarted, FileWithdrawn)
+_RESOLVED = (None, FileState.FAILED, FileState.DONE)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class ReceiveSession:
             self.handle(ev)
 
     def handle(self, ev: Event) -> None:
+        if isinstance(ev, _FILE_EVENTS) and self.conn.file_state(ev.file_id) in _RESOLVED:
+            return  # queued before we failed the file early: it has its RESULT already
         if isinstance(ev, ChunkReceived):
             self._on_chunk(ev)
         elif isinstance(ev, FileOffered):

@@ -70,14 +70,13 @@ def test_fuzz_input_non_utf8_name_is_not_a_crash():
 
 
 # -- receiving.py (events queued before an early failure) ------------------------------------
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="found by the fuzz drivers; owner of ftx/receiving.py: events queued for a file "
-                          "before ReceiveSession failed it early (ChunkReceived, FileDataComplete, "
-                          "FileWithdrawn) call conn.entry() on a file the core already forgot")
 def test_chunk_events_after_an_early_failure(tmp_path):
-    """One read holds DATA 0, DATA 1 and FILE_END; writing chunk 0 fails (a real EBADF: the
-    partial's descriptor is swapped for a read-only one).  The file must fail with a RESULT
-    and the session go on; today the next event raises KeyError and kills the connection."""
+    """Found by the fuzz drivers: events queued for a file before ReceiveSession failed it
+    early (ChunkReceived, FileDataComplete, FileWithdrawn) looked the file up with
+    conn.entry() after the core had forgotten it: KeyError, the connection task died.
+    One read holds DATA 0, DATA 1 and FILE_END; writing chunk 0 fails (a real EBADF: the
+    partial's descriptor is swapped for a read-only one).  The file must fail with one
+    RESULT and the session go on."""
     from ftx.receiving import ReceiveSession
     from ftx.storage import Destination
 
@@ -96,6 +95,13 @@ def test_chunk_events_after_an_early_failure(tmp_path):
     session.handle_all(list(iter(conn.next_event, None)))
     assert [r.status for r in session.reports] == ["storage"]
     session.close()
+    # the session goes on: the next file arrives whole, and DONE completes it
+    conn.receive_data(encode_frame(FrameType.SMALL_FILE, SmallFile(1, FileEntry(b"g", size=2), file_digest(b"ok"),
+                                                                   b"ok").encode()) + encode_frame(FrameType.DONE))
+    session.handle_all(list(iter(conn.next_event, None)))
+    session.handle_all(list(iter(conn.next_event, None)))
+    assert [r.status for r in session.reports] == ["storage", "ok"] and session.complete
+    assert (tmp_path / "dst" / "g").read_bytes() == b"ok" and not (tmp_path / "dst" / "f.bin").exists()
 
 
 # -- udp/session.py (udp-bounds) -----------------------------------------------------------

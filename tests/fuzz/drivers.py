@@ -83,10 +83,7 @@ class ReceiverDriver:
         self.events.append(type(e).__name__)
         conn = self.conn
         if isinstance(e, STALE_AFTER_RESULT) and conn.file_state(e.file_id) in (None, FileState.DONE, FileState.FAILED):
-            # Queued before we resolved the file (early failure): nothing left to do.
-            # ReceiveSession looks such files up with conn.entry(), which raises KeyError
-            # once the file is resolved (tests/test_fuzz_regressions.py).
-            return
+            return  # queued before we failed the file early (as ReceiveSession.handle)
         if isinstance(e, ev.FileOffered):
             entry = e.entry
             try:

@@ -164,8 +164,6 @@ KNOWN = [
     (Finding, "UDP session holds", "test_udp_chunk_announcing_16_mib_allocates_little"),
     # issue #11 item 5: an OFFER size >= 2^63 reaches posix_fallocate
     (OverflowError, "too large to convert to C", "test_offer_size_2_63_is_refused_not_a_crash"),
-    # ReceiveSession handles events of a file it already resolved: conn.entry() raises KeyError
-    (KeyError, lambda exc: _raised_in(exc, "receiving.py", "entry"), "test_chunk_events_after_an_early_failure"),
 ]
 known_hits: dict[str, int] = {}
 
