@@ -158,3 +158,27 @@ def test_offer_size_2_63_is_refused_not_a_crash(tmp_path, size):
     session.close()
     assert [r.status for r in session.reports] != ["ok"]
     assert not list((tmp_path / "dst").iterdir()) or all(p.name.startswith(".") for p in (tmp_path / "dst").iterdir())
+
+
+# -- transport/udp.py UdpLink.feed + core/frames.py get_buffer (issue #11 item 1) -------------
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue #11 item 1, owner: the UDP many-files package (UdpLink.feed reads the "
+                          "whole stream backlog before events are handled; FrameDecoder.get_buffer "
+                          "moves bytes under SMALL_FILE payloads handed out before)")
+def test_udp_many_small_files_read_late():
+    """Found by the UDP state machine (rules offer_many_small, receiver busy, clean rounds):
+    150 SMALL_FILEs of 3000 bytes; the receiving application is busy while about 450 KB
+    of control stream arrive, then reads them in one go, as UdpLink.feed does.  Files
+    whose payload views were moved by the decoder's compaction fail their digest."""
+    from .test_fuzz_udp_machine import UdpSessionMachine
+
+    m = UdpSessionMachine()
+    m.start(rpolicy=0, spolicy=0, finish_after=8, clean_handshake=True)
+    m.offer_many_small(count=150, size=3000)
+    m.receiver_busy = True
+    m.clean_rounds(rounds=60)
+    assert m.pair.receiver.session.stream_readable > 256 * 1024  # more than the decoder's buffer
+    m.receiver_busy = False
+    m.transmit()
+    m.digests_match_unless_told_otherwise()
+    m.teardown()

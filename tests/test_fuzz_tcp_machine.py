@@ -9,7 +9,7 @@ the receiver completed is byte-identical to what was offered; when nothing was
 corrupted or cut, the session always finishes with every file resolved the same way on
 both sides.
 
-Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most 40 steps.
+Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .fuzz import drivers as D
 from .fuzz.wiring import CS, TcpPair
 
 EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "40"))
+STEPS = int(os.environ.get("FTX_FUZZ_STEPS", "40"))
 
 RECEIVER_POLICIES = st.sampled_from([D.ACCEPT_ALL, D.ACCEPT_ALL, D.REFUSE_EXISTS, D.RESUME_FIRST, D.FAIL_EARLY,
                                      D.BAD_DIGEST, D.RESUME_FIRST | D.FAIL_EARLY])
@@ -46,6 +47,7 @@ class TcpSession(RuleBasedStateMachine):
         self.hostile = hostile  # whether this run may corrupt or cut the stream
         self.finish_after = finish_after  # offers before the sender may say DONE
         self.pair = TcpPair(rpolicy, spolicy, held_content={})
+        self.policies = {rpolicy}  # every receiver policy used in this run
         self.s, self.r, self.sd, self.rd = self.pair.s, self.pair.r, self.pair.sd, self.pair.rd
         self.to_r = bytearray()
         self.to_s = bytearray()
@@ -157,12 +159,22 @@ class TcpSession(RuleBasedStateMachine):
     @rule(policy=RECEIVER_POLICIES)
     def receiver_policy(self, policy):
         self.rd.policy = policy
+        self.policies.add(policy)
 
     @rule(policy=SENDER_POLICIES)
     def sender_policy(self, policy):
         self.sd.policy = policy
 
     # -- invariants -----------------------------------------------------------------------
+    @invariant()
+    def digests_match_unless_told_otherwise(self):
+        """A file arrives intact whatever the network did: DIGEST_MISMATCH only from a driver
+        told to report it."""
+        if not hasattr(self, "pair") or any(p & D.BAD_DIGEST for p in self.policies):
+            return
+        bad = [path for _, code, path in self.rd.results if code == ErrorCode.DIGEST_MISMATCH]
+        assert not bad, f"{len(bad)} files failed their digest: {bad[:5]}"
+
     @invariant()
     def completed_files_are_identical(self):
         if not hasattr(self, "pair"):
@@ -208,9 +220,10 @@ class TcpSession(RuleBasedStateMachine):
         receiver_codes = {fid: code for fid, code, _ in self.rd.results}
         assert receiver_codes == self.sd.resolved
         self.completed_files_are_identical()
+        self.digests_match_unless_told_otherwise()
         self.sender_ok_means_receiver_has_it()
 
 
-TcpSession.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
+TcpSession.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
 test_tcp_session_machine = pytest.mark.timeout(300)(TcpSession.TestCase)

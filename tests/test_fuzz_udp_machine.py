@@ -9,7 +9,7 @@ every file the receiver completed is byte-identical to what was offered; and aft
 rules, a clean network always brings the session to its end with every file resolved
 the same way on both sides.
 
-Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most 40 steps.
+Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ from .fuzz import drivers as D
 from .fuzz.wiring import ADDR, CS, OTHER_ADDR, UdpPair
 
 EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "40"))
+# Issue #11 item 1 (not fixed on this branch): a receiver that reads a large backlog of
+# stream bytes at once corrupts SMALL_FILE data (tests/test_fuzz_regressions.py,
+# test_udp_many_small_files_read_late).  Until it is fixed the machine's receiver is never
+# busy; set this to True together with removing that test's xfail.
+BUSY_RECEIVER = False
+STEPS = int(os.environ.get("FTX_FUZZ_STEPS", "40"))
 IDLE_BUDGET = 8.0  # simulated seconds the rules may spend (the idle timeout is 15 s)
 
 # no resume over UDP here (the receiver driver has no earlier partials), so no RESTART either
@@ -46,6 +52,7 @@ class UdpSessionMachine(RuleBasedStateMachine):
     def start(self, rpolicy, spolicy, finish_after, clean_handshake):
         self.finish_after = finish_after  # offers before the sender may say DONE
         self.pair = UdpPair(rpolicy, spolicy)
+        self.policies = {rpolicy}  # every receiver policy used in this run
         if clean_handshake:  # else the rules impair the handshake too
             self.pair.run_lossless(lambda p: p.sender.conn.peer is not None and p.receiver.conn.peer is not None)
         self.offered: dict[bytes, tuple[FileEntry, bytes]] = {}
@@ -54,6 +61,7 @@ class UdpSessionMachine(RuleBasedStateMachine):
         self.spent = 0.0
         self.addr = ADDR
         self.failed: dict[str, FtxError] = {}
+        self.receiver_busy = False
 
     def _guard(self, side: str, fn, *args) -> None:
         try:
@@ -73,7 +81,8 @@ class UdpSessionMachine(RuleBasedStateMachine):
                 t = s.next_timer()
                 if t is not None and p.now >= t:
                     s.handle_timer(p.now)
-                self._guard(side, end.step)
+                if not (side == "r" and self.receiver_busy):
+                    self._guard(side, end.step)
         p.to_receiver += [(d, self.addr) for d in p.dialer.datagrams_to_send(p.now)]
         if p.dialer.session is not None:
             p.to_receiver += [(d, self.addr) for d in p.dialer.session.datagrams_to_send(p.now)]
@@ -115,6 +124,22 @@ class UdpSessionMachine(RuleBasedStateMachine):
         self.pair.now += dt
         self.spent += dt
 
+    @precondition(lambda self: BUSY_RECEIVER)
+    @rule()
+    def receiver_busy_toggle(self):
+        """The receiving application is busy (hashing, fsync in a worker thread): its
+        session keeps receiving and acknowledging, nothing is read from it meanwhile."""
+        self.receiver_busy = not self.receiver_busy
+
+    @rule(rounds=st.integers(1, 60))
+    def clean_rounds(self, rounds):
+        """Round trips on a clean network: lets the congestion window grow."""
+        for _ in range(rounds):
+            self.transmit()
+            self.deliver_all()
+            self.pair.now += 0.001
+            self.spent += 0.001
+
     @rule()
     def move_sender(self):
         """The sender's address changes (NAT rebinding): its packets come from elsewhere."""
@@ -142,6 +167,30 @@ class UdpSessionMachine(RuleBasedStateMachine):
         self.pair.sender.drv.offer(entry, data, small)
         self.pair.sender.flush()
 
+    @precondition(lambda self: self._sender_open())
+    @rule(count=st.integers(10, 150), size=st.integers(0, 3000))
+    def offer_many_small(self, count, size):
+        """A tree of tiny files (issue #11 item 1): SMALL_FILE frames back to back."""
+        for _ in range(count):
+            self.n += 1
+            path = f"u{self.n}".encode()
+            data = content(self.n, size)
+            entry = FileEntry(path, size=size, chunk_size=CS)
+            self.offered[path] = (entry, data)
+            self.pair.sender.drv.offer(entry, data, True)
+        self.pair.sender.flush()
+
+    @rule()
+    def deliver_all(self):
+        """Everything queued, both ways, in order (a busy receiver reads late, then much)."""
+        p = self.pair
+        out, p.to_receiver = p.to_receiver, []
+        for d, addr in out:
+            p.deliver_to_receiver(d, addr)
+        back, p.to_sender = p.to_sender, []
+        for d in back:
+            p.deliver_to_sender(d)
+
     @precondition(lambda self: self._sender_open() and self.n >= self.finish_after)
     @rule()
     def finish(self):
@@ -152,8 +201,18 @@ class UdpSessionMachine(RuleBasedStateMachine):
     @rule(policy=RECEIVER_POLICIES)
     def receiver_policy(self, policy):
         self.pair.receiver.drv.policy = policy
+        self.policies.add(policy)
 
     # -- invariants -----------------------------------------------------------------------------
+    @invariant()
+    def digests_match_unless_told_otherwise(self):
+        """A file arrives intact whatever the network did: DIGEST_MISMATCH only from a driver
+        told to report it."""
+        if not hasattr(self, "pair") or any(p & D.BAD_DIGEST for p in self.policies):
+            return
+        bad = [path for _, code, path in self.pair.receiver.drv.results if code == ErrorCode.DIGEST_MISMATCH]
+        assert not bad, f"{len(bad)} files failed their digest: {bad[:5]}"
+
     @invariant()
     def completed_files_are_identical(self):
         if not hasattr(self, "pair"):
@@ -184,6 +243,7 @@ class UdpSessionMachine(RuleBasedStateMachine):
         p.run_lossless(settled, max_steps=40000)
         self.nothing_failed()
         self.completed_files_are_identical()
+        self.digests_match_unless_told_otherwise()
         sd, rd = p.sender.drv, p.receiver.drv
         assert sorted(sd.resolved) == list(range(self.n)), "a file has no result on the sender"
         assert {fid: code for fid, code, _ in rd.results} == sd.resolved
@@ -194,6 +254,6 @@ class UdpSessionMachine(RuleBasedStateMachine):
                 assert path in done
 
 
-UdpSessionMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
+UdpSessionMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
                                                suppress_health_check=[HealthCheck.too_slow])
 test_udp_session_machine = pytest.mark.timeout(300)(UdpSessionMachine.TestCase)

@@ -129,14 +129,14 @@ class UdpEnd:
         try:
             chunks = s.take_chunks()
             self._lent.extend(c[3] for c in chunks)
+            # exactly as UdpLink.feed, then ftx.receiving._serve_loop: chunks, then all the
+            # stream bytes, and only then the events
             for fid, index, checksum, data in chunks:
                 self.conn.receive_chunk(fid, index, checksum, data)
-            # chunk views stay valid until the next step; stream frames until the next get_buffer
-            self.drv.drain()
-            while s.stream_readable and not self.conn.closed:
+            while s.stream_readable:
                 buf = self.conn.get_buffer()
                 self.conn.buffer_updated(s.stream_read_into(buf))
-                self.drv.drain()
+            self.drv.drain()
             if isinstance(self.drv, SenderDriver):
                 self.drv.poll()
         except LocalProtocolError:
