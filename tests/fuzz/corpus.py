@@ -85,7 +85,7 @@ def udp_session(rpolicy: int = 0, spolicy: int = 0) -> UdpPair:
     return pair
 
 
-def _udp_records(log: list, tag: str, skip: int, limit: int | None = None) -> bytes:
+def _udp_records(log: list, tag: str, skip: int, limit: int | None = None, gro: bool = False) -> bytes:
     out = bytearray()
     last = None
     seen = 0
@@ -100,6 +100,8 @@ def _udp_records(log: list, tag: str, skip: int, limit: int | None = None) -> by
             break
         flags = _dt_flags(when - last if last is not None else 0.0)
         last = when
+        if gro:
+            flags |= 0x20  # coalesced with the records before it when they have its size
         if d[0] == P.DATA:
             out += record(flags | 1, unseal(d))
         else:
@@ -114,6 +116,8 @@ def udp_seeds() -> dict[str, list[bytes]]:
             pair = udp_session(rp, sp)
             out["udp_receiver"].append(bytes([rp << 4]) + _udp_records(pair.log, "r", 2))
             out["udp_sender"].append(bytes([(sp << 5) | 1]) + _udp_records(pair.log, "s", 2))
+            out["udp_receiver"].append(bytes([rp << 4]) + _udp_records(pair.log, "r", 2, gro=True))
+            out["udp_sender"].append(bytes([(sp << 5) | 1]) + _udp_records(pair.log, "s", 2, gro=True))
             if rp == D.ACCEPT_ALL and sp == D.SEND_ALL:
                 # short seeds, a datagram more each: a mutation then often hits the last one
                 for k in range(1, 25):
