@@ -150,7 +150,8 @@ def test_offer_size_2_63_is_refused_not_a_crash(tmp_path, size):
     conn = receiver()
     session = ReceiveSession(conn, Destination(tmp_path / "dst"))
     try:
-        conn.receive_data(encode_frame(FrameType.OFFER, Offer(0, FileEntry(b"x.bin", size=size, chunk_size=1 << 20)).encode()))
+        offer = Offer(0, FileEntry(b"x.bin", size=size, chunk_size=1 << 20))
+        conn.receive_data(encode_frame(FrameType.OFFER, offer.encode()))
     except FtxError:
         return  # refused at the frame layer: fine
     with targets.file_size_limit():

@@ -70,7 +70,8 @@ class ReceiverDriver:
         self.complete = False
         self.peer_failed = False
 
-    def _result(self, fid: int, entry: FileEntry, code: ErrorCode, message: str = "", digest: bytes = bytes(16)) -> None:
+    def _result(self, fid: int, entry: FileEntry, code: ErrorCode, message: str = "",
+                digest: bytes = bytes(16)) -> None:
         self.files.pop(fid, None)
         self.results.append((fid, int(code), entry.path))
         self.conn.file_result(fid, code, digest, message)
@@ -98,7 +99,8 @@ class ReceiverDriver:
                 return
             if self.policy & REFUSE_EXISTS:
                 name = os.fsdecode(entry.path)
-                self._result(e.file_id, entry, ErrorCode.EXISTS, f"{name} exists and differs (receiver has no --overwrite)")
+                message = f"{name} exists and differs (receiver has no --overwrite)"
+                self._result(e.file_id, entry, ErrorCode.EXISTS, message)
                 return
             f = self.files[e.file_id] = ReceivedFile(entry)
             held, held_digest = RangeSet(), 0
@@ -134,7 +136,8 @@ class ReceiverDriver:
                 return
             digest = file_digest(data)
             if digest != e.digest or self.policy & BAD_DIGEST:
-                self._result(e.file_id, f.entry, ErrorCode.DIGEST_MISMATCH, f"{os.fsdecode(f.entry.path)}: digest mismatch")
+                message = f"{os.fsdecode(f.entry.path)}: digest mismatch"
+                self._result(e.file_id, f.entry, ErrorCode.DIGEST_MISMATCH, message)
                 return
             self.completed.append((f.entry.path, data))
             self._result(e.file_id, f.entry, ErrorCode.OK, digest=digest)

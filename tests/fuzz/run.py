@@ -80,7 +80,8 @@ def _mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     return bytes(buf)
 
 
-def _fallback(target: str, seeds: list[bytes], seconds: float | None, runs: int | None, artifacts: Path, seed: int) -> int:
+def _fallback(target: str, seeds: list[bytes], seconds: float | None, runs: int | None, artifacts: Path,
+              seed: int) -> int:
     from .targets import TARGETS
 
     fn = TARGETS[target]

@@ -7,6 +7,8 @@ stays bounded by what actually arrived.
 
 Targets
     tcp_receiver  frame decoder + ReceiverConnection, bytes after a valid sender HELLO
+    tcp_storage   the same answered by the real ReceiveSession into a real directory (the
+                  destination is checked afterwards: nothing corrupt under a final name)
     tcp_sender    frame decoder + SenderConnection (files offered), bytes after a receiver HELLO
     udp_receiver  datagram parser + Listener + UdpSession + ReceiverConnection, after a handshake
     udp_sender    datagram parser + Dialer + UdpSession + SenderConnection, after a handshake
@@ -33,7 +35,6 @@ import resource
 import signal
 import struct
 import tempfile
-import traceback
 
 from ftx.core.checksum import chunk_checksum, file_digest, frame_checksum
 from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, encode_frame
@@ -64,7 +65,7 @@ from .wiring import (
     udp_config,
 )
 
-# what one input may leave behind, beyond the bytes it consists of (see check_bounds)
+# what one input may leave behind, beyond the bytes it consists of (check_*_bounds)
 FIXED_ALLOWANCE = 4 * 1024 * 1024
 AMPLIFICATION = 16
 
@@ -168,13 +169,6 @@ KNOWN = [
 known_hits: dict[str, int] = {}
 
 
-def _raised_in(exc: BaseException, filename: str, function: str) -> bool:
-    """Whether ``exc`` passed through ``filename`` and was raised in a function ``function``."""
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    return bool(frames) and frames[-1][0].f_code.co_name == function and \
-        any(f.f_code.co_filename.endswith(filename) for f, _ in frames)
-
-
 def _known(exc: BaseException) -> bool:
     for cls, match, test in KNOWN:
         if isinstance(exc, cls) and (match(exc) if callable(match) else match in str(exc)):
@@ -207,6 +201,10 @@ def _run(fn, *args) -> None:
             raise
 
 
+def _hello(role: int, flags: int) -> bytes:
+    return encode_frame(FrameType.HELLO, Hello(role, MAX_PAYLOAD, flags).encode())
+
+
 def check_tcp_bounds(conn, consumed: int) -> None:
     held = len(conn._decoder._buf) + sum(len(b) for b in conn._out)
     if held > FIXED_ALLOWANCE + AMPLIFICATION * consumed:
@@ -219,7 +217,7 @@ def tcp_receiver(data: bytes) -> None:
     opts, split, body = tcp_input(data)
     conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)))
     drv = ReceiverDriver(conn, (opts >> 2) & 0xF, {b"dir/big.bin": sample_files()[1][1]})
-    hello = encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, MAX_PAYLOAD, HELLO_NO_RESUME if opts & 0x20 else 0).encode())
+    hello = _hello(ROLE_SENDER, HELLO_NO_RESUME if opts & 0x20 else 0)
     _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
     if opts & 0x80:
         _run(conn.receive_eof)
@@ -233,7 +231,7 @@ def tcp_sender(data: bytes) -> None:
     opts, split, body = tcp_input(data)
     conn = SenderConnection(config(resume=not opts & 0x40))
     drv = SenderDriver(conn, (opts >> 2) & 0x7)
-    hello = encode_frame(FrameType.HELLO, Hello(ROLE_RECEIVER, MAX_PAYLOAD, HELLO_OVERWRITE if opts & 0x20 else 0).encode())
+    hello = _hello(ROLE_RECEIVER, HELLO_OVERWRITE if opts & 0x20 else 0)
     try:
         conn.receive_data(hello)
         drv.drain()
@@ -283,7 +281,7 @@ def tcp_storage(data: bytes) -> None:
         conn = ReceiverConnection(config(overwrite=overwrite))
         session = ReceiveSession(conn, Destination(root, overwrite=overwrite))
         drv = _SessionDriver(conn, session)
-        hello = encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, MAX_PAYLOAD, HELLO_NO_RESUME if opts & 0x20 else 0).encode())
+        hello = _hello(ROLE_SENDER, HELLO_NO_RESUME if opts & 0x20 else 0)
         try:
             _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
             if opts & 0x80:

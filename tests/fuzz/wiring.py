@@ -17,7 +17,6 @@ from ftx.core.config import Config
 from ftx.core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.sender import SenderConnection
-from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener, padded_initial
 from ftx.core.udp.session import UdpConfig, UdpSession
 from ftx.errors import FtxError, LocalProtocolError
