@@ -103,7 +103,10 @@ def _fallback(target: str, seeds: list[bytes], seconds: float | None, runs: int 
             return 1
         if n % 64 == 0 and len(pool) < 4096:
             pool.append(data)  # no coverage signal: keep a few mutants to mutate further
-    print(f"==ftx fuzz: {target}: {n} runs without a finding (plain mutation loop, no atheris)")
+    from .targets import known_hits
+
+    known = f"; known findings (strict-xfail tests) hit: {known_hits}" if known_hits else ""
+    print(f"==ftx fuzz: {target}: {n} runs without a new finding (plain mutation loop, no atheris){known}")
     return 0
 
 
