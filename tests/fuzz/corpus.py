@@ -55,7 +55,7 @@ def tcp_seeds() -> dict[str, list[bytes]]:
                 out["tcp_receiver"].append(bytes([opts, split]) + to_r)
             out["tcp_receiver"].append(bytes([rp << 2, 0x80 | 127]) + records_from_frames(to_r))
             if sp == D.SEND_ALL or rp == D.ACCEPT_ALL:
-                opts = 0x40 if rp & D.REFUSE_EXISTS else 0
+                opts = (0x40 if rp & D.REFUSE_EXISTS else 0) | (0x80 if rp & D.RESUME_FIRST else 0)
                 out["tcp_storage"].append(bytes([opts, 100]) + to_r)
                 out["tcp_storage"].append(bytes([opts, 0x80 | 100]) + records_from_frames(to_r))
             for opts, split in ((sp << 2) | 0x80, 0), ((sp << 2) | 0x82, 0), ((sp << 2) | 0x81, 29):

@@ -45,7 +45,7 @@ from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
 from ftx.errors import FtxError, LocalProtocolError
 from ftx.receiving import ReceiveSession
-from ftx.storage import JOURNAL_SUFFIX, PART_SUFFIX, Destination
+from ftx.storage import JOURNAL_SUFFIX, PART_SUFFIX, Destination, PartialFile
 
 from .drivers import ReceiverDriver, SenderDriver
 from .wiring import (
@@ -266,7 +266,9 @@ def file_size_limit(limit: int = 128 * 1024):
 
 def tcp_storage(data: bytes) -> None:
     """As tcp_receiver, answered by the real ReceiveSession writing into a real (temporary,
-    size-limited) directory that already holds a differing file and an unrelated one."""
+    size-limited) directory that already holds a differing file and an unrelated one.
+    ``opts``: bit 0 seal, 1 zero-copy, 2 EOF at the end, 5 HELLO without resume, 6
+    overwrite, 7 a partial of dir/big.bin with its first chunk is there from an earlier run."""
     if len(data) < 2:
         return
     opts, split, body = tcp_input(data)
@@ -278,13 +280,16 @@ def tcp_storage(data: bytes) -> None:
             f.write(b"not what the sender has\n")
         with open(os.path.join(tmp, "outside"), "wb") as f:
             f.write(b"ftx must never touch this\n")
+        dest = Destination(root, overwrite=overwrite)
+        if opts & 0x80:  # an earlier run left a partial of dir/big.bin holding its first chunk
+            _leave_partial(dest)
         conn = ReceiverConnection(config(overwrite=overwrite))
-        session = ReceiveSession(conn, Destination(root, overwrite=overwrite))
+        session = ReceiveSession(conn, dest)
         drv = _SessionDriver(conn, session)
         hello = _hello(ROLE_SENDER, HELLO_NO_RESUME if opts & 0x20 else 0)
         try:
             _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
-            if opts & 0x80:
+            if opts & 0x04:
                 _run(conn.receive_eof)
         finally:
             session.close()
@@ -293,6 +298,14 @@ def tcp_storage(data: bytes) -> None:
                 raise Finding("a file outside --dir changed")
         check_destination(os.fsencode(root), session.reports, overwrite)
         check_tcp_bounds(conn, len(data))
+
+
+def _leave_partial(dest: Destination) -> None:
+    entry, data, _ = sample_files()[1]
+    part = PartialFile(dest, entry, dest.resolve(entry.path))
+    part.open(resume=True)
+    part.write_chunk(0, chunk_checksum(data[: entry.chunk_size]), data[: entry.chunk_size])
+    part.close()
 
 
 def check_destination(root: bytes, reports, overwrite: bool) -> None:
