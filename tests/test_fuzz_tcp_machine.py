@@ -9,7 +9,7 @@ the receiver completed is byte-identical to what was offered; when nothing was
 corrupted or cut, the session always finishes with every file resolved the same way on
 both sides.
 
-Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
+Examples: ``FTX_FUZZ_EXAMPLES`` (default 100) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ftx.errors import ErrorCode, FtxError, LocalProtocolError
 from .fuzz import drivers as D
 from .fuzz.wiring import CS, TcpPair
 
-EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "100"))
 STEPS = int(os.environ.get("FTX_FUZZ_STEPS", "40"))
 
 RECEIVER_POLICIES = st.sampled_from([D.ACCEPT_ALL, D.ACCEPT_ALL, D.REFUSE_EXISTS, D.RESUME_FIRST, D.FAIL_EARLY,

@@ -9,7 +9,7 @@ every file the receiver completed is byte-identical to what was offered; and aft
 rules, a clean network always brings the session to its end with every file resolved
 the same way on both sides.
 
-Examples: ``FTX_FUZZ_EXAMPLES`` (default 40) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
+Examples: ``FTX_FUZZ_EXAMPLES`` (default 100) sequences of at most ``FTX_FUZZ_STEPS`` (40) steps.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ftx.errors import ErrorCode, FtxError, LocalProtocolError
 from .fuzz import drivers as D
 from .fuzz.wiring import ADDR, CS, OTHER_ADDR, UdpPair
 
-EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "100"))
 # Issue #11 item 1 (not fixed on this branch): a receiver that reads a large backlog of
 # stream bytes at once corrupts SMALL_FILE data (tests/test_fuzz_regressions.py,
 # test_udp_many_small_files_read_late).  Until it is fixed the machine's receiver is never
