@@ -32,6 +32,7 @@ from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
+from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
@@ -39,6 +40,10 @@ from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_st
 from .transport.link import Watchdog, link_busy
 
 log = logging.getLogger("ftx.receive")
+# events about one file, and the states in which the file already has its RESULT (an event
+# handled in the same batch failed it early: the core may even have forgotten it)
+_FILE_EVENTS = (ChunkReceived, FileDataComplete, FileRestarted, FileWithdrawn)
+_RESOLVED = (None, FileState.FAILED, FileState.DONE)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class ReceiveSession:
     def handle(self, ev: Event) -> None:
         if isinstance(ev, self.PROGRESS_EVENTS):
             self.last_progress = time.monotonic()
+        if isinstance(ev, _FILE_EVENTS) and self.conn.file_state(ev.file_id) in _RESOLVED:
+            return  # queued before we failed the file early: it has its RESULT already
         if isinstance(ev, ChunkReceived):
             self._on_chunk(ev)
         elif isinstance(ev, FileOffered):
