@@ -88,6 +88,7 @@ class ReceiveSession:
         self.complete = False
         self.error = ""
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
+        self.worker: asyncio.Future | None = None  # the batch a worker thread is handling, if any
         self.last_progress = time.monotonic()  # file data moved or a file settled (--stall-timeout)
 
     # -- dispatch -------------------------------------------------------------
@@ -354,6 +355,11 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     finally:
         dog.stop()
         guard.cancel()
+        if session.worker is not None and not session.worker.done():
+            try:
+                await asyncio.wait({session.worker})  # its batch finishes before the session closes
+            except asyncio.CancelledError:
+                pass  # cancelled again (shutting down): close all the same
         session.close()
         conn.release_buffers()
         await link.aclose()
@@ -391,7 +397,10 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -
         while events := _drain(conn):
             if any(isinstance(ev, slow) for ev in events):
                 with link_busy(link):  # one thread hop for the whole batch
-                    await asyncio.to_thread(session.handle_all, events)
+                    # shielded: cancelling this task (a takeover, a limit) must not leave the
+                    # thread running on while the session is closed under it; see receive_over
+                    session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, events)
+                    await asyncio.shield(session.worker)
             else:
                 session.handle_all(events)
         if conn.pending_output:

@@ -2,6 +2,7 @@
 receiver: the sender is told (ERROR INTERNAL) and the next sender is served."""
 
 import asyncio
+import os
 
 import pytest
 
@@ -52,3 +53,59 @@ def test_an_unexpected_exception_ends_only_its_connection(tmp_path, monkeypatch)
     assert sessions[0].error.startswith("internal error")
     assert second.ok, second.error
     assert (tmp_path / "dst" / "a.txt").read_bytes() == b"hello"
+
+
+@pytest.mark.timeout(30)
+def test_a_cancelled_connection_closes_only_after_its_worker_thread(tmp_path, monkeypatch):
+    """A takeover or a limit cancels a connection's task while a worker thread still handles
+    its batch (an OFFER: hashing, claiming the partial).  The session used to be closed under
+    the thread, which then claimed the partial for good: the path stayed BUSY for everyone
+    until the receiver restarted."""
+    import threading
+
+    from ftx.storage import claim
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * (256 * 1024))  # above the small-file limit: an OFFER, a partial
+    dest = Destination(tmp_path / "dst")
+    entered, release = threading.Event(), threading.Event()
+    original = receiving.ReceiveSession._on_offer
+
+    def slow_offer(self, ev):
+        entered.set()
+        assert release.wait(10)
+        return original(self, ev)
+
+    monkeypatch.setattr(receiving.ReceiveSession, "_on_offer", slow_offer)
+
+    async def run():
+        socks = tcp.listen("127.0.0.1", 0)
+        port = socks[0].getsockname()[1]
+        tasks = []
+
+        async def handle(link):
+            tasks.append(asyncio.current_task())
+            await receive_over(link, dest, idle_timeout=5)
+
+        loop = asyncio.get_running_loop()
+        server = loop.create_task(tcp.serve(socks, handle))
+        sender = loop.create_task(send_paths(await tcp.connect("127.0.0.1", port), [str(src)], idle_timeout=5))
+        try:
+            await loop.run_in_executor(None, entered.wait, 10)
+            tasks[0].cancel()  # as abandon() or a limit does, while the worker is in _on_offer
+            # the old code closed the session at once; fixed, the task waits for its worker
+            await asyncio.wait({tasks[0]}, timeout=0.5)
+            release.set()
+            await asyncio.wait({tasks[0]}, timeout=10)
+            await asyncio.wait({sender}, timeout=10)
+        finally:
+            release.set()
+            server.cancel()
+            sender.cancel()
+            await asyncio.gather(server, sender, return_exceptions=True)
+            for s in socks:
+                s.close()
+
+    asyncio.run(run())
+    path = os.path.join(os.fsencode(tmp_path / "dst"), b"big.bin")
+    assert claim.is_free(path), "the cancelled connection left its partial claimed"
