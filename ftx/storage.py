@@ -422,6 +422,7 @@ class PartialFile:
         # them back from disk at the end
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
+        self._unkept = 1 << 63  # the first chunk ahead that could not be kept in memory (see write_chunk)
         self.discarded = ""  # why an old partial was thrown away, if it was
 
     # -- what an earlier run left -------------------------------------------------
@@ -596,10 +597,15 @@ class PartialFile:
                 self.dest.pending.give(len(waiting))
                 self._hasher.update(waiting)
                 self._hashed += 1
-        elif index > self._hashed and index not in self._pending \
-                and self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
-            self._pending[index] = bytes(data)
-            self._pending_bytes += len(data)
+        elif self._hashed < index < self._unkept and index not in self._pending:
+            if self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
+                self._pending[index] = bytes(data)
+                self._pending_bytes += len(data)
+            else:  # the running hash can never pass this chunk: what waits behind it is of no use
+                self._unkept = index
+                for later in [i for i in self._pending if i > index]:
+                    self._pending_bytes -= len(self._pending[later])
+                    self.dest.pending.give(len(self._pending.pop(later)))
 
     def restart(self) -> None:
         """The sender says the held chunks are stale: forget them (and remove the sidecars)."""
@@ -661,6 +667,7 @@ class PartialFile:
         return self._hasher
 
     def _drop_pending(self) -> None:
+        self._unkept = 1 << 63  # the first chunk ahead that could not be kept in memory
         self._pending.clear()
         self.dest.pending.give(self._pending_bytes)
         self._pending_bytes = 0

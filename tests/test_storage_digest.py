@@ -63,3 +63,16 @@ def test_a_wrong_digest_still_fails_after_reordering(tmp_path):
     part, path = _write_shuffled(tmp_path, data, [1, 0, 3, 2, 5, 4, 7, 6, 9, 8])
     with pytest.raises(storage.StorageError):
         part.finalize(bytes(16))
+
+
+def test_a_chunk_that_cannot_be_kept_frees_what_waits_behind_it(tmp_path, monkeypatch):
+    """Only 3 chunks fit and chunk 5 is not kept: the running hash can never pass 5 in memory,
+    so chunks behind it must not take the receiver's shared pending budget (6, 7, 8 used to
+    fill it and hold it until finalize, and every other file then read back from disk)."""
+    monkeypatch.setattr(storage, "PENDING_LIMIT", 3 * CHUNK)
+    data = random.Random(10).randbytes(20 * CHUNK)
+    order = [2, 3, 4, 5, 0, 1] + list(range(6, 20))
+    part, path = _write_shuffled(tmp_path, data, order)
+    assert part._hashed == 5 and part._pending_bytes == 0 and part.dest.pending.used == 0
+    assert part.finalize(xxhash.xxh3_128_digest(data)) == xxhash.xxh3_128_digest(data)
+    assert open(path, "rb").read() == data
