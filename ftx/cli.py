@@ -65,7 +65,8 @@ def _limit_options(fn):
     for name, kind, default, help_text in reversed(Limits.options()):
         flag = "--" + name.replace("_", "-")
         if kind == "count":
-            fn = click.option(flag, name, type=click.IntRange(1), default=default, show_default=True,
+            fn = click.option(flag, name, type=click.IntRange(max(1, int(Limits.least(name)))), default=default,
+                              show_default=True,
                               help=help_text)(fn)
         else:
             shown = _human(default, kind)
@@ -102,6 +103,9 @@ def _limits_from(values: dict) -> Limits:
             raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
         if kind == "duration" and kwargs[name] <= 0:
             raise click.BadParameter("must be a positive time, such as 30s", param_hint="--" + name.replace("_", "-"))
+        if kwargs[name] < Limits.least(name):
+            raise click.BadParameter(f"must be at least {_human(Limits.least(name), kind)}",
+                                     param_hint="--" + name.replace("_", "-"))
     return Limits(**kwargs)
 
 

@@ -40,8 +40,8 @@ def parse_duration(text: str) -> float:
     return _scaled(text, text.strip().upper(), DURATION_UNITS, "a duration such as 30s, 5m, 12h or 7d")
 
 
-def _opt(kind: str, help: str) -> dict:
-    return {"kind": kind, "help": help}
+def _opt(kind: str, help: str, least: float = 0) -> dict:
+    return {"kind": kind, "help": help, "least": least}
 
 
 @dataclass
@@ -58,10 +58,10 @@ class Limits:
                     "(PINGs alone do not keep a session)."))
     # -- files and descriptors ----------------------------------------------------
     max_open_files: int = field(default=512, metadata=_opt(
-        "count", "Partial files held open at once, all senders together (descriptors)."))
+        "count", "Partial files held open at once, all senders together (descriptors).", least=4))
     max_files_in_flight: int = field(default=1024, metadata=_opt(
         "count", "Files one sender may have offered and not yet settled (ftx senders keep "
-                 "up to 256; a lower value fails their sessions)."))
+                 "up to 256; a lower value fails their sessions).", least=256))
     # -- disk ---------------------------------------------------------------------
     min_free: int = field(default=256 << 20, metadata=_opt(
         "size", "Refuse a file that would leave less free space than this in --dir "
@@ -72,7 +72,7 @@ class Limits:
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
         "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "
-                "handshake) get this less 48M for the process itself."))
+                "handshake) get this less 48M for the process itself.", least=24 << 20))
 
     #: what the receiver process needs besides buffers (interpreter, per-session state)
     PROCESS_RESERVE = 48 << 20
@@ -100,6 +100,11 @@ class Limits:
     def digest_buffer_bytes(self) -> int:
         """Chunks that arrived out of order, kept for the whole-file digest (storage): 1/8."""
         return self.buffer_bytes // 8
+
+    @classmethod
+    def least(cls, name: str) -> float:
+        """The smallest value that still lets a legitimate sender through."""
+        return next(f.metadata["least"] for f in fields(cls) if f.name == name)
 
     @classmethod
     def options(cls):

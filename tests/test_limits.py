@@ -92,3 +92,14 @@ def test_per_item_bookkeeping_is_charged_to_the_memory_budget():
     assert failed and failed[0].code == ErrorCode.BUSY and "--max-memory" in failed[0].message
     r.release_buffers()
     assert budget.used == 0
+
+
+@pytest.mark.parametrize("option,value", [("--max-memory", "16M"), ("--max-files-in-flight", "255"),
+                                          ("--max-open-files", "3")])
+def test_limits_below_what_a_legitimate_sender_needs_are_usage_errors(option, value):
+    """--max-memory under 24M cannot hold one 4 MiB chunk over UDP (twice its quarter share)
+    nor a frame over TCP: every sender would stall or be refused.  ftx senders keep 256 items
+    outstanding; fewer than 4 open partials can block the event loop behind the workers."""
+    result = CliRunner().invoke(main, ["receive", option, value])
+    assert result.exit_code == 2
+    assert option in result.output

@@ -117,22 +117,22 @@ def test_a_client_cannot_leave_sidecars_behind_with_tiny_chunks(receiver):
 
 def test_files_in_flight_per_session_are_bounded(tmp_path, receiver_factory):
     """Settled items do not count; one unsettled item over --max-files-in-flight is a PROTOCOL error."""
-    r = receiver_factory("--max-files-in-flight", "64")
+    r = receiver_factory("--max-files-in-flight", "256")
     s = RawSender(r.port)
     for i in range(60):  # directories settle at once: then they no longer count against the bound
         s.conn.offer(FileEntry(b"dir%03d" % i, Kind.DIR, mode=0o755))
     s.flush()
     s.collect(lambda evs: sum(isinstance(ev, FileResolved) for ev in evs) == 60)
-    for i in range(64):
-        s.conn.offer(FileEntry(b"f%03d.bin" % i, size=2 * CHUNK, chunk_size=CHUNK))
+    for i in range(256):
+        s.conn.offer(FileEntry(b"f%04d.bin" % i, size=2 * CHUNK, chunk_size=CHUNK))
     s.flush()
-    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 64)
+    s.collect(lambda evs: sum(isinstance(ev, DecisionReceived) for ev in evs) == 256)
     data = b"one too many"
     s.conn.send_small_file(FileEntry(b"small.txt", size=len(data)), data, file_digest(data))
     s.flush()
     ev = s.collect(lambda evs: any(isinstance(ev, PeerFailed) for ev in evs))[-1]
     assert isinstance(ev, PeerFailed) and ev.code == ErrorCode.PROTOCOL
-    assert "64 files offered and not yet settled" in ev.message and "--max-files-in-flight" in ev.message
+    assert "256 files offered and not yet settled" in ev.message and "--max-files-in-flight" in ev.message
     s.close()
     assert r.events_until("session")[-1]["complete"] is False
     assert sidecars(r.dir) == [] and not (r.dir / "small.txt").exists()

@@ -91,6 +91,12 @@ class ReceiverConnection(Connection):
         self._unsettled -= 1
         if new == FileState.DONE:
             self._forget(file_id)
+        else:  # FAILED: only its state stays, until the sender's frames for it stop
+            self._entries.pop(file_id, None)
+            self._have.pop(file_id, None)
+            cost = self._costs.pop(file_id, 0)
+            if cost:
+                self._decoder.budget.give(cost)
         self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
         self._maybe_complete()
 

@@ -295,6 +295,8 @@ class UdpLink:
                 now = time.monotonic()
                 t = s.next_timer()
                 if t is not None and now >= t:
+                    if self.busy:  # our own slow work (link_busy) is not the sender's stall
+                        s.application_busy(now)
                     s.handle_timer(now)
                 out = s.transmit(now, SEND_BATCH)
                 if out:

@@ -452,6 +452,11 @@ class UdpSession:
         """The application has the peer's HELLO: the handshake timeout no longer applies."""
         self._handshake_deadline = None
 
+    def application_busy(self, now: float) -> None:
+        """The application is busy with work of its own (hashing, fsync) and reads nothing
+        meanwhile: that is not the peer's stall."""
+        self._progress_at = max(self._progress_at, now)
+
     def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
         """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
         addressed to us.  Those that are full CHUNK packets -- nearly all of a transfer's --
