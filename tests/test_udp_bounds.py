@@ -370,3 +370,19 @@ def test_stall_timeout_closes_a_session_that_only_pings():
             s.handle_timer(now)
     assert s.closed and s.close_code == ErrorCode.TIMEOUT and "no data for 5 s" in s.close_reason
     assert 9.0 <= now <= 10.0
+
+
+def test_stall_timeout_spares_the_receivers_own_slow_work():
+    """Review finding: while the receiving application hashes or fsyncs in a worker it reads
+    nothing, and the stall timer used to count that against the sender.  The driver tells
+    the session (``application_busy``, from link_busy) and the session stays open."""
+    s = _receiver(UdpConfig(stall_timeout=5.0, idle_timeout=15.0))
+    now, pn = 0.0, 0
+    while now < 20:  # the peer keeps the session alive; the application is busy throughout
+        now += 0.5
+        s.receive_payload(pn, memoryview(bytes([P.F_PING])), now)
+        pn += 1
+        s.application_busy(now)
+        if now >= s.next_timer():
+            s.handle_timer(now)
+    assert not s.closed
