@@ -115,9 +115,15 @@ class Limits:
 class Admission:
     """Counts live sessions, in total and per host, against ``Limits``.
 
-    ``admit(host)`` returns a reason string when the session must be refused,
-    else ``None`` and the caller owes one ``release(host)``.  Thread-safe: storage
-    work runs in worker threads.
+    ``admit(host, evict)`` returns a reason string when the session must be refused,
+    else ``None`` and the caller owes one ``release(host, evict)``.  A session is
+    *pending* until ``settled(evict)`` says its handshake is complete (the ftx HELLO
+    arrived).  When a limit is reached and pending sessions hold places, the oldest
+    of them (of the same host, for the per-host limit) is evicted -- ``evict()`` is
+    called to end it, and its later ``release`` is a no-op -- instead of refusing the
+    newcomer: connections that never finish a handshake (a flood of them, from many
+    addresses that can answer RETRYs) cannot keep senders that do finish one out.
+    Thread-safe: storage work runs in worker threads.
     """
 
     def __init__(self, limits: Limits) -> None:
@@ -126,30 +132,65 @@ class Admission:
         self.total = 0
         self.per_host: dict[str, int] = {}
         self.refused = 0
+        self.evicted = 0
+        self._pending: dict[object, str] = {}  # evict callback -> host, oldest first
+        self._gone: set = set()  # evicted callbacks whose release is still to come
 
-    def admit(self, host: str | None) -> str | None:
+    def admit(self, host: str | None, evict=None) -> str | None:
         key = host or "?"
+        victims = []
         with self._lock:
             if self.total >= self.limits.max_connections:
-                self.refused += 1
-                return f"receiver busy: {self.total} senders already (--max-connections {self.limits.max_connections})"
+                victim = next(iter(self._pending), None)
+                if victim is None:
+                    self.refused += 1
+                    return (f"receiver busy: {self.total} senders already "
+                            f"(--max-connections {self.limits.max_connections})")
+                victims.append(self._evict(victim))
             n = self.per_host.get(key, 0)
             if n >= self.limits.max_per_host:
-                self.refused += 1
-                return f"receiver busy: {n} senders from {key} already (--max-per-host {self.limits.max_per_host})"
+                victim = next((v for v, h in self._pending.items() if h == key), None)
+                if victim is None:
+                    self.refused += 1
+                    return f"receiver busy: {n} senders from {key} already (--max-per-host {self.limits.max_per_host})"
+                victims.append(self._evict(victim))
             self.total += 1
-            self.per_host[key] = n + 1
-            return None
+            self.per_host[key] = self.per_host.get(key, 0) + 1
+            if evict is not None:
+                self._pending[evict] = key
+        for victim in victims:  # outside the lock: it may release other things
+            victim()
+        return None
 
-    def release(self, host: str | None) -> None:
-        key = host or "?"
+    def _evict(self, victim):
+        """Take a pending session's places now (lock held); the caller ends it."""
+        key = self._pending.pop(victim)
+        self._gone.add(victim)
+        self._uncount(key)
+        self.evicted += 1
+        return victim
+
+    def settled(self, evict) -> None:
+        """The session's handshake is complete: it is no longer evicted for newcomers."""
         with self._lock:
-            self.total -= 1
-            n = self.per_host.get(key, 0) - 1
-            if n > 0:
-                self.per_host[key] = n
-            else:
-                self.per_host.pop(key, None)
+            self._pending.pop(evict, None)
+
+    def release(self, host: str | None, evict=None) -> None:
+        with self._lock:
+            if evict is not None and evict in self._gone:
+                self._gone.discard(evict)  # its places went to the session that evicted it
+                return
+            if evict is not None:
+                self._pending.pop(evict, None)
+            self._uncount(host or "?")
+
+    def _uncount(self, key: str) -> None:
+        self.total -= 1
+        n = self.per_host.get(key, 0) - 1
+        if n > 0:
+            self.per_host[key] = n
+        else:
+            self.per_host.pop(key, None)
 
 
 __all__ = ["Limits", "Admission", "parse_size", "parse_duration"]

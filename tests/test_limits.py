@@ -103,3 +103,36 @@ def test_limits_below_what_a_legitimate_sender_needs_are_usage_errors(option, va
     result = CliRunner().invoke(main, ["receive", option, value])
     assert result.exit_code == 2
     assert option in result.output
+
+
+def test_sessions_that_never_finish_a_handshake_are_evicted_for_newcomers():
+    """A flood of connections that answer RETRYs but never send a HELLO used to fill
+    --max-connections, and every real sender got BUSY: now the oldest pending one makes room."""
+    adm = Admission(Limits(max_connections=3, max_per_host=2))
+    ended = []
+    ev = {name: (lambda name=name: ended.append(name)) for name in "abcdef"}
+    assert adm.admit("x", ev["a"]) is None and adm.admit("y", ev["b"]) is None
+    adm.settled(ev["b"])  # b finished its handshake: never evicted
+    assert adm.admit("z", ev["c"]) is None
+    assert adm.admit("w", ev["d"]) is None and ended == ["a"]  # full: the oldest pending goes
+    assert adm.admit("z", ev["e"]) is None and ended == ["a", "c"]  # full again: c is the oldest pending
+    assert adm.total == 3
+    adm.release("x", ev["a"])  # the evicted sessions end later: their places are already gone
+    adm.release("z", ev["c"])
+    assert adm.total == 3 and adm.per_host == {"y": 1, "w": 1, "z": 1}
+    adm.settled(ev["d"])
+    adm.settled(ev["e"])
+    assert "max-connections" in adm.admit("v", ev["f"])  # every place settled: refused
+    assert adm.refused == 1 and adm.evicted == 2
+    for host, name in (("y", "b"), ("w", "d"), ("z", "e")):
+        adm.release(host, ev[name])
+    assert adm.total == 0 and adm.per_host == {}
+
+
+def test_per_host_eviction_takes_a_pending_session_of_the_same_host():
+    adm = Admission(Limits(max_connections=10, max_per_host=2))
+    ended = []
+    a, b, c, d = (lambda n=n: ended.append(n) for n in "abcd")
+    assert adm.admit("other", a) is None
+    assert adm.admit("h", b) is None and adm.admit("h", c) is None
+    assert adm.admit("h", d) is None and ended == ["b"]  # not "a": another host's

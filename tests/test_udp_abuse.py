@@ -21,7 +21,7 @@ from ftx.core.udp import packets as P
 from ftx.errors import ErrorCode
 
 from .helpers import Receiver, run_send, start_send, wait_for, write_random
-from .udp_attacker import MIB, RawPeer, Refused, rss
+from .udp_attacker import MIB, RawPeer, Refused, hello_bytes, rss
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,6 +139,22 @@ def test_reassembly_memory_over_all_sessions_is_bounded_by_max_memory(tmp_path):
         r.stop()
 
 
+def _hello_and_wait_until_handled(s, timeout: float = 10.0) -> None:
+    """HELLO then PING on the control stream; the PONG comes back only once the receiver has
+    handled the HELLO (frames are handled in order), i.e. once the session is established.
+    (The receivers' own HELLOs may be read and dropped by another session's poll: the
+    sessions share one socket.)"""
+    import struct
+
+    s.stream(hello_bytes() + encode_frame(FrameType.PING, struct.pack(">d", 1.0)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # a PONG frame (type 0x0e, 8 bytes) ends a STREAM frame
+        if any(isinstance(f, P.StreamFrame) and len(f.data) >= 24 and f.data[-24] == FrameType.PONG
+               for f in s.poll(0.05)):
+            return
+    raise AssertionError("no PONG from the receiver")
+
+
 def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
@@ -147,7 +163,7 @@ def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
         peer = RawPeer(r.port)
         held = [peer.handshake() for _ in range(3)]
         for s in held:
-            s.hello()
+            _hello_and_wait_until_handled(s)  # established: no newcomer may evict it
         with pytest.raises(Refused) as refused:
             RawPeer(r.port).handshake()
         assert refused.value.frame.code == ErrorCode.BUSY

@@ -252,7 +252,9 @@ def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
     with Heap() as heap:
         for scid in range(1000, 3000):
             now += 0.2  # within what one address may ask (HOST_INITIAL_RATE)
-            _open(lst, addr, scid, now)
+            session, new, _ = _open(lst, addr, scid, now)
+            if new and scid < 1016:
+                session.established()  # these 16 finish their handshake (their HELLO arrived)
     assert len(lst.sessions) == 16 and admission.total == 16
     assert lst.stats["refused"] == 2000 - 16 and not lst.stats["initials_unanswered"]
     assert heap.current < 4 * MIB
@@ -267,7 +269,9 @@ def test_sessions_per_host_and_in_total_are_limited_and_refused_with_a_reason():
     for k in range(5):
         for scid in range(16):
             now += 0.01
-            _open(lst, (f"203.0.113.{k}", 4000), 10_000 * (k + 1) + scid, now)
+            session, new, _ = _open(lst, (f"203.0.113.{k}", 4000), 10_000 * (k + 1) + scid, now)
+            if new:
+                session.established()
     assert len(lst.sessions) == 40
     # forgetting a session frees its place
     lst.forget(next(iter(lst.sessions.values())))
@@ -386,3 +390,28 @@ def test_stall_timeout_spares_the_receivers_own_slow_work():
         if now >= s.next_timer():
             s.handle_timer(now)
     assert not s.closed
+
+
+def test_handshakes_that_never_finish_make_room_for_ones_that_do():
+    """bench_abuse's INITIAL flood from 253 addresses that answer RETRYs filled
+    --max-connections with sessions that never sent a HELLO: TCP and UDP senders alike got
+    BUSY.  Now a newcomer evicts the oldest session still without a HELLO."""
+    admission = Admission(Limits(max_per_host=16, max_connections=8))
+    cids = iter(range(1, 1 << 20))
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), lambda: next(cids), admission=admission)
+    now = 10.0
+    flood = []
+    for k in range(40):  # 40 addresses, one pending handshake each, never a HELLO
+        now += 0.01
+        session, new, _ = _open(lst, (f"198.51.100.{k}", 4000), 100 + k, now)
+        assert new
+        flood.append(session)
+    assert len(lst.sessions) == 8 and admission.total == 8 and lst.stats["refused"] == 0
+    assert all(s.closed and s.close_code == ErrorCode.BUSY for s in flood[:32])
+    real, new, _ = _open(lst, ("203.0.113.9", 4000), 9999, now + 0.01)
+    assert new and not real.closed
+    real.established()
+    for k in range(40, 80):  # the flood goes on: the real sender keeps its place
+        now += 0.01
+        _open(lst, (f"198.51.100.{k}", 4000), 100 + k, now)
+    assert not real.closed and real.local_cid in lst.sessions and admission.total == 8

@@ -44,6 +44,7 @@ class TcpLink:
         self.last_recv = self.last_send = time.monotonic()
         self.busy = 0
         self._lowat = 1
+        self.on_established = None  # called once when the peer's HELLO has arrived (Admission)
         try:
             self.peer = sock.getpeername()
         except OSError:
@@ -128,6 +129,9 @@ class TcpLink:
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
+        if self.on_established is not None and conn.peer is not None:
+            callback, self.on_established = self.on_established, None
+            callback()
 
     async def _readable(self, conn) -> None:
         fut = self._loop.create_future()
@@ -220,11 +224,11 @@ async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitabl
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
-    async def run(link: TcpLink, host: str) -> None:
+    async def run(link: TcpLink, host: str, evict) -> None:
         try:
             await handle(link)
         finally:
-            admission.release(host)
+            admission.release(host, evict)
 
     async def accept_loop(lsock: socket.socket) -> None:
         while True:
@@ -240,17 +244,27 @@ async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitabl
                 coro = handle(TcpLink(sock))
             else:
                 host = addr[0].removeprefix("::ffff:") if isinstance(addr, tuple) else None
-                reason = admission.admit(host)
+                holder: list[asyncio.Task] = []
+
+                def evict(holder=holder) -> None:  # no HELLO yet, and a newcomer needs the place
+                    for t in holder:
+                        t.cancel()
+
+                reason = admission.admit(host, evict)
                 if reason is not None:
                     log.info("refused %s: %s", host, reason)
                     refuse(sock, reason)
                     continue
                 try:
-                    coro = run(TcpLink(sock), host)
+                    link = TcpLink(sock)
+                    link.on_established = lambda evict=evict: admission.settled(evict)
+                    coro = run(link, host, evict)
                 except BaseException:
-                    admission.release(host)
+                    admission.release(host, evict)
                     raise
             task = loop.create_task(coro)
+            if admission is not None:
+                holder.append(task)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

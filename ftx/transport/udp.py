@@ -539,6 +539,12 @@ class UdpServer:
                 self._woken.add(link)
 
     def _on_drained(self) -> None:
+        if self.listener.evicted:  # sessions closed to make room: let their pumps end them
+            for session in self.listener.evicted:
+                link = self.links.get(session.local_cid)
+                if link is not None:
+                    self._woken.add(link)
+            self.listener.evicted.clear()
         unanswered = self.listener.stats["initials_unanswered"]
         if unanswered != self._unanswered:
             self._unanswered = unanswered

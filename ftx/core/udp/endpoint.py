@@ -117,6 +117,8 @@ class Listener:
         self.sessions: dict[int, UdpSession] = {}
         self.addresses: dict[int, tuple] = {}
         self._hosts: dict[int, str] = {}  # our cid -> host admitted (released on forget)
+        self._evicts: dict[int, object] = {}  # our cid -> its eviction callback (Admission's key)
+        self.evicted: list[UdpSession] = []  # closed for a newcomer: the driver wakes their links
         self._by_initial: dict[tuple, int] = {}  # (address, sender cid) -> our cid
         self.stats = {"garbage": 0, "foreign": 0, "retries": 0, "short_initials": 0, "bad_tokens": 0,
                       "refused": 0, "initials": 0, "initials_unanswered": 0}
@@ -193,13 +195,26 @@ class Listener:
             # no token, or an old or foreign one: a fresh RETRY (still smaller than the INITIAL)
             self.stats["retries" if not token else "bad_tokens"] += 1
             return None, False, [build(RETRY, scid, 0, initial_payload(0, make_token(self.secret, addr, scid, now)))]
-        reason = self.admission.admit(host) if self.admission is not None else None
+        made: list[UdpSession] = []
+
+        def evict() -> None:  # its handshake was not finished when a newcomer needed the place
+            for old in made:
+                old.close(ErrorCode.BUSY, "handshake not finished; the place went to a newer connection")
+                self.evicted.append(old)
+                self.forget(old)  # its places went to the newcomer (Admission knows: release is a no-op)
+
+        reason = self.admission.admit(host, evict) if self.admission is not None else None
         if reason is not None:  # refused: tell the sender why, and keep nothing
             self.stats["refused"] += 1
             return None, False, [self._reply(self._new_cid(), scid),
                                  build(DATA, scid, 0, encode_close(ErrorCode.BUSY, reason))]
         cid = self._new_cid()
         session = UdpSession(cid, scid, self.config, now, chunk_receiver=True, budget=self.budget)
+        made.append(session)
+        if self.admission is not None:
+            admission = self.admission
+            session.on_established = lambda: admission.settled(evict)
+            self._evicts[cid] = evict
         self.budget.sessions += 1
         self.sessions[cid] = session
         self.addresses[cid] = addr
@@ -255,8 +270,9 @@ class Listener:
         session.release_buffers()
         self.budget.sessions -= 1
         host = self._hosts.pop(session.local_cid, None)
+        evict = self._evicts.pop(session.local_cid, None)
         if host is not None and self.admission is not None:
-            self.admission.release(host)
+            self.admission.release(host, evict)
         for k, v in list(self._by_initial.items()):
             if v == session.local_cid:
                 del self._by_initial[k]

@@ -175,6 +175,7 @@ class UdpSession:
                                     if chunk_receiver and config.handshake_timeout is not None else None)
         self._stall = config.stall_timeout if chunk_receiver else None
         self._progress_at = now  # when the application last got stream bytes or a chunk
+        self.on_established = None  # called once by established() (the receiver's Admission)
         # chunks out (sender)
         self._cout: dict[tuple[int, int], ChunkOut] = {}
         self._cout_new: deque[tuple[int, int]] = deque()
@@ -451,6 +452,9 @@ class UdpSession:
     def established(self) -> None:
         """The application has the peer's HELLO: the handshake timeout no longer applies."""
         self._handshake_deadline = None
+        if self.on_established is not None:
+            callback, self.on_established = self.on_established, None
+            callback()
 
     def application_busy(self, now: float) -> None:
         """The application is busy with work of its own (hashing, fsync) and reads nothing
