@@ -238,6 +238,8 @@ def parse_frames(payload: memoryview) -> list:
             length, off = read_varint(payload, off)
             if n - off < length:
                 raise RemoteProtocolError("STREAM data truncated")
+            if not length:  # never sent (a STREAM frame carries at least one byte): a flood of
+                raise RemoteProtocolError("empty STREAM frame")  # them would cost CPU for nothing
             if soff + length > MAX_STREAM_OFFSET:
                 raise RemoteProtocolError("STREAM data beyond stream offset 2**62 - 1")
             out.append(StreamFrame(soff, payload[off : off + length]))
