@@ -415,3 +415,23 @@ def test_handshakes_that_never_finish_make_room_for_ones_that_do():
         now += 0.01
         _open(lst, (f"198.51.100.{k}", 4000), 100 + k, now)
     assert not real.closed and real.local_cid in lst.sessions and admission.total == 8
+
+
+def test_many_addresses_each_within_its_rate_do_not_take_the_reserve_of_quiet_ones():
+    """bench_abuse's flood: 253 addresses, each under its own INITIAL rate (the socket filter
+    passes 1 in 8), all counted as 'asked little lately', so they emptied the half of the
+    total budget kept for new senders, and a new sender got no answer for 15 s."""
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: 1)
+    answered, new_sender = 0, []
+    now = 100.0
+    for step in range(30):  # 600 addresses x 10 INITIALs a second for 3 s: 6 000 a second
+        for k in range(600):
+            now += 0.1 / 600
+            _, _, replies = lst.receive_datagram(padded_initial(7, 1, 1000 + k, b""),
+                                                 (f"10.{k // 250}.{k % 250}.1", 4000), now)
+            answered += bool(replies)
+            if step in (10, 20, 29) and k == 300:  # a new sender tries, in the thick of it
+                _, _, replies = lst.receive_datagram(padded_initial(7, 1, 5, b""), ("192.0.2.7", 4000), now)
+                new_sender.append(bool(replies) and P.parse(replies[0]).ptype == P.RETRY)
+    assert answered < 30 * 600  # the total budget held
+    assert new_sender == [True, True, True]

@@ -63,6 +63,11 @@ INITIAL_RATE = 5000.0  # INITIALs answered per second (RETRY or session), beyond
 INITIAL_BURST = 256  # half of each for addresses that have asked little lately, half for the rest
 HOST_INITIAL_RATE = 16.0  # the same from one IP address
 HOST_INITIAL_BURST = 32
+# An address is "light" (served from the reserved half of the total) while it has asked for
+# no more than this many INITIALs lately: a new sender asks once or twice, an address that
+# keeps asking -- even within its own rate, as many flooding addresses each do -- is not.
+LIGHT_RATE = 0.5
+LIGHT_BURST = 4.0
 HOSTS_TRACKED = 4096  # per-address budgets kept; beyond, they start afresh (the total still holds)
 _xxh64 = xxhash.xxh3_64_intdigest
 _unpack_q = struct.Struct(">Q").unpack_from
@@ -113,7 +118,7 @@ class Listener:
         self.budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.initial_rate = initial_rate
         self._buckets = {True: [INITIAL_BURST / 2, None], False: [INITIAL_BURST / 2, None]}  # light, heavy
-        self._host_credit: dict[str, tuple[float, float]] = {}  # host -> (credit, as of)
+        self._host_credit: dict[str, tuple[float, float, float]] = {}  # host -> (credit, as of, lightness)
         self.sessions: dict[int, UdpSession] = {}
         self.addresses: dict[int, tuple] = {}
         self._hosts: dict[int, str] = {}  # our cid -> host admitted (released on forget)
@@ -226,15 +231,17 @@ class Listener:
         """Whether the INITIAL budgets (token buckets: the host's, then the total) allow
         answering one more INITIAL from ``host``.  Every INITIAL counts against its host,
         answered or not, so a flooding address soon gets nothing and costs the total nothing."""
-        credit, at = self._host_credit.get(host, (float(HOST_INITIAL_BURST), now))
+        credit, at, light = self._host_credit.get(host, (float(HOST_INITIAL_BURST), now, LIGHT_BURST))
+        elapsed = max(0.0, now - at)
         credit = max(-float(HOST_INITIAL_BURST),
-                     min(float(HOST_INITIAL_BURST), credit + max(0.0, now - at) * HOST_INITIAL_RATE) - 1.0)
+                     min(float(HOST_INITIAL_BURST), credit + elapsed * HOST_INITIAL_RATE) - 1.0)
+        light = min(LIGHT_BURST, light + elapsed * LIGHT_RATE) - 1.0
         if len(self._host_credit) >= HOSTS_TRACKED and host not in self._host_credit:
             self._host_credit.clear()
-        self._host_credit[host] = (credit, now)
+        self._host_credit[host] = (credit, now, max(-LIGHT_BURST, light))
         if credit < 0.0:
             return False
-        bucket = self._buckets[credit >= HOST_INITIAL_BURST - 4]  # light: has asked little lately
+        bucket = self._buckets[light >= 0.0]  # light: has asked little lately
         if bucket[1] is not None:
             bucket[0] = min(INITIAL_BURST / 2, bucket[0] + max(0.0, now - bucket[1]) * self.initial_rate / 2)
         bucket[1] = now
