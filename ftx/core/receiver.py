@@ -92,11 +92,7 @@ class ReceiverConnection(Connection):
         if new == FileState.DONE:
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
-            self._entries.pop(file_id, None)
-            self._have.pop(file_id, None)
-            cost = self._costs.pop(file_id, 0)
-            if cost:
-                self._decoder.budget.give(cost)
+            self._drop_bookkeeping(file_id)
         self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
         self._maybe_complete()
 
@@ -196,6 +192,10 @@ class ReceiverConnection(Connection):
 
     def _forget(self, file_id: int) -> None:
         self._files.pop(file_id, None)
+        self._drop_bookkeeping(file_id)
+
+    def _drop_bookkeeping(self, file_id: int) -> None:
+        """Everything kept for an item but its state, and its charge against the budget."""
         self._entries.pop(file_id, None)
         self._have.pop(file_id, None)
         cost = self._costs.pop(file_id, 0)
