@@ -10,7 +10,8 @@
     ├── PeerError                     the peer told us it failed (carries its code)
     ├── TransportError                connection refused, reset, timed out, vanished
     ├── StorageError                  disk full, permission denied, unreadable source
-    └── UnsafePath                    a hostile or invalid path (code BAD_PATH)
+    ├── UnsafePath                    a hostile or invalid path (code BAD_PATH)
+    └── AuthError (ftx.core.secure)   the peer did not prove itself; a record did not open (code AUTH)
 
 Every class carries ``code``, the ``ErrorCode`` put in an ERROR or RESULT frame.
 """
@@ -39,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 27
     INTERNAL = 28
     TIMEOUT = 29
+    AUTH = 30  # authentication failed: wrong code, unknown key, bad certificate, forged record
 
 
 class FtxError(Exception):
