@@ -123,6 +123,10 @@ class Admission:
     called to end it, and its later ``release`` is a no-op -- instead of refusing the
     newcomer: connections that never finish a handshake (a flood of them, from many
     addresses that can answer RETRYs) cannot keep senders that do finish one out.
+    A session admitted with ``protected`` (UDP: from an address that has asked for
+    little lately, endpoint.py) is evicted only for another protected newcomer, and
+    only when no unprotected pending session is left: a flood of handshakes from busy
+    addresses cannot push out a new sender before its HELLO arrives.
     Thread-safe: storage work runs in worker threads.
     """
 
@@ -133,15 +137,15 @@ class Admission:
         self.per_host: dict[str, int] = {}
         self.refused = 0
         self.evicted = 0
-        self._pending: dict[object, str] = {}  # evict callback -> host, oldest first
+        self._pending: dict[object, tuple[str, bool]] = {}  # evict callback -> (host, protected), oldest first
         self._gone: set = set()  # evicted callbacks whose release is still to come
 
-    def admit(self, host: str | None, evict=None) -> str | None:
+    def admit(self, host: str | None, evict=None, protected: bool = False) -> str | None:
         key = host or "?"
         victims = []
         with self._lock:
             if self.total >= self.limits.max_connections:
-                victim = next(iter(self._pending), None)
+                victim = self._victim(None, protected)
                 if victim is None:
                     self.refused += 1
                     return (f"receiver busy: {self.total} senders already "
@@ -149,7 +153,7 @@ class Admission:
                 victims.append(self._evict(victim))
             n = self.per_host.get(key, 0)
             if n >= self.limits.max_per_host:
-                victim = next((v for v, h in self._pending.items() if h == key), None)
+                victim = self._victim(key, protected)
                 if victim is None:
                     self.refused += 1
                     return f"receiver busy: {n} senders from {key} already (--max-per-host {self.limits.max_per_host})"
@@ -157,14 +161,28 @@ class Admission:
             self.total += 1
             self.per_host[key] = self.per_host.get(key, 0) + 1
             if evict is not None:
-                self._pending[evict] = key
+                self._pending[evict] = (key, protected)
         for victim in victims:  # outside the lock: it may release other things
             victim()
         return None
 
+    def _victim(self, host: str | None, protected: bool):
+        """The pending session a newcomer (``protected`` or not) may take the place of: the
+        oldest unprotected one (of ``host``; None: of any host), else, for a protected
+        newcomer, the oldest protected one; None if there is none (lock held)."""
+        fallback = None
+        for victim, (h, shielded) in self._pending.items():
+            if host is not None and h != host:
+                continue
+            if not shielded:
+                return victim
+            if fallback is None and protected:
+                fallback = victim
+        return fallback
+
     def _evict(self, victim):
         """Take a pending session's places now (lock held); the caller ends it."""
-        key = self._pending.pop(victim)
+        key, _ = self._pending.pop(victim)
         self._gone.add(victim)
         self._uncount(key)
         self.evicted += 1

@@ -136,3 +136,25 @@ def test_per_host_eviction_takes_a_pending_session_of_the_same_host():
     assert adm.admit("other", a) is None
     assert adm.admit("h", b) is None and adm.admit("h", c) is None
     assert adm.admit("h", d) is None and ended == ["b"]  # not "a": another host's
+
+
+def test_a_protected_pending_session_is_evicted_only_for_another_protected_one():
+    """bench_abuse's INITIAL flood: 1 300 sessions a second from busy addresses evicted a new
+    sender's pending session before its HELLO was handled.  A session admitted as protected
+    (UDP: from an address that has asked little lately) makes room only for another."""
+    adm = Admission(Limits(max_connections=3, max_per_host=2))
+    ended = []
+    ev = {name: (lambda name=name: ended.append(name)) for name in "abcdefgh"}
+    assert adm.admit("new", ev["a"], protected=True) is None
+    assert adm.admit("x", ev["b"]) is None and adm.admit("y", ev["c"]) is None
+    assert adm.admit("z", ev["d"]) is None and ended == ["b"]  # not a, though it is older
+    assert adm.admit("w", ev["e"]) is None and ended == ["b", "c"]
+    adm.settled(ev["e"])
+    assert adm.admit("v", ev["f"]) is None and ended == ["b", "c", "d"]
+    adm.settled(ev["f"])
+    assert "max-connections" in adm.admit("u", ev["g"])  # only a protected one left: refused
+    assert adm.admit("t", ev["h"], protected=True) is None and ended == ["b", "c", "d", "a"]
+    # per host alike: a busy newcomer of the host does not take a protected place
+    adm = Admission(Limits(max_connections=10, max_per_host=1))
+    assert adm.admit("h", ev["a"], protected=True) is None
+    assert "max-per-host" in adm.admit("h", ev["b"])

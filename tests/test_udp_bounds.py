@@ -435,3 +435,32 @@ def test_many_addresses_each_within_its_rate_do_not_take_the_reserve_of_quiet_on
                 new_sender.append(bool(replies) and P.parse(replies[0]).ptype == P.RETRY)
     assert answered < 30 * 600  # the total budget held
     assert new_sender == [True, True, True]
+
+
+def test_completed_handshakes_from_busy_addresses_are_a_budget_and_leave_a_new_sender_its_place():
+    """bench_abuse's INITIAL flood: 253 addresses answer every RETRY, so the receiver created
+    (and evicted, --max-connections 256) about 1 300 sessions a second -- its whole CPU --
+    and a new sender's session was evicted before its HELLO arrived.  Now busy addresses get
+    at most half of SESSION_RATE new sessions a second, and the session of an address that
+    asked little lately is not evicted for theirs."""
+    from ftx.core.udp.endpoint import SESSION_BURST, SESSION_RATE
+
+    admission = Admission(Limits())
+    cids = iter(range(1, 1 << 30))
+    lst = Listener(b"s" * 32, UdpConfig(handshake_timeout=10.0), lambda: next(cids), admission=admission)
+    now, created, new_sender = 100.0, 0, None
+    scid = 1 << 20
+    for step in range(5000):  # 4 s: 253 addresses, each within its own rate (as the socket filter
+        now += 0.0008  # leaves the bench's flood), an INITIAL and, on a RETRY, its token INITIAL
+        addr = (f"10.0.{step % 253}.1", 4000)
+        scid += 1
+        _, _, replies = lst.receive_datagram(padded_initial(7, 1, scid, b""), addr, now)
+        if replies and P.parse(replies[0]).ptype == P.RETRY:
+            token = P.parse_initial(P.parse(replies[0]).payload)[1]
+            created += lst.receive_datagram(padded_initial(7, 2, scid, token), addr, now)[1]
+        if step == 1250:  # a new sender, from another address, in the thick of it
+            new_sender, new, _ = _open(lst, ("192.0.2.7", 9), 5, now)
+            assert new
+    assert 256 < created <= SESSION_BURST + SESSION_RATE * 4.0
+    assert not new_sender.closed and new_sender.local_cid in lst.sessions  # 3 s later, still no HELLO
+    new_sender.established()

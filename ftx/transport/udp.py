@@ -56,7 +56,7 @@ GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27  # Linux
 SHIELD_PASS = 8  # while shielded, 1 in this many token-less INITIALs reaches the Listener
-SHIELD_CHECK = 0.5  # seconds between looks at whether the INITIAL flood goes on
+SHIELD_HOLD = 2.0  # seconds a shield stays before it is lifted to see whether it is still needed
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
@@ -80,6 +80,7 @@ def _malloc_trim():
 
 _malloc_trim_fn = _malloc_trim()
 TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
+TRIM_COST_RATIO = 20  # and at least this many times as long as the last trim took (5 % of the CPU at most)
 
 
 def _initial_shield(pass_one_in: int) -> bytes:
@@ -520,6 +521,8 @@ class UdpServer:
         self.shielded = False  # an INITIAL flood: most token-less INITIALs dropped in the kernel
         self.shield_periods = 0
         self._unanswered = 0
+        self._overflowed = False  # since INITIALs last went unanswered
+        self._lifted = False  # the filter was lifted since the last read
         self._shield_handle: asyncio.TimerHandle | None = None
 
     def _on_read(self, data, seg: int, addr) -> None:
@@ -545,12 +548,20 @@ class UdpServer:
                 if link is not None:
                     self._woken.add(link)
             self.listener.evicted.clear()
+        if self.dsock.drops != self._drops and (self.shielded or self._lifted):
+            # the kernel counts what the socket filter drops as drops too: no overflow to tell
+            # (and the first read after the filter is lifted may still report some)
+            self._drops = self.dsock.drops
+        self._lifted = False
+        overflow = self.dsock.drops != self._drops
+        self._overflowed |= overflow
         unanswered = self.listener.stats["initials_unanswered"]
-        if unanswered != self._unanswered:
+        if unanswered != self._unanswered:  # more INITIALs than the Listener answers: a flood
             self._unanswered = unanswered
-            if not self.shielded:
+            if self._overflowed and not self.shielded:  # ... that the receiver cannot keep up with
                 self._shield_on()
-        if self.dsock.drops != self._drops:  # our socket overflowed: every session must slow down
+            self._overflowed = False
+        if overflow:  # our socket overflowed: every session must slow down
             self._drops = self.dsock.drops
             now = time.monotonic()
             for link in self.links.values():
@@ -561,11 +572,13 @@ class UdpServer:
         self._woken.clear()
 
     def _shield_on(self) -> None:
-        """More INITIALs than the Listener answers: each still costs a read and a parse, and
-        a flood of them fills the socket's queue, so that the kernel drops the DATA of the
-        senders already served as well.  A socket filter now drops all but 1 in SHIELD_PASS
-        token-less INITIALs before they are queued (DATA and INITIALs with a token pass),
-        until the flood stops; new senders need more attempts meanwhile."""
+        """More INITIALs than the Listener answers, and our socket overflowed: each INITIAL
+        still costs a read and a parse, and a flood of them faster than we read fills the
+        socket's queue, so that the kernel drops the DATA of the senders already served as
+        well.  A socket filter now drops all but 1 in SHIELD_PASS token-less INITIALs before
+        they are queued (DATA and INITIALs with a token pass), for SHIELD_HOLD seconds at a
+        time; new senders need more attempts meanwhile.  Not for a flood we keep up with:
+        the Listener's budgets drop it cheaply, and a new sender is answered at once."""
         prog = _initial_shield(SHIELD_PASS)
         code = ctypes.create_string_buffer(prog)
         fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(code))
@@ -576,19 +589,13 @@ class UdpServer:
             return
         self.shielded = True
         self.shield_periods += 1
-        log.info("udp: INITIAL flood: answering 1 in %d new senders' first packets", SHIELD_PASS)
-        self._shield_seen = self.listener.stats["initials"]
-        self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
+        log.info("udp: INITIAL flood beyond what we read: answering 1 in %d new senders' first packets for %g s",
+                 SHIELD_PASS, SHIELD_HOLD)
+        self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_HOLD, self._shield_lift)
 
-    def _shield_check(self) -> None:
-        """Keep the filter while the INITIALs it lets through, scaled up, still exceed what the
-        Listener answers; else remove it."""
-        seen = self.listener.stats["initials"]
-        rate = (seen - self._shield_seen) * SHIELD_PASS / SHIELD_CHECK
-        self._shield_seen = seen
-        if rate > self.listener.initial_rate / 2:
-            self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_CHECK, self._shield_check)
-            return
+    def _shield_lift(self) -> None:
+        """Lift the filter: if the flood still overflows the socket, it comes back at once
+        (the kernel's drop count shows it on the next read)."""
         self._shield_handle = None
         self._shield_off()
 
@@ -599,7 +606,8 @@ class UdpServer:
             except OSError:
                 pass
             self.shielded = False
-            log.info("udp: INITIAL flood over")
+            self._lifted = True
+            log.info("udp: socket filter lifted")
 
     def _send_to(self, cid: int, bursts: list) -> None:
         addr = self.listener.addresses.get(cid)
@@ -621,9 +629,12 @@ class UdpServer:
 
         def trim() -> None:
             self._trim_handle = None
-            self._trimmed_at = time.monotonic()
+            start = time.monotonic()
             gc.collect()  # sessions end in reference cycles: free their buffers now, not at some later collection
             _malloc_trim_fn(0)
+            # a full collection costs more the more objects there are: while sessions come and
+            # go by the hundred (a flood of handshakes) it must not take much of the CPU
+            self._trimmed_at = time.monotonic() + TRIM_COST_RATIO * (time.monotonic() - start)
         if wait <= 0:
             trim()
         else:

@@ -26,7 +26,11 @@ and INITIALs are answered at most ``initial_rate`` a second (with a burst of
 address, so that a flood of them -- each costs an HMAC and a reply -- takes
 little time from the sessions already served.  Half of the total is kept for
 addresses that still have most of their own budget, so that a sender on
-another address than the flood's still gets its answer.  DATA for a known session is never subject to that budget.
+another address than the flood's still gets its answer.  Sessions are created at
+most ``SESSION_RATE`` a second (after ``SESSION_BURST``), half of that kept for those
+light addresses in the same way, and a light address's session still waiting for its
+HELLO is not evicted for a busy address's newcomer (``Admission``, ``protected``).
+DATA for a known session is never subject to these budgets.
 """
 
 from __future__ import annotations
@@ -67,7 +71,13 @@ HOST_INITIAL_BURST = 32
 # no more than this many INITIALs lately: a new sender asks once or twice, an address that
 # keeps asking -- even within its own rate, as many flooding addresses each do -- is not.
 LIGHT_RATE = 0.5
-LIGHT_BURST = 4.0
+LIGHT_BURST = 8.0  # a sender's handshake asks 2 to 4 times: a few transfers in a row stay "light"
+# Sessions created a second (beyond the burst), half of each for light addresses as above:
+# creating (and soon evicting) a session costs the receiver about a millisecond, so a flood
+# of completed handshakes at the INITIAL budget's pace took its whole CPU, its socket queue
+# filled, and a new sender's packets waited seconds behind the flood.
+SESSION_RATE = 200.0
+SESSION_BURST = 64
 HOSTS_TRACKED = 4096  # per-address budgets kept; beyond, they start afresh (the total still holds)
 _xxh64 = xxhash.xxh3_64_intdigest
 _unpack_q = struct.Struct(">Q").unpack_from
@@ -118,6 +128,7 @@ class Listener:
         self.budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.initial_rate = initial_rate
         self._buckets = {True: [INITIAL_BURST / 2, None], False: [INITIAL_BURST / 2, None]}  # light, heavy
+        self._session_buckets = {True: [SESSION_BURST / 2, None], False: [SESSION_BURST / 2, None]}
         self._host_credit: dict[str, tuple[float, float, float]] = {}  # host -> (credit, as of, lightness)
         self.sessions: dict[int, UdpSession] = {}
         self.addresses: dict[int, tuple] = {}
@@ -193,13 +204,17 @@ class Listener:
             return self.sessions[known], False, [self._reply(known, scid)]
         self.stats["initials"] += 1  # INITIALs that would cost an HMAC (drivers watch for floods)
         host = host_of(addr)
-        if not self._spend_initial(host, now):
+        light = self._spend_initial(host, now)
+        if light is None:
             self.stats["initials_unanswered"] += 1  # a flood: the sender will try again
             return None, False, []
         if not token or not check_token(self.secret, token, addr, scid, now):
             # no token, or an old or foreign one: a fresh RETRY (still smaller than the INITIAL)
             self.stats["retries" if not token else "bad_tokens"] += 1
             return None, False, [build(RETRY, scid, 0, initial_payload(0, make_token(self.secret, addr, scid, now)))]
+        if not _take(self._session_buckets[light], SESSION_BURST / 2, SESSION_RATE / 2, now, spend=False):
+            self.stats["initials_unanswered"] += 1  # too many new sessions: the sender will try again
+            return None, False, []
         made: list[UdpSession] = []
 
         def evict() -> None:  # its handshake was not finished when a newcomer needed the place
@@ -208,11 +223,13 @@ class Listener:
                 self.evicted.append(old)
                 self.forget(old)  # its places went to the newcomer (Admission knows: release is a no-op)
 
-        reason = self.admission.admit(host, evict) if self.admission is not None else None
+        # A light address's pending session is not evicted for a busy address's newcomer.
+        reason = self.admission.admit(host, evict, protected=light) if self.admission is not None else None
         if reason is not None:  # refused: tell the sender why, and keep nothing
             self.stats["refused"] += 1
             return None, False, [self._reply(self._new_cid(), scid),
                                  build(DATA, scid, 0, encode_close(ErrorCode.BUSY, reason))]
+        _take(self._session_buckets[light], SESSION_BURST / 2, SESSION_RATE / 2, now)
         cid = self._new_cid()
         session = UdpSession(cid, scid, self.config, now, chunk_receiver=True, budget=self.budget)
         made.append(session)
@@ -227,9 +244,10 @@ class Listener:
         self._by_initial[(addr, scid)] = cid
         return session, True, [self._reply(cid, scid)]
 
-    def _spend_initial(self, host: str, now: float) -> bool:
+    def _spend_initial(self, host: str, now: float) -> bool | None:
         """Whether the INITIAL budgets (token buckets: the host's, then the total) allow
-        answering one more INITIAL from ``host``.  Every INITIAL counts against its host,
+        answering one more INITIAL from ``host``: None if not, else whether ``host`` is
+        light (has asked little lately).  Every INITIAL counts against its host,
         answered or not, so a flooding address soon gets nothing and costs the total nothing."""
         credit, at, light = self._host_credit.get(host, (float(HOST_INITIAL_BURST), now, LIGHT_BURST))
         elapsed = max(0.0, now - at)
@@ -240,15 +258,9 @@ class Listener:
             self._host_credit.clear()
         self._host_credit[host] = (credit, now, max(-LIGHT_BURST, light))
         if credit < 0.0:
-            return False
-        bucket = self._buckets[light >= 0.0]  # light: has asked little lately
-        if bucket[1] is not None:
-            bucket[0] = min(INITIAL_BURST / 2, bucket[0] + max(0.0, now - bucket[1]) * self.initial_rate / 2)
-        bucket[1] = now
-        if bucket[0] < 1.0:
-            return False
-        bucket[0] -= 1.0
-        return True
+            return None
+        light = light >= 0.0
+        return light if _take(self._buckets[light], INITIAL_BURST / 2, self.initial_rate / 2, now) else None
 
     def _deliver(self, session: UdpSession, addr, pn: int | None, feed, *args):
         """``feed(*args)`` (DATA for ``session``, checksum already fine) and its result. Content
@@ -283,6 +295,19 @@ class Listener:
         for k, v in list(self._by_initial.items()):
             if v == session.local_cid:
                 del self._by_initial[k]
+
+
+def _take(bucket: list, burst: float, rate: float, now: float, spend: bool = True) -> bool:
+    """Token bucket ``[credit, as of]`` (refilled at ``rate`` up to ``burst``): whether one is
+    left, and, with ``spend``, take it."""
+    if bucket[1] is not None:
+        bucket[0] = min(burst, bucket[0] + max(0.0, now - bucket[1]) * rate)
+    bucket[1] = now
+    if bucket[0] < 1.0:
+        return False
+    if spend:
+        bucket[0] -= 1.0
+    return True
 
 
 class Dialer:
