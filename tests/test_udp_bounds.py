@@ -464,3 +464,22 @@ def test_completed_handshakes_from_busy_addresses_are_a_budget_and_leave_a_new_s
     assert 256 < created <= SESSION_BURST + SESSION_RATE * 4.0
     assert not new_sender.closed and new_sender.local_cid in lst.sessions  # 3 s later, still no HELLO
     new_sender.established()
+
+
+def test_a_busy_address_sampled_by_the_socket_filter_stays_busy_while_it_floods():
+    """The driver drops all but 1 in 8 token-less INITIALs of the addresses busy_hosts names
+    (transport/udp.py); the Listener counts each that arrives 8 times, so an address that
+    goes on flooding stays busy, and one that stops is soon not."""
+    lst = Listener(b"s" * 32, UdpConfig(), lambda: 1)
+    now = 100.0
+    for k in range(200):  # 200 INITIALs in 1 s from one address: over its 16 a second
+        now += 0.005
+        lst.receive_datagram(padded_initial(7, 1, k, b""), ("10.0.0.1", 1), now)
+    lst.receive_datagram(padded_initial(7, 1, 9999, b""), ("10.0.0.2", 1), now)
+    assert lst.busy_hosts(now, 10) == ["10.0.0.1"]
+    lst.sampled_hosts, lst.sample_weight = frozenset(["10.0.0.1"]), 8
+    for k in range(250):  # it floods on at 200 a second: 1 in 8 arrive, for 10 s
+        now += 0.04
+        lst.receive_datagram(padded_initial(7, 1, 1000 + k, b""), ("10.0.0.1", 1), now)
+        assert lst.busy_hosts(now, 10) == ["10.0.0.1"]
+    assert lst.busy_hosts(now + 3.0, 10) == []  # it stopped: 16 a second refill its budget

@@ -22,6 +22,7 @@ import ctypes
 import dataclasses
 import errno
 import gc
+import ipaddress
 import logging
 import os
 import socket
@@ -55,8 +56,10 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27  # Linux
-SHIELD_PASS = 8  # while shielded, 1 in this many token-less INITIALs reaches the Listener
+SHIELD_PASS = 8  # of the token-less INITIALs a socket filter drops, 1 in this many reaches the Listener
 SHIELD_HOLD = 2.0  # seconds a shield stays before it is lifted to see whether it is still needed
+BUSY_LIMIT = 1000  # busy IPv4 addresses in the socket filter (2 of the 4 096 instructions allowed each)
+BUSY_REFRESH = 0.5  # seconds between two looks at which addresses are busy
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
@@ -65,6 +68,14 @@ def _format_addr(addr) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
     return str(addr)
+
+
+def _ipv4(host: str) -> int | None:
+    """An IPv4 address as a 32-bit number (as a socket filter loads it), else None."""
+    try:
+        return int(ipaddress.IPv4Address(host))
+    except ValueError:
+        return None
 
 
 def _random_cid() -> int:
@@ -83,23 +94,51 @@ TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
 TRIM_COST_RATIO = 20  # and at least this many times as long as the last trim took (5 % of the CPU at most)
 
 
-def _initial_shield(pass_one_in: int) -> bytes:
-    """A classic BPF socket filter for a UDP socket (offset 0 is the UDP header): drop an
-    INITIAL without a token, except 1 in ``pass_one_in`` chosen at random; pass the rest."""
-    payload = 8
-    accept, drop = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
-    prog = [
-        (0x30, 0, 0, payload),  # ldb [0]: packet type
-        (0x15, 0, 6, 0x01),  # jeq INITIAL, else accept
+def _initial_filter(pass_one_in: int, busy: list[int], everyone: bool) -> bytes:
+    """A classic BPF socket filter for a UDP socket (offset 0 is the UDP header): an INITIAL
+    without a token from an IPv4 source in ``busy`` (addresses as 32-bit numbers) -- or from
+    anyone, with ``everyone`` -- is dropped except 1 in ``pass_one_in`` chosen at random
+    (a power of two); every other datagram passes."""
+    payload, net = 8, -0x100000  # SKF_NET_OFF: offsets from the IP header
+    prog: list = [
+        (0x30, 0, 0, payload),  # ldb: packet type
+        (0x15, 1, 0, 0x01),  # jeq INITIAL: go on
+        "accept",
         (0x28, 0, 0, payload + 18 + 8),  # ldh: token length, after the header and scid
-        (0x15, 0, 4, 0),  # jeq 0, else accept
-        (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # ld rand (SKF_AD_OFF + SKF_AD_RAND)
-        (0x54, 0, 0, pass_one_in - 1),  # and
-        (0x15, 1, 0, 0),  # jeq 0: accept
-        drop,
-        accept,
+        (0x15, 1, 0, 0),  # jeq 0: go on
+        "accept",
     ]
-    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+    if busy:
+        prog += [
+            (0x30, 0, 0, (net + 0) & 0xFFFFFFFF),  # ldb: IP version and header length
+            (0x74, 0, 0, 4),  # rsh 4
+            (0x15, 1, 0, 4),  # jeq IPv4: go on
+            ("ja", "others"),
+            (0x20, 0, 0, (net + 12) & 0xFFFFFFFF),  # ld: IPv4 source address
+        ]
+        for address in busy:
+            prog += [(0x15, 0, 1, address), ("ja", "sample")]  # jeq address: sample
+    prog += [("at", "others"), ("ja", "sample") if everyone else "accept",
+             ("at", "sample"),
+             (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # ld rand (SKF_AD_OFF + SKF_AD_RAND)
+             (0x54, 0, 0, pass_one_in - 1),  # and
+             (0x15, 0, 1, 0),  # jeq 0: accept
+             "accept", (0x06, 0, 0, 0)]  # drop
+    # ("at", name) marks a place, ("ja", name) jumps there (32-bit offset: jeq's are 8-bit)
+    code, places = [], {}
+    for ins in prog:
+        if ins[0] == "at":
+            places[ins[1]] = len(code)
+        else:
+            code.append(ins)
+    out = []
+    for i, ins in enumerate(code):
+        if ins == "accept":
+            ins = (0x06, 0, 0, 0x40000)
+        elif ins[0] == "ja":
+            ins = (0x05, 0, 0, places[ins[1]] - i - 1)
+        out.append(struct.pack("=HBBI", *ins))
+    return b"".join(out)
 
 
 class DatagramSocket:
@@ -520,10 +559,13 @@ class UdpServer:
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
         self.shielded = False  # an INITIAL flood: most token-less INITIALs dropped in the kernel
         self.shield_periods = 0
+        self.busy: list[str] = []  # addresses whose token-less INITIALs the kernel mostly drops
+        self._filtering = False  # a socket filter is attached
         self._unanswered = 0
         self._overflowed = False  # since INITIALs last went unanswered
         self._lifted = False  # the filter was lifted since the last read
         self._shield_handle: asyncio.TimerHandle | None = None
+        self._busy_handle: asyncio.TimerHandle | None = None
 
     def _on_read(self, data, seg: int, addr) -> None:
         for session, new, replies in self.listener.receive_burst(data, seg, addr, time.monotonic()):
@@ -548,7 +590,7 @@ class UdpServer:
                 if link is not None:
                     self._woken.add(link)
             self.listener.evicted.clear()
-        if self.dsock.drops != self._drops and (self.shielded or self._lifted):
+        if self.dsock.drops != self._drops and (self._filtering or self._lifted):
             # the kernel counts what the socket filter drops as drops too: no overflow to tell
             # (and the first read after the filter is lifted may still report some)
             self._drops = self.dsock.drops
@@ -561,6 +603,8 @@ class UdpServer:
             if self._overflowed and not self.shielded:  # ... that the receiver cannot keep up with
                 self._shield_on()
             self._overflowed = False
+            if self._busy_handle is None:
+                self._refresh_busy()
         if overflow:  # our socket overflowed: every session must slow down
             self._drops = self.dsock.drops
             now = time.monotonic()
@@ -571,43 +615,75 @@ class UdpServer:
             link.wake()
         self._woken.clear()
 
+    def _refresh_busy(self) -> None:
+        """INITIALs go unanswered: the addresses whose own budget is spent (the Listener
+        refuses them anyway) have their token-less INITIALs dropped in the kernel, all but 1
+        in SHIELD_PASS, which the Listener counts SHIELD_PASS times so that they stay busy
+        while they flood.  Reading and refusing 20 000 INITIALs a second took a third of a
+        core: now a flood from up to BUSY_LIMIT IPv4 addresses costs the receiver little,
+        and other addresses' INITIALs are all read and answered.  Looked at again every
+        BUSY_REFRESH seconds while any address is busy."""
+        self._busy_handle = None
+        busy = [h for h in self.listener.busy_hosts(time.monotonic(), BUSY_LIMIT) if _ipv4(h) is not None]
+        if set(busy) != set(self.busy):
+            self.busy = busy
+            self._install_filter()
+        if self.busy:
+            self._busy_handle = asyncio.get_running_loop().call_later(BUSY_REFRESH, self._refresh_busy)
+
     def _shield_on(self) -> None:
         """More INITIALs than the Listener answers, and our socket overflowed: each INITIAL
         still costs a read and a parse, and a flood of them faster than we read fills the
         socket's queue, so that the kernel drops the DATA of the senders already served as
-        well.  A socket filter now drops all but 1 in SHIELD_PASS token-less INITIALs before
-        they are queued (DATA and INITIALs with a token pass), for SHIELD_HOLD seconds at a
-        time; new senders need more attempts meanwhile.  Not for a flood we keep up with:
-        the Listener's budgets drop it cheaply, and a new sender is answered at once."""
-        prog = _initial_shield(SHIELD_PASS)
-        code = ctypes.create_string_buffer(prog)
-        fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(code))
-        try:
-            self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        except OSError as exc:
-            log.debug("udp: no socket filter: %s", exc)
-            return
+        well.  A socket filter now drops all but 1 in SHIELD_PASS token-less INITIALs from
+        any address before they are queued (DATA and INITIALs with a token pass), for
+        SHIELD_HOLD seconds at a time; new senders need more attempts meanwhile.  Not for a
+        flood we keep up with: the Listener's budgets drop it cheaply, and a new sender is
+        answered at once."""
         self.shielded = True
+        if not self._install_filter():
+            self.shielded = False
+            return
         self.shield_periods += 1
         log.info("udp: INITIAL flood beyond what we read: answering 1 in %d new senders' first packets for %g s",
                  SHIELD_PASS, SHIELD_HOLD)
         self._shield_handle = asyncio.get_running_loop().call_later(SHIELD_HOLD, self._shield_lift)
 
     def _shield_lift(self) -> None:
-        """Lift the filter: if the flood still overflows the socket, it comes back at once
+        """Lift the shield: if the flood still overflows the socket, it comes back at once
         (the kernel's drop count shows it on the next read)."""
         self._shield_handle = None
-        self._shield_off()
-
-    def _shield_off(self) -> None:
         if self.shielded:
+            self.shielded = False
+            self._install_filter()
+            log.info("udp: INITIAL flood shield lifted")
+
+    def _install_filter(self) -> bool:
+        """Attach the socket filter for the busy addresses and the shield as they are now
+        (or detach it if there is neither); False if the kernel would not take it."""
+        sock = self.dsock.sock
+        if self.busy or self.shielded:
+            prog = _initial_filter(SHIELD_PASS, [_ipv4(h) for h in self.busy], self.shielded)
+            code = ctypes.create_string_buffer(prog)
+            fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(code))
             try:
-                self.dsock.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            except OSError as exc:
+                log.debug("udp: no socket filter: %s", exc)
+                self.busy = []
+                self.listener.sampled_hosts = frozenset()
+                return False
+            self._filtering = True
+        elif self._filtering:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
             except OSError:
                 pass
-            self.shielded = False
+            self._filtering = False
             self._lifted = True
-            log.info("udp: socket filter lifted")
+        self.listener.sampled_hosts = frozenset(self.busy)
+        self.listener.sample_weight = SHIELD_PASS
+        return True
 
     def _send_to(self, cid: int, bursts: list) -> None:
         addr = self.listener.addresses.get(cid)
@@ -643,7 +719,7 @@ class UdpServer:
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
-        for handle in (self._trim_handle, self._shield_handle):
+        for handle in (self._trim_handle, self._shield_handle, self._busy_handle):
             if handle is not None:
                 handle.cancel()
         self.dsock.close()

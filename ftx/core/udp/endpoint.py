@@ -130,6 +130,10 @@ class Listener:
         self._buckets = {True: [INITIAL_BURST / 2, None], False: [INITIAL_BURST / 2, None]}  # light, heavy
         self._session_buckets = {True: [SESSION_BURST / 2, None], False: [SESSION_BURST / 2, None]}
         self._host_credit: dict[str, tuple[float, float, float]] = {}  # host -> (credit, as of, lightness)
+        # Hosts of which the driver lets only 1 in ``sample_weight`` token-less INITIALs reach
+        # us (a socket filter against busy hosts): each of those counts that many times.
+        self.sampled_hosts: frozenset[str] = frozenset()
+        self.sample_weight = 1
         self.sessions: dict[int, UdpSession] = {}
         self.addresses: dict[int, tuple] = {}
         self._hosts: dict[int, str] = {}  # our cid -> host admitted (released on forget)
@@ -204,7 +208,7 @@ class Listener:
             return self.sessions[known], False, [self._reply(known, scid)]
         self.stats["initials"] += 1  # INITIALs that would cost an HMAC (drivers watch for floods)
         host = host_of(addr)
-        light = self._spend_initial(host, now)
+        light = self._spend_initial(host, now, self.sample_weight if not token and host in self.sampled_hosts else 1)
         if light is None:
             self.stats["initials_unanswered"] += 1  # a flood: the sender will try again
             return None, False, []
@@ -244,16 +248,17 @@ class Listener:
         self._by_initial[(addr, scid)] = cid
         return session, True, [self._reply(cid, scid)]
 
-    def _spend_initial(self, host: str, now: float) -> bool | None:
+    def _spend_initial(self, host: str, now: float, weight: int = 1) -> bool | None:
         """Whether the INITIAL budgets (token buckets: the host's, then the total) allow
         answering one more INITIAL from ``host``: None if not, else whether ``host`` is
-        light (has asked little lately).  Every INITIAL counts against its host,
-        answered or not, so a flooding address soon gets nothing and costs the total nothing."""
+        light (has asked little lately).  Every INITIAL counts against its host (``weight``
+        times), answered or not, so a flooding address soon gets nothing and costs the
+        total nothing."""
         credit, at, light = self._host_credit.get(host, (float(HOST_INITIAL_BURST), now, LIGHT_BURST))
         elapsed = max(0.0, now - at)
         credit = max(-float(HOST_INITIAL_BURST),
-                     min(float(HOST_INITIAL_BURST), credit + elapsed * HOST_INITIAL_RATE) - 1.0)
-        light = min(LIGHT_BURST, light + elapsed * LIGHT_RATE) - 1.0
+                     min(float(HOST_INITIAL_BURST), credit + elapsed * HOST_INITIAL_RATE) - weight)
+        light = min(LIGHT_BURST, light + elapsed * LIGHT_RATE) - weight
         if len(self._host_credit) >= HOSTS_TRACKED and host not in self._host_credit:
             self._host_credit.clear()
         self._host_credit[host] = (credit, now, max(-LIGHT_BURST, light))
@@ -261,6 +266,17 @@ class Listener:
             return None
         light = light >= 0.0
         return light if _take(self._buckets[light], INITIAL_BURST / 2, self.initial_rate / 2, now) else None
+
+    def busy_hosts(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` hosts whose INITIALs are being refused now (their own budget is
+        spent), most overdrawn first: what a driver may drop before it reads them."""
+        busy = []
+        for host, (credit, at, _light) in self._host_credit.items():
+            credit = min(float(HOST_INITIAL_BURST), credit + max(0.0, now - at) * HOST_INITIAL_RATE)
+            if credit < 0.0:
+                busy.append((credit, host))
+        busy.sort()
+        return [host for _, host in busy[:limit]]
 
     def _deliver(self, session: UdpSession, addr, pn: int | None, feed, *args):
         """``feed(*args)`` (DATA for ``session``, checksum already fine) and its result. Content
