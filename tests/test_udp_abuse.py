@@ -606,3 +606,38 @@ def test_the_socket_filter_drops_most_token_less_initials_of_busy_addresses_only
     assert 40 <= got.get(("127.6.0.1", "tokenless"), 0) <= 200  # about 100 of 800
     for key in (("127.6.0.1", "token"), ("127.6.0.1", "data"), ("127.6.0.2", "tokenless")):
         assert got.get(key, 0) == sent[key], (key, got)
+
+
+def test_more_busy_addresses_than_the_filter_holds_put_the_shield_on(monkeypatch):
+    """While the busy-address filter is on, the kernel's drop count cannot show an overflow;
+    a flood from more addresses than it holds gets the shield for every address instead."""
+    import asyncio
+    import socket
+
+    from ftx.core.udp.endpoint import Listener, padded_initial
+    from ftx.core.udp.session import UdpConfig
+    from ftx.transport import udp
+
+    monkeypatch.setattr(udp, "BUSY_LIMIT", 3)
+
+    async def run():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        listener = Listener(b"s" * 32, UdpConfig(), lambda: 1)
+        server = udp.UdpServer(sock, listener, lambda link: None)
+        try:
+            now = time.monotonic()
+            for k in range(3):  # three addresses over their budget: filtered, no shield
+                for j in range(100):
+                    listener.receive_datagram(padded_initial(7, 1, j, b""), (f"10.0.0.{k}", 1), now)
+            server._refresh_busy()
+            assert sorted(server.busy) == ["10.0.0.0", "10.0.0.1", "10.0.0.2"] and not server.shielded
+            assert listener.sampled_hosts == frozenset(server.busy)
+            for j in range(100):  # a fourth: more than the filter holds
+                listener.receive_datagram(padded_initial(7, 1, j, b""), ("10.0.0.3", 1), now)
+            server._refresh_busy()
+            assert len(server.busy) == 3 and server.shielded
+        finally:
+            server.close()
+
+    asyncio.run(run())

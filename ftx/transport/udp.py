@@ -622,12 +622,18 @@ class UdpServer:
         while they flood.  Reading and refusing 20 000 INITIALs a second took a third of a
         core: now a flood from up to BUSY_LIMIT IPv4 addresses costs the receiver little,
         and other addresses' INITIALs are all read and answered.  Looked at again every
-        BUSY_REFRESH seconds while any address is busy."""
+        BUSY_REFRESH seconds while any address is busy.  More busy addresses than the filter
+        holds (while it is on, the kernel's drop count cannot tell an overflow): the shield
+        for every address, as on an overflow."""
         self._busy_handle = None
-        busy = [h for h in self.listener.busy_hosts(time.monotonic(), BUSY_LIMIT) if _ipv4(h) is not None]
+        busy = [h for h in self.listener.busy_hosts(time.monotonic(), BUSY_LIMIT + 1) if _ipv4(h) is not None]
+        overrun = len(busy) > BUSY_LIMIT
+        busy = busy[:BUSY_LIMIT]
         if set(busy) != set(self.busy):
             self.busy = busy
             self._install_filter()
+        if overrun and not self.shielded:
+            self._shield_on()
         if self.busy:
             self._busy_handle = asyncio.get_running_loop().call_later(BUSY_REFRESH, self._refresh_busy)
 
