@@ -275,8 +275,6 @@ class AuthorizedKeys:
             log.warning("%s (keeping the keys read before)", exc)
         if peer.public in self.keys:
             return None
-        log.warning("refused sender %s: not in %s (append the sender's identity.pub line there to accept it)",
-                    peer.fingerprint, self.path)
         return f"key {peer.fingerprint} is not authorized by this receiver"
 
 

@@ -31,3 +31,23 @@ def _sender_state_dir(tmp_path_factory):
 
     os.environ.setdefault("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _config_dir(tmp_path_factory):
+    """Every ``ftx`` run of the tests uses one config directory whose identity authorizes itself.
+
+    So the existing CLI tests run sealed in keys mode, unchanged: each receiver
+    accepts the (same) sender key, and each sender remembers the receivers'
+    (same) key in that directory's known_hosts.  Subprocesses inherit it.
+    """
+    import os
+
+    from ftx.credentials import config_dir, load_identity, public_line
+
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    ident = load_identity(os.path.join(config_dir(), "identity"))
+    with open(os.path.join(config_dir(), "authorized_keys"), "w") as f:
+        f.write(public_line(ident.public, "the tests' own identity") + "\n")
+    os.environ.pop("FTX_CODE", None)
+    yield
