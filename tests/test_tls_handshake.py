@@ -596,3 +596,22 @@ def test_fingerprints_are_normalized():
         with pytest.raises(tlsconfig.TlsConfigError):
             tlsconfig.normalize_fingerprint(bad)
     assert struct  # (imported for frame building above)
+
+
+# -- protocol.md's vectors are what the code produces
+
+
+def test_protocol_md_vectors():
+    import hashlib
+    import re
+
+    spec = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
+    section = spec[spec.index("### TLS 1.3 (kind 3)"):]
+    values = dict(re.findall(r"^(transcript|c->s secret|s->c secret)\s+([0-9a-f]{64})$", section, re.M))
+    ch, sh = hashlib.sha256(b"client frames").digest(), hashlib.sha256(b"server frames").digest()
+    assert f"SHA-256(C)  {ch.hex()}" in section and f"SHA-256(S)  {sh.hex()}" in section
+    transcript, c2s, s2c = tlsmod.key_schedule(ch, sh, bytes([1]) * 32, bytes([2]) * 32)
+    assert values == {"transcript": transcript.hex(), "c->s secret": c2s.hex(), "s->c secret": s2c.hex()}
+    dump = section[section.index("**TLS_LAST** carrying"):]
+    rows = re.findall(r"^[0-9a-f]{4}  ((?:[0-9a-f]{2} )+)", dump, re.M)[:2]
+    assert bytes.fromhex("".join(rows)) == encode_handshake(MSG_LAST, bytes.fromhex("170303000100"))

@@ -72,6 +72,15 @@ def certificate_identity(der: bytes) -> PeerIdentity:
     return PeerIdentity("tls", certificate_fingerprint(der), der, name)
 
 
+def key_schedule(client_frames_hash: bytes, server_frames_hash: bytes, client_random: bytes,
+                 server_random: bytes) -> tuple[bytes, bytes, bytes]:
+    """(transcript, client->server secret, server->client secret); protocol.md, "TLS 1.3 (kind 3)"."""
+    transcript = hashlib.sha256(client_frames_hash + server_frames_hash).digest()
+    prk = hkdf_extract(transcript, client_random + server_random)
+    return (transcript, expand_label(prk, "tls c2s", b"", SECRET_SIZE),
+            expand_label(prk, "tls s2c", b"", SECRET_SIZE))
+
+
 def encode_handshake(msg_type: int, body: bytes) -> bytes:
     """One HANDSHAKE frame of kind 3 (protocol.md 3.1 header, XXH3 checksum)."""
     payload = bytes((KIND_TLS, msg_type)) + body
@@ -271,10 +280,7 @@ class _TlsHandshake:
         c_rand, s_rand = (peer_random, self._random) if self._server_side else (self._random, peer_random)
         c_hash, s_hash = (self._recv_hash, self._sent_hash) if self._server_side else (self._sent_hash,
                                                                                         self._recv_hash)
-        transcript = hashlib.sha256(c_hash.digest() + s_hash.digest()).digest()
-        prk = hkdf_extract(transcript, c_rand + s_rand)
-        c2s = expand_label(prk, "tls c2s", b"", SECRET_SIZE)
-        s2c = expand_label(prk, "tls s2c", b"", SECRET_SIZE)
+        transcript, c2s, s2c = key_schedule(c_hash.digest(), s_hash.digest(), c_rand, s_rand)
         send, recv = (s2c, c2s) if self._server_side else (c2s, s2c)
         self._result = Established(
             cipher, send, recv, self._peer_certificate(), transcript,
