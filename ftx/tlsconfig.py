@@ -20,10 +20,13 @@ import re
 import ssl
 from pathlib import Path
 
-from .core.secure.tls import certificate_fingerprint
+from typing import Callable
+
+from .core.secure.tls import Authorize, TlsClientHandshake, TlsServerHandshake, certificate_fingerprint
 
 __all__ = ["TlsConfigError", "server_context", "client_context", "normalize_fingerprint",
-           "certificate_file_fingerprint", "certificate_fingerprint"]
+           "certificate_file_fingerprint", "certificate_fingerprint", "receiver_handshakes",
+           "sender_handshake"]
 
 
 class TlsConfigError(ValueError):
@@ -131,3 +134,22 @@ def certificate_file_fingerprint(path: str | Path) -> str:
     else:
         der = data
     return certificate_fingerprint(der)
+
+
+def receiver_handshakes(cert: str | Path, key: str | Path | None = None, client_ca: str | Path | None = None,
+                        authorize: Authorize | None = None) -> Callable[[], TlsServerHandshake]:
+    """A factory of receiver-side TLS handshakes (one per connection), the files read once, now.
+
+    Fits the dispatcher's ``kinds`` table: ``{KIND_TLS: receiver_handshakes(...)}``.
+    """
+    ctx = server_context(cert, key, client_ca)
+    return lambda: TlsServerHandshake(ctx, authorize=authorize)
+
+
+def sender_handshake(host: str, ca: str | Path | None = None, cert: str | Path | None = None,
+                     key: str | Path | None = None, pinned: str | None = None,
+                     ciphers: list[str] | None = None) -> TlsClientHandshake:
+    """The sender's TLS handshake towards ``host`` (the name or address it dials)."""
+    pin = normalize_fingerprint(pinned) if pinned is not None else None
+    ctx = client_context(ca, cert, key, pin)
+    return TlsClientHandshake(ctx, host.strip("[]"), pinned_fingerprint=pin, ciphers=ciphers)

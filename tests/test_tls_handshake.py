@@ -615,3 +615,76 @@ def test_protocol_md_vectors():
     dump = section[section.index("**TLS_LAST** carrying"):]
     rows = re.findall(r"^[0-9a-f]{4}  ((?:[0-9a-f]{2} )+)", dump, re.M)[:2]
     assert bytes.fromhex("".join(rows)) == encode_handshake(MSG_LAST, bytes.fromhex("170303000100"))
+
+
+# -- one real loopback connection
+
+
+async def _drive(reader, writer, hs, timeout=10.0):
+    """The driver loop of the Handshake docstring over an asyncio stream; returns (result, leftover)."""
+    import asyncio
+
+    async def run():
+        incoming = b""
+        while not hs.done:
+            out = hs.data_to_send()
+            if out:
+                writer.write(out)
+                await writer.drain()
+            if not incoming:
+                incoming = await reader.read(65536)
+                if not incoming:
+                    raise AssertionError("peer closed during the handshake")
+            used = hs.receive(incoming, 0.0)
+            incoming = incoming[used:]
+            if hs.done:
+                break
+        out = hs.data_to_send()
+        if out:
+            writer.write(out)
+            await writer.drain()
+        assert hs.keys_ready
+        return hs.result, incoming
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+def test_tls_handshake_then_sealed_bytes_over_real_tcp(pki):
+    """Receiver and sender built from files, over a loopback socket; the first sealed message opens."""
+    import asyncio
+
+    server_factory = tlsconfig.receiver_handshakes(pki.server.cert, pki.server.key, client_ca=pki.ca.path)
+
+    async def main():
+        got = {}
+
+        async def serve(reader, writer):
+            est, leftover = await _drive(reader, writer, server_factory())
+            data = leftover
+            while len(data) < 5 + 16:
+                more = await asyncio.wait_for(reader.read(65536), 10)
+                assert more
+                data += more
+            got["server"] = est
+            got["plain"] = Direction(est.cipher, est.recv_secret).open(0, data[:21], b"")
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        hs = tlsconfig.sender_handshake("127.0.0.1", ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key)
+        est, leftover = await _drive(reader, writer, hs)
+        assert leftover == b""
+        writer.write(Direction(est.cipher, est.send_secret).seal(0, b"HELLO", b""))
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 10)  # the server closes after reading it
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return est, got
+
+    est, got = asyncio.run(main())
+    assert got["plain"] == b"HELLO"
+    assert_paired(est, got["server"])
+    assert est.peer.fingerprint == tlsconfig.certificate_file_fingerprint(pki.server.cert)
+    assert got["server"].peer.name == "alice"
