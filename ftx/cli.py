@@ -385,6 +385,9 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         raise click.UsageError("--code cannot be combined with TLS or --authorized-keys")
     if (tls_key or tls_ca) and not tls_cert:
         raise click.UsageError("--tls-key and --tls-ca need --tls-cert")
+    if code_mode and not yes and not sys.stdin.isatty():
+        raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
+                               "ask on; add --yes to accept without asking")
     if insecure:
         if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
             host = "127.0.0.1"

@@ -7,10 +7,10 @@ from .helpers import Receiver
 def receiver_factory(tmp_path):
     started: list[Receiver] = []
 
-    def start(*args: str, directory=None, host: str = "127.0.0.1") -> Receiver:
+    def start(*args: str, directory=None, host: str = "127.0.0.1", env: dict | None = None) -> Receiver:
         d = directory or tmp_path / "dst"
         d.mkdir(parents=True, exist_ok=True)
-        r = Receiver(d, *args, host=host)
+        r = Receiver(d, *args, host=host, env=env)
         started.append(r)
         return r
 

@@ -52,17 +52,19 @@ class LineReader:
 class Receiver:
     """``ftx receive --json`` as a subprocess on an ephemeral loopback port."""
 
-    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1", env: dict | None = None) -> None:
         self.dir = directory
         self.proc = subprocess.Popen(
             FTX + ["receive", "--listen", host, "--port", "0", "--dir", str(directory), "--json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=with_env(env),
         )
         self.lines = LineReader(self.proc.stdout)
         first = self.lines.next_json()
         assert first["event"] == "listening", first
+        self.listening = first
         self.port = first["port"]
         self.host = host
 
@@ -99,17 +101,30 @@ class Receiver:
         return self.proc.returncode
 
 
-def run_send(*args: str, timeout: float = 60.0) -> tuple[int, dict | None, str]:
+def with_env(extra: dict | None) -> dict | None:
+    """The tests' environment plus ``extra`` (a value None removes the variable)."""
+    if not extra:
+        return None
+    env = dict(os.environ)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_send(*args: str, timeout: float = 60.0, env: dict | None = None) -> tuple[int, dict | None, str]:
     """Run ``ftx send ... --json``; return (exit code, parsed JSON or None, stderr)."""
     proc = subprocess.run(FTX + ["send", *args, "--json", "--no-progress"], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=with_env(env))
     report = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc.returncode, report, proc.stderr
 
 
-def start_send(*args: str) -> subprocess.Popen:
+def start_send(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(FTX + ["send", *args, "--json", "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=with_env(env))
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> bytes:
