@@ -259,6 +259,19 @@ class RecordOpener:
             self.buffer_updated(n)
         return b"".join(out)
 
+    def peek(self, nbytes: int) -> bytes:
+        """Up to ``nbytes`` of the bytes received and not yet consumed (no checks)."""
+        return bytes(self._view[self._start : min(self._end, self._start + nbytes)])
+
+    def skip(self, nbytes: int) -> None:
+        """Drop ``nbytes`` received bytes that are not a record (a plaintext refusal before the
+        first record; see ftx/transport/tcp.py)."""
+        if self._size >= 0 or self.number or nbytes > self._end - self._start:
+            raise ValueError("skip: only unparsed bytes before the first record")
+        self._start += nbytes
+        if self._start == self._end:
+            self._start = self._end = 0
+
     def receive_eof(self) -> None:
         """The stream ended: an error if it cut a record."""
         self._check()
