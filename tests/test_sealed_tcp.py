@@ -1,0 +1,388 @@
+"""Sealed TCP end to end on real loopback sockets: ``run_handshake`` (with the test double of
+tests/secure_fakes.py) then ``send_paths``/``receive_over`` over sealed ``TcpLink``s.
+
+A tampering proxy between the peers flips a bit in, drops, duplicates, reorders or
+replays one record: the transfer fails with an authentication error and no file lands
+under its final name; the receiver serves the next sender.  A capture through the
+proxy holds neither a file's content nor its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+
+from ftx.core.secure import AuthError
+from ftx.core.secure.keys import CHACHA20_POLY1305
+from ftx.core.secure.records import OVERHEAD
+from ftx.errors import ErrorCode, PeerError, TransportError
+from ftx.receiving import receive_over
+from ftx.securing import run_handshake
+from ftx.sending import send_paths
+from ftx.storage import Destination
+from ftx.transport import tcp
+
+from .secure_fakes import FakeHandshake
+
+pytestmark = pytest.mark.timeout(60)
+T = 10  # seconds: every network step
+
+
+class Server:
+    """A receiver on an ephemeral loopback port: the handshake, then receive_over."""
+
+    def __init__(self, dest: Destination, make_hs=lambda: FakeHandshake("server"), secure: bool = True) -> None:
+        self.dest = dest
+        self.make_hs = make_hs
+        self.secure = secure
+        self.results: list = []  # per connection: the session, or the handshake's exception
+        self.done = asyncio.Event()
+
+    async def __aenter__(self):
+        self.socks = tcp.listen("127.0.0.1", 0)
+        self.port = self.socks[0].getsockname()[1]
+        self.task = asyncio.get_running_loop().create_task(tcp.serve(self.socks, self._handle))
+        return self
+
+    async def _handle(self, link) -> None:
+        try:
+            if self.secure:
+                try:
+                    await run_handshake(link, self.make_hs(), T)
+                except Exception as exc:
+                    self.results.append(exc)
+                    link.close()
+                    return
+            self.results.append(await receive_over(link, self.dest, idle_timeout=T))
+        finally:
+            self.done.set()
+
+    async def wait(self, n: int) -> list:
+        while len(self.results) < n:
+            self.done.clear()
+            await asyncio.wait_for(self.done.wait(), T)
+        return self.results
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        for s in self.socks:
+            s.close()
+
+
+async def sealed_send(port: int, paths, hs=None, **kw):
+    link = await tcp.connect("127.0.0.1", port)
+    try:
+        await run_handshake(link, hs or FakeHandshake("client"), T)
+    except BaseException:
+        link.close()
+        raise
+    return await asyncio.wait_for(send_paths(link, [str(p) for p in paths], idle_timeout=T, **kw), T * 3)
+
+
+class Proxy:
+    """Forwards loopback TCP to ``port``, recording both directions; ``attack`` may change
+    the sender-to-receiver records (``up``) or the receiver-to-sender ones (``down``)."""
+
+    def __init__(self, port: int, attack: str | None = None, record: int = 3, direction: str = "up") -> None:
+        self.target = port
+        self.attack, self.record, self.direction = attack, record, direction
+        self.capture = {"up": bytearray(), "down": bytearray()}
+        self.attacked = asyncio.Event()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _client(self, creader, cwriter) -> None:
+        sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target)
+        await asyncio.gather(self._pipe(creader, swriter, "up"), self._pipe(sreader, cwriter, "down"),
+                             return_exceptions=True)
+        cwriter.close()
+        swriter.close()
+
+    async def _pipe(self, reader, writer, direction: str) -> None:
+        attack = self.attack if direction == self.direction else None
+        try:
+            # the handshake frame passes as it is (16-byte header, then its payload)
+            head = await reader.readexactly(16)
+            body = await reader.readexactly(int.from_bytes(head[4:8], "big"))
+            self.capture[direction] += head + body
+            writer.write(head + body)
+            records: list[bytes] = []
+            n = 0
+            while True:
+                h = await reader.readexactly(4)
+                rec = h + await reader.readexactly((int.from_bytes(h, "big") & 0x7FFFFFFF) + OVERHEAD - 4)
+                self.capture[direction] += rec
+                records.append(rec)
+                out = [rec]
+                if attack and n == self.record:
+                    out = self._tamper(records, rec)
+                    self.attacked.set()
+                elif attack == "reorder" and n == self.record + 1:
+                    out = [rec, records[-2]]  # the held one after its successor
+                n += 1
+                for r in out:
+                    writer.write(r)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            try:
+                writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+    def _tamper(self, records: list[bytes], rec: bytes) -> list[bytes]:
+        if self.attack == "flip":
+            pos = random.Random(1).randrange(len(rec))
+            return [rec[:pos] + bytes([rec[pos] ^ 0x10]) + rec[pos + 1 :]]
+        if self.attack == "drop":
+            return []
+        if self.attack == "duplicate":
+            return [rec, rec]
+        if self.attack == "reorder":
+            return []  # held back, sent after the next one
+        if self.attack == "replay":
+            return [rec, records[1]]
+        raise AssertionError(self.attack)
+
+
+def failed_with_auth(exc_or_report) -> bool:
+    failure = getattr(exc_or_report, "failure", exc_or_report)
+    if isinstance(failure, AuthError):
+        return True
+    return isinstance(failure, (PeerError, TransportError)) and getattr(failure, "code", None) == ErrorCode.AUTH
+
+
+@pytest.fixture
+def files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(7)
+    big = src / "big-secret-name.bin"
+    big.write_bytes(rng.randbytes(3 * 1024 * 1024 + 5))
+    small = src / "small-secret-name.txt"
+    small.write_bytes(b"PAY ALICE $100\n" * 20)
+    return [big, small]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_sealed_transfer_and_the_capture_holds_neither_content_nor_names(tmp_path, files):
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server, Proxy(server.port) as proxy:
+            report = await sealed_send(proxy.port, files)
+            await server.wait(1)
+            return report, proxy.capture
+
+    report, capture = run(go())
+    assert report.ok, report.error
+    for f in files:
+        assert (tmp_path / "dst" / f.name).read_bytes() == f.read_bytes()
+    wire = bytes(capture["up"] + capture["down"])
+    assert len(capture["up"]) > 3 * 1024 * 1024
+    for f in files:
+        assert f.name.encode() not in wire
+        data = f.read_bytes()
+        for i in range(0, len(data) - 32, len(data) // 7):
+            assert data[i : i + 32] not in wire
+    assert b"PAY ALICE" not in wire
+
+
+@pytest.mark.parametrize("cipher", [CHACHA20_POLY1305])
+def test_sealed_transfer_with_chacha(tmp_path, files, cipher):
+    async def go():
+        async with Server(Destination(tmp_path / "dst"), lambda: FakeHandshake("server", cipher=cipher)) as server:
+            report = await sealed_send(server.port, files, FakeHandshake("client", cipher=cipher))
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert report.ok, report.error
+    assert (tmp_path / "dst" / files[0].name).read_bytes() == files[0].read_bytes()
+
+
+def test_many_small_files_and_key_updates(tmp_path, monkeypatch):
+    """Every record under a new key (update after 1 record), in both directions."""
+    from ftx.core.secure import records
+
+    real = records.RecordSealer.__init__
+
+    def tiny_limits(self, keys, max_record=records.MAX_RECORD, update_after=None):
+        real(self, keys, max_record=4096, update_after=1)
+
+    monkeypatch.setattr(records.RecordSealer, "__init__", tiny_limits)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i}").write_bytes(os.urandom(i * 997))
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            report = await sealed_send(server.port, [src])
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert report.ok, report.error
+    for i in range(60):
+        assert (tmp_path / "dst" / "src" / f"f{i}").read_bytes() == (src / f"f{i}").read_bytes()
+
+
+@pytest.mark.parametrize("attack", ["flip", "drop", "duplicate", "reorder", "replay"])
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_tampering_fails_with_auth_and_lands_nothing(tmp_path, files, attack, direction, caplog):
+    dst = tmp_path / "dst"
+    record = 4 if direction == "up" else 1  # up: inside the big file's chunks; down: a DECISION/RESULT
+
+    async def go():
+        async with Server(Destination(dst)) as server:
+            async with Proxy(server.port, attack, record, direction) as proxy:
+                report = await sealed_send(proxy.port, files[:1])
+                first = (await server.wait(1))[0]
+                assert proxy.attacked.is_set()
+            clean = await sealed_send(server.port, files[1:])  # the receiver still serves
+            return report, first, clean
+
+    report, session, clean = run(go())
+    assert not report.ok
+    assert failed_with_auth(report), (report.error, type(report.failure))
+    if direction == "up":  # the receiver saw the bad record
+        assert "did not open" in session.error, session.error
+    else:  # the sender did, and told the receiver
+        assert isinstance(report.failure, AuthError) and "did not open" in report.error
+        assert "sender gave up: a sealed record did not open" in caplog.text
+    assert not (dst / files[0].name).exists()  # nothing under the final name
+    assert clean.ok, clean.error
+
+
+def test_refusal_is_one_line_on_both_sides(tmp_path, files):
+    async def go():
+        refuse = "unknown key SHA256:abc; add it to authorized_keys"
+        async with Server(Destination(tmp_path / "dst"), lambda: FakeHandshake("server", refuse=refuse)) as server:
+            with pytest.raises(AuthError) as info:
+                await sealed_send(server.port, files)
+            return info.value, (await server.wait(1))[0]
+
+    client, server = run(go())
+    assert str(client) == "peer refused: unknown key SHA256:abc; add it to authorized_keys"
+    assert isinstance(server, AuthError) and "unknown key" in str(server)
+    assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").iterdir())
+
+
+def test_refusal_after_the_client_sealed_reaches_it_in_plaintext(tmp_path, files):
+    """Three messages (as SIGMA-I): the client is done and sealed when the server refuses its
+    last message; the refusal is a plaintext ERROR before the first record."""
+    async def go():
+        async with Server(Destination(tmp_path / "dst"),
+                          lambda: FakeHandshake("server", token=b"right", rounds=3)) as server:
+            report = await sealed_send(server.port, files, FakeHandshake("client", token=b"wrong", rounds=3))
+            return report, (await server.wait(1))[0]
+
+    report, server = run(go())
+    assert not report.ok
+    assert "unknown test token" in report.error, report.error
+    assert failed_with_auth(report), type(report.failure)
+    assert isinstance(server, AuthError)
+
+
+def test_three_rounds_succeed(tmp_path, files):
+    async def go():
+        async with Server(Destination(tmp_path / "dst"), lambda: FakeHandshake("server", rounds=3)) as server:
+            report = await sealed_send(server.port, files, FakeHandshake("client", rounds=3))
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert report.ok, report.error
+
+
+def test_secure_sender_against_an_insecure_receiver(tmp_path, files):
+    async def go():
+        async with Server(Destination(tmp_path / "dst"), secure=False) as server:
+            with pytest.raises(AuthError) as info:
+                await sealed_send(server.port, files)
+            return info.value, (await server.wait(1))[0]
+
+    client, session = run(go())
+    assert str(client) == "the peer runs --insecure; plaintext needs --insecure on both sides"
+    assert session.error == "the peer requires authentication; this side runs --insecure"
+
+
+def test_insecure_sender_against_a_secure_receiver(tmp_path, files):
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            link = await tcp.connect("127.0.0.1", server.port)
+            report = await asyncio.wait_for(send_paths(link, [str(f) for f in files], idle_timeout=T), T)
+            return report, (await server.wait(1))[0]
+
+    report, server = run(go())
+    assert not report.ok
+    assert "requires authentication" in report.error and "--insecure on both sides" in report.error, report.error
+    assert isinstance(server, AuthError) and "runs --insecure" in str(server)
+
+
+def test_handshake_timeout(tmp_path, files):
+    async def go():
+        async with Server(Destination(tmp_path / "dst"), lambda: FakeHandshake("server", silent=True)) as server:
+            link = await tcp.connect("127.0.0.1", server.port)
+            try:
+                with pytest.raises(TransportError) as info:
+                    await run_handshake(link, FakeHandshake("client"), 0.3)
+            finally:
+                link.close()
+            return info.value
+
+    exc = run(go())
+    assert exc.code == ErrorCode.TIMEOUT and "did not finish within 0.3 s" in str(exc)
+
+
+def test_a_cut_inside_a_record_is_an_auth_error(tmp_path, files):
+    """The proxy forwards half of a record, then closes: the receiver reports the cut."""
+    class Cutter(Proxy):
+        def _tamper(self, records, rec):
+            return [rec[: len(rec) // 2]]
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            async with Cutter(server.port, "cut", 3, "up") as proxy:
+                orig = proxy._pipe
+
+                async def pipe(reader, writer, direction):
+                    if direction == "up":
+                        await orig(_Until(reader, proxy), writer, direction)
+                    else:
+                        await orig(reader, writer, direction)
+
+                proxy._pipe = pipe
+                report = await sealed_send(proxy.port, files[:1])
+                return report, (await server.wait(1))[0]
+
+    report, session = run(go())
+    assert not report.ok
+    assert "middle of a sealed record" in session.error, session.error
+    assert not (tmp_path / "dst" / files[0].name).exists()
+
+
+class _Until:
+    """A reader that reports end of stream once the proxy has attacked."""
+
+    def __init__(self, reader, proxy) -> None:
+        self.reader, self.proxy = reader, proxy
+
+    async def readexactly(self, n):
+        if self.proxy.attacked.is_set():
+            raise asyncio.IncompleteReadError(b"", n)
+        return await self.reader.readexactly(n)
