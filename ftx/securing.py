@@ -136,6 +136,8 @@ class _Pump:
                     break
                 pos = self.scan = end
                 continue
+            if pos > 0 and ftype in (FrameType.HELLO, FrameType.ERROR):
+                return pos  # the handshake first: on UDP the peer's (already opened) HELLO may follow it
             if ftype == FrameType.HELLO:
                 raise _Mismatch(INSECURE_PEER)
             if ftype == FrameType.ERROR and length <= MAX_ERROR_PAYLOAD:

@@ -258,8 +258,9 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
         auth.end(host, hs, exc)
         await link.aclose()
         return auth.describe(exc)
-    except BaseException as exc:
+    except BaseException as exc:  # cancelled (evicted for a newcomer, or shutting down)
         auth.end(host, hs, exc)
+        link.close()
         raise
     auth.end(host, hs, None)
     return None
