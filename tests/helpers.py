@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -201,3 +202,68 @@ def resend_to_new_receiver(receiver_factory, dst: Path, src: Path, *send_args: s
     rc, report, err = run_send(str(src), again.dest, *send_args)
     assert rc == 0, err
     return report
+
+
+def client_handshake():
+    """A keys-mode sender handshake as the tests' own identity (authorized by every default receiver),
+    trusting any receiver key: for hand-driven peers that must get past authentication."""
+    from ftx.core.secure.sigma import SigmaClient
+    from ftx.credentials import default_identity, load_identity
+
+    return SigmaClient(load_identity(default_identity(), create=False).key, lambda peer: None)
+
+
+class SealedSocket:
+    """A blocking TCP connection that authenticates (``client_handshake``) and then seals.
+
+    ``sendall``/``recv``/``shutdown``/``close`` work on the plaintext frame stream as
+    on a socket, so hostile-peer tests keep writing raw frames, now past the
+    handshake as an authorized (but misbehaving) sender would.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        from ftx.core.secure.records import RecordOpener, RecordSealer
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        hs = client_handshake()
+        held = b""
+        while True:
+            out = hs.data_to_send()
+            if out:
+                self.sock.sendall(out)
+            if hs.done:
+                break
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the receiver closed the connection during the handshake")
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        self.sealer, self.opener = RecordSealer(hs.result), RecordOpener(hs.result)
+        self._plain = self.opener.feed(held) if held else b""
+
+    def sendall(self, data) -> None:
+        self.sock.sendall(self.sealer.seal(data))
+
+    def recv(self, n: int) -> bytes:
+        while not self._plain:
+            data = self.sock.recv(65536)
+            if not data:
+                return b""
+            self._plain = self.opener.feed(data)
+        out, self._plain = self._plain[:n], self._plain[n:]
+        return out
+
+    def settimeout(self, t) -> None:
+        self.sock.settimeout(t)
+
+    def shutdown(self, how) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
