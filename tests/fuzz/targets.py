@@ -41,6 +41,9 @@ from ftx.core.checksum import chunk_checksum, file_digest, frame_checksum
 from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, encode_frame
 from ftx.core.messages import HELLO_NO_RESUME, HELLO_OVERWRITE, ROLE_RECEIVER, ROLE_SENDER, Hello
 from ftx.core.receiver import ReceiverConnection
+from ftx.core.secure import pake, sigma
+from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, MAX_MESSAGE, ServerHandshake
+from ftx.core.secure.sigma import raw_public
 from ftx.core.sender import SenderConnection
 from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
@@ -48,6 +51,7 @@ from ftx.errors import FtxError, LocalProtocolError
 from ftx.receiving import ReceiveSession
 from ftx.storage import JOURNAL_SUFFIX, PART_SUFFIX, Destination, PartialFile
 
+from ..handshake_pair import CLIENT_KEY, SERVER_KEY, counter_rng, only
 from .drivers import ReceiverDriver, SenderDriver
 from .wiring import (
     ADDR,
@@ -514,11 +518,6 @@ class _SenderSide:
 def handshake_side(opts: int):
     """The handshake a ``handshake`` input talks to: the same keys and randomness as the
     recorded seeds (tests/handshake_pair.py), so that a seed replays to the end."""
-    from ftx.core.secure import pake, sigma
-    from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, ServerHandshake
-
-    from ..handshake_pair import CLIENT_KEY, SERVER_KEY, counter_rng, only
-
     if opts & 1:  # the sender
         if opts & 2:
             return pake.PakeClient("7-olive-tiger", rng=counter_rng(1))
@@ -537,11 +536,6 @@ def handshake(data: bytes) -> None:
     Property: each ``receive`` uses at most what it is given and stops early only when done;
     errors are typed; at most one message is buffered; the receiver finishes only with the
     sender it authorizes."""
-    from ftx.core.secure.handshake import MAX_MESSAGE
-    from ftx.core.secure.sigma import raw_public
-
-    from ..handshake_pair import CLIENT_KEY, SERVER_KEY
-
     if not data:
         return
     opts, stream = data[0], data[1:]
