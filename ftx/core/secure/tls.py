@@ -52,6 +52,9 @@ MAX_HANDSHAKE_BYTES = 256 * 1024  # all HANDSHAKE bytes a peer may send (certifi
 RANDOM_SIZE = 32
 MAX_OFFERED = 16  # AEADs a client may list
 
+INSECURE_PEER = "the peer runs --insecure; plaintext needs --insecure on both sides"
+WE_REQUIRE_AUTH = "the peer requires authentication; this side runs --insecure"
+
 Authorize = Callable[[PeerIdentity], "str | None"]
 
 
@@ -111,6 +114,7 @@ class _TlsHandshake:
     """What client and server share: frame reading, the TLS pump, the key schedule."""
 
     _server_side = False
+    KIND = KIND_TLS
 
     def __init__(self, context: ssl.SSLContext, server_hostname: str | None,
                  randbytes: Callable[[int], bytes]) -> None:
@@ -147,6 +151,16 @@ class _TlsHandshake:
     @property
     def result(self) -> Established | None:
         return self._result
+
+    @property
+    def error(self) -> FtxError | None:
+        return self._error
+
+    def receive_eof(self) -> None:
+        """The peer closed its side before its handshake ended."""
+        if self._error is None and not self.done:
+            self._error = RemoteProtocolError(f"the {self._peer_role} closed the connection during the handshake")
+            raise self._error
 
     def data_to_send(self) -> bytes:
         out = bytes(self._pending)
@@ -197,7 +211,7 @@ class _TlsHandshake:
             if length > MAX_PAYLOAD:
                 raise RemoteProtocolError(f"HANDSHAKE frame of {length} bytes exceeds {MAX_PAYLOAD}")
         elif ftype == FrameType.HELLO:
-            raise RemoteProtocolError("the peer runs --insecure; plaintext needs --insecure on both sides")
+            raise _InsecurePeer(INSECURE_PEER)
         else:
             raise RemoteProtocolError(f"frame type 0x{ftype:02x} during the TLS handshake")
         if flags or reserved:
@@ -290,7 +304,9 @@ class _TlsHandshake:
         """Refuse: an ERROR frame replaces whatever we had not sent yet; then raise."""
         self._error = exc
         self._pending.clear()
-        if not isinstance(exc, _PeerRefused):
+        if isinstance(exc, _InsecurePeer):
+            self._pending += encode_refusal(WE_REQUIRE_AUTH)
+        elif not isinstance(exc, _PeerRefused):
             self._pending += encode_refusal(str(exc), exc.code)
         raise exc
 
@@ -306,6 +322,10 @@ class _TlsHandshake:
 
 class _PeerRefused(AuthError):
     """The peer sent an ERROR AUTH: we do not answer it."""
+
+
+class _InsecurePeer(AuthError):
+    """A plaintext HELLO where the handshake was expected: we tell the peer we require authentication."""
 
 
 class TlsClientHandshake(_TlsHandshake):
