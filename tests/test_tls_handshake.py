@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import ssl
-import struct
 from pathlib import Path
 
 import pytest
@@ -475,16 +474,16 @@ def fresh_server(pki):
 def test_oversize_frame_is_refused_from_its_header(pki):
     s = fresh_server(pki)
     header = HEADER.pack(0x10, 0, 0, tlsmod.MAX_PAYLOAD + 1, 0)
-    with pytest.raises(RemoteProtocolError, match="exceeds"):
+    with pytest.raises(RemoteProtocolError, match="at most 16384"):
         s.receive(header, 0.0)
     ((_, t, p),) = frames_of(s.data_to_send())
     assert t == FrameType.ERROR and ErrorMessage.decode(p).code == ErrorCode.PROTOCOL
 
 
 @pytest.mark.parametrize("payload,match", [
-    (bytes((1, 1)) + b"x" * 40, "kind 1 where TLS"),
+    (bytes((1, 1)) + b"x" * 40, "kind 1 in a TLS handshake"),
     (bytes((3, 9)) + b"x" * 40, "unknown TLS handshake message type"),
-    (bytes((3,)), "without a TLS body"),
+    (bytes((3, 1)), "without a TLS body"),
     (bytes((3, 1)) + b"\x16\x03\x01\x00\x05hello", "TLS: "),
 ])
 def test_malformed_handshake_frames(pki, payload, match):
@@ -501,7 +500,7 @@ def test_bad_checksum_flags_and_foreign_frames(pki):
         fresh_server(pki).receive(bytes(bad), 0.0)
     flagged = bytearray(good)
     flagged[1] = 1
-    with pytest.raises(RemoteProtocolError, match="flags"):
+    with pytest.raises(RemoteProtocolError, match="does not speak ftx"):
         fresh_server(pki).receive(bytes(flagged), 0.0)
     s = fresh_server(pki)
     with pytest.raises(AuthError, match="the peer runs --insecure; plaintext needs --insecure on both sides"):
@@ -520,7 +519,7 @@ def test_peer_error_frames_end_the_handshake_without_an_answer(pki):
     assert s.data_to_send() == b""  # a refusal is not answered with another
     c = TlsClientHandshake(client_ctx(pki), "localhost")
     c.data_to_send()
-    with pytest.raises(PeerError, match="the receiver failed: too many") as e:
+    with pytest.raises(PeerError, match="receiver error: too many") as e:
         c.receive(encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.BUSY, "too many").encode()), 0.0)
     assert e.value.code == ErrorCode.BUSY
 
@@ -612,7 +611,6 @@ def test_fingerprints_are_normalized():
     for bad in ["", "SHA256:", "SHA256:abc", "MD5:" + raw.hex(), raw.hex()[:-2], "SHA256:" + "!" * 43]:
         with pytest.raises(tlsconfig.TlsConfigError):
             tlsconfig.normalize_fingerprint(bad)
-    assert struct  # (imported for frame building above)
 
 
 # -- protocol.md's vectors are what the code produces
@@ -623,7 +621,7 @@ def test_protocol_md_vectors():
     import re
 
     spec = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
-    section = spec[spec.index("### TLS 1.3 (kind 3)"):]
+    section = spec[spec.index("TLS 1.3 (kind 3)\n"):]
     values = dict(re.findall(r"^(transcript|c->s secret|s->c secret)\s+([0-9a-f]{64})$", section, re.M))
     ch, sh = hashlib.sha256(b"client frames").digest(), hashlib.sha256(b"server frames").digest()
     assert f"SHA-256(C)  {ch.hex()}" in section and f"SHA-256(S)  {sh.hex()}" in section
@@ -705,3 +703,32 @@ def test_tls_handshake_then_sealed_bytes_over_real_tcp(pki):
     assert_paired(est, got["server"])
     assert est.peer.fingerprint == tlsconfig.certificate_file_fingerprint(pki.server.cert)
     assert got["server"].peer.name == "alice"
+
+
+# -- the receiver's dispatcher by kind
+
+
+def test_dispatcher_runs_tls_by_its_kind(pki):
+    from ftx.core.secure.handshake import KIND_TLS, ServerHandshake
+
+    server = ServerHandshake({KIND_TLS: tlsconfig.receiver_handshakes(pki.server.cert, pki.server.key)})
+    client = TlsClientHandshake(client_ctx(pki), "localhost")
+    rc, rs = pump(client, server, step=7)
+    assert_paired(rc, rs)
+    assert server.kind == KIND_TLS
+
+
+def test_wrong_kind_is_refused_naming_what_the_receiver_expects(pki):
+    from ftx.core.secure.handshake import KIND_KEYS, KIND_TLS, ServerHandshake
+
+    from .handshake_pair import sigma_pair
+
+    keys_client, _ = sigma_pair()
+    tls_receiver = ServerHandshake({KIND_TLS: tlsconfig.receiver_handshakes(pki.server.cert, pki.server.key)})
+    rc, rs = pump(keys_client, tls_receiver)
+    assert_refused(rc, rs, "the receiver refused: this receiver expects TLS", "give the sender --tls-ca")
+
+    _, keys_receiver = sigma_pair()
+    assert isinstance(keys_receiver, ServerHandshake) and KIND_KEYS in keys_receiver.kinds
+    rc, rs = pump(TlsClientHandshake(client_ctx(pki), "localhost"), keys_receiver)
+    assert_refused(rc, rs, "this receiver expects identity keys, the sender offered TLS", "offered TLS")
