@@ -203,6 +203,23 @@ def test_receive_stops_at_the_end_of_the_peer_handshake(pki):
     assert s.receive(b"more", 0.0) == 0 and c.receive(b"more", 0.0) == 0
 
 
+def test_a_server_context_that_sends_session_tickets_still_works(pki):
+    """Contexts built elsewhere may keep OpenSSL's default tickets: they ride in the server's last flight."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    assert ctx.num_tickets > 0
+    c = TlsClientHandshake(client_ctx(pki), "localhost")
+    s = TlsServerHandshake(ctx)
+    s.receive(c.data_to_send(), 0.0)
+    c.receive(s.data_to_send(), 0.0)
+    s.receive(c.data_to_send(), 0.0)
+    flight4 = s.data_to_send()
+    assert len(flight4) > 200  # tickets and the key message
+    tail = b"sealed"
+    assert c.receive(flight4 + tail, 0.0) == len(flight4)
+    assert_paired(c.result, s.result)
+
+
 def test_client_certificate_is_verified_and_reported(pki):
     seen = []
 
