@@ -393,3 +393,83 @@ def test_randomness_is_injected():
 def test_errors_are_ftx_errors():
     for cls in (AuthError, RemoteProtocolError, PeerError):
         assert issubclass(cls, FtxError)
+
+
+# -- a peer that lies about its proof ------------------------------------------------------
+class LyingKey:
+    """Claims one identity and signs with another (as a thief of a public key would)."""
+
+    def __init__(self, claimed, signer):
+        self._claimed, self._signer = claimed, signer
+
+    def public_key(self):
+        return self._claimed.public_key()
+
+    def sign(self, data):
+        return self._signer.sign(data)
+
+
+@pytest.mark.parametrize("liar", ["sender", "receiver"])
+def test_a_signature_by_another_key_is_refused(liar):
+    lying = LyingKey(CLIENT_KEY if liar == "sender" else SERVER_KEY, OTHER_KEY)
+    if liar == "sender":
+        client, server = sigma_pair(client_key=lying, authorize=only(CLIENT_KEY))
+    else:
+        client, server = sigma_pair(server_key=lying, verify=only(SERVER_KEY))
+    out = pump(client, server)
+    victim_error = out.server_error if liar == "sender" else out.client_error
+    assert isinstance(victim_error, AuthError)
+    assert str(victim_error) == f"the {liar}'s identity signature does not verify"
+    assert not server.done
+
+
+def test_code_mode_receiver_signature_by_another_key_is_refused():
+    client, server = pake_pair(server_key=LyingKey(SERVER_KEY, OTHER_KEY))
+    out = pump(client, server)
+    assert str(out.client_error) == "the receiver's identity signature does not verify"
+    assert not client.done
+
+
+@pytest.mark.parametrize("liar", ["receiver", "sender"])
+def test_a_wrong_finished_mac_is_refused(monkeypatch, liar):
+    """A right signature but a Finished that is not the key exchange's (the MAC proves that
+    the signer took part in this exchange): the liar's own Finished is spoiled."""
+    from ftx.core.secure import sigma
+
+    real = sigma.finished_mac
+    calls = []
+
+    def spoiled(nth):
+        def finished_mac(base, transcript_hash):
+            calls.append(base)
+            return bytes(32) if len(calls) == nth else real(base, transcript_hash)
+        return finished_mac
+
+    client, server = sigma_pair(dispatch=False)
+    if liar == "receiver":
+        monkeypatch.setattr(sigma, "finished_mac", spoiled(1))  # the one it sends
+    server.receive(client.data_to_send(), 0.0)
+    monkeypatch.setattr(sigma, "finished_mac", spoiled(2) if liar == "sender" else real)
+    calls.clear()
+    if liar == "receiver":
+        with pytest.raises(AuthError, match="the receiver's Finished does not verify"):
+            client.receive(server.data_to_send(), 0.0)
+        assert not client.done
+        return
+    client.receive(server.data_to_send(), 0.0)  # 1st call checks the receiver's, 2nd is its own
+    monkeypatch.setattr(sigma, "finished_mac", real)
+    with pytest.raises(AuthError, match="the sender's Finished does not verify"):
+        server.receive(client.data_to_send(), 0.0)
+    assert not server.done
+
+
+@pytest.mark.parametrize("share", [bytes(32), bytes([1]) + bytes(31)])
+def test_a_low_order_key_share_is_refused(share):
+    from ftx.core.secure.handshake import encode_message
+
+    client, server = sigma_pair()
+    hello = client.data_to_send()
+    body = bytearray(hello[18:])
+    body[32:64] = share
+    with pytest.raises(AuthError, match="key share is invalid"):
+        server.receive(encode_message(KIND_KEYS, 1, bytes(body)), 0.0)

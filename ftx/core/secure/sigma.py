@@ -66,7 +66,7 @@ Policy = Callable[[PeerIdentity], "str | None"]
 
 
 def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    if isinstance(key, Ed25519PrivateKey):
+    if hasattr(key, "sign"):  # a private key (or a signer in its place)
         key = key.public_key()
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
