@@ -107,8 +107,8 @@ class _TlsHandshake(FramedHandshake):
     KIND = KIND_TLS
 
     def __init__(self, context: ssl.SSLContext, client: bool, server_hostname: str | None,
-                 randbytes: Callable[[int], bytes] | None) -> None:
-        super().__init__(client, randbytes)
+                 rng: Callable[[int], bytes] | None) -> None:
+        super().__init__(client, rng)
         if context.minimum_version < ssl.TLSVersion.TLSv1_3:
             context.minimum_version = ssl.TLSVersion.TLSv1_3  # ftx speaks TLS 1.3 only
         self._in = ssl.MemoryBIO()
@@ -207,8 +207,8 @@ class TlsClientHandshake(_TlsHandshake):
 
     def __init__(self, context: ssl.SSLContext, server_hostname: str | None = None,
                  pinned_fingerprint: str | None = None, ciphers: list[str] | None = None,
-                 randbytes: Callable[[int], bytes] | None = None) -> None:
-        super().__init__(context, True, server_hostname, randbytes)
+                 rng: Callable[[int], bytes] | None = None) -> None:
+        super().__init__(context, True, server_hostname, rng)
         self._pin = pinned_fingerprint
         self._ciphers = list(ciphers) if ciphers else preferred_ciphers(True)
         if not 1 <= len(self._ciphers) <= MAX_OFFERED or any(c not in CIPHERS for c in self._ciphers):
@@ -252,8 +252,8 @@ class TlsServerHandshake(_TlsHandshake):
     """
 
     def __init__(self, context: ssl.SSLContext, authorize: Authorize | None = None,
-                 ciphers: list[str] | None = None, randbytes: Callable[[int], bytes] | None = None) -> None:
-        super().__init__(context, False, None, randbytes)
+                 ciphers: list[str] | None = None, rng: Callable[[int], bytes] | None = None) -> None:
+        super().__init__(context, False, None, rng)
         self._authorize = authorize
         self._accept = set(ciphers) if ciphers else set(CIPHERS)
 
