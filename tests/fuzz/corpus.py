@@ -144,7 +144,19 @@ def handshake_seeds() -> dict[str, list[bytes]]:
         stream = bytes(pump(client, server).streams[direction])  # 0: sender's bytes, 1: receiver's
         for extra, tail in ((0, b""), (7 << 3, b""), (4, b"sealed bytes follow"), (1 << 3, b"")):
             out.append(bytes([opts | extra]) + stream + tail)
+    out += [bytes([extra]) + tls_client_hello() for extra in (0, 7 << 3, 4)]
     return {"handshake": out}
+
+
+def tls_client_hello() -> bytes:
+    """A sender's first TLS flight (kind 3): OpenSSL's randomness makes later flights unreplayable."""
+    import ssl
+
+    from ftx.core.secure.tls import TlsClientHandshake
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return TlsClientHandshake(ctx, "localhost").data_to_send()
 
 
 def seeds() -> dict[str, list[bytes]]:

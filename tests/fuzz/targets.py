@@ -12,7 +12,8 @@ Targets
     tcp_sender    frame decoder + SenderConnection (files offered), bytes after a receiver HELLO
     udp_receiver  datagram parser + Listener + UdpSession + ReceiverConnection, after a handshake
     udp_sender    datagram parser + Dialer + UdpSession + SenderConnection, after a handshake
-    handshake     HANDSHAKE frames into the keys/code handshakes, either side (``handshake``)
+    handshake     HANDSHAKE frames into the keys/code handshakes, either side, and the receiver's
+                  TLS handshake (kind 3) (``handshake``)
 
 Input layouts (so that a mutation reaches deep code, the harness fixes checksums up when
 asked: a random 64-bit checksum is never right):
@@ -42,8 +43,9 @@ from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, en
 from ftx.core.messages import HELLO_NO_RESUME, HELLO_OVERWRITE, ROLE_RECEIVER, ROLE_SENDER, Hello
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.secure import pake, sigma
-from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, MAX_MESSAGE, ServerHandshake
+from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, KIND_TLS, MAX_MESSAGE, ServerHandshake
 from ftx.core.secure.sigma import raw_public
+from ftx.core.secure.tls import TlsServerHandshake
 from ftx.core.sender import SenderConnection
 from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
@@ -515,6 +517,28 @@ class _SenderSide:
 
 
 # -- handshakes ------------------------------------------------------------------------------
+_TLS_CONTEXT = None
+
+
+def tls_server_context():
+    """The receiver's TLS context, from a throw-away PKI made once per process."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        import atexit
+        import shutil
+        from pathlib import Path
+
+        from ftx.tlsconfig import server_context
+
+        from ..tls_pki import CA
+
+        d = tempfile.mkdtemp(prefix="ftx-fuzz-tls-")
+        atexit.register(shutil.rmtree, d, True)
+        server = CA(Path(d)).issue("receiver.example", ["localhost"], stem="server")
+        _TLS_CONTEXT = server_context(server.cert, server.key)
+    return _TLS_CONTEXT
+
+
 def handshake_side(opts: int):
     """The handshake a ``handshake`` input talks to: the same keys and randomness as the
     recorded seeds (tests/handshake_pair.py), so that a seed replays to the end."""
@@ -525,6 +549,7 @@ def handshake_side(opts: int):
     return ServerHandshake({
         KIND_KEYS: lambda: sigma.SigmaServer(SERVER_KEY, only(CLIENT_KEY), rng=counter_rng(1001)),
         KIND_CODE: lambda: pake.PakeServer("7-olive-tiger", SERVER_KEY, rng=counter_rng(1001)),
+        KIND_TLS: lambda: TlsServerHandshake(tls_server_context(), rng=counter_rng(1001)),
     })
 
 
