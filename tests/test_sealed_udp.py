@@ -487,3 +487,30 @@ def test_c_and_python_burst_loops_agree(cipher, seal_loops):
     assert used == 6 * seg and bad == 2 and left == [4 * mss]
     runs, others, garbage = burst.scan_chunk_burst(out, seg, 9, D.zero_hash)
     assert garbage == 3 and [r[1] for r in runs] == [2, 1]
+
+
+def test_an_unsealed_packet_does_not_move_the_connection():
+    """Migration (protocol.md 15.1) follows the highest packet number: after the handshake only
+    a packet that opened counts, so a forged plaintext one cannot redirect the receiver."""
+    net = InMemoryNet(seed=23)
+    secure(net)
+    ls = net.lsession
+    elsewhere = ("203.0.113.9", 5555)
+    forged = P.build(P.DATA, ls.local_cid, 2**40, bytes([P.F_PING]))
+    net.listener.receive_datagram(forged, elsewhere, net.now)
+    assert net.listener.addresses[ls.local_cid] == net.addr
+    net.dsession.stream_write(b"moved")
+    (genuine,) = net.dsession.datagrams_to_send(net.now)
+    assert genuine[0] in D.SEALED_TYPES
+    net.listener.receive_datagram(genuine, elsewhere, net.now)  # a genuine packet: NAT rebinding
+    assert net.listener.addresses[ls.local_cid] == elsewhere
+
+
+def test_sealed_packets_held_before_keys_are_bounded():
+    net = InMemoryNet(seed=25)
+    net.handshake()
+    ls = net.lsession
+    for k in range(40):
+        junk = P.HEADER.pack(D.SEALED, P.VERSION, ls.local_cid, k) + bytes(8000)
+        net.listener.receive_datagram(junk, net.addr, net.now)
+    assert len(ls._early) <= 16 and sum(map(len, ls._early)) <= 64 * 1024
