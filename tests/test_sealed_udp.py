@@ -42,16 +42,16 @@ class FixedHandshake:
         self.mine = (b"FAKEHS-C" if client else b"FAKEHS-S") + os.urandom(MSG - 8)
         self.theirs = b""
         self._out = self.mine if client else b""
-        self._sent_all = False
+        self._sent = False  # our one message was returned by data_to_send
         self.result: Established | None = None
 
     @property
     def done(self) -> bool:
-        return self.result is not None and len(self.theirs) == MSG
+        return self.result is not None
 
     @property
     def keys_ready(self) -> bool:
-        return self.result is not None and self._sent_all
+        return self.result is not None and self._sent
 
     def receive(self, data: bytes, now: float) -> int:
         used = min(MSG - len(self.theirs), len(data))
@@ -68,8 +68,7 @@ class FixedHandshake:
 
     def data_to_send(self) -> bytes:
         out, self._out = self._out, b""
-        if out or (self.result is not None and (self.client or len(self.theirs) == MSG)):
-            self._sent_all = self._sent_all or not self.client or bool(out) or self.result is not None
+        self._sent = self._sent or bool(out)
         return out
 
 
