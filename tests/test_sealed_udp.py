@@ -42,16 +42,16 @@ class FixedHandshake:
         self.mine = (b"FAKEHS-C" if client else b"FAKEHS-S") + os.urandom(MSG - 8)
         self.theirs = b""
         self._out = self.mine if client else b""
-        self._sent_all = False
+        self._sent = False  # our one message was returned by data_to_send
         self.result: Established | None = None
 
     @property
     def done(self) -> bool:
-        return self.result is not None and len(self.theirs) == MSG
+        return self.result is not None
 
     @property
     def keys_ready(self) -> bool:
-        return self.result is not None and self._sent_all
+        return self.result is not None and self._sent
 
     def receive(self, data: bytes, now: float) -> int:
         used = min(MSG - len(self.theirs), len(data))
@@ -68,8 +68,7 @@ class FixedHandshake:
 
     def data_to_send(self) -> bytes:
         out, self._out = self._out, b""
-        if out or (self.result is not None and (self.client or len(self.theirs) == MSG)):
-            self._sent_all = self._sent_all or not self.client or bool(out) or self.result is not None
+        self._sent = self._sent or bool(out)
         return out
 
 
@@ -440,3 +439,77 @@ def test_the_protocol_document_vector():
                                              "72ad50167a3c2703a5e8d34f")
     opener = D.PacketProtection(Established(AES_256_GCM, bytes(32), secret, PeerIdentity("code")))
     assert bytes(opener.open(bytes(pkt))) == P.encode_stream(0, b"hello")
+
+
+SEAL_LOOPS = [pytest.param(False, id="python"),
+              pytest.param(True, id="c", marks=pytest.mark.skipif(D._seal is None, reason="_seal was not built"))]
+
+
+@pytest.fixture
+def seal_loops():
+    yield D.use
+    D.use(True)
+
+
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+def test_c_and_python_burst_loops_agree(cipher, seal_loops):
+    """Same sealed bytes from both loops; both open each other's bursts, report the same
+    failures, and leave datagrams of another phase, connection or type to the caller."""
+    a, b = _pair(cipher)
+    mss = 1452
+    seg = mss - 8
+    data = os.urandom((seg - 57) * 7 - 10)
+    size = burst.burst_size(len(data), seg)
+    buf = bytearray(size)
+    burst.build_chunk_burst(buf, seg, 9, 40, 3, 4, len(data), 77, data, 0, len(data), len)
+    sealed = {}
+    for accel in (False, True):
+        if seal_loops(accel) != accel:
+            pytest.skip("_seal was not built")
+        sealed[accel] = bytes(a.seal_burst(buf, seg, size, mss, 40))
+    assert sealed[False] == sealed[True]
+    full = bytearray(sealed[True][: 6 * mss])  # whole datagrams only, as a GRO read
+    full[2 * mss + 30] ^= 1  # a forgery
+    full[3 * mss + 2] ^= 1  # another connection's ID
+    plain = P.build(P.DATA, 9, 1000, bytes([P.F_PING]) + bytes(mss - 27))  # unsealed, same size
+    full[4 * mss : 5 * mss] = plain
+    results = {}
+    for accel in (False, True):
+        seal_loops(accel)
+        b2 = D.PacketProtection.__new__(D.PacketProtection)
+        b2.__dict__.update(b.__dict__)
+        scratch = bytearray(65536)
+        used, bad, left = b2.open_burst(bytes(full), mss, (9).to_bytes(8, "big"), scratch)
+        results[accel] = (used, bad, left, bytes(scratch[:used]))
+    assert results[False] == results[True]
+    used, bad, left, out = results[True]
+    assert used == 6 * seg and bad == 2 and left == [4 * mss]
+    runs, others, garbage = burst.scan_chunk_burst(out, seg, 9, D.zero_hash)
+    assert garbage == 3 and [r[1] for r in runs] == [2, 1]
+
+
+def test_an_unsealed_packet_does_not_move_the_connection():
+    """Migration (protocol.md 15.1) follows the highest packet number: after the handshake only
+    a packet that opened counts, so a forged plaintext one cannot redirect the receiver."""
+    net = InMemoryNet(seed=23)
+    secure(net)
+    ls = net.lsession
+    elsewhere = ("203.0.113.9", 5555)
+    forged = P.build(P.DATA, ls.local_cid, 2**40, bytes([P.F_PING]))
+    net.listener.receive_datagram(forged, elsewhere, net.now)
+    assert net.listener.addresses[ls.local_cid] == net.addr
+    net.dsession.stream_write(b"moved")
+    (genuine,) = net.dsession.datagrams_to_send(net.now)
+    assert genuine[0] in D.SEALED_TYPES
+    net.listener.receive_datagram(genuine, elsewhere, net.now)  # a genuine packet: NAT rebinding
+    assert net.listener.addresses[ls.local_cid] == elsewhere
+
+
+def test_sealed_packets_held_before_keys_are_bounded():
+    net = InMemoryNet(seed=25)
+    net.handshake()
+    ls = net.lsession
+    for k in range(40):
+        junk = P.HEADER.pack(D.SEALED, P.VERSION, ls.local_cid, k) + bytes(8000)
+        net.listener.receive_datagram(junk, net.addr, net.now)
+    assert len(ls._early) <= 16 and sum(map(len, ls._early)) <= 64 * 1024

@@ -35,13 +35,14 @@ from ..core.udp.endpoint import Dialer, Listener
 from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig, UdpSession
-from ..core.secure import AuthError, Established
+from ..core.secure import AuthError, Established, datagrams
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.udp")
 if os.environ.get("FTX_PURE_PYTHON"):
     burst.use(accelerated=False)  # measure or test the reference loops
+    datagrams.use(accelerated=False)
 SOCKET_BUFFER = 16 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux values
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)

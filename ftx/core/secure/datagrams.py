@@ -35,7 +35,21 @@ it drops a packet number it has recorded or that is below what it tracks.
 from __future__ import annotations
 
 from . import AuthError, Established
-from .keys import Direction, TAG_SIZE
+from .keys import CIPHERS, Direction, TAG_SIZE
+
+try:
+    from . import _seal  # the burst loops in C with OpenSSL (setup.py); else the Python ones below
+except ImportError:
+    _seal = None
+ACCELERATED = _seal is not None
+
+
+def use(accelerated: bool) -> bool:
+    """Choose the C burst loops (when built) or the Python ones; returns whether C is in use.
+    (The driver honours FTX_PURE_PYTHON=1 through this; tests run both.)"""
+    global ACCELERATED
+    ACCELERATED = accelerated and _seal is not None
+    return ACCELERATED
 
 SEALED = 0x04
 SEALED_TYPES = (0x04, 0x05)
@@ -96,10 +110,16 @@ class PacketProtection:
         burst of datagrams of ``dst_seg`` = ``src_seg`` + 8 bytes, the AEAD writing each
         ciphertext straight into place."""
         send = self.send
-        aead = send._aead.encrypt_into
-        iv = send._iv_int
         n = -(-size // src_seg)
         out = bytearray(size + n * (TAG_SIZE - PLAIN_TRAILER))
+        self._sealed += n
+        self._bytes += size
+        if ACCELERATED:
+            _seal.seal_burst(out, src, src_seg, size, dst_seg, first_pn, SEALED | (send.phase & 1),
+                             CIPHERS[send.cipher], send.key, send.iv)
+            return out
+        aead = send._aead.encrypt_into
+        iv = send._iv_int
         dst = memoryview(out)
         src = memoryview(src)
         ptype = SEALED | (send.phase & 1)
@@ -113,8 +133,6 @@ class PacketProtection:
                  dst[q + HEADER_SIZE : q + end - p + TAG_SIZE])
             first_pn += 1
             q += dst_seg
-        self._sealed += n
-        self._bytes += size
         return out
 
     # -- opening ---------------------------------------------------------------------
@@ -141,9 +159,9 @@ class PacketProtection:
         if key is self.recv:
             self._recv_in_phase = True
 
-    def _failed(self) -> None:
-        self.forged += 1
-        if self.forged >= self.max_forgeries:
+    def _failed(self, count: int = 1) -> None:
+        self.forged += count
+        if count and self.forged >= self.max_forgeries:
             raise AuthError(f"{self.forged} UDP packets failed authentication (forged or corrupted)")
 
     def open(self, view, out=None):
@@ -175,6 +193,25 @@ class PacketProtection:
         dst = memoryview(scratch)
         out_seg = seg - TAG_SIZE + PLAIN_TRAILER
         recv = self.recv
+        if ACCELERATED:
+            used, bad, left = _seal.open_burst(view, seg, cid, recv.phase & 1, self._phase_start, dst,
+                                               CIPHERS[recv.cipher], recv.key, recv.iv)
+            if len(view) // seg > bad + len(left):
+                self._recv_in_phase = True
+            self._failed(bad)
+            plain = []
+            for p in left:  # another phase, an earlier number, not sealed, not ours: one by one
+                h = view[p : p + HEADER_SIZE]
+                if h[0] not in SEALED_TYPES:
+                    plain.append(p)
+                    continue
+                q = p // seg * out_seg
+                end = q + out_seg - PLAIN_TRAILER
+                if h[2:10] == cid and h[1] == 1 and self.open(view[p : p + seg], dst[q + HEADER_SIZE : end]) is not None:
+                    dst[end : end + PLAIN_TRAILER] = _ZERO
+                else:
+                    bad += 1
+            return used, bad, plain
         bit = recv.phase & 1
         aead, iv = recv._aead.decrypt_into, recv._iv_int
         q = bad = 0

@@ -170,7 +170,9 @@ class Listener:
                 if _xxh64(view[: n - TRAILER_SIZE]) != _unpack_q(view, n - TRAILER_SIZE)[0]:
                     self.stats["garbage"] += 1
                     return None, False, []
-                self._deliver(session, addr, pn, session.receive_payload, pn, view[HEADER_SIZE : n - TRAILER_SIZE], now)
+                # (with keys, only what the session records may move it: protection.py)
+                self._deliver(session, addr, pn if session.protection is None else None, session.receive_payload, pn,
+                              view[HEADER_SIZE : n - TRAILER_SIZE], now)
                 return session, False, []
         if n >= SEALED_OVERHEAD and data[0] in SEALED_TYPES:  # authenticated: only then may it move us
             session = self.sessions.get(HEADER.unpack_from(data, 0)[2])
@@ -189,7 +191,8 @@ class Listener:
             if session is None:
                 self.stats["foreign"] += 1
                 return None, False, []
-            self._deliver(session, addr, pkt.pn, session.receive_payload, pkt.pn, pkt.payload, now)
+            self._deliver(session, addr, pkt.pn if session.protection is None else None, session.receive_payload,
+                          pkt.pn, pkt.payload, now)
             return session, False, []
         if pkt.ptype != INITIAL:
             self.stats["foreign"] += 1

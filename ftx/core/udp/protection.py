@@ -22,8 +22,11 @@ from ..secure.datagrams import SEALED_OVERHEAD, PacketProtection
 from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame, MaxDataFrame, StreamFrame, parse,
                       parse_frames)
 
-EARLY_LIMIT = 16  # sealed packets kept until we have keys
-SCRATCH = 65536  # one GRO read
+EARLY_LIMIT = 16  # sealed packets kept until we have keys ...
+EARLY_BYTES = 64 * 1024  # ... and their bytes in all
+# Where a GRO read of sealed datagrams is opened: used within one call only (the session
+# copies what it keeps), so one buffer serves every session.
+_SCRATCH = bytearray(65536)
 
 
 class SealedPackets:
@@ -31,7 +34,7 @@ class SealedPackets:
     _hs_end = -1  # our stream offset at install_keys: bytes below it are sent unsealed
     _sealed_only = False  # handshake_done: unsealed DATA is dropped
     _plain_end = 0  # end of the highest stream bytes that arrived unsealed
-    _scratch: bytearray | None = None
+    _early_bytes = 0
 
     def install_keys(self, est: Established, limits: tuple[int, int, int] | None = None) -> None:
         """Our handshake bytes are all written: seal everything after them."""
@@ -39,6 +42,7 @@ class SealedPackets:
         self._hs_end = self._sout_base + len(self._sout)
         self._overhead = SEALED_OVERHEAD
         early, self._early = self._early, []
+        self._early_bytes = 0
         for datagram in early:
             self.receive_sealed(datagram, self.last_recv_time)
 
@@ -75,8 +79,9 @@ class SealedPackets:
             return
         prot = self.protection
         if prot is None:
-            if len(self._early) < EARLY_LIMIT:
+            if len(self._early) < EARLY_LIMIT and self._early_bytes + len(view) <= EARLY_BYTES:
                 self._early.append(bytes(view))
+                self._early_bytes += len(view)
             return
         try:
             payload = prot.open(view)
@@ -97,16 +102,14 @@ class SealedPackets:
             for off in range(0, len(view), seg):
                 self.receive_sealed(view[off : off + seg], now)
             return
-        if self._scratch is None:
-            self._scratch = bytearray(SCRATCH)
         try:
-            used, bad, unsealed = prot.open_burst(view, seg, self.local_cid.to_bytes(8, "big"), self._scratch)
+            used, bad, unsealed = prot.open_burst(view, seg, self.local_cid.to_bytes(8, "big"), _SCRATCH)
         except AuthError as exc:
             self.close(ErrorCode.AUTH, str(exc))
             return
         self.stats["forged"] += bad
         plain = seg - 8
-        scratch = memoryview(self._scratch)
+        scratch = memoryview(_SCRATCH)
         others, _ = self.receive_chunk_burst(scratch[:used], plain, now, opened=True)
         for off in others:
             pn = int.from_bytes(scratch[off + 10 : off + HEADER_SIZE], "big")
