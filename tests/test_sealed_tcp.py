@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 
 import pytest
 
+from ftx.core.frames import FrameType, encode_frame
+from ftx.core.messages import ErrorMessage
+from ftx.core.receiver import ReceiverConnection
 from ftx.core.secure import AuthError
 from ftx.core.secure.keys import CHACHA20_POLY1305
-from ftx.core.secure.records import OVERHEAD
-from ftx.errors import ErrorCode, PeerError, TransportError
+from ftx.core.secure.records import OVERHEAD, RecordOpener, RecordSealer
+from ftx.core.sender import SenderConnection
+from ftx.errors import ErrorCode, PeerError, RemoteProtocolError, TransportError
 from ftx.receiving import receive_over
 from ftx.securing import run_handshake
 from ftx.sending import send_paths
@@ -386,3 +391,107 @@ class _Until:
         if self.proxy.attacked.is_set():
             raise asyncio.IncompleteReadError(b"", n)
         return await self.reader.readexactly(n)
+
+
+# -- the driver on a socket pair, byte by byte -----------------------------------------------
+async def _server_side(peer_bytes: list[bytes], hs=None, timeout: float = T):
+    """Run the server's handshake on a socket pair while the test writes ``peer_bytes``
+    (one write each) on the other end; returns (result or exception, link, the raw peer socket)."""
+    a, b = socket.socketpair()
+    link = tcp.TcpLink(a)
+    b.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def peer():
+        for chunk in peer_bytes:
+            await loop.sock_sendall(b, chunk)
+            await asyncio.sleep(0)
+
+    writer = loop.create_task(peer())
+    try:
+        result = await run_handshake(link, hs or FakeHandshake("server"), timeout)
+    except Exception as exc:
+        result = exc
+    await writer
+    return result, link, b
+
+
+def test_sealed_bytes_behind_the_handshake_in_one_segment_are_kept():
+    """A client whose keys are ready at once may send its handshake and its first records in
+    one write: they are the ``leftover`` of the server's handshake, opened afterwards."""
+    async def go():
+        client = FakeHandshake("client")
+        first = client.data_to_send()
+        hello = SenderConnection().data_to_send()
+        sealed = RecordSealer(client.result).seal(b"".join(bytes(x) for x in hello))
+        result, link, raw = await _server_side([first + sealed])
+        conn = ReceiverConnection()
+        await asyncio.wait_for(link.feed(conn), T)
+        assert conn.peer is not None  # the sender's HELLO, from the leftover
+        await link.send(conn.data_to_send())  # the receiver's HELLO, sealed
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(raw, 65536), T)
+        used = client.receive(data, 0.0)
+        opened = RecordOpener(client.result).feed(data[used:])
+        link.close()
+        raw.close()
+        return result, opened
+
+    result, opened = run(go())
+    assert result.cipher == "aes-256-gcm"
+    assert opened[0] == FrameType.HELLO
+
+
+def test_a_peer_error_split_over_two_reads_is_its_reason():
+    frame = encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.AUTH, "wrong code").encode())
+
+    async def go():
+        result, link, raw = await _server_side([frame[:10], frame[10:]], FakeHandshake("client"))
+        link.close()
+        raw.close()
+        return result
+
+    result = run(go())
+    assert isinstance(result, AuthError) and str(result) == "peer refused: wrong code"
+
+
+def test_a_peer_error_of_another_code_is_a_peer_error():
+    frame = encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.BUSY, "too many connections").encode())
+
+    async def go():
+        result, link, raw = await _server_side([frame], FakeHandshake("client"))
+        link.close()
+        raw.close()
+        return result
+
+    result = run(go())
+    assert isinstance(result, PeerError) and result.code == ErrorCode.BUSY
+    assert str(result) == "peer error: too many connections"
+
+
+def test_an_oversized_handshake_frame_is_refused_at_its_header():
+    header = bytes([0x10, 0, 0, 0]) + (1 << 20).to_bytes(4, "big") + bytes(8)
+
+    async def go():
+        result, link, raw = await _server_side([header])
+        told = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(raw, 65536), T)
+        link.close()
+        raw.close()
+        return result, told
+
+    result, told = run(go())
+    assert isinstance(result, RemoteProtocolError) and "exceeds 16384" in str(result)
+    assert told[:1] == bytes([FrameType.ERROR])  # the peer is told why
+
+
+def test_the_peer_closing_during_the_handshake():
+    async def go():
+        a, b = socket.socketpair()
+        b.close()
+        link = tcp.TcpLink(a)
+        try:
+            with pytest.raises(TransportError, match="closed the connection during the handshake"):
+                await run_handshake(link, FakeHandshake("server"), T)
+        finally:
+            link.close()
+
+    run(go())
