@@ -6,6 +6,7 @@ prefix of what was sealed and then raises AuthError: never different plaintext.
 """
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -221,12 +222,25 @@ def test_open_into_a_caller_buffer():
 def test_vector():
     """protocol.md, "Sealed TCP records": the first two records of a direction, the second
     after a forced key update."""
+    d = Direction(AES_256_GCM, SECRET)
+    assert d.key.hex() == "1600993184391656a3a2b4b714ee420c3c95b79c39b76dd5b92c137698a9ac09"
+    assert d.iv.hex() == "86905d6463beb4cdbf8e9b66"
+    n = d.next()
+    assert n.secret.hex() == "bb697b67df2e7ab005c045948a29e1fa064d66e10afe8d4c64d13bcd87f8d352"
+    assert n.key.hex() == "84eaa44481a8d9b99a73e4e22957307e64b196aa037f96ea005b6016b7becc5f"
+    assert n.nonce(1).hex() == "72ad50167a3c2703a5e8d34e"
     sealer = RecordSealer(Direction(AES_256_GCM, SECRET), update_after=1)
     first, second = sealer.seal(b"ftx"), sealer.seal(b"ftx")
     assert first.hex() == VECTOR_FIRST
     assert second.hex() == VECTOR_SECOND
     assert RecordOpener(Direction(AES_256_GCM, SECRET)).feed(first + second) == b"ftxftx"
     assert HEADER_SIZE == 4
+    spec = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
+    section = spec[spec.index("### 18.4") :]
+    for record in (first, second):
+        assert f"{record[:4].hex()} {record[4:].hex()}" in section
+    for value in (d.key, d.iv, n.secret, n.key, n.iv, n.nonce(1)):
+        assert value.hex() in section
 
 
 VECTOR_FIRST = "000000032aa0b242d6d7a0ae3eb15b5c0c68e3ae1ead52"
