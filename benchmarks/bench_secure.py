@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Sealed TCP throughput: ftx plaintext vs sealed (AES-256-GCM, ChaCha20-Poly1305), same run,
-beside scp (aes128-gcm) and magic-wormhole when they are installed.
+beside scp (aes128-gcm, to a private sshd on loopback) and magic-wormhole (local
+mailbox server and transit relay) when they are installed.
 
 Source file in the page cache, destination on tmpfs, loopback.  Each ftx
 side is its own process (``--child``) running the library: ``tcp.connect`` /
@@ -16,6 +17,10 @@ connect+handshake round trips on loopback (the lead measures the real
 handshakes with it).
 
     python benchmarks/bench_secure.py [--size 1G] [--runs 3] [--handshake tests.secure_fakes:FakeHandshake]
+
+scp needs openssh-server (sshd) and magic-wormhole needs ``wormhole`` and ``twist`` on PATH
+(pip install magic-wormhole magic-wormhole-mailbox-server magic-wormhole-transit-relay);
+otherwise their rows are skipped with a note.  scp's CPU is the sending side's (scp and ssh).
 """
 
 from __future__ import annotations
@@ -136,24 +141,70 @@ def bench_ftx(src: str, dst_dir: str, cipher: str, handshake: str) -> dict:
     return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2]}
 
 
-def bench_scp(src: str, dst: str) -> dict | None:
-    """scp -c aes128-gcm@openssh.com to localhost; needs a running sshd that lets us in by key."""
-    if not shutil.which("scp"):
+class PrivateSshd:
+    """An sshd of our own on a free loopback port: fresh host and client keys in a temporary
+    directory, nothing read from or written to the user's ~/.ssh."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.ok = False
+        sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+        if not sshd or not shutil.which("scp") or not shutil.which("ssh-keygen"):
+            return
+        self.dir = tempfile.mkdtemp(prefix="ftx-sshd-")
+        d = self.dir
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/{name}"], check=True)
+        shutil.copy(f"{d}/client.pub", f"{d}/authorized_keys")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        with open(f"{d}/sshd_config", "w") as f:
+            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n"
+                    f"PidFile {d}/pid\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+                    f"PasswordAuthentication no\nCiphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com\n"
+                    f"Subsystem sftp internal-sftp\n")
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", f"{d}/sshd_config"], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                self.ok = True
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def scp_args(self) -> list[str]:
+        return ["scp", "-q", "-P", str(self.port), "-i", f"{self.dir}/client", "-o", "IdentitiesOnly=yes",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={self.dir}/kh",
+                "-c", "aes128-gcm@openssh.com"]
+
+    def close(self) -> None:
+        if getattr(self, "proc", None) is not None:
+            self.proc.terminate()
+            self.proc.wait()
+        if getattr(self, "dir", None):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bench_scp(sshd: PrivateSshd, src: str, dst: str) -> dict | None:
+    """scp -c aes128-gcm@openssh.com to our own sshd on loopback (CPU: scp and its ssh only)."""
+    import resource
+
+    if not sshd.ok:
         return None
-    cmd = ["scp", "-q", "-c", "aes128-gcm@openssh.com", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-           "-o", "UserKnownHostsFile=/dev/null", src, f"127.0.0.1:{dst}"]
-    probe = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
-                            "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=2", "127.0.0.1", "true"],
-                           capture_output=True)
-    if probe.returncode:
-        return None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    rc, cpu, rss = run_wait(proc)
+    rc = subprocess.run([*sshd.scp_args(), src, f"127.0.0.1:{dst}"]).returncode
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc:
         return None
-    return {"seconds": elapsed, "send_cpu": cpu, "recv_cpu": float("nan"), "send_rss": rss, "recv_rss": 0}
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": elapsed, "send_cpu": cpu, "recv_cpu": float("nan"), "send_rss": float("nan"),
+            "recv_rss": float("nan")}
 
 
 def bench_wormhole(src: str, dst_dir: str) -> dict | None:
@@ -249,19 +300,21 @@ def main() -> None:
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)
     src = os.path.join(work_src, "payload.bin")
     notes = []
+    sshd = None
     try:
         make_source(src, size)
         warm_memory(work_dst, 2 * size)
         names = ["plaintext", "aes-256-gcm", "chacha20-poly1305"]
         rows: dict[str, list[dict]] = {n: [] for n in names}
         peers: dict[str, list[dict]] = {"scp aes128-gcm": [], "magic-wormhole": []}
+        sshd = PrivateSshd() if not args.no_peers else None
         for _ in range(args.runs):
             for name in names:  # interleaved, so that a noisy neighbour hits every row alike
                 rows[name].append(bench_ftx(src, work_dst, name, args.handshake))
                 os.unlink(os.path.join(work_dst, "payload.bin"))
             if not args.no_peers:
                 dst = os.path.join(work_dst, "scp.bin")
-                r = bench_scp(src, dst)
+                r = bench_scp(sshd, src, dst)
                 if r:
                     peers["scp aes128-gcm"].append(r)
                     os.unlink(dst)
@@ -273,7 +326,7 @@ def main() -> None:
             notes.append("scp and magic-wormhole skipped (--no-peers)")
         else:
             if not peers["scp aes128-gcm"]:
-                notes.append("scp skipped: no sshd on 127.0.0.1 that lets this user in by key")
+                notes.append("scp skipped: needs scp, ssh-keygen and sshd (openssh-server) installed")
             if not peers["magic-wormhole"]:
                 notes.append("magic-wormhole skipped: `wormhole` and `twist` (mailbox server, transit relay) "
                              "not installed")
@@ -302,6 +355,8 @@ def main() -> None:
             print(f"connect + handshake on loopback, {args.handshake_latency} runs: median {m * 1e3:.2f} ms "
                   f"(min {lo * 1e3:.2f}, max {hi * 1e3:.2f})")
     finally:
+        if sshd is not None:
+            sshd.close()
         shutil.rmtree(work_src, ignore_errors=True)
         shutil.rmtree(work_dst, ignore_errors=True)
 
