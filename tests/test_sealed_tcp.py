@@ -495,3 +495,38 @@ def test_the_peer_closing_during_the_handshake():
             link.close()
 
     run(go())
+
+
+def test_resume_over_a_sealed_channel(tmp_path):
+    """A sealed transfer cut half-way resumes over a new sealed connection: the receiver keeps
+    the verified chunks, the second run sends only the rest."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(random.Random(3).randbytes(6 * 1024 * 1024))
+
+    class Cut(Proxy):
+        def _tamper(self, records, rec):
+            return [rec]
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            async with Cut(server.port, "cut", 16, "up") as proxy:  # 16 records: about 4 MiB
+                orig = proxy._pipe
+
+                async def pipe(reader, writer, direction):
+                    if direction == "up":
+                        await orig(_Until(reader, proxy), writer, direction)
+                    else:
+                        await orig(reader, writer, direction)
+
+                proxy._pipe = pipe
+                first = await sealed_send(proxy.port, [src])
+                await server.wait(1)
+            second = await sealed_send(server.port, [src])
+            await server.wait(2)
+            return first, second
+
+    first, second = run(go())
+    assert not first.ok
+    assert second.ok, second.error
+    assert second.bytes_resumed >= 2 * 1024 * 1024, second
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == src.read_bytes()
