@@ -530,3 +530,27 @@ def test_resume_over_a_sealed_channel(tmp_path):
     assert second.ok, second.error
     assert second.bytes_resumed >= 2 * 1024 * 1024, second
     assert (tmp_path / "dst" / "big.bin").read_bytes() == src.read_bytes()
+
+
+# -- the plaintext side's view (core, bytes only) ------------------------------------------
+from .secure_fakes import handshake_frame  # noqa: E402
+
+
+@pytest.mark.parametrize("step", [1, 3, 100])
+def test_an_insecure_connection_names_a_peer_that_requires_authentication(step):
+    conn = ReceiverConnection()
+    conn.data_to_send()
+    data = handshake_frame(b"\x01\x01" + bytes(40))
+    with pytest.raises(AuthError, match="the peer requires authentication; this side runs --insecure"):
+        for i in range(0, len(data), step):
+            conn.receive_data(data[i : i + step])
+    out = b"".join(bytes(b) for b in conn.data_to_send())
+    assert out[:1] == bytes([FrameType.ERROR])
+    assert ErrorMessage.decode(out[16:]).code == ErrorCode.AUTH
+
+
+def test_mqtt_is_still_not_ftx():
+    """0x10 is also MQTT's CONNECT: only a real HANDSHAKE header (flags and reserved 0) counts."""
+    conn = ReceiverConnection()
+    with pytest.raises(RemoteProtocolError, match="does not speak ftx"):
+        conn.receive_data(b"\x10\x1a\x00\x04MQTT\x04\x02\x00\x3c")
