@@ -18,6 +18,7 @@ import click
 
 from . import DEFAULT_PORT, __version__
 from .core.config import Config
+from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .limits import Admission, Limits, parse_duration, parse_size
@@ -30,7 +31,7 @@ log = logging.getLogger("ftx")
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, (TransportError, PeerError)):
         return EXIT_CONNECTION
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, (ProtocolError, AuthError)):
         return EXIT_PROTOCOL
     if isinstance(exc, (StorageError, UnsafePath, OSError)):
         return EXIT_LOCAL
@@ -40,10 +41,11 @@ def _exit_code(exc: BaseException) -> int:
 def _report_exit_code(report) -> int:
     """Exit code of a session that failed as a whole: by the class of its error."""
     failure = getattr(report, "failure", None)
-    if isinstance(failure, ProtocolError):  # the peer's bytes broke the protocol
+    if isinstance(failure, (ProtocolError, AuthError)):  # the peer's bytes broke the protocol or its seal
         return EXIT_PROTOCOL
     if isinstance(failure, PeerError) and failure.code in (ErrorCode.PROTOCOL, ErrorCode.CHECKSUM,
-                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE):
+                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE,
+                                                             ErrorCode.AUTH):
         return EXIT_PROTOCOL  # the peer said our bytes broke it
     return EXIT_CONNECTION
 

@@ -16,6 +16,7 @@ import socket
 
 import pytest
 
+from ftx.cli import EXIT_PROTOCOL, _exit_code, _report_exit_code
 from ftx.core.frames import FrameType, encode_frame
 from ftx.core.messages import ErrorMessage
 from ftx.core.receiver import ReceiverConnection
@@ -271,6 +272,7 @@ def test_tampering_fails_with_auth_and_lands_nothing(tmp_path, files, attack, di
         assert "sender gave up: a sealed record did not open" in caplog.text
     assert not (dst / files[0].name).exists()  # nothing under the final name
     assert clean.ok, clean.error
+    assert _report_exit_code(report) == EXIT_PROTOCOL  # `ftx send` exits 4, as for a protocol error
 
 
 def test_refusal_is_one_line_on_both_sides(tmp_path, files):
@@ -283,6 +285,7 @@ def test_refusal_is_one_line_on_both_sides(tmp_path, files):
 
     client, server = run(go())
     assert str(client) == "peer refused: unknown key SHA256:abc; add it to authorized_keys"
+    assert _exit_code(client) == EXIT_PROTOCOL
     assert isinstance(server, AuthError) and "unknown key" in str(server)
     assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").iterdir())
 
