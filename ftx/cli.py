@@ -2,7 +2,7 @@
 
 Exit codes (also in README.md):
   0 success · 1 some files failed · 2 usage error · 3 connection failed or lost
-  4 protocol error from the peer · 5 local file error · 6 authentication failed · 130 interrupted
+  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted
 """
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ import click
 
 from . import DEFAULT_PORT, __version__
 from .core.config import Config
+from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .limits import Admission, Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
-EXIT_AUTH = 6
 
 log = logging.getLogger("ftx")
-
-
-def _is_auth(exc: BaseException | None) -> bool:
-    return exc is not None and getattr(exc, "code", None) == ErrorCode.AUTH
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -38,11 +34,9 @@ def _exit_code(exc: BaseException) -> int:
 
     if isinstance(exc, (CredentialError, SetupError)):
         return EXIT_USAGE
-    if _is_auth(exc):
-        return EXIT_AUTH
     if isinstance(exc, (TransportError, PeerError)):
         return EXIT_CONNECTION
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, (ProtocolError, AuthError)):
         return EXIT_PROTOCOL
     if isinstance(exc, (StorageError, UnsafePath, OSError)):
         return EXIT_LOCAL
@@ -52,12 +46,11 @@ def _exit_code(exc: BaseException) -> int:
 def _report_exit_code(report) -> int:
     """Exit code of a session that failed as a whole: by the class of its error."""
     failure = getattr(report, "failure", None)
-    if _is_auth(failure):
-        return EXIT_AUTH
-    if isinstance(failure, ProtocolError):  # the peer's bytes broke the protocol
+    if isinstance(failure, (ProtocolError, AuthError)):  # the peer's bytes broke the protocol or its seal
         return EXIT_PROTOCOL
     if isinstance(failure, PeerError) and failure.code in (ErrorCode.PROTOCOL, ErrorCode.CHECKSUM,
-                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE):
+                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE,
+                                                             ErrorCode.AUTH):
         return EXIT_PROTOCOL  # the peer said our bytes broke it
     return EXIT_CONNECTION
 

@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 
 import pytest
 
+from ftx.cli import EXIT_PROTOCOL, _exit_code, _report_exit_code
+from ftx.core.frames import FrameType, encode_frame
+from ftx.core.messages import ErrorMessage
+from ftx.core.receiver import ReceiverConnection
 from ftx.core.secure import AuthError
 from ftx.core.secure.keys import CHACHA20_POLY1305
-from ftx.core.secure.records import OVERHEAD
-from ftx.errors import ErrorCode, PeerError, TransportError
+from ftx.core.secure.records import OVERHEAD, RecordOpener, RecordSealer
+from ftx.core.sender import SenderConnection
+from ftx.errors import ErrorCode, PeerError, RemoteProtocolError, TransportError
 from ftx.receiving import receive_over
 from ftx.securing import run_handshake
 from ftx.sending import send_paths
@@ -266,6 +272,7 @@ def test_tampering_fails_with_auth_and_lands_nothing(tmp_path, files, attack, di
         assert "sender gave up: a sealed record did not open" in caplog.text
     assert not (dst / files[0].name).exists()  # nothing under the final name
     assert clean.ok, clean.error
+    assert _report_exit_code(report) == EXIT_PROTOCOL  # `ftx send` exits 4, as for a protocol error
 
 
 def test_refusal_is_one_line_on_both_sides(tmp_path, files):
@@ -278,6 +285,7 @@ def test_refusal_is_one_line_on_both_sides(tmp_path, files):
 
     client, server = run(go())
     assert str(client) == "peer refused: unknown key SHA256:abc; add it to authorized_keys"
+    assert _exit_code(client) == EXIT_PROTOCOL
     assert isinstance(server, AuthError) and "unknown key" in str(server)
     assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").iterdir())
 
@@ -386,3 +394,166 @@ class _Until:
         if self.proxy.attacked.is_set():
             raise asyncio.IncompleteReadError(b"", n)
         return await self.reader.readexactly(n)
+
+
+# -- the driver on a socket pair, byte by byte -----------------------------------------------
+async def _server_side(peer_bytes: list[bytes], hs=None, timeout: float = T):
+    """Run the server's handshake on a socket pair while the test writes ``peer_bytes``
+    (one write each) on the other end; returns (result or exception, link, the raw peer socket)."""
+    a, b = socket.socketpair()
+    link = tcp.TcpLink(a)
+    b.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def peer():
+        for chunk in peer_bytes:
+            await loop.sock_sendall(b, chunk)
+            await asyncio.sleep(0)
+
+    writer = loop.create_task(peer())
+    try:
+        result = await run_handshake(link, hs or FakeHandshake("server"), timeout)
+    except Exception as exc:
+        result = exc
+    await writer
+    return result, link, b
+
+
+def test_sealed_bytes_behind_the_handshake_in_one_segment_are_kept():
+    """A client whose keys are ready at once may send its handshake and its first records in
+    one write: they are the ``leftover`` of the server's handshake, opened afterwards."""
+    async def go():
+        client = FakeHandshake("client")
+        first = client.data_to_send()
+        hello = SenderConnection().data_to_send()
+        sealed = RecordSealer(client.result).seal(b"".join(bytes(x) for x in hello))
+        result, link, raw = await _server_side([first + sealed])
+        conn = ReceiverConnection()
+        await asyncio.wait_for(link.feed(conn), T)
+        assert conn.peer is not None  # the sender's HELLO, from the leftover
+        await link.send(conn.data_to_send())  # the receiver's HELLO, sealed
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(raw, 65536), T)
+        used = client.receive(data, 0.0)
+        opened = RecordOpener(client.result).feed(data[used:])
+        link.close()
+        raw.close()
+        return result, opened
+
+    result, opened = run(go())
+    assert result.cipher == "aes-256-gcm"
+    assert opened[0] == FrameType.HELLO
+
+
+def test_a_peer_error_split_over_two_reads_is_its_reason():
+    frame = encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.AUTH, "wrong code").encode())
+
+    async def go():
+        result, link, raw = await _server_side([frame[:10], frame[10:]], FakeHandshake("client"))
+        link.close()
+        raw.close()
+        return result
+
+    result = run(go())
+    assert isinstance(result, AuthError) and str(result) == "peer refused: wrong code"
+
+
+def test_a_peer_error_of_another_code_is_a_peer_error():
+    frame = encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.BUSY, "too many connections").encode())
+
+    async def go():
+        result, link, raw = await _server_side([frame], FakeHandshake("client"))
+        link.close()
+        raw.close()
+        return result
+
+    result = run(go())
+    assert isinstance(result, PeerError) and result.code == ErrorCode.BUSY
+    assert str(result) == "peer error: too many connections"
+
+
+def test_an_oversized_handshake_frame_is_refused_at_its_header():
+    header = bytes([0x10, 0, 0, 0]) + (1 << 20).to_bytes(4, "big") + bytes(8)
+
+    async def go():
+        result, link, raw = await _server_side([header])
+        told = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(raw, 65536), T)
+        link.close()
+        raw.close()
+        return result, told
+
+    result, told = run(go())
+    assert isinstance(result, RemoteProtocolError) and "exceeds 16384" in str(result)
+    assert told[:1] == bytes([FrameType.ERROR])  # the peer is told why
+
+
+def test_the_peer_closing_during_the_handshake():
+    async def go():
+        a, b = socket.socketpair()
+        b.close()
+        link = tcp.TcpLink(a)
+        try:
+            with pytest.raises(TransportError, match="closed the connection during the handshake"):
+                await run_handshake(link, FakeHandshake("server"), T)
+        finally:
+            link.close()
+
+    run(go())
+
+
+def test_resume_over_a_sealed_channel(tmp_path):
+    """A sealed transfer cut half-way resumes over a new sealed connection: the receiver keeps
+    the verified chunks, the second run sends only the rest."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(random.Random(3).randbytes(6 * 1024 * 1024))
+
+    class Cut(Proxy):
+        def _tamper(self, records, rec):
+            return [rec]
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            async with Cut(server.port, "cut", 16, "up") as proxy:  # 16 records: about 4 MiB
+                orig = proxy._pipe
+
+                async def pipe(reader, writer, direction):
+                    if direction == "up":
+                        await orig(_Until(reader, proxy), writer, direction)
+                    else:
+                        await orig(reader, writer, direction)
+
+                proxy._pipe = pipe
+                first = await sealed_send(proxy.port, [src])
+                await server.wait(1)
+            second = await sealed_send(server.port, [src])
+            await server.wait(2)
+            return first, second
+
+    first, second = run(go())
+    assert not first.ok
+    assert second.ok, second.error
+    assert second.bytes_resumed >= 2 * 1024 * 1024, second
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == src.read_bytes()
+
+
+# -- the plaintext side's view (core, bytes only) ------------------------------------------
+from .secure_fakes import handshake_frame  # noqa: E402
+
+
+@pytest.mark.parametrize("step", [1, 3, 100])
+def test_an_insecure_connection_names_a_peer_that_requires_authentication(step):
+    conn = ReceiverConnection()
+    conn.data_to_send()
+    data = handshake_frame(b"\x01\x01" + bytes(40))
+    with pytest.raises(AuthError, match="the peer requires authentication; this side runs --insecure"):
+        for i in range(0, len(data), step):
+            conn.receive_data(data[i : i + step])
+    out = b"".join(bytes(b) for b in conn.data_to_send())
+    assert out[:1] == bytes([FrameType.ERROR])
+    assert ErrorMessage.decode(out[16:]).code == ErrorCode.AUTH
+
+
+def test_mqtt_is_still_not_ftx():
+    """0x10 is also MQTT's CONNECT: only a real HANDSHAKE header (flags and reserved 0) counts."""
+    conn = ReceiverConnection()
+    with pytest.raises(RemoteProtocolError, match="does not speak ftx"):
+        conn.receive_data(b"\x10\x1a\x00\x04MQTT\x04\x02\x00\x3c")

@@ -24,7 +24,7 @@ from .tls_pki import CA
 
 pytestmark = pytest.mark.timeout(90)
 
-EXIT_AUTH, EXIT_USAGE = 6, 2
+EXIT_AUTH, EXIT_USAGE = 4, 2  # an authentication failure exits as a protocol error
 TRANSPORTS = [pytest.param([], id="tcp"), pytest.param(["--udp"], id="udp")]
 
 

@@ -317,7 +317,7 @@ class TcpLink:
         conn.trim_buffers()
         if self._opener is not None:
             self._opener.trim()
-        if self._sealer is not None:
+        if self._sealer is not None and not self._send_lock.locked():  # not under a send in progress
             self._sealer.trim()
 
     def read_buffer(self, shared: memoryview) -> memoryview:

@@ -208,9 +208,12 @@ class RecordOpener:
     def get_buffer(self) -> memoryview:
         """Where received bytes go next: room for at least the rest of the current record.
 
-        The buffer grows to hold one record (the most a checked header can ask
-        for), and beyond that, up to ``IN_CAP``, only by doubling after a read
-        filled all the room it was offered (bytes that did arrive).
+        The buffer grows only to hold the current record whole (a checked header
+        asks for one record at most), and beyond that, up to ``IN_CAP``, only by
+        doubling after a read filled all the room it was offered (bytes that did
+        arrive, not promised).  Pending bytes move to the front only when the
+        record would not fit behind them or little room is left, so a peer that
+        trickles bytes costs no repeated copying.
         """
         self._check()
         cap = len(self._buf)
@@ -221,13 +224,11 @@ class RecordOpener:
         start, end = self._start, self._end
         pending = end - start
         need = (self._size + OVERHEAD) if self._size >= 0 else HEADER_SIZE
-        want = max(need, pending + MIN_READ)  # this record, and something to read ahead
-        if start + want > cap:
-            if want > cap:
-                self._resize(max(want, min(2 * cap, IN_CAP)))
-            elif start:
-                self._buf[:pending] = self._view[start:end]
-                self._start, self._end = 0, pending
+        if need > cap:  # the record does not fit at all: grow, with some room to read ahead
+            self._resize(max(need, min(pending + MIN_READ, self.max_record + OVERHEAD)))
+        elif start and (start + need > cap or cap - end < MIN_READ // 4):
+            self._buf[:pending] = self._view[start:end]
+            self._start, self._end = 0, pending
         self._offered = len(self._buf) - self._end
         return self._view[self._end :]
 
