@@ -507,6 +507,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             from .security_setup import authenticate
 
             error = await authenticate(link, auth, limits.handshake_timeout)
+            if error == "":
+                return  # turned away quietly (throttled)
             if error is not None:
                 click.echo(f"ftx: {_peer_label(link.peer)}: {error}", err=True)
                 if as_json:

@@ -149,6 +149,7 @@ class ReceiverAuth:
         self.fingerprint = ""
         self.kind = "insecure"
         self.notices: list[str] = []  # what the operator must see at start
+        self.turned_away = 0  # connections refused before any handshake work (``begin``)
         if insecure:
             return
         self.identity = cr.load_identity(identity or cr.default_identity())
@@ -234,7 +235,9 @@ class ReceiverAuth:
 
 
 async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
-    """Run the receiver's handshake on a new connection: None when the sender proved itself, else why not.
+    """Run the receiver's handshake on a new connection: None when the sender proved itself, else why not
+    ("" for a connection turned away before any handshake work -- a throttled address, a code
+    with its guesses in flight -- which is not worth a line each: a flood would fill the log).
 
     A refused connection is closed here.  Before the handshake is done nothing
     but the handshake's own bounded state exists for it (no file, no session).
@@ -250,8 +253,11 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
         except (FtxError, OSError):
             pass
         await link.aclose()
-        return why
+        log.debug("%s: turned away: %s", host, why)
+        auth.turned_away += 1
+        return ""
     hs = auth.handshake()
+    log.debug("%s: handshake", host)
     try:
         await run_handshake(link, hs, timeout)
     except FtxError as exc:
@@ -263,4 +269,5 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
         link.close()
         raise
     auth.end(host, hs, None)
+    log.debug("%s: authenticated (%s)", host, auth.kind)
     return None
