@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -264,7 +265,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     except CredentialError as exc:
         _die(str(exc), EXIT_USAGE)
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
-    _check_sender_auth(auth, code_prompt or code_file)
+    if (why := auth.conflict(code_prompt or code_file)) is not None:
+        raise click.UsageError(why)
     config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id())
     progress = None
     if _show_progress(no_progress, as_json):
@@ -294,17 +296,6 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-def _check_sender_auth(auth, code_given) -> None:
-    """Options that contradict each other fail before anything else happens."""
-    if auth.insecure and (code_given or auth.identity or auth.expect_fingerprint or auth.tls or auth.tls_ca
-                          or auth.tls_cert):
-        raise click.UsageError("--insecure takes no credentials")
-    if auth.code is not None and (auth.tls or auth.tls_ca or auth.tls_cert or auth.expect_fingerprint):
-        raise click.UsageError("a pairing code cannot be combined with TLS or --expect-fingerprint")
-    if auth.tls_key and not auth.tls_cert:
-        raise click.UsageError("--tls-key needs --tls-cert")
-
-
 async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None):
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
@@ -312,6 +303,10 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
 
     items = list(walk(paths, links))  # bad arguments fail before connecting
     hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too
+    if hs is not None and auth.mode == "code":  # the receiver asks its user: say what comes
+        from .security_setup import offer_summary
+
+        config.summary = offer_summary(items)
     try:
         if udp:
             from .transport import udp as transport
@@ -372,12 +367,10 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
-    if insecure and (code_mode or identity or authorized_keys or tls_cert or tls_ca):
-        raise click.UsageError("--insecure takes no credentials")
-    if code_mode and (tls_cert or authorized_keys):
-        raise click.UsageError("--code cannot be combined with TLS or --authorized-keys")
-    if (tls_key or tls_ca) and not tls_cert:
-        raise click.UsageError("--tls-key and --tls-ca need --tls-cert")
+    from .security_setup import receiver_conflict
+
+    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca)):
+        raise click.UsageError(why)
     if code_mode and not yes and not sys.stdin.isatty():
         raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
                                "ask on; add --yes to accept without asking")
@@ -395,6 +388,7 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
                             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     except FtxError as exc:
         _die(str(exc), _exit_code(exc))
+    auth.ask = code_mode and not yes  # show what a code holder offers and ask first
     for notice in auth.notices:
         click.echo(f"ftx: {notice}", err=True)
 
@@ -522,7 +516,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             progress = Bars(label=_peer_label(link.peer))
         try:
             session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
-                                         progress=progress, limits=limits, budget=budget)
+                                         progress=progress, limits=limits, budget=budget,
+                                         confirm=(lambda hello: ask(link, hello)) if auth.ask else None)
         finally:
             if progress is not None:
                 progress.close()
@@ -533,6 +528,25 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                    "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
+
+    asking = asyncio.Lock()  # one question on the terminal at a time
+
+    async def ask(link, hello) -> bool:
+        from .security_setup import describe_offer
+
+        question = f"ftx: {_peer_label(link.peer)} offers {describe_offer(hello)}. Accept?"
+        async with asking:
+            answer = loop.create_future()
+
+            def prompt() -> None:  # a daemon thread: a pending question never holds up the exit
+                try:
+                    yes = click.confirm(question, default=False, err=True)
+                except (click.Abort, EOFError, OSError):
+                    yes = False
+                loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(yes))
+
+            threading.Thread(target=prompt, daemon=True).start()
+            return await answer
 
     handlers["handle"] = handle
     from .expiry import expire_periodically

@@ -55,6 +55,28 @@ class SenderAuth:
             return "tls"
         return "key"
 
+    def conflict(self, code_given) -> str | None:
+        """Options that contradict each other (a usage error), or None."""
+        if self.insecure and (code_given or self.identity or self.expect_fingerprint or self.tls or self.tls_ca
+                              or self.tls_cert):
+            return "--insecure takes no credentials"
+        if self.code is not None and (self.tls or self.tls_ca or self.tls_cert or self.expect_fingerprint):
+            return "a pairing code cannot be combined with TLS or --expect-fingerprint"
+        if self.tls_key and not self.tls_cert:
+            return "--tls-key needs --tls-cert"
+        return None
+
+
+def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca) -> str | None:
+    """The receiver's options that contradict each other (a usage error), or None."""
+    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca):
+        return "--insecure takes no credentials"
+    if code and (tls_cert or authorized_keys):
+        return "--code cannot be combined with TLS or --authorized-keys"
+    if (tls_key or tls_ca) and not tls_cert:
+        return "--tls-key and --tls-ca need --tls-cert"
+    return None
+
 
 def sender_handshake(auth: SenderAuth, host: str, port: int):
     """The client-side ``Handshake`` for ``auth`` against HOST:PORT (None with --insecure)."""
@@ -85,6 +107,38 @@ def sender_identity(path: str | None) -> cr.Identity:
         log.warning("created identity %s; its fingerprint is %s (receivers add %s.pub to their authorized_keys)",
                     identity.path, identity.fingerprint, identity.path)
     return identity
+
+
+def offer_summary(items) -> bytes:
+    """The OFFER_SUMMARY a code-mode sender announces: item count, file bytes, top-level names."""
+    import os
+
+    from .core.manifest import Kind
+    from .core.messages import OfferSummary
+
+    size, tops = 0, []
+    for item in items:
+        if item.kind == Kind.FILE:
+            try:
+                size += os.lstat(item.local).st_size
+            except OSError:
+                pass
+        if b"/" not in item.wire:
+            tops.append(os.fsdecode(item.wire))
+    return OfferSummary(len(items), size, tuple(tops[:64]), len(tops)).encode()
+
+
+def describe_offer(hello) -> str:
+    """One line for the receiver's user about what the sender announced."""
+    from .core.messages import OfferSummary
+
+    summary = OfferSummary.decode(hello.summary) if hello is not None and hello.summary else None
+    if summary is None:
+        return "the sender did not say what it will send"
+    names = ", ".join(repr(n) for n in summary.names[:10])
+    more = summary.name_count - min(len(summary.names), 10)
+    return (f"{summary.items} item{'s' * (summary.items != 1)}, {summary.size} bytes: {names}"
+            + (f" and {more} more" if more > 0 else ""))
 
 
 class Throttle:
@@ -150,6 +204,7 @@ class ReceiverAuth:
         self.kind = "insecure"
         self.notices: list[str] = []  # what the operator must see at start
         self.turned_away = 0  # connections refused before any handshake work (``begin``)
+        self.ask = False  # ask the user before accepting a session (code mode without --yes)
         if insecure:
             return
         self.identity = cr.load_identity(identity or cr.default_identity())

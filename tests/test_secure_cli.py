@@ -198,6 +198,58 @@ def test_code_receiver_without_terminal_needs_yes(tmp_path):
     assert proc.returncode == EXIT_USAGE and "--yes" in proc.stderr
 
 
+class Drain:
+    """Everything a child writes to a pipe, collected on a thread (prompts end without a newline)."""
+
+    def __init__(self, stream) -> None:
+        self.data = b""
+        self._fd = stream.fileno()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        while chunk := os.read(self._fd, 4096):
+            self.data += chunk
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
+    """croc#593: files slipped in unnoticed.  The receiver's user sees count, size and names, and decides."""
+    import pty
+
+    src = tmp_path / "holiday"
+    write_random(src / "a.jpg", 30_000)
+    write_random(src / "b" / "c.jpg", 12_000)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
+                                   "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        first = LineReader(proc.stdout).next_json()
+        err = Drain(proc.stderr)
+        env = {**stranger(tmp_path, "s"), "FTX_CODE": first["code"]}
+        for answer, asked in ((b"n\n", 1), (b"y\n", 2)):
+            sender = start_send(str(src), f"127.0.0.1:{first['port']}", env=env)
+            wait_for(lambda: err.text().count("Accept?") == asked, what="the question")
+            assert "offers 4 items, 42000 bytes: 'holiday'" in err.text()  # holiday, a.jpg, b, b/c.jpg
+            assert not os.path.exists(d) or not os.listdir(d)  # nothing before the answer
+            os.write(master, answer)
+            out, serr = sender.communicate(timeout=30)
+            if answer == b"n\n":
+                assert sender.returncode != 0 and "declined" in serr, serr
+                assert not os.path.exists(d) or not os.listdir(d)
+            else:
+                assert sender.returncode == 0, serr
+                assert (d / "holiday" / "b" / "c.jpg").stat().st_size == 12_000
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+
+
 # -- --insecure --------------------------------------------------------------------------
 
 
