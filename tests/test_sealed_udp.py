@@ -17,6 +17,8 @@ import random
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import xxhash
 
 from ftx.core.secure import AuthError, Established, PeerIdentity
@@ -513,3 +515,34 @@ def test_sealed_packets_held_before_keys_are_bounded():
         junk = P.HEADER.pack(D.SEALED, P.VERSION, ls.local_cid, k) + bytes(8000)
         net.listener.receive_datagram(junk, net.addr, net.now)
     assert len(ls._early) <= 16 and sum(map(len, ls._early)) <= 64 * 1024
+
+
+@given(st.lists(st.binary(min_size=0, max_size=200), max_size=8), st.booleans())
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_random_datagrams_to_a_sealed_session_change_nothing(datagrams, burst_read):
+    """Whatever arrives -- SEALED or DATA types, any header, any length -- a keyed session
+    after the handshake raises nothing, keeps its stream and chunks, and only counts."""
+    net = _KEYED.setdefault("net", None) or _keyed_net()
+    ls = net.lsession
+    before = (ls._sin.next, len(ls._cin.slots), ls.closed)
+    for d in datagrams:
+        d = bytearray(d)
+        if len(d) >= 10 and d[0] % 2:  # half of them addressed to the session, as a forger on the path can
+            d[0] = D.SEALED | (d[0] & 1) if d[1] % 2 else P.DATA
+            d[1] = P.VERSION
+            d[2:10] = ls.local_cid.to_bytes(8, "big")
+        if burst_read and len(d) >= 34:
+            net.listener.receive_burst(bytes(d) * 3, len(d), net.addr, net.now)
+        else:
+            net.listener.receive_datagram(bytes(d), net.addr, net.now)
+    assert (ls._sin.next, len(ls._cin.slots), ls.closed) == before
+
+
+_KEYED: dict = {}
+
+
+def _keyed_net() -> InMemoryNet:
+    net = InMemoryNet(seed=27)
+    secure(net)
+    _KEYED["net"] = net
+    return net
