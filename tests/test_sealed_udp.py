@@ -546,3 +546,32 @@ def _keyed_net() -> InMemoryNet:
     secure(net)
     _KEYED["net"] = net
     return net
+
+
+def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
+    """A three-message handshake (as SIGMA-I): the client's last message goes unsealed, its
+    first bytes after it sealed, and the server reads both at once.  Its boundary is the end
+    of that last message: sealed bytes beyond it are the leftover, unsealed ones would not be."""
+    net = InMemoryNet(seed=29)
+    net.handshake()
+    c, s = FixedHandshake(True), FixedHandshake(False)
+    ds, ls = net.dsession, net.lsession
+    ds.stream_write(c.data_to_send())  # message 1
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    s.receive(bytes(net.lstream), net.now)
+    del net.lstream[:]
+    ls.stream_write(s.data_to_send())  # message 2
+    ls.install_keys(s.result)
+    net.run_until(lambda n: len(n.dstream) >= MSG)
+    c.receive(bytes(net.dstream), net.now)
+    ds.stream_write(b"3" * MSG)  # message 3, the client's last: still unsealed
+    ds.install_keys(c.result)
+    ds.handshake_done(0)
+    ds.stream_write(b"after")  # sealed
+    net.run_until(lambda n: len(n.lstream) >= MSG + 5)
+    assert bytes(net.lstream) == b"3" * MSG + b"after"
+    types = {d[0] for _, d, _ in net.fwd.log}
+    assert P.DATA in types and D.SEALED in types
+    with pytest.raises(AuthError):  # one byte too few taken as the handshake: unsealed bytes beyond it
+        ls.handshake_done(6)  # (a refusal changes nothing)
+    ls.handshake_done(5)  # the boundary is right after message 3: no complaint
