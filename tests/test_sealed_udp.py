@@ -19,14 +19,12 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import xxhash
 
 from ftx.core.secure import AuthError, Established, PeerIdentity
 from ftx.core.secure import datagrams as D
 from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305
 from ftx.core.udp import burst
 from ftx.core.udp import packets as P
-from ftx.core.udp.session import UdpConfig
 
 from .test_udp_core import DELIVERY, InMemoryNet, _check_chunks, _chunks, _send_all, loops  # noqa: F401 (fixture)
 
