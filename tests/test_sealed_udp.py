@@ -17,14 +17,14 @@ import random
 import struct
 
 import pytest
-import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ftx.core.secure import AuthError, Established, PeerIdentity
 from ftx.core.secure import datagrams as D
 from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305
 from ftx.core.udp import burst
 from ftx.core.udp import packets as P
-from ftx.core.udp.session import UdpConfig
 
 from .test_udp_core import DELIVERY, InMemoryNet, _check_chunks, _chunks, _send_all, loops  # noqa: F401 (fixture)
 
@@ -513,3 +513,63 @@ def test_sealed_packets_held_before_keys_are_bounded():
         junk = P.HEADER.pack(D.SEALED, P.VERSION, ls.local_cid, k) + bytes(8000)
         net.listener.receive_datagram(junk, net.addr, net.now)
     assert len(ls._early) <= 16 and sum(map(len, ls._early)) <= 64 * 1024
+
+
+@given(st.lists(st.binary(min_size=0, max_size=200), max_size=8), st.booleans())
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_random_datagrams_to_a_sealed_session_change_nothing(datagrams, burst_read):
+    """Whatever arrives -- SEALED or DATA types, any header, any length -- a keyed session
+    after the handshake raises nothing, keeps its stream and chunks, and only counts."""
+    net = _KEYED.setdefault("net", None) or _keyed_net()
+    ls = net.lsession
+    before = (ls._sin.next, len(ls._cin.slots), ls.closed)
+    for d in datagrams:
+        d = bytearray(d)
+        if len(d) >= 10 and d[0] % 2:  # half of them addressed to the session, as a forger on the path can
+            d[0] = D.SEALED | (d[0] & 1) if d[1] % 2 else P.DATA
+            d[1] = P.VERSION
+            d[2:10] = ls.local_cid.to_bytes(8, "big")
+        if burst_read and len(d) >= 34:
+            net.listener.receive_burst(bytes(d) * 3, len(d), net.addr, net.now)
+        else:
+            net.listener.receive_datagram(bytes(d), net.addr, net.now)
+    assert (ls._sin.next, len(ls._cin.slots), ls.closed) == before
+
+
+_KEYED: dict = {}
+
+
+def _keyed_net() -> InMemoryNet:
+    net = InMemoryNet(seed=27)
+    secure(net)
+    _KEYED["net"] = net
+    return net
+
+
+def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
+    """A three-message handshake (as SIGMA-I): the client's last message goes unsealed, its
+    first bytes after it sealed, and the server reads both at once.  Its boundary is the end
+    of that last message: sealed bytes beyond it are the leftover, unsealed ones would not be."""
+    net = InMemoryNet(seed=29)
+    net.handshake()
+    c, s = FixedHandshake(True), FixedHandshake(False)
+    ds, ls = net.dsession, net.lsession
+    ds.stream_write(c.data_to_send())  # message 1
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    s.receive(bytes(net.lstream), net.now)
+    del net.lstream[:]
+    ls.stream_write(s.data_to_send())  # message 2
+    ls.install_keys(s.result)
+    net.run_until(lambda n: len(n.dstream) >= MSG)
+    c.receive(bytes(net.dstream), net.now)
+    ds.stream_write(b"3" * MSG)  # message 3, the client's last: still unsealed
+    ds.install_keys(c.result)
+    ds.handshake_done(0)
+    ds.stream_write(b"after")  # sealed
+    net.run_until(lambda n: len(n.lstream) >= MSG + 5)
+    assert bytes(net.lstream) == b"3" * MSG + b"after"
+    types = {d[0] for _, d, _ in net.fwd.log}
+    assert P.DATA in types and D.SEALED in types
+    with pytest.raises(AuthError):  # one byte too few taken as the handshake: unsealed bytes beyond it
+        ls.handshake_done(6)  # (a refusal changes nothing)
+    ls.handshake_done(5)  # the boundary is right after message 3: no complaint

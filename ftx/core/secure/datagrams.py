@@ -169,6 +169,9 @@ class PacketProtection:
         memoryview, or None if it does not authenticate (counted; ``AuthError`` past the limit).
         ``out``: where to write the plaintext (``len(view) - 34`` bytes), else a new buffer."""
         view = memoryview(view)
+        if len(view) < SEALED_OVERHEAD:
+            self._failed()
+            return None
         pn = int.from_bytes(view[10:HEADER_SIZE], "big")
         key = self._key_for(view[0], pn)
         if out is None:
