@@ -652,6 +652,10 @@ class UdpSession(PacketAssembly, SealedPackets):
                     break
                 count += made
                 continue
+            if probe and not self._sout_retx and self._sout_base < self._hs_end and not self._sealed_only:
+                # our handshake flight is unacknowledged and the peer's is not done: a keyless
+                # peer's ACKs are not believed (protection.py), so only resending it recovers it
+                self._sout_retx.add(self._sout_base, min(self._hs_end, self._sout_next))
             frames, items = self._fill(mss - self._overhead, now)
             if not frames:
                 if probe:  # nothing to resend: a PING still elicits an ACK
