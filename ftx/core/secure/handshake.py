@@ -111,7 +111,7 @@ class FrameReader:
         before = len(buf)
         buf += data
         if before < HEADER_SIZE:
-            self._sniff(before)
+            self._sniff()
         if len(buf) < HEADER_SIZE or self.need():
             return None
         ftype, flags, reserved, length, csum = HEADER.unpack_from(buf, 0)
@@ -121,7 +121,7 @@ class FrameReader:
             raise ChecksumMismatch(f"handshake frame checksum mismatch (type 0x{ftype:02x})")
         return ftype, payload
 
-    def _sniff(self, before: int) -> None:
+    def _sniff(self) -> None:
         buf = self._buf
         if not buf:
             return
