@@ -73,7 +73,6 @@ class RecordSealer:
         self.update_after = update_after
         self.number = 0  # of the next record in this direction (the nonce)
         self._out = bytearray()
-        self._stage = bytearray()  # small buffers gathered into one record
 
     @property
     def phase(self) -> int:
@@ -111,7 +110,9 @@ class RecordSealer:
         bytes are gathered into shared records; larger ones become records of
         their own, split at ``max_record``.
         """
-        stage = self._stage
+        # small buffers gathered into one record; per call, so that a send cut short (cancelled)
+        # leaves nothing behind to reappear in the next one
+        stage = bytearray()
         pending = 0  # bytes of self._out filled
         for b in bufs:
             n = len(b)
@@ -119,23 +120,22 @@ class RecordSealer:
                 continue
             if n < COALESCE and n <= self.max_record:
                 if len(stage) + n > self.max_record:
-                    pending = yield from self._flush_stage(pending)
+                    pending = yield from self._flush_stage(stage, pending)
                 stage += b
                 continue
             if stage:
-                pending = yield from self._flush_stage(pending)
+                pending = yield from self._flush_stage(stage, pending)
             view = memoryview(b).cast("B")
             for i in range(0, n, self.max_record):
                 piece = view[i : i + self.max_record]
                 pending = yield from self._room(pending, len(piece) + OVERHEAD)
                 pending += self.seal_record_into(piece, memoryview(self._out)[pending:])
         if stage:
-            pending = yield from self._flush_stage(pending)
+            pending = yield from self._flush_stage(stage, pending)
         if pending:
             yield memoryview(self._out)[:pending]
 
-    def _flush_stage(self, pending: int):
-        stage = self._stage
+    def _flush_stage(self, stage: bytearray, pending: int):
         pending = yield from self._room(pending, len(stage) + OVERHEAD)
         pending += self.seal_record_into(stage, memoryview(self._out)[pending:])
         del stage[:]
