@@ -210,10 +210,12 @@ class RecordOpener:
 
         The buffer grows only to hold the current record whole (a checked header
         asks for one record at most), and beyond that, up to ``IN_CAP``, only by
-        doubling after a read filled all the room it was offered (bytes that did
-        arrive, not promised).  Pending bytes move to the front only when the
+        doubling after a read filled all the room to the buffer's end (bytes that
+        did arrive, not promised).  Pending bytes move to the front only when the
         record would not fit behind them or little room is left, so a peer that
-        trickles bytes costs no repeated copying.
+        trickles bytes costs no repeated copying; and when no whole record would
+        fit behind the current one, the room offered ends with it, so that the
+        buffer empties and starts again at 0 instead of moving a partial record.
         """
         self._check()
         cap = len(self._buf)
@@ -229,8 +231,15 @@ class RecordOpener:
         elif start and (start + need > cap or cap - end < MIN_READ // 4):
             self._buf[:pending] = self._view[start:end]
             self._start, self._end = 0, pending
-        self._offered = len(self._buf) - self._end
-        return self._view[self._end :]
+        stop = len(self._buf)
+        self._offered = 0  # a read that fills a room cut short is no reason to grow
+        if self._size >= 0:  # no room for a whole record behind this one: read up to its end only,
+            record_end = self._start + need  # so that the buffer empties and restarts at 0, no copy
+            if stop - record_end < self.max_record + OVERHEAD and record_end > self._end:
+                stop = record_end
+        if stop == len(self._buf):
+            self._offered = stop - self._end
+        return self._view[self._end : stop]
 
     def _resize(self, capacity: int) -> None:
         new = bytearray(capacity)
