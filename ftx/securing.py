@@ -109,13 +109,9 @@ class _Pump:
     async def _send_refusal(self) -> None:
         """The handshake's refusal (a plaintext ERROR), unsealed even if our keys are installed:
         the peer may not have them."""
-        try:
-            out = self.hs.data_to_send()
-            if out:
-                send = getattr(self.link, "send_plain", self.link.send)
-                await asyncio.wait_for(send([out]), 1.0)
-        except Exception:
-            pass
+        out = self.hs.data_to_send()
+        if out:
+            await _send_plain(self.link, out)
 
     def _scan(self) -> int:
         """How many bytes at the start of ``held`` the handshake may see: whole HANDSHAKE
@@ -170,8 +166,14 @@ def _peer_error(frame: bytes) -> FtxError:
 
 
 async def _tell(link, code: ErrorCode, message: str) -> None:
-    """Best effort: one ERROR frame to the peer (sealed if our keys are installed)."""
+    """Best effort: one ERROR frame to the peer, unsealed.  During the handshake no record of
+    ours has gone out yet, so a plaintext ERROR is what the peer can read (protocol.md 18.1)."""
+    await _send_plain(link, encode_frame(FrameType.ERROR, ErrorMessage(code, message).encode()))
+
+
+async def _send_plain(link, frame: bytes) -> None:
     try:
-        await asyncio.wait_for(link.send([encode_frame(FrameType.ERROR, ErrorMessage(code, message).encode())]), 1.0)
+        send = getattr(link, "send_plain", link.send)
+        await asyncio.wait_for(send([frame]), 1.0)
     except Exception:
         pass

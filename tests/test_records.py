@@ -296,3 +296,15 @@ def test_junk_is_an_auth_error_or_needs_more(junk):
     except AuthError:
         pass
     assert opener.capacity <= MAX_RECORD + OVERHEAD
+
+
+def test_a_batch_abandoned_half_way_leaves_nothing_for_the_next():
+    """A send cancelled between two writes (the generator dropped) must not resurface the small
+    buffers it had gathered, unsent, in the next batch."""
+    sealer, opener = pair()
+    big = b"b" * (4 * MAX_RECORD)  # fills the output buffer exactly
+    gen = sealer.seal_buffers([big, b"a" * 100])  # "a" waits in the stage when the buffer is handed out
+    first = bytes(next(gen))
+    gen.close()
+    assert opener.feed(first) == big
+    assert opener.feed(sealer.seal(b"next")) == b"next"

@@ -73,7 +73,6 @@ class RecordSealer:
         self.update_after = update_after
         self.number = 0  # of the next record in this direction (the nonce)
         self._out = bytearray()
-        self._stage = bytearray()  # small buffers gathered into one record
 
     @property
     def phase(self) -> int:
@@ -111,7 +110,9 @@ class RecordSealer:
         bytes are gathered into shared records; larger ones become records of
         their own, split at ``max_record``.
         """
-        stage = self._stage
+        # small buffers gathered into one record; per call, so that a send cut short (cancelled)
+        # leaves nothing behind to reappear in the next one
+        stage = bytearray()
         pending = 0  # bytes of self._out filled
         for b in bufs:
             n = len(b)
@@ -119,23 +120,22 @@ class RecordSealer:
                 continue
             if n < COALESCE and n <= self.max_record:
                 if len(stage) + n > self.max_record:
-                    pending = yield from self._flush_stage(pending)
+                    pending = yield from self._flush_stage(stage, pending)
                 stage += b
                 continue
             if stage:
-                pending = yield from self._flush_stage(pending)
+                pending = yield from self._flush_stage(stage, pending)
             view = memoryview(b).cast("B")
             for i in range(0, n, self.max_record):
                 piece = view[i : i + self.max_record]
                 pending = yield from self._room(pending, len(piece) + OVERHEAD)
                 pending += self.seal_record_into(piece, memoryview(self._out)[pending:])
         if stage:
-            pending = yield from self._flush_stage(pending)
+            pending = yield from self._flush_stage(stage, pending)
         if pending:
             yield memoryview(self._out)[:pending]
 
-    def _flush_stage(self, pending: int):
-        stage = self._stage
+    def _flush_stage(self, stage: bytearray, pending: int):
         pending = yield from self._room(pending, len(stage) + OVERHEAD)
         pending += self.seal_record_into(stage, memoryview(self._out)[pending:])
         del stage[:]
@@ -210,10 +210,12 @@ class RecordOpener:
 
         The buffer grows only to hold the current record whole (a checked header
         asks for one record at most), and beyond that, up to ``IN_CAP``, only by
-        doubling after a read filled all the room it was offered (bytes that did
-        arrive, not promised).  Pending bytes move to the front only when the
+        doubling after a read filled all the room to the buffer's end (bytes that
+        did arrive, not promised).  Pending bytes move to the front only when the
         record would not fit behind them or little room is left, so a peer that
-        trickles bytes costs no repeated copying.
+        trickles bytes costs no repeated copying; and when no whole record would
+        fit behind the current one, the room offered ends with it, so that the
+        buffer empties and starts again at 0 instead of moving a partial record.
         """
         self._check()
         cap = len(self._buf)
@@ -229,8 +231,15 @@ class RecordOpener:
         elif start and (start + need > cap or cap - end < MIN_READ // 4):
             self._buf[:pending] = self._view[start:end]
             self._start, self._end = 0, pending
-        self._offered = len(self._buf) - self._end
-        return self._view[self._end :]
+        stop = len(self._buf)
+        self._offered = 0  # a read that fills a room cut short is no reason to grow
+        if self._size >= 0:  # no room for a whole record behind this one: read up to its end only,
+            record_end = self._start + need  # so that the buffer empties and restarts at 0, no copy
+            if stop - record_end < self.max_record + OVERHEAD and record_end > self._end:
+                stop = record_end
+        if stop == len(self._buf):
+            self._offered = stop - self._end
+        return self._view[self._end : stop]
 
     def _resize(self, capacity: int) -> None:
         new = bytearray(capacity)
