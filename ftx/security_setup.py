@@ -9,8 +9,8 @@ The receiver keeps one ``ReceiverAuth`` for its lifetime: its identity, the
 authorized senders, the current pairing code (burned after ``CODE_TRIES``
 failed guesses, with at most that many guesses in flight, so parallel
 connections cannot guess more), and per-address failure counting
-(``Throttle``): an address that failed ``max_auth_failures`` handshakes within
-a minute is turned away before any handshake work for ``auth_ban``.
+(``Throttle``): an address whose credentials failed 5 checks within a minute
+is turned away before any handshake work for a minute.
 """
 
 from __future__ import annotations
@@ -253,10 +253,13 @@ class ReceiverAuth:
         """The handshake ``begin`` allowed is over (``error`` None: it succeeded)."""
         if self.code_mode:
             self._code_inflight -= 1
-        if error is None:
+        # only a credential that was checked and failed counts (a guess at a code, an unknown
+        # key): garbage, a plaintext HELLO or a timeout cost the receiver no crypto, and the
+        # admission limits bound them; counting them would let anyone lock an address out
+        if error is None or not isinstance(error, AuthError) or getattr(hs, "kind", None) is None:
             return
         self.throttle.failed(host)
-        if self.code_mode and isinstance(error, AuthError) and getattr(hs, "kind", None) is not None:
+        if self.code_mode:
             self._code_failures += 1  # a guess was made (the sender's SPAKE2 message arrived)
             if self._code_failures >= CODE_TRIES:
                 log.warning("%d wrong attempts at the pairing code: it is burned", CODE_TRIES)

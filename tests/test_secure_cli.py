@@ -372,16 +372,33 @@ def test_tcp_capture_holds_neither_content_nor_name(tmp_path, receiver):
 
 
 def _bogus_handshakes(port: int, stop: threading.Event, counter: list) -> None:
-    """Connect from 127.0.0.2, send a handshake-sized frame of garbage, repeat."""
+    """From 127.0.0.2: full keys handshakes with a key the receiver does not know, or garbage, again and again."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ftx.core.secure.sigma import SigmaClient
+
     while not stop.is_set():
         try:
             with socket.socket() as s:
                 s.settimeout(5)
                 s.bind(("127.0.0.2", 0))
                 s.connect(("127.0.0.1", port))
-                s.sendall(b"\x10" + os.urandom(200))
-                s.recv(4096)
-        except OSError:
+                if counter[0] % 2:
+                    s.sendall(b"\x10" + os.urandom(200))
+                else:
+                    hs, held = SigmaClient(Ed25519PrivateKey.generate(), lambda peer: None), b""
+                    while not hs.done:
+                        if out := hs.data_to_send():
+                            s.sendall(out)
+                        data = s.recv(65536)
+                        if not data:
+                            break
+                        held += data
+                        held = held[hs.receive(held, time.monotonic()):]
+                    s.sendall(hs.data_to_send())  # our last flight: now the receiver judges our key
+                while s.recv(4096):
+                    pass
+        except Exception:
             pass
         counter[0] += 1
 
