@@ -43,6 +43,7 @@ sys.path[:0] = [HERE, ROOT]
 from harness import make_source, parse_size, read_line, run_wait, warm_memory  # noqa: E402
 
 DEFAULT_HANDSHAKE = "tests.secure_fakes:FakeHandshake"
+WORMHOLE_TIMEOUT = 300  # seconds for one magic-wormhole transfer before it counts as failed
 
 
 def load_factory(spec: str):
@@ -242,22 +243,50 @@ def _wormhole_run(wormhole: str, src: str, dst_dir: str) -> dict | None:
             except OSError:
                 time.sleep(0.05)
         code = "7-bench-ftx"
+        log = open(os.path.join(work, "log"), "w+")
         t0 = time.perf_counter()
-        send = subprocess.Popen([wormhole, *common, "send", "--code", code, src],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        send = subprocess.Popen([wormhole, *common, "send", "--code", code, src], stdout=log, stderr=log)
         recv = subprocess.Popen([wormhole, *common, "receive", "--accept-file", "--hide-progress", code],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=dst_dir)
-        r = run_wait(recv)
-        s = run_wait(send)
+                                stdout=log, stderr=log, cwd=dst_dir)
+        s, r = _wait_all([send, recv], WORMHOLE_TIMEOUT)
         elapsed = time.perf_counter() - t0
         if r[0] or s[0]:
+            log.seek(0)
+            lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+            print(f"note: a magic-wormhole run failed ({s[0]}, {r[0]}): {lines[-1] if lines else 'no output'}",
+                  file=sys.stderr)
+            log.close()
             return None
+        log.close()
         return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2]}
     finally:
         for p in procs:
             p.terminate()
             p.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, float, int]]:
+    """Like ``run_wait`` for each, but kill them all when one fails or the time is up."""
+    results: dict[int, tuple[int, float, int]] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < len(procs):
+        for p in procs:
+            if p.pid in results:
+                continue
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                results[p.pid] = (p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024)
+        if len(results) == len(procs):
+            break
+        if any(r[0] for r in results.values()) or time.monotonic() > deadline:
+            for p in procs:
+                if p.pid not in results:
+                    p.kill()
+            deadline = float("inf")
+        time.sleep(0.01)
+    return [results[p.pid] for p in procs]
 
 
 def handshake_latency(count: int, cipher: str, handshake: str) -> tuple[float, float, float]:
