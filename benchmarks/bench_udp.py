@@ -10,7 +10,11 @@
    stream on the same paths (benchmarks/aioquic_peer.py), with smaller files and a
    time limit on the lossy paths, where its NewReno controller is slow.
 
-    python benchmarks/bench_udp.py [--size 1G] [--relay-size 200M] [--runs 1] [--skip-relay] [--hard]
+4. With --sealed: sealed against plaintext UDP on loopback, library-level ends in two
+   processes (benchmarks/sealed_udp_peer.py; a fixed-secret stand-in handshake until the
+   real ones are wired into the CLI): MB/s and CPU seconds per GB on each side.
+
+    python benchmarks/bench_udp.py [--size 1G] [--relay-size 200M] [--runs 1] [--skip-relay] [--hard] [--sealed]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 from harness import warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aioquic_peer.py")
+SEALED_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sealed_udp_peer.py")
 
 
 def have_aioquic() -> bool:
@@ -97,6 +102,43 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
+def sealed_run(src: str, dst: str, plain: bool) -> dict:
+    """One library-level UDP transfer, sealed or plaintext: seconds, CPU and RSS of each end."""
+    import json
+    import subprocess
+
+    extra = ["--plain"] if plain else []
+    server = subprocess.Popen([sys.executable, SEALED_PEER, "server", dst, *extra], stdout=subprocess.PIPE, text=True)
+    port = json.loads(read_line(server))["port"]
+    client = subprocess.Popen([sys.executable, SEALED_PEER, "client", str(port), src, *extra],
+                              stdout=subprocess.PIPE, text=True)
+    out = json.loads(read_line(client, timeout=600))
+    _, send_cpu, send_rss = run_wait(client)
+    _, recv_cpu, recv_rss = run_wait(server)
+    if not out["ok"]:
+        raise RuntimeError(f"sealed bench transfer failed: {out['error']}")
+    os.unlink(os.path.join(dst, os.path.basename(src)))
+    return {**out, "send_cpu": send_cpu, "recv_cpu": recv_cpu, "send_rss": send_rss, "recv_rss": recv_rss}
+
+
+def sealed(src: str, dst: str, size: int, runs: int) -> None:
+    rows = {"plain": [], "sealed": []}
+    for _ in range(runs):
+        rows["plain"].append(sealed_run(src, dst, True))
+        rows["sealed"].append(sealed_run(src, dst, False))
+    gb = size / 1e9
+    print(f"\n4. sealed against plaintext UDP, loopback, {size / 2**20:.0f} MiB, library level, best of {runs}")
+    print(f"{'':8} {'MB/s':>7} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
+    best = {}
+    for name, results in rows.items():
+        r = best[name] = min(results, key=lambda x: x["seconds"])
+        print(f"{name:8} {size / r['seconds'] / 1e6:7.0f} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
+              f"{r['send_rss'] / 1e6:12.1f} {r['recv_rss'] / 1e6:12.1f}")
+    print(f"ratio sealed/plain: {best['plain']['seconds'] / best['sealed']['seconds']:.2f}x (best against best)")
+    for name, results in rows.items():
+        print(f"  every {name} run, MB/s: " + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in results))
+
+
 def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float, small_src: str | None = None) -> None:
     from ftx.netsim import _rate
 
@@ -161,6 +203,7 @@ def main() -> None:
     ap.add_argument("--skip-loopback", action="store_true")
     ap.add_argument("--skip-relay", action="store_true")
     ap.add_argument("--hard", action="store_true", help="also 10-30%% loss and heavy reordering (20 MiB)")
+    ap.add_argument("--sealed", action="store_true", help="also sealed against plaintext UDP (loopback)")
     args = ap.parse_args()
     work_src = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.src_dir)
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)
@@ -171,6 +214,8 @@ def main() -> None:
             make_source(src, size)
             warm_memory(work_dst, 2 * size)
             loopback(src, work_dst, size, args.runs)
+            if args.sealed:
+                sealed(src, work_dst, size, args.runs)
             os.unlink(src)
         if args.skip_relay:
             return

@@ -2,7 +2,7 @@
 
 Exit codes (also in README.md):
   0 success · 1 some files failed · 2 usage error · 3 connection failed or lost
-  4 protocol error from the peer · 5 local file error · 130 interrupted
+  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
 from . import DEFAULT_PORT, __version__
 from .core.config import Config
+from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .limits import Admission, Limits, parse_duration, parse_size
@@ -28,9 +30,14 @@ log = logging.getLogger("ftx")
 
 
 def _exit_code(exc: BaseException) -> int:
+    from .credentials import CredentialError
+    from .security_setup import SetupError
+
+    if isinstance(exc, (CredentialError, SetupError)):
+        return EXIT_USAGE
     if isinstance(exc, (TransportError, PeerError)):
         return EXIT_CONNECTION
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, (ProtocolError, AuthError)):
         return EXIT_PROTOCOL
     if isinstance(exc, (StorageError, UnsafePath, OSError)):
         return EXIT_LOCAL
@@ -40,10 +47,11 @@ def _exit_code(exc: BaseException) -> int:
 def _report_exit_code(report) -> int:
     """Exit code of a session that failed as a whole: by the class of its error."""
     failure = getattr(report, "failure", None)
-    if isinstance(failure, ProtocolError):  # the peer's bytes broke the protocol
+    if isinstance(failure, (ProtocolError, AuthError)):  # the peer's bytes broke the protocol or its seal
         return EXIT_PROTOCOL
     if isinstance(failure, PeerError) and failure.code in (ErrorCode.PROTOCOL, ErrorCode.CHECKSUM,
-                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE):
+                                                             ErrorCode.VERSION, ErrorCode.TOO_LARGE,
+                                                             ErrorCode.AUTH):
         return EXIT_PROTOCOL  # the peer said our bytes broke it
     return EXIT_CONNECTION
 
@@ -201,8 +209,25 @@ def main() -> None:
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
               help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
 @click.option("--pmtud", is_flag=True, help="UDP: probe for a larger path MTU than --mtu (RFC 8899).")
+@click.option("--code", "code_prompt", is_flag=True,
+              help="Pairing-code mode: type the receiver's code at a prompt (or set FTX_CODE, or --code-file).")
+@click.option("--code-file", type=click.Path(dir_okay=False), default=None,
+              help="Pairing-code mode: read the code from the first line of FILE.")
+@click.option("--identity", type=click.Path(dir_okay=False), default=None,
+              help="Identity key (default $XDG_CONFIG_HOME/ftx/identity, created on first use).")
+@click.option("--expect-fingerprint", default=None, metavar="FP",
+              help="Accept only a receiver whose key (or TLS certificate) has this SHA256: fingerprint.")
+@click.option("--tls", is_flag=True, help="TLS 1.3: trust the system CAs (or --tls-ca, or --expect-fingerprint).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3: CA certificates (PEM) the receiver's certificate must chain to.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3: client certificate (PEM) for receivers that ask for one.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3: private key of --tls-cert (if not in the same file).")
+@click.option("--insecure", is_flag=True, help="No authentication, no encryption (the receiver must run --insecure too).")
 @_with(verbosity)
-def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, verbose, quiet, as_json,
+def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, code_prompt, code_file,
+         identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, verbose, quiet, as_json,
          no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
@@ -220,14 +245,28 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     csize = _size(chunk_size)
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
+    from .credentials import CredentialError, looks_like_code, read_code
+
     for p in paths:
         if not os.path.lexists(p):
+            if looks_like_code(p):
+                raise click.UsageError(f"{p!r} looks like a pairing code: codes are never taken from the command "
+                                       "line (other users can read it); --code prompts for it, or set FTX_CODE, "
+                                       "or use --code-file FILE")
             _die(f"{p}: no such file or directory", EXIT_LOCAL)
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
     from .identity import sender_id
+    from .security_setup import SenderAuth
 
+    try:
+        code = None if insecure else read_code(code_prompt, code_file)
+    except CredentialError as exc:
+        _die(str(exc), EXIT_USAGE)
+    auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
+    if (why := auth.conflict(code_prompt or code_file)) is not None:
+        raise click.UsageError(why)
     config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id())
     progress = None
     if _show_progress(no_progress, as_json):
@@ -236,7 +275,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         progress = Bars()
     try:
         report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud))
+                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -245,7 +284,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if progress is not None:
             progress.close()
     if as_json:
-        _emit(report.as_json())
+        _emit({**report.as_json(), "auth": auth.mode, "fingerprint": getattr(report, "peer_fingerprint", "")})
     if report.error:
         _die(report.error, _report_exit_code(report))
     if not report.ok:
@@ -257,11 +296,17 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None):
+    from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
     from .source import walk
 
     items = list(walk(paths, links))  # bad arguments fail before connecting
+    hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too
+    if hs is not None and auth.mode == "code":  # the receiver asks its user: say what comes
+        from .security_setup import offer_summary
+
+        config.summary = offer_summary(items)
     try:
         if udp:
             from .transport import udp as transport
@@ -276,8 +321,15 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
     except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
         raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
+        peer_fingerprint = ""
+        if hs is not None:
+            from .securing import run_handshake
+
+            est = await run_handshake(link, hs, idle_timeout)
+            peer_fingerprint = est.peer.fingerprint
         report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
         report.transport_stats = getattr(link, "stats", {})
+        report.peer_fingerprint = peer_fingerprint
         return report
     finally:
         await link.aclose()
@@ -292,15 +344,53 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
 @click.option("--once", is_flag=True, help="Exit after one complete transfer.")
 @click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
 @click.option("--no-udp", is_flag=True, help="Serve TCP only (by default UDP is served on the same port number).")
+@click.option("--code", "code_mode", is_flag=True,
+              help="Pairing-code mode: print a one-off code (stderr and --json) that the sender must enter.")
+@click.option("--yes", is_flag=True, help="Code mode: accept what is offered without asking.")
+@click.option("--identity", type=click.Path(dir_okay=False), default=None,
+              help="Identity key (default $XDG_CONFIG_HOME/ftx/identity, created on first start).")
+@click.option("--authorized-keys", type=click.Path(dir_okay=False), default=None,
+              help="Senders accepted: one public-key line each (default $XDG_CONFIG_HOME/ftx/authorized_keys).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3 mode: this receiver's certificate chain (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3: private key of --tls-cert (if not in the same file).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
+              help="TLS 1.3: require client certificates that chain to these CA certificates (PEM).")
+@click.option("--insecure", is_flag=True,
+              help="No authentication, no encryption: anyone who can reach the port can write into --dir "
+                   "(listens on loopback unless --listen is given).")
 @_limit_options
 @_with(verbosity)
-def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_json, no_progress, idle_timeout,
-            **limit_values):
+def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
+            tls_key, tls_ca, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
+    from .security_setup import receiver_conflict
+
+    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca)):
+        raise click.UsageError(why)
+    if code_mode and not yes and not sys.stdin.isatty():
+        raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
+                               "ask on; add --yes to accept without asking")
+    if insecure:
+        if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
+            host = "127.0.0.1"
+        click.echo("ftx: WARNING: --insecure: senders are not authenticated and nothing is encrypted; "
+                   f"anyone who can reach {host} port {port} can write into {directory}", err=True)
     _check_listen(host)
+    from .security_setup import ReceiverAuth
     from .storage import Destination
+
+    try:
+        auth = ReceiverAuth(insecure=insecure, identity=identity, authorized_keys=authorized_keys, code=code_mode,
+                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    except FtxError as exc:
+        _die(str(exc), _exit_code(exc))
+    auth.ask = code_mode and not yes  # show what a code holder offers and ask first
+    for notice in auth.notices:
+        click.echo(f"ftx: {notice}", err=True)
 
     try:
         dest = Destination(directory, overwrite, limits=limits)
@@ -308,7 +398,7 @@ def receive(host, port, directory, once, overwrite, no_udp, verbose, quiet, as_j
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json), not no_udp, limits))
+                                    _show_progress(no_progress, as_json), not no_udp, limits, auth))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -354,8 +444,12 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admissi
     raise AssertionError("unreachable")
 
 
-async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None) -> int:
+async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
+                   auth=None) -> int:
+    from .security_setup import ReceiverAuth
+
     limits = limits or Limits()
+    auth = auth or ReceiverAuth(insecure=True)
     from .core.frames import BufferBudget
     from .limits import Admission
     from .receiving import receive_over
@@ -381,8 +475,19 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     transports = ["tcp", "udp"] if udp_server else ["tcp"]
     if as_json:
         _emit({"event": "listening", "transport": transports, "host": bound[0], "port": bound[1],
-               "udp_port": bound[1] if udp_server else None, "dir": os.fsdecode(dest.root), "pid": os.getpid()})
+               "udp_port": bound[1] if udp_server else None, "dir": os.fsdecode(dest.root), "pid": os.getpid(),
+               "auth": auth.kind, "fingerprint": auth.fingerprint, **({"code": auth.code} if auth.code else {})})
     log.info("listening on %s port %d, receiving into %s", bound[0], bound[1], os.fsdecode(dest.root))
+
+    def show_code(code: str, again: bool) -> None:
+        click.echo(f"ftx: {'new ' if again else ''}pairing code: {code}  (the sender runs: ftx send --code ...)",
+                   err=True)
+        if again and as_json:
+            _emit({"event": "code", "code": code})
+
+    if auth.code:
+        show_code(auth.code, False)
+        auth.on_code = lambda code: show_code(code, True)
     finished: asyncio.Future = loop.create_future()
 
     def on_file(report) -> None:
@@ -392,6 +497,18 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
 
     async def handle(link, default_timeout: float = 30.0) -> None:
+        if not auth.insecure:
+            from .security_setup import authenticate
+
+            error = await authenticate(link, auth, limits.handshake_timeout)
+            if error == "":
+                return  # turned away quietly (throttled)
+            if error is not None:
+                click.echo(f"ftx: {_peer_label(link.peer)}: {error}", err=True)
+                if as_json:
+                    _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
+                           "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
+                return
         progress = None
         if bars:
             from .progress import Bars
@@ -399,7 +516,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             progress = Bars(label=_peer_label(link.peer))
         try:
             session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
-                                         progress=progress, limits=limits, budget=budget)
+                                         progress=progress, limits=limits, budget=budget,
+                                         confirm=(lambda hello: ask(link, hello)) if auth.ask else None)
         finally:
             if progress is not None:
                 progress.close()
@@ -410,6 +528,25 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                    "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
+
+    asking = asyncio.Lock()  # one question on the terminal at a time
+
+    async def ask(link, hello) -> bool:
+        from .security_setup import describe_offer
+
+        question = f"ftx: {_peer_label(link.peer)} offers {describe_offer(hello)}. Accept?"
+        async with asking:
+            answer = loop.create_future()
+
+            def prompt() -> None:  # a daemon thread: a pending question never holds up the exit
+                try:
+                    yes = click.confirm(question, default=False, err=True)
+                except (click.Abort, EOFError, OSError):
+                    yes = False
+                loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(yes))
+
+            threading.Thread(target=prompt, daemon=True).start()
+            return await answer
 
     handlers["handle"] = handle
     from .expiry import expire_periodically
@@ -431,6 +568,31 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             s.close()
         if udp_server is not None:
             udp_server.close()
+
+
+@main.command()
+@click.option("--identity", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the private key (default $XDG_CONFIG_HOME/ftx/identity); PATH.pub gets the "
+                   "public-key line.")
+@click.option("--comment", default=None, help="Comment at the end of the public-key line (default user@host).")
+def keygen(identity, comment):
+    """Create an identity key pair and print its public-key line and fingerprint."""
+    from .credentials import CredentialError, create_identity, default_identity, public_line
+
+    path = identity or default_identity()
+    try:
+        ident = create_identity(path, comment)
+    except CredentialError as exc:
+        _die(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _die(f"cannot write {path}: {exc.strerror or exc}", EXIT_LOCAL)
+    click.echo(f"ftx: wrote {path} (private, mode 0600) and {path}.pub", err=True)
+    click.echo(f"fingerprint: {ident.fingerprint}")
+    try:
+        with open(path + ".pub") as f:
+            click.echo(f.readline().rstrip())
+    except OSError:
+        click.echo(public_line(ident.public, comment or ""))
 
 
 @main.command()

@@ -294,14 +294,15 @@ def _name(entry: FileEntry) -> str:
 
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
                        progress: Progress | None = None, limits: Limits | None = None,
-                       budget: BufferBudget | None = None) -> ReceiveSession:
+                       budget: BufferBudget | None = None, confirm=None) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
     connection.  Slow storage work runs in a worker thread so that the other
     connections on the loop keep moving.  ``limits`` bounds the time to the
     handshake and a session that moves no data; ``budget`` is shared by all
-    connections' frame buffers (``--max-memory``).
+    connections' frame buffers (``--max-memory``).  ``confirm(hello)``, if given, is awaited
+    when the sender's HELLO arrives, before any offer is handled: False declines the session.
     """
     limits = limits or Limits()
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
@@ -328,7 +329,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     guard = loop.create_task(_enforce_limits(link, session, limits, on_dead))
     try:
         try:
-            await _serve_loop(link, conn, session)
+            await _serve_loop(link, conn, session, confirm)
         except asyncio.CancelledError:
             if not dead:
                 raise
@@ -388,13 +389,18 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             return
 
 
-async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession) -> None:
+async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:
     slow = ReceiveSession.SLOW_EVENTS
     await link.send(conn.data_to_send())
     while not conn.closed:
         await link.feed(conn)
         # handling an event can raise new ones (the last RESULT completes the session)
         while events := _drain(conn):
+            if confirm is not None and any(isinstance(ev, HandshakeComplete) for ev in events):
+                if not await confirm(conn.peer):  # before anything offered is looked at
+                    conn.send_error(ErrorCode.ABORTED, "the receiver declined what is offered")
+                    raise FtxError("declined what is offered", ErrorCode.ABORTED)
+                confirm = None
             if any(isinstance(ev, slow) for ev in events):
                 with link_busy(link):  # one thread hop for the whole batch
                     # shielded: cancelling this task (a takeover, a limit) must not leave the

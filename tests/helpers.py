@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,17 +53,19 @@ class LineReader:
 class Receiver:
     """``ftx receive --json`` as a subprocess on an ephemeral loopback port."""
 
-    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1", env: dict | None = None) -> None:
         self.dir = directory
         self.proc = subprocess.Popen(
             FTX + ["receive", "--listen", host, "--port", "0", "--dir", str(directory), "--json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=with_env(env),
         )
         self.lines = LineReader(self.proc.stdout)
         first = self.lines.next_json()
         assert first["event"] == "listening", first
+        self.listening = first
         self.port = first["port"]
         self.host = host
 
@@ -99,17 +102,30 @@ class Receiver:
         return self.proc.returncode
 
 
-def run_send(*args: str, timeout: float = 60.0) -> tuple[int, dict | None, str]:
+def with_env(extra: dict | None) -> dict | None:
+    """The tests' environment plus ``extra`` (a value None removes the variable)."""
+    if not extra:
+        return None
+    env = dict(os.environ)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_send(*args: str, timeout: float = 60.0, env: dict | None = None) -> tuple[int, dict | None, str]:
     """Run ``ftx send ... --json``; return (exit code, parsed JSON or None, stderr)."""
     proc = subprocess.run(FTX + ["send", *args, "--json", "--no-progress"], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=with_env(env))
     report = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc.returncode, report, proc.stderr
 
 
-def start_send(*args: str) -> subprocess.Popen:
+def start_send(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(FTX + ["send", *args, "--json", "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=with_env(env))
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> bytes:
@@ -186,3 +202,68 @@ def resend_to_new_receiver(receiver_factory, dst: Path, src: Path, *send_args: s
     rc, report, err = run_send(str(src), again.dest, *send_args)
     assert rc == 0, err
     return report
+
+
+def client_handshake():
+    """A keys-mode sender handshake as the tests' own identity (authorized by every default receiver),
+    trusting any receiver key: for hand-driven peers that must get past authentication."""
+    from ftx.core.secure.sigma import SigmaClient
+    from ftx.credentials import default_identity, load_identity
+
+    return SigmaClient(load_identity(default_identity(), create=False).key, lambda peer: None)
+
+
+class SealedSocket:
+    """A blocking TCP connection that authenticates (``client_handshake``) and then seals.
+
+    ``sendall``/``recv``/``shutdown``/``close`` work on the plaintext frame stream as
+    on a socket, so hostile-peer tests keep writing raw frames, now past the
+    handshake as an authorized (but misbehaving) sender would.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        from ftx.core.secure.records import RecordOpener, RecordSealer
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        hs = client_handshake()
+        held = b""
+        while True:
+            out = hs.data_to_send()
+            if out:
+                self.sock.sendall(out)
+            if hs.done:
+                break
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the receiver closed the connection during the handshake")
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        self.sealer, self.opener = RecordSealer(hs.result), RecordOpener(hs.result)
+        self._plain = self.opener.feed(held) if held else b""
+
+    def sendall(self, data) -> None:
+        self.sock.sendall(self.sealer.seal(data))
+
+    def recv(self, n: int) -> bytes:
+        while not self._plain:
+            data = self.sock.recv(65536)
+            if not data:
+                return b""
+            self._plain = self.opener.feed(data)
+        out, self._plain = self._plain[:n], self._plain[n:]
+        return out
+
+    def settimeout(self, t) -> None:
+        self.sock.settimeout(t)
+
+    def shutdown(self, how) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -16,6 +16,8 @@ import pytest
 
 from ftx.core.frames import FrameDecoder, FrameType, encode_data_header, encode_frame
 from ftx.core.messages import ROLE_SENDER, ErrorMessage, Hello
+
+from .helpers import SealedSocket
 from ftx.errors import ErrorCode
 
 from .helpers import run_send, wait_for, write_random
@@ -40,10 +42,12 @@ def ping(n: int = 0) -> bytes:
 
 
 class Raw:
-    """A raw TCP client: sends whatever it is told, reads back frames."""
+    """A raw TCP client: sends whatever it is told, reads back frames (past the handshake, as an
+    authorized sender: ``SealedSocket``)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=10)
+    def __init__(self, port: int, host: str = "127.0.0.1", handshake: bool = True) -> None:
+        # without the handshake: a connection the receiver turns away at once, in plaintext
+        self.sock = SealedSocket(port, host) if handshake else socket.create_connection((host, port), timeout=10)
         self.decoder = FrameDecoder(copy_payloads=True)
         self.decoder.set_max_payload(4 * MIB + 64 * 1024)
         self.frames: list = []
@@ -188,7 +192,7 @@ def test_max_per_host_refuses_with_busy_and_a_clear_message(tmp_path, receiver_f
     r = receiver_factory("--max-per-host", "2")
     held = _held_sessions(r, 2)
     try:
-        extra = Raw(r.port)
+        extra = Raw(r.port, handshake=False)
         extra.send(HELLO)
         err = extra.error()
         assert err.code == ErrorCode.BUSY and "--max-per-host 2" in err.message
@@ -209,7 +213,7 @@ def test_max_connections_counts_every_host(tmp_path, receiver_factory):
     r = receiver_factory("--max-connections", "3", "--max-per-host", "16")
     held = _held_sessions(r, 3)
     try:
-        extra = Raw(r.port)
+        extra = Raw(r.port, handshake=False)
         extra.send(HELLO)
         err = extra.error()
         assert err.code == ErrorCode.BUSY and "--max-connections 3" in err.message

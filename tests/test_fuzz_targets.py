@@ -26,7 +26,8 @@ import pytest
 from .fuzz import corpus, targets
 
 SECONDS = float(os.environ["FTX_FUZZ_SECONDS"]) if os.environ.get("FTX_FUZZ_SECONDS") else None
-RUNS = {"tcp_receiver": 5000, "tcp_sender": 5000, "tcp_storage": 1500, "udp_receiver": 5000, "udp_sender": 5000}
+RUNS = {"tcp_receiver": 5000, "tcp_sender": 5000, "tcp_storage": 1500, "udp_receiver": 5000, "udp_sender": 5000,
+        "handshake": 3000}
 CAP = 30.0
 BUDGET = SECONDS if SECONDS is not None else CAP
 ROOT = Path(__file__).resolve().parent.parent

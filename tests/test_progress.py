@@ -47,14 +47,15 @@ def test_bars_on_a_terminal(tmp_path, receiver):
 
 def test_no_progress_flag_silences_bars(tmp_path, receiver):
     write_random(tmp_path / "f.bin", 2 * 1024 * 1024)
-    rc, screen = _send_on_tty(str(tmp_path / "f.bin"), receiver.dest, "--no-progress")
+    rc, screen = _send_on_tty(str(tmp_path / "f.bin"), receiver.dest, "--no-progress",
+                              "--expect-fingerprint", receiver.listening["fingerprint"])  # no first-contact note
     assert rc == 0
     assert screen.strip() == ""
 
 
 def test_silent_when_not_a_terminal(tmp_path, receiver):
     write_random(tmp_path / "f.bin", 2 * 1024 * 1024)
-    proc = subprocess.run(FTX + ["send", str(tmp_path / "f.bin"), receiver.dest], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(FTX + ["send", str(tmp_path / "f.bin"), receiver.dest, "--expect-fingerprint",
+                                 receiver.listening["fingerprint"]], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     assert proc.stderr == "" and proc.stdout == ""

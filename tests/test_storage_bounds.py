@@ -23,6 +23,7 @@ from ftx.core.manifest import FileEntry, Kind
 from ftx.core.sender import SenderConnection
 from ftx.errors import ErrorCode
 
+from .helpers import SealedSocket
 from .helpers import journal_records, run_send, wait_for, write_random
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +35,7 @@ class RawSender:
     """The real sender core on a blocking socket, driven by hand (no offer window, no data unless told)."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = SealedSocket(port)  # an authorized sender, misbehaving
         self.conn = SenderConnection(Config())
         self.seen: list = []
         self.flush()

@@ -45,10 +45,11 @@ def _returns_to(pid: int, base: int, slack: int = 16 * MIB, timeout: float = 15.
     return rss(pid)[0]
 
 
-def _legit_send(tmp_path: Path, receiver: Receiver, size: int = 2 * MIB, name: str = "legit.bin", timeout=60.0):
+def _legit_send(tmp_path: Path, receiver: Receiver, size: int = 2 * MIB, name: str = "legit.bin", timeout=60.0,
+                *extra: str):
     src = tmp_path / name
     data = write_random(src, size, seed=size)
-    code, report, err = run_send(str(src), receiver.dest, "--udp", timeout=timeout)
+    code, report, err = run_send(str(src), receiver.dest, "--udp", *extra, timeout=timeout)
     return code, report, err, data
 
 
@@ -167,7 +168,9 @@ def _hello_and_wait_until_handled(s, timeout: float = 10.0) -> None:
 def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
-    r = Receiver(dst, "-q", "--max-per-host", "3")
+    # --insecure on both sides: the raw peers speak plaintext after INITIAL (a sealed raw UDP peer is
+    # still to be written); the session limits are the same in both modes
+    r = Receiver(dst, "-q", "--max-per-host", "3", "--insecure")
     try:
         peer = RawPeer(r.port)
         held = [peer.handshake() for _ in range(3)]
@@ -177,12 +180,12 @@ def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
             RawPeer(r.port).handshake()
         assert refused.value.frame.code == ErrorCode.BUSY
         assert "--max-per-host 3" in refused.value.frame.reason
-        code, report, err, _ = _legit_send(tmp_path, r, timeout=30)
+        code, report, err, _ = _legit_send(tmp_path, r, 2 * MIB, "legit.bin", 30, "--insecure")
         assert code != 0 and "receiver busy" in err and "--max-per-host 3" in err, err
         assert len(err.strip().splitlines()) == 1, err
         for s in held:  # the attacker leaves: its places are free again
             s.close()
-        code, report, err, data = _legit_send(tmp_path, r, name="after.bin")
+        code, report, err, data = _legit_send(tmp_path, r, 2 * MIB, "after.bin", 60.0, "--insecure")
         assert code == 0, err
         assert (dst / "after.bin").read_bytes() == data
     finally:

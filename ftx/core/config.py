@@ -40,3 +40,7 @@ class Config:
     sender_id: bytes = b""
     """Sender: the transfer identity sent in HELLO (empty: anonymous).  A receiver lets a
     new connection take over a partial file only from the same identity."""
+
+    summary: bytes = b""
+    """Sender: an OFFER_SUMMARY (``messages.OfferSummary``) to announce in HELLO, so that a
+    receiver that asks before accepting (code mode) can show what comes."""

@@ -34,9 +34,11 @@ from .frames import (
     FrameType,
     encode_frame,
 )
+from .secure import AuthError
 from .messages import MAGIC, PROTOCOL_VERSION, ROLE_SENDER, ErrorMessage, Hello
 from .states import FileState, In
 
+HANDSHAKE_FRAME = 0x10  # the first frame of a peer that requires authentication (protocol.md)
 SNIFF_BYTES = 64  # how much of a foreign peer's first bytes an error quotes
 
 
@@ -59,7 +61,8 @@ class Connection:
         self._head: bytes | None = b""  # the peer's first bytes, until they look like ftx
         self._inbuf: memoryview | None = None
         hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
-                      sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"")
+                      sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"",
+                      summary=self.config.summary if self.role == ROLE_SENDER else b"")
         self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
@@ -143,6 +146,12 @@ class Connection:
         HELLO is a protocol error of an ftx peer, reported as such later.)
         """
         head = self._head
+        if head[:1] == bytes([HANDSHAKE_FRAME]) and head[1:4] == b"\0\0\0"[: len(head) - 1]:
+            if len(head) < 8:
+                return  # a HANDSHAKE frame header, so far: wait for its length
+            if int.from_bytes(head[4:8], "big") <= HANDSHAKE_MAX_PAYLOAD:
+                self._head = None
+                self._fail_local(AuthError("the peer requires authentication; this side runs --insecure"))
         ok = not head or head[0] in FRAME_TYPES
         ok = ok and (len(head) < 4 or head[1:4] == b"\0\0\0")
         ok = ok and (len(head) < 8 or int.from_bytes(head[4:8], "big") <= HANDSHAKE_MAX_PAYLOAD)

@@ -81,6 +81,8 @@ def _code(value: int) -> ErrorCode | int:
 
 # HELLO extensions (protocol.md section 6.1): u16 type, u16 length, value
 EXT_SENDER_ID = 0x0001  # sender: the transfer identity, 1-64 opaque bytes
+EXT_OFFER_SUMMARY = 0x0002  # sender: what the session will offer (OfferSummary), for a receiver that asks
+OFFER_SUMMARY_MAX = 2048
 SENDER_ID_MAX = 64
 _EXT = struct.Struct(">HH")
 
@@ -93,12 +95,15 @@ class Hello:
     agent: str = "ftx"
     version: int = PROTOCOL_VERSION
     sender_id: bytes = b""  # transfer identity: who may take over a partial (empty: anonymous)
+    summary: bytes = b""  # OFFER_SUMMARY value as sent (``OfferSummary.decode`` reads it)
     _S = struct.Struct(">4sHBBIQ")
 
     def encode(self) -> bytes:
         out = self._S.pack(MAGIC, self.version, self.role, 0, self.max_payload, self.flags) + _pack_text(self.agent)
         if self.sender_id:
             out += _EXT.pack(EXT_SENDER_ID, len(self.sender_id)) + self.sender_id
+        if self.summary:
+            out += _EXT.pack(EXT_OFFER_SUMMARY, len(self.summary)) + self.summary
         return out
 
     @classmethod
@@ -108,7 +113,7 @@ class Hello:
         if magic != MAGIC:
             raise RemoteProtocolError("not an ftx peer (bad HELLO magic)")
         agent, off = _text(p, cls._S.size, "HELLO")
-        sender_id = b""
+        sender_id = summary = b""
         # extensions: while a whole one fits; unknown types, a malformed id and
         # a shorter tail are ignored (trailing bytes were reserved, never an error)
         while len(p) - off >= _EXT.size:
@@ -118,8 +123,52 @@ class Hello:
                 break
             if etype == EXT_SENDER_ID and not sender_id and 1 <= elen <= SENDER_ID_MAX:
                 sender_id = bytes(p[off : off + elen])
+            elif etype == EXT_OFFER_SUMMARY and not summary and elen <= OFFER_SUMMARY_MAX:
+                summary = bytes(p[off : off + elen])
             off += elen
-        return cls(role, max_payload, flags, agent, version, sender_id)
+        return cls(role, max_payload, flags, agent, version, sender_id, summary)
+
+
+@dataclass(frozen=True)
+class OfferSummary:
+    """What a sender announces it will offer: item count, total file bytes, the top-level names.
+
+    Value of the HELLO extension OFFER_SUMMARY (protocol.md 6.1): u64 items, u64
+    bytes, u16 name count, then per name u16 length + UTF-8; at most
+    ``OFFER_SUMMARY_MAX`` bytes in all (names that do not fit are left out, the
+    count says how many there are).
+    """
+
+    items: int
+    size: int
+    names: tuple[str, ...]
+    name_count: int
+
+    _S = struct.Struct(">QQH")
+
+    def encode(self) -> bytes:
+        out = bytearray(self._S.pack(self.items, self.size, self.name_count))
+        for name in self.names:
+            raw = wire_text(name, 255)
+            if len(out) + 2 + len(raw) > OFFER_SUMMARY_MAX:
+                break
+            out += struct.pack(">H", len(raw)) + raw
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, p) -> "OfferSummary | None":
+        """The summary, or None when ``p`` is not one (it is informational: never an error)."""
+        if len(p) < cls._S.size or len(p) > OFFER_SUMMARY_MAX:
+            return None
+        items, size, count = cls._S.unpack_from(p, 0)
+        names, off = [], cls._S.size
+        while off + 2 <= len(p) and len(names) < count:
+            (n,) = struct.unpack_from(">H", p, off)
+            if off + 2 + n > len(p):
+                return None
+            names.append(bytes(p[off + 2 : off + 2 + n]).decode("utf-8", "replace"))
+            off += 2 + n
+        return cls(items, size, tuple(names), count)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,13 @@
 copy in Python) and reads with ``recv_into`` straight into the frame decoder's
 buffer.  ``connect`` opens a sender's link; ``serve`` accepts receivers' links
 and runs any number of them side by side on one loop.
+
+Sealed (after ``ftx.securing.run_handshake``): ``install_keys`` makes ``send``
+seal its buffers into records (ftx/core/secure/records.py) in one reused
+output buffer, written with one call per batch; ``handshake_done`` makes
+``feed`` read records and open each straight into the frame decoder's buffer
+(``open_into``), so chunk bytes are copied once from the kernel, then once by
+the AEAD into their final place.
 """
 
 from __future__ import annotations
@@ -15,15 +22,19 @@ import socket
 import time
 from typing import Awaitable, Callable
 
+from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
 from ..core.frames import FrameType, encode_frame
 from ..core.messages import ErrorMessage
-from ..errors import ErrorCode, TransportError
+from ..core.secure import AuthError, Established
+from ..core.secure.records import RecordOpener, RecordSealer
+from ..errors import ErrorCode, LocalProtocolError, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
 RCVLOWAT_MAX = 1024 * 1024
+PLAIN_ERROR_MAX = 16 + 4096  # a plaintext ERROR frame (a refusal) before the first record, at most
 IDLE_TRIM = 1.0  # seconds without input after which a connection gives its buffer memory back
 
 
@@ -45,6 +56,9 @@ class TcpLink:
         self.busy = 0
         self._lowat = 1
         self.on_established = None  # called once when the peer's HELLO has arrived (Admission)
+        self._keys: Established | None = None
+        self._sealer: RecordSealer | None = None  # set by install_keys: what we send is sealed
+        self._opener: RecordOpener | None = None  # set by handshake_done: what we read is sealed
         try:
             self.peer = sock.getpeername()
         except OSError:
@@ -54,30 +68,96 @@ class TcpLink:
     def sending(self) -> bool:
         return self._send_lock.locked()
 
+    # -- the handshake (ftx/securing.py) ------------------------------------------
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
+
+    async def recv_raw(self) -> bytes:
+        """The next bytes of the stream before ``handshake_done`` (b"" at end of stream)."""
+        if self._opener is not None:
+            raise LocalProtocolError("recv_raw after handshake_done")
+        try:
+            data = await self._loop.sock_recv(self.sock, 65536)
+        except OSError as exc:
+            raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        self.last_recv = time.monotonic()
+        return data
+
+    def install_keys(self, est: Established) -> None:
+        """Our handshake bytes are all sent: everything sent from now on is sealed."""
+        if self._sealer is not None:
+            raise LocalProtocolError("keys installed twice")
+        self._keys = est
+        self._sealer = RecordSealer(est)
+
+    def handshake_done(self, leftover: bytes) -> None:
+        """The peer's handshake is consumed: from now on only sealed records are accepted.
+        ``leftover`` are the bytes read past it (the first records)."""
+        if self._keys is None:
+            raise LocalProtocolError("handshake_done before install_keys")
+        if self._opener is not None:
+            raise LocalProtocolError("handshake_done twice")
+        opener = self._opener = RecordOpener(self._keys)
+        view = memoryview(leftover)
+        while view:
+            buf = opener.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            opener.buffer_updated(n)
+            view = view[n:]
+
+    # -- sending ---------------------------------------------------------------------
     async def send(self, bufs: list) -> None:
+        """Write ``bufs`` in order; sealed once ``install_keys`` was called."""
         if not bufs:
             return
         async with self._send_lock:
-            views = [memoryview(b).cast("B") for b in bufs if len(b)]
-            i = 0
-            sock = self.sock
-            while i < len(views):
-                try:
-                    n = sock.sendmsg(views[i : i + IOV_MAX])
-                except (BlockingIOError, InterruptedError):
-                    await self._writable()
-                    continue
-                except OSError as exc:
-                    raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
-                self.last_send = time.monotonic()
-                while n:
-                    size = len(views[i])
-                    if n >= size:
-                        n -= size
-                        i += 1
-                    else:
-                        views[i] = views[i][n:]
-                        n = 0
+            if self._sealer is not None:
+                for view in self._sealer.seal_buffers(bufs):
+                    await self._send_all(view)
+                return
+            await self._sendmsg(bufs)
+
+    async def send_plain(self, bufs: list) -> None:
+        """Write ``bufs`` unsealed even after ``install_keys``: a handshake refusal (protocol.md)."""
+        async with self._send_lock:
+            await self._sendmsg(bufs)
+
+    async def _sendmsg(self, bufs: list) -> None:
+        views = [memoryview(b).cast("B") for b in bufs if len(b)]
+        i = 0
+        sock = self.sock
+        while i < len(views):
+            try:
+                n = sock.sendmsg(views[i : i + IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
+            self.last_send = time.monotonic()
+            while n:
+                size = len(views[i])
+                if n >= size:
+                    n -= size
+                    i += 1
+                else:
+                    views[i] = views[i][n:]
+                    n = 0
+
+    async def _send_all(self, view: memoryview) -> None:
+        sock = self.sock
+        while view:
+            try:
+                n = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
+            self.last_send = time.monotonic()
+            view = view[n:]
 
     async def _writable(self) -> None:
         fut = self._loop.create_future()
@@ -107,6 +187,8 @@ class TcpLink:
         nothing arrives no buffer region is held, and after ``IDLE_TRIM``
         seconds the connection gives its buffer memory back.
         """
+        if self._opener is not None:
+            return await self._feed_sealed(conn)
         sock = self.sock
         while True:
             buf = conn.get_buffer()
@@ -133,16 +215,110 @@ class TcpLink:
             callback, self.on_established = self.on_established, None
             callback()
 
+    async def _feed_sealed(self, conn) -> None:
+        """Open the next record(s) into ``conn``; read from the socket only when none is complete.
+
+        Records go in until one of them raises an event: the driver drains events
+        before the next call, so chunk payloads (views into the decoder's buffer)
+        are consumed before the buffer is asked for again and nothing is copied.
+        A record that does not open ends the session: the peer is told (sealed
+        ERROR AUTH) and ``AuthError`` is raised.  Further input is not read.
+        """
+        opener, sock = self._opener, self.sock
+        try:
+            while True:
+                refusal = self._plain_error(conn) if opener.number == 0 else False
+                if refusal:
+                    return
+                if refusal is False and (size := opener.next_size()) is not None:
+                    break
+                buf = opener.get_buffer()
+                missing = opener.missing()
+                lowat = min(missing, len(buf), RCVLOWAT_MAX) if missing > 65536 else 1
+                if lowat != self._lowat:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                        self._lowat = lowat
+                    except OSError:
+                        pass
+                try:
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    del buf
+                    await self._readable(conn)
+                    continue
+                except OSError as exc:
+                    raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+                del buf
+                self.last_recv = time.monotonic()
+                opener.buffer_updated(n)
+                if n == 0:
+                    opener.receive_eof()  # a cut record: AuthError
+                    conn.receive_eof()
+                    conn.buffer_updated(0)
+                    return
+            while True:
+                buf = conn.get_buffer()
+                if len(buf) >= size:  # the usual case: open straight into the frame buffer
+                    opener.open_into(buf[:size])
+                    del buf
+                    conn.buffer_updated(size)
+                else:
+                    del buf
+                    _copy_into(conn, opener.open())
+                if conn.events_pending or conn.closed or (size := opener.next_size()) is None:
+                    break
+        except AuthError as exc:
+            # tell the peer why (sealed: it has our keys), before the session learns of it;
+            # the connection object is left as it is, so the error the session reports is this one
+            try:
+                await asyncio.wait_for(self.send([encode_frame(FrameType.ERROR, ErrorMessage(
+                    exc.code, str(exc)).encode())]), 1.0)
+            except Exception:
+                pass
+            raise
+        if self.on_established is not None and conn.peer is not None:
+            callback, self.on_established = self.on_established, None
+            callback()
+
+    def _plain_error(self, conn) -> bool | None:
+        """Before the first record: a plaintext ERROR frame is the peer refusing our last
+        handshake message (it could not seal it: the handshake failed on its side).  A record
+        header starts with 0x00 or 0x80, never 0x0C.  The frame goes to ``conn`` as is.
+        True: delivered; None: one is arriving; False: these are records."""
+        opener = self._opener
+        head = opener.peek(FRAME_HEADER_SIZE)
+        if not head or head[0] != FrameType.ERROR:
+            return False
+        if len(head) < FRAME_HEADER_SIZE:
+            return None
+        size = FRAME_HEADER_SIZE + int.from_bytes(head[4:8], "big")
+        if size > PLAIN_ERROR_MAX:
+            return False  # not a refusal: the record layer rejects it
+        frame = opener.peek(size)
+        if len(frame) < size:
+            return None
+        opener.skip(size)
+        _copy_into(conn, frame)
+        return True
+
     async def _readable(self, conn) -> None:
         fut = self._loop.create_future()
         fd = self.sock.fileno()
         self._loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        trim = self._loop.call_later(IDLE_TRIM, conn.trim_buffers)
+        trim = self._loop.call_later(IDLE_TRIM, self._trim, conn)
         try:
             await fut
         finally:
             trim.cancel()
             self._loop.remove_reader(fd)
+
+    def _trim(self, conn) -> None:
+        conn.trim_buffers()
+        if self._opener is not None:
+            self._opener.trim()
+        if self._sealer is not None and not self._send_lock.locked():  # not under a send in progress
+            self._sealer.trim()
 
     def read_buffer(self, shared: memoryview) -> memoryview:
         """Where the sender reads its next chunk: framed and sent at once, so one buffer serves."""
@@ -172,6 +348,19 @@ class TcpLink:
 
     async def aclose(self) -> None:
         self.close()
+
+
+def _copy_into(conn, data) -> None:
+    """Copy ``data`` into ``conn`` through its buffer (the rare path: a record larger than
+    the region the decoder offers, or a plaintext ERROR)."""
+    view = memoryview(data)
+    while view:
+        buf = conn.get_buffer()
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        del buf
+        view = view[n:]
+        conn.buffer_updated(n)
 
 
 async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:

@@ -36,12 +36,14 @@ from ..core.udp.endpoint import Dialer, Listener
 from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig, UdpSession
+from ..core.secure import AuthError, Established, datagrams
 from ..errors import ErrorCode, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.udp")
 if os.environ.get("FTX_PURE_PYTHON"):
     burst.use(accelerated=False)  # measure or test the reference loops
+    datagrams.use(accelerated=False)
 SOCKET_BUFFER = 16 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux values
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -318,6 +320,7 @@ class UdpLink:
         self._on_close: list[Callable[[], None]] = []
         self._lent: list[bytearray] = []
         self._reading: bytearray | None = None  # see read_buffer
+        self._leftover = b""  # stream bytes read past the peer's handshake (handshake_done)
         self._datagram_size = session.max_datagram
 
     @property
@@ -387,9 +390,41 @@ class UdpLink:
     def _raise_if_closed(self) -> None:
         s = self.session
         if s.closed:
+            if s.close_code == ErrorCode.AUTH:
+                raise AuthError(s.close_reason)
             if s.close_code == ErrorCode.TIMEOUT:
                 raise TransportError(f"connection lost: {s.close_reason}", ErrorCode.TIMEOUT)
             raise TransportError(f"connection closed by peer: {s.close_reason or 'no reason given'}")
+
+    # -- the handshake (ftx/securing.py) -----------------------------------------------
+    async def recv_raw(self) -> bytes:
+        """The next control-stream bytes, before ``handshake_done``; b"" once the session is over."""
+        s = self.session
+        await self._wait_until(lambda: s.stream_readable)
+        if s.stream_readable:
+            buf = bytearray(s.stream_readable)
+            n = s.stream_read_into(memoryview(buf))
+            self.last_recv = time.monotonic()
+            return bytes(buf[:n])
+        if s.close_code == ErrorCode.AUTH:
+            raise AuthError(s.close_reason)
+        return b""
+
+    def install_keys(self, est: Established) -> None:
+        """Our handshake bytes are all written: seal what we send from now on."""
+        self.session.install_keys(est)
+        self.wake()
+
+    def handshake_done(self, leftover: bytes) -> None:
+        """The peer's handshake is consumed; ``leftover`` (read past it) comes first in ``feed``.
+        From now on only sealed packets are taken."""
+        try:
+            self.session.handshake_done(len(leftover))
+        except AuthError as exc:
+            self.session.close(ErrorCode.AUTH, str(exc))
+            self.wake()
+            raise
+        self._leftover = bytes(leftover)
 
     # -- what the transport-neutral layers call ---------------------------------------
     async def send(self, bufs: list) -> None:
@@ -407,7 +442,13 @@ class UdpLink:
             for buf in self._lent:
                 s.recycle(buf)
             self._lent.clear()
-        await self._wait_until(lambda: s.stream_readable or s._completed)
+        await self._wait_until(lambda: s.stream_readable or s._completed or self._leftover)
+        while self._leftover:  # what the handshake read past its end
+            buf = conn.get_buffer()
+            n = min(len(buf), len(self._leftover))
+            buf[:n] = self._leftover[:n]
+            self._leftover = self._leftover[n:]
+            conn.buffer_updated(n)
         chunks = s.take_chunks()
         self._lent.extend(c[3] for c in chunks)
         if chunks:

@@ -133,8 +133,34 @@ def udp_seeds() -> dict[str, list[bytes]]:
     return out
 
 
+def handshake_seeds() -> dict[str, list[bytes]]:
+    """Both sides of both handshake kinds, recorded from pairs with the target's randomness."""
+    from ..handshake_pair import OTHER_KEY, pake_pair, pump, sigma_pair
+
+    out = []
+    runs = [(0, sigma_pair(), 0), (1, sigma_pair(), 1), (0, pake_pair(), 0), (3, pake_pair(), 1),
+            (0, sigma_pair(client_key=OTHER_KEY), 0), (0, pake_pair(client_code="wrong"), 0)]
+    for opts, (client, server), direction in runs:
+        stream = bytes(pump(client, server).streams[direction])  # 0: sender's bytes, 1: receiver's
+        for extra, tail in ((0, b""), (7 << 3, b""), (4, b"sealed bytes follow"), (1 << 3, b"")):
+            out.append(bytes([opts | extra]) + stream + tail)
+    out += [bytes([extra]) + tls_client_hello() for extra in (0, 7 << 3, 4)]
+    return {"handshake": out}
+
+
+def tls_client_hello() -> bytes:
+    """A sender's first TLS flight (kind 3): OpenSSL's randomness makes later flights unreplayable."""
+    import ssl
+
+    from ftx.core.secure.tls import TlsClientHandshake
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return TlsClientHandshake(ctx, "localhost").data_to_send()
+
+
 def seeds() -> dict[str, list[bytes]]:
-    return {**tcp_seeds(), **udp_seeds()}
+    return {**tcp_seeds(), **udp_seeds(), **handshake_seeds()}
 
 
 def write(directory: Path) -> dict[str, Path]:

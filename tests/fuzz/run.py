@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-NAMES = ("tcp_receiver", "tcp_storage", "tcp_sender", "udp_receiver", "udp_sender")
+NAMES = ("tcp_receiver", "tcp_storage", "tcp_sender", "udp_receiver", "udp_sender", "handshake")
 
 
 def _args(argv):

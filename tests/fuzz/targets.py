@@ -12,6 +12,8 @@ Targets
     tcp_sender    frame decoder + SenderConnection (files offered), bytes after a receiver HELLO
     udp_receiver  datagram parser + Listener + UdpSession + ReceiverConnection, after a handshake
     udp_sender    datagram parser + Dialer + UdpSession + SenderConnection, after a handshake
+    handshake     HANDSHAKE frames into the keys/code handshakes, either side, and the receiver's
+                  TLS handshake (kind 3) (``handshake``)
 
 Input layouts (so that a mutation reaches deep code, the harness fixes checksums up when
 asked: a random 64-bit checksum is never right):
@@ -40,6 +42,10 @@ from ftx.core.checksum import chunk_checksum, file_digest, frame_checksum
 from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, encode_frame
 from ftx.core.messages import HELLO_NO_RESUME, HELLO_OVERWRITE, ROLE_RECEIVER, ROLE_SENDER, Hello
 from ftx.core.receiver import ReceiverConnection
+from ftx.core.secure import pake, sigma
+from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, KIND_TLS, MAX_MESSAGE, ServerHandshake
+from ftx.core.secure.sigma import raw_public
+from ftx.core.secure.tls import TlsServerHandshake
 from ftx.core.sender import SenderConnection
 from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
@@ -47,6 +53,7 @@ from ftx.errors import FtxError, LocalProtocolError
 from ftx.receiving import ReceiveSession
 from ftx.storage import JOURNAL_SUFFIX, PART_SUFFIX, Destination, PartialFile
 
+from ..handshake_pair import CLIENT_KEY, SERVER_KEY, counter_rng, only
 from .drivers import ReceiverDriver, SenderDriver
 from .wiring import (
     ADDR,
@@ -509,10 +516,92 @@ class _SenderSide:
         return self.end.session.stream_all_acked
 
 
+# -- handshakes ------------------------------------------------------------------------------
+_TLS_CONTEXT = None
+
+
+def tls_server_context():
+    """The receiver's TLS context, from a throw-away PKI made once per process."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        import atexit
+        import shutil
+        from pathlib import Path
+
+        from ftx.tlsconfig import server_context
+
+        from ..tls_pki import CA
+
+        d = tempfile.mkdtemp(prefix="ftx-fuzz-tls-")
+        atexit.register(shutil.rmtree, d, True)
+        server = CA(Path(d)).issue("receiver.example", ["localhost"], stem="server")
+        _TLS_CONTEXT = server_context(server.cert, server.key)
+    return _TLS_CONTEXT
+
+
+def handshake_side(opts: int):
+    """The handshake a ``handshake`` input talks to: the same keys and randomness as the
+    recorded seeds (tests/handshake_pair.py), so that a seed replays to the end."""
+    if opts & 1:  # the sender
+        if opts & 2:
+            return pake.PakeClient("7-olive-tiger", rng=counter_rng(1))
+        return sigma.SigmaClient(CLIENT_KEY, only(SERVER_KEY), rng=counter_rng(1))
+    return ServerHandshake({
+        KIND_KEYS: lambda: sigma.SigmaServer(SERVER_KEY, only(CLIENT_KEY), rng=counter_rng(1001)),
+        KIND_CODE: lambda: pake.PakeServer("7-olive-tiger", SERVER_KEY, rng=counter_rng(1001)),
+        KIND_TLS: lambda: TlsServerHandshake(tls_server_context(), rng=counter_rng(1001)),
+    })
+
+
+def handshake(data: bytes) -> None:
+    """Input: ``opts, stream``: the peer's bytes to a handshake.  ``opts`` bit 0: this side is
+    the sender (else the receiver, serving keys and code mode), bit 1: code mode (sender),
+    bit 2: seal (recompute every frame's checksum), bits 3-7: bytes per read (0: all at once).
+
+    Property: each ``receive`` uses at most what it is given and stops early only when done;
+    errors are typed; at most one message is buffered; the receiver finishes only with the
+    sender it authorizes."""
+    if not data:
+        return
+    opts, stream = data[0], data[1:]
+    if opts & 4:
+        stream = seal_frames(stream)
+    hs = handshake_side(opts)
+    split = opts >> 3
+    pieces = [stream[k : k + split] for k in range(0, len(stream), split)] if split else [stream]
+    for piece in pieces:
+        try:
+            used = hs.receive(piece, 0.0)
+        except LocalProtocolError as exc:
+            raise Finding(f"LocalProtocolError after peer input: {exc}") from exc
+        except FtxError:
+            if hs.done or hs.keys_ready or hs.result is not None:
+                raise Finding("a failed handshake still offers keys")
+            hs.data_to_send()
+            break
+        if not 0 <= used <= len(piece):
+            raise Finding(f"receive used {used} of {len(piece)} bytes")
+        if used < len(piece) and not hs.done:
+            raise Finding("receive stopped early without being done")
+        reader = getattr(hs, "inner", None) or hs
+        if reader._reader.pending > 16 + MAX_MESSAGE:
+            raise Finding(f"handshake holds {reader._reader.pending} bytes")
+        hs.data_to_send()
+        if hs.done:
+            res = hs.result
+            if res is None:
+                raise Finding("handshake done without a result")
+            if (opts & 1 or res.peer.kind == "key") and res.peer.public != raw_public(
+                    SERVER_KEY if opts & 1 else CLIENT_KEY):
+                raise Finding(f"handshake done with an unproven peer {res.peer}")
+            break
+
+
 TARGETS = {
     "tcp_receiver": tcp_receiver,
     "tcp_storage": tcp_storage,
     "tcp_sender": tcp_sender,
     "udp_receiver": udp_receiver,
     "udp_sender": udp_sender,
+    "handshake": handshake,
 }

@@ -74,13 +74,24 @@ class Handshake(Protocol):
 
     The driver loop (ftx/securing.py) is, for both transports::
 
-        while not hs.done:
-            send(hs.data_to_send())
+        while True:
+            send(hs.data_to_send())              # may be our last flight, queued by receive
             if hs.keys_ready and not installed:  # our last handshake bytes are written
                 link.install_keys(hs.result); installed = True
+            if hs.done:
+                break
+            incoming_bytes = await link.recv_raw()   # (b"": hs.receive_eof())
             used = hs.receive(incoming_bytes, now)   # consumes at most the peer's handshake
         leftover = incoming_bytes[used:]            # the first sealed bytes, not handshake
         link.handshake_done(leftover)
+
+    The sender's last flight is queued by the same ``receive`` that makes it
+    ``done`` (keys mode): send and install once more after the last ``receive``.
+    On ``AuthError``/``RemoteProtocolError`` from ``receive``, send
+    ``data_to_send()`` (the refusal ERROR frame; sealed if keys are installed)
+    before giving up.  A receiver in keys mode judges the sender's key after its
+    own last flight: a sender already ``done`` then meets that refusal as the
+    first (sealed) frame after the handshake, an ERROR with code AUTH.
 
     ``receive`` never consumes a byte past the peer's last handshake message; it
     raises ``AuthError`` (wrong code, unknown key, bad signature, bad

@@ -24,6 +24,8 @@ side updates its key well before the limit (``Direction.should_update``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 
 from cryptography.hazmat.primitives import hashes

@@ -60,6 +60,7 @@ from .packets import (
     segments,
 )
 from .reassembly import MemoryBudget
+from ..secure.datagrams import SEALED_OVERHEAD, SEALED_TYPES
 from .session import UdpConfig, UdpSession
 
 TOKEN_LIFETIME = 10
@@ -153,8 +154,14 @@ class Listener:
         view = memoryview(data)
         results = []
         full = n - n % seg
-        session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) if data[0] == DATA and seg >= OVERHEAD else None
-        if session is not None and session.chunk_receiver:
+        sealed = data[0] in SEALED_TYPES
+        session = self.sessions.get(HEADER.unpack_from(data, 0)[2]) \
+            if (data[0] == DATA and seg >= OVERHEAD) or (sealed and seg >= SEALED_OVERHEAD) else None
+        if session is not None and sealed:  # (protection.py)
+            self._deliver(session, addr, None, session.receive_sealed_burst, view[:full], seg, now)
+            results.append((session, False, []))
+            others = ()
+        elif session is not None and session.chunk_receiver:
             others, garbage = self._deliver(session, addr, None, session.receive_chunk_burst, view[:full], seg, now) \
                 or ([], 0)
             self.stats["garbage"] += garbage
@@ -178,8 +185,17 @@ class Listener:
                 if _xxh64(view[: n - TRAILER_SIZE]) != _unpack_q(view, n - TRAILER_SIZE)[0]:
                     self.stats["garbage"] += 1
                     return None, False, []
-                self._deliver(session, addr, pn, session.receive_payload, pn, view[HEADER_SIZE : n - TRAILER_SIZE], now)
+                # (with keys, only what the session records may move it: protection.py)
+                self._deliver(session, addr, pn if session.protection is None else None, session.receive_payload, pn,
+                              view[HEADER_SIZE : n - TRAILER_SIZE], now)
                 return session, False, []
+        if n >= SEALED_OVERHEAD and data[0] in SEALED_TYPES:  # authenticated: only then may it move us
+            session = self.sessions.get(HEADER.unpack_from(data, 0)[2])
+            if session is None or data[1] != VERSION:
+                self.stats["foreign"] += 1
+                return None, False, []
+            self._deliver(session, addr, None, session.receive_sealed, data, now)
+            return session, False, []
         try:
             pkt = parse(data)
         except RemoteProtocolError:
@@ -190,7 +206,8 @@ class Listener:
             if session is None:
                 self.stats["foreign"] += 1
                 return None, False, []
-            self._deliver(session, addr, pkt.pn, session.receive_payload, pkt.pn, pkt.payload, now)
+            self._deliver(session, addr, pkt.pn if session.protection is None else None, session.receive_payload,
+                          pkt.pn, pkt.payload, now)
             return session, False, []
         if pkt.ptype != INITIAL:
             self.stats["foreign"] += 1
@@ -370,6 +387,14 @@ class Dialer:
 
     def receive_datagram(self, data, now: float) -> UdpSession | None:
         """Feed any datagram; returns the session once it exists (and feeds it DATA)."""
+        session = self.session
+        if session is not None and len(data) >= SEALED_OVERHEAD and data[0] in SEALED_TYPES:
+            if data[1] == VERSION and HEADER.unpack_from(data, 0)[2] == self.local_cid:
+                try:
+                    session.receive_sealed(data, now)
+                except RemoteProtocolError as exc:
+                    session.close(exc.code, str(exc))
+            return session
         try:
             pkt = parse(data)
         except RemoteProtocolError:

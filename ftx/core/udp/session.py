@@ -19,7 +19,6 @@ send ``datagrams_to_send(now)``, wake at ``next_timer()`` and call
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 
@@ -31,30 +30,26 @@ from .congestion import Bbr
 from .packets import (
     CHUNK_HEADER,
     CHUNK_HEADER_SIZE,
-    DATA,
     F_CHUNK,
-    F_MAX_DATA,
     F_PING,
-    HEADER,
     HEADER_SIZE,
     OVERHEAD,
     PING,
     MAX_MAX_DATAGRAM,
     TRAILER_SIZE,
-    VERSION,
     AckFrame,
     ChunkFrame,
     CloseFrame,
     MaxDataFrame,
     StreamFrame,
-    encode_ack,
     encode_close,
-    encode_stream,
-    encode_varint_frame,
     parse_frames,
     segments,
 )
 from . import burst
+from .assembly import BURST_BYTES, BURST_DATAGRAMS, PacketAssembly
+from ..secure.datagrams import zero_hash
+from .protection import SealedPackets
 from .pmtu import PmtuSearch
 from .reassembly import MAX_CHUNK, REFUSED, STREAM_OOO_LIMIT, ChunkAssembler, MemoryBudget, Spares, StreamAssembler
 from .recovery import Recovery, SentPacket
@@ -63,13 +58,8 @@ INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the f
 # Pacing credit a sender may bank: more than a driver's nap between bursts plus timer slop
 # (drivers nap up to 2 ms), or every nap would forfeit part of the rate.
 PACING_BURST = 0.005
-_TRAILER_ZERO = bytes(TRAILER_SIZE)
-# The most datagrams one burst holds: what one UDP GSO send takes (64 segments, 64 KiB).
-BURST_DATAGRAMS = 64
-BURST_BYTES = 65000
-_pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
-__all__ = ["MAX_CHUNK", "STREAM_OOO_LIMIT", "UdpConfig", "UdpSession"]
+__all__ = ["BURST_BYTES", "BURST_DATAGRAMS", "MAX_CHUNK", "STREAM_OOO_LIMIT", "UdpConfig", "UdpSession"]
 RECV_RANGES_KEPT = 64
 MIN_FLOW_WINDOW = 2 * 1024 * 1024
 # Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost,
@@ -133,7 +123,7 @@ class ChunkOut:
     unacked: RangeSet
 
 
-class UdpSession:
+class UdpSession(PacketAssembly, SealedPackets):
     def __init__(self, local_cid: int, peer_cid: int, config: UdpConfig, now: float, chunk_receiver: bool,
                  budget: MemoryBudget | None = None) -> None:
         self.local_cid = local_cid
@@ -151,6 +141,8 @@ class UdpSession:
         self.recovery = Recovery(PEER_MAX_ACK_DELAY)
         self.cc = Bbr(mss, config.max_rate, 3 * config.ack_every)
         self._next_pn = 0
+        self._overhead = OVERHEAD  # header and trailer (or tag, once sealed: protection.py)
+        self._early: list[bytes] = []  # sealed packets that came before our keys
         # receiving
         self._recv = RangeSet()
         self._recv_floor = -1  # packet numbers up to here were forgotten (only the last 64 ranges are kept)
@@ -206,20 +198,27 @@ class UdpSession:
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
                       "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0, "pmtu_probes": 0,
-                      "pmtu_fallbacks": 0}
+                      "pmtu_fallbacks": 0, "forged": 0, "unsealed_dropped": 0}
 
     # == input ==================================================================
-    def receive_payload(self, pn: int, payload, now: float) -> None:
-        """A packet addressed to us, already length- and checksum-checked."""
+    def receive_payload(self, pn: int, payload, now: float, opened: bool = False) -> None:
+        """A packet addressed to us, already length- and checksum-checked (``opened``: a
+        sealed one, opened)."""
         if self.closed:
             return
+        frames = None
+        if self.protection is not None and not opened:
+            frames = self._unsealed_frames(payload)  # protection.py: what it may still carry
+            if not frames:
+                return
         if pn in self._recv:
             self.stats["duplicate_packets"] += 1
             return
         if pn <= self._recv_floor:  # older than anything we still track: its ACK is long gone
             self.stats["stale_packets"] += 1
             return
-        if payload and payload[0] == F_CHUNK and self.chunk_receiver and len(payload) >= CHUNK_HEADER_SIZE:
+        if frames is None and payload and payload[0] == F_CHUNK and self.chunk_receiver \
+                and len(payload) >= CHUNK_HEADER_SIZE:
             # fast path: a packet that is one CHUNK frame (nearly all of a transfer's packets)
             _, fid, index, clen, coff, csum, length = CHUNK_HEADER.unpack_from(payload, 0)
             if len(payload) == CHUNK_HEADER_SIZE + length and coff + length <= clen:
@@ -233,7 +232,8 @@ class UdpSession:
                     self._cin.filled((fid, index), slot, coff, coff + length)
                 self._on_eliciting(in_order, now)
                 return
-        frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
+        if frames is None:
+            frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
         if not self._frames_fit(frames):
             self.stats["dropped_no_buffer"] += 1
             return  # not recorded, so not acknowledged: the sender will send it again
@@ -248,6 +248,8 @@ class UdpSession:
             elif isinstance(f, StreamFrame):
                 eliciting = True
                 self._sin.add(f.offset, f.data)
+                if not opened:  # (checked at handshake_done, protection.py)
+                    self._plain_end = max(self._plain_end, f.offset + len(f.data))
             elif f is PING:
                 eliciting = True
             elif isinstance(f, CloseFrame):
@@ -461,25 +463,26 @@ class UdpSession:
         meanwhile: that is not the peer's stall."""
         self._progress_at = max(self._progress_at, now)
 
-    def receive_chunk_burst(self, view: memoryview, seg: int, now: float) -> tuple[list[int], int]:
+    def receive_chunk_burst(self, view: memoryview, seg: int, now: float, opened: bool = False) -> tuple[list[int], int]:
         """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
         addressed to us.  Those that are full CHUNK packets -- nearly all of a transfer's --
         are checked and taken here a run at a time (``burst.scan_chunk_burst``): packet
         numbers are recorded per run and each run's data copied in one call.
 
         Returns the offsets of the datagrams not taken (any other kind: the caller feeds
-        them one by one) and the number that failed their checksum (dropped)."""
+        them one by one) and the number that failed their checksum (dropped).  ``opened``:
+        sealed datagrams opened by ``receive_sealed_burst`` (the AEAD checked them)."""
         room = seg - OVERHEAD - CHUNK_HEADER_SIZE
-        if room <= 0 or self.closed or not self.chunk_receiver:  # too small to be a CHUNK packet
-            return ([] if self.closed else list(range(0, len(view), seg))), 0
-        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, _xxh64)
+        if room <= 0 or self.closed or not self.chunk_receiver or (self.protection is not None and not opened):
+            return ([] if self.closed else list(range(0, len(view), seg))), 0  # (with keys: each alone)
+        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, zero_hash if opened else _xxh64)
         taken = 0
         in_order = True
         for first, count, pn, fid, index, clen, csum, coff in runs:
             if pn <= self._largest_recv:  # old numbers among them: late, duplicate or stale
                 for k in range(count):
                     at = first + k * seg
-                    self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now)
+                    self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now, opened)
                 continue
             end = coff + count * room
             if end > clen:
@@ -607,13 +610,15 @@ class UdpSession:
                 self._emit(out, self._packet([encode_close(self.close_code, self.close_reason)], now, [], False))
             return out
         count = 0
+        if self.protection is not None:
+            self.protection.maybe_update()  # keys near their limits: the next ones
         if self._want_ack(now) or self._max_data_due():
             self._emit(out, self._packet(self._control_frames(now), now, [], False))
             count += 1
         self.pacing_limited = False
         size = self.pmtu.probe_due(now)
         if size is not None:  # a padded PING: no content, acknowledged or not
-            self._emit(out, self._packet([bytes([F_PING]), bytes(size - OVERHEAD - 1)], now, [("p", size)], True))
+            self._emit(out, self._packet([bytes([F_PING]), bytes(size - self._overhead - 1)], now, [("p", size)], True))
             self.stats["pmtu_probes"] += 1
             count += 1
         mss = self.max_datagram
@@ -647,7 +652,11 @@ class UdpSession:
                     break
                 count += made
                 continue
-            frames, items = self._fill(mss - OVERHEAD, now)
+            if probe and not self._sout_retx and self._sout_base < self._hs_end and not self._sealed_only:
+                # our handshake flight is unacknowledged and the peer's is not done: a keyless
+                # peer's ACKs are not believed (protection.py), so only resending it recovers it
+                self._sout_retx.add(self._sout_base, min(self._hs_end, self._sout_next))
+            frames, items = self._fill(mss - self._overhead, now)
             if not frames:
                 if probe:  # nothing to resend: a PING still elicits an ACK
                     frames = [bytes([F_PING])]
@@ -662,156 +671,6 @@ class UdpSession:
             self._pace_next = max(self._pace_next, now - credit) + len(pkt) / rate
         return out
 
-    @staticmethod
-    def _emit(out: list, pkt: bytearray) -> None:
-        out.append((pkt, len(pkt)))
-
-    def _bulk_ready(self) -> bool:
-        """Only new chunk bytes to send: the common case, served by ``_bulk_chunks``."""
-        return (not self._unacked_eliciting and not self._sout_retx and not self._cout_retx
-                and self._sout_next == self._sout_base + len(self._sout)
-                and bool(self._cout_new) and self._new_chunk_bytes < self._peer_max_data)
-
-    def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, credit: float) -> int:
-        """One burst of full CHUNK packets of the first chunk in line: the same bytes as
-        ``_fill`` + ``_packet`` would produce one by one, built in one buffer with a
-        fraction of the per-packet Python work, and recorded as one run.  Returns the
-        number of datagrams made."""
-        key = self._cout_new[0]
-        c = self._cout[key]
-        mss = self.max_datagram
-        room = mss - OVERHEAD - CHUNK_HEADER_SIZE
-        rec = self.recovery
-        pace = max(self._pace_next, now - credit)
-        off = c.next_off
-        clen = len(c.data)
-        avail = min(clen - off, self._peer_max_data - self._new_chunk_bytes)
-        n = min(-(-avail // room), limit, BURST_DATAGRAMS, max(1, BURST_BYTES // mss), (cwnd - rec.bytes_in_flight) // mss,
-                int((now - pace) * rate / mss) + 1)
-        if n <= 0 or avail <= 0:
-            if pace > now:
-                self.pacing_limited = True
-            return 0
-        nbytes = min(avail, n * room)
-        size = burst.burst_size(nbytes, mss)
-        buf = bytearray(size)
-        pn = self._next_pn
-        burst.build_chunk_burst(buf, mss, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes,
-                                _xxh64)
-        out.append((buf, mss))
-        self._next_pn = pn + n
-        if not rec.bytes_in_flight:
-            self._acked_at = now
-        if mss > self.pmtu.base:
-            self._big_sent_at = now
-        c.next_off = off + nbytes
-        self._new_chunk_bytes += nbytes
-        if c.next_off >= clen:
-            self._cout_new.popleft()
-        rec.on_sent(SentPacket(pn, now, mss, True, [("r", key, off, room, off + nbytes)], n, size - (n - 1) * mss))
-        self._last_eliciting_sent = now
-        self._pace_next = pace + size / rate
-        self.stats["packets_sent"] += n
-        self.stats["bytes_sent"] += size
-        return n
-
-    def _control_frames(self, now: float) -> list[bytes]:
-        frames = []
-        if self._recv:
-            delay = int(max(0.0, now - self._largest_recv_time) * 1e6)
-            frames.append(encode_ack(self._recv, delay))
-        self._unacked_eliciting = 0
-        self._ack_now = False
-        self._ack_deadline = None
-        if self.chunk_receiver:
-            self._max_data_sent = max(self._max_data_sent, self._delivered + self._window())
-            frames.append(encode_varint_frame(F_MAX_DATA, self._max_data_sent))
-        return frames
-
-    def _fill(self, room: int, now: float) -> tuple[list[bytes], list]:
-        """Frames of retransmittable content for one packet: stream first, then chunks."""
-        frames: list = []
-        items: list = []
-        if self._unacked_eliciting and room > 200:  # piggyback a pending ACK
-            for f in self._control_frames(now):
-                frames.append(f)
-                room -= len(f)
-        # control stream: retransmissions, then new bytes
-        while room > 24:
-            if self._sout_retx:
-                start, stop = next(iter(self._sout_retx))
-                start = max(start, self._sout_base)
-                if start >= stop:
-                    self._sout_retx.subtract(*next(iter(self._sout_retx)))
-                    continue
-                retx = True
-            elif self._sout_next < self._sout_base + len(self._sout):
-                start, stop = self._sout_next, self._sout_base + len(self._sout)
-                retx = False
-            else:
-                break
-            n = min(stop - start, room - 20)
-            rel = start - self._sout_base
-            frames.append(encode_stream(start, self._sout[rel : rel + n]))
-            items.append(("s", start, n))
-            room -= len(frames[-1])
-            if retx:
-                self._sout_retx.subtract(start, start + n)
-                self.stats["retransmitted_bytes"] += n
-            else:
-                self._sout_next = start + n
-        # chunk data: retransmissions, then new bytes within the peer's credit
-        while room > CHUNK_HEADER_SIZE + 64:
-            if self._cout_retx:
-                key, off, length = self._cout_retx[0]
-                c = self._cout.get(key)
-                if c is None:
-                    self._cout_retx.popleft()
-                    continue
-                n = min(length, room - CHUNK_HEADER_SIZE)
-                if n == length:
-                    self._cout_retx.popleft()
-                else:
-                    self._cout_retx[0] = (key, off + n, length - n)
-                self.stats["retransmitted_bytes"] += n
-            elif self._cout_new and self._new_chunk_bytes < self._peer_max_data:
-                key = self._cout_new[0]
-                c = self._cout[key]
-                off = c.next_off
-                n = min(len(c.data) - off, room - CHUNK_HEADER_SIZE, self._peer_max_data - self._new_chunk_bytes)
-                c.next_off += n
-                self._new_chunk_bytes += n
-                if c.next_off >= len(c.data):
-                    self._cout_new.popleft()
-            else:
-                break
-            frames.append(CHUNK_HEADER.pack(F_CHUNK, key[0], key[1], len(c.data), off, c.checksum, n))
-            frames.append(memoryview(c.data)[off : off + n])
-            items.append(("c", key, off, n))
-            room -= CHUNK_HEADER_SIZE + n
-        return frames, items
-
-    def _packet(self, frames: list, now: float, items: list, eliciting: bool) -> bytes:
-        pn = self._next_pn
-        self._next_pn += 1
-        out = bytearray(HEADER.pack(DATA, VERSION, self.peer_cid, pn))
-        for f in frames:
-            out += f
-        end = len(out)
-        out += _TRAILER_ZERO
-        with memoryview(out) as mv:
-            _pack_q(out, end, _xxh64(mv[:end]))
-        size = len(out)
-        self.stats["packets_sent"] += 1
-        self.stats["bytes_sent"] += size
-        if eliciting:
-            self._last_eliciting_sent = now
-            if not self.recovery.bytes_in_flight:
-                self._acked_at = now  # the wait for an acknowledgement starts
-            if size > self.pmtu.base and not (items and items[0][0] == "p"):
-                self._big_sent_at = now
-        self.recovery.on_sent(SentPacket(pn, now, size, eliciting, items))
-        return out
 
     # == timers =====================================================================
     def next_timer(self) -> float | None:

@@ -1,0 +1,349 @@
+"""Sealed TCP: the byte stream after the handshake as a sequence of AEAD records.
+
+Record layout (protocol.md, "Sealed TCP records"), integers big-endian::
+
+    0                4                     4 + L             4 + L + 16
+    +----------------+---------------------+-----------------+
+    | P | length L   | ciphertext (L bytes)| tag (16 bytes)  |
+    +----------------+---------------------+-----------------+
+
+* ``P`` (bit 31 of the header word) is the key phase: the low bit of the number
+  of key updates of this direction; ``L`` (bits 0-30) is the plaintext length,
+  1 <= L <= ``MAX_RECORD``.  Anything else is an authentication failure.
+* AAD = the 4-byte header; nonce = IV XOR n (``keys.Direction``) where n counts
+  the records of this direction, from 0, across key updates (a new key does not
+  restart it: records dropped just before an update are noticed too).  The
+  number is implicit: a dropped, replayed, duplicated or reordered record opens
+  under the wrong nonce and fails.
+* Key update: the sealer moves to ``Direction.next()`` before the key reaches
+  its usage limits and flips P; the opener follows when P flips.
+
+Plaintext is the ordinary ftx frame stream.  The record layer does not protect
+the end of the stream: a cut at a record boundary is seen by the ftx session
+(no DONE), a cut inside a record is an ``AuthError``.
+
+``RecordSealer`` packs buffers into records (small buffers are coalesced, large
+ones are split at ``MAX_RECORD`` so that a record never straddles a chunk) and
+seals them into one reused output buffer.  ``RecordOpener`` is fed received
+bytes BufferedProtocol-style (``get_buffer``/``buffer_updated``) and opens each
+complete record into a buffer the caller gives (``open_into``), so chunk bytes
+go from the ciphertext buffer to their final place in one AEAD pass.  Its
+buffer grows with what arrives, never with what a header announces beyond one
+record.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import AuthError, Established
+from .keys import TAG_SIZE, Direction
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = 4
+OVERHEAD = HEADER_SIZE + TAG_SIZE  # 20 bytes per record
+MAX_RECORD = 256 * 1024  # largest plaintext of one record (2^18)
+PHASE_BIT = 0x8000_0000
+LENGTH_MASK = 0x7FFF_FFFF
+COALESCE = 16 * 1024  # buffers below this are copied together into one record
+OUT_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the sealer's output buffer at most (then it is sent and reused)
+MIN_READ = 16 * 1024  # the opener's first buffer, and the least room it offers to a read
+IN_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the opener's buffer at most
+
+
+def _direction(keys: Direction | Established, send: bool) -> Direction:
+    if isinstance(keys, Established):
+        return Direction(keys.cipher, keys.send_secret if send else keys.recv_secret)
+    return keys
+
+
+class RecordSealer:
+    """Turns plaintext buffers into sealed records, in order.
+
+    ``update_after`` (tests) forces a key update after that many records under one
+    key; otherwise the key is updated when ``Direction.should_update`` says so.
+    """
+
+    def __init__(self, keys: Direction | Established, max_record: int = MAX_RECORD,
+                 update_after: int | None = None) -> None:
+        if not 0 < max_record <= MAX_RECORD:
+            raise ValueError("max_record out of range")
+        self.dir = _direction(keys, send=True)
+        self.max_record = max_record
+        self.update_after = update_after
+        self.number = 0  # of the next record in this direction (the nonce)
+        self._out = bytearray()
+
+    @property
+    def phase(self) -> int:
+        return self.dir.phase
+
+    def sealed_size(self, nbytes: int) -> int:
+        """Wire bytes of ``nbytes`` plaintext sealed as one buffer."""
+        if nbytes <= 0:
+            return 0
+        return nbytes + OVERHEAD * -(-nbytes // self.max_record)
+
+    def seal_record_into(self, plaintext, out) -> int:
+        """Seal ``plaintext`` (1..max_record bytes) as the next record into ``out``; the bytes written."""
+        n = len(plaintext)
+        if not 0 < n <= self.max_record:
+            raise ValueError("record plaintext must be 1..max_record bytes")
+        d = self.dir
+        if d.should_update() or (self.update_after is not None and d.sealed >= self.update_after):
+            d = self.dir = d.next()
+        header = ((d.phase & 1) << 31) | n
+        HEADER.pack_into(out, 0, header)
+        d.seal_into(self.number, plaintext, out[:HEADER_SIZE], out[HEADER_SIZE : HEADER_SIZE + n + TAG_SIZE])
+        self.number += 1
+        return n + OVERHEAD
+
+    def seal(self, data) -> bytes:
+        """Copying convenience: ``data`` (any length) as records."""
+        return b"".join(bytes(v) for v in self.seal_buffers([data]))
+
+    def seal_buffers(self, bufs):
+        """Seal ``bufs`` (in order) and yield views of the output buffer to write, in order.
+
+        Each view is valid until the generator is resumed (the buffer is reused):
+        write it out before asking for the next one.  Buffers below ``COALESCE``
+        bytes are gathered into shared records; larger ones become records of
+        their own, split at ``max_record``.
+        """
+        # small buffers gathered into one record; per call, so that a send cut short (cancelled)
+        # leaves nothing behind to reappear in the next one
+        stage = bytearray()
+        pending = 0  # bytes of self._out filled
+        for b in bufs:
+            n = len(b)
+            if not n:
+                continue
+            if n < COALESCE and n <= self.max_record:
+                if len(stage) + n > self.max_record:
+                    pending = yield from self._flush_stage(stage, pending)
+                stage += b
+                continue
+            if stage:
+                pending = yield from self._flush_stage(stage, pending)
+            view = memoryview(b).cast("B")
+            for i in range(0, n, self.max_record):
+                piece = view[i : i + self.max_record]
+                pending = yield from self._room(pending, len(piece) + OVERHEAD)
+                pending += self.seal_record_into(piece, memoryview(self._out)[pending:])
+        if stage:
+            pending = yield from self._flush_stage(stage, pending)
+        if pending:
+            yield memoryview(self._out)[:pending]
+
+    def _flush_stage(self, stage: bytearray, pending: int):
+        pending = yield from self._room(pending, len(stage) + OVERHEAD)
+        pending += self.seal_record_into(stage, memoryview(self._out)[pending:])
+        del stage[:]
+        return pending
+
+    def _room(self, pending: int, need: int):
+        """Make ``need`` bytes of room behind ``pending``: grow, or hand out what is filled."""
+        if pending + need <= len(self._out):
+            return pending
+        if pending and pending + need > OUT_CAP:
+            yield memoryview(self._out)[:pending]
+            pending = 0
+        if pending + need > len(self._out):
+            grown = bytearray(min(OUT_CAP, max(pending + need, 2 * len(self._out))))
+            grown[:pending] = self._out[:pending]
+            self._out = grown
+        return pending
+
+    def trim(self) -> None:
+        """Give back the output buffer (idle)."""
+        self._out = bytearray()
+
+
+class RecordOpener:
+    """Turns received bytes into plaintext, record by record; ``AuthError`` for anything else.
+
+    Driver loop::
+
+        buf = opener.get_buffer(); n = recv_into(buf); opener.buffer_updated(n)
+        while (size := opener.next_size()) is not None:
+            opener.open_into(target[:size])        # or: data = opener.open()
+
+    After an error every call raises ``AuthError`` again.
+    """
+
+    def __init__(self, keys: Direction | Established, max_record: int = MAX_RECORD) -> None:
+        if not 0 < max_record <= MAX_RECORD:
+            raise ValueError("max_record out of range")
+        self.dir = _direction(keys, send=False)
+        self.max_record = max_record
+        self.number = 0  # of the next record in this direction (the nonce)
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self._size = -1  # plaintext size of the record at _start once its header is checked
+        self._offered = 0  # room the last get_buffer offered
+        self._full = False  # ... and the read after it filled it all
+        self._error: AuthError | None = None
+
+    @property
+    def phase(self) -> int:
+        return self.dir.phase
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        return len(self._buf)
+
+    def missing(self) -> int:
+        """Bytes still to arrive before the next record is complete (at least 1 when none is)."""
+        have = self._end - self._start
+        need = self._size + OVERHEAD if self._size >= 0 else HEADER_SIZE
+        return max(need - have, 0) if need > have else 0
+
+    # -- input ----------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        """Where received bytes go next: room for at least the rest of the current record.
+
+        The buffer grows only to hold the current record whole (a checked header
+        asks for one record at most), and beyond that, up to ``IN_CAP``, only by
+        doubling after a read filled all the room to the buffer's end (bytes that
+        did arrive, not promised).  Pending bytes move to the front only when the
+        record would not fit behind them or little room is left, so a peer that
+        trickles bytes costs no repeated copying; and when no whole record would
+        fit behind the current one, the room offered ends with it, so that the
+        buffer empties and starts again at 0 instead of moving a partial record.
+        """
+        self._check()
+        cap = len(self._buf)
+        if self._full and cap < IN_CAP:
+            self._resize(min(IN_CAP, 2 * cap))
+            cap = len(self._buf)
+        self._full = False
+        start, end = self._start, self._end
+        pending = end - start
+        need = (self._size + OVERHEAD) if self._size >= 0 else HEADER_SIZE
+        if need > cap:  # the record does not fit at all: grow, with some room to read ahead
+            self._resize(max(need, min(pending + MIN_READ, self.max_record + OVERHEAD)))
+        elif start and (start + need > cap or cap - end < MIN_READ // 4):
+            self._buf[:pending] = self._view[start:end]
+            self._start, self._end = 0, pending
+        stop = len(self._buf)
+        self._offered = 0  # a read that fills a room cut short is no reason to grow
+        if self._size >= 0:  # no room for a whole record behind this one: read up to its end only,
+            record_end = self._start + need  # so that the buffer empties and restarts at 0, no copy
+            if stop - record_end < self.max_record + OVERHEAD and record_end > self._end:
+                stop = record_end
+        if stop == len(self._buf):
+            self._offered = stop - self._end
+        return self._view[self._end : stop]
+
+    def _resize(self, capacity: int) -> None:
+        new = bytearray(capacity)
+        pending = self._end - self._start
+        new[:pending] = self._view[self._start : self._end]
+        self._view.release()
+        self._buf, self._view = new, memoryview(new)
+        self._start, self._end = 0, pending
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        self._full = nbytes >= self._offered > 0
+
+    def feed(self, data) -> bytes:
+        """Copying convenience: take ``data``, return the plaintext of every record completed."""
+        out = []
+        data = memoryview(data).cast("B")
+        while True:
+            while (size := self.next_size()) is not None:
+                out.append(self.open())
+            if not data:
+                break
+            buf = self.get_buffer()
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            data = data[n:]
+            self.buffer_updated(n)
+        return b"".join(out)
+
+    def peek(self, nbytes: int) -> bytes:
+        """Up to ``nbytes`` of the bytes received and not yet consumed (no checks)."""
+        return bytes(self._view[self._start : min(self._end, self._start + nbytes)])
+
+    def skip(self, nbytes: int) -> None:
+        """Drop ``nbytes`` received bytes that are not a record (a plaintext refusal before the
+        first record; see ftx/transport/tcp.py)."""
+        if self._size >= 0 or self.number or nbytes > self._end - self._start:
+            raise ValueError("skip: only unparsed bytes before the first record")
+        self._start += nbytes
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def receive_eof(self) -> None:
+        """The stream ended: an error if it cut a record."""
+        self._check()
+        if self._end != self._start:
+            self._fail(f"connection closed in the middle of a sealed record ({self._end - self._start} bytes)")
+
+    def trim(self) -> None:
+        """Give back the memory the pending bytes do not need (the peer is quiet)."""
+        pending = self._end - self._start
+        if len(self._buf) > max(pending, MIN_READ) or not pending:
+            self._resize(pending)
+
+    # -- records --------------------------------------------------------------
+    def next_size(self) -> int | None:
+        """Plaintext size of the next record if it has arrived whole, else None.  Checks its header."""
+        self._check()
+        avail = self._end - self._start
+        if self._size < 0:
+            if avail < HEADER_SIZE:
+                return None
+            word = HEADER.unpack_from(self._view, self._start)[0]
+            size = word & LENGTH_MASK
+            if size == 0:
+                self._fail("empty sealed record")
+            if size > self.max_record:
+                self._fail(f"sealed record of {size} bytes exceeds the limit of {self.max_record}")
+            self._size = size
+        if avail < self._size + OVERHEAD:
+            return None
+        return self._size
+
+    def open_into(self, out) -> None:
+        """Open the next record (``next_size`` said it is complete) into ``out`` (exactly its size)."""
+        size = self._size
+        if size < 0 or self._end - self._start < size + OVERHEAD or len(out) != size:
+            raise ValueError("open_into: no complete record of that size")
+        start = self._start
+        header = bytes(self._view[start : start + HEADER_SIZE])
+        body = self._view[start + HEADER_SIZE : start + OVERHEAD + size]
+        d = self.dir
+        if (header[0] >> 7) != (d.phase & 1):  # the peer updated its key
+            d = d.next()
+        if not d.open_into(self.number, body, header, out):
+            self.dir.forged = d.forged
+            self._fail("a sealed record did not open (forged, replayed, reordered, dropped or cut)")
+        self.dir = d
+        self.number += 1
+        self._start += size + OVERHEAD
+        self._size = -1
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def open(self) -> bytes:
+        """Copying: the next complete record's plaintext."""
+        out = bytearray(self._size)
+        self.open_into(out)
+        return bytes(out)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, why: str) -> None:
+        self._error = AuthError(why)
+        raise self._error

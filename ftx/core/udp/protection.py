@@ -1,0 +1,123 @@
+"""Sealed packets in a UDP session (a mixin of ``UdpSession``, sans I/O; protocol.md 14.13).
+
+The handshake runs on the control stream like any other bytes.  Then:
+
+* ``install_keys``: from now on what this side sends is sealed
+  (``secure/datagrams.py``), except packets carrying its own handshake bytes
+  (stream offsets below ``_hs_end``), which the peer may need before it has keys;
+* sealed packets that arrive before that are held (at most ``EARLY_LIMIT``) and
+  opened at ``install_keys``;
+* with keys, an unsealed packet may still carry the peer's handshake bytes, but
+  its ACK and MAX_DATA frames are ignored and CHUNK frames drop it;
+* ``handshake_done``: the peer's handshake is consumed.  Unsealed stream bytes
+  beyond it, or chunk data that arrived unsealed, mean someone else wrote them:
+  ``AuthError``.  From now on unsealed DATA packets are dropped.
+"""
+
+from __future__ import annotations
+
+from ...errors import ErrorCode, RemoteProtocolError
+from ..secure import AuthError, Established
+from ..secure.datagrams import SEALED_OVERHEAD, PacketProtection
+from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame, MaxDataFrame, StreamFrame, parse,
+                      parse_frames)
+
+EARLY_LIMIT = 16  # sealed packets kept until we have keys ...
+EARLY_BYTES = 64 * 1024  # ... and their bytes in all
+# Where a GRO read of sealed datagrams is opened: used within one call only (the session
+# copies what it keeps), so one buffer serves every session.
+_SCRATCH = bytearray(65536)
+
+
+class SealedPackets:
+    protection: PacketProtection | None = None
+    _hs_end = -1  # our stream offset at install_keys: bytes below it are sent unsealed
+    _sealed_only = False  # handshake_done: unsealed DATA is dropped
+    _plain_end = 0  # end of the highest stream bytes that arrived unsealed
+    _early_bytes = 0
+
+    def install_keys(self, est: Established, limits: tuple[int, int, int] | None = None) -> None:
+        """Our handshake bytes are all written: seal everything after them."""
+        self.protection = PacketProtection(est, limits)
+        self._hs_end = self._sout_base + len(self._sout)
+        self._overhead = SEALED_OVERHEAD
+        early, self._early = self._early, []
+        self._early_bytes = 0
+        for datagram in early:
+            self.receive_sealed(datagram, self.last_recv_time)
+
+    def handshake_done(self, leftover: int) -> None:
+        """The peer's handshake is consumed: the ``leftover`` bytes last read from the stream
+        are not part of it.  Raises ``AuthError`` if unsealed data lies beyond it."""
+        boundary = self._sin.next - len(self._sin.data) - leftover
+        if self._plain_end > boundary:
+            raise AuthError("unauthenticated control-stream bytes after the peer's handshake (an attacker on the path?)")
+        if self._cin.slots or self._cin.completed or self._delivered:
+            raise AuthError("chunk data arrived before the handshake finished (an attacker on the path?)")
+        self._sealed_only = True
+
+    def _unsealed_frames(self, payload) -> list:
+        """With keys: what an unsealed packet may still do (nothing once the handshake is done)."""
+        if self._sealed_only:
+            self.stats["unsealed_dropped"] += 1
+            return []
+        out = []
+        for f in parse_frames(payload):
+            if isinstance(f, ChunkFrame):
+                self.stats["unsealed_dropped"] += 1
+                return []
+            if isinstance(f, StreamFrame):
+                self._plain_end = max(self._plain_end, f.offset + len(f.data))
+            elif isinstance(f, (AckFrame, MaxDataFrame)):
+                continue  # not authenticated: an attacker's ACK could make us forget data
+            out.append(f)
+        return out
+
+    def receive_sealed(self, view, now: float) -> None:
+        """A SEALED datagram addressed to us (type, version and length checked)."""
+        if self.closed:
+            return
+        prot = self.protection
+        if prot is None:
+            if len(self._early) < EARLY_LIMIT and self._early_bytes + len(view) <= EARLY_BYTES:
+                self._early.append(bytes(view))
+                self._early_bytes += len(view)
+            return
+        try:
+            payload = prot.open(view)
+        except AuthError as exc:
+            self.close(ErrorCode.AUTH, str(exc))
+            return
+        if payload is None:
+            self.stats["forged"] += 1
+            return
+        self.receive_payload(int.from_bytes(view[10:HEADER_SIZE], "big"), payload, now, opened=True)
+
+    def receive_sealed_burst(self, view, seg: int, now: float) -> None:
+        """SEALED datagrams of ``seg`` bytes laid end to end (a GRO read), addressed to us:
+        opened into a scratch buffer as checksummed DATA packets, whose full CHUNK packets
+        ``receive_chunk_burst`` takes a run at a time."""
+        prot = self.protection
+        if prot is None or self.closed or seg - SEALED_OVERHEAD - CHUNK_HEADER_SIZE <= 0 or not self.chunk_receiver:
+            for off in range(0, len(view), seg):
+                self.receive_sealed(view[off : off + seg], now)
+            return
+        try:
+            used, bad, unsealed = prot.open_burst(view, seg, self.local_cid.to_bytes(8, "big"), _SCRATCH)
+        except AuthError as exc:
+            self.close(ErrorCode.AUTH, str(exc))
+            return
+        self.stats["forged"] += bad
+        plain = seg - 8
+        scratch = memoryview(_SCRATCH)
+        others, _ = self.receive_chunk_burst(scratch[:used], plain, now, opened=True)
+        for off in others:
+            pn = int.from_bytes(scratch[off + 10 : off + HEADER_SIZE], "big")
+            self.receive_payload(pn, scratch[off + HEADER_SIZE : off + plain - 8], now, opened=True)
+        for off in unsealed:  # e.g. our peer's handshake bytes, sent again: checksummed
+            try:
+                pkt = parse(view[off : off + seg])
+            except RemoteProtocolError:
+                continue
+            if pkt.ptype == DATA and pkt.dcid == self.local_cid:
+                self.receive_payload(pkt.pn, pkt.payload, now)

@@ -1,0 +1,179 @@
+"""Runs a sans-I/O ``Handshake`` (ftx/core/secure) over a link, then seals the link.
+
+Transport-neutral: the link gives ``send``, ``recv_raw``, ``install_keys`` and
+``handshake_done`` (TcpLink, UdpLink).  The loop is the one in the
+``Handshake`` docstring::
+
+    send what the handshake has to say; install keys once our part is all sent;
+    stop when the peer's part is consumed; else feed it what arrives.
+
+Besides HANDSHAKE frames, two plaintext frames can arrive where the peer's
+handshake should be, and each gets a one-line explanation:
+
+* an ERROR frame: the peer refused us (code AUTH: "unknown key", "wrong code"...)
+  or failed otherwise -> ``AuthError`` / ``PeerError`` with its reason;
+* a HELLO frame: the peer runs ``--insecure`` -> ``AuthError`` saying plaintext
+  needs ``--insecure`` on both sides (and the peer is told why).
+
+The driver reads frame headers only at frame boundaries of the peer's
+handshake; a sealed record's header starts with 0x00 or 0x80, so it is never
+taken for one of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .core.frames import HEADER as FRAME_HEADER
+from .core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
+from .core.frames import FrameDecoder, FrameType, encode_frame
+from .core.messages import ErrorMessage
+from .core.secure import AuthError, Established, Handshake
+from .errors import ErrorCode, FtxError, PeerError, RemoteProtocolError, TransportError
+
+HANDSHAKE_FRAME = 0x10  # protocol.md: the HANDSHAKE frame type (reserved range 0x10-0x1F)
+MAX_HANDSHAKE_PAYLOAD = 16384
+MAX_ERROR_PAYLOAD = 4096
+MAX_UNCONSUMED = 4 * (FRAME_HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD)  # bytes of the peer's handshake held at once
+
+INSECURE_PEER = "the peer runs --insecure; plaintext needs --insecure on both sides"
+TOLD_INSECURE_PEER = "this peer requires authentication; plaintext needs --insecure on both sides"
+
+
+async def run_handshake(link, hs: Handshake, timeout: float) -> Established:
+    """Authenticate the peer over ``link`` with ``hs`` within ``timeout`` seconds, and seal the link.
+
+    Raises ``AuthError`` (the peer failed to prove itself, refused us, or runs
+    --insecure), ``PeerError`` (the peer failed otherwise), ``TransportError``
+    (connection lost; code TIMEOUT when the time ran out) or
+    ``RemoteProtocolError`` (malformed handshake).
+    """
+    pump = _Pump(link, hs)
+    try:
+        return await asyncio.wait_for(pump.run(), timeout)
+    except asyncio.TimeoutError:
+        exc = TransportError(f"the handshake did not finish within {timeout:g} s", ErrorCode.TIMEOUT)
+        await _tell(link, exc.code, str(exc))
+        raise exc from None
+
+
+class _Pump:
+    def __init__(self, link, hs: Handshake) -> None:
+        self.link = link
+        self.hs = hs
+        self.installed = False
+        self.held = bytearray()  # received, not yet consumed by the handshake
+        self.scan = 0  # offset in ``held`` past the whole HANDSHAKE frames seen
+
+    async def run(self) -> Established:
+        link, hs = self.link, self.hs
+        while True:
+            await self._flush()
+            if hs.done:
+                break
+            data = await link.recv_raw()
+            if not data:
+                raise TransportError("the peer closed the connection during the handshake")
+            self.held += data
+            if len(self.held) > MAX_UNCONSUMED:
+                raise await self._fail(RemoteProtocolError("peer handshake message too large"))
+            try:
+                whole = self._scan()
+            except _Mismatch:
+                await _tell(link, ErrorCode.AUTH, TOLD_INSECURE_PEER)
+                raise AuthError(INSECURE_PEER) from None
+            except RemoteProtocolError as exc:
+                raise await self._fail(exc) from None
+            if not whole:
+                continue  # no whole frame yet
+            try:
+                used = hs.receive(bytes(self.held[:whole]), time.monotonic())
+            except FtxError as exc:  # the handshake queued its refusal: send it, then raise
+                await self._send_refusal()
+                raise
+            del self.held[:used]
+            self.scan = max(0, self.scan - used)
+        await self._flush()
+        link.handshake_done(bytes(self.held))
+        return hs.result
+
+    async def _flush(self) -> None:
+        out = self.hs.data_to_send()
+        if out:
+            await self.link.send([out])
+        if self.hs.keys_ready and not self.installed:
+            self.link.install_keys(self.hs.result)
+            self.installed = True
+
+    async def _send_refusal(self) -> None:
+        """The handshake's refusal (a plaintext ERROR), unsealed even if our keys are installed:
+        the peer may not have them."""
+        out = self.hs.data_to_send()
+        if out:
+            await _send_plain(self.link, out)
+
+    def _scan(self) -> int:
+        """How many bytes at the start of ``held`` the handshake may see: whole HANDSHAKE
+        frames (it never gets half a frame, so frame boundaries stay known here).  Raises
+        for a peer's ERROR (once whole) or HELLO at a frame boundary; anything else is
+        handed on for the handshake to judge (it consumes nothing past its own part)."""
+        held = self.held
+        pos = self.scan
+        while pos + FRAME_HEADER_SIZE <= len(held):
+            ftype, flags, reserved, length, _ = FRAME_HEADER.unpack_from(held, pos)
+            if flags or reserved:
+                return len(held)
+            end = pos + FRAME_HEADER_SIZE + length
+            if ftype == HANDSHAKE_FRAME:
+                if length > MAX_HANDSHAKE_PAYLOAD:
+                    raise RemoteProtocolError(f"HANDSHAKE frame of {length} bytes exceeds {MAX_HANDSHAKE_PAYLOAD}")
+                if end > len(held):
+                    break
+                pos = self.scan = end
+                continue
+            if pos > 0 and ftype in (FrameType.HELLO, FrameType.ERROR):
+                return pos  # the handshake first: on UDP the peer's (already opened) HELLO may follow it
+            if ftype == FrameType.HELLO:
+                raise _Mismatch(INSECURE_PEER)
+            if ftype == FrameType.ERROR and length <= MAX_ERROR_PAYLOAD:
+                if end > len(held):
+                    break
+                raise _peer_error(bytes(held[pos:end]))
+            return len(held)
+        return pos
+
+    async def _fail(self, exc: FtxError) -> FtxError:
+        await _tell(self.link, exc.code, str(exc))
+        return exc
+
+
+class _Mismatch(Exception):
+    """A plaintext HELLO where the peer's handshake should be."""
+
+
+def _peer_error(frame: bytes) -> FtxError:
+    """The peer's ERROR frame as our exception (its checksum and layout checked)."""
+    decoder = FrameDecoder()
+    try:
+        decoder.feed(frame)
+        msg = ErrorMessage.decode(decoder.next_frame().payload)
+    except FtxError as exc:
+        return RemoteProtocolError(f"malformed ERROR frame during the handshake: {exc}")
+    if msg.code == ErrorCode.AUTH:
+        return AuthError(f"peer refused: {msg.message}")
+    return PeerError(f"peer error: {msg.message}", msg.code if isinstance(msg.code, ErrorCode) else None)
+
+
+async def _tell(link, code: ErrorCode, message: str) -> None:
+    """Best effort: one ERROR frame to the peer, unsealed.  During the handshake no record of
+    ours has gone out yet, so a plaintext ERROR is what the peer can read (protocol.md 18.1)."""
+    await _send_plain(link, encode_frame(FrameType.ERROR, ErrorMessage(code, message).encode()))
+
+
+async def _send_plain(link, frame: bytes) -> None:
+    try:
+        send = getattr(link, "send_plain", link.send)
+        await asyncio.wait_for(send([frame]), 1.0)
+    except Exception:
+        pass

@@ -1,0 +1,331 @@
+"""From command-line credentials to the handshake each connection runs.
+
+The sender's options pick one handshake (``sender_handshake``): a pairing code
+(SPAKE2), TLS (``--tls-ca``/``--tls-cert``/``--tls``), or, by default, identity
+keys checked against ``known_hosts`` (trust on first use) or a pinned
+``--expect-fingerprint``.  ``--insecure`` runs none.
+
+The receiver keeps one ``ReceiverAuth`` for its lifetime: its identity, the
+authorized senders, the current pairing code (burned after ``CODE_TRIES``
+failed guesses, with at most that many guesses in flight, so parallel
+connections cannot guess more), and per-address failure counting
+(``Throttle``): an address whose credentials failed 5 checks within a minute
+is turned away before any handshake work for a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from . import credentials as cr
+from .core.secure import AuthError
+from .errors import FtxError
+
+log = logging.getLogger("ftx")
+
+CODE_TRIES = 3  # failed guesses a pairing code survives
+
+
+class SetupError(FtxError):
+    """The options do not make a usable credential (bad TLS file, conflicting options...)."""
+
+
+@dataclass
+class SenderAuth:
+    insecure: bool = False
+    identity: str | None = None
+    expect_fingerprint: str | None = None
+    code: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def mode(self) -> str:
+        if self.insecure:
+            return "insecure"
+        if self.code is not None:
+            return "code"
+        if self.tls or self.tls_ca or self.tls_cert:
+            return "tls"
+        return "key"
+
+    def conflict(self, code_given) -> str | None:
+        """Options that contradict each other (a usage error), or None."""
+        if self.insecure and (code_given or self.identity or self.expect_fingerprint or self.tls or self.tls_ca
+                              or self.tls_cert):
+            return "--insecure takes no credentials"
+        if self.code is not None and (self.tls or self.tls_ca or self.tls_cert or self.expect_fingerprint):
+            return "a pairing code cannot be combined with TLS or --expect-fingerprint"
+        if self.tls_key and not self.tls_cert:
+            return "--tls-key needs --tls-cert"
+        return None
+
+
+def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca) -> str | None:
+    """The receiver's options that contradict each other (a usage error), or None."""
+    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca):
+        return "--insecure takes no credentials"
+    if code and (tls_cert or authorized_keys):
+        return "--code cannot be combined with TLS or --authorized-keys"
+    if (tls_key or tls_ca) and not tls_cert:
+        return "--tls-key and --tls-ca need --tls-cert"
+    return None
+
+
+def sender_handshake(auth: SenderAuth, host: str, port: int):
+    """The client-side ``Handshake`` for ``auth`` against HOST:PORT (None with --insecure)."""
+    mode = auth.mode
+    if mode == "insecure":
+        return None
+    if mode == "code":
+        from .core.secure.pake import PakeClient
+
+        return PakeClient(auth.code)
+    if mode == "tls":
+        from .tlsconfig import TlsConfigError, sender_handshake as tls_handshake
+
+        try:
+            return tls_handshake(host, auth.tls_ca, auth.tls_cert, auth.tls_key, auth.expect_fingerprint)
+        except TlsConfigError as exc:
+            raise SetupError(str(exc)) from None
+    from .core.secure.sigma import SigmaClient
+
+    identity = sender_identity(auth.identity)
+    known = cr.KnownHosts(cr.default_known_hosts(), host, port, auth.expect_fingerprint)
+    return SigmaClient(identity.key, known.verify)
+
+
+def sender_identity(path: str | None) -> cr.Identity:
+    identity = cr.load_identity(path or cr.default_identity())
+    if identity.created:
+        log.warning("created identity %s; its fingerprint is %s (receivers add %s.pub to their authorized_keys)",
+                    identity.path, identity.fingerprint, identity.path)
+    return identity
+
+
+def offer_summary(items) -> bytes:
+    """The OFFER_SUMMARY a code-mode sender announces: item count, file bytes, top-level names."""
+    import os
+
+    from .core.manifest import Kind
+    from .core.messages import OfferSummary
+
+    size, tops = 0, []
+    for item in items:
+        if item.kind == Kind.FILE:
+            try:
+                size += os.lstat(item.local).st_size
+            except OSError:
+                pass
+        if b"/" not in item.wire:
+            tops.append(os.fsdecode(item.wire))
+    return OfferSummary(len(items), size, tuple(tops[:64]), len(tops)).encode()
+
+
+def describe_offer(hello) -> str:
+    """One line for the receiver's user about what the sender announced."""
+    from .core.messages import OfferSummary
+
+    summary = OfferSummary.decode(hello.summary) if hello is not None and hello.summary else None
+    if summary is None:
+        return "the sender did not say what it will send"
+    names = ", ".join(repr(n) for n in summary.names[:10])
+    more = summary.name_count - min(len(summary.names), 10)
+    return (f"{summary.items} item{'s' * (summary.items != 1)}, {summary.size} bytes: {names}"
+            + (f" and {more} more" if more > 0 else ""))
+
+
+class Throttle:
+    """Failed handshakes per source address: after ``limit`` in ``window`` s, refuse it for ``ban`` s.
+
+    Holds at most ``max_hosts`` addresses (the least recently failed are forgotten).
+    """
+
+    def __init__(self, limit: int = 5, window: float = 60.0, ban: float = 60.0, max_hosts: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.ban, self.max_hosts, self.clock = limit, window, ban, max_hosts, clock
+        self._fails: OrderedDict[str, list[float]] = OrderedDict()  # host -> failure times in window
+        self._banned: OrderedDict[str, float] = OrderedDict()  # host -> until
+
+    def refused(self, host: str | None) -> float:
+        """Seconds ``host`` is still refused for (0: let it try)."""
+        if host is None:
+            return 0.0
+        until = self._banned.get(host)
+        if until is None:
+            return 0.0
+        left = until - self.clock()
+        if left <= 0:
+            del self._banned[host]
+            return 0.0
+        return left
+
+    def failed(self, host: str | None) -> None:
+        if host is None or self.limit <= 0:
+            return
+        now = self.clock()
+        times = [t for t in self._fails.pop(host, []) if now - t < self.window]
+        times.append(now)
+        if len(times) >= self.limit:
+            self._banned[host] = now + self.ban
+            self._banned.move_to_end(host)
+            log.warning("%s failed %d handshakes within %g s: refused for %g s", host, len(times), self.window,
+                        self.ban)
+            times = []
+        else:
+            self._fails[host] = times
+        for table in (self._fails, self._banned):
+            while len(table) > self.max_hosts:
+                table.popitem(last=False)
+
+
+class ReceiverAuth:
+    """What a receiver proves and accepts, shared by all its connections."""
+
+    def __init__(self, *, insecure: bool = False, identity: str | None = None, authorized_keys: str | None = None,
+                 code: bool = False, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_ca: str | None = None, on_code: Callable[[str], None] | None = None,
+                 throttle: Throttle | None = None) -> None:
+        self.insecure = insecure
+        self.code_mode = code
+        self.throttle = throttle or Throttle()
+        self.on_code = on_code or (lambda code: None)
+        self.code: str | None = None
+        self._code_failures = 0
+        self._code_inflight = 0
+        self.tls_factory = None
+        self.fingerprint = ""
+        self.kind = "insecure"
+        self.notices: list[str] = []  # what the operator must see at start
+        self.turned_away = 0  # connections refused before any handshake work (``begin``)
+        self.ask = False  # ask the user before accepting a session (code mode without --yes)
+        if insecure:
+            return
+        self.identity = cr.load_identity(identity or cr.default_identity())
+        if self.identity.created:
+            self.notices.append(f"created identity {self.identity.path}; its fingerprint is "
+                                f"{self.identity.fingerprint}")
+        self.fingerprint = self.identity.fingerprint
+        if code:
+            self.kind = "code"
+            self.new_code()
+        elif tls_cert:
+            from .tlsconfig import TlsConfigError, certificate_file_fingerprint, receiver_handshakes
+
+            try:
+                self.tls_factory = receiver_handshakes(tls_cert, tls_key, tls_ca)
+                self.fingerprint = certificate_file_fingerprint(tls_cert)
+            except TlsConfigError as exc:
+                raise SetupError(str(exc)) from None
+            self.kind = "tls"
+        else:
+            self.kind = "key"
+            self.authorized = cr.AuthorizedKeys(authorized_keys or cr.default_authorized_keys())
+            if not self.authorized.keys:
+                self.notices.append(f"no sender is authorized yet: every sender is refused until its public-key "
+                                    f"line (its identity.pub) is in {self.authorized.path}")
+
+    # -- pairing codes --------------------------------------------------------------
+    def new_code(self) -> str:
+        self.code = cr.new_code()
+        self._code_failures = 0
+        self.on_code(self.code)
+        return self.code
+
+    def begin(self, host: str | None) -> str | None:
+        """A connection from ``host`` wants to run a handshake: None to go on, else why not."""
+        left = self.throttle.refused(host)
+        if left > 0:
+            return f"too many failed authentications from {host}; try again in {left:.0f} s"
+        if self.code_mode:
+            if self._code_inflight + self._code_failures >= CODE_TRIES:
+                return "another attempt at the pairing code is in progress; try again shortly"
+            self._code_inflight += 1
+        return None
+
+    def end(self, host: str | None, hs, error: BaseException | None) -> None:
+        """The handshake ``begin`` allowed is over (``error`` None: it succeeded)."""
+        if self.code_mode:
+            self._code_inflight -= 1
+        # only a credential that was checked and failed counts (a guess at a code, an unknown
+        # key): garbage, a plaintext HELLO or a timeout cost the receiver no crypto, and the
+        # admission limits bound them; counting them would let anyone lock an address out
+        if error is None or not isinstance(error, AuthError) or getattr(hs, "kind", None) is None:
+            return
+        self.throttle.failed(host)
+        if self.code_mode:
+            self._code_failures += 1  # a guess was made (the sender's SPAKE2 message arrived)
+            if self._code_failures >= CODE_TRIES:
+                log.warning("%d wrong attempts at the pairing code: it is burned", CODE_TRIES)
+                self.new_code()
+
+    def describe(self, error: BaseException) -> str:
+        """The receiver's one line about a failed handshake (more than the peer is told)."""
+        text = str(error) or type(error).__name__
+        if self.kind == "key" and "not authorized" in text:
+            text += f"; to accept it, append the sender's identity.pub line to {self.authorized.path}"
+        return f"authentication failed: {text}" if isinstance(error, AuthError) else text
+
+    # -- handshakes -----------------------------------------------------------------
+    def handshake(self):
+        """A fresh server-side ``Handshake`` for one connection (None with --insecure)."""
+        if self.insecure:
+            return None
+        from .core.secure.handshake import KIND_CODE, KIND_KEYS, KIND_TLS, ServerHandshake
+
+        if self.kind == "code":
+            from .core.secure.pake import PakeServer
+
+            code, key = self.code, self.identity.key
+            return ServerHandshake({KIND_CODE: lambda: PakeServer(code, key)})
+        if self.kind == "tls":
+            return ServerHandshake({KIND_TLS: self.tls_factory})
+        from .core.secure.sigma import SigmaServer
+
+        key, authorize = self.identity.key, self.authorized.authorize
+        return ServerHandshake({KIND_KEYS: lambda: SigmaServer(key, authorize)})
+
+
+async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
+    """Run the receiver's handshake on a new connection: None when the sender proved itself, else why not
+    ("" for a connection turned away before any handshake work -- a throttled address, a code
+    with its guesses in flight -- which is not worth a line each: a flood would fill the log).
+
+    A refused connection is closed here.  Before the handshake is done nothing
+    but the handshake's own bounded state exists for it (no file, no session).
+    """
+    from .core.secure.handshake import refusal_frame
+    from .securing import run_handshake
+
+    host = link.peer[0].removeprefix("::ffff:") if isinstance(link.peer, tuple) else None
+    why = auth.begin(host)
+    if why is not None:
+        try:
+            await link.send([refusal_frame(why)])
+        except (FtxError, OSError):
+            pass
+        await link.aclose()
+        log.debug("%s: turned away: %s", host, why)
+        auth.turned_away += 1
+        return ""
+    hs = auth.handshake()
+    log.debug("%s: handshake", host)
+    try:
+        await run_handshake(link, hs, timeout)
+    except FtxError as exc:
+        auth.end(host, hs, exc)
+        await link.aclose()
+        return auth.describe(exc)
+    except BaseException as exc:  # cancelled (evicted for a newcomer, or shutting down)
+        auth.end(host, hs, exc)
+        link.close()
+        raise
+    auth.end(host, hs, None)
+    log.debug("%s: authenticated (%s)", host, auth.kind)
+    return None

@@ -1,0 +1,171 @@
+"""ftx/credentials.py: identity files, authorized_keys, known_hosts (TOFU, pinning), pairing codes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import os
+import stat
+
+import pytest
+
+from ftx import credentials as cr
+from ftx.core.secure import PeerIdentity
+from ftx.words import INDEX, MAX_NUMBER, WORDS
+
+
+def peer_of(identity: cr.Identity) -> PeerIdentity:
+    return PeerIdentity(kind="key", fingerprint=identity.fingerprint, public=identity.public)
+
+
+def test_fingerprint_is_what_ssh_prints():
+    raw = bytes(range(32))
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+    assert cr.fingerprint(raw) == expected and not expected.endswith("=") and len(expected) == 7 + 43
+    assert cr.normalize_fingerprint(expected[7:]) == expected
+    assert cr.normalize_fingerprint(" sha256:" + expected[7:] + "=") == expected
+    with pytest.raises(cr.CredentialError):
+        cr.normalize_fingerprint("SHA256:short")
+
+
+def test_identity_created_0600_in_a_0700_directory_and_never_overwritten(tmp_path):
+    path = tmp_path / "cfg" / "ftx" / "identity"
+    ident = cr.load_identity(str(path))
+    assert ident.created
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    raw, comment = cr.parse_public_line((tmp_path / "cfg" / "ftx" / "identity.pub").read_text())
+    assert raw == ident.public and comment
+    before = path.read_bytes()
+    again = cr.load_identity(str(path))
+    assert not again.created and again.public == ident.public and path.read_bytes() == before
+    with pytest.raises(cr.CredentialError, match="already exists"):
+        cr.create_identity(str(path))
+    assert path.read_bytes() == before
+
+
+def test_identity_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / "identity"
+    cr.create_identity(str(path))
+    path.chmod(0o644)
+    with pytest.raises(cr.CredentialError, match="chmod 600"):
+        cr.load_identity(str(path))
+
+
+def test_identity_garbage_and_missing_without_create(tmp_path):
+    path = tmp_path / "identity"
+    with pytest.raises(cr.CredentialError, match="ftx keygen"):
+        cr.load_identity(str(path), create=False)
+    assert not path.exists()
+    path.write_bytes(b"not a key")
+    path.chmod(0o600)
+    with pytest.raises(cr.CredentialError, match="not an unencrypted PEM"):
+        cr.load_identity(str(path))
+
+
+def test_existing_parent_directory_keeps_its_mode(tmp_path):
+    tmp_path.chmod(0o755)
+    cr.create_identity(str(tmp_path / "id"))
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_authorized_keys_accepts_listed_refuses_others_and_rereads(tmp_path):
+    a = cr.create_identity(str(tmp_path / "a"))
+    b = cr.create_identity(str(tmp_path / "b"))
+    path = tmp_path / "authorized_keys"
+    path.write_text("# my senders\n\n" + cr.public_line(a.public, "alice laptop") + "\n")
+    keys = cr.AuthorizedKeys(str(path))
+    assert keys.keys[a.public] == "alice laptop"
+    assert keys.authorize(peer_of(a)) is None
+    refusal = keys.authorize(peer_of(b))
+    assert b.fingerprint in refusal and str(path) not in refusal  # the peer learns no local path
+    with open(path, "a") as f:
+        f.write(cr.public_line(b.public) + "\n")
+    assert keys.authorize(peer_of(b)) is None  # no restart needed
+
+
+def test_authorized_keys_missing_file_refuses_everyone(tmp_path):
+    a = cr.create_identity(str(tmp_path / "a"))
+    keys = cr.AuthorizedKeys(str(tmp_path / "nope"))
+    assert "not authorized" in keys.authorize(peer_of(a))
+
+
+@pytest.mark.parametrize("line, why", [
+    ("ssh-ed25519 AAAA", "expected"),
+    ("ftx-ed25519", "expected"),
+    ("ftx-ed25519 !!!!", "not base64"),
+    ("ftx-ed25519 " + base64.b64encode(b"x" * 31).decode(), "31 bytes"),
+])
+def test_authorized_keys_bad_line_names_file_and_line(tmp_path, line, why):
+    path = tmp_path / "authorized_keys"
+    good = cr.public_line(bytes(32), "ok")
+    path.write_text(f"# c\n{good}\n{line}\n")
+    with pytest.raises(cr.CredentialError) as info:
+        cr.AuthorizedKeys(str(path))
+    assert f"{path}:3: " in str(info.value) and why in str(info.value) and "\n" not in str(info.value)
+
+
+def test_known_hosts_first_contact_then_same_then_changed(tmp_path, caplog):
+    a = cr.create_identity(str(tmp_path / "a"))
+    b = cr.create_identity(str(tmp_path / "b"))
+    path = tmp_path / "cfg" / "known_hosts"
+    kh = cr.KnownHosts(str(path), "127.0.0.1", 4000)
+    with caplog.at_level(logging.WARNING, logger="ftx"):
+        assert kh.verify(peer_of(a)) is None
+    assert kh.first_contact
+    assert f"first contact with 127.0.0.1:4000: its key is {a.fingerprint}; remembered in {path}" in caplog.text
+    assert path.read_text() == f"127.0.0.1:4000 {a.fingerprint}\n"
+    assert cr.KnownHosts(str(path), "127.0.0.1", 4000).verify(peer_of(a)) is None
+    assert cr.KnownHosts(str(path), "127.0.0.1", 4001).verify(peer_of(b)) is None  # another port, another host
+    refusal = cr.KnownHosts(str(path), "127.0.0.1", 4000).verify(peer_of(b))
+    assert a.fingerprint in refusal and b.fingerprint in refusal and f"line 1 of {path}" in refusal
+    assert path.read_text().count("\n") == 2  # the changed key was not written
+
+
+def test_known_hosts_ipv6_label(tmp_path):
+    a = cr.create_identity(str(tmp_path / "a"))
+    kh = cr.KnownHosts(str(tmp_path / "kh"), "::1", 7)
+    kh.verify(peer_of(a))
+    assert (tmp_path / "kh").read_text().startswith("[::1]:7 SHA256:")
+
+
+def test_expected_fingerprint_pins_without_writing(tmp_path):
+    a = cr.create_identity(str(tmp_path / "a"))
+    b = cr.create_identity(str(tmp_path / "b"))
+    path = tmp_path / "known_hosts"
+    assert cr.KnownHosts(str(path), "h", 1, expect=a.fingerprint).verify(peer_of(a)) is None
+    refusal = cr.KnownHosts(str(path), "h", 1, expect=a.fingerprint[7:]).verify(peer_of(b))
+    assert a.fingerprint in refusal and b.fingerprint in refusal
+    assert not path.exists()
+
+
+def test_words_and_code_entropy():
+    assert len(WORDS) == 256 == len(set(WORDS)) and all(w.isalpha() and w.islower() for w in WORDS)
+    assert math.log2(MAX_NUMBER * 256 * 256) > 25.9
+    codes = {cr.new_code() for _ in range(200)}
+    assert len(codes) > 190  # random, not a constant
+    for code in codes:
+        n, w1, w2 = code.split("-")
+        assert 1 <= int(n) <= MAX_NUMBER and w1 in INDEX and w2 in INDEX
+        assert cr.parse_code(code) == code
+
+
+def test_parse_code_normalizes_and_refuses():
+    assert cr.parse_code("  07 Olive  TIGER\n") == "7-olive-tiger"
+    for bad in ["", "olive-tiger", "7-olive", "0-olive-tiger", "1000-olive-tiger", "7-olive-xyzzy", "7-olive-tiger-x"]:
+        with pytest.raises(cr.CredentialError, match="7-olive-tiger"):
+            cr.parse_code(bad)
+
+
+def test_read_code_sources(tmp_path):
+    f = tmp_path / "code"
+    f.write_text("12-lion-moon\nignored\n")
+    assert cr.read_code(False, str(f), environ={"FTX_CODE": "3-oak-owl"}) == "12-lion-moon"  # file first
+    assert cr.read_code(False, None, environ={"FTX_CODE": "3-oak-owl"}) == "3-oak-owl"
+    assert cr.read_code(False, None, environ={}) is None  # no code mode
+    with pytest.raises(cr.CredentialError, match="FTX_CODE"):
+        cr.read_code(True, None, environ={}, isatty=False)
+    with pytest.raises(cr.CredentialError, match="--code-file"):
+        cr.read_code(False, str(tmp_path / "missing"), environ={})

@@ -1,0 +1,310 @@
+"""Sealed TCP records (ftx/core/secure/records.py): bytes in, bytes out, no sockets.
+
+Whatever happens to the record stream on the way (a flipped bit, a dropped,
+duplicated, reordered or replayed record, a cut), the opener returns only a
+prefix of what was sealed and then raises AuthError: never different plaintext.
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from ftx.core.secure import AuthError
+from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305, Direction
+from ftx.core.secure.records import (
+    HEADER_SIZE,
+    IN_CAP,
+    MAX_RECORD,
+    MIN_READ,
+    OUT_CAP,
+    OVERHEAD,
+    RecordOpener,
+    RecordSealer,
+)
+
+SECRET = bytes(range(32))
+
+
+def pair(cipher=AES_256_GCM, **kw):
+    return RecordSealer(Direction(cipher, SECRET), **kw), RecordOpener(Direction(cipher, SECRET))
+
+
+def split_records(wire: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i < len(wire):
+        size = int.from_bytes(wire[i : i + 4], "big") & 0x7FFFFFFF
+        out.append(wire[i : i + size + OVERHEAD])
+        i += size + OVERHEAD
+    return out
+
+
+def open_all(opener: RecordOpener, wire: bytes, step: int | None = None) -> bytes:
+    if step is None:
+        return opener.feed(wire)
+    return b"".join(opener.feed(wire[i : i + step]) for i in range(0, len(wire), step))
+
+
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+@pytest.mark.parametrize("size", [1, 15, 16, MAX_RECORD - 1, MAX_RECORD, MAX_RECORD + 1, 3 * MAX_RECORD + 7])
+def test_roundtrip_sizes(cipher, size):
+    sealer, opener = pair(cipher)
+    data = random.Random(size).randbytes(size)
+    wire = sealer.seal(data)
+    assert len(wire) == sealer.sealed_size(size) == size + OVERHEAD * -(-size // MAX_RECORD)
+    assert data not in wire
+    assert open_all(opener, wire) == data
+    opener.receive_eof()
+
+
+@pytest.mark.parametrize("step", [1, 3, 4, 5, 17, 4096, 70000])
+def test_any_split_of_the_input(step):
+    sealer, opener = pair(max_record=1000)
+    data = random.Random(step).randbytes(5000)
+    wire = sealer.seal(data) + sealer.seal(b"tail")
+    assert open_all(opener, wire, step) == data + b"tail"
+
+
+def test_buffers_small_are_coalesced_large_have_records_of_their_own():
+    sealer, opener = pair()
+    small = [b"a" * 40, b"b" * 100, b"c" * 3]
+    big = b"d" * (MAX_RECORD + 10)
+    wire = b"".join(bytes(v) for v in sealer.seal_buffers(small + [big] + small))
+    sizes = [len(r) - OVERHEAD for r in split_records(wire)]
+    assert sizes == [143, MAX_RECORD, 10, 143]
+    assert opener.feed(wire) == b"".join(small) + big + b"".join(small)
+
+
+def test_a_batch_larger_than_the_output_buffer_comes_out_in_pieces():
+    sealer, opener = pair()
+    data = random.Random(1).randbytes(3 * OUT_CAP)
+    views = []
+    for v in sealer.seal_buffers([data[: OUT_CAP], b"x", data[OUT_CAP:]]):
+        assert len(v) <= OUT_CAP
+        views.append(bytes(v))  # the buffer is reused once the generator resumes
+    assert len(views) >= 3
+    assert opener.feed(b"".join(views)) == data[:OUT_CAP] + b"x" + data[OUT_CAP:]
+    assert len(sealer._out) <= OUT_CAP
+
+
+def test_key_update_flips_the_phase_and_the_opener_follows():
+    sealer, opener = pair(update_after=3)
+    chunks = [bytes([i]) * 100 for i in range(20)]
+    wire = b"".join(sealer.seal(c) for c in chunks)
+    phases = [r[0] >> 7 for r in split_records(wire)]
+    assert phases == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0]
+    assert sealer.phase == 6
+    assert open_all(opener, wire, 50) == b"".join(chunks)
+    assert opener.phase == 6
+
+
+def test_key_update_before_the_usage_limit():
+    """Direction.should_update (half of the confidentiality limit) triggers the update unasked."""
+    d = Direction(AES_256_GCM, SECRET)
+    d.sealed = 2**22  # half of AES-GCM's 2^23 records: as if that many had gone
+    sealer = RecordSealer(d)
+    wire = sealer.seal(b"x")
+    assert sealer.phase == 1 and wire[0] >> 7 == 1
+    assert RecordOpener(Direction(AES_256_GCM, SECRET)).feed(wire) == b"x"
+
+
+def test_records_sealed_after_an_update_do_not_open_under_the_old_key():
+    sealer, opener = pair(update_after=1)
+    r0, r1 = split_records(sealer.seal(b"a") + sealer.seal(b"b"))
+    # r1 is under phase 1; put phase 0 in its header: wrong AAD and wrong key
+    forged = bytes([r1[0] & 0x7F]) + r1[1:]
+    assert opener.feed(r0) == b"a"
+    with pytest.raises(AuthError):
+        opener.feed(forged)
+
+
+def _attacked(wire: bytes, records: list[bytes], attack: str, rng: random.Random) -> bytes:
+    if attack == "flip":
+        pos = rng.randrange(len(wire))
+        return wire[:pos] + bytes([wire[pos] ^ (1 << rng.randrange(8))]) + wire[pos + 1 :]
+    i = rng.randrange(1, len(records) - 1)
+    r = list(records)
+    if attack == "drop":
+        del r[i]
+    elif attack == "duplicate":
+        r.insert(i, r[i])
+    elif attack == "reorder":
+        r[i], r[i + 1] = r[i + 1], r[i]
+    elif attack == "replay":
+        r.insert(i + 1, r[rng.randrange(i)])
+    elif attack == "truncate":
+        cut = rng.randrange(1, len(r[i]))
+        r = r[:i] + [r[i][:cut]]
+    return b"".join(r)
+
+
+@pytest.mark.parametrize("attack", ["flip", "drop", "duplicate", "reorder", "replay", "truncate"])
+@pytest.mark.parametrize("update_after", [None, 2])
+def test_tampering_never_yields_different_plaintext(attack, update_after):
+    rng = random.Random(f"{attack}-{update_after}")
+    for trial in range(40):
+        sealer, opener = pair(max_record=64, update_after=update_after)
+        data = rng.randbytes(rng.randrange(200, 800))
+        wire = sealer.seal(data)
+        bad = _attacked(wire, split_records(wire), attack, rng)
+        got = bytearray()
+        with pytest.raises(AuthError):
+            for i in range(0, len(bad), 37):
+                got += opener.feed(bad[i : i + 37])
+            opener.receive_eof()
+        assert data.startswith(bytes(got)), (attack, trial)
+        with pytest.raises(AuthError):  # dead from now on
+            opener.feed(b"")
+
+
+def test_a_cut_at_a_record_boundary_is_left_to_the_session():
+    sealer, opener = pair()
+    assert opener.feed(sealer.seal(b"abc")) == b"abc"
+    opener.receive_eof()  # no error: the ftx session (no DONE yet) reports it
+
+
+@pytest.mark.parametrize("length", [0, MAX_RECORD + 1, 0x7FFFFFFF])
+def test_bad_lengths_are_refused_before_anything_is_allocated_for_them(length):
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    with pytest.raises(AuthError, match="record"):
+        opener.feed(length.to_bytes(4, "big") + b"\0" * 100)
+    assert opener.capacity <= MIN_READ
+
+
+def test_a_claimed_max_record_costs_at_most_one_record_of_buffer():
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    assert opener.feed(MAX_RECORD.to_bytes(4, "big") + b"\0" * 10) == b""
+    opener.get_buffer()
+    assert opener.capacity <= MAX_RECORD + OVERHEAD
+    assert opener.missing() == MAX_RECORD + OVERHEAD - 14
+
+
+def test_buffer_grows_only_with_what_arrives_and_trims():
+    sealer, opener = pair()
+    wire = sealer.seal(random.Random(2).randbytes(8 * MAX_RECORD))
+    pos = 0
+    while pos < len(wire):  # a reader that always gets as much as it is offered
+        while opener.next_size() is not None:
+            opener.open()
+        buf = opener.get_buffer()
+        n = min(len(buf), len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        opener.buffer_updated(n)
+        pos += n
+        assert opener.capacity <= IN_CAP
+    while opener.next_size() is not None:
+        opener.open()
+    assert opener.capacity > MAX_RECORD  # it did grow to read ahead
+    opener.trim()
+    assert opener.capacity == 0
+
+
+def test_directions_do_not_open_each_other():
+    a = Direction(AES_256_GCM, SECRET)
+    b = Direction(AES_256_GCM, bytes(32))
+    with pytest.raises(AuthError):
+        RecordOpener(b).feed(RecordSealer(a).seal(b"hello"))
+
+
+def test_open_into_a_caller_buffer():
+    sealer, opener = pair()
+    wire = sealer.seal(b"0123456789")
+    buf = opener.get_buffer()
+    buf[: len(wire)] = wire
+    opener.buffer_updated(len(wire))
+    assert opener.next_size() == 10
+    target = bytearray(32)
+    opener.open_into(memoryview(target)[5:15])
+    assert target[5:15] == b"0123456789"
+    assert opener.next_size() is None
+
+
+def test_vector():
+    """protocol.md, "Sealed TCP records": the first two records of a direction, the second
+    after a forced key update."""
+    d = Direction(AES_256_GCM, SECRET)
+    assert d.key.hex() == "1600993184391656a3a2b4b714ee420c3c95b79c39b76dd5b92c137698a9ac09"
+    assert d.iv.hex() == "86905d6463beb4cdbf8e9b66"
+    n = d.next()
+    assert n.secret.hex() == "bb697b67df2e7ab005c045948a29e1fa064d66e10afe8d4c64d13bcd87f8d352"
+    assert n.key.hex() == "84eaa44481a8d9b99a73e4e22957307e64b196aa037f96ea005b6016b7becc5f"
+    assert n.nonce(1).hex() == "72ad50167a3c2703a5e8d34e"
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), update_after=1)
+    first, second = sealer.seal(b"ftx"), sealer.seal(b"ftx")
+    assert first.hex() == VECTOR_FIRST
+    assert second.hex() == VECTOR_SECOND
+    assert RecordOpener(Direction(AES_256_GCM, SECRET)).feed(first + second) == b"ftxftx"
+    assert HEADER_SIZE == 4
+    spec = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
+    section = spec[spec.index("### 20.4") :]
+    for record in (first, second):
+        assert f"{record[:4].hex()} {record[4:].hex()}" in section
+    for value in (d.key, d.iv, n.secret, n.key, n.iv, n.nonce(1)):
+        assert value.hex() in section
+
+
+VECTOR_FIRST = "000000032aa0b242d6d7a0ae3eb15b5c0c68e3ae1ead52"
+VECTOR_SECOND = "800000033862bae4284da439917983079f1ed70dd978f8"
+
+
+# -- property: any input opens to a prefix of what was sealed, or raises AuthError ----------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=8),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("xidt")), max_size=3),
+    step=st.integers(1, 400),
+    update_after=st.sampled_from([None, 1, 2]),
+)
+def test_mutated_streams_never_open_to_other_plaintext(pieces, edits, step, update_after):
+    sealer, opener = pair(max_record=128, update_after=update_after)
+    data = b"".join(pieces)
+    wire = bytearray(b"".join(sealer.seal(p) for p in pieces))
+    for pos, byte, op in edits:  # x: xor a byte, i: insert one, d: delete one, t: truncate
+        pos %= len(wire) + 1
+        if op == "x" and pos < len(wire):
+            wire[pos] ^= byte or 1
+        elif op == "i":
+            wire[pos:pos] = bytes([byte])
+        elif op == "d" and pos < len(wire):
+            del wire[pos]
+        elif op == "t":
+            del wire[pos:]
+    got = bytearray()
+    try:
+        for i in range(0, len(wire), step):
+            got += opener.feed(bytes(wire[i : i + step]))
+            assert opener.capacity <= (MAX_RECORD + OVERHEAD if edits else MIN_READ)  # a forged length: one record
+        opener.receive_eof()
+    except AuthError:
+        pass
+    assert data.startswith(bytes(got))
+    if not edits:
+        assert bytes(got) == data
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(junk=st.binary(max_size=2000))
+def test_junk_is_an_auth_error_or_needs_more(junk):
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    try:
+        assert opener.feed(junk) == b""  # nothing opens without the key
+        opener.receive_eof()
+        assert not junk
+    except AuthError:
+        pass
+    assert opener.capacity <= MAX_RECORD + OVERHEAD
+
+
+def test_a_batch_abandoned_half_way_leaves_nothing_for_the_next():
+    """A send cancelled between two writes (the generator dropped) must not resurface the small
+    buffers it had gathered, unsent, in the next batch."""
+    sealer, opener = pair()
+    big = b"b" * (4 * MAX_RECORD)  # fills the output buffer exactly
+    gen = sealer.seal_buffers([big, b"a" * 100])  # "a" waits in the stage when the buffer is handed out
+    first = bytes(next(gen))
+    gen.close()
+    assert opener.feed(first) == big
+    assert opener.feed(sealer.seal(b"next")) == b"next"
