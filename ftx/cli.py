@@ -201,9 +201,11 @@ def main() -> None:
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
               help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
 @click.option("--pmtud", is_flag=True, help="UDP: probe for a larger path MTU than --mtu (RFC 8899).")
+@click.option("--receipt", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Ask the receiver for a signed receipt of what landed; check it and write it to FILE.")
 @_with(verbosity)
-def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, verbose, quiet, as_json,
-         no_progress, idle_timeout):
+def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, receipt, verbose, quiet,
+         as_json, no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
@@ -236,7 +238,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         progress = Bars()
     try:
         report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud))
+                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, receipt))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -257,7 +259,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, receipt=None):
     from .sending import SendSession
     from .source import walk
 
@@ -276,7 +278,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
     except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
         raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
-        report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
+        report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt).run(items)
         report.transport_stats = getattr(link, "stats", {})
         return report
     finally:
@@ -504,6 +506,10 @@ async def _relay(lhost, lport, target, fwd, rev, seed, duration, as_json):
     else:
         click.echo(json.dumps(stats), err=True)
 
+
+from .receipt_cli import verify_receipt  # noqa: E402
+
+main.add_command(verify_receipt)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
