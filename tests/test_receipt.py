@@ -359,3 +359,28 @@ def test_protocol_md_vector_is_what_the_code_produces():
 
 def _hexdump(data: bytes) -> str:
     return "\n".join(f"{i:04x}  " + " ".join(f"{b:02x}" for b in data[i:i + 16]) for i in range(0, len(data), 16))
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_cli_send_receipt_from_a_receiver_without_a_key_fails_in_one_line(receiver, tmp_path):
+    """Until `ftx receive` is given its identity key (package creds-cli), it declines receipts."""
+    from .helpers import run_send
+
+    src = _tree(tmp_path)
+    out = tmp_path / "r.json"
+    code, report, err = run_send(str(src), receiver.dest, "--receipt", str(out))
+    assert code != 0 and report["error"].startswith("no receipt: the receiver declined")
+    assert err.strip().count("\n") == 0 and err.startswith("ftx: no receipt")
+    assert (receiver.dir / "src" / "sub" / "big.bin").read_bytes() == (src / "sub" / "big.bin").read_bytes()
+    assert not out.exists() and not list(tmp_path.glob("*.ftx-tmp"))
+
+
+@pytest.mark.timeout(60)
+def test_cli_send_receipt_to_an_unwritable_place_fails_before_sending(receiver, tmp_path):
+    from .helpers import run_send
+
+    src = _tree(tmp_path)
+    code, report, err = run_send(str(src), receiver.dest, "--receipt", str(tmp_path / "no" / "r.json"))
+    assert code == 5 and err.startswith("ftx: cannot write the receipt") and err.count("\n") == 1
+    assert not (receiver.dir / "src").exists()

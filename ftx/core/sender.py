@@ -179,8 +179,12 @@ class SenderConnection(Connection):
             raise RemoteProtocolError("RECEIPT that was not asked for")
         part = p[0] if len(p) else 0
         if part == receipt.PART_ENTRIES:
-            entries = receipt.decode_entries(p)
-            self._checked(self.receipt.entries, entries)
+            entries = []
+            for e in receipt.iter_entries(p):  # checked one by one: at most a batch is decoded
+                self._checked(self.receipt.entries, (e,))
+                entries.append(e)
+            if not entries:
+                raise RemoteProtocolError("RECEIPT ENTRIES without an entry")
             self._events.append(ReceiptEntries(tuple(entries)))
         elif part == receipt.PART_END:
             end = receipt.ReceiptEnd.decode(p)

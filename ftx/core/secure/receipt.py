@@ -26,7 +26,7 @@ import hashlib
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -82,9 +82,9 @@ class Entry:
         return self.code in (ErrorCode.OK, ErrorCode.IDENTICAL)
 
 
-def decode_entries(payload, offset: int = 1) -> list[Entry]:
-    """The entries of a RECEIPT ENTRIES payload from ``offset`` to its end."""
-    out = []
+def iter_entries(payload, offset: int = 1) -> Iterator[Entry]:
+    """The entries of a RECEIPT ENTRIES payload from ``offset`` to its end, one at a time
+    (a checker can refuse the first bad one before the rest are decoded)."""
     end = len(payload)
     while offset < end:
         if end - offset < _ENTRY.size:
@@ -95,9 +95,12 @@ def decode_entries(payload, offset: int = 1) -> list[Entry]:
             raise RemoteProtocolError("RECEIPT entry has a bad kind, size or reserved byte")
         if plen == 0 or plen > MAX_PATH or end - offset < plen:
             raise RemoteProtocolError("RECEIPT entry path is empty, too long or truncated")
-        out.append(Entry(bytes(payload[offset : offset + plen]), kind, size, code, digest))
+        yield Entry(bytes(payload[offset : offset + plen]), kind, size, code, digest)
         offset += plen
-    return out
+
+
+def decode_entries(payload, offset: int = 1) -> list[Entry]:
+    return list(iter_entries(payload, offset))
 
 
 @dataclass(frozen=True)
