@@ -21,7 +21,7 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 4, 5
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the receipt is valid.")
 def verify_receipt(file, expect, quiet):
     """Check FILE's signature over every item it lists, and print the list."""
-    from .core.secure.receipt import ReceiptError
+    from .core.secure.receipt import ReceiptError, printable
     from .receipt_file import read, verify_file
 
     try:
@@ -36,7 +36,7 @@ def verify_receipt(file, expect, quiet):
         for e in entries:
             status = _status(e.code)
             digest = e.digest.hex() if any(e.digest) else "-"
-            click.echo(f"{status:<10} {e.size:>14} {digest:<32}  {e.path.decode('utf-8', 'backslashreplace')}")
+            click.echo(f"{status:<10} {e.size:>14} {digest:<32}  {printable(e.path)}")
     except ReceiptError as exc:
         _die(f"invalid receipt {click.format_filename(file)}: {exc}", EXIT_INVALID)
     except OSError as exc:

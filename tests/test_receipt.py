@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -384,3 +385,29 @@ def test_cli_send_receipt_to_an_unwritable_place_fails_before_sending(receiver, 
     code, report, err = run_send(str(src), receiver.dest, "--receipt", str(tmp_path / "no" / "r.json"))
     assert code == 5 and err.startswith("ftx: cannot write the receipt") and err.count("\n") == 1
     assert not (receiver.dir / "src").exists()
+
+
+@pytest.mark.timeout(120)
+def test_verify_receipt_prints_one_line_per_item_whatever_the_names(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "evil\nok              1 00000000000000000000000000000000  fake").write_bytes(b"x")
+    (src / os.fsdecode(b"latin-\xe9")).write_bytes(b"y")
+    out = tmp_path / "r.json"
+    report, _ = _run([src], tmp_path / "dst", out)
+    assert report.ok, report.error
+    listing = _cli(str(out))
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 1 + 3 and lines[0].startswith("valid receipt: 3 items")
+    assert any(line.endswith("src/evil\\x0aok              1 00000000000000000000000000000000  fake")
+               for line in lines)
+    assert any(line.endswith("src/latin-\\xe9") for line in lines)
+
+
+@pytest.mark.timeout(60)
+def test_a_session_that_lands_nothing_gets_an_empty_receipt(tmp_path):
+    out = tmp_path / "r.json"
+    report, _ = _run([], tmp_path / "dst", out)
+    assert report.ok and report.receipt["entries"] == 0
+    assert verify_file(out).count == 0

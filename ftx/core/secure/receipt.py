@@ -291,8 +291,22 @@ def verify(end: ReceiptEnd, entries_hash: bytes, count: int) -> None:
     check_signature(end, entries_hash)
 
 
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
+def printable(path: bytes) -> str:
+    """A wire path for one line of text: bytes that are not UTF-8, control characters (a
+    newline in a name could fake a line or a message) and backslashes as \\xNN."""
+    out = []
+    for c in path.decode("utf-8", "surrogateescape"):
+        n = ord(c)
+        if 0xDC80 <= n <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{n - 0xDC00:02x}")
+        elif n < 0x20 or 0x7F <= n < 0xA0 or c == "\\":
+            out.append(f"\\x{n:02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+_show = printable
 
 
 def _describe(e: Entry) -> str:
