@@ -155,10 +155,10 @@ def test_any_changed_byte_makes_the_receipt_invalid(receipt_file, tmp_path):
     verify_file(receipt_file)
     bad = tmp_path / "bad.json"
     for i in range(len(raw)):
-        for new in {raw[i] ^ 1, ord(" ") if raw[i] != ord(" ") else ord("\t")}:
-            bad.write_bytes(raw[:i] + bytes([new]) + raw[i + 1:])
-            with pytest.raises(ReceiptError):
-                verify_file(bad)
+        new = ord("\t") if raw[i] in b" \n" else raw[i] ^ 1  # whitespace: a change JSON would forgive
+        bad.write_bytes(raw[:i] + bytes([new]) + raw[i + 1:])
+        with pytest.raises(ReceiptError):
+            verify_file(bad)
     for cut in (0, 1, len(raw) // 2, len(raw) - 1):  # and truncations, and a tail
         bad.write_bytes(raw[:cut])
         with pytest.raises(ReceiptError):
@@ -285,9 +285,7 @@ def _entries(n):
         yield Entry(b"dir/file-%09d" % i, Kind.FILE, i, ErrorCode.OK, i.to_bytes(16, "big"))
 
 
-def test_a_million_files_cost_one_batch_of_memory_on_both_sides():
-    """Signer and checker hash as they go: memory stays flat with the number of entries."""
-    n = 200_000
+def _peak_of_a_session(n: int) -> int:
     signer, checker = ReceiptSigner(KEY), ReceiptChecker(PUBLIC)
     tracemalloc.start()
     for e in _entries(n):
@@ -303,7 +301,14 @@ def test_a_million_files_cost_one_batch_of_memory_on_both_sides():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert checker.end.count == n
-    assert peak < 2 * 1024 * 1024, peak
+    return peak
+
+
+def test_a_million_files_cost_one_batch_of_memory_on_both_sides():
+    """Signer and checker hash as they go: memory stays flat with the number of entries
+    (keeping the entries would cost about 200 bytes each: 4 MB more for 20 000)."""
+    small, large = _peak_of_a_session(2_000), _peak_of_a_session(20_000)
+    assert large < small + 256 * 1024 and large < 1024 * 1024, (small, large)
 
 
 def test_the_checker_refuses_what_was_not_sent():
