@@ -177,7 +177,7 @@ class ReceiptSigner:
         self.count += 1
         self._batch += raw
         self._batched += 1
-        if self._batched >= BATCH_ENTRIES or len(self._batch) >= BATCH_BYTES:
+        if self._batched >= BATCH_ENTRIES or len(self._batch) - 1 >= BATCH_BYTES:  # entry bytes, not the part byte
             return self._flush()
         return None
 
