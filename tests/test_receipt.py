@@ -266,6 +266,8 @@ def test_a_receiver_holding_back_entries_is_caught(tmp_path, monkeypatch):
     src.mkdir()
     for i in range(BATCH_ENTRIES + 10):
         (src / f"f{i:04d}").write_bytes(b"%d" % i)
+    honest, _ = _run([src], tmp_path / "dst0", tmp_path / "r0.json")  # more than a batch, on time
+    assert honest.ok and honest.receipt["entries"] == BATCH_ENTRIES + 11
     add, finish = ReceiptSigner.add, ReceiptSigner.finish
 
     def hoarding_add(self, entry):  # every batch kept back until the END: a correct receipt, late
