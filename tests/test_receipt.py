@@ -32,7 +32,7 @@ from ftx.core.secure.receipt import (
     decode_entries,
     fingerprint,
 )
-from ftx.errors import ErrorCode, RemoteProtocolError
+from ftx.errors import ErrorCode, FtxError, RemoteProtocolError
 from ftx.receipt_file import entry_json, read, verify_file
 from ftx.receiving import receive_over
 from ftx.sending import SendSession
@@ -418,3 +418,96 @@ def test_a_session_that_lands_nothing_gets_an_empty_receipt(tmp_path):
     report, _ = _run([], tmp_path / "dst", out)
     assert report.ok and report.receipt["entries"] == 0
     assert verify_file(out).count == 0
+
+
+# -- a relay that drops, duplicates, reorders or rewrites the receiver's frames -----------------
+def _sender_with_files(hello: bytes, n: int):
+    from ftx.core.config import Config
+    from ftx.core.manifest import FileEntry
+    from ftx.core.sender import SenderConnection
+
+    s = SenderConnection(Config(), ReceiptChecker(PUBLIC))
+    s.receive_data(hello)
+    while s.next_event() is not None:
+        pass
+    for i in range(n):
+        data = b"%d" % i
+        s.send_small_file(FileEntry(b"f/%04d" % i, Kind.FILE, len(data)), data, file_digest(data))
+    s.finish()
+    return s
+
+
+def _frames(stream: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(stream):
+        length = int.from_bytes(stream[pos + 4:pos + 8], "big")
+        out.append((stream[pos], stream[pos + 16:pos + 16 + length]))
+        pos += 16 + length
+    return out
+
+
+@pytest.fixture(scope="module")
+def honest_exchange():
+    """What a receiver with a signer sends a sender of 300 small files (two ENTRIES batches)."""
+    from ftx.core import events as ev
+    from ftx.core.config import Config
+    from ftx.core.receiver import ReceiverConnection
+
+    r = ReceiverConnection(Config(), signer=ReceiptSigner(KEY))
+    hello = b"".join(bytes(b) for b in r.data_to_send())
+    s = _sender_with_files(hello, 300)
+    r.receive_data(b"".join(bytes(b) for b in s.data_to_send()))
+    while (e := r.next_event()) is not None:
+        if isinstance(e, ev.SmallFileReceived):
+            r.file_result(e.file_id, ErrorCode.OK, e.digest)
+        elif isinstance(e, ev.ReceiptDue):
+            r.send_receipt(1_764_000_000_000_000_000)
+    frames = _frames(b"".join(bytes(b) for b in r.data_to_send()))
+    assert [t for t, _ in frames].count(FrameType.RECEIPT) == 3 and frames[-1][0] == FrameType.DONE
+    truth = _replay(hello, frames)
+    assert len(truth[0]) == 300 and truth[1] is not None
+    return hello, frames, truth
+
+
+def _replay(hello: bytes, frames) -> tuple[list[Entry], ReceiptEnd | None]:
+    """Feed ``frames`` to a fresh sender: (entries it was given, the END it verified or None)."""
+    from ftx.core import events as ev
+
+    s = _sender_with_files(hello, 300)
+    s.data_to_send()
+    got, verified = [], None
+    try:
+        s.receive_data(b"".join(encode_frame(FrameType(t), p) for t, p in frames))
+        while (e := s.next_event()) is not None:
+            if isinstance(e, ev.ReceiptEntries):
+                got += e.entries
+            elif isinstance(e, ev.ReceiptVerified):
+                verified = e.end
+    except FtxError:
+        verified = None
+    return got, verified
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_changed_exchange_yields_the_true_receipt_or_a_typed_error(honest_exchange, data):
+    hello, frames, truth = honest_exchange
+    receipts = [i for i, (t, _) in enumerate(frames) if t == FrameType.RECEIPT]
+    frames = list(frames)
+    what = data.draw(st.sampled_from(["drop", "duplicate", "swap", "flip"]))
+    k = data.draw(st.sampled_from(receipts + [data.draw(st.integers(0, len(frames) - 2))]))
+    if what == "drop":
+        del frames[k]
+    elif what == "duplicate":
+        frames.insert(k, frames[k])
+    elif what == "swap":
+        frames[k], frames[k + 1] = frames[k + 1], frames[k]
+    else:  # a relay that rewrites a payload and fixes up the (unkeyed) frame checksum
+        t, p = frames[k]
+        if not p:
+            return
+        bit = data.draw(st.integers(0, 8 * len(p) - 1))
+        frames[k] = (t, p[: bit // 8] + bytes([p[bit // 8] ^ (1 << bit % 8)]) + p[bit // 8 + 1:])
+    got, verified = _replay(hello, frames)  # raises only on a stray (untyped) exception
+    if verified is not None:  # whatever changed, a verified receipt is exactly the true one
+        assert (got, verified) == truth
