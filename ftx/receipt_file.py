@@ -1,7 +1,8 @@
 """Receipt files: a verified receipt as one self-contained JSON document.
 
 Written as it arrives (entries are never all in memory), into a temporary
-file next to FILE that replaces FILE only once the signature has verified::
+file next to FILE (``FILE.<random>.ftx-tmp``, created exclusively) that
+replaces FILE only once the signature has verified::
 
     {"ftx_receipt": 1,
      "files": [
@@ -25,6 +26,7 @@ import base64
 import json
 import os
 import struct
+import tempfile
 from typing import Callable, Iterator
 
 from .core.manifest import MAX_PATH, Kind
@@ -60,8 +62,10 @@ class ReceiptWriter:
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
-        self.tmp = f"{self.path}.ftx-tmp"
-        self._f = open(self.tmp, "w", encoding="ascii")
+        # a fresh name (O_EXCL): never a file or symlink someone else put there
+        fd, self.tmp = tempfile.mkstemp(".ftx-tmp", os.path.basename(self.path) + ".",
+                                        os.path.dirname(self.path) or ".")
+        self._f = open(fd, "w", encoding="ascii")
         self._f.write(_HEAD)
         self._last = ""  # held back: only the last entry line has no comma
 

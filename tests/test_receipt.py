@@ -511,3 +511,15 @@ def test_a_changed_exchange_yields_the_true_receipt_or_a_typed_error(honest_exch
     got, verified = _replay(hello, frames)  # raises only on a stray (untyped) exception
     if verified is not None:  # whatever changed, a verified receipt is exactly the true one
         assert (got, verified) == truth
+
+
+@pytest.mark.timeout(60)
+def test_the_receipt_file_never_writes_through_a_planted_link(tmp_path):
+    src = _tree(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "r.json"
+    (tmp_path / "r.json.ftx-tmp").symlink_to(victim)  # the name an older ftx used
+    report, _ = _run([src], tmp_path / "dst", out)
+    assert report.ok, report.error
+    assert victim.read_bytes() == b"precious" and verify_file(out).count == 5
