@@ -224,10 +224,12 @@ def main() -> None:
               help="TLS 1.3: client certificate (PEM) for receivers that ask for one.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
               help="TLS 1.3: private key of --tls-cert (if not in the same file).")
+@click.option("--receipt", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Ask the receiver for a signed receipt of what landed; check it and write it to FILE.")
 @click.option("--insecure", is_flag=True, help="No authentication, no encryption (the receiver must run --insecure too).")
 @_with(verbosity)
 def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, code_prompt, code_file,
-         identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, verbose, quiet, as_json,
+         identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, receipt, verbose, quiet, as_json,
          no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
@@ -275,7 +277,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         progress = Bars()
     try:
         report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth))
+                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth,
+                                   receipt))
     except KeyboardInterrupt:
         _die("interrupted", EXIT_INTERRUPTED)
     except FtxError as exc:
@@ -296,7 +299,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                  len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None):
+async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None,
+                receipt=None):
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
     from .source import walk
@@ -322,12 +326,14 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
         raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
         peer_fingerprint = ""
+        est = None
         if hs is not None:
             from .securing import run_handshake
 
             est = await run_handshake(link, hs, idle_timeout)
             peer_fingerprint = est.peer.fingerprint
-        report = await SendSession(link, config, progress, idle_timeout, rate).run(items)
+        report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
+                                   established=est).run(items)
         report.transport_stats = getattr(link, "stats", {})
         report.peer_fingerprint = peer_fingerprint
         return report
@@ -517,7 +523,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         try:
             session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
                                          progress=progress, limits=limits, budget=budget,
-                                         confirm=(lambda hello: ask(link, hello)) if auth.ask else None)
+                                         confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
+                                         identity=None if auth.insecure else auth.identity.key,
+                                         established=getattr(link, "established", None))
         finally:
             if progress is not None:
                 progress.close()
@@ -666,6 +674,10 @@ async def _relay(lhost, lport, target, fwd, rev, seed, duration, as_json):
     else:
         click.echo(json.dumps(stats), err=True)
 
+
+from .receipt_cli import verify_receipt  # noqa: E402
+
+main.add_command(verify_receipt)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -25,6 +25,7 @@ from .core.events import (
     FileWithdrawn,
     HandshakeComplete,
     PeerFailed,
+    ReceiptDue,
     SessionComplete,
     SmallFileReceived,
 )
@@ -86,6 +87,7 @@ class ReceiveSession:
         self._dirs: list[tuple[bytes, FileEntry]] = []
         self.reports: list[FileReport] = []
         self.complete = False
+        self.receipt_sent = False
         self.error = ""
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
         self.worker: asyncio.Future | None = None  # the batch a worker thread is handling, if any
@@ -126,6 +128,9 @@ class ReceiveSession:
                 self._resumed[ev.file_id] = 0
         elif isinstance(ev, FileWithdrawn):
             self._on_withdrawn(ev)
+        elif isinstance(ev, ReceiptDue):
+            self.conn.send_receipt(time.time_ns())
+            self.receipt_sent = True
         elif isinstance(ev, SessionComplete):
             Destination.finish_dirs(self._dirs)
             self.complete = True
@@ -294,7 +299,8 @@ def _name(entry: FileEntry) -> str:
 
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
                        progress: Progress | None = None, limits: Limits | None = None,
-                       budget: BufferBudget | None = None, confirm=None) -> ReceiveSession:
+                       budget: BufferBudget | None = None, confirm=None, identity=None,
+                       established=None) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
@@ -303,10 +309,17 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     handshake and a session that moves no data; ``budget`` is shared by all
     connections' frame buffers (``--max-memory``).  ``confirm(hello)``, if given, is awaited
     when the sender's HELLO arrives, before any offer is handled: False declines the session.
+    ``identity`` (our Ed25519 private key) signs receipts for senders that ask, bound to
+    ``established.transcript``.
     """
     limits = limits or Limits()
+    signer = None
+    if identity is not None:
+        from .core.secure.receipt import ReceiptSigner
+
+        signer = ReceiptSigner(identity, established.transcript if established is not None else b"")
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
-                                               max_files_in_flight=limits.max_files_in_flight), budget)
+                                               max_files_in_flight=limits.max_files_in_flight), budget, signer)
     session = ReceiveSession(conn, dest, on_file, progress)
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []

@@ -317,7 +317,7 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
     hs = auth.handshake()
     log.debug("%s: handshake", host)
     try:
-        await run_handshake(link, hs, timeout)
+        link.established = await run_handshake(link, hs, timeout)  # receipts are bound to its transcript
     except FtxError as exc:
         auth.end(host, hs, exc)
         await link.aclose()

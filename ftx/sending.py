@@ -16,14 +16,24 @@ from dataclasses import asdict, dataclass, field
 
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
-from .core.events import DecisionReceived, FileResolved, HandshakeComplete, PeerFailed, SessionComplete
+from .core.events import (
+    DecisionReceived,
+    FileResolved,
+    HandshakeComplete,
+    PeerFailed,
+    ReceiptEntries,
+    ReceiptVerified,
+    SessionComplete,
+)
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
 from .core.ranges import RangeSet
+from .core.secure import Established
+from .core.secure.receipt import ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
-from .errors import ErrorCode, FtxError, PeerError, TransportError
+from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .progress import Progress
 from .source import SourceChanged, SourceFile, SourceItem, walk
 from .transport.link import Link, Watchdog
@@ -58,6 +68,7 @@ class SendReport:
     files: list[FileSendReport] = field(default_factory=list)
     error: str = ""
     transport_stats: dict = field(default_factory=dict)
+    receipt: dict = field(default_factory=dict)  # the receipt written: path, fingerprint, entries
 
     def as_json(self) -> dict:
         d = asdict(self)
@@ -69,10 +80,26 @@ class SendReport:
 class SendSession:
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
-                 max_rate: float | None = None) -> None:
+                 max_rate: float | None = None, receipt=None, established: Established | None = None,
+                 receipt_key: bytes | None = None) -> None:
+        """``receipt``: a path; ask the receiver for a signed receipt, check it and write it
+        there.  Its key must be the one ``established`` (the handshake) proved, or
+        ``receipt_key`` (raw Ed25519); with neither (a plaintext link) the receipt's own
+        key is taken, and the report names its fingerprint."""
         self.link = link
         self.config = config or Config()
-        self.conn = SenderConnection(self.config)
+        self.receipt_path = receipt
+        self._receipt_file = None
+        checker = None
+        if receipt is not None:
+            transcript = established.transcript if established is not None else b""
+            if receipt_key is None and established is not None:
+                receipt_key = established.peer.public
+                if len(receipt_key) != 32:
+                    raise ReceiptError(f"receipts need the receiver's Ed25519 identity; a {established.peer.kind} "
+                                       "handshake proves none")
+            checker = ReceiptChecker(receipt_key, transcript)
+        self.conn = SenderConnection(self.config, checker)
         self.progress = progress or Progress()
         self.idle_timeout = idle_timeout
         loop = asyncio.get_running_loop()
@@ -96,6 +123,14 @@ class SendSession:
         error = ""
         failure: FtxError | None = None
         self._main = asyncio.current_task()
+        if self.receipt_path is not None:
+            from .receipt_file import ReceiptWriter
+
+            try:  # cannot write it: fail before sending
+                self._receipt_file = ReceiptWriter(self.receipt_path)
+            except OSError as exc:
+                raise StorageError(f"cannot write the receipt {os.fsdecode(self.receipt_path)}: "
+                                   f"{exc.strerror or exc}") from exc
         reader = asyncio.get_running_loop().create_task(self._read_loop())
         dog = Watchdog(self.link, self.idle_timeout)
         if not getattr(self.link, "own_liveness", False):
@@ -125,6 +160,8 @@ class SendSession:
             reader.cancel()
             for src in self._sources.values():
                 src.close()
+            if self._receipt_file is not None:
+                self._receipt_file.abort()  # unless finished: then it is in place already
         files = self.reports + list(self._reports.values())
         for r in files:
             if r.status == "pending":
@@ -140,6 +177,10 @@ class SendSession:
             files=files,
             error=error,
         )
+        checker = self.conn.receipt
+        if checker is not None and checker.end is not None:
+            report.receipt = {"path": os.fspath(self.receipt_path), "fingerprint": checker.end.fingerprint,
+                              "entries": checker.end.count, "key_proven": checker.public is not None}
         report.failure = failure  # not in the JSON: the CLI picks the exit code by its class
         return report
 
@@ -215,11 +256,26 @@ class SendSession:
             self._on_result(ev.result)
         elif isinstance(ev, HandshakeComplete):
             self._handshake.set_result(ev)
+        elif isinstance(ev, (ReceiptEntries, ReceiptVerified)):
+            self._on_receipt(ev)
         elif isinstance(ev, SessionComplete):
             if not self._complete.done():
                 self._complete.set_result(None)
         elif isinstance(ev, PeerFailed):
             self._fail(PeerError(f"receiver error: {ev.message}", ev.code if isinstance(ev.code, ErrorCode) else None))
+
+    def _on_receipt(self, ev) -> None:
+        try:
+            if isinstance(ev, ReceiptEntries):
+                self._receipt_file.add(ev.entries)
+                return
+            self._receipt_file.finish(ev.end)
+        except OSError as exc:
+            self._fail(StorageError(f"cannot write the receipt {os.fsdecode(self.receipt_path)}: "
+                                    f"{exc.strerror or exc}"))
+            return
+        if self.conn.receipt.public is None:
+            log.warning("receipt signed by %s, a key no handshake proved (plaintext link)", ev.end.fingerprint)
 
     def _on_result(self, result) -> None:
         fid = result.file_id
@@ -334,7 +390,7 @@ class SendSession:
             digest = src.digest(view)
             if digest == d.existing_digest:
                 report.digest = digest.hex()
-                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical")
+                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical", digest)
                 return
             if not d.flags & DECISION_OVERWRITE:
                 report.message = f"{report.path} exists on the receiver and differs (receiver has no --overwrite)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ErrorCode
+from .secure.receipt import Entry, ReceiptEnd
 from .manifest import FileEntry
 from .messages import Decision, Result
 from .ranges import RangeSet
@@ -76,6 +77,12 @@ class FileWithdrawn(Event):
     message: str
 
 
+@dataclass(frozen=True)
+class ReceiptDue(Event):
+    """Every item has its RESULT and the sender asked for a receipt: answer with
+    ``send_receipt(time_ns)`` (the receiver's wall clock), which also sends DONE."""
+
+
 # -- seen by the sender -----------------------------------------------------
 @dataclass(frozen=True)
 class DecisionReceived(Event):
@@ -89,6 +96,20 @@ class DecisionReceived(Event):
 @dataclass(frozen=True)
 class FileResolved(Event):
     result: Result
+
+
+@dataclass(frozen=True)
+class ReceiptEntries(Event):
+    """Receipt entries, each already matched against what we sent (store them)."""
+
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class ReceiptVerified(Event):
+    """The receipt's END: its signature verifies over every entry before it."""
+
+    end: ReceiptEnd
 
 
 # -- both ---------------------------------------------------------------------

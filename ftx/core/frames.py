@@ -54,6 +54,7 @@ class FrameType(enum.IntEnum):
     ERROR = 0x0C
     PING = 0x0D
     PONG = 0x0E
+    RECEIPT = 0x0F  # R->S, only to a sender that asked (HELLO flag RECEIPT)
     # 0x10-0x1F are reserved for the authentication handshake (protocol.md).
 
 

@@ -23,6 +23,7 @@ ROLE_RECEIVER = 2
 # HELLO flags
 HELLO_NO_RESUME = 1 << 0  # sender: ignore and discard partial data
 HELLO_OVERWRITE = 1 << 1  # receiver: differing destination files will be replaced
+HELLO_RECEIPT = 1 << 2  # sender: send a signed receipt before DONE (RECEIPT frames)
 
 # DECISION flags
 DECISION_EXISTS = 1 << 0  # destination exists; existing_digest is its digest

@@ -25,14 +25,17 @@ from .events import (
     FileOffered,
     FileRestarted,
     FileWithdrawn,
+    ReceiptDue,
     SessionComplete,
     SmallFileReceived,
 )
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
 from .manifest import FileEntry, Kind
 from .messages import (
+    DECISION_EXISTS,
     HELLO_NO_RESUME,
     HELLO_OVERWRITE,
+    HELLO_RECEIPT,
     ROLE_RECEIVER,
     ZERO_DIGEST,
     Decision,
@@ -43,6 +46,7 @@ from .messages import (
     SmallFile,
 )
 from .ranges import RangeSet
+from .secure import receipt
 from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
 
 
@@ -53,7 +57,10 @@ class ReceiverConnection(Connection):
     role = ROLE_RECEIVER
     transitions = RECEIVER_TRANSITIONS
 
-    def __init__(self, config: Config | None = None, budget=None) -> None:
+    def __init__(self, config: Config | None = None, budget=None,
+                 signer: receipt.ReceiptSigner | None = None) -> None:
+        """``signer`` (our identity key) signs a receipt for a sender that asks for one;
+        without it such a sender is told the receipt is declined."""
         config = config or Config()
         super().__init__(config, HELLO_OVERWRITE if config.overwrite else 0, budget)
         self._entries: dict[int, FileEntry] = {}
@@ -61,6 +68,13 @@ class ReceiverConnection(Connection):
         self._sender_done = False
         self._unsettled = 0  # items offered with no RESULT yet (bounded by config.max_files_in_flight)
         self._costs: dict[int, int] = {}  # file id -> bytes of bookkeeping charged to the budget
+        self._signer = signer
+        self._existing: dict[int, bytes] = {}  # receipt: digest of an identical destination, until its RESULT
+        self._receipt_due = False
+
+    @property
+    def receipt_requested(self) -> bool:
+        return self.peer is not None and bool(self.peer.flags & HELLO_RECEIPT)
 
     @property
     def resume_allowed(self) -> bool:
@@ -83,18 +97,40 @@ class ReceiverConnection(Connection):
         held = held if held is not None else RangeSet()
         self._step(file_id, In.DECISION, remote=False)
         self._have[file_id] = held
+        if flags & DECISION_EXISTS and self.receipt_requested:
+            self._existing[file_id] = existing_digest  # the digest a SKIP IDENTICAL lands
         self._send_frame(FrameType.DECISION, Decision(file_id, flags, existing_digest, held_digest, held, message).encode())
 
     def file_result(self, file_id: int, code: ErrorCode, digest: bytes = ZERO_DIGEST, message: str = "") -> None:
         """Report a file's outcome; also how a file is refused or failed early."""
         new = self._step(file_id, In.RESULT, remote=False)
         self._unsettled -= 1
+        entry = self._receipt_entry(file_id, code, digest)
         if new == FileState.DONE:
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
             self._drop_bookkeeping(file_id)
         self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
+        if entry is not None and (batch := self._signer.add(entry)) is not None:
+            self._send_frame(FrameType.RECEIPT, batch)
         self._maybe_complete()
+
+    def _receipt_entry(self, file_id: int, code, digest: bytes) -> receipt.Entry | None:
+        if self._signer is None or not self.receipt_requested:
+            return None
+        e = self._entries[file_id]
+        ok = code in (ErrorCode.OK, ErrorCode.IDENTICAL) and e.kind == Kind.FILE
+        if ok and digest == ZERO_DIGEST:
+            digest = self._existing.get(file_id, ZERO_DIGEST)
+        return receipt.Entry(e.path, e.kind, e.size, code, digest if ok else ZERO_DIGEST)
+
+    def send_receipt(self, time_ns: int) -> None:
+        """Answer ``ReceiptDue``: the last entries, the signed END, then DONE."""
+        if not self._receipt_due or self.closed:
+            raise LocalProtocolError("no receipt is due")
+        for payload in self._signer.finish(time_ns):
+            self._send_frame(FrameType.RECEIPT, payload)
+        self._complete()
 
     def receive_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
         """Deliver a chunk verified outside the frame layer (e.g. by the UDP transport).
@@ -198,6 +234,7 @@ class ReceiverConnection(Connection):
         """Everything kept for an item but its state, and its charge against the budget."""
         self._entries.pop(file_id, None)
         self._have.pop(file_id, None)
+        self._existing.pop(file_id, None)
         cost = self._costs.pop(file_id, 0)
         if cost:
             self._decoder.budget.give(cost)
@@ -211,7 +248,18 @@ class ReceiverConnection(Connection):
 
     def _maybe_complete(self) -> None:
         if self._sender_done and not self.closed and all(s in RESOLVED for s in self._files.values()):
-            self._files.clear()
-            self.closed = True
-            self._send_frame(FrameType.DONE)
-            self._events.append(SessionComplete())
+            if self.receipt_requested:
+                if self._signer is not None:
+                    if not self._receipt_due:  # the driver signs with its clock's time
+                        self._receipt_due = True
+                        self._events.append(ReceiptDue())
+                    return
+                self._send_frame(FrameType.RECEIPT, receipt.declined(
+                    "this receiver has no identity key to sign receipts with"))
+            self._complete()
+
+    def _complete(self) -> None:
+        self._files.clear()
+        self.closed = True
+        self._send_frame(FrameType.DONE)
+        self._events.append(SessionComplete())

@@ -18,11 +18,13 @@ from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .checksum import chunk_checksum
 from .config import Config
 from .connection import Connection
-from .events import DecisionReceived, FileResolved, SessionComplete
+from .events import DecisionReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
 from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
 from .manifest import FileEntry, Kind
 from .messages import (
     HELLO_NO_RESUME,
+    HELLO_RECEIPT,
+    ZERO_DIGEST,
     ROLE_SENDER,
     Decision,
     FileEnd,
@@ -31,6 +33,8 @@ from .messages import (
     Result,
     SmallFile,
 )
+from .secure import receipt
+from .secure.receipt import ReceiptChecker, ReceiptError
 from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
 
 
@@ -38,12 +42,15 @@ class SenderConnection(Connection):
     role = ROLE_SENDER
     transitions = SENDER_TRANSITIONS
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, receipt: ReceiptChecker | None = None) -> None:
+        """With ``receipt`` we ask the receiver for a signed receipt, and check it."""
         config = config or Config()
-        super().__init__(config, 0 if config.resume else HELLO_NO_RESUME)
+        super().__init__(config, (0 if config.resume else HELLO_NO_RESUME) | (HELLO_RECEIPT if receipt else 0))
         self._next_id = 0
         self._entries: dict[int, FileEntry] = {}
         self._finished = False
+        self.receipt = receipt
+        self._digests: dict[int, bytes] = {}  # receipt: the digest we computed, until the file's RESULT
 
     # -- calls from the driver ---------------------------------------------
     def _new_id(self, entry: FileEntry) -> int:
@@ -71,6 +78,7 @@ class SenderConnection(Connection):
             raise LocalProtocolError("file too large for SMALL_FILE")
         fid = self._new_id(entry)
         self._files[fid] = FileState.ENDED
+        self._remember(fid, digest)
         self._send_frame(FrameType.SMALL_FILE, SmallFile(fid, entry, digest, data).encode())
         return fid
 
@@ -93,11 +101,18 @@ class SenderConnection(Connection):
 
     def end_file(self, file_id: int, digest: bytes) -> None:
         self._step(file_id, In.END, remote=False)
+        self._remember(file_id, digest)
         self._send_frame(FrameType.FILE_END, FileEnd(file_id, digest).encode())
 
-    def skip_file(self, file_id: int, code: ErrorCode, message: str = "") -> None:
-        """Do not send the file after all (e.g. the destination is identical)."""
+    def _remember(self, file_id: int, digest: bytes) -> None:
+        if self.receipt is not None:
+            self._digests[file_id] = bytes(digest)
+
+    def skip_file(self, file_id: int, code: ErrorCode, message: str = "", digest: bytes = ZERO_DIGEST) -> None:
+        """Do not send the file after all (e.g. the destination is identical: ``digest`` is
+        the source's, which a receipt will list)."""
         self._step(file_id, In.SKIP, remote=False)
+        self._remember(file_id, digest)
         self._send_frame(FrameType.SKIP, FileNotice(file_id, code, message).encode())
 
     def restart_file(self, file_id: int, message: str = "") -> None:
@@ -137,12 +152,52 @@ class SenderConnection(Connection):
             r = Result.decode(frame.payload)
             self._step(r.file_id, In.RESULT, remote=True)
             del self._files[r.file_id]
-            del self._entries[r.file_id]
+            entry = self._entries.pop(r.file_id)
+            if self.receipt is not None:
+                digest = self._digests.pop(r.file_id, ZERO_DIGEST)
+                ok = r.ok and entry.kind == Kind.FILE
+                self._checked(self.receipt.expect,
+                              receipt.Entry(entry.path, entry.kind, entry.size, r.code, digest if ok else ZERO_DIGEST))
             self._events.append(FileResolved(r))
+        elif t == FrameType.RECEIPT:
+            self._on_receipt(frame.payload)
         elif t == FrameType.DONE:
             if not self._finished or any(s not in RESOLVED for s in self._files.values()):
                 raise RemoteProtocolError("DONE before every file has its result")
             self.closed = True
+            if self.receipt is not None and self.receipt.end is None:
+                why = (f"the receiver declined: {self.receipt.declined}" if self.receipt.declined
+                       else "the receiver sent none (an ftx without receipts?)")
+                self._error = ReceiptError(f"no receipt: {why}")
+                raise self._error
             self._events.append(SessionComplete())
         else:
             raise RemoteProtocolError(f"{t.name} is not sent by a receiver")
+
+    def _on_receipt(self, p) -> None:
+        if self.receipt is None:
+            raise RemoteProtocolError("RECEIPT that was not asked for")
+        part = p[0] if len(p) else 0
+        if part == receipt.PART_ENTRIES:
+            entries = []
+            for e in receipt.iter_entries(p):  # checked one by one: at most a batch is decoded
+                self._checked(self.receipt.entries, (e,))
+                entries.append(e)
+            if not entries:
+                raise RemoteProtocolError("RECEIPT ENTRIES without an entry")
+            self._events.append(ReceiptEntries(tuple(entries)))
+        elif part == receipt.PART_END:
+            end = receipt.ReceiptEnd.decode(p)
+            self._checked(self.receipt.finish, end)
+            self._events.append(ReceiptVerified(end))
+        elif part == receipt.PART_DECLINED:
+            self._checked(self.receipt.decline, receipt.decode_declined(p))
+        else:
+            raise RemoteProtocolError(f"RECEIPT of unknown part {part}")
+
+    def _checked(self, fn, arg) -> None:
+        """A receipt that does not match: the receiver is told (ERROR AUTH) and we stop."""
+        try:
+            fn(arg)
+        except ReceiptError as exc:
+            self._fail_local(exc)

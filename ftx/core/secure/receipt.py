@@ -1,0 +1,315 @@
+"""Signed receipts: the receiver's signed list of what landed in one session.
+
+A sender that asks for a receipt (HELLO flag RECEIPT) gets, on the same
+stream, RECEIPT frames (protocol.md, "Receipts") from the receiver:
+
+* ENTRIES: a batch of entries, one per item with a RESULT, in RESULT order.
+  The receiver sends a batch once it holds ``BATCH_ENTRIES`` entries or
+  ``BATCH_BYTES`` bytes of them, and the rest before END, so neither side
+  ever holds more than one batch;
+* END: format version, entry count, receiver time, the session's handshake
+  transcript hash, the receiver's Ed25519 public key and its signature over
+  a domain-separated message that includes the SHA-256 of all entries;
+* DECLINED: the receiver cannot sign (it has no identity key), with a reason.
+
+Both sides hash the entries as they go: a session of a million files costs
+one batch of memory here, never the list.  ``ReceiptSigner`` is the
+receiver's half, ``ReceiptChecker`` the sender's (it compares every entry
+with what the sender itself sent, then checks the signature), and
+``verify`` re-checks a stored receipt.  Pure: bytes and times in, bytes out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ...errors import ErrorCode, RemoteProtocolError
+from ..manifest import MAX_PATH, Kind
+from ..messages import wire_text
+from . import AuthError
+
+VERSION = 1  # entry digests are the protocol's whole-file digest, XXH3-128 (protocol.md 4)
+CONTEXT = b"ftx receipt\x00"  # domain separation: no other ftx signature starts so
+PART_ENTRIES, PART_END, PART_DECLINED = 1, 2, 3
+BATCH_ENTRIES = 256  # the receiver flushes its batch at this many entries...
+BATCH_BYTES = 32 * 1024  # ...or this many bytes (a frame stays below 64 KiB)
+MAX_TRANSCRIPT = 64
+PUBLIC_SIZE, SIGNATURE_SIZE, DIGEST_SIZE = 32, 64, 16
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+_ENTRY = struct.Struct(">HBBQ16sH")  # code, kind, reserved, size, digest, path length; then the path
+_END = struct.Struct(">BBHQq")  # part, version, reserved, count, receiver time (ns since the epoch)
+_SIGNED = struct.Struct(">BQq")  # version, count, time
+
+
+class ReceiptError(AuthError):
+    """A receipt is missing, does not match what was sent, or its signature does not verify."""
+
+
+def fingerprint(public: bytes) -> str:
+    """``SHA256:`` and the unpadded base64 of the SHA-256 of a raw public key, as ssh prints it."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(public).digest()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item with a RESULT: its wire path, kind, size, RESULT code and whole-file digest.
+
+    The digest is that of the landed (or identical) file for a regular file
+    with code OK or IDENTICAL, and zeros otherwise.
+    """
+
+    path: bytes
+    kind: int
+    size: int
+    code: int
+    digest: bytes = ZERO_DIGEST
+
+    def encode(self) -> bytes:
+        return _ENTRY.pack(int(self.code), int(self.kind), 0, self.size, self.digest, len(self.path)) + self.path
+
+    @property
+    def ok(self) -> bool:
+        return self.code in (ErrorCode.OK, ErrorCode.IDENTICAL)
+
+
+def iter_entries(payload, offset: int = 1) -> Iterator[Entry]:
+    """The entries of a RECEIPT ENTRIES payload from ``offset`` to its end, one at a time
+    (a checker can refuse the first bad one before the rest are decoded)."""
+    end = len(payload)
+    while offset < end:
+        if end - offset < _ENTRY.size:
+            raise RemoteProtocolError("RECEIPT entry truncated")
+        code, kind, reserved, size, digest, plen = _ENTRY.unpack_from(payload, offset)
+        offset += _ENTRY.size
+        if reserved or kind not in (Kind.FILE, Kind.DIR, Kind.SYMLINK) or size >= 2**63:
+            raise RemoteProtocolError("RECEIPT entry has a bad kind, size or reserved byte")
+        if plen == 0 or plen > MAX_PATH or end - offset < plen:
+            raise RemoteProtocolError("RECEIPT entry path is empty, too long or truncated")
+        yield Entry(bytes(payload[offset : offset + plen]), kind, size, code, digest)
+        offset += plen
+
+
+def decode_entries(payload, offset: int = 1) -> list[Entry]:
+    return list(iter_entries(payload, offset))
+
+
+@dataclass(frozen=True)
+class ReceiptEnd:
+    """The END part: everything but the entries, and the signature."""
+
+    count: int
+    time_ns: int
+    transcript: bytes
+    public: bytes
+    signature: bytes
+    version: int = VERSION
+
+    def encode(self) -> bytes:
+        return (_END.pack(PART_END, self.version, 0, self.count, self.time_ns)
+                + bytes([len(self.transcript)]) + self.transcript + self.public + self.signature)
+
+    @classmethod
+    def decode(cls, p) -> "ReceiptEnd":
+        if len(p) < _END.size + 1:
+            raise RemoteProtocolError("RECEIPT END truncated")
+        part, version, _reserved, count, time_ns = _END.unpack_from(p, 0)
+        tlen = p[_END.size]
+        off = _END.size + 1
+        if tlen > MAX_TRANSCRIPT or len(p) != off + tlen + PUBLIC_SIZE + SIGNATURE_SIZE:
+            raise RemoteProtocolError("RECEIPT END has the wrong length")
+        transcript = bytes(p[off : off + tlen])
+        off += tlen
+        return cls(count, time_ns, transcript, bytes(p[off : off + PUBLIC_SIZE]),
+                   bytes(p[off + PUBLIC_SIZE :]), version)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+
+def signed_message(version: int, count: int, time_ns: int, transcript: bytes, public: bytes,
+                   entries_hash: bytes) -> bytes:
+    """What the receiver signs (protocol.md, "Receipts")."""
+    return (CONTEXT + _SIGNED.pack(version, count, time_ns) + bytes([len(transcript)]) + transcript
+            + public + entries_hash)
+
+
+def declined(reason: str) -> bytes:
+    """A DECLINED payload: the receiver will send no receipt, and why."""
+    raw = wire_text(reason)
+    return bytes([PART_DECLINED]) + struct.pack(">H", len(raw)) + raw
+
+
+def decode_declined(p) -> str:
+    if len(p) < 3 or len(p) - 3 != struct.unpack_from(">H", p, 1)[0]:
+        raise RemoteProtocolError("RECEIPT DECLINED has the wrong length")
+    return bytes(p[3:]).decode("utf-8", "replace")
+
+
+class ReceiptSigner:
+    """The receiver's half: entries in RESULT order, batches out, then the signed END."""
+
+    def __init__(self, key: Ed25519PrivateKey, transcript: bytes = b"") -> None:
+        if len(transcript) > MAX_TRANSCRIPT:
+            raise ValueError("transcript hash longer than 64 bytes")
+        self._key = key
+        self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.transcript = transcript
+        self.count = 0
+        self._hash = hashlib.sha256()
+        self._batch = bytearray([PART_ENTRIES])
+        self._batched = 0
+
+    def add(self, entry: Entry) -> bytes | None:
+        """Take one entry; return an ENTRIES payload to send when the batch is full."""
+        raw = entry.encode()
+        self._hash.update(raw)
+        self.count += 1
+        self._batch += raw
+        self._batched += 1
+        if self._batched >= BATCH_ENTRIES or len(self._batch) - 1 >= BATCH_BYTES:  # entry bytes, not the part byte
+            return self._flush()
+        return None
+
+    def _flush(self) -> bytes:
+        out = bytes(self._batch)
+        self._batch = bytearray([PART_ENTRIES])
+        self._batched = 0
+        return out
+
+    def finish(self, time_ns: int) -> list[bytes]:
+        """The last ENTRIES payload (if any) and the END payload."""
+        out = [self._flush()] if self._batched else []
+        msg = signed_message(VERSION, self.count, time_ns, self.transcript, self.public, self._hash.digest())
+        out.append(ReceiptEnd(self.count, time_ns, self.transcript, self.public, self._key.sign(msg)).encode())
+        return out
+
+
+class ReceiptChecker:
+    """The sender's half: what it sent, compared entry by entry with what the receiver signs.
+
+    ``expect`` is called at each RESULT with the sender's own view (its path,
+    size and the digest it computed); the receiver's entries must match them
+    in order.  Entries come at most one batch behind their RESULTs, so at most
+    ``BATCH_ENTRIES`` expectations wait here.  ``public``: the receiver key the
+    handshake proved (None on a plaintext link: the receipt's own key is taken
+    and reported by fingerprint).
+    """
+
+    def __init__(self, public: bytes | None = None, transcript: bytes = b"") -> None:
+        self.public = public
+        self.transcript = transcript
+        self.count = 0
+        self.end: ReceiptEnd | None = None
+        self.declined = ""
+        self._expected: deque[Entry] = deque()
+        self._hash = hashlib.sha256()
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None or bool(self.declined)
+
+    def expect(self, entry: Entry) -> None:
+        if self.finished:
+            raise ReceiptError("receipt: a RESULT after the receipt's END")
+        self._expected.append(entry)
+        if len(self._expected) > BATCH_ENTRIES:
+            raise ReceiptError(f"receipt: the receiver holds back the entries of more than {BATCH_ENTRIES} "
+                               "results (it must send them in batches)")
+
+    def entries(self, got: Iterable[Entry]) -> None:
+        """Check received entries against the expected ones, in order (raises ReceiptError)."""
+        if self.finished:
+            raise ReceiptError("receipt: entries after the receipt's END")
+        for e in got:
+            if not self._expected:
+                raise ReceiptError(f"receipt lists {_show(e.path)}, which has no RESULT yet")
+            want = self._expected.popleft()
+            if e != want:
+                raise ReceiptError(f"receipt: the receiver signs {_describe(e)} for {_show(want.path)}, "
+                                   f"but we sent {_describe(want)}")
+            self._hash.update(e.encode())
+            self.count += 1
+
+    def finish(self, end: ReceiptEnd) -> None:
+        """Check the END against everything before it; raise ReceiptError if anything differs."""
+        if self.finished:
+            raise ReceiptError("receipt: a second END")
+        if self._expected:
+            raise ReceiptError(f"receipt omits {len(self._expected)} items, e.g. {_show(self._expected[0].path)}")
+        if end.version != VERSION:
+            raise ReceiptError(f"receipt format version {end.version} (we know {VERSION})")
+        if end.count != self.count:
+            raise ReceiptError(f"receipt claims {end.count} entries but lists {self.count}")
+        if end.transcript != self.transcript:
+            raise ReceiptError("receipt is bound to another session (transcript hash differs)")
+        if self.public is not None and end.public != self.public:
+            raise ReceiptError(f"receipt is signed by {end.fingerprint}, not by the receiver the handshake "
+                               f"proved ({fingerprint(self.public)})")
+        check_signature(end, self._hash.digest())
+        self.end = end
+
+    def decline(self, reason: str) -> None:
+        if self.finished:
+            raise ReceiptError("receipt: DECLINED after the receipt's END")
+        self.declined = reason or "no reason given"
+
+
+def check_signature(end: ReceiptEnd, entries_hash: bytes) -> None:
+    msg = signed_message(end.version, end.count, end.time_ns, end.transcript, end.public, entries_hash)
+    try:
+        Ed25519PublicKey.from_public_bytes(end.public).verify(end.signature, msg)
+    except (InvalidSignature, ValueError):
+        raise ReceiptError(f"receipt signature does not verify (key {end.fingerprint})") from None
+
+
+def hash_entries(entries: Iterable[Entry]) -> tuple[bytes, int]:
+    """SHA-256 over the entries' encodings, and their count (streamed: one entry at a time)."""
+    h, count = hashlib.sha256(), 0
+    for e in entries:
+        h.update(e.encode())
+        count += 1
+    return h.digest(), count
+
+
+def verify(end: ReceiptEnd, entries_hash: bytes, count: int) -> None:
+    """Re-check a stored receipt, given ``hash_entries`` of its entries."""
+    if end.version != VERSION:
+        raise ReceiptError(f"receipt format version {end.version} (we know {VERSION})")
+    if count != end.count:
+        raise ReceiptError(f"receipt claims {end.count} entries but lists {count}")
+    check_signature(end, entries_hash)
+
+
+def printable(path: bytes) -> str:
+    """A wire path for one line of text: bytes that are not UTF-8, control characters (a
+    newline in a name could fake a line or a message) and backslashes as \\xNN."""
+    out = []
+    for c in path.decode("utf-8", "surrogateescape"):
+        n = ord(c)
+        if 0xDC80 <= n <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{n - 0xDC00:02x}")
+        elif n < 0x20 or 0x7F <= n < 0xA0 or c == "\\":
+            out.append(f"\\x{n:02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+_show = printable
+
+
+def _describe(e: Entry) -> str:
+    code = ErrorCode(e.code).name if e.code in ErrorCode._value2member_map_ else str(e.code)
+    kind = Kind(e.kind).name.lower() if e.kind in (1, 2, 3) else str(e.kind)
+    return f"{_show(e.path)} ({kind}, {e.size} bytes, {code}, digest {e.digest.hex()})"

@@ -1,0 +1,54 @@
+"""``ftx verify-receipt FILE [--fingerprint FP]``: re-check a receipt written by ``ftx send --receipt``.
+
+Exit codes: 0 the receipt is valid (and signed by FP when given), 4 it is not
+(one line on stderr says why), 5 it cannot be read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+import click
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 4, 5
+
+
+@click.command("verify-receipt")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--fingerprint", "expect", default=None, metavar="FP",
+              help="The receiver's key fingerprint (SHA256:...) the receipt must be signed with.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the receipt is valid.")
+def verify_receipt(file, expect, quiet):
+    """Check FILE's signature over every item it lists, and print the list."""
+    from .core.secure.receipt import ReceiptError, printable
+    from .receipt_file import read, verify_file
+
+    try:
+        end = verify_file(file, expect)
+        if quiet:
+            return
+        when = datetime.datetime.fromtimestamp(end.time_ns / 1e9, datetime.timezone.utc)
+        bound = f"session {end.transcript.hex()[:16]}..." if end.transcript else "no handshake (plaintext link)"
+        click.echo(f"valid receipt: {end.count} items, signed by {end.fingerprint} at "
+                   f"{when.isoformat(timespec='seconds')}, {bound}")
+        entries, _ = read(file)  # a second pass: nothing is printed before the whole file verified
+        for e in entries:
+            status = _status(e.code)
+            digest = e.digest.hex() if any(e.digest) else "-"
+            click.echo(f"{status:<10} {e.size:>14} {digest:<32}  {printable(e.path)}")
+    except ReceiptError as exc:
+        _die(f"invalid receipt {click.format_filename(file)}: {exc}", EXIT_INVALID)
+    except OSError as exc:
+        _die(f"cannot read {click.format_filename(file)}: {exc.strerror or exc}", EXIT_UNREADABLE)
+
+
+def _status(code: int) -> str:
+    from .receipt_file import _status as status
+
+    return status(code)
+
+
+def _die(message: str, code: int) -> None:
+    click.echo(f"ftx: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,194 @@
+"""Receipt files: a verified receipt as one self-contained JSON document.
+
+Written as it arrives (entries are never all in memory), into a temporary
+file next to FILE (``FILE.<random>.ftx-tmp``, created exclusively) that
+replaces FILE only once the signature has verified::
+
+    {"ftx_receipt": 1,
+     "files": [
+      {"path": "<base64 wire path>", "kind": "file", "size": 5, "status": "ok", "code": 0,
+       "digest": "<base64 XXH3-128>"},
+      ...
+     ],
+     "count": 1, "receiver_time_ns": 1764000000000000000, "transcript": "<base64>",
+     "public_key": "<base64, 32 bytes Ed25519>", "fingerprint": "SHA256:...",
+     "signature": "<base64, 64 bytes>"}
+
+``read`` streams it back one entry at a time and accepts only that exact
+layout (a receipt reformatted, e.g. by jq, no longer verifies: any changed
+byte makes it invalid); ``verify_file`` re-checks it with
+``core.secure.receipt.verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import tempfile
+from typing import Callable, Iterator
+
+from .core.manifest import MAX_PATH, Kind
+from .core.secure.receipt import MAX_TRANSCRIPT, Entry, ReceiptEnd, ReceiptError, hash_entries, verify
+from .errors import ErrorCode
+
+FORMAT = 1
+_HEAD = '{"ftx_receipt": 1,\n "files": [\n'
+_TAIL = " ],\n"
+_MAX_LINE = 8 * 1024  # an entry line: base64 of a path of at most 4096 bytes, and the rest
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _status(code: int) -> str:
+    return ErrorCode(code).name.lower() if code in ErrorCode._value2member_map_ else f"error_{code}"
+
+
+def entry_json(e: Entry) -> dict:
+    return {"path": _b64(e.path), "kind": Kind(e.kind).name.lower(), "size": e.size, "status": _status(e.code),
+            "code": int(e.code), "digest": _b64(e.digest)}
+
+
+def end_json(end: ReceiptEnd) -> dict:
+    return {"count": end.count, "receiver_time_ns": end.time_ns, "transcript": _b64(end.transcript),
+            "public_key": _b64(end.public), "fingerprint": end.fingerprint, "signature": _b64(end.signature)}
+
+
+class ReceiptWriter:
+    """Entries to a temporary file as they come; ``finish`` puts it in place under ``path``."""
+
+    def __init__(self, path) -> None:
+        self.path = os.fspath(path)
+        # a fresh name (O_EXCL): never a file or symlink someone else put there
+        fd, self.tmp = tempfile.mkstemp(".ftx-tmp", os.path.basename(self.path) + ".",
+                                        os.path.dirname(self.path) or ".")
+        self._f = open(fd, "w", encoding="ascii")
+        self._f.write(_HEAD)
+        self._last = ""  # held back: only the last entry line has no comma
+
+    def add(self, entries) -> None:
+        for e in entries:
+            if self._last:
+                self._f.write(f"  {self._last},\n")
+            self._last = json.dumps(entry_json(e))
+
+    def finish(self, end: ReceiptEnd) -> None:
+        f = self._f
+        if self._last:
+            f.write(f"  {self._last}\n")
+        f.write(_TAIL + _end_line(end))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+
+
+def _end_line(end: ReceiptEnd) -> str:
+    return " " + json.dumps(end_json(end))[1:] + "\n"  # the trailer's fields close the document
+
+
+def _int(value, lo: int, hi: int) -> int:
+    if type(value) is not int or not lo <= value < hi:  # noqa: E721 - not a bool, not a float
+        raise ValueError(f"{value!r} is not an integer in range")
+    return value
+
+
+def _bytes(value, lo: int, hi: int) -> bytes:
+    raw = base64.b64decode(value, validate=True)
+    if not lo <= len(raw) <= hi:
+        raise ValueError(f"a field of {len(raw)} bytes, not {lo}..{hi}")
+    return raw
+
+
+def _entry(d: dict) -> Entry:
+    kind = {"file": Kind.FILE, "dir": Kind.DIR, "symlink": Kind.SYMLINK}[d["kind"]]
+    return Entry(_bytes(d["path"], 1, MAX_PATH), kind, _int(d["size"], 0, 2**63), _int(d["code"], 0, 2**16),
+                 _bytes(d["digest"], 16, 16))
+
+
+def _end(d: dict) -> ReceiptEnd:
+    return ReceiptEnd(_int(d["count"], 0, 2**64), _int(d["receiver_time_ns"], -(2**63), 2**63),
+                      _bytes(d["transcript"], 0, MAX_TRANSCRIPT), _bytes(d["public_key"], 32, 32),
+                      _bytes(d["signature"], 64, 64))
+
+
+def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
+    """Entries one at a time, and a function giving the END once they are consumed.
+
+    Only the exact layout ``ReceiptWriter`` writes is accepted: every line must
+    be the canonical rendering of what it parses to, so any changed byte of a
+    receipt -- even one JSON or base64 would forgive -- makes it invalid.
+    Raises ReceiptError for a malformed receipt, OSError for an unreadable file.
+    """
+    f = open(os.fspath(path), "rb")
+    if f.read(len(_HEAD)) != _HEAD.encode():
+        f.close()
+        raise ReceiptError("not an ftx receipt (format 1)")
+    trailer: list[ReceiptEnd] = []
+
+    def entries() -> Iterator[Entry]:
+        with f:
+            comma = False  # the previous entry line ended in a comma: another must follow
+            while (line := f.readline(_MAX_LINE)).endswith(b"\n"):
+                if line == _TAIL.encode():
+                    if comma:
+                        break
+                    text = f.read(_MAX_LINE + 1)
+                    end = _canonical(text, lambda t: _end(json.loads("{" + t[1:])), _end_line)
+                    trailer.append(end)
+                    return
+                body = line[2:-1].decode("ascii", "replace")
+                comma = body.endswith(",")
+                body = body.removesuffix(",")
+                if not line.startswith(b"  "):
+                    break
+                yield _canonical(body + "\n", lambda t: _entry(json.loads(t)),
+                                 lambda e: json.dumps(entry_json(e)) + "\n")
+            raise ReceiptError("receipt is malformed inside its file list")
+
+    def end_of() -> ReceiptEnd:
+        if not trailer:
+            raise ReceiptError("receipt has no signature part")
+        return trailer[0]
+
+    return entries(), end_of
+
+
+def _canonical(text, parse, render):
+    """``parse(text)``, provided that ``render`` gives back exactly ``text``."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    try:
+        value = parse(text)
+        same = render(value) == text
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+        raise ReceiptError(f"receipt is malformed: {exc}") from None
+    if not same:
+        raise ReceiptError("receipt is not in its canonical form (a byte was changed)")
+    return value
+
+
+def verify_file(path, expect_fingerprint: str | None = None) -> ReceiptEnd:
+    """Re-check a receipt file (its entries streamed, never all in memory).
+
+    Raises ReceiptError for a receipt that is malformed or does not verify,
+    OSError if it cannot be read.
+    """
+    entries, end_of = read(path)
+    digest, count = hash_entries(entries)
+    end = end_of()
+    verify(end, digest, count)
+    if expect_fingerprint is not None and end.fingerprint != expect_fingerprint:
+        raise ReceiptError(f"receipt is signed by {end.fingerprint}, not {expect_fingerprint}")
+    return end
