@@ -42,7 +42,7 @@ sys.path[:0] = [HERE, ROOT]
 
 from harness import make_source, parse_size, read_line, run_wait, warm_memory  # noqa: E402
 
-DEFAULT_HANDSHAKE = "tests.secure_fakes:FakeHandshake"
+DEFAULT_HANDSHAKE = "real_handshakes:keys"  # the real SIGMA-I handshake; tests.secure_fakes:FakeHandshake is the stand-in
 WORMHOLE_TIMEOUT = 300  # seconds for one magic-wormhole transfer before it counts as failed
 
 
