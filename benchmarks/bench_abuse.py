@@ -27,6 +27,11 @@ because some attacks try to fill the filesystem; on a plain directory the
     python benchmarks/bench_abuse.py --list
     PYTHONPATH=/path/to/other/checkout python benchmarks/bench_abuse.py   # benchmark that ftx
 
+The attackers play authorized but hostile senders: the receiver and the legitimate
+sender run ``--insecure``, so the raw attack clients reach the bounds behind
+authentication.  ``--sealed`` runs everything against a default (keys-mode)
+receiver instead; the attacks then cost only what an unauthenticated peer can.
+
 Counts (full / --quick) are in each attack's description (--list).  Floods
 are paced at --flood-rate datagrams/s (default 20 000), so the attacker and
 the legitimate sender do not simply compete for this machine's cores.
@@ -125,6 +130,9 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
+MODE = ["--insecure"]  # main(): [] with --sealed
+
+
 class Receiver:
     """``ftx receive --json`` on 127.0.0.1; its stdout is drained on a thread (it writes a
     line per file, and a blocked pipe would stall it), stderr goes to a log file."""
@@ -132,7 +140,7 @@ class Receiver:
     def __init__(self, directory: str, log_path: str, extra: list[str]) -> None:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", directory,
-                                            "--json", *extra], stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                            "--json", *MODE, *extra], stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=NEUTRAL_CWD)
         self.lines: queue.Queue = queue.Queue()
         self.events = 0
@@ -169,7 +177,7 @@ class Receiver:
 def legit_send(src: str, port: int, udp: bool, timeout: float, receiver_alive=lambda: True) -> tuple[float | None, str]:
     """``ftx send`` of the legitimate file; (seconds, "") or (None, why it did not finish).
     Once the receiver is gone the sender gets half a second more, not its whole timeout."""
-    cmd = FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress"] + (["--udp"] if udp else [])
+    cmd = FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress", *MODE] + (["--udp"] if udp else [])
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=NEUTRAL_CWD)
@@ -456,6 +464,7 @@ def print_table(rows: list[Row], t: Targets, args, fs_kind: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated attack names (see --list)")
+    ap.add_argument("--sealed", action="store_true", help="a default keys-mode receiver: attackers are unauthenticated")
     ap.add_argument("--list", action="store_true", help="list the attacks and exit")
     ap.add_argument("--quick", action="store_true", help="smaller counts and durations (a smoke run)")
     ap.add_argument("--receiver-args", default="", help="extra arguments for ftx receive, e.g. '--max-memory 128M'")
@@ -473,6 +482,8 @@ def main() -> int:
                     help="no untimed legit sends before the timed ones (faster, noisier baseline)")
     ap.add_argument("--logs", default="", help="keep each receiver's stderr in this directory")
     args = ap.parse_args()
+    if args.sealed:
+        MODE.clear()
     attacks = abuse_attacks.ATTACKS
     if args.list:
         for cls in attacks:

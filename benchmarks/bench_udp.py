@@ -11,8 +11,8 @@
    time limit on the lossy paths, where its NewReno controller is slow.
 
 4. With --sealed: sealed against plaintext UDP on loopback, library-level ends in two
-   processes (benchmarks/sealed_udp_peer.py; a fixed-secret stand-in handshake until the
-   real ones are wired into the CLI): MB/s and CPU seconds per GB on each side.
+   processes (benchmarks/sealed_udp_peer.py; the real keys handshake, then the
+   sealed transfer): MB/s and CPU seconds per GB on each side.
 
     python benchmarks/bench_udp.py [--size 1G] [--relay-size 200M] [--runs 1] [--skip-relay] [--hard] [--sealed]
 """

@@ -13,6 +13,25 @@ import time
 FTX = [sys.executable, "-m", "ftx"]
 
 
+def own_identity() -> str:
+    """Point every ``ftx`` this benchmark runs at a fresh config directory whose identity
+    authorizes itself, so the CLI rows run as a user would run them: keys mode, sealed.
+    (The user's own ~/.config/ftx is never read or written.)"""
+    import tempfile
+
+    from ftx.credentials import config_dir, load_identity, public_line
+
+    if not os.environ.get("FTX_BENCH_CONFIG"):
+        os.environ["FTX_BENCH_CONFIG"] = os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="ftx-bench-cfg-")
+        ident = load_identity(os.path.join(config_dir(), "identity"))
+        with open(os.path.join(config_dir(), "authorized_keys"), "w") as f:
+            f.write(public_line(ident.public, "benchmark") + "\n")
+    return os.environ["XDG_CONFIG_HOME"]
+
+
+own_identity()
+
+
 def parse_size(text: str) -> int:
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(float(text[:-1]) * mult[text[-1].upper()]) if text[-1].upper() in mult else int(text)
