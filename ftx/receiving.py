@@ -21,6 +21,7 @@ from .core.events import (
     Event,
     FileDataComplete,
     FileOffered,
+    FileRefused,
     FileRestarted,
     FileWithdrawn,
     HandshakeComplete,
@@ -116,6 +117,8 @@ class ReceiveSession:
             self._on_chunk(ev)
         elif isinstance(ev, FileOffered):
             self._guarded(ev.file_id, ev.entry, self._on_offer, ev)
+        elif isinstance(ev, FileRefused):  # beyond what the sender announced: nothing of it is written
+            self._fail(ev.file_id, ev.entry, ErrorCode.ABORTED, ev.reason)
         elif isinstance(ev, SmallFileReceived):
             self._guarded(ev.file_id, ev.entry, self._on_small, ev)
         elif isinstance(ev, FileDataComplete):

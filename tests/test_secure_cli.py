@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -175,6 +176,71 @@ def test_wrong_code_refused_and_burned_after_three(tmp_path, receiver_factory):
     assert rc == 0, err
     r.stop()
     assert f"pairing code: {code}" in r.stderr and f"new pairing code: {ev['code']}" in r.stderr
+
+
+# -- what the offer summary admits ---------------------------------------------------------
+
+LIAR = """import sys
+import ftx.security_setup as s
+from ftx.core.messages import OfferSummary
+items, size, names, count = {summary!r}
+s.offer_summary = lambda real: OfferSummary(items, size, tuple(names), count).encode()
+from ftx.cli import main
+sys.argv = ["ftx"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.parametrize("summary, refused", [
+    pytest.param((2, 2000, ["a", "b"], 2), "more", id="count"),
+    pytest.param((3, 2000, ["a", "b", "big"], 3), "bytes", id="bytes"),
+    pytest.param((3, 10**9, ["a", "b"], 2), "top-level", id="name"),
+    pytest.param((3, 10**9, ["a", "b"], 3), None, id="names-left-out"),
+])
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_a_sender_offering_more_than_it_announced_is_refused(tmp_path, receiver_factory, udp, summary, refused):
+    """croc#593: a code holder announces a little (what the user says yes to) and sends more.
+    The sender here lies in its HELLO's OFFER_SUMMARY; what it did not announce is refused, not written."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    src = tmp_path / "src"
+    write_random(src / "a", 1000)
+    write_random(src / "b", 1000, seed=1)
+    big = write_random(src / "big", 300_000, seed=2)  # an OFFER (a and b go as SMALL_FILE)
+    env = with_env({**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    proc = subprocess.run([sys.executable, "-c", LIAR.format(summary=summary), "send", str(src / "a"),
+                           str(src / "b"), str(src / "big"), r.dest, *udp, "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    files = [e for e in r.events_until("session") if e["event"] == "file"]
+    status = {f["path"]: f["status"] for f in files}
+    if refused is None:  # the summary said it left a name out: one unlisted top-level name is admitted
+        assert proc.returncode == 0, proc.stderr
+        assert (r.dir / "big").read_bytes() == big
+        return
+    assert proc.returncode != 0 and "not announced" in proc.stderr, proc.stderr
+    assert status == {"a": "ok", "b": "ok", "big": "aborted"}, files
+    assert refused in next(f["message"] for f in files if f["path"] == "big")
+    assert sorted(os.listdir(r.dir)) == ["a", "b"]  # nothing of "big", not even a partial
+
+
+def test_announced_admits_what_was_announced_and_counts_only_that():
+    from ftx.core.announced import Announced, top_name
+    from ftx.core.manifest import FileEntry, Kind
+    from ftx.core.messages import OfferSummary
+
+    def entry(path: bytes, size: int = 0, kind=Kind.FILE):
+        return FileEntry(path, kind, size)
+
+    a = Announced(OfferSummary(3, 100, ("d",), 2))
+    assert a.admit(entry(b"d", kind=Kind.DIR)) is None
+    assert "bytes" in a.admit(entry(b"d/x", 101))  # refused ones are not counted
+    assert a.admit(entry(b"d/x", 60)) is None
+    assert a.admit(entry(b"e", 40)) is None  # the one name the summary left out
+    assert "more" in a.admit(entry(b"d/y", 0))
+    b = Announced(OfferSummary(9, 100, ("d",), 2))
+    assert b.admit(entry(b"e")) is None and b.admit(entry(b"e/f")) is None
+    assert "top-level" in b.admit(entry(b"g"))
+    assert Announced(None).admit(entry(b"anything", 10**12)) is None
+    assert top_name(b"\xff\xfe/x") == "\\xff\\xfe"  # as the sender's wire_text spells a non-UTF-8 name
 
 
 def test_code_is_never_taken_from_the_command_line(tmp_path, receiver_factory):
