@@ -146,6 +146,7 @@ def test_code_mode_via_env_and_code_file(tmp_path, receiver_factory, udp):
     assert rc == 0, err
     assert report["auth"] == "code" and report["fingerprint"] == r.listening["fingerprint"]
     assert (r.dir / "a.bin").read_bytes() == data
+    code = next(e for e in r.events_until("code") if e["event"] == "code")["code"]  # that one is used up
     (tmp_path / "codefile").write_text(code + "\n")
     write_random(tmp_path / "b.bin", 1000)
     rc, _, err = run_send(str(tmp_path / "b.bin"), r.dest, *udp, "--code-file", str(tmp_path / "codefile"),
@@ -176,6 +177,83 @@ def test_wrong_code_refused_and_burned_after_three(tmp_path, receiver_factory):
     assert rc == 0, err
     r.stop()
     assert f"pairing code: {code}" in r.stderr and f"new pairing code: {ev['code']}" in r.stderr
+
+
+def test_one_code_one_transfer(tmp_path, receiver_factory):
+    """A code admits one sender: once used it is burned, a new one printed, and the old one is a wrong code."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    code = r.listening["code"]
+    write_random(tmp_path / "a", 1000)
+    rc, _, err = run_send(str(tmp_path / "a"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+    assert rc == 0, err
+    events = r.events_until("session")
+    (ev,) = [e for e in events if e["event"] == "code"]
+    assert cr.parse_code(ev["code"]) == ev["code"] != code
+    write_random(tmp_path / "b", 1000, seed=1)
+    rc, _, err = run_send(str(tmp_path / "b"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+    assert rc == EXIT_AUTH, err
+    assert "wrong code" in one_line(err, "wrong code")
+    assert "wrong code" in r.events_until("session")[-1]["error"]
+    assert sorted(os.listdir(r.dir)) == ["a"]  # nothing of the second sender landed
+    rc, _, err = run_send(str(tmp_path / "b"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+    assert rc == 0, err
+    r.stop()
+    assert f"new pairing code: {ev['code']}" in r.stderr
+
+
+def test_once_keeps_no_spare_code_and_renews_it_when_the_session_fails(tmp_path):
+    """--once: the used code is not replaced while its transfer may end the receiver; a session that
+    fails (here: the user declines) gives a new code and the receiver goes on."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--once", "--listen", "127.0.0.1", "--port", "0", "--dir",
+                                   str(d), "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
+        err = Drain(proc.stderr)
+        dest = f"127.0.0.1:{first['port']}"
+        sender = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the question")
+        # while one sender holds the code, nobody else gets in, with it or any other code
+        rc, _, serr = run_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        assert rc == EXIT_AUTH and "was used" in serr, serr
+        assert "new pairing code" not in err.text()
+        os.write(master, b"n\n")
+        sender.communicate(timeout=30)
+        while (ev := lines.next_json())["event"] != "code":
+            pass
+        sender = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+        wait_for(lambda: err.text().count("Accept?") == 2, what="the second question")
+        os.write(master, b"y\n")
+        _, serr = sender.communicate(timeout=30)
+        assert sender.returncode == 0, serr
+        assert proc.wait(30) == 0  # --once: the complete transfer ends the receiver
+        assert (d / "a").stat().st_size == 1000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+
+
+def test_a_handshake_on_a_code_used_meanwhile_is_refused(tmp_path, monkeypatch):
+    """Two senders prove the same code at once: the first is admitted and burns it; the second,
+    though its handshake succeeded, is refused, and its guess does not wear the new code."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    codes = []
+    auth = ReceiverAuth(code=True, on_code=codes.append)
+    gen = auth.code_generation
+    assert auth.begin("10.0.0.1") is None and auth.begin("10.0.0.2") is None
+    assert auth.end("10.0.0.1", None, None, gen) is None
+    assert len(codes) == 2 and auth.code == codes[-1]  # burned and replaced
+    assert "already used" in auth.end("10.0.0.2", None, None, gen)
+    assert auth.code == codes[-1] and auth._code_inflight == 0 and auth._code_failures == 0
 
 
 # -- what the offer summary admits ---------------------------------------------------------
@@ -294,10 +372,12 @@ def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
                             env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
     try:
-        first = LineReader(proc.stdout).next_json()
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
         err = Drain(proc.stderr)
-        env = {**stranger(tmp_path, "s"), "FTX_CODE": first["code"]}
+        code = first["code"]
         for answer, asked in ((b"n\n", 1), (b"y\n", 2)):
+            env = {**stranger(tmp_path, "s"), "FTX_CODE": code}
             sender = start_send(str(src), f"127.0.0.1:{first['port']}", env=env)
             wait_for(lambda: err.text().count("Accept?") == asked, what="the question")
             assert "offers 4 items, 42000 bytes: 'holiday'" in err.text()  # holiday, a.jpg, b, b/c.jpg
@@ -307,6 +387,9 @@ def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
             if answer == b"n\n":
                 assert sender.returncode != 0 and "declined" in serr, serr
                 assert not os.path.exists(d) or not os.listdir(d)
+                while (ev := lines.next_json())["event"] != "code":  # it admitted that sender: used up
+                    pass
+                code = ev["code"]
             else:
                 assert sender.returncode == 0, serr
                 assert (d / "holiday" / "b" / "c.jpg").stat().st_size == 12_000
