@@ -256,6 +256,36 @@ def test_a_handshake_on_a_code_used_meanwhile_is_refused(tmp_path, monkeypatch):
     assert auth.code == codes[-1] and auth._code_inflight == 0 and auth._code_failures == 0
 
 
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_the_users_time_at_the_question_is_not_the_senders_silence(tmp_path, udp):
+    """A receiver whose user takes longer than --idle-timeout to answer still gets the transfer:
+    while it asks, it reads nothing, and that is its own doing, not a silent sender."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--idle-timeout", "1", "--listen", "127.0.0.1", "--port",
+                                   "0", "--dir", str(d), "--json"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        first = LineReader(proc.stdout).next_json()
+        err = Drain(proc.stderr)
+        sender = start_send(str(tmp_path / "a"), f"127.0.0.1:{first['port']}", *udp,
+                            env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the question")
+        time.sleep(2.5)  # the user reads the question for longer than --idle-timeout (time passing, not a sync)
+        os.write(master, b"y\n")
+        _, serr = sender.communicate(timeout=30)
+        assert sender.returncode == 0, serr + err.text()
+        assert (d / "a").stat().st_size == 1000
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+
+
 # -- what the offer summary admits ---------------------------------------------------------
 
 LIAR = """import sys
