@@ -121,9 +121,9 @@ def offer_summary(items) -> bytes:
 
     size, tops = 0, []
     for item in items:
-        if item.kind == Kind.FILE:
+        if item.kind == Kind.FILE:  # what is sent: a named symlink's (or an in-tree link's) file
             try:
-                size += os.lstat(item.local).st_size
+                size += os.stat(item.local).st_size
             except OSError:
                 pass
         if b"/" not in item.wire:

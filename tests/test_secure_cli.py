@@ -330,6 +330,17 @@ def test_a_sender_offering_more_than_it_announced_is_refused(tmp_path, receiver_
     assert sorted(os.listdir(r.dir)) == ["a", "b"]  # nothing of "big", not even a partial
 
 
+def test_a_file_named_through_a_symlink_is_announced_with_its_own_size(tmp_path, receiver_factory):
+    """The summary counts what is sent: the file a named symlink points to, not the link itself."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    data = write_random(tmp_path / "real.bin", 100_000)
+    os.symlink(tmp_path / "real.bin", tmp_path / "link.bin")
+    rc, _, err = run_send(str(tmp_path / "link.bin"), r.dest,
+                          env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert (r.dir / "link.bin").read_bytes() == data
+
+
 def test_announced_admits_what_was_announced_and_counts_only_that():
     from ftx.core.announced import Announced, top_name
     from ftx.core.manifest import FileEntry, Kind
