@@ -341,6 +341,29 @@ def test_a_file_named_through_a_symlink_is_announced_with_its_own_size(tmp_path,
     assert (r.dir / "link.bin").read_bytes() == data
 
 
+def test_more_top_level_names_than_the_summary_lists_all_arrive(tmp_path, receiver_factory):
+    """The summary lists at most 64 names (and fewer long ones); the rest are counted and admitted."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    names = [f"{i:03d}-" + "n" * 60 + "\u00e9" for i in range(70)]
+    for i, name in enumerate(names):
+        write_random(tmp_path / "src" / name, 10, seed=i)
+    rc, _, err = run_send(*(str(tmp_path / "src" / n) for n in names), r.dest,
+                          env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert sorted(os.listdir(r.dir)) == names
+
+
+def test_a_name_that_is_not_utf8_matches_its_announcement(tmp_path, receiver_factory):
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    src = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.makedirs(src)
+    with open(os.path.join(src, b"x"), "wb") as f:
+        f.write(b"x" * 10)
+    rc, _, err = run_send(os.fsdecode(src), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert os.listdir(os.fsencode(r.dir)) == [b"caf\xe9"]
+
+
 def test_announced_admits_what_was_announced_and_counts_only_that():
     from ftx.core.announced import Announced, top_name
     from ftx.core.manifest import FileEntry, Kind
