@@ -286,6 +286,48 @@ def test_the_users_time_at_the_question_is_not_the_senders_silence(tmp_path, udp
         os.close(master)
 
 
+def test_a_sender_at_the_question_holds_up_only_the_next_question(tmp_path):
+    """While one code-mode sender waits for the user's answer, the receiver keeps serving: a wrong code
+    is refused at once; the next code holder's question comes when the first is answered."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    write_random(tmp_path / "b", 2000, seed=1)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
+                                   "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
+        err = Drain(proc.stderr)
+        dest = f"127.0.0.1:{first['port']}"
+        a = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the first question")
+        while (ev := lines.next_json())["event"] != "code":  # a holds the first code: a new one is out
+            pass
+        wrong = "1-acid-acid" if ev["code"] != "1-acid-acid" else "2-acid-acid"
+        rc, _, serr = run_send(str(tmp_path / "b"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": wrong},
+                               timeout=20)
+        assert rc == EXIT_AUTH and "wrong code" in serr, serr
+        b = start_send(str(tmp_path / "b"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+        os.write(master, b"y\n")
+        _, serr = a.communicate(timeout=30)
+        assert a.returncode == 0, serr
+        wait_for(lambda: err.text().count("Accept?") == 2, what="the second question")
+        assert "offers 1 item, 2000 bytes: 'b'" in err.text()
+        os.write(master, b"y\n")
+        _, serr = b.communicate(timeout=30)
+        assert b.returncode == 0, serr
+        assert sorted(os.listdir(d)) == ["a", "b"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+
+
 # -- what the offer summary admits ---------------------------------------------------------
 
 LIAR = """import sys
