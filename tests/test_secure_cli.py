@@ -328,6 +328,44 @@ def test_a_sender_at_the_question_holds_up_only_the_next_question(tmp_path):
         os.close(master)
 
 
+def test_a_sender_that_proves_a_code_another_just_used_is_refused(tmp_path, receiver_factory):
+    """Two code holders race: B's handshake started before A's, and proves the code after A used it.
+    B is refused (sealed ERROR AUTH), though its code was right when it began."""
+    from ftx.core.frames import FrameType
+    from ftx.core.secure.pake import PakeClient
+    from ftx.core.secure.records import RecordOpener
+
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    code = r.listening["code"]
+    write_random(tmp_path / "a", 1000)
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as b:
+        hs = PakeClient(code)
+        b.sendall(hs.data_to_send())  # ClientHello
+        held = b""
+        while not (confirm := hs.data_to_send()):  # until the ServerHello is in and ClientConfirm ready
+            data = b.recv(65536)
+            assert data, "the receiver closed during the handshake"
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        rc, _, err = run_send(str(tmp_path / "a"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+        assert rc == 0, err  # A used the code
+        b.sendall(confirm)  # B proves the same code now
+        while not hs.done:
+            data = b.recv(65536)
+            assert data, "the receiver closed during the handshake"
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        opener, plain = RecordOpener(hs.result), b""
+        plain += opener.feed(held) if held else b""
+        while data := b.recv(65536):
+            plain += opener.feed(data)
+    assert plain[0] == FrameType.ERROR and b"already used" in plain, plain
+    events = r.events_until("session")  # A's
+    events += r.events_until("session")  # B's
+    assert "already used" in events[-1]["error"] and not events[-1]["ok"]
+    assert sorted(os.listdir(r.dir)) == ["a"]
+
+
 # -- what the offer summary admits ---------------------------------------------------------
 
 LIAR = """import sys
