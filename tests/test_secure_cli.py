@@ -16,8 +16,11 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ftx import credentials as cr
+from ftx.errors import ErrorCode
 from ftx.security_setup import CODE_TRIES, ReceiverAuth, Throttle
 
 from .helpers import FTX, LineReader, Receiver, run_send, start_send, wait_for, with_env, write_random
@@ -442,6 +445,44 @@ def test_a_name_that_is_not_utf8_matches_its_announcement(tmp_path, receiver_fac
     rc, _, err = run_send(os.fsdecode(src), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
     assert rc == 0, err
     assert os.listdir(os.fsencode(r.dir)) == [b"caf\xe9"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(files=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans(), st.integers(0, 3000),
+                                st.booleans()), max_size=8),
+       items=st.integers(0, 9), size=st.integers(0, 12_000), names=st.sets(st.sampled_from(["a", "b", "c"])),
+       left_out=st.integers(0, 2), honest=st.booleans())
+def test_what_is_written_stays_within_the_summary_whatever_is_offered(files, items, size, names, left_out, honest):
+    """Two sans-I/O peers: whatever a sender offers (OFFER or SMALL_FILE), what the receiver writes stays
+    within its HELLO's summary, everything else gets RESULT ABORTED, and an honest summary admits all."""
+    from ftx.core.manifest import FileEntry, Kind
+    from ftx.core.messages import OfferSummary
+
+    from .fuzz.wiring import TcpPair
+
+    entries = [(FileEntry((f"{top}/{i}" if deep else top).encode(), Kind.FILE, n, chunk_size=4096), bytes(n), small)
+               for i, (top, deep, n, small) in enumerate(files)]
+    if honest:
+        tops = sorted({e.path.split(b"/")[0].decode() for e, _, _ in entries})
+        summary = OfferSummary(len(entries), sum(e.size for e, _, _ in entries), tuple(tops), len(tops))
+    else:
+        summary = OfferSummary(items, size, tuple(sorted(names)), len(names) + left_out)
+    pair = TcpPair(summary=summary.encode())
+    pair.pump()
+    for entry, data, small in entries:
+        pair.sd.offer(entry, data, small=small)
+        pair.pump()
+    codes = {fid: code for fid, code, _ in pair.rd.results}
+    assert len(codes) == len(entries)  # every item has its RESULT
+    written = [e for fid, (e, _, _) in enumerate(entries) if codes[fid] == 0]
+    assert all(codes[fid] in (0, int(ErrorCode.ABORTED)) for fid in codes)
+    if honest:
+        assert len(written) == len(entries)
+        return
+    assert len(written) <= summary.items and sum(e.size for e in written) <= summary.size
+    unlisted = {e.path.split(b"/")[0].decode() for e in written} - set(summary.names)
+    assert len(unlisted) <= left_out
+    assert len(pair.rd.completed) == len(written)
 
 
 def test_announced_admits_what_was_announced_and_counts_only_that():
