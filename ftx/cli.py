@@ -494,6 +494,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     if auth.code:
         show_code(auth.code, False)
         auth.on_code = lambda code: show_code(code, True)
+        auth.renew_code = not once  # --once: the used code is not replaced while its transfer may end it all
     finished: asyncio.Future = loop.create_future()
 
     def on_file(report) -> None:
@@ -536,6 +537,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                    "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
+        elif auth.code_mode and auth.code is None and not finished.done():
+            auth.new_code()  # --once and that session did not complete: the receiver goes on, with a new code
 
     asking = asyncio.Lock()  # one question on the terminal at a time
 

@@ -21,6 +21,7 @@ from .core.events import (
     Event,
     FileDataComplete,
     FileOffered,
+    FileRefused,
     FileRestarted,
     FileWithdrawn,
     HandshakeComplete,
@@ -116,6 +117,8 @@ class ReceiveSession:
             self._on_chunk(ev)
         elif isinstance(ev, FileOffered):
             self._guarded(ev.file_id, ev.entry, self._on_offer, ev)
+        elif isinstance(ev, FileRefused):  # beyond what the sender announced: nothing of it is written
+            self._fail(ev.file_id, ev.entry, ErrorCode.ABORTED, ev.reason)
         elif isinstance(ev, SmallFileReceived):
             self._guarded(ev.file_id, ev.entry, self._on_small, ev)
         elif isinstance(ev, FileDataComplete):
@@ -410,7 +413,9 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
         # handling an event can raise new ones (the last RESULT completes the session)
         while events := _drain(conn):
             if confirm is not None and any(isinstance(ev, HandshakeComplete) for ev in events):
-                if not await confirm(conn.peer):  # before anything offered is looked at
+                with link_busy(link):  # the user's time at the question is not the sender's silence
+                    accepted = await confirm(conn.peer)
+                if not accepted:  # before anything offered is looked at
                     conn.send_error(ErrorCode.ABORTED, "the receiver declined what is offered")
                     raise FtxError("declined what is offered", ErrorCode.ABORTED)
                 confirm = None

@@ -8,13 +8,16 @@ keys checked against ``known_hosts`` (trust on first use) or a pinned
 The receiver keeps one ``ReceiverAuth`` for its lifetime: its identity, the
 authorized senders, the current pairing code (burned after ``CODE_TRIES``
 failed guesses, with at most that many guesses in flight, so parallel
-connections cannot guess more), and per-address failure counting
+connections cannot guess more; and burned as soon as one sender proved it:
+one code, one transfer -- a handshake still in flight on a burned code is
+refused even if it proves the old code), and per-address failure counting
 (``Throttle``): an address whose credentials failed 5 checks within a minute
 is turned away before any handshake work for a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -118,9 +121,9 @@ def offer_summary(items) -> bytes:
 
     size, tops = 0, []
     for item in items:
-        if item.kind == Kind.FILE:
+        if item.kind == Kind.FILE:  # what is sent: a named symlink's (or an in-tree link's) file
             try:
-                size += os.lstat(item.local).st_size
+                size += os.stat(item.local).st_size
             except OSError:
                 pass
         if b"/" not in item.wire:
@@ -199,6 +202,8 @@ class ReceiverAuth:
         self.code: str | None = None
         self._code_failures = 0
         self._code_inflight = 0
+        self.code_generation = 0  # which code a handshake ran against (a burned one admits nobody)
+        self.renew_code = True  # a used code is replaced at once (False with --once: see ``code_used``)
         self.tls_factory = None
         self.fingerprint = ""
         self.kind = "insecure"
@@ -235,8 +240,20 @@ class ReceiverAuth:
     def new_code(self) -> str:
         self.code = cr.new_code()
         self._code_failures = 0
+        self.code_generation += 1
         self.on_code(self.code)
         return self.code
+
+    def code_used(self) -> None:
+        """A sender proved the code: burn it (one code, one transfer).  A new one is printed,
+        unless ``renew_code`` is off (--once), where the code is simply gone until ``new_code``."""
+        log.info("the pairing code was used: it is burned")
+        if self.renew_code:
+            self.new_code()
+        else:
+            self.code = None
+            self._code_failures = 0
+            self.code_generation += 1
 
     def begin(self, host: str | None) -> str | None:
         """A connection from ``host`` wants to run a handshake: None to go on, else why not."""
@@ -244,22 +261,35 @@ class ReceiverAuth:
         if left > 0:
             return f"too many failed authentications from {host}; try again in {left:.0f} s"
         if self.code_mode:
+            if self.code is None:
+                return "the pairing code was used; ask the receiver for a new one"
             if self._code_inflight + self._code_failures >= CODE_TRIES:
                 return "another attempt at the pairing code is in progress; try again shortly"
             self._code_inflight += 1
         return None
 
-    def end(self, host: str | None, hs, error: BaseException | None) -> None:
-        """The handshake ``begin`` allowed is over (``error`` None: it succeeded)."""
+    def end(self, host: str | None, hs, error: BaseException | None, generation: int | None = None) -> str | None:
+        """The handshake ``begin`` allowed is over (``error`` None: it succeeded).
+
+        Returns why a handshake that succeeded is refused all the same (None: admitted):
+        in code mode, one that ran against a code already burned (``generation``, the
+        ``code_generation`` it started under).  An admitted code handshake burns the code.
+        """
+        stale = self.code_mode and generation is not None and generation != self.code_generation
         if self.code_mode:
             self._code_inflight -= 1
+            if error is None:
+                if stale:
+                    return "the pairing code was already used; ask the receiver for a new one"
+                self.code_used()
+                return None
         # only a credential that was checked and failed counts (a guess at a code, an unknown
         # key): garbage, a plaintext HELLO or a timeout cost the receiver no crypto, and the
         # admission limits bound them; counting them would let anyone lock an address out
         if error is None or not isinstance(error, AuthError) or getattr(hs, "kind", None) is None:
             return
         self.throttle.failed(host)
-        if self.code_mode:
+        if self.code_mode and not stale:  # a guess at a code already replaced does not wear the new one
             self._code_failures += 1  # a guess was made (the sender's SPAKE2 message arrived)
             if self._code_failures >= CODE_TRIES:
                 log.warning("%d wrong attempts at the pairing code: it is burned", CODE_TRIES)
@@ -314,18 +344,26 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
         log.debug("%s: turned away: %s", host, why)
         auth.turned_away += 1
         return ""
+    generation = auth.code_generation
     hs = auth.handshake()
     log.debug("%s: handshake", host)
     try:
         link.established = await run_handshake(link, hs, timeout)  # receipts are bound to its transcript
     except FtxError as exc:
-        auth.end(host, hs, exc)
+        auth.end(host, hs, exc, generation)
         await link.aclose()
         return auth.describe(exc)
     except BaseException as exc:  # cancelled (evicted for a newcomer, or shutting down)
-        auth.end(host, hs, exc)
+        auth.end(host, hs, exc, generation)
         link.close()
         raise
-    auth.end(host, hs, None)
+    why = auth.end(host, hs, None, generation)
+    if why is not None:  # proved a code that another sender used first: sealed now, so say it sealed
+        try:
+            await asyncio.wait_for(link.send([refusal_frame(why)]), 1.0)
+        except Exception:
+            pass
+        await link.aclose()
+        return f"authentication failed: {why}"
     log.debug("%s: authenticated (%s)", host, auth.kind)
     return None

@@ -11,12 +11,16 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ftx import credentials as cr
+from ftx.errors import ErrorCode
 from ftx.security_setup import CODE_TRIES, ReceiverAuth, Throttle
 
 from .helpers import FTX, LineReader, Receiver, run_send, start_send, wait_for, with_env, write_random
@@ -145,6 +149,7 @@ def test_code_mode_via_env_and_code_file(tmp_path, receiver_factory, udp):
     assert rc == 0, err
     assert report["auth"] == "code" and report["fingerprint"] == r.listening["fingerprint"]
     assert (r.dir / "a.bin").read_bytes() == data
+    code = next(e for e in r.events_until("code") if e["event"] == "code")["code"]  # that one is used up
     (tmp_path / "codefile").write_text(code + "\n")
     write_random(tmp_path / "b.bin", 1000)
     rc, _, err = run_send(str(tmp_path / "b.bin"), r.dest, *udp, "--code-file", str(tmp_path / "codefile"),
@@ -175,6 +180,330 @@ def test_wrong_code_refused_and_burned_after_three(tmp_path, receiver_factory):
     assert rc == 0, err
     r.stop()
     assert f"pairing code: {code}" in r.stderr and f"new pairing code: {ev['code']}" in r.stderr
+
+
+def test_one_code_one_transfer(tmp_path, receiver_factory):
+    """A code admits one sender: once used it is burned, a new one printed, and the old one is a wrong code."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    code = r.listening["code"]
+    write_random(tmp_path / "a", 1000)
+    rc, _, err = run_send(str(tmp_path / "a"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+    assert rc == 0, err
+    events = r.events_until("session")
+    (ev,) = [e for e in events if e["event"] == "code"]
+    assert cr.parse_code(ev["code"]) == ev["code"] != code
+    write_random(tmp_path / "b", 1000, seed=1)
+    rc, _, err = run_send(str(tmp_path / "b"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+    assert rc == EXIT_AUTH, err
+    assert "wrong code" in one_line(err, "wrong code")
+    assert "wrong code" in r.events_until("session")[-1]["error"]
+    assert sorted(os.listdir(r.dir)) == ["a"]  # nothing of the second sender landed
+    rc, _, err = run_send(str(tmp_path / "b"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+    assert rc == 0, err
+    r.stop()
+    assert f"new pairing code: {ev['code']}" in r.stderr
+
+
+def test_once_keeps_no_spare_code_and_renews_it_when_the_session_fails(tmp_path):
+    """--once: the used code is not replaced while its transfer may end the receiver; a session that
+    fails (here: the user declines) gives a new code and the receiver goes on."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--once", "--listen", "127.0.0.1", "--port", "0", "--dir",
+                                   str(d), "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
+        err = Drain(proc.stderr)
+        dest = f"127.0.0.1:{first['port']}"
+        sender = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the question")
+        # while one sender holds the code, nobody else gets in, with it or any other code
+        rc, _, serr = run_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        assert rc == EXIT_AUTH and "was used" in serr, serr
+        assert "new pairing code" not in err.text()
+        os.write(master, b"n\n")
+        sender.communicate(timeout=30)
+        while (ev := lines.next_json())["event"] != "code":
+            pass
+        sender = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+        wait_for(lambda: err.text().count("Accept?") == 2, what="the second question")
+        os.write(master, b"y\n")
+        _, serr = sender.communicate(timeout=30)
+        assert sender.returncode == 0, serr
+        assert proc.wait(30) == 0  # --once: the complete transfer ends the receiver
+        assert (d / "a").stat().st_size == 1000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+
+
+def test_a_handshake_on_a_code_used_meanwhile_is_refused(tmp_path, monkeypatch):
+    """Two senders prove the same code at once: the first is admitted and burns it; the second,
+    though its handshake succeeded, is refused, and its guess does not wear the new code."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    codes = []
+    auth = ReceiverAuth(code=True, on_code=codes.append)
+    gen = auth.code_generation
+    assert auth.begin("10.0.0.1") is None and auth.begin("10.0.0.2") is None
+    assert auth.end("10.0.0.1", None, None, gen) is None
+    assert len(codes) == 2 and auth.code == codes[-1]  # burned and replaced
+    assert "already used" in auth.end("10.0.0.2", None, None, gen)
+    assert auth.code == codes[-1] and auth._code_inflight == 0 and auth._code_failures == 0
+
+
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_the_users_time_at_the_question_is_not_the_senders_silence(tmp_path, udp):
+    """A receiver whose user takes longer than --idle-timeout to answer still gets the transfer:
+    while it asks, it reads nothing, and that is its own doing, not a silent sender."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--idle-timeout", "1", "--listen", "127.0.0.1", "--port",
+                                   "0", "--dir", str(d), "--json"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        first = LineReader(proc.stdout).next_json()
+        err = Drain(proc.stderr)
+        sender = start_send(str(tmp_path / "a"), f"127.0.0.1:{first['port']}", *udp,
+                            env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the question")
+        time.sleep(2.5)  # the user reads the question for longer than --idle-timeout (time passing, not a sync)
+        os.write(master, b"y\n")
+        _, serr = sender.communicate(timeout=30)
+        assert sender.returncode == 0, serr + err.text()
+        assert (d / "a").stat().st_size == 1000
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+
+
+def test_a_sender_at_the_question_holds_up_only_the_next_question(tmp_path):
+    """While one code-mode sender waits for the user's answer, the receiver keeps serving: a wrong code
+    is refused at once; the next code holder's question comes when the first is answered."""
+    import pty
+
+    write_random(tmp_path / "a", 1000)
+    write_random(tmp_path / "b", 2000, seed=1)
+    d = tmp_path / "dst"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FTX + ["receive", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
+                                   "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_env(stranger(tmp_path, "r")))
+    os.close(slave)
+    try:
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
+        err = Drain(proc.stderr)
+        dest = f"127.0.0.1:{first['port']}"
+        a = start_send(str(tmp_path / "a"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": first["code"]})
+        wait_for(lambda: "Accept?" in err.text(), what="the first question")
+        while (ev := lines.next_json())["event"] != "code":  # a holds the first code: a new one is out
+            pass
+        wrong = "1-acid-acid" if ev["code"] != "1-acid-acid" else "2-acid-acid"
+        rc, _, serr = run_send(str(tmp_path / "b"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": wrong},
+                               timeout=20)
+        assert rc == EXIT_AUTH and "wrong code" in serr, serr
+        b = start_send(str(tmp_path / "b"), dest, env={**stranger(tmp_path, "s"), "FTX_CODE": ev["code"]})
+        os.write(master, b"y\n")
+        _, serr = a.communicate(timeout=30)
+        assert a.returncode == 0, serr
+        wait_for(lambda: err.text().count("Accept?") == 2, what="the second question")
+        assert "offers 1 item, 2000 bytes: 'b'" in err.text()
+        os.write(master, b"y\n")
+        _, serr = b.communicate(timeout=30)
+        assert b.returncode == 0, serr
+        assert sorted(os.listdir(d)) == ["a", "b"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+
+
+def test_a_sender_that_proves_a_code_another_just_used_is_refused(tmp_path, receiver_factory):
+    """Two code holders race: B's handshake started before A's, and proves the code after A used it.
+    B is refused (sealed ERROR AUTH), though its code was right when it began."""
+    from ftx.core.frames import FrameType
+    from ftx.core.secure.pake import PakeClient
+    from ftx.core.secure.records import RecordOpener
+
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    code = r.listening["code"]
+    write_random(tmp_path / "a", 1000)
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as b:
+        hs = PakeClient(code)
+        b.sendall(hs.data_to_send())  # ClientHello
+        held = b""
+        while not (confirm := hs.data_to_send()):  # until the ServerHello is in and ClientConfirm ready
+            data = b.recv(65536)
+            assert data, "the receiver closed during the handshake"
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        rc, _, err = run_send(str(tmp_path / "a"), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": code})
+        assert rc == 0, err  # A used the code
+        b.sendall(confirm)  # B proves the same code now
+        while not hs.done:
+            data = b.recv(65536)
+            assert data, "the receiver closed during the handshake"
+            held += data
+            held = held[hs.receive(held, time.monotonic()):]
+        opener, plain = RecordOpener(hs.result), b""
+        plain += opener.feed(held) if held else b""
+        while data := b.recv(65536):
+            plain += opener.feed(data)
+    assert plain[0] == FrameType.ERROR and b"already used" in plain, plain
+    events = r.events_until("session")  # A's
+    events += r.events_until("session")  # B's
+    assert "already used" in events[-1]["error"] and not events[-1]["ok"]
+    assert sorted(os.listdir(r.dir)) == ["a"]
+
+
+# -- what the offer summary admits ---------------------------------------------------------
+
+LIAR = """import sys
+import ftx.security_setup as s
+from ftx.core.messages import OfferSummary
+items, size, names, count = {summary!r}
+s.offer_summary = lambda real: OfferSummary(items, size, tuple(names), count).encode()
+from ftx.cli import main
+sys.argv = ["ftx"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.parametrize("summary, refused", [
+    pytest.param((2, 2000, ["a", "b"], 2), "more", id="count"),
+    pytest.param((3, 2000, ["a", "b", "big"], 3), "bytes", id="bytes"),
+    pytest.param((3, 10**9, ["a", "b"], 2), "top-level", id="name"),
+    pytest.param((3, 10**9, ["a", "b"], 3), None, id="names-left-out"),
+])
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_a_sender_offering_more_than_it_announced_is_refused(tmp_path, receiver_factory, udp, summary, refused):
+    """croc#593: a code holder announces a little (what the user says yes to) and sends more.
+    The sender here lies in its HELLO's OFFER_SUMMARY; what it did not announce is refused, not written."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    src = tmp_path / "src"
+    write_random(src / "a", 1000)
+    write_random(src / "b", 1000, seed=1)
+    big = write_random(src / "big", 300_000, seed=2)  # an OFFER (a and b go as SMALL_FILE)
+    env = with_env({**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    proc = subprocess.run([sys.executable, "-c", LIAR.format(summary=summary), "send", str(src / "a"),
+                           str(src / "b"), str(src / "big"), r.dest, *udp, "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    files = [e for e in r.events_until("session") if e["event"] == "file"]
+    status = {f["path"]: f["status"] for f in files}
+    if refused is None:  # the summary said it left a name out: one unlisted top-level name is admitted
+        assert proc.returncode == 0, proc.stderr
+        assert (r.dir / "big").read_bytes() == big
+        return
+    assert proc.returncode != 0 and "not announced" in proc.stderr, proc.stderr
+    assert status == {"a": "ok", "b": "ok", "big": "aborted"}, files
+    assert refused in next(f["message"] for f in files if f["path"] == "big")
+    assert sorted(os.listdir(r.dir)) == ["a", "b"]  # nothing of "big", not even a partial
+
+
+def test_a_file_named_through_a_symlink_is_announced_with_its_own_size(tmp_path, receiver_factory):
+    """The summary counts what is sent: the file a named symlink points to, not the link itself."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    data = write_random(tmp_path / "real.bin", 100_000)
+    os.symlink(tmp_path / "real.bin", tmp_path / "link.bin")
+    rc, _, err = run_send(str(tmp_path / "link.bin"), r.dest,
+                          env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert (r.dir / "link.bin").read_bytes() == data
+
+
+def test_more_top_level_names_than_the_summary_lists_all_arrive(tmp_path, receiver_factory):
+    """The summary lists at most 64 names (and fewer long ones); the rest are counted and admitted."""
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    names = [f"{i:03d}-" + "n" * 60 + "\u00e9" for i in range(70)]
+    for i, name in enumerate(names):
+        write_random(tmp_path / "src" / name, 10, seed=i)
+    rc, _, err = run_send(*(str(tmp_path / "src" / n) for n in names), r.dest,
+                          env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert sorted(os.listdir(r.dir)) == names
+
+
+def test_a_name_that_is_not_utf8_matches_its_announcement(tmp_path, receiver_factory):
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    src = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.makedirs(src)
+    with open(os.path.join(src, b"x"), "wb") as f:
+        f.write(b"x" * 10)
+    rc, _, err = run_send(os.fsdecode(src), r.dest, env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    assert rc == 0, err
+    assert os.listdir(os.fsencode(r.dir)) == [b"caf\xe9"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(files=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans(), st.integers(0, 3000),
+                                st.booleans()), max_size=8),
+       items=st.integers(0, 9), size=st.integers(0, 12_000), names=st.sets(st.sampled_from(["a", "b", "c"])),
+       left_out=st.integers(0, 2), honest=st.booleans())
+def test_what_is_written_stays_within_the_summary_whatever_is_offered(files, items, size, names, left_out, honest):
+    """Two sans-I/O peers: whatever a sender offers (OFFER or SMALL_FILE), what the receiver writes stays
+    within its HELLO's summary, everything else gets RESULT ABORTED, and an honest summary admits all."""
+    from ftx.core.manifest import FileEntry, Kind
+    from ftx.core.messages import OfferSummary
+
+    from .fuzz.wiring import TcpPair
+
+    entries = [(FileEntry((f"{top}/{i}" if deep else top).encode(), Kind.FILE, n, chunk_size=4096), bytes(n), small)
+               for i, (top, deep, n, small) in enumerate(files)]
+    if honest:
+        tops = sorted({e.path.split(b"/")[0].decode() for e, _, _ in entries})
+        summary = OfferSummary(len(entries), sum(e.size for e, _, _ in entries), tuple(tops), len(tops))
+    else:
+        summary = OfferSummary(items, size, tuple(sorted(names)), len(names) + left_out)
+    pair = TcpPair(summary=summary.encode())
+    pair.pump()
+    for entry, data, small in entries:
+        pair.sd.offer(entry, data, small=small)
+        pair.pump()
+    codes = {fid: code for fid, code, _ in pair.rd.results}
+    assert len(codes) == len(entries)  # every item has its RESULT
+    written = [e for fid, (e, _, _) in enumerate(entries) if codes[fid] == 0]
+    assert all(codes[fid] in (0, int(ErrorCode.ABORTED)) for fid in codes)
+    if honest:
+        assert len(written) == len(entries)
+        return
+    assert len(written) <= summary.items and sum(e.size for e in written) <= summary.size
+    unlisted = {e.path.split(b"/")[0].decode() for e in written} - set(summary.names)
+    assert len(unlisted) <= left_out
+    assert len(pair.rd.completed) == len(written)
+
+
+def test_announced_admits_what_was_announced_and_counts_only_that():
+    from ftx.core.announced import Announced, top_name
+    from ftx.core.manifest import FileEntry, Kind
+    from ftx.core.messages import OfferSummary
+
+    def entry(path: bytes, size: int = 0, kind=Kind.FILE):
+        return FileEntry(path, kind, size)
+
+    a = Announced(OfferSummary(3, 100, ("d",), 2))
+    assert a.admit(entry(b"d", kind=Kind.DIR)) is None
+    assert "bytes" in a.admit(entry(b"d/x", 101))  # refused ones are not counted
+    assert a.admit(entry(b"d/x", 60)) is None
+    assert a.admit(entry(b"e", 40)) is None  # the one name the summary left out
+    assert "more" in a.admit(entry(b"d/y", 0))
+    b = Announced(OfferSummary(9, 100, ("d",), 2))
+    assert b.admit(entry(b"e")) is None and b.admit(entry(b"e/f")) is None
+    assert "top-level" in b.admit(entry(b"g"))
+    assert Announced(None).admit(entry(b"anything", 10**12)) is None
+    assert top_name(b"\xff\xfe/x") == "\\xff\\xfe"  # as the sender's wire_text spells a non-UTF-8 name
 
 
 def test_code_is_never_taken_from_the_command_line(tmp_path, receiver_factory):
@@ -228,10 +557,12 @@ def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
                             env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
     try:
-        first = LineReader(proc.stdout).next_json()
+        lines = LineReader(proc.stdout)
+        first = lines.next_json()
         err = Drain(proc.stderr)
-        env = {**stranger(tmp_path, "s"), "FTX_CODE": first["code"]}
+        code = first["code"]
         for answer, asked in ((b"n\n", 1), (b"y\n", 2)):
+            env = {**stranger(tmp_path, "s"), "FTX_CODE": code}
             sender = start_send(str(src), f"127.0.0.1:{first['port']}", env=env)
             wait_for(lambda: err.text().count("Accept?") == asked, what="the question")
             assert "offers 4 items, 42000 bytes: 'holiday'" in err.text()  # holiday, a.jpg, b, b/c.jpg
@@ -241,6 +572,9 @@ def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
             if answer == b"n\n":
                 assert sender.returncode != 0 and "declined" in serr, serr
                 assert not os.path.exists(d) or not os.listdir(d)
+                while (ev := lines.next_json())["event"] != "code":  # it admitted that sender: used up
+                    pass
+                code = ev["code"]
             else:
                 assert sender.returncode == 0, serr
                 assert (d / "holiday" / "b" / "c.jpg").stat().st_size == 12_000

@@ -33,6 +33,16 @@ class FileOffered(Event):
 
 
 @dataclass(frozen=True)
+class FileRefused(Event):
+    """An item beyond what the sender announced (``announced.Announced``); answer with
+    ``file_result`` (a refusal: nothing of it is looked at or written)."""
+
+    file_id: int
+    entry: FileEntry
+    reason: str
+
+
+@dataclass(frozen=True)
 class SmallFileReceived(Event):
     """A whole file arrived in one frame; answer with ``file_result``."""
 

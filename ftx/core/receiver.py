@@ -5,6 +5,7 @@ Frames become events; the driver answers with calls:
 * ``FileOffered``       -> ``decide(file_id, held=..., ...)`` for a regular file,
                            or ``file_result(...)`` to refuse it / for dirs and links
 * ``SmallFileReceived`` -> ``file_result``
+* ``FileRefused``       -> ``file_result`` refusing it (beyond the sender's OFFER_SUMMARY)
 * ``ChunkReceived``     -> write the (already verified) bytes
 * ``FileDataComplete``  -> verify the digest, finalize, ``file_result``
 * ``FileRestarted``     -> forget held chunks
@@ -23,12 +24,14 @@ from .events import (
     ChunkReceived,
     FileDataComplete,
     FileOffered,
+    FileRefused,
     FileRestarted,
     FileWithdrawn,
     ReceiptDue,
     SessionComplete,
     SmallFileReceived,
 )
+from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
 from .manifest import FileEntry, Kind
 from .messages import (
@@ -42,6 +45,7 @@ from .messages import (
     FileEnd,
     FileNotice,
     Offer,
+    OfferSummary,
     Result,
     SmallFile,
 )
@@ -71,6 +75,7 @@ class ReceiverConnection(Connection):
         self._signer = signer
         self._existing: dict[int, bytes] = {}  # receipt: digest of an identical destination, until its RESULT
         self._receipt_due = False
+        self._announced: Announced | None = None  # from the peer's HELLO, at its first item
 
     @property
     def receipt_requested(self) -> bool:
@@ -155,14 +160,20 @@ class ReceiverConnection(Connection):
                 raise RemoteProtocolError(
                     f"chunk size {o.entry.chunk_size} + 24 exceeds our max_payload {self.config.max_payload}")
             self._new_file(o.file_id, o.entry, FileState.OFFERED)
-            self._events.append(FileOffered(o.file_id, o.entry))
+            if (why := self._beyond_announced(o.entry)) is not None:
+                self._events.append(FileRefused(o.file_id, o.entry, why))
+            else:
+                self._events.append(FileOffered(o.file_id, o.entry))
         elif t == FrameType.SMALL_FILE:
             s = SmallFile.decode(p)
             if s.entry.kind != Kind.FILE:
                 raise RemoteProtocolError("SMALL_FILE must carry a regular file")
             self._new_file(s.file_id, s.entry, FileState.SENDING)
             self._step(s.file_id, In.END, remote=True)
-            self._events.append(SmallFileReceived(s.file_id, s.entry, s.digest, s.data))
+            if (why := self._beyond_announced(s.entry)) is not None:
+                self._events.append(FileRefused(s.file_id, s.entry, why))
+            else:
+                self._events.append(SmallFileReceived(s.file_id, s.entry, s.digest, s.data))
         elif t == FrameType.FILE_END:
             e = FileEnd.decode(p)
             if self._step(e.file_id, In.END, remote=True) == FileState.ENDED:
@@ -214,6 +225,13 @@ class ReceiverConnection(Connection):
         self._files[file_id] = state
         self._entries[file_id] = entry
         self._have[file_id] = RangeSet()
+
+    def _beyond_announced(self, entry: FileEntry) -> str | None:
+        """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted)."""
+        if self._announced is None:
+            summary = self.peer.summary if self.peer is not None else b""
+            self._announced = Announced(OfferSummary.decode(summary) if summary else None)
+        return self._announced.admit(entry)
 
     def _on_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
         if self._step(file_id, In.CHUNK, remote=True) == FileState.FAILED:

@@ -141,6 +141,8 @@ class ReceiverDriver:
                 return
             self.completed.append((f.entry.path, data))
             self._result(e.file_id, f.entry, ErrorCode.OK, digest=digest)
+        elif isinstance(e, ev.FileRefused):  # beyond the sender's OFFER_SUMMARY (as ReceiveSession)
+            self._result(e.file_id, e.entry, ErrorCode.ABORTED, e.reason)
         elif isinstance(e, ev.SmallFileReceived):
             entry = e.entry
             try:
