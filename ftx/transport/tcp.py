@@ -23,11 +23,11 @@ import time
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from ..core.frames import FrameType, encode_frame
-from ..core.messages import ErrorMessage
+from ..core.frames import FrameDecoder, FrameType, encode_frame
+from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
 from ..core.secure.records import RecordOpener, RecordSealer
-from ..errors import ErrorCode, LocalProtocolError, TransportError
+from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.tcp")
@@ -299,7 +299,7 @@ class TcpLink:
         if len(frame) < size:
             return None
         opener.skip(size)
-        _copy_into(conn, frame)
+        _copy_into(conn, _mark_unauthenticated(frame))
         return True
 
     async def _readable(self, conn) -> None:
@@ -348,6 +348,23 @@ class TcpLink:
 
     async def aclose(self) -> None:
         self.close()
+
+
+UNAUTHENTICATED = " (not authenticated: it came in plaintext before the sealed channel; anyone on the path could have sent it)"
+
+
+def _mark_unauthenticated(frame: bytes) -> bytes:
+    """A plaintext ERROR frame with ``UNAUTHENTICATED`` after its reason (re-encoded; the text
+    shortened to fit).  A frame that does not decode goes on as is: the session rejects it."""
+    decoder = FrameDecoder()
+    try:
+        decoder.feed(frame)
+        msg = ErrorMessage.decode(decoder.next_frame().payload)
+    except FtxError:
+        return frame
+    room = MAX_TEXT - len(UNAUTHENTICATED.encode())
+    reason = msg.message.encode()[:room].decode("utf-8", "ignore")
+    return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason + UNAUTHENTICATED).encode())
 
 
 def _copy_into(conn, data) -> None:
