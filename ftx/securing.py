@@ -30,6 +30,7 @@ from .core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
 from .core.frames import FrameDecoder, FrameType, encode_frame
 from .core.messages import ErrorMessage
 from .core.secure import AuthError, Established, Handshake
+from .core.secure.handshake import printable
 from .errors import ErrorCode, FtxError, PeerError, RemoteProtocolError, TransportError
 
 HANDSHAKE_FRAME = 0x10  # protocol.md: the HANDSHAKE frame type (reserved range 0x10-0x1F)
@@ -160,9 +161,10 @@ def _peer_error(frame: bytes) -> FtxError:
         msg = ErrorMessage.decode(decoder.next_frame().payload)
     except FtxError as exc:
         return RemoteProtocolError(f"malformed ERROR frame during the handshake: {exc}")
+    reason = printable(msg.message)  # from a peer not yet proven: no line breaks or escapes reach a terminal
     if msg.code == ErrorCode.AUTH:
-        return AuthError(f"peer refused: {msg.message}")
-    return PeerError(f"peer error: {msg.message}", msg.code if isinstance(msg.code, ErrorCode) else None)
+        return AuthError(f"peer refused: {reason}")
+    return PeerError(f"peer error: {reason}", msg.code if isinstance(msg.code, ErrorCode) else None)
 
 
 async def _tell(link, code: ErrorCode, message: str) -> None:

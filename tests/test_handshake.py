@@ -473,3 +473,34 @@ def test_a_low_order_key_share_is_refused(share):
     body[32:64] = share
     with pytest.raises(AuthError, match="key share is invalid"):
         server.receive(encode_message(KIND_KEYS, 1, bytes(body)), 0.0)
+
+
+# -- what an unauthenticated peer can make us print or log --------------------------------
+HOSTILE_REASON = "ok\n\rftx: sent 3 files, all verified\x1b[2J\x1b]0;pwned\x07\u202edxt.exe\x00\x9b"
+
+
+def _no_controls(text: str) -> bool:
+    return all(ch.isprintable() for ch in text)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_a_peers_error_reason_cannot_forge_lines_or_drive_the_terminal(side):
+    """The reason in a peer's ERROR during the handshake (the peer is not proven: anyone can
+    send one) ends up in our one-line error and the receiver's log: control characters,
+    escape sequences and bidi overrides come out as visible escapes, on one line."""
+    client, server = sigma_pair()
+    hs = client if side == "client" else server
+    with pytest.raises(FtxError) as info:
+        hs.receive(refusal_frame(HOSTILE_REASON), 0.0)
+    text = str(info.value)
+    assert _no_controls(text), repr(text)
+    assert "\\n" in text and "\\x1b[2J" in text and "ftx: sent 3 files" in text  # shown, as what it is
+    assert "\\u202e" in text
+
+
+def test_the_driver_also_neuters_a_peers_error_reason():
+    from ftx.securing import _peer_error
+
+    exc = _peer_error(refusal_frame(HOSTILE_REASON))
+    assert isinstance(exc, AuthError) and _no_controls(str(exc)), repr(str(exc))
+    assert "\\x1b" in str(exc)

@@ -26,6 +26,7 @@ from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
 from ..core.frames import FrameDecoder, FrameType, encode_frame
 from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
+from ..core.secure.handshake import printable
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
 from .sockets import bound_socket
@@ -362,8 +363,7 @@ def _mark_unauthenticated(frame: bytes) -> bytes:
         msg = ErrorMessage.decode(decoder.next_frame().payload)
     except FtxError:
         return frame
-    room = MAX_TEXT - len(UNAUTHENTICATED.encode())
-    reason = msg.message.encode()[:room].decode("utf-8", "ignore")
+    reason = printable(msg.message, MAX_TEXT // 4)  # one line, no escape sequences for a terminal
     return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason + UNAUTHENTICATED).encode())
 
 

@@ -145,6 +145,33 @@ class FrameReader:
             raise RemoteProtocolError(f"unexpected frame type 0x{ftype:02x} during the handshake")
 
 
+MAX_SHOWN = 300  # characters of a peer's text we put in an error or a log line
+
+
+def printable(text: str, limit: int = MAX_SHOWN) -> str:
+    """A peer's text made safe to print on one line: every character that is not printable
+    (line breaks, terminal escape sequences, other C0/C1 controls, bidi overrides and other
+    format characters) becomes a visible escape (``\\n``, ``\\x1b``, ``\\u202e``); at most
+    ``limit`` characters, then "..."."""
+    out = []
+    size = 0
+    for ch in text:
+        if ch.isprintable():
+            piece = ch
+        elif ch in "\n\r\t":
+            piece = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch]
+        elif ord(ch) < 0x100:
+            piece = f"\\x{ord(ch):02x}"
+        else:
+            piece = f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+        size += len(piece)
+        if size > limit:
+            out.append("...")
+            break
+        out.append(piece)
+    return "".join(out)
+
+
 def split_message(payload: bytes) -> tuple[int, int, bytes]:
     """kind, type and body of a HANDSHAKE payload (the reader guarantees >= 2 bytes)."""
     return payload[0], payload[1], payload[2:]
@@ -153,7 +180,7 @@ def split_message(payload: bytes) -> tuple[int, int, bytes]:
 def peer_error(payload: bytes, peer: str) -> FtxError:
     """The exception a peer's ERROR frame stands for."""
     err = ErrorMessage.decode(payload)
-    reason = err.message or "no reason given"
+    reason = printable(err.message) or "no reason given"  # the peer is not proven: its text is shown inert
     if err.code == ErrorCode.AUTH:
         return AuthError(f"the {peer} refused: {reason}")
     return PeerError(f"{peer} error: {reason}", err.code if isinstance(err.code, ErrorCode) else None)
