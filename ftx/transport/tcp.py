@@ -26,7 +26,7 @@ from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
 from ..core.frames import FrameDecoder, FrameType, encode_frame
 from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
-from ..core.secure.handshake import printable
+from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
 from .sockets import bound_socket
@@ -351,11 +351,8 @@ class TcpLink:
         self.close()
 
 
-UNAUTHENTICATED = " (not authenticated: it came in plaintext before the sealed channel; anyone on the path could have sent it)"
-
-
 def _mark_unauthenticated(frame: bytes) -> bytes:
-    """A plaintext ERROR frame with ``UNAUTHENTICATED`` after its reason (re-encoded; the text
+    """A plaintext ERROR frame with ``NOT_AUTHENTICATED`` after its reason (re-encoded; the text
     shortened to fit).  A frame that does not decode goes on as is: the session rejects it."""
     decoder = FrameDecoder()
     try:
@@ -363,8 +360,8 @@ def _mark_unauthenticated(frame: bytes) -> bytes:
         msg = ErrorMessage.decode(decoder.next_frame().payload)
     except FtxError:
         return frame
-    reason = printable(msg.message, MAX_TEXT // 4)  # one line, no escape sequences for a terminal
-    return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason + UNAUTHENTICATED).encode())
+    reason = unauthenticated_reason(msg.message, MAX_TEXT // 4)  # one line, no escape sequences for a terminal
+    return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason).encode())
 
 
 def _copy_into(conn, data) -> None:

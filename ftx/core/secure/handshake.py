@@ -172,6 +172,15 @@ def printable(text: str, limit: int = MAX_SHOWN) -> str:
     return "".join(out)
 
 
+NOT_AUTHENTICATED = (" (not authenticated: it came in plaintext before the sealed channel; "
+                     "anyone on the path could have sent it)")
+
+
+def unauthenticated_reason(text: str, limit: int = MAX_SHOWN) -> str:
+    """A peer's reason that reached us unsealed after our keys: shown inert, and marked."""
+    return printable(text, limit) + NOT_AUTHENTICATED
+
+
 def split_message(payload: bytes) -> tuple[int, int, bytes]:
     """kind, type and body of a HANDSHAKE payload (the reader guarantees >= 2 bytes)."""
     return payload[0], payload[1], payload[2:]
