@@ -504,3 +504,64 @@ def test_the_driver_also_neuters_a_peers_error_reason():
     exc = _peer_error(refusal_frame(HOSTILE_REASON))
     assert isinstance(exc, AuthError) and _no_controls(str(exc)), repr(str(exc))
     assert "\\x1b" in str(exc)
+
+
+# every X25519 point of small order (and the non-canonical encodings of some), as libsodium lists them
+LOW_ORDER = [bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+)]
+
+
+@pytest.mark.parametrize("share", LOW_ORDER, ids=lambda s: s[:2].hex())
+def test_every_low_order_share_is_refused_by_both_sides(share):
+    from ftx.core.secure.handshake import encode_message
+
+    client, server = sigma_pair(dispatch=False)
+    hello = client.data_to_send()
+    body = bytearray(hello[18:])
+    body[32:64] = share
+    with pytest.raises(AuthError, match="key share is invalid"):
+        server.receive(encode_message(KIND_KEYS, 1, bytes(body)), 0.0)
+    client, server = sigma_pair(dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    flight = server.data_to_send()
+    n = 16 + int.from_bytes(flight[4:8], "big")  # the ServerHello frame
+    body = bytearray(flight[18:n])
+    body[32:64] = share
+    with pytest.raises(AuthError, match="key share is invalid"):
+        client.receive(encode_message(KIND_KEYS, 2, bytes(body)), 0.0)
+
+
+@pytest.mark.parametrize("mode", PAIRS)
+def test_a_senders_own_hello_reflected_back_is_refused(mode):
+    """Reflection: an attacker answers the sender with the sender's own ClientHello."""
+    client, _ = PAIRS[mode]()
+    hello = client.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="message type 1 where 2 was expected"):
+        client.receive(hello, 0.0)
+    assert not client.done and client.result is None
+
+
+def test_code_mode_a_reflected_spake2_message_is_refused():
+    """The sender's own SPAKE2 message relabelled as the receiver's ServerHello: SPAKE2's side
+    byte (and its reflection check) refuse it; keys mode needs no such check, as a reflected
+    share leaves the attacker without the receiver's signature (ServerAuth)."""
+    from ftx.core.secure.handshake import encode_message
+
+    client, _ = pake_pair()
+    body = client.data_to_send()[18:]
+    random, spake, ciphers = body[:32], body[32:65], body[66:]
+    with pytest.raises(RemoteProtocolError, match="SPAKE2 message is invalid"):
+        client.receive(encode_message(KIND_CODE, 2, random + spake + ciphers[:1]), 0.0)
+    client, _ = pake_pair()
+    body = client.data_to_send()[18:]
+    random, spake, ciphers = body[:32], body[32:65], body[66:]
+    with pytest.raises(RemoteProtocolError, match="SPAKE2 message is invalid"):
+        client.receive(encode_message(KIND_CODE, 2, random + b"B" + spake[1:] + ciphers[:1]), 0.0)
+    assert not client.done and client.result is None
