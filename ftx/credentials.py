@@ -181,6 +181,9 @@ def load_identity(path: str, create: bool = True) -> Identity:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CredentialError(f"identity {path} is not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise CredentialError(f"identity {path} is owned by uid {st.st_uid}, who can read it whatever its "
+                                  f"mode; use a key of your own (ftx keygen)")
         if st.st_mode & 0o077:
             raise CredentialError(f"identity {path} is readable by others (mode {st.st_mode & 0o777:04o}); "
                                   f"run: chmod 600 {path}")

@@ -256,3 +256,16 @@ def test_known_hosts_host_names_ignore_case(tmp_path):
     b = cr.create_identity(str(tmp_path / "b"))
     cr.KnownHosts(str(tmp_path / "kh"), "files.example", 7).verify(peer_of(a))
     assert "HAS CHANGED" in cr.KnownHosts(str(tmp_path / "kh"), "Files.EXAMPLE.", 7).verify(peer_of(b))
+
+
+def test_identity_owned_by_another_user_is_refused(tmp_path):
+    """Its owner can read it whatever its mode: the private key is not ours alone."""
+    path = tmp_path / "identity"
+    cr.create_identity(str(path))
+    assert cr.load_identity(str(path), create=False).key  # ours: fine
+    if os.geteuid() != 0:  # only root can give a file away; as a user, the check above is the test
+        return  # pragma: no cover
+    os.chown(path, 65534, 65534)
+    with pytest.raises(cr.CredentialError) as info:
+        cr.load_identity(str(path), create=False)
+    assert "owned by uid 65534" in str(info.value) and "\n" not in str(info.value)
