@@ -108,11 +108,19 @@ class _Pump:
             self.installed = True
 
     async def _send_refusal(self) -> None:
-        """The handshake's refusal (a plaintext ERROR), unsealed even if our keys are installed:
-        the peer may not have them."""
+        """The handshake's refusal: sealed when the peer provably holds our keys (its last
+        message opened under the handshake keys: ``refusal_sealable``), so that it knows the
+        refusal is ours; else a plaintext ERROR, unsealed even if our keys are installed."""
         out = self.hs.data_to_send()
-        if out:
-            await _send_plain(self.link, out)
+        if not out:
+            return
+        if self.installed and getattr(self.hs, "refusal_sealable", False):
+            try:
+                await asyncio.wait_for(self.link.send([out]), 1.0)
+            except Exception:
+                pass
+            return
+        await _send_plain(self.link, out)
 
     def _scan(self) -> int:
         """How many bytes at the start of ``held`` the handshake may see: whole HANDSHAKE

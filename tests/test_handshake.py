@@ -565,3 +565,52 @@ def test_code_mode_a_reflected_spake2_message_is_refused():
     with pytest.raises(RemoteProtocolError, match="SPAKE2 message is invalid"):
         client.receive(encode_message(KIND_CODE, 2, random + b"B" + spake[1:] + ciphers[:1]), 0.0)
     assert not client.done and client.result is None
+
+
+# -- which refusals can be sealed (the peer provably holds our keys) --------------------------
+def test_a_refusal_after_the_peers_last_message_opened_is_sealable():
+    """Keys mode: the receiver judges ClientAuth after it opened under the handshake keys, so
+    the sender has the receiver's traffic keys: the refusal can be sealed (authenticated)."""
+    client, server = sigma_pair(dispatch=False, authorize=lambda peer: "key X is not authorized")
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    assert client.done and not server.refusal_sealable
+    with pytest.raises(AuthError, match="not authorized"):
+        server.receive(client.data_to_send(), 0.0)
+    assert server.refusal_sealable
+
+
+def test_a_refusal_of_a_client_auth_that_did_not_open_stays_plaintext():
+    client, server = sigma_pair(dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    last = bytearray(client.data_to_send())
+    last[-1] ^= 1
+    from ftx.core.frames import HEADER
+    from ftx.core.checksum import frame_checksum
+    ftype, flags, reserved, length, _ = HEADER.unpack_from(last, 0)
+    HEADER.pack_into(last, 0, ftype, flags, reserved, length,
+                     frame_checksum((ftype << 56) | (flags << 48) | (reserved << 32) | length, bytes(last[16:])))
+    with pytest.raises(AuthError, match="did not decrypt"):
+        server.receive(bytes(last), 0.0)
+    assert not server.refusal_sealable  # the sender may hold other keys: plaintext it is
+
+
+def test_code_mode_sender_refusing_the_receivers_key_can_seal():
+    client, server = pake_pair(dispatch=False, verify=lambda peer: "not the receiver I expected")
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    server.receive(client.data_to_send(), 0.0)
+    assert server.done
+    with pytest.raises(AuthError, match="not the receiver I expected"):
+        client.receive(server.data_to_send(), 0.0)
+    assert client.refusal_sealable
+
+
+def test_a_wrong_code_refusal_stays_plaintext():
+    client, server = pake_pair(server_code=b"8-olive-tiger", dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    with pytest.raises(AuthError, match="wrong code"):
+        server.receive(client.data_to_send(), 0.0)
+    assert not server.refusal_sealable  # the receiver has no keys installed yet

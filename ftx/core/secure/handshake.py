@@ -270,6 +270,7 @@ class FramedHandshake:
         self._last_queued = False
         self._done = False
         self._error: FtxError | None = None
+        self._peer_keyed = False  # the peer's last message opened under the handshake keys
 
     # -- the Handshake interface
     @property
@@ -287,6 +288,13 @@ class FramedHandshake:
     @property
     def error(self) -> FtxError | None:
         return self._error
+
+    @property
+    def refusal_sealable(self) -> bool:
+        """True when we refuse after the peer's last message opened under the handshake keys:
+        the peer then provably holds the traffic keys we installed, so the driver seals the
+        refusal (the peer knows it is ours) instead of sending it in plaintext."""
+        return self._peer_keyed
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -398,6 +406,10 @@ class ServerHandshake:
     @property
     def kind(self) -> int | None:
         return self.inner.KIND if self.inner is not None else None
+
+    @property
+    def refusal_sealable(self) -> bool:
+        return self.inner is not None and self.inner.refusal_sealable
 
     def data_to_send(self) -> bytes:
         if self.inner is not None:
