@@ -181,6 +181,9 @@ def load_identity(path: str, create: bool = True) -> Identity:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CredentialError(f"identity {path} is not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise CredentialError(f"identity {path} is owned by uid {st.st_uid}, who can read it whatever its "
+                                  f"mode; use a key of your own (ftx keygen)")
         if st.st_mode & 0o077:
             raise CredentialError(f"identity {path} is readable by others (mode {st.st_mode & 0o777:04o}); "
                                   f"run: chmod 600 {path}")
@@ -231,6 +234,45 @@ def _read_text(path: str, what: str) -> str | None:
         raise CredentialError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
 
 
+def _read_trusted(path: str, what: str) -> str | None:
+    """As ``_read_text``, for a file that grants access: refused (as ssh's StrictModes) when
+    someone else could have written it -- the file (after symlinks) writable by group or
+    others or owned by another user than us or root, or its directory writable by others
+    without the sticky bit (they could put another file in its place)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CredentialError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError(f"{what} {path} is not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise CredentialError(f"{what} {path} is owned by uid {st.st_uid}, who could add keys to it; "
+                                  f"it must belong to this user or root")
+        if st.st_mode & 0o022:
+            raise CredentialError(f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}), "
+                                  f"who could add keys to it; run: chmod go-w {path}")
+        parent = os.path.dirname(os.path.realpath(path))
+        try:
+            dst = os.stat(parent)
+        except OSError as exc:
+            raise CredentialError(f"cannot check the directory of {what} {path}: {exc.strerror or exc}") from None
+        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+            raise CredentialError(f"{what} {path}: its directory {parent} is writable by others "
+                                  f"(mode {stat.S_IMODE(dst.st_mode):04o}), who could replace the file; "
+                                  f"run: chmod go-w {parent}")
+        data = f.read(MAX_CREDENTIAL_FILE + 1)
+    if len(data) > MAX_CREDENTIAL_FILE:
+        raise CredentialError(f"{what} {path} is larger than {MAX_CREDENTIAL_FILE} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CredentialError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
+
+
 # -- the receiver's authorized senders --------------------------------------------------
 
 
@@ -248,14 +290,14 @@ class AuthorizedKeys:
             st = os.stat(self.path)
         except OSError:
             return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode  # (a chmod changes ctime)
 
     def reload(self) -> None:
         """Parse the file (if it changed); a bad line raises one error naming file:line."""
         stamp = self._stat()
         if stamp is not None and stamp == self._stamp:
             return
-        text = _read_text(self.path, "authorized keys")
+        text = _read_trusted(self.path, "authorized keys")
         keys: dict[bytes, str] = {}
         for number, line in enumerate((text or "").splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -282,6 +324,17 @@ class AuthorizedKeys:
 
 
 def host_label(host: str, port: int) -> str:
+    """``host:port`` as known_hosts spells it: one spelling per host, so that another way of
+    writing the same address is no first contact (IPv6 canonical and in brackets, names in
+    lower case without a trailing dot)."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    try:
+        host = ipaddress.ip_address(host.split("%", 1)[0]).compressed + (
+            "%" + host.split("%", 1)[1] if "%" in host else "")
+    except ValueError:
+        host = host.lower().rstrip(".")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

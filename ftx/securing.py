@@ -30,6 +30,7 @@ from .core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
 from .core.frames import FrameDecoder, FrameType, encode_frame
 from .core.messages import ErrorMessage
 from .core.secure import AuthError, Established, Handshake
+from .core.secure.handshake import printable
 from .errors import ErrorCode, FtxError, PeerError, RemoteProtocolError, TransportError
 
 HANDSHAKE_FRAME = 0x10  # protocol.md: the HANDSHAKE frame type (reserved range 0x10-0x1F)
@@ -107,11 +108,19 @@ class _Pump:
             self.installed = True
 
     async def _send_refusal(self) -> None:
-        """The handshake's refusal (a plaintext ERROR), unsealed even if our keys are installed:
-        the peer may not have them."""
+        """The handshake's refusal: sealed when the peer provably holds our keys (its last
+        message opened under the handshake keys: ``refusal_sealable``), so that it knows the
+        refusal is ours; else a plaintext ERROR, unsealed even if our keys are installed."""
         out = self.hs.data_to_send()
-        if out:
-            await _send_plain(self.link, out)
+        if not out:
+            return
+        if self.installed and getattr(self.hs, "refusal_sealable", False):
+            try:
+                await asyncio.wait_for(self.link.send([out]), 1.0)
+            except Exception:
+                pass
+            return
+        await _send_plain(self.link, out)
 
     def _scan(self) -> int:
         """How many bytes at the start of ``held`` the handshake may see: whole HANDSHAKE
@@ -160,9 +169,10 @@ def _peer_error(frame: bytes) -> FtxError:
         msg = ErrorMessage.decode(decoder.next_frame().payload)
     except FtxError as exc:
         return RemoteProtocolError(f"malformed ERROR frame during the handshake: {exc}")
+    reason = printable(msg.message)  # from a peer not yet proven: no line breaks or escapes reach a terminal
     if msg.code == ErrorCode.AUTH:
-        return AuthError(f"peer refused: {msg.message}")
-    return PeerError(f"peer error: {msg.message}", msg.code if isinstance(msg.code, ErrorCode) else None)
+        return AuthError(f"peer refused: {reason}")
+    return PeerError(f"peer error: {reason}", msg.code if isinstance(msg.code, ErrorCode) else None)
 
 
 async def _tell(link, code: ErrorCode, message: str) -> None:

@@ -169,3 +169,103 @@ def test_read_code_sources(tmp_path):
         cr.read_code(True, None, environ={}, isatty=False)
     with pytest.raises(cr.CredentialError, match="--code-file"):
         cr.read_code(False, str(tmp_path / "missing"), environ={})
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_authorized_keys_writable_by_others_is_refused(tmp_path, mode, caplog):
+    """As ssh (StrictModes): a file that others may write lets them add their own key."""
+    a = cr.create_identity(str(tmp_path / "a"))
+    path = tmp_path / "authorized_keys"
+    path.write_text(cr.public_line(a.public) + "\n")
+    os.chmod(path, mode)
+    with pytest.raises(cr.CredentialError) as info:
+        cr.AuthorizedKeys(str(path))
+    msg = str(info.value)
+    assert str(path) in msg and "writable by others" in msg and f"chmod go-w {path}" in msg and "\n" not in msg
+    # one that turns writable while the receiver runs: the keys read before stay, a warning says why
+    os.chmod(path, 0o644)
+    keys = cr.AuthorizedKeys(str(path))
+    b = cr.create_identity(str(tmp_path / "b"))
+    with open(path, "a") as f:
+        f.write(cr.public_line(b.public) + "\n")
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="ftx"):
+        assert "not authorized" in keys.authorize(peer_of(b))
+    assert "writable by others" in caplog.text
+    assert keys.authorize(peer_of(a)) is None
+    # a chmod alone (same size and mtime) is noticed too
+    os.chmod(path, 0o644)
+    assert keys.authorize(peer_of(b)) is None
+    os.chmod(path, mode)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftx"):
+        keys.authorize(peer_of(a))
+    assert "writable by others" in caplog.text
+
+
+def test_authorized_keys_in_a_directory_others_may_write_is_refused(tmp_path):
+    """Others could replace the file by another one (rename) in a world-writable directory
+    without the sticky bit."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "authorized_keys"
+    path.write_text(cr.public_line(bytes(32)) + "\n")
+    os.chmod(shared, 0o777)
+    with pytest.raises(cr.CredentialError) as info:
+        cr.AuthorizedKeys(str(path))
+    assert f"directory {shared}" in str(info.value) and "writable by others" in str(info.value)
+    os.chmod(shared, 0o1777)  # sticky, as /tmp: only the owner may replace the file
+    assert cr.AuthorizedKeys(str(path)).keys
+
+
+def test_authorized_keys_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / "authorized_keys"
+    path.write_text(cr.public_line(bytes(32)) + "\n")
+    os.chmod(path, 0o644)
+    assert cr.AuthorizedKeys(str(path)).keys  # ours: fine
+    if os.geteuid() != 0:  # only root can give a file away; as a user, the check above is the test
+        return  # pragma: no cover
+    os.chown(path, 65534, 65534)
+    # root reading a file owned by someone else: that user may rewrite it
+    with pytest.raises(cr.CredentialError) as info:
+        cr.AuthorizedKeys(str(path))
+    assert "owned by uid 65534" in str(info.value)
+
+
+def test_authorized_keys_through_a_symlink_checks_the_file_it_names(tmp_path):
+    real = tmp_path / "real"
+    real.write_text(cr.public_line(bytes(32)) + "\n")
+    os.chmod(real, 0o666)
+    link = tmp_path / "authorized_keys"
+    link.symlink_to(real)
+    with pytest.raises(cr.CredentialError, match="writable by others"):
+        cr.AuthorizedKeys(str(link))
+
+
+@pytest.mark.parametrize("spelling", ["[::1]", "0:0:0:0:0:0:0:1", "::0001"])
+def test_known_hosts_ipv6_spellings_are_one_host(tmp_path, spelling):
+    a = cr.create_identity(str(tmp_path / "a"))
+    b = cr.create_identity(str(tmp_path / "b"))
+    cr.KnownHosts(str(tmp_path / "kh"), "::1", 7).verify(peer_of(a))
+    refusal = cr.KnownHosts(str(tmp_path / "kh"), spelling, 7).verify(peer_of(b))
+    assert refusal is not None and "HAS CHANGED" in refusal  # not a first contact under another label
+
+
+def test_known_hosts_host_names_ignore_case(tmp_path):
+    a = cr.create_identity(str(tmp_path / "a"))
+    b = cr.create_identity(str(tmp_path / "b"))
+    cr.KnownHosts(str(tmp_path / "kh"), "files.example", 7).verify(peer_of(a))
+    assert "HAS CHANGED" in cr.KnownHosts(str(tmp_path / "kh"), "Files.EXAMPLE.", 7).verify(peer_of(b))
+
+
+def test_identity_owned_by_another_user_is_refused(tmp_path):
+    """Its owner can read it whatever its mode: the private key is not ours alone."""
+    path = tmp_path / "identity"
+    cr.create_identity(str(path))
+    assert cr.load_identity(str(path), create=False).key  # ours: fine
+    if os.geteuid() != 0:  # only root can give a file away; as a user, the check above is the test
+        return  # pragma: no cover
+    os.chown(path, 65534, 65534)
+    with pytest.raises(cr.CredentialError) as info:
+        cr.load_identity(str(path), create=False)
+    assert "owned by uid 65534" in str(info.value) and "\n" not in str(info.value)

@@ -473,3 +473,144 @@ def test_a_low_order_key_share_is_refused(share):
     body[32:64] = share
     with pytest.raises(AuthError, match="key share is invalid"):
         server.receive(encode_message(KIND_KEYS, 1, bytes(body)), 0.0)
+
+
+# -- what an unauthenticated peer can make us print or log --------------------------------
+HOSTILE_REASON = "ok\n\rftx: sent 3 files, all verified\x1b[2J\x1b]0;pwned\x07\u202edxt.exe\x00\x9b"
+
+
+def _no_controls(text: str) -> bool:
+    return all(ch.isprintable() for ch in text)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_a_peers_error_reason_cannot_forge_lines_or_drive_the_terminal(side):
+    """The reason in a peer's ERROR during the handshake (the peer is not proven: anyone can
+    send one) ends up in our one-line error and the receiver's log: control characters,
+    escape sequences and bidi overrides come out as visible escapes, on one line."""
+    client, server = sigma_pair()
+    hs = client if side == "client" else server
+    with pytest.raises(FtxError) as info:
+        hs.receive(refusal_frame(HOSTILE_REASON), 0.0)
+    text = str(info.value)
+    assert _no_controls(text), repr(text)
+    assert "\\n" in text and "\\x1b[2J" in text and "ftx: sent 3 files" in text  # shown, as what it is
+    assert "\\u202e" in text
+
+
+def test_the_driver_also_neuters_a_peers_error_reason():
+    from ftx.securing import _peer_error
+
+    exc = _peer_error(refusal_frame(HOSTILE_REASON))
+    assert isinstance(exc, AuthError) and _no_controls(str(exc)), repr(str(exc))
+    assert "\\x1b" in str(exc)
+
+
+# every X25519 point of small order (and the non-canonical encodings of some), as libsodium lists them
+LOW_ORDER = [bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+)]
+
+
+@pytest.mark.parametrize("share", LOW_ORDER, ids=lambda s: s[:2].hex())
+def test_every_low_order_share_is_refused_by_both_sides(share):
+    from ftx.core.secure.handshake import encode_message
+
+    client, server = sigma_pair(dispatch=False)
+    hello = client.data_to_send()
+    body = bytearray(hello[18:])
+    body[32:64] = share
+    with pytest.raises(AuthError, match="key share is invalid"):
+        server.receive(encode_message(KIND_KEYS, 1, bytes(body)), 0.0)
+    client, server = sigma_pair(dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    flight = server.data_to_send()
+    n = 16 + int.from_bytes(flight[4:8], "big")  # the ServerHello frame
+    body = bytearray(flight[18:n])
+    body[32:64] = share
+    with pytest.raises(AuthError, match="key share is invalid"):
+        client.receive(encode_message(KIND_KEYS, 2, bytes(body)), 0.0)
+
+
+@pytest.mark.parametrize("mode", PAIRS)
+def test_a_senders_own_hello_reflected_back_is_refused(mode):
+    """Reflection: an attacker answers the sender with the sender's own ClientHello."""
+    client, _ = PAIRS[mode]()
+    hello = client.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="message type 1 where 2 was expected"):
+        client.receive(hello, 0.0)
+    assert not client.done and client.result is None
+
+
+def test_code_mode_a_reflected_spake2_message_is_refused():
+    """The sender's own SPAKE2 message relabelled as the receiver's ServerHello: SPAKE2's side
+    byte (and its reflection check) refuse it; keys mode needs no such check, as a reflected
+    share leaves the attacker without the receiver's signature (ServerAuth)."""
+    from ftx.core.secure.handshake import encode_message
+
+    client, _ = pake_pair()
+    body = client.data_to_send()[18:]
+    random, spake, ciphers = body[:32], body[32:65], body[66:]
+    with pytest.raises(RemoteProtocolError, match="SPAKE2 message is invalid"):
+        client.receive(encode_message(KIND_CODE, 2, random + spake + ciphers[:1]), 0.0)
+    client, _ = pake_pair()
+    body = client.data_to_send()[18:]
+    random, spake, ciphers = body[:32], body[32:65], body[66:]
+    with pytest.raises(RemoteProtocolError, match="SPAKE2 message is invalid"):
+        client.receive(encode_message(KIND_CODE, 2, random + b"B" + spake[1:] + ciphers[:1]), 0.0)
+    assert not client.done and client.result is None
+
+
+# -- which refusals can be sealed (the peer provably holds our keys) --------------------------
+def test_a_refusal_after_the_peers_last_message_opened_is_sealable():
+    """Keys mode: the receiver judges ClientAuth after it opened under the handshake keys, so
+    the sender has the receiver's traffic keys: the refusal can be sealed (authenticated)."""
+    client, server = sigma_pair(dispatch=False, authorize=lambda peer: "key X is not authorized")
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    assert client.done and not server.refusal_sealable
+    with pytest.raises(AuthError, match="not authorized"):
+        server.receive(client.data_to_send(), 0.0)
+    assert server.refusal_sealable
+
+
+def test_a_refusal_of_a_client_auth_that_did_not_open_stays_plaintext():
+    client, server = sigma_pair(dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    last = bytearray(client.data_to_send())
+    last[-1] ^= 1
+    from ftx.core.frames import HEADER
+    from ftx.core.checksum import frame_checksum
+    ftype, flags, reserved, length, _ = HEADER.unpack_from(last, 0)
+    HEADER.pack_into(last, 0, ftype, flags, reserved, length,
+                     frame_checksum((ftype << 56) | (flags << 48) | (reserved << 32) | length, bytes(last[16:])))
+    with pytest.raises(AuthError, match="did not decrypt"):
+        server.receive(bytes(last), 0.0)
+    assert not server.refusal_sealable  # the sender may hold other keys: plaintext it is
+
+
+def test_code_mode_sender_refusing_the_receivers_key_can_seal():
+    client, server = pake_pair(dispatch=False, verify=lambda peer: "not the receiver I expected")
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    server.receive(client.data_to_send(), 0.0)
+    assert server.done
+    with pytest.raises(AuthError, match="not the receiver I expected"):
+        client.receive(server.data_to_send(), 0.0)
+    assert client.refusal_sealable
+
+
+def test_a_wrong_code_refusal_stays_plaintext():
+    client, server = pake_pair(server_code=b"8-olive-tiger", dispatch=False)
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    with pytest.raises(AuthError, match="wrong code"):
+        server.receive(client.data_to_send(), 0.0)
+    assert not server.refusal_sealable  # the receiver has no keys installed yet

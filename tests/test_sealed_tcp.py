@@ -123,6 +123,11 @@ class Proxy:
             body = await reader.readexactly(int.from_bytes(head[4:8], "big"))
             self.capture[direction] += head + body
             writer.write(head + body)
+            if attack == "inject":  # a forged plaintext ERROR where the first record belongs
+                writer.write(encode_frame(FrameType.ERROR, ErrorMessage(
+                    ErrorCode.AUTH, "receiver moved: send to 10.66.66.66 instead").encode()))
+                self.attacked.set()
+                attack = None
             records: list[bytes] = []
             n = 0
             while True:
@@ -302,8 +307,26 @@ def test_refusal_after_the_client_sealed_reaches_it_in_plaintext(tmp_path, files
     report, server = run(go())
     assert not report.ok
     assert "unknown test token" in report.error, report.error
+    assert "not authenticated" in report.error, report.error  # it came in plaintext: anyone could send it
     assert failed_with_auth(report), type(report.failure)
     assert isinstance(server, AuthError)
+
+
+def test_an_injected_plaintext_error_is_not_presented_as_the_peers(tmp_path, files):
+    """An attacker on the path writes a plaintext ERROR where the receiver's first record
+    belongs: the sender stops (as a TCP reset would make it), but says the reason is not
+    authenticated rather than presenting it as the authenticated receiver's."""
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            async with Proxy(server.port, attack="inject", direction="down") as proxy:
+                report = await sealed_send(proxy.port, files)
+                return report
+
+    report = run(go())
+    assert not report.ok
+    assert "not authenticated" in report.error, report.error
+    assert "10.66.66.66" in report.error  # the text is still shown, for what it is worth
+    assert not (tmp_path / "dst" / files[0].name).exists()
 
 
 def test_three_rounds_succeed(tmp_path, files):

@@ -573,3 +573,20 @@ def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
     with pytest.raises(AuthError):  # one byte too few taken as the handshake: unsealed bytes beyond it
         ls.handshake_done(6)  # (a refusal changes nothing)
     ls.handshake_done(5)  # the boundary is right after message 3: no complaint
+
+
+def test_an_unsealed_close_with_keys_is_marked_not_authenticated():
+    """Between our keys and the end of the peer's handshake an unsealed packet may still come
+    from the peer (its refusal); its CLOSE ends the session, but its reason is shown as what it
+    is -- anyone on the path could have sent it -- on one line, with no escape sequences."""
+    net = InMemoryNet(seed=27)
+    net.handshake()
+    ls = net.lsession
+    s = FixedHandshake(False)
+    s.receive(FixedHandshake(True).data_to_send(), 0)
+    ls.install_keys(s.result)
+    close = P.encode_close(5, "receiver moved to 10.66.66.66\n\x1b[2Jftx: done")
+    net.listener.receive_datagram(P.build(P.DATA, ls.local_cid, 3, close), net.addr, net.now)
+    assert ls.closed
+    assert "not authenticated" in ls.close_reason and "10.66.66.66" in ls.close_reason
+    assert ls.close_reason.isprintable(), repr(ls.close_reason)

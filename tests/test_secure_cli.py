@@ -73,6 +73,7 @@ def test_unknown_sender_refused_on_both_sides_and_receiver_keeps_serving(tmp_pat
     assert ident.fingerprint in one_line(err, "created identity")  # the sender's first use shows its fingerprint
     line = one_line(err, "not authorized")
     assert ident.fingerprint in line
+    assert "not authenticated" not in line  # the receiver sealed its refusal: the sender knows who says so
     ev = receiver.events_until("session")[-1]
     assert ev["ok"] is False and ident.fingerprint in ev["error"] and "authorized_keys" in ev["error"]
     assert nothing_written(receiver.dir)

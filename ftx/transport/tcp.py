@@ -23,11 +23,12 @@ import time
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from ..core.frames import FrameType, encode_frame
-from ..core.messages import ErrorMessage
+from ..core.frames import FrameDecoder, FrameType, encode_frame
+from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
+from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.records import RecordOpener, RecordSealer
-from ..errors import ErrorCode, LocalProtocolError, TransportError
+from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
 from .sockets import bound_socket
 
 log = logging.getLogger("ftx.tcp")
@@ -299,7 +300,7 @@ class TcpLink:
         if len(frame) < size:
             return None
         opener.skip(size)
-        _copy_into(conn, frame)
+        _copy_into(conn, _mark_unauthenticated(frame))
         return True
 
     async def _readable(self, conn) -> None:
@@ -348,6 +349,19 @@ class TcpLink:
 
     async def aclose(self) -> None:
         self.close()
+
+
+def _mark_unauthenticated(frame: bytes) -> bytes:
+    """A plaintext ERROR frame with ``NOT_AUTHENTICATED`` after its reason (re-encoded; the text
+    shortened to fit).  A frame that does not decode goes on as is: the session rejects it."""
+    decoder = FrameDecoder()
+    try:
+        decoder.feed(frame)
+        msg = ErrorMessage.decode(decoder.next_frame().payload)
+    except FtxError:
+        return frame
+    reason = unauthenticated_reason(msg.message, MAX_TEXT // 4)  # one line, no escape sequences for a terminal
+    return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason).encode())
 
 
 def _copy_into(conn, data) -> None:

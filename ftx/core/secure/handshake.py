@@ -145,6 +145,42 @@ class FrameReader:
             raise RemoteProtocolError(f"unexpected frame type 0x{ftype:02x} during the handshake")
 
 
+MAX_SHOWN = 300  # characters of a peer's text we put in an error or a log line
+
+
+def printable(text: str, limit: int = MAX_SHOWN) -> str:
+    """A peer's text made safe to print on one line: every character that is not printable
+    (line breaks, terminal escape sequences, other C0/C1 controls, bidi overrides and other
+    format characters) becomes a visible escape (``\\n``, ``\\x1b``, ``\\u202e``); at most
+    ``limit`` characters, then "..."."""
+    out = []
+    size = 0
+    for ch in text:
+        if ch.isprintable():
+            piece = ch
+        elif ch in "\n\r\t":
+            piece = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch]
+        elif ord(ch) < 0x100:
+            piece = f"\\x{ord(ch):02x}"
+        else:
+            piece = f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+        size += len(piece)
+        if size > limit:
+            out.append("...")
+            break
+        out.append(piece)
+    return "".join(out)
+
+
+NOT_AUTHENTICATED = (" (not authenticated: it came in plaintext before the sealed channel; "
+                     "anyone on the path could have sent it)")
+
+
+def unauthenticated_reason(text: str, limit: int = MAX_SHOWN) -> str:
+    """A peer's reason that reached us unsealed after our keys: shown inert, and marked."""
+    return printable(text, limit) + NOT_AUTHENTICATED
+
+
 def split_message(payload: bytes) -> tuple[int, int, bytes]:
     """kind, type and body of a HANDSHAKE payload (the reader guarantees >= 2 bytes)."""
     return payload[0], payload[1], payload[2:]
@@ -153,7 +189,7 @@ def split_message(payload: bytes) -> tuple[int, int, bytes]:
 def peer_error(payload: bytes, peer: str) -> FtxError:
     """The exception a peer's ERROR frame stands for."""
     err = ErrorMessage.decode(payload)
-    reason = err.message or "no reason given"
+    reason = printable(err.message) or "no reason given"  # the peer is not proven: its text is shown inert
     if err.code == ErrorCode.AUTH:
         return AuthError(f"the {peer} refused: {reason}")
     return PeerError(f"{peer} error: {reason}", err.code if isinstance(err.code, ErrorCode) else None)
@@ -234,6 +270,7 @@ class FramedHandshake:
         self._last_queued = False
         self._done = False
         self._error: FtxError | None = None
+        self._peer_keyed = False  # the peer's last message opened under the handshake keys
 
     # -- the Handshake interface
     @property
@@ -251,6 +288,13 @@ class FramedHandshake:
     @property
     def error(self) -> FtxError | None:
         return self._error
+
+    @property
+    def refusal_sealable(self) -> bool:
+        """True when we refuse after the peer's last message opened under the handshake keys:
+        the peer then provably holds the traffic keys we installed, so the driver seals the
+        refusal (the peer knows it is ours) instead of sending it in plaintext."""
+        return self._peer_keyed
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -362,6 +406,10 @@ class ServerHandshake:
     @property
     def kind(self) -> int | None:
         return self.inner.KIND if self.inner is not None else None
+
+    @property
+    def refusal_sealable(self) -> bool:
+        return self.inner is not None and self.inner.refusal_sealable
 
     def data_to_send(self) -> bytes:
         if self.inner is not None:

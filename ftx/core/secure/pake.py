@@ -128,6 +128,7 @@ class PakeClient(FramedHandshake):
             need_len(body, AUTH_SIZE, "ServerAuth")
             sched = self._schedule
             plain = open_auth(self._cipher, sched.server_hs, payload[:2], body, "receiver")
+            self._peer_keyed = True  # same transcript, same code: it holds the traffic keys we installed
             public, sig, mac = plain[:32], plain[32:96], plain[96:]
             head = self._transcript + payload[:2]
             verify_signature(public, sig, signed_content(CODE_CONTEXT, sha256(head + public)), "receiver")

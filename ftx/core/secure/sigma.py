@@ -223,6 +223,7 @@ class SigmaServer(FramedHandshake):
             need_len(body, AUTH_SIZE, "ClientAuth")
             sched = self._schedule
             plain = open_auth(self._cipher, sched.client_hs, payload[:2], body, "sender")
+            self._peer_keyed = True  # its transcript is ours: it holds the traffic keys we installed
             public, sig, mac = plain[:32], plain[32:96], plain[96:]
             head = self._transcript + payload[:2]
             verify_signature(public, sig, signed_content(CLIENT_CONTEXT, sha256(head + public)), "sender")

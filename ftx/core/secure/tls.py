@@ -43,6 +43,7 @@ from .handshake import (
     WE_REQUIRE_AUTH,
     FramedHandshake,
     encode_message,
+    printable,
     refusal_frame,
 )
 from .keys import CIPHER_NAMES, CIPHERS, SECRET_SIZE, expand_label, hkdf_extract, preferred_ciphers
@@ -69,7 +70,7 @@ def certificate_identity(der: bytes) -> PeerIdentity:
     try:
         subject = x509.load_der_x509_certificate(der).subject
         cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        name = str(cns[0].value) if cns else subject.rfc4514_string()
+        name = printable(str(cns[0].value) if cns else subject.rfc4514_string(), 200)
     except ValueError:  # TLS verified it; a subject cryptography cannot parse keeps no name
         pass
     return PeerIdentity("tls", certificate_fingerprint(der), der, name)

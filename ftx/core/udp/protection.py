@@ -19,8 +19,9 @@ from __future__ import annotations
 from ...errors import ErrorCode, RemoteProtocolError
 from ..secure import AuthError, Established
 from ..secure.datagrams import SEALED_OVERHEAD, PacketProtection
-from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame, MaxDataFrame, StreamFrame, parse,
-                      parse_frames)
+from ..secure.handshake import unauthenticated_reason
+from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame, CloseFrame, MaxDataFrame,
+                      StreamFrame, parse, parse_frames)
 
 EARLY_LIMIT = 16  # sealed packets kept until we have keys ...
 EARLY_BYTES = 64 * 1024  # ... and their bytes in all
@@ -70,6 +71,8 @@ class SealedPackets:
                 self._plain_end = max(self._plain_end, f.offset + len(f.data))
             elif isinstance(f, (AckFrame, MaxDataFrame)):
                 continue  # not authenticated: an attacker's ACK could make us forget data
+            elif isinstance(f, CloseFrame):  # it ends the session (as a drop would), but its reason
+                f = CloseFrame(f.code, unauthenticated_reason(f.reason or "peer closed"))  # is not the peer's word
             out.append(f)
         return out
 
