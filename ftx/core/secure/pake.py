@@ -50,11 +50,10 @@ from .handshake import (
 from .keys import CIPHER_NAMES, CIPHERS, preferred_ciphers
 from .sigma import (
     AUTH_SIZE,
-    MAX_CIPHERS,
     key_identity,
     open_auth,
-    raw_public,
-    seal_auth,
+    read_client_hello,
+    server_proof,
     signed_content,
     verify_signature,
 )
@@ -165,18 +164,11 @@ class PakeServer(FramedHandshake):
         if mtype != self._expect:
             raise RemoteProtocolError(f"code handshake: message type {mtype} where {self._expect} was expected")
         if mtype == CLIENT_HELLO:
-            fixed = RANDOM_SIZE + SPAKE_SIZE + 1
-            if len(body) < fixed or not 1 <= body[fixed - 1] <= MAX_CIPHERS:
-                raise RemoteProtocolError("ClientHello malformed")
-            need_len(body, fixed + body[fixed - 1], "ClientHello")
-            offered = [CIPHER_NAMES.get(c) for c in body[fixed:]]
-            cipher = next((c for c in offered if c in self._ciphers), None)
-            if cipher is None:
-                raise AuthError(f"no common cipher (this receiver takes {', '.join(self._ciphers)})")
+            their_spake, cipher = read_client_hello(body, SPAKE_SIZE, self._ciphers)
             self._cipher = cipher
             spake = SPAKE2_B(self._code, idA=ID_A, idB=ID_B, entropy_f=self._rng)
             server_hello = self._send(SERVER_HELLO, self._rng(RANDOM_SIZE) + spake.start() + bytes([CIPHERS[cipher]]))
-            shared = _spake_finish(spake, body[RANDOM_SIZE : RANDOM_SIZE + SPAKE_SIZE], "sender")
+            shared = _spake_finish(spake, their_spake, "sender")
             self._transcript = payload + server_hello
             self._schedule = Schedule(shared, sha256(self._transcript))
             self._expect = CLIENT_CONFIRM
@@ -189,11 +181,9 @@ class PakeServer(FramedHandshake):
             self._transcript += payload
             client_ap, server_ap = sched.traffic(sha256(self._transcript))
             header = bytes((self.KIND, SERVER_AUTH))
-            public = raw_public(self._identity)
-            sig = self._identity.sign(signed_content(CODE_CONTEXT, sha256(self._transcript + header + public)))
-            mac = finished_mac(sched.server_hs, sha256(self._transcript + header + public + sig))
-            plain = public + sig + mac
-            self._send(SERVER_AUTH, seal_auth(self._cipher, sched.server_hs, header, plain), last=True)
+            sealed, plain = server_proof(self._identity, CODE_CONTEXT, self._cipher, sched.server_hs,
+                                         self._transcript, header)
+            self._send(SERVER_AUTH, sealed, last=True)
             self._transcript += header + plain
             self._expect = -1
             self._finish(Established(self._cipher, server_ap, client_ap, PeerIdentity(kind="code", name="code"),

@@ -110,6 +110,30 @@ def open_auth(cipher: str, secret: bytes, header: bytes, body: bytes, who: str) 
     return plain
 
 
+def read_client_hello(body: bytes, share_size: int, ours: list[str]) -> tuple[bytes, str]:
+    """A ClientHello's body (random, key share, ciphers offered): the share and the cipher we pick."""
+    fixed = RANDOM_SIZE + share_size + 1
+    if len(body) < fixed or not 1 <= body[fixed - 1] <= MAX_CIPHERS:
+        raise RemoteProtocolError("ClientHello malformed")
+    need_len(body, fixed + body[fixed - 1], "ClientHello")
+    offered = [CIPHER_NAMES.get(c) for c in body[fixed:]]
+    cipher = next((c for c in offered if c in ours), None)
+    if cipher is None:
+        raise AuthError(f"no common cipher (this receiver takes {', '.join(ours)})")
+    return body[RANDOM_SIZE : RANDOM_SIZE + share_size], cipher
+
+
+def server_proof(identity: Ed25519PrivateKey, context: bytes, cipher: str, hs_key: bytes, transcript: bytes,
+                 header: bytes) -> tuple[bytes, bytes]:
+    """ServerAuth: our public key, its signature over the transcript and the Finished MAC;
+    (sealed body, plaintext) -- the plaintext continues the transcript."""
+    public = raw_public(identity)
+    sig = identity.sign(signed_content(context, sha256(transcript + header + public)))
+    mac = finished_mac(hs_key, sha256(transcript + header + public + sig))
+    plain = public + sig + mac
+    return seal_auth(cipher, hs_key, header, plain), plain
+
+
 class SigmaClient(FramedHandshake):
     """The sender's side of keys mode."""
 
@@ -189,15 +213,7 @@ class SigmaServer(FramedHandshake):
         if mtype != self._expect:
             raise RemoteProtocolError(f"keys handshake: message type {mtype} where {self._expect} was expected")
         if mtype == CLIENT_HELLO:
-            fixed = RANDOM_SIZE + SHARE_SIZE + 1
-            if len(body) < fixed or not 1 <= body[fixed - 1] <= MAX_CIPHERS:
-                raise RemoteProtocolError("ClientHello malformed")
-            need_len(body, fixed + body[fixed - 1], "ClientHello")
-            share = body[RANDOM_SIZE : RANDOM_SIZE + SHARE_SIZE]
-            offered = [CIPHER_NAMES.get(c) for c in body[fixed:]]
-            cipher = next((c for c in offered if c in self._ciphers), None)
-            if cipher is None:
-                raise AuthError(f"no common cipher (this receiver takes {', '.join(self._ciphers)})")
+            share, cipher = read_client_hello(body, SHARE_SIZE, self._ciphers)
             self._cipher = cipher
             random = self._rng(RANDOM_SIZE)
             eph = X25519PrivateKey.from_private_bytes(self._rng(SHARE_SIZE))
@@ -207,11 +223,8 @@ class SigmaServer(FramedHandshake):
             transcript = payload + server_hello
             sched = self._schedule = Schedule(secret, sha256(transcript))
             header = bytes((self.KIND, SERVER_AUTH))
-            public = raw_public(self._identity)
-            sig = self._identity.sign(signed_content(SERVER_CONTEXT, sha256(transcript + header + public)))
-            mac = finished_mac(sched.server_hs, sha256(transcript + header + public + sig))
-            plain = public + sig + mac
-            self._send(SERVER_AUTH, seal_auth(cipher, sched.server_hs, header, plain), last=True)
+            sealed, plain = server_proof(self._identity, SERVER_CONTEXT, cipher, sched.server_hs, transcript, header)
+            self._send(SERVER_AUTH, sealed, last=True)
             self._transcript = transcript + header + plain
             self._client_ap, self._server_ap = sched.traffic(sha256(self._transcript))
             # keys for what we send from now on; the peer is not proven yet (result.peer is empty)
