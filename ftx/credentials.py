@@ -235,7 +235,7 @@ def _read_text(path: str, what: str) -> str | None:
 
 
 def _read_trusted(path: str, what: str) -> str | None:
-    """As ``_read_text``, for a file that grants access: refused (as ssh's StrictModes) when
+    """As ``_read_text``, for a file that grants access (authorized_keys, known_hosts): refused (as ssh's StrictModes) when
     someone else could have written it -- the file (after symlinks) writable by group or
     others or owned by another user than us or root, or its directory writable by others
     without the sticky bit (they could put another file in its place)."""
@@ -347,9 +347,14 @@ class KnownHosts:
         self.expect = normalize_fingerprint(expect) if expect else None
         self.first_contact = False
 
+    def check(self) -> None:
+        """Raise CredentialError now (before connecting) if the file is unsafe or unreadable."""
+        self.lookup()
+
     def lookup(self) -> tuple[str, int] | None:
-        """(fingerprint, line number) stored for this host, or None."""
-        text = _read_text(self.path, "known hosts")
+        """(fingerprint, line number) stored for this host, or None.  Refused, as authorized_keys,
+        when someone else could have written the file (they could plant a key for this host)."""
+        text = _read_trusted(self.path, "known hosts")
         for number, line in enumerate((text or "").splitlines(), 1):
             parts = line.split()
             if len(parts) >= 2 and not parts[0].startswith("#") and parts[0] == self.label:
@@ -363,7 +368,10 @@ class KnownHosts:
             if fp == self.expect:
                 return None
             return f"the receiver's key is {fp}, not the expected {self.expect}"
-        known = self.lookup()
+        try:
+            known = self.lookup()
+        except CredentialError as exc:
+            return str(exc)
         if known is not None:
             if known[0] == fp:
                 return None

@@ -101,6 +101,8 @@ def sender_handshake(auth: SenderAuth, host: str, port: int):
 
     identity = sender_identity(auth.identity)
     known = cr.KnownHosts(cr.default_known_hosts(), host, port, auth.expect_fingerprint)
+    if known.expect is None:
+        known.check()  # an unsafe known_hosts is a one-line error before connecting
     return SigmaClient(identity.key, known.verify)
 
 
