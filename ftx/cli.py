@@ -363,19 +363,23 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="TLS 1.3: private key of --tls-cert (if not in the same file).")
 @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
               help="TLS 1.3: require client certificates that chain to these CA certificates (PEM).")
+@click.option("--tls-any-client", is_flag=True,
+              help="TLS 1.3 without --tls-ca: accept any sender, no client certificate asked (anyone who can "
+                   "reach the port can write into --dir; warns at start).")
 @click.option("--insecure", is_flag=True,
               help="No authentication, no encryption: anyone who can reach the port can write into --dir "
                    "(listens on loopback unless --listen is given).")
 @_limit_options
 @_with(verbosity)
 def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
-            tls_key, tls_ca, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
+            tls_key, tls_ca, tls_any_client, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
     from .security_setup import receiver_conflict
 
-    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca)):
+    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca,
+                                 tls_any_client)):
         raise click.UsageError(why)
     if code_mode and not yes and not sys.stdin.isatty():
         raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
@@ -384,6 +388,9 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
             host = "127.0.0.1"
         click.echo("ftx: WARNING: --insecure: senders are not authenticated and nothing is encrypted; "
+                   f"anyone who can reach {host} port {port} can write into {directory}", err=True)
+    if tls_any_client:
+        click.echo("ftx: WARNING: --tls-any-client: senders are not authenticated (the channel is encrypted); "
                    f"anyone who can reach {host} port {port} can write into {directory}", err=True)
     _check_listen(host)
     from .security_setup import ReceiverAuth

@@ -70,14 +70,23 @@ class SenderAuth:
         return None
 
 
-def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca) -> str | None:
-    """The receiver's options that contradict each other (a usage error), or None."""
-    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca):
+def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca,
+                      tls_any_client=False) -> str | None:
+    """The receiver's options that contradict each other, or leave senders unauthenticated
+    without saying so (a usage error), or None."""
+    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca or tls_any_client):
         return "--insecure takes no credentials"
     if code and (tls_cert or authorized_keys):
         return "--code cannot be combined with TLS or --authorized-keys"
     if (tls_key or tls_ca) and not tls_cert:
         return "--tls-key and --tls-ca need --tls-cert"
+    if tls_any_client and not tls_cert:
+        return "--tls-any-client needs --tls-cert"
+    if tls_any_client and tls_ca:
+        return "--tls-any-client and --tls-ca contradict each other"
+    if tls_cert and not tls_ca and not tls_any_client:
+        return ("--tls-cert needs --tls-ca CA.pem (senders must present a client certificate it signed), "
+                "or --tls-any-client to accept any sender (anyone who can reach the port can write into --dir)")
     return None
 
 

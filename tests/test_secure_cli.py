@@ -635,7 +635,7 @@ def pki(tmp_path_factory):
 @pytest.mark.parametrize("udp", TRANSPORTS)
 def test_tls_trusted_ok_untrusted_refused(tmp_path, receiver_factory, pki, udp):
     ca, other, server = pki
-    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key))
+    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-any-client")
     assert r.listening["auth"] == "tls" and r.listening["fingerprint"] == cr.fingerprint(server.der)
     data = write_random(tmp_path / "f", 100_000)
     rc, report, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), *udp)
@@ -649,6 +649,50 @@ def test_tls_trusted_ok_untrusted_refused(tmp_path, receiver_factory, pki, udp):
     one_line(err, "certificate")
     assert r.events_until("session")[-1]["ok"] is False
     assert nothing_written(r.dir)
+
+
+def test_tls_receiver_without_a_way_to_authenticate_senders_refuses_to_start(tmp_path, pki):
+    """Secure by default: --tls-cert alone would let anyone who reaches the port write into --dir."""
+    ca, other, server = pki
+    d = tmp_path / "dst"
+    p = subprocess.run(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key), "--port", "0",
+                              "--listen", "127.0.0.1", "--dir", str(d)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+    assert "--tls-ca" in p.stderr and "--tls-any-client" in p.stderr
+    p = subprocess.run(FTX + ["receive", "--tls-any-client", "--port", "0", "--dir", str(d)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--tls-any-client needs --tls-cert" in p.stderr
+
+
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_tls_ca_requires_a_client_certificate(tmp_path, receiver_factory, pki, udp):
+    ca, other, server = pki
+    client = ca.issue("sender.example", client=True, stem="client")
+    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-ca", str(ca.path))
+    data = write_random(tmp_path / "f", 10_000)
+    rc, _, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), *udp)
+    assert rc == EXIT_AUTH, err
+    assert nothing_written(r.dir)
+    r.events_until("session")
+    rc, report, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), "--tls-cert", str(client.cert),
+                               "--tls-key", str(client.key), *udp)
+    assert rc == 0, err
+    assert (r.dir / "f").read_bytes() == data
+
+
+def test_tls_any_client_warns_at_start(tmp_path, pki):
+    ca, other, server = pki
+    proc = subprocess.Popen(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                                   "--tls-any-client", "--listen", "127.0.0.1", "--port", "0",
+                                   "--dir", str(tmp_path / "d"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert LineReader(proc.stdout).next_json()["auth"] == "tls"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "WARNING: --tls-any-client" in err and "can write into" in err
 
 
 # -- what an observer sees, and what an attacker costs ----------------------------------
