@@ -419,6 +419,10 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     sys.exit(code)
 
 
+def _host_of(peer) -> str | None:
+    return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
+
+
 def _peer_label(peer) -> str:
     if isinstance(peer, tuple):
         host = peer[0].removeprefix("::ffff:")
@@ -517,8 +521,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             error = await authenticate(link, auth, limits.handshake_timeout)
             if error == "":
                 return  # turned away quietly (throttled)
-            if error is not None:
-                click.echo(f"ftx: {_peer_label(link.peer)}: {error}", err=True)
+            if error is not None:  # one line at once, then one summary per address per interval
+                failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
                 if as_json:
                     _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
                            "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
@@ -548,6 +552,14 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             auth.new_code()  # --once and that session did not complete: the receiver goes on, with a new code
 
     asking = asyncio.Lock()  # one question on the terminal at a time
+    from .failure_log import FailureLog
+
+    failures = FailureLog(lambda line: click.echo(f"ftx: {line}", err=True))
+
+    async def summarize_failures() -> None:
+        while True:
+            await asyncio.sleep(failures.interval / 2)
+            failures.flush()
 
     async def ask(link, hello) -> bool:
         from .security_setup import describe_offer
@@ -571,6 +583,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
     expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
     server = loop.create_task(serve(socks, handle, admission))
+    summaries = loop.create_task(summarize_failures())
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
         if server in done:
@@ -581,7 +594,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     finally:
         server.cancel()
         expiry.cancel()
-        await asyncio.gather(server, expiry, return_exceptions=True)
+        summaries.cancel()
+        await asyncio.gather(server, expiry, summaries, return_exceptions=True)
+        failures.flush(final=True)  # nothing counted is lost at exit
         for s in socks:
             s.close()
         if udp_server is not None:

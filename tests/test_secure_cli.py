@@ -835,3 +835,23 @@ def test_code_attempts_in_flight_count_against_the_code(tmp_path, monkeypatch):
     assert "try again" in auth.begin("10.0.0.9")  # no more guesses at once than the code survives
     auth.end("10.0.0.0", None, None)
     assert auth.begin("10.0.0.9") is None
+
+
+def test_failed_handshakes_are_summarized_not_one_line_each(tmp_path, receiver):
+    """A flood of failed handshakes fills neither the log nor a stderr pipe: the first from an
+    address is reported at once, the rest in one summary line per address per interval."""
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    for _ in range(30):
+        assert receiver.events_until("session")[-1]["ok"] is False  # --json still tells each one
+    receiver.stop()
+    lines = [line for line in receiver.stderr.splitlines() if "127.0.0.1:" in line]
+    assert len(lines) == 2, lines
+    assert "does not speak ftx" in lines[0]
+    assert "127.0.0.1: 29 failed handshakes in the last" in lines[1] and "(last: " in lines[1]
