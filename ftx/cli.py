@@ -393,12 +393,13 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         click.echo("ftx: WARNING: --tls-any-client: senders are not authenticated (the channel is encrypted); "
                    f"anyone who can reach {host} port {port} can write into {directory}", err=True)
     _check_listen(host)
-    from .security_setup import ReceiverAuth
+    from .security_setup import HandshakeRate, ReceiverAuth
     from .storage import Destination
 
     try:
         auth = ReceiverAuth(insecure=insecure, identity=identity, authorized_keys=authorized_keys, code=code_mode,
-                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                            rate=HandshakeRate(limits.code_handshakes_per_host, limits.code_handshakes))
     except FtxError as exc:
         _die(str(exc), _exit_code(exc))
     auth.ask = code_mode and not yes  # show what a code holder offers and ask first
