@@ -363,19 +363,23 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="TLS 1.3: private key of --tls-cert (if not in the same file).")
 @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
               help="TLS 1.3: require client certificates that chain to these CA certificates (PEM).")
+@click.option("--tls-any-client", is_flag=True,
+              help="TLS 1.3 without --tls-ca: accept any sender, no client certificate asked (anyone who can "
+                   "reach the port can write into --dir; warns at start).")
 @click.option("--insecure", is_flag=True,
               help="No authentication, no encryption: anyone who can reach the port can write into --dir "
                    "(listens on loopback unless --listen is given).")
 @_limit_options
 @_with(verbosity)
 def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
-            tls_key, tls_ca, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
+            tls_key, tls_ca, tls_any_client, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
     from .security_setup import receiver_conflict
 
-    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca)):
+    if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca,
+                                 tls_any_client)):
         raise click.UsageError(why)
     if code_mode and not yes and not sys.stdin.isatty():
         raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
@@ -385,13 +389,17 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
             host = "127.0.0.1"
         click.echo("ftx: WARNING: --insecure: senders are not authenticated and nothing is encrypted; "
                    f"anyone who can reach {host} port {port} can write into {directory}", err=True)
+    if tls_any_client:
+        click.echo("ftx: WARNING: --tls-any-client: senders are not authenticated (the channel is encrypted); "
+                   f"anyone who can reach {host} port {port} can write into {directory}", err=True)
     _check_listen(host)
-    from .security_setup import ReceiverAuth
+    from .security_setup import HandshakeRate, ReceiverAuth
     from .storage import Destination
 
     try:
         auth = ReceiverAuth(insecure=insecure, identity=identity, authorized_keys=authorized_keys, code=code_mode,
-                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                            rate=HandshakeRate(limits.code_handshakes_per_host, limits.code_handshakes))
     except FtxError as exc:
         _die(str(exc), _exit_code(exc))
     auth.ask = code_mode and not yes  # show what a code holder offers and ask first
@@ -410,6 +418,10 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     except FtxError as exc:
         _die(str(exc), _exit_code(exc))
     sys.exit(code)
+
+
+def _host_of(peer) -> str | None:
+    return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
 
 
 def _peer_label(peer) -> str:
@@ -510,8 +522,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             error = await authenticate(link, auth, limits.handshake_timeout)
             if error == "":
                 return  # turned away quietly (throttled)
-            if error is not None:
-                click.echo(f"ftx: {_peer_label(link.peer)}: {error}", err=True)
+            if error is not None:  # one line at once, then one summary per address per interval
+                failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
                 if as_json:
                     _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
                            "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
@@ -541,6 +553,14 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             auth.new_code()  # --once and that session did not complete: the receiver goes on, with a new code
 
     asking = asyncio.Lock()  # one question on the terminal at a time
+    from .failure_log import FailureLog
+
+    failures = FailureLog(lambda line: click.echo(f"ftx: {line}", err=True))
+
+    async def summarize_failures() -> None:
+        while True:
+            await asyncio.sleep(failures.interval / 2)
+            failures.flush()
 
     async def ask(link, hello) -> bool:
         from .security_setup import describe_offer
@@ -564,6 +584,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
     expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
     server = loop.create_task(serve(socks, handle, admission))
+    summaries = loop.create_task(summarize_failures())
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
         if server in done:
@@ -574,7 +595,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     finally:
         server.cancel()
         expiry.cancel()
-        await asyncio.gather(server, expiry, return_exceptions=True)
+        summaries.cancel()
+        await asyncio.gather(server, expiry, summaries, return_exceptions=True)
+        failures.flush(final=True)  # nothing counted is lost at exit
         for s in socks:
             s.close()
         if udp_server is not None:

@@ -217,28 +217,12 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
     os.close(fd)
 
 
-def _read_text(path: str, what: str) -> str | None:
-    """The file's text, or None when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CREDENTIAL_FILE + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CredentialError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CREDENTIAL_FILE:
-        raise CredentialError(f"{what} {path} is larger than {MAX_CREDENTIAL_FILE} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CredentialError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _read_trusted(path: str, what: str) -> str | None:
-    """As ``_read_text``, for a file that grants access: refused (as ssh's StrictModes) when
-    someone else could have written it -- the file (after symlinks) writable by group or
-    others or owned by another user than us or root, or its directory writable by others
-    without the sticky bit (they could put another file in its place)."""
+    """The text of a file that grants access (authorized_keys, known_hosts), or None when it
+    does not exist.  Refused (as ssh's StrictModes) when someone else could have written
+    it -- the file (after symlinks) writable by group or others or owned by another user
+    than us or root, or its directory writable by others without the sticky bit (they
+    could put another file in its place)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -347,9 +331,14 @@ class KnownHosts:
         self.expect = normalize_fingerprint(expect) if expect else None
         self.first_contact = False
 
+    def check(self) -> None:
+        """Raise CredentialError now (before connecting) if the file is unsafe or unreadable."""
+        self.lookup()
+
     def lookup(self) -> tuple[str, int] | None:
-        """(fingerprint, line number) stored for this host, or None."""
-        text = _read_text(self.path, "known hosts")
+        """(fingerprint, line number) stored for this host, or None.  Refused, as authorized_keys,
+        when someone else could have written the file (they could plant a key for this host)."""
+        text = _read_trusted(self.path, "known hosts")
         for number, line in enumerate((text or "").splitlines(), 1):
             parts = line.split()
             if len(parts) >= 2 and not parts[0].startswith("#") and parts[0] == self.label:
@@ -363,7 +352,10 @@ class KnownHosts:
             if fp == self.expect:
                 return None
             return f"the receiver's key is {fp}, not the expected {self.expect}"
-        known = self.lookup()
+        try:
+            known = self.lookup()
+        except CredentialError as exc:
+            return str(exc)
         if known is not None:
             if known[0] == fp:
                 return None

@@ -56,6 +56,12 @@ class Limits:
     stall_timeout: float = field(default=600.0, metadata=_opt(
         "duration", "Drop a sender that moves no file data and settles no file for this long "
                     "(PINGs alone do not keep a session)."))
+    code_handshakes_per_host: int = field(default=10, metadata=_opt(
+        "count", "Code mode: pairing handshakes one address (IPv6: one /64) may start per minute, in "
+                 "bursts of as many; more are turned away before any work."))
+    code_handshakes: int = field(default=20, metadata=_opt(
+        "count", "Code mode: pairing handshakes all addresses together may start per second (each costs "
+                 "about 10 ms of CPU before the sender proves anything); more are turned away."))
     # -- files and descriptors ----------------------------------------------------
     max_open_files: int = field(default=512, metadata=_opt(
         "count", "Partial files held open at once, all senders together (descriptors).", least=4))

@@ -34,6 +34,7 @@ from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
+from .core.secure.handshake import printable
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
@@ -286,8 +287,9 @@ class ReceiveSession:
             part.close()
         if code == ErrorCode.OK:
             code = ErrorCode.ABORTED
-        log.warning("%s: sender withdrew it: %s", _name(entry), ev.message)
-        self._finish(ev.file_id, entry, code, ZERO_DIGEST, ev.message)
+        why = printable(ev.message)  # the sender's words, for terminals and logs: escaped, capped
+        log.warning("%s: sender withdrew it: %s", _name(entry), why)
+        self._finish(ev.file_id, entry, code, ZERO_DIGEST, why)
 
     def close(self) -> None:
         """Connection over (finished or not): release every partial; keep its verified data (if 1 MiB or more)."""

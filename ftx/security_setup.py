@@ -70,14 +70,23 @@ class SenderAuth:
         return None
 
 
-def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca) -> str | None:
-    """The receiver's options that contradict each other (a usage error), or None."""
-    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca):
+def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca,
+                      tls_any_client=False) -> str | None:
+    """The receiver's options that contradict each other, or leave senders unauthenticated
+    without saying so (a usage error), or None."""
+    if insecure and (code or identity or authorized_keys or tls_cert or tls_ca or tls_any_client):
         return "--insecure takes no credentials"
     if code and (tls_cert or authorized_keys):
         return "--code cannot be combined with TLS or --authorized-keys"
     if (tls_key or tls_ca) and not tls_cert:
         return "--tls-key and --tls-ca need --tls-cert"
+    if tls_any_client and not tls_cert:
+        return "--tls-any-client needs --tls-cert"
+    if tls_any_client and tls_ca:
+        return "--tls-any-client and --tls-ca contradict each other"
+    if tls_cert and not tls_ca and not tls_any_client:
+        return ("--tls-cert needs --tls-ca CA.pem (senders must present a client certificate it signed), "
+                "or --tls-any-client to accept any sender (anyone who can reach the port can write into --dir)")
     return None
 
 
@@ -101,6 +110,8 @@ def sender_handshake(auth: SenderAuth, host: str, port: int):
 
     identity = sender_identity(auth.identity)
     known = cr.KnownHosts(cr.default_known_hosts(), host, port, auth.expect_fingerprint)
+    if known.expect is None:
+        known.check()  # an unsafe known_hosts is a one-line error before connecting
     return SigmaClient(identity.key, known.verify)
 
 
@@ -188,16 +199,74 @@ class Throttle:
                 table.popitem(last=False)
 
 
+def rate_key(host: str) -> str:
+    """Whose bucket an address draws on: an IPv4 address, or an IPv6 address's /64 (one
+    host usually holds a whole /64)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class HandshakeRate:
+    """Token buckets on code-mode handshakes, which cost the receiver SPAKE2 work (about
+    10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per address
+    (IPv6: per /64) and ``total`` a second for all of them, each in bursts of as many.
+    A flood is turned away before any work, so it cannot starve transfers in progress.
+    Holds at most ``max_hosts`` addresses (the least recently seen are forgotten)."""
+
+    def __init__(self, per_host: int = 10, total: int = 20, max_hosts: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_host, self.total, self.max_hosts, self.clock = per_host, total, max_hosts, clock
+        self._hosts: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._all = (float(total), clock())
+
+    @staticmethod
+    def _refill(bucket: tuple[float, float], size: int, per_second: float, now: float) -> float:
+        tokens, at = bucket
+        return min(float(size), tokens + (now - at) * per_second)
+
+    def take(self, host: str | None) -> str | None:
+        """None: ``host`` may start a handshake (a token of each bucket is spent); else why not."""
+        now = self.clock()
+        key = rate_key(host) if host else "?"
+        mine = self._hosts.get(key)
+        tokens = self.per_host if mine is None else self._refill(mine, self.per_host, self.per_host / 60, now)
+        if tokens < 1:
+            self._hosts[key] = (tokens, now)
+            self._hosts.move_to_end(key)
+            wait = (1 - tokens) * 60 / self.per_host
+            return f"too many pairing attempts from {key}; try again in {max(1, round(wait))} s"
+        everyone = self._refill(self._all, self.total, self.total, now)
+        if everyone < 1:
+            self._all = (everyone, now)
+            return "too many pairing attempts right now; try again in a few seconds"
+        self._all = (everyone - 1, now)
+        self._hosts[key] = (tokens - 1, now)
+        self._hosts.move_to_end(key)
+        while len(self._hosts) > self.max_hosts:
+            self._hosts.popitem(last=False)
+        return None
+
+
 class ReceiverAuth:
     """What a receiver proves and accepts, shared by all its connections."""
 
     def __init__(self, *, insecure: bool = False, identity: str | None = None, authorized_keys: str | None = None,
                  code: bool = False, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_ca: str | None = None, on_code: Callable[[str], None] | None = None,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None, rate: HandshakeRate | None = None) -> None:
         self.insecure = insecure
         self.code_mode = code
         self.throttle = throttle or Throttle()
+        self.rate = rate or HandshakeRate()
         self.on_code = on_code or (lambda code: None)
         self.code: str | None = None
         self._code_failures = 0
@@ -265,6 +334,8 @@ class ReceiverAuth:
                 return "the pairing code was used; ask the receiver for a new one"
             if self._code_inflight + self._code_failures >= CODE_TRIES:
                 return "another attempt at the pairing code is in progress; try again shortly"
+            if (why := self.rate.take(host)) is not None:
+                return why
             self._code_inflight += 1
         return None
 

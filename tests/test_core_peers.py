@@ -1238,3 +1238,15 @@ def test_random_input_sequences_follow_the_tables(side, seq):
     for inp in seq:
         if not h.step(inp):
             break
+
+
+def test_peer_error_text_is_printable_and_capped():
+    """The peer's ERROR reason reaches a terminal and logs: no escape sequences, line breaks
+    or bidi overrides, and not kilobytes of it."""
+    evil = "disk full\n\x1b[2Jftx: done, all ok \u202e" + "B" * 900
+    link = linked()
+    link.s.receive_data(encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.STORAGE, evil).encode()))
+    event = link.s.next_event()
+    assert isinstance(event, ev.PeerFailed) and event.message.isprintable(), repr(event)
+    assert "\\x1b[2J" in event.message and "\\u202e" in event.message and len(event.message) <= 310
+    assert str(link.s._error).isprintable() and len(str(link.s._error)) <= 340

@@ -269,3 +269,34 @@ def test_identity_owned_by_another_user_is_refused(tmp_path):
     with pytest.raises(cr.CredentialError) as info:
         cr.load_identity(str(path), create=False)
     assert "owned by uid 65534" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_known_hosts_writable_by_others_is_refused(tmp_path, mode):
+    """As authorized_keys: whoever may write known_hosts may plant a key for a receiver."""
+    a = cr.create_identity(str(tmp_path / "a"))
+    path = tmp_path / "known_hosts"
+    path.write_text(f"127.0.0.1:4000 {a.fingerprint}\n")
+    os.chmod(path, mode)
+    kh = cr.KnownHosts(str(path), "127.0.0.1", 4000)
+    with pytest.raises(cr.CredentialError) as info:
+        kh.check()
+    msg = str(info.value)
+    assert str(path) in msg and "writable by others" in msg and f"chmod go-w {path}" in msg and "\n" not in msg
+    refusal = kh.verify(peer_of(a))  # during a handshake: a refusal, not a stray exception
+    assert refusal is not None and "writable by others" in refusal
+    assert path.read_text() == f"127.0.0.1:4000 {a.fingerprint}\n"
+    os.chmod(path, 0o644)
+    kh.check()
+    assert kh.verify(peer_of(a)) is None
+
+
+def test_known_hosts_in_a_directory_others_may_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    kh = cr.KnownHosts(str(shared / "known_hosts"), "127.0.0.1", 4000)
+    kh.check()  # missing: a first contact will create it
+    (shared / "known_hosts").write_text("")
+    with pytest.raises(cr.CredentialError, match=f"directory {shared}"):
+        kh.check()

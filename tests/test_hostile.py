@@ -188,3 +188,27 @@ def test_full_disk_is_a_clear_error(tmp_path, receiver_factory):
         r.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+EVIL = "fine\n\x1b[2Jftx: all files received \u202e" + "C" * 600
+
+
+def test_a_senders_texts_reach_the_receivers_log_escaped(tmp_path, receiver):
+    """An authenticated sender's words (a withdrawn file's reason, its ERROR) are printed with
+    escape sequences, line breaks and bidi overrides made visible, and capped."""
+    s = RawSender(receiver.port)
+    fid = s.conn.offer(FileEntry(b"w.bin", size=3 * 1024 * 1024))
+    s.flush()
+    s.wait_for(lambda ev: ev.__class__.__name__ == "DecisionReceived")
+    s.conn.abort_file(fid, ErrorCode.SOURCE_CHANGED, EVIL)
+    s.flush()
+    s.wait_for(lambda ev: isinstance(ev, FileResolved))
+    s.conn.send_error(ErrorCode.STORAGE, EVIL)
+    s.flush()
+    events = receiver.events_until("session")
+    receiver.stop()
+    assert "\x1b" not in receiver.stderr and "\u202e" not in receiver.stderr
+    lines = [line for line in receiver.stderr.splitlines() if "fine" in line]
+    assert len(lines) == 2 and all("\\x1b[2J" in line and len(line) < 500 for line in lines), lines
+    for ev in events:
+        assert "\x1b" not in str(ev) and "\u202e" not in str(ev), ev

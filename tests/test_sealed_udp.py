@@ -590,3 +590,82 @@ def test_an_unsealed_close_with_keys_is_marked_not_authenticated():
     assert ls.closed
     assert "not authenticated" in ls.close_reason and "10.66.66.66" in ls.close_reason
     assert ls.close_reason.isprintable(), repr(ls.close_reason)
+
+
+def test_an_unsealed_packet_never_shadows_a_sealed_one_with_its_number():
+    """Between our keys and the end of the peer's handshake an unsealed packet is still taken
+    (it may carry the peer's last handshake bytes).  One forged with the number the peer's
+    next sealed packet will carry must not make that sealed packet a 'duplicate' -- dropped,
+    yet acknowledged, so never sent again: the transfer would stall."""
+    net = InMemoryNet(seed=31)
+    net.handshake()
+    c, s = FixedHandshake(True), FixedHandshake(False)
+    ds, ls = net.dsession, net.lsession
+    ds.stream_write(c.data_to_send())  # message 1
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    s.receive(bytes(net.lstream), net.now)
+    del net.lstream[:]
+    ls.stream_write(s.data_to_send())  # message 2
+    ls.install_keys(s.result)
+    net.run_until(lambda n: len(n.dstream) >= MSG)
+    c.receive(bytes(net.dstream), net.now)
+    ds.stream_write(b"3" * MSG)  # message 3, the client's last: unsealed
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    ds.install_keys(c.result)
+    ds.handshake_done(0)
+    pn = ds._next_pn  # what the first sealed packet will carry
+    forged = P.build(P.DATA, ls.local_cid, pn, bytes([P.F_PING]))
+    net.listener.receive_datagram(forged, net.addr, net.now)
+    ds.stream_write(b"after")  # sealed
+    net.run_until(lambda n: len(n.lstream) >= MSG + 5, max_seconds=5)
+    assert bytes(net.lstream) == b"3" * MSG + b"after"
+    net.listener.receive_datagram(forged, net.addr, net.now)  # the unsealed one again: a duplicate
+    assert bytes(net.lstream) == b"3" * MSG + b"after" and not ls.closed
+
+
+def test_peer_close_reasons_are_printable_before_keys_and_sealed():
+    """A CLOSE's reason reaches a terminal: escaped and capped, whether it came before any
+    keys (a refusal) or sealed from the authenticated peer."""
+    evil = "bye\n\x1b[2Jftx: ok \u202e" + "A" * 5000
+    net = InMemoryNet(seed=33)
+    net.handshake()
+    ls = net.lsession
+    net.listener.receive_datagram(P.build(P.DATA, ls.local_cid, 3, P.encode_close(5, evil)), net.addr, net.now)
+    assert ls.closed and ls.close_reason.isprintable() and "\\x1b[2J" in ls.close_reason, repr(ls.close_reason)
+    assert len(ls.close_reason) <= 310
+    net = InMemoryNet(seed=35)
+    secure(net)
+    net.dsession.close(5, evil)
+    net.run_until(lambda n: n.lsession.closed, max_seconds=5)
+    reason = net.lsession.close_reason
+    assert reason.isprintable() and "\\u202e" in reason and len(reason) <= 310, repr(reason)
+
+
+def test_an_unsealed_packet_before_our_keys_does_not_shadow_a_held_sealed_one():
+    """The same forgery one step earlier: the peer's first sealed packet is held until we have
+    keys, and a plaintext packet with its number arrives first."""
+    net = InMemoryNet(seed=37)
+    net.handshake()
+    c, s = FixedHandshake(True), FixedHandshake(False)
+    ds, ls = net.dsession, net.lsession
+    ds.stream_write(c.data_to_send())
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    s.receive(bytes(net.lstream), net.now)
+    del net.lstream[:]
+    ls.stream_write(s.data_to_send())  # message 2, unsealed
+    ls.install_keys(s.result)
+    net.run_until(lambda n: len(n.dstream) >= MSG)
+    ls.handshake_done(0)
+    pn = ls._next_pn
+    net.dialer.receive_datagram(P.build(P.DATA, ds.local_cid, pn, bytes([P.F_PING])), net.now)
+    ls.stream_write(b"sealed")
+    (sealed,) = ls.datagrams_to_send(net.now)
+    assert sealed[0] in D.SEALED_TYPES
+    net.dialer.receive_datagram(sealed, net.now)  # held: the dialer has no keys yet
+    c.receive(bytes(net.dstream), net.now)
+    del net.dstream[:]
+    ds.install_keys(c.result)
+    ds.handshake_done(0)
+    assert ds.stats["duplicate_packets"] == 0
+    net.run_until(lambda n: len(n.dstream) >= 6, max_seconds=5)
+    assert bytes(net.dstream) == b"sealed"

@@ -635,7 +635,7 @@ def pki(tmp_path_factory):
 @pytest.mark.parametrize("udp", TRANSPORTS)
 def test_tls_trusted_ok_untrusted_refused(tmp_path, receiver_factory, pki, udp):
     ca, other, server = pki
-    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key))
+    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-any-client")
     assert r.listening["auth"] == "tls" and r.listening["fingerprint"] == cr.fingerprint(server.der)
     data = write_random(tmp_path / "f", 100_000)
     rc, report, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), *udp)
@@ -649,6 +649,50 @@ def test_tls_trusted_ok_untrusted_refused(tmp_path, receiver_factory, pki, udp):
     one_line(err, "certificate")
     assert r.events_until("session")[-1]["ok"] is False
     assert nothing_written(r.dir)
+
+
+def test_tls_receiver_without_a_way_to_authenticate_senders_refuses_to_start(tmp_path, pki):
+    """Secure by default: --tls-cert alone would let anyone who reaches the port write into --dir."""
+    ca, other, server = pki
+    d = tmp_path / "dst"
+    p = subprocess.run(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key), "--port", "0",
+                              "--listen", "127.0.0.1", "--dir", str(d)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+    assert "--tls-ca" in p.stderr and "--tls-any-client" in p.stderr
+    p = subprocess.run(FTX + ["receive", "--tls-any-client", "--port", "0", "--dir", str(d)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--tls-any-client needs --tls-cert" in p.stderr
+
+
+@pytest.mark.parametrize("udp", TRANSPORTS)
+def test_tls_ca_requires_a_client_certificate(tmp_path, receiver_factory, pki, udp):
+    ca, other, server = pki
+    client = ca.issue("sender.example", client=True, stem="client")
+    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-ca", str(ca.path))
+    data = write_random(tmp_path / "f", 10_000)
+    rc, _, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), *udp)
+    assert rc == EXIT_AUTH, err
+    assert nothing_written(r.dir)
+    r.events_until("session")
+    rc, report, err = run_send(str(tmp_path / "f"), r.dest, "--tls-ca", str(ca.path), "--tls-cert", str(client.cert),
+                               "--tls-key", str(client.key), *udp)
+    assert rc == 0, err
+    assert (r.dir / "f").read_bytes() == data
+
+
+def test_tls_any_client_warns_at_start(tmp_path, pki):
+    ca, other, server = pki
+    proc = subprocess.Popen(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                                   "--tls-any-client", "--listen", "127.0.0.1", "--port", "0",
+                                   "--dir", str(tmp_path / "d"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert LineReader(proc.stdout).next_json()["auth"] == "tls"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "WARNING: --tls-any-client" in err and "can write into" in err
 
 
 # -- what an observer sees, and what an attacker costs ----------------------------------
@@ -791,3 +835,111 @@ def test_code_attempts_in_flight_count_against_the_code(tmp_path, monkeypatch):
     assert "try again" in auth.begin("10.0.0.9")  # no more guesses at once than the code survives
     auth.end("10.0.0.0", None, None)
     assert auth.begin("10.0.0.9") is None
+
+
+def test_failed_handshakes_are_summarized_not_one_line_each(tmp_path, receiver):
+    """A flood of failed handshakes fills neither the log nor a stderr pipe: the first from an
+    address is reported at once, the rest in one summary line per address per interval."""
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    for _ in range(30):
+        assert receiver.events_until("session")[-1]["ok"] is False  # --json still tells each one
+    receiver.stop()
+    lines = [line for line in receiver.stderr.splitlines() if "127.0.0.1:" in line]
+    assert len(lines) == 2, lines
+    assert "does not speak ftx" in lines[0]
+    assert "127.0.0.1: 29 failed handshakes in the last" in lines[1] and "(last: " in lines[1]
+
+
+def test_code_handshake_rate_per_address_and_in_total():
+    """Token buckets on code-mode handshakes: each costs the receiver SPAKE2 work before the
+    sender proves anything, so an address (an IPv6 /64) gets ``per_host`` a minute and all
+    together ``total`` a second, in bursts of as many."""
+    from ftx.security_setup import HandshakeRate
+
+    now = [0.0]
+    rate = HandshakeRate(per_host=6, total=10, clock=lambda: now[0])
+    assert all(rate.take("192.0.2.7") is None for _ in range(6))
+    why = rate.take("192.0.2.7")
+    assert why is not None and "192.0.2.7" in why and "try again in 10 s" in why
+    now[0] = 10.0  # one minute / 6: one more
+    assert rate.take("192.0.2.7") is None and rate.take("192.0.2.7") is not None
+    assert rate.take("2001:db8::1") is None
+    for k in range(5):  # the same /64: the same bucket
+        assert rate.take(f"2001:db8::{k + 2:x}") is None
+    assert "2001:db8::/64" in rate.take("2001:db8::ffff")
+    assert rate.take("2001:db8:1::1") is None  # another /64
+    # the total: 10 a second, whatever the addresses
+    now[0] = 100.0
+    taken = sum(rate.take(f"10.0.0.{k}") is None for k in range(40))
+    assert taken == 10
+    assert "too many pairing attempts" in rate.take("10.1.1.1")
+    now[0] = 100.5
+    assert sum(rate.take(f"10.0.1.{k}") is None for k in range(40)) == 5
+    # the table of addresses is bounded
+    small = HandshakeRate(per_host=1, total=1000, max_hosts=3, clock=lambda: now[0])
+    for k in range(10):
+        small.take(f"10.9.0.{k}")
+    assert len(small._hosts) <= 3
+
+
+def test_code_mode_turns_away_a_handshake_flood_by_rate(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    from ftx.security_setup import HandshakeRate
+
+    now = [0.0]
+    auth = ReceiverAuth(code=True, rate=HandshakeRate(per_host=2, total=100, clock=lambda: now[0]))
+    gen = auth.code_generation
+    for _ in range(2):
+        assert auth.begin("10.0.0.1") is None
+        auth.end("10.0.0.1", None, TimeoutError(), gen)
+    assert "too many pairing attempts from 10.0.0.1" in auth.begin("10.0.0.1")
+    assert auth._code_inflight == 0  # a turned-away one holds no place
+
+
+def _code_hellos(port: int, stop: threading.Event, answers: list) -> None:
+    """Open a connection, send a code-mode ClientHello (SPAKE2 work for the receiver), leave as
+    soon as it answered: no guess was made, so nothing counts as a failed attempt."""
+    from ftx.core.secure.pake import PakeClient
+
+    while not stop.is_set():
+        got = b""
+        try:
+            with socket.socket() as s:
+                s.settimeout(5)
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
+                s.sendall(PakeClient("1-acid-acid").data_to_send())
+                got = s.recv(4096)  # a ServerHello (work done) or a refusal; then away
+        except OSError:
+            pass
+        answers.append(got)
+
+
+def test_a_code_hello_flood_is_turned_away_by_rate_while_a_transfer_runs(tmp_path, receiver_factory):
+    r = receiver_factory("--code", "--yes", env=stranger(tmp_path, "r"))
+    data = write_random(tmp_path / "big.bin", 6 << 20)
+    sender = start_send(str(tmp_path / "big.bin"), r.dest, "--max-rate", "4M",
+                        env={**stranger(tmp_path, "s"), "FTX_CODE": r.listening["code"]})
+    stop, answers = threading.Event(), []
+    flood = [threading.Thread(target=_code_hellos, args=(r.port, stop, answers)) for _ in range(4)]
+    try:
+        wait_for(lambda: os.listdir(r.dir) or sender.poll() is not None, what="the transfer to start")
+        for t in flood:
+            t.start()
+        _, err = sender.communicate(timeout=60)
+    finally:
+        stop.set()
+        for t in flood:
+            t.join(10)
+    assert sender.returncode == 0, err
+    assert (r.dir / "big.bin").read_bytes() == data
+    by_rate = sum(b"too many pairing attempts from 127.0.0.2" in a for a in answers)
+    worked = sum(b"try again" not in a for a in answers)  # answered with SPAKE2 work
+    assert by_rate >= 20 and worked <= 12, (len(answers), by_rate, worked)

@@ -35,6 +35,7 @@ from .frames import (
     encode_frame,
 )
 from .secure import AuthError
+from .secure.handshake import printable
 from .messages import MAGIC, PROTOCOL_VERSION, ROLE_SENDER, ErrorMessage, Hello
 from .states import FileState, In
 
@@ -189,9 +190,10 @@ class Connection:
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == FrameType.ERROR:
             msg = ErrorMessage.decode(frame.payload)
-            self._error = RemoteProtocolError(f"peer error {msg.code}: {msg.message}", ErrorCode.ABORTED)
+            text = printable(msg.message)  # the peer's words reach terminals and logs: escaped, capped
+            self._error = RemoteProtocolError(f"peer error {msg.code}: {text}", ErrorCode.ABORTED)
             self.closed = True
-            self._events.append(PeerFailed(msg.code, msg.message))
+            self._events.append(PeerFailed(msg.code, text))
             return
         if frame.type == FrameType.HELLO:
             if self.peer is not None:

@@ -8,7 +8,9 @@ The handshake runs on the control stream like any other bytes.  Then:
 * sealed packets that arrive before that are held (at most ``EARLY_LIMIT``) and
   opened at ``install_keys``;
 * with keys, an unsealed packet may still carry the peer's handshake bytes, but
-  its ACK and MAX_DATA frames are ignored and CHUNK frames drop it;
+  its ACK and MAX_DATA frames are ignored and CHUNK frames drop it; its number is
+  also noted apart (``_plain_recv``), so that a sealed packet with the same number
+  is still taken (a forged plaintext packet cannot shadow it as a "duplicate");
 * ``handshake_done``: the peer's handshake is consumed.  Unsealed stream bytes
   beyond it, or chunk data that arrived unsealed, mean someone else wrote them:
   ``AuthError``.  From now on unsealed DATA packets are dropped.
@@ -17,6 +19,7 @@ The handshake runs on the control stream like any other bytes.  Then:
 from __future__ import annotations
 
 from ...errors import ErrorCode, RemoteProtocolError
+from ..ranges import RangeSet
 from ..secure import AuthError, Established
 from ..secure.datagrams import SEALED_OVERHEAD, PacketProtection
 from ..secure.handshake import unauthenticated_reason
@@ -25,6 +28,7 @@ from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame
 
 EARLY_LIMIT = 16  # sealed packets kept until we have keys ...
 EARLY_BYTES = 64 * 1024  # ... and their bytes in all
+PLAIN_RANGES_KEPT = 96  # ranges of numbers recorded from unsealed packets while we have keys
 # Where a GRO read of sealed datagrams is opened: used within one call only (the session
 # copies what it keeps), so one buffer serves every session.
 _SCRATCH = bytearray(65536)
@@ -42,6 +46,9 @@ class SealedPackets:
         self.protection = PacketProtection(est, limits)
         self._hs_end = self._sout_base + len(self._sout)
         self._overhead = SEALED_OVERHEAD
+        # every number received so far came unsealed (anyone could have sent it): a held or
+        # later sealed packet with one of them is not a duplicate (_recv is bounded, so is this)
+        self._plain_recv = RangeSet(self._recv)
         early, self._early = self._early, []
         self._early_bytes = 0
         for datagram in early:
@@ -56,6 +63,11 @@ class SealedPackets:
         if self._cin.slots or self._cin.completed or self._delivered:
             raise AuthError("chunk data arrived before the handshake finished (an attacker on the path?)")
         self._sealed_only = True
+
+    def _plain_room(self) -> bool:
+        """Room to record one more unsealed packet's number (the peer sends a handful in the
+        handshake; a forger's are not kept without bound)."""
+        return len(self._plain_recv) < PLAIN_RANGES_KEPT
 
     def _unsealed_frames(self, payload) -> list:
         """With keys: what an unsealed packet may still do (nothing once the handshake is done)."""

@@ -49,6 +49,7 @@ from .packets import (
 from . import burst
 from .assembly import BURST_BYTES, BURST_DATAGRAMS, PacketAssembly
 from ..secure.datagrams import zero_hash
+from ..secure.handshake import printable
 from .protection import SealedPackets
 from .pmtu import PmtuSearch
 from .reassembly import MAX_CHUNK, REFUSED, STREAM_OOO_LIMIT, ChunkAssembler, MemoryBudget, Spares, StreamAssembler
@@ -145,6 +146,9 @@ class UdpSession(PacketAssembly, SealedPackets):
         self._early: list[bytes] = []  # sealed packets that came before our keys
         # receiving
         self._recv = RangeSet()
+        # numbers recorded from unsealed packets while we have keys (protection.py): a sealed
+        # packet with one of them is not a duplicate (a forger must not shadow it)
+        self._plain_recv = RangeSet()
         self._recv_floor = -1  # packet numbers up to here were forgotten (only the last 64 ranges are kept)
         self._largest_recv = -1
         self._largest_recv_time = 0.0
@@ -207,12 +211,19 @@ class UdpSession(PacketAssembly, SealedPackets):
         if self.closed:
             return
         frames = None
-        if self.protection is not None and not opened:
+        unsealed = self.protection is not None and not opened
+        if unsealed:
             frames = self._unsealed_frames(payload)  # protection.py: what it may still carry
             if not frames:
                 return
         if pn in self._recv:
-            self.stats["duplicate_packets"] += 1
+            if not (opened and self._plain_recv and pn in self._plain_recv):
+                self.stats["duplicate_packets"] += 1
+                return
+            # an unsealed packet (anyone's) had this number: the sealed one is the peer's own
+            self._plain_recv.subtract(pn, pn + 1)
+        elif unsealed and not self._plain_room():
+            self.stats["unsealed_dropped"] += 1
             return
         if pn <= self._recv_floor:  # older than anything we still track: its ACK is long gone
             self.stats["stale_packets"] += 1
@@ -238,6 +249,8 @@ class UdpSession(PacketAssembly, SealedPackets):
             self.stats["dropped_no_buffer"] += 1
             return  # not recorded, so not acknowledged: the sender will send it again
         in_order = self._record(pn, len(payload), now)
+        if unsealed:
+            self._plain_recv.add(pn, pn + 1)
         eliciting = False
         for f in frames:
             if isinstance(f, ChunkFrame):
@@ -252,8 +265,10 @@ class UdpSession(PacketAssembly, SealedPackets):
                     self._plain_end = max(self._plain_end, f.offset + len(f.data))
             elif f is PING:
                 eliciting = True
-            elif isinstance(f, CloseFrame):
-                self.closed, self.close_code, self.close_reason = True, f.code, f.reason or "peer closed"
+            elif isinstance(f, CloseFrame):  # the peer's text, for a terminal: escaped, capped (an
+                # unsealed one with keys was already escaped and marked by protection.py)
+                reason = f.reason if unsealed else printable(f.reason or "peer closed")
+                self.closed, self.close_code, self.close_reason = True, f.code, reason or "peer closed"
                 return
             elif isinstance(f, MaxDataFrame):
                 self._peer_max_data = max(self._peer_max_data, f.value)
