@@ -28,6 +28,7 @@ from .core.events import (
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
+from .core.secure.handshake import printable
 from .core.ranges import RangeSet
 from .core.secure import Established
 from .core.secure.receipt import ReceiptChecker, ReceiptError
@@ -289,7 +290,7 @@ class SendSession:
         code = result.code
         report.status = code.name.lower() if isinstance(code, ErrorCode) else f"error_{code}"
         if result.message and not report.message:
-            report.message = result.message
+            report.message = printable(result.message)  # the receiver's words: escaped before we show them
         if result.ok and result.digest != bytes(16):
             report.digest = result.digest.hex()
         if not result.ok:
@@ -399,7 +400,7 @@ class SendSession:
         hasher = FileHasher()
         held, hashed = (d.held if self.config.resume else RangeSet()), 0
         if d.message:
-            log.warning("%s: %s", report.path, d.message)
+            log.warning("%s: %s", report.path, printable(d.message))
         if held:
             matches, hashed = src.check_held(held, d.held_digest, view, hasher)
             if not matches:

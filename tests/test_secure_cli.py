@@ -943,3 +943,20 @@ def test_a_code_hello_flood_is_turned_away_by_rate_while_a_transfer_runs(tmp_pat
     by_rate = sum(b"too many pairing attempts from 127.0.0.2" in a for a in answers)
     worked = sum(b"try again" not in a for a in answers)  # answered with SPAKE2 work
     assert by_rate >= 20 and worked <= 12, (len(answers), by_rate, worked)
+
+
+@pytest.mark.timeout(60)
+def test_the_receivers_texts_reach_the_senders_report_escaped(receiver, tmp_path):
+    """A file name with a line break in the receiver's refusal text cannot forge a line of the
+    sender's output: the receiver's words are escaped before the sender shows them."""
+    from .helpers import run_send
+
+    name = "a\nftx: all 3 files sent\x1b[2K"
+    src = tmp_path / name
+    src.write_bytes(b"ours")
+    (receiver.dir / name).write_bytes(b"theirs, different")
+    code, report, err = run_send(str(src), receiver.dest)
+    assert code == 1, err
+    message = report["files"][0]["message"]
+    assert "exists" in message and "\n" not in message and "\x1b" not in message, message
+    assert "a\\nftx: all 3 files sent\\x1b[2K exists" in err  # the receiver's text, as the sender shows it
