@@ -42,13 +42,14 @@ from .keys import TAG_SIZE, Direction
 HEADER = struct.Struct(">I")
 HEADER_SIZE = 4
 OVERHEAD = HEADER_SIZE + TAG_SIZE  # 20 bytes per record
-MAX_RECORD = 256 * 1024  # largest plaintext of one record (2^18)
+MAX_RECORD = 1024 * 1024  # largest plaintext of one record (2^20): a default 1 MiB chunk is one AEAD call
 PHASE_BIT = 0x8000_0000
 LENGTH_MASK = 0x7FFF_FFFF
 COALESCE = 16 * 1024  # buffers below this are copied together into one record
-OUT_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the sealer's output buffer at most (then it is sent and reused)
+READ_AHEAD = 64 * 1024  # room beyond one whole record: the small records around a chunk's record
+OUT_CAP = MAX_RECORD + OVERHEAD + READ_AHEAD  # the sealer's output buffer at most (then it is sent and reused)
 MIN_READ = 16 * 1024  # the opener's first buffer, and the least room it offers to a read
-IN_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the opener's buffer at most
+IN_CAP = MAX_RECORD + OVERHEAD + READ_AHEAD  # the opener's buffer at most
 
 
 def _direction(keys: Direction | Established, send: bool) -> Direction:
