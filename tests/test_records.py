@@ -75,6 +75,19 @@ def test_buffers_small_are_coalesced_large_have_records_of_their_own():
     assert opener.feed(wire) == b"".join(small) + big + b"".join(small)
 
 
+def test_a_default_chunk_is_one_record_and_comes_out_in_one_write():
+    """The hot path: a DATA frame of a default 1 MiB chunk (its 40 header bytes, then the chunk)
+    costs two AEAD calls, not one per 256 KiB, and one write."""
+    from ftx.core.manifest import DEFAULT_CHUNK_SIZE
+
+    sealer, opener = pair()
+    chunk = random.Random(4).randbytes(DEFAULT_CHUNK_SIZE)
+    views = [bytes(v) for v in sealer.seal_buffers([b"h" * 40, chunk])]
+    assert len(views) == 1
+    assert [len(r) - OVERHEAD for r in split_records(views[0])] == [40, DEFAULT_CHUNK_SIZE]
+    assert opener.feed(views[0]) == b"h" * 40 + chunk
+
+
 def test_a_batch_larger_than_the_output_buffer_comes_out_in_pieces():
     sealer, opener = pair()
     data = random.Random(1).randbytes(3 * OUT_CAP)
