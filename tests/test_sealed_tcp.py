@@ -535,7 +535,7 @@ def test_resume_over_a_sealed_channel(tmp_path):
 
     async def go():
         async with Server(Destination(tmp_path / "dst")) as server:
-            async with Cut(server.port, "cut", 10, "up") as proxy:  # 10 records: about 4 MiB (two a chunk)
+            async with Cut(server.port, "cut", 12, "up") as proxy:  # 12 records: about 4 MiB (three a chunk)
                 orig = proxy._pipe
 
                 async def pipe(reader, writer, direction):
