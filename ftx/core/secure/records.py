@@ -29,7 +29,8 @@ bytes BufferedProtocol-style (``get_buffer``/``buffer_updated``) and opens each
 complete record into a buffer the caller gives (``open_into``), so chunk bytes
 go from the ciphertext buffer to their final place in one AEAD pass.  Its
 buffer grows with what arrives, never with what a header announces beyond one
-record.
+record; on a receiver it counts in the --max-memory budget (``use_budget``),
+since a whole record is held before it opens.
 """
 
 from __future__ import annotations
