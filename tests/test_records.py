@@ -26,8 +26,8 @@ from ftx.core.secure.records import (
 SECRET = bytes(range(32))
 
 
-def pair(cipher=AES_256_GCM, **kw):
-    return RecordSealer(Direction(cipher, SECRET), **kw), RecordOpener(Direction(cipher, SECRET))
+def pair(cipher=AES_256_GCM, budget=None, **kw):
+    return RecordSealer(Direction(cipher, SECRET), **kw), RecordOpener(Direction(cipher, SECRET), budget=budget)
 
 
 def split_records(wire: bytes) -> list[bytes]:
@@ -73,6 +73,20 @@ def test_buffers_small_are_coalesced_large_have_records_of_their_own():
     sizes = [len(r) - OVERHEAD for r in split_records(wire)]
     assert sizes == [143, MAX_RECORD, 10, 143]
     assert opener.feed(wire) == b"".join(small) + big + b"".join(small)
+
+
+def test_a_default_chunk_is_one_record_and_comes_out_in_one_write():
+    """The hot path: a DATA frame of a default 1 MiB chunk (its 40 header bytes, then the chunk)
+    costs three AEAD calls, not five, and one write."""
+    from ftx.core.manifest import DEFAULT_CHUNK_SIZE
+
+    sealer, opener = pair()
+    chunk = random.Random(4).randbytes(DEFAULT_CHUNK_SIZE)
+    views = [bytes(v) for v in sealer.seal_buffers([b"h" * 40, chunk])]
+    assert len(views) == 1
+    assert [len(r) - OVERHEAD for r in split_records(views[0])] == [40, MAX_RECORD, DEFAULT_CHUNK_SIZE - MAX_RECORD]
+    assert MAX_RECORD == DEFAULT_CHUNK_SIZE // 2
+    assert opener.feed(views[0]) == b"h" * 40 + chunk
 
 
 def test_a_batch_larger_than_the_output_buffer_comes_out_in_pieces():
@@ -302,9 +316,32 @@ def test_a_batch_abandoned_half_way_leaves_nothing_for_the_next():
     """A send cancelled between two writes (the generator dropped) must not resurface the small
     buffers it had gathered, unsent, in the next batch."""
     sealer, opener = pair()
-    big = b"b" * (4 * MAX_RECORD)  # fills the output buffer exactly
+    big = b"b" * (OUT_CAP - 3 * OVERHEAD)  # three records (2 x MAX_RECORD and the rest) fill the output buffer exactly
     gen = sealer.seal_buffers([big, b"a" * 100])  # "a" waits in the stage when the buffer is handed out
     first = bytes(next(gen))
     gen.close()
     assert opener.feed(first) == big
     assert opener.feed(sealer.seal(b"next")) == b"next"
+
+
+def test_the_opener_buffer_counts_in_the_receivers_memory_budget():
+    """A record is held whole before it opens: its buffer is taken from --max-memory's budget,
+    refused with BufferLimit (ERROR BUSY) when the budget is spent, and given back on release."""
+    from ftx.core.frames import BufferBudget, BufferLimit
+
+    budget = BufferBudget(MAX_RECORD)
+    sealer, opener = pair()
+    opener.use_budget(budget)
+    assert opener.feed(sealer.seal(b"small")) == b"small"
+    assert 0 < budget.used <= MIN_READ
+    with pytest.raises(BufferLimit, match="--max-memory"):
+        opener.feed(sealer.seal(b"m" * MAX_RECORD))  # a whole record plus what is held: over
+    opener.release()
+    assert budget.used == 0
+    roomy = BufferBudget(IN_CAP)
+    sealer, opener = pair(budget=None)
+    opener.use_budget(roomy)
+    assert opener.feed(sealer.seal(b"m" * MAX_RECORD)) == b"m" * MAX_RECORD
+    assert roomy.used == opener.capacity
+    opener.trim()
+    assert roomy.used == opener.capacity == 0

@@ -89,6 +89,11 @@ class Connection:
                 self._events = deque(_owning(e, buf) for e in self._events)
             self._views_queued = False
 
+    @property
+    def buffer_budget(self) -> BufferBudget | None:
+        """The receiver's --max-memory budget this connection's buffers count in (None: unlimited)."""
+        return self._decoder.budget
+
     def trim_buffers(self) -> None:
         """The peer is quiet: give back buffer memory that pending bytes do not need."""
         self._own_queued_views()

@@ -23,7 +23,7 @@ import time
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from ..core.frames import FrameDecoder, FrameType, encode_frame
+from ..core.frames import BufferLimit, FrameDecoder, FrameType, encode_frame
 from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
 from ..core.secure.handshake import unauthenticated_reason
@@ -227,6 +227,8 @@ class TcpLink:
         """
         opener, sock = self._opener, self.sock
         try:
+            if opener.budget is None and (budget := getattr(conn, "buffer_budget", None)) is not None:
+                opener.use_budget(budget)  # a record is held whole before it opens: count it in --max-memory
             while True:
                 refusal = self._plain_error(conn) if opener.number == 0 else False
                 if refusal:
@@ -269,7 +271,7 @@ class TcpLink:
                     _copy_into(conn, opener.open())
                 if conn.events_pending or conn.closed or (size := opener.next_size()) is None:
                     break
-        except AuthError as exc:
+        except (AuthError, BufferLimit) as exc:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
             # the connection object is left as it is, so the error the session reports is this one
             try:
@@ -341,6 +343,8 @@ class TcpLink:
             pass
 
     def close(self) -> None:
+        if self._opener is not None:
+            self._opener.release()  # its share of --max-memory
         try:  # closing with input unread resets the connection, which can destroy our last
             self.sock.recv(65536)  # frame (an ERROR) before the peer reads it: drop what is there
         except OSError:

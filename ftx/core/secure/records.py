@@ -29,26 +29,31 @@ bytes BufferedProtocol-style (``get_buffer``/``buffer_updated``) and opens each
 complete record into a buffer the caller gives (``open_into``), so chunk bytes
 go from the ciphertext buffer to their final place in one AEAD pass.  Its
 buffer grows with what arrives, never with what a header announces beyond one
-record.
+record; on a receiver it counts in the --max-memory budget (``use_budget``),
+since a whole record is held before it opens.
 """
 
 from __future__ import annotations
 
 import struct
 
+from ..frames import BufferBudget, BufferLimit
 from . import AuthError, Established
 from .keys import TAG_SIZE, Direction
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = 4
 OVERHEAD = HEADER_SIZE + TAG_SIZE  # 20 bytes per record
-MAX_RECORD = 256 * 1024  # largest plaintext of one record (2^18)
+MAX_RECORD = 512 * 1024  # largest plaintext of one record (2^19): a default 1 MiB chunk is two AEAD calls
+# (a whole record is held before it opens, counted in the receiver's --max-memory: larger records would cost
+# every connection more of it)
 PHASE_BIT = 0x8000_0000
 LENGTH_MASK = 0x7FFF_FFFF
 COALESCE = 16 * 1024  # buffers below this are copied together into one record
-OUT_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the sealer's output buffer at most (then it is sent and reused)
+READ_AHEAD = 64 * 1024  # room beyond one whole record: the small records around a chunk's record
+OUT_CAP = 2 * (MAX_RECORD + OVERHEAD) + READ_AHEAD  # the sealer's output buffer at most (a 1 MiB chunk: one write)
 MIN_READ = 16 * 1024  # the opener's first buffer, and the least room it offers to a read
-IN_CAP = 4 * (MAX_RECORD + OVERHEAD)  # the opener's buffer at most
+IN_CAP = MAX_RECORD + OVERHEAD + READ_AHEAD  # the opener's buffer at most
 
 
 def _direction(keys: Direction | Established, send: bool) -> Direction:
@@ -171,9 +176,11 @@ class RecordOpener:
     After an error every call raises ``AuthError`` again.
     """
 
-    def __init__(self, keys: Direction | Established, max_record: int = MAX_RECORD) -> None:
+    def __init__(self, keys: Direction | Established, max_record: int = MAX_RECORD,
+                 budget: BufferBudget | None = None) -> None:
         if not 0 < max_record <= MAX_RECORD:
             raise ValueError("max_record out of range")
+        self.budget = budget  # the receiver's --max-memory: a whole record is held before it opens
         self.dir = _direction(keys, send=False)
         self.max_record = max_record
         self.number = 0  # of the next record in this direction (the nonce)
@@ -241,7 +248,30 @@ class RecordOpener:
             self._offered = stop - self._end
         return self._view[self._end : stop]
 
+    def use_budget(self, budget: BufferBudget) -> None:
+        """Count this opener's buffer, from now on, in ``budget`` (``BufferLimit`` when it is spent)."""
+        if self.budget is None:
+            if not budget.take(len(self._buf)):
+                raise self._limit(budget)
+            self.budget = budget
+
+    def release(self) -> None:
+        """The connection is over: free the buffer and give it back to the budget."""
+        self._start = self._end = 0
+        self._size = -1
+        self._resize(0)
+
+    @staticmethod
+    def _limit(budget: BufferBudget) -> BufferLimit:
+        return BufferLimit(f"receiver out of buffer memory ({budget.used >> 20} of {budget.limit >> 20} MiB "
+                           f"in use; its --max-memory); try again later")
+
     def _resize(self, capacity: int) -> None:
+        old = len(self._buf)
+        if capacity > old and self.budget is not None and not self.budget.take(capacity - old):
+            raise self._limit(self.budget)
+        if capacity < old and self.budget is not None:
+            self.budget.give(old - capacity)
         new = bytearray(capacity)
         pending = self._end - self._start
         new[:pending] = self._view[self._start : self._end]
