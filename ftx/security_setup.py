@@ -90,6 +90,33 @@ def receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_k
     return None
 
 
+def has_aes_instructions(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AES instructions (x86 AES-NI: "aes" in flags; ARMv8: "aes" in
+    Features), from /proc/cpuinfo; where that file does not exist, assume so on x86-64 and
+    64-bit ARM, whose current CPUs all have them."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(1 << 20)
+        except OSError:
+            import platform
+
+            return platform.machine().lower() in ("x86_64", "amd64", "arm64", "aarch64")
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return "aes" in value.split()
+    return False
+
+
+def cipher_preference() -> list[str]:
+    """The AEADs a sender offers, best first: AES-256-GCM with AES instructions, else ChaCha20-Poly1305
+    (the receiver takes the first it supports)."""
+    from .core.secure.keys import preferred_ciphers
+
+    return preferred_ciphers(has_aes_instructions())
+
+
 def sender_handshake(auth: SenderAuth, host: str, port: int):
     """The client-side ``Handshake`` for ``auth`` against HOST:PORT (None with --insecure)."""
     mode = auth.mode
@@ -98,12 +125,13 @@ def sender_handshake(auth: SenderAuth, host: str, port: int):
     if mode == "code":
         from .core.secure.pake import PakeClient
 
-        return PakeClient(auth.code)
+        return PakeClient(auth.code, ciphers=cipher_preference())
     if mode == "tls":
         from .tlsconfig import TlsConfigError, sender_handshake as tls_handshake
 
         try:
-            return tls_handshake(host, auth.tls_ca, auth.tls_cert, auth.tls_key, auth.expect_fingerprint)
+            return tls_handshake(host, auth.tls_ca, auth.tls_cert, auth.tls_key, auth.expect_fingerprint,
+                                 ciphers=cipher_preference())
         except TlsConfigError as exc:
             raise SetupError(str(exc)) from None
     from .core.secure.sigma import SigmaClient
@@ -112,7 +140,7 @@ def sender_handshake(auth: SenderAuth, host: str, port: int):
     known = cr.KnownHosts(cr.default_known_hosts(), host, port, auth.expect_fingerprint)
     if known.expect is None:
         known.check()  # an unsafe known_hosts is a one-line error before connecting
-    return SigmaClient(identity.key, known.verify)
+    return SigmaClient(identity.key, known.verify, ciphers=cipher_preference())
 
 
 def sender_identity(path: str | None) -> cr.Identity:

@@ -300,3 +300,20 @@ def test_known_hosts_in_a_directory_others_may_write_is_refused(tmp_path):
     (shared / "known_hosts").write_text("")
     with pytest.raises(cr.CredentialError, match=f"directory {shared}"):
         kh.check()
+
+
+def test_the_sender_offers_aes_first_only_where_the_cpu_has_aes_instructions():
+    from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305
+    from ftx.security_setup import has_aes_instructions
+
+    x86 = "processor\t: 0\nflags\t\t: fpu vme sse2 aes avx2\n"
+    x86_no = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 aesx\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1\n"
+    arm_no = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n"
+    assert has_aes_instructions(x86) and has_aes_instructions(arm)
+    assert not has_aes_instructions(x86_no) and not has_aes_instructions(arm_no)
+    assert not has_aes_instructions("")
+    from ftx.core.secure.keys import preferred_ciphers
+
+    assert preferred_ciphers(has_aes_instructions(arm_no))[0] == CHACHA20_POLY1305
+    assert preferred_ciphers(has_aes_instructions(x86))[0] == AES_256_GCM
