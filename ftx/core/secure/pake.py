@@ -52,10 +52,9 @@ from .sigma import (
     AUTH_SIZE,
     key_identity,
     open_auth,
+    check_proof,
+    make_proof,
     read_client_hello,
-    server_proof,
-    signed_content,
-    verify_signature,
 )
 
 CLIENT_HELLO = 1
@@ -128,11 +127,9 @@ class PakeClient(FramedHandshake):
             sched = self._schedule
             plain = open_auth(self._cipher, sched.server_hs, payload[:2], body, "receiver")
             self._peer_keyed = True  # same transcript, same code: it holds the traffic keys we installed
-            public, sig, mac = plain[:32], plain[32:96], plain[96:]
             head = self._transcript + payload[:2]
-            verify_signature(public, sig, signed_content(CODE_CONTEXT, sha256(head + public)), "receiver")
-            if not macs_equal(mac, finished_mac(sched.server_hs, sha256(head + public + sig))):
-                raise AuthError("the receiver's key confirmation does not verify")
+            public = check_proof(plain, CODE_CONTEXT, sched.server_hs, head, "receiver",
+                                 "the receiver's key confirmation does not verify")
             self._transcript = head + plain
             known = key_identity(public)
             peer = PeerIdentity(kind="code", fingerprint=known.fingerprint, public=public, name="code")
@@ -181,8 +178,8 @@ class PakeServer(FramedHandshake):
             self._transcript += payload
             client_ap, server_ap = sched.traffic(sha256(self._transcript))
             header = bytes((self.KIND, SERVER_AUTH))
-            sealed, plain = server_proof(self._identity, CODE_CONTEXT, self._cipher, sched.server_hs,
-                                         self._transcript, header)
+            sealed, plain = make_proof(self._identity, CODE_CONTEXT, self._cipher, sched.server_hs,
+                                       self._transcript, header)
             self._send(SERVER_AUTH, sealed, last=True)
             self._transcript += header + plain
             self._expect = -1

@@ -123,15 +123,25 @@ def read_client_hello(body: bytes, share_size: int, ours: list[str]) -> tuple[by
     return body[RANDOM_SIZE : RANDOM_SIZE + share_size], cipher
 
 
-def server_proof(identity: Ed25519PrivateKey, context: bytes, cipher: str, hs_key: bytes, transcript: bytes,
-                 header: bytes) -> tuple[bytes, bytes]:
-    """ServerAuth: our public key, its signature over the transcript and the Finished MAC;
-    (sealed body, plaintext) -- the plaintext continues the transcript."""
+def make_proof(identity: Ed25519PrivateKey, context: bytes, cipher: str, hs_key: bytes, transcript: bytes,
+               header: bytes) -> tuple[bytes, bytes]:
+    """ServerAuth or ClientAuth: our public key, its signature over the transcript and the
+    Finished MAC; (sealed body, plaintext) -- the plaintext continues the transcript."""
     public = raw_public(identity)
     sig = identity.sign(signed_content(context, sha256(transcript + header + public)))
     mac = finished_mac(hs_key, sha256(transcript + header + public + sig))
     plain = public + sig + mac
     return seal_auth(cipher, hs_key, header, plain), plain
+
+
+def check_proof(plain: bytes, context: bytes, hs_key: bytes, head: bytes, who: str, failed: str) -> bytes:
+    """The peer's opened ServerAuth/ClientAuth against the transcript ``head`` (through its header):
+    its signature and Finished MAC verify, or ``AuthError``; return its public key."""
+    public, sig, mac = plain[:32], plain[32:96], plain[96:]
+    verify_signature(public, sig, signed_content(context, sha256(head + public)), who)
+    if not macs_equal(mac, finished_mac(hs_key, sha256(head + public + sig))):
+        raise AuthError(failed)
+    return public
 
 
 class SigmaClient(FramedHandshake):
@@ -171,11 +181,9 @@ class SigmaClient(FramedHandshake):
             need_len(body, AUTH_SIZE, "ServerAuth")
             sched = self._schedule
             plain = open_auth(self._cipher, sched.server_hs, payload[:2], body, "receiver")
-            public, sig, mac = plain[:32], plain[32:96], plain[96:]
             head = self._transcript + payload[:2]
-            verify_signature(public, sig, signed_content(SERVER_CONTEXT, sha256(head + public)), "receiver")
-            if not macs_equal(mac, finished_mac(sched.server_hs, sha256(head + public + sig))):
-                raise AuthError("the receiver's Finished does not verify")
+            public = check_proof(plain, SERVER_CONTEXT, sched.server_hs, head, "receiver",
+                                 "the receiver's Finished does not verify")
             self._transcript = head + plain
             peer = key_identity(public)
             refusal = self._verify_server(peer)
@@ -183,11 +191,9 @@ class SigmaClient(FramedHandshake):
                 raise AuthError(refusal)
             client_ap, server_ap = sched.traffic(sha256(self._transcript))
             header = bytes((self.KIND, CLIENT_AUTH))
-            mine = raw_public(self._identity)
-            sig = self._identity.sign(signed_content(CLIENT_CONTEXT, sha256(self._transcript + header + mine)))
-            mac = finished_mac(sched.client_hs, sha256(self._transcript + header + mine + sig))
-            plain = mine + sig + mac
-            self._send(CLIENT_AUTH, seal_auth(self._cipher, sched.client_hs, header, plain), last=True)
+            sealed, plain = make_proof(self._identity, CLIENT_CONTEXT, self._cipher, sched.client_hs,
+                                       self._transcript, header)
+            self._send(CLIENT_AUTH, sealed, last=True)
             self._transcript += header + plain
             self._expect = -1
             self._finish(Established(self._cipher, client_ap, server_ap, peer, sha256(self._transcript),
@@ -223,7 +229,7 @@ class SigmaServer(FramedHandshake):
             transcript = payload + server_hello
             sched = self._schedule = Schedule(secret, sha256(transcript))
             header = bytes((self.KIND, SERVER_AUTH))
-            sealed, plain = server_proof(self._identity, SERVER_CONTEXT, cipher, sched.server_hs, transcript, header)
+            sealed, plain = make_proof(self._identity, SERVER_CONTEXT, cipher, sched.server_hs, transcript, header)
             self._send(SERVER_AUTH, sealed, last=True)
             self._transcript = transcript + header + plain
             self._client_ap, self._server_ap = sched.traffic(sha256(self._transcript))
@@ -237,11 +243,9 @@ class SigmaServer(FramedHandshake):
             sched = self._schedule
             plain = open_auth(self._cipher, sched.client_hs, payload[:2], body, "sender")
             self._peer_keyed = True  # its transcript is ours: it holds the traffic keys we installed
-            public, sig, mac = plain[:32], plain[32:96], plain[96:]
             head = self._transcript + payload[:2]
-            verify_signature(public, sig, signed_content(CLIENT_CONTEXT, sha256(head + public)), "sender")
-            if not macs_equal(mac, finished_mac(sched.client_hs, sha256(head + public + sig))):
-                raise AuthError("the sender's Finished does not verify")
+            public = check_proof(plain, CLIENT_CONTEXT, sched.client_hs, head, "sender",
+                                 "the sender's Finished does not verify")
             self._transcript = head + plain
             peer = key_identity(public)
             refusal = self._authorize(peer)
