@@ -193,13 +193,7 @@ class TcpLink:
         sock = self.sock
         while True:
             buf = conn.get_buffer()
-            lowat = min(len(buf), RCVLOWAT_MAX) if len(buf) > 65536 else 1
-            if lowat != self._lowat:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-                    self._lowat = lowat
-                except OSError:
-                    pass
+            self._wake_at(len(buf), len(buf))
             try:
                 n = sock.recv_into(buf)
                 break
@@ -215,6 +209,18 @@ class TcpLink:
         if self.on_established is not None and conn.peer is not None:
             callback, self.on_established = self.on_established, None
             callback()
+
+    def _wake_at(self, wanted: int, room: int) -> None:
+        """SO_RCVLOWAT for a read into ``room`` bytes that wants ``wanted``: when more than 64 KiB
+        are wanted, wake only once ``room`` (at most 1 MiB) has come; else for any byte (set
+        only when it changes)."""
+        lowat = min(wanted, room, RCVLOWAT_MAX) if wanted > 65536 else 1
+        if lowat != self._lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self._lowat = lowat
+            except OSError:
+                pass
 
     async def _feed_sealed(self, conn) -> None:
         """Open the next record(s) into ``conn``; read from the socket only when none is complete.
@@ -237,13 +243,7 @@ class TcpLink:
                     break
                 buf = opener.get_buffer()
                 missing = opener.missing()
-                lowat = min(missing, len(buf), RCVLOWAT_MAX) if missing > 65536 else 1
-                if lowat != self._lowat:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-                        self._lowat = lowat
-                    except OSError:
-                        pass
+                self._wake_at(missing, len(buf))
                 try:
                     n = sock.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
