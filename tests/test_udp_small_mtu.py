@@ -46,8 +46,12 @@ def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtu
     assert "1452-byte datagrams do not get through" in err and "sending 1200-byte datagrams" in err
     assert f"carries {expect}-byte datagrams" in err
     session = receiver.events_until("session")[-1]
-    rstats = session["transport_stats"]  # the receiver's own packets (DECISIONs, RESULTs) fell back too
-    assert session["ok"] and rstats["max_datagram"] == expect and rstats["pmtu_fallbacks"] == 1
+    # The receiver's own packets (DECISIONs, RESULTs) fell back too.  It sends few, so its search
+    # for a larger size may still be under way when the transfer ends (seen in CI under load):
+    # at the end it sends somewhere between the base size and the largest that fits, never more.
+    rstats = session["transport_stats"]
+    assert session["ok"] and rstats["pmtu_fallbacks"] == 1
+    assert 1200 <= rstats["max_datagram"] <= expect
 
 
 def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver):
