@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 import click
 
@@ -381,9 +380,11 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca,
                                  tls_any_client)):
         raise click.UsageError(why)
-    if code_mode and not yes and not sys.stdin.isatty():
-        raise click.UsageError("--code asks before accepting what a sender offers, and there is no terminal to "
-                               "ask on; add --yes to accept without asking")
+    if code_mode and not yes:
+        from .confirm import unavailable
+
+        if (why := unavailable()) is not None:
+            _die(why, EXIT_USAGE)
     if insecure:
         if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
             host = "127.0.0.1"
@@ -552,8 +553,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         elif auth.code_mode and auth.code is None and not finished.done():
             auth.new_code()  # --once and that session did not complete: the receiver goes on, with a new code
 
-    asking = asyncio.Lock()  # one question on the terminal at a time
+    from .confirm import Question
     from .failure_log import FailureLog
+
+    question = Question(limits.confirm_timeout)  # one at a time, each bounded by --confirm-timeout
 
     failures = FailureLog(lambda line: click.echo(f"ftx: {line}", err=True))
 
@@ -562,22 +565,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             await asyncio.sleep(failures.interval / 2)
             failures.flush()
 
-    async def ask(link, hello) -> bool:
+    async def ask(link, hello) -> str | None:
         from .security_setup import describe_offer
 
-        question = f"ftx: {_peer_label(link.peer)} offers {describe_offer(hello)}. Accept?"
-        async with asking:
-            answer = loop.create_future()
-
-            def prompt() -> None:  # a daemon thread: a pending question never holds up the exit
-                try:
-                    yes = click.confirm(question, default=False, err=True)
-                except (click.Abort, EOFError, OSError):
-                    yes = False
-                loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(yes))
-
-            threading.Thread(target=prompt, daemon=True).start()
-            return await answer
+        return await question.ask(f"ftx: {_peer_label(link.peer)} offers {describe_offer(hello)}. Accept?")
 
     handlers["handle"] = handle
     from .expiry import expire_periodically

@@ -62,6 +62,9 @@ class Limits:
     code_handshakes: int = field(default=20, metadata=_opt(
         "count", "Code mode: pairing handshakes all addresses together may start per second (each costs "
                  "about 10 ms of CPU before the sender proves anything); more are turned away."))
+    confirm_timeout: float = field(default=60.0, metadata=_opt(
+        "duration", "Code mode without --yes: a question about an offer left unanswered this long "
+                    "(from the sender's HELLO) is answered no; the sender is told it was not accepted in time."))
     # -- files and descriptors ----------------------------------------------------
     max_open_files: int = field(default=512, metadata=_opt(
         "count", "Partial files held open at once, all senders together (descriptors).", least=4))

@@ -313,7 +313,8 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connections on the loop keep moving.  ``limits`` bounds the time to the
     handshake and a session that moves no data; ``budget`` is shared by all
     connections' frame buffers (``--max-memory``).  ``confirm(hello)``, if given, is awaited
-    when the sender's HELLO arrives, before any offer is handled: False declines the session.
+    when the sender's HELLO arrives, before any offer is handled: None accepts, a text declines
+    the session and is the sender's reason (ftx/confirm.py).
     ``identity`` (our Ed25519 private key) signs receipts for senders that ask, bound to
     ``established.transcript``.
     """
@@ -416,10 +417,10 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
         while events := _drain(conn):
             if confirm is not None and any(isinstance(ev, HandshakeComplete) for ev in events):
                 with link_busy(link):  # the user's time at the question is not the sender's silence
-                    accepted = await confirm(conn.peer)
-                if not accepted:  # before anything offered is looked at
-                    conn.send_error(ErrorCode.ABORTED, "the receiver declined what is offered")
-                    raise FtxError("declined what is offered", ErrorCode.ABORTED)
+                    refused = await confirm(conn.peer)
+                if refused is not None:  # before anything offered is looked at
+                    conn.send_error(ErrorCode.ABORTED, refused)
+                    raise FtxError(refused.replace("the receiver ", "", 1), ErrorCode.ABORTED)
                 confirm = None
             if any(isinstance(ev, slow) for ev in events):
                 with link_busy(link):  # one thread hop for the whole batch
