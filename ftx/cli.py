@@ -524,8 +524,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             if error == "":
                 return  # turned away quietly (throttled)
             if error is not None:  # one line at once, then one summary per address per interval
-                failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
-                if as_json:
+                told = failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
+                if as_json and told:  # --json is throttled alike (the rest: "failures_suppressed")
                     _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
                            "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
                 return
@@ -559,6 +559,12 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     question = Question(limits.confirm_timeout)  # one at a time, each bounded by --confirm-timeout
 
     failures = FailureLog(lambda line: click.echo(f"ftx: {line}", err=True))
+    if as_json:
+        from .failure_log import suppressed_text
+
+        failures.on_suppressed = lambda n, hosts, seconds: _emit({
+            "event": "failures_suppressed", "failures": n, "addresses": hosts, "seconds": seconds,
+            "message": suppressed_text(n, hosts)})
 
     async def summarize_failures() -> None:
         while True:

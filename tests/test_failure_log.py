@@ -60,3 +60,34 @@ def test_final_flush_reports_what_is_pending():
     assert len(lines) == 1
     log.flush(final=True)
     assert lines[1] == "h: 1 failed handshake in the last 3 s (last: b)"
+
+
+def test_suppressed_failures_are_summed_up_per_interval_for_machine_readers():
+    """``failed`` says whether the failure got its own line; each flush that held some back reports
+    how many and from how many addresses, once (the --json summary)."""
+    summaries = []
+    log, lines, clock = make(max_first=2, max_hosts=3)
+    log.on_suppressed = lambda n, hosts, seconds: summaries.append((n, hosts, seconds))
+    assert log.failed("a", "a:1", "x") and log.failed("b", "b:1", "x")
+    assert not log.failed("a", "a:2", "x")  # a's second within the interval
+    for k in range(10):  # beyond max_first: the shared bucket, each address still counted
+        assert not log.failed(f"c{k % 5}", f"c{k % 5}:1", "x")
+    clock.now = 4.0
+    log.flush()
+    assert summaries == []  # the interval is not over
+    clock.now = 10.0
+    log.flush()
+    assert summaries == [(11, 6, 10)]  # a once, c0..c4 twice each: 6 addresses
+    clock.now = 25.0
+    log.flush()
+    assert summaries == [(11, 6, 10)]  # nothing held back since
+
+
+def test_many_addresses_are_counted_up_to_a_bound():
+    summaries = []
+    log, lines, clock = make(max_first=0, max_hosts=4, max_counted=64)
+    log.on_suppressed = lambda n, hosts, seconds: summaries.append((n, hosts, seconds))
+    for k in range(100):
+        log.failed(f"10.0.{k}.1", "x", "x")
+    log.flush(final=True)
+    assert summaries == [(100, 64, 1)]  # addresses beyond the bound are not remembered (memory): "at least"

@@ -848,9 +848,10 @@ def test_failed_handshakes_are_summarized_not_one_line_each(tmp_path, receiver):
                     pass
             except OSError:
                 pass
-    for _ in range(30):
-        assert receiver.events_until("session")[-1]["ok"] is False  # --json still tells each one
+    assert receiver.events_until("session")[-1]["ok"] is False  # --json tells the first one...
     receiver.stop()
+    rest = receiver.events_until("failures_suppressed", 5)  # ...and sums up the others, at the latest at exit
+    assert [e["event"] for e in rest] == ["failures_suppressed"] and rest[0]["failures"] == 29, rest
     lines = [line for line in receiver.stderr.splitlines() if "127.0.0.1:" in line]
     assert len(lines) == 2, lines
     assert "does not speak ftx" in lines[0]
@@ -960,3 +961,31 @@ def test_the_receivers_texts_reach_the_senders_report_escaped(receiver, tmp_path
     message = report["files"][0]["message"]
     assert "exists" in message and "\n" not in message and "\x1b" not in message, message
     assert "a\\nftx: all 3 files sent\\x1b[2K exists" in err  # the receiver's text, as the sender shows it
+
+
+def test_a_flood_of_failed_handshakes_gives_a_bounded_number_of_json_lines(receiver):
+    """2 000 bad handshakes: --json tells the first ones, then one summary per interval saying how
+    many more (from how many addresses) were held back -- not one line each (disk, pipe)."""
+    n = 2000
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    receiver.stop()
+    events = []
+    while True:
+        try:
+            events.append(receiver.next_event(5))
+        except AssertionError:  # the output ended
+            break
+    told = [e for e in events if e["event"] == "session" and not e["ok"]]
+    summaries = [e for e in events if e["event"] == "failures_suppressed"]
+    assert 1 <= len(told) <= 20 and 1 <= len(summaries) <= 10, (len(told), len(summaries))
+    counted = len(told) + sum(e["failures"] for e in summaries)
+    assert n - 1 <= counted <= n  # the last may be cut short by the stop itself
+    last = summaries[-1]
+    assert last["addresses"] == 1 and last["message"] == f"{last['failures']} more failures from 1 address suppressed"
