@@ -56,8 +56,9 @@ def _report_exit_code(report) -> int:
 
 
 def _setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.WARNING + 10 * (quiet - verbose)
-    logging.basicConfig(level=max(logging.DEBUG, level), format="ftx: %(message)s", stream=sys.stderr)
+    from .terminal import setup_logging
+
+    setup_logging(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)))  # every line escaped
 
 
 def _size(text: str) -> int:
@@ -167,7 +168,9 @@ def _show_progress(no_progress: bool, as_json: bool) -> bool:
 
 
 def _die(message: str, code: int):
-    click.echo(f"ftx: {message}", err=True)
+    from .terminal import say
+
+    say(message)  # escaped: it may hold a name from the peer or the file system
     sys.exit(code)
 
 
@@ -558,7 +561,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
     question = Question(limits.confirm_timeout)  # one at a time, each bounded by --confirm-timeout
 
-    failures = FailureLog(lambda line: click.echo(f"ftx: {line}", err=True))
+    from .terminal import say
+
+    failures = FailureLog(say)  # escaped: the reasons quote what peers sent
     if as_json:
         from .failure_log import suppressed_text
 

@@ -22,6 +22,8 @@ import asyncio
 import sys
 import threading
 
+from .core.secure.handshake import printable
+
 DECLINED = "the receiver declined what is offered"
 TIMED_OUT = "the receiver did not accept in time"
 YES = ("y", "yes")
@@ -93,7 +95,7 @@ class Question:
                     self._closed = True
             if self._closed:
                 return DECLINED
-            self._say(f"{text} [y/N]: ")
+            self._say(f"{printable(text, None)} [y/N]: ")  # it names what the peer offers
             line = await self._lines.get()
             if line is None:
                 self._closed = True

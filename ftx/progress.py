@@ -30,7 +30,9 @@ class Bars(Progress):
         sizing = {"dynamic_ncols": True} if width else {"ncols": 100}
         self._tqdm = partial(tqdm, unit="B", unit_scale=True, unit_divisor=1024, **sizing)
         self._position = position
-        self.total = self._tqdm(desc=label, position=position, leave=True, total=0)
+        from .terminal import printable
+
+        self.total = self._tqdm(desc=printable(label), position=position, leave=True, total=0)
         self.file = None
 
     def start_file(self, path: str, size: int, resumed: int) -> None:
@@ -38,7 +40,9 @@ class Bars(Progress):
         self.total.update(resumed)
         if self.file is not None:
             self.file.close()
-        self.file = self._tqdm(desc=path[-30:], total=size, initial=resumed, position=self._position + 1,
+        from .terminal import printable
+
+        self.file = self._tqdm(desc=printable(path[-30:]), total=size, initial=resumed, position=self._position + 1,
                                leave=False)
 
     def advance(self, nbytes: int) -> None:

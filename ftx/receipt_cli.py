@@ -50,5 +50,7 @@ def _status(code: int) -> str:
 
 
 def _die(message: str, code: int) -> None:
-    click.echo(f"ftx: {message}", err=True)
+    from .terminal import say
+
+    say(message)
     sys.exit(code)

@@ -417,7 +417,7 @@ def test_verify_receipt_prints_one_line_per_item_whatever_the_names(tmp_path):
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert len(lines) == 1 + 3 and lines[0].startswith("valid receipt: 3 items")
-    assert any(line.endswith("src/evil\\x0aok              1 00000000000000000000000000000000  fake")
+    assert any(line.endswith("src/evil\\nok              1 00000000000000000000000000000000  fake")
                for line in lines)
     assert any(line.endswith("src/latin-\\xe9") for line in lines)
 

@@ -148,24 +148,34 @@ class FrameReader:
 MAX_SHOWN = 300  # characters of a peer's text we put in an error or a log line
 
 
-def printable(text: str, limit: int = MAX_SHOWN) -> str:
-    """A peer's text made safe to print on one line: every character that is not printable
-    (line breaks, terminal escape sequences, other C0/C1 controls, bidi overrides and other
-    format characters) becomes a visible escape (``\\n``, ``\\x1b``, ``\\u202e``); at most
-    ``limit`` characters, then "..."."""
+def printable(text, limit: int | None = MAX_SHOWN, backslash: bool = False) -> str:
+    """A peer's or the file system's text made safe to print on one line -- the one function
+    every name, reason and message passes through before a terminal or a log sees it.
+
+    Every character that is not printable (line breaks, terminal escape sequences, other C0/C1
+    controls, bidi overrides and other format characters) becomes a visible escape (``\\n``,
+    ``\\x1b``, ``\\u202e``); ``text`` may be bytes (a wire or file-system name), and a byte
+    that is not UTF-8 (also a surrogate escape from ``os.fsdecode``) shows as ``\\xNN``.  With
+    ``backslash`` a backslash is escaped too (unambiguous paths).  At most ``limit`` characters
+    (None: no limit), then "..."."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
     out = []
     size = 0
     for ch in text:
-        if ch.isprintable():
+        n = ord(ch)
+        if ch.isprintable() and not (backslash and ch == "\\"):
             piece = ch
         elif ch in "\n\r\t":
             piece = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch]
-        elif ord(ch) < 0x100:
-            piece = f"\\x{ord(ch):02x}"
+        elif 0xDC80 <= n <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            piece = f"\\x{n - 0xDC00:02x}"
+        elif n < 0x100:
+            piece = f"\\x{n:02x}"
         else:
-            piece = f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+            piece = f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
         size += len(piece)
-        if size > limit:
+        if limit is not None and size > limit:
             out.append("...")
             break
         out.append(piece)

@@ -36,6 +36,7 @@ from ...errors import ErrorCode, RemoteProtocolError
 from ..manifest import MAX_PATH, Kind
 from ..messages import wire_text
 from . import AuthError
+from .handshake import printable as _printable
 
 VERSION = 1  # entry digests are the protocol's whole-file digest, XXH3-128 (protocol.md 4)
 CONTEXT = b"ftx receipt\x00"  # domain separation: no other ftx signature starts so
@@ -292,18 +293,9 @@ def verify(end: ReceiptEnd, entries_hash: bytes, count: int) -> None:
 
 
 def printable(path: bytes) -> str:
-    """A wire path for one line of text: bytes that are not UTF-8, control characters (a
-    newline in a name could fake a line or a message) and backslashes as \\xNN."""
-    out = []
-    for c in path.decode("utf-8", "surrogateescape"):
-        n = ord(c)
-        if 0xDC80 <= n <= 0xDCFF:  # a byte that is not UTF-8
-            out.append(f"\\x{n - 0xDC00:02x}")
-        elif n < 0x20 or 0x7F <= n < 0xA0 or c == "\\":
-            out.append(f"\\x{n:02x}")
-        else:
-            out.append(c)
-    return "".join(out)
+    """A wire path for one line of text (handshake.printable, the one escaping function, with
+    backslashes escaped and no length limit): \\xNN for bytes that are not UTF-8 and controls."""
+    return _printable(path, None, backslash=True)
 
 
 _show = printable

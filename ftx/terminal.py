@@ -1,0 +1,48 @@
+"""What reaches the user's terminal: every line passes ``printable`` (core/secure/handshake.py).
+
+File names come from the peer (the receiver's offers) and from the file system
+(the sender's own local names); reasons come from the peer.  Any of them can hold
+a line break (forging a line) or an escape sequence (rewriting the terminal).  Rather
+than trusting each call site to escape its pieces, the boundary does it: the log
+handler escapes every formatted message, ``say`` every line the CLI writes itself,
+and the progress bars their labels.  ``printable`` leaves backslashes and printable
+text alone, so a text escaped earlier passes unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .core.secure.handshake import printable
+
+MAX_LINE = 8192  # characters of one log line or message (a name is at most 4096 bytes)
+
+
+class EscapingFormatter(logging.Formatter):
+    """A formatter whose message is escaped (tracebacks, our own, are left as they are)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message, MAX_LINE)
+        return super().formatMessage(record)
+
+
+def setup_logging(level: int, name: str | None = None, stream=None) -> None:
+    """``ftx: <message>`` lines on stderr (or ``stream``) for logger ``name`` (None: the root), escaped."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(EscapingFormatter("ftx: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def say(message: str) -> None:
+    """One ``ftx: <message>`` line on stderr, escaped."""
+    try:
+        sys.stderr.write(f"ftx: {printable(message, MAX_LINE)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # no stderr to write to
+        pass
+
+
+__all__ = ["printable", "setup_logging", "say", "EscapingFormatter"]
