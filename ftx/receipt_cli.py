@@ -20,9 +20,11 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 4, 5
               help="The receiver's key fingerprint (SHA256:...) the receipt must be signed with.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the receipt is valid.")
 def verify_receipt(file, expect, quiet):
-    """Check FILE's signature over every item it lists, and print the list."""
-    from .core.secure.receipt import ReceiptError, printable
+    """Check FILE's signature over every item it lists, and print the list (status, size,
+    SHA-256 -- as sha256sum prints it -- and path)."""
+    from .core.secure.receipt import VERSION, ReceiptError, printable
     from .receipt_file import read, verify_file
+    from .terminal import say
 
     try:
         end = verify_file(file, expect)
@@ -33,10 +35,14 @@ def verify_receipt(file, expect, quiet):
         click.echo(f"valid receipt: {end.count} items, signed by {end.fingerprint} at "
                    f"{when.isoformat(timespec='seconds')}, {bound}")
         entries, _ = read(file)  # a second pass: nothing is printed before the whole file verified
-        for e in entries:
-            status = _status(e.code)
-            digest = e.digest.hex() if any(e.digest) else "-"
-            click.echo(f"{status:<10} {e.size:>14} {digest:<32}  {printable(e.path)}")
+        legacy = end.version < VERSION
+        if legacy:
+            say(f"{click.format_filename(file)} is a version-{end.version} receipt: its digests are XXH3-128 only, "
+                "which is not collision resistant (it does not bind content against the sender)")
+        for e in entries:  # version 2: the SHA-256 (sha256sum prints the same); version 1: the XXH3-128
+            shown = e.digest if legacy else e.sha256
+            digest = shown.hex() if any(shown) else "-"
+            click.echo(f"{_status(e.code):<10} {e.size:>14} {digest:<{32 if legacy else 64}}  {printable(e.path)}")
     except ReceiptError as exc:
         _die(f"invalid receipt {click.format_filename(file)}: {exc}", EXIT_INVALID)
     except OSError as exc:

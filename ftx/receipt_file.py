@@ -4,15 +4,18 @@ Written as it arrives (entries are never all in memory), into a temporary
 file next to FILE (``FILE.<random>.ftx-tmp``, created exclusively) that
 replaces FILE only once the signature has verified::
 
-    {"ftx_receipt": 1,
+    {"ftx_receipt": 2,
      "files": [
       {"path": "<base64 wire path>", "kind": "file", "size": 5, "status": "ok", "code": 0,
-       "digest": "<base64 XXH3-128>"},
+       "digest": "<base64 XXH3-128>", "sha256": "<base64 SHA-256>"},
       ...
      ],
      "count": 1, "receiver_time_ns": 1764000000000000000, "transcript": "<base64>",
      "public_key": "<base64, 32 bytes Ed25519>", "fingerprint": "SHA256:...",
      "signature": "<base64, 64 bytes>"}
+
+Format 1 (receipts written before entries carried SHA-256: no "sha256" field,
+END version 1) is still read and verified; ``verify_file`` says which it was.
 
 ``read`` streams it back one entry at a time and accepts only that exact
 layout (a receipt reformatted, e.g. by jq, no longer verifies: any changed
@@ -30,11 +33,13 @@ import tempfile
 from typing import Callable, Iterator
 
 from .core.manifest import MAX_PATH, Kind
-from .core.secure.receipt import MAX_TRANSCRIPT, Entry, ReceiptEnd, ReceiptError, hash_entries, verify
+from .core.secure.receipt import (LEGACY_VERSION, MAX_TRANSCRIPT, VERSION, Entry, ReceiptEnd, ReceiptError,
+                                  hash_entries, verify)
 from .errors import ErrorCode
 
-FORMAT = 1
-_HEAD = '{"ftx_receipt": 1,\n "files": [\n'
+FORMAT = VERSION  # the file's format number is the receipt version it holds (1 or 2)
+_HEADS = {v: f'{{"ftx_receipt": {v},\n "files": [\n' for v in (LEGACY_VERSION, VERSION)}
+_HEAD = _HEADS[FORMAT]
 _TAIL = " ],\n"
 _MAX_LINE = 8 * 1024  # an entry line: base64 of a path of at most 4096 bytes, and the rest
 
@@ -48,8 +53,11 @@ def _status(code: int) -> str:
 
 
 def entry_json(e: Entry) -> dict:
-    return {"path": _b64(e.path), "kind": Kind(e.kind).name.lower(), "size": e.size, "status": _status(e.code),
-            "code": int(e.code), "digest": _b64(e.digest)}
+    d = {"path": _b64(e.path), "kind": Kind(e.kind).name.lower(), "size": e.size, "status": _status(e.code),
+         "code": int(e.code), "digest": _b64(e.digest)}
+    if e.sha256 is not None:  # format 2
+        d["sha256"] = _b64(e.sha256)
+    return d
 
 
 def end_json(end: ReceiptEnd) -> dict:
@@ -58,7 +66,8 @@ def end_json(end: ReceiptEnd) -> dict:
 
 
 class ReceiptWriter:
-    """Entries to a temporary file as they come; ``finish`` puts it in place under ``path``."""
+    """Entries to a temporary file as they come; ``finish`` puts it in place under ``path``.
+    Writes format 2 (entries with SHA-256), the only one a sender accepts now."""
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
@@ -111,20 +120,30 @@ def _bytes(value, lo: int, hi: int) -> bytes:
     return raw
 
 
-def _entry(d: dict) -> Entry:
+def _entry(d: dict, version: int) -> Entry:
     kind = {"file": Kind.FILE, "dir": Kind.DIR, "symlink": Kind.SYMLINK}[d["kind"]]
+    sha = _bytes(d["sha256"], 32, 32) if version >= 2 else None
     return Entry(_bytes(d["path"], 1, MAX_PATH), kind, _int(d["size"], 0, 2**63), _int(d["code"], 0, 2**16),
-                 _bytes(d["digest"], 16, 16))
+                 _bytes(d["digest"], 16, 16), sha)
 
 
-def _end(d: dict) -> ReceiptEnd:
+def _end(d: dict, version: int) -> ReceiptEnd:
+    """The END of a file of format ``version`` (the version the signature covers: a relabelled
+    file no longer verifies)."""
     return ReceiptEnd(_int(d["count"], 0, 2**64), _int(d["receiver_time_ns"], -(2**63), 2**63),
                       _bytes(d["transcript"], 0, MAX_TRANSCRIPT), _bytes(d["public_key"], 32, 32),
-                      _bytes(d["signature"], 64, 64))
+                      _bytes(d["signature"], 64, 64), version)
 
 
 def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
-    """Entries one at a time, and a function giving the END once they are consumed.
+    """Entries one at a time, and a function giving the END once they are consumed
+    (``read_versioned`` also gives the file's format)."""
+    entries, end_of, _ = read_versioned(path)
+    return entries, end_of
+
+
+def read_versioned(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd], int]:
+    """Entries one at a time, a function giving the END once they are consumed, and the format.
 
     Only the exact layout ``ReceiptWriter`` writes is accepted: every line must
     be the canonical rendering of what it parses to, so any changed byte of a
@@ -132,9 +151,11 @@ def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
     Raises ReceiptError for a malformed receipt, OSError for an unreadable file.
     """
     f = open(os.fspath(path), "rb")
-    if f.read(len(_HEAD)) != _HEAD.encode():
+    head = f.read(len(_HEAD))
+    version = next((v for v, h in _HEADS.items() if head == h.encode()), None)
+    if version is None:
         f.close()
-        raise ReceiptError("not an ftx receipt (format 1)")
+        raise ReceiptError(f"not an ftx receipt (format {LEGACY_VERSION} or {VERSION})")
     trailer: list[ReceiptEnd] = []
 
     def entries() -> Iterator[Entry]:
@@ -145,7 +166,7 @@ def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
                     if comma:
                         break
                     text = f.read(_MAX_LINE + 1)
-                    end = _canonical(text, lambda t: _end(json.loads("{" + t[1:])), _end_line)
+                    end = _canonical(text, lambda t: _end(json.loads("{" + t[1:]), version), _end_line)
                     trailer.append(end)
                     return
                 body = line[2:-1].decode("ascii", "replace")
@@ -153,7 +174,7 @@ def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
                 body = body.removesuffix(",")
                 if not line.startswith(b"  "):
                     break
-                yield _canonical(body + "\n", lambda t: _entry(json.loads(t)),
+                yield _canonical(body + "\n", lambda t: _entry(json.loads(t), version),
                                  lambda e: json.dumps(entry_json(e)) + "\n")
             raise ReceiptError("receipt is malformed inside its file list")
 
@@ -162,7 +183,7 @@ def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
             raise ReceiptError("receipt has no signature part")
         return trailer[0]
 
-    return entries(), end_of
+    return entries(), end_of, version
 
 
 def _canonical(text, parse, render):
@@ -185,10 +206,10 @@ def verify_file(path, expect_fingerprint: str | None = None) -> ReceiptEnd:
     Raises ReceiptError for a receipt that is malformed or does not verify,
     OSError if it cannot be read.
     """
-    entries, end_of = read(path)
+    entries, end_of, version = read_versioned(path)
     digest, count = hash_entries(entries)
     end = end_of()
-    verify(end, digest, count)
+    verify(end, digest, count, version)
     if expect_fingerprint is not None and end.fingerprint != expect_fingerprint:
         raise ReceiptError(f"receipt is signed by {end.fingerprint}, not {expect_fingerprint}")
     return end

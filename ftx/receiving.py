@@ -8,6 +8,7 @@ failure becomes a RESULT for that file; the session carries on with the next.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import stat
@@ -158,9 +159,10 @@ class ReceiveSession:
         log.warning("%s: %s", _name(entry), message)
         self._finish(file_id, entry, code, ZERO_DIGEST, message)
 
-    def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "") -> None:
+    def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "",
+                sha256: bytes | None = None) -> None:
         self.last_progress = time.monotonic()
-        self.conn.file_result(file_id, code, digest, message)
+        self.conn.file_result(file_id, code, digest, message, sha256)
         status = code.name.lower() if isinstance(code, ErrorCode) else str(code)
         report = FileReport(
             _name(entry),
@@ -188,18 +190,23 @@ class ReceiveSession:
             return
         path = self.dest.resolve(entry.path)
         st = self.dest.existing(path)
-        flags, existing = 0, ZERO_DIGEST
+        flags, existing, existing_sha = 0, ZERO_DIGEST, None
         if st is not None:
             same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
             if same_size:
                 flags |= DECISION_EXISTS
-                existing = hash_file(path)
+                if self.conn.receipt_requested:  # the receipt lists its SHA-256 too: one read for both
+                    from .receipt_digest import hash_file_both
+
+                    existing, existing_sha = hash_file_both(path)
+                else:
+                    existing = hash_file(path)
             if self.dest.overwrite:
                 flags |= DECISION_OVERWRITE
             elif not same_size:
                 raise FtxError(f"{_name(entry)} exists and differs (receiver has no --overwrite)", ErrorCode.EXISTS)
             else:  # the sender compares digests and skips; nothing to store
-                self.conn.decide(ev.file_id, flags=flags, existing_digest=existing)
+                self.conn.decide(ev.file_id, flags=flags, existing_digest=existing, existing_sha256=existing_sha)
                 return
         part = self._claim_partial(entry, path)
         held, held_digest = part.open(resume=self.conn.resume_allowed)
@@ -213,7 +220,7 @@ class ReceiveSession:
             self._resumed[ev.file_id] = resumed
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
         self.progress.start_file(_name(entry), entry.size, resumed)
-        self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
+        self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded, existing_sha)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
         """Open the partial; take it over from an earlier connection of the same sender.
@@ -224,8 +231,11 @@ class ReceiveSession:
         for that long.  Anyone else -- another user behind the same NAT, an
         anonymous older sender -- gets BUSY and the transfer in progress goes on.
         """
+        kind = PartialFile
+        if self.conn.receipt_requested:  # hashes SHA-256 alongside XXH3, for the receipt
+            from .receipt_digest import ReceiptPartial as kind
         try:
-            return PartialFile(self.dest, entry, path, owner=self)
+            return kind(self.dest, entry, path, owner=self)
         except Busy as exc:
             old = exc.holder
             if not isinstance(old, ReceiveSession) or old is self or not self.identity \
@@ -237,7 +247,7 @@ class ReceiveSession:
             deadline = time.monotonic() + 5.0
             while not claim.is_free(path) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            return PartialFile(self.dest, entry, path, owner=self)
+            return kind(self.dest, entry, path, owner=self)
 
     def _on_small(self, ev: SmallFileReceived) -> None:
         code = self.dest.write_small(ev.entry, ev.data, ev.digest)
@@ -245,7 +255,8 @@ class ReceiveSession:
             self._received[ev.file_id] = ev.entry.size
             self.progress.start_file(_name(ev.entry), ev.entry.size, 0)
             self.progress.advance(ev.entry.size)
-        self._finish(ev.file_id, ev.entry, code, ev.digest)
+        sha = hashlib.sha256(ev.data).digest() if self.conn.receipt_requested else None  # its bytes are here
+        self._finish(ev.file_id, ev.entry, code, ev.digest, sha256=sha)
 
     def _on_chunk(self, ev: ChunkReceived) -> None:
         part = self._partials.get(ev.file_id)
@@ -270,7 +281,8 @@ class ReceiveSession:
         except FtxError:
             part.close()
             raise
-        self._finish(ev.file_id, part.entry, ErrorCode.OK, digest)
+        sha = part.sha256() if hasattr(part, "sha256") else None  # a ReceiptPartial: for the receipt
+        self._finish(ev.file_id, part.entry, ErrorCode.OK, digest, sha256=sha)
 
     def _on_withdrawn(self, ev: FileWithdrawn) -> None:
         entry = self.conn.entry(ev.file_id)

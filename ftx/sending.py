@@ -31,7 +31,7 @@ from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
 from .core.secure import Established
-from .core.secure.receipt import ReceiptChecker, ReceiptError
+from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
@@ -388,16 +388,17 @@ class SendSession:
     async def _stream_file(self, fid: int, src: SourceFile, report: FileSendReport, d: Decision) -> None:
         conn, entry, view = self.conn, src.entry, self._buf
         if d.flags & DECISION_EXISTS:
-            digest = src.digest(view)
+            hasher = self._hasher()
+            digest = src.digest(view, hasher)
             if digest == d.existing_digest:
                 report.digest = digest.hex()
-                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical", digest)
+                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical", digest, _sha256(hasher))
                 return
             if not d.flags & DECISION_OVERWRITE:
                 report.message = f"{report.path} exists on the receiver and differs (receiver has no --overwrite)"
                 conn.skip_file(fid, ErrorCode.EXISTS, report.message)
                 return
-        hasher = FileHasher()
+        hasher = self._hasher()
         held, hashed = (d.held if self.config.resume else RangeSet()), 0
         if d.message:
             log.warning("%s: %s", report.path, printable(d.message))
@@ -408,7 +409,7 @@ class SendSession:
                 conn.restart_file(fid, "held chunks differ from the source")
                 await self._flush()
                 await self.link.control_delivered()  # RESTART must arrive before new chunks
-                held, hashed, hasher = RangeSet(), 0, FileHasher()
+                held, hashed, hasher = RangeSet(), 0, self._hasher()
         resumed = sum(entry.chunk_length(i) for i in held.values())
         report.bytes_resumed = resumed
         self.progress.start_file(report.path, entry.size, resumed)
@@ -431,7 +432,15 @@ class SendSession:
         report.digest = digest.hex()
         await self.link.file_sent(fid)
         if conn.file_state(fid) == FileState.SENDING:
-            conn.end_file(fid, digest)
+            conn.end_file(fid, digest, _sha256(hasher))
+
+    def _hasher(self):
+        """XXH3-128, and SHA-256 in the same pass when a receipt was asked for (its entries list it)."""
+        return ContentHasher() if self.receipt_path is not None else FileHasher()
+
+
+def _sha256(hasher) -> bytes | None:
+    return hasher.sha256() if isinstance(hasher, ContentHasher) else None
 
 
 class Pacer:

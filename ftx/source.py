@@ -157,8 +157,9 @@ class SourceFile:
         st = os.fstat(self.fd)
         return st.st_size == self.stat.st_size and st.st_mtime_ns == self.stat.st_mtime_ns
 
-    def digest(self, view: memoryview) -> bytes:
-        h = FileHasher()
+    def digest(self, view: memoryview, hasher=None) -> bytes:
+        """The whole file's XXH3-128, through ``hasher`` if given (which may hash more: ContentHasher)."""
+        h = hasher if hasher is not None else FileHasher()
         for index in range(self.entry.chunks):
             h.update(self.read_chunk(index, view))
         return h.digest()

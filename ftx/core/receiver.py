@@ -73,7 +73,7 @@ class ReceiverConnection(Connection):
         self._unsettled = 0  # items offered with no RESULT yet (bounded by config.max_files_in_flight)
         self._costs: dict[int, int] = {}  # file id -> bytes of bookkeeping charged to the budget
         self._signer = signer
-        self._existing: dict[int, bytes] = {}  # receipt: digest of an identical destination, until its RESULT
+        self._existing: dict[int, tuple[bytes, bytes]] = {}  # receipt: digests of an identical destination
         self._receipt_due = False
         self._announced: Announced | None = None  # from the peer's HELLO, at its first item
 
@@ -94,8 +94,10 @@ class ReceiverConnection(Connection):
         flags: int = 0,
         existing_digest: bytes = ZERO_DIGEST,
         message: str = "",
+        existing_sha256: bytes | None = None,
     ) -> None:
-        """Accept an offered file, saying which chunks are already held and verified."""
+        """Accept an offered file, saying which chunks are already held and verified.
+        ``existing_sha256``: the destination's SHA-256, for the receipt of a SKIP IDENTICAL."""
         entry = self._entries.get(file_id)
         if entry is None or entry.kind != Kind.FILE:
             raise LocalProtocolError(f"file {file_id} was not offered as a regular file")
@@ -103,14 +105,16 @@ class ReceiverConnection(Connection):
         self._step(file_id, In.DECISION, remote=False)
         self._have[file_id] = held
         if flags & DECISION_EXISTS and self.receipt_requested:
-            self._existing[file_id] = existing_digest  # the digest a SKIP IDENTICAL lands
+            self._existing[file_id] = (existing_digest, existing_sha256 or receipt.ZERO_SHA256)  # a SKIP IDENTICAL
         self._send_frame(FrameType.DECISION, Decision(file_id, flags, existing_digest, held_digest, held, message).encode())
 
-    def file_result(self, file_id: int, code: ErrorCode, digest: bytes = ZERO_DIGEST, message: str = "") -> None:
-        """Report a file's outcome; also how a file is refused or failed early."""
+    def file_result(self, file_id: int, code: ErrorCode, digest: bytes = ZERO_DIGEST, message: str = "",
+                    sha256: bytes | None = None) -> None:
+        """Report a file's outcome; also how a file is refused or failed early.  ``sha256``: the
+        landed file's SHA-256, which the receipt lists when the sender asked for one."""
         new = self._step(file_id, In.RESULT, remote=False)
         self._unsettled -= 1
-        entry = self._receipt_entry(file_id, code, digest)
+        entry = self._receipt_entry(file_id, code, digest, sha256)
         if new == FileState.DONE:
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
@@ -120,14 +124,16 @@ class ReceiverConnection(Connection):
             self._send_frame(FrameType.RECEIPT, batch)
         self._maybe_complete()
 
-    def _receipt_entry(self, file_id: int, code, digest: bytes) -> receipt.Entry | None:
+    def _receipt_entry(self, file_id: int, code, digest: bytes, sha256: bytes | None) -> receipt.Entry | None:
         if self._signer is None or not self.receipt_requested:
             return None
         e = self._entries[file_id]
         ok = code in (ErrorCode.OK, ErrorCode.IDENTICAL) and e.kind == Kind.FILE
         if ok and digest == ZERO_DIGEST:
-            digest = self._existing.get(file_id, ZERO_DIGEST)
-        return receipt.Entry(e.path, e.kind, e.size, code, digest if ok else ZERO_DIGEST)
+            digest, sha256 = self._existing.get(file_id, (ZERO_DIGEST, None))
+        if not ok or sha256 is None:
+            sha256 = receipt.ZERO_SHA256
+        return receipt.Entry(e.path, e.kind, e.size, code, digest if ok else ZERO_DIGEST, sha256)
 
     def send_receipt(self, time_ns: int) -> None:
         """Answer ``ReceiptDue``: the last entries, the signed END, then DONE."""

@@ -14,6 +14,8 @@ the receiver's frames into events.  A typical file::
 
 from __future__ import annotations
 
+import hashlib
+
 from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .checksum import chunk_checksum
 from .config import Config
@@ -78,7 +80,7 @@ class SenderConnection(Connection):
             raise LocalProtocolError("file too large for SMALL_FILE")
         fid = self._new_id(entry)
         self._files[fid] = FileState.ENDED
-        self._remember(fid, digest)
+        self._remember(fid, digest, hashlib.sha256(data).digest() if self.receipt is not None else None)
         self._send_frame(FrameType.SMALL_FILE, SmallFile(fid, entry, digest, data).encode())
         return fid
 
@@ -99,20 +101,23 @@ class SenderConnection(Connection):
                 checksum = chunk_checksum(data)
             self._send_buffers(encode_data_header(file_id, index, checksum, len(data)), data)
 
-    def end_file(self, file_id: int, digest: bytes) -> None:
+    def end_file(self, file_id: int, digest: bytes, sha256: bytes | None = None) -> None:
+        """The file's data is all sent; ``digest`` its XXH3-128, ``sha256`` its SHA-256 (needed
+        when a receipt was asked for: the receiver's signed entry must match it)."""
         self._step(file_id, In.END, remote=False)
-        self._remember(file_id, digest)
+        self._remember(file_id, digest, sha256)
         self._send_frame(FrameType.FILE_END, FileEnd(file_id, digest).encode())
 
-    def _remember(self, file_id: int, digest: bytes) -> None:
+    def _remember(self, file_id: int, digest: bytes, sha256: bytes | None) -> None:
         if self.receipt is not None:
-            self._digests[file_id] = bytes(digest)
+            self._digests[file_id] = (bytes(digest), bytes(sha256) if sha256 is not None else receipt.ZERO_SHA256)
 
-    def skip_file(self, file_id: int, code: ErrorCode, message: str = "", digest: bytes = ZERO_DIGEST) -> None:
-        """Do not send the file after all (e.g. the destination is identical: ``digest`` is
-        the source's, which a receipt will list)."""
+    def skip_file(self, file_id: int, code: ErrorCode, message: str = "", digest: bytes = ZERO_DIGEST,
+                  sha256: bytes | None = None) -> None:
+        """Do not send the file after all (e.g. the destination is identical: ``digest`` and
+        ``sha256`` are the source's, which a receipt will list)."""
         self._step(file_id, In.SKIP, remote=False)
-        self._remember(file_id, digest)
+        self._remember(file_id, digest, sha256)
         self._send_frame(FrameType.SKIP, FileNotice(file_id, code, message).encode())
 
     def restart_file(self, file_id: int, message: str = "") -> None:
@@ -154,10 +159,11 @@ class SenderConnection(Connection):
             del self._files[r.file_id]
             entry = self._entries.pop(r.file_id)
             if self.receipt is not None:
-                digest = self._digests.pop(r.file_id, ZERO_DIGEST)
+                digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, receipt.ZERO_SHA256))
                 ok = r.ok and entry.kind == Kind.FILE
-                self._checked(self.receipt.expect,
-                              receipt.Entry(entry.path, entry.kind, entry.size, r.code, digest if ok else ZERO_DIGEST))
+                self._checked(self.receipt.expect, receipt.Entry(entry.path, entry.kind, entry.size, r.code,
+                                                                 digest if ok else ZERO_DIGEST,
+                                                                 sha if ok else receipt.ZERO_SHA256))
             self._events.append(FileResolved(r))
         elif t == FrameType.RECEIPT:
             self._on_receipt(frame.payload)
@@ -178,7 +184,9 @@ class SenderConnection(Connection):
         if self.receipt is None:
             raise RemoteProtocolError("RECEIPT that was not asked for")
         part = p[0] if len(p) else 0
-        if part == receipt.PART_ENTRIES:
+        if part == receipt.PART_ENTRIES:  # version 1: XXH3 only, which binds no content
+            self._checked(self.receipt.legacy, None)
+        elif part == receipt.PART_ENTRIES_SHA256:
             entries = []
             for e in receipt.iter_entries(p):  # checked one by one: at most a batch is decoded
                 self._checked(self.receipt.entries, (e,))

@@ -3,7 +3,9 @@
 A sender that asks for a receipt (HELLO flag RECEIPT) gets, on the same
 stream, RECEIPT frames (protocol.md, "Receipts") from the receiver:
 
-* ENTRIES: a batch of entries, one per item with a RESULT, in RESULT order.
+* ENTRIES: a batch of entries, one per item with a RESULT, in RESULT order
+  (part 4, ENTRIES_SHA256, since version 2: each entry also carries the SHA-256
+  of the landed file, which binds content; XXH3-128 is not collision resistant).
   The receiver sends a batch once it holds ``BATCH_ENTRIES`` entries or
   ``BATCH_BYTES`` bytes of them, and the rest before END, so neither side
   ever holds more than one batch;
@@ -38,16 +40,19 @@ from ..messages import wire_text
 from . import AuthError
 from .handshake import printable as _printable
 
-VERSION = 1  # entry digests are the protocol's whole-file digest, XXH3-128 (protocol.md 4)
+VERSION = 2  # entries carry SHA-256 besides the protocol's whole-file digest, XXH3-128 (protocol.md 21)
+LEGACY_VERSION = 1  # XXH3-128 only: stored receipts of this version still verify, flagged as weaker
 CONTEXT = b"ftx receipt\x00"  # domain separation: no other ftx signature starts so
-PART_ENTRIES, PART_END, PART_DECLINED = 1, 2, 3
+PART_ENTRIES, PART_END, PART_DECLINED, PART_ENTRIES_SHA256 = 1, 2, 3, 4
 BATCH_ENTRIES = 256  # the receiver flushes its batch at this many entries...
 BATCH_BYTES = 32 * 1024  # ...or this many bytes (a frame stays below 64 KiB)
 MAX_TRANSCRIPT = 64
-PUBLIC_SIZE, SIGNATURE_SIZE, DIGEST_SIZE = 32, 64, 16
+PUBLIC_SIZE, SIGNATURE_SIZE, DIGEST_SIZE, SHA256_SIZE = 32, 64, 16, 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
+ZERO_SHA256 = bytes(SHA256_SIZE)
 
-_ENTRY = struct.Struct(">HBBQ16sH")  # code, kind, reserved, size, digest, path length; then the path
+_ENTRY_V1 = struct.Struct(">HBBQ16sH")  # code, kind, reserved, size, digest, path length; then the path
+_ENTRY = struct.Struct(">HBBQ16s32sH")  # the same with the SHA-256 after the digest (version 2)
 _END = struct.Struct(">BBHQq")  # part, version, reserved, count, receiver time (ns since the epoch)
 _SIGNED = struct.Struct(">BQq")  # version, count, time
 
@@ -65,8 +70,9 @@ def fingerprint(public: bytes) -> str:
 class Entry:
     """One item with a RESULT: its wire path, kind, size, RESULT code and whole-file digest.
 
-    The digest is that of the landed (or identical) file for a regular file
-    with code OK or IDENTICAL, and zeros otherwise.
+    The digests (XXH3-128 and SHA-256) are those of the landed (or identical)
+    file for a regular file with code OK or IDENTICAL, and zeros otherwise.
+    ``sha256`` None: an entry of a version-1 receipt, which had none.
     """
 
     path: bytes
@@ -74,34 +80,68 @@ class Entry:
     size: int
     code: int
     digest: bytes = ZERO_DIGEST
+    sha256: bytes | None = ZERO_SHA256
 
     def encode(self) -> bytes:
-        return _ENTRY.pack(int(self.code), int(self.kind), 0, self.size, self.digest, len(self.path)) + self.path
+        if self.sha256 is None:
+            return _ENTRY_V1.pack(int(self.code), int(self.kind), 0, self.size, self.digest,
+                                  len(self.path)) + self.path
+        return _ENTRY.pack(int(self.code), int(self.kind), 0, self.size, self.digest, self.sha256,
+                           len(self.path)) + self.path
 
     @property
     def ok(self) -> bool:
         return self.code in (ErrorCode.OK, ErrorCode.IDENTICAL)
 
 
-def iter_entries(payload, offset: int = 1) -> Iterator[Entry]:
-    """The entries of a RECEIPT ENTRIES payload from ``offset`` to its end, one at a time
-    (a checker can refuse the first bad one before the rest are decoded)."""
+def iter_entries(payload, offset: int = 1, sha256: bool = True) -> Iterator[Entry]:
+    """The entries of a RECEIPT ENTRIES_SHA256 payload (``sha256`` False: a version-1 ENTRIES
+    payload) from ``offset`` to its end, one at a time (a checker can refuse the first bad
+    one before the rest are decoded)."""
+    layout = _ENTRY if sha256 else _ENTRY_V1
     end = len(payload)
     while offset < end:
-        if end - offset < _ENTRY.size:
+        if end - offset < layout.size:
             raise RemoteProtocolError("RECEIPT entry truncated")
-        code, kind, reserved, size, digest, plen = _ENTRY.unpack_from(payload, offset)
-        offset += _ENTRY.size
+        if sha256:
+            code, kind, reserved, size, digest, sha, plen = layout.unpack_from(payload, offset)
+        else:
+            (code, kind, reserved, size, digest, plen), sha = layout.unpack_from(payload, offset), None
+        offset += layout.size
         if reserved or kind not in (Kind.FILE, Kind.DIR, Kind.SYMLINK) or size >= 2**63:
             raise RemoteProtocolError("RECEIPT entry has a bad kind, size or reserved byte")
         if plen == 0 or plen > MAX_PATH or end - offset < plen:
             raise RemoteProtocolError("RECEIPT entry path is empty, too long or truncated")
-        yield Entry(bytes(payload[offset : offset + plen]), kind, size, code, digest)
+        yield Entry(bytes(payload[offset : offset + plen]), kind, size, code, digest, sha)
         offset += plen
 
 
-def decode_entries(payload, offset: int = 1) -> list[Entry]:
-    return list(iter_entries(payload, offset))
+def decode_entries(payload, offset: int = 1, sha256: bool = True) -> list[Entry]:
+    return list(iter_entries(payload, offset, sha256))
+
+
+class ContentHasher:
+    """XXH3-128 (the protocol's whole-file digest) and SHA-256 (what a receipt binds) over the
+    same bytes in one pass: ``digest()`` is XXH3's, so it stands in for ``FileHasher`` where a
+    receipt was asked for; ``sha256()`` the other."""
+
+    __slots__ = ("_xxh", "_sha")
+
+    def __init__(self) -> None:
+        from ..checksum import FileHasher
+
+        self._xxh = FileHasher()
+        self._sha = hashlib.sha256()
+
+    def update(self, data) -> None:
+        self._xxh.update(data)
+        self._sha.update(data)
+
+    def digest(self) -> bytes:
+        return self._xxh.digest()
+
+    def sha256(self) -> bytes:
+        return self._sha.digest()
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,7 @@ class ReceiptSigner:
     """The receiver's half: entries in RESULT order, batches out, then the signed END."""
 
     def __init__(self, key: Ed25519PrivateKey, transcript: bytes = b"") -> None:
+        """Signs version 2 (ENTRIES_SHA256): every entry carries a SHA-256 (zeros where none)."""
         if len(transcript) > MAX_TRANSCRIPT:
             raise ValueError("transcript hash longer than 64 bytes")
         self._key = key
@@ -168,11 +209,13 @@ class ReceiptSigner:
         self.transcript = transcript
         self.count = 0
         self._hash = hashlib.sha256()
-        self._batch = bytearray([PART_ENTRIES])
+        self._batch = bytearray([PART_ENTRIES_SHA256])
         self._batched = 0
 
     def add(self, entry: Entry) -> bytes | None:
-        """Take one entry; return an ENTRIES payload to send when the batch is full."""
+        """Take one entry; return an ENTRIES_SHA256 payload to send when the batch is full."""
+        if entry.sha256 is None:
+            raise ValueError("a version-2 receipt entry needs its SHA-256 (zeros where there is none)")
         raw = entry.encode()
         self._hash.update(raw)
         self.count += 1
@@ -184,7 +227,7 @@ class ReceiptSigner:
 
     def _flush(self) -> bytes:
         out = bytes(self._batch)
-        self._batch = bytearray([PART_ENTRIES])
+        self._batch = bytearray([PART_ENTRIES_SHA256])
         self._batched = 0
         return out
 
@@ -260,6 +303,11 @@ class ReceiptChecker:
         check_signature(end, self._hash.digest())
         self.end = end
 
+    def legacy(self, _=None) -> None:
+        """The receiver sent version-1 entries (an older ftx): refused, clearly."""
+        raise ReceiptError("the receiver's receipt lists XXH3-128 digests only (receipt version 1, an older ftx), "
+                           "which do not bind content; upgrade the receiver to get SHA-256 digests")
+
     def decline(self, reason: str) -> None:
         if self.finished:
             raise ReceiptError("receipt: DECLINED after the receipt's END")
@@ -283,10 +331,12 @@ def hash_entries(entries: Iterable[Entry]) -> tuple[bytes, int]:
     return h.digest(), count
 
 
-def verify(end: ReceiptEnd, entries_hash: bytes, count: int) -> None:
-    """Re-check a stored receipt, given ``hash_entries`` of its entries."""
-    if end.version != VERSION:
-        raise ReceiptError(f"receipt format version {end.version} (we know {VERSION})")
+def verify(end: ReceiptEnd, entries_hash: bytes, count: int, version: int = VERSION) -> None:
+    """Re-check a stored receipt, given ``hash_entries`` of its entries, whose layout is that of
+    ``version`` (1: XXH3-128 only, still accepted for receipts written before SHA-256; 2)."""
+    if end.version != version or version not in (LEGACY_VERSION, VERSION):
+        raise ReceiptError(f"receipt signature part of version {end.version} over entries of version {version} "
+                           f"(we know {LEGACY_VERSION} and {VERSION})")
     if count != end.count:
         raise ReceiptError(f"receipt claims {end.count} entries but lists {count}")
     check_signature(end, entries_hash)
@@ -304,4 +354,5 @@ _show = printable
 def _describe(e: Entry) -> str:
     code = ErrorCode(e.code).name if e.code in ErrorCode._value2member_map_ else str(e.code)
     kind = Kind(e.kind).name.lower() if e.kind in (1, 2, 3) else str(e.kind)
-    return f"{_show(e.path)} ({kind}, {e.size} bytes, {code}, digest {e.digest.hex()})"
+    sha = f", sha256 {e.sha256.hex()}" if e.sha256 is not None else ""
+    return f"{_show(e.path)} ({kind}, {e.size} bytes, {code}, digest {e.digest.hex()}{sha})"
