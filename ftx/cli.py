@@ -523,7 +523,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         if not auth.insecure:
             from .security_setup import authenticate
 
-            error = await authenticate(link, auth, limits.handshake_timeout)
+            error = await authenticate(link, auth, limits.handshake_timeout, budget)  # counts in --max-memory
             if error == "":
                 return  # turned away quietly (throttled)
             if error is not None:  # one line at once, then one summary per address per interval

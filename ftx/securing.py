@@ -15,6 +15,19 @@ handshake should be, and each gets a one-line explanation:
 * a HELLO frame: the peer runs ``--insecure`` -> ``AuthError`` saying plaintext
   needs ``--insecure`` on both sides (and the peer is told why).
 
+Memory: the bytes a peer sends during its handshake may be held (by this pump, by
+the handshake, by OpenSSL for a TLS message in progress: a TLS handshake may send
+up to 256 KiB), and OpenSSL allocates a message's announced length before its bytes
+come (up to ``PREALLOC``: its default max_cert_list, for an encrypted client
+Certificate; a ClientHello is checked before, ftx/core/secure/tls.py).  On a
+receiver this counts in ``--max-memory``, in the budget of the record openers'
+buffers (``BufferBudget``): a connection that has received more than
+``HANDSHAKE_FREE`` bytes holds what it received plus ``PREALLOC`` from the budget,
+and gives it all back when the handshake ends; one that would exceed the budget
+fails with BUSY.  The free allowance is what real handshakes need (their
+certificates included), so a flood of stalled large handshakes cannot keep a
+legitimate sender out.
+
 The driver reads frame headers only at frame boundaries of the peer's
 handshake; a sealed record's header starts with 0x00 or 0x80, so it is never
 taken for one of these.
@@ -27,7 +40,7 @@ import time
 
 from .core.frames import HEADER as FRAME_HEADER
 from .core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from .core.frames import FrameDecoder, FrameType, encode_frame
+from .core.frames import BufferBudget, BufferLimit, FrameDecoder, FrameType, encode_frame
 from .core.messages import ErrorMessage
 from .core.secure import AuthError, Established, Handshake
 from .core.secure.handshake import printable
@@ -37,32 +50,42 @@ HANDSHAKE_FRAME = 0x10  # protocol.md: the HANDSHAKE frame type (reserved range 
 MAX_HANDSHAKE_PAYLOAD = 16384
 MAX_ERROR_PAYLOAD = 4096
 MAX_UNCONSUMED = 4 * (FRAME_HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD)  # bytes of the peer's handshake held at once
+HANDSHAKE_FREE = 16 * 1024  # handshake bytes a connection receives before it draws on the memory budget
+PREALLOC = 100 * 1024  # what OpenSSL may allocate ahead for one announced message (max_cert_list)
 
 INSECURE_PEER = "the peer runs --insecure; plaintext needs --insecure on both sides"
 TOLD_INSECURE_PEER = "this peer requires authentication; plaintext needs --insecure on both sides"
 
 
-async def run_handshake(link, hs: Handshake, timeout: float) -> Established:
+async def run_handshake(link, hs: Handshake, timeout: float, budget: BufferBudget | None = None) -> Established:
     """Authenticate the peer over ``link`` with ``hs`` within ``timeout`` seconds, and seal the link.
+
+    ``budget`` (a receiver's ``--max-memory`` share): what the peer's handshake bytes
+    may hold beyond ``HANDSHAKE_FREE``, given back when the handshake ends.
 
     Raises ``AuthError`` (the peer failed to prove itself, refused us, or runs
     --insecure), ``PeerError`` (the peer failed otherwise), ``TransportError``
-    (connection lost; code TIMEOUT when the time ran out) or
-    ``RemoteProtocolError`` (malformed handshake).
+    (connection lost; code TIMEOUT when the time ran out), ``BufferLimit`` (the
+    budget is spent) or ``RemoteProtocolError`` (malformed handshake).
     """
-    pump = _Pump(link, hs)
+    pump = _Pump(link, hs, budget)
     try:
         return await asyncio.wait_for(pump.run(), timeout)
     except asyncio.TimeoutError:
         exc = TransportError(f"the handshake did not finish within {timeout:g} s", ErrorCode.TIMEOUT)
         await _tell(link, exc.code, str(exc))
         raise exc from None
+    finally:
+        pump.release()
 
 
 class _Pump:
-    def __init__(self, link, hs: Handshake) -> None:
+    def __init__(self, link, hs: Handshake, budget: BufferBudget | None = None) -> None:
         self.link = link
         self.hs = hs
+        self.budget = budget
+        self.received = 0  # handshake bytes the peer sent
+        self.charged = 0  # of them, taken from ``budget``
         self.installed = False
         self.held = bytearray()  # received, not yet consumed by the handshake
         self.scan = 0  # offset in ``held`` past the whole HANDSHAKE frames seen
@@ -76,6 +99,10 @@ class _Pump:
             data = await link.recv_raw()
             if not data:
                 raise TransportError("the peer closed the connection during the handshake")
+            try:
+                self._account(len(data))
+            except BufferLimit as exc:
+                raise await self._fail(exc) from None
             self.held += data
             if len(self.held) > MAX_UNCONSUMED:
                 raise await self._fail(RemoteProtocolError("peer handshake message too large"))
@@ -98,6 +125,25 @@ class _Pump:
         await self._flush()
         link.handshake_done(bytes(self.held))
         return hs.result
+
+    def _account(self, n: int) -> None:
+        """``n`` more bytes from the peer: beyond ``HANDSHAKE_FREE`` they draw on the budget."""
+        self.received += n
+        if self.received <= HANDSHAKE_FREE or self.budget is None:
+            return
+        want = self.received + PREALLOC - self.charged
+        if want <= 0:
+            return
+        if not self.budget.take(want):
+            raise BufferLimit(f"receiver out of handshake memory ({self.budget.used >> 10} of "
+                              f"{self.budget.limit >> 10} KiB in use; its --max-memory); try again later")
+        self.charged += want
+
+    def release(self) -> None:
+        """The handshake is over (done or failed): what it held goes back to the budget."""
+        if self.budget is not None and self.charged:
+            self.budget.give(self.charged)
+        self.charged = 0
 
     async def _flush(self) -> None:
         out = self.hs.data_to_send()

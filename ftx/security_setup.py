@@ -421,13 +421,14 @@ class ReceiverAuth:
         return ServerHandshake({KIND_KEYS: lambda: SigmaServer(key, authorize)})
 
 
-async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
+async def authenticate(link, auth: ReceiverAuth, timeout: float, budget=None) -> str | None:
     """Run the receiver's handshake on a new connection: None when the sender proved itself, else why not
     ("" for a connection turned away before any handshake work -- a throttled address, a code
     with its guesses in flight -- which is not worth a line each: a flood would fill the log).
 
     A refused connection is closed here.  Before the handshake is done nothing
-    but the handshake's own bounded state exists for it (no file, no session).
+    but the handshake's own bounded state exists for it (no file, no session);
+    what it holds beyond a small allowance counts in ``budget`` (--max-memory).
     """
     from .core.secure.handshake import refusal_frame
     from .securing import run_handshake
@@ -447,7 +448,7 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float) -> str | None:
     hs = auth.handshake()
     log.debug("%s: handshake", host)
     try:
-        link.established = await run_handshake(link, hs, timeout)  # receipts are bound to its transcript
+        link.established = await run_handshake(link, hs, timeout, budget)  # receipts are bound to its transcript
     except FtxError as exc:
         auth.end(host, hs, exc, generation)
         await link.aclose()

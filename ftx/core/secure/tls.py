@@ -53,6 +53,11 @@ MSG_LAST = 2  # TLS_LAST: the last piece; this side's handshake ends with this f
 MAX_PAYLOAD = MAX_MESSAGE  # HANDSHAKE payload limit (kind, type, body): 16 384
 MAX_BODY = MAX_PAYLOAD - 2
 MAX_HANDSHAKE_BYTES = 256 * 1024  # all HANDSHAKE bytes a peer may send (certificate chains included)
+# A ClientHello may announce up to 128 KiB, and OpenSSL allocates (and zeroes) what the
+# header announces before the bytes come: 4 bytes would pin 128 KiB.  Real ones are a few
+# KiB (post-quantum key shares included); a receiver refuses one announced larger.
+MAX_CLIENT_HELLO = 16 * 1024
+_HELLO_HEAD = 9  # TLS record header (5) + handshake message header (4)
 RANDOM_SIZE = 32
 MAX_OFFERED = 16  # AEADs a client may list
 
@@ -122,6 +127,7 @@ class _TlsHandshake(FramedHandshake):
         self._recv_hash = hashlib.sha256()
         self._tls_up = False  # TLS handshake finished on our side
         self._app = bytearray()  # the peer's key message, read from inside TLS
+        self._hello_head: bytearray | None = None if client else bytearray()  # server: until checked
 
     def _on_message(self, mtype: int, body: bytes, payload: bytes) -> None:
         self._received += HEADER_SIZE + len(payload)
@@ -146,7 +152,24 @@ class _TlsHandshake(FramedHandshake):
             self._send(MSG_LAST if is_last else MSG_DATA, piece, last=is_last)
             self._sent_hash.update(self._out[-(HEADER_SIZE + 2 + len(piece)):])
 
+    def _check_client_hello(self, body: bytes) -> None:
+        """Server: the ClientHello's announced length, before OpenSSL allocates it."""
+        head = self._hello_head
+        head += body[: _HELLO_HEAD - len(head)]
+        if len(head) < _HELLO_HEAD:
+            return
+        self._hello_head = None
+        if head[0] != 22 or head[5] != 1:
+            return  # not a handshake record with a ClientHello: OpenSSL refuses it
+        if int.from_bytes(head[3:5], "big") < 4:
+            raise RemoteProtocolError("TLS ClientHello header split across records")
+        announced = int.from_bytes(head[6:9], "big")
+        if announced > MAX_CLIENT_HELLO:
+            raise RemoteProtocolError(f"TLS ClientHello of {announced} bytes (at most {MAX_CLIENT_HELLO})")
+
     def _on_tls_bytes(self, mtype: int, body: bytes) -> None:
+        if self._hello_head is not None:
+            self._check_client_hello(body)
         self._in.write(body)
         if not self._tls_up:
             try:
