@@ -541,7 +541,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
                                          progress=progress, limits=limits, budget=budget,
                                          confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
-                                         identity=None if auth.insecure else auth.identity.key,
+                                         identity=None if auth.insecure else auth.receipt_identity,
                                          established=getattr(link, "established", None))
         finally:
             if progress is not None:

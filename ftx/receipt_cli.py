@@ -1,4 +1,7 @@
-"""``ftx verify-receipt FILE [--fingerprint FP]``: re-check a receipt written by ``ftx send --receipt``.
+"""``ftx verify-receipt FILE [--fingerprint FP] [--tls-ca CA.pem | --tls-cert CERT.pem]``: re-check a
+receipt written by ``ftx send --receipt``.  A receipt from a receiver in TLS mode is signed with its
+certificate's key and carries the chain: ``--tls-ca`` checks that chain against CA certificates (at the
+time the receipt was signed), ``--tls-cert`` requires exactly that certificate.
 
 Exit codes: 0 the receipt is valid (and signed by FP when given), 4 it is not
 (one line on stderr says why), 5 it cannot be read.
@@ -18,8 +21,12 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 4, 5
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--fingerprint", "expect", default=None, metavar="FP",
               help="The receiver's key fingerprint (SHA256:...) the receipt must be signed with.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
+              help="TLS receipts: the certificate chain in the receipt must lead to these CA certificates (PEM).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="TLS receipts: the receipt must be signed by this certificate (PEM).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the receipt is valid.")
-def verify_receipt(file, expect, quiet):
+def verify_receipt(file, expect, tls_ca, tls_cert, quiet):
     """Check FILE's signature over every item it lists, and print the list (status, size,
     SHA-256 -- as sha256sum prints it -- and path)."""
     from .core.secure.receipt import VERSION, ReceiptError, printable
@@ -27,12 +34,20 @@ def verify_receipt(file, expect, quiet):
     from .terminal import say
 
     try:
-        end = verify_file(file, expect)
+        ca_certs = _pem_certificates(tls_ca) if tls_ca else None
+        pinned = _pem_certificates(tls_cert)[0] if tls_cert else None
+    except (OSError, ValueError, IndexError) as exc:
+        _die(f"cannot read certificates from {tls_ca or tls_cert}: {getattr(exc, 'strerror', None) or exc}",
+             EXIT_UNREADABLE)
+    try:
+        end = verify_file(file, expect, ca_certs, pinned)
         if quiet:
             return
         when = datetime.datetime.fromtimestamp(end.time_ns / 1e9, datetime.timezone.utc)
         bound = f"session {end.transcript.hex()[:16]}..." if end.transcript else "no handshake (plaintext link)"
-        click.echo(f"valid receipt: {end.count} items, signed by {end.fingerprint} at "
+        signer = f"certificate {end.fingerprint}" + (" (chain checked)" if tls_ca else "") if end.chain \
+            else end.fingerprint
+        click.echo(f"valid receipt: {end.count} items, signed by {signer} at "
                    f"{when.isoformat(timespec='seconds')}, {bound}")
         entries, _ = read(file)  # a second pass: nothing is printed before the whole file verified
         legacy = end.version < VERSION
@@ -47,6 +62,14 @@ def verify_receipt(file, expect, quiet):
         _die(f"invalid receipt {click.format_filename(file)}: {exc}", EXIT_INVALID)
     except OSError as exc:
         _die(f"cannot read {click.format_filename(file)}: {exc.strerror or exc}", EXIT_UNREADABLE)
+
+
+def _pem_certificates(path) -> list[bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with open(path, "rb") as f:
+        return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(f.read())]
 
 
 def _status(code: int) -> str:

@@ -14,6 +14,10 @@ replaces FILE only once the signature has verified::
      "public_key": "<base64, 32 bytes Ed25519>", "fingerprint": "SHA256:...",
      "signature": "<base64, 64 bytes>"}
 
+A receiver in TLS mode signs with its certificate's key: ``"certificates": [<base64
+DER>, ...]`` (leaf first) stands in place of ``"public_key"``, the fingerprint is
+the certificate's, and the signature is of the leaf key's type.
+
 Format 1 (receipts written before entries carried SHA-256: no "sha256" field,
 END version 1) is still read and verified; ``verify_file`` says which it was.
 
@@ -61,8 +65,12 @@ def entry_json(e: Entry) -> dict:
 
 
 def end_json(end: ReceiptEnd) -> dict:
-    return {"count": end.count, "receiver_time_ns": end.time_ns, "transcript": _b64(end.transcript),
-            "public_key": _b64(end.public), "fingerprint": end.fingerprint, "signature": _b64(end.signature)}
+    d = {"count": end.count, "receiver_time_ns": end.time_ns, "transcript": _b64(end.transcript)}
+    if end.chain:  # TLS mode: signed with the certificate's key; the chain, leaf first
+        d["certificates"] = [_b64(c) for c in end.chain]
+    else:
+        d["public_key"] = _b64(end.public)
+    return {**d, "fingerprint": end.fingerprint, "signature": _b64(end.signature)}
 
 
 class ReceiptWriter:
@@ -130,9 +138,19 @@ def _entry(d: dict, version: int) -> Entry:
 def _end(d: dict, version: int) -> ReceiptEnd:
     """The END of a file of format ``version`` (the version the signature covers: a relabelled
     file no longer verifies)."""
-    return ReceiptEnd(_int(d["count"], 0, 2**64), _int(d["receiver_time_ns"], -(2**63), 2**63),
-                      _bytes(d["transcript"], 0, MAX_TRANSCRIPT), _bytes(d["public_key"], 32, 32),
-                      _bytes(d["signature"], 64, 64), version)
+    count, time_ns = _int(d["count"], 0, 2**64), _int(d["receiver_time_ns"], -(2**63), 2**63)
+    transcript = _bytes(d["transcript"], 0, MAX_TRANSCRIPT)
+    if "certificates" in d and version >= 2:
+        from .core.secure.receipt_x509 import MAX_CERT, MAX_CERTS, MAX_SIGNATURE, signer_id
+
+        certs = d["certificates"]
+        if not isinstance(certs, list) or not 1 <= len(certs) <= MAX_CERTS:
+            raise ValueError("a receipt lists 1 to 8 certificates")
+        chain = tuple(_bytes(c, 1, MAX_CERT) for c in certs)
+        return ReceiptEnd(count, time_ns, transcript, signer_id(chain), _bytes(d["signature"], 1, MAX_SIGNATURE),
+                          version, chain)
+    return ReceiptEnd(count, time_ns, transcript, _bytes(d["public_key"], 32, 32), _bytes(d["signature"], 64, 64),
+                      version)
 
 
 def read(path) -> tuple[Iterator[Entry], Callable[[], ReceiptEnd]]:
@@ -200,9 +218,13 @@ def _canonical(text, parse, render):
     return value
 
 
-def verify_file(path, expect_fingerprint: str | None = None) -> ReceiptEnd:
+def verify_file(path, expect_fingerprint: str | None = None, ca_certs=None, certificate: bytes | None = None
+                ) -> ReceiptEnd:
     """Re-check a receipt file (its entries streamed, never all in memory).
 
+    ``ca_certs`` (DER CA certificates): a TLS receipt's chain must lead to one of them,
+    valid when it was signed; ``certificate`` (DER): it must be signed by exactly that
+    certificate.  Either needs a TLS receipt.
     Raises ReceiptError for a receipt that is malformed or does not verify,
     OSError if it cannot be read.
     """
@@ -212,4 +234,10 @@ def verify_file(path, expect_fingerprint: str | None = None) -> ReceiptEnd:
     verify(end, digest, count, version)
     if expect_fingerprint is not None and end.fingerprint != expect_fingerprint:
         raise ReceiptError(f"receipt is signed by {end.fingerprint}, not {expect_fingerprint}")
+    if ca_certs is not None or certificate is not None:
+        if not end.chain:
+            raise ReceiptError(f"receipt is signed by the identity key {end.fingerprint}, not by a certificate")
+        from .core.secure.receipt_x509 import verify_chain
+
+        verify_chain(end.chain, ca_certs or [], end.time_ns, certificate)
     return end

@@ -327,15 +327,16 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connections' frame buffers (``--max-memory``).  ``confirm(hello)``, if given, is awaited
     when the sender's HELLO arrives, before any offer is handled: None accepts, a text declines
     the session and is the sender's reason (ftx/confirm.py).
-    ``identity`` (our Ed25519 private key) signs receipts for senders that ask, bound to
-    ``established.transcript``.
+    ``identity`` (our Ed25519 private key, or in TLS mode (certificate's private key, DER
+    chain)) signs receipts for senders that ask, bound to ``established.transcript``.
     """
     limits = limits or Limits()
     signer = None
     if identity is not None:
         from .core.secure.receipt import ReceiptSigner
 
-        signer = ReceiptSigner(identity, established.transcript if established is not None else b"")
+        key, chain = identity if isinstance(identity, tuple) else (identity, ())
+        signer = ReceiptSigner(key, established.transcript if established is not None else b"", chain)
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
                                                max_files_in_flight=limits.max_files_in_flight), budget, signer)
     session = ReceiveSession(conn, dest, on_file, progress)

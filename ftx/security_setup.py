@@ -307,6 +307,7 @@ class ReceiverAuth:
         self.notices: list[str] = []  # what the operator must see at start
         self.turned_away = 0  # connections refused before any handshake work (``begin``)
         self.ask = False  # ask the user before accepting a session (code mode without --yes)
+        self.receipt_identity = None  # what signs receipts: our Ed25519 key, or (TLS) (key, chain)
         if insecure:
             return
         self.identity = cr.load_identity(identity or cr.default_identity())
@@ -314,6 +315,7 @@ class ReceiverAuth:
             self.notices.append(f"created identity {self.identity.path}; its fingerprint is "
                                 f"{self.identity.fingerprint}")
         self.fingerprint = self.identity.fingerprint
+        self.receipt_identity = self.identity.key  # what signs receipts (TLS mode: the certificate's key)
         if code:
             self.kind = "code"
             self.new_code()
@@ -326,6 +328,13 @@ class ReceiverAuth:
             except TlsConfigError as exc:
                 raise SetupError(str(exc)) from None
             self.kind = "tls"
+            from .tlsconfig import receipt_signing_key
+
+            try:  # receipts are signed with the certificate's key, which the sender's handshake proved
+                self.receipt_identity = receipt_signing_key(tls_cert, tls_key)
+            except TlsConfigError as exc:
+                self.receipt_identity = None  # TLS works; receipts are declined
+                self.notices.append(f"{exc}; receipts will be declined")
         else:
             self.kind = "key"
             self.authorized = cr.AuthorizedKeys(authorized_keys or cr.default_authorized_keys())

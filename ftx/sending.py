@@ -84,8 +84,8 @@ class SendSession:
                  max_rate: float | None = None, receipt=None, established: Established | None = None,
                  receipt_key: bytes | None = None) -> None:
         """``receipt``: a path; ask the receiver for a signed receipt, check it and write it
-        there.  Its key must be the one ``established`` (the handshake) proved, or
-        ``receipt_key`` (raw Ed25519); with neither (a plaintext link) the receipt's own
+        there.  Its key must be the one ``established`` (the handshake) proved (a TLS
+        handshake: its certificate's), or ``receipt_key`` (raw Ed25519); with neither (a plaintext link) the receipt's own
         key is taken, and the report names its fingerprint."""
         self.link = link
         self.config = config or Config()
@@ -94,12 +94,17 @@ class SendSession:
         checker = None
         if receipt is not None:
             transcript = established.transcript if established is not None else b""
+            certificate = None
             if receipt_key is None and established is not None:
-                receipt_key = established.peer.public
-                if len(receipt_key) != 32:
-                    raise ReceiptError(f"receipts need the receiver's Ed25519 identity; a {established.peer.kind} "
+                peer = established.peer
+                if peer.kind == "tls" and peer.public:  # TLS: signed with the certificate the handshake proved
+                    certificate = peer.public
+                elif len(peer.public) == 32:
+                    receipt_key = peer.public
+                else:
+                    raise ReceiptError(f"receipts need the receiver's Ed25519 identity or certificate; a {peer.kind} "
                                        "handshake proves none")
-            checker = ReceiptChecker(receipt_key, transcript)
+            checker = ReceiptChecker(receipt_key, transcript, certificate)
         self.conn = SenderConnection(self.config, checker)
         self.progress = progress or Progress()
         self.idle_timeout = idle_timeout

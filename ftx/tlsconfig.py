@@ -146,6 +146,25 @@ def receiver_handshakes(cert: str | Path, key: str | Path | None = None, client_
     return lambda: TlsServerHandshake(ctx, authorize=authorize)
 
 
+def receipt_signing_key(cert: str | Path, key: str | Path | None = None) -> tuple:
+    """(private key, certificate chain as DER, leaf first) to sign receipts with in TLS mode:
+    the key ``cryptography`` loads from ``--tls-key`` (or the ``--tls-cert`` file), checked to
+    belong to the leaf certificate.  Raises TlsConfigError."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
+    from .core.secure.receipt_x509 import MAX_CERTS, check_key_matches
+
+    try:
+        certs = x509.load_pem_x509_certificates(Path(cert).read_bytes())[:MAX_CERTS]
+        private = load_pem_private_key(Path(key or cert).read_bytes(), None)
+        chain = tuple(c.public_bytes(Encoding.DER) for c in certs)
+        check_key_matches(private, chain[0])
+    except (OSError, ValueError, TypeError) as exc:
+        raise TlsConfigError(f"cannot sign receipts with {key or cert}: {exc}") from None
+    return private, chain
+
+
 def sender_handshake(host: str, ca: str | Path | None = None, cert: str | Path | None = None,
                      key: str | Path | None = None, pinned: str | None = None,
                      ciphers: list[str] | None = None) -> TlsClientHandshake:

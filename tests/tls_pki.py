@@ -62,8 +62,10 @@ class CA:
         )
         self.path = _write_cert(self.cert, directory / "ca.pem")
 
-    def issue(self, cn: str, names: list[str] = (), client: bool = False, stem: str | None = None) -> Issued:
-        key = _key()
+    def issue(self, cn: str, names: list[str] = (), client: bool = False, stem: str | None = None,
+              key=None) -> Issued:
+        """A certificate signed by this CA; ``key``: its private key (default: a new P-256 one)."""
+        key = key or _key()
         now = datetime.datetime.now(datetime.timezone.utc)
         b = (
             x509.CertificateBuilder()

@@ -194,7 +194,7 @@ class SenderConnection(Connection):
             if not entries:
                 raise RemoteProtocolError("RECEIPT ENTRIES without an entry")
             self._events.append(ReceiptEntries(tuple(entries)))
-        elif part == receipt.PART_END:
+        elif part in (receipt.PART_END, receipt.PART_END_X509):
             end = receipt.ReceiptEnd.decode(p)
             self._checked(self.receipt.finish, end)
             self._events.append(ReceiptVerified(end))

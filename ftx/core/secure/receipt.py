@@ -12,6 +12,8 @@ stream, RECEIPT frames (protocol.md, "Receipts") from the receiver:
 * END: format version, entry count, receiver time, the session's handshake
   transcript hash, the receiver's Ed25519 public key and its signature over
   a domain-separated message that includes the SHA-256 of all entries;
+* END_X509: the same for a receiver in TLS mode, signed with its certificate's
+  key, with the certificate chain in place of the Ed25519 key (receipt_x509.py);
 * DECLINED: the receiver cannot sign (it has no identity key), with a reason.
 
 Both sides hash the entries as they go: a session of a million files costs
@@ -43,7 +45,7 @@ from .handshake import printable as _printable
 VERSION = 2  # entries carry SHA-256 besides the protocol's whole-file digest, XXH3-128 (protocol.md 21)
 LEGACY_VERSION = 1  # XXH3-128 only: stored receipts of this version still verify, flagged as weaker
 CONTEXT = b"ftx receipt\x00"  # domain separation: no other ftx signature starts so
-PART_ENTRIES, PART_END, PART_DECLINED, PART_ENTRIES_SHA256 = 1, 2, 3, 4
+PART_ENTRIES, PART_END, PART_DECLINED, PART_ENTRIES_SHA256, PART_END_X509 = 1, 2, 3, 4, 5
 BATCH_ENTRIES = 256  # the receiver flushes its batch at this many entries...
 BATCH_BYTES = 32 * 1024  # ...or this many bytes (a frame stays below 64 KiB)
 MAX_TRANSCRIPT = 64
@@ -146,7 +148,10 @@ class ContentHasher:
 
 @dataclass(frozen=True)
 class ReceiptEnd:
-    """The END part: everything but the entries, and the signature."""
+    """The END part: everything but the entries, and the signature.
+
+    With ``chain`` (DER certificates, leaf first: an END_X509) ``public`` is the
+    SHA-256 of the leaf, the signer field of the signed message."""
 
     count: int
     time_ns: int
@@ -154,10 +159,15 @@ class ReceiptEnd:
     public: bytes
     signature: bytes
     version: int = VERSION
+    chain: tuple = ()
 
     def encode(self) -> bytes:
-        return (_END.pack(PART_END, self.version, 0, self.count, self.time_ns)
-                + bytes([len(self.transcript)]) + self.transcript + self.public + self.signature)
+        head = _END.pack(PART_END_X509 if self.chain else PART_END, self.version, 0, self.count, self.time_ns)
+        head += bytes([len(self.transcript)]) + self.transcript
+        if not self.chain:
+            return head + self.public + self.signature
+        return (head + bytes([len(self.chain)]) + b"".join(struct.pack(">H", len(c)) + c for c in self.chain)
+                + struct.pack(">H", len(self.signature)) + self.signature)
 
     @classmethod
     def decode(cls, p) -> "ReceiptEnd":
@@ -166,15 +176,43 @@ class ReceiptEnd:
         part, version, _reserved, count, time_ns = _END.unpack_from(p, 0)
         tlen = p[_END.size]
         off = _END.size + 1
-        if tlen > MAX_TRANSCRIPT or len(p) != off + tlen + PUBLIC_SIZE + SIGNATURE_SIZE:
+        if tlen > MAX_TRANSCRIPT or len(p) < off + tlen:
             raise RemoteProtocolError("RECEIPT END has the wrong length")
         transcript = bytes(p[off : off + tlen])
         off += tlen
+        if part == PART_END_X509:
+            return cls._decode_x509(p, off, count, time_ns, transcript, version)
+        if len(p) != off + PUBLIC_SIZE + SIGNATURE_SIZE:
+            raise RemoteProtocolError("RECEIPT END has the wrong length")
         return cls(count, time_ns, transcript, bytes(p[off : off + PUBLIC_SIZE]),
                    bytes(p[off + PUBLIC_SIZE :]), version)
 
+    @classmethod
+    def _decode_x509(cls, p, off: int, count: int, time_ns: int, transcript: bytes, version: int) -> "ReceiptEnd":
+        from .receipt_x509 import MAX_CERT, MAX_CERTS, MAX_CHAIN, MAX_SIGNATURE, signer_id
+
+        if len(p) < off + 1 or not 1 <= p[off] <= MAX_CERTS:
+            raise RemoteProtocolError("RECEIPT END_X509 has no certificate, or too many")
+        n, off, chain = p[off], off + 1, []
+        for _ in range(n):
+            if len(p) < off + 2:
+                raise RemoteProtocolError("RECEIPT END_X509 truncated")
+            clen = struct.unpack_from(">H", p, off)[0]
+            if not 1 <= clen <= MAX_CERT or len(p) < off + 2 + clen:
+                raise RemoteProtocolError("RECEIPT END_X509 certificate empty, too long or truncated")
+            chain.append(bytes(p[off + 2 : off + 2 + clen]))
+            off += 2 + clen
+        if sum(map(len, chain)) > MAX_CHAIN or len(p) < off + 2:
+            raise RemoteProtocolError("RECEIPT END_X509 chain too long, or truncated")
+        slen = struct.unpack_from(">H", p, off)[0]
+        if not 1 <= slen <= MAX_SIGNATURE or len(p) != off + 2 + slen:
+            raise RemoteProtocolError("RECEIPT END_X509 has the wrong length")
+        return cls(count, time_ns, transcript, signer_id(chain), bytes(p[off + 2 :]), version, tuple(chain))
+
     @property
     def fingerprint(self) -> str:
+        if self.chain:  # the certificate's fingerprint (the hash is the signer field already)
+            return "SHA256:" + base64.b64encode(self.public).decode().rstrip("=")
         return fingerprint(self.public)
 
 
@@ -200,12 +238,20 @@ def decode_declined(p) -> str:
 class ReceiptSigner:
     """The receiver's half: entries in RESULT order, batches out, then the signed END."""
 
-    def __init__(self, key: Ed25519PrivateKey, transcript: bytes = b"") -> None:
-        """Signs version 2 (ENTRIES_SHA256): every entry carries a SHA-256 (zeros where none)."""
+    def __init__(self, key, transcript: bytes = b"", chain=()) -> None:
+        """Signs version 2 (ENTRIES_SHA256): every entry carries a SHA-256 (zeros where none).
+        ``key``: the Ed25519 identity key; with ``chain`` (DER, leaf first) the private key of
+        the leaf certificate, any type receipt_x509 signs with (an END_X509)."""
         if len(transcript) > MAX_TRANSCRIPT:
             raise ValueError("transcript hash longer than 64 bytes")
         self._key = key
-        self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.chain = tuple(chain)
+        if self.chain:
+            from .receipt_x509 import signer_id
+
+            self.public = signer_id(self.chain)
+        else:
+            self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.transcript = transcript
         self.count = 0
         self._hash = hashlib.sha256()
@@ -235,7 +281,14 @@ class ReceiptSigner:
         """The last ENTRIES payload (if any) and the END payload."""
         out = [self._flush()] if self._batched else []
         msg = signed_message(VERSION, self.count, time_ns, self.transcript, self.public, self._hash.digest())
-        out.append(ReceiptEnd(self.count, time_ns, self.transcript, self.public, self._key.sign(msg)).encode())
+        if self.chain:
+            from .receipt_x509 import sign
+
+            signature = sign(self._key, msg)
+        else:
+            signature = self._key.sign(msg)
+        out.append(ReceiptEnd(self.count, time_ns, self.transcript, self.public, signature, VERSION,
+                              self.chain).encode())
         return out
 
 
@@ -247,10 +300,14 @@ class ReceiptChecker:
     in order.  Entries come at most one batch behind their RESULTs, so at most
     ``BATCH_ENTRIES`` expectations wait here.  ``public``: the receiver key the
     handshake proved (None on a plaintext link: the receipt's own key is taken
-    and reported by fingerprint).
+    and reported by fingerprint); with ``certificate`` (the DER certificate a TLS
+    handshake proved) the receipt must be an END_X509 signed by that certificate.
     """
 
-    def __init__(self, public: bytes | None = None, transcript: bytes = b"") -> None:
+    def __init__(self, public: bytes | None = None, transcript: bytes = b"", certificate: bytes | None = None) -> None:
+        self.certificate = certificate
+        if certificate is not None:
+            public = hashlib.sha256(certificate).digest()
         self.public = public
         self.transcript = transcript
         self.count = 0
@@ -297,9 +354,11 @@ class ReceiptChecker:
             raise ReceiptError(f"receipt claims {end.count} entries but lists {self.count}")
         if end.transcript != self.transcript:
             raise ReceiptError("receipt is bound to another session (transcript hash differs)")
-        if self.public is not None and end.public != self.public:
+        if self.public is not None and (end.public != self.public or bool(end.chain) != (self.certificate is not None)):
+            proved = (f"certificate SHA256:{base64.b64encode(self.public).decode().rstrip('=')}"
+                      if self.certificate is not None else fingerprint(self.public))
             raise ReceiptError(f"receipt is signed by {end.fingerprint}, not by the receiver the handshake "
-                               f"proved ({fingerprint(self.public)})")
+                               f"proved ({proved})")
         check_signature(end, self._hash.digest())
         self.end = end
 
@@ -316,6 +375,13 @@ class ReceiptChecker:
 
 def check_signature(end: ReceiptEnd, entries_hash: bytes) -> None:
     msg = signed_message(end.version, end.count, end.time_ns, end.transcript, end.public, entries_hash)
+    if end.chain:
+        from .receipt_x509 import signer_id, verify as verify_x509
+
+        if end.public != signer_id(end.chain):
+            raise ReceiptError("receipt signer field is not its certificate's hash")
+        verify_x509(end.chain, end.signature, msg, end.fingerprint)
+        return
     try:
         Ed25519PublicKey.from_public_bytes(end.public).verify(end.signature, msg)
     except (InvalidSignature, ValueError):
