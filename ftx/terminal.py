@@ -28,10 +28,16 @@ class EscapingFormatter(logging.Formatter):
 
 
 def setup_logging(level: int, name: str | None = None, stream=None) -> None:
-    """``ftx: <message>`` lines on stderr (or ``stream``) for logger ``name`` (None: the root), escaped."""
+    """``ftx: <message>`` lines on stderr (or ``stream``) for logger ``name`` (None: the root), escaped.
+    Like ``logging.basicConfig``, it leaves a logger that has other handlers alone."""
     logger = logging.getLogger(name)
+    if any(not getattr(h, "ftx_terminal", False) for h in logger.handlers):
+        return  # configured by someone else (a test harness, a program using ftx): as logging.basicConfig
+    for old in [h for h in logger.handlers if getattr(h, "ftx_terminal", False)]:
+        logger.removeHandler(old)  # called again (a second command in one process): one handler, today's stderr
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(EscapingFormatter("ftx: %(message)s"))
+    handler.ftx_terminal = True
     logger.addHandler(handler)
     logger.setLevel(level)
 
