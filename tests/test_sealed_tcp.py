@@ -407,6 +407,57 @@ def test_a_cut_inside_a_record_is_an_auth_error(tmp_path, files):
     assert not (tmp_path / "dst" / files[0].name).exists()
 
 
+class Chopper(Proxy):
+    """Forwards the sender's sealed records re-cut into writes of random sizes (1 byte to 70 KiB),
+    each drained before the next: reads end anywhere in the records."""
+
+    async def _pipe(self, reader, writer, direction: str) -> None:
+        if direction != "up":
+            return await super()._pipe(reader, writer, direction)
+        rng = random.Random(11)
+        try:
+            head = await reader.readexactly(16)
+            writer.write(head + await reader.readexactly(int.from_bytes(head[4:8], "big")))
+            while data := await reader.read(1 << 20):
+                view = memoryview(data)
+                while view:
+                    n = rng.choice((1, 3, 4, 5, 17, 4096, 65535, 70000, rng.randrange(1, 70000)))
+                    writer.write(bytes(view[:n]))
+                    view = view[n:]
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            try:
+                writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+
+def test_chunks_read_direct_from_reads_cut_anywhere(tmp_path, files, monkeypatch):
+    """Large records go straight into the receiver's frame buffer and open there, whatever the
+    reads look like; the files land byte-identical."""
+    direct = []
+    read_direct = tcp.TcpLink._read_direct
+
+    async def counting(self, conn, target):
+        direct.append(len(target))
+        return await read_direct(self, conn, target)
+
+    monkeypatch.setattr(tcp.TcpLink, "_read_direct", counting)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server, Chopper(server.port) as proxy:
+            report = await sealed_send(proxy.port, files)
+            return report, (await server.wait(1))[0]
+
+    report, session = run(go())
+    assert report.ok, report.error
+    assert not session.error, session.error
+    for f in files:
+        assert (tmp_path / "dst" / f.name).read_bytes() == f.read_bytes()
+    assert len(direct) >= 5  # two per MiB chunk of the 3 MiB file, but the first: the frame buffer grows to it
+
 class _Until:
     """A reader that reports end of stream once the proxy has attacked."""
 
