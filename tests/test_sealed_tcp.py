@@ -632,3 +632,27 @@ def test_mqtt_is_still_not_ftx():
     conn = ReceiverConnection()
     with pytest.raises(RemoteProtocolError, match="does not speak ftx"):
         conn.receive_data(b"\x10\x1a\x00\x04MQTT\x04\x02\x00\x3c")
+
+
+def test_the_read_low_water_mark_never_waits_for_more_than_is_wanted():
+    """SO_RCVLOWAT is left as it is when it is at most 1/8 below what a read wants (no system call
+    per read), but never above it: a read must not wait for bytes the peer has no reason to send."""
+    async def go():
+        a, b = socket.socketpair()
+        link = tcp.TcpLink(a)
+        rng = random.Random(3)
+        calls = 0
+        for _ in range(300):
+            wanted = rng.choice([1, 100, 65536, 65537, 400_000, 520_212, 524_304, 2 << 20])
+            wanted -= rng.randrange(0, min(wanted, 20000))
+            before = link._lowat
+            link._wake_at(wanted, wanted)
+            lowat = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+            want = min(wanted, tcp.RCVLOWAT_MAX) if wanted > 65536 else 1
+            assert want - want // 8 <= lowat <= want, (wanted, lowat)
+            calls += lowat != before
+        link.close()
+        b.close()
+        return calls
+
+    assert run(go()) < 300

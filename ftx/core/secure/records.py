@@ -427,6 +427,15 @@ class RecordOpener:
         self._start = self._end = 0
         return end - start
 
+    def direct_room(self) -> memoryview:
+        """While a record is read direct: where bytes after it may go in the same read (a scattered
+        read: the record's rest into its target, then up to ``MIN_READ`` bytes here); count them
+        with ``buffer_updated``."""
+        if not self._direct:
+            raise ValueError("direct_room: no record being read direct")
+        self._offered = 0
+        return self._view[self._end : min(len(self._buf), self._end + MIN_READ)]
+
     def finish_direct(self, target) -> None:
         """The record's bytes are all in ``target`` (as given to ``begin_direct``): open it in place,
         its plaintext in ``target[:size]``.  ``AuthError`` when it does not open."""
