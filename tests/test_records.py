@@ -537,3 +537,20 @@ def test_mutated_streams_read_direct_never_open_to_other_plaintext(edits, cuts, 
     assert want.startswith(got)  # what opened before an AuthError, if any: a prefix
     if not edits:
         assert got == want and direct == 3 and not errors
+
+
+def test_the_openers_buffer_shrinks_once_records_come_direct():
+    """A connection's first chunk may not go direct (the frame buffer grows with what arrives):
+    its records pass through the opener's buffer, which grows to hold one; the first record that
+    comes direct gives that memory back (to the --max-memory budget too)."""
+    from ftx.core.frames import BufferBudget
+
+    budget = BufferBudget(4 << 20)
+    sealer, opener = pair(budget=budget)
+    first = random.Random(8).randbytes(2 * MAX_RECORD)
+    wire = b"".join(bytes(v) for v in sealer.seal_buffers([b"h" * 40, first]))
+    assert opener.feed(wire) == b"h" * 40 + first  # the buffer path: whole records held
+    assert opener.capacity >= MAX_RECORD + OVERHEAD and budget.used == opener.capacity
+    wire, plain = chunk_wire(sealer, 2 * MAX_RECORD)
+    assert drive(opener, wire, range(0, len(wire), 100_000)) == (plain, 2)
+    assert opener.capacity <= 2 * MIN_READ and budget.used == opener.capacity

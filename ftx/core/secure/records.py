@@ -30,8 +30,8 @@ buffer.  ``RecordOpener`` is fed received bytes BufferedProtocol-style
 buffer the caller gives (``open_into``), so chunk bytes go from the ciphertext
 buffer to their final place in one AEAD pass.  Its buffer grows with what
 arrives, never with what a header announces beyond one record; on a receiver
-it counts in the --max-memory budget (``use_budget``), since a whole record is
-held before it opens.
+it counts in the --max-memory budget (``use_budget``), since a record that
+does not go direct (below) is held whole before it opens.
 
 A large record (``DIRECT_MIN`` bytes or more) can skip the opener's buffer: once
 its header is checked (``direct_size``), the driver gives the place where its
@@ -42,7 +42,8 @@ place.  The record's bytes are then written once by the kernel and once by the
 AEAD, in one buffer.  The room for the tag is why the sealer ends a large
 buffer with a small record: the record before it leaves ``TAIL`` bytes of the
 frame behind it for the tag, and the small one goes through the opener's
-buffer as any small record.
+buffer as any small record.  While records come direct the opener's buffer
+stays at ``2 * MIN_READ`` (it shrinks back to that after holding a whole one).
 """
 
 from __future__ import annotations
@@ -446,6 +447,8 @@ class RecordOpener:
         self._open(header, target, target[:size])
         self._direct = b""
         self._streaming = True
+        if len(self._buf) > 2 * MIN_READ:  # it held a whole record before (the first chunk of a
+            self._resize(2 * MIN_READ)  # connection, say): large ones come direct now, give it back
 
     def open(self) -> bytes:
         """Copying: the next complete record's plaintext."""
