@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ftx.core.secure.pake import PakeClient, PakeServer
 from ftx.core.secure.sigma import SigmaClient, SigmaServer, raw_public
 
 SENDER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -32,6 +31,9 @@ def keys(role: str, cipher: str | None = None):
 
 
 def code(role: str, cipher: str | None = None):
+    from ftx.core.secure.pake import PakeClient, PakeServer  # spake2 takes ~50 ms to import: only here,
+    # as in the CLI (ftx/security_setup.py), so that ``keys`` runs do not pay it in their timed window
+
     ciphers = [cipher] if cipher else None
     if role == "client":
         return PakeClient("7-olive-tiger", ciphers=ciphers)

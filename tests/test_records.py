@@ -5,20 +5,23 @@ duplicated, reordered or replayed record, a cut), the opener returns only a
 prefix of what was sealed and then raises AuthError: never different plaintext.
 """
 
+import bisect
 import random
 from pathlib import Path
 
 import pytest
 
 from ftx.core.secure import AuthError
-from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305, Direction
+from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305, TAG_SIZE, Direction
 from ftx.core.secure.records import (
+    DIRECT_MIN,
     HEADER_SIZE,
     IN_CAP,
     MAX_RECORD,
     MIN_READ,
     OUT_CAP,
     OVERHEAD,
+    TAIL,
     RecordOpener,
     RecordSealer,
 )
@@ -51,7 +54,9 @@ def test_roundtrip_sizes(cipher, size):
     sealer, opener = pair(cipher)
     data = random.Random(size).randbytes(size)
     wire = sealer.seal(data)
-    assert len(wire) == sealer.sealed_size(size) == size + OVERHEAD * -(-size // MAX_RECORD)
+    records = split_records(wire)
+    assert len(wire) == sealer.sealed_size(size) == size + OVERHEAD * len(records)
+    assert [len(r) - OVERHEAD for r in records] == [j - i for i, j in sealer.pieces(size)]
     assert data not in wire
     assert open_all(opener, wire) == data
     opener.receive_eof()
@@ -77,14 +82,16 @@ def test_buffers_small_are_coalesced_large_have_records_of_their_own():
 
 def test_a_default_chunk_is_one_record_and_comes_out_in_one_write():
     """The hot path: a DATA frame of a default 1 MiB chunk (its 40 header bytes, then the chunk)
-    costs three AEAD calls, not five, and one write."""
+    costs four AEAD calls and one write: the chunk ends in a TAIL record, so that the receiver
+    has room behind the large record before it for its tag (it opens that one in place)."""
     from ftx.core.manifest import DEFAULT_CHUNK_SIZE
 
     sealer, opener = pair()
     chunk = random.Random(4).randbytes(DEFAULT_CHUNK_SIZE)
     views = [bytes(v) for v in sealer.seal_buffers([b"h" * 40, chunk])]
     assert len(views) == 1
-    assert [len(r) - OVERHEAD for r in split_records(views[0])] == [40, MAX_RECORD, DEFAULT_CHUNK_SIZE - MAX_RECORD]
+    assert [len(r) - OVERHEAD for r in split_records(views[0])] == [40, MAX_RECORD,
+                                                                    DEFAULT_CHUNK_SIZE - MAX_RECORD - TAIL, TAIL]
     assert MAX_RECORD == DEFAULT_CHUNK_SIZE // 2
     assert opener.feed(views[0]) == b"h" * 40 + chunk
 
@@ -182,7 +189,7 @@ def test_bad_lengths_are_refused_before_anything_is_allocated_for_them(length):
     opener = RecordOpener(Direction(AES_256_GCM, SECRET))
     with pytest.raises(AuthError, match="record"):
         opener.feed(length.to_bytes(4, "big") + b"\0" * 100)
-    assert opener.capacity <= MIN_READ
+    assert opener.capacity < DIRECT_MIN  # before, every record passed through it: MAX_RECORD + OVERHEAD at least
 
 
 def test_a_claimed_max_record_costs_at_most_one_record_of_buffer():
@@ -345,3 +352,205 @@ def test_the_opener_buffer_counts_in_the_receivers_memory_budget():
     assert roomy.used == opener.capacity
     opener.trim()
     assert roomy.used == opener.capacity == 0
+
+
+# -- large records read and opened in their final place (begin_direct / finish_direct) ----------
+def drive(opener: RecordOpener, wire: bytes, cuts, room: int = TAG_SIZE, plain: int | None = None,
+          errors: list | None = None) -> tuple[bytes, int]:
+    """What ftx/transport/tcp.py does, on bytes: input arrives in pieces ending at ``cuts``; a
+    large record goes into the output's free space (``room`` bytes behind its plaintext), read to
+    its end and no further, and opens there; the rest goes through the opener's buffer.
+    Returns (plaintext, records read direct).  ``plain``: the plaintext's length (else from the headers).
+    ``errors``: an AuthError is put there and the plaintext opened before it returned."""
+    if plain is None:
+        plain = sum(len(r) - OVERHEAD for r in split_records(wire))
+    out = bytearray(plain + room)  # the plaintext, then room
+    filled = direct = pos = 0
+    cuts = sorted(set(c for c in cuts if 0 < c < len(wire))) + [len(wire)]
+
+    def arrive(buf) -> int:  # one read: up to the next cut
+        nonlocal pos
+        limit = cuts[bisect.bisect_right(cuts, pos)]
+        n = min(len(buf), limit - pos)
+        buf[:n] = wire[pos : pos + n]
+        pos += n
+        return n
+
+    try:
+        while True:
+            while (size := opener.next_size()) is not None:
+                opener.open_into(memoryview(out)[filled : filled + size])
+                filled += size
+            if (size := opener.direct_size()) and len(out) - filled >= size + TAG_SIZE:
+                target = memoryview(out)[filled : filled + size + TAG_SIZE]
+                got = opener.begin_direct(target)
+                while got < len(target):
+                    n = arrive(target[got:])
+                    if not n:
+                        opener.receive_eof()
+                    got += n
+                opener.finish_direct(target)
+                filled += size
+                direct += 1
+                continue
+            if pos == len(wire):
+                opener.receive_eof()
+                return bytes(out[:filled]), direct
+            buf = opener.get_buffer()
+            opener.buffer_updated(arrive(buf))
+    except AuthError as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
+        return bytes(out[:filled]), direct
+
+
+def chunk_wire(sealer: RecordSealer, size: int = 2 * DIRECT_MIN + TAIL + 3) -> tuple[bytes, bytes]:
+    data = random.Random(size).randbytes(size)
+    parts = [b"h" * 40, data, b"end" * 5]
+    return b"".join(bytes(v) for v in sealer.seal_buffers(parts)), b"".join(parts)
+
+
+def test_a_large_buffer_ends_in_a_tail_record_so_the_one_before_opens_in_place():
+    """The receiver's frame buffer ends where the chunk ends (``room=0``): a large record there
+    has no room for its tag behind it, so the sealer cuts a small record off the end."""
+    sealer, opener = pair()
+    wire, plain = chunk_wire(sealer, 2 * MAX_RECORD)
+    assert [len(r) - OVERHEAD for r in split_records(wire)] == [40, MAX_RECORD, MAX_RECORD - TAIL, TAIL, 15]
+    assert drive(opener, wire, [], room=0) == (plain, 2)
+    sealer, opener = pair(max_record=DIRECT_MIN)
+    wire, plain = chunk_wire(sealer)  # a short last piece is left as it is: the large ones have room
+    assert [len(r) - OVERHEAD for r in split_records(wire)] == [40, DIRECT_MIN, DIRECT_MIN, TAIL + 3, 15]
+    assert drive(opener, wire, [], room=0) == (plain, 2)
+    # a peer that splits otherwise: the record with no room behind it goes through the opener's buffer
+    sealer, opener = pair()
+    plain = random.Random(3).randbytes(40 + 2 * MAX_RECORD)
+    out, n = bytearray(len(plain) + 3 * OVERHEAD), 0
+    for piece in (plain[:40], plain[40 : 40 + MAX_RECORD], plain[40 + MAX_RECORD :]):
+        n += sealer.seal_record_into(piece, memoryview(out)[n:])
+    assert drive(opener, bytes(out), [], room=0) == (plain, 1)
+
+
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+def test_a_direct_record_split_at_every_boundary(cipher):
+    """Reads ending at every byte around the headers, the first ciphertext bytes and the tags of
+    the large records; each time the same plaintext, and the large records opened in place."""
+    sealer = RecordSealer(Direction(cipher, SECRET), max_record=DIRECT_MIN)
+    wire, plain = chunk_wire(sealer)
+    starts, i = [], 0
+    for rec in split_records(wire):
+        starts.append(i)
+        i += len(rec)
+    edges = sorted({p for s in starts + [len(wire)] for p in range(s - 24, s + 24)})
+    for cut in edges:
+        opener = RecordOpener(Direction(cipher, SECRET))
+        got, direct = drive(opener, wire, [cut])
+        assert got == plain and direct == 2, cut
+    opener = RecordOpener(Direction(cipher, SECRET))
+    assert drive(opener, wire, range(0, len(wire), 1)) == (plain, 2)  # one byte per read
+    opener = RecordOpener(Direction(cipher, SECRET))
+    assert drive(opener, wire, range(0, len(wire), 4093)) == (plain, 2)
+
+
+def test_a_direct_record_with_a_flipped_tag_or_body_bit_does_not_open():
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN)
+    wire, _ = chunk_wire(sealer)
+    second = len(split_records(wire)[0])
+    for pos in (second + 4, second + 4 + DIRECT_MIN, second + 4 + DIRECT_MIN + 15):  # body, tag, tag
+        bad = bytearray(wire)
+        bad[pos] ^= 1
+        opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+        with pytest.raises(AuthError):
+            drive(opener, bytes(bad), [second + 100])
+        assert opener.number == 1  # only the small header record opened
+        with pytest.raises(AuthError):
+            opener.next_size()  # and it stays failed
+
+
+def test_a_cut_inside_a_direct_record_is_an_auth_error():
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN)
+    wire, _ = chunk_wire(sealer)
+    second = len(split_records(wire)[0])
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    with pytest.raises(AuthError, match="middle of a sealed record"):
+        drive(opener, wire[: second + 1000], [second + 10])
+
+
+def test_direct_records_across_key_updates():
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN, update_after=1)
+    wires, plains = zip(*(chunk_wire(sealer, 3 * DIRECT_MIN + TAIL + i) for i in range(3)))
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    assert drive(opener, b"".join(wires), [5, 70000, 140001]) == (b"".join(plains), 9)
+    assert opener.phase == sealer.phase > 10
+
+
+def test_direct_reads_keep_the_openers_buffer_small():
+    """Large records do not pass through the opener's buffer: it stays small."""
+    sealer, opener = pair()
+    parts = [b"h" * 40, random.Random(2).randbytes(4 * MAX_RECORD)] * 2
+    wire = b"".join(bytes(v) for v in sealer.seal_buffers(parts))
+    assert drive(opener, wire, range(0, len(wire), 256 * 1024)) == (b"".join(parts), 8)
+    assert opener.capacity < DIRECT_MIN  # before, every record passed through it: MAX_RECORD + OVERHEAD at least
+
+
+def test_direct_misuse_is_refused():
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN)
+    wire, _ = chunk_wire(sealer)
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    assert opener.direct_size() == 0
+    opener.feed(wire[: len(split_records(wire)[0]) + 10])
+    assert opener.next_size() is None and opener.direct_size() == DIRECT_MIN
+    with pytest.raises(ValueError):
+        opener.begin_direct(bytearray(DIRECT_MIN))  # no room for the tag
+    target = memoryview(bytearray(DIRECT_MIN + TAG_SIZE))
+    assert opener.begin_direct(target) == 6
+    with pytest.raises(ValueError):
+        opener.get_buffer()
+    with pytest.raises(ValueError):
+        opener.finish_direct(target[:-1])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255), st.sampled_from("xidt")), max_size=3),
+    cuts=st.lists(st.integers(0, 10**7), max_size=6),
+    update_after=st.sampled_from([None, 1]),
+)
+def test_mutated_streams_read_direct_never_open_to_other_plaintext(edits, cuts, update_after):
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN, update_after=update_after)
+    data = random.Random(5).randbytes(3 * DIRECT_MIN + 100)
+    wire = bytearray(b"".join(bytes(v) for v in sealer.seal_buffers([b"h" * 40, data, b"t" * 9])))
+    for pos, byte, op in edits:  # as above
+        pos %= len(wire) + 1
+        if op == "x" and pos < len(wire):
+            wire[pos] ^= byte or 1
+        elif op == "i":
+            wire[pos:pos] = bytes([byte])
+        elif op == "d" and pos < len(wire):
+            del wire[pos]
+        elif op == "t":
+            del wire[pos:]
+    opener, errors = RecordOpener(Direction(AES_256_GCM, SECRET)), []
+    got, direct = drive(opener, bytes(wire), [c % (len(wire) + 1) for c in cuts], plain=len(wire), errors=errors)
+    assert opener.capacity <= MAX_RECORD + OVERHEAD
+    want = b"h" * 40 + data + b"t" * 9
+    assert want.startswith(got)  # what opened before an AuthError, if any: a prefix
+    if not edits:
+        assert got == want and direct == 3 and not errors
+
+
+def test_the_openers_buffer_shrinks_once_records_come_direct():
+    """A connection's first chunk may not go direct (the frame buffer grows with what arrives):
+    its records pass through the opener's buffer, which grows to hold one; the first record that
+    comes direct gives that memory back (to the --max-memory budget too)."""
+    from ftx.core.frames import BufferBudget
+
+    budget = BufferBudget(4 << 20)
+    sealer, opener = pair(budget=budget)
+    first = random.Random(8).randbytes(2 * MAX_RECORD)
+    wire = b"".join(bytes(v) for v in sealer.seal_buffers([b"h" * 40, first]))
+    assert opener.feed(wire) == b"h" * 40 + first  # the buffer path: whole records held
+    assert opener.capacity >= MAX_RECORD + OVERHEAD and budget.used == opener.capacity
+    wire, plain = chunk_wire(sealer, 2 * MAX_RECORD)
+    assert drive(opener, wire, range(0, len(wire), 100_000)) == (plain, 2)
+    assert opener.capacity <= 2 * MIN_READ and budget.used == opener.capacity

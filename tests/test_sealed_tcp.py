@@ -407,6 +407,57 @@ def test_a_cut_inside_a_record_is_an_auth_error(tmp_path, files):
     assert not (tmp_path / "dst" / files[0].name).exists()
 
 
+class Chopper(Proxy):
+    """Forwards the sender's sealed records re-cut into writes of random sizes (1 byte to 70 KiB),
+    each drained before the next: reads end anywhere in the records."""
+
+    async def _pipe(self, reader, writer, direction: str) -> None:
+        if direction != "up":
+            return await super()._pipe(reader, writer, direction)
+        rng = random.Random(11)
+        try:
+            head = await reader.readexactly(16)
+            writer.write(head + await reader.readexactly(int.from_bytes(head[4:8], "big")))
+            while data := await reader.read(1 << 20):
+                view = memoryview(data)
+                while view:
+                    n = rng.choice((1, 3, 4, 5, 17, 4096, 65535, 70000, rng.randrange(1, 70000)))
+                    writer.write(bytes(view[:n]))
+                    view = view[n:]
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            try:
+                writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+
+def test_chunks_read_direct_from_reads_cut_anywhere(tmp_path, files, monkeypatch):
+    """Large records go straight into the receiver's frame buffer and open there, whatever the
+    reads look like; the files land byte-identical."""
+    direct = []
+    read_direct = tcp.TcpLink._read_direct
+
+    async def counting(self, conn, target):
+        direct.append(len(target))
+        return await read_direct(self, conn, target)
+
+    monkeypatch.setattr(tcp.TcpLink, "_read_direct", counting)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server, Chopper(server.port) as proxy:
+            report = await sealed_send(proxy.port, files)
+            return report, (await server.wait(1))[0]
+
+    report, session = run(go())
+    assert report.ok, report.error
+    assert not session.error, session.error
+    for f in files:
+        assert (tmp_path / "dst" / f.name).read_bytes() == f.read_bytes()
+    assert len(direct) >= 5  # two per MiB chunk of the 3 MiB file, but the first: the frame buffer grows to it
+
 class _Until:
     """A reader that reports end of stream once the proxy has attacked."""
 
@@ -581,3 +632,27 @@ def test_mqtt_is_still_not_ftx():
     conn = ReceiverConnection()
     with pytest.raises(RemoteProtocolError, match="does not speak ftx"):
         conn.receive_data(b"\x10\x1a\x00\x04MQTT\x04\x02\x00\x3c")
+
+
+def test_the_read_low_water_mark_never_waits_for_more_than_is_wanted():
+    """SO_RCVLOWAT is left as it is when it is at most 1/8 below what a read wants (no system call
+    per read), but never above it: a read must not wait for bytes the peer has no reason to send."""
+    async def go():
+        a, b = socket.socketpair()
+        link = tcp.TcpLink(a)
+        rng = random.Random(3)
+        calls = 0
+        for _ in range(300):
+            wanted = rng.choice([1, 100, 65536, 65537, 400_000, 520_212, 524_304, 2 << 20])
+            wanted -= rng.randrange(0, min(wanted, 20000))
+            before = link._lowat
+            link._wake_at(wanted, wanted)
+            lowat = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+            want = min(wanted, tcp.RCVLOWAT_MAX) if wanted > 65536 else 1
+            assert want - want // 8 <= lowat <= want, (wanted, lowat)
+            calls += lowat != before
+        link.close()
+        b.close()
+        return calls
+
+    assert run(go()) < 300

@@ -27,6 +27,7 @@ from ..core.frames import BufferLimit, FrameDecoder, FrameType, encode_frame
 from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
 from ..core.secure.handshake import unauthenticated_reason
+from ..core.secure.keys import TAG_SIZE
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
 from .sockets import bound_socket
@@ -212,10 +213,11 @@ class TcpLink:
 
     def _wake_at(self, wanted: int, room: int) -> None:
         """SO_RCVLOWAT for a read into ``room`` bytes that wants ``wanted``: when more than 64 KiB
-        are wanted, wake only once ``room`` (at most 1 MiB) has come; else for any byte (set
-        only when it changes)."""
+        are wanted, wake only once ``room`` (at most 1 MiB) has come; else for any byte.  Set
+        only when the one set is above that or more than 1/8 below (never waits for more than
+        ``wanted``; saves a system call per read when sizes differ a little)."""
         lowat = min(wanted, room, RCVLOWAT_MAX) if wanted > 65536 else 1
-        if lowat != self._lowat:
+        if not lowat - (lowat >> 3) <= self._lowat <= lowat:  # within 1/8 below is as good: no call
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
                 self._lowat = lowat
@@ -228,6 +230,8 @@ class TcpLink:
         Records go in until one of them raises an event: the driver drains events
         before the next call, so chunk payloads (views into the decoder's buffer)
         are consumed before the buffer is asked for again and nothing is copied.
+        A large record whose plaintext fits the decoder's buffer with its tag
+        behind it is read straight there and opened in place (``_read_direct``).
         A record that does not open ends the session: the peer is told (sealed
         ERROR AUTH) and ``AuthError`` is raised.  Further input is not read.
         """
@@ -241,6 +245,18 @@ class TcpLink:
                     return
                 if refusal is False and (size := opener.next_size()) is not None:
                     break
+                if refusal is False and (size := opener.direct_size()):
+                    region = conn.get_buffer()
+                    if len(region) >= size + TAG_SIZE:
+                        if not await self._read_direct(conn, region[: size + TAG_SIZE]):
+                            return
+                        del region
+                        conn.buffer_updated(size)
+                        if conn.events_pending or conn.closed:
+                            self._established(conn)
+                            return
+                        continue
+                    del region
                 buf = opener.get_buffer()
                 missing = opener.missing()
                 self._wake_at(missing, len(buf))
@@ -256,9 +272,7 @@ class TcpLink:
                 self.last_recv = time.monotonic()
                 opener.buffer_updated(n)
                 if n == 0:
-                    opener.receive_eof()  # a cut record: AuthError
-                    conn.receive_eof()
-                    conn.buffer_updated(0)
+                    self._eof(conn)
                     return
             while True:
                 buf = conn.get_buffer()
@@ -280,6 +294,43 @@ class TcpLink:
             except Exception:
                 pass
             raise
+        self._established(conn)
+
+    async def _read_direct(self, conn, target: memoryview) -> bool:
+        """Read the opener's current (large) record into ``target`` (its ciphertext and tag, where
+        its plaintext goes in the decoder's buffer) and open it there.  Reads stop at the record's
+        end.  False: the stream ended (inside the record: ``AuthError``)."""
+        opener, sock = self._opener, self.sock
+        got = opener.begin_direct(target)
+        need = len(target)
+        while got < need:
+            self._wake_at(need - got, need - got)
+            rest, after = target[got:], opener.direct_room()  # what follows the record: the next header
+            try:
+                n = sock.recvmsg_into([rest, after])[0]
+            except (BlockingIOError, InterruptedError):
+                del rest, after
+                await self._readable(conn, trim=False)  # target is a region of conn's buffer: keep it
+                continue
+            except OSError as exc:
+                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+            del rest, after
+            self.last_recv = time.monotonic()
+            if n == 0:
+                self._eof(conn)
+                return False
+            got += n
+        if got > need:
+            opener.buffer_updated(got - need)
+        opener.finish_direct(target)
+        return True
+
+    def _eof(self, conn) -> None:
+        self._opener.receive_eof()  # a cut record: AuthError
+        conn.receive_eof()
+        conn.buffer_updated(0)
+
+    def _established(self, conn) -> None:
         if self.on_established is not None and conn.peer is not None:
             callback, self.on_established = self.on_established, None
             callback()
@@ -305,15 +356,16 @@ class TcpLink:
         _copy_into(conn, _mark_unauthenticated(frame))
         return True
 
-    async def _readable(self, conn) -> None:
+    async def _readable(self, conn, trim: bool = True) -> None:
         fut = self._loop.create_future()
         fd = self.sock.fileno()
         self._loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        trim = self._loop.call_later(IDLE_TRIM, self._trim, conn)
+        timer = self._loop.call_later(IDLE_TRIM, self._trim, conn) if trim else None
         try:
             await fut
         finally:
-            trim.cancel()
+            if timer is not None:
+                timer.cancel()
             self._loop.remove_reader(fd)
 
     def _trim(self, conn) -> None:

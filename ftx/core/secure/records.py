@@ -23,14 +23,27 @@ the end of the stream: a cut at a record boundary is seen by the ftx session
 (no DONE), a cut inside a record is an ``AuthError``.
 
 ``RecordSealer`` packs buffers into records (small buffers are coalesced, large
-ones are split at ``MAX_RECORD`` so that a record never straddles a chunk) and
-seals them into one reused output buffer.  ``RecordOpener`` is fed received
-bytes BufferedProtocol-style (``get_buffer``/``buffer_updated``) and opens each
-complete record into a buffer the caller gives (``open_into``), so chunk bytes
-go from the ciphertext buffer to their final place in one AEAD pass.  Its
-buffer grows with what arrives, never with what a header announces beyond one
-record; on a receiver it counts in the --max-memory budget (``use_budget``),
-since a whole record is held before it opens.
+ones are split at ``MAX_RECORD`` so that a record never straddles a chunk, and
+end in a ``TAIL``-byte record: see below) and seals them into one reused output
+buffer.  ``RecordOpener`` is fed received bytes BufferedProtocol-style
+(``get_buffer``/``buffer_updated``) and opens each complete record into a
+buffer the caller gives (``open_into``), so chunk bytes go from the ciphertext
+buffer to their final place in one AEAD pass.  Its buffer grows with what
+arrives, never with what a header announces beyond one record; on a receiver
+it counts in the --max-memory budget (``use_budget``), since a record that
+does not go direct (below) is held whole before it opens.
+
+A large record (``DIRECT_MIN`` bytes or more) can skip the opener's buffer: once
+its header is checked (``direct_size``), the driver gives the place where its
+plaintext goes with 16 bytes of room behind it (the frame decoder's buffer),
+``begin_direct`` moves there what already arrived of it, the driver reads the
+rest of the record straight after that, and ``finish_direct`` opens it in
+place.  The record's bytes are then written once by the kernel and once by the
+AEAD, in one buffer.  The room for the tag is why the sealer ends a large
+buffer with a small record: the record before it leaves ``TAIL`` bytes of the
+frame behind it for the tag, and the small one goes through the opener's
+buffer as any small record.  While records come direct the opener's buffer
+stays at ``2 * MIN_READ`` (it shrinks back to that after holding a whole one).
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ READ_AHEAD = 64 * 1024  # room beyond one whole record: the small records around
 OUT_CAP = 2 * (MAX_RECORD + OVERHEAD) + READ_AHEAD  # the sealer's output buffer at most (a 1 MiB chunk: one write)
 MIN_READ = 16 * 1024  # the opener's first buffer, and the least room it offers to a read
 IN_CAP = MAX_RECORD + OVERHEAD + READ_AHEAD  # the opener's buffer at most
+DIRECT_MIN = 64 * 1024  # records this large may be read and opened in their final place (direct)
+TAIL = 4096  # a large buffer ends in a record this small, so that the one before it is followed by room for its tag
 
 
 def _direction(keys: Direction | Established, send: bool) -> Direction:
@@ -87,7 +102,7 @@ class RecordSealer:
         """Wire bytes of ``nbytes`` plaintext sealed as one buffer."""
         if nbytes <= 0:
             return 0
-        return nbytes + OVERHEAD * -(-nbytes // self.max_record)
+        return nbytes + OVERHEAD * len(self.pieces(nbytes))
 
     def seal_record_into(self, plaintext, out) -> int:
         """Seal ``plaintext`` (1..max_record bytes) as the next record into ``out``; the bytes written."""
@@ -131,14 +146,24 @@ class RecordSealer:
             if stage:
                 pending = yield from self._flush_stage(stage, pending)
             view = memoryview(b).cast("B")
-            for i in range(0, n, self.max_record):
-                piece = view[i : i + self.max_record]
-                pending = yield from self._room(pending, len(piece) + OVERHEAD)
-                pending += self.seal_record_into(piece, memoryview(self._out)[pending:])
+            for i, j in self.pieces(n):
+                pending = yield from self._room(pending, j - i + OVERHEAD)
+                pending += self.seal_record_into(view[i:j], memoryview(self._out)[pending:])
         if stage:
             pending = yield from self._flush_stage(stage, pending)
         if pending:
             yield memoryview(self._out)[:pending]
+
+    def pieces(self, n: int) -> list[tuple[int, int]]:
+        """Record boundaries for a buffer of ``n`` bytes that has records of its own: ``max_record``
+        bytes each; when that leaves a record of ``DIRECT_MIN`` bytes or more last, its last ``TAIL``
+        bytes become a record of their own (the receiver opens the large one in place, in front of them)."""
+        step = self.max_record
+        bounds = [(i, min(i + step, n)) for i in range(0, n, step)]
+        i, j = bounds[-1]
+        if j - i >= DIRECT_MIN:
+            bounds[-1:] = [(i, j - TAIL), (j - TAIL, j)]
+        return bounds
 
     def _flush_stage(self, stage: bytearray, pending: int):
         pending = yield from self._room(pending, len(stage) + OVERHEAD)
@@ -191,6 +216,8 @@ class RecordOpener:
         self._size = -1  # plaintext size of the record at _start once its header is checked
         self._offered = 0  # room the last get_buffer offered
         self._full = False  # ... and the read after it filled it all
+        self._direct = b""  # header of the record being read straight into the caller's buffer (begin_direct)
+        self._streaming = False  # the last large record opened direct: read little ahead of a header
         self._error: AuthError | None = None
 
     @property
@@ -207,6 +234,8 @@ class RecordOpener:
 
     def missing(self) -> int:
         """Bytes still to arrive before the next record is complete (at least 1 when none is)."""
+        if self._direct:
+            raise ValueError("missing: a record is being read direct (the driver counts its bytes)")
         have = self._end - self._start
         need = self._size + OVERHEAD if self._size >= 0 else HEADER_SIZE
         return max(need - have, 0) if need > have else 0
@@ -225,6 +254,8 @@ class RecordOpener:
         buffer empties and starts again at 0 instead of moving a partial record.
         """
         self._check()
+        if self._direct:
+            raise ValueError("get_buffer: a record is being read direct")
         cap = len(self._buf)
         if self._full and cap < IN_CAP:
             self._resize(min(IN_CAP, 2 * cap))
@@ -244,6 +275,8 @@ class RecordOpener:
             record_end = self._start + need  # so that the buffer empties and restarts at 0, no copy
             if stop - record_end < self.max_record + OVERHEAD and record_end > self._end:
                 stop = record_end
+        elif self._streaming:  # large records go direct: read their header and a little more only
+            stop = min(stop, self._end + MIN_READ)
         if stop == len(self._buf):
             self._offered = stop - self._end
         return self._view[self._end : stop]
@@ -315,6 +348,8 @@ class RecordOpener:
     def receive_eof(self) -> None:
         """The stream ended: an error if it cut a record."""
         self._check()
+        if self._direct:
+            self._fail("connection closed in the middle of a sealed record (read direct)")
         if self._end != self._start:
             self._fail(f"connection closed in the middle of a sealed record ({self._end - self._start} bytes)")
 
@@ -349,8 +384,16 @@ class RecordOpener:
         if size < 0 or self._end - self._start < size + OVERHEAD or len(out) != size:
             raise ValueError("open_into: no complete record of that size")
         start = self._start
-        header = bytes(self._view[start : start + HEADER_SIZE])
-        body = self._view[start + HEADER_SIZE : start + OVERHEAD + size]
+        self._open(bytes(self._view[start : start + HEADER_SIZE]),
+                   self._view[start + HEADER_SIZE : start + OVERHEAD + size], out)
+        self._start += size + OVERHEAD
+        if self._start == self._end:
+            self._start = self._end = 0
+        if size >= DIRECT_MIN:  # a large record that did not go direct: read ahead as usual
+            self._streaming = False
+
+    def _open(self, header: bytes, body, out) -> None:
+        """Open record ``self.number`` (ciphertext and tag ``body``) into ``out`` (may be ``body``'s start)."""
         d = self.dir
         if (header[0] >> 7) != (d.phase & 1):  # the peer updated its key
             d = d.next()
@@ -359,10 +402,53 @@ class RecordOpener:
             self._fail("a sealed record did not open (forged, replayed, reordered, dropped or cut)")
         self.dir = d
         self.number += 1
-        self._start += size + OVERHEAD
         self._size = -1
-        if self._start == self._end:
-            self._start = self._end = 0
+
+    # -- large records, read and opened in their final place ----------------------
+    def direct_size(self) -> int:
+        """Plaintext size of the record being received when it may be read direct: its header is
+        checked, it has ``DIRECT_MIN`` bytes or more and has not arrived whole.  Else 0."""
+        self._check()
+        size = self._size
+        if size < DIRECT_MIN or self._direct or self._end - self._start >= size + OVERHEAD:
+            return 0
+        return size
+
+    def begin_direct(self, target) -> int:
+        """Read the current record (``direct_size``) into ``target``: exactly its ciphertext and tag
+        (size + 16 bytes), where its plaintext is to be.  Moves the part that already arrived there
+        and returns its length; the caller reads the rest into ``target[returned:]`` (no further:
+        the next record's bytes are not for ``target``), then calls ``finish_direct(target)``."""
+        size = self.direct_size()
+        if not size or len(target) != size + TAG_SIZE:
+            raise ValueError("begin_direct: no large record pending, or target is not its size + 16")
+        start, end = self._start + HEADER_SIZE, self._end
+        target[: end - start] = self._view[start:end]
+        self._direct = bytes(self._view[self._start : start])
+        self._start = self._end = 0
+        return end - start
+
+    def direct_room(self) -> memoryview:
+        """While a record is read direct: where bytes after it may go in the same read (a scattered
+        read: the record's rest into its target, then up to ``MIN_READ`` bytes here); count them
+        with ``buffer_updated``."""
+        if not self._direct:
+            raise ValueError("direct_room: no record being read direct")
+        self._offered = 0
+        return self._view[self._end : min(len(self._buf), self._end + MIN_READ)]
+
+    def finish_direct(self, target) -> None:
+        """The record's bytes are all in ``target`` (as given to ``begin_direct``): open it in place,
+        its plaintext in ``target[:size]``.  ``AuthError`` when it does not open."""
+        self._check()
+        header, size = self._direct, self._size
+        if not header or len(target) != size + TAG_SIZE:
+            raise ValueError("finish_direct: no record being read direct, or another target")
+        self._open(header, target, target[:size])
+        self._direct = b""
+        self._streaming = True
+        if len(self._buf) > 2 * MIN_READ:  # it held a whole record before (the first chunk of a
+            self._resize(2 * MIN_READ)  # connection, say): large ones come direct now, give it back
 
     def open(self) -> bytes:
         """Copying: the next complete record's plaintext."""
