@@ -188,7 +188,7 @@ class PacketProtection:
     def open_burst(self, view, seg: int, cid: bytes, scratch) -> tuple[int, int]:
         """Open a burst of ``seg``-byte SEALED datagrams (``len(view)`` a multiple of ``seg``) into
         ``scratch`` as checksummed DATA datagrams of ``seg - 8`` bytes whose trailers are zero
-        (``burst.scan_chunk_burst`` with a hasher that returns 0 takes them); a datagram that
+        (``burst.scan_chunk_burst`` with hasher None takes them); a datagram that
         does not open, or is not for ``cid``, gets a trailer of ones (garbage to the scan).
         Returns (bytes of ``scratch`` used, failed opens, offsets in ``view`` of datagrams that
         are not SEALED: the caller takes them one by one)."""
@@ -252,8 +252,3 @@ class PacketProtection:
 
 _ZERO = bytes(PLAIN_TRAILER)
 _ONES = b"\xff" * PLAIN_TRAILER
-
-
-def zero_hash(_view) -> int:
-    """The "checksum" of an opened datagram in ``open_burst``'s scratch: the AEAD checked it."""
-    return 0

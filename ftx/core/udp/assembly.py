@@ -71,7 +71,7 @@ class PacketAssembly:
         buf = bytearray(size)
         pn = self._next_pn
         burst.build_chunk_burst(buf, seg, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes,
-                                _xxh64 if prot is None else len)  # (sealed: the trailers are dropped unread)
+                                _xxh64 if prot is None else None)  # (sealed: zero trailers, dropped unread)
         if prot is not None:
             buf = prot.seal_burst(buf, seg, size, mss, pn)
             size = len(buf)

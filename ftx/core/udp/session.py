@@ -48,7 +48,6 @@ from .packets import (
 )
 from . import burst
 from .assembly import BURST_BYTES, BURST_DATAGRAMS, PacketAssembly
-from ..secure.datagrams import zero_hash
 from ..secure.handshake import printable
 from .protection import SealedPackets
 from .pmtu import PmtuSearch
@@ -490,7 +489,7 @@ class UdpSession(PacketAssembly, SealedPackets):
         room = seg - OVERHEAD - CHUNK_HEADER_SIZE
         if room <= 0 or self.closed or not self.chunk_receiver or (self.protection is not None and not opened):
             return ([] if self.closed else list(range(0, len(view), seg))), 0  # (with keys: each alone)
-        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, zero_hash if opened else _xxh64)
+        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, None if opened else _xxh64)
         taken = 0
         in_order = True
         for first, count, pn, fid, index, clen, csum, coff in runs:
