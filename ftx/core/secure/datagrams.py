@@ -135,6 +135,26 @@ class PacketProtection:
             q += dst_seg
         return out
 
+    @property
+    def seals_chunk_bursts(self) -> bool:
+        """``seal_chunk_burst`` is there (the C loops are in use)."""
+        return ACCELERATED
+
+    def seal_chunk_burst(self, mss: int, dcid: int, first_pn: int, fid: int, index: int, clen: int, csum: int,
+                         data, off: int, nbytes: int) -> bytearray:
+        """The sealed burst of CHUNK packets ``first_pn, ...`` (datagrams of ``mss`` bytes, each but
+        the last full) carrying ``data[off:off + nbytes]``: the same bytes as
+        ``burst.build_chunk_burst`` (no checksum, datagrams of ``mss - 8``) then ``seal_burst``,
+        built and sealed in one pass in C, the AEAD reading the chunk data where it lies.
+        Only with the C loops (``seals_chunk_bursts``)."""
+        send = self.send
+        out = _seal.seal_chunk_burst(mss, dcid, first_pn, SEALED | (send.phase & 1), fid, index, clen, csum, data,
+                                     off, nbytes, CIPHERS[send.cipher], send.key, send.iv)
+        n = -(-len(out) // mss)
+        self._sealed += n
+        self._bytes += len(out) - n * (TAG_SIZE - PLAIN_TRAILER)  # as seal_burst counts the plaintext burst
+        return out
+
     # -- opening ---------------------------------------------------------------------
     def _key_for(self, ptype: int, pn: int) -> Direction:
         recv = self.recv

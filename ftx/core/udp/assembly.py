@@ -66,15 +66,18 @@ class PacketAssembly:
             return 0
         nbytes = min(avail, n * room)
         prot = self.protection
-        seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
-        size = burst.burst_size(nbytes, seg)
-        buf = bytearray(size)
         pn = self._next_pn
-        burst.build_chunk_burst(buf, seg, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes,
-                                _xxh64 if prot is None else None)  # (sealed: zero trailers, dropped unread)
-        if prot is not None:
-            buf = prot.seal_burst(buf, seg, size, mss, pn)
-            size = len(buf)
+        if prot is not None and prot.seals_chunk_bursts:  # built and sealed in one pass
+            buf = prot.seal_chunk_burst(mss, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes)
+        else:
+            seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
+            size = burst.burst_size(nbytes, seg)
+            buf = bytearray(size)
+            burst.build_chunk_burst(buf, seg, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off,
+                                    nbytes, _xxh64 if prot is None else None)  # (sealed: zero trailers, dropped unread)
+            if prot is not None:
+                buf = prot.seal_burst(buf, seg, size, mss, pn)
+        size = len(buf)
         out.append((buf, mss))
         self._next_pn = pn + n
         if not rec.bytes_in_flight:
