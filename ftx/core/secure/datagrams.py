@@ -145,7 +145,7 @@ class PacketProtection:
         """The sealed burst of CHUNK packets ``first_pn, ...`` (datagrams of ``mss`` bytes, each but
         the last full) carrying ``data[off:off + nbytes]``: the same bytes as
         ``burst.build_chunk_burst`` (no checksum, datagrams of ``mss - 8``) then ``seal_burst``,
-        built and sealed in one pass in C, the AEAD reading the chunk data where it lies.
+        built and sealed datagram by datagram in C, in place, while each is in the cache.
         Only with the C loops (``seals_chunk_bursts``)."""
         send = self.send
         out = _seal.seal_chunk_burst(mss, dcid, first_pn, SEALED | (send.phase & 1), fid, index, clen, csum, data,
