@@ -137,8 +137,8 @@ class PacketProtection:
 
     @property
     def seals_chunk_bursts(self) -> bool:
-        """``seal_chunk_burst`` is there (the C loops are in use)."""
-        return ACCELERATED
+        """``seal_chunk_burst`` is there (the C loops are in use, built with it)."""
+        return ACCELERATED and hasattr(_seal, "seal_chunk_burst")
 
     def seal_chunk_burst(self, mss: int, dcid: int, first_pn: int, fid: int, index: int, clen: int, csum: int,
                          data, off: int, nbytes: int) -> bytearray:

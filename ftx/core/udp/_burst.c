@@ -247,5 +247,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_burst", "C loops fo
 
 PyMODINIT_FUNC PyInit__burst(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* 2: hasher None (burst.py checks it: an extension built from an older _burst.c is not used) */
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -138,6 +138,8 @@ try:
     from . import _burst
 except ImportError:  # no compiler at install time: the Python loops serve
     _burst = None
+if _burst is not None and getattr(_burst, "VERSION", 1) < 2:
+    _burst = None  # built from an older _burst.c (no hasher None): the Python loops until it is rebuilt
 
 build_chunk_burst, scan_chunk_burst, gather = py_build_chunk_burst, py_scan_chunk_burst, py_gather
 ACCELERATED = False
