@@ -240,7 +240,7 @@ class UdpSessionMachine(RuleBasedStateMachine):
             sender = pair.sender.conn
             if sender.peer is not None and not self.finished and not sender.closed:
                 self.finish()
-            return pair.sender.drv.complete and pair.receiver.drv.complete and all(not s._sout for s in pair.sessions)
+            return pair.sender.drv.complete and pair.receiver.drv.complete and all(s.stream_all_acked for s in pair.sessions)
 
         p.run_lossless(settled, max_steps=40000)
         self.nothing_failed()

@@ -451,6 +451,51 @@ def seal_loops():
     D.use(True)
 
 
+@pytest.mark.skipif(D._seal is None, reason="_seal was not built")
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(100, 9000), st.integers(1, 30_000), st.integers(0, 3000), st.integers(0, 2**62), st.booleans())
+def test_the_one_pass_chunk_burst_is_the_built_and_sealed_one(cipher, mss, nbytes, off, pn, update):
+    """seal_chunk_burst (C, one pass from the chunk data) gives the bytes of build_chunk_burst
+    + seal_burst, in either key phase, and they open to the chunk data."""
+    a, b = _pair(cipher)
+    if update:
+        a.send = a.send.next()
+    room = mss - 18 - 31 - 16
+    nbytes = min(nbytes, 64 * room)
+    clen = off + nbytes + 5
+    data = random.Random(nbytes).randbytes(clen)
+    one_pass = a.seal_chunk_burst(mss, 9, pn, 3, 4, clen, 77, data, off, nbytes)
+    seg = mss - 8
+    size = burst.burst_size(nbytes, seg)
+    built = bytearray(size)
+    burst.py_build_chunk_burst(built, seg, 9, pn, 3, 4, clen, 77, data, off, nbytes, None)
+    assert isinstance(one_pass, bytearray) and bytes(one_pass) == bytes(a.seal_burst(built, seg, size, mss, pn))
+    if update:
+        b.recv, b.recv_next = b.recv_next, b.recv_next.next()
+    got = b""
+    for k, d in enumerate(P.segments(one_pass, mss)):
+        assert int.from_bytes(d[10:18], "big") == pn + k
+        (f,) = P.parse_frames(b.open(d))
+        assert (f.file_id, f.index, f.chunk_len, f.checksum, f.offset) == (3, 4, clen, 77, off + len(got))
+        got += bytes(f.data)
+    assert got == data[off : off + nbytes]
+
+
+def test_the_one_pass_chunk_burst_refuses_bad_arguments():
+    if D._seal is None:
+        pytest.skip("_seal was not built")
+    a, _ = _pair()
+    data = bytes(100)
+    for args in [(1452, 9, 0, 3, 4, 100, 7, data, 50, 51),  # past the data
+                 (1452, 9, 0, 3, 4, 60, 7, data, 0, 100),  # past the chunk
+                 (65, 9, 0, 3, 4, 100, 7, data, 0, 10),  # no room for data
+                 (1452, 9, 0, 3, 4, 100, 7, data, 0, 0),  # nothing
+                 (1452, 9, 0, 2**32, 4, 100, 7, data, 0, 10)]:  # file id too large
+        with pytest.raises((ValueError, OverflowError)):
+            a.seal_chunk_burst(*args)
+
+
 @pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
 def test_c_and_python_burst_loops_agree(cipher, seal_loops):
     """Same sealed bytes from both loops; both open each other's bursts, report the same
@@ -484,7 +529,7 @@ def test_c_and_python_burst_loops_agree(cipher, seal_loops):
     assert results[False] == results[True]
     used, bad, left, out = results[True]
     assert used == 6 * seg and bad == 2 and left == [4 * mss]
-    runs, others, garbage = burst.scan_chunk_burst(out, seg, 9, D.zero_hash)
+    runs, others, garbage = burst.scan_chunk_burst(out, seg, 9, None)
     assert garbage == 3 and [r[1] for r in runs] == [2, 1]
 
 

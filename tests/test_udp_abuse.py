@@ -571,7 +571,7 @@ def test_the_socket_filter_drops_most_token_less_initials_of_busy_addresses_only
     import socket
 
     from ftx.core.udp.endpoint import padded_initial
-    from ftx.transport.udp import SO_ATTACH_FILTER, _initial_filter, _ipv4
+    from ftx.transport.udp_server import SO_ATTACH_FILTER, _initial_filter, _ipv4
 
     import ctypes
     import struct
@@ -619,9 +619,9 @@ def test_more_busy_addresses_than_the_filter_holds_put_the_shield_on(monkeypatch
 
     from ftx.core.udp.endpoint import Listener, padded_initial
     from ftx.core.udp.session import UdpConfig
-    from ftx.transport import udp
+    from ftx.transport import udp, udp_server
 
-    monkeypatch.setattr(udp, "BUSY_LIMIT", 3)
+    monkeypatch.setattr(udp_server, "BUSY_LIMIT", 3)
 
     async def run():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -468,7 +468,7 @@ def test_completed_handshakes_from_busy_addresses_are_a_budget_and_leave_a_new_s
 
 def test_a_busy_address_sampled_by_the_socket_filter_stays_busy_while_it_floods():
     """The driver drops all but 1 in 8 token-less INITIALs of the addresses busy_hosts names
-    (transport/udp.py); the Listener counts each that arrives 8 times, so an address that
+    (transport/udp_server.py); the Listener counts each that arrives 8 times, so an address that
     goes on flooding stays busy, and one that stops is soon not."""
     lst = Listener(b"s" * 32, UdpConfig(), lambda: 1)
     now = 100.0

@@ -179,3 +179,24 @@ def test_a_run_never_wraps_past_the_largest_packet_number(name):
     first = built("py", mss, pn=0, data=data, clen=2 * room, off=room, nbytes=room)
     runs, _, _ = impl(name)[1](last + first, mss, 77, xxh)
     assert [(r[1], r[2]) for r in runs] == [(1, 2**64 - 1), (1, 0)]
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_without_a_hasher_trailers_are_zero_and_scan_wants_zero(name):
+    """hasher None: a burst that is sealed next is built with zero trailers (no call per
+    datagram), and a burst of opened datagrams is scanned taking a zero trailer as valid and
+    any other (an open that failed is marked with ones) as garbage."""
+    mss = 1452
+    room = mss - 57
+    data = random.Random(6).randbytes(room * 5)
+    build, scan, _ = impl(name)
+    out = bytearray(B.burst_size(len(data), mss))
+    build(out, mss, 77, 1000, 3, 9, len(data), 0xDEAD, data, 0, len(data), None)
+    with_sums = built(name, mss, data=data, clen=len(data), nbytes=len(data))
+    for k in range(5):  # the same packets, the trailer aside
+        d = slice(k * mss, (k + 1) * mss - 8)
+        assert out[d] == with_sums[d] and out[(k + 1) * mss - 8 : (k + 1) * mss] == bytes(8)
+    out[2 * mss - 8 : 2 * mss] = b"\xff" * 8  # the second did not open
+    runs, others, garbage = scan(out, mss, 77, None)
+    assert [(r[0], r[1], r[2]) for r in runs] == [(0, 1, 1000), (2 * mss, 3, 1002)] and others == [] and garbage == 1
+    assert scan(with_sums, mss, 77, None)[2] == 5  # real checksums are not zero

@@ -1729,3 +1729,55 @@ class TestSmallMtuPath:
         net.lsession.stream_write(b"RESULT" * 20)
         net.run_until(lambda n: n.lsession.recovery.pto_count >= 4, max_seconds=20, max_iterations=50_000)
         assert net.lsession.max_datagram == 1452 and net.lsession.stats["pmtu_fallbacks"] == 0
+
+
+def test_acknowledged_stream_bytes_leave_the_buffer_in_batches():
+    """The send buffer drops acknowledged bytes once they are half of it, not at each ACK
+    (deleting the front of a bytearray at each ACK made each later append move all the rest);
+    what is unacknowledged stays and is read from the right place, and stream_all_acked
+    still says when all of it is acknowledged."""
+    s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+    data = random.Random(3).randbytes(102_400)
+    s.stream_write(data)
+
+    def sent_from(offset: int) -> bytes:
+        s._sout_next = offset
+        frames, items = s._fill(1400, 0.0)
+        (f,) = P.parse_frames(b"".join(bytes(f) for f in frames))
+        assert items == [("s", offset, len(f.data))] and f.offset == offset
+        return bytes(f.data)
+
+    s._sout_acked.add(0, 1000)
+    s._trim_stream()
+    assert s._sout_base == 1000 and s._sout_phys == 0 and len(s._sout) == 102_400  # not yet
+    assert not s.stream_all_acked and (got := sent_from(1000)) == data[1000 : 1000 + len(got)] and len(got) > 1300
+    s._sout_acked.add(1000, 60_000)
+    s._trim_stream()
+    assert s._sout_base == s._sout_phys == 60_000 and len(s._sout) == 42_400
+    s.stream_write(b"tail")
+    assert (got := sent_from(60_000)) == data[60_000 : 60_000 + len(got)] and len(got) > 1300
+    assert sent_from(101_500) == data[101_500:] + b"tail"
+    s._sout_acked.add(60_000, 102_404)
+    s._trim_stream()
+    assert s.stream_all_acked and len(s._sout) == 0
+
+
+def test_full_control_stream_packets_leave_in_one_burst():
+    """A run of full STREAM packets (a tree of small files) is one GSO burst of equal
+    datagrams, not a send each; a shorter packet may end a burst, and a path MTU probe is
+    never joined to one (too big for the path, it would take the others with it)."""
+    s = UdpSession(1, 2, UdpConfig(pmtud=True), 0.0, chunk_receiver=False)
+    s.stream_write(random.Random(4).randbytes(30_000))
+    out = []
+    for k in range(40):  # as the pump calls it, paced
+        out += s.transmit(k * 0.002, 64)
+    sizes = [(len(buf), seg) for buf, seg in out]
+    probes = [(n, seg) for n, seg in sizes if seg > s.max_datagram]
+    assert probes and all(n == seg for n, seg in probes)  # alone
+    assert max(-(-n // seg) for n, seg in sizes) >= 2 and all(seg == s.max_datagram for _, seg in sizes[1:-1])
+    offsets = []
+    for buf, seg in out:
+        for d in P.segments(buf, seg):
+            pkt = P.parse(bytes(d))
+            offsets += [f.offset for f in P.parse_frames(pkt.payload) if isinstance(f, P.StreamFrame)]
+    assert offsets == sorted(offsets) and offsets[0] == 0

@@ -81,7 +81,7 @@ def udp_session(rpolicy: int = 0, spolicy: int = 0) -> UdpPair:
     pair.sender.conn.finish()
     pair.sender.flush()
     pair.run_lossless(lambda p: p.sender.drv.complete and p.receiver.drv.complete
-                      and all(not s._sout for s in p.sessions))
+                      and all(s.stream_all_acked for s in p.sessions))
     return pair
 
 

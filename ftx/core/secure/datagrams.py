@@ -135,6 +135,26 @@ class PacketProtection:
             q += dst_seg
         return out
 
+    @property
+    def seals_chunk_bursts(self) -> bool:
+        """``seal_chunk_burst`` is there (the C loops are in use, built with it)."""
+        return ACCELERATED and hasattr(_seal, "seal_chunk_burst")
+
+    def seal_chunk_burst(self, mss: int, dcid: int, first_pn: int, fid: int, index: int, clen: int, csum: int,
+                         data, off: int, nbytes: int) -> bytearray:
+        """The sealed burst of CHUNK packets ``first_pn, ...`` (datagrams of ``mss`` bytes, each but
+        the last full) carrying ``data[off:off + nbytes]``: the same bytes as
+        ``burst.build_chunk_burst`` (no checksum, datagrams of ``mss - 8``) then ``seal_burst``,
+        built and sealed datagram by datagram in C, in place, while each is in the cache.
+        Only with the C loops (``seals_chunk_bursts``)."""
+        send = self.send
+        out = _seal.seal_chunk_burst(mss, dcid, first_pn, SEALED | (send.phase & 1), fid, index, clen, csum, data,
+                                     off, nbytes, CIPHERS[send.cipher], send.key, send.iv)
+        n = -(-len(out) // mss)
+        self._sealed += n
+        self._bytes += len(out) - n * (TAG_SIZE - PLAIN_TRAILER)  # as seal_burst counts the plaintext burst
+        return out
+
     # -- opening ---------------------------------------------------------------------
     def _key_for(self, ptype: int, pn: int) -> Direction:
         recv = self.recv
@@ -188,7 +208,7 @@ class PacketProtection:
     def open_burst(self, view, seg: int, cid: bytes, scratch) -> tuple[int, int]:
         """Open a burst of ``seg``-byte SEALED datagrams (``len(view)`` a multiple of ``seg``) into
         ``scratch`` as checksummed DATA datagrams of ``seg - 8`` bytes whose trailers are zero
-        (``burst.scan_chunk_burst`` with a hasher that returns 0 takes them); a datagram that
+        (``burst.scan_chunk_burst`` with hasher None takes them); a datagram that
         does not open, or is not for ``cid``, gets a trailer of ones (garbage to the scan).
         Returns (bytes of ``scratch`` used, failed opens, offsets in ``view`` of datagrams that
         are not SEALED: the caller takes them one by one)."""
@@ -252,8 +272,3 @@ class PacketProtection:
 
 _ZERO = bytes(PLAIN_TRAILER)
 _ONES = b"\xff" * PLAIN_TRAILER
-
-
-def zero_hash(_view) -> int:
-    """The "checksum" of an opened datagram in ``open_burst``'s scratch: the AEAD checked it."""
-    return 0

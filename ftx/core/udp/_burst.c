@@ -13,6 +13,9 @@
  *   18 frame type  19 file id (4)  23 chunk index (8)  31 chunk length (4)
  *   35 offset in chunk (4)  39 chunk checksum (8)  47 data length (2)
  *   49 data ...  then XXH3-64 of everything before it (8), all big-endian.
+ * With hasher None the trailer is 0 (built) or must be 0 (scanned): datagrams that
+ * are sealed after building, or were opened before scanning, need no checksum and
+ * cost no call into Python each.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,9 +44,14 @@ static uint64_t get_be(const unsigned char *p, int n)
     return v;
 }
 
-/* hasher(memoryview of p[0:len]) as an unsigned 64-bit integer; -1 with an exception set on error */
+/* hasher(memoryview of p[0:len]) as an unsigned 64-bit integer (0 when hasher is None: no
+   checksum, the AEAD protects the datagram); -1 with an exception set on error */
 static int call_hash(PyObject *hasher, const unsigned char *p, Py_ssize_t len, uint64_t *out)
 {
+    if (hasher == Py_None) {
+        *out = 0;
+        return 0;
+    }
     PyObject *view = PyMemoryView_FromMemory((char *)p, len, PyBUF_READ);
     if (view == NULL)
         return -1;
@@ -239,5 +247,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_burst", "C loops fo
 
 PyMODINIT_FUNC PyInit__burst(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* 2: hasher None (burst.py checks it: an extension built from an older _burst.c is not used) */
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

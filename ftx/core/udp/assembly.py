@@ -33,15 +33,34 @@ _pack_q = struct.Struct(">Q").pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 
 
+def _varint_size(value: int) -> int:
+    """Bytes of ``value`` as a varint (ranges.write_varint: 7 bits a byte)."""
+    return max(1, -(-value.bit_length() // 7))
+
+
 class PacketAssembly:
-    @staticmethod
-    def _emit(out: list, pkt: bytearray) -> None:
+    def _emit(self, out: list, pkt: bytearray) -> None:
+        """Queue one packet: appended to the burst before it when that burst is whole
+        datagrams of at least its size (and of no more than ``max_datagram``: never with a
+        path MTU probe), so that a run of full control-stream packets -- a tree of small
+        files -- leaves in one GSO send and arrives in one GRO read, not a system call each
+        on both sides."""
+        if out:
+            buf, seg = out[-1]
+            n = len(buf)
+            if (len(pkt) <= seg <= self.max_datagram and not n % seg and n + len(pkt) <= BURST_BYTES
+                    and n // seg < BURST_DATAGRAMS):
+                if isinstance(buf, bytearray):
+                    buf += pkt
+                else:
+                    out[-1] = (bytes(buf) + pkt, seg)
+                return
         out.append((pkt, len(pkt)))
 
     def _bulk_ready(self) -> bool:
         """Only new chunk bytes to send: the common case, served by ``_bulk_chunks``."""
         return (not self._unacked_eliciting and not self._sout_retx and not self._cout_retx
-                and self._sout_next == self._sout_base + len(self._sout)
+                and self._sout_next == self._sout_end
                 and bool(self._cout_new) and self._new_chunk_bytes < self._peer_max_data)
 
     def _bulk_chunks(self, out: list, now: float, limit: int, cwnd: int, rate: float, credit: float) -> int:
@@ -66,15 +85,18 @@ class PacketAssembly:
             return 0
         nbytes = min(avail, n * room)
         prot = self.protection
-        seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
-        size = burst.burst_size(nbytes, seg)
-        buf = bytearray(size)
         pn = self._next_pn
-        burst.build_chunk_burst(buf, seg, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes,
-                                _xxh64 if prot is None else len)  # (sealed: the trailers are dropped unread)
-        if prot is not None:
-            buf = prot.seal_burst(buf, seg, size, mss, pn)
-            size = len(buf)
+        if prot is not None and prot.seals_chunk_bursts:  # built and sealed in one pass
+            buf = prot.seal_chunk_burst(mss, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off, nbytes)
+        else:
+            seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
+            size = burst.burst_size(nbytes, seg)
+            buf = bytearray(size)
+            burst.build_chunk_burst(buf, seg, self.peer_cid, pn, key[0], key[1], clen, c.checksum, c.data, off,
+                                    nbytes, _xxh64 if prot is None else None)  # (sealed: zero trailers, dropped unread)
+            if prot is not None:
+                buf = prot.seal_burst(buf, seg, size, mss, pn)
+        size = len(buf)
         out.append((buf, mss))
         self._next_pn = pn + n
         if not rec.bytes_in_flight:
@@ -123,8 +145,8 @@ class PacketAssembly:
                     self._sout_retx.subtract(*next(iter(self._sout_retx)))
                     continue
                 retx = True
-            elif self._sout_next < self._sout_base + len(self._sout):
-                start, stop = self._sout_next, self._sout_base + len(self._sout)
+            elif self._sout_next < self._sout_end:
+                start, stop = self._sout_next, self._sout_end
                 retx = False
             else:
                 break
@@ -133,8 +155,10 @@ class PacketAssembly:
                 if frames and items:  # not in a packet that will be sealed
                     break
                 stop = min(stop, hs_end)
-            n = min(stop - start, room - 20)
-            rel = start - self._sout_base
+            # as much as fills the room exactly (type, offset and length varints, data): full
+            # packets are then all of one size and go out as one burst (_emit)
+            n = min(stop - start, room - 1 - _varint_size(start) - _varint_size(room))
+            rel = start - self._sout_phys
             frames.append(encode_stream(start, self._sout[rel : rel + n]))
             items.append(("s", start, n))
             room -= len(frames[-1])

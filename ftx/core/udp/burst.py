@@ -15,6 +15,7 @@ with ``FTX_PURE_PYTHON=1``, see ``use``).  The tests run both and compare them.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Callable
 
@@ -37,7 +38,8 @@ def py_build_chunk_burst(out, mss: int, dcid: int, pn: int, fid: int, index: int
                          data, off: int, nbytes: int, hasher: Callable) -> None:
     """Fill ``out`` (``burst_size(nbytes, mss)`` bytes) with CHUNK packets ``pn, pn + 1, ...``
     carrying ``data[off:off + nbytes]`` (bytes ``off...`` of chunk ``index`` of file ``fid``),
-    each but the last full, each sealed with ``hasher`` (XXH3-64)."""
+    each but the last full, each sealed with ``hasher`` (XXH3-64) -- or with a zero trailer
+    if ``hasher`` is None (a burst sealed next, whose trailers are dropped unread)."""
     room = mss - BULK_HEADER_SIZE - TRAILER_SIZE
     if room <= 0 or nbytes <= 0 or off < 0 or off + nbytes > len(data) or off + nbytes > clen:
         raise ValueError("build_chunk_burst: arguments out of range")
@@ -57,6 +59,8 @@ def py_build_chunk_burst(out, mss: int, dcid: int, pn: int, fid: int, index: int
         o += room
     pack(view, pos, DATA, VERSION, dcid, pn + n - 1, F_CHUNK, fid, index, clen, o, csum, last)
     view[pos + BULK_HEADER_SIZE : pos + BULK_HEADER_SIZE + last] = src[o : o + last]
+    if hasher is None:
+        return  # the trailers stay zero
     full = range(0, (n - 1) * mss, mss)
     for p, digest in zip(full, map(hasher, [view[p : p + mss - TRAILER_SIZE] for p in full])):
         _pack_q(view, p + mss - TRAILER_SIZE, digest)
@@ -72,7 +76,9 @@ def py_scan_chunk_burst(view, seg: int, cid: int, hasher: Callable) -> tuple[lis
     first offset in the chunk)`` for each longest stretch of valid full CHUNK packets whose
     packet numbers follow one another and whose data follows on in one chunk; ``others``
     the offsets of datagrams with a valid checksum that are anything else; ``garbage`` the
-    number whose checksum failed."""
+    number whose checksum failed.  ``hasher`` None: the checksum of every datagram is 0
+    (datagrams opened by ``secure/datagrams.py open_burst``: the AEAD checked them, and
+    one that did not open has a trailer of ones)."""
     room = seg - BULK_HEADER_SIZE - TRAILER_SIZE
     if room <= 0 or len(view) % seg:
         raise ValueError("scan_chunk_burst: not whole segments of a CHUNK packet's size")
@@ -80,7 +86,10 @@ def py_scan_chunk_burst(view, seg: int, cid: int, hasher: Callable) -> tuple[lis
     if fmt is None:
         fmt = _FULL_FORMATS[seg] = struct.Struct(BULK_HEADER.format + f"{room}xQ")
     view = memoryview(view)
-    sums = map(hasher, [view[o : o + seg - TRAILER_SIZE] for o in range(0, len(view), seg)])
+    if hasher is None:
+        sums = itertools.repeat(0)
+    else:
+        sums = map(hasher, [view[o : o + seg - TRAILER_SIZE] for o in range(0, len(view), seg)])
     runs: list = []
     others: list = []
     garbage = 0
@@ -129,6 +138,8 @@ try:
     from . import _burst
 except ImportError:  # no compiler at install time: the Python loops serve
     _burst = None
+if _burst is not None and getattr(_burst, "VERSION", 1) < 2:
+    _burst = None  # built from an older _burst.c (no hasher None): the Python loops until it is rebuilt
 
 build_chunk_burst, scan_chunk_burst, gather = py_build_chunk_burst, py_scan_chunk_burst, py_gather
 ACCELERATED = False

@@ -363,7 +363,7 @@ class Dialer:
             return []
         self._tries += 1
         # Unanswered: again soon and twice over.  A receiver under an INITIAL flood drops most
-        # token-less INITIALs in its socket filter (1 in 8 passes, transport/udp.py): backing
+        # token-less INITIALs in its socket filter (1 in 8 passes, transport/udp_server.py): backing
         # off to 2 s with one copy left a new sender waiting 5-10 s; two copies every second
         # at most get one through to it in about 3 s on average (both copies are sent at once,
         # so an answer still times the path).  INITIALs with a token pass the filter: one copy.

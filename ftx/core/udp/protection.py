@@ -44,7 +44,7 @@ class SealedPackets:
     def install_keys(self, est: Established, limits: tuple[int, int, int] | None = None) -> None:
         """Our handshake bytes are all written: seal everything after them."""
         self.protection = PacketProtection(est, limits)
-        self._hs_end = self._sout_base + len(self._sout)
+        self._hs_end = self._sout_end
         self._overhead = SEALED_OVERHEAD
         # every number received so far came unsealed (anyone could have sent it): a held or
         # later sealed packet with one of them is not a duplicate (_recv is bounded, so is this)

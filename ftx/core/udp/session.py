@@ -48,7 +48,6 @@ from .packets import (
 )
 from . import burst
 from .assembly import BURST_BYTES, BURST_DATAGRAMS, PacketAssembly
-from ..secure.datagrams import zero_hash
 from ..secure.handshake import printable
 from .protection import SealedPackets
 from .pmtu import PmtuSearch
@@ -158,8 +157,10 @@ class UdpSession(PacketAssembly, SealedPackets):
         self.last_recv_time = now
         self._last_eliciting_sent = now
         # control stream, out and in
-        self._sout = bytearray()
-        self._sout_base = 0
+        self._sout = bytearray()  # our stream bytes from offset _sout_phys on ...
+        self._sout_phys = 0
+        self._sout_base = 0  # ... of which those below _sout_base are acknowledged
+        self._sout_end = 0
         self._sout_next = 0
         self._sout_retx = RangeSet()
         self._sout_acked = RangeSet()
@@ -404,8 +405,14 @@ class UdpSession(PacketAssembly, SealedPackets):
     def _trim_stream(self) -> None:
         end = self._sout_acked.prefix_end() if self._sout_acked else 0
         if end > self._sout_base:
-            del self._sout[: end - self._sout_base]
             self._sout_base = end
+            # Acknowledged bytes leave the buffer once they are half of it: deleting the front of
+            # a bytearray at each ACK made each later append move all the rest (MBs per call
+            # while a tree of small files streams), now each byte moves about once.
+            dead = end - self._sout_phys
+            if 2 * dead >= len(self._sout):
+                del self._sout[:dead]
+                self._sout_phys = end
 
     def _frames_fit(self, frames: list) -> bool:
         """Whether the data of every STREAM and CHUNK frame can be kept (buffers are bounded);
@@ -490,7 +497,7 @@ class UdpSession(PacketAssembly, SealedPackets):
         room = seg - OVERHEAD - CHUNK_HEADER_SIZE
         if room <= 0 or self.closed or not self.chunk_receiver or (self.protection is not None and not opened):
             return ([] if self.closed else list(range(0, len(view), seg))), 0  # (with keys: each alone)
-        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, zero_hash if opened else _xxh64)
+        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, None if opened else _xxh64)
         taken = 0
         in_order = True
         for first, count, pn, fid, index, clen, csum, coff in runs:
@@ -519,6 +526,7 @@ class UdpSession(PacketAssembly, SealedPackets):
     # == application side =========================================================
     def stream_write(self, data) -> None:
         self._sout += data
+        self._sout_end += len(data)
 
     def stream_read_into(self, buf: memoryview) -> int:
         n = self._sin.read_into(buf)
@@ -532,7 +540,7 @@ class UdpSession(PacketAssembly, SealedPackets):
 
     @property
     def stream_all_acked(self) -> bool:
-        return not self._sout  # bytes leave the buffer only once acknowledged
+        return self._sout_base == self._sout_end
 
     def spare_buffer(self, size: int) -> bytearray:
         """A buffer to read a chunk into and hand to ``send_chunk(..., owned=True)``."""
@@ -591,7 +599,7 @@ class UdpSession(PacketAssembly, SealedPackets):
     # == output ===================================================================
     def _has_data(self) -> bool:
         return bool(
-            self._sout_retx or self._sout_next < self._sout_base + len(self._sout) or self._cout_retx
+            self._sout_retx or self._sout_next < self._sout_end or self._cout_retx
             or (self._cout_new and self._new_chunk_bytes < self._peer_max_data)
         )
 
