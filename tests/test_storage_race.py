@@ -1,0 +1,232 @@
+"""A local user racing the receiver cannot steer it outside --dir or make it touch their files (issue #13).
+
+Each test runs a real ``ftx receive`` and a real ``ftx send`` while a thread of
+the test swaps directories for symlinks the way an attacker with write access
+to --dir would: ``rename`` and ``renameat2(RENAME_EXCHANGE)`` (via ctypes).
+Nothing may ever appear outside --dir, and no file outside changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from .helpers import FTX, run_send, start_send, wait_for, write_random
+
+pytestmark = pytest.mark.timeout(90)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def exchange(a: bytes, b: bytes) -> bool:
+    """Atomically swap two names (renameat2 RENAME_EXCHANGE); False if one is missing."""
+    if hasattr(_libc, "renameat2"):
+        rc = _libc.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)
+    else:  # x86_64 syscall number, for an old glibc
+        rc = _libc.syscall(316, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err == 2:
+            return False
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+class Racer(threading.Thread):
+    """Runs ``step`` in a loop until stopped or ``limit`` seconds have passed; counts its rounds."""
+
+    def __init__(self, step, limit: float = 30.0) -> None:
+        super().__init__(daemon=True)
+        self.step, self.limit = step, limit
+        self.rounds = 0
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        try:
+            while not self._halt.is_set() and time.monotonic() < deadline:
+                if self.step():
+                    self.rounds += 1
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+        if self.error is not None:
+            raise self.error
+
+
+def _outside_unchanged(outside, before: dict) -> None:
+    now = {p.name: (p.stat().st_mode, p.read_bytes()) for p in outside.iterdir()}
+    assert now == before, "something outside --dir appeared or changed"
+
+
+def test_exchanging_a_received_directory_with_a_symlink_never_writes_outside(tmp_path, receiver):
+    """Finding 2: 400 small files into sub/ and sub/deeper/ while a thread keeps swapping sub with a
+    symlink to a directory outside --dir (RENAME_EXCHANGE); the old resolve() checked with lstat and
+    then used the path string, and wrote files with the sender's names and contents outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    src = tmp_path / "src" / "sub"
+    for i in range(400):
+        write_random(src / ("deeper" if i % 2 else ".") / f"f{i:03d}.txt", 200 + i, seed=i)
+    dst = receiver.dir
+    sub, link = os.fsencode(dst / "sub"), os.fsencode(dst / "link")
+    os.symlink(outside, link)
+    seen_outside: list[str] = []
+
+    def swap() -> bool:
+        swapped = exchange(sub, link)
+        if os.listdir(outside):
+            seen_outside.extend(os.listdir(outside))
+        return swapped
+
+    proc = start_send(str(tmp_path / "src" / "sub"), receiver.dest)
+    wait_for(lambda: os.path.lexists(sub) or proc.poll() is not None, what="sub/ to appear")
+    racer = Racer(swap)
+    racer.start()
+    try:
+        proc.communicate(timeout=60)
+    finally:
+        racer.stop()
+    assert racer.rounds > 10, "the race did not run"
+    assert not seen_outside and list(outside.iterdir()) == [], "a file landed outside --dir"
+    assert not any(os.path.islink(p) is False and os.path.realpath(p).startswith(str(outside))
+                   for p in dst.rglob("*"))
+    # what did land is only what the sender sent, under its own names, inside --dir
+    for p in dst.rglob("f*.txt"):
+        i = int(p.name[1:4])
+        assert p.read_bytes() == (src / ("deeper" if i % 2 else ".") / p.name).read_bytes()
+
+
+def test_a_directory_swapped_for_a_symlink_never_gets_its_mode_applied_outside(tmp_path, receiver):
+    """Finding 1: finish_dirs used os.chmod(path), which follows symlinks: a received directory replaced
+    by a symlink to a user's 0600 file outside --dir made that file 0777."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"a user's private file\n")
+    os.chmod(secret, 0o600)
+    t = time.time() - 86400
+    os.utime(secret, (t, t))
+    before = secret.stat()
+    src = tmp_path / "src" / "d"
+    for i in range(40):
+        write_random(src / f"f{i:02d}.bin", 100_000, seed=i)
+    os.chmod(src, 0o777)
+    d = receiver.dir / "d"
+    proc = start_send(str(src), receiver.dest, "--max-rate", "8M")
+
+    def swap() -> bool:
+        if os.path.isdir(d) and not os.path.islink(d):
+            os.rename(d, receiver.dir / "d.moved")
+            os.symlink(secret, d)
+            return True
+        return False
+
+    wait_for(lambda: swap() or proc.poll() is not None, what="d/ to appear")
+    proc.communicate(timeout=60)
+    after = secret.stat()
+    assert stat.S_IMODE(after.st_mode) == 0o600, "a file outside --dir got the directory's mode"
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert secret.read_bytes() == b"a user's private file\n"
+
+
+def test_files_with_old_sidecar_names_are_never_touched(tmp_path, receiver):
+    """Finding 3: sidecars were opened with O_CREAT but not O_EXCL: a user's .report.pdf.ftx-part was
+    deleted, .big.bin.ftx-part truncated, and a hard link at a sidecar name made ftx write the sender's
+    bytes into a file outside --dir.  ftx's partials now live in .ftx/ under names nobody can predict."""
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"outside --dir\n" * 100)
+    dst = receiver.dir
+    users = {
+        ".report.pdf.ftx-part": b"the user's own notes\n",
+        ".report.pdf.ftx-journal": b"FTXJ and the user's bytes\n",
+        ".big.bin.ftx-part": b"x" * 300_000,
+        ".big.bin.ftx-journal": b"y" * 1000,
+    }
+    for name, content in users.items():
+        (dst / name).write_bytes(content)
+    os.link(outside, dst / ".x.bin.ftx-part")  # a hard link to a file outside, at a sidecar name
+    os.link(outside, dst / ".x.bin.ftx-journal")
+    src = tmp_path / "src"
+    files = {"report.pdf": write_random(src / "report.pdf", 5_000, seed=1),
+             "big.bin": write_random(src / "big.bin", 3 * 1024 * 1024, seed=2),
+             "x.bin": write_random(src / "x.bin", 2 * 1024 * 1024, seed=3)}
+    rc, report, err = run_send(*(str(src / n) for n in files), receiver.dest)
+    assert rc == 0, err
+    for name, data in files.items():
+        assert (dst / name).read_bytes() == data
+    for name, content in users.items():
+        assert (dst / name).read_bytes() == content, f"the user's {name} changed"
+    assert outside.read_bytes() == b"outside --dir\n" * 100
+    assert os.stat(dst / ".x.bin.ftx-part").st_ino == os.stat(outside).st_ino
+    assert not (dst / ".ftx").exists(), "ftx left its state directory behind"
+
+
+def test_wire_paths_into_the_state_directory_are_refused(tmp_path):
+    from ftx.core.checksum import file_digest
+    from ftx.core.manifest import FileEntry
+    from ftx.errors import ErrorCode, UnsafePath
+    from ftx.storage import Destination
+
+    dest = Destination(tmp_path)
+    for path in (b".ftx", b".ftx/j-0123", b".ftx/x/y"):
+        with pytest.raises(UnsafePath) as info:
+            dest.write_small(FileEntry(path, size=2), b"ok", file_digest(b"ok"))
+        assert info.value.code == ErrorCode.BAD_PATH
+        with pytest.raises(UnsafePath):
+            dest.resolve(path)
+    assert dest.write_small(FileEntry(b".ftxx", size=2), b"ok", file_digest(b"ok")) == ErrorCode.OK
+    assert list(tmp_path.iterdir()) == [tmp_path / ".ftxx"]
+    dest.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "foreign-mode"])
+def test_a_state_directory_that_is_not_ftxs_stops_the_receiver(tmp_path, kind):
+    import subprocess
+
+    dst, elsewhere = tmp_path / "dst", tmp_path / "elsewhere"
+    dst.mkdir()
+    elsewhere.mkdir()
+    if kind == "symlink":
+        os.symlink(elsewhere, dst / ".ftx")
+    elif kind == "file":
+        (dst / ".ftx").write_bytes(b"a user's file\n")
+    else:
+        (dst / ".ftx").mkdir(mode=0o777)
+        os.chmod(dst / ".ftx", 0o777)
+    r = subprocess.run(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(dst), "--once"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftx: ") and ".ftx" in lines[0] and "trust" in lines[0], r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_modes_go_only_to_directories_ftx_created(tmp_path, receiver):
+    """A directory that was there before keeps its mode and mtime (it used to get the sender's)."""
+    src = tmp_path / "src" / "tree"
+    write_random(src / "pre" / "a.txt", 100)
+    write_random(src / "new" / "b.txt", 100)
+    for d in (src, src / "pre", src / "new"):
+        os.chmod(d, 0o755)
+    t = time.time() - 3 * 86400
+    os.utime(src / "new", (t, t))
+    pre = receiver.dir / "tree" / "pre"
+    pre.mkdir(parents=True)
+    os.chmod(pre, 0o711)
+    os.utime(pre, (t - 86400, t - 86400))
+    rc, report, err = run_send(str(src), receiver.dest)
+    assert rc == 0, err
+    assert stat.S_IMODE(pre.stat().st_mode) == 0o711
+    new = receiver.dir / "tree" / "new"
+    assert stat.S_IMODE(new.stat().st_mode) == 0o755 and abs(new.stat().st_mtime - t) < 1
