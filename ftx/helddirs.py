@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections import OrderedDict
 
@@ -33,11 +34,16 @@ def open_dir_at(parent: int, name: bytes, shown: bytes) -> int:
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePath(f"refusing to write through symlink {os.fsdecode(shown)}") from None
-        if exc.errno == errno.ENOTDIR:
-            raise StorageError(f"{os.fsdecode(shown)} exists and is not a directory", ErrorCode.EXISTS) from None
-        raise
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    # which refusal to give (the open already failed: nothing is used on the strength of this look)
+    try:
+        link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        link = False
+    if link:
+        raise UnsafePath(f"refusing to write through symlink {os.fsdecode(shown)}")
+    raise StorageError(f"{os.fsdecode(shown)} exists and is not a directory", ErrorCode.EXISTS)
 
 
 class HeldDir:
