@@ -75,13 +75,14 @@ class Temp:
 
     __slots__ = ("fd", "name", "dir_fd", "no_tmpfile")
 
-    def __init__(self, dir_fd: int, try_tmpfile: bool = True) -> None:
+    def __init__(self, dir_fd: int, try_tmpfile: bool = True, mode: int = 0o600) -> None:
+        """``mode`` other than 0600 only for a nameless file (nobody can open it before it is linked)."""
         self.dir_fd = dir_fd
         self.name = b""
         self.no_tmpfile = False  # set when the file system refused O_TMPFILE: the caller need not try again
         if _TMPFILE and _PROC_FD and try_tmpfile:
             try:
-                self.fd = os.open(b".", _TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+                self.fd = os.open(b".", _TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=dir_fd)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
@@ -135,9 +136,32 @@ def link_fd(fd: int, name: bytes, src_dir: int, dest: bytes, dst_dir: int) -> No
         os.link(name, dest, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
 
 
-def seal(fd: int, mode: int, mtime_ns: int, sync: bool = True) -> None:
+def _read_umask() -> int | None:
+    """The process umask, read without changing it (os.umask would, racing other threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+UMASK = _read_umask()
+
+
+def creation_mode(mode: int) -> int:
+    """The mode to create a nameless file with so that no fchmod is needed (0600 when the umask would
+    take bits away: then ``seal`` sets it)."""
+    mode &= 0o777
+    return mode if UMASK is not None and not mode & UMASK else 0o600
+
+
+def seal(fd: int, mode: int, mtime_ns: int, sync: bool = True, chmod: bool = True) -> None:
     """The received mode and mtime on the open file; fsync it if ``sync``."""
-    os.fchmod(fd, mode & 0o777)
+    if chmod:
+        os.fchmod(fd, mode & 0o777)
     os.utime(fd, ns=(mtime_ns, mtime_ns))
     if sync:
         os.fsync(fd)

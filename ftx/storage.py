@@ -40,7 +40,7 @@ from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
-from .fileops import FILE_FLAGS, Temp, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs, unlink_quietly
+from .fileops import FILE_FLAGS, Temp, creation_mode, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs, unlink_quietly
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
 from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, JournalHeader, PartialFile, drop_files, journal_name
@@ -400,15 +400,17 @@ class Destination:
                 self._fits(d.fd, d.dev, len(data))
                 self._space[d.dev][2] += len(data)
             with claim(self.root + b"/" + rel):
+                mode = creation_mode(entry.mode)
                 try:
-                    t = Temp(d.fd, d.dev not in self._no_tmpfile)
+                    t = Temp(d.fd, d.dev not in self._no_tmpfile, mode)
                 except OSError as exc:
                     raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
                 if t.no_tmpfile:
                     self._no_tmpfile.add(d.dev)
                 try:
-                    pwrite_full(t.fd, data, 0)
-                    seal(t.fd, entry.mode, entry.mtime_ns, sync=False)
+                    if data and os.write(t.fd, data) != len(data):
+                        pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
+                    seal(t.fd, entry.mode, entry.mtime_ns, sync=False, chmod=bool(t.name) or mode != entry.mode & 0o777)
                     if self.overwrite:
                         t.replace(name)
                     else:
