@@ -20,6 +20,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 
 from .errors import ErrorCode, StorageError, UnsafePath
@@ -27,6 +28,8 @@ from .errors import ErrorCode, StorageError, UnsafePath
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: directory descriptors kept open per receive root (its own bound, beside --max-open-files)
 DIR_CACHE = 32
+#: seconds a held descriptor is trusted to still be the directory at its path before it is looked at again
+RECHECK = 0.5
 
 
 def open_dir_at(parent: int, name: bytes, shown: bytes) -> int:
@@ -49,13 +52,14 @@ def open_dir_at(parent: int, name: bytes, shown: bytes) -> int:
 class HeldDir:
     """One open directory: its descriptor, device and inode, and how many users pin it."""
 
-    __slots__ = ("rel", "fd", "dev", "ino", "pins", "evicted")
+    __slots__ = ("rel", "fd", "dev", "ino", "pins", "evicted", "checked")
 
     def __init__(self, rel: bytes, fd: int) -> None:
         st = os.fstat(fd)
         self.rel, self.fd, self.dev, self.ino = rel, fd, st.st_dev, st.st_ino
         self.pins = 0
         self.evicted = False
+        self.checked = time.monotonic()
 
 
 class HeldDirs:
@@ -79,10 +83,30 @@ class HeldDirs:
         with self._lock:
             held = self._open.get(rel)
             if held is not None:
-                self._open.move_to_end(rel)
-                held.pins += 1
-                return held
+                if time.monotonic() - held.checked > RECHECK and not self._still_there(held):
+                    self._drop(rel)
+                else:
+                    self._open.move_to_end(rel)
+                    held.pins += 1
+                    return held
         return self._walk(rel, create, mode)
+
+    def _still_there(self, held: HeldDir) -> bool:
+        """Whether ``held`` is still the directory at its path (a user may have removed or renamed it
+        between transfers: new files must then go where the path leads now, not into the old inode).
+        Only decides whether to keep the descriptor: a new one is opened the safe way."""
+        try:
+            st = os.stat(held.rel, dir_fd=self.root.fd, follow_symlinks=False)
+        except OSError:
+            return False
+        held.checked = time.monotonic()
+        return (st.st_dev, st.st_ino) == (held.dev, held.ino)
+
+    def _drop(self, rel: bytes) -> None:
+        held = self._open.pop(rel)
+        held.evicted = True
+        if held.pins == 0:
+            os.close(held.fd)
 
     def release(self, held: HeldDir | None) -> None:
         if held is None or held is self.root:
@@ -107,8 +131,12 @@ class HeldDirs:
         start, base = 0, self.root
         with self._lock:
             for i in range(len(parts) - 1, 0, -1):
-                held = self._open.get(b"/".join(parts[:i]))
+                key = b"/".join(parts[:i])
+                held = self._open.get(key)
                 if held is not None:
+                    if time.monotonic() - held.checked > RECHECK and not self._still_there(held):
+                        self._drop(key)
+                        continue
                     held.pins += 1
                     start, base = i, held
                     break
@@ -166,10 +194,7 @@ class HeldDirs:
         """Drop ``rel`` and everything below it from the cache (it was replaced or removed)."""
         with self._lock:
             for key in [k for k in self._open if k == rel or k.startswith(rel + b"/")]:
-                held = self._open.pop(key)
-                held.evicted = True
-                if held.pins == 0:
-                    os.close(held.fd)
+                self._drop(key)
 
     @property
     def open_count(self) -> int:

@@ -102,3 +102,36 @@ def test_threads_share_one_descriptor_per_directory(tmp_path, held):
     assert not errors
     assert sorted(os.listdir(tmp_path / "t")) == [str(i) for i in range(6)]
     assert held.open_count <= 4
+
+
+@pytest.mark.parametrize("recheck", [0.0, 1e9])
+def test_a_directory_removed_or_renamed_between_transfers_is_not_written_into_again(tmp_path, monkeypatch, recheck):
+    """A receiver runs for days: a user who removes or renames a received directory must find the next
+    transfer's files at their path again, not in the removed (or renamed) inode ftx still held."""
+    import shutil
+
+    from ftx import helddirs
+    from ftx.core.checksum import file_digest
+    from ftx.core.manifest import FileEntry
+    from ftx.errors import ErrorCode
+    from ftx.storage import Destination
+
+    dest = Destination(tmp_path)
+
+    def put(path: bytes) -> ErrorCode:
+        return dest.write_small(FileEntry(path, size=2), b"ok", file_digest(b"ok"))
+
+    assert put(b"a/x") == ErrorCode.OK and put(b"b/x") == ErrorCode.OK
+    shutil.rmtree(tmp_path / "a")
+    os.rename(tmp_path / "b", tmp_path / "b-old")
+    monkeypatch.setattr(helddirs, "RECHECK", recheck)  # as if that long had passed (0.5 s in the receiver)
+    if recheck > 1:  # never looked at again: the old inodes get the files (what the recheck prevents)
+        assert put(b"b/y") == ErrorCode.OK and (tmp_path / "b-old" / "y").exists()
+        with pytest.raises(StorageError):
+            put(b"a/y")  # into a removed directory
+        dest.close()
+        return
+    assert put(b"a/y") == ErrorCode.OK and put(b"b/y") == ErrorCode.OK
+    assert (tmp_path / "a" / "y").read_bytes() == b"ok" and (tmp_path / "b" / "y").read_bytes() == b"ok"
+    assert sorted(os.listdir(tmp_path / "b-old")) == ["x"]
+    dest.close()
