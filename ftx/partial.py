@@ -71,6 +71,22 @@ def journal_header_size(wire_path: bytes) -> int:
     return JOURNAL_FIXED.size + len(wire_path) + 8
 
 
+def partial_paths(root, wire_path: bytes) -> tuple[str, str | None]:
+    """(journal, data) paths of the partial of ``wire_path`` below ``root``, for tools and tests (data
+    None while there is no journal header naming it).  ftx itself never uses these strings."""
+    state = os.path.join(os.fsdecode(root), ".ftx")
+    journal = os.path.join(state, os.fsdecode(journal_name(wire_path)))
+    try:
+        with open(journal, "rb") as f:
+            info = JournalHeader.parse(f.read(1 << 13))
+    except OSError:
+        info = None
+    if info is None:
+        return journal, None
+    where = state if info.where == IN_STATE else os.path.dirname(os.path.join(os.fsdecode(root), os.fsdecode(wire_path)))
+    return journal, os.path.join(where, os.fsdecode(info.data_name))
+
+
 class JournalHeader:
     """What a journal's header says: the source version, the wire path and where the data is."""
 
@@ -580,4 +596,4 @@ def _record(index: int, checksum: int) -> bytes:
     return rec + xxhash.xxh3_64_digest(rec)
 
 
-__all__ = ["KEEP_MIN", "PartialFile", "drop_files", "journal_header_size", "journal_name", "JournalHeader"]
+__all__ = ["KEEP_MIN", "PartialFile", "drop_files", "partial_paths", "journal_header_size", "journal_name", "JournalHeader"]

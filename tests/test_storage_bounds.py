@@ -442,7 +442,7 @@ def test_a_partial_being_written_is_never_closed_under_its_writer(tmp_path):
 
 
 def test_max_open_files_is_fitted_to_the_descriptor_limit(tmp_path):
-    """With ``ulimit -n 600`` (hard), 512 partials x 2 + 256 connections cannot fit: say so, lower it, serve."""
+    """With ``ulimit -n 600`` (hard), 512 partials x 2 + 256 connections + the held directories cannot fit: say so, lower it, serve."""
     import resource
 
     from .helpers import FTX, LineReader
@@ -455,4 +455,4 @@ def test_max_open_files_is_fitted_to_the_descriptor_limit(tmp_path):
     finally:
         proc.terminate()
         _out, err = proc.communicate(timeout=10)
-    assert "--max-open-files lowered from 512 to 140: the descriptor limit (ulimit -n) is 600" in err
+    assert "--max-open-files lowered from 512 to 122: the descriptor limit (ulimit -n) is 600" in err
