@@ -261,6 +261,11 @@ class Destination:
                     fd = self._dev_fds[d.dev] = os.dup(d.fd)
                 self._dirty[d.dev] = fd
 
+    @property
+    def unsynced(self) -> bool:
+        """Whether files were written that ``sync()`` has not made durable yet."""
+        return bool(self._dirty)
+
     def sync(self) -> None:
         """Make every file written since the last call durable (one syncfs per file system written).
 

@@ -230,3 +230,32 @@ def test_modes_go_only_to_directories_ftx_created(tmp_path, receiver):
     assert stat.S_IMODE(pre.stat().st_mode) == 0o711
     new = receiver.dir / "tree" / "new"
     assert stat.S_IMODE(new.stat().st_mode) == 0o755 and abs(new.stat().st_mtime - t) < 1
+
+
+def test_small_files_are_durable_before_their_results_can_leave(tmp_path):
+    """Small files are not fsynced one by one; the session flushes (syncfs) once per batch of events,
+    inside ``handle_all``, so nothing it queued for sending reports a file that is not yet on disk."""
+    from ftx.core.checksum import file_digest
+    from ftx.core.frames import FrameType, encode_frame
+    from ftx.core.manifest import FileEntry
+    from ftx.core.messages import SmallFile
+    from ftx.receiving import ReceiveSession
+    from ftx.storage import Destination
+
+    from .test_fuzz_regressions import receiver
+
+    conn = receiver()
+    dest = Destination(tmp_path / "dst")
+    session = ReceiveSession(conn, dest)
+    frames = b"".join(encode_frame(FrameType.SMALL_FILE, SmallFile(i, FileEntry(b"d/f%d" % i, size=2),
+                                                                   file_digest(b"ok"), b"ok").encode())
+                      for i in range(5))
+    conn.receive_data(frames)
+    events = list(iter(conn.next_event, None))
+    assert len(events) == 5
+    session.handle(events[0])  # one by one (as a driver must not): written, not yet flushed
+    assert dest.unsynced and (tmp_path / "dst" / "d" / "f0").read_bytes() == b"ok"
+    session.handle_all(events[1:])  # a batch: flushed before handle_all returns and RESULTs are sent
+    assert not dest.unsynced
+    assert [r.status for r in session.reports] == ["ok"] * 5
+    dest.close()
