@@ -303,6 +303,7 @@ class PartialFile:
 
     def _create(self) -> None:
         """The first chunk: a new journal and a new data file, both exclusively ours."""
+        self._info = None  # a RESTART's old data is gone: nothing of it may be named again
         for attempt in (0, 1):
             state = self.dest.state_fd(create=True)
             try:
