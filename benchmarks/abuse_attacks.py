@@ -290,7 +290,7 @@ class SamePath(Attack):
         self.background(self._watch)
 
     def _state(self):
-        from ftx.partial import partial_paths
+        from ftx.journal import partial_paths
 
         try:
             st = os.stat(partial_paths(self.ctx.dir, self.wire)[1] or "")

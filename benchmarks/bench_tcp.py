@@ -60,7 +60,7 @@ def bench_resume_check(src: str, dst_dir: str, size: int) -> dict:
     recv = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
                                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = json.loads(read_line(recv))["port"]
-    from ftx.partial import partial_paths
+    from ftx.journal import partial_paths
 
     journal, _ = partial_paths(dst_dir, os.fsencode(os.path.basename(src)))
     send = subprocess.Popen(FTX + ["send", src, f"127.0.0.1:{port}", "--no-progress"], stderr=subprocess.DEVNULL)

@@ -22,7 +22,7 @@ from typing import Callable
 from .errors import FtxError
 from .fileops import FILE_FLAGS
 from .helddirs import pinned
-from .partial import IN_STATE, JournalHeader, drop_files
+from .journal import IN_STATE, JournalHeader, drop_files
 
 log = logging.getLogger("ftx.receive")
 

@@ -12,11 +12,8 @@ The data lives in the destination's own directory instead (as
 file system.  Both are created with ``O_CREAT | O_EXCL | O_NOFOLLOW``: ftx
 never opens, truncates or removes a file it did not create.
 
-Journal (big-endian): header ``"FTXJ" u16 version=2 u16 where (0: .ftx, 1: the
-destination's directory) u32 chunk_size u64 size i64 mtime_ns u64 data_dev
-u64 data_ino 16s data_token u16 path_len``, the wire path, ``u64 xxh3_64`` of
-all that; then 24-byte records ``u64 index, u64 chunk checksum, u64
-xxh3_64(previous 16 bytes)``, one appended after its chunk is written.  On
+The journal (journal.py) records the source version, the wire path and the data
+file's (dev, inode), then one record per chunk, appended after it is written.  On
 resume every recorded chunk is read back and re-hashed, so torn or lost writes
 are found and re-sent; data whose (dev, inode) is not the one recorded is not
 ftx's and is neither used nor removed.  Finalize: verify the XXH3-128 digest,
@@ -32,7 +29,6 @@ import errno
 import fcntl
 import os
 import secrets
-import struct
 
 import xxhash
 
@@ -44,78 +40,14 @@ from .errors import ErrorCode, FtxError, StorageError
 from .fileops import (FILE_FLAGS, Temp, copy_fd, link_fd, pread_full, pwrite_full, random_name, seal, storage_error,
                       unlink_quietly)
 from .helddirs import pinned
-
-JOURNAL_MAGIC = b"FTXJ"
-JOURNAL_VERSION = 2
-JOURNAL_FIXED = struct.Struct(">4sHHIQqQQ16sH")
-RECORD = struct.Struct(">QQ")
-RECORD_SIZE = RECORD.size + 8
-IN_STATE, IN_DIR = 0, 1
+from .journal import (IN_DIR, IN_STATE, RECORD, RECORD_SIZE, JournalHeader, data_name, drop_files, journal_header_size,
+                      journal_name, record)
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
 PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most Limits.digest_buffer_bytes)
 # a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
 # costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
 KEEP_MIN = 1024 * 1024
-
-
-def journal_name(wire_path: bytes) -> bytes:
-    return b"j-" + xxhash.xxh3_128_hexdigest(wire_path).encode()
-
-
-def data_name(where: int, token: bytes) -> bytes:
-    return b"p-" + token.hex().encode() if where == IN_STATE else b".ftx-" + token.hex().encode() + b".part"
-
-
-def journal_header_size(wire_path: bytes) -> int:
-    return JOURNAL_FIXED.size + len(wire_path) + 8
-
-
-def partial_paths(root, wire_path: bytes) -> tuple[str, str | None]:
-    """(journal, data) paths of the partial of ``wire_path`` below ``root``, for tools and tests (data
-    None while there is no journal header naming it).  ftx itself never uses these strings."""
-    state = os.path.join(os.fsdecode(root), ".ftx")
-    journal = os.path.join(state, os.fsdecode(journal_name(wire_path)))
-    try:
-        with open(journal, "rb") as f:
-            info = JournalHeader.parse(f.read(1 << 13))
-    except OSError:
-        info = None
-    if info is None:
-        return journal, None
-    where = state if info.where == IN_STATE else os.path.dirname(os.path.join(os.fsdecode(root), os.fsdecode(wire_path)))
-    return journal, os.path.join(where, os.fsdecode(info.data_name))
-
-
-class JournalHeader:
-    """What a journal's header says: the source version, the wire path and where the data is."""
-
-    __slots__ = ("where", "chunk_size", "size", "mtime_ns", "ident", "token", "path")
-
-    def __init__(self, where, chunk_size, size, mtime_ns, ident, token, path) -> None:
-        self.where, self.chunk_size, self.size, self.mtime_ns = where, chunk_size, size, mtime_ns
-        self.ident, self.token, self.path = ident, token, path
-
-    def pack(self) -> bytes:
-        head = JOURNAL_FIXED.pack(JOURNAL_MAGIC, JOURNAL_VERSION, self.where, self.chunk_size, self.size,
-                                  self.mtime_ns, self.ident[0], self.ident[1], self.token, len(self.path))
-        head += self.path
-        return head + xxhash.xxh3_64_digest(head)
-
-    @classmethod
-    def parse(cls, raw: bytes) -> "JournalHeader | None":
-        if len(raw) < JOURNAL_FIXED.size:
-            return None
-        magic, version, where, csize, size, mtime, dev, ino, token, plen = JOURNAL_FIXED.unpack_from(raw)
-        end = JOURNAL_FIXED.size + plen
-        if magic != JOURNAL_MAGIC or version != JOURNAL_VERSION or where not in (IN_STATE, IN_DIR) \
-                or len(raw) < end + 8 or xxhash.xxh3_64_digest(raw[:end]) != raw[end : end + 8]:
-            return None
-        return cls(where, csize, size, mtime, (dev, ino), token, raw[JOURNAL_FIXED.size : end])
-
-    @property
-    def data_name(self) -> bytes:
-        return data_name(self.where, self.token)
 
 
 class PartialFile:
@@ -262,7 +194,7 @@ class PartialFile:
     def _rewrite_journal(self, records: dict[int, int]) -> None:
         out = bytearray(self._info.pack())
         for index in sorted(records):
-            out += _record(index, records[index])
+            out += record(index, records[index])
         os.ftruncate(self.jfd, 0)
         pwrite_full(self.jfd, out, 0)
         self._jsize = len(out)
@@ -392,7 +324,7 @@ class PartialFile:
         try:
             self.dest.account(self.fd, len(data), self._info.ident[0])
             pwrite_full(self.fd, data, index * self.entry.chunk_size)
-            if os.pwrite(self.jfd, _record(index, checksum), self._jsize) != RECORD_SIZE:
+            if os.pwrite(self.jfd, record(index, checksum), self._jsize) != RECORD_SIZE:
                 raise OSError(errno.ENOSPC, "short write to the journal")
             self._jsize += RECORD_SIZE
         except OSError as exc:
@@ -567,34 +499,4 @@ class PartialFile:
             self.dest.state_leave()
 
 
-def drop_files(dest, state: int, jname: bytes, info: JournalHeader | None) -> int:
-    """Remove a journal and the data it names; return the data's size.  Data in a user's
-    directory is removed only if it is still the inode ftx made."""
-    size = 0
-    if info is not None:
-        if info.where == IN_STATE:
-            try:
-                size = os.stat(info.data_name, dir_fd=state, follow_symlinks=False).st_size
-                os.unlink(info.data_name, dir_fd=state)
-            except OSError:
-                pass
-        else:
-            try:
-                with pinned(dest.dirs, info.path.rpartition(b"/")[0]) as d:
-                    if d is not None:
-                        st = os.stat(info.data_name, dir_fd=d.fd, follow_symlinks=False)
-                        if (st.st_dev, st.st_ino) == info.ident:
-                            os.unlink(info.data_name, dir_fd=d.fd)
-                            size = st.st_size
-            except (OSError, FtxError):
-                pass
-    unlink_quietly(jname, state)
-    return size
-
-
-def _record(index: int, checksum: int) -> bytes:
-    rec = RECORD.pack(index, checksum)
-    return rec + xxhash.xxh3_64_digest(rec)
-
-
-__all__ = ["KEEP_MIN", "PartialFile", "drop_files", "partial_paths", "journal_header_size", "journal_name", "JournalHeader"]
+__all__ = ["KEEP_MIN", "PENDING_LIMIT", "PENDING_TOTAL", "PartialFile"]

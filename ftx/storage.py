@@ -40,10 +40,12 @@ from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
-from .fileops import FILE_FLAGS, Temp, creation_mode, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs, unlink_quietly
+from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs,
+                      unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
+from .journal import JournalHeader, drop_files, journal_name
 from .limits import Limits
-from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, JournalHeader, PartialFile, drop_files, journal_name
+from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted

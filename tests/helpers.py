@@ -139,14 +139,14 @@ def write_random(path: Path, size: int, seed: int = 0) -> bytes:
 
 def journal_path(dest_dir: Path, name: str) -> Path:
     """Where the receiver keeps the journal of ``dest_dir/name`` (its state directory .ftx)."""
-    from ftx.partial import journal_name
+    from ftx.journal import journal_name
 
     return Path(dest_dir) / ".ftx" / os.fsdecode(journal_name(os.fsencode(name)))
 
 
 def data_path(dest_dir: Path, name: str) -> Path | None:
     """The partial data file the journal of ``dest_dir/name`` names (None without a journal)."""
-    from ftx.partial import IN_STATE, JournalHeader
+    from ftx.journal import IN_STATE, JournalHeader
 
     try:
         info = JournalHeader.parse(journal_path(dest_dir, name).read_bytes())
@@ -160,7 +160,7 @@ def data_path(dest_dir: Path, name: str) -> Path | None:
 
 def journal_records(dest_dir: Path, name: str) -> int:
     """Verified-chunk records in the journal of ``dest_dir/name`` (0 if none)."""
-    from ftx.partial import journal_header_size
+    from ftx.journal import journal_header_size
 
     try:
         size = os.path.getsize(journal_path(dest_dir, name))
@@ -171,7 +171,7 @@ def journal_records(dest_dir: Path, name: str) -> int:
 
 def partials(dest_dir: Path) -> list[str]:
     """The wire paths of the partials the receiver keeps for ``dest_dir`` (from their journals)."""
-    from ftx.partial import JournalHeader
+    from ftx.journal import JournalHeader
 
     state = Path(dest_dir) / ".ftx"
     out = []
