@@ -259,3 +259,87 @@ def test_small_files_are_durable_before_their_results_can_leave(tmp_path):
     assert not dest.unsynced
     assert [r.status for r in session.reports] == ["ok"] * 5
     dest.close()
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """``mount(path)`` puts a small tmpfs on ``path`` (another file system below --dir); unmounted after."""
+    import subprocess
+
+    done = []
+
+    def mount(path) -> None:
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+        done.append(path)
+
+    yield mount
+    for path in reversed(done):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _chunked(dest, name: bytes, data: bytes, chunks: range):
+    from ftx.core.checksum import chunk_checksum
+    from ftx.core.manifest import FileEntry
+    from ftx.storage import PartialFile
+
+    mib = 1024 * 1024
+    part = PartialFile(dest, FileEntry(name, size=len(data), chunk_size=mib), dest.resolve(name))
+    held, _ = part.open(resume=True)
+    for i in chunks:
+        piece = data[i * mib : (i + 1) * mib]
+        part.write_chunk(i, chunk_checksum(piece), piece)
+    return part, held
+
+
+def test_a_mount_point_below_dir_keeps_the_partial_beside_its_file_and_resumes(tmp_path, mounted):
+    """The data of a file under a mount point cannot be linked from .ftx (EXDEV): it is made in the
+    destination's directory under a random name, resumed from there, and linked into place."""
+    import random
+
+    import xxhash
+
+    from ftx.journal import IN_DIR, JournalHeader, journal_name
+    from ftx.limits import Limits
+    from ftx.storage import Destination
+
+    root = tmp_path / "dst"
+    (root / "mnt").mkdir(parents=True)
+    mounted(root / "mnt")
+    data = random.Random(4).randbytes(3 * 1024 * 1024 + 5)
+    dest = Destination(root, limits=Limits(min_free=0))  # the 16 MiB tmpfs is below the default reserve
+    part, _ = _chunked(dest, b"mnt/big.bin", data, range(2))
+    part.close()  # 2 MiB verified: kept for a resume
+    info = JournalHeader.parse((root / ".ftx" / os.fsdecode(journal_name(b"mnt/big.bin"))).read_bytes())
+    assert info.where == IN_DIR and (root / "mnt" / os.fsdecode(info.data_name)).exists()
+    part, held = _chunked(dest, b"mnt/big.bin", data, range(2, 4))
+    assert held.count() == 2, "the partial beside its file was not resumed"
+    assert part.finalize(xxhash.xxh3_128_digest(data)) == xxhash.xxh3_128_digest(data)
+    assert (root / "mnt" / "big.bin").read_bytes() == data
+    assert os.listdir(root / "mnt") == ["big.bin"] and not (root / ".ftx").exists()
+    dest.close()
+
+
+def test_a_mount_that_appears_during_a_transfer_gets_the_file_copied_not_hidden(tmp_path, mounted, monkeypatch):
+    """Data in .ftx, then a file system is mounted over the destination's directory: the link fails
+    with EXDEV and the file is copied into the mounted directory (where the path leads now)."""
+    import random
+
+    import xxhash
+
+    from ftx import helddirs
+    from ftx.storage import Destination
+
+    root = tmp_path / "dst"
+    (root / "mnt").mkdir(parents=True)
+    data = random.Random(5).randbytes(2 * 1024 * 1024 + 7)
+    dest = Destination(root)
+    part, _ = _chunked(dest, b"mnt/big.bin", data, range(3))
+    mounted(root / "mnt")
+    monkeypatch.setattr(helddirs, "RECHECK", 0.0)  # as if the recheck interval had passed
+    assert part.finalize(xxhash.xxh3_128_digest(data)) == xxhash.xxh3_128_digest(data)
+    assert (root / "mnt" / "big.bin").read_bytes() == data  # on the mounted file system
+    assert [n for n in os.listdir(root / "mnt") if n != "big.bin"] == []
+    assert not (root / ".ftx").exists()
+    dest.close()
