@@ -91,7 +91,8 @@ def test_exchanging_a_received_directory_with_a_symlink_never_writes_outside(tmp
             seen_outside.extend(os.listdir(outside))
         return swapped
 
-    proc = start_send(str(tmp_path / "src" / "sub"), receiver.dest)
+    # ~160 KB at 200 KB/s: the race runs for most of a second however fast the machine is
+    proc = start_send(str(tmp_path / "src" / "sub"), receiver.dest, "--max-rate", "200K")
     wait_for(lambda: os.path.lexists(sub) or proc.poll() is not None, what="sub/ to appear")
     racer = Racer(swap)
     racer.start()
