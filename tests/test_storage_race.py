@@ -71,15 +71,18 @@ def _outside_unchanged(outside, before: dict) -> None:
     assert now == before, "something outside --dir appeared or changed"
 
 
+N_RACED = 1500  # small files: at full speed the race runs for a second or more
+
+
 def test_exchanging_a_received_directory_with_a_symlink_never_writes_outside(tmp_path, receiver):
-    """Finding 2: 400 small files into sub/ and sub/deeper/ while a thread keeps swapping sub with a
+    """Finding 2: 1500 small files into sub/ and sub/deeper/ while a thread keeps swapping sub with a
     symlink to a directory outside --dir (RENAME_EXCHANGE); the old resolve() checked with lstat and
     then used the path string, and wrote files with the sender's names and contents outside."""
     outside = tmp_path / "outside"
     outside.mkdir()
     src = tmp_path / "src" / "sub"
-    for i in range(400):
-        write_random(src / ("deeper" if i % 2 else ".") / f"f{i:03d}.txt", 200 + i, seed=i)
+    for i in range(N_RACED):
+        write_random(src / ("deeper" if i % 2 else ".") / f"f{i:04d}.txt", 200 + i % 400, seed=i)
     dst = receiver.dir
     sub, link = os.fsencode(dst / "sub"), os.fsencode(dst / "link")
     os.symlink(outside, link)
@@ -91,14 +94,19 @@ def test_exchanging_a_received_directory_with_a_symlink_never_writes_outside(tmp
             seen_outside.extend(os.listdir(outside))
         return swapped
 
-    # ~160 KB at 200 KB/s: the race runs for most of a second however fast the machine is
-    proc = start_send(str(tmp_path / "src" / "sub"), receiver.dest, "--max-rate", "200K")
+    proc = start_send(str(tmp_path / "src" / "sub"), receiver.dest)
     wait_for(lambda: os.path.lexists(sub) or proc.poll() is not None, what="sub/ to appear")
     racer = Racer(swap)
     racer.start()
-    try:
-        proc.communicate(timeout=60)
+    drain = threading.Thread(target=proc.communicate, daemon=True)  # its --json report must not fill the pipe
+    drain.start()
+    try:  # until the sender is done, or something shows up outside (then no need to wait for it)
+        wait_for(lambda: not drain.is_alive() or seen_outside or os.listdir(outside) or not racer.is_alive(),
+                 timeout=60, interval=0.01, what="the sender")
     finally:
+        if proc.poll() is None:
+            proc.kill()
+        drain.join(10)
         racer.stop()
     assert racer.rounds > 10, "the race did not run"
     assert not seen_outside and list(outside.iterdir()) == [], "a file landed outside --dir"
@@ -106,7 +114,7 @@ def test_exchanging_a_received_directory_with_a_symlink_never_writes_outside(tmp
                    for p in dst.rglob("*"))
     # what did land is only what the sender sent, under its own names, inside --dir
     for p in dst.rglob("f*.txt"):
-        i = int(p.name[1:4])
+        i = int(p.name[1:5])
         assert p.read_bytes() == (src / ("deeper" if i % 2 else ".") / p.name).read_bytes()
 
 
