@@ -179,15 +179,17 @@ class HeldDirs:
             if held is not None:
                 os.close(fd)
                 self._open.move_to_end(rel)
+                held.pins += 1
             else:
                 held = self._open[rel] = fresh
+                held.pins += 1  # before the eviction below, which must never pick it
                 while len(self._open) > self.limit:
                     victim = next((h for h in self._open.values() if h.pins == 0), None)
                     if victim is None:
                         break  # every one is in use: over the bound until they are released
                     del self._open[victim.rel]
+                    victim.evicted = True
                     os.close(victim.fd)
-            held.pins += 1
             return held
 
     def forget(self, rel: bytes) -> None:
