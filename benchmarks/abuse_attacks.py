@@ -285,13 +285,15 @@ class SamePath(Attack):
     def start(self) -> None:
         self.tcp = TcpConns(self.ctx.port)
         self.contests: list[tuple[str, int | None]] = []  # (legit send, attacker connection)
-        self.part = os.path.join(self.ctx.dir, f".{self.ctx.legit_name}.ftx-part")
+        self.wire = os.fsencode(self.ctx.legit_name)
         self.armed: tuple | None = None  # the partial as it was before this send, or None: done
         self.background(self._watch)
 
     def _state(self):
+        from ftx.journal import partial_paths
+
         try:
-            st = os.stat(self.part)
+            st = os.stat(partial_paths(self.ctx.dir, self.wire)[1] or "")
             return st.st_ino, st.st_mtime_ns, st.st_size
         except OSError:
             return None

@@ -15,7 +15,7 @@ subprocess on 127.0.0.1, ephemeral port, its own --dir), one at a time:
 A thread samples VmRSS/VmHWM (/proc/PID/status) and the open descriptors
 (/proc/PID/fd; "dir fds" are those on files in --dir) throughout.  The table
 shows, per attack: RSS before / peak / after, peak descriptors, sidecar files
-(.ftx-part/.ftx-journal) and disk used in --dir after, the legitimate sender's
+(files in .ftx/ and .ftx-* temporaries) and disk used in --dir after, the legitimate sender's
 times undisturbed -> during the attack, and PASS/FAIL against the targets.
 
 --dir lives on a private filesystem (--fs auto: a loop-mounted ext4 image of
@@ -204,7 +204,7 @@ def dir_usage(directory: str) -> tuple[int, int]:
     sidecars = used = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:
-            if name.endswith((".ftx-part", ".ftx-journal")):
+            if os.path.basename(root) == ".ftx" or name.startswith(".ftx-"):  # ftx's state, its temporaries
                 sidecars += 1
             try:
                 used += os.lstat(os.path.join(root, name)).st_blocks * 512

@@ -60,8 +60,9 @@ def bench_resume_check(src: str, dst_dir: str, size: int) -> dict:
     recv = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
                                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = json.loads(read_line(recv))["port"]
-    part = os.path.join(dst_dir, "." + os.path.basename(src) + ".ftx-part")
-    journal = os.path.join(dst_dir, "." + os.path.basename(src) + ".ftx-journal")
+    from ftx.journal import partial_paths
+
+    journal, _ = partial_paths(dst_dir, os.fsencode(os.path.basename(src)))
     send = subprocess.Popen(FTX + ["send", src, f"127.0.0.1:{port}", "--no-progress"], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -85,7 +86,8 @@ def bench_resume_check(src: str, dst_dir: str, size: int) -> dict:
     pf.close()
     held_bytes = sum(entry.chunk_length(i) for i in held.values())
     result = bench_ftx(src, dst_dir)
-    result.update(verify_seconds=verify, held_bytes=held_bytes, part_exists=os.path.exists(part))
+    part = partial_paths(dst_dir, entry.path)[1]
+    result.update(verify_seconds=verify, held_bytes=held_bytes, part_exists=bool(part) and os.path.exists(part))
     return result
 
 

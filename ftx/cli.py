@@ -153,7 +153,10 @@ def _fit_descriptors(limits: Limits) -> Limits:
 
     from .descriptors import raise_descriptor_limit
 
-    spare = limits.max_connections + 64  # sockets, the listeners, stdio, the interpreter's own
+    from .helddirs import DIR_CACHE
+
+    # sockets, the listeners, stdio, the interpreter's own; the held directories (+ --dir, .ftx, syncfs)
+    spare = limits.max_connections + 64 + DIR_CACHE + 4
     soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
     fits = max(1, (soft - spare) // 2)
     if fits < limits.max_open_files:

@@ -1,8 +1,9 @@
-"""Stale partial files go away: ftx's own sidecars untouched for ``--partial-ttl``.
+"""Stale partial files go away: journals and data in ``--dir/.ftx`` untouched for ``--partial-ttl``.
 
-A partial is the pair ``.name.ftx-journal`` + ``.name.ftx-part`` (storage.py).
-Only pairs whose journal is a regular file starting with ftx's magic are
-considered, so a user's file is never touched, whatever its name; a partial
+Only ftx's state directory is looked in (partial.py): the journals ``j-*`` and
+the data they name, and data files ``p-*`` that no journal names (a crash
+between their creation and the journal's header).  Nothing outside it is ever
+looked at, so a user's file is never touched, whatever its name.  A partial
 that this process is using, or that another process holds locked, is skipped.
 The receiver runs a pass at start and then every hour (or every TTL/2 when
 that is shorter, at least a second apart), in a worker thread.
@@ -18,95 +19,96 @@ import stat
 import time
 from typing import Callable
 
-from .storage import JOURNAL_MAGIC, JOURNAL_SUFFIX, PART_SUFFIX
+from .errors import FtxError
+from .fileops import FILE_FLAGS
+from .helddirs import pinned
+from .journal import IN_STATE, JournalHeader, drop_files
 
 log = logging.getLogger("ftx.receive")
 
 DEFAULT_INTERVAL = 3600.0
 
 
-def expire_partials(root: bytes, ttl: float, now: float | None = None,
-                    in_use: Callable[[bytes], bool] = lambda path: False) -> list[tuple[bytes, int, float]]:
-    """Remove partials below ``root`` whose files were all last modified ``ttl`` seconds ago or earlier.
+def expire_partials(dest, ttl: float, now: float | None = None,
+                    in_use: Callable[[bytes], bool] = lambda key: False) -> list[tuple[bytes, int, float]]:
+    """Remove partials of ``dest`` whose files were all last modified ``ttl`` seconds ago or earlier.
 
-    Returns (journal path, bytes freed, age in seconds) for each partial removed.
-    Never follows a symlink, never removes anything but a pair it recognises.
+    Returns (wire path, bytes freed, age in seconds) for each partial removed.
     """
     now = time.time() if now is None else now
+    state = dest.state_fd()
+    if state < 0:
+        return []
     removed = []
-    for dirpath, names in _walk(root):
-        for name in names:
-            if not (name.startswith(b".") and name.endswith(JOURNAL_SUFFIX)):
-                continue
-            journal = os.path.join(dirpath, name)
-            part = os.path.join(dirpath, name[: -len(JOURNAL_SUFFIX)] + PART_SUFFIX)
-            if in_use(journal):
-                continue
-            gone = _remove_if_stale(journal, part, ttl, now, in_use)
-            if gone is not None:
-                removed.append((journal, *gone))
-                rel = os.fsdecode(os.path.relpath(journal, root))
-                log.warning("removed a stale partial file: %s (%d bytes, untouched for %.1f days)",
-                            rel, gone[0], gone[1] / 86400)
+    named: set[bytes] = set()  # data files some journal names
+    try:
+        with os.scandir(state) as it:
+            names = [e.name for e in it]
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith("j-"):
+            continue
+        gone = _remove_if_stale(dest, state, os.fsencode(name), ttl, now, in_use, named)
+        if gone is not None:
+            removed.append(gone)
+            log.warning("removed a stale partial file: %s (%d bytes, untouched for %.1f days)",
+                        os.fsdecode(gone[0]), gone[1], gone[2] / 86400)
+    for name in names:  # data without a journal
+        bname = os.fsencode(name)
+        if not name.startswith("p-") or bname in named:
+            continue
+        try:
+            st = os.stat(bname, dir_fd=state, follow_symlinks=False)
+            if now - st.st_mtime >= ttl and bname not in named:
+                os.unlink(bname, dir_fd=state)
+                removed.append((bname, st.st_size, now - st.st_mtime))
+        except OSError:
+            continue
     return removed
 
 
-def _walk(root: bytes):
-    """(directory, file names) for every directory below ``root``, iteratively (a sender can make
-    the tree deeper than Python's recursion limit), never through a symlink."""
-    stack = [root]
-    while stack:
-        top = stack.pop()
-        names = []
-        try:
-            with os.scandir(top) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            names.append(entry.name)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-        yield top, names
-
-
-def _remove_if_stale(journal: bytes, part: bytes, ttl: float, now: float,
-                     in_use: Callable[[bytes], bool]) -> tuple[int, float] | None:
+def _remove_if_stale(dest, state: int, jname: bytes, ttl: float, now: float, in_use, named: set):
     try:
-        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(jname, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=state)
     except OSError:
-        return None  # vanished, a symlink, unreadable: not ours to judge
+        return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(JOURNAL_MAGIC), 0) != JOURNAL_MAGIC:
+        if not stat.S_ISREG(st.st_mode):
             return None
-        try:
-            pst = os.lstat(part)
-        except FileNotFoundError:
-            pst = None
-        if pst is not None and not stat.S_ISREG(pst.st_mode):
-            return None
-        newest = max(st.st_mtime, pst.st_mtime if pst is not None else 0.0)
+        info = JournalHeader.parse(os.pread(fd, 1 << 13, 0))
+        newest = st.st_mtime
+        if info is not None:
+            if info.where == IN_STATE:
+                named.add(info.data_name)
+            newest = max(newest, _data_mtime(dest, state, info))
         if now - newest < ttl:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a receiver writing it: in use
         except BlockingIOError:
             return None
-        if in_use(journal):  # a connection took it up meanwhile (it registers before it opens)
+        if in_use(dest.state_key(jname)):  # a connection took it up meanwhile (it registers before it opens)
             return None
-        size = st.st_size + (pst.st_size if pst is not None else 0)
-        if pst is not None:
-            os.unlink(part)
-        os.unlink(journal)
-        return size, now - newest
+        size = st.st_size + drop_files(dest, state, jname, info)
+        return (info.path if info is not None else jname), size, now - newest
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _data_mtime(dest, state: int, info: JournalHeader) -> float:
+    try:
+        if info.where == IN_STATE:
+            return os.stat(info.data_name, dir_fd=state, follow_symlinks=False).st_mtime
+        with pinned(dest.dirs, info.path.rpartition(b"/")[0]) as d:
+            if d is not None:
+                return os.stat(info.data_name, dir_fd=d.fd, follow_symlinks=False).st_mtime
+    except (OSError, FtxError):
+        pass
+    return 0.0
 
 
 def interval_for(ttl: float) -> float:

@@ -98,8 +98,11 @@ class ReceiveSession:
 
     # -- dispatch -------------------------------------------------------------
     def handle_all(self, events: list[Event]) -> None:
-        for ev in events:
-            self.handle(ev)
+        try:
+            for ev in events:
+                self.handle(ev)
+        finally:
+            self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
 
     #: events that show the session is getting somewhere (PINGs never reach here)
     PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)

@@ -1,25 +1,28 @@
-"""Receiver-side storage: safe paths, partial files with a journal, atomic finalize.
+"""The receive root (``--dir``): where received files land, and nothing anywhere else.
 
-Layout beside each destination ``DIR/name``::
+Every wire path is resolved below ``--dir`` through directory descriptors held
+open from ``--dir`` down (helddirs.py): each component opened with
+``O_DIRECTORY | O_NOFOLLOW`` relative to its parent, files created, linked,
+renamed and unlinked relative to the descriptor of their own directory, modes
+and times set on descriptors.  A local user who swaps a directory for a symlink
+while ftx writes makes that file fail; nothing lands outside --dir, and no file
+that ftx did not create is opened for writing, truncated or removed.
 
-    DIR/.name.ftx-part      the data, written at chunk offsets (never the final name)
-    DIR/.name.ftx-journal   header + one record per verified chunk
-
-Journal (big-endian): a 36-byte header ``"FTXJ" u16 version u16 0 u32 chunk_size
-u64 size i64 mtime_ns u64 xxh3_64(previous 28 bytes)``, then 24-byte records
-``u64 index, u64 chunk checksum, u64 xxh3_64(previous 16 bytes)``.  A record is
-appended after its chunk is written; on resume every recorded chunk is read back
-and re-hashed, so torn or lost writes (a kill, a crash) are found and re-sent.
-Finalize: verify the XXH3-128 digest, set mode and mtime, fsync, then link (or,
-with overwrite, rename) into place and fsync the directory.
+A small file is written to an ``O_TMPFILE`` (or an exclusively created random
+name) in its directory, its mode and mtime set, and linked under its name
+(EEXIST: the file that is there stays); with --overwrite renamed over.  Its
+durability is batched: ``sync()`` flushes every file system written since the
+last call (``syncfs``), and the session calls it before the RESULTs of a batch
+leave, so a file reported OK is on disk.  Files received in chunks (partial.py)
+keep their journal and data in ``--dir/.ftx/``, a directory ftx makes itself
+(mode 0700) and refuses to use if it is anything else.
 
 Bounds (``Limits``): nothing is created for an offer until its first chunk
-arrives, and no space is reserved ahead of the data (no preallocation); an
-offer whose missing bytes do not fit in the free space less ``min_free`` is
-refused; at most ``max_open_files`` partials hold descriptors at once (least
-recently used ones close and reopen on their next chunk); sidecars that hold
-less than ``KEEP_MIN`` (1 MiB) of verified data are removed when their file
-is let go.
+arrives, and no space is reserved ahead of the data; an offer whose missing
+bytes do not fit in the free space less ``min_free`` is refused; free space is
+read with ``fstatvfs`` at most once a second or every eighth of the room left
+(1 to 64 MiB of writes); at most ``max_open_files`` partials hold descriptors at
+once, and at most ``DIR_CACHE`` (32) directories.
 """
 
 from __future__ import annotations
@@ -28,80 +31,37 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 import threading
+import time
+import weakref
 
-import xxhash
-
-from .core.checksum import FileHasher, HeldDigest, chunk_checksum, file_digest
+from .claims import Busy, claim, in_use
+from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
-from .core.ranges import RangeSet
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
+from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs,
+                      unlink_quietly)
+from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
+from .journal import JournalHeader, drop_files, journal_name
 from .limits import Limits
+from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
-JOURNAL_MAGIC = b"FTXJ"
-JOURNAL_HEADER = struct.Struct(">4sHHIQq")
-RECORD = struct.Struct(">QQ")
-RECORD_SIZE = RECORD.size + 8
-PART_SUFFIX = b".ftx-part"
-JOURNAL_SUFFIX = b".ftx-journal"
-READ_BLOCK = 1024 * 1024
-
-_busy_lock = threading.Lock()
-_busy: dict[bytes, object] = {}  # destination -> who is writing it, in this process
-_live: set[bytes] = set()  # journal paths of the partials this process is using (expiry skips them)
+STATE_DIR = b".ftx"
+SPACE_AGE = 1.0  # seconds a free-space figure is trusted
+_roots: "weakref.WeakValueDictionary[bytes, Destination]" = weakref.WeakValueDictionary()
 
 
-def _storage_error(exc: OSError, what: str) -> StorageError:
-    return StorageError(f"{what}: {os.strerror(exc.errno) if exc.errno else exc}")
+class MadeDir:
+    """A directory ``make_dir`` handled: which inode, and whether ftx created it (only those get modes)."""
 
+    __slots__ = ("dest", "rel", "ident", "created")
 
-def _pread_full(fd: int, view: memoryview, offset: int) -> int:
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n == 0:
-            break
-        got += n
-    return got
+    def __init__(self, dest, rel: bytes, ident: tuple[int, int], created: bool) -> None:
+        self.dest, self.rel, self.ident, self.created = dest, rel, ident, created
 
-
-def _pwrite_full(fd: int, data, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def hash_file(path: bytes, block: int = READ_BLOCK) -> bytes:
-    """XXH3-128 of a file, streaming."""
-    h = FileHasher()
-    buf = bytearray(block)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        while n := os.readv(fd, [view]):
-            h.update(view[:n])
-    finally:
-        os.close(fd)
-    return h.digest()
-
-
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sidecar(dest: bytes, suffix: bytes) -> bytes:
-    head, name = os.path.split(dest)
-    if len(name) + len(suffix) + 1 > 255:
-        name = xxhash.xxh3_64_hexdigest(name).encode()
-    return os.path.join(head, b"." + name + suffix)
+    def __fspath__(self) -> bytes:
+        return os.path.join(self.dest.root, self.rel)
 
 
 class Destination:
@@ -113,167 +73,413 @@ class Destination:
         self.limits = limits or Limits()
         self.descriptors = DescriptorBudget(self.limits.max_open_files)
         self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.digest_buffer_bytes))
-        self._written = 0  # chunk bytes written (all files) since free space was last looked at
-        self._check_every = 0  # ... and how many may go before it is looked at again
         os.makedirs(self.root, exist_ok=True)
-
-    def check_space(self, path: bytes, needed: int) -> None:
-        """Refuse (STORAGE) to store ``needed`` more bytes at ``path`` if they would eat into --min-free."""
-        if needed <= 0:
-            return
+        self.root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
+        self.dirs = HeldDirs(self.root_fd)
+        self._lock = threading.RLock()
+        self._state_fd = -1
+        self._state_users = 0  # partials alive: .ftx is removed (if empty) when none is
+        self.state_dev = self.dirs.root.dev  # where .ftx is (or will be made)
+        self._space: dict[int, list] = {}  # dev -> [free, when read, bytes taken since, re-read after]
+        self._dirty: dict[int, int] = {}  # dev -> a descriptor on it, written since the last sync
+        self._dev_fds: dict[int, int] = {}
+        self._sync_lock = threading.Lock()
+        self._no_tmpfile: set[int] = set()
         try:
-            st = os.statvfs(os.path.dirname(path))
+            self._open_state(create=False)
+        except BaseException:
+            self.close()
+            raise
+        _roots[self.root] = self
+
+    # -- ftx's own state directory ----------------------------------------------------
+    def _open_state(self, create: bool) -> int:
+        with self._lock:
+            if self._state_fd >= 0:
+                return self._state_fd
+            shown = os.path.join(self.root, STATE_DIR)
+            why = f"{os.fsdecode(shown)} exists and is not a directory ftx can trust (ftx keeps partial files there)"
+            try:
+                fd = open_dir_at(self.root_fd, STATE_DIR, shown)
+            except FileNotFoundError:
+                if not create:
+                    return -1
+                try:
+                    os.mkdir(STATE_DIR, 0o700, dir_fd=self.root_fd)
+                except FileExistsError:
+                    pass
+                fd = open_dir_at(self.root_fd, STATE_DIR, shown)
+            except FtxError:
+                raise OSError(errno.EPERM, f"{why}; move it away") from None
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                os.close(fd)
+                raise OSError(errno.EPERM, f"{why} (owner {st.st_uid}, mode {st.st_mode & 0o7777:o}; "
+                                           f"it must be ours and 0700); move it away")
+            self._state_fd, self.state_dev = fd, st.st_dev
+            return fd
+
+    def state_fd(self, create: bool = False) -> int:
+        """The held descriptor of ``--dir/.ftx`` (made if ``create``), or -1 if there is none."""
+        if self._state_fd >= 0:
+            return self._state_fd
+        try:
+            return self._open_state(create)
         except OSError as exc:
-            raise _storage_error(exc, "cannot tell the free space") from exc
-        free = st.f_bavail * st.f_frsize
-        if needed > free - self.limits.min_free:
+            raise StorageError(exc.strerror or str(exc)) from None
+
+    def state_enter(self) -> None:
+        """A partial may put files into .ftx from now on (until ``state_leave``)."""
+        with self._lock:
+            self._state_users += 1
+
+    def state_leave(self) -> None:
+        """A partial is done; the last one removes .ftx if it is empty (nothing of ftx's is left behind)."""
+        with self._lock:
+            self._state_users -= 1
+            self.tidy_state()
+
+    def tidy_state(self) -> None:
+        with self._lock:
+            if self._state_users or self._state_fd < 0:
+                return
+            try:
+                st = os.stat(STATE_DIR, dir_fd=self.root_fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == _ident(self._state_fd):
+                    os.rmdir(STATE_DIR, dir_fd=self.root_fd)
+            except OSError:
+                return  # not empty (a partial kept for a resume), or gone
+            os.close(self._state_fd)  # no partial is alive: nobody else uses the number
+            self._state_fd = -1
+
+    def state_lost(self, fd: int) -> None:
+        """``fd`` is a .ftx that was removed: open (or make) it again next time."""
+        with self._lock:
+            if self._state_fd == fd:  # not closed: another thread may be using the number
+                self._dev_fds[-1 - len(self._dev_fds)] = fd  # closed with the destination
+                self._state_fd = -1
+
+    def state_key(self, name: bytes) -> bytes:
+        return self.root + b"/" + STATE_DIR + b"/" + name
+
+    def close(self) -> None:
+        """Close every descriptor this destination holds (it must not be used afterwards)."""
+        self.dirs.close()
+        for fd in [self._state_fd, self.root_fd, *self._dev_fds.values()]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._state_fd = self.root_fd = -1
+        self._dev_fds.clear()
+
+    def __del__(self) -> None:
+        if getattr(self, "root_fd", -1) >= 0:
+            self.close()
+
+    # -- paths ----------------------------------------------------------------------
+    def check(self, wire_path: bytes) -> bytes:
+        """``wire_path`` if the receiver may write it (BAD_PATH otherwise)."""
+        check_wire_path(wire_path)
+        if wire_path == STATE_DIR or wire_path.startswith(STATE_DIR + b"/"):
+            raise UnsafePath(f"{os.fsdecode(wire_path)}: .ftx is the receiver's own state directory")
+        return wire_path
+
+    def rel_of(self, path: bytes) -> bytes:
+        """The wire path of an absolute path ``resolve`` returned."""
+        if not path.startswith(self.root + b"/"):
+            raise UnsafePath(f"{os.fsdecode(path)} is not below {os.fsdecode(self.root)}")
+        return path[len(self.root) + 1 :]
+
+    def resolve(self, wire_path: bytes, make_parents: bool = True) -> bytes:
+        """The local path (for names and claims) of a wire path; its parents are made (if asked) and
+        checked to be real directories.  Everything that then touches the file goes through held
+        directory descriptors, never through this string."""
+        self.check(wire_path)
+        if make_parents:
+            parent = wire_path.rpartition(b"/")[0]
+            self.dirs.release(self.dirs.hold(parent, create=True))
+        return self.root + b"/" + wire_path
+
+    def _parent(self, path: bytes, create: bool = False) -> tuple[pinned, bytes]:
+        rel = self.rel_of(path)
+        parent, _, name = rel.rpartition(b"/")
+        return pinned(self.dirs, parent, create), name
+
+    # -- free space ---------------------------------------------------------------------
+    def _room(self, d: HeldDir | int, dev: int, fresh: bool = False) -> int:
+        """Free bytes above --min-free on ``dev`` as far as known: read again after SPACE_AGE
+        seconds or once an eighth of the room left has been written."""
+        ent = self._space.get(dev)
+        now = time.monotonic()
+        if ent is None or fresh or now - ent[1] > SPACE_AGE or ent[2] > ent[3]:
+            try:
+                st = os.fstatvfs(d)
+            except OSError as exc:
+                raise storage_error(exc, "cannot tell the free space") from exc
+            free = st.f_bavail * st.f_frsize
+            ent = [free, now, 0, min(64 << 20, max(1 << 20, (free - self.limits.min_free) // 8))]
+            self._space[dev] = ent
+        return ent[0] - ent[2] - self.limits.min_free
+
+    def _fits(self, fd: int, dev: int, needed: int) -> None:
+        if needed > self._room(fd, dev) and needed > self._room(fd, dev, fresh=True):
+            free = self._space[dev][0]
             raise StorageError(
                 f"not enough space on the receiver: {_bytes(needed)} needed, {_bytes(free)} free "
                 f"and {_bytes(self.limits.min_free)} kept free (--min-free)"
             )
 
-    def account(self, path: bytes, nbytes: int) -> None:
-        """Before writing ``nbytes`` of a chunk: fail (STORAGE) if free space has sunk below --min-free.
+    def check_space(self, path: bytes, needed: int) -> None:
+        """Refuse (STORAGE) to store ``needed`` more bytes at ``path`` if they would eat into --min-free."""
+        if needed <= 0:
+            return
+        where, _ = self._parent(path)
+        with where as d:
+            d = d or self.dirs.root
+            self._fits(d.fd, d.dev, needed)
+
+    def account(self, fd: int, nbytes: int, dev: int | None = None) -> None:
+        """Before writing ``nbytes`` to ``fd``: fail (STORAGE) if free space has sunk below --min-free.
 
         Files are checked one by one when offered; this keeps them from eating the
-        reserve together.  Free space is looked at every eighth of the room that was
-        left (1 to 64 MiB of writes, over all files), so the reserve is overrun by at
-        most that much plus a chunk.  The counters are shared by threads without a
-        lock: a lost update only moves a check a little.
+        reserve together.  The counters are shared by threads without a lock: a
+        lost update only moves a check a little.
         """
-        self._written += nbytes
-        if self._written < self._check_every:
-            return
-        self._written = 0
-        try:
-            st = os.statvfs(os.path.dirname(path))
-        except OSError as exc:
-            raise _storage_error(exc, "cannot tell the free space") from exc
-        free = st.f_bavail * st.f_frsize
-        room = free - nbytes - self.limits.min_free
-        if room < 0:
-            self._check_every = 0
+        dev = self.state_dev if dev is None else dev
+        if nbytes > self._room(fd, dev) and nbytes > self._room(fd, dev, fresh=True):
+            free = self._space[dev][0]
             raise StorageError(f"the receiver's free space sank to {_bytes(free)}; "
                                f"{_bytes(self.limits.min_free)} are kept free (--min-free)")
-        self._check_every = min(64 << 20, max(1 << 20, room // 8))
+        self._space[dev][2] += nbytes
+
+    # -- durability -------------------------------------------------------------------------
+    def _written(self, d: HeldDir) -> None:
+        if d.dev not in self._dirty:
+            with self._lock:
+                fd = self._dev_fds.get(d.dev)
+                if fd is None:
+                    fd = self._dev_fds[d.dev] = os.dup(d.fd)
+                self._dirty[d.dev] = fd
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether files were written that ``sync()`` has not made durable yet."""
+        return bool(self._dirty)
+
+    def sync(self) -> None:
+        """Make every file written since the last call durable (one syncfs per file system written).
+
+        Call before the files' RESULTs go out.  Concurrent callers wait for a flush in progress.
+        """
+        if not self._dirty:
+            return
+        with self._sync_lock:
+            with self._lock:
+                todo, self._dirty = self._dirty, {}
+            for fd in todo.values():
+                try:
+                    syncfs(fd)
+                except OSError as exc:
+                    raise storage_error(exc, "cannot flush received files to disk") from exc
 
     def expire_partials(self, ttl: float, now: float | None = None) -> list:
-        """Remove ftx's partials (data and journal) untouched for ``ttl`` seconds; return what went."""
+        """Remove ftx's partials (journal and data) untouched for ``ttl`` seconds; return what went."""
         from .expiry import expire_partials
 
-        return expire_partials(self.root, ttl, now, in_use=in_use)
-
-    def resolve(self, wire_path: bytes, make_parents: bool = True) -> bytes:
-        """Absolute local path for a wire path; parents are real directories (created if asked)."""
-        check_wire_path(wire_path)
-        parts = wire_path.split(b"/")
-        last = parts[-1]
-        if last.startswith(b".") and (last.endswith(PART_SUFFIX) or last.endswith(JOURNAL_SUFFIX)):
-            raise UnsafePath(f"{os.fsdecode(wire_path)}: names ending in .ftx-part/.ftx-journal are ftx's own")
-        cur = self.root
-        for part in parts[:-1]:
-            cur = os.path.join(cur, part)
-            try:
-                st = os.lstat(cur)
-            except FileNotFoundError:
-                if not make_parents:
-                    return os.path.join(self.root, wire_path)
-                try:
-                    os.mkdir(cur, 0o755)
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    raise _storage_error(exc, f"cannot create directory {os.fsdecode(cur)}") from exc
-                st = os.lstat(cur)
-            if stat.S_ISLNK(st.st_mode):
-                raise UnsafePath(f"refusing to write through symlink {os.fsdecode(cur)}")
-            if not stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"{os.fsdecode(cur)} exists and is not a directory", ErrorCode.EXISTS)
-        return os.path.join(cur, parts[-1])
+        self.state_enter()
+        try:
+            return expire_partials(self, ttl, now, in_use=in_use)
+        finally:
+            self.state_leave()
 
     # -- directories and symlinks -----------------------------------------
-    def make_dir(self, entry: FileEntry) -> bytes:
-        """Create a directory (mode and mtime are applied later by ``finish_dirs``)."""
-        path = self.resolve(entry.path)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"{os.fsdecode(path)} exists and is not a directory", ErrorCode.EXISTS) from None
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot create {os.fsdecode(path)}") from exc
-        return path
+    def make_dir(self, entry: FileEntry) -> MadeDir:
+        """Create a directory (mode and mtime are applied later by ``finish_dirs``, if ftx made it)."""
+        rel = self.check(entry.path)
+        parent, _, name = rel.rpartition(b"/")
+        created = False
+        with pinned(self.dirs, parent, create=True) as d:
+            try:
+                os.mkdir(name, 0o700, dir_fd=d.fd)
+                created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
+        with pinned(self.dirs, rel) as sub:
+            if sub is None:
+                raise StorageError(f"{os.fsdecode(rel)} vanished while it was made")
+            return MadeDir(self, rel, (sub.dev, sub.ino), created)
 
     @staticmethod
-    def finish_dirs(dirs: list[tuple[bytes, FileEntry]]) -> None:
-        """Apply directory modes and mtimes, deepest first, once their contents are written."""
-        for path, entry in sorted(dirs, key=lambda d: -d[0].count(b"/")):
-            try:
-                os.chmod(path, entry.mode & 0o777 | 0o700)
-                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            except OSError:
-                pass
+    def finish_dirs(dirs: list[tuple[MadeDir, FileEntry]]) -> None:
+        """Apply directory modes and mtimes, deepest first, once their contents are written -- only
+        to directories ftx created (and still the same inode), on an O_NOFOLLOW descriptor."""
+        for made, entry in sorted(dirs, key=lambda d: -d[0].rel.count(b"/")):
+            if made.created:
+                made.dest._finish_dir(made, entry)
+
+    def _finish_dir(self, made: MadeDir, entry: FileEntry) -> None:
+        try:
+            with pinned(self.dirs, made.rel) as d:
+                if d is None or (d.dev, d.ino) != made.ident:
+                    return
+                os.fchmod(d.fd, entry.mode & 0o777 | 0o700)
+                os.utime(d.fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        except (OSError, FtxError):
+            pass
 
     def make_symlink(self, entry: FileEntry) -> ErrorCode:
         check_link_target(entry.path, entry.target)
-        path = self.resolve(entry.path)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if stat.S_ISLNK(st.st_mode) and os.readlink(path) == entry.target:
-                return ErrorCode.IDENTICAL
-            if not self.overwrite or stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"{os.fsdecode(path)} exists and differs", ErrorCode.EXISTS)
-        tmp = sidecar(path, PART_SUFFIX)
-        try:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.symlink(entry.target, tmp)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot create symlink {os.fsdecode(path)}") from exc
+        rel = self.check(entry.path)
+        parent, _, name = rel.rpartition(b"/")
+        with pinned(self.dirs, parent, create=True) as d:
+            try:
+                st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=d.fd) == entry.target:
+                    return ErrorCode.IDENTICAL
+                if not self.overwrite or stat.S_ISDIR(st.st_mode):
+                    raise StorageError(f"{os.fsdecode(rel)} exists and differs", ErrorCode.EXISTS)
+            tmp = random_name(b".ftx-", b".tmp")
+            try:
+                os.symlink(entry.target, tmp, dir_fd=d.fd)
+                try:
+                    os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d.fd, follow_symlinks=False)
+                    if self.overwrite:
+                        os.rename(tmp, name, src_dir_fd=d.fd, dst_dir_fd=d.fd)
+                        tmp = b""
+                    else:
+                        os.link(tmp, name, src_dir_fd=d.fd, dst_dir_fd=d.fd, follow_symlinks=False)
+                finally:
+                    if tmp:
+                        unlink_quietly(tmp, d.fd)
+            except FileExistsError:
+                raise StorageError(f"{os.fsdecode(rel)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
+            except OSError as exc:
+                raise storage_error(exc, f"cannot create symlink {os.fsdecode(rel)}") from exc
+            self._written(d)
         return ErrorCode.OK
 
     # -- regular files ------------------------------------------------------
     def existing(self, path: bytes) -> os.stat_result | None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
+        where, name = self._parent(path)
+        with where as d:
+            if d is None:
+                return None
+            try:
+                st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
         if stat.S_ISDIR(st.st_mode):
             raise StorageError(f"{os.fsdecode(path)} exists and is a directory", ErrorCode.EXISTS)
         return st
 
+    def hash_file(self, path: bytes) -> bytes:
+        """XXH3-128 of the regular file at ``path`` (opened without following a symlink)."""
+        where, name = self._parent(path)
+        with where as d:
+            if d is None:
+                raise FileNotFoundError(path)
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
+        try:
+            return hash_fd(fd)
+        finally:
+            os.close(fd)
+
     def write_small(self, entry: FileEntry, data, digest: bytes) -> ErrorCode:
-        """Store a whole small file: verify, write beside, fsync, move into place."""
+        """Store a whole small file: verify, write a temporary in its directory, link it into place.
+
+        Durable once ``sync()`` has returned."""
         if file_digest(data) != digest:
             raise StorageError("whole-file digest mismatch", ErrorCode.DIGEST_MISMATCH)
-        path = self.resolve(entry.path)
-        st = self.existing(path)
-        if st is not None:
-            if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and hash_file(path) == digest:
+        rel = self.check(entry.path)
+        parent, _, name = rel.rpartition(b"/")
+        d = self.dirs.hold(parent, create=True)
+        try:
+            if self.overwrite and self._same(d, name, len(data), digest):
                 return ErrorCode.IDENTICAL
-            if not self.overwrite:
-                raise StorageError(f"{os.fsdecode(entry.path)} exists and differs (receiver has no --overwrite)", ErrorCode.EXISTS)
-        self.check_space(path, len(data))
-        with claim(path):
-            tmp = sidecar(path, PART_SUFFIX)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            if data:
+                self._fits(d.fd, d.dev, len(data))
+                self._space[d.dev][2] += len(data)
+            with claim(self.root + b"/" + rel):
+                mode = creation_mode(entry.mode)
                 try:
-                    _pwrite_full(fd, data, 0)
-                    _seal(fd, entry)
+                    t = Temp(d.fd, d.dev not in self._no_tmpfile, mode)
+                except OSError as exc:
+                    raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
+                if t.no_tmpfile:
+                    self._no_tmpfile.add(d.dev)
+                try:
+                    if data and os.write(t.fd, data) != len(data):
+                        pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
+                    seal(t.fd, entry.mode, entry.mtime_ns, sync=False, chmod=bool(t.name) or mode != entry.mode & 0o777)
+                    if self.overwrite:
+                        t.replace(name)
+                    else:
+                        t.link(name)
+                except FileExistsError:
+                    if self._same(d, name, len(data), digest):
+                        return ErrorCode.IDENTICAL
+                    raise StorageError(f"{os.fsdecode(rel)} exists and differs (receiver has no --overwrite)",
+                                       ErrorCode.EXISTS) from None
+                except IsADirectoryError:
+                    raise StorageError(f"{os.fsdecode(rel)} exists and is a directory", ErrorCode.EXISTS) from None
+                except OSError as exc:
+                    raise storage_error(exc, f"cannot write {os.fsdecode(rel)}") from exc
                 finally:
-                    os.close(fd)
-                _commit(tmp, path, self.overwrite)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
+                    t.close()
+            self._written(d)
+        finally:
+            self.dirs.release(d)
         return ErrorCode.OK
+
+    @staticmethod
+    def _same(d: HeldDir, name: bytes, size: int, digest: bytes) -> bool:
+        """Whether ``name`` is a regular file of ``size`` bytes with ``digest``."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            return stat.S_ISREG(st.st_mode) and st.st_size == size and hash_fd(fd) == digest
+        finally:
+            os.close(fd)
+
+    def remove_stale_partial(self, path: bytes) -> None:
+        """Drop what an earlier run left for a destination that is already complete."""
+        self.state_enter()
+        try:
+            self._remove_stale_partial(path)
+        finally:
+            self.state_leave()
+
+    def _remove_stale_partial(self, path: bytes) -> None:
+        state = self.state_fd()
+        if state < 0:
+            return
+        jname = journal_name(self.rel_of(path))
+        try:
+            jfd = os.open(jname, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=state)
+        except OSError:
+            return
+        try:
+            fcntl.flock(jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            drop_files(self, state, jname, JournalHeader.parse(os.pread(jfd, 1 << 13, 0)))
+        except OSError:
+            pass
+        finally:
+            os.close(jfd)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _bytes(n: int) -> str:
@@ -281,12 +487,6 @@ def _bytes(n: int) -> str:
         if n >= mult:
             return f"{n / mult:.1f} {unit}"
     return f"{max(n, 0)} bytes"
-
-
-def in_use(journal_path: bytes) -> bool:
-    """Whether a partial of this process uses the journal (open or not)."""
-    with _busy_lock:
-        return journal_path in _live
 
 
 class ByteBudget:
@@ -310,418 +510,31 @@ class ByteBudget:
                 self.used -= n
 
 
-def _seal(fd: int, entry: FileEntry) -> None:
-    os.fchmod(fd, entry.mode & 0o777)
-    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-    os.fsync(fd)
+def _owner(path: bytes) -> Destination | None:
+    for root, dest in list(_roots.items()):
+        if path.startswith(root + b"/"):
+            return dest
+    return None
 
 
-def _commit(tmp: bytes, path: bytes, overwrite: bool) -> None:
-    """Move a finished file into place: never over a user's file unless overwrite."""
+def hash_file(path: bytes) -> bytes:
+    """XXH3-128 of a file, streaming; below a receive root, through its held directories."""
+    dest = _owner(path)
+    if dest is not None:
+        return dest.hash_file(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS)
     try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise StorageError(f"{os.fsdecode(path)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                if os.path.lexists(path):
-                    raise StorageError(f"{os.fsdecode(path)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
-                os.rename(tmp, path)
-            else:
-                os.unlink(tmp)
-        _fsync_dir(os.path.dirname(path))
-    except OSError as exc:
-        raise _storage_error(exc, f"cannot finalize {os.fsdecode(path)}") from exc
-
-
-def _unlink_quietly(path: bytes) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class Busy(StorageError):
-    """Another connection of this process is writing the destination; ``holder`` says which."""
-
-    code = ErrorCode.BUSY
-
-    def __init__(self, message: str, holder: object) -> None:
-        super().__init__(message)
-        self.holder = holder
-
-
-class claim:
-    """Context manager marking a destination as being written by ``owner``."""
-
-    def __init__(self, path: bytes, owner: object = None) -> None:
-        self.path = path
-        self.owner = owner
-
-    def __enter__(self) -> "claim":
-        with _busy_lock:
-            holder = _busy.get(self.path)
-            if holder is not None:
-                raise Busy(f"{os.fsdecode(self.path)} is being received from another sender", holder)
-            _busy[self.path] = self.owner if self.owner is not None else self
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with _busy_lock:
-            if _busy.get(self.path) is (self.owner if self.owner is not None else self):
-                del _busy[self.path]
-
-    @staticmethod
-    def is_free(path: bytes) -> bool:
-        with _busy_lock:
-            return path not in _busy
-
-
-PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
-PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most Limits.digest_buffer_bytes)
-# a partial let go with less verified data than this is removed, not kept for a resume: re-sending it
-# costs little, and keeping it would let a client leave two files on disk for every tiny chunk it sends
-KEEP_MIN = 1024 * 1024
-
-
-class PartialFile:
-    """A file being received in chunks, with its journal of verified chunks.
-
-    Descriptors are opened when a chunk needs them, through the destination's
-    ``DescriptorBudget``, and may be closed between chunks; the journal's
-    ``flock`` is held while they are open.  Its sidecars are created by the
-    first chunk, not by the offer.
-    """
-
-    def __init__(self, dest: Destination, entry: FileEntry, path: bytes, owner: object = None) -> None:
-        self.dest, self.entry, self.path = dest, entry, path
-        self.part_path = sidecar(path, PART_SUFFIX)
-        self.journal_path = sidecar(path, JOURNAL_SUFFIX)
-        self.fd = -1
-        self.jfd = -1
-        self.pins = 0  # threads using the descriptors now (DescriptorBudget)
-        self.held = RangeSet()
-        self._claim = claim(path, owner)
-        self._claim.__enter__()
-        with _busy_lock:
-            _live.add(self.journal_path)
-        self._closed = False  # let go of for good: never reopened
-        self._on_disk = False  # our sidecars exist: kept from an earlier run, or made by the first chunk
-        self._jsize = 0  # journal length: where the next record goes
-        self._jino = 0
-        self._jident: tuple[int, int] | None = None  # journal (inode, size) when last closed
-        self._hasher: FileHasher | None = None  # made by the first chunk (~700 bytes an offer need not cost)
-        self._hashed = 0  # chunks [0, _hashed) are in _hasher
-        # chunks that arrived ahead of _hashed (UDP completes chunks out of order after a
-        # loss), kept -- up to PENDING_LIMIT bytes -- so the whole-file digest need not read
-        # them back from disk at the end
-        self._pending: dict[int, bytes] = {}
-        self._pending_bytes = 0
-        self._unkept = 1 << 63  # the first chunk ahead that could not be kept in memory (see write_chunk)
-        self.discarded = ""  # why an old partial was thrown away, if it was
-
-    # -- what an earlier run left -------------------------------------------------
-    def open(self, resume: bool) -> tuple[RangeSet, int]:
-        """Return the verified held chunks and their held digest; keep no descriptor open.
-
-        Leftovers that hold no verified chunk (or may not be used: no resume, another
-        source version) are removed.  Nothing is created here.
-        """
-        try:
-            try:
-                self.jfd = os.open(self.journal_path, os.O_RDWR | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                return RangeSet(), 0
-            self._lock_journal()
-            records = self._read_journal() if resume else None
-            if records is not None:
-                try:
-                    self.fd = os.open(self.part_path, os.O_RDWR | os.O_NOFOLLOW)
-                except FileNotFoundError:
-                    records = None
-            held_digest = self._verify(records) if records else 0
-            if not self.held:
-                _unlink_quietly(self.part_path)  # under the journal's lock
-                _unlink_quietly(self.journal_path)
-                return RangeSet(), 0
-            self._on_disk = True
-            self._jino = os.fstat(self.jfd).st_ino
-            self._jident = (self._jino, self._jsize)
-            return RangeSet(self.held), held_digest
-        except OSError as exc:
-            self.close()
-            raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.path)}") from exc
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.close_descriptors()
-
-    def _lock_journal(self) -> None:
-        try:
-            fcntl.flock(self.jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StorageError(f"{os.fsdecode(self.path)} is being received by another process", ErrorCode.BUSY) from None
-
-    def _header(self) -> bytes:
-        e = self.entry
-        head = JOURNAL_HEADER.pack(JOURNAL_MAGIC, 1, 0, e.chunk_size, e.size, e.mtime_ns)
-        return head + xxhash.xxh3_64_digest(head)
-
-    def _read_journal(self) -> dict[int, int] | None:
-        """Recorded chunks, or None when there is no usable journal for this source."""
-        buf = bytearray()
-        while chunk := os.read(self.jfd, 1 << 20):
-            buf += chunk
-        raw = bytes(buf)
-        header = self._header()
-        if not raw:
-            return None
-        if raw[: len(header)] != header:
-            self.discarded = "the source changed since the partial was made (size, mtime or chunk size differ)"
-            return None
-        records: dict[int, int] = {}
-        for off in range(len(header), len(raw) - RECORD_SIZE + 1, RECORD_SIZE):
-            rec = raw[off : off + RECORD.size]
-            if xxhash.xxh3_64_intdigest(rec) != int.from_bytes(raw[off + RECORD.size : off + RECORD_SIZE], "big"):
-                break  # torn record: everything after it is suspect
-            index, csum = RECORD.unpack(rec)
-            if index < self.entry.chunks:
-                records[index] = csum
-        self._jsize = len(raw)
-        return records
-
-    def _rewrite_journal(self, records: dict[int, int]) -> None:
-        out = bytearray(self._header())
-        for index in sorted(records):
-            out += _record(index, records[index])
-        os.ftruncate(self.jfd, 0)
-        _pwrite_full(self.jfd, out, 0)
-        self._jsize = len(out)
-
-    def _verify(self, records: dict[int, int]) -> int:
-        """Re-hash every recorded chunk from disk; keep those that still match; return the held digest."""
-        e = self.entry
-        buf = bytearray(e.chunk_size)
-        view = memoryview(buf)
-        good: dict[int, int] = {}
-        held_digest = HeldDigest()
-        for index in sorted(records):
-            length = e.chunk_length(index)
-            got = _pread_full(self.fd, view[:length], index * e.chunk_size)
-            if got != length or chunk_checksum(view[:length]) != records[index]:
-                continue
-            good[index] = records[index]
-            held_digest.add(records[index])
-            self.held.add(index)
-            if index == self._hashed:
-                self._hashing().update(view[:length])
-                self._hashed += 1
-        if good and (len(good) != len(records) or self._jsize != JOURNAL_HEADER.size + 8 + RECORD_SIZE * len(good)):
-            self._rewrite_journal(good)
-        return held_digest.value() if good else 0
-
-    # -- descriptors (called by the DescriptorBudget, under its lock) ------------------
-    def open_descriptors(self) -> None:
-        if self._closed:
-            raise StorageError(f"{os.fsdecode(self.entry.path)}: its connection has ended", ErrorCode.ABORTED)
-        fresh = not self._on_disk
-        try:
-            jfd = os.open(self.journal_path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if fresh else 0), 0o600)
-        except FileNotFoundError:
-            raise StorageError(f"the partial file of {os.fsdecode(self.entry.path)} vanished") from None
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.entry.path)}") from exc
-        fd = -1
-        try:
-            self.jfd = jfd
-            self._lock_journal()
-            st = os.fstat(jfd)
-            if fresh:
-                os.ftruncate(jfd, 0)
-                header = self._header()
-                _pwrite_full(jfd, header, 0)
-                self._jsize, self._jino = len(header), st.st_ino
-                fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                self._on_disk = True
-            else:
-                if (st.st_ino, st.st_size) != self._jident:
-                    raise StorageError(f"{os.fsdecode(self.path)}: its partial file was changed by another process",
-                                       ErrorCode.BUSY)
-                fd = os.open(self.part_path, os.O_RDWR | os.O_NOFOLLOW)
-        except BaseException as exc:
-            self.jfd = -1
-            os.close(jfd)
-            if fd >= 0:
-                os.close(fd)
-            if isinstance(exc, OSError):
-                raise _storage_error(exc, f"cannot open partial file for {os.fsdecode(self.entry.path)}") from exc
-            raise
-        self.fd = fd
-
-    def close_descriptors(self) -> None:
-        if self.jfd >= 0:
-            self._jident = (self._jino, self._jsize)
-        for attr in ("fd", "jfd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, attr, -1)
-
-    # -- writing --------------------------------------------------------------
-    def write_chunk(self, index: int, checksum: int, data) -> None:
-        self.dest.account(self.path, len(data))
-        budget = self.dest.descriptors
-        budget.acquire(self)
-        try:
-            _pwrite_full(self.fd, data, index * self.entry.chunk_size)
-            if os.pwrite(self.jfd, _record(index, checksum), self._jsize) != RECORD_SIZE:
-                raise OSError(errno.ENOSPC, "short write to the journal")
-            self._jsize += RECORD_SIZE
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot write {os.fsdecode(self.entry.path)}") from exc
-        finally:
-            budget.release(self)
-        self.held.add(index)
-        if index == self._hashed:
-            self._hashing().update(data)
-            self._hashed += 1
-            while self._hashed in self._pending:  # the gap is filled: hash what waited behind it
-                waiting = self._pending.pop(self._hashed)
-                self._pending_bytes -= len(waiting)
-                self.dest.pending.give(len(waiting))
-                self._hasher.update(waiting)
-                self._hashed += 1
-        elif self._hashed < index < self._unkept and index not in self._pending:
-            if self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
-                self._pending[index] = bytes(data)
-                self._pending_bytes += len(data)
-            else:  # the running hash can never pass this chunk: what waits behind it is of no use
-                self._unkept = index
-                for later in [i for i in self._pending if i > index]:
-                    self._pending_bytes -= len(self._pending[later])
-                    self.dest.pending.give(len(self._pending.pop(later)))
-
-    def restart(self) -> None:
-        """The sender says the held chunks are stale: forget them (and remove the sidecars)."""
-        self.held = RangeSet()
-        self._hasher = None
-        self._hashed = 0
-        self._drop_pending()
-        self.discarded = "the source content changed since the partial was made"
-        self._remove_sidecars()
-
-    def finalize(self, expected: bytes) -> bytes:
-        """Verify the whole-file digest and move the file into place; return the digest."""
-        e = self.entry
-        budget = self.dest.descriptors
-        try:
-            budget.acquire(self)  # a file of no chunks gets its (empty) partial here
-            try:
-                self._drop_pending()
-                if self._hashed < e.chunks:  # chunks arrived too far out of order: hash the rest from disk
-                    buf = bytearray(e.chunk_size)
-                    view = memoryview(buf)
-                    for index in range(self._hashed, e.chunks):
-                        n = e.chunk_length(index)
-                        _pread_full(self.fd, view[:n], index * e.chunk_size)
-                        self._hashing().update(view[:n])
-                digest = self._hashing().digest()
-                if digest != expected:
-                    self._unlink_sidecars()
-                    raise StorageError("whole-file digest mismatch: partial discarded", ErrorCode.DIGEST_MISMATCH)
-                if os.fstat(self.fd).st_size != e.size:
-                    os.ftruncate(self.fd, e.size)
-                _seal(self.fd, e)
-                st = self.dest.existing(self.path)
-                if st is not None and not self.dest.overwrite:
-                    raise StorageError(f"{os.fsdecode(self.path)} appeared meanwhile; not replaced", ErrorCode.EXISTS)
-                _commit(self.part_path, self.path, self.dest.overwrite)
-                _unlink_quietly(self.journal_path)
-                self._on_disk = False
-            finally:
-                budget.release(self)
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot finalize {os.fsdecode(e.path)}") from exc
-        finally:
-            self.close()
-        return digest
-
-    def discard(self) -> None:
-        self._unlink_sidecars()
-        self.close()
-
-    def _unlink_sidecars(self) -> None:
-        _unlink_quietly(self.part_path)
-        _unlink_quietly(self.journal_path)
-        self._on_disk = False
-
-    def _hashing(self) -> FileHasher:
-        if self._hasher is None:
-            self._hasher = FileHasher()
-        return self._hasher
-
-    def _drop_pending(self) -> None:
-        self._unkept = 1 << 63  # the first chunk ahead that could not be kept in memory
-        self._pending.clear()
-        self.dest.pending.give(self._pending_bytes)
-        self._pending_bytes = 0
-
-    def held_bytes(self) -> int:
-        e = self.entry
-        n = self.held.count() * e.chunk_size
-        if e.chunks and (e.chunks - 1) in self.held:
-            n -= e.chunk_size - e.chunk_length(e.chunks - 1)
-        return n
-
-    def _remove_sidecars(self) -> None:
-        """Remove our sidecars, under the journal's lock (left alone if another process took them)."""
-        if not self._on_disk:
-            return
-        budget = self.dest.descriptors
-        try:
-            budget.acquire(self)
-        except (FtxError, OSError):
-            self._on_disk = False
-            return
-        try:
-            self._unlink_sidecars()
-        finally:
-            budget.release(self)
-            budget.forget(self)
-
-    def close(self) -> None:
-        """Release descriptors and the claim; the sidecars stay for a resume if they hold KEEP_MIN
-        bytes of verified data, and are removed otherwise."""
-        self._drop_pending()
-        if self.held_bytes() < KEEP_MIN:
-            self._remove_sidecars()
-        budget = self.dest.descriptors
-        with budget.lock:  # from now on nothing reopens it (a worker thread may still be handling a chunk)
-            self._closed = True
-        budget.forget(self)
-        self.close_descriptors()  # descriptors opened outside the budget (by ``open``)
-        if self._claim is not None:
-            with _busy_lock:  # before the claim goes: a successor's entry must not be dropped
-                _live.discard(self.journal_path)
-            self._claim.__exit__(None, None, None)
-            self._claim = None
-
-
-def _record(index: int, checksum: int) -> bytes:
-    rec = RECORD.pack(index, checksum)
-    return rec + xxhash.xxh3_64_digest(rec)
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale_partial(path: bytes) -> None:
     """Drop leftovers of an earlier run for a destination that is already complete."""
-    _unlink_quietly(sidecar(path, PART_SUFFIX))
-    _unlink_quietly(sidecar(path, JOURNAL_SUFFIX))
+    dest = _owner(path)
+    if dest is not None:
+        dest.remove_stale_partial(path)
 
 
-__all__ = ["Destination", "PartialFile", "hash_file", "chunk_count", "remove_stale_partial"]
+__all__ = ["Busy", "Destination", "KEEP_MIN", "PENDING_LIMIT", "PartialFile", "chunk_count", "claim", "hash_file",
+           "in_use", "remove_stale_partial"]

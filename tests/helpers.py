@@ -137,13 +137,48 @@ def write_random(path: Path, size: int, seed: int = 0) -> bytes:
     return data
 
 
-def journal_records(dest_dir: Path, name: str) -> int:
-    """Verified-chunk records in the journal beside ``dest_dir/name`` (0 if none)."""
+def journal_path(dest_dir: Path, name: str) -> Path:
+    """Where the receiver keeps the journal of ``dest_dir/name`` (its state directory .ftx)."""
+    from ftx.journal import journal_name
+
+    return Path(dest_dir) / ".ftx" / os.fsdecode(journal_name(os.fsencode(name)))
+
+
+def data_path(dest_dir: Path, name: str) -> Path | None:
+    """The partial data file the journal of ``dest_dir/name`` names (None without a journal)."""
+    from ftx.journal import IN_STATE, JournalHeader
+
     try:
-        size = os.path.getsize(dest_dir / f".{name}.ftx-journal")
+        info = JournalHeader.parse(journal_path(dest_dir, name).read_bytes())
+    except OSError:
+        return None
+    if info is None:
+        return None
+    where = Path(dest_dir) / ".ftx" if info.where == IN_STATE else (Path(dest_dir) / name).parent
+    return where / os.fsdecode(info.data_name)
+
+
+def journal_records(dest_dir: Path, name: str) -> int:
+    """Verified-chunk records in the journal of ``dest_dir/name`` (0 if none)."""
+    from ftx.journal import journal_header_size
+
+    try:
+        size = os.path.getsize(journal_path(dest_dir, name))
     except OSError:
         return 0
-    return max(0, (size - 36) // 24)
+    return max(0, (size - journal_header_size(os.fsencode(name))) // 24)
+
+
+def partials(dest_dir: Path) -> list[str]:
+    """The wire paths of the partials the receiver keeps for ``dest_dir`` (from their journals)."""
+    from ftx.journal import JournalHeader
+
+    state = Path(dest_dir) / ".ftx"
+    out = []
+    for p in sorted(state.glob("j-*")) if state.is_dir() else []:
+        info = JournalHeader.parse(p.read_bytes())
+        out.append(os.fsdecode(info.path) if info is not None else p.name)
+    return sorted(out)
 
 
 def tree_equal(a: Path, b: Path) -> bool:

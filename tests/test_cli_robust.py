@@ -15,7 +15,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _leftovers(directory) -> list[str]:
-    return sorted(n for n in os.listdir(os.fsencode(directory)) if n.endswith((b".ftx-part", b".ftx-journal")))
+    state = os.path.join(os.fsencode(directory), b".ftx")
+    return sorted(os.listdir(state)) if os.path.isdir(state) else []
 
 
 TRANSPORTS = pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])

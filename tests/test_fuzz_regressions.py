@@ -81,8 +81,8 @@ def test_chunk_events_after_an_early_failure(tmp_path):
     entry = FileEntry(b"f.bin", size=len(data), chunk_size=CS)
     conn.receive_data(encode_frame(FrameType.OFFER, Offer(0, entry).encode()))
     session.handle_all(list(iter(conn.next_event, None)))
-    # the partial is created by the first chunk: a directory in its place makes that fail
-    os.mkdir(tmp_path / "dst" / ".f.bin.ftx-part")
+    # the partial is created by the first chunk: a file in place of ftx's state directory makes that fail
+    (tmp_path / "dst" / ".ftx").write_bytes(b"not a directory")
     conn.receive_data(encode_data_frame(0, 0, data[:CS]) + encode_data_frame(0, 1, data[CS:])
                       + encode_frame(FrameType.FILE_END, FileEnd(0, file_digest(data)).encode()))
     session.handle_all(list(iter(conn.next_event, None)))

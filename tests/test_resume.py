@@ -14,6 +14,8 @@ import pytest
 
 from .helpers import (
     interrupt_receiver_half_way,
+    data_path,
+    journal_path,
     journal_records,
     resend_to_new_receiver,
     run_send,
@@ -35,7 +37,7 @@ def _kill_sender_half_way(src, receiver, name="big.bin", *extra):
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert not (receiver.dir / name).exists(), "transfer finished before the kill"
-    assert (receiver.dir / f".{name}.ftx-part").exists()
+    assert data_path(receiver.dir, name).exists()
 
 
 def test_sender_killed_resumes(tmp_path, receiver):
@@ -46,8 +48,7 @@ def test_sender_killed_resumes(tmp_path, receiver):
     assert report["bytes_sent"] <= 0.55 * SIZE
     assert report["bytes_resumed"] + report["bytes_sent"] == SIZE
     assert (receiver.dir / "big.bin").read_bytes() == data
-    assert not (receiver.dir / ".big.bin.ftx-part").exists()
-    assert not (receiver.dir / ".big.bin.ftx-journal").exists()
+    assert not (receiver.dir / ".ftx").exists(), "nothing of the partial is left"
 
 
 def test_receiver_killed_and_restarted_resumes(tmp_path, receiver_factory):
@@ -99,11 +100,11 @@ def test_no_resume_sends_everything(tmp_path, receiver):
 def test_torn_or_corrupt_partial_chunk_is_resent(tmp_path, receiver):
     data = write_random(tmp_path / "big.bin", SIZE, seed=4)
     _kill_sender_half_way(tmp_path / "big.bin", receiver)
-    part = receiver.dir / ".big.bin.ftx-part"
+    part = data_path(receiver.dir, "big.bin")
     with open(part, "r+b") as f:  # damage chunk 2 behind the journal's back
         f.seek(2 * 1024 * 1024 + 5)
         f.write(b"\x00garbage\x00")
-    journal = receiver.dir / ".big.bin.ftx-journal"
+    journal = journal_path(receiver.dir, "big.bin")
     with open(journal, "ab") as f:  # and leave a torn record at the end
         f.write(b"\x00" * 11)
     held_before = journal_records(receiver.dir, "big.bin")

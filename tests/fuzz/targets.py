@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import struct
@@ -51,7 +52,7 @@ from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import Dialer, Listener
 from ftx.errors import FtxError, LocalProtocolError
 from ftx.receiving import ReceiveSession
-from ftx.storage import JOURNAL_SUFFIX, PART_SUFFIX, Destination, PartialFile
+from ftx.storage import Destination, PartialFile
 
 from ..handshake_pair import CLIENT_KEY, SERVER_KEY, counter_rng, only
 from .drivers import ReceiverDriver, SenderDriver
@@ -308,16 +309,19 @@ def _leave_partial(dest: Destination) -> None:
     part.close()
 
 
+_OWN_TEMP = re.compile(rb"\.ftx-[0-9a-f]{32}\.(part|tmp)")
+
+
 def check_destination(root: bytes, reports, overwrite: bool) -> None:
     """Nothing corrupt under a final name: every regular file in the tree is either ftx's
-    own sidecar, the untouched original, or a file reported OK whose digest matches."""
+    own partial, the untouched original, or a file reported OK whose digest matches."""
     ok = {os.fsencode(r.path): r.digest for r in reports if r.ok and r.kind == "file" and r.digest}
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
-            if name.endswith((PART_SUFFIX, JOURNAL_SUFFIX)) or os.path.islink(full):
-                continue
+            if rel.startswith(b".ftx/") or _OWN_TEMP.fullmatch(name) or os.path.islink(full):
+                continue  # ftx's state directory, or one of its random-named temporaries
             with open(full, "rb") as f:
                 content = f.read()
             if rel in ok:
