@@ -47,9 +47,10 @@ def pwrite_full(fd: int, data, offset: int) -> None:
         offset += n
 
 
-def hash_fd(fd: int, block: int = READ_BLOCK) -> bytes:
-    """XXH3-128 of an open file from its start, streaming."""
-    h = FileHasher()
+def hash_fd(fd: int, block: int = READ_BLOCK, hasher=None) -> bytes:
+    """XXH3-128 of an open file from its start, streaming (into ``hasher`` when given: one
+    that also computes another digest over the same read)."""
+    h = hasher if hasher is not None else FileHasher()
     buf = bytearray(block)
     view = memoryview(buf)
     offset = 0

@@ -17,10 +17,8 @@ Without a receipt nothing changes (plain ``PartialFile``, XXH3 only).
 
 from __future__ import annotations
 
-import os
-
 from .core.secure.receipt import ContentHasher
-from .storage import READ_BLOCK, PartialFile
+from .storage import PartialFile
 
 
 class ReceiptPartial(PartialFile):
@@ -35,15 +33,9 @@ class ReceiptPartial(PartialFile):
         return self._hashing().sha256()
 
 
-def hash_file_both(path: bytes, block: int = READ_BLOCK) -> tuple[bytes, bytes]:
-    """XXH3-128 and SHA-256 of a file, in one streaming read."""
+def hash_file_both(dest, path: bytes) -> tuple[bytes, bytes]:
+    """XXH3-128 and SHA-256 of a destination file, in one streaming read through the
+    destination's held directories (never a path string walked again)."""
     h = ContentHasher()
-    buf = bytearray(block)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        while n := os.readv(fd, [view]):
-            h.update(view[:n])
-    finally:
-        os.close(fd)
+    dest.hash_file(path, hasher=h)
     return h.digest(), h.sha256()

@@ -40,7 +40,7 @@ from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
-from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_stale_partial
+from .storage import Busy, Destination, PartialFile, claim, remove_stale_partial
 from .transport.link import Watchdog, link_busy
 
 log = logging.getLogger("ftx.receive")
@@ -201,9 +201,9 @@ class ReceiveSession:
                 if self.conn.receipt_requested:  # the receipt lists its SHA-256 too: one read for both
                     from .receipt_digest import hash_file_both
 
-                    existing, existing_sha = hash_file_both(path)
+                    existing, existing_sha = hash_file_both(self.dest, path)
                 else:
-                    existing = hash_file(path)
+                    existing = self.dest.hash_file(path)
             if self.dest.overwrite:
                 flags |= DECISION_OVERWRITE
             elif not same_size:

@@ -379,15 +379,16 @@ class Destination:
             raise StorageError(f"{os.fsdecode(path)} exists and is a directory", ErrorCode.EXISTS)
         return st
 
-    def hash_file(self, path: bytes) -> bytes:
-        """XXH3-128 of the regular file at ``path`` (opened without following a symlink)."""
+    def hash_file(self, path: bytes, hasher=None) -> bytes:
+        """XXH3-128 of the regular file at ``path`` (opened without following a symlink), through
+        ``hasher`` when given (see ``fileops.hash_fd``)."""
         where, name = self._parent(path)
         with where as d:
             if d is None:
                 raise FileNotFoundError(path)
             fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
         try:
-            return hash_fd(fd)
+            return hash_fd(fd, hasher=hasher)
         finally:
             os.close(fd)
 
