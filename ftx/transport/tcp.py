@@ -55,6 +55,7 @@ class TcpLink:
         self._send_lock = asyncio.Lock()
         self.last_recv = self.last_send = time.monotonic()
         self.busy = 0
+        self.bytes_in = self.bytes_out = 0  # bytes that crossed the socket, records and handshake included
         self._lowat = 1
         self.on_established = None  # called once when the peer's HELLO has arrived (Admission)
         self._keys: Established | None = None
@@ -68,6 +69,11 @@ class TcpLink:
     @property
     def sending(self) -> bool:
         return self._send_lock.locked()
+
+    @property
+    def stats(self) -> dict:
+        """Bytes on the wire both ways (the --json reports' ``transport_stats``)."""
+        return {"bytes_out": self.bytes_out, "bytes_in": self.bytes_in}
 
     # -- the handshake (ftx/securing.py) ------------------------------------------
     @property
@@ -83,6 +89,7 @@ class TcpLink:
         except OSError as exc:
             raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += len(data)
         return data
 
     def install_keys(self, est: Established) -> None:
@@ -138,6 +145,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
             self.last_send = time.monotonic()
+            self.bytes_out += n
             while n:
                 size = len(views[i])
                 if n >= size:
@@ -158,6 +166,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
             self.last_send = time.monotonic()
+            self.bytes_out += n
             view = view[n:]
 
     async def _writable(self) -> None:
@@ -175,6 +184,7 @@ class TcpLink:
         except OSError as exc:
             raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += n
         return n
 
     # -- what the transport-neutral layers call -----------------------------------
@@ -203,6 +213,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += n
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
@@ -254,6 +265,7 @@ class TcpLink:
                     raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
                 del buf
                 self.last_recv = time.monotonic()
+                self.bytes_in += n
                 opener.buffer_updated(n)
                 if n == 0:
                     opener.receive_eof()  # a cut record: AuthError
