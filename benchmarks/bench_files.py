@@ -52,8 +52,9 @@ sys.path[:0] = [HERE, ROOT]
 from harness import FTX, own_identity, read_line, run_wait  # noqa: E402
 
 PEER_TIMEOUT = 600  # seconds for one transfer of any tool before it counts as failed
-ROWS = ("ftx-tcp", "ftx-udp", "tar-nc", "rsync", "scp", "wormhole")
-TITLES = {"ftx-tcp": "ftx TCP", "ftx-udp": "ftx UDP", "tar-nc": "tar | nc", "rsync": "rsync daemon",
+ROWS = ("ftx-tcp", "ftx-tcp-base", "ftx-udp", "ftx-udp-base", "tar-nc", "rsync", "scp", "wormhole")
+TITLES = {"ftx-tcp": "ftx TCP", "ftx-tcp-base": "ftx TCP base", "ftx-udp": "ftx UDP", "ftx-udp-base": "ftx UDP base",
+          "tar-nc": "tar | nc", "rsync": "rsync daemon",
           "scp": "scp", "wormhole": "magic-wormhole"}
 
 
@@ -146,18 +147,24 @@ def result(seconds: float, s: tuple, r: tuple | None, ps: Peak | None, pr: Peak 
             "send_rss": ps.rss() if ps else nan, "recv_rss": pr.rss() if pr else nan, **extra}
 
 
-def bench_ftx(src: str, dst: str, udp: bool) -> dict:
+def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
+    """One ``ftx send`` into a fresh ``ftx receive --once``; ``root``: run the ftx of that source
+    tree instead (``--baseline``, for A/B figures in one run)."""
     ps, pr = Peak(), Peak()
+    env = None
+    if root is not None:
+        env = {**os.environ, "PYTHONPATH": root}
     recv = subprocess.Popen(pr.wrap(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
                                            "--json", "--once", *([] if udp else ["--no-udp"])]),
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     port = json.loads(read_line(recv))["port"]
     lines: list[str] = []  # read as they come: a full pipe would stop the receiver
     reader = threading.Thread(target=lambda: lines.extend(recv.stdout), daemon=True)
     reader.start()
     t0 = time.perf_counter()
     send = subprocess.Popen(ps.wrap(FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress",
-                                           *(["--udp"] if udp else [])]), stdout=subprocess.PIPE, text=True)
+                                           *(["--udp"] if udp else [])]), stdout=subprocess.PIPE, text=True,
+                            cwd=root, env=env)
     out = send.stdout.read()
     s = run_wait(send)
     elapsed = time.perf_counter() - t0
@@ -332,7 +339,8 @@ def run_set(kind: str, args, work_src: str, work_dst: str, notes: list[str]) -> 
     made = time.perf_counter() - t0
     print(f"\n[{kind}] {files} files, {total / 1e6:.1f} MB (tree made in {made:.1f} s)", flush=True)
     only = set(args.only.split(",")) if args.only else set(ROWS)
-    rows: dict[str, list[dict]] = {name: [] for name in ROWS if name in only}
+    rows: dict[str, list[dict]] = {name: [] for name in ROWS if name in only
+                                   and (args.baseline or not name.endswith("-base"))}
     resend: dict[str, list[dict]] = {"ftx-tcp": [], "rsync": []}
     sshd = None
     if "scp" in rows:
@@ -351,6 +359,8 @@ def run_set(kind: str, args, work_src: str, work_dst: str, notes: list[str]) -> 
                             resend["ftx-tcp"].append(bench_ftx(src, dst, udp=False))
                     elif name == "ftx-udp":
                         r = bench_ftx(src, dst, udp=True)
+                    elif name.endswith("-base"):
+                        r = bench_ftx(src, dst, udp=name == "ftx-udp-base", root=args.baseline)
                     elif name == "tar-nc":
                         r = bench_tar_nc(src, dst)
                     elif name == "rsync":
@@ -414,6 +424,8 @@ def main() -> None:
     ap.add_argument("--src-dir", default="/dev/shm")
     ap.add_argument("--dst-dir", default="/dev/shm")
     ap.add_argument("--only", default="", help=f"comma-separated columns among {','.join(ROWS)}")
+    ap.add_argument("--baseline", metavar="DIR", help="also run the ftx of this source tree (e.g. `git archive` "
+                    "of an older commit), interleaved: the ftx-tcp-base and ftx-udp-base columns")
     ap.add_argument("--no-resend", dest="resend", action="store_false", help="skip the resend rows")
     args = ap.parse_args()
     own_identity()

@@ -407,6 +407,9 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             return
 
 
+BATCH = 64  # events handled per thread hop; their RESULTs are sent before the next part is handled
+
+
 async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:
     slow = ReceiveSession.SLOW_EVENTS
     await link.send(conn.data_to_send())
@@ -421,14 +424,18 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                     conn.send_error(ErrorCode.ABORTED, "the receiver declined what is offered")
                     raise FtxError("declined what is offered", ErrorCode.ABORTED)
                 confirm = None
-            if any(isinstance(ev, slow) for ev in events):
-                with link_busy(link):  # one thread hop for the whole batch
-                    # shielded: cancelling this task (a takeover, a limit) must not leave the
-                    # thread running on while the session is closed under it; see receive_over
-                    session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, events)
-                    await asyncio.shield(session.worker)
-            else:
-                session.handle_all(events)
+            for start in range(0, len(events), BATCH):
+                part = events[start : start + BATCH]
+                if any(isinstance(ev, slow) for ev in part):
+                    with link_busy(link):  # one thread hop for the whole part
+                        # shielded: cancelling this task (a takeover, a limit) must not leave the
+                        # thread running on while the session is closed under it; see receive_over
+                        session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, part)
+                        await asyncio.shield(session.worker)
+                else:
+                    session.handle_all(part)
+                if conn.pending_output:  # this part's RESULTs go out now: the sender refills its
+                    await link.send(conn.data_to_send())  # window while we handle the next part
         if conn.pending_output:
             await link.send(conn.data_to_send())
 

@@ -236,9 +236,11 @@ class TcpLink:
     async def _feed_sealed(self, conn) -> None:
         """Open the next record(s) into ``conn``; read from the socket only when none is complete.
 
-        Records go in until one of them raises an event: the driver drains events
-        before the next call, so chunk payloads (views into the decoder's buffer)
-        are consumed before the buffer is asked for again and nothing is copied.
+        Every complete record already read goes in, until one of them raises an event
+        that holds a view into the decoder's buffer (a DATA chunk): the driver drains
+        events before the next call, so chunk payloads are consumed before the buffer
+        is asked for again and nothing is copied.  Events that own their bytes (many
+        small files) pile up: the driver handles them as one batch.
         A record that does not open ends the session: the peer is told (sealed
         ERROR AUTH) and ``AuthError`` is raised.  Further input is not read.
         """
@@ -281,7 +283,7 @@ class TcpLink:
                 else:
                     del buf
                     _copy_into(conn, opener.open())
-                if conn.events_pending or conn.closed or (size := opener.next_size()) is None:
+                if conn.views_pending or conn.closed or (size := opener.next_size()) is None:
                     break
         except (AuthError, BufferLimit) as exc:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
