@@ -431,16 +431,32 @@ def _peer_label(peer) -> str:
     return str(peer)
 
 
-def _emit(obj: dict) -> None:
-    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program."""
+LINES_DELAY = 0.1  # seconds a receiver's per-file --json line may wait in the buffer
+
+
+def _emit(obj: dict, flush: bool = True) -> None:
+    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
+    ``flush=False`` leaves it in the buffer for a later ``_flush`` (per-file lines: one write per batch)."""
     try:
         sys.stdout.write(json.dumps(obj) + "\n")
+        if flush:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _flush() -> None:
+    try:
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
-        os.close(devnull)
-        log.warning("standard output was closed; no more --json lines")
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
+    os.close(devnull)
+    log.warning("standard output was closed; no more --json lines")
 
 
 async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None, limits=None):
@@ -509,9 +525,20 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         auth.renew_code = not once  # --once: the used code is not replaced while its transfer may end it all
     finished: asyncio.Future = loop.create_future()
 
-    def on_file(report) -> None:
+    flush_due = [False]
+
+    def flush_lines() -> None:
+        flush_due[0] = False
+        _flush()
+
+    def on_file(report) -> None:  # usually on the worker thread that handles a batch of events
         if as_json:
-            _emit({"event": "file", **report.__dict__})
+            # buffered, flushed at most LINES_DELAY later (and by the session line): a flush and a
+            # wake-up of the loop per file cost more than writing the file did
+            _emit({"event": "file", **report.__dict__}, flush=False)
+            if not flush_due[0]:
+                flush_due[0] = True
+                loop.call_soon_threadsafe(loop.call_later, LINES_DELAY, flush_lines)
         elif report.ok:
             log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
@@ -72,7 +72,12 @@ class SendReport:
     receipt: dict = field(default_factory=dict)  # the receipt written: path, fingerprint, entries
 
     def as_json(self) -> dict:
-        d = asdict(self)
+        # what dataclasses.asdict gives, without its deep copy of every value (20 000 files: 0.3 s)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        names = [f.name for f in fields(FileSendReport)]
+        d["files"] = [{name: getattr(f, name) for name in names} for f in self.files]
+        d["transport_stats"] = dict(self.transport_stats)
+        d["receipt"] = dict(self.receipt)
         d["file_count"] = len(self.files)
         d["failed"] = sum(1 for f in self.files if not f.ok)
         return d

@@ -28,6 +28,7 @@ from ftx.core.sender import SenderConnection
 from ftx.errors import ErrorCode
 from ftx.storage import Destination
 
+from .helpers import run_send
 from .secure_fakes import FakeHandshake
 from .test_sealed_tcp import _server_side
 
@@ -168,3 +169,19 @@ def test_results_of_a_part_go_out_before_the_next_part_is_handled(tmp_path):
     assert session.complete
     assert len(session.reports) == n and all(r.status == "ok" for r in session.reports)
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [f"f{i:03d}" for i in range(n)]
+
+
+def test_json_lines_for_every_item_come_before_the_session_line(tmp_path, receiver):
+    src = tmp_path / "tree"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(150):
+            (src / f"d{d}" / f"f{i:03d}").write_bytes(b"x" * (i % 7))
+    code, report, err = run_send(str(src), receiver.dest)
+    assert code == 0, err
+    events = receiver.events_until("session")
+    files = [ev for ev in events if ev["event"] == "file"]
+    assert events[-1]["event"] == "session" and events[-1]["files"] == 454
+    assert len(files) == 454 == report["file_count"]
+    assert {f["path"] for f in files} == {f["path"] for f in report["files"]}
+    assert all(f["status"] == "ok" for f in files)
