@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections import deque
 
 import click
 
@@ -431,22 +432,31 @@ def _peer_label(peer) -> str:
     return str(peer)
 
 
-LINES_DELAY = 0.1  # seconds a receiver's per-file --json line may wait in the buffer
+LINES_DELAY = 0.1  # seconds a receiver's per-file --json line may wait before it is written
+_queued: deque[str] = deque()  # --json lines not written yet (appended from worker threads)
 
 
 def _emit(obj: dict, flush: bool = True) -> None:
     """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
-    ``flush=False`` leaves it in the buffer for a later ``_flush`` (per-file lines: one write per batch)."""
-    try:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        if flush:
-            sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_gone()
+
+    ``flush=False`` (per-file lines, from any thread) only queues it: ``_flush`` writes
+    everything queued at once, and so does the next line emitted with ``flush=True``."""
+    if not flush:
+        _queued.append(json.dumps(obj) + "\n")
+        return
+    _queued.append(json.dumps(obj) + "\n")
+    _flush()
 
 
 def _flush() -> None:
+    """Write the queued lines with one call (on the event loop's thread)."""
+    lines = []
+    while _queued:
+        lines.append(_queued.popleft())
+    if not lines:
+        return
     try:
+        sys.stdout.write("".join(lines))
         sys.stdout.flush()
     except BrokenPipeError:
         _stdout_gone()
@@ -533,8 +543,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
     def on_file(report) -> None:  # usually on the worker thread that handles a batch of events
         if as_json:
-            # buffered, flushed at most LINES_DELAY later (and by the session line): a flush and a
-            # wake-up of the loop per file cost more than writing the file did
+            # queued, written at most LINES_DELAY later (or before the next other line): a write
+            # per file from the worker thread, and the loop's wake-ups, cost more than the file did
             _emit({"event": "file", **report.__dict__}, flush=False)
             if not flush_due[0]:
                 flush_due[0] = True
@@ -625,6 +635,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         summaries.cancel()
         await asyncio.gather(server, expiry, summaries, return_exceptions=True)
         failures.flush(final=True)  # nothing counted is lost at exit
+        _flush()  # nor a queued --json line
         for s in socks:
             s.close()
         if udp_server is not None:

@@ -185,3 +185,21 @@ def test_json_lines_for_every_item_come_before_the_session_line(tmp_path, receiv
     assert len(files) == 454 == report["file_count"]
     assert {f["path"] for f in files} == {f["path"] for f in report["files"]}
     assert all(f["status"] == "ok" for f in files)
+
+
+def test_file_lines_are_written_while_the_session_goes_on(tmp_path, receiver_factory):
+    """Queued per-file lines do not wait for the session's end: a sender that stops after three
+    small files (no DONE) still sees their three lines on the receiver's stdout."""
+    import socket
+
+    receiver = receiver_factory("--insecure")
+    s = SenderConnection()
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=T) as sock:
+        sock.sendall(_bytes(s.data_to_send()))  # our HELLO
+        while s.peer is None:  # the receiver's: then the sender core may offer
+            s.receive_data(sock.recv(65536))
+        for i in range(3):
+            s.send_small_file(FileEntry(b"f%d" % i, size=1), b"x", file_digest(b"x"))
+        sock.sendall(_bytes(s.data_to_send()))
+        lines = [receiver.next_event(timeout=T) for _ in range(3)]
+    assert [(ev["event"], ev["path"], ev["status"]) for ev in lines] == [("file", f"f{i}", "ok") for i in range(3)]
