@@ -395,7 +395,7 @@ def print_table(kind, files, total, rows, resend, runs) -> None:
     med = {name: statistics.median(r["seconds"] for r in res) for name, res in rows.items() if res}
     print(f"loopback, page cache -> tmpfs, median of {runs} (whole command, start-up included)")
     print(f"{'':16} {'seconds':>8} {'files/s':>9} {'MB/s':>7} {'send RSS MB':>12} {'recv RSS MB':>12} "
-          f"{'vs rsync':>9}")
+          f"{'vs rsync':>9} {'send CPU s':>11} {'recv CPU s':>11}")
     for name, res in rows.items():
         if not res:
             print(f"{TITLES[name]:16} {'skipped':>8}")
@@ -403,7 +403,8 @@ def print_table(kind, files, total, rows, resend, runs) -> None:
         secs = med[name]
         ratio = f"{med['rsync'] / secs:8.2f}x" if "rsync" in med else ""
         print(f"{TITLES[name]:16} {secs:8.2f} {files / secs:9.0f} {total / secs / 1e6:7.1f} "
-              f"{max(r['send_rss'] for r in res) / 1e6:12.1f} {max(r['recv_rss'] for r in res) / 1e6:12.1f} {ratio:>9}")
+              f"{max(r['send_rss'] for r in res) / 1e6:12.1f} {max(r['recv_rss'] for r in res) / 1e6:12.1f} {ratio:>9} "
+              f"{statistics.median(r['send_cpu'] for r in res):11.2f} {statistics.median(r['recv_cpu'] for r in res):11.2f}")
     for name, res in resend.items():
         if not res:
             continue
