@@ -8,6 +8,7 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -288,7 +289,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if progress is not None:
             progress.close()
     if as_json:
-        _emit({**report.as_json(), "auth": auth.mode, "fingerprint": getattr(report, "peer_fingerprint", "")})
+        _emit_streamed({**report.as_json(lazy_files=True), "auth": auth.mode,
+                        "fingerprint": getattr(report, "peer_fingerprint", "")}, "files")
     if report.error:
         _die(report.error, _report_exit_code(report))
     if not report.ok:
@@ -448,6 +450,33 @@ def _emit(obj: dict, flush: bool = True) -> None:
     _flush()
 
 
+STREAM_ITEMS = 1000  # list items encoded per json.dumps call by _emit_streamed
+
+
+def _emit_streamed(obj: dict, key: str) -> None:
+    """``_emit(obj)``, byte for byte, with the list (or iterator) ``obj[key]`` encoded and
+    written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
+    _flush()
+    out = sys.stdout
+    try:
+        out.write("{")
+        for i, (name, value) in enumerate(obj.items()):
+            out.write((", " if i else "") + json.dumps(name) + ": ")
+            if name != key:
+                out.write(json.dumps(value))
+                continue
+            out.write("[")
+            items, first = iter(value), True
+            while part := list(itertools.islice(items, STREAM_ITEMS)):
+                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
+                first = False
+            out.write("]")
+        out.write("}\n")
+        out.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+
+
 def _flush() -> None:
     """Write the queued lines with one call (on the event loop's thread)."""
     lines = []
@@ -575,14 +604,15 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                                          progress=progress, limits=limits, budget=budget,
                                          confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
                                          identity=None if auth.insecure else auth.identity.key,
-                                         established=getattr(link, "established", None))
+                                         established=getattr(link, "established", None),
+                                         keep_reports=False)  # on_file prints each: memory flat with the count
         finally:
             if progress is not None:
                 progress.close()
-        ok = session.complete and all(r.ok for r in session.reports)
+        ok = session.complete and not session.failed
         if as_json:
             _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                   "complete": session.complete, "ok": ok, "files": len(session.reports), "error": session.error,
+                   "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
                    "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)

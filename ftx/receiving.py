@@ -78,7 +78,10 @@ class ReceiveSession:
         dest: Destination,
         on_file: Callable[[FileReport], None] | None = None,
         progress: Progress | None = None,
+        keep_reports: bool = True,
     ) -> None:
+        """``keep_reports=False``: ``reports`` stays empty (memory flat with the number of
+        files; ``on_file`` sees each report, ``files`` and ``failed`` count them)."""
         self.conn = conn
         self.dest = dest
         self.on_file = on_file or (lambda report: None)
@@ -88,6 +91,9 @@ class ReceiveSession:
         self._resumed: dict[int, int] = {}
         self._dirs: list[tuple[bytes, FileEntry]] = []
         self.reports: list[FileReport] = []
+        self.keep_reports = keep_reports
+        self.files = 0  # items settled
+        self.failed = 0  # ... of which not ok
         self.complete = False
         self.receipt_sent = False
         self.error = ""
@@ -172,7 +178,11 @@ class ReceiveSession:
             self._received.pop(file_id, 0),
             self._resumed.pop(file_id, 0),
         )
-        self.reports.append(report)
+        self.files += 1
+        if not report.ok:
+            self.failed += 1
+        if self.keep_reports:
+            self.reports.append(report)
         self.progress.end_file(report)
         self.on_file(report)
 
@@ -305,7 +315,7 @@ def _name(entry: FileEntry) -> str:
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
                        progress: Progress | None = None, limits: Limits | None = None,
                        budget: BufferBudget | None = None, confirm=None, identity=None,
-                       established=None) -> ReceiveSession:
+                       established=None, keep_reports: bool = True) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
@@ -315,7 +325,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     connections' frame buffers (``--max-memory``).  ``confirm(hello)``, if given, is awaited
     when the sender's HELLO arrives, before any offer is handled: False declines the session.
     ``identity`` (our Ed25519 private key) signs receipts for senders that ask, bound to
-    ``established.transcript``.
+    ``established.transcript``.  ``keep_reports=False``: see ``ReceiveSession``.
     """
     limits = limits or Limits()
     signer = None
@@ -325,7 +335,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         signer = ReceiptSigner(identity, established.transcript if established is not None else b"")
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
                                                max_files_in_flight=limits.max_files_in_flight), budget, signer)
-    session = ReceiveSession(conn, dest, on_file, progress)
+    session = ReceiveSession(conn, dest, on_file, progress, keep_reports)
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()

@@ -71,11 +71,14 @@ class SendReport:
     transport_stats: dict = field(default_factory=dict)
     receipt: dict = field(default_factory=dict)  # the receipt written: path, fingerprint, entries
 
-    def as_json(self) -> dict:
-        # what dataclasses.asdict gives, without its deep copy of every value (20 000 files: 0.3 s)
+    def as_json(self, lazy_files: bool = False) -> dict:
+        """What ``dataclasses.asdict`` gives, without its deep copy of every value (20 000 files:
+        0.27 -> 0.03 s).  ``lazy_files``: "files" is an iterator of the per-file dicts, for a
+        writer that encodes them a few at a time (memory flat with the number of files)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         names = [f.name for f in fields(FileSendReport)]
-        d["files"] = [{name: getattr(f, name) for name in names} for f in self.files]
+        files = ({name: getattr(f, name) for name in names} for f in self.files)
+        d["files"] = files if lazy_files else list(files)
         d["transport_stats"] = dict(self.transport_stats)
         d["receipt"] = dict(self.receipt)
         d["file_count"] = len(self.files)

@@ -12,6 +12,7 @@ batching must not change.
 from __future__ import annotations
 
 import asyncio
+import json
 import select
 import time
 
@@ -203,3 +204,15 @@ def test_file_lines_are_written_while_the_session_goes_on(tmp_path, receiver_fac
         sock.sendall(_bytes(s.data_to_send()))
         lines = [receiver.next_event(timeout=T) for _ in range(3)]
     assert [(ev["event"], ev["path"], ev["status"]) for ev in lines] == [("file", f"f{i}", "ok") for i in range(3)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 999, 1000, 2001])
+def test_the_senders_report_is_written_in_pieces_as_one_json_dumps_would(count, capsys):
+    from ftx import cli
+    from ftx.sending import FileSendReport, SendReport
+
+    files = [FileSendReport(f'd/f"{i}\n\u00e9', "file", i, "ok", "ab" * 16, i) for i in range(count)]
+    report = SendReport(True, "tcp", 1.5, 10, 10, 0, files, transport_stats={"bytes_out": 7}, receipt={"a": {"b": 1}})
+    extra = {"auth": "key", "fingerprint": "SHA256:x"}
+    cli._emit_streamed({**report.as_json(lazy_files=True), **extra}, "files")
+    assert capsys.readouterr().out == json.dumps({**report.as_json(), **extra}) + "\n"
