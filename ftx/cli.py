@@ -443,11 +443,9 @@ def _emit(obj: dict, flush: bool = True) -> None:
 
     ``flush=False`` (per-file lines, from any thread) only queues it: ``_flush`` writes
     everything queued at once, and so does the next line emitted with ``flush=True``."""
-    if not flush:
-        _queued.append(json.dumps(obj) + "\n")
-        return
     _queued.append(json.dumps(obj) + "\n")
-    _flush()
+    if flush:
+        _flush()
 
 
 STREAM_ITEMS = 1000  # list items encoded per json.dumps call by _emit_streamed
