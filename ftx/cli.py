@@ -8,11 +8,14 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
+import threading
+from collections import deque
 
 import click
 
@@ -292,7 +295,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if progress is not None:
             progress.close()
     if as_json:
-        _emit({**report.as_json(), "auth": auth.mode, "fingerprint": getattr(report, "peer_fingerprint", "")})
+        _emit_streamed({**report.as_json(lazy_files=True), "auth": auth.mode,
+                        "fingerprint": getattr(report, "peer_fingerprint", "")}, "files")
     if report.error:
         _die(report.error, _report_exit_code(report))
     if not report.ok:
@@ -438,16 +442,66 @@ def _peer_label(peer) -> str:
     return str(peer)
 
 
-def _emit(obj: dict) -> None:
-    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program."""
+LINES_DELAY = 0.1  # seconds a receiver's per-file --json line may wait before it is written
+_queued: deque[str] = deque()  # --json lines not written yet (appended from worker threads)
+
+
+def _emit(obj: dict, flush: bool = True) -> None:
+    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
+
+    ``flush=False`` (per-file lines, from any thread) only queues it: ``_flush`` writes
+    everything queued at once, and so does the next line emitted with ``flush=True``."""
+    _queued.append(json.dumps(obj) + "\n")
+    if flush:
+        _flush()
+
+
+STREAM_ITEMS = 1000  # list items encoded per json.dumps call by _emit_streamed
+
+
+def _emit_streamed(obj: dict, key: str) -> None:
+    """``_emit(obj)``, byte for byte, with the list (or iterator) ``obj[key]`` encoded and
+    written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
+    _flush()
+    out = sys.stdout
     try:
-        sys.stdout.write(json.dumps(obj) + "\n")
+        out.write("{")
+        for i, (name, value) in enumerate(obj.items()):
+            out.write((", " if i else "") + json.dumps(name) + ": ")
+            if name != key:
+                out.write(json.dumps(value))
+                continue
+            out.write("[")
+            items, first = iter(value), True
+            while part := list(itertools.islice(items, STREAM_ITEMS)):
+                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
+                first = False
+            out.write("]")
+        out.write("}\n")
+        out.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _flush() -> None:
+    """Write the queued lines with one call (on the event loop's thread)."""
+    lines = []
+    while _queued:
+        lines.append(_queued.popleft())
+    if not lines:
+        return
+    try:
+        sys.stdout.write("".join(lines))
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
-        os.close(devnull)
-        log.warning("standard output was closed; no more --json lines")
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
+    os.close(devnull)
+    log.warning("standard output was closed; no more --json lines")
 
 
 async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None, limits=None):
@@ -516,9 +570,20 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         auth.renew_code = not once  # --once: the used code is not replaced while its transfer may end it all
     finished: asyncio.Future = loop.create_future()
 
-    def on_file(report) -> None:
+    flush_due = [False]
+
+    def flush_lines() -> None:
+        flush_due[0] = False
+        _flush()
+
+    def on_file(report) -> None:  # usually on the worker thread that handles a batch of events
         if as_json:
-            _emit({"event": "file", **report.__dict__})
+            # queued, written at most LINES_DELAY later (or before the next other line): a write
+            # per file from the worker thread, and the loop's wake-ups, cost more than the file did
+            _emit({"event": "file", **report.__dict__}, flush=False)
+            if not flush_due[0]:
+                flush_due[0] = True
+                loop.call_soon_threadsafe(loop.call_later, LINES_DELAY, flush_lines)
         elif report.ok:
             log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
 
@@ -545,14 +610,15 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                                          progress=progress, limits=limits, budget=budget,
                                          confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
                                          identity=None if auth.insecure else auth.receipt_identity,
-                                         established=getattr(link, "established", None))
+                                         established=getattr(link, "established", None),
+                                         keep_reports=False)  # on_file prints each: memory flat with the count
         finally:
             if progress is not None:
                 progress.close()
-        ok = session.complete and all(r.ok for r in session.reports)
+        ok = session.complete and not session.failed
         if as_json:
             _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                   "complete": session.complete, "ok": ok, "files": len(session.reports), "error": session.error,
+                   "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
                    "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
@@ -603,6 +669,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         summaries.cancel()
         await asyncio.gather(server, expiry, summaries, return_exceptions=True)
         failures.flush(final=True)  # nothing counted is lost at exit
+        _flush()  # nor a queued --json line
         for s in socks:
             s.close()
         if udp_server is not None:

@@ -79,7 +79,10 @@ class ReceiveSession:
         dest: Destination,
         on_file: Callable[[FileReport], None] | None = None,
         progress: Progress | None = None,
+        keep_reports: bool = True,
     ) -> None:
+        """``keep_reports=False``: ``reports`` stays empty (memory flat with the number of
+        files; ``on_file`` sees each report, ``files`` and ``failed`` count them)."""
         self.conn = conn
         self.dest = dest
         self.on_file = on_file or (lambda report: None)
@@ -89,6 +92,9 @@ class ReceiveSession:
         self._resumed: dict[int, int] = {}
         self._dirs: list[tuple[bytes, FileEntry]] = []
         self.reports: list[FileReport] = []
+        self.keep_reports = keep_reports
+        self.files = 0  # items settled
+        self.failed = 0  # ... of which not ok
         self.complete = False
         self.receipt_sent = False
         self.error = ""
@@ -177,7 +183,11 @@ class ReceiveSession:
             self._received.pop(file_id, 0),
             self._resumed.pop(file_id, 0),
         )
-        self.reports.append(report)
+        self.files += 1
+        if not report.ok:
+            self.failed += 1
+        if self.keep_reports:
+            self.reports.append(report)
         self.progress.end_file(report)
         self.on_file(report)
 
@@ -320,7 +330,7 @@ def _name(entry: FileEntry) -> str:
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
                        progress: Progress | None = None, limits: Limits | None = None,
                        budget: BufferBudget | None = None, confirm=None, identity=None,
-                       established=None) -> ReceiveSession:
+                       established=None, keep_reports: bool = True) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
@@ -331,7 +341,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     when the sender's HELLO arrives, before any offer is handled: None accepts, a text declines
     the session and is the sender's reason (ftx/confirm.py).
     ``identity`` (our Ed25519 private key, or in TLS mode (certificate's private key, DER
-    chain)) signs receipts for senders that ask, bound to ``established.transcript``.
+    chain)) signs receipts for senders that ask, bound to ``established.transcript``.  ``keep_reports=False``: see ``ReceiveSession``.
     """
     limits = limits or Limits()
     signer = None
@@ -342,7 +352,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         signer = ReceiptSigner(key, established.transcript if established is not None else b"", chain)
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
                                                max_files_in_flight=limits.max_files_in_flight), budget, signer)
-    session = ReceiveSession(conn, dest, on_file, progress)
+    session = ReceiveSession(conn, dest, on_file, progress, keep_reports)
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()
@@ -424,6 +434,9 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             return
 
 
+BATCH = 64  # events handled per thread hop; their RESULTs are sent before the next part is handled
+
+
 async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:
     slow = ReceiveSession.SLOW_EVENTS
     await link.send(conn.data_to_send())
@@ -438,14 +451,18 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                     conn.send_error(ErrorCode.ABORTED, refused)
                     raise FtxError(refused.replace("the receiver ", "", 1), ErrorCode.ABORTED)
                 confirm = None
-            if any(isinstance(ev, slow) for ev in events):
-                with link_busy(link):  # one thread hop for the whole batch
-                    # shielded: cancelling this task (a takeover, a limit) must not leave the
-                    # thread running on while the session is closed under it; see receive_over
-                    session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, events)
-                    await asyncio.shield(session.worker)
-            else:
-                session.handle_all(events)
+            for start in range(0, len(events), BATCH):
+                part = events[start : start + BATCH]
+                if any(isinstance(ev, slow) for ev in part):
+                    with link_busy(link):  # one thread hop for the whole part
+                        # shielded: cancelling this task (a takeover, a limit) must not leave the
+                        # thread running on while the session is closed under it; see receive_over
+                        session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, part)
+                        await asyncio.shield(session.worker)
+                else:
+                    session.handle_all(part)
+                if conn.pending_output:  # this part's RESULTs go out now: the sender refills its
+                    await link.send(conn.data_to_send())  # window while we handle the next part
         if conn.pending_output:
             await link.send(conn.data_to_send())
 

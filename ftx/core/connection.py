@@ -271,6 +271,12 @@ class Connection:
     def events_pending(self) -> bool:
         return bool(self._events)
 
+    @property
+    def views_pending(self) -> bool:
+        """An event still queued may hold a view into the input buffer (a DATA chunk): the
+        driver should drain events before it asks for the buffer again, or they are copied."""
+        return self._views_queued and bool(self._events)
+
     def send_error(self, code: ErrorCode, message: str) -> None:
         """Give up on the whole session locally (e.g. out of disk), telling the peer."""
         if self._error is None and not self.closed:

@@ -59,6 +59,7 @@ class FrameType(enum.IntEnum):
 
 
 FRAME_TYPES = frozenset(int(t) for t in FrameType)
+_FRAME_TYPE = {int(t): t for t in FrameType}  # a dict lookup: FrameType(n) costs an Enum call per frame
 FLAG_SEALED = 0x01  # reserved: payload is AEAD ciphertext + tag (future version)
 KNOWN_FLAGS = 0x00  # flags a version-1 peer may set
 
@@ -300,7 +301,7 @@ class FrameDecoder:
         self._frame_len = -1
         if self._start == self._end:
             self._start = self._end = 0
-        return Frame(FrameType(ftype), flags, payload)
+        return Frame(_FRAME_TYPE[ftype], flags, payload)  # _check refused unknown types
 
     @staticmethod
     def _check(ftype, flags, reserved, length, csum, payload) -> None:

@@ -28,6 +28,9 @@ class Kind(enum.IntEnum):
     SYMLINK = 3
 
 
+_KINDS = {int(k): k for k in Kind}  # decode_entry's lookup (cheaper than a call of Kind)
+
+
 def check_wire_path(path: bytes) -> bytes:
     """Return ``path`` if it is a safe relative wire path, else raise UnsafePath."""
     if not path:
@@ -126,10 +129,10 @@ def decode_entry(payload, offset: int = 0) -> tuple[int, FileEntry, int]:
     path = bytes(payload[offset : offset + plen])
     target = bytes(payload[offset + plen : offset + plen + tlen])
     offset += plen + tlen
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown entry kind {kind}") from None
+    kind_ = _KINDS.get(kind)
+    if kind_ is None:
+        raise RemoteProtocolError(f"unknown entry kind {kind}")
+    kind = kind_
     if kind == Kind.FILE and not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise RemoteProtocolError(f"chunk size {chunk_size} out of range")
     if kind != Kind.FILE and size:

@@ -73,11 +73,11 @@ def _pack_text(text: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
+_CODES = {int(c): c for c in ErrorCode}
+
+
 def _code(value: int) -> ErrorCode | int:
-    try:
-        return ErrorCode(value)
-    except ValueError:
-        return value  # unknown codes from newer peers are kept as numbers
+    return _CODES.get(value, value)  # unknown codes from newer peers are kept as numbers
 
 
 # HELLO extensions (protocol.md section 6.1): u16 type, u16 length, value

@@ -56,6 +56,7 @@ class TcpLink:
         self._send_lock = asyncio.Lock()
         self.last_recv = self.last_send = time.monotonic()
         self.busy = 0
+        self.bytes_in = self.bytes_out = 0  # bytes that crossed the socket, records and handshake included
         self._lowat = 1
         self.on_established = None  # called once when the peer's HELLO has arrived (Admission)
         self._keys: Established | None = None
@@ -69,6 +70,11 @@ class TcpLink:
     @property
     def sending(self) -> bool:
         return self._send_lock.locked()
+
+    @property
+    def stats(self) -> dict:
+        """Bytes on the wire both ways (the --json reports' ``transport_stats``)."""
+        return {"bytes_out": self.bytes_out, "bytes_in": self.bytes_in}
 
     # -- the handshake (ftx/securing.py) ------------------------------------------
     @property
@@ -84,6 +90,7 @@ class TcpLink:
         except OSError as exc:
             raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += len(data)
         return data
 
     def install_keys(self, est: Established) -> None:
@@ -139,6 +146,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
             self.last_send = time.monotonic()
+            self.bytes_out += n
             while n:
                 size = len(views[i])
                 if n >= size:
@@ -159,6 +167,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost while sending: {exc.strerror or exc}") from exc
             self.last_send = time.monotonic()
+            self.bytes_out += n
             view = view[n:]
 
     async def _writable(self) -> None:
@@ -176,6 +185,7 @@ class TcpLink:
         except OSError as exc:
             raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += n
         return n
 
     # -- what the transport-neutral layers call -----------------------------------
@@ -204,6 +214,7 @@ class TcpLink:
             except OSError as exc:
                 raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
         self.last_recv = time.monotonic()
+        self.bytes_in += n
         if n == 0:
             conn.receive_eof()
         conn.buffer_updated(n)
@@ -227,9 +238,11 @@ class TcpLink:
     async def _feed_sealed(self, conn) -> None:
         """Open the next record(s) into ``conn``; read from the socket only when none is complete.
 
-        Records go in until one of them raises an event: the driver drains events
-        before the next call, so chunk payloads (views into the decoder's buffer)
-        are consumed before the buffer is asked for again and nothing is copied.
+        Every complete record already read goes in, until one of them raises an event
+        that holds a view into the decoder's buffer (a DATA chunk): the driver drains
+        events before the next call, so chunk payloads are consumed before the buffer
+        is asked for again and nothing is copied.  Events that own their bytes (many
+        small files) pile up: the driver handles them as one batch.
         A large record whose plaintext fits the decoder's buffer with its tag
         behind it is read straight there and opened in place (``_read_direct``).
         A record that does not open ends the session: the peer is told (sealed
@@ -270,6 +283,7 @@ class TcpLink:
                     raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
                 del buf
                 self.last_recv = time.monotonic()
+                self.bytes_in += n
                 opener.buffer_updated(n)
                 if n == 0:
                     self._eof(conn)
@@ -283,7 +297,7 @@ class TcpLink:
                 else:
                     del buf
                     _copy_into(conn, opener.open())
-                if conn.events_pending or conn.closed or (size := opener.next_size()) is None:
+                if conn.views_pending or conn.closed or (size := opener.next_size()) is None:
                     break
         except (AuthError, BufferLimit) as exc:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
