@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections import deque
 
 import click
@@ -530,7 +529,6 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     limits = limits or Limits()
     auth = auth or ReceiverAuth(insecure=True)
     from .core.frames import BufferBudget
-    from .limits import Admission
     from .receiving import receive_over
     from .transport.tcp import serve
 
