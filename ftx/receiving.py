@@ -18,6 +18,7 @@ from typing import Callable
 from .core.config import Config
 from .core.events import (
     ChunkReceived,
+    DirCheckRequested,
     Event,
     FileDataComplete,
     FileOffered,
@@ -32,7 +33,7 @@ from .core.events import (
 )
 from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
-from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
+from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
 from .core.secure.handshake import printable
 from .core.states import FileState
@@ -41,6 +42,7 @@ from .limits import Limits
 from .progress import Progress
 from .storage import Busy, Destination, PartialFile, claim, hash_file, remove_stale_partial
 from .transport.link import Watchdog, link_busy
+from .tree_state import directory_state
 
 log = logging.getLogger("ftx.receive")
 # events about one file, and the states in which the file already has its RESULT (an event
@@ -70,7 +72,9 @@ class FileReport:
 class ReceiveSession:
     #: events whose handling may block on disk for long (hashing, fsync): drivers
     #: may run them off the event loop
-    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived)
+    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived, DirCheckRequested)
+    #: per-file reports kept in ``reports`` (the first ones); ``files`` and ``failed`` count them all
+    REPORTS_KEPT = 1000
 
     def __init__(
         self,
@@ -87,7 +91,9 @@ class ReceiveSession:
         self._received: dict[int, int] = {}
         self._resumed: dict[int, int] = {}
         self._dirs: list[tuple[bytes, FileEntry]] = []
-        self.reports: list[FileReport] = []
+        self.reports: list[FileReport] = []  # the first REPORTS_KEPT (memory stays flat with the file count)
+        self.files = 0  # items settled
+        self.failed = 0  # ... of which not ok
         self.complete = False
         self.receipt_sent = False
         self.error = ""
@@ -132,6 +138,8 @@ class ReceiveSession:
                 self._resumed[ev.file_id] = 0
         elif isinstance(ev, FileWithdrawn):
             self._on_withdrawn(ev)
+        elif isinstance(ev, DirCheckRequested):
+            self.conn.dir_state(ev.dir_id, self._dir_state(ev))
         elif isinstance(ev, ReceiptDue):
             self.conn.send_receipt(time.time_ns())
             self.receipt_sent = True
@@ -172,7 +180,10 @@ class ReceiveSession:
             self._received.pop(file_id, 0),
             self._resumed.pop(file_id, 0),
         )
-        self.reports.append(report)
+        self.files += 1
+        self.failed += not report.ok
+        if len(self.reports) < self.REPORTS_KEPT:
+            self.reports.append(report)
         self.progress.end_file(report)
         self.on_file(report)
 
@@ -189,6 +200,10 @@ class ReceiveSession:
         path = self.dest.resolve(entry.path)
         st = self.dest.existing(path)
         flags, existing = 0, ZERO_DIGEST
+        if st is not None and self.conn.quick_check and stat.S_ISREG(st.st_mode) \
+                and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns:
+            self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST)  # rsync's quick check
+            return
         if st is not None:
             same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
             if same_size:
@@ -214,6 +229,14 @@ class ReceiveSession:
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
         self.progress.start_file(_name(entry), entry.size, resumed)
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded)
+
+    def _dir_state(self, ev: DirCheckRequested) -> int:
+        """List the destination directory and compare (nothing is created)."""
+        try:
+            path = self.dest.resolve(ev.path, make_parents=False)
+        except (FtxError, OSError):
+            return DIR_DIFFERENT  # a bad path or a symlinked parent: each item meets its own error
+        return directory_state(path, ev.count, ev.digest)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
         """Open the partial; take it over from an earlier connection of the same sender.

@@ -1,0 +1,83 @@
+"""The receiver's side of a directory check (CHECK_DIR, protocol.md 5.11): list and digest.
+
+``directory_state`` lists one destination directory and compares its direct
+entries with what the sender announced.  A peer chooses the directory and
+claims the count, so the cost is bounded: at most ``count + 1`` entries (and
+never more than ``MAX_CHECK_ENTRIES + 1``) are read and held, one directory
+descriptor is open while it runs, nothing is created or changed.
+
+Names starting with ``.ftx`` (ftx's state under ``--dir``) and ftx's partial
+sidecars (``.NAME.ftx-part``, ``.NAME.ftx-journal``) are ftx's own and left out,
+as the sender's walk leaves them out.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .core.manifest import Kind
+from .core.messages import DIR_ABSENT, DIR_DIFFERENT, DIR_SAME
+from .core.tree import MAX_CHECK_ENTRIES, dir_digest, entry_record
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def is_ftx_own(name: bytes) -> bool:
+    """A name ftx keeps for its own state or temporaries in a destination directory."""
+    return name.startswith(b".ftx") or (name.startswith(b".") and name.endswith((b".ftx-part", b".ftx-journal")))
+
+
+class NotComparable(Exception):
+    """The directory holds something no sender sends (or more entries than claimed)."""
+
+
+def digest_of_directory(path: bytes, limit: int = MAX_CHECK_ENTRIES + 1) -> tuple[int, bytes]:
+    """(entry count, listing digest) of the directory at ``path``, reading at most ``limit`` entries.
+
+    Raises FileNotFoundError when there is none, NotComparable when it cannot match
+    (more than ``limit`` entries, a special file), OSError otherwise (not a directory,
+    a symlink: ELOOP/ENOTDIR)."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        return _digest_fd(fd, min(limit, MAX_CHECK_ENTRIES + 1))
+    finally:
+        os.close(fd)
+
+
+def _digest_fd(fd: int, limit: int) -> tuple[int, bytes]:
+    records = []
+    with os.scandir(fd) as it:  # names come as str here: fsencode gives the bytes back
+        for de in it:
+            name = os.fsencode(de.name)
+            if is_ftx_own(name):
+                continue
+            if len(records) >= limit:
+                raise NotComparable(f"more than {limit} entries")
+            st = de.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                rec = entry_record(Kind.FILE, name, st.st_mode, st.st_size, st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                rec = entry_record(Kind.DIR, name, st.st_mode)
+            elif stat.S_ISLNK(st.st_mode):
+                rec = entry_record(Kind.SYMLINK, name, 0, target=os.readlink(name, dir_fd=fd))
+            else:
+                raise NotComparable(f"{os.fsdecode(name)} is a special file")
+            records.append((name, rec))
+    return len(records), dir_digest(records)
+
+
+def directory_state(path: bytes, count: int, digest: bytes) -> int:
+    """DIR_SAME, DIR_DIFFERENT or DIR_ABSENT for the sender's claim about ``path``."""
+    try:
+        have = digest_of_directory(path, min(count, MAX_CHECK_ENTRIES) + 1)
+    except FileNotFoundError:
+        return DIR_ABSENT
+    except NotComparable:
+        return DIR_DIFFERENT
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return DIR_ABSENT
+        return DIR_DIFFERENT  # a symlink, a file, unreadable: its items meet their own errors
+    return DIR_SAME if have == (count, digest) else DIR_DIFFERENT
