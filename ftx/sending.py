@@ -383,6 +383,8 @@ class SendSession:
                 ahead_items += len(group.items)
             if not ahead:
                 break
+            if conn.pending_output:
+                await self._flush()  # the checks just made go out now, not when one is awaited
             group, fut = ahead.popleft()
             ahead_items -= len(group.items)
             if fut is not None:
