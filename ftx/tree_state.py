@@ -80,4 +80,8 @@ def directory_state(path: bytes, count: int, digest: bytes) -> int:
         if exc.errno == errno.ENOENT:
             return DIR_ABSENT
         return DIR_DIFFERENT  # a symlink, a file, unreadable: its items meet their own errors
-    return DIR_SAME if have == (count, digest) else DIR_DIFFERENT
+    if have == (count, digest):
+        return DIR_SAME
+    # an empty directory (made by this session's own DIR offers, say) holds nothing to compare:
+    # the sender sends as to an absent one (small files whole, with no round trip)
+    return DIR_ABSENT if have[0] == 0 else DIR_DIFFERENT

@@ -206,6 +206,9 @@ def test_any_change_makes_the_directory_different(tmp_path, change):
 
 def test_absent_and_bounded(tmp_path):
     assert directory_state(os.fsencode(tmp_path / "nope"), 0, dir_digest([])) == DIR_ABSENT
+    (tmp_path / "empty").mkdir()  # e.g. made by the session's DIR offer: nothing to compare, send whole
+    assert directory_state(os.fsencode(tmp_path / "empty"), 3, bytes(16)) == DIR_ABSENT
+    assert directory_state(os.fsencode(tmp_path / "empty"), 0, dir_digest([])) == DIR_SAME
     assert directory_state(os.fsencode(tmp_path / "nope" / "deeper"), 0, dir_digest([])) == DIR_ABSENT
     big = tmp_path / "big"
     big.mkdir()
@@ -334,3 +337,50 @@ def test_a_changed_file_is_not_missed_and_checksum_sees_what_the_quick_check_can
     status = {f["path"]: f["status"] for f in report["files"]}
     assert rc == 1 and status["t/s/small"] == "exists", err
     assert status["t/s/big"] == status["t/s/same"] == "identical" and report["bytes_sent"] == 0
+
+
+# -- memory flat with the number of files ------------------------------------------------------
+def _send_rss(*args: str) -> tuple[int, dict]:
+    """Run ``ftx send --json``; (exit code, report, peak RSS bytes of that process)."""
+    import json
+    import subprocess
+
+    from .helpers import FTX
+
+    proc = subprocess.Popen(FTX + ["send", *args, "--json", "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return ru.ru_maxrss * 1024, json.loads(out)
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.timeout(300)
+def test_memory_stays_flat_with_the_number_of_files(shm_dir, receiver_factory):
+    """20 000 empty files cost either side no more memory than 2 000 (per-file reports,
+    the walk held whole and per-file tables grew ~1 KB a file: 18 MB here)."""
+    peaks = {}
+    for n in (2_000, 20_000):
+        src = shm_dir / f"src{n}"
+        for i in range(n):
+            d = src / f"d{i % (n // 100):03}"
+            if i < n // 100:
+                d.mkdir(parents=True)
+            (d / f"f{i:05}").touch()
+        r = receiver_factory(directory=shm_dir / f"dst{n}")
+        send_rss, report = _send_rss(str(src), r.dest)
+        events = r.events_until("session", timeout=120)
+        assert events[-1]["complete"] and events[-1]["files"] == n + n // 100 + 1
+        assert report["file_count"] == n + n // 100 + 1 and len(report["files"]) <= 2000
+        peaks[n] = (send_rss, _peak_rss(r.proc.pid))
+    grew = [big - small for small, big in zip(peaks[2_000], peaks[20_000])]
+    assert max(grew) < 6 << 20, f"peak RSS grew by {[g >> 10 for g in grew]} KiB (send, receive) for 18 000 files"
