@@ -410,8 +410,14 @@ class SendSession:
         conn, cfg = self.conn, self.config
         state = group.state
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
+            tally = self.tally
             for item in group.items:
-                self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
+                if len(tally.listed) < FILES_LISTED:
+                    self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
+                else:  # only counted: no report object per file
+                    tally.count += 1
+                    tally.identical += 1
+                    tally.bytes += item.size
             return
         if state is not None and group.parent is not None and group.parent.state == DIR_SAME:
             # its parent was unchanged, so its own item was not offered: it is now, for its mode and mtime

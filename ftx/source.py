@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from .core.checksum import FileHasher, HeldDigest, chunk_checksum
-from .core.manifest import FileEntry, Kind, check_link_target, check_wire_path
+from .core.manifest import MAX_COMPONENT, MAX_PATH, FileEntry, Kind, check_link_target
 from .core.ranges import RangeSet
-from .core.tree import MAX_CHECK_ENTRIES, dir_digest, entry_record
+from .core.tree import MAX_CHECK_ENTRIES, ListingHasher, entry_record
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 
 log = logging.getLogger("ftx.send")
@@ -55,20 +55,28 @@ class DirGroup:
     receiver's DIR_STATE once the sender knows it (None: not checked).
     """
 
-    __slots__ = ("dir", "items", "parent", "state")
+    __slots__ = ("dir", "items", "parent", "state", "_digest")
 
-    def __init__(self, dir: SourceItem | None, items: list[SourceItem], parent: "DirGroup | None") -> None:
+    def __init__(self, dir: SourceItem | None, items: list[SourceItem], digest: bytes | None = None,
+                 parent: "DirGroup | None" = None) -> None:
         self.dir = dir
         self.items = items
         self.parent = parent
         self.state: int | None = None
+        self._digest = digest
 
     @property
     def checkable(self) -> bool:
         return self.dir is not None and len(self.items) <= MAX_CHECK_ENTRIES
 
     def digest(self) -> bytes:
-        return dir_digest((i.name, i.record()) for i in self.items)
+        """The listing digest of ``items`` (already in name order, as ``_entries`` lists them)."""
+        if self._digest is not None:
+            return self._digest
+        h = ListingHasher()
+        for i in self.items:
+            h.update(i.record())
+        return h.digest()
 
 
 def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceItem]:
@@ -112,7 +120,7 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
     (the pending subdirectories), never the whole tree.  Iterative, so that a
     tree as deep as a 4096-byte wire path allows (2048 levels) cannot exceed
     Python's recursion limit."""
-    first = DirGroup(None, top if top is not None else arguments(paths), None)
+    first = DirGroup(None, top if top is not None else arguments(paths))
     tops = [i for i in first.items if i.kind == Kind.DIR]  # the consumer may drop a group's items when done
     yield first
     for item in tops:
@@ -124,23 +132,27 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
             if d is None:
                 stack.pop()
                 continue
-            group = DirGroup(d, _entries(d.local, d.wire, root_real, links), parent)
+            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links), parent=parent)
             subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
             if subdirs:
                 stack.append((group, iter(subdirs)))
             yield group
 
 
-def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> list[SourceItem]:
-    """The items of one directory's direct entries, sorted by name; the rest skipped with a warning."""
+def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    """The items of one directory's direct entries, sorted by name (the rest skipped with a
+    warning), and their listing digest."""
     out = []
+    h = ListingHasher()
+    local += b"/"
+    wire += b"/"
     for de in _listing(local):
-        child_local = os.path.join(local, de.name)
-        child_wire = wire + b"/" + de.name
-        try:
-            check_wire_path(child_wire)
-        except UnsafePath as exc:
-            log.warning("skipping %s: %s", os.fsdecode(child_local), exc)
+        # a listed name is never empty, '.', '..' or holds '/' or NUL; the wire path rules
+        # (manifest.check_wire_path) leave only the lengths to check
+        child_local = local + de.name
+        child_wire = wire + de.name
+        if len(child_wire) > MAX_PATH or len(de.name) > MAX_COMPONENT:
+            log.warning("skipping %s: path longer than %d bytes", os.fsdecode(child_local), MAX_PATH)
             continue
         if de.name.startswith(b".") and de.name.endswith((b".ftx-part", b".ftx-journal")):
             log.warning("skipping %s: an unfinished ftx transfer's partial data", os.fsdecode(child_local))
@@ -148,20 +160,24 @@ def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> list[S
         try:
             if de.is_symlink():
                 item = _link_item(child_local, child_wire, root_real, links)
-                if item is not None:
-                    out.append(item)
+                if item is None:
+                    continue
             elif de.is_dir(follow_symlinks=False):
                 st = de.stat(follow_symlinks=False)
-                out.append(SourceItem(child_local, child_wire, Kind.DIR, mode=st.st_mode))
+                item = SourceItem(child_local, child_wire, Kind.DIR, mode=st.st_mode)
             elif de.is_file(follow_symlinks=False):
                 st = de.stat(follow_symlinks=False)
-                out.append(SourceItem(child_local, child_wire, Kind.FILE, mode=st.st_mode, size=st.st_size,
-                                      mtime_ns=st.st_mtime_ns))
+                item = SourceItem(child_local, child_wire, Kind.FILE, mode=st.st_mode, size=st.st_size,
+                                  mtime_ns=st.st_mtime_ns)
             else:
                 log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
+                continue
         except OSError as exc:
             log.warning("skipping %s: %s", os.fsdecode(child_local), exc.strerror or exc)
-    return out
+            continue
+        out.append(item)
+        h.update(entry_record(item.kind, de.name, item.mode, item.size, item.mtime_ns, item.target))
+    return out, h.digest()
 
 
 def _listing(local: bytes) -> list:
@@ -236,7 +252,7 @@ class SourceFile:
         return st.st_size == self.stat.st_size and st.st_mtime_ns == self.stat.st_mtime_ns
 
     def digest(self, view: memoryview) -> bytes:
-        h = FileHasher()
+        h = ListingHasher()
         for index in range(self.entry.chunks):
             h.update(self.read_chunk(index, view))
         return h.digest()

@@ -45,6 +45,9 @@ def entry_record(kind: Kind, name: bytes, mode: int, size: int = 0, mtime_ns: in
     return out
 
 
+ListingHasher = xxhash.xxh3_128  # fed the records in name order: ``digest()`` is the listing digest
+
+
 def dir_digest(records) -> bytes:
     """XXH3-128 over ``(name, record bytes)`` pairs sorted by name: the CHECK_DIR digest."""
     h = xxhash.xxh3_128()
