@@ -105,7 +105,7 @@ def one_send(src: str, dst: str, *extra: str, count: bool = False) -> dict:
     report, s, wall = ftx_send(src, relay.port if relay else recv.port, *extra)
     r = recv.finish()
     wire = relay.stop() if relay else 0
-    return {"wall": wall, "wire": wire, "send_rss": s[2], "recv_rss": r[2],
+    return {"wall": wall, "wire": wire, "send_rss": s[2], "recv_rss": r[2], "send_cpu": s[1], "recv_cpu": r[1],
             "identical": report.get("identical", 0), "files": report["file_count"], "bytes_sent": report["bytes_sent"]}
 
 
@@ -135,6 +135,8 @@ def resend(args) -> None:
             wall = statistics.median(x["wall"] for x in runs)
             print(f"  {name:9} {wall:7.3f} s  {wire[name]:>11} wire bytes ({100 * wire[name] / content:6.2f} % of content)  "
                   f"x{first / wall:5.1f} vs first  identical {runs[0]['identical']}/{runs[0]['files']}  "
+                  f"cpu send {statistics.median(x['send_cpu'] for x in runs):.2f} s "
+                  f"recv {statistics.median(x['recv_cpu'] for x in runs):.2f} s  "
                   f"rss send {max(x['send_rss'] for x in runs) >> 20} MiB recv {max(x['recv_rss'] for x in runs) >> 20} MiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
@@ -90,8 +90,9 @@ class SendReport:
     failures: list[FileSendReport] = field(default_factory=list)  # the first FILES_LISTED failures
 
     def as_json(self) -> dict:
-        d = asdict(self)
-        del d["failures"]
+        # not dataclasses.asdict: its deep copies of a thousand file reports cost 0.2 s
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
+        d["files"] = [dict(vars(r)) for r in self.files]
         d["files_truncated"] = len(self.files) < self.file_count  # "files" lists at most the first
         return d
 
