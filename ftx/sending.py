@@ -410,9 +410,19 @@ class SendSession:
     async def _send_group(self, group: DirGroup, queue: deque) -> None:
         conn, cfg = self.conn, self.config
         state = group.state
+        if group.parent is not None and group.parent.state == DIR_SAME:
+            # its parent was unchanged, so its own item was left to this group: identical too, or
+            # offered now (before its entries), so that its mode and mtime are set again
+            if state == DIR_SAME:
+                self._done(FileSendReport(os.fsdecode(group.dir.wire), "dir", 0, "identical"))
+            else:
+                await self._window(queue)
+                self._offer(group.dir, False)
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
             tally = self.tally
             for item in group.items:
+                if item.kind == Kind.DIR:
+                    continue  # its own group reports it (above)
                 if len(tally.listed) < FILES_LISTED:
                     self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
                 else:  # only counted: no report object per file
@@ -420,10 +430,6 @@ class SendSession:
                     tally.identical += 1
                     tally.bytes += item.size
             return
-        if state is not None and group.parent is not None and group.parent.state == DIR_SAME:
-            # its parent was unchanged, so its own item was not offered: it is now, for its mode and mtime
-            await self._window(queue)
-            self._offer(group.dir, False)
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         for item in group.items:

@@ -327,12 +327,15 @@ def test_a_changed_file_is_not_missed_and_checksum_sees_what_the_quick_check_can
     rc, report, err = run_send(str(src), receiver.dest)
     status = {f["path"]: f["status"] for f in report["files"]}
     assert rc == 1 and status["t/s/small"] == "exists" and status["t/s/same"] == "identical", err
+    # t is unchanged (its entry s too), t/s is not: s is offered again (its mtime is set again), once
+    assert report["file_count"] == len(report["files"]) == 5 and status["t/s"] == "ok"
     assert (receiver.dir / "t" / "s" / "small").read_bytes() == b"one" * 100  # no --overwrite: not replaced
     # same size and the old mtime put back: the quick check cannot tell, --checksum can
     st = (receiver.dir / "t" / "s" / "small").stat()
     os.utime(src / "s" / "small", ns=(st.st_mtime_ns, st.st_mtime_ns))
     rc, report, err = run_send(str(src), receiver.dest)
     assert rc == 0 and {f["status"] for f in report["files"] if f["kind"] == "file"} == {"identical"}, err
+    assert report["file_count"] == 5 and report["identical"] == 4  # all but t, offered as an argument
     rc, report, err = run_send(str(src), receiver.dest, "--checksum")
     status = {f["path"]: f["status"] for f in report["files"]}
     assert rc == 1 and status["t/s/small"] == "exists", err
