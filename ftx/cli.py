@@ -234,10 +234,12 @@ def main() -> None:
 @click.option("--receipt", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Ask the receiver for a signed receipt of what landed; check it and write it to FILE.")
 @click.option("--insecure", is_flag=True, help="No authentication, no encryption (the receiver must run --insecure too).")
+@click.option("--checksum", is_flag=True,
+              help="Recognise unchanged files by their digest, not by size and mtime (reads every file on both sides).")
 @_with(verbosity)
 def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, code_prompt, code_file,
-         identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, receipt, verbose, quiet, as_json,
-         no_progress, idle_timeout):
+         identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, checksum, receipt, verbose, quiet,
+         as_json, no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
@@ -276,7 +278,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
     if (why := auth.conflict(code_prompt or code_file)) is not None:
         raise click.UsageError(why)
-    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id())
+    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum)
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
@@ -299,26 +301,26 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     if report.error:
         _die(report.error, _report_exit_code(report))
     if not report.ok:
-        failed = [f for f in report.files if not f.ok]
-        _die(f"{len(failed)} of {len(report.files)} items failed; first: {failed[0].path}: "
-             f"{failed[0].message or failed[0].status}", EXIT_FILES)
+        first = report.failures[0]
+        _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
+             f"{first.message or first.status}", EXIT_FILES)
     if not as_json:
-        log.info("sent %d items, %d bytes (%d on the wire, %d resumed) in %.2f s",
-                 len(report.files), report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
+        log.info("sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s", report.file_count,
+                 report.identical, report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
 
 
 async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None,
                 receipt=None):
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
-    from .source import walk
+    from .source import arguments, walk, walk_groups
 
-    items = list(walk(paths, links))  # bad arguments fail before connecting
+    top = arguments(paths)  # bad arguments fail before connecting
     hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too
     if hs is not None and auth.mode == "code":  # the receiver asks its user: say what comes
         from .security_setup import offer_summary
 
-        config.summary = offer_summary(items)
+        config.summary = offer_summary(walk(paths, links))  # a first walk that counts, holding nothing
     try:
         if udp:
             from .transport import udp as transport
@@ -341,7 +343,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
             est = await run_handshake(link, hs, idle_timeout)
             peer_fingerprint = est.peer.fingerprint
         report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
-                                   established=est).run(items)
+                                   established=est).run(walk_groups(paths, links, top))
         report.transport_stats = getattr(link, "stats", {})
         report.peer_fingerprint = peer_fingerprint
         return report

@@ -19,6 +19,7 @@ from typing import Callable
 from .core.config import Config
 from .core.events import (
     ChunkReceived,
+    DirCheckRequested,
     Event,
     FileDataComplete,
     FileOffered,
@@ -42,6 +43,7 @@ from .limits import Limits
 from .progress import Progress
 from .storage import Busy, Destination, PartialFile, claim, remove_stale_partial
 from .transport.link import Watchdog, link_busy
+from .tree_state import check_directory
 
 log = logging.getLogger("ftx.receive")
 # events about one file, and the states in which the file already has its RESULT (an event
@@ -71,7 +73,9 @@ class FileReport:
 class ReceiveSession:
     #: events whose handling may block on disk for long (hashing, fsync): drivers
     #: may run them off the event loop
-    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived)
+    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived, DirCheckRequested)
+    #: per-file reports kept in ``reports`` (the first ones); ``files`` and ``failed`` count them all
+    REPORTS_KEPT = 1000
 
     def __init__(
         self,
@@ -91,7 +95,7 @@ class ReceiveSession:
         self._received: dict[int, int] = {}
         self._resumed: dict[int, int] = {}
         self._dirs: list[tuple[bytes, FileEntry]] = []
-        self.reports: list[FileReport] = []
+        self.reports: list[FileReport] = []  # the first REPORTS_KEPT (memory stays flat with the file count)
         self.keep_reports = keep_reports
         self.files = 0  # items settled
         self.failed = 0  # ... of which not ok
@@ -142,6 +146,8 @@ class ReceiveSession:
                 self._resumed[ev.file_id] = 0
         elif isinstance(ev, FileWithdrawn):
             self._on_withdrawn(ev)
+        elif isinstance(ev, DirCheckRequested):
+            self.conn.dir_state(ev.dir_id, self._dir_state(ev))
         elif isinstance(ev, ReceiptDue):
             self.conn.send_receipt(time.time_ns())
             self.receipt_sent = True
@@ -184,9 +190,8 @@ class ReceiveSession:
             self._resumed.pop(file_id, 0),
         )
         self.files += 1
-        if not report.ok:
-            self.failed += 1
-        if self.keep_reports:
+        self.failed += not report.ok
+        if self.keep_reports and len(self.reports) < self.REPORTS_KEPT:
             self.reports.append(report)
         self.progress.end_file(report)
         self.on_file(report)
@@ -204,6 +209,10 @@ class ReceiveSession:
         path = self.dest.resolve(entry.path)
         st = self.dest.existing(path)
         flags, existing, existing_sha = 0, ZERO_DIGEST, None
+        if st is not None and self.conn.quick_check and stat.S_ISREG(st.st_mode) \
+                and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns:
+            self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST)  # rsync's quick check
+            return
         if st is not None:
             same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
             if same_size:
@@ -234,6 +243,10 @@ class ReceiveSession:
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)
         self.progress.start_file(_name(entry), entry.size, resumed)
         self.conn.decide(ev.file_id, held, held_digest, flags, existing, part.discarded, existing_sha)
+
+    def _dir_state(self, ev: DirCheckRequested) -> int:
+        """List the destination directory and compare (nothing is created)."""
+        return check_directory(self.dest, ev.path, ev.count, ev.digest)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
         """Open the partial; take it over from an earlier connection of the same sender.

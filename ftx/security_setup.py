@@ -158,8 +158,9 @@ def offer_summary(items) -> bytes:
     from .core.manifest import Kind
     from .core.messages import OfferSummary
 
-    size, tops = 0, []
-    for item in items:
+    size, tops, count = 0, [], 0
+    for item in items:  # an iterable (the walk, streamed): counted, not held
+        count += 1
         if item.kind == Kind.FILE:  # what is sent: a named symlink's (or an in-tree link's) file
             try:
                 size += os.stat(item.local).st_size
@@ -167,7 +168,7 @@ def offer_summary(items) -> bytes:
                 pass
         if b"/" not in item.wire:
             tops.append(os.fsdecode(item.wire))
-    return OfferSummary(len(items), size, tuple(tops[:64]), len(tops)).encode()
+    return OfferSummary(count, size, tuple(tops[:64]), len(tops)).encode()
 
 
 def describe_offer(hello) -> str:

@@ -3,6 +3,15 @@
 Transport-neutral: give it any ``Link``.  Offers run ahead of the data (up to
 ``Config.offer_window`` files without a result), small files travel whole with
 no round trip, and each large file streams only the chunks the receiver lacks.
+
+The tree is walked one directory at a time (``source.walk_groups``).  With a
+receiver that takes CHECK_DIR, each directory's listing digest goes ahead of
+its items (up to ``CHECKS_AHEAD`` directories in flight): an unchanged
+directory is reported identical and nothing more of it is sent; a differing one
+sends its files by OFFER, which the receiver answers IDENTICAL by size and mtime
+(the quick check) when it can.  ``--checksum`` (``Config.quick_check=False``)
+compares digests instead.  The report keeps counters and a bounded list of
+files: memory stays flat with the number of files.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from .core.checksum import FileHasher, file_digest
 from .core.config import Config
 from .core.events import (
     DecisionReceived,
+    DirStateReceived,
     FileResolved,
     HandshakeComplete,
     PeerFailed,
@@ -27,7 +37,7 @@ from .core.events import (
 )
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
-from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
+from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, Decision
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
 from .core.secure import Established
@@ -36,10 +46,14 @@ from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .progress import Progress
-from .source import SourceChanged, SourceFile, SourceItem, walk
+from .source import DirGroup, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
 log = logging.getLogger("ftx.send")
+
+CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
+AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
+FILES_LISTED = 1000  # per-file reports a SendReport lists (the first ones, and as many failures)
 
 
 @dataclass
@@ -70,20 +84,46 @@ class SendReport:
     error: str = ""
     transport_stats: dict = field(default_factory=dict)
     receipt: dict = field(default_factory=dict)  # the receipt written: path, fingerprint, entries
+    file_count: int = 0  # every item, listed in ``files`` or not
+    failed: int = 0
+    identical: int = 0
+    failures: list[FileSendReport] = field(default_factory=list)  # the first FILES_LISTED failures
 
     def as_json(self, lazy_files: bool = False) -> dict:
-        """What ``dataclasses.asdict`` gives, without its deep copy of every value (20 000 files:
-        0.27 -> 0.03 s).  ``lazy_files``: "files" is an iterator of the per-file dicts, for a
-        writer that encodes them a few at a time (memory flat with the number of files)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        names = [f.name for f in fields(FileSendReport)]
-        files = ({name: getattr(f, name) for name in names} for f in self.files)
+        """What ``dataclasses.asdict`` gives, without its deep copies of every file report.
+        ``lazy_files``: "files" is an iterator of the per-file dicts, for a writer that
+        encodes them a few at a time."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
+        files = (dict(vars(r)) for r in self.files)
         d["files"] = files if lazy_files else list(files)
-        d["transport_stats"] = dict(self.transport_stats)
-        d["receipt"] = dict(self.receipt)
-        d["file_count"] = len(self.files)
-        d["failed"] = sum(1 for f in self.files if not f.ok)
+        d["files_truncated"] = len(self.files) < self.file_count  # "files" lists at most the first
         return d
+
+
+class Tally:
+    """Counters over every item, and the first reports (memory stays flat with the file count)."""
+
+    def __init__(self) -> None:
+        self.count = self.failed = self.identical = 0
+        self.bytes = self.bytes_sent = self.bytes_resumed = 0
+        self.listed: list[FileSendReport] = []
+        self.failures: list[FileSendReport] = []
+
+    def add(self, r: FileSendReport) -> None:
+        self.count += 1
+        self.bytes += r.size
+        self.bytes_sent += r.bytes_sent
+        self.bytes_resumed += r.bytes_resumed
+        if r.status == "identical":
+            self.identical += 1
+        if not r.ok:
+            self.failed += 1
+            if len(self.failures) < FILES_LISTED:
+                self.failures.append(r)
+        if len(self.listed) < FILES_LISTED:
+            self.listed.append(r)
+        elif not r.ok and len(self.failures) <= FILES_LISTED:
+            self.listed.append(r)  # failures are listed beyond the first files too (up to as many)
 
 
 class SendSession:
@@ -126,13 +166,17 @@ class SendSession:
         self._outstanding = 0
         self._resolved = asyncio.Event()
         self._buf = memoryview(bytearray(self.config.chunk_size))
-        self.reports: list[FileSendReport] = []
+        self.tally = Tally()
+        self._dir_states: dict[int, asyncio.Future] = {}
         self._main: asyncio.Task | None = None
         self._pacer = Pacer(max_rate) if max_rate else None
 
     # -- top level --------------------------------------------------------------
-    async def run(self, items: list[SourceItem]) -> SendReport:
-        """Send ``items`` (from ``source.walk``) and wait for every result."""
+    async def run(self, source) -> SendReport:
+        """Send ``source`` -- ``DirGroup``s (``source.walk_groups``, consumed as the window allows)
+        or a list of ``SourceItem``s (``source.walk``) -- and wait for every result."""
+        if isinstance(source, list) and (not source or isinstance(source[0], SourceItem)):
+            source = [DirGroup(None, source, None)]
         t0 = time.monotonic()
         error = ""
         failure: FtxError | None = None
@@ -154,7 +198,7 @@ class SendSession:
                 await self._flush()
                 hello = await self._wait(self._handshake)
                 self._fit_to_peer(hello.max_payload)
-                await self._send_all(items)
+                await self._send_all(source)
                 self.conn.finish()
                 await self._flush()
                 await self._wait(self._complete)
@@ -176,20 +220,25 @@ class SendSession:
                 src.close()
             if self._receipt_file is not None:
                 self._receipt_file.abort()  # unless finished: then it is in place already
-        files = self.reports + list(self._reports.values())
-        for r in files:
+        tally = self.tally
+        for r in list(self._reports.values()):
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
-        ok = not error and all(r.ok for r in files)
+            tally.add(r)
+        self._reports.clear()
         report = SendReport(
-            ok=ok,
+            ok=not error and not tally.failed,
             transport=getattr(self.link, "transport", "?"),
             seconds=round(time.monotonic() - t0, 6),
-            bytes=sum(r.size for r in files),
-            bytes_sent=sum(r.bytes_sent for r in files),
-            bytes_resumed=sum(r.bytes_resumed for r in files),
-            files=files,
+            bytes=tally.bytes,
+            bytes_sent=tally.bytes_sent,
+            bytes_resumed=tally.bytes_resumed,
+            files=tally.listed,
             error=error,
+            file_count=tally.count,
+            failed=tally.failed,
+            identical=tally.identical,
+            failures=tally.failures,
         )
         checker = self.conn.receipt
         if checker is not None and checker.end is not None:
@@ -268,6 +317,11 @@ class SendSession:
                 fut.set_result(ev.decision)
         elif isinstance(ev, FileResolved):
             self._on_result(ev.result)
+        elif isinstance(ev, DirStateReceived):
+            fut = self._dir_states.pop(ev.dir_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(ev.state)
+            self._resolved.set()
         elif isinstance(ev, HandshakeComplete):
             self._handshake.set_result(ev)
         elif isinstance(ev, (ReceiptEntries, ReceiptVerified)):
@@ -308,34 +362,95 @@ class SendSession:
             report.digest = result.digest.hex()
         if not result.ok:
             log.warning("%s: %s", report.path, report.message or report.status)
-        self.reports.append(report)
-        self.progress.end_file(report)
+        self._done(report)
         self._outstanding -= 1
         self._resolved.set()
 
+    def _done(self, report: FileSendReport) -> None:
+        self.tally.add(report)
+        self.progress.end_file(report)
+
     # -- sending ----------------------------------------------------------------
-    async def _send_all(self, items: list[SourceItem]) -> None:
-        conn, cfg = self.conn, self.config
+    async def _send_all(self, groups) -> None:
+        conn = self.conn
         queue: deque[int] = deque()  # large files offered, in offer order
-        for item in items:
-            while self._outstanding >= cfg.offer_window:
-                if queue:
-                    await self._stream(queue.popleft())
-                else:
-                    self._resolved.clear()
+        ahead: deque[tuple[DirGroup, asyncio.Future | None]] = deque()  # groups walked, in order
+        ahead_items = 0
+        walk = iter(groups)
+        while True:
+            # walk on and check directories ahead (bounded), so no round trip per directory waits
+            while len(ahead) < (CHECKS_AHEAD if conn.quick_check else 1) and (not ahead or ahead_items < AHEAD_ITEMS):
+                group = next(walk, None)
+                if group is None:
+                    break
+                fut = None
+                if conn.quick_check and group.checkable:
+                    await self._window(queue)
+                    did = conn.check_dir(group.dir.wire, len(group.items), group.digest())
+                    fut = self._dir_states[did] = asyncio.get_running_loop().create_future()
+                ahead.append((group, fut))
+                ahead_items += len(group.items)
+            if not ahead:
+                break
+            if conn.pending_output:
+                await self._flush()  # the checks just made go out now, not when one is awaited
+            group, fut = ahead.popleft()
+            ahead_items -= len(group.items)
+            if fut is not None:
+                if not fut.done():
                     await self._flush()
-                    await self._wait(asyncio.ensure_future(self._resolved.wait()))
-            fid = self._offer(item)
+                group.state = await self._wait(fut)
+            await self._send_group(group, queue)
+            group.items = []  # done: only the state stays (for its subdirectories' groups)
+        while queue:
+            await self._stream(queue.popleft())
+
+    async def _window(self, queue: deque) -> None:
+        """Wait until one more item (an offer or a directory check) fits the offer window."""
+        while self._outstanding + self.conn.checks_in_flight >= self.config.offer_window:
+            if queue:
+                await self._stream(queue.popleft())
+            else:
+                self._resolved.clear()
+                await self._flush()
+                await self._wait(asyncio.ensure_future(self._resolved.wait()))
+
+    async def _send_group(self, group: DirGroup, queue: deque) -> None:
+        conn, cfg = self.conn, self.config
+        state = group.state
+        if group.parent is not None and group.parent.state == DIR_SAME:
+            # its parent was unchanged, so its own item was left to this group: identical too, or
+            # offered now (before its entries), so that its mode and mtime are set again
+            if state == DIR_SAME:
+                self._done(FileSendReport(os.fsdecode(group.dir.wire), "dir", 0, "identical"))
+            else:
+                await self._window(queue)
+                self._offer(group.dir, False)
+        if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
+            tally = self.tally
+            for item in group.items:
+                if item.kind == Kind.DIR:
+                    continue  # its own group reports it (above)
+                if len(tally.listed) < FILES_LISTED:
+                    self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
+                else:  # only counted: no report object per file
+                    tally.count += 1
+                    tally.identical += 1
+                    tally.bytes += item.size
+            return
+        # small files by OFFER where the destination may hold them (the quick check answers at once)
+        by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
+        for item in group.items:
+            await self._window(queue)
+            fid = self._offer(item, by_offer)
             if fid is not None:
                 queue.append(fid)
             while queue and self._decisions[queue[0]].done():
                 await self._stream(queue.popleft())
             if conn.pending_output >= 256 * 1024:
                 await self._flush()
-        while queue:
-            await self._stream(queue.popleft())
 
-    def _offer(self, item: SourceItem) -> int | None:
+    def _offer(self, item: SourceItem, by_offer: bool = False) -> int | None:
         """Send an item's first frame; return its id when it awaits a decision."""
         conn, cfg = self.conn, self.config
         if item.kind != Kind.FILE:
@@ -347,17 +462,17 @@ class SendSession:
             src = SourceFile(item, cfg.chunk_size)
         except FtxError as exc:
             log.warning("%s", exc)
-            self.reports.append(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))
+            self._done(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))
             return None
         entry = src.entry
         report = FileSendReport(os.fsdecode(item.wire), "file", entry.size)
-        if entry.size <= cfg.small_file_limit:
+        if entry.size <= cfg.small_file_limit and not by_offer:
             try:
                 data = src.read_all()
             except FtxError as exc:
                 src.close()
                 report.status, report.message = exc.code.name.lower(), str(exc)
-                self.reports.append(report)
+                self._done(report)
                 return None
             finally:
                 src.close()
@@ -477,4 +592,4 @@ def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:
 
 async def send_paths(link: Link, paths: list, config: Config | None = None, links: bool = False,
                      **kwargs) -> SendReport:
-    return await SendSession(link, config, **kwargs).run(list(walk(paths, links)))
+    return await SendSession(link, config, **kwargs).run(walk_groups(paths, links))

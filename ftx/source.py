@@ -1,7 +1,10 @@
 """Sender-side file system work: walk the paths to send, read chunks, hash.
 
-``walk`` yields ``SourceItem``s in a stable order (a directory before its
-contents).  Symlinks: with ``links=True`` they are sent as links; otherwise a
+``walk_groups`` yields the items one directory at a time (``DirGroup``: a
+directory's direct entries, sorted by name), depth first, so that a sender can
+check a whole directory against the receiver's (CHECK_DIR) before it sends its
+items and never holds the whole tree; ``walk`` flattens it (a directory before
+its contents).  Symlinks: with ``links=True`` they are sent as links; otherwise a
 link inside a sent tree is followed only when it points to a regular file that
 is itself inside that tree; every other link and special file is skipped with a
 warning, never followed out of the tree.
@@ -16,8 +19,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from .core.checksum import FileHasher, HeldDigest, chunk_checksum
-from .core.manifest import FileEntry, Kind, check_link_target, check_wire_path
+from .core.manifest import MAX_COMPONENT, MAX_PATH, FileEntry, Kind, check_link_target
 from .core.ranges import RangeSet
+from .core.tree import MAX_CHECK_ENTRIES, ListingHasher, entry_record, is_ftx_own
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 
 log = logging.getLogger("ftx.send")
@@ -29,10 +33,62 @@ class SourceItem:
     wire: bytes  # path on the wire
     kind: Kind
     target: bytes = b""  # symlink target when sent as a link
+    mode: int = 0  # from the listing (lstat; the followed file's stat for an in-tree link)
+    size: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def name(self) -> bytes:
+        return self.wire.rsplit(b"/", 1)[-1]
+
+    def record(self) -> bytes:
+        """This item's bytes in its directory's listing digest (CHECK_DIR)."""
+        return entry_record(self.kind, self.name, self.mode, self.size, self.mtime_ns, self.target)
+
+
+class DirGroup:
+    """The direct entries of one source directory (``dir``), sorted by name, as they will be sent.
+
+    The first group of a walk holds the named arguments (``dir`` None).  A
+    directory's own item is in its parent's group; its entries come in a later
+    group of their own, after the parent's (depth first).  ``state`` is the
+    receiver's DIR_STATE once the sender knows it (None: not checked).
+    """
+
+    __slots__ = ("dir", "items", "parent", "state", "_digest")
+
+    def __init__(self, dir: SourceItem | None, items: list[SourceItem], digest: bytes | None = None,
+                 parent: "DirGroup | None" = None) -> None:
+        self.dir = dir
+        self.items = items
+        self.parent = parent
+        self.state: int | None = None
+        self._digest = digest
+
+    @property
+    def checkable(self) -> bool:
+        return self.dir is not None and len(self.items) <= MAX_CHECK_ENTRIES
+
+    def digest(self) -> bytes:
+        """The listing digest of ``items`` (already in name order, as ``_entries`` lists them)."""
+        if self._digest is not None:
+            return self._digest
+        h = ListingHasher()
+        for i in self.items:
+            h.update(i.record())
+        return h.digest()
 
 
 def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceItem]:
+    """Every item, each directory before its entries (group by group, see ``walk_groups``)."""
+    for group in walk_groups(paths, links):
+        yield from group.items
+
+
+def arguments(paths: Iterable[str | bytes]) -> list[SourceItem]:
+    """The named paths as items; a bad argument raises before anything is sent."""
     seen: set[bytes] = set()
+    top = []
     for raw in paths:
         path = os.fsencode(raw)
         try:
@@ -48,47 +104,80 @@ def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceIt
             raise FtxError(f"two arguments would both arrive as {os.fsdecode(name)!r}")
         seen.add(name)
         if stat.S_ISDIR(st.st_mode):
-            yield SourceItem(path, name, Kind.DIR)
-            yield from _walk_dir(path, name, os.path.realpath(path), links)
+            top.append(SourceItem(path, name, Kind.DIR, mode=st.st_mode))
         elif stat.S_ISREG(st.st_mode):
-            yield SourceItem(path, name, Kind.FILE)
+            top.append(SourceItem(path, name, Kind.FILE, mode=st.st_mode, size=st.st_size, mtime_ns=st.st_mtime_ns))
         else:
             raise StorageError(f"{os.fsdecode(path)} is not a regular file or directory")
+    return top
 
 
-def _walk_dir(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Iterator[SourceItem]:
-    """Depth first, each directory before its entries, entries sorted by name.
+def walk_groups(paths: Iterable[str | bytes], links: bool = False,
+                top: list[SourceItem] | None = None) -> Iterator[DirGroup]:
+    """The arguments' group, then one group per directory, depth first, entries sorted by name.
 
-    Iterative (a stack of listings), so that a tree as deep as a 4096-byte wire
-    path allows (2048 levels) cannot exceed Python's recursion limit."""
-    stack = [(local, wire, iter(_listing(local)))]
-    while stack:
-        local, wire, entries = stack[-1]
-        de = next(entries, None)
-        if de is None:
-            stack.pop()
+    A generator: it holds one listing per level of the directory being walked
+    (the pending subdirectories), never the whole tree.  Iterative, so that a
+    tree as deep as a 4096-byte wire path allows (2048 levels) cannot exceed
+    Python's recursion limit."""
+    first = DirGroup(None, top if top is not None else arguments(paths))
+    tops = [i for i in first.items if i.kind == Kind.DIR]  # the consumer may drop a group's items when done
+    yield first
+    for item in tops:
+        root_real = os.path.realpath(item.local)
+        stack = [(first, iter((item,)))]
+        while stack:
+            parent, dirs = stack[-1]
+            d = next(dirs, None)
+            if d is None:
+                stack.pop()
+                continue
+            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links), parent=parent)
+            subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
+            if subdirs:
+                stack.append((group, iter(subdirs)))
+            yield group
+
+
+def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    """The items of one directory's direct entries, sorted by name (the rest skipped with a
+    warning), and their listing digest."""
+    out = []
+    h = ListingHasher()
+    local += b"/"
+    wire += b"/"
+    for de in _listing(local):
+        # a listed name is never empty, '.', '..' or holds '/' or NUL; the wire path rules
+        # (manifest.check_wire_path) leave only the lengths to check
+        child_local = local + de.name
+        child_wire = wire + de.name
+        if len(child_wire) > MAX_PATH or len(de.name) > MAX_COMPONENT:
+            log.warning("skipping %s: path longer than %d bytes", os.fsdecode(child_local), MAX_PATH)
             continue
-        child_local = os.path.join(local, de.name)
-        child_wire = wire + b"/" + de.name
+        if is_ftx_own(de.name):
+            log.warning("skipping %s: a receiver's own state or temporary file", os.fsdecode(child_local))
+            continue
         try:
-            check_wire_path(child_wire)
-        except UnsafePath as exc:
-            log.warning("skipping %s: %s", os.fsdecode(child_local), exc)
+            if de.is_symlink():
+                item = _link_item(child_local, child_wire, root_real, links)
+                if item is None:
+                    continue
+            elif de.is_dir(follow_symlinks=False):
+                st = de.stat(follow_symlinks=False)
+                item = SourceItem(child_local, child_wire, Kind.DIR, mode=st.st_mode)
+            elif de.is_file(follow_symlinks=False):
+                st = de.stat(follow_symlinks=False)
+                item = SourceItem(child_local, child_wire, Kind.FILE, mode=st.st_mode, size=st.st_size,
+                                  mtime_ns=st.st_mtime_ns)
+            else:
+                log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
+                continue
+        except OSError as exc:
+            log.warning("skipping %s: %s", os.fsdecode(child_local), exc.strerror or exc)
             continue
-        if de.name.startswith(b".") and de.name.endswith((b".ftx-part", b".ftx-journal")):
-            log.warning("skipping %s: an unfinished ftx transfer's partial data", os.fsdecode(child_local))
-            continue
-        if de.is_symlink():
-            item = _link_item(child_local, child_wire, root_real, links)
-            if item is not None:
-                yield item
-        elif de.is_dir(follow_symlinks=False):
-            yield SourceItem(child_local, child_wire, Kind.DIR)
-            stack.append((child_local, child_wire, iter(_listing(child_local))))
-        elif de.is_file(follow_symlinks=False):
-            yield SourceItem(child_local, child_wire, Kind.FILE)
-        else:
-            log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
+        out.append(item)
+        h.update(entry_record(item.kind, de.name, item.mode, item.size, item.mtime_ns, item.target))
+    return out, h.digest()
 
 
 def _listing(local: bytes) -> list:
@@ -111,8 +200,13 @@ def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Sour
         return SourceItem(local, wire, Kind.SYMLINK, target)
     real = os.path.realpath(local)
     inside = real == root_real or real.startswith(root_real + b"/")
-    if inside and os.path.isfile(real):
-        return SourceItem(real, wire, Kind.FILE)
+    if inside:
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return SourceItem(real, wire, Kind.FILE, mode=st.st_mode, size=st.st_size, mtime_ns=st.st_mtime_ns)
     log.warning("skipping symlink %s (use --links to send links as links)", os.fsdecode(local))
     return None
 

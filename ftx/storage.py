@@ -202,6 +202,21 @@ class Destination:
             self.dirs.release(self.dirs.hold(parent, create=True))
         return self.root + b"/" + wire_path
 
+    def open_dir(self, wire_dir: bytes) -> int | None:
+        """A new descriptor of the existing destination directory ``wire_dir`` (for listing it:
+        the caller closes it), opened through the held parent without following a symlink;
+        None if it is missing.  Nothing is created.  Raises UnsafePath / OSError (ELOOP,
+        ENOTDIR) for what is not a real directory below --dir."""
+        self.check(wire_dir)
+        parent, _, name = wire_dir.rpartition(b"/")
+        with pinned(self.dirs, parent) as d:
+            if d is None:
+                return None
+            try:
+                return os.open(name, DIR_FLAGS, dir_fd=d.fd)
+            except FileNotFoundError:
+                return None
+
     def _parent(self, path: bytes, create: bool = False) -> tuple[pinned, bytes]:
         rel = self.rel_of(path)
         parent, _, name = rel.rpartition(b"/")

@@ -19,6 +19,7 @@ from ftx.core.messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
     HELLO_OVERWRITE,
+    HELLO_QUICK_CHECK,
     PROTOCOL_VERSION,
     ROLE_RECEIVER,
     ROLE_SENDER,
@@ -189,8 +190,9 @@ def test_handshake_events_and_flags():
     link.pump()
     (hs,) = link.take("s")
     (hr,) = link.take("r")
-    assert hs == ev.HandshakeComplete(PROTOCOL_VERSION, "rcv/8", HELLO_OVERWRITE, 2 << 20)
-    assert hr == ev.HandshakeComplete(PROTOCOL_VERSION, "snd/9", HELLO_NO_RESUME, 1 << 20)
+    # both announce QUICK_CHECK: the sender allows it, the receiver takes CHECK_DIR
+    assert hs == ev.HandshakeComplete(PROTOCOL_VERSION, "rcv/8", HELLO_OVERWRITE | HELLO_QUICK_CHECK, 2 << 20)
+    assert hr == ev.HandshakeComplete(PROTOCOL_VERSION, "snd/9", HELLO_NO_RESUME | HELLO_QUICK_CHECK, 1 << 20)
     assert link.r.resume_allowed is False
     assert link.s.peer.role == ROLE_RECEIVER and link.r.peer.role == ROLE_SENDER
 

@@ -349,7 +349,7 @@ def test_too_large_control_frame_from_encoder():
         d.feed(encode_frame(FrameType.OFFER, bytes(HANDSHAKE_MAX_PAYLOAD + 1))[:HEADER_SIZE])
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x1F, 0x20, 0xFF])  # 0x0F is RECEIPT
+@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x1F, 0x22, 0xFF])  # 0x0F is RECEIPT, 0x20-0x21 CHECK_DIR, DIR_STATE
 def test_unknown_frame_type(ftype):
     d = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown frame type") as exc:

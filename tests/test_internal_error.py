@@ -18,7 +18,9 @@ def test_an_unexpected_exception_ends_only_its_connection(tmp_path, monkeypatch)
     src = tmp_path / "a.txt"
     src.write_bytes(b"hello")
     dest = Destination(tmp_path / "dst")
-    original = receiving.ReceiveSession._on_small
+    # a named file goes by OFFER (the quick check may answer it without content), so the bug is put
+    # in the OFFER handler
+    original = receiving.ReceiveSession._on_offer
     calls = []
 
     def broken_once(self, ev):
@@ -27,7 +29,7 @@ def test_an_unexpected_exception_ends_only_its_connection(tmp_path, monkeypatch)
             raise RuntimeError("boom")  # stands for any bug of ours, not a peer's fault
         return original(self, ev)
 
-    monkeypatch.setattr(receiving.ReceiveSession, "_on_small", broken_once)
+    monkeypatch.setattr(receiving.ReceiveSession, "_on_offer", broken_once)
 
     async def run():
         socks = tcp.listen("127.0.0.1", 0)

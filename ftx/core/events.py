@@ -93,7 +93,26 @@ class ReceiptDue(Event):
     ``send_receipt(time_ns)`` (the receiver's wall clock), which also sends DONE."""
 
 
+@dataclass(frozen=True)
+class DirCheckRequested(Event):
+    """CHECK_DIR: compare the destination directory ``path`` (a wire path, unchecked) with
+    ``count`` entries of listing digest ``digest``; answer with ``dir_state``."""
+
+    dir_id: int
+    path: bytes
+    count: int
+    digest: bytes
+
+
 # -- seen by the sender -----------------------------------------------------
+@dataclass(frozen=True)
+class DirStateReceived(Event):
+    """The receiver's answer to ``check_dir``: DIR_SAME, DIR_DIFFERENT or DIR_ABSENT."""
+
+    dir_id: int
+    state: int
+
+
 @dataclass(frozen=True)
 class DecisionReceived(Event):
     decision: Decision

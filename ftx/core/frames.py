@@ -56,6 +56,8 @@ class FrameType(enum.IntEnum):
     PONG = 0x0E
     RECEIPT = 0x0F  # R->S, only to a sender that asked (HELLO flag RECEIPT)
     # 0x10-0x1F are reserved for the authentication handshake (protocol.md).
+    CHECK_DIR = 0x20  # S->R, only to a receiver whose HELLO has QUICK_CHECK (protocol.md 5.11)
+    DIR_STATE = 0x21  # R->S, the answer to CHECK_DIR
 
 
 FRAME_TYPES = frozenset(int(t) for t in FrameType)

@@ -24,6 +24,8 @@ ROLE_RECEIVER = 2
 HELLO_NO_RESUME = 1 << 0  # sender: ignore and discard partial data
 HELLO_OVERWRITE = 1 << 1  # receiver: differing destination files will be replaced
 HELLO_RECEIPT = 1 << 2  # sender: send a signed receipt before DONE (RECEIPT frames)
+HELLO_QUICK_CHECK = 1 << 3  # sender: an OFFER may be answered IDENTICAL by size + mtime, and it may send
+# CHECK_DIR; receiver: it understands CHECK_DIR (protocol.md 5.11)
 
 # DECISION flags
 DECISION_EXISTS = 1 << 0  # destination exists; existing_digest is its digest
@@ -314,3 +316,52 @@ class ErrorMessage:
         (code,) = struct.unpack_from(">H", p, 0)
         message, _ = _text(p, 2, "ERROR")
         return cls(_code(code), message)
+
+
+# DIR_STATE states (protocol.md 5.12)
+DIR_SAME = 1  # the destination directory's direct entries match the digest
+DIR_DIFFERENT = 2  # it exists and differs (or could not be compared)
+DIR_ABSENT = 3  # there is no such directory
+
+
+@dataclass(frozen=True)
+class CheckDir:
+    """CHECK_DIR: does the destination directory ``path`` hold these direct entries?
+
+    ``count`` entries whose listing digest (``core.tree.dir_digest``) is ``digest``."""
+
+    dir_id: int
+    count: int
+    digest: bytes
+    path: bytes
+    _S = struct.Struct(">II16sH")
+
+    def encode(self) -> bytes:
+        return self._S.pack(self.dir_id, self.count, self.digest, len(self.path)) + self.path
+
+    @classmethod
+    def decode(cls, p) -> "CheckDir":
+        _need(p, cls._S.size, "CHECK_DIR")
+        dir_id, count, digest, plen = cls._S.unpack_from(p, 0)
+        if len(p) != cls._S.size + plen:
+            raise RemoteProtocolError("CHECK_DIR length does not match its path")
+        return cls(dir_id, count, digest, bytes(p[cls._S.size :]))
+
+
+@dataclass(frozen=True)
+class DirState:
+    dir_id: int
+    state: int
+    _S = struct.Struct(">IB")
+
+    def encode(self) -> bytes:
+        return self._S.pack(self.dir_id, self.state)
+
+    @classmethod
+    def decode(cls, p) -> "DirState":
+        if len(p) != cls._S.size:
+            raise RemoteProtocolError("DIR_STATE payload must be 5 bytes")
+        dir_id, state = cls._S.unpack_from(p, 0)
+        if state not in (DIR_SAME, DIR_DIFFERENT, DIR_ABSENT):
+            raise RemoteProtocolError(f"unknown DIR_STATE state {state}")
+        return cls(dir_id, state)

@@ -10,6 +10,7 @@ Frames become events; the driver answers with calls:
 * ``FileDataComplete``  -> verify the digest, finalize, ``file_result``
 * ``FileRestarted``     -> forget held chunks
 * ``FileWithdrawn``     -> release the file, ``file_result``
+* ``DirCheckRequested`` -> list the destination directory, ``dir_state``
 
 When the sender has said DONE and every file has its result, the receiver
 answers DONE and emits ``SessionComplete``.
@@ -22,6 +23,7 @@ from .config import Config
 from .connection import Connection
 from .events import (
     ChunkReceived,
+    DirCheckRequested,
     FileDataComplete,
     FileOffered,
     FileRefused,
@@ -38,10 +40,13 @@ from .messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
     HELLO_OVERWRITE,
+    HELLO_QUICK_CHECK,
     HELLO_RECEIPT,
     ROLE_RECEIVER,
     ZERO_DIGEST,
+    CheckDir,
     Decision,
+    DirState,
     FileEnd,
     FileNotice,
     Offer,
@@ -51,6 +56,7 @@ from .messages import (
 )
 from .ranges import RangeSet
 from .secure import receipt
+from .tree import MAX_CHECK_ENTRIES
 from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
 
 
@@ -66,11 +72,12 @@ class ReceiverConnection(Connection):
         """``signer`` (our identity key) signs a receipt for a sender that asks for one;
         without it such a sender is told the receipt is declined."""
         config = config or Config()
-        super().__init__(config, HELLO_OVERWRITE if config.overwrite else 0, budget)
+        super().__init__(config, (HELLO_OVERWRITE if config.overwrite else 0) | HELLO_QUICK_CHECK, budget)
         self._entries: dict[int, FileEntry] = {}
         self._have: dict[int, RangeSet] = {}
         self._sender_done = False
         self._unsettled = 0  # items offered with no RESULT yet (bounded by config.max_files_in_flight)
+        self._checks: dict[int, int] = {}  # CHECK_DIR id -> bytes charged, until its DIR_STATE (count as unsettled)
         self._costs: dict[int, int] = {}  # file id -> bytes of bookkeeping charged to the budget
         self._signer = signer
         self._existing: dict[int, tuple[bytes, bytes]] = {}  # receipt: digests of an identical destination
@@ -80,6 +87,12 @@ class ReceiverConnection(Connection):
     @property
     def receipt_requested(self) -> bool:
         return self.peer is not None and bool(self.peer.flags & HELLO_RECEIPT)
+
+    @property
+    def quick_check(self) -> bool:
+        """The sender allows the quick check: answer an OFFER whose destination has its size and
+        mtime_ns with RESULT IDENTICAL at once (no content, no hashing)."""
+        return self.peer is not None and bool(self.peer.flags & HELLO_QUICK_CHECK)
 
     @property
     def resume_allowed(self) -> bool:
@@ -134,6 +147,18 @@ class ReceiverConnection(Connection):
         if not ok or sha256 is None:
             sha256 = receipt.ZERO_SHA256
         return receipt.Entry(e.path, e.kind, e.size, code, digest if ok else ZERO_DIGEST, sha256)
+
+    def dir_state(self, dir_id: int, state: int) -> None:
+        """Answer a ``DirCheckRequested``: DIR_SAME, DIR_DIFFERENT or DIR_ABSENT."""
+        self._require_open()
+        cost = self._checks.pop(dir_id, None)
+        if cost is None:
+            raise LocalProtocolError(f"no directory check {dir_id} awaits an answer")
+        self._unsettled -= 1
+        if cost:
+            self._decoder.budget.give(cost)
+        self._send_frame(FrameType.DIR_STATE, DirState(dir_id, state).encode())
+        self._maybe_complete()
 
     def send_receipt(self, time_ns: int) -> None:
         """Answer ``ReceiptDue``: the last entries, the signed END, then DONE."""
@@ -202,6 +227,10 @@ class ReceiverConnection(Connection):
                 self._events.append(FileRestarted(n.file_id))
             else:
                 self._events.append(FileWithdrawn(n.file_id, n.code, n.message))
+        elif t == FrameType.CHECK_DIR:
+            c = CheckDir.decode(p)
+            self._new_check(c)
+            self._events.append(DirCheckRequested(c.dir_id, c.path, c.count, c.digest))
         elif t == FrameType.DONE:
             if self._sender_done:
                 raise RemoteProtocolError("second DONE")
@@ -231,6 +260,31 @@ class ReceiverConnection(Connection):
         self._files[file_id] = state
         self._entries[file_id] = entry
         self._have[file_id] = RangeSet()
+
+    def _new_check(self, c: CheckDir) -> None:
+        """A CHECK_DIR counts as an unsettled item (--max-files-in-flight) and in --max-memory."""
+        if not self.quick_check:
+            raise RemoteProtocolError("CHECK_DIR from a sender whose HELLO has no QUICK_CHECK")
+        if self._sender_done:
+            raise RemoteProtocolError("CHECK_DIR after DONE")
+        if c.dir_id in self._checks:
+            raise RemoteProtocolError(f"directory check id {c.dir_id} reused while in use")
+        if c.count > MAX_CHECK_ENTRIES:
+            raise RemoteProtocolError(f"CHECK_DIR of {c.count} entries (at most {MAX_CHECK_ENTRIES})")
+        if self._unsettled >= self.config.max_files_in_flight:
+            raise RemoteProtocolError(
+                f"more than {self.config.max_files_in_flight} items offered and not yet settled "
+                "(the receiver's --max-files-in-flight)")
+        cost = 0
+        budget = self._decoder.budget
+        if budget is not None:
+            cost = FILE_STATE_COST + len(c.path)
+            if not budget.take(cost):
+                self._fail_local(BufferLimit(
+                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
+                    "in use, --max-memory); try again later"))
+        self._unsettled += 1
+        self._checks[c.dir_id] = cost
 
     def _beyond_announced(self, entry: FileEntry) -> str | None:
         """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted)."""
@@ -269,9 +323,12 @@ class ReceiverConnection(Connection):
         if self._costs:
             self._decoder.budget.give(sum(self._costs.values()))
             self._costs.clear()
+        if self._checks and self._decoder.budget is not None:
+            self._decoder.budget.give(sum(self._checks.values()))
+        self._checks.clear()
 
     def _maybe_complete(self) -> None:
-        if self._sender_done and not self.closed and all(s in RESOLVED for s in self._files.values()):
+        if self._sender_done and not self.closed and not self._checks and all(s in RESOLVED for s in self._files.values()):
             if self.receipt_requested:
                 if self._signer is not None:
                     if not self._receipt_due:  # the driver signs with its clock's time

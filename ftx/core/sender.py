@@ -20,15 +20,18 @@ from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .checksum import chunk_checksum
 from .config import Config
 from .connection import Connection
-from .events import DecisionReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
+from .events import DecisionReceived, DirStateReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
 from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
 from .manifest import FileEntry, Kind
 from .messages import (
     HELLO_NO_RESUME,
+    HELLO_QUICK_CHECK,
     HELLO_RECEIPT,
     ZERO_DIGEST,
     ROLE_SENDER,
+    CheckDir,
     Decision,
+    DirState,
     FileEnd,
     FileNotice,
     Offer,
@@ -37,6 +40,7 @@ from .messages import (
 )
 from .secure import receipt
 from .secure.receipt import ReceiptChecker, ReceiptError
+from .tree import MAX_CHECK_ENTRIES
 from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
 
 
@@ -47,7 +51,13 @@ class SenderConnection(Connection):
     def __init__(self, config: Config | None = None, receipt: ReceiptChecker | None = None) -> None:
         """With ``receipt`` we ask the receiver for a signed receipt, and check it."""
         config = config or Config()
-        super().__init__(config, (0 if config.resume else HELLO_NO_RESUME) | (HELLO_RECEIPT if receipt else 0))
+        # a receipt lists digests: a quick check (size + mtime) vouches for none, so it is off then
+        quick = config.quick_check and receipt is None
+        super().__init__(config, (0 if config.resume else HELLO_NO_RESUME) | (HELLO_RECEIPT if receipt else 0)
+                         | (HELLO_QUICK_CHECK if quick else 0))
+        self._quick = quick
+        self._next_dir = 0
+        self._checks: set[int] = set()  # CHECK_DIRs sent, no DIR_STATE yet
         self._next_id = 0
         self._entries: dict[int, FileEntry] = {}
         self._finished = False
@@ -65,6 +75,33 @@ class SenderConnection(Connection):
         self._next_id += 1
         self._entries[fid] = entry
         return fid
+
+    @property
+    def quick_check(self) -> bool:
+        """Both peers do the quick check: OFFERs may be answered IDENTICAL by size and mtime."""
+        return self._quick and self.peer is not None and bool(self.peer.flags & HELLO_QUICK_CHECK)
+
+    def check_dir(self, path: bytes, count: int, digest: bytes) -> int:
+        """Ask whether the destination directory ``path`` holds ``count`` entries of listing
+        digest ``digest`` (``core.tree.dir_digest``); the answer is a ``DirStateReceived``."""
+        self._require_open()
+        if self._finished:
+            raise LocalProtocolError("CHECK_DIR after finish()")
+        if not self.quick_check:
+            raise LocalProtocolError("the receiver does not take CHECK_DIR (or the quick check is off)")
+        if not 0 <= count <= MAX_CHECK_ENTRIES:
+            raise LocalProtocolError(f"CHECK_DIR of {count} entries (at most {MAX_CHECK_ENTRIES})")
+        did = self._next_dir
+        self._next_dir = (did + 1) & 0xFFFFFFFF
+        if did in self._checks:
+            raise LocalProtocolError("too many directory checks in flight")
+        self._checks.add(did)
+        self._send_frame(FrameType.CHECK_DIR, CheckDir(did, count, digest, path).encode())
+        return did
+
+    @property
+    def checks_in_flight(self) -> int:
+        return len(self._checks)
 
     def offer(self, entry: FileEntry) -> int:
         fid = self._new_id(entry)
@@ -165,10 +202,16 @@ class SenderConnection(Connection):
                                                                  digest if ok else ZERO_DIGEST,
                                                                  sha if ok else receipt.ZERO_SHA256))
             self._events.append(FileResolved(r))
+        elif t == FrameType.DIR_STATE:
+            d = DirState.decode(frame.payload)
+            if d.dir_id not in self._checks:
+                raise RemoteProtocolError(f"DIR_STATE for directory check {d.dir_id}, which awaits none")
+            self._checks.discard(d.dir_id)
+            self._events.append(DirStateReceived(d.dir_id, d.state))
         elif t == FrameType.RECEIPT:
             self._on_receipt(frame.payload)
         elif t == FrameType.DONE:
-            if not self._finished or any(s not in RESOLVED for s in self._files.values()):
+            if not self._finished or self._checks or any(s not in RESOLVED for s in self._files.values()):
                 raise RemoteProtocolError("DONE before every file has its result")
             self.closed = True
             if self.receipt is not None and self.receipt.end is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ftx.core import events as ev
 from ftx.core.checksum import HeldDigest, chunk_checksum, file_digest
 from ftx.core.manifest import FileEntry, Kind, check_link_target, check_wire_path
-from ftx.core.messages import DECISION_EXISTS
+from ftx.core.messages import DECISION_EXISTS, DIR_ABSENT, DIR_DIFFERENT
 from ftx.core.ranges import RangeSet
 from ftx.core.states import FileState
 from ftx.errors import ErrorCode, UnsafePath
@@ -141,6 +141,8 @@ class ReceiverDriver:
                 return
             self.completed.append((f.entry.path, data))
             self._result(e.file_id, f.entry, ErrorCode.OK, digest=digest)
+        elif isinstance(e, ev.DirCheckRequested):  # a "disk" with no such directory, or another one
+            conn.dir_state(e.dir_id, DIR_ABSENT if e.digest[0] & 1 else DIR_DIFFERENT)
         elif isinstance(e, ev.FileRefused):  # beyond the sender's OFFER_SUMMARY (as ReceiveSession)
             self._result(e.file_id, e.entry, ErrorCode.ABORTED, e.reason)
         elif isinstance(e, ev.SmallFileReceived):

@@ -41,7 +41,8 @@ import tempfile
 
 from ftx.core.checksum import chunk_checksum, file_digest, frame_checksum
 from ftx.core.frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, FrameType, encode_frame
-from ftx.core.messages import HELLO_NO_RESUME, HELLO_OVERWRITE, ROLE_RECEIVER, ROLE_SENDER, Hello
+from ftx.core.messages import (HELLO_NO_RESUME, HELLO_OVERWRITE, HELLO_QUICK_CHECK, ROLE_RECEIVER, ROLE_SENDER,
+                               Hello)
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.secure import pake, sigma
 from ftx.core.secure.handshake import KIND_CODE, KIND_KEYS, KIND_TLS, MAX_MESSAGE, ServerHandshake
@@ -218,7 +219,7 @@ def tcp_receiver(data: bytes) -> None:
     opts, split, body = tcp_input(data)
     conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)))
     drv = ReceiverDriver(conn, (opts >> 2) & 0xF, {b"dir/big.bin": sample_files()[1][1]})
-    hello = _hello(ROLE_SENDER, HELLO_NO_RESUME if opts & 0x20 else 0)
+    hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
     _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
     if opts & 0x80:
         _run(conn.receive_eof)
@@ -232,7 +233,7 @@ def tcp_sender(data: bytes) -> None:
     opts, split, body = tcp_input(data)
     conn = SenderConnection(config(resume=not opts & 0x40))
     drv = SenderDriver(conn, (opts >> 2) & 0x7)
-    hello = _hello(ROLE_RECEIVER, HELLO_OVERWRITE if opts & 0x20 else 0)
+    hello = _hello(ROLE_RECEIVER, (HELLO_OVERWRITE if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
     try:
         conn.receive_data(hello)
         drv.drain()
@@ -287,7 +288,7 @@ def tcp_storage(data: bytes) -> None:
         conn = ReceiverConnection(config(overwrite=overwrite))
         session = ReceiveSession(conn, dest)
         drv = _SessionDriver(conn, session)
-        hello = _hello(ROLE_SENDER, HELLO_NO_RESUME if opts & 0x20 else 0)
+        hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
         try:
             _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
             if opts & 0x04:

@@ -60,6 +60,8 @@ def sample_files() -> list[tuple[FileEntry, bytes, bool]]:
 
 
 def offer_all(sdrv: SenderDriver, files=None) -> None:
+    if sdrv.conn.quick_check:  # a directory check ahead of the items (CHECK_DIR / DIR_STATE in the seeds)
+        sdrv.conn.check_dir(b"dir", 2, bytes(16))
     for entry, data, small in files if files is not None else sample_files():
         sdrv.offer(entry, data, small)
 
