@@ -176,9 +176,12 @@ def test_receiver_listing_digest_equals_the_senders(tmp_path):
         assert digest_of_directory(path) == (len(g.items), g.digest()), wire
         assert directory_state(path, len(g.items), g.digest()) == DIR_SAME
     (dst / "src" / ".ftx").mkdir()  # ftx's own state and partials are not the user's entries
-    (dst / "src" / ".a.txt.ftx-part").write_bytes(b"x")
+    (dst / "src" / ".ftx-0123abcd.tmp").write_bytes(b"x")
+    (dst / "src" / ".ftx-0123abcd.part").write_bytes(b"x")
     g = _groups(src)[b"src"]
     assert directory_state(os.path.join(os.fsencode(dst), b"src"), len(g.items), g.digest()) == DIR_SAME
+    (dst / "src" / ".a.txt.ftx-part").write_bytes(b"x")  # an old ftx's sidecar name: a user's file now
+    assert directory_state(os.path.join(os.fsencode(dst), b"src"), len(g.items), g.digest()) == DIR_DIFFERENT
 
 
 @pytest.mark.parametrize("change", ["mtime", "size", "mode", "extra", "missing", "target", "symlinked", "fifo"])
