@@ -773,8 +773,10 @@ class UdpServer:
 
 
 async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitable[None]],
-                config: UdpConfig | None = None, admission=None, limits=None) -> UdpServer:
-    """Listen on UDP ``port``; run ``handle(link)`` for each new session.
+                config: UdpConfig | None = None, admission=None, limits=None,
+                sock: socket.socket | None = None) -> UdpServer:
+    """Listen on UDP ``port`` (or on ``sock``, a bound socket: systemd socket activation);
+    run ``handle(link)`` for each new session.
 
     ``admission`` (``ftx.limits.Admission``, shared with TCP) counts sessions against
     ``--max-connections`` and ``--max-per-host``; ``limits`` (``ftx.limits.Limits``) gives
@@ -805,7 +807,8 @@ async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitab
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    sock = bound_socket(host, port, socket.SOCK_DGRAM)
+    if sock is None:
+        sock = bound_socket(host, port, socket.SOCK_DGRAM)
     server = UdpServer(sock, listener, on_session)
     server.tasks = tasks
     return server

@@ -1,0 +1,192 @@
+"""``ftx receive --metrics HOST:PORT``: Prometheus text via ``prometheus-client``.
+
+One registry of our own (not the library's global one), served by the
+library's HTTP server in a daemon thread.  ``Metrics.observe`` takes the very
+dicts the receiver publishes as ``--json`` lines (``session``, ``file``,
+``failures_suppressed``), so the JSON output and the metrics count the same
+things; what exists only between events (sessions open now, bytes of files in
+progress, refusals by ``Admission``, partial files on disk) is read when a
+scrape asks for it.  Label values come from small fixed sets (transport,
+outcome, file status, a ``Limits`` field name): a path or an address never
+becomes a label, so a series costs nothing per file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import fields
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .limits import Limits
+
+#: the ``Limits`` options that may appear in a refusal's text, as ``(--option`` or ``receiver's --option``
+_LIMIT_OPTION = re.compile(r"--(" + "|".join(f.name.replace("_", "-") for f in fields(Limits)) + r")\b")
+PARTIAL_SCAN_INTERVAL = 5.0  # seconds a scan of --dir for partial files is reused
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT``; a bare port listens on loopback.  Raises ValueError."""
+    from .transport.sockets import parse_dest
+
+    text = text.strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    host, port = parse_dest(text, -1, allow_zero=True)
+    if port < 0:
+        raise ValueError(f"{text!r} has no port: use HOST:PORT, e.g. 127.0.0.1:9100")
+    return host, port
+
+
+def refusal_reason(message: str) -> str | None:
+    """The ``Limits`` field a refusal names (``"stall_timeout"``), or None: a bounded label value."""
+    m = _LIMIT_OPTION.search(message or "")
+    return m.group(1).replace("-", "_") if m else None
+
+
+def outcome(session: dict) -> str:
+    """A session event's outcome label: ok, files_failed, incomplete, auth_failed or refused."""
+    if session.get("ok"):
+        return "ok"
+    if session.get("complete"):
+        return "files_failed"
+    if "auth" in session:  # the handshake failed (security_setup.authenticate)
+        return "auth_failed" if str(session.get("error", "")).startswith("authentication failed") else "refused"
+    return "incomplete"
+
+
+class Metrics:
+    """The receiver's counters in their own registry; ``serve`` exposes them over HTTP."""
+
+    def __init__(self, activity=None, admission=None, auth=None, dest_root: bytes | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions = Counter("ftx_sessions", "Sessions ended, by transport and outcome "
+                                "(ok, files_failed, incomplete, auth_failed, refused).",
+                                ["transport", "outcome"], registry=r)
+        self.files = Counter("ftx_files", "Items settled, by status (ok, identical, or the error code).",
+                             ["status"], registry=r)
+        self.bytes = Counter("ftx_received_bytes", "File bytes received and stored (settled files).", registry=r)
+        self.resumed = Counter("ftx_resumed_bytes", "File bytes a resume did not need to receive again.", registry=r)
+        self.retransmitted = Counter("ftx_udp_retransmitted_bytes", "UDP: bytes the receiver sent again.",
+                                     registry=r)
+        self.lost = Counter("ftx_udp_lost_packets", "UDP: packets of the receiver declared lost.", registry=r)
+        self.auth_failures = Counter("ftx_auth_failures", "Handshakes that failed (unknown key, wrong code, bad "
+                                     "certificate, or broken off), those told only in a summary line included.",
+                                     registry=r)
+        self.refusals = Counter("ftx_refusals", "Sessions or files refused or ended by a receiver limit, by the "
+                                "limit (a Limits field name, as the ftx receive option).", ["reason"], registry=r)
+        self._lock = threading.Lock()
+        self._partial = (0.0, 0)
+        self._live = _Live(activity, admission, auth, dest_root, self)
+        r.register(self._live)
+        self.server = None
+        self.address: tuple[str, int] | None = None
+
+    # -- the observer ---------------------------------------------------------------
+    def observe(self, event: dict) -> None:
+        """Count one published event (the dict of a --json line)."""
+        kind = event.get("event")
+        if kind == "file":
+            self.files.labels(str(event.get("status", "?"))[:32]).inc()
+            self.bytes.inc(event.get("bytes_received", 0))
+            self.resumed.inc(event.get("bytes_resumed", 0))
+            if (reason := refusal_reason(event.get("message", ""))) is not None:
+                self.refusals.labels(reason).inc()
+        elif kind == "session":
+            result = outcome(event)
+            self.sessions.labels(event.get("transport", "?"), result).inc()
+            if "auth" in event:  # a handshake that failed (its session line carries the mode)
+                self.auth_failures.inc()
+            if (reason := refusal_reason(event.get("error") or "")) is not None:
+                self.refusals.labels(reason).inc()
+            stats = event.get("transport_stats") or {}
+            self.retransmitted.inc(stats.get("retransmitted_bytes", 0))
+            self.lost.inc(stats.get("lost_packets", 0))
+        elif kind == "failures_suppressed":  # failed handshakes told in one summary line
+            self.auth_failures.inc(event.get("failures", 0))
+
+    # -- HTTP -----------------------------------------------------------------------
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Serve /metrics on ``host``:``port`` in a daemon thread; return the bound address."""
+        from prometheus_client import start_http_server
+
+        self.server, _thread = start_http_server(port, host, registry=self.registry)
+        self.address = (host, self.server.server_port)
+        return self.address
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def partial_bytes(self, root: bytes) -> int:
+        """Bytes in ftx's partial files under ``root``, scanned at most every PARTIAL_SCAN_INTERVAL."""
+        with self._lock:
+            at, value = self._partial
+            if time.monotonic() - at < PARTIAL_SCAN_INTERVAL:
+                return value
+            value = _scan_partials(root)
+            self._partial = (time.monotonic(), value)
+            return value
+
+
+class _Live:
+    """What is read at scrape time: sessions now, bytes in progress, refusals, partials."""
+
+    def __init__(self, activity, admission, auth, root, metrics: Metrics) -> None:
+        self.activity, self.admission, self.auth, self.root, self.metrics = activity, admission, auth, root, metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        if self.activity is not None:
+            g = GaugeMetricFamily("ftx_sessions_active", "Authenticated sessions being served.",
+                                  labels=["transport"])
+            for transport, n in sorted(self.activity.active_by_transport().items()):
+                g.add_metric([transport], n)
+            yield g
+            yield GaugeMetricFamily("ftx_files_in_progress", "Files receiving data now.",
+                                    value=self.activity.files_in_progress())
+            yield GaugeMetricFamily("ftx_receiving_bytes", "Bytes received so far of the files in progress.",
+                                    value=self.activity.bytes_in_progress())
+        if self.admission is not None:
+            c = CounterMetricFamily("ftx_admission_refusals", "Connections refused at once by a session limit "
+                                    "(BUSY), by the limit.", labels=["reason"])
+            for reason, n in sorted(getattr(self.admission, "refused_by", {}).items()):
+                c.add_metric([reason], n)
+            yield c
+        if self.auth is not None:
+            yield CounterMetricFamily("ftx_handshakes_turned_away", "Connections turned away before any handshake "
+                                      "work (an address throttled after failures, a pairing code in use).",
+                                      value=getattr(self.auth, "turned_away", 0))
+        if self.root is not None:
+            yield GaugeMetricFamily("ftx_partial_bytes", "Bytes in partial files (kept for resume) under --dir.",
+                                    value=self.metrics.partial_bytes(self.root))
+
+
+def _scan_partials(root: bytes) -> int:
+    from .expiry import _walk
+    from .storage import JOURNAL_SUFFIX, PART_SUFFIX
+
+    total = 0
+    for dirpath, names in _walk(root):
+        present = set(names)
+        for name in names:
+            if name.startswith(b".") and name.endswith(PART_SUFFIX):
+                if name[: -len(PART_SUFFIX)] + JOURNAL_SUFFIX not in present:
+                    continue
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512  # on disk, not sparse size
+                except OSError:
+                    continue
+    return total
+
+
+__all__ = ["Metrics", "parse_address", "refusal_reason", "outcome"]
