@@ -26,7 +26,7 @@ from .limits import Limits
 
 #: the ``Limits`` options that may appear in a refusal's text, as ``(--option`` or ``receiver's --option``
 _LIMIT_OPTION = re.compile(r"--(" + "|".join(f.name.replace("_", "-") for f in fields(Limits)) + r")\b")
-PARTIAL_SCAN_INTERVAL = 5.0  # seconds a scan of --dir for partial files is reused
+PARTIAL_SCAN_INTERVAL = 2.0  # seconds a scan of --dir for partial files is reused (a scrape flood walks it once)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -42,10 +42,16 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+#: refusals whose text does not name their option (shared with the sender's side), by their wording
+_UNNAMED = (("the handshake did not finish within", "handshake_timeout"),)
+
+
 def refusal_reason(message: str) -> str | None:
     """The ``Limits`` field a refusal names (``"stall_timeout"``), or None: a bounded label value."""
     m = _LIMIT_OPTION.search(message or "")
-    return m.group(1).replace("-", "_") if m else None
+    if m:
+        return m.group(1).replace("-", "_")
+    return next((reason for words, reason in _UNNAMED if words in (message or "")), None)
 
 
 def outcome(session: dict) -> str:
@@ -78,9 +84,8 @@ class Metrics:
         self.auth_failures = Counter("ftx_auth_failures", "Handshakes that failed (unknown key, wrong code, bad "
                                      "certificate, or broken off), those told only in a summary line included.",
                                      registry=r)
-        self.refusals = Counter("ftx_refusals", "Sessions or files refused or ended by a receiver limit, by the "
-                                "limit (a Limits field name, as the ftx receive option).", ["reason"], registry=r)
         self._lock = threading.Lock()
+        self.refusals: dict[str, int] = {}  # by Limits field name; with Admission's, one ftx_refusals_total
         self._partial = (0.0, 0)
         self._live = _Live(activity, admission, auth, dest_root, self)
         r.register(self._live)
@@ -96,19 +101,23 @@ class Metrics:
             self.bytes.inc(event.get("bytes_received", 0))
             self.resumed.inc(event.get("bytes_resumed", 0))
             if (reason := refusal_reason(event.get("message", ""))) is not None:
-                self.refusals.labels(reason).inc()
+                self._refused(reason)
         elif kind == "session":
             result = outcome(event)
             self.sessions.labels(event.get("transport", "?"), result).inc()
             if "auth" in event:  # a handshake that failed (its session line carries the mode)
                 self.auth_failures.inc()
             if (reason := refusal_reason(event.get("error") or "")) is not None:
-                self.refusals.labels(reason).inc()
+                self._refused(reason)
             stats = event.get("transport_stats") or {}
             self.retransmitted.inc(stats.get("retransmitted_bytes", 0))
             self.lost.inc(stats.get("lost_packets", 0))
         elif kind == "failures_suppressed":  # failed handshakes told in one summary line
             self.auth_failures.inc(event.get("failures", 0))
+
+    def _refused(self, reason: str) -> None:
+        with self._lock:
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     # -- HTTP -----------------------------------------------------------------------
     def serve(self, host: str, port: int) -> tuple[str, int]:
@@ -156,12 +165,17 @@ class _Live:
                                     value=self.activity.files_in_progress())
             yield GaugeMetricFamily("ftx_receiving_bytes", "Bytes received so far of the files in progress.",
                                     value=self.activity.bytes_in_progress())
-        if self.admission is not None:
-            c = CounterMetricFamily("ftx_admission_refusals", "Connections refused at once by a session limit "
-                                    "(BUSY), by the limit.", labels=["reason"])
-            for reason, n in sorted(getattr(self.admission, "refused_by", {}).items()):
-                c.add_metric([reason], n)
-            yield c
+        with self.metrics._lock:
+            counts = dict(self.metrics.refusals)
+        if self.admission is not None:  # connections turned away with BUSY before any session state
+            for reason, n in getattr(self.admission, "refused_by", {}).items():
+                counts[reason] = counts.get(reason, 0) + n
+        c = CounterMetricFamily("ftx_refusals", "Connections, sessions or files refused or ended by a receiver "
+                                "limit, by the limit (a Limits field name: max_per_host is --max-per-host).",
+                                labels=["reason"])
+        for reason, n in sorted(counts.items()):
+            c.add_metric([reason], n)
+        yield c
         if self.auth is not None:
             yield CounterMetricFamily("ftx_handshakes_turned_away", "Connections turned away before any handshake "
                                       "work (an address throttled after failures, a pairing code in use).",
