@@ -22,10 +22,13 @@ from dataclasses import fields
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .errors import ErrorCode
 from .limits import Limits
 
 #: the ``Limits`` options that may appear in a refusal's text, as ``(--option`` or ``receiver's --option``
 _LIMIT_OPTION = re.compile(r"--(" + "|".join(f.name.replace("_", "-") for f in fields(Limits)) + r")\b")
+#: a file line's status: "ok", "identical" or an ErrorCode name in lower case (anything else: "other")
+STATUSES = frozenset({"ok", "identical"} | {code.name.lower() for code in ErrorCode})
 PARTIAL_SCAN_INTERVAL = 2.0  # seconds a scan of --dir for partial files is reused (a scrape flood walks it once)
 
 
@@ -74,10 +77,6 @@ class Metrics:
         self.sessions = Counter("ftx_sessions", "Sessions ended, by transport and outcome "
                                 "(ok, files_failed, incomplete, auth_failed, refused).",
                                 ["transport", "outcome"], registry=r)
-        self.files = Counter("ftx_files", "Items settled, by status (ok, identical, or the error code).",
-                             ["status"], registry=r)
-        self.bytes = Counter("ftx_received_bytes", "File bytes received and stored (settled files).", registry=r)
-        self.resumed = Counter("ftx_resumed_bytes", "File bytes a resume did not need to receive again.", registry=r)
         self.retransmitted = Counter("ftx_udp_retransmitted_bytes", "UDP: bytes the receiver sent again.",
                                      registry=r)
         self.lost = Counter("ftx_udp_lost_packets", "UDP: packets of the receiver declared lost.", registry=r)
@@ -86,6 +85,9 @@ class Metrics:
                                      registry=r)
         self._lock = threading.Lock()
         self.refusals: dict[str, int] = {}  # by Limits field name; with Admission's, one ftx_refusals_total
+        # per file: plain integers under one lock (a Counter child costs a lock and a lookup each)
+        self.files: dict[str, int] = {}  # by status
+        self.bytes = self.resumed = 0
         self._partial = (0.0, 0)
         self._live = _Live(activity, admission, auth, dest_root, self)
         r.register(self._live)
@@ -97,10 +99,13 @@ class Metrics:
         """Count one published event (the dict of a --json line)."""
         kind = event.get("event")
         if kind == "file":
-            self.files.labels(str(event.get("status", "?"))[:32]).inc()
-            self.bytes.inc(event.get("bytes_received", 0))
-            self.resumed.inc(event.get("bytes_resumed", 0))
-            if (reason := refusal_reason(event.get("message", ""))) is not None:
+            status = event.get("status")
+            status = status if status in STATUSES else "other"
+            with self._lock:
+                self.files[status] = self.files.get(status, 0) + 1
+                self.bytes += event.get("bytes_received", 0)
+                self.resumed += event.get("bytes_resumed", 0)
+            if event.get("message") and (reason := refusal_reason(event["message"])) is not None:
                 self._refused(reason)
         elif kind == "session":
             result = outcome(event)
@@ -165,8 +170,18 @@ class _Live:
                                     value=self.activity.files_in_progress())
             yield GaugeMetricFamily("ftx_receiving_bytes", "Bytes received so far of the files in progress.",
                                     value=self.activity.bytes_in_progress())
-        with self.metrics._lock:
-            counts = dict(self.metrics.refusals)
+        m = self.metrics
+        with m._lock:
+            counts, files, received, resumed = dict(m.refusals), dict(m.files), m.bytes, m.resumed
+        c = CounterMetricFamily("ftx_files", "Items settled, by status (ok, identical, or the error code in lower "
+                                "case).", labels=["status"])
+        for status, n in sorted(files.items()):
+            c.add_metric([status], n)
+        yield c
+        yield CounterMetricFamily("ftx_received_bytes", "File bytes received and stored (settled files, as the "
+                                  "file lines' bytes_received).", value=received)
+        yield CounterMetricFamily("ftx_resumed_bytes", "File bytes a resume did not need to receive again.",
+                                  value=resumed)
         if self.admission is not None:  # connections turned away with BUSY before any session state
             for reason, n in getattr(self.admission, "refused_by", {}).items():
                 counts[reason] = counts.get(reason, 0) + n
