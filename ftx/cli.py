@@ -622,6 +622,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     except asyncio.CancelledError:
         return stop_code[0]
     finally:
+        if udp_server is not None:  # UDP senders are told now, not left to their idle timeout
+            await udp_server.shutdown("the receiver is shutting down; partial files are kept for a resume")
         server.cancel()
         expiry.cancel()
         summaries.cancel()

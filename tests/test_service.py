@@ -86,7 +86,8 @@ def stop(proc: subprocess.Popen) -> None:
         f.close()
 
 
-def test_ready_status_and_stopping_reach_a_fake_notify_socket(tmp_path):
+@pytest.mark.parametrize("udp", [pytest.param([], id="tcp"), pytest.param(["--udp"], id="udp")])
+def test_ready_status_and_stopping_reach_a_fake_notify_socket(tmp_path, udp):
     """READY=1 after the listening line; STATUS= tells the sender and its bytes while a slow transfer
     runs; SIGTERM sends STOPPING=1 and exits 0 within 2 s, keeping the partial for a resume."""
     fake = FakeSystemd(tmp_path)
@@ -99,7 +100,7 @@ def test_ready_status_and_stopping_reach_a_fake_notify_socket(tmp_path):
         assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid)
         assert "waiting for senders" in ready["STATUS"]
         sender = start_send(str(tmp_path / "src" / "big.bin"), f"127.0.0.1:{first['port']}", "--max-rate", "1M",
-                            "--chunk-size", "256K")
+                            "--chunk-size", "256K", *udp)
         busy = fake.until(lambda m: m.get("STATUS", "").startswith("1 sender,") and "0 B" not in m["STATUS"])
         assert "1 files in progress" in busy["STATUS"], busy
         wait_for(lambda: journal_records(dst, "big.bin") >= 5, what="five chunks journaled")  # > KEEP_MIN
@@ -109,7 +110,10 @@ def test_ready_status_and_stopping_reach_a_fake_notify_socket(tmp_path):
         assert proc.wait(5) == 0
         took = time.monotonic() - t0
         assert took < 2.0, f"took {took:.2f} s to exit"
-        sender.communicate(timeout=30)
+        t1 = time.monotonic()
+        _out, err = sender.communicate(timeout=30)
+        assert sender.returncode == 3 and "shutting down" in err or not udp, err  # UDP: told, not left to time out
+        assert time.monotonic() - t1 < 5.0
         assert journal_records(dst, "big.bin") >= 5  # checkpointed: the verified chunks stay for a resume
         assert not (dst / "big.bin").exists()
     finally:
@@ -119,7 +123,7 @@ def test_ready_status_and_stopping_reach_a_fake_notify_socket(tmp_path):
     proc, lines, first = start_receiver(dst, "--listen", "127.0.0.1", "--port", "0")
     try:
         rc, report, err = run_send(str(tmp_path / "src" / "big.bin"), f"127.0.0.1:{first['port']}",
-                                   "--chunk-size", "256K")
+                                   "--chunk-size", "256K", *udp)
         assert rc == 0, err
         assert report["bytes_resumed"] >= 5 * 256 * 1024
         assert (dst / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()

@@ -763,6 +763,20 @@ class UdpServer:
         else:
             self._trim_handle = asyncio.get_running_loop().call_later(wait, trim)
 
+    async def shutdown(self, reason: str, timeout: float = 0.5) -> None:
+        """Stopping (SIGTERM): CLOSE every session with ``reason``, so that its sender knows at once
+        instead of after its idle timeout; wait (at most ``timeout``) for those to go out; close."""
+        links = list(self.links.values())
+        for link in links:
+            link.session.close(ErrorCode.ABORTED, reason)
+            link.wake()
+        if links:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(link.closed_event.wait() for link in links)), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self.close()
+
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
