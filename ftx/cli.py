@@ -497,6 +497,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     passed = activation()  # systemd socket activation: serve the sockets it passed instead of binding
     svc = Service(_emit if as_json else None, admission=admission, auth=auth, dest_root=dest.root,
                   metrics_at=metrics_at)  # the one observer: --json lines, metrics, systemd STATUS
+    await svc.start()
     udp_handle, udp_config = lambda link: handlers["handle"](link, 15.0), UdpConfig(idle_timeout=idle_timeout or 15.0)
     if passed:
         socks, bound, udp_server = await serve_passed(passed, udp_handle, udp_config, admission, limits)

@@ -1,7 +1,7 @@
 """``ftx receive --metrics HOST:PORT``: Prometheus text via ``prometheus-client``.
 
-One registry of our own (not the library's global one), served by the
-library's HTTP server in a daemon thread.  ``Metrics.observe`` takes the very
+One registry of our own (not the library's global one), served by a small
+bounded HTTP handler on the receiver's own loop.  ``Metrics.observe`` takes the very
 dicts the receiver publishes as ``--json`` lines (``session``, ``file``,
 ``failures_suppressed``), so the JSON output and the metrics count the same
 things; what exists only between events (sessions open now, bytes of files in
@@ -13,13 +13,14 @@ becomes a label, so a series costs nothing per file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
 import time
 from dataclasses import fields
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .errors import ErrorCode
@@ -29,6 +30,9 @@ from .limits import Limits
 _LIMIT_OPTION = re.compile(r"--(" + "|".join(f.name.replace("_", "-") for f in fields(Limits)) + r")\b")
 #: a file line's status: "ok", "identical" or an ErrorCode name in lower case (anything else: "other")
 STATUSES = frozenset({"ok", "identical"} | {code.name.lower() for code in ErrorCode})
+MAX_SCRAPERS = 8  # connections served at once by --metrics
+REQUEST_MAX = 8192  # bytes of request head
+REQUEST_TIMEOUT = 5.0  # seconds to send the request head, and to take the answer
 PARTIAL_SCAN_INTERVAL = 2.0  # seconds a scan of --dir for partial files is reused (a scrape flood walks it once)
 
 
@@ -125,18 +129,46 @@ class Metrics:
             self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     # -- HTTP -----------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> tuple[str, int]:
-        """Serve /metrics on ``host``:``port`` in a daemon thread; return the bound address."""
-        from prometheus_client import start_http_server
+    async def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Serve GET /metrics on ``host``:``port`` on the running loop; return the bound address.
 
-        self.server, _thread = start_http_server(port, host, registry=self.registry)
-        self.address = (host, self.server.server_port)
+        Bounded for a port someone may reach: MAX_SCRAPERS connections at once (more are
+        closed at once), a request of at most REQUEST_MAX bytes read within REQUEST_TIMEOUT,
+        the exposition rendered in a worker thread (the partial-file scan walks --dir)."""
+        slots = asyncio.Semaphore(MAX_SCRAPERS)
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if slots.locked():
+                writer.close()
+                return
+            async with slots:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+                    method, _, rest = head.partition(b" ")
+                    path = rest.partition(b" ")[0].partition(b"?")[0]
+                    if method not in (b"GET", b"HEAD"):
+                        status, body, ctype = b"405 Method Not Allowed", b"GET /metrics\n", b"text/plain"
+                    elif path not in (b"/metrics", b"/"):
+                        status, body, ctype = b"404 Not Found", b"GET /metrics\n", b"text/plain"
+                    else:
+                        body = await asyncio.to_thread(generate_latest, self.registry)
+                        status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
+                    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                                 + (body if method != b"HEAD" else b""))
+                    await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                    pass
+                finally:
+                    writer.close()
+
+        self.server = await asyncio.start_server(client, host, port, limit=REQUEST_MAX, reuse_address=True)
+        self.address = (host, self.server.sockets[0].getsockname()[1])
         return self.address
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
             self.server = None
 
     def partial_bytes(self, root: bytes) -> int:

@@ -68,10 +68,15 @@ class Service:
             from .metrics import Metrics
 
             self.metrics = Metrics(self, admission, auth, dest_root)
+        self.metrics_at = metrics_at
+
+    async def start(self) -> None:
+        """Start serving --metrics (on the running loop)."""
+        if self.metrics is not None:
             try:
-                self.metrics.serve(*metrics_at)
+                await self.metrics.serve(*self.metrics_at)
             except OSError as exc:
-                raise TransportError(f"cannot serve --metrics on {metrics_at[0]} port {metrics_at[1]}: "
+                raise TransportError(f"cannot serve --metrics on {self.metrics_at[0]} port {self.metrics_at[1]}: "
                                      f"{exc.strerror or exc}") from exc
 
     # -- the observer ---------------------------------------------------------------

@@ -112,6 +112,41 @@ def test_a_handshake_that_times_out_counts_as_a_refusal_by_its_limit(receiver_fa
     assert value(s, "ftx_auth_failures_total") == 1
 
 
+def test_idle_scrapers_are_bounded_and_do_not_stop_the_receiver(tmp_path, receiver_factory):
+    import socket
+    import urllib.error
+
+    from ftx.metrics import MAX_SCRAPERS
+
+    r = receiver_factory("--metrics", "127.0.0.1:0")
+    url = r.listening["metrics"]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_SCRAPERS)]
+    try:
+        wait_for(lambda: _refused(port), what="a scraper beyond the bound closed at once")
+        write_random(tmp_path / "a.bin", 10_000)
+        rc, _, err = run_send(str(tmp_path / "a.bin"), r.dest)  # the receiver serves on
+        assert rc == 0, err
+    finally:
+        for s in idle:
+            s.close()
+    after = scrape_until(url, lambda s: True, "a scrape once the idle ones left")
+    assert value(after, "ftx_files_total", status="ok") == 1
+
+
+def _refused(port: int) -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(100) == b""  # closed without an answer
+        except ConnectionResetError:  # closed with our request unread
+            return True
+
+
 def test_a_bad_metrics_address_is_a_usage_error(tmp_path):
     import subprocess
 
