@@ -379,13 +379,23 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
 @click.option("--insecure", is_flag=True,
               help="No authentication, no encryption: anyone who can reach the port can write into --dir "
                    "(listens on loopback unless --listen is given).")
+@click.option("--metrics", "metrics_at", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics over HTTP at HOST:PORT (a bare PORT: 127.0.0.1); path /metrics.")
 @_limit_options
 @_with(verbosity)
 def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
-            tls_key, tls_ca, tls_any_client, insecure, verbose, quiet, as_json, no_progress, idle_timeout, **limit_values):
+            tls_key, tls_ca, tls_any_client, insecure, metrics_at, verbose, quiet, as_json, no_progress, idle_timeout,
+            **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
+    if metrics_at is not None:
+        from .metrics import parse_address
+
+        try:
+            metrics_at = parse_address(metrics_at)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics") from None
     from .security_setup import receiver_conflict
 
     if (why := receiver_conflict(insecure, code_mode, identity, authorized_keys, tls_cert, tls_key, tls_ca,
@@ -424,7 +434,7 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json), not no_udp, limits, auth))
+                                    _show_progress(no_progress, as_json), not no_udp, limits, auth, metrics_at))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -525,7 +535,7 @@ async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admissi
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
-                   auth=None) -> int:
+                   auth=None, metrics_at=None) -> int:
     from .security_setup import ReceiverAuth
 
     limits = limits or Limits()
@@ -539,24 +549,42 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
     admission = Admission(limits)  # sessions in total and per host, TCP and UDP together
     budget = BufferBudget(limits.frame_buffer_bytes)  # frame buffers and item state of all connections
-    socks, bound, udp_server = await _bind_both(host, port, udp, lambda link: handlers["handle"](link, 15.0),
-                                                UdpConfig(idle_timeout=idle_timeout or 15.0), admission, limits)
+    from .service import Service, activation, serve_passed
+
+    passed = activation()  # systemd socket activation: serve the sockets it passed instead of binding
+    svc = Service(_emit if as_json else None, admission=admission, auth=auth, dest_root=dest.root,
+                  metrics_at=metrics_at)  # the one observer: --json lines, metrics, systemd STATUS
+    await svc.start()
+    udp_handle, udp_config = lambda link: handlers["handle"](link, 15.0), UdpConfig(idle_timeout=idle_timeout or 15.0)
+    if passed:
+        socks, bound, udp_server = await serve_passed(passed, udp_handle, udp_config, admission, limits)
+    else:
+        socks, bound, udp_server = await _bind_both(host, port, udp, udp_handle, udp_config, admission, limits)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop_code = [EXIT_OK]
 
     def on_signal(code: int) -> None:
+        svc.stopping()
         stop_code[0] = code
         main_task.cancel()
 
     loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_OK)
     loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
-    transports = ["tcp", "udp"] if udp_server else ["tcp"]
+    loop.add_signal_handler(signal.SIGHUP, svc.reload)
+    transports = (["tcp"] if socks else []) + (["udp"] if udp_server else [])
+    udp_port = udp_server.dsock.sock.getsockname()[1] if udp_server else None
+    extra = {"activated": passed.names} if passed else {}
+    if svc.metrics is not None:
+        extra["metrics"] = "http://%s/metrics" % _peer_label(svc.metrics.address)
     if as_json:
         _emit({"event": "listening", "transport": transports, "host": bound[0], "port": bound[1],
-               "udp_port": bound[1] if udp_server else None, "dir": os.fsdecode(dest.root), "pid": os.getpid(),
-               "auth": auth.kind, "fingerprint": auth.fingerprint, **({"code": auth.code} if auth.code else {})})
-    log.info("listening on %s port %d, receiving into %s", bound[0], bound[1], os.fsdecode(dest.root))
+               "udp_port": udp_port, "dir": os.fsdecode(dest.root), "pid": os.getpid(),
+               "auth": auth.kind, "fingerprint": auth.fingerprint, **({"code": auth.code} if auth.code else {}),
+               **extra})
+    log.info("listening on %s port %d%s, receiving into %s", bound[0], bound[1],
+             " (sockets passed by systemd: %s)" % ", ".join(passed.names) if passed else "", os.fsdecode(dest.root))
+    svc.ready()
 
     def show_code(code: str, again: bool) -> None:
         click.echo(f"ftx: {'new ' if again else ''}pairing code: {code}  (the sender runs: ftx send --code ...)",
@@ -577,10 +605,11 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         _flush()
 
     def on_file(report) -> None:  # usually on the worker thread that handles a batch of events
+        # a --json line is queued, written at most LINES_DELAY later (or before the next other
+        # line): a write per file from the worker thread, and the loop's wake-ups, cost more
+        # than the file did
+        svc.publish({"event": "file", **report.__dict__}, flush=False)
         if as_json:
-            # queued, written at most LINES_DELAY later (or before the next other line): a write
-            # per file from the worker thread, and the loop's wake-ups, cost more than the file did
-            _emit({"event": "file", **report.__dict__}, flush=False)
             if not flush_due[0]:
                 flush_due[0] = True
                 loop.call_soon_threadsafe(loop.call_later, LINES_DELAY, flush_lines)
@@ -596,9 +625,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                 return  # turned away quietly (throttled)
             if error is not None:  # one line at once, then one summary per address per interval
                 told = failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
-                if as_json and told:  # --json is throttled alike (the rest: "failures_suppressed")
-                    _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                           "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
+                if told:  # --json is throttled alike (the rest: "failures_suppressed")
+                    svc.publish({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
+                                 "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
                 return
         progress = None
         if bars:
@@ -606,20 +635,21 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
 
             progress = Bars(label=_peer_label(link.peer))
         try:
-            session = await receive_over(link, dest, on_file=on_file, idle_timeout=idle_timeout or default_timeout,
-                                         progress=progress, limits=limits, budget=budget,
-                                         confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
-                                         identity=None if auth.insecure else auth.receipt_identity,
-                                         established=getattr(link, "established", None),
-                                         keep_reports=False)  # on_file prints each: memory flat with the count
+            with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
+                session = await receive_over(link, dest, on_file=on_file,
+                                             idle_timeout=idle_timeout or default_timeout,
+                                             progress=tally, limits=limits, budget=budget,
+                                             confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
+                                             identity=None if auth.insecure else auth.receipt_identity,
+                                             established=getattr(link, "established", None),
+                                             keep_reports=False)  # on_file tells each: memory flat with the count
         finally:
             if progress is not None:
                 progress.close()
         ok = session.complete and not session.failed
-        if as_json:
-            _emit({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                   "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
-                   "transport_stats": getattr(link, "stats", {})})
+        svc.publish({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
+                     "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
+                     "transport_stats": getattr(link, "stats", {})})
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
         elif auth.code_mode and auth.code is None and not finished.done():
@@ -633,12 +663,11 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .terminal import say
 
     failures = FailureLog(say)  # escaped: the reasons quote what peers sent
-    if as_json:
-        from .failure_log import suppressed_text
+    from .failure_log import suppressed_text
 
-        failures.on_suppressed = lambda n, hosts, seconds: _emit({
-            "event": "failures_suppressed", "failures": n, "addresses": hosts, "seconds": seconds,
-            "message": suppressed_text(n, hosts)})
+    failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
+        "event": "failures_suppressed", "failures": n, "addresses": hosts, "seconds": seconds,
+        "message": suppressed_text(n, hosts)})
 
     async def summarize_failures() -> None:
         while True:
@@ -654,8 +683,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .expiry import expire_periodically
 
     expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
-    server = loop.create_task(serve(socks, handle, admission))
+    server = loop.create_task(serve(socks, handle, admission) if socks else asyncio.Event().wait())  # UDP only
     summaries = loop.create_task(summarize_failures())
+    notices = loop.create_task(svc.run())  # systemd STATUS= and WATCHDOG=1
     try:
         done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
         if server in done:
@@ -664,12 +694,16 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     except asyncio.CancelledError:
         return stop_code[0]
     finally:
+        if udp_server is not None:  # UDP senders are told now, not left to their idle timeout
+            await udp_server.shutdown("the receiver is shutting down; partial files are kept for a resume")
         server.cancel()
         expiry.cancel()
         summaries.cancel()
-        await asyncio.gather(server, expiry, summaries, return_exceptions=True)
+        notices.cancel()
+        await asyncio.gather(server, expiry, summaries, notices, return_exceptions=True)
         failures.flush(final=True)  # nothing counted is lost at exit
         _flush()  # nor a queued --json line
+        svc.close()
         for s in socks:
             s.close()
         if udp_server is not None:

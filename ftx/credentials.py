@@ -276,10 +276,10 @@ class AuthorizedKeys:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode  # (a chmod changes ctime)
 
-    def reload(self) -> None:
-        """Parse the file (if it changed); a bad line raises one error naming file:line."""
+    def reload(self, force: bool = False) -> None:
+        """Parse the file (if it changed, or ``force``: SIGHUP); a bad line raises one error naming file:line."""
         stamp = self._stat()
-        if stamp is not None and stamp == self._stamp:
+        if stamp is not None and stamp == self._stamp and not force:
             return
         text = _read_trusted(self.path, "authorized keys")
         keys: dict[bytes, str] = {}

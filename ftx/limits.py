@@ -145,6 +145,7 @@ class Admission:
         self.total = 0
         self.per_host: dict[str, int] = {}
         self.refused = 0
+        self.refused_by = {"max_connections": 0, "max_per_host": 0}  # by the limit that refused (metrics)
         self.evicted = 0
         self._pending: dict[object, tuple[str, bool]] = {}  # evict callback -> (host, protected), oldest first
         self._gone: set = set()  # evicted callbacks whose release is still to come
@@ -157,6 +158,7 @@ class Admission:
                 victim = self._victim(None, protected)
                 if victim is None:
                     self.refused += 1
+                    self.refused_by["max_connections"] += 1
                     return (f"receiver busy: {self.total} senders already "
                             f"(--max-connections {self.limits.max_connections})")
                 victims.append(self._evict(victim))
@@ -165,6 +167,7 @@ class Admission:
                 victim = self._victim(key, protected)
                 if victim is None:
                     self.refused += 1
+                    self.refused_by["max_per_host"] += 1
                     return f"receiver busy: {n} senders from {key} already (--max-per-host {self.limits.max_per_host})"
                 victims.append(self._evict(victim))
             self.total += 1

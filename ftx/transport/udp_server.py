@@ -21,6 +21,7 @@ from typing import Awaitable, Callable
 from ..core.udp.endpoint import Listener
 from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig
+from ..errors import ErrorCode
 from .sockets import bound_socket
 from .udp_link import UdpLink, _random_cid
 from .udp_socket import DatagramSocket
@@ -277,6 +278,20 @@ class UdpServer:
         else:
             self._trim_handle = asyncio.get_running_loop().call_later(wait, trim)
 
+    async def shutdown(self, reason: str, timeout: float = 0.5) -> None:
+        """Stopping (SIGTERM): CLOSE every session with ``reason``, so that its sender knows at once
+        instead of after its idle timeout; wait (at most ``timeout``) for those to go out; close."""
+        links = list(self.links.values())
+        for link in links:
+            link.session.close(ErrorCode.ABORTED, reason)
+            link.wake()
+        if links:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(link.closed_event.wait() for link in links)), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self.close()
+
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
@@ -287,8 +302,10 @@ class UdpServer:
 
 
 async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitable[None]],
-                config: UdpConfig | None = None, admission=None, limits=None) -> UdpServer:
-    """Listen on UDP ``port``; run ``handle(link)`` for each new session.
+                config: UdpConfig | None = None, admission=None, limits=None,
+                sock: socket.socket | None = None) -> UdpServer:
+    """Listen on UDP ``port`` (or on ``sock``, a bound socket: systemd socket activation);
+    run ``handle(link)`` for each new session.
 
     ``admission`` (``ftx.limits.Admission``, shared with TCP) counts sessions against
     ``--max-connections`` and ``--max-per-host``; ``limits`` (``ftx.limits.Limits``) gives
@@ -319,7 +336,8 @@ async def serve(host: str | None, port: int, handle: Callable[[UdpLink], Awaitab
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    sock = bound_socket(host, port, socket.SOCK_DGRAM)
+    if sock is None:
+        sock = bound_socket(host, port, socket.SOCK_DGRAM)
     server = UdpServer(sock, listener, on_session)
     server.tasks = tasks
     return server
