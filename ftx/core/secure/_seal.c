@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../udp/chunk_packet.h"
+
 #define HDR 18
 #define TAG 16
 #define TRL 8
@@ -142,15 +144,6 @@ done:
  *   every byte of it is written.
  */
 #define CHUNK_HDR 31
-#define F_CHUNK 0x04
-
-static void put_be(unsigned char *p, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) {
-        p[i] = (unsigned char)v;
-        v >>= 8;
-    }
-}
 
 static PyObject *seal_chunk_burst(PyObject *self, PyObject *args)
 {
@@ -189,17 +182,8 @@ static PyObject *seal_chunk_burst(PyObject *self, PyObject *args)
         unsigned char *fh = q + HDR;
         Py_ssize_t dlen = i == n - 1 ? last : room;
         int m;
-        q[0] = (unsigned char)ptype;
-        q[1] = 1; /* version */
-        put_be(q + 2, dcid, 8);
-        put_be(q + 10, pn + (uint64_t)i, 8);
-        fh[0] = F_CHUNK;
-        put_be(fh + 1, fid, 4);
-        put_be(fh + 5, index, 8);
-        put_be(fh + 13, clen, 4);
-        put_be(fh + 17, (uint64_t)(off + i * room), 4);
-        put_be(fh + 21, csum, 8);
-        put_be(fh + 29, (uint64_t)dlen, 2);
+        ftx_chunk_packet_header(q, ptype, dcid, pn + (uint64_t)i, fid, index, clen, (uint64_t)(off + i * room), csum,
+                                (uint64_t)dlen);
         memcpy(fh + CHUNK_HDR, src + i * room, (size_t)dlen);
         nonce_of(nonce, iv.buf, pn + (uint64_t)i);
         /* the frames encrypted in place, in one call: split in two (the 31-byte header, then

@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "chunk_packet.h"
+
 #define T_DATA 0x03
 #define VERSION 1
 #define F_CHUNK 0x04
@@ -97,17 +99,8 @@ static PyObject *build_chunk_burst(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char *p = base + i * mss;
         Py_ssize_t dlen = i == n - 1 ? last : room;
-        p[0] = T_DATA;
-        p[1] = VERSION;
-        put_be(p + 2, dcid, 8);
-        put_be(p + 10, pn + (uint64_t)i, 8);
-        p[18] = F_CHUNK;
-        put_be(p + 19, fid, 4);
-        put_be(p + 23, index, 8);
-        put_be(p + 31, clen, 4);
-        put_be(p + 35, (uint64_t)(off + i * room), 4);
-        put_be(p + 39, csum, 8);
-        put_be(p + 47, (uint64_t)dlen, 2);
+        ftx_chunk_packet_header(p, T_DATA, dcid, pn + (uint64_t)i, fid, index, clen, (uint64_t)(off + i * room), csum,
+                                (uint64_t)dlen);
         memcpy(p + HDR, src + i * room, (size_t)dlen);
         uint64_t h;
         if (call_hash(hasher, p, HDR + dlen, &h) < 0)
