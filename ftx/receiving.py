@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -50,6 +51,8 @@ log = logging.getLogger("ftx.receive")
 # handled in the same batch failed it early: the core may even have forgotten it)
 _FILE_EVENTS = (ChunkReceived, FileDataComplete, FileRestarted, FileWithdrawn)
 _RESOLVED = (None, FileState.FAILED, FileState.DONE)
+_STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per file
+_KIND = {kind: kind.name.lower() for kind in Kind}
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class ReceiveSession:
         return peer.sender_id if peer is not None else b""
 
     def handle(self, ev: Event) -> None:
+        if type(ev) is SmallFileReceived:  # the many-files path first, with no isinstance chain
+            self.last_progress = time.monotonic()
+            self._guarded(ev.file_id, ev.entry, self._on_small, ev)
+            return
         if isinstance(ev, self.PROGRESS_EVENTS):
             self.last_progress = time.monotonic()
         if isinstance(ev, _FILE_EVENTS) and self.conn.file_state(ev.file_id) in _RESOLVED:
@@ -175,13 +182,13 @@ class ReceiveSession:
         self._finish(file_id, entry, code, ZERO_DIGEST, message)
 
     def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "",
-                sha256: bytes | None = None) -> None:
+                sha256: bytes | None = None, name: str | None = None) -> None:
         self.last_progress = time.monotonic()
         self.conn.file_result(file_id, code, digest, message, sha256)
-        status = code.name.lower() if isinstance(code, ErrorCode) else str(code)
+        status = _STATUS[code] if type(code) is ErrorCode else str(code)
         report = FileReport(
-            _name(entry),
-            entry.kind.name.lower(),
+            name if name is not None else _name(entry),
+            _KIND[entry.kind],
             entry.size,
             status,
             digest.hex() if digest != ZERO_DIGEST else "",
@@ -277,12 +284,13 @@ class ReceiveSession:
 
     def _on_small(self, ev: SmallFileReceived) -> None:
         code = self.dest.write_small(ev.entry, ev.data, ev.digest)
+        name = _name(ev.entry)
         if code == ErrorCode.OK:
             self._received[ev.file_id] = ev.entry.size
-            self.progress.start_file(_name(ev.entry), ev.entry.size, 0)
+            self.progress.start_file(name, ev.entry.size, 0)
             self.progress.advance(ev.entry.size)
         sha = hashlib.sha256(ev.data).digest() if self.conn.receipt_requested else None  # its bytes are here
-        self._finish(ev.file_id, ev.entry, code, ev.digest, sha256=sha)
+        self._finish(ev.file_id, ev.entry, code, ev.digest, sha256=sha, name=name)
 
     def _on_chunk(self, ev: ChunkReceived) -> None:
         part = self._partials.get(ev.file_id)
@@ -337,7 +345,10 @@ class ReceiveSession:
 
 
 def _name(entry: FileEntry) -> str:
-    return os.fsdecode(entry.path)
+    return entry.path.decode(*_FS)  # os.fsdecode for bytes, without its type checks (per file)
+
+
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,

@@ -286,9 +286,10 @@ class Destination:
     def sync(self) -> None:
         """Make every file written since the last call durable (one syncfs per file system written).
 
-        Call before the files' RESULTs go out.  Concurrent callers wait for a flush in progress.
+        Call before the files' RESULTs go out.  Concurrent callers wait for a flush in progress,
+        even with nothing left to flush: that flush may have taken their files along.
         """
-        if not self._dirty:
+        if not self._dirty and not self._sync_lock.locked():
             return
         with self._sync_lock:
             with self._lock:

@@ -29,7 +29,7 @@ from ftx.core.sender import SenderConnection
 from ftx.errors import ErrorCode
 from ftx.storage import Destination
 
-from .helpers import run_send
+from .helpers import run_send, wait_for
 from .secure_fakes import FakeHandshake
 from .test_sealed_tcp import _server_side
 
@@ -216,3 +216,59 @@ def test_the_senders_report_is_written_in_pieces_as_one_json_dumps_would(count, 
     extra = {"auth": "key", "fingerprint": "SHA256:x"}
     cli._emit_streamed({**report.as_json(lazy_files=True), **extra}, "files")
     assert capsys.readouterr().out == json.dumps({**report.as_json(), **extra}) + "\n"
+
+
+def test_a_second_sender_is_not_starved_while_one_streams_small_files(tmp_path, receiver_factory):
+    """Small files may be stored on the event loop itself (no thread hop); the loop must still
+    turn to other connections between parts.  Sender A streams small files with no pause (its
+    next files are always in the receiver's socket) and never says DONE; a second sender's file
+    goes through meanwhile."""
+    import socket
+    import threading
+
+    receiver = receiver_factory("--insecure")
+    (tmp_path / "b").write_bytes(b"second sender")
+    stop = threading.Event()
+    sent = [0]
+    failures: list[BaseException] = []
+
+    def stream_a() -> None:
+        s = SenderConnection()
+        try:
+            with socket.create_connection(("127.0.0.1", receiver.port), timeout=T) as sock:
+                sock.sendall(_bytes(s.data_to_send()))
+                while s.peer is None:
+                    s.receive_data(sock.recv(65536))
+                sock.setblocking(False)
+                while not stop.is_set():
+                    for _ in range(256):
+                        s.send_small_file(FileEntry(b"a/f%07d" % sent[0], size=3), b"abc", file_digest(b"abc"))
+                        sent[0] += 1
+                    out = memoryview(_bytes(s.data_to_send()))
+                    while out and not stop.is_set():
+                        try:
+                            out = out[sock.send(out):]
+                        except BlockingIOError:
+                            select.select([], [sock], [], 0.1)
+                        try:  # RESULTs: read and forget (keeps the window open)
+                            if data := sock.recv(1 << 20):
+                                s.receive_data(data)
+                                _drain(s)
+                        except BlockingIOError:
+                            pass
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test below
+            failures.append(exc)
+
+    a = threading.Thread(target=stream_a, daemon=True)
+    a.start()
+    try:
+        wait_for(lambda: sent[0] >= 2048, timeout=T, what="sender A streaming")
+        code, report, err = run_send(str(tmp_path / "b"), receiver.dest, "--insecure", timeout=2 * T)
+        still_streaming = a.is_alive() and not failures
+    finally:
+        stop.set()
+        a.join(T)
+    assert code == 0, err
+    assert report["files"][0]["status"] == "ok"
+    assert still_streaming, failures
+    assert (receiver.dir / "b").read_bytes() == b"second sender"

@@ -270,6 +270,43 @@ def test_small_files_are_durable_before_their_results_can_leave(tmp_path):
     dest.close()
 
 
+def test_sync_waits_for_a_flush_in_progress_that_took_our_files(tmp_path):
+    """Two connections share a Destination.  Connection B's ``sync()`` takes every dirty file
+    system, A's files too, and runs syncfs; A's ``sync()`` meanwhile finds nothing dirty.  It must
+    still wait for B's flush: A's RESULTs go out when it returns (before: it returned at once)."""
+    import threading
+
+    from ftx.core.checksum import file_digest
+    from ftx.core.manifest import FileEntry
+    from ftx.storage import Destination
+
+    dest = Destination(tmp_path / "dst")
+    assert dest.write_small(FileEntry(b"f", size=2), b"ok", file_digest(b"ok")).name == "OK"
+    flushing, release = threading.Event(), threading.Event()
+
+    def b_flush() -> None:  # B's sync() between taking the dirty set and the end of its syncfs
+        with dest._sync_lock:
+            with dest._lock:
+                dest._dirty = {}
+            flushing.set()
+            release.wait(10)
+
+    b = threading.Thread(target=b_flush)
+    b.start()
+    try:
+        assert flushing.wait(10)
+        a = threading.Thread(target=dest.sync)
+        a.start()
+        a.join(0.2)  # a negative check: A must still be waiting
+        assert a.is_alive(), "sync() returned while the flush holding its files was still running"
+    finally:
+        release.set()
+        b.join(10)
+    a.join(10)
+    assert not a.is_alive()
+    dest.close()
+
+
 @pytest.fixture
 def mounted(tmp_path):
     """``mount(path)`` puts a small tmpfs on ``path`` (another file system below --dir); unmounted after."""
