@@ -432,14 +432,61 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         dest = Destination(directory, overwrite, limits=limits)
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
+    bars = _show_progress(no_progress, as_json)
+    _start_writers(as_json, bars)
     try:
-        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json), not no_udp, limits, auth, metrics_at))
+        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout, bars, not no_udp, limits, auth,
+                                    metrics_at))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
+        _stop_writers()
         _die(str(exc), _exit_code(exc))
+    _stop_writers()
     sys.exit(code)
+
+
+WRITERS_DRAIN = 1.0  # seconds the daemon waits at exit for a slow reader of its output, at most
+_err = None  # the daemon's stderr LineWriter
+
+
+def _start_writers(as_json: bool, bars: bool) -> None:
+    """The daemon's stdout (--json) and stderr (log lines) go through LineWriters: a reader that stops
+    reading loses lines (counted, then reported), the receiver never waits for it."""
+    global _out, _err
+    from .output import LineWriter
+    from .terminal import use_stream
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if as_json:
+        _out = LineWriter(sys.stdout.fileno(), dropped=lambda n: json.dumps({"event": "dropped", "lines": n}) + "\n",
+                          on_dropped=lambda n: log.warning("%d --json lines dropped: standard output was not read "
+                                                           "fast enough", n),
+                          on_gone=lambda: log.warning("standard output was closed; no more --json lines"),
+                          name="ftx-stdout")
+    if not bars:  # progress bars redraw the terminal themselves; log lines then stay in order with them
+        _err = LineWriter(sys.stderr.fileno(), dropped=lambda n: f"ftx: warning: {n} log lines dropped: standard "
+                          "error was not read fast enough\n", name="ftx-stderr")
+        use_stream(_err)
+
+
+def _stop_writers() -> None:
+    """Give a slow reader WRITERS_DRAIN seconds at most, then exit without the rest."""
+    global _out, _err
+    import time
+
+    from .terminal import use_stream
+
+    _flush()
+    deadline = time.monotonic() + WRITERS_DRAIN
+    if _out is not None:
+        _out.close(WRITERS_DRAIN)
+        _out = None
+    if _err is not None:
+        use_stream(None)
+        _err.close(max(0.0, deadline - time.monotonic()))
+        _err = None
 
 
 def _host_of(peer) -> str | None:
@@ -494,12 +541,18 @@ def _emit_streamed(obj: dict, key: str) -> None:
         _stdout_gone()
 
 
+_out = None  # the daemon's stdout LineWriter (ftx/output.py): lines never wait for the reader
+
+
 def _flush() -> None:
     """Write the queued lines with one call (on the event loop's thread)."""
     lines = []
     while _queued:
         lines.append(_queued.popleft())
     if not lines:
+        return
+    if _out is not None:
+        _out.write("".join(lines))  # queued for the writer thread, or dropped and counted
         return
     try:
         sys.stdout.write("".join(lines))

@@ -35,20 +35,33 @@ def setup_logging(level: int, name: str | None = None, stream=None) -> None:
         return  # configured by someone else (a test harness, a program using ftx): as logging.basicConfig
     for old in [h for h in logger.handlers if getattr(h, "ftx_terminal", False)]:
         logger.removeHandler(old)  # called again (a second command in one process): one handler, today's stderr
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else _stream or sys.stderr)
     handler.setFormatter(EscapingFormatter("ftx: %(message)s"))
     handler.ftx_terminal = True
     logger.addHandler(handler)
     logger.setLevel(level)
 
 
+_stream = None  # where log lines go instead of sys.stderr (the daemon's LineWriter), if set
+
+
+def use_stream(stream) -> None:
+    """Send the ``ftx`` log lines and ``say`` to ``stream`` (None: back to sys.stderr)."""
+    global _stream
+    _stream = stream
+    for h in logging.getLogger("ftx").handlers + logging.getLogger().handlers:
+        if getattr(h, "ftx_terminal", False):
+            h.setStream(stream if stream is not None else sys.stderr)
+
+
 def say(message: str) -> None:
     """One ``ftx: <message>`` line on stderr, escaped."""
+    out = _stream or sys.stderr
     try:
-        sys.stderr.write(f"ftx: {printable(message, MAX_LINE)}\n")
-        sys.stderr.flush()
+        out.write(f"ftx: {printable(message, MAX_LINE)}\n")
+        out.flush()
     except (OSError, ValueError, AttributeError):  # no stderr to write to
         pass
 
 
-__all__ = ["printable", "setup_logging", "say", "EscapingFormatter"]
+__all__ = ["printable", "setup_logging", "use_stream", "say", "EscapingFormatter"]
