@@ -357,6 +357,8 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="TCP port; 0 picks a free one (see the --json 'listening' line).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Directory to receive into.")
+@click.option("--mkdir", is_flag=True, help="Create --dir (and its parents) if it does not exist; without it a "
+              "missing --dir is an error (a typo is not silently created).")
 @click.option("--once", is_flag=True, help="Exit after one complete transfer.")
 @click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
 @click.option("--no-udp", is_flag=True, help="Serve TCP only (by default UDP is served on the same port number).")
@@ -383,12 +385,16 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="Serve Prometheus metrics over HTTP at HOST:PORT (a bare PORT: 127.0.0.1); path /metrics.")
 @_limit_options
 @_with(verbosity)
-def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
+def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
             tls_key, tls_ca, tls_any_client, insecure, metrics_at, verbose, quiet, as_json, no_progress, idle_timeout,
             **limit_values):
     """Receive files into --dir, serving one sender after another (many at once)."""
     _setup_logging(verbose - (0 if as_json else 1), quiet)
     limits = _fit_descriptors(_limits_from(limit_values))
+    if not os.path.isdir(directory):
+        if os.path.lexists(directory) or not mkdir:
+            _die(f"--dir {directory}: " + ("not a directory" if os.path.lexists(directory) else
+                                           "no such directory (check the name; --mkdir creates it)"), EXIT_USAGE)
     if metrics_at is not None:
         from .metrics import parse_address
 
@@ -428,6 +434,11 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     for notice in auth.notices:
         click.echo(f"ftx: {notice}", err=True)
 
+    if mkdir:  # checked at the start; created once every other option has been accepted
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            _die(f"cannot create --dir {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         dest = Destination(directory, overwrite, limits=limits)
     except OSError as exc:

@@ -85,3 +85,27 @@ def test_unread_json_stdout_does_not_stall_the_receiver(tmp_path):
             proc.kill()
             proc.wait(10)
         proc.stdout.close()
+
+
+def test_a_mistyped_dir_is_not_created(tmp_path):
+    """`ftx receive --dir /srv/ftxx` created the typo and received into it; now it is a usage error."""
+    typo = tmp_path / "ftxx"
+    proc = subprocess.run(FTX + ["receive", "--insecure", "--listen", "127.0.0.1", "--port", "0", "--dir", str(typo)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert not typo.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftx: ") and "--mkdir" in lines[0], proc.stderr
+
+
+def test_mkdir_creates_the_directory(tmp_path):
+    new = tmp_path / "a" / "b"
+    proc = subprocess.Popen(FTX + ["receive", "--insecure", "--listen", "127.0.0.1", "--port", "0", "--dir", str(new),
+                                   "--mkdir", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        assert new.is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        proc.stdout.close()
