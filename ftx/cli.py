@@ -2,7 +2,8 @@
 
 Exit codes (also in README.md):
   0 success · 1 some files failed · 2 usage error · 3 connection failed or lost
-  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted
+  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted (SIGINT)
+  143 terminated (SIGTERM; the sender -- a receiver stops cleanly with 0)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 
 import click
@@ -26,6 +28,7 @@ from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError,
 from .limits import Admission, Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
 
 log = logging.getLogger("ftx")
 
@@ -284,29 +287,61 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         from .progress import Bars
 
         progress = Bars()
+    started = time.monotonic()
+
+    def fail(message: str, code: int):
+        """Every exit prints the --json object: ok false, the error, the exit code."""
+        if as_json:
+            from .sending import SendReport
+
+            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), 0, 0, 0,
+                                error=message).as_json(), "auth": auth.mode, "fingerprint": "", "exit": code})
+        _die(message, code)
+
+    terminated = []
     try:
-        report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth,
-                                   receipt))
+        report = asyncio.run(_until_signalled(_send(list(paths), host, dport, config, links, progress,
+                                                    idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud,
+                                                    auth, receipt), terminated))
     except KeyboardInterrupt:
-        _die("interrupted", EXIT_INTERRUPTED)
+        fail("interrupted", EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        fail("terminated", EXIT_TERMINATED)
     except FtxError as exc:
-        _die(str(exc), _exit_code(exc))
+        fail(str(exc), _exit_code(exc))
     finally:
         if progress is not None:
             progress.close()
+    code = (_report_exit_code(report) if report.error else EXIT_FILES if not report.ok else EXIT_OK)
     if as_json:
         _emit_streamed({**report.as_json(lazy_files=True), "auth": auth.mode,
-                        "fingerprint": getattr(report, "peer_fingerprint", "")}, "files")
+                        "fingerprint": getattr(report, "peer_fingerprint", ""), "exit": code}, "files")
     if report.error:
-        _die(report.error, _report_exit_code(report))
+        _die(report.error, code)
     if not report.ok:
         first = report.failures[0]
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
-             f"{first.message or first.status}", EXIT_FILES)
+             f"{first.message or first.status}", code)
     if not as_json:
         log.info("sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s", report.file_count,
                  report.identical, report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
+
+
+async def _until_signalled(coro, terminated: list):
+    """Run ``coro``; SIGTERM cancels it (and is noted in ``terminated``), as SIGINT does in asyncio.run."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+    def on_term() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None,
