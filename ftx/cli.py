@@ -864,6 +864,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .terminal import say
 
     failures = FailureLog(say)  # escaped: the reasons quote what peers sent
+    admission.on_refused = lambda host, reason: failures.failed(host, f"refused {host or '?'}", reason)  # throttled
     from .failure_log import suppressed_text
 
     failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
