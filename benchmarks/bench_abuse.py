@@ -139,7 +139,8 @@ class Receiver:
 
     def __init__(self, directory: str, log_path: str, extra: list[str]) -> None:
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", directory,
+        os.makedirs(directory, exist_ok=True)  # ftx receive no longer creates a missing --dir
+        self.proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", directory,
                                             "--json", *MODE, *extra], stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=NEUTRAL_CWD)
         self.lines: queue.Queue = queue.Queue()

@@ -156,7 +156,8 @@ def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
     env = None
     if root is not None:
         env = {**os.environ, "PYTHONPATH": root}
-    recv = subprocess.Popen(pr.wrap(FTX + ["receive", "--mkdir", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
+    os.makedirs(dst, exist_ok=True)  # ftx receive no longer creates a missing --dir
+    recv = subprocess.Popen(pr.wrap(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
                                            "--json", "--once", *([] if udp else ["--no-udp"])]),
                             stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     port = json.loads(read_line(recv))["port"]
@@ -311,7 +312,7 @@ def bench_wormhole(src: str, dst: str) -> dict | None:
             t0 = time.perf_counter()
             send = subprocess.Popen(ps.wrap([wormhole, *common, "send", "--code", "7-bench-ftx", src]),
                                     stdout=log, stderr=log)
-            recv = subprocess.Popen(pr.wrap([wormhole, *common, "receive", "--mkdir", "--accept-file", "--hide-progress",
+            recv = subprocess.Popen(pr.wrap([wormhole, *common, "receive", "--accept-file", "--hide-progress",
                                              "7-bench-ftx"]), stdout=log, stderr=log, cwd=dst)
             s, r = wait_all([send, recv])
             elapsed = time.perf_counter() - t0

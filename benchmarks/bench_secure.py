@@ -246,7 +246,7 @@ def _wormhole_run(wormhole: str, src: str, dst_dir: str) -> dict | None:
         log = open(os.path.join(work, "log"), "w+")
         t0 = time.perf_counter()
         send = subprocess.Popen([wormhole, *common, "send", "--code", code, src], stdout=log, stderr=log)
-        recv = subprocess.Popen([wormhole, *common, "receive", "--mkdir", "--accept-file", "--hide-progress", code],
+        recv = subprocess.Popen([wormhole, *common, "receive", "--accept-file", "--hide-progress", code],
                                 stdout=log, stderr=log, cwd=dst_dir)
         s, r = _wait_all([send, recv], WORMHOLE_TIMEOUT)
         elapsed = time.perf_counter() - t0

@@ -72,7 +72,8 @@ class Receiver:
     """``ftx receive --once --json`` on a free loopback port."""
 
     def __init__(self, dst_dir: str, *extra: str, once: bool = True) -> None:
-        self.proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
+        os.makedirs(dst_dir, exist_ok=True)  # ftx receive no longer creates a missing --dir
+        self.proc = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
                                             "--json", *(["--once"] if once else []), *extra],
                                      stdout=subprocess.PIPE, text=True)
         self.port = json.loads(read_line(self.proc))["port"]

@@ -864,7 +864,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .terminal import say
 
     failures = FailureLog(say)  # escaped: the reasons quote what peers sent
-    admission.on_refused = lambda host, reason: failures.failed(host, f"refused {host or '?'}", reason)  # throttled
+    refusals = FailureLog(say)  # its own throttle: a refusal does not use up an address's authentication line
+    admission.on_refused = lambda host, reason: refusals.failed(host, f"refused {host or '?'}", reason)
     from .failure_log import suppressed_text
 
     failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
@@ -875,6 +876,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         while True:
             await asyncio.sleep(failures.interval / 2)
             failures.flush()
+            refusals.flush()
 
     async def ask(link, hello) -> str | None:
         from .security_setup import describe_offer
@@ -904,6 +906,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         notices.cancel()
         await asyncio.gather(server, expiry, summaries, notices, return_exceptions=True)
         failures.flush(final=True)  # nothing counted is lost at exit
+        refusals.flush(final=True)
         _flush()  # nor a queued --json line
         svc.close()
         for s in socks:
