@@ -194,6 +194,8 @@ def legit_send(src: str, port: int, udp: bool, timeout: float, receiver_alive=la
             time.sleep(0.01)
         took = time.perf_counter() - t0
         if proc.returncode != 0:
+            if not receiver_alive():  # UDP ends at once on the ICMP port unreachable of a dead receiver
+                return None, "receiver gone"
             err.seek(0)
             last = (err.read().strip().splitlines() or ["?"])[-1]
             return None, f"exit {proc.returncode}: {last}"[:200]
