@@ -66,6 +66,11 @@ class LineWriter:
         with self._cond:
             return self._size
 
+    def idle(self) -> bool:
+        """Nothing queued, being written, or lost and not reported yet."""
+        with self._cond:
+            return self._size == 0 and not (self._dropped and self._dropped_line is not None)
+
     def close(self, timeout: float) -> bool:
         """Stop taking lines; wait at most ``timeout`` s for the queue to drain.  True if it did."""
         with self._cond:

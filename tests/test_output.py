@@ -38,11 +38,13 @@ def test_writer_drops_when_full_and_says_how_many_once_the_reader_catches_up():
         got = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the reader catches up
+            idle = writer.idle()  # before the read: what it wrote until then is in the pipe
             got += [json.loads(line) for line in _drain(r).splitlines()]
-            if got and got[-1]["event"] == "dropped":
+            if idle:
                 break
         files = [e for e in got if e["event"] == "file"]
         drops = [e for e in got if e["event"] == "dropped"]
+        assert got[-1]["event"] == "dropped", got[-3:]  # the last loss is reported too
         assert drops and all(d["lines"] > 0 for d in drops), got[-3:]  # one line per loss, once caught up
         assert len(files) + sum(d["lines"] for d in drops) == sent
         assert [e["i"] for e in files] == sorted(e["i"] for e in files)  # in order, nothing duplicated
