@@ -519,7 +519,7 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     sys.exit(code)
 
 
-WRITERS_DRAIN = 1.0  # seconds the daemon waits at exit for a slow reader of its output, at most
+WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
 _err = None  # the daemon's stderr LineWriter
 
 
