@@ -271,6 +271,21 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     except (ValueError, UnicodeError) as exc:
         raise click.BadParameter(f"bad destination {dest!r}: {exc}" if isinstance(exc, UnicodeError) else str(exc),
                                  param_hint="DEST") from None
+    started = time.monotonic()
+    transfer_id = os.urandom(8).hex()  # names this session in both sides' logs (HELLO TRANSFER_ID)
+    auth = None
+
+    def fail(message: str, code: int):
+        """Every exit after the options are parsed prints the --json object: ok false, the error, the exit code."""
+        if as_json:
+            from .sending import SendReport
+
+            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), 0, 0, 0,
+                                error=message).as_json(),
+                   "auth": auth.mode if auth is not None else "insecure" if insecure else "",
+                   "fingerprint": "", "transfer_id": transfer_id, "exit": code})
+        _die(message, code)
+
     csize = _size(chunk_size)
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
@@ -282,7 +297,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                 raise click.UsageError(f"{p!r} looks like a pairing code: codes are never taken from the command "
                                        "line (other users can read it); --code prompts for it, or set FTX_CODE, "
                                        "or use --code-file FILE")
-            _die(f"{p}: no such file or directory", EXIT_LOCAL)
+            fail(f"{p}: no such file or directory", EXIT_LOCAL)
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
@@ -292,29 +307,17 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     try:
         code = None if insecure else read_code(code_prompt, code_file)
     except CredentialError as exc:
-        _die(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
     if (why := auth.conflict(code_prompt or code_file)) is not None:
         raise click.UsageError(why)
     config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum,
-                    transfer_id=os.urandom(8))  # names this session in both sides' logs (HELLO TRANSFER_ID)
-    transfer_id = config.transfer_id.hex()
+                    transfer_id=bytes.fromhex(transfer_id))
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
 
         progress = Bars()
-    started = time.monotonic()
-
-    def fail(message: str, code: int):
-        """Every exit prints the --json object: ok false, the error, the exit code."""
-        if as_json:
-            from .sending import SendReport
-
-            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), 0, 0, 0,
-                                error=message).as_json(), "auth": auth.mode, "fingerprint": "",
-                   "transfer_id": transfer_id, "exit": code})
-        _die(message, code)
 
     terminated = []
     try:

@@ -23,7 +23,7 @@ def _assert_failure_object(report, code: int, words: str):
     assert report is not None, "no --json object"
     assert report["ok"] is False and report["exit"] == code, report
     assert words in report["error"], report
-    for key in ("transport", "seconds", "bytes", "bytes_sent", "file_count"):
+    for key in ("transport", "seconds", "bytes", "bytes_sent", "file_count", "transfer_id"):
         assert key in report, key
 
 
@@ -73,3 +73,9 @@ def test_a_signalled_sender_prints_the_json_object(tmp_path, sig, code, word):
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1] == f"ftx: {word}", err
     _assert_failure_object(json.loads(out), code, word)
+
+
+def test_a_missing_path_prints_the_json_object(tmp_path):
+    code, report, err = run_send(str(tmp_path / "nothing-here"), "127.0.0.1:9", "--insecure", timeout=60)
+    assert code == 5, err
+    _assert_failure_object(report, 5, "no such file")
