@@ -139,6 +139,7 @@ class Receiver:
 
     def __init__(self, directory: str, log_path: str, extra: list[str]) -> None:
         self.log = open(log_path, "w")
+        os.makedirs(directory, exist_ok=True)  # ftx receive no longer creates a missing --dir
         self.proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", directory,
                                             "--json", *MODE, *extra], stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=NEUTRAL_CWD)
@@ -193,6 +194,8 @@ def legit_send(src: str, port: int, udp: bool, timeout: float, receiver_alive=la
             time.sleep(0.01)
         took = time.perf_counter() - t0
         if proc.returncode != 0:
+            if not receiver_alive():  # UDP ends at once on the ICMP port unreachable of a dead receiver
+                return None, "receiver gone"
             err.seek(0)
             last = (err.read().strip().splitlines() or ["?"])[-1]
             return None, f"exit {proc.returncode}: {last}"[:200]

@@ -156,6 +156,7 @@ def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
     env = None
     if root is not None:
         env = {**os.environ, "PYTHONPATH": root}
+    os.makedirs(dst, exist_ok=True)  # ftx receive no longer creates a missing --dir
     recv = subprocess.Popen(pr.wrap(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
                                            "--json", "--once", *([] if udp else ["--no-udp"])]),
                             stdout=subprocess.PIPE, text=True, cwd=root, env=env)

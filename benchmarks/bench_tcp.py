@@ -57,6 +57,7 @@ def bench_baseline(src: str, dst: str) -> dict:
 
 def bench_resume_check(src: str, dst_dir: str, size: int) -> dict:
     """Kill a transfer half-way, then time the resumed run and its verify step."""
+    os.makedirs(dst_dir, exist_ok=True)  # ftx receive no longer creates a missing --dir
     recv = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
                                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = json.loads(read_line(recv))["port"]

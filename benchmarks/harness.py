@@ -72,6 +72,7 @@ class Receiver:
     """``ftx receive --once --json`` on a free loopback port."""
 
     def __init__(self, dst_dir: str, *extra: str, once: bool = True) -> None:
+        os.makedirs(dst_dir, exist_ok=True)  # ftx receive no longer creates a missing --dir
         self.proc = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst_dir,
                                             "--json", *(["--once"] if once else []), *extra],
                                      stdout=subprocess.PIPE, text=True)

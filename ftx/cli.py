@@ -2,7 +2,8 @@
 
 Exit codes (also in README.md):
   0 success · 1 some files failed · 2 usage error · 3 connection failed or lost
-  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted
+  4 protocol error from the peer, or authentication failed · 5 local file error · 130 interrupted (SIGINT)
+  143 terminated (SIGTERM; the sender -- a receiver stops cleanly with 0)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 
 import click
@@ -26,8 +28,10 @@ from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError,
 from .limits import Admission, Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
 
 log = logging.getLogger("ftx")
+events_log = logging.getLogger("ftx.events")  # the receiver's default lines: one per event (README "Logs")
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -57,10 +61,15 @@ def _report_exit_code(report) -> int:
     return EXIT_CONNECTION
 
 
-def _setup_logging(verbose: int, quiet: int) -> None:
+def _setup_logging(verbose: int, quiet: int, fmt: str = "text", events: int | None = None) -> None:
+    """``ftx`` logs at WARNING (-v INFO, -vv DEBUG, -q ERROR).  ``events``: the daemon's event lines
+    (logger ``ftx.events``: listening, senders, session summaries; per-file lines one step lower)
+    are shown at their own level, by default INFO."""
     from .terminal import setup_logging
 
-    setup_logging(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)))  # every line escaped
+    setup_logging(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)), fmt=fmt)  # every line escaped
+    if events is not None:
+        events_log.setLevel(max(logging.DEBUG, events))
 
 
 def _size(text: str) -> int:
@@ -162,14 +171,21 @@ def _fit_descriptors(limits: Limits) -> Limits:
     soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
     fits = max(1, (soft - spare) // 2)
     if fits < limits.max_open_files:
-        click.echo(f"ftx: --max-open-files lowered from {limits.max_open_files} to {fits}: "
-                   f"the descriptor limit (ulimit -n) is {soft}", err=True)  # shown even without -v
+        _tell(f"--max-open-files lowered from {limits.max_open_files} to {fits}: "
+              f"the descriptor limit (ulimit -n) is {soft}")  # shown even without -v
         limits = dataclasses.replace(limits, max_open_files=fits)
     return limits
 
 
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
+
+
+def _tell(message: str) -> None:
+    """A notice on stderr: 'ftx: ...', or a JSON object with --log-format json (escaped either way)."""
+    from .terminal import say
+
+    say(message, "warning" if message.startswith("WARNING") else "info")
 
 
 def _die(message: str, code: int):
@@ -183,6 +199,8 @@ verbosity = [
     click.option("-v", "--verbose", count=True, help="More logging (repeat for debug)."),
     click.option("-q", "--quiet", count=True, help="Less logging."),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                 help="Log lines on stderr: 'ftx: ...' text, or one JSON object per line (for machines)."),
     click.option("--no-progress", is_flag=True, help="No progress bars (also off when stderr is not a terminal)."),
     click.option("--idle-timeout", type=float, default=None, callback=lambda ctx, param, v: _positive(v, param),
                  help="Give up when the peer has been silent this many seconds (TCP 30, UDP 15)."),
@@ -239,12 +257,12 @@ def main() -> None:
 @_with(verbosity)
 def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pmtud, code_prompt, code_file,
          identity, expect_fingerprint, tls, tls_ca, tls_cert, tls_key, insecure, checksum, receipt, verbose, quiet,
-         as_json, no_progress, idle_timeout):
+         as_json, log_format, no_progress, idle_timeout):
     """Send PATH... (files or directories) to a receiver at DEST.
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
     """
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_format)
     from .transport.sockets import parse_dest
 
     try:
@@ -253,6 +271,21 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     except (ValueError, UnicodeError) as exc:
         raise click.BadParameter(f"bad destination {dest!r}: {exc}" if isinstance(exc, UnicodeError) else str(exc),
                                  param_hint="DEST") from None
+    started = time.monotonic()
+    transfer_id = os.urandom(8).hex()  # names this session in both sides' logs (HELLO TRANSFER_ID)
+    auth = None
+
+    def fail(message: str, code: int):
+        """Every exit after the options are parsed prints the --json object: ok false, the error, the exit code."""
+        if as_json:
+            from .sending import SendReport
+
+            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), 0, 0, 0,
+                                error=message).as_json(),
+                   "auth": auth.mode if auth is not None else "insecure" if insecure else "",
+                   "fingerprint": "", "transfer_id": transfer_id, "exit": code})
+        _die(message, code)
+
     csize = _size(chunk_size)
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
@@ -264,7 +297,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                 raise click.UsageError(f"{p!r} looks like a pairing code: codes are never taken from the command "
                                        "line (other users can read it); --code prompts for it, or set FTX_CODE, "
                                        "or use --code-file FILE")
-            _die(f"{p}: no such file or directory", EXIT_LOCAL)
+            fail(f"{p}: no such file or directory", EXIT_LOCAL)
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
@@ -274,39 +307,68 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     try:
         code = None if insecure else read_code(code_prompt, code_file)
     except CredentialError as exc:
-        _die(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
     if (why := auth.conflict(code_prompt or code_file)) is not None:
         raise click.UsageError(why)
-    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum)
+    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum,
+                    transfer_id=bytes.fromhex(transfer_id))
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
 
         progress = Bars()
+
+    terminated = []
     try:
-        report = asyncio.run(_send(list(paths), host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth,
-                                   receipt))
+        report = asyncio.run(_until_signalled(_send(list(paths), host, dport, config, links, progress,
+                                                    idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud,
+                                                    auth, receipt), terminated))
     except KeyboardInterrupt:
-        _die("interrupted", EXIT_INTERRUPTED)
+        fail("interrupted", EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        fail("terminated", EXIT_TERMINATED)
     except FtxError as exc:
-        _die(str(exc), _exit_code(exc))
+        fail(str(exc), _exit_code(exc))
     finally:
         if progress is not None:
             progress.close()
+    code = (_report_exit_code(report) if report.error else EXIT_FILES if not report.ok else EXIT_OK)
     if as_json:
         _emit_streamed({**report.as_json(lazy_files=True), "auth": auth.mode,
-                        "fingerprint": getattr(report, "peer_fingerprint", "")}, "files")
+                        "fingerprint": getattr(report, "peer_fingerprint", ""), "transfer_id": transfer_id,
+                        "exit": code}, "files")
     if report.error:
-        _die(report.error, _report_exit_code(report))
+        _die(report.error, code)
     if not report.ok:
         first = report.failures[0]
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
-             f"{first.message or first.status}", EXIT_FILES)
+             f"{first.message or first.status}", code)
     if not as_json:
-        log.info("sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s", report.file_count,
-                 report.identical, report.bytes, report.bytes_sent, report.bytes_resumed, report.seconds)
+        log.info("transfer %s: sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s",
+                 transfer_id, report.file_count, report.identical, report.bytes, report.bytes_sent,
+                 report.bytes_resumed, report.seconds,
+                 extra={"fields": {"event": "sent", "transfer_id": transfer_id, "files": report.file_count,
+                                   "identical": report.identical, "bytes": report.bytes,
+                                   "bytes_sent": report.bytes_sent, "bytes_resumed": report.bytes_resumed,
+                                   "seconds": report.seconds}})
+
+
+async def _until_signalled(coro, terminated: list):
+    """Run ``coro``; SIGTERM cancels it (and is noted in ``terminated``), as SIGINT does in asyncio.run."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+    def on_term() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None,
@@ -357,6 +419,8 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="TCP port; 0 picks a free one (see the --json 'listening' line).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Directory to receive into.")
+@click.option("--mkdir", is_flag=True, help="Create --dir (and its parents) if it does not exist; without it a "
+              "missing --dir is an error (a typo is not silently created).")
 @click.option("--once", is_flag=True, help="Exit after one complete transfer.")
 @click.option("--overwrite", is_flag=True, help="Replace destination files whose content differs.")
 @click.option("--no-udp", is_flag=True, help="Serve TCP only (by default UDP is served on the same port number).")
@@ -383,12 +447,19 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="Serve Prometheus metrics over HTTP at HOST:PORT (a bare PORT: 127.0.0.1); path /metrics.")
 @_limit_options
 @_with(verbosity)
-def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
-            tls_key, tls_ca, tls_any_client, insecure, metrics_at, verbose, quiet, as_json, no_progress, idle_timeout,
-            **limit_values):
-    """Receive files into --dir, serving one sender after another (many at once)."""
-    _setup_logging(verbose - (0 if as_json else 1), quiet)
+def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
+            tls_key, tls_ca, tls_any_client, insecure, metrics_at, verbose, quiet, as_json, log_format, no_progress,
+            idle_timeout, **limit_values):
+    """Receive files into --dir, serving one sender after another (many at once).
+
+    Logs one line per event on stderr: listening, each sender, a summary per session, each
+    refusal (-v adds a line per file, -q leaves only warnings)."""
+    _setup_logging(verbose - (0 if as_json else 1), quiet, log_format, events=logging.INFO + 10 * (quiet - verbose))
     limits = _fit_descriptors(_limits_from(limit_values))
+    if not os.path.isdir(directory):
+        if os.path.lexists(directory) or not mkdir:
+            _die(f"--dir {directory}: " + ("not a directory" if os.path.lexists(directory) else
+                                           "no such directory (check the name; --mkdir creates it)"), EXIT_USAGE)
     if metrics_at is not None:
         from .metrics import parse_address
 
@@ -409,11 +480,11 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
     if insecure:
         if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
             host = "127.0.0.1"
-        click.echo("ftx: WARNING: --insecure: senders are not authenticated and nothing is encrypted; "
-                   f"anyone who can reach {host} port {port} can write into {directory}", err=True)
+        _tell("WARNING: --insecure: senders are not authenticated and nothing is encrypted; "
+              f"anyone who can reach {host} port {port} can write into {directory}")
     if tls_any_client:
-        click.echo("ftx: WARNING: --tls-any-client: senders are not authenticated (the channel is encrypted); "
-                   f"anyone who can reach {host} port {port} can write into {directory}", err=True)
+        _tell("WARNING: --tls-any-client: senders are not authenticated (the channel is encrypted); "
+              f"anyone who can reach {host} port {port} can write into {directory}")
     _check_listen(host)
     from .security_setup import HandshakeRate, ReceiverAuth
     from .storage import Destination
@@ -426,24 +497,133 @@ def receive(host, port, directory, once, overwrite, no_udp, code_mode, yes, iden
         _die(str(exc), _exit_code(exc))
     auth.ask = code_mode and not yes  # show what a code holder offers and ask first
     for notice in auth.notices:
-        click.echo(f"ftx: {notice}", err=True)
+        _tell(f"{notice}")
 
+    if mkdir:  # checked at the start; created once every other option has been accepted
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            _die(f"cannot create --dir {directory}: {exc.strerror}", EXIT_LOCAL)
     try:
         dest = Destination(directory, overwrite, limits=limits)
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
+    bars = _show_progress(no_progress, as_json)
+    _start_writers(as_json, bars)
     try:
-        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout,
-                                    _show_progress(no_progress, as_json), not no_udp, limits, auth, metrics_at))
+        code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout, bars, not no_udp, limits, auth,
+                                    metrics_at))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
+        _stop_writers()
         _die(str(exc), _exit_code(exc))
+    _stop_writers()
     sys.exit(code)
+
+
+WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
+_err = None  # the daemon's stderr LineWriter
+
+
+def _start_writers(as_json: bool, bars: bool) -> None:
+    """The daemon's stdout (--json) and stderr (log lines) go through LineWriters: a reader that stops
+    reading loses lines (counted, then reported), the receiver never waits for it."""
+    global _out, _err
+    from .output import LineWriter
+    from .terminal import use_stream
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if as_json:
+        _out = LineWriter(sys.stdout.fileno(), dropped=lambda n: json.dumps({"event": "dropped", "lines": n}) + "\n",
+                          on_dropped=lambda n: log.warning("%d --json lines dropped: standard output was not read "
+                                                           "fast enough", n),
+                          on_gone=lambda: log.warning("standard output was closed; no more --json lines"),
+                          name="ftx-stdout")
+    if not bars:  # progress bars redraw the terminal themselves; log lines then stay in order with them
+        _err = LineWriter(sys.stderr.fileno(), dropped=lambda n: f"ftx: warning: {n} log lines dropped: standard "
+                          "error was not read fast enough\n", name="ftx-stderr")
+        use_stream(_err)
+
+
+def _stop_writers() -> None:
+    """Give a slow reader WRITERS_DRAIN seconds at most, then exit without the rest."""
+    global _out, _err
+    import time
+
+    from .terminal import use_stream
+
+    _flush()
+    deadline = time.monotonic() + WRITERS_DRAIN
+    if _out is not None:
+        _out.close(WRITERS_DRAIN)
+        _out = None
+    if _err is not None:
+        use_stream(None)
+        _err.close(max(0.0, deadline - time.monotonic()))
+        _err = None
 
 
 def _host_of(peer) -> str | None:
     return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
+
+
+def _auth_text(auth) -> str:
+    if auth.insecure:
+        return "INSECURE: senders are not authenticated"
+    if auth.code:
+        return "pairing code on stderr"
+    return f"{auth.kind} {auth.fingerprint}" if auth.fingerprint else str(auth.kind)
+
+
+def _sender_text(link) -> tuple[str, dict]:
+    """Who the sender proved to be: text for the log line, fields for --log-format json."""
+    est = getattr(link, "established", None)
+    peer = getattr(est, "peer", None)
+    if peer is None:
+        return "not authenticated (--insecure)", {"identity": "insecure"}
+    text = {"key": f"key {peer.fingerprint}", "tls": f"certificate {peer.fingerprint}",
+            "code": "pairing code"}.get(peer.kind, peer.kind)
+    if peer.name and peer.kind != "code":
+        text += f" ({peer.name})"
+    return text, {"identity": peer.kind, "fingerprint": peer.fingerprint, "name": peer.name}
+
+
+class SessionCounts:
+    """One session's files for its summary line (the reports are counted, not kept)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.files = self.identical = self.failed = self.bytes = self.received = 0
+
+    def add(self, report) -> None:  # on a worker thread, one at a time per session
+        self.files += 1
+        self.bytes += report.size
+        self.received += report.bytes_received
+        self.identical += report.status == "identical"
+        self.failed += not report.ok
+
+    def log(self, peer: str, transport: str, transfer_id: str, ok: bool, complete: bool, error: str) -> None:
+        seconds = max(time.monotonic() - self.start, 1e-6)
+        rate = self.received / seconds
+        outcome = "" if ok else f"; {error or ('incomplete' if not complete else 'some files failed')}"
+        (events_log.info if ok else events_log.warning)(
+            "%s: transfer %s over %s: %d files (%d identical, %d failed), %s received in %.2f s (%s/s)%s",
+            peer, transfer_id or "-", transport, self.files, self.identical, self.failed, _human_bytes(self.received),
+            seconds, _human_bytes(rate), outcome,
+            extra={"fields": {"event": "session", "peer": peer, "transport": transport, "transfer_id": transfer_id,
+                              "ok": ok, "complete": complete, "files": self.files, "identical": self.identical,
+                              "failed": self.failed, "bytes": self.bytes, "bytes_received": self.received,
+                              "seconds": round(seconds, 3), "error": error}})
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _peer_label(peer) -> str:
@@ -494,12 +674,18 @@ def _emit_streamed(obj: dict, key: str) -> None:
         _stdout_gone()
 
 
+_out = None  # the daemon's stdout LineWriter (ftx/output.py): lines never wait for the reader
+
+
 def _flush() -> None:
     """Write the queued lines with one call (on the event loop's thread)."""
     lines = []
     while _queued:
         lines.append(_queued.popleft())
     if not lines:
+        return
+    if _out is not None:
+        _out.write("".join(lines))  # queued for the writer thread, or dropped and counted
         return
     try:
         sys.stdout.write("".join(lines))
@@ -582,13 +768,16 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
                "udp_port": udp_port, "dir": os.fsdecode(dest.root), "pid": os.getpid(),
                "auth": auth.kind, "fingerprint": auth.fingerprint, **({"code": auth.code} if auth.code else {}),
                **extra})
-    log.info("listening on %s port %d%s, receiving into %s", bound[0], bound[1],
-             " (sockets passed by systemd: %s)" % ", ".join(passed.names) if passed else "", os.fsdecode(dest.root))
+    events_log.info("listening on %s port %d (%s)%s, receiving into %s; %s", bound[0], bound[1], ", ".join(transports),
+                    " (sockets passed by systemd: %s)" % ", ".join(passed.names) if passed else "",
+                    os.fsdecode(dest.root), _auth_text(auth),
+                    extra={"fields": {"event": "listening", "host": bound[0], "port": bound[1],
+                                      "transport": transports, "dir": os.fsdecode(dest.root), "auth": auth.kind,
+                                      "fingerprint": auth.fingerprint}})
     svc.ready()
 
     def show_code(code: str, again: bool) -> None:
-        click.echo(f"ftx: {'new ' if again else ''}pairing code: {code}  (the sender runs: ftx send --code ...)",
-                   err=True)
+        _tell(f"{'new ' if again else ''}pairing code: {code}  (the sender runs: ftx send --code ...)")
         if again and as_json:
             _emit({"event": "code", "code": code})
 
@@ -613,8 +802,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             if not flush_due[0]:
                 flush_due[0] = True
                 loop.call_soon_threadsafe(loop.call_later, LINES_DELAY, flush_lines)
-        elif report.ok:
-            log.info("%s: %s (%d bytes)", report.path, report.status, report.size)
+        if events_log.isEnabledFor(logging.DEBUG):  # -v: a line per file (by default a summary per session)
+            events_log.debug("%s: %s (%d bytes)", report.path, report.status, report.size,
+                             extra={"fields": {"event": "file", "path": report.path, "size": report.size,
+                                               "status": report.status}})
 
     async def handle(link, default_timeout: float = 30.0) -> None:
         if not auth.insecure:
@@ -634,9 +825,19 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             from .progress import Bars
 
             progress = Bars(label=_peer_label(link.peer))
+        who = _sender_text(link)
+        events_log.info("%s: sender over %s, %s", _peer_label(link.peer), link.transport, who[0],
+                        extra={"fields": {"event": "sender", "peer": _peer_label(link.peer),
+                                          "transport": link.transport, **who[1]}})
+        counts = SessionCounts()
+
+        def on_file_counted(report) -> None:
+            counts.add(report)
+            on_file(report)
+
         try:
             with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
-                session = await receive_over(link, dest, on_file=on_file,
+                session = await receive_over(link, dest, on_file=on_file_counted,
                                              idle_timeout=idle_timeout or default_timeout,
                                              progress=tally, limits=limits, budget=budget,
                                              confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
@@ -647,9 +848,12 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             if progress is not None:
                 progress.close()
         ok = session.complete and not session.failed
+        peer_hello = getattr(getattr(session, "conn", None), "peer", None)
+        transfer_id = getattr(peer_hello, "transfer_id", b"").hex()
         svc.publish({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
                      "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
-                     "transport_stats": getattr(link, "stats", {})})
+                     "transfer_id": transfer_id, "transport_stats": getattr(link, "stats", {})})
+        counts.log(_peer_label(link.peer), link.transport, transfer_id, ok, session.complete, session.error)
         if once and session.complete and not finished.done():
             finished.set_result(EXIT_OK if ok else EXIT_FILES)
         elif auth.code_mode and auth.code is None and not finished.done():
@@ -663,6 +867,8 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     from .terminal import say
 
     failures = FailureLog(say)  # escaped: the reasons quote what peers sent
+    refusals = FailureLog(say)  # its own throttle: a refusal does not use up an address's authentication line
+    admission.on_refused = lambda host, reason: refusals.failed(host, f"refused {host or '?'}", reason)
     from .failure_log import suppressed_text
 
     failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
@@ -673,6 +879,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         while True:
             await asyncio.sleep(failures.interval / 2)
             failures.flush()
+            refusals.flush()
 
     async def ask(link, hello) -> str | None:
         from .security_setup import describe_offer
@@ -702,6 +909,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
         notices.cancel()
         await asyncio.gather(server, expiry, summaries, notices, return_exceptions=True)
         failures.flush(final=True)  # nothing counted is lost at exit
+        refusals.flush(final=True)
         _flush()  # nor a queued --json line
         svc.close()
         for s in socks:

@@ -149,8 +149,15 @@ class Admission:
         self.evicted = 0
         self._pending: dict[object, tuple[str, bool]] = {}  # evict callback -> (host, protected), oldest first
         self._gone: set = set()  # evicted callbacks whose release is still to come
+        self.on_refused = None  # called with (host, reason) for each refusal (the receiver's log)
 
     def admit(self, host: str | None, evict=None, protected: bool = False) -> str | None:
+        reason = self._admit(host, evict, protected)
+        if reason is not None and self.on_refused is not None:
+            self.on_refused(host, reason)
+        return reason
+
+    def _admit(self, host: str | None, evict=None, protected: bool = False) -> str | None:
         key = host or "?"
         victims = []
         with self._lock:

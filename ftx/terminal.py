@@ -11,8 +11,10 @@ text alone, so a text escaped earlier passes unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 
 from .core.secure.handshake import printable
 
@@ -27,7 +29,22 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup_logging(level: int, name: str | None = None, stream=None) -> None:
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line -- time, level, message (escaped as in
+    text mode) and the event's fields (``extra={"fields": {...}}``)."""
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: A003 - logging's name
+        obj = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+               "level": record.levelname.lower(),
+               "message": printable(record.getMessage(), MAX_LINE)}
+        obj.update(getattr(record, "fields", None) or {})
+        return json.dumps(obj, default=str)
+
+
+_json = False  # --log-format json: say() writes JSON objects too
+
+
+def setup_logging(level: int, name: str | None = None, stream=None, fmt: str = "text") -> None:
     """``ftx: <message>`` lines on stderr (or ``stream``) for logger ``name`` (None: the root), escaped.
     Like ``logging.basicConfig``, it leaves a logger that has other handlers alone."""
     logger = logging.getLogger(name)
@@ -35,20 +52,37 @@ def setup_logging(level: int, name: str | None = None, stream=None) -> None:
         return  # configured by someone else (a test harness, a program using ftx): as logging.basicConfig
     for old in [h for h in logger.handlers if getattr(h, "ftx_terminal", False)]:
         logger.removeHandler(old)  # called again (a second command in one process): one handler, today's stderr
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(EscapingFormatter("ftx: %(message)s"))
+    handler = logging.StreamHandler(stream if stream is not None else _stream or sys.stderr)
+    global _json
+    _json = fmt == "json"
+    handler.setFormatter(JsonFormatter() if _json else EscapingFormatter("ftx: %(message)s"))
     handler.ftx_terminal = True
     logger.addHandler(handler)
     logger.setLevel(level)
 
 
-def say(message: str) -> None:
+_stream = None  # where log lines go instead of sys.stderr (the daemon's LineWriter), if set
+
+
+def use_stream(stream) -> None:
+    """Send the ``ftx`` log lines and ``say`` to ``stream`` (None: back to sys.stderr)."""
+    global _stream
+    _stream = stream
+    for h in logging.getLogger("ftx").handlers + logging.getLogger().handlers:
+        if getattr(h, "ftx_terminal", False):
+            h.setStream(stream if stream is not None else sys.stderr)
+
+
+def say(message: str, level: str = "error") -> None:
     """One ``ftx: <message>`` line on stderr, escaped."""
+    out = _stream or sys.stderr
+    line = (json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
+                        "message": printable(message, MAX_LINE)}) if _json else f"ftx: {printable(message, MAX_LINE)}")
     try:
-        sys.stderr.write(f"ftx: {printable(message, MAX_LINE)}\n")
-        sys.stderr.flush()
+        out.write(line + "\n")
+        out.flush()
     except (OSError, ValueError, AttributeError):  # no stderr to write to
         pass
 
 
-__all__ = ["printable", "setup_logging", "say", "EscapingFormatter"]
+__all__ = ["printable", "setup_logging", "use_stream", "say", "EscapingFormatter", "JsonFormatter"]

@@ -56,7 +56,7 @@ class Receiver:
     def __init__(self, directory: Path, *args: str, host: str = "127.0.0.1", env: dict | None = None) -> None:
         self.dir = directory
         self.proc = subprocess.Popen(
-            FTX + ["receive", "--listen", host, "--port", "0", "--dir", str(directory), "--json", *args],
+            FTX + ["receive", "--mkdir", "--listen", host, "--port", "0", "--dir", str(directory), "--json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -196,7 +196,7 @@ def _ftx(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("listen", ["nonsense.invalid", "127.0.0.1:7000", "192.0.2.1", "::1::2"])
 def test_bad_listen_address_is_a_one_line_usage_error(tmp_path, listen):
     """Issue #11 item 6: a bad --listen printed a 30-line traceback."""
-    out = _ftx("receive", "--listen", listen, "--port", "0", "--dir", str(tmp_path), "--once")
+    out = _ftx("receive", "--mkdir", "--listen", listen, "--port", "0", "--dir", str(tmp_path), "--once")
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -216,13 +216,13 @@ def test_idle_timeout_must_be_positive(tmp_path, value):
     write_random(tmp_path / "f", 10)
     out = _ftx("send", str(tmp_path / "f"), "127.0.0.1:9", "--idle-timeout", value)
     assert out.returncode == 2 and "--idle-timeout" in out.stderr, out.stderr
-    out = _ftx("receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path), "--idle-timeout", value)
+    out = _ftx("receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path), "--idle-timeout", value)
     assert out.returncode == 2 and "--idle-timeout" in out.stderr, out.stderr
 
 
 def test_listen_port_in_use_is_one_line(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as s:
-        out = _ftx("receive", "--listen", "127.0.0.1", "--port", str(s.getsockname()[1]), "--dir", str(tmp_path))
+        out = _ftx("receive", "--mkdir", "--listen", "127.0.0.1", "--port", str(s.getsockname()[1]), "--dir", str(tmp_path))
     assert out.returncode == 3 and "in use" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
@@ -231,9 +231,9 @@ def test_listen_port_in_use_is_one_line(tmp_path):
     ["send", "{f}", "127.0.0.1:9", "--chunk-size", "1e400"],
     ["send", "{f}", "127.0.0.1:9", "--max-rate", "1e400"],
     ["send", "{f}", "127.0.0.1:9", "--max-rate", "nan"],
-    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--max-memory", "1e400"],
-    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--min-free", "lots"],
-    ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--partial-ttl", "inf"],
+    ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--max-memory", "1e400"],
+    ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--min-free", "lots"],
+    ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", "{d}", "--partial-ttl", "inf"],
 ])
 def test_bad_option_values_are_usage_errors_not_tracebacks(tmp_path, args):
     write_random(tmp_path / "f", 10)
@@ -247,7 +247,7 @@ def test_receiver_survives_its_json_reader_going_away(tmp_path):
     import json
 
     (tmp_path / "dst").mkdir()
-    proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path / "dst"),
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path / "dst"),
                                    "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = json.loads(proc.stdout.readline())["port"]

@@ -21,7 +21,7 @@ def test_an_unanswered_question_is_answered_no_in_time_and_the_receiver_goes_on(
     write_random(tmp_path / "a", 1000)
     d = tmp_path / "dst"
     master, slave = pty.openpty()
-    proc = subprocess.Popen(FTX + ["receive", "--code", "--confirm-timeout", "1s", "--listen", "127.0.0.1",
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--code", "--confirm-timeout", "1s", "--listen", "127.0.0.1",
                                    "--port", "0", "--dir", str(d), "--json"], stdin=slave, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
@@ -54,7 +54,7 @@ def test_a_code_receiver_with_nothing_to_ask_on_refuses_at_once_in_one_line(tmp_
     """Standard input closed (no file descriptor 0 at all) or not a terminal, and no --yes: one
     ``ftx:`` line naming --yes and the usage exit code, at once -- never a traceback or a hang."""
     kwargs = {"stdin": subprocess.DEVNULL} if stdin == "devnull" else {"pass_fds": (), "preexec_fn": lambda: os.close(0)}
-    proc = subprocess.run(FTX + ["receive", "--code", "--port", "0", "--dir", str(tmp_path / "d")],
+    proc = subprocess.run(FTX + ["receive", "--mkdir", "--code", "--port", "0", "--dir", str(tmp_path / "d")],
                           capture_output=True, text=True, timeout=30, **kwargs)
     assert proc.returncode == EXIT_USAGE, proc.stderr
     lines = proc.stderr.splitlines()

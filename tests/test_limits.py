@@ -27,13 +27,13 @@ def test_bad_values_raise_value_error(bad):
 
 
 def test_every_limit_is_a_receive_option_with_its_default_in_help():
-    out = CliRunner().invoke(main, ["receive", "--help"]).output
+    out = CliRunner().invoke(main, ["receive", "--mkdir", "--help"]).output
     for name, _kind, _default, _help in Limits.options():
         assert "--" + name.replace("_", "-") in out
 
 
 def test_a_bad_limit_is_a_usage_error():
-    result = CliRunner().invoke(main, ["receive", "--min-free", "lots"])
+    result = CliRunner().invoke(main, ["receive", "--mkdir", "--min-free", "lots"])
     assert result.exit_code == 2
     assert "--min-free" in result.output
 
@@ -60,7 +60,7 @@ def test_buffers_get_max_memory_less_the_process_share():
 @pytest.mark.parametrize("option", ["--handshake-timeout", "--stall-timeout", "--partial-ttl"])
 def test_a_zero_time_limit_is_a_usage_error(option):
     """0 would drop every connection (or expire every partial) at once."""
-    result = CliRunner().invoke(main, ["receive", option, "0"])
+    result = CliRunner().invoke(main, ["receive", "--mkdir", option, "0"])
     assert result.exit_code == 2
     assert option in result.output
 
@@ -100,7 +100,7 @@ def test_limits_below_what_a_legitimate_sender_needs_are_usage_errors(option, va
     """--max-memory under 24M cannot hold one 4 MiB chunk over UDP (twice its quarter share)
     nor a frame over TCP: every sender would stall or be refused.  ftx senders keep 256 items
     outstanding; fewer than 4 open partials can block the event loop behind the workers."""
-    result = CliRunner().invoke(main, ["receive", option, value])
+    result = CliRunner().invoke(main, ["receive", "--mkdir", option, value])
     assert result.exit_code == 2
     assert option in result.output
 

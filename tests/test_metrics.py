@@ -152,6 +152,6 @@ def test_a_bad_metrics_address_is_a_usage_error(tmp_path):
 
     from .helpers import FTX
 
-    proc = subprocess.run(FTX + ["receive", "--dir", str(tmp_path), "--metrics", "localhost"], capture_output=True,
+    proc = subprocess.run(FTX + ["receive", "--mkdir", "--dir", str(tmp_path), "--metrics", "localhost"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "--metrics" in proc.stderr

@@ -212,7 +212,7 @@ def test_once_keeps_no_spare_code_and_renews_it_when_the_session_fails(tmp_path)
     write_random(tmp_path / "a", 1000)
     d = tmp_path / "dst"
     master, slave = pty.openpty()
-    proc = subprocess.Popen(FTX + ["receive", "--code", "--once", "--listen", "127.0.0.1", "--port", "0", "--dir",
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--code", "--once", "--listen", "127.0.0.1", "--port", "0", "--dir",
                                    str(d), "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
@@ -268,7 +268,7 @@ def test_the_users_time_at_the_question_is_not_the_senders_silence(tmp_path, udp
     write_random(tmp_path / "a", 1000)
     d = tmp_path / "dst"
     master, slave = pty.openpty()
-    proc = subprocess.Popen(FTX + ["receive", "--code", "--idle-timeout", "1", "--listen", "127.0.0.1", "--port",
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--code", "--idle-timeout", "1", "--listen", "127.0.0.1", "--port",
                                    "0", "--dir", str(d), "--json"], stdin=slave, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
@@ -298,7 +298,7 @@ def test_a_sender_at_the_question_holds_up_only_the_next_question(tmp_path):
     write_random(tmp_path / "b", 2000, seed=1)
     d = tmp_path / "dst"
     master, slave = pty.openpty()
-    proc = subprocess.Popen(FTX + ["receive", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
                                    "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
@@ -514,7 +514,7 @@ def test_code_is_never_taken_from_the_command_line(tmp_path, receiver_factory):
     proc = subprocess.run(FTX + ["send", "--code", "7-olive-tiger", str(tmp_path / "f"), "127.0.0.1:9"],
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == EXIT_USAGE and "never taken from the command line" in proc.stderr
-    proc = subprocess.run(FTX + ["receive", "--code", "7-olive-tiger"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(FTX + ["receive", "--mkdir", "--code", "7-olive-tiger"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == EXIT_USAGE and "unexpected extra argument" in proc.stderr
     proc = subprocess.run(FTX + ["send", "--code", str(tmp_path / "f"), "127.0.0.1:9"], capture_output=True,
                           text=True, timeout=30, stdin=subprocess.DEVNULL, env=with_env({"FTX_CODE": None}))
@@ -522,7 +522,7 @@ def test_code_is_never_taken_from_the_command_line(tmp_path, receiver_factory):
 
 
 def test_code_receiver_without_terminal_needs_yes(tmp_path):
-    proc = subprocess.run(FTX + ["receive", "--code", "--port", "0", "--dir", str(tmp_path)], capture_output=True,
+    proc = subprocess.run(FTX + ["receive", "--mkdir", "--code", "--port", "0", "--dir", str(tmp_path)], capture_output=True,
                           text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == EXIT_USAGE and "--yes" in proc.stderr
 
@@ -552,7 +552,7 @@ def test_code_mode_shows_what_is_offered_and_asks_first(tmp_path):
     write_random(src / "b" / "c.jpg", 12_000)
     d = tmp_path / "dst"
     master, slave = pty.openpty()
-    proc = subprocess.Popen(FTX + ["receive", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--code", "--listen", "127.0.0.1", "--port", "0", "--dir", str(d),
                                    "--json"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=with_env(stranger(tmp_path, "r")))
     os.close(slave)
@@ -607,7 +607,7 @@ def test_insecure_on_one_side_only_is_a_clear_error_on_both(tmp_path, receiver_f
 def test_insecure_on_both_sides_works_and_the_receiver_warns(tmp_path, udp):
     data = write_random(tmp_path / "f", 100_000)
     d = tmp_path / "dst"
-    proc = subprocess.Popen(FTX + ["receive", "--insecure", "--port", "0", "--dir", str(d), "--json"],
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--insecure", "--port", "0", "--dir", str(d), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = LineReader(proc.stdout).next_json()
@@ -654,12 +654,12 @@ def test_tls_receiver_without_a_way_to_authenticate_senders_refuses_to_start(tmp
     """Secure by default: --tls-cert alone would let anyone who reaches the port write into --dir."""
     ca, other, server = pki
     d = tmp_path / "dst"
-    p = subprocess.run(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key), "--port", "0",
+    p = subprocess.run(FTX + ["receive", "--mkdir", "--tls-cert", str(server.cert), "--tls-key", str(server.key), "--port", "0",
                               "--listen", "127.0.0.1", "--dir", str(d)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
     assert "--tls-ca" in p.stderr and "--tls-any-client" in p.stderr
-    p = subprocess.run(FTX + ["receive", "--tls-any-client", "--port", "0", "--dir", str(d)],
+    p = subprocess.run(FTX + ["receive", "--mkdir", "--tls-any-client", "--port", "0", "--dir", str(d)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--tls-any-client needs --tls-cert" in p.stderr
 
@@ -682,7 +682,7 @@ def test_tls_ca_requires_a_client_certificate(tmp_path, receiver_factory, pki, u
 
 def test_tls_any_client_warns_at_start(tmp_path, pki):
     ca, other, server = pki
-    proc = subprocess.Popen(FTX + ["receive", "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--tls-cert", str(server.cert), "--tls-key", str(server.key),
                                    "--tls-any-client", "--listen", "127.0.0.1", "--port", "0",
                                    "--dir", str(tmp_path / "d"), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -69,7 +69,7 @@ class FakeSystemd:
 def start_receiver(directory: Path, *args: str, env: dict | None = None, argv: list[str] | None = None,
                    pass_fds=()) -> tuple[subprocess.Popen, LineReader, dict]:
     directory.mkdir(parents=True, exist_ok=True)
-    cmd = (argv or FTX) + ["receive", "--dir", str(directory), "--json", *args]
+    cmd = (argv or FTX) + ["receive", "--mkdir", "--dir", str(directory), "--json", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=with_env(env),
                             pass_fds=pass_fds)
     lines = LineReader(proc.stdout)

@@ -447,7 +447,7 @@ def test_max_open_files_is_fitted_to_the_descriptor_limit(tmp_path):
 
     from .helpers import FTX, LineReader
 
-    proc = subprocess.Popen(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path),
+    proc = subprocess.Popen(FTX + ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", str(tmp_path),
                                    "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600)))
     try:

@@ -213,7 +213,7 @@ def test_a_state_directory_that_is_not_ftxs_stops_the_receiver(tmp_path, kind):
     else:
         (dst / ".ftx").mkdir(mode=0o777)
         os.chmod(dst / ".ftx", 0o777)
-    r = subprocess.run(FTX + ["receive", "--listen", "127.0.0.1", "--port", "0", "--dir", str(dst), "--once"],
+    r = subprocess.run(FTX + ["receive", "--mkdir", "--listen", "127.0.0.1", "--port", "0", "--dir", str(dst), "--once"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()

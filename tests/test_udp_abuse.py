@@ -190,6 +190,7 @@ def test_sessions_per_host_are_limited_and_the_sender_is_told_why(tmp_path):
         assert (dst / "after.bin").read_bytes() == data
     finally:
         r.stop()
+    assert "ftx: refused 127.0.0.1: receiver busy: 3 senders from 127.0.0.1" in r.stderr, r.stderr  # the operator too
 
 
 def test_handshakes_from_one_socket_are_bounded_and_time_out(tmp_path):

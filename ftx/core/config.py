@@ -45,6 +45,10 @@ class Config:
     """Sender: the transfer identity sent in HELLO (empty: anonymous).  A receiver lets a
     new connection take over a partial file only from the same identity."""
 
+    transfer_id: bytes = b""
+    """Sender: this session's TRANSFER_ID for HELLO (8 random bytes; empty: none), which both
+    sides print in their logs and --json so that one transfer can be found in both."""
+
     summary: bytes = b""
     """Sender: an OFFER_SUMMARY (``messages.OfferSummary``) to announce in HELLO, so that a
     receiver that asks before accepting (code mode) can show what comes."""

@@ -63,7 +63,8 @@ class Connection:
         self._inbuf: memoryview | None = None
         hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
                       sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"",
-                      summary=self.config.summary if self.role == ROLE_SENDER else b"")
+                      summary=self.config.summary if self.role == ROLE_SENDER else b"",
+                      transfer_id=self.config.transfer_id if self.role == ROLE_SENDER else b"")
         self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------

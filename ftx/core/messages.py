@@ -85,7 +85,9 @@ def _code(value: int) -> ErrorCode | int:
 # HELLO extensions (protocol.md section 6.1): u16 type, u16 length, value
 EXT_SENDER_ID = 0x0001  # sender: the transfer identity, 1-64 opaque bytes
 EXT_OFFER_SUMMARY = 0x0002  # sender: what the session will offer (OfferSummary), for a receiver that asks
+EXT_TRANSFER_ID = 0x0003  # sender: this session's id, 8 random bytes, printed in both sides' logs
 OFFER_SUMMARY_MAX = 2048
+TRANSFER_ID_SIZE = 8
 SENDER_ID_MAX = 64
 _EXT = struct.Struct(">HH")
 
@@ -99,6 +101,7 @@ class Hello:
     version: int = PROTOCOL_VERSION
     sender_id: bytes = b""  # transfer identity: who may take over a partial (empty: anonymous)
     summary: bytes = b""  # OFFER_SUMMARY value as sent (``OfferSummary.decode`` reads it)
+    transfer_id: bytes = b""  # TRANSFER_ID: names this session in both peers' logs (empty: none sent)
     _S = struct.Struct(">4sHBBIQ")
 
     def encode(self) -> bytes:
@@ -107,6 +110,8 @@ class Hello:
             out += _EXT.pack(EXT_SENDER_ID, len(self.sender_id)) + self.sender_id
         if self.summary:
             out += _EXT.pack(EXT_OFFER_SUMMARY, len(self.summary)) + self.summary
+        if self.transfer_id:
+            out += _EXT.pack(EXT_TRANSFER_ID, len(self.transfer_id)) + self.transfer_id
         return out
 
     @classmethod
@@ -116,7 +121,7 @@ class Hello:
         if magic != MAGIC:
             raise RemoteProtocolError("not an ftx peer (bad HELLO magic)")
         agent, off = _text(p, cls._S.size, "HELLO")
-        sender_id = summary = b""
+        sender_id = summary = transfer_id = b""
         # extensions: while a whole one fits; unknown types, a malformed id and
         # a shorter tail are ignored (trailing bytes were reserved, never an error)
         while len(p) - off >= _EXT.size:
@@ -128,8 +133,10 @@ class Hello:
                 sender_id = bytes(p[off : off + elen])
             elif etype == EXT_OFFER_SUMMARY and not summary and elen <= OFFER_SUMMARY_MAX:
                 summary = bytes(p[off : off + elen])
+            elif etype == EXT_TRANSFER_ID and not transfer_id and elen == TRANSFER_ID_SIZE:
+                transfer_id = bytes(p[off : off + elen])
             off += elen
-        return cls(role, max_payload, flags, agent, version, sender_id, summary)
+        return cls(role, max_payload, flags, agent, version, sender_id, summary, transfer_id)
 
 
 @dataclass(frozen=True)

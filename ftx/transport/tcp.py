@@ -16,6 +16,7 @@ the AEAD into their final place.
 from __future__ import annotations
 
 import asyncio
+import os
 import errno
 import logging
 import socket
@@ -463,7 +464,8 @@ async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             last = exc
-    reason = getattr(last, "strerror", None) or "timed out"
+    errno_ = getattr(last, "errno", None)  # asyncio's strerror reads "Connect call failed ('127.0.0.1', 9)"
+    reason = os.strerror(errno_).lower() if errno_ else getattr(last, "strerror", None) or "timed out"
     raise TransportError(f"cannot connect to {host} port {port}: {reason}", ErrorCode.ABORTED)
 
 

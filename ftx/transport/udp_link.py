@@ -306,7 +306,12 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
         if link is not None:
             link.wake()
 
-    dsock = DatagramSocket(sock, on_read, on_drained)
+    def on_refused(_exc) -> None:  # ICMP port unreachable: nothing listens there, no need to wait it out
+        if not ready.done():
+            ready.set_exception(TransportError(f"cannot connect to {host} port {port} over UDP: connection refused",
+                                               ErrorCode.ABORTED))
+
+    dsock = DatagramSocket(sock, on_read, on_drained, on_refused=on_refused)
     try:
         while not ready.done():
             now = time.monotonic()
@@ -319,10 +324,12 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
                 await asyncio.wait_for(asyncio.shield(ready), max(0.0, (t or now + 0.1) - time.monotonic()))
             except asyncio.TimeoutError:
                 pass
+        session = ready.result()  # raises the refusal, whenever it came
+        dsock.on_refused = None  # once connected, a stray ICMP error is a loss like any other
     except BaseException:
         dsock.close()
         raise
-    link = UdpLink(ready.result(), dsock.send, addr)
+    link = UdpLink(session, dsock.send, addr)
     link._on_close.append(dsock.close)
     holder["link"] = link
     return link

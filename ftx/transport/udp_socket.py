@@ -36,7 +36,8 @@ class DatagramSocket:
     """Batched datagram I/O on one non-blocking socket (GRO in, GSO out, with fallbacks)."""
 
     def __init__(self, sock: socket.socket, on_read: Callable[[memoryview, int, object], None],
-                 on_drained: Callable[[], None] | None = None, gso: bool = True) -> None:
+                 on_drained: Callable[[], None] | None = None, gso: bool = True,
+                 on_refused: Callable[[OSError], None] | None = None) -> None:
         self.sock = sock
         sock.setblocking(False)
         for force, opt in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
@@ -66,6 +67,7 @@ class DatagramSocket:
                 pass
         self.on_read = on_read
         self.on_drained = on_drained
+        self.on_refused = on_refused  # a connected socket's ICMP port unreachable (ECONNREFUSED)
         self._rbuf = bytearray(65536)
         self._rview = memoryview(self._rbuf)
         self._loop = asyncio.get_running_loop()
@@ -96,8 +98,13 @@ class DatagramSocket:
             pass
         except OSError as exc:  # e.g. ICMP port unreachable reported on a connected socket
             log.debug("udp receive error: %s", exc)
+            self._refused(exc)
         if self.on_drained is not None:
             self.on_drained()
+
+    def _refused(self, exc: OSError) -> None:
+        if exc.errno == errno.ECONNREFUSED and self.on_refused is not None:
+            self.on_refused(exc)
 
     def send(self, bursts: list[tuple[bytes, int]], addr=None) -> None:
         """Send ``(buffer, size)`` bursts: datagrams of ``size`` bytes laid end to end."""
@@ -170,6 +177,7 @@ class DatagramSocket:
                 self.gso = False
                 return self._send_now(bursts[i:], addr)
             log.debug("udp send error: %s", exc)  # the loss is repaired like any other
+            self._refused(exc)
             return self._send_now(bursts[i + 1 :], addr) if i + 1 < len(bursts) else []
         return []
 

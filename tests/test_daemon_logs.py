@@ -1,0 +1,69 @@
+"""The receiver's default log lines (one per event), --log-format json, and the transfer id both sides print."""
+
+from __future__ import annotations
+
+import json
+
+from ftx.core.messages import EXT_TRANSFER_ID, Hello, ROLE_SENDER, _EXT
+
+from .helpers import Receiver, run_send
+
+
+def test_hello_carries_the_transfer_id_and_ignores_a_malformed_one():
+    h = Hello(ROLE_SENDER, 1 << 20, sender_id=b"s" * 16, transfer_id=bytes(range(8)))
+    assert Hello.decode(h.encode()).transfer_id == bytes(range(8))
+    bare = Hello(ROLE_SENDER, 1 << 20).encode()
+    assert Hello.decode(bare).transfer_id == b""
+    assert Hello.decode(bare + _EXT.pack(EXT_TRANSFER_ID, 3) + b"abc").transfer_id == b""  # not 8 bytes
+    assert Hello.decode(bare + _EXT.pack(EXT_TRANSFER_ID, 8) + b"abc").transfer_id == b""  # cut short
+
+
+def _tree(tmp_path, n=30):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(n):
+        (src / f"f{i}").write_bytes(b"x" * i)
+    return src
+
+
+def test_default_lines_name_the_listener_the_sender_and_a_session_summary(tmp_path):
+    src = _tree(tmp_path)
+    (tmp_path / "dst").mkdir()
+    r = Receiver(tmp_path / "dst", "--insecure")
+    try:
+        code, report, err = run_send(str(src), r.dest, "--insecure")
+        assert code == 0, err
+        r.events_until("session")
+    finally:
+        r.stop()
+    tid = report["transfer_id"]
+    assert len(tid) == 16 and int(tid, 16) >= 0
+    lines = r.stderr.splitlines()
+    assert any(line.startswith("ftx: listening on 127.0.0.1 port %d" % r.port) for line in lines), lines
+    assert any("sender over tcp, not authenticated" in line for line in lines), lines
+    summary = [line for line in lines if f"transfer {tid} over tcp: 31 files (0 identical, 0 failed)" in line]
+    assert len(summary) == 1, lines
+    assert not any("f17" in line for line in lines), lines  # no line per file without -v
+
+
+def test_verbose_adds_a_line_per_file_and_json_log_format_is_one_object_per_line(tmp_path):
+    src = _tree(tmp_path, 5)
+    (tmp_path / "dst").mkdir()
+    r = Receiver(tmp_path / "dst", "--insecure", "-v", "--log-format", "json")
+    try:
+        code, report, err = run_send(str(src), r.dest, "--insecure", "--udp")
+        assert code == 0, err
+        session = r.events_until("session")[-1]
+    finally:
+        r.stop()
+    assert session["transfer_id"] == report["transfer_id"]
+    objs = [json.loads(line) for line in r.stderr.splitlines()]  # every line is JSON
+    by_event = {}
+    for o in objs:
+        assert {"time", "level", "message"} <= o.keys(), o
+        by_event.setdefault(o.get("event"), []).append(o)
+    assert by_event["listening"][0]["port"] == r.port
+    assert by_event["sender"][0]["transport"] == "udp"
+    assert sorted(o["path"] for o in by_event["file"]) == ["src"] + [f"src/f{i}" for i in range(5)]
+    (s,) = by_event["session"]
+    assert s["transfer_id"] == report["transfer_id"] and s["files"] == 6 and s["ok"] is True
