@@ -13,7 +13,6 @@ with ``--files 0`` and once with the real count, and subtract.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics

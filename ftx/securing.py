@@ -117,7 +117,7 @@ class _Pump:
                 continue  # no whole frame yet
             try:
                 used = hs.receive(bytes(self.held[:whole]), time.monotonic())
-            except FtxError as exc:  # the handshake queued its refusal: send it, then raise
+            except FtxError:  # the handshake queued its refusal: send it, then raise
                 await self._send_refusal()
                 raise
             del self.held[:used]

@@ -321,7 +321,7 @@ class RecordOpener:
         out = []
         data = memoryview(data).cast("B")
         while True:
-            while (size := self.next_size()) is not None:
+            while self.next_size() is not None:
                 out.append(self.open())
             if not data:
                 break
