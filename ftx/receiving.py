@@ -42,7 +42,7 @@ from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
-from .storage import Busy, Destination, PartialFile, claim, remove_stale_partial
+from .storage import Busy, Destination, PartialFile, claim
 from .transport.link import Watchdog, link_busy
 from .tree_state import check_directory
 
@@ -326,7 +326,7 @@ class ReceiveSession:
             if part is not None:
                 part.discard()
             else:
-                remove_stale_partial(self.dest.resolve(entry.path, make_parents=False))
+                self.dest.remove_stale_partial(self.dest.resolve(entry.path, make_parents=False))
             self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST, "destination already identical")
             return
         if part is not None:

@@ -33,7 +33,6 @@ import os
 import stat
 import threading
 import time
-import weakref
 
 from .claims import Busy, claim, in_use
 from .core.checksum import file_digest
@@ -49,7 +48,6 @@ from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted
-_roots: "weakref.WeakValueDictionary[bytes, Destination]" = weakref.WeakValueDictionary()
 
 
 class MadeDir:
@@ -90,7 +88,6 @@ class Destination:
         except BaseException:
             self.close()
             raise
-        _roots[self.root] = self
 
     # -- ftx's own state directory ----------------------------------------------------
     def _open_state(self, create: bool) -> int:
@@ -527,31 +524,4 @@ class ByteBudget:
                 self.used -= n
 
 
-def _owner(path: bytes) -> Destination | None:
-    for root, dest in list(_roots.items()):
-        if path.startswith(root + b"/"):
-            return dest
-    return None
-
-
-def hash_file(path: bytes) -> bytes:
-    """XXH3-128 of a file, streaming; below a receive root, through its held directories."""
-    dest = _owner(path)
-    if dest is not None:
-        return dest.hash_file(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS)
-    try:
-        return hash_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_stale_partial(path: bytes) -> None:
-    """Drop leftovers of an earlier run for a destination that is already complete."""
-    dest = _owner(path)
-    if dest is not None:
-        dest.remove_stale_partial(path)
-
-
-__all__ = ["Busy", "Destination", "KEEP_MIN", "PENDING_LIMIT", "PartialFile", "chunk_count", "claim", "hash_file",
-           "in_use", "remove_stale_partial"]
+__all__ = ["Busy", "Destination", "KEEP_MIN", "PENDING_LIMIT", "PartialFile", "chunk_count", "claim", "in_use"]
