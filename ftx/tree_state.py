@@ -3,8 +3,13 @@
 ``directory_state`` lists one destination directory and compares its direct
 entries with what the sender announced.  A peer chooses the directory and
 claims the count, so the cost is bounded: at most ``count + 1`` entries (and
-never more than ``MAX_CHECK_ENTRIES + 1``) are read and held, one directory
-descriptor is open while it runs, nothing is created or changed.
+never more than ``MAX_CHECK_ENTRIES + 1``) are read, and held in at most
+``MAX_LISTING_BYTES`` (long names and symlink targets could otherwise make one
+listing hold ~290 MiB); at most ``LISTINGS_AT_ONCE`` listings are held at once in
+the process, whatever the number of senders; one directory descriptor is open
+while it runs, nothing is created or changed.  A listing past its bound is not
+compared (DIR_DIFFERENT): the sender goes on item by item, each with its own
+quick check.
 
 ftx's own names (``core.tree.is_ftx_own``: the state directory and temporaries)
 are left out, as the sender's walk leaves them out.
@@ -14,13 +19,22 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 from .core.manifest import Kind
 from .core.messages import DIR_ABSENT, DIR_DIFFERENT, DIR_SAME
-from .core.tree import MAX_CHECK_ENTRIES, dir_digest, entry_record, is_ftx_own
+from .core.tree import MAX_CHECK_ENTRIES, ListingHasher, entry_record, is_ftx_own
 from .errors import FtxError
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+MAX_LISTING_BYTES = 16 << 20
+"""Memory one listing may hold: each entry counts its name, its digest record and
+``ENTRY_OVERHEAD`` (65 536 entries of 20-byte names take ~6 MiB)."""
+ENTRY_OVERHEAD = 48  # a bytes object's header and its list slot
+LISTINGS_AT_ONCE = 2  # listings held at once, all sessions together (worker threads wait)
+_listing_slots = threading.BoundedSemaphore(LISTINGS_AT_ONCE)
 
 
 class NotComparable(Exception):
@@ -40,14 +54,23 @@ def digest_of_directory(path: bytes, limit: int = MAX_CHECK_ENTRIES + 1) -> tupl
         os.close(fd)
 
 
-def _digest_fd(fd: int, limit: int) -> tuple[int, bytes]:
-    records = []
+def _digest_fd(fd: int, limit: int, budget: int = MAX_LISTING_BYTES) -> tuple[int, bytes]:
+    with _listing_slots:
+        return _listing_digest(fd, limit, budget)
+
+
+def _listing_digest(fd: int, limit: int, budget: int) -> tuple[int, bytes]:
+    # One bytes object per entry, ``name NUL record``: names hold no NUL, so sorting these
+    # sorts by name bytes (a name that is a prefix of another sorts first, as in
+    # core.tree.dir_digest), and the record is what follows the first NUL.
+    keyed = []
+    held = 0
     with os.scandir(fd) as it:  # names come as str here: fsencode gives the bytes back
         for de in it:
             name = os.fsencode(de.name)
             if is_ftx_own(name):
                 continue
-            if len(records) >= limit:
+            if len(keyed) >= limit:
                 raise NotComparable(f"more than {limit} entries")
             st = de.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
@@ -58,8 +81,16 @@ def _digest_fd(fd: int, limit: int) -> tuple[int, bytes]:
                 rec = entry_record(Kind.SYMLINK, name, 0, target=os.readlink(name, dir_fd=fd))
             else:
                 raise NotComparable(f"{os.fsdecode(name)} is a special file")
-            records.append((name, rec))
-    return len(records), dir_digest(records)
+            key = name + b"\0" + rec
+            held += len(key) + ENTRY_OVERHEAD
+            if held > budget:
+                raise NotComparable(f"listing larger than {budget} bytes")
+            keyed.append(key)
+    keyed.sort()
+    h = ListingHasher()
+    for key in keyed:
+        h.update(memoryview(key)[key.index(0) + 1:])
+    return len(keyed), h.digest()
 
 
 def directory_state(fd: int | None, count: int, digest: bytes) -> int:

@@ -231,6 +231,44 @@ def test_absent_and_bounded(tmp_path):
     assert directory_state(os.fsencode(tmp_path / "file"), 0, dir_digest([])) == DIR_DIFFERENT
 
 
+def test_listing_sorts_by_name_bytes_like_the_sender(tmp_path):
+    """The receiver holds ``name NUL record`` per entry; its order must be the sender's name order,
+    prefixes and high bytes included, or equal trees would never compare SAME."""
+    from ftx.core.tree import entry_record
+
+    d = tmp_path / "d"
+    d.mkdir()
+    names = [b"a", b"ab", b"a\x01", b"a-", b"\xff", b"a b", b"B"]
+    records = []
+    for n in names:
+        path = os.path.join(os.fsencode(d), n)
+        with open(path, "wb") as f:
+            f.write(n)
+        os.chmod(path, 0o644)
+        os.utime(path, ns=(10**18, 10**18))
+        records.append((n, entry_record(Kind.FILE, n, 0o644, len(n), 10**18)))
+    assert digest_of_directory(os.fsencode(d)) == (len(names), dir_digest(records))
+
+
+def test_listing_memory_is_bounded(tmp_path):
+    """Long names and symlink targets: 65 536 of them would hold ~290 MiB; past the byte bound
+    the listing is not compared (DIFFERENT: the sender goes item by item), and what it held is freed."""
+    from ftx.tree_state import _digest_fd
+
+    d = tmp_path / "links"
+    d.mkdir()
+    for i in range(40):
+        os.symlink("t" * 4000 + str(i), d / ("n" * 200 + str(i)))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        count, digest = _digest_fd(fd, 100)  # 40 x ~4.3 KB: within the default bound
+        assert count == 40
+        with pytest.raises(NotComparable, match="larger than"):
+            _digest_fd(fd, 100, budget=100_000)
+    finally:
+        os.close(fd)
+
+
 # -- end to end ------------------------------------------------------------------------------------
 class CountingProxy:
     """A TCP relay on loopback that counts the bytes it carries each way."""
