@@ -172,13 +172,15 @@ class Usage:
                 in_state = top == "./.ftx" or top.startswith("./.ftx/")
                 for name in files:
                     seen += 1
+                    if seen > WALK_CAP:
+                        break
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     except OSError:
                         continue
                     if stat.S_ISREG(st.st_mode):
                         total += min(st.st_size, st.st_blocks * 512) if in_state else st.st_size
-                if seen >= WALK_CAP:
+                if seen > WALK_CAP:
                     self.capped = True
                     log.warning("area count stopped after %d entries: its quota counts %d bytes at least",
                                 seen, total)
@@ -305,6 +307,7 @@ class Areas:
         dest = Destination(root.root + b"/" + spec.dir, root.overwrite, root.limits, root_fd=fd)
         dest.descriptors, dest.pending = root.descriptors, root.pending  # one budget for all areas
         dest.dirs.limit = AREA_DIR_CACHE
+        dest.expire_partials(root.limits.partial_ttl)  # the root's hourly expiry sees --dir/.ftx only
         usage = self._usage.setdefault(spec.dir, Usage())
         if spec.quota is not None or spec.max_file_size is not None:
             usage.count(fd)

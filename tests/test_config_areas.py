@@ -173,10 +173,12 @@ def test_each_sender_writes_only_into_its_area_and_others_are_refused(tmp_path):
         rc, _, err = run_send(str(tmp_path / "src" / "big.bin"), dest, env=ids["alice"][0])  # chunked, in alice/
         assert rc == 0, err
         assert (dst / "alice" / "big.bin").stat().st_size == 3 << 20
+        rc, _, err = run_send(str(tmp_path / "src" / "big.bin"), dest, "--udp", env=ids["bob"][0])
+        assert rc == 1 and "max-file-size" in err, err  # over UDP too, bob's area and its limits
         # carol is authorized but has no area: refused with a reason, nothing written
         rc, _, err = run_send(str(tmp_path / "src" / "same.bin"), dest, env=ids["carol"][0])
         assert rc != 0 and "no area" in err, err
-        ev = wait_for(lambda: _event(lines, "session", lambda e: not e["ok"]), what="carol's session line")
+        ev = wait_for(lambda: _event(lines, "session", lambda e: "no area" in (e.get("error") or "")), what="carol's session line")
         assert ev["ok"] is False and "no area" in ev["error"]
         assert sorted(p.name for p in dst.iterdir()) == ["alice", "people"]
     finally:
@@ -259,6 +261,31 @@ def test_data_past_the_quota_fails_the_file_and_nothing_lands(tmp_path):
         dest.close()
 
 
+def test_an_area_directory_that_is_a_symlink_is_refused_and_nothing_lands_elsewhere(tmp_path):
+    ids, config = _areas_setup(tmp_path)
+    write_random(tmp_path / "src" / "f.bin", 10_000)
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "dst" / "alice").symlink_to(tmp_path / "elsewhere")
+    proc, _, first = _start(config)
+    try:
+        rc, _, err = run_send(str(tmp_path / "src" / "f.bin"), f"127.0.0.1:{first['port']}", env=ids["alice"][0])
+        assert rc != 0 and "symlink" in err, err
+        assert list((tmp_path / "elsewhere").iterdir()) == []
+        rc, _, err = run_send(str(tmp_path / "src" / "f.bin"), f"127.0.0.1:{first['port']}", env=ids["bob"][0])
+        assert rc == 0, err  # the others' areas still work
+    finally:
+        _stop(proc)
+
+
+def test_areas_need_authenticated_senders(tmp_path):
+    _, config = _areas_setup(tmp_path)
+    text = "\n".join(line for line in config.read_text().splitlines() if not line.startswith("authorized-keys"))
+    config.write_text(text.replace("port = 0", "port = 0\ninsecure = true"))
+    r = _run_receive("--config", str(config))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"ftx: {config}: areas need"), r.stderr
+
+
 def test_sighup_reloads_areas_and_keeps_the_old_settings_on_a_bad_file(tmp_path):
     ids, config = _areas_setup(tmp_path)
     write_random(tmp_path / "src" / "f.bin", 10_000)
@@ -295,3 +322,29 @@ def _event(lines: LineReader, kind: str, pred=lambda ev: True) -> dict | None:
             return None
         if ev["event"] == kind and pred(ev):
             return ev
+
+
+def test_a_transfer_in_progress_keeps_its_area_across_a_reload(tmp_path):
+    from .helpers import journal_records, start_send
+
+    ids, config = _areas_setup(tmp_path)
+    write_random(tmp_path / "src" / "slow.bin", 2 << 20, seed=7)
+    write_random(tmp_path / "src" / "f.bin", 10_000)
+    proc, lines, first = _start(config)
+    dest = f"127.0.0.1:{first['port']}"
+    dst = tmp_path / "dst"
+    try:
+        slow = start_send(str(tmp_path / "src" / "slow.bin"), dest, "--max-rate", "1M", "--chunk-size", "256K",
+                          env=ids["alice"][0])
+        wait_for(lambda: journal_records(dst / "alice", "slow.bin") >= 1, what="alice's transfer under way")
+        config.write_text(config.read_text().replace('dir = "alice"', 'dir = "alice2"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _event(lines, "reloaded"), what="the reload")
+        rc, _, err = run_send(str(tmp_path / "src" / "f.bin"), dest, env=ids["alice"][0])
+        assert rc == 0, err
+        assert (dst / "alice2" / "f.bin").exists()  # a new session: the new area
+        slow.communicate(timeout=30)
+        assert slow.returncode == 0
+        assert (dst / "alice" / "slow.bin").read_bytes() == (tmp_path / "src" / "slow.bin").read_bytes()
+    finally:
+        _stop(proc)
