@@ -120,6 +120,13 @@ def parse_areas(table, default) -> AreaTable:
             if a is not b and (b.dir == a.dir or b.dir.startswith(a.dir + b"/")):
                 raise AreaError(f"areas.{b.name}.dir", f"{os.fsdecode(b.dir)!r} is inside area {a.name!r}'s "
                                                         f"directory: areas must not overlap")
+    owner: dict[str, str] = {}
+    for a in areas:  # one sender, one area
+        for who in sorted(a.keys | a.subjects):
+            if who in owner:
+                raise AreaError(f"areas.{a.name}", f"{who!r} is also the sender of area {owner[who]!r}: "
+                                                    f"a sender has one area")
+            owner[who] = a.name
     if default is not None and not any(a.name == default for a in areas):
         raise AreaError("default-area", f"no area is named {default!r}")
     return AreaTable(tuple(areas), default)
@@ -185,7 +192,7 @@ class Usage:
                     log.warning("area count stopped after %d entries: its quota counts %d bytes at least",
                                 seen, total)
                     break
-            self.used += total
+            self.used = total  # (nothing was tracked before: take/give wait for the count, under the lock)
             self.counted = True
 
 
@@ -199,8 +206,8 @@ class Quota:
         """At an offer: refuse a file over max-file-size, or whose ``needed`` bytes do not fit."""
         spec = self.spec
         if size is not None and spec.max_file_size is not None and size > spec.max_file_size:
-            raise StorageError(f"{size} bytes is over area {spec.name!r}'s max-file-size of "
-                               f"{spec.max_file_size} bytes", ErrorCode.STORAGE)
+            raise StorageError(f"{size} bytes: larger than the max-file-size of area {spec.name!r} "
+                               f"({spec.max_file_size} bytes)", ErrorCode.STORAGE)
         if spec.quota is not None and needed > 0:
             left = spec.quota - self.usage.used
             if needed > left:
@@ -212,6 +219,8 @@ class Quota:
         the files that replacements in flight will free)."""
         spec = self.spec
         with self.usage.lock:
+            if not self.usage.counted:  # no quota yet (max-file-size only): the first count will see it
+                return
             if spec.quota is not None and self.usage.used + nbytes > spec.quota + self.usage.credit:
                 raise StorageError(f"area {spec.name!r} reached its quota of {spec.quota} bytes",
                                    ErrorCode.STORAGE)
@@ -220,7 +229,8 @@ class Quota:
     def stored(self, added: int, removed: int) -> None:
         """A small file was stored (checked at its offer): ``added`` bytes in, ``removed`` replaced."""
         with self.usage.lock:
-            self.usage.used = max(0, self.usage.used + added - removed)
+            if self.usage.counted:
+                self.usage.used = max(0, self.usage.used + added - removed)
 
     def credit(self, path: bytes, nbytes: int) -> None:
         """``path`` is being replaced by a file in flight: its ``nbytes`` leave at the rename (0: no more)."""
@@ -232,7 +242,8 @@ class Quota:
     def give(self, nbytes: int) -> None:
         if nbytes > 0:
             with self.usage.lock:
-                self.usage.used = max(0, self.usage.used - nbytes)
+                if self.usage.counted:
+                    self.usage.used = max(0, self.usage.used - nbytes)
 
 
 # -- choosing a sender's destination --------------------------------------------------
@@ -268,6 +279,9 @@ class Areas:
             if self.on_refused is not None:
                 self.on_refused(link, reason)
             return None
+        dest = self._dests.get(spec)
+        if dest is not None:
+            return dest
         async with self._lock:  # one first count per area, however many senders arrive at once
             dest = self._dests.get(spec)
             if dest is None:
@@ -307,7 +321,10 @@ class Areas:
         dest = Destination(root.root + b"/" + spec.dir, root.overwrite, root.limits, root_fd=fd)
         dest.descriptors, dest.pending = root.descriptors, root.pending  # one budget for all areas
         dest.dirs.limit = AREA_DIR_CACHE
-        dest.expire_partials(root.limits.partial_ttl)  # the root's hourly expiry sees --dir/.ftx only
+        try:
+            dest.expire_partials(root.limits.partial_ttl)  # the root's hourly expiry sees --dir/.ftx only
+        except (OSError, FtxError) as exc:
+            log.warning("area %s: old partial files not expired: %s", spec.name, exc)
         usage = self._usage.setdefault(spec.dir, Usage())
         if spec.quota is not None or spec.max_file_size is not None:
             usage.count(fd)

@@ -52,7 +52,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 #: refusals whose text does not name their option (shared with the sender's side), by their wording
 _UNNAMED = (("the handshake did not finish within", "handshake_timeout"),
-            ("'s max-file-size of", "max_file_size"), ("its quota", "quota"), ("has no area for", "area"))  # ftx/areas.py
+            ("the max-file-size of area", "max_file_size"), ("its quota", "quota"), ("has no area for", "area"))  # ftx/areas.py
 
 
 def refusal_reason(message: str) -> str | None:

@@ -102,6 +102,9 @@ def test_the_config_file_can_come_from_ftx_config(tmp_path):
     ('[areas.a]\nkey = "SHA256:x"\ndir = "a"\nquota = "lots"\n', "areas.a.quota", "size"),
     ('[areas.a]\nkey = "SHA256:x"\ndir = "a"\n[areas.b]\nkey = "SHA256:y"\ndir = "a/b"\n', "areas.b.dir", "inside"),
     ('default-area = "nobody"\n', "default-area", "no area"),
+    ('[areas.a]\nkey = "SHA256:x"\ndir = "a"\n[areas.b]\nkey = ["SHA256:y", "SHA256:x"]\ndir = "b"\n', "areas.b",
+     "one area"),
+    ('[areas.a]\nkey = "SHA256:x"\ndir = "."\n', "areas.a.dir", "'.'"),
 ])
 def test_a_bad_key_is_one_line_and_exit_2(tmp_path, text, key, words):
     config = tmp_path / "bad.toml"
@@ -200,7 +203,8 @@ def test_quota_and_max_file_size_refuse_offers_and_count_overwrites(tmp_path):
     bob = tmp_path / "dst" / "people" / "bob"
     try:
         rc, report, _ = run_send(str(src / "huge.bin"), dest, env=env)
-        assert rc == 1 and "max-file-size" in report["files"][0]["message"]
+        message = report["files"][0]["message"]
+        assert rc == 1 and "max-file-size" in message and refusal_reason(message) == "max_file_size", report
         for name in ("a.bin", "b.bin"):
             rc, _, err = run_send(str(src / name), dest, env=env)
             assert rc == 0, err
