@@ -352,3 +352,19 @@ def test_a_transfer_in_progress_keeps_its_area_across_a_reload(tmp_path):
         assert (dst / "alice" / "slow.bin").read_bytes() == (tmp_path / "src" / "slow.bin").read_bytes()
     finally:
         _stop(proc)
+
+
+def test_tls_senders_match_by_subject_or_fingerprint_and_the_default_area_takes_the_rest():
+    from ftx.areas import parse_areas
+    from ftx.core.secure import PeerIdentity
+
+    table = parse_areas({"scans": {"subject": "scanner.example.org", "dir": "scans"},
+                         "pinned": {"subject": "SHA256:abc", "dir": "pinned"},
+                         "keys": {"key": "SHA256:def", "dir": "k"}}, None)
+    assert table.match(PeerIdentity("tls", "SHA256:zzz", b"", "scanner.example.org")).name == "scans"
+    assert table.match(PeerIdentity("tls", "SHA256:abc", b"", "other")).name == "pinned"
+    assert table.match(PeerIdentity("key", "SHA256:def", b"", "")).name == "keys"
+    assert table.match(PeerIdentity("key", "SHA256:zzz", b"", "scanner.example.org")) is None  # a key's comment is no subject
+    assert table.match(PeerIdentity("code", "", b"", "code")) is None
+    with_default = parse_areas({"a": {"key": "SHA256:a", "dir": "a"}}, "a")
+    assert with_default.match(PeerIdentity("key", "SHA256:other")).name == "a"
