@@ -221,16 +221,10 @@ class Quota:
         with self.usage.lock:
             if not self.usage.counted:  # no quota yet (max-file-size only): the first count will see it
                 return
-            if spec.quota is not None and self.usage.used + nbytes > spec.quota + self.usage.credit:
+            if spec.quota is not None and nbytes > 0 and self.usage.used + nbytes > spec.quota + self.usage.credit:
                 raise StorageError(f"area {spec.name!r} reached its quota of {spec.quota} bytes",
                                    ErrorCode.STORAGE)
-            self.usage.used += nbytes
-
-    def stored(self, added: int, removed: int) -> None:
-        """A small file was stored (checked at its offer): ``added`` bytes in, ``removed`` replaced."""
-        with self.usage.lock:
-            if self.usage.counted:
-                self.usage.used = max(0, self.usage.used + added - removed)
+            self.usage.used = max(0, self.usage.used + nbytes)
 
     def credit(self, path: bytes, nbytes: int) -> None:
         """``path`` is being replaced by a file in flight: its ``nbytes`` leave at the rename (0: no more)."""
@@ -240,7 +234,8 @@ class Quota:
                 self.usage.credits[path] = nbytes
 
     def give(self, nbytes: int) -> None:
-        if nbytes > 0:
+        """``nbytes`` left the area (negative: a take of a smaller replacement is undone)."""
+        if nbytes:
             with self.usage.lock:
                 if self.usage.counted:
                     self.usage.used = max(0, self.usage.used - nbytes)
@@ -264,6 +259,7 @@ class Areas:
         self._dests: dict[AreaSpec, object] = {}
         self._usage: dict[bytes, Usage] = {}
         self._lock = asyncio.Lock()
+        self._expiry: asyncio.Task | None = None
 
     async def __call__(self, link):
         """The Destination for this link's sender, or None when it was refused (it was told why)."""
@@ -297,7 +293,23 @@ class Areas:
                 live = set(table.areas)  # those of an older table are dropped: their sessions keep theirs
                 self._dests = {s: d for s, d in self._dests.items() if s in live}
                 self._dests[spec] = dest
+                if self._expiry is None:
+                    self._expiry = asyncio.get_running_loop().create_task(self._expire())
+        log.debug("%s: area %s (%s)", getattr(link, "peer", "?"), spec.name, os.fsdecode(dest.root))
         return dest
+
+    async def _expire(self) -> None:
+        """Remove stale partials in the areas in use, as the root's expiry does in --dir/.ftx."""
+        from .expiry import interval_for
+
+        ttl = self.root.limits.partial_ttl
+        while True:
+            await asyncio.sleep(interval_for(ttl))
+            for dest in list(self._dests.values()):
+                try:
+                    await asyncio.to_thread(dest.expire_partials, ttl)
+                except Exception as exc:  # a vanished area must not stop the receiver
+                    log.warning("could not expire stale partial files in %s: %s", os.fsdecode(dest.root), exc)
 
     def _open(self, spec: AreaSpec):
         """A Destination rooted at the area's directory, made (0700) if missing, never through a symlink."""

@@ -449,6 +449,7 @@ class Destination:
         rel = self.check(entry.path)
         parent, _, name = rel.rpartition(b"/")
         d = self.dirs.hold(parent, create=True)
+        counted = 0  # bytes an area's quota counted for this file: given back unless it is stored
         try:
             if self.overwrite and self._same(d, name, len(data), digest):
                 return ErrorCode.IDENTICAL
@@ -456,6 +457,9 @@ class Destination:
             if data or self.quota is not None:
                 self._fits(d.fd, d.dev, len(data), len(data), old)
                 self._space[d.dev][2] += len(data)
+            if self.quota is not None:  # counted at once: small files arriving together cannot pass it
+                self.quota.take(len(data) - old)
+                counted = len(data) - old
             with claim(self.root + b"/" + rel):
                 mode = creation_mode(entry.mode)
                 try:
@@ -469,13 +473,10 @@ class Destination:
                         pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
                     seal(t.fd, entry.mode, entry.mtime_ns, sync=False, chmod=bool(t.name) or mode != entry.mode & 0o777)
                     if self.overwrite:
-                        if self.quota is not None:
-                            old = self.replaced_size(d.fd, name)
                         t.replace(name)
                     else:
                         t.link(name)
-                    if self.quota is not None:
-                        self.quota.stored(len(data), old)
+                    counted = 0  # stored: it stays counted
                 except FileExistsError:
                     if self._same(d, name, len(data), digest):
                         return ErrorCode.IDENTICAL
@@ -489,6 +490,8 @@ class Destination:
                     t.close()
             self._written(d)
         finally:
+            if counted:
+                self.quota.give(counted)
             self.dirs.release(d)
         return ErrorCode.OK
 

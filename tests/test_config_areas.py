@@ -368,3 +368,48 @@ def test_tls_senders_match_by_subject_or_fingerprint_and_the_default_area_takes_
     assert table.match(PeerIdentity("code", "", b"", "code")) is None
     with_default = parse_areas({"a": {"key": "SHA256:a", "dir": "a"}}, "a")
     assert with_default.match(PeerIdentity("key", "SHA256:other")).name == "a"
+
+
+def test_two_senders_with_one_key_share_the_area_quota(tmp_path):
+    import json
+
+    from .helpers import start_send
+
+    ids, config = _areas_setup(tmp_path)
+    for who in ("x", "y"):
+        for i in range(2):
+            write_random(tmp_path / who / f"{who}{i}.bin", 30_000, seed=hash((who, i)) & 0xFFFF)
+    proc, _, first = _start(config)
+    dest = f"127.0.0.1:{first['port']}"
+    try:
+        senders = [start_send(str(tmp_path / who), dest, env=ids["bob"][0]) for who in ("x", "y")]
+        statuses = []
+        for s in senders:
+            out, _ = s.communicate(timeout=60)
+            statuses += [(f["status"], f.get("message", "")) for f in json.loads(out)["files"] if f["kind"] == "file"]
+        assert sorted(st for st, _ in statuses) == ["ok", "ok", "ok", "storage"], statuses
+        assert any("quota" in m for st, m in statuses if st == "storage")
+        held = sum(p.stat().st_size for p in (tmp_path / "dst" / "people" / "bob").rglob("*.bin"))
+        assert held == 90_000  # 120K offered, 100K allowed: three of the four files
+    finally:
+        _stop(proc)
+
+
+def test_stale_partials_in_an_area_expire_as_in_the_root(tmp_path):
+    from .helpers import journal_records, start_send
+
+    ids, config = _areas_setup(tmp_path)
+    config.write_text(config.read_text().replace("port = 0\n", 'port = 0\npartial-ttl = "2s"\n'))
+    write_random(tmp_path / "src" / "slow.bin", 4 << 20, seed=8)
+    proc, _, first = _start(config)
+    area = tmp_path / "dst" / "alice"
+    try:
+        slow = start_send(str(tmp_path / "src" / "slow.bin"), f"127.0.0.1:{first['port']}", "--max-rate", "2M",
+                          "--chunk-size", "256K", env=ids["alice"][0])
+        wait_for(lambda: journal_records(area, "slow.bin") >= 6, what="1.5 MiB in alice's area")
+        slow.kill()
+        slow.communicate(timeout=10)
+        wait_for(lambda: not (area / ".ftx").exists() or not any((area / ".ftx").iterdir()), timeout=30,
+                 interval=0.1, what="the stale partial expired")
+    finally:
+        _stop(proc)
