@@ -413,3 +413,22 @@ def test_stale_partials_in_an_area_expire_as_in_the_root(tmp_path):
                  interval=0.1, what="the stale partial expired")
     finally:
         _stop(proc)
+
+
+def test_the_partial_bytes_metric_counts_the_areas_partials(tmp_path):
+    from ftx import config_file
+    from ftx.cli import receive
+    from ftx.metrics import _scan_partials
+
+    ids, config = _areas_setup(tmp_path)
+    for d in ("dst/.ftx", "dst/alice/.ftx", "dst/people/bob/.ftx"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "d-x").write_bytes(os.urandom(64 << 10))
+    root = os.fsencode(tmp_path / "dst")
+    try:
+        config_file.use(None)
+        assert 64 << 10 <= _scan_partials(root) < 128 << 10
+        config_file.use(config_file.read(str(config), receive.params))
+        assert 3 * (64 << 10) <= _scan_partials(root) < 4 * (64 << 10)
+    finally:
+        config_file.use(None)
