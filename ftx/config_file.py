@@ -7,7 +7,9 @@ sizes and durations take the options' strings ("256M", "10m") or integers.
 Options given on the command line win: the file only sets the command's
 ``default_map``, from an eager ``--config`` callback (also ``FTX_CONFIG``).
 
-A file never holds a secret: a pairing code, a password or a PEM key is refused
+The file grants access, so it is refused (as authorized_keys is) when someone else
+could have written it: owned by another user than us or root, or writable by group
+or others.  A file never holds a secret: a pairing code, a password or a PEM key is refused
 (files name paths to keys: ``identity``, ``tls-key``).  Every mistake is one line,
 ``ftx: FILE: key 'x': ...``, and exit 2.  SIGHUP re-reads the file
 (``Settings.reload``): areas and their quotas change for new sessions, the
@@ -87,11 +89,16 @@ def use(settings: Settings | None) -> None:
 
 def read(path: str, params) -> Settings:
     """Read and check FILE against the command's ``params`` (click Parameters).  Raises ConfigError."""
+    from .credentials import CredentialError, read_trusted
+
+    try:  # it grants access (areas, keys, --insecure): refused if someone else could have written it
+        text = read_trusted(path, "config file")
+    except CredentialError as exc:
+        raise ConfigError(path, None, str(exc).replace(f"config file {path} ", "", 1)) from None
+    if text is None:
+        raise ConfigError(path, None, "cannot read it: no such file")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read it: {exc.strerror or exc}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not TOML: {exc}") from None
     by_key = {}

@@ -125,6 +125,15 @@ def test_a_file_that_is_not_toml_or_missing_is_one_line(tmp_path):
         assert r.stderr.startswith(f"ftx: {path}: "), r.stderr
 
 
+def test_a_config_file_others_can_write_is_refused(tmp_path):
+    config = tmp_path / "receive.toml"
+    config.write_text('insecure = true\n')
+    config.chmod(0o666)
+    r = _run_receive("--config", str(config), "--dir", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"ftx: {config}: ") and "writable by others" in r.stderr, r.stderr
+
+
 def test_the_shipped_example_loads_as_shipped():
     import click
 
