@@ -284,8 +284,8 @@ class Areas:
                 try:
                     dest = await asyncio.to_thread(self._open, spec)
                 except (OSError, FtxError) as exc:
-                    reason = f"the receiver cannot use area {spec.name!r}: {getattr(exc, 'strerror', None) or exc}"
-                    log.warning("%s", reason)
+                    reason = f"the receiver cannot use area {spec.name!r} (its log says why)"
+                    log.warning("area %s: %s", spec.name, getattr(exc, "strerror", None) or exc)  # local paths stay here
                     await refuse(link, reason)
                     if self.on_refused is not None:
                         self.on_refused(link, reason)
