@@ -193,6 +193,7 @@ def _looks_like_code(text: str) -> bool:
 def _on_config(ctx: click.Context, param, value):
     """Eager: read FILE before the other options, so that they take their defaults from it."""
     if value is None:
+        use(None)  # (an earlier run in this process may have read one)
         return None
     try:
         settings = read(value, ctx.command.params)
