@@ -26,6 +26,7 @@ from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .limits import Admission, Limits, parse_duration, parse_size
+from . import config_file
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
@@ -447,6 +448,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
               help="Serve Prometheus metrics over HTTP at HOST:PORT (a bare PORT: 127.0.0.1); path /metrics.")
 @_limit_options
 @_with(verbosity)
+@config_file.option()
 def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, yes, identity, authorized_keys, tls_cert,
             tls_key, tls_ca, tls_any_client, insecure, metrics_at, verbose, quiet, as_json, log_format, no_progress,
             idle_timeout, **limit_values):
@@ -741,6 +743,9 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
     svc = Service(_emit if as_json else None, admission=admission, auth=auth, dest_root=dest.root,
                   metrics_at=metrics_at)  # the one observer: --json lines, metrics, systemd STATUS
     await svc.start()
+    from .areas import chooser
+
+    dest_for = chooser(dest, svc, admission)  # each sender's Destination: --dir, or its area (--config [areas])
     udp_handle, udp_config = lambda link: handlers["handle"](link, 15.0), UdpConfig(idle_timeout=idle_timeout or 15.0)
     if passed:
         socks, bound, udp_server = await serve_passed(passed, udp_handle, udp_config, admission, limits)
@@ -836,8 +841,10 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             on_file(report)
 
         try:
+            if (session_dest := await dest_for(link)) is None:
+                return  # no area for this sender: told, logged, published
             with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
-                session = await receive_over(link, dest, on_file=on_file_counted,
+                session = await receive_over(link, session_dest, on_file=on_file_counted,
                                              idle_timeout=idle_timeout or default_timeout,
                                              progress=tally, limits=limits, budget=budget,
                                              confirm=(lambda hello: ask(link, hello)) if auth.ask else None,

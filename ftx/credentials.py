@@ -217,7 +217,7 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
     os.close(fd)
 
 
-def _read_trusted(path: str, what: str) -> str | None:
+def read_trusted(path: str, what: str) -> str | None:
     """The text of a file that grants access (authorized_keys, known_hosts), or None when it
     does not exist.  Refused (as ssh's StrictModes) when someone else could have written
     it -- the file (after symlinks) writable by group or others or owned by another user
@@ -281,7 +281,7 @@ class AuthorizedKeys:
         stamp = self._stat()
         if stamp is not None and stamp == self._stamp and not force:
             return
-        text = _read_trusted(self.path, "authorized keys")
+        text = read_trusted(self.path, "authorized keys")
         keys: dict[bytes, str] = {}
         for number, line in enumerate((text or "").splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -338,7 +338,7 @@ class KnownHosts:
     def lookup(self) -> tuple[str, int] | None:
         """(fingerprint, line number) stored for this host, or None.  Refused, as authorized_keys,
         when someone else could have written the file (they could plant a key for this host)."""
-        text = _read_trusted(self.path, "known hosts")
+        text = read_trusted(self.path, "known hosts")
         for number, line in enumerate((text or "").splitlines(), 1):
             parts = line.split()
             if len(parts) >= 2 and not parts[0].startswith("#") and parts[0] == self.label:

@@ -51,7 +51,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 #: refusals whose text does not name their option (shared with the sender's side), by their wording
-_UNNAMED = (("the handshake did not finish within", "handshake_timeout"),)
+_UNNAMED = (("the handshake did not finish within", "handshake_timeout"),
+            ("the max-file-size of area", "max_file_size"), ("its quota", "quota"), ("has no area for", "area"))  # ftx/areas.py
 
 
 def refusal_reason(message: str) -> str | None:
@@ -235,8 +236,17 @@ class _Live:
 
 def _scan_partials(root: bytes) -> int:
     """Bytes on disk (not sparse sizes) of the partial data and journals in ftx's state
-    directory ``root/.ftx`` (storage.py keeps them there; one directory, never a walk of --dir).
+    directory ``root/.ftx`` (storage.py keeps them there; one directory, never a walk of --dir),
+    and in each configured area's (``--config`` [areas], ftx/areas.py).
     Partials kept beside their file under another mount point are not counted."""
+    from .config_file import current
+
+    settings = current()
+    areas = settings.areas.areas if settings is not None and settings.areas is not None else ()
+    return _scan_state(root) + sum(_scan_state(os.path.join(root, area.dir)) for area in areas)
+
+
+def _scan_state(root: bytes) -> int:
     try:
         fd = os.open(os.path.join(root, b".ftx"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -399,6 +399,8 @@ class PartialFile:
         with pinned(self.dest.dirs, self.dir_rel, create=True) as d:
             src_dir = state if info.where == IN_STATE else d.fd
             try:
+                if overwrite:
+                    self.dest.replacing(d.fd, self.name)  # an area's quota counts the difference
                 if overwrite and info.where == IN_STATE:
                     os.rename(info.data_name, self.name, src_dir_fd=state, dst_dir_fd=d.fd)
                 elif overwrite:  # a fresh random name first: the data's own name sits in a user's directory
@@ -445,6 +447,8 @@ class PartialFile:
         """Remove our journal and data file (by their names in our directories)."""
         if state >= 0:
             drop_files(self.dest, state, self.jname, self._info)
+        if self._on_disk and self.dest.quota is not None:
+            self.dest.dropped(self.path, self.held_bytes())
         self._on_disk = False
 
     def _hashing(self) -> FileHasher:
@@ -485,8 +489,11 @@ class PartialFile:
         """Release descriptors and the claim; the partial stays for a resume if it holds KEEP_MIN
         bytes of verified data, and is removed otherwise."""
         self._drop_pending()
+        on_disk = self._on_disk
         if self.held_bytes() < KEEP_MIN:
             self._remove_files()
+        if self.dest.quota is not None:  # a sender's area (ftx/areas.py): what was removed is counted back
+            self.dest.dropped(self.path, self.held_bytes() if on_disk and not self._on_disk else 0)
         budget = self.dest.descriptors
         with budget.lock:  # from now on nothing reopens it (a worker thread may still be handling a chunk)
             self._closed = True

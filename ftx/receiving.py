@@ -244,7 +244,7 @@ class ReceiveSession:
             flags |= DECISION_DISCARDED
             log.warning("%s: %s; starting over", _name(entry), part.discarded)
         resumed = sum(entry.chunk_length(i) for i in held.values())
-        self.dest.check_space(path, entry.size - resumed)  # refused: the verified chunks stay
+        self.dest.check_space(path, entry.size - resumed, entry.size)  # refused: the verified chunks stay
         if held:
             self._resumed[ev.file_id] = resumed
             log.info("%s: resuming, %d of %d bytes already verified", _name(entry), resumed, entry.size)

@@ -7,7 +7,8 @@ systemd's ``STATUS=`` line (ftx/systemd.py).  ``session(transport)`` wraps one
 authenticated session and gives the ``Progress`` that counts its files and
 bytes in progress (a counter per call, no label per file).  ``run()`` sends
 ``STATUS=`` at most once a second when it changed, and ``WATCHDOG=1`` at half
-the manager's period; ``reload()`` is SIGHUP: the authorized keys are read again.
+the manager's period; ``reload()`` is SIGHUP: the config file (--config: areas, quotas;
+ftx/config_file.py) and the authorized keys are read again.
 """
 
 from __future__ import annotations
@@ -130,8 +131,14 @@ class Service:
         self.notifier.stopping()
 
     def reload(self) -> None:
-        """SIGHUP: read the authorized keys again (running sessions go on; new ones see the new list)."""
+        """SIGHUP: read the config file and the authorized keys again (running sessions go on with what
+        they started with; new ones see the new areas and keys)."""
         self.notifier.reloading()
+        from . import config_file
+
+        settings = config_file.current()
+        if settings is not None:  # --config: areas and quotas for new sessions; the keys below
+            settings.reload()
         try:
             if self.auth is not None and getattr(self.auth, "kind", "") == "key":
                 self.auth.authorized.reload(force=True)

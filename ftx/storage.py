@@ -65,14 +65,20 @@ class MadeDir:
 class Destination:
     """The receive root.  Every wire path is resolved below it, never through a symlink."""
 
-    def __init__(self, root: str | bytes, overwrite: bool = False, limits: Limits | None = None) -> None:
-        self.root = os.path.realpath(os.fsencode(root))
+    def __init__(self, root: str | bytes, overwrite: bool = False, limits: Limits | None = None,
+                 root_fd: int | None = None) -> None:
+        """``root_fd``: a directory descriptor of ``root`` opened by the caller (a sender's area,
+        ftx/areas.py); the destination owns it from now on."""
+        self.root = os.path.realpath(os.fsencode(root)) if root_fd is None else os.fsencode(root)
         self.overwrite = overwrite
         self.limits = limits or Limits()
+        self.quota = None  # an area's quota and max-file-size (ftx/areas.py Quota), checked with --min-free
         self.descriptors = DescriptorBudget(self.limits.max_open_files)
         self.pending = ByteBudget(min(PENDING_TOTAL, self.limits.digest_buffer_bytes))
-        os.makedirs(self.root, exist_ok=True)
-        self.root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
+        if root_fd is None:
+            os.makedirs(self.root, exist_ok=True)
+            root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
+        self.root_fd = root_fd
         self.dirs = HeldDirs(self.root_fd)
         self._lock = threading.RLock()
         self._state_fd = -1
@@ -235,7 +241,9 @@ class Destination:
             self._space[dev] = ent
         return ent[0] - ent[2] - self.limits.min_free
 
-    def _fits(self, fd: int, dev: int, needed: int) -> None:
+    def _fits(self, fd: int, dev: int, needed: int, size: int | None = None, replaced: int = 0) -> None:
+        if self.quota is not None:  # a sender's area: its quota and max-file-size refuse like --min-free
+            self.quota.check(needed - replaced, size)
         if needed > self._room(fd, dev) and needed > self._room(fd, dev, fresh=True):
             free = self._space[dev][0]
             raise StorageError(
@@ -243,14 +251,18 @@ class Destination:
                 f"and {_bytes(self.limits.min_free)} kept free (--min-free)"
             )
 
-    def check_space(self, path: bytes, needed: int) -> None:
-        """Refuse (STORAGE) to store ``needed`` more bytes at ``path`` if they would eat into --min-free."""
-        if needed <= 0:
+    def check_space(self, path: bytes, needed: int, size: int | None = None) -> None:
+        """Refuse (STORAGE) to store ``needed`` more bytes at ``path`` if they would eat into --min-free
+        (or pass an area's quota; a file of ``size`` bytes over the area's max-file-size too)."""
+        if needed <= 0 and (self.quota is None or size is None):
             return
-        where, _ = self._parent(path)
+        where, name = self._parent(path)
         with where as d:
             d = d or self.dirs.root
-            self._fits(d.fd, d.dev, needed)
+            old = self.replaced_size(d.fd, name) if self.quota is not None and self.overwrite else 0
+            self._fits(d.fd, d.dev, max(needed, 0), size, old)
+            if old:  # the file it replaces is counted until then: its writes may use those bytes meanwhile
+                self.quota.credit(path, old)
 
     def account(self, fd: int, nbytes: int, dev: int | None = None) -> None:
         """Before writing ``nbytes`` to ``fd``: fail (STORAGE) if free space has sunk below --min-free.
@@ -264,7 +276,30 @@ class Destination:
             free = self._space[dev][0]
             raise StorageError(f"the receiver's free space sank to {_bytes(free)}; "
                                f"{_bytes(self.limits.min_free)} are kept free (--min-free)")
+        if self.quota is not None:
+            self.quota.take(nbytes)  # fails the file when its data would pass the area's quota
         self._space[dev][2] += nbytes
+
+    def replaced_size(self, dir_fd: int, name: bytes) -> int:
+        """Bytes of the regular file ``name`` (in ``dir_fd``) that a replacement frees; 0 if none.
+        Only an area's quota asks; called just before the rename, the quota is given them back."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    def replacing(self, dir_fd: int, name: bytes) -> None:
+        """A received file is about to be renamed over ``name``: an area's quota gets its bytes back."""
+        if self.quota is not None:
+            self.quota.give(self.replaced_size(dir_fd, name))
+
+    def dropped(self, path: bytes, nbytes: int) -> None:
+        """A partial of ``path`` is over: ``nbytes`` of its data were removed (an area's quota gets them
+        back) and what it replaces is no longer credited."""
+        if self.quota is not None:
+            self.quota.give(nbytes)
+            self.quota.credit(path, 0)
 
     # -- durability -------------------------------------------------------------------------
     def _written(self, d: HeldDir) -> None:
@@ -414,12 +449,17 @@ class Destination:
         rel = self.check(entry.path)
         parent, _, name = rel.rpartition(b"/")
         d = self.dirs.hold(parent, create=True)
+        counted = 0  # bytes an area's quota counted for this file: given back unless it is stored
         try:
             if self.overwrite and self._same(d, name, len(data), digest):
                 return ErrorCode.IDENTICAL
-            if data:
-                self._fits(d.fd, d.dev, len(data))
+            old = self.replaced_size(d.fd, name) if self.quota is not None and self.overwrite else 0
+            if data or self.quota is not None:
+                self._fits(d.fd, d.dev, len(data), len(data), old)
                 self._space[d.dev][2] += len(data)
+            if self.quota is not None:  # counted at once: small files arriving together cannot pass it
+                self.quota.take(len(data) - old)
+                counted = len(data) - old
             with claim(self.root + b"/" + rel):
                 mode = creation_mode(entry.mode)
                 try:
@@ -436,6 +476,7 @@ class Destination:
                         t.replace(name)
                     else:
                         t.link(name)
+                    counted = 0  # stored: it stays counted
                 except FileExistsError:
                     if self._same(d, name, len(data), digest):
                         return ErrorCode.IDENTICAL
@@ -449,6 +490,8 @@ class Destination:
                     t.close()
             self._written(d)
         finally:
+            if counted:
+                self.quota.give(counted)
             self.dirs.release(d)
         return ErrorCode.OK
 
