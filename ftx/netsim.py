@@ -5,7 +5,7 @@ duplicate, reorder, corrupt, delay, rate-limit with a drop-tail queue, or a
 blackout window of total loss -- from a seeded RNG, with counters of what it
 did.  ``Relay`` is the asyncio driver: it listens on one port, forwards each
 client's datagrams to the target from a socket of their own, and applies a
-forward and a reverse emulator.  ``ftx relay`` is its command line.
+forward and a reverse emulator.  ``ftx impair`` is its command line (``ftx relay``, its first name, is a hidden alias).
 """
 
 from __future__ import annotations
