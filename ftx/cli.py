@@ -421,8 +421,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
+        from .source import file_sizes
 
-        progress = Bars()
+        progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
 
     terminated = []
     try:
@@ -447,18 +448,20 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                         "exit": code}, "files")
     if report.error:
         _die(report.error, code)
+    from .progress import summary_line
+
+    line = summary_line(report, transfer_id)
+    if progress is not None and not quiet and not as_json:  # on the terminal that showed the bars, as rsync --stats
+        _tell(line)
+    elif not as_json:  # elsewhere (piped, --no-progress): with -v
+        log.info(line, extra={"fields": {"event": "sent", "transfer_id": transfer_id, "files": report.file_count,
+                                         "identical": report.identical, "failed": report.failed,
+                                         "bytes": report.bytes, "bytes_sent": report.bytes_sent,
+                                         "bytes_resumed": report.bytes_resumed, "seconds": report.seconds}})
     if not report.ok:
         first = report.failures[0]
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
              f"{first.message or first.status}", code)
-    if not as_json:
-        log.info("transfer %s: sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s",
-                 transfer_id, report.file_count, report.identical, report.bytes, report.bytes_sent,
-                 report.bytes_resumed, report.seconds,
-                 extra={"fields": {"event": "sent", "transfer_id": transfer_id, "files": report.file_count,
-                                   "identical": report.identical, "bytes": report.bytes,
-                                   "bytes_sent": report.bytes_sent, "bytes_resumed": report.bytes_resumed,
-                                   "seconds": report.seconds}})
 
 
 async def _until_signalled(coro, terminated: list):
