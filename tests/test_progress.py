@@ -140,3 +140,40 @@ def test_no_summary_with_quiet(tmp_path, receiver):
     rc, screen = _send_on_tty(str(tmp_path / "f.bin"), receiver.dest, "-q",
                               "--expect-fingerprint", receiver.listening["fingerprint"])
     assert rc == 0 and "ftx: sent" not in screen and "total:" in screen
+
+
+def test_the_receivers_bar_is_a_session_total_not_a_wrong_file_name(tmp_path):
+    """Issue #14: the receiver's bar named the file decided last while chunks of an earlier one arrived."""
+    from .helpers import LineReader, run_send
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    (tmp_path / "dst").mkdir()
+    proc = subprocess.Popen(FTX + ["receive", "--insecure", "--once", "--port", "0", "--dir", str(tmp_path / "dst"),
+                                   "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    try:
+        port = LineReader(proc.stdout).next_json()["port"]
+        for name in ("a.bin", "b.bin"):
+            write_random(tmp_path / name, 9 * 1024 * 1024)
+        rc, _report, _err = run_send(str(tmp_path / "a.bin"), str(tmp_path / "b.bin"), f"127.0.0.1:{port}",
+                                     "--insecure", "--max-rate", "40M")
+        assert rc == 0, _err
+        assert proc.wait(30) == 0
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    plain = ANSI.sub("", b"".join(chunks).decode(errors="replace"))
+    bars = [line for line in plain.replace("\r", "\n").split("\n") if line.strip() and not line.startswith("ftx:")]
+    assert bars and all(line.startswith("127.0.0.1:") for line in bars), bars  # the sender's address, no file
+    assert any("2 files" in line for line in bars), bars
