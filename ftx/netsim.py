@@ -79,13 +79,10 @@ def _seconds(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    """Bytes per second; ``Mbit``/``Gbit``/``kbit`` suffixes are bits per second."""
-    t = text.strip().lower()
-    for suffix, mult in (("gbit", 1e9 / 8), ("mbit", 1e6 / 8), ("kbit", 1e3 / 8), ("bit", 1 / 8),
-                         ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)]) * mult
-    return float(t)
+    """Bytes per second, as ``ftx send --max-rate`` reads it (ftx/units.py): 20M, 20MB, 200Mbit."""
+    from .units import parse_rate
+
+    return float(parse_rate(text))
 
 
 _SCALARS = {  # spec key -> (Impairment field, parser)

@@ -48,7 +48,7 @@ def _human(n: float) -> str:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(seconds)
+    seconds = int(seconds + 0.999)  # 0.4 s left reads 00:01, not 00:00
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
 

@@ -75,3 +75,11 @@ def test_help_states_the_units():
     assert "160Mbit" in out and "MiB" in out and "10^6" in out
     out = CliRunner().invoke(main, ["receive", "--help"], terminal_width=200).output
     assert "MB = 10^6" in out or "20MB" in out
+
+
+@pytest.mark.parametrize("text,value", [("200Mbit", 25_000_000), ("20M", 20 * MiB), ("20MB", 20 * MB),
+                                        ("20MB/s", 20 * MB), ("1Gbps", 125 * MB)])
+def test_impair_rates_read_as_max_rate(text, value):
+    from ftx.netsim import Impairment
+
+    assert Impairment.parse(f"rate={text}").rate == value
