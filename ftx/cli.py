@@ -266,16 +266,16 @@ Shell completion (bash, zsh, fish):
 
 SEND_EPILOG = f"""\b
 Examples:
-  ftx send report.pdf host.example.org                 (port 7878)
+  ftx send report.pdf host.example.org                 (port {DEFAULT_PORT})
   ftx send photos/ music/ host.example.org:9000        (directories, recursively)
-  ftx send --udp --max-rate 160Mbit big.iso [2001:db8::1]:7878
+  ftx send --udp --max-rate 160Mbit big.iso [2001:db8::1]:{DEFAULT_PORT}
   FTX_CODE=7-olive-tiger ftx send --code big.iso host.example.org
   ftx send --json big.iso host | jq .bytes_sent
 
 \b
 On a terminal it shows one total bar (bytes, files, rate, ETA) and a bar per
-large file, then a one-line summary on stderr (not with -q; --json prints
-the same as an object on stdout, on every exit).
+large file (8 MiB or more), then a one-line summary on stderr (not with -q
+or --json; --json prints its object on stdout, on every exit).
 An interrupted send resumes when run again (--no-resume: start over).
 
 {UNITS_TEXT}
@@ -1051,11 +1051,11 @@ def keygen(identity, comment):
         click.echo(public_line(ident.public, comment or ""))
 
 
-IMPAIR_EPILOG = """\b
+IMPAIR_EPILOG = f"""\b
 Examples:
-  ftx impair --to 127.0.0.1:7878 --both loss=0.01,delay=20ms --json
+  ftx impair --to 127.0.0.1:{DEFAULT_PORT} --both loss=0.01,delay=20ms --json
   ftx send --udp big.iso 127.0.0.1:PORT    (PORT: the one printed at start)
-  ftx impair --to host:7878 --forward rate=20Mbit,queue=30ms --duration 60
+  ftx impair --to host:{DEFAULT_PORT} --forward rate=20Mbit,queue=30ms --duration 60
 
 \b
 It runs until SIGTERM, Ctrl-C or --duration, then prints its counters (JSON).
@@ -1079,8 +1079,8 @@ def impair(listen, target, both, forward, reverse, seed, duration, as_json):
     duplicates, reorders, corrupts, delays and rate-limits datagrams.
 
     Impairments: loss, dup, reorder, reorder_delay, corrupt (probabilities or
-    N%), delay, jitter, queue (seconds or ms), rate (bytes/s with K/M/G, or
-    kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
+    N%), delay, jitter, queue (seconds or ms), rate (as --max-rate: 20M =
+    20 MiB/s, 20MB = 20*10^6 bytes/s, 200Mbit), blackout=START-END seconds after start (';' for several),
     replay (probability of re-sending an earlier datagram 50 ms late), and
     rebind=T (forward: new source port at T seconds, like a NAT rebinding),
     mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path

@@ -92,3 +92,28 @@ def test_receive_help_names_units_environment_and_exit_codes():
     out = _help("receive")
     for text in ("NOTIFY_SOCKET", "LISTEN_FDS", "XDG_CONFIG_HOME", "Exit codes", "20MB", "5m"):
         assert text in out, text
+
+
+def _examples():
+    import re
+    import shlex
+
+    for command in ("", "send", "receive", "impair", "keygen", "verify-receipt"):
+        text = _help(*([command] if command else []))
+        block = text.split("Examples:", 1)[1].split("\n\n", 1)[0]
+        for line in block.strip().splitlines():
+            line = re.sub(r"\s{2,}\(.*\)\s*$", "", line.strip()).split(" | ")[0]
+            words = shlex.split(line)
+            while words and "=" in words[0]:
+                words.pop(0)  # FTX_CODE=... ftx send
+            if words[1:2] != ["COMMAND"]:
+                yield words
+
+
+@pytest.mark.parametrize("words", list(_examples()), ids=lambda w: " ".join(w))
+def test_every_example_in_the_help_parses(words):
+    """An example with a misspelt option would teach users an error."""
+    assert words[0] == "ftx"
+    command = main.get_command(None, words[1])
+    assert command is not None, words
+    command.make_context(words[1], words[2:], resilient_parsing=False)  # raises on an unknown option
