@@ -67,6 +67,7 @@ class _AboveBars:
         sys.stderr.flush()
 
 
+_lines_taken: set[int] = set()  # terminal lines (tqdm positions) the open Bars draw on
 _above_users = 0  # Bars open (a receiver may have several): the log goes above them while any is
 
 
@@ -122,6 +123,11 @@ class Bars(Progress):
         sizing = {"dynamic_ncols": True} if columns and rows else {"ncols": columns or FALLBACK_COLUMNS,
                                                                    "nrows": rows or FALLBACK_ROWS}
         self._tqdm = lambda **kw: tqdm(file=sys.stderr, mininterval=REDRAW, miniters=1, **sizing, **kw)
+        lines = 2 if file_bars else 1
+        while any(p in _lines_taken for p in range(position, position + lines)):
+            position += 1  # another session's bar (a receiver serves several senders at once)
+        self._lines = set(range(position, position + lines))
+        _lines_taken.update(self._lines)
         self._position = position
         self._label = printable(label)
         self._file_bars = file_bars
@@ -185,6 +191,7 @@ class Bars(Progress):
         self._refresh(force=True)
         self.total.close()
         self.total = None
+        _lines_taken.difference_update(self._lines)
         global _above_users
         _above_users -= 1
         if _above_users <= 0:

@@ -85,11 +85,14 @@ def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceIt
         yield from group.items
 
 
-def file_sizes(paths: Iterable[str | bytes], links: bool = False) -> Iterator[int]:
+def file_sizes(paths: Iterable[str | bytes], links: bool = False, max_pending: int = 1 << 16) -> Iterator[int]:
     """The size of each file a send of ``paths`` would offer, roughly (for the progress bar's
-    total): a walk that only counts -- nothing logged, no listing kept or hashed."""
+    total): a walk that only counts -- nothing logged, no listing kept or hashed.  Raises
+    OverflowError rather than hold more than ``max_pending`` directories still to list."""
     stack = [os.fsencode(p) for p in paths]
     while stack:
+        if len(stack) > max_pending:
+            raise OverflowError(f"more than {max_pending} directories to count")
         path = stack.pop()
         try:
             st = os.stat(path)

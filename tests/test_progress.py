@@ -177,3 +177,26 @@ def test_the_receivers_bar_is_a_session_total_not_a_wrong_file_name(tmp_path):
     bars = [line for line in plain.replace("\r", "\n").split("\n") if line.strip() and not line.startswith("ftx:")]
     assert bars and all(line.startswith("127.0.0.1:") for line in bars), bars  # the sender's address, no file
     assert any("2 files" in line for line in bars), bars
+
+
+def test_bars_of_sessions_at_the_same_time_take_lines_of_their_own(monkeypatch):
+    """A receiver serving two senders at once drew both session bars on the same line."""
+    import sys
+
+    from ftx.progress import Bars
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        monkeypatch.setattr(sys, "stderr", tty)  # a real terminal for tqdm and get_terminal_size
+        a, b = Bars(label="10.0.0.1:5000"), Bars(label="10.0.0.2:5000")
+        c = Bars(label="sender", file_bars=True)
+        try:
+            assert len({a._position, b._position, c._position, c._position + 1}) == 4
+        finally:
+            a.close()
+        d = Bars(label="10.0.0.3:5000")
+        assert d._position == a._position  # a closed session's line is free again
+        for bars in (b, c, d):
+            bars.close()
+    os.close(master)
