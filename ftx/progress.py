@@ -142,7 +142,6 @@ class Bars(Progress):
         self._file_path = None
         self._file_size = self._file_done = 0
         self._current = None  # the file the next advance() belongs to
-        self._started: dict[str, int] = {}  # large file being sent -> bytes counted for it
         self.total = self._tqdm(position=position, leave=True, total=None, bar_format="{desc}")
         self._refresh(force=True)
         global _above_users
