@@ -90,7 +90,7 @@ class Receiver:
 
 class Relay:
     def __init__(self, port: int, *args: str) -> None:
-        self.proc = subprocess.Popen(FTX + ["relay", "--to", f"127.0.0.1:{port}", "--json", *args],
+        self.proc = subprocess.Popen(FTX + ["impair", "--to", f"127.0.0.1:{port}", "--json", *args],
                                      stdout=subprocess.PIPE, text=True)
         self.port = json.loads(read_line(self.proc))["port"]
 

@@ -25,7 +25,8 @@ from .core.config import Config
 from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
-from .limits import Admission, Limits, parse_duration, parse_size
+from .limits import Admission, Limits
+from .units import human_size, parse_duration, parse_rate, parse_size
 from . import config_file
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -73,11 +74,19 @@ def _setup_logging(verbose: int, quiet: int, fmt: str = "text", events: int | No
         events_log.setLevel(max(logging.DEBUG, events))
 
 
-def _size(text: str) -> int:
+def _size(text: str, option: str) -> int:
+    """A size option's value (ftx/units.py); a bad one is a usage error that lists the accepted forms."""
     try:
         return parse_size(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size such as 1M or 4194304") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _rate(text: str, option: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _limit_options(fn):
@@ -97,10 +106,7 @@ def _limit_options(fn):
 
 def _human(value, kind: str) -> str:
     if kind == "size":
-        for unit, mult in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-            if value >= mult and value % mult == 0:
-                return f"{value // mult}{unit}"
-        return str(value)
+        return human_size(value)
     for unit, mult in (("d", 86400), ("h", 3600), ("m", 60)):
         if value >= mult and value % mult == 0:
             return f"{int(value // mult)}{unit}"
@@ -216,21 +222,120 @@ def _with(options):
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES_TEXT = """\b
+Exit codes:
+  0    success
+  1    some files failed (the others arrived)
+  2    usage error (bad option, value or credential file)
+  3    connection failed or lost (resolve, connect, timeout, refused, busy)
+  4    protocol error from the peer, or authentication failed
+  5    local file error (unreadable source, disk full, --dir unusable)
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM; the sender -- a receiver stops cleanly with 0)
+"""
+
+UNITS_TEXT = """\b
+Units: SIZE 4096, 500K, 20M = 20MiB = 20*2^20, 20MB = 20*10^6 (as rsync), 1.5G;
+  RATE is a SIZE per second or bits (decimal): 160Mbit, 1Gbit, 1Gbps;
+  TIME 30 (seconds), 30s, 500ms, 5m, 12h, 7d.
+"""
+
+MAIN_EPILOG = f"""\b
+Examples:
+  ftx receive --dir ~/incoming --mkdir            (on the receiving machine)
+  ftx send photos/ report.pdf host.example.org    (on the sending machine)
+  ftx send --code big.iso host.example.org        (pairing code, no keys to copy)
+  ftx COMMAND --help                              (e.g. ftx send --help)
+
+{UNITS_TEXT}
+\b
+Environment:
+  FTX_CODE           send: the receiver's pairing code (instead of --code's prompt)
+  XDG_CONFIG_HOME    identity, authorized_keys, known_hosts in $XDG_CONFIG_HOME/ftx
+                     (default ~/.config/ftx)
+  XDG_STATE_HOME     the sender id that lets an interrupted transfer resume
+                     (default ~/.local/state/ftx)
+  NOTIFY_SOCKET, LISTEN_FDS   receive: set by systemd (readiness, socket activation)
+
+\b
+Shell completion (bash, zsh, fish):
+  eval "$(_FTX_COMPLETE=bash_source ftx)"     in ~/.bashrc
+  eval "$(_FTX_COMPLETE=zsh_source ftx)"      in ~/.zshrc
+  _FTX_COMPLETE=fish_source ftx > ~/.config/fish/completions/ftx.fish
+
+{EXIT_CODES_TEXT}"""
+
+SEND_EPILOG = f"""\b
+Examples:
+  ftx send report.pdf host.example.org                 (port {DEFAULT_PORT})
+  ftx send photos/ music/ host.example.org:9000        (directories, recursively)
+  ftx send --udp --max-rate 160Mbit big.iso [2001:db8::1]:{DEFAULT_PORT}
+  FTX_CODE=7-olive-tiger ftx send --code big.iso host.example.org
+  ftx send --json big.iso host | jq .bytes_sent
+
+\b
+On a terminal it shows one total bar (bytes, files, rate, ETA) and a bar per
+large file (8 MiB or more), then a one-line summary on stderr (not with -q
+or --json; --json prints its object on stdout, on every exit).
+An interrupted send resumes when run again (--no-resume: start over).
+
+{UNITS_TEXT}
+\b
+Environment:
+  FTX_CODE         the receiver's pairing code (with --code; never on the command line)
+  XDG_CONFIG_HOME  identity and known_hosts in $XDG_CONFIG_HOME/ftx (default ~/.config/ftx)
+  XDG_STATE_HOME   the sender id that resumes a transfer (default ~/.local/state/ftx)
+
+{EXIT_CODES_TEXT}"""
+
+RECEIVE_EPILOG = f"""\b
+Examples:
+  ftx receive --dir ~/incoming --mkdir                  (senders in authorized_keys)
+  ftx receive --code --once --dir .                     (one sender with a pairing code)
+  ftx receive --dir /srv/in --listen 192.0.2.10 --port 9000 --max-per-host 4
+  ftx receive --dir /srv/in --min-free 10GB --partial-ttl 2d --metrics 9100
+  ftx receive --insecure --dir /tmp/in --once --json    (tests, loopback only)
+
+{UNITS_TEXT}
+\b
+Environment:
+  XDG_CONFIG_HOME  identity and authorized_keys in $XDG_CONFIG_HOME/ftx (default ~/.config/ftx)
+  NOTIFY_SOCKET    set by systemd (Type=notify): READY=1, STATUS=, STOPPING=1, WATCHDOG=1
+  LISTEN_FDS       set by systemd socket activation: serve the sockets it passes
+
+{EXIT_CODES_TEXT}"""
+
+KEYGEN_EPILOG = """\b
+Examples:
+  ftx keygen                                   (~/.config/ftx/identity and identity.pub)
+  ftx keygen --identity /etc/ftx/identity --comment backup-server
+
+\b
+Give the .pub line to the receiver's operator (authorized_keys), or the
+receiver's fingerprint to senders (--expect-fingerprint).
+Environment: XDG_CONFIG_HOME (default ~/.config) holds ftx/identity.
+Exit codes: 0 written, 2 the key exists or the path is unsafe, 5 cannot write.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
 @click.version_option(__version__, prog_name="ftx")
 def main() -> None:
     """Send files and directories between machines; interrupted transfers resume."""
 
 
-@main.command()
+@main.command(epilog=SEND_EPILOG, short_help="Send files and directories to a receiver.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.argument("dest")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help=f"Port when DEST names none (default {DEFAULT_PORT}).")
 @click.option("--no-resume", is_flag=True, help="Discard partial data on the receiver and start over.")
 @click.option("--links", is_flag=True, help="Send symlinks as symlinks (inside the tree only).")
-@click.option("--chunk-size", default="1M", show_default=True, help="Chunk size: resume and checksum unit.")
-@click.option("--max-rate", default=None, help="Cap the payload rate, in bytes per second (e.g. 20M).")
+@click.option("--chunk-size", default="1M", show_default=True, metavar="SIZE",
+              help="Chunk size, the resume and checksum unit: 4K to 16M (SIZE as in --max-rate, without bits).")
+@click.option("--max-rate", default=None, metavar="RATE",
+              help="Cap the payload rate.  RATE in bytes/s: 20M = 20MiB = 20*2^20, 20MB = 20*10^6, 500K; or "
+                   "bits/s, decimal: 160Mbit, 1Gbit (= 1Gbps); '/s' optional.")
 @click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
               help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
@@ -287,7 +392,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                    "fingerprint": "", "transfer_id": transfer_id, "exit": code})
         _die(message, code)
 
-    csize = _size(chunk_size)
+    csize = _size(chunk_size, "--chunk-size")
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
     from .credentials import CredentialError, looks_like_code, read_code
@@ -299,7 +404,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                                        "line (other users can read it); --code prompts for it, or set FTX_CODE, "
                                        "or use --code-file FILE")
             fail(f"{p}: no such file or directory", EXIT_LOCAL)
-    rate = _size(max_rate) if max_rate else None
+    rate = _rate(max_rate, "--max-rate") if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
     from .identity import sender_id
@@ -317,8 +422,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
+        from .source import file_sizes
 
-        progress = Bars()
+        progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
 
     terminated = []
     try:
@@ -343,18 +449,20 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                         "exit": code}, "files")
     if report.error:
         _die(report.error, code)
+    from .progress import summary_line
+
+    line = summary_line(report, transfer_id)
+    if progress is not None and not quiet and not as_json:  # on the terminal that showed the bars, as rsync --stats
+        _tell(line)
+    elif not as_json:  # elsewhere (piped, --no-progress): with -v
+        log.info(line, extra={"fields": {"event": "sent", "transfer_id": transfer_id, "files": report.file_count,
+                                         "identical": report.identical, "failed": report.failed,
+                                         "bytes": report.bytes, "bytes_sent": report.bytes_sent,
+                                         "bytes_resumed": report.bytes_resumed, "seconds": report.seconds}})
     if not report.ok:
         first = report.failures[0]
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
              f"{first.message or first.status}", code)
-    if not as_json:
-        log.info("transfer %s: sent %d items (%d identical), %d bytes (%d on the wire, %d resumed) in %.2f s",
-                 transfer_id, report.file_count, report.identical, report.bytes, report.bytes_sent,
-                 report.bytes_resumed, report.seconds,
-                 extra={"fields": {"event": "sent", "transfer_id": transfer_id, "files": report.file_count,
-                                   "identical": report.identical, "bytes": report.bytes,
-                                   "bytes_sent": report.bytes_sent, "bytes_resumed": report.bytes_resumed,
-                                   "seconds": report.seconds}})
 
 
 async def _until_signalled(coro, terminated: list):
@@ -414,7 +522,7 @@ async def _send(paths, host, port, config, links, progress, idle_timeout, rate, 
         await link.aclose()
 
 
-@main.command()
+@main.command(epilog=RECEIVE_EPILOG)
 @click.option("--listen", "host", default="::", show_default=True, help="Address to listen on (:: = all, IPv6 and IPv4).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="TCP port; 0 picks a free one (see the --json 'listening' line).")
@@ -925,7 +1033,7 @@ async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, lim
             udp_server.close()
 
 
-@main.command()
+@main.command(epilog=KEYGEN_EPILOG)
 @click.option("--identity", type=click.Path(dir_okay=False), default=None,
               help="Where to write the private key (default $XDG_CONFIG_HOME/ftx/identity); PATH.pub gets the "
                    "public-key line.")
@@ -950,8 +1058,20 @@ def keygen(identity, comment):
         click.echo(public_line(ident.public, comment or ""))
 
 
-@main.command()
-@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT the relay listens on.")
+IMPAIR_EPILOG = f"""\b
+Examples:
+  ftx impair --to 127.0.0.1:{DEFAULT_PORT} --both loss=0.01,delay=20ms --json
+  ftx send --udp big.iso 127.0.0.1:PORT    (PORT: the one printed at start)
+  ftx impair --to host:{DEFAULT_PORT} --forward rate=20Mbit,queue=30ms --duration 60
+
+\b
+It runs until SIGTERM, Ctrl-C or --duration, then prints its counters (JSON).
+"ftx relay", its former name, still works.
+"""
+
+
+@main.command(epilog=IMPAIR_EPILOG)
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--to", "target", required=True, help="HOST:PORT to forward to (e.g. a receiver).")
 @click.option("--both", default="", help="Impairments in both directions, e.g. 'loss=0.01,delay=15ms'.")
 @click.option("--forward", default="", help="Extra impairments towards --to (override --both).")
@@ -959,17 +1079,19 @@ def keygen(identity, comment):
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed, the same fates.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: listening, then the counters at exit.")
-def relay(listen, target, both, forward, reverse, seed, duration, as_json):
-    """A UDP relay that drops, duplicates, reorders, corrupts, delays and rate-limits.
+def impair(listen, target, both, forward, reverse, seed, duration, as_json):
+    """Emulate a bad network path for UDP (to rehearse 'ftx send --udp').
+
+    A local UDP forwarder (not a rendezvous relay: it only impairs) that drops,
+    duplicates, reorders, corrupts, delays and rate-limits datagrams.
 
     Impairments: loss, dup, reorder, reorder_delay, corrupt (probabilities or
-    N%), delay, jitter, queue (seconds or ms), rate (bytes/s with K/M/G, or
-    kbit/Mbit/Gbit), blackout=START-END seconds after start (';' for several),
+    N%), delay, jitter, queue (seconds or ms), rate (as --max-rate: 20M =
+    20 MiB/s, 20MB = 20*10^6 bytes/s, 200Mbit), blackout=START-END seconds after start (';' for several),
     replay (probability of re-sending an earlier datagram 50 ms late), and
     rebind=T (forward: new source port at T seconds, like a NAT rebinding),
     mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
     whose MTU is N + 28 over IPv4, N + 48 over IPv6).
-    Prints the counters when stopped (SIGTERM, Ctrl-C or --duration).
     """
     from .netsim import Impairment
     from .transport.sockets import parse_dest
@@ -984,9 +1106,15 @@ def relay(listen, target, both, forward, reverse, seed, duration, as_json):
     _check_listen(lhost)
     _check_resolves(thost, "--to")
     try:
-        asyncio.run(_relay(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
+        asyncio.run(_impair(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
     except OSError as exc:
-        _die(f"relay: {exc.strerror or exc}", EXIT_CONNECTION)
+        _die(f"impair: {exc.strerror or exc}", EXIT_CONNECTION)
+
+
+# 'ftx relay' was its first name; croc and magic-wormhole users read that as a rendezvous relay.
+# It still works (scripts), but is not listed in --help nor offered by completion.
+main.add_command(click.Command("relay", params=impair.params, callback=impair.callback, help=impair.help,
+                               epilog=IMPAIR_EPILOG, hidden=True))
 
 
 def _check_resolves(host: str, option: str) -> None:
@@ -998,18 +1126,18 @@ def _check_resolves(host: str, option: str) -> None:
         _die(f"{option} {host!r} is not an address: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
 
 
-async def _relay(lhost, lport, target, fwd, rev, seed, duration, as_json):
+async def _impair(lhost, lport, target, fwd, rev, seed, duration, as_json):
     from .netsim import Relay
 
     r = Relay(target, fwd, rev, seed)
     port = await r.start(lhost, lport)
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": a SIGTERM right after it gets the counters
+        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     if as_json:
         _emit({"event": "listening", "host": lhost, "port": port, "to": list(target)})
     else:
-        click.echo(f"ftx relay: {lhost}:{port} -> {target[0]}:{target[1]}", err=True)
-    stop = asyncio.get_running_loop().create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        click.echo(f"ftx impair: {lhost}:{port} -> {target[0]}:{target[1]}", err=True)
     try:
         await asyncio.wait_for(stop, duration)
     except asyncio.TimeoutError:

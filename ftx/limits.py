@@ -13,31 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-DURATION_UNITS = {"": 1.0, "S": 1.0, "M": 60.0, "H": 3600.0, "D": 86400.0}
-
-
-def _scaled(text: str, t: str, units: dict, example: str) -> float:
-    """``t`` (``text`` normalised) as a non-negative finite number times its unit suffix."""
-    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
-    try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):  # also nan
-        raise ValueError(f"{text!r} is not {example}")
-    return value * units[unit]
-
-
-def parse_size(text: str) -> int:
-    """``1M``, ``256MiB``, ``4096``, ``1.5G`` -> bytes (binary units).  Raises ValueError."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return int(_scaled(text, t, SIZE_UNITS, "a size such as 1M or 4194304"))
-
-
-def parse_duration(text: str) -> float:
-    """``30``, ``30s``, ``5m``, ``12h``, ``7d`` -> seconds.  Raises ValueError."""
-    return _scaled(text, text.strip().upper(), DURATION_UNITS, "a duration such as 30s, 5m, 12h or 7d")
+from .units import parse_duration, parse_size  # noqa: F401 - re-exported (the one parser: ftx/units.py)
 
 
 def _opt(kind: str, help: str, least: float = 0) -> dict:

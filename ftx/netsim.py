@@ -5,7 +5,7 @@ duplicate, reorder, corrupt, delay, rate-limit with a drop-tail queue, or a
 blackout window of total loss -- from a seeded RNG, with counters of what it
 did.  ``Relay`` is the asyncio driver: it listens on one port, forwards each
 client's datagrams to the target from a socket of their own, and applies a
-forward and a reverse emulator.  ``ftx relay`` is its command line.
+forward and a reverse emulator.  ``ftx impair`` is its command line (``ftx relay``, its first name, is a hidden alias).
 """
 
 from __future__ import annotations
@@ -79,13 +79,10 @@ def _seconds(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    """Bytes per second; ``Mbit``/``Gbit``/``kbit`` suffixes are bits per second."""
-    t = text.strip().lower()
-    for suffix, mult in (("gbit", 1e9 / 8), ("mbit", 1e6 / 8), ("kbit", 1e3 / 8), ("bit", 1 / 8),
-                         ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)]) * mult
-    return float(t)
+    """Bytes per second, as ``ftx send --max-rate`` reads it (ftx/units.py): 20M, 20MB, 200Mbit."""
+    from .units import parse_rate
+
+    return float(parse_rate(text))
 
 
 _SCALARS = {  # spec key -> (Impairment field, parser)

@@ -17,7 +17,15 @@ import click
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 4, 5
 
 
-@click.command("verify-receipt")
+@click.command("verify-receipt", epilog="""\b
+Examples:
+  ftx send --receipt landed.receipt photos/ host.example.org
+  ftx verify-receipt landed.receipt --fingerprint SHA256:...
+  ftx verify-receipt landed.receipt --tls-ca company-ca.pem
+
+\b
+Exit codes: 0 the receipt is valid, 4 it is not (one line says why), 5 it cannot be read.
+""")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--fingerprint", "expect", default=None, metavar="FP",
               help="The receiver's key fingerprint (SHA256:...) the receipt must be signed with.")

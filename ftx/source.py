@@ -85,6 +85,42 @@ def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceIt
         yield from group.items
 
 
+def file_sizes(paths: Iterable[str | bytes], links: bool = False, max_pending: int = 1 << 16) -> Iterator[int]:
+    """The size of each file a send of ``paths`` would offer, roughly (for the progress bar's
+    total): a walk that only counts -- nothing logged, no listing kept or hashed.  Raises
+    OverflowError rather than hold more than ``max_pending`` directories still to list."""
+    stack = [os.fsencode(p) for p in paths]
+    while stack:
+        if len(stack) > max_pending:
+            raise OverflowError(f"more than {max_pending} directories to count")
+        path = stack.pop()
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield st.st_size
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            with os.scandir(path) as it:
+                for de in it:
+                    if is_ftx_own(de.name):
+                        continue
+                    try:
+                        if de.is_dir(follow_symlinks=False):
+                            stack.append(de.path)
+                        elif de.is_file(follow_symlinks=False):
+                            yield de.stat(follow_symlinks=False).st_size
+                        elif de.is_symlink() and not links and de.is_file():  # an in-tree link is sent as its file
+                            yield de.stat().st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+
+
 def arguments(paths: Iterable[str | bytes]) -> list[SourceItem]:
     """The named paths as items; a bad argument raises before anything is sent."""
     seen: set[bytes] = set()

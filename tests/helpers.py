@@ -199,11 +199,11 @@ def tree_equal(a: Path, b: Path) -> bool:
 
 
 class Relay:
-    """``ftx relay --json`` as a subprocess in front of a receiver's UDP port."""
+    """``ftx impair --json`` as a subprocess in front of a receiver's UDP port."""
 
     def __init__(self, target_port: int, *args: str) -> None:
         self.proc = subprocess.Popen(
-            FTX + ["relay", "--to", f"127.0.0.1:{target_port}", "--json", *args],
+            FTX + ["impair", "--to", f"127.0.0.1:{target_port}", "--json", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines = LineReader(self.proc.stdout)
         first = self.lines.next_json()

@@ -203,10 +203,10 @@ def test_bad_listen_address_is_a_one_line_usage_error(tmp_path, listen):
     assert out.stderr.startswith("ftx: ") and "--listen" in out.stderr
 
 
-def test_relay_bad_addresses_are_one_line_usage_errors():
+def test_impair_bad_addresses_are_one_line_usage_errors():
     for args in (["--listen", "nonsense.invalid:0", "--to", "127.0.0.1:9"],
                  ["--listen", "127.0.0.1:0", "--to", "nonsense.invalid:9"]):
-        out = _ftx("relay", *args, "--duration", "1")
+        out = _ftx("impair", *args, "--duration", "1")
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 

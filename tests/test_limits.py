@@ -8,7 +8,7 @@ from ftx.limits import Admission, Limits, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text,value", [("4096", 4096), ("1K", 1024), ("256M", 256 << 20), ("256MiB", 256 << 20),
-                                        ("1.5G", 3 << 29), ("2T", 2 << 40), ("20MB", 20 << 20)])
+                                        ("1.5G", 3 << 29), ("2T", 2 << 40), ("20MB", 20_000_000)])  # MB: SI, as rsync (ftx/units.py)
 def test_sizes(text, value):
     assert parse_size(text) == value
 

@@ -48,3 +48,22 @@ def test_walk_order_is_depth_first_sorted(tmp_path):
     # one directory at a time (its direct entries, sorted), depth first: each directory before its entries
     assert [i.wire for i in walk([str(tmp_path / "t")])] == [
         b"t", b"t/a", b"t/b", b"t/c", b"t/a/y", b"t/a/z", b"t/b/x"]
+
+
+def test_file_sizes_counts_what_a_send_offers_and_bounds_what_it_holds(tmp_path):
+    """The progress bar's counting walk (ftx.source.file_sizes): sizes of the files, not of
+    directories or ftx's own files; more pending directories than allowed is an OverflowError."""
+    from ftx.source import file_sizes
+
+    (tmp_path / "t" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "t" / "x").write_bytes(b"1" * 10)
+    (tmp_path / "t" / "a" / "y").write_bytes(b"2" * 20)
+    (tmp_path / "t" / "a" / "b" / "z").write_bytes(b"3" * 30)
+    (tmp_path / "t" / "a" / "link").symlink_to(tmp_path / "t" / "x")
+    (tmp_path / "single").write_bytes(b"4" * 5)
+    assert sorted(file_sizes([str(tmp_path / "t"), str(tmp_path / "single")])) == [5, 10, 10, 20, 30]
+    assert sorted(file_sizes([str(tmp_path / "t")], links=True)) == [10, 20, 30]  # a link is sent as a link
+    for i in range(5):
+        (tmp_path / "wide" / f"d{i}").mkdir(parents=True)
+    with pytest.raises(OverflowError):
+        list(file_sizes([str(tmp_path / "wide")], max_pending=3))

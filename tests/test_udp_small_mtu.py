@@ -1,6 +1,6 @@
 """UDP on paths that carry less than 1452-byte datagrams (issue #11, item 2), end to end.
 
-``ftx relay --both mtu=N`` drops every datagram whose UDP payload exceeds N bytes,
+``ftx impair --both mtu=N`` drops every datagram whose UDP payload exceeds N bytes,
 as a path with an MTU of N + 28 (IPv4) would: 1392 is a 1420-byte (WireGuard)
 path, 1232 the 1280-byte IPv6 minimum.  The sender used to hang there without
 a word; by default it must fall back to 1200-byte datagrams, find the largest
