@@ -275,7 +275,8 @@ class Result:
     _S = struct.Struct(">IH16s")
 
     def encode(self) -> bytes:
-        return self._S.pack(self.file_id, self.code, self.digest) + _pack_text(self.message)
+        return self._S.pack(self.file_id, self.code, self.digest) + (
+            _pack_text(self.message) if self.message else b"\0\0")
 
     @classmethod
     def decode(cls, p) -> "Result":
