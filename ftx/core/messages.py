@@ -282,6 +282,8 @@ class Result:
     def decode(cls, p) -> "Result":
         _need(p, cls._S.size, "RESULT")
         file_id, code, digest = cls._S.unpack_from(p, 0)
+        if len(p) == cls._S.size + 2 and p[-2:] == b"\0\0":  # no message, as most RESULTs
+            return cls(file_id, _CODES.get(code, code), digest, "")
         message, _ = _text(p, cls._S.size, "RESULT")
         return cls(file_id, _code(code), digest, message)
 
