@@ -35,7 +35,7 @@ from .events import (
 )
 from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
-from .manifest import FileEntry, Kind
+from .manifest import FileEntry, Kind, built
 from .messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
@@ -132,7 +132,7 @@ class ReceiverConnection(Connection):
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
             self._drop_bookkeeping(file_id)
-        self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
+        self._send_frame(FrameType.RESULT, Result.pack(file_id, code, digest, message))
         if entry is not None and (batch := self._signer.add(entry)) is not None:
             self._send_frame(FrameType.RECEIPT, batch)
         if self._sender_done:  # before DONE nothing can complete the session
@@ -192,7 +192,8 @@ class ReceiverConnection(Connection):
             if (why := self._beyond_announced(s.entry)) is not None:
                 self._events.append(FileRefused(s.file_id, s.entry, why))
             else:
-                self._events.append(SmallFileReceived(s.file_id, s.entry, s.digest, s.data))
+                self._events.append(built(SmallFileReceived, file_id=s.file_id, entry=s.entry, digest=s.digest,
+                                          data=s.data))
             return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)
