@@ -112,6 +112,35 @@ class Temp:
             self.name = b""
 
 
+_NAMELESS = _TMPFILE | os.O_RDWR | os.O_CLOEXEC
+
+
+def link_new(dir_fd: int, name: bytes, data, mode: int, mtime_ns: int) -> bool:
+    """A whole small file at ``name`` in ``dir_fd`` in one call, as ``Temp`` + ``seal`` + ``link``
+    would make it: nameless, its bytes, ``mode`` (set by ``creation_mode`` where the umask allows,
+    else by fchmod) and mtime, then linked -- FileExistsError if anything is there.  False (nothing
+    done) where the file system has no O_TMPFILE: then use ``Temp``."""
+    if not (_TMPFILE and _PROC_FD):
+        return False
+    create = creation_mode(mode)
+    try:
+        fd = os.open(b".", _NAMELESS, create, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        return False
+    try:
+        if data and os.write(fd, data) != len(data):
+            pwrite_full(fd, data, 0)  # a short write (a signal, a full disk): finish or fail
+        if create != mode & 0o777:
+            os.fchmod(fd, mode & 0o777)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(fd)
+    return True
+
+
 def create_exclusive(dir_fd: int, prefix: bytes, suffix: bytes = b"") -> tuple[int, bytes]:
     """A new regular file under a random name in ``dir_fd`` (never an existing one); (fd, name)."""
     for _ in range(8):
@@ -211,5 +240,5 @@ def exists_error(shown: bytes, what: str = "exists and differs (receiver has no 
     return StorageError(f"{os.fsdecode(shown)} {what}", ErrorCode.EXISTS)
 
 
-__all__ = ["Temp", "copy_fd", "create_exclusive", "hash_fd", "link_fd", "pread_full", "pwrite_full",
+__all__ = ["Temp", "copy_fd", "create_exclusive", "hash_fd", "link_fd", "link_new", "pread_full", "pwrite_full",
            "random_name", "seal", "storage_error", "syncfs", "unlink_quietly"]

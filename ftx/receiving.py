@@ -128,8 +128,7 @@ class ReceiveSession:
 
     def handle(self, ev: Event) -> None:
         if type(ev) is SmallFileReceived:  # the many-files path first, with no isinstance chain
-            self.last_progress = time.monotonic()
-            self._guarded(ev.file_id, ev.entry, self._on_small, ev)
+            self._guarded(ev.file_id, ev.entry, self._on_small, ev)  # (_finish marks the progress)
             return
         if isinstance(ev, self.PROGRESS_EVENTS):
             self.last_progress = time.monotonic()
@@ -182,19 +181,21 @@ class ReceiveSession:
         self._finish(file_id, entry, code, ZERO_DIGEST, message)
 
     def _finish(self, file_id: int, entry: FileEntry, code: ErrorCode, digest: bytes, message: str = "",
-                sha256: bytes | None = None, name: str | None = None) -> None:
+                sha256: bytes | None = None, name: str | None = None, received: int | None = None) -> None:
+        """``received``: its bytes that arrived (else what ``_received`` counted)."""
         self.last_progress = time.monotonic()
         self.conn.file_result(file_id, code, digest, message, sha256)
         status = _STATUS[code] if type(code) is ErrorCode else str(code)
-        report = FileReport(
-            name if name is not None else _name(entry),
-            _KIND[entry.kind],
-            entry.size,
-            status,
-            digest.hex() if digest != ZERO_DIGEST else "",
-            message,
-            self._received.pop(file_id, 0),
-            self._resumed.pop(file_id, 0),
+        report = FileReport.__new__(FileReport)  # frozen: its __init__ would set each field through
+        report.__dict__.update(  # object.__setattr__, a microsecond per file; the fields in order
+            path=name if name is not None else _name(entry),
+            kind=_KIND[entry.kind],
+            size=entry.size,
+            status=status,
+            digest=digest.hex() if digest != ZERO_DIGEST else "",
+            message=message,
+            bytes_received=received if received is not None else self._received.pop(file_id, 0),
+            bytes_resumed=self._resumed.pop(file_id, 0) if self._resumed else 0,
         )
         self.files += 1
         self.failed += not report.ok
@@ -283,14 +284,16 @@ class ReceiveSession:
             return kind(self.dest, entry, path, owner=self)
 
     def _on_small(self, ev: SmallFileReceived) -> None:
-        code = self.dest.write_small(ev.entry, ev.data, ev.digest)
-        name = _name(ev.entry)
-        if code == ErrorCode.OK:
-            self._received[ev.file_id] = ev.entry.size
-            self.progress.start_file(name, ev.entry.size, 0)
-            self.progress.advance(ev.entry.size)
+        entry = ev.entry
+        code = self.dest.write_small(entry, ev.data, ev.digest)
+        name = _name(entry)
+        received = 0
+        if code is ErrorCode.OK:
+            received = entry.size
+            self.progress.start_file(name, received, 0)
+            self.progress.advance(received)
         sha = hashlib.sha256(ev.data).digest() if self.conn.receipt_requested else None  # its bytes are here
-        self._finish(ev.file_id, ev.entry, code, ev.digest, sha256=sha, name=name)
+        self._finish(ev.file_id, entry, code, ev.digest, sha256=sha, name=name, received=received)
 
     def _on_chunk(self, ev: ChunkReceived) -> None:
         part = self._partials.get(ev.file_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -37,7 +38,7 @@ from .core.events import (
 )
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
-from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, Decision
+from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
 from .core.secure import Established
@@ -48,6 +49,9 @@ from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .progress import Progress
 from .source import DirGroup, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
+
+_STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 log = logging.getLogger("ftx.send")
 
@@ -355,12 +359,14 @@ class SendSession:
         if fut is not None and not fut.done():
             fut.set_result(None)  # refused before any decision
         code = result.code
-        report.status = code.name.lower() if isinstance(code, ErrorCode) else f"error_{code}"
+        status = _STATUS.get(code)  # (a table: Enum's name is a property lookup per file)
+        report.status = status if status is not None else f"error_{code}"
         if result.message and not report.message:
             report.message = printable(result.message)  # the receiver's words: escaped before we show them
-        if result.ok and result.digest != bytes(16):
-            report.digest = result.digest.hex()
-        if not result.ok:
+        if status == "ok" or status == "identical":
+            if result.digest != ZERO_DIGEST:
+                report.digest = result.digest.hex()
+        else:
             log.warning("%s: %s", report.path, report.message or report.status)
         self._done(report)
         self._outstanding -= 1
@@ -440,8 +446,10 @@ class SendSession:
             return
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
+        window = cfg.offer_window
         for item in group.items:
-            await self._window(queue)
+            if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
+                await self._window(queue)
             fid = self._offer(item, by_offer)
             if fid is not None:
                 queue.append(fid)
@@ -465,7 +473,7 @@ class SendSession:
             self._done(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))
             return None
         entry = src.entry
-        report = FileSendReport(os.fsdecode(item.wire), "file", entry.size)
+        report = FileSendReport(item.wire.decode(*_FS), "file", entry.size)  # os.fsdecode, minus its checks
         if entry.size <= cfg.small_file_limit and not by_offer:
             try:
                 data = src.read_all()

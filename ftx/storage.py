@@ -39,7 +39,7 @@ from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
-from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, pwrite_full, random_name, seal, storage_error, syncfs,
+from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, link_new, pwrite_full, random_name, seal, storage_error, syncfs,
                       unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
 from .journal import JournalHeader, drop_files, journal_name
@@ -461,21 +461,20 @@ class Destination:
                 self.quota.take(len(data) - old)
                 counted = len(data) - old
             with claim(self.root + b"/" + rel):
-                mode = creation_mode(entry.mode)
+                t = None
                 try:
-                    t = Temp(d.fd, d.dev not in self._no_tmpfile, mode)
-                except OSError as exc:
-                    raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
-                if t.no_tmpfile:
-                    self._no_tmpfile.add(d.dev)
-                try:
-                    if data and os.write(t.fd, data) != len(data):
-                        pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
-                    seal(t.fd, entry.mode, entry.mtime_ns, sync=False, chmod=bool(t.name) or mode != entry.mode & 0o777)
-                    if self.overwrite:
-                        t.replace(name)
-                    else:
-                        t.link(name)
+                    # the common case in one call (a nameless file linked into place); else a Temp
+                    if self.overwrite or d.dev in self._no_tmpfile \
+                            or not link_new(d.fd, name, data, entry.mode, entry.mtime_ns):
+                        t = self._small_temp(d, rel, entry.mode)
+                        if data and os.write(t.fd, data) != len(data):
+                            pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
+                        seal(t.fd, entry.mode, entry.mtime_ns, sync=False,
+                             chmod=bool(t.name) or creation_mode(entry.mode) != entry.mode & 0o777)
+                        if self.overwrite:
+                            t.replace(name)
+                        else:
+                            t.link(name)
                     counted = 0  # stored: it stays counted
                 except FileExistsError:
                     if self._same(d, name, len(data), digest):
@@ -487,13 +486,24 @@ class Destination:
                 except OSError as exc:
                     raise storage_error(exc, f"cannot write {os.fsdecode(rel)}") from exc
                 finally:
-                    t.close()
+                    if t is not None:
+                        t.close()
             self._written(d)
         finally:
             if counted:
                 self.quota.give(counted)
             self.dirs.release(d)
         return ErrorCode.OK
+
+    def _small_temp(self, d: HeldDir, rel: bytes, mode: int) -> Temp:
+        """A temporary for the small file ``rel`` in ``d`` (nameless where the file system allows)."""
+        try:
+            t = Temp(d.fd, d.dev not in self._no_tmpfile, creation_mode(mode))
+        except OSError as exc:
+            raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
+        if t.no_tmpfile:
+            self._no_tmpfile.add(d.dev)
+        return t
 
     @staticmethod
     def _same(d: HeldDir, name: bytes, size: int, digest: bytes) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ErrorCode, RemoteProtocolError
 from .checksum import DIGEST_SIZE
-from .manifest import FileEntry, decode_entry, encode_entry
+from .manifest import FileEntry, built, decode_entry, encode_entry
 from .ranges import RangeSet
 
 MAGIC = b"ftx\x00"
@@ -207,7 +207,12 @@ class SmallFile:
     data: bytes | memoryview
 
     def encode(self) -> bytes:
-        return encode_entry(self.file_id, self.entry) + self.digest + bytes(self.data)
+        return self.pack(self.file_id, self.entry, self.digest, self.data)
+
+    @staticmethod
+    def pack(file_id: int, entry: FileEntry, digest: bytes, data) -> bytes:
+        """``SmallFile(...).encode()`` with no object in between (one per small file)."""
+        return encode_entry(file_id, entry) + digest + bytes(data)
 
     @classmethod
     def decode(cls, p) -> "SmallFile":
@@ -216,7 +221,8 @@ class SmallFile:
             raise RemoteProtocolError("SMALL_FILE length does not match its size")
         # the event owns its bytes (small by definition): whoever holds it may keep it while
         # more input arrives, as the receiver does while it writes the file in a worker thread
-        return cls(file_id, entry, bytes(p[off : off + DIGEST_SIZE]), bytes(p[off + DIGEST_SIZE :]))
+        return built(cls, file_id=file_id, entry=entry, digest=bytes(p[off : off + DIGEST_SIZE]),
+                     data=bytes(p[off + DIGEST_SIZE :]))
 
 
 @dataclass(frozen=True)
@@ -275,12 +281,19 @@ class Result:
     _S = struct.Struct(">IH16s")
 
     def encode(self) -> bytes:
-        return self._S.pack(self.file_id, self.code, self.digest) + _pack_text(self.message)
+        return self.pack(self.file_id, self.code, self.digest, self.message)
+
+    @classmethod
+    def pack(cls, file_id: int, code: ErrorCode | int, digest: bytes = ZERO_DIGEST, message: str = "") -> bytes:
+        """``Result(...).encode()`` with no object in between (a RESULT per file)."""
+        return cls._S.pack(file_id, code, digest) + (_pack_text(message) if message else b"\0\0")
 
     @classmethod
     def decode(cls, p) -> "Result":
         _need(p, cls._S.size, "RESULT")
         file_id, code, digest = cls._S.unpack_from(p, 0)
+        if len(p) == cls._S.size + 2 and p[-2:] == b"\0\0":  # no message, as most RESULTs
+            return built(cls, file_id=file_id, code=_CODES.get(code, code), digest=digest, message="")
         message, _ = _text(p, cls._S.size, "RESULT")
         return cls(file_id, _code(code), digest, message)
 

@@ -35,7 +35,7 @@ from .events import (
 )
 from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
-from .manifest import FileEntry, Kind
+from .manifest import FileEntry, Kind, built
 from .messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
@@ -127,15 +127,16 @@ class ReceiverConnection(Connection):
         landed file's SHA-256, which the receipt lists when the sender asked for one."""
         new = self._step(file_id, In.RESULT, remote=False)
         self._unsettled -= 1
-        entry = self._receipt_entry(file_id, code, digest, sha256)
-        if new == FileState.DONE:
+        entry = self._receipt_entry(file_id, code, digest, sha256) if self._signer is not None else None
+        if new is FileState.DONE:
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
             self._drop_bookkeeping(file_id)
-        self._send_frame(FrameType.RESULT, Result(file_id, code, digest, message).encode())
+        self._send_frame(FrameType.RESULT, Result.pack(file_id, code, digest, message))
         if entry is not None and (batch := self._signer.add(entry)) is not None:
             self._send_frame(FrameType.RECEIPT, batch)
-        self._maybe_complete()
+        if self._sender_done:  # before DONE nothing can complete the session
+            self._maybe_complete()
 
     def _receipt_entry(self, file_id: int, code, digest: bytes, sha256: bytes | None) -> receipt.Entry | None:
         if self._signer is None or not self.receipt_requested:
@@ -182,6 +183,18 @@ class ReceiverConnection(Connection):
     # -- frames from the sender --------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         t, p = frame.type, frame.payload
+        if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
+            s = SmallFile.decode(p)
+            if s.entry.kind != Kind.FILE:
+                raise RemoteProtocolError("SMALL_FILE must carry a regular file")
+            # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED)
+            self._new_file(s.file_id, s.entry, FileState.ENDED, chunked=False)
+            if (why := self._beyond_announced(s.entry)) is not None:
+                self._events.append(FileRefused(s.file_id, s.entry, why))
+            else:
+                self._events.append(built(SmallFileReceived, file_id=s.file_id, entry=s.entry, digest=s.digest,
+                                          data=s.data))
+            return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)
             self._on_chunk(file_id, index, checksum, data)
@@ -195,16 +208,6 @@ class ReceiverConnection(Connection):
                 self._events.append(FileRefused(o.file_id, o.entry, why))
             else:
                 self._events.append(FileOffered(o.file_id, o.entry))
-        elif t == FrameType.SMALL_FILE:
-            s = SmallFile.decode(p)
-            if s.entry.kind != Kind.FILE:
-                raise RemoteProtocolError("SMALL_FILE must carry a regular file")
-            self._new_file(s.file_id, s.entry, FileState.SENDING)
-            self._step(s.file_id, In.END, remote=True)
-            if (why := self._beyond_announced(s.entry)) is not None:
-                self._events.append(FileRefused(s.file_id, s.entry, why))
-            else:
-                self._events.append(SmallFileReceived(s.file_id, s.entry, s.digest, s.data))
         elif t == FrameType.FILE_END:
             e = FileEnd.decode(p)
             if self._step(e.file_id, In.END, remote=True) == FileState.ENDED:
@@ -239,7 +242,8 @@ class ReceiverConnection(Connection):
             raise RemoteProtocolError(f"{t.name} is not sent by a sender")
         self._maybe_complete()
 
-    def _new_file(self, file_id: int, entry: FileEntry, state: FileState) -> None:
+    def _new_file(self, file_id: int, entry: FileEntry, state: FileState, chunked: bool = True) -> None:
+        """``chunked``: its chunks arrive one by one (an OFFER), so a chunk map is kept for it."""
         if self._sender_done:
             raise RemoteProtocolError("file offered after DONE")
         if file_id in self._files:
@@ -259,7 +263,8 @@ class ReceiverConnection(Connection):
         self._unsettled += 1
         self._files[file_id] = state
         self._entries[file_id] = entry
-        self._have[file_id] = RangeSet()
+        if chunked:
+            self._have[file_id] = RangeSet()
 
     def _new_check(self, c: CheckDir) -> None:
         """A CHECK_DIR counts as an unsettled item (--max-files-in-flight) and in --max-memory."""
@@ -312,7 +317,8 @@ class ReceiverConnection(Connection):
         """Everything kept for an item but its state, and its charge against the budget."""
         self._entries.pop(file_id, None)
         self._have.pop(file_id, None)
-        self._existing.pop(file_id, None)
+        if self._existing:
+            self._existing.pop(file_id, None)
         cost = self._costs.pop(file_id, 0)
         if cost:
             self._decoder.budget.give(cost)

@@ -22,7 +22,7 @@ from .config import Config
 from .connection import Connection
 from .events import DecisionReceived, DirStateReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
 from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
-from .manifest import FileEntry, Kind
+from .manifest import FileEntry, Kind, built
 from .messages import (
     HELLO_NO_RESUME,
     HELLO_QUICK_CHECK,
@@ -118,7 +118,7 @@ class SenderConnection(Connection):
         fid = self._new_id(entry)
         self._files[fid] = FileState.ENDED
         self._remember(fid, digest, hashlib.sha256(data).digest() if self.receipt is not None else None)
-        self._send_frame(FrameType.SMALL_FILE, SmallFile(fid, entry, digest, data).encode())
+        self._send_frame(FrameType.SMALL_FILE, SmallFile.pack(fid, entry, digest, data))
         return fid
 
     def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None, framed: bool = True) -> None:
@@ -201,7 +201,7 @@ class SenderConnection(Connection):
                 self._checked(self.receipt.expect, receipt.Entry(entry.path, entry.kind, entry.size, r.code,
                                                                  digest if ok else ZERO_DIGEST,
                                                                  sha if ok else receipt.ZERO_SHA256))
-            self._events.append(FileResolved(r))
+            self._events.append(built(FileResolved, result=r))
         elif t == FrameType.DIR_STATE:
             d = DirState.decode(frame.payload)
             if d.dir_id not in self._checks:

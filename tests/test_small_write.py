@@ -1,0 +1,63 @@
+"""A small file in one call (fileops.link_new) and the Temp path it falls back to: same result."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ftx import fileops
+from ftx.core.checksum import file_digest
+from ftx.core.manifest import FileEntry
+from ftx.errors import ErrorCode, StorageError
+from ftx.storage import Destination
+
+MTIME = 1_600_000_000_123_456_789
+
+
+@pytest.fixture(params=["nameless", "no-tmpfile"])
+def dest(request, tmp_path, monkeypatch):
+    if request.param == "no-tmpfile":  # a file system without O_TMPFILE: random names + link
+        monkeypatch.setattr(fileops, "_TMPFILE", 0)
+    d = Destination(str(tmp_path))
+    yield d
+    d.close()
+
+
+def _write(dest, path: bytes, data: bytes, mode: int = 0o644):
+    return dest.write_small(FileEntry(path, size=len(data), mode=mode, mtime_ns=MTIME), data, file_digest(data))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o777, 0o4755])
+def test_small_file_lands_whole_with_mode_and_mtime(dest, tmp_path, mode):
+    assert _write(dest, b"d/e/f.bin", b"x" * 1500, mode) == ErrorCode.OK
+    dest.sync()
+    st = os.stat(tmp_path / "d/e/f.bin")
+    assert (tmp_path / "d/e/f.bin").read_bytes() == b"x" * 1500
+    assert stat.S_IMODE(st.st_mode) == mode & 0o777  # beyond the umask too (set by fchmod)
+    assert st.st_mtime_ns == MTIME
+    assert sorted(os.listdir(tmp_path / "d/e")) == ["f.bin"]  # no temporary left behind
+
+
+def test_empty_small_file(dest, tmp_path):
+    assert _write(dest, b"empty", b"") == ErrorCode.OK
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+def test_existing_file_is_not_touched(dest, tmp_path):
+    (tmp_path / "f").write_bytes(b"user's")
+    with pytest.raises(StorageError) as err:
+        _write(dest, b"f", b"sender's")
+    assert err.value.code == ErrorCode.EXISTS
+    assert (tmp_path / "f").read_bytes() == b"user's"
+    assert _write(dest, b"f", b"user's") == ErrorCode.IDENTICAL  # the same content is identical
+    assert os.listdir(tmp_path) == ["f"] or sorted(os.listdir(tmp_path)) == [".ftx", "f"]
+
+
+def test_directory_in_the_way(dest, tmp_path):
+    (tmp_path / "f").mkdir()
+    with pytest.raises(StorageError) as err:
+        _write(dest, b"f", b"data")
+    assert err.value.code == ErrorCode.EXISTS
+    assert os.listdir(tmp_path / "f") == []
