@@ -40,6 +40,8 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Event = dict[str, Any]
 """A receiver event: the dict ``ftx receive --json`` prints as one line.  ``event["event"]`` is one of
 ``listening`` (transport, host, port, udp_port, dir, pid, auth, fingerprint, code in code mode),
+``sender`` (peer, transport, identity: key/tls/code/insecure, fingerprint, name: one per authenticated
+sender), ``refusal`` (host, reason: a connection turned away by a limit such as max_per_host),
 ``file`` (path, size, status, ok, bytes_received, ...: one per file a sender settled),
 ``session`` (peer, transport, complete, ok, files, error, transfer_id: one per sender, also one
 per failed authentication), ``code`` (a new pairing code), ``failures_suppressed`` (throttled
@@ -66,7 +68,8 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
                      tls_key: str | None = None, insecure: bool = False, checksum: bool = False,
                      max_rate: int | str | None = None, receipt: str | None = None, progress: Progress | None = None,
                      resume: bool = True, links: bool = False, chunk_size: int | str = 1 << 20, mtu: int = 1500,
-                     pmtud: bool = False, idle_timeout: float | None = None) -> SendReport:
+                     pmtud: bool = False, idle_timeout: float | None = None,
+                     transfer_id: bytes | None = None) -> SendReport:
     """Send ``paths`` (files or directories) to the receiver at ``dest`` (HOST, HOST:PORT or [IPv6]:PORT;
     ``port`` when it names none, default 7431) and return the ``SendReport``.
 
@@ -77,6 +80,7 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
     ``udp``: the reliable UDP transport (``mtu``, ``pmtud``).  ``checksum``: recognise unchanged files by
     their digest.  ``max_rate``: bytes per second (an int, or text such as ``"20M"`` = 20 MiB/s).
     ``receipt``: a file to write the receiver's signed receipt to.  ``progress``: a ``ftx.Progress``.
+    ``transfer_id``: 8 bytes that name this transfer in both sides' logs (default: random).
     Raises ``ArgumentError`` for bad arguments and the ``ftx.errors`` classes for failures before or of
     the session as a whole; per-file failures are in the report."""
     from .client import send_over_network
@@ -112,8 +116,10 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
             auth.code = parse_code(code)
         except CredentialError as exc:
             raise ArgumentError(str(exc)) from None
+    if transfer_id is not None and len(transfer_id) != 8:
+        raise ArgumentError("transfer_id must be 8 bytes")
     config = Config(chunk_size=csize, resume=resume, sender_id=sender_id(), quick_check=not checksum,
-                    transfer_id=os.urandom(8))
+                    transfer_id=transfer_id or os.urandom(8))
     return await send_over_network(names, host, dport, config, links, progress,
                                    idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth, receipt)
 
@@ -161,7 +167,7 @@ class Receiver:
         if max_events < 1:
             raise ArgumentError("max_events must be at least 1")
         self.dir = os.fsdecode(os.fspath(dir))
-        self._options = dict(listen=listen, port=port, udp=udp, identity=identity, authorized_keys=authorized_keys,
+        self._options: dict[str, Any] = dict(listen=listen, port=port, udp=udp, identity=identity, authorized_keys=authorized_keys,
                              tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, code=code, insecure=insecure,
                              overwrite=overwrite, mkdir=mkdir, once=once, idle_timeout=idle_timeout)
         self.limits = limits or Limits()
@@ -230,7 +236,8 @@ class Receiver:
         service = ReceiverService(self._dest, host=o["listen"], port=o["port"], udp=o["udp"], once=o["once"],
                                   idle_timeout=o["idle_timeout"], limits=limits, auth=auth, emit=self._emit,
                                   flush=self._deliver, tell=log.info, say=_log_say,
-                                  ask=self._ask if self._user_ask is not None else None, activation=False)
+                                  ask=self._ask if self._user_ask is not None else None, activation=False,
+                                  detail=True)
         self._service = service
         try:
             await service.start()

@@ -9,23 +9,21 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections import deque
 
 import click
 
 from . import DEFAULT_PORT, __version__
-from .core.config import Config
 from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
-from .client import send_over_network
+from .errors import ArgumentError, ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
+from .cli_output import emit as _emit, emit_streamed as _emit_streamed, flush as _flush  # noqa: F401
+from .cli_output import start_writers as _start_writers, stop_writers as _stop_writers
 from .limits import Limits, parse_duration, parse_size
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -39,7 +37,7 @@ def _exit_code(exc: BaseException) -> int:
     from .credentials import CredentialError
     from .security_setup import SetupError
 
-    if isinstance(exc, (CredentialError, SetupError)):
+    if isinstance(exc, (CredentialError, SetupError, ArgumentError)):
         return EXIT_USAGE
     if isinstance(exc, (TransportError, PeerError)):
         return EXIT_CONNECTION
@@ -288,7 +286,6 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     rate = _size(max_rate) if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
-    from .identity import sender_id
     from .security_setup import SenderAuth
 
     try:
@@ -298,19 +295,21 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
     if (why := auth.conflict(code_prompt or code_file)) is not None:
         raise click.UsageError(why)
-    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum,
-                    transfer_id=bytes.fromhex(transfer_id))
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
 
         progress = Bars()
 
+    from .api import send_async
+
     terminated = []
     try:
-        report = asyncio.run(_until_signalled(send_over_network(list(paths), host, dport, config, links, progress,
-                                                    idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud,
-                                                    auth, receipt), terminated))
+        report = asyncio.run(_until_signalled(send_async(
+            list(paths), dest, port=port, udp=udp, identity=identity, expect_fingerprint=expect_fingerprint, code=code,
+            tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, checksum=checksum,
+            max_rate=rate, receipt=receipt, progress=progress, resume=not no_resume, links=links, chunk_size=csize,
+            mtu=mtu, pmtud=pmtud, idle_timeout=idle_timeout, transfer_id=bytes.fromhex(transfer_id)), terminated))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except asyncio.CancelledError:
@@ -465,116 +464,6 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
         _die(str(exc), _exit_code(exc))
     _stop_writers()
     sys.exit(code)
-
-
-WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
-_err = None  # the daemon's stderr LineWriter
-
-
-def _start_writers(as_json: bool, bars: bool) -> None:
-    """The daemon's stdout (--json) and stderr (log lines) go through LineWriters: a reader that stops
-    reading loses lines (counted, then reported), the receiver never waits for it."""
-    global _out, _err
-    from .output import LineWriter
-    from .terminal import use_stream
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if as_json:
-        _out = LineWriter(sys.stdout.fileno(), dropped=lambda n: json.dumps({"event": "dropped", "lines": n}) + "\n",
-                          on_dropped=lambda n: log.warning("%d --json lines dropped: standard output was not read "
-                                                           "fast enough", n),
-                          on_gone=lambda: log.warning("standard output was closed; no more --json lines"),
-                          name="ftx-stdout")
-    if not bars:  # progress bars redraw the terminal themselves; log lines then stay in order with them
-        _err = LineWriter(sys.stderr.fileno(), dropped=lambda n: f"ftx: warning: {n} log lines dropped: standard "
-                          "error was not read fast enough\n", name="ftx-stderr")
-        use_stream(_err)
-
-
-def _stop_writers() -> None:
-    """Give a slow reader WRITERS_DRAIN seconds at most, then exit without the rest."""
-    global _out, _err
-    import time
-
-    from .terminal import use_stream
-
-    _flush()
-    deadline = time.monotonic() + WRITERS_DRAIN
-    if _out is not None:
-        _out.close(WRITERS_DRAIN)
-        _out = None
-    if _err is not None:
-        use_stream(None)
-        _err.close(max(0.0, deadline - time.monotonic()))
-        _err = None
-
-
-_queued: deque[str] = deque()  # --json lines not written yet (appended from worker threads)
-
-
-def _emit(obj: dict, flush: bool = True) -> None:
-    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
-
-    ``flush=False`` (per-file lines, from any thread) only queues it: ``_flush`` writes
-    everything queued at once, and so does the next line emitted with ``flush=True``."""
-    _queued.append(json.dumps(obj) + "\n")
-    if flush:
-        _flush()
-
-
-STREAM_ITEMS = 1000  # list items encoded per json.dumps call by _emit_streamed
-
-
-def _emit_streamed(obj: dict, key: str) -> None:
-    """``_emit(obj)``, byte for byte, with the list (or iterator) ``obj[key]`` encoded and
-    written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
-    _flush()
-    out = sys.stdout
-    try:
-        out.write("{")
-        for i, (name, value) in enumerate(obj.items()):
-            out.write((", " if i else "") + json.dumps(name) + ": ")
-            if name != key:
-                out.write(json.dumps(value))
-                continue
-            out.write("[")
-            items, first = iter(value), True
-            while part := list(itertools.islice(items, STREAM_ITEMS)):
-                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
-                first = False
-            out.write("]")
-        out.write("}\n")
-        out.flush()
-    except BrokenPipeError:
-        _stdout_gone()
-
-
-_out = None  # the daemon's stdout LineWriter (ftx/output.py): lines never wait for the reader
-
-
-def _flush() -> None:
-    """Write the queued lines with one call (on the event loop's thread)."""
-    lines = []
-    while _queued:
-        lines.append(_queued.popleft())
-    if not lines:
-        return
-    if _out is not None:
-        _out.write("".join(lines))  # queued for the writer thread, or dropped and counted
-        return
-    try:
-        sys.stdout.write("".join(lines))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_gone()
-
-
-def _stdout_gone() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
-    os.close(devnull)
-    log.warning("standard output was closed; no more --json lines")
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,

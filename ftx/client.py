@@ -53,7 +53,7 @@ async def send_over_network(paths: list[str], host: str, port: int, config: Conf
         report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
                                    established=est).run(walk_groups(paths, links, top))
         report.transport_stats = getattr(link, "stats", {})
-        report.peer_fingerprint = peer_fingerprint  # type: ignore[attr-defined]
+        report.peer_fingerprint = peer_fingerprint
         return report
     finally:
         await link.aclose()

@@ -152,13 +152,15 @@ class ReceiverService:
                  auth: Any = None, metrics_at: tuple[str, int] | None = None, emit: Emit | None = None,
                  flush: Callable[[], None] | None = None, tell: Callable[[str], None] | None = None,
                  say: Callable[..., None] | None = None, progress: Callable[[str], Progress] | None = None,
-                 ask: Ask | None = None, activation: bool = True) -> None:
+                 ask: Ask | None = None, activation: bool = True, detail: bool = False) -> None:
         """``dest``: the Destination (receive root).  ``emit(event, flush)``: every event as the --json dict
         (``flush=False``: a per-file event, possibly from a worker thread; ``flush()`` is called on the
         loop within LINES_DELAY).  ``tell(text)``: a notice for the operator (the pairing code).
         ``say(text, level)``: the throttled failure and refusal lines (default: terminal.say, stderr).
         ``progress(peer)``: a Progress per session (bars).  ``ask(peer, offer)``: code mode, ask before
-        accepting (None: accept).  ``activation``: serve sockets passed by systemd (LISTEN_FDS) if any."""
+        accepting (None: accept).  ``activation``: serve sockets passed by systemd (LISTEN_FDS) if any.
+        ``detail``: also emit a "sender" event per authenticated sender and a "refusal" event per
+        connection turned away by a limit (the library's receiver; ``ftx receive`` logs them as lines)."""
         from .security_setup import ReceiverAuth
 
         self.dest = dest
@@ -168,12 +170,13 @@ class ReceiverService:
         self.auth = auth or ReceiverAuth(insecure=True)
         self.metrics_at = metrics_at
         self.emit, self.flush, self.tell = emit, flush, tell
-        if say is None:
-            from .terminal import say
-        self.say = say
+        from .terminal import say as say_on_stderr
+
+        self.say: Callable[..., None] = say if say is not None else say_on_stderr
         self.progress, self.ask = progress, ask
         self.auth.ask = ask is not None
         self.activation = activation
+        self.detail = emit if detail else None  # where "sender" and "refusal" events go
         self.socks: list = []
         self.bound: tuple = ()
         self.udp_server: Any = None
@@ -260,7 +263,7 @@ class ReceiverService:
 
         self.failures = FailureLog(self.say)  # escaped: the reasons quote what peers sent
         self.refusals = FailureLog(self.say)  # its own throttle: a refusal does not use up an address's auth line
-        admission.on_refused = lambda host, reason: self.refusals.failed(host, f"refused {host or '?'}", reason)
+        admission.on_refused = self._refused
         self.failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
             "event": "failures_suppressed", "failures": n, "addresses": hosts, "seconds": seconds,
             "message": suppressed_text(n, hosts)})
@@ -272,6 +275,11 @@ class ReceiverService:
         self._tasks = [self._server, loop.create_task(expire_periodically(dest, limits.partial_ttl)),
                        loop.create_task(self._summarize_failures()),
                        loop.create_task(svc.run())]  # systemd STATUS= and WATCHDOG=1
+
+    def _refused(self, host: str | None, reason: str) -> None:
+        self.refusals.failed(host, f"refused {host or '?'}", reason)
+        if self.detail is not None:
+            self.detail({"event": "refusal", "host": host or "", "reason": reason})
 
     def _show_code(self, code: str, again: bool) -> None:
         if self.tell is not None:
@@ -362,6 +370,8 @@ class ReceiverService:
         events_log.info("%s: sender over %s, %s", peer_label(link.peer), link.transport, who[0],
                         extra={"fields": {"event": "sender", "peer": peer_label(link.peer),
                                           "transport": link.transport, **who[1]}})
+        if self.detail is not None:
+            self.detail({"event": "sender", "peer": peer_label(link.peer), "transport": link.transport, **who[1]})
         counts = SessionCounts()
 
         def on_file_counted(report: Any) -> None:

@@ -80,6 +80,9 @@ def test_tcp_keys_send_async_and_events(tmp_path):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "listening" and "file" in kinds and kinds[-1] == "session"
     assert events[0]["auth"] == "key" and events[0]["transport"] == ["tcp"]
+    sender = [e for e in events if e["event"] == "sender"]
+    assert len(sender) == 1 and sender[0]["identity"] == "key"
+    assert sender[0]["fingerprint"] == cr.load_identity(sid, create=False).fingerprint
     assert events[-1]["ok"] is True and events[-1]["transport"] == "tcp"
     assert {e["path"] for e in events if e["event"] == "file"} >= {"a.txt", "sub/b.bin"}
     assert called[:len(events)] == events  # the callback saw the same events, in order
@@ -181,6 +184,41 @@ def test_unread_events_do_not_stop_5000_files(tmp_path):
     assert len(os.listdir(dst / "many")) == 5000 and (dst / "many" / "4999").read_bytes() == b"4999"
     assert seen[0]["event"] == "listening" and seen[-1]["event"] == "dropped"
     assert files < 50 and missed >= 5000 - 50 and len(seen) <= 50 + 2
+
+
+def test_refusal_event(tmp_path):
+    """A sender over max_per_host is turned away: it fails, and the program gets a "refusal" event."""
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "big").write_bytes(bytes(4 << 20))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    refusals: list[dict] = []
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "refusal":
+            refusals.append(event)
+
+    async def main():
+        async with ftx.Receiver(dst, insecure=True, udp=False, limits=ftx.Limits(max_per_host=1),
+                                on_event=on_event) as r:
+            slow = asyncio.ensure_future(asyncio.to_thread(  # holds the one place for 16 s (until the close)
+                ftx.send, tmp_path / "big", "127.0.0.1", port=r.port, insecure=True, max_rate=256 << 10))
+            try:
+                errors = []
+                for _ in range(50):  # until one of the two is refused (usually this one, once the other's
+                    report = await ftx.send_async(tmp_path / "f", "127.0.0.1", port=r.port, insecure=True,
+                                                  idle_timeout=5)  # HELLO has settled its place)
+                    errors.append(report.error)
+                    if refusals:
+                        break
+            finally:
+                r.close()  # the slow sender fails at once
+            slow_error = (await slow).error
+            return errors, slow_error
+
+    errors, slow_error = run(main())
+    assert any("busy" in e for e in errors + [slow_error]), (errors, slow_error)
+    assert refusals[0]["host"] == "127.0.0.1" and "max-per-host" in refusals[0]["reason"]
 
 
 def test_bad_arguments_raise_typed_errors(tmp_path):
