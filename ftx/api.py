@@ -25,6 +25,7 @@ import collections
 import inspect
 import logging
 import os
+import socket
 import threading
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Union
 
@@ -167,9 +168,10 @@ class Receiver:
         if max_events < 1:
             raise ArgumentError("max_events must be at least 1")
         self.dir = os.fsdecode(os.fspath(dir))
-        self._options: dict[str, Any] = dict(listen=listen, port=port, udp=udp, identity=identity, authorized_keys=authorized_keys,
-                             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, code=code, insecure=insecure,
-                             overwrite=overwrite, mkdir=mkdir, once=once, idle_timeout=idle_timeout)
+        self._options: dict[str, Any] = dict(
+            listen=listen, port=port, udp=udp, identity=identity, authorized_keys=authorized_keys, tls_cert=tls_cert,
+            tls_key=tls_key, tls_ca=tls_ca, code=code, insecure=insecure, overwrite=overwrite, mkdir=mkdir, once=once,
+            idle_timeout=idle_timeout)
         self.limits = limits or Limits()
         self.on_event = on_event
         self.max_events = max_events
@@ -240,7 +242,16 @@ class Receiver:
                                   detail=True)
         self._service = service
         try:
-            await service.start()
+            try:
+                await service.start()
+            except (socket.gaierror, UnicodeError) as exc:
+                raise ArgumentError(f"listen {o['listen']!r} is not an address: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
+            except OSError as exc:
+                from .errors import TransportError
+
+                raise TransportError(f"cannot listen on {o['listen']} port {o['port']}: {exc.strerror or exc}") \
+                    from exc
         except BaseException:
             self._dest.close()
             self._end()
@@ -291,7 +302,10 @@ class Receiver:
             if threading.get_ident() == self._thread:
                 self._deliver()
             else:
-                self._loop.call_soon_threadsafe(self._deliver)
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: nobody is left to deliver to
+                    pass
 
     def _deliver(self) -> None:
         """On the loop: call ``on_event`` and queue for ``events()``, up to ``max_events``."""

@@ -255,6 +255,18 @@ def test_bad_arguments_raise_typed_errors(tmp_path):
         run(missing_dir())
     assert not (tmp_path / "nope").exists()
 
+    async def listen(**options):
+        async with ftx.Receiver(tmp_path, insecure=True, **options):
+            pass
+
+    with pytest.raises(ftx.ArgumentError, match="not an address"):
+        run(listen(listen="a" * 64 + ".example"))  # refused before any resolver is asked (label too long)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ftx.TransportError, match="in use"):
+            run(listen(port=taken.getsockname()[1]))
+
 
 def test_once_and_wait_closed(tmp_path):
     (tmp_path / "f").write_bytes(b"once")
