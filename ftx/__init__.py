@@ -8,25 +8,16 @@
 
 ``send``/``send_async`` and ``Receiver`` are documented in ``ftx.api``; errors are the
 ``ftx.errors`` tree (``FtxError`` at its root), exported here too.  The names below are
-imported on first use, so ``import ftx`` stays cheap for the command line.
+imported on first use, so ``import ftx`` stays cheap for the command line (and the sans-I/O
+core, which imports this module, pulls in nothing else); type checkers read ``__init__.pyi``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 DEFAULT_PORT = 7431
-
-if TYPE_CHECKING:  # what the lazy names below are, for type checkers
-    from .api import Ask, Event, Receiver, send, send_async
-    from .core.secure import AuthError
-    from .errors import (ArgumentError, ChecksumMismatch, ErrorCode, FtxError, LocalProtocolError, PeerError,
-                         ProtocolError, RemoteProtocolError, StorageError, TransportError, UnsafePath)
-    from .limits import Limits
-    from .progress import Progress
-    from .receiving import FileReport
-    from .sending import FileSendReport, SendReport
 
 _LAZY = {
     "send": "api", "send_async": "api", "Receiver": "api", "Event": "api", "Ask": "api",

@@ -289,7 +289,9 @@ def test_once_and_wait_closed(tmp_path):
 def test_typed_package():
     root = Path(ftx.__file__).parent
     assert (root / "py.typed").exists()
-    assert "py.typed" in (root.parent / "pyproject.toml").read_text()
+    assert '"py.typed", "*.pyi"' in (root.parent / "pyproject.toml").read_text()
+    stub = (root / "__init__.pyi").read_text()
+    assert all(f" as {name}" in stub for name in ftx.__all__ if not name.startswith("_") and name != "DEFAULT_PORT")
     assert set(ftx.__all__) <= set(dir(ftx))
     for name in ftx.__all__:
         assert getattr(ftx, name) is not None
