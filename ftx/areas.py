@@ -360,12 +360,10 @@ async def refuse(link, reason: str) -> None:
         pass
 
 
-def chooser(root, service=None, admission=None) -> Areas:
-    """The receiver's ``Areas``: areas from the loaded config file (ftx/config_file.py), if any; each
-    refusal logged as the connection limits' are (``admission.on_refused``) and published as a session."""
-    from . import config_file
-
-    settings = config_file.current()
+def chooser(root, service=None, admission=None, settings=None) -> Areas:
+    """The receiver's ``Areas``: the areas of ``settings`` (a loaded config file, ftx/config_file.py;
+    a reload replaces them there), if any; each refusal logged as the connection limits' are
+    (``admission.on_refused``) and published as a session."""
     auth = getattr(service, "auth", None)
     if settings is not None and settings.areas is not None and auth is not None \
             and (auth.insecure or getattr(auth, "code_mode", False) or auth.kind not in ("key", "tls")):
@@ -375,7 +373,6 @@ def chooser(root, service=None, admission=None) -> Areas:
                          f"or TLS client certificates, not {'--insecure' if auth.insecure else auth.kind}")
 
     def table():
-        settings = config_file.current()
         return settings.areas if settings is not None else None
 
     def on_refused(link, reason: str) -> None:

@@ -9,23 +9,22 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections import deque
 
 import click
 
 from . import DEFAULT_PORT, __version__
-from .core.config import Config
 from .core.secure import AuthError
 from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from .errors import ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
-from .limits import Admission, Limits
+from .errors import ArgumentError, ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
+from .cli_output import emit as _emit, emit_streamed as _emit_streamed, flush as _flush  # noqa: F401
+from .cli_output import start_writers as _start_writers, stop_writers as _stop_writers
+from .limits import Limits
 from .units import human_size, parse_duration, parse_rate, parse_size
 from . import config_file
 
@@ -40,7 +39,7 @@ def _exit_code(exc: BaseException) -> int:
     from .credentials import CredentialError
     from .security_setup import SetupError
 
-    if isinstance(exc, (CredentialError, SetupError)):
+    if isinstance(exc, (CredentialError, SetupError, ArgumentError)):
         return EXIT_USAGE
     if isinstance(exc, (TransportError, PeerError)):
         return EXIT_CONNECTION
@@ -165,23 +164,9 @@ def _check_listen(host: str, option: str = "--listen") -> None:
 
 
 def _fit_descriptors(limits: Limits) -> Limits:
-    """Make room for 2 descriptors per open partial plus the connections (raising ``ulimit -n`` if
-    allowed); if there is none, lower --max-open-files and say so."""
-    import dataclasses
+    from .daemon import fit_descriptors
 
-    from .descriptors import raise_descriptor_limit
-
-    from .helddirs import DIR_CACHE
-
-    # sockets, the listeners, stdio, the interpreter's own; the held directories (+ --dir, .ftx, syncfs)
-    spare = limits.max_connections + 64 + DIR_CACHE + 4
-    soft = raise_descriptor_limit(2 * limits.max_open_files + spare)
-    fits = max(1, (soft - spare) // 2)
-    if fits < limits.max_open_files:
-        _tell(f"--max-open-files lowered from {limits.max_open_files} to {fits}: "
-              f"the descriptor limit (ulimit -n) is {soft}")  # shown even without -v
-        limits = dataclasses.replace(limits, max_open_files=fits)
-    return limits
+    return fit_descriptors(limits, _tell)  # the notice is shown even without -v
 
 
 def _show_progress(no_progress: bool, as_json: bool) -> bool:
@@ -407,7 +392,6 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     rate = _rate(max_rate, "--max-rate") if max_rate else None
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-rate")
-    from .identity import sender_id
     from .security_setup import SenderAuth
 
     try:
@@ -417,8 +401,6 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
     if (why := auth.conflict(code_prompt or code_file)) is not None:
         raise click.UsageError(why)
-    config = Config(chunk_size=csize, resume=not no_resume, sender_id=sender_id(), quick_check=not checksum,
-                    transfer_id=bytes.fromhex(transfer_id))
     progress = None
     if _show_progress(no_progress, as_json):
         from .progress import Bars
@@ -426,11 +408,15 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
         progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
 
+    from .api import send_async
+
     terminated = []
     try:
-        report = asyncio.run(_until_signalled(_send(list(paths), host, dport, config, links, progress,
-                                                    idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud,
-                                                    auth, receipt), terminated))
+        report = asyncio.run(_until_signalled(send_async(
+            list(paths), dest, port=port, udp=udp, identity=identity, expect_fingerprint=expect_fingerprint, code=code,
+            tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, checksum=checksum,
+            max_rate=rate, receipt=receipt, progress=progress, resume=not no_resume, links=links, chunk_size=csize,
+            mtu=mtu, pmtud=pmtud, idle_timeout=idle_timeout, transfer_id=bytes.fromhex(transfer_id)), terminated))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except asyncio.CancelledError:
@@ -478,48 +464,6 @@ async def _until_signalled(coro, terminated: list):
         return await coro
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-
-
-async def _send(paths, host, port, config, links, progress, idle_timeout, rate, udp, mtu, pmtud, auth=None,
-                receipt=None):
-    from .security_setup import SenderAuth, sender_handshake
-    from .sending import SendSession
-    from .source import arguments, walk, walk_groups
-
-    top = arguments(paths)  # bad arguments fail before connecting
-    hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too
-    if hs is not None and auth.mode == "code":  # the receiver asks its user: say what comes
-        from .security_setup import offer_summary
-
-        config.summary = offer_summary(walk(paths, links))  # a first walk that counts, holding nothing
-    try:
-        if udp:
-            from .transport import udp as transport
-
-            link = await transport.connect(host, port, transport.UdpConfig(
-                max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
-            rate = None  # the UDP pacer applies it
-        else:
-            from .transport import tcp as transport
-
-            link = await transport.connect(host, port)
-    except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
-        raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
-    try:
-        peer_fingerprint = ""
-        est = None
-        if hs is not None:
-            from .securing import run_handshake
-
-            est = await run_handshake(link, hs, idle_timeout)
-            peer_fingerprint = est.peer.fingerprint
-        report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
-                                   established=est).run(walk_groups(paths, links, top))
-        report.transport_stats = getattr(link, "stats", {})
-        report.peer_fingerprint = peer_fingerprint
-        return report
-    finally:
-        await link.aclose()
 
 
 @main.command(epilog=RECEIVE_EPILOG)
@@ -622,7 +566,7 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     _start_writers(as_json, bars)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout, bars, not no_udp, limits, auth,
-                                    metrics_at))
+                                    metrics_at, config_file.loaded()))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except FtxError as exc:
@@ -632,405 +576,50 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     sys.exit(code)
 
 
-WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
-_err = None  # the daemon's stderr LineWriter
-
-
-def _start_writers(as_json: bool, bars: bool) -> None:
-    """The daemon's stdout (--json) and stderr (log lines) go through LineWriters: a reader that stops
-    reading loses lines (counted, then reported), the receiver never waits for it."""
-    global _out, _err
-    from .output import LineWriter
-    from .terminal import use_stream
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if as_json:
-        _out = LineWriter(sys.stdout.fileno(), dropped=lambda n: json.dumps({"event": "dropped", "lines": n}) + "\n",
-                          on_dropped=lambda n: log.warning("%d --json lines dropped: standard output was not read "
-                                                           "fast enough", n),
-                          on_gone=lambda: log.warning("standard output was closed; no more --json lines"),
-                          name="ftx-stdout")
-    if not bars:  # progress bars redraw the terminal themselves; log lines then stay in order with them
-        _err = LineWriter(sys.stderr.fileno(), dropped=lambda n: f"ftx: warning: {n} log lines dropped: standard "
-                          "error was not read fast enough\n", name="ftx-stderr")
-        use_stream(_err)
-
-
-def _stop_writers() -> None:
-    """Give a slow reader WRITERS_DRAIN seconds at most, then exit without the rest."""
-    global _out, _err
-    import time
-
-    from .terminal import use_stream
-
-    _flush()
-    deadline = time.monotonic() + WRITERS_DRAIN
-    if _out is not None:
-        _out.close(WRITERS_DRAIN)
-        _out = None
-    if _err is not None:
-        use_stream(None)
-        _err.close(max(0.0, deadline - time.monotonic()))
-        _err = None
-
-
-def _host_of(peer) -> str | None:
-    return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
-
-
-def _auth_text(auth) -> str:
-    if auth.insecure:
-        return "INSECURE: senders are not authenticated"
-    if auth.code:
-        return "pairing code on stderr"
-    return f"{auth.kind} {auth.fingerprint}" if auth.fingerprint else str(auth.kind)
-
-
-def _sender_text(link) -> tuple[str, dict]:
-    """Who the sender proved to be: text for the log line, fields for --log-format json."""
-    est = getattr(link, "established", None)
-    peer = getattr(est, "peer", None)
-    if peer is None:
-        return "not authenticated (--insecure)", {"identity": "insecure"}
-    text = {"key": f"key {peer.fingerprint}", "tls": f"certificate {peer.fingerprint}",
-            "code": "pairing code"}.get(peer.kind, peer.kind)
-    if peer.name and peer.kind != "code":
-        text += f" ({peer.name})"
-    return text, {"identity": peer.kind, "fingerprint": peer.fingerprint, "name": peer.name}
-
-
-class SessionCounts:
-    """One session's files for its summary line (the reports are counted, not kept)."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.files = self.identical = self.failed = self.bytes = self.received = 0
-
-    def add(self, report) -> None:  # on a worker thread, one at a time per session
-        self.files += 1
-        self.bytes += report.size
-        self.received += report.bytes_received
-        self.identical += report.status == "identical"
-        self.failed += not report.ok
-
-    def log(self, peer: str, transport: str, transfer_id: str, ok: bool, complete: bool, error: str) -> None:
-        seconds = max(time.monotonic() - self.start, 1e-6)
-        rate = self.received / seconds
-        outcome = "" if ok else f"; {error or ('incomplete' if not complete else 'some files failed')}"
-        (events_log.info if ok else events_log.warning)(
-            "%s: transfer %s over %s: %d files (%d identical, %d failed), %s received in %.2f s (%s/s)%s",
-            peer, transfer_id or "-", transport, self.files, self.identical, self.failed, _human_bytes(self.received),
-            seconds, _human_bytes(rate), outcome,
-            extra={"fields": {"event": "session", "peer": peer, "transport": transport, "transfer_id": transfer_id,
-                              "ok": ok, "complete": complete, "files": self.files, "identical": self.identical,
-                              "failed": self.failed, "bytes": self.bytes, "bytes_received": self.received,
-                              "seconds": round(seconds, 3), "error": error}})
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _peer_label(peer) -> str:
-    if isinstance(peer, tuple):
-        host = peer[0].removeprefix("::ffff:")
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return str(peer)
-
-
-LINES_DELAY = 0.1  # seconds a receiver's per-file --json line may wait before it is written
-_queued: deque[str] = deque()  # --json lines not written yet (appended from worker threads)
-
-
-def _emit(obj: dict, flush: bool = True) -> None:
-    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
-
-    ``flush=False`` (per-file lines, from any thread) only queues it: ``_flush`` writes
-    everything queued at once, and so does the next line emitted with ``flush=True``."""
-    _queued.append(json.dumps(obj) + "\n")
-    if flush:
-        _flush()
-
-
-STREAM_ITEMS = 1000  # list items encoded per json.dumps call by _emit_streamed
-
-
-def _emit_streamed(obj: dict, key: str) -> None:
-    """``_emit(obj)``, byte for byte, with the list (or iterator) ``obj[key]`` encoded and
-    written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
-    _flush()
-    out = sys.stdout
-    try:
-        out.write("{")
-        for i, (name, value) in enumerate(obj.items()):
-            out.write((", " if i else "") + json.dumps(name) + ": ")
-            if name != key:
-                out.write(json.dumps(value))
-                continue
-            out.write("[")
-            items, first = iter(value), True
-            while part := list(itertools.islice(items, STREAM_ITEMS)):
-                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
-                first = False
-            out.write("]")
-        out.write("}\n")
-        out.flush()
-    except BrokenPipeError:
-        _stdout_gone()
-
-
-_out = None  # the daemon's stdout LineWriter (ftx/output.py): lines never wait for the reader
-
-
-def _flush() -> None:
-    """Write the queued lines with one call (on the event loop's thread)."""
-    lines = []
-    while _queued:
-        lines.append(_queued.popleft())
-    if not lines:
-        return
-    if _out is not None:
-        _out.write("".join(lines))  # queued for the writer thread, or dropped and counted
-        return
-    try:
-        sys.stdout.write("".join(lines))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_gone()
-
-
-def _stdout_gone() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
-    os.close(devnull)
-    log.warning("standard output was closed; no more --json lines")
-
-
-async def _bind_both(host, port, udp: bool, handle_udp, udp_config=None, admission=None, limits=None):
-    """TCP listening sockets and, unless disabled, UDP on the same port number."""
-    from .transport import tcp, udp as udp_transport
-
-    for attempt in range(20):
-        socks = tcp.listen(host, port)
-        bound = socks[0].getsockname()
-        if not udp:
-            return socks, bound, None
-        try:
-            return socks, bound, await udp_transport.serve(host, bound[1], handle_udp, udp_config, admission, limits)
-        except TransportError:
-            for s in socks:
-                s.close()
-            if port != 0 or attempt == 19:
-                raise
-    raise AssertionError("unreachable")
-
-
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
-                   auth=None, metrics_at=None) -> int:
-    from .security_setup import ReceiverAuth
+                   auth=None, metrics_at=None, settings=None) -> int:
+    """The receiver service until a signal (or --once): its events printed as --json lines."""
+    from .daemon import ReceiverService
 
-    limits = limits or Limits()
-    auth = auth or ReceiverAuth(insecure=True)
-    from .core.frames import BufferBudget
-    from .receiving import receive_over
-    from .transport.tcp import serve
+    progress = None
+    if bars:
+        from .progress import Bars
 
-    handlers = {}
-    from .core.udp.session import UdpConfig
+        progress = lambda label: Bars(label=label)  # noqa: E731
+    ask = None
+    if auth is not None and auth.ask:
+        from .confirm import Question
 
-    admission = Admission(limits)  # sessions in total and per host, TCP and UDP together
-    budget = BufferBudget(limits.frame_buffer_bytes)  # frame buffers and item state of all connections
-    from .service import Service, activation, serve_passed
+        question = Question((limits or Limits()).confirm_timeout)  # one at a time, each bounded by --confirm-timeout
 
-    passed = activation()  # systemd socket activation: serve the sockets it passed instead of binding
-    svc = Service(_emit if as_json else None, admission=admission, auth=auth, dest_root=dest.root,
-                  metrics_at=metrics_at)  # the one observer: --json lines, metrics, systemd STATUS
-    await svc.start()
-    from .areas import chooser
+        async def ask_user(peer: str, offer: str) -> str | None:
+            return await question.ask(f"ftx: {peer} offers {offer}. Accept?")
 
-    dest_for = chooser(dest, svc, admission)  # each sender's Destination: --dir, or its area (--config [areas])
-    udp_handle, udp_config = lambda link: handlers["handle"](link, 15.0), UdpConfig(idle_timeout=idle_timeout or 15.0)
-    if passed:
-        socks, bound, udp_server = await serve_passed(passed, udp_handle, udp_config, admission, limits)
-    else:
-        socks, bound, udp_server = await _bind_both(host, port, udp, udp_handle, udp_config, admission, limits)
+        ask = ask_user
+
+    service = ReceiverService(dest, host=host, port=port, udp=udp, once=once, idle_timeout=idle_timeout,
+                              limits=limits, auth=auth, metrics_at=metrics_at, emit=_emit if as_json else None,
+                              flush=_flush if as_json else None, tell=_tell, progress=progress, ask=ask,
+                              settings=settings)
+    await service.start()
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
     stop_code = [EXIT_OK]
 
     def on_signal(code: int) -> None:
-        svc.stopping()
         stop_code[0] = code
-        main_task.cancel()
+        service.stop()
 
     loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_OK)
     loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
-    loop.add_signal_handler(signal.SIGHUP, svc.reload)
-    transports = (["tcp"] if socks else []) + (["udp"] if udp_server else [])
-    udp_port = udp_server.dsock.sock.getsockname()[1] if udp_server else None
-    extra = {"activated": passed.names} if passed else {}
-    if svc.metrics is not None:
-        extra["metrics"] = "http://%s/metrics" % _peer_label(svc.metrics.address)
-    if as_json:
-        _emit({"event": "listening", "transport": transports, "host": bound[0], "port": bound[1],
-               "udp_port": udp_port, "dir": os.fsdecode(dest.root), "pid": os.getpid(),
-               "auth": auth.kind, "fingerprint": auth.fingerprint, **({"code": auth.code} if auth.code else {}),
-               **extra})
-    events_log.info("listening on %s port %d (%s)%s, receiving into %s; %s", bound[0], bound[1], ", ".join(transports),
-                    " (sockets passed by systemd: %s)" % ", ".join(passed.names) if passed else "",
-                    os.fsdecode(dest.root), _auth_text(auth),
-                    extra={"fields": {"event": "listening", "host": bound[0], "port": bound[1],
-                                      "transport": transports, "dir": os.fsdecode(dest.root), "auth": auth.kind,
-                                      "fingerprint": auth.fingerprint}})
-    svc.ready()
-
-    def show_code(code: str, again: bool) -> None:
-        _tell(f"{'new ' if again else ''}pairing code: {code}  (the sender runs: ftx send --code ...)")
-        if again and as_json:
-            _emit({"event": "code", "code": code})
-
-    if auth.code:
-        show_code(auth.code, False)
-        auth.on_code = lambda code: show_code(code, True)
-        auth.renew_code = not once  # --once: the used code is not replaced while its transfer may end it all
-    finished: asyncio.Future = loop.create_future()
-
-    flush_due = [False]
-
-    def flush_lines() -> None:
-        flush_due[0] = False
-        _flush()
-
-    def on_file(report) -> None:  # usually on the worker thread that handles a batch of events
-        # a --json line is queued, written at most LINES_DELAY later (or before the next other
-        # line): a write per file from the worker thread, and the loop's wake-ups, cost more
-        # than the file did
-        svc.publish({"event": "file", **report.__dict__}, flush=False)
-        if as_json:
-            if not flush_due[0]:
-                flush_due[0] = True
-                loop.call_soon_threadsafe(loop.call_later, LINES_DELAY, flush_lines)
-        if events_log.isEnabledFor(logging.DEBUG):  # -v: a line per file (by default a summary per session)
-            events_log.debug("%s: %s (%d bytes)", report.path, report.status, report.size,
-                             extra={"fields": {"event": "file", "path": report.path, "size": report.size,
-                                               "status": report.status}})
-
-    async def handle(link, default_timeout: float = 30.0) -> None:
-        if not auth.insecure:
-            from .security_setup import authenticate
-
-            error = await authenticate(link, auth, limits.handshake_timeout, budget)  # counts in --max-memory
-            if error == "":
-                return  # turned away quietly (throttled)
-            if error is not None:  # one line at once, then one summary per address per interval
-                told = failures.failed(_host_of(link.peer), _peer_label(link.peer), error)
-                if told:  # --json is throttled alike (the rest: "failures_suppressed")
-                    svc.publish({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                                 "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
-                return
-        progress = None
-        if bars:
-            from .progress import Bars
-
-            progress = Bars(label=_peer_label(link.peer))
-        who = _sender_text(link)
-        events_log.info("%s: sender over %s, %s", _peer_label(link.peer), link.transport, who[0],
-                        extra={"fields": {"event": "sender", "peer": _peer_label(link.peer),
-                                          "transport": link.transport, **who[1]}})
-        counts = SessionCounts()
-
-        def on_file_counted(report) -> None:
-            counts.add(report)
-            on_file(report)
-
-        try:
-            if (session_dest := await dest_for(link)) is None:
-                return  # no area for this sender: told, logged, published
-            with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
-                session = await receive_over(link, session_dest, on_file=on_file_counted,
-                                             idle_timeout=idle_timeout or default_timeout,
-                                             progress=tally, limits=limits, budget=budget,
-                                             confirm=(lambda hello: ask(link, hello)) if auth.ask else None,
-                                             identity=None if auth.insecure else auth.receipt_identity,
-                                             established=getattr(link, "established", None),
-                                             keep_reports=False)  # on_file tells each: memory flat with the count
-        finally:
-            if progress is not None:
-                progress.close()
-        ok = session.complete and not session.failed
-        peer_hello = getattr(getattr(session, "conn", None), "peer", None)
-        transfer_id = getattr(peer_hello, "transfer_id", b"").hex()
-        svc.publish({"event": "session", "peer": _peer_label(link.peer), "transport": link.transport,
-                     "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
-                     "transfer_id": transfer_id, "transport_stats": getattr(link, "stats", {})})
-        counts.log(_peer_label(link.peer), link.transport, transfer_id, ok, session.complete, session.error)
-        if once and session.complete and not finished.done():
-            finished.set_result(EXIT_OK if ok else EXIT_FILES)
-        elif auth.code_mode and auth.code is None and not finished.done():
-            auth.new_code()  # --once and that session did not complete: the receiver goes on, with a new code
-
-    from .confirm import Question
-    from .failure_log import FailureLog
-
-    question = Question(limits.confirm_timeout)  # one at a time, each bounded by --confirm-timeout
-
-    from .terminal import say
-
-    failures = FailureLog(say)  # escaped: the reasons quote what peers sent
-    refusals = FailureLog(say)  # its own throttle: a refusal does not use up an address's authentication line
-    admission.on_refused = lambda host, reason: refusals.failed(host, f"refused {host or '?'}", reason)
-    from .failure_log import suppressed_text
-
-    failures.on_suppressed = lambda n, hosts, seconds: svc.publish({
-        "event": "failures_suppressed", "failures": n, "addresses": hosts, "seconds": seconds,
-        "message": suppressed_text(n, hosts)})
-
-    async def summarize_failures() -> None:
-        while True:
-            await asyncio.sleep(failures.interval / 2)
-            failures.flush()
-            refusals.flush()
-
-    async def ask(link, hello) -> str | None:
-        from .security_setup import describe_offer
-
-        return await question.ask(f"ftx: {_peer_label(link.peer)} offers {describe_offer(hello)}. Accept?")
-
-    handlers["handle"] = handle
-    from .expiry import expire_periodically
-
-    expiry = loop.create_task(expire_periodically(dest, limits.partial_ttl))
-    server = loop.create_task(serve(socks, handle, admission) if socks else asyncio.Event().wait())  # UDP only
-    summaries = loop.create_task(summarize_failures())
-    notices = loop.create_task(svc.run())  # systemd STATUS= and WATCHDOG=1
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     try:
-        done, _ = await asyncio.wait({server, finished}, return_when=asyncio.FIRST_COMPLETED)
-        if server in done:
-            server.result()
-        return finished.result()
-    except asyncio.CancelledError:
-        return stop_code[0]
+        ok = await service.wait()
     finally:
-        if udp_server is not None:  # UDP senders are told now, not left to their idle timeout
-            await udp_server.shutdown("the receiver is shutting down; partial files are kept for a resume")
-        server.cancel()
-        expiry.cancel()
-        summaries.cancel()
-        notices.cancel()
-        await asyncio.gather(server, expiry, summaries, notices, return_exceptions=True)
-        failures.flush(final=True)  # nothing counted is lost at exit
-        refusals.flush(final=True)
+        await service.aclose()
         _flush()  # nor a queued --json line
-        svc.close()
-        for s in socks:
-            s.close()
-        if udp_server is not None:
-            udp_server.close()
+    if ok is None:
+        return stop_code[0]
+    return EXIT_OK if ok else EXIT_FILES
 
 
 @main.command(epilog=KEYGEN_EPILOG)

@@ -74,17 +74,6 @@ class Settings:
         return True
 
 
-_current: Settings | None = None
-
-
-def current() -> Settings | None:
-    """The settings the running receiver read (None: no --config)."""
-    return _current
-
-
-def use(settings: Settings | None) -> None:
-    global _current
-    _current = settings
 
 
 def read(path: str, params) -> Settings:
@@ -193,7 +182,6 @@ def _looks_like_code(text: str) -> bool:
 def _on_config(ctx: click.Context, param, value):
     """Eager: read FILE before the other options, so that they take their defaults from it."""
     if value is None:
-        use(None)  # (an earlier run in this process may have read one)
         return None
     try:
         settings = read(value, ctx.command.params)
@@ -203,9 +191,14 @@ def _on_config(ctx: click.Context, param, value):
         say(str(exc))
         sys.exit(EXIT_USAGE)
     ctx.default_map = {**(ctx.default_map or {}), **settings.options}
-    ctx.meta["ftx.config"] = settings
-    use(settings)
+    ctx.meta["ftx.config"] = settings  # what loaded(ctx) gives the command
     return value
+
+
+def loaded(ctx: click.Context | None = None) -> Settings | None:
+    """The settings ``--config`` read for this command (None: no config file)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    return ctx.meta.get("ftx.config") if ctx is not None else None
 
 
 def option():
@@ -217,4 +210,4 @@ def option():
                              "Also $FTX_CONFIG. SIGHUP re-reads it.")
 
 
-__all__ = ["ConfigError", "Settings", "current", "option", "read", "use"]
+__all__ = ["ConfigError", "Settings", "loaded", "option", "read"]

@@ -11,6 +11,7 @@
     ├── TransportError                connection refused, reset, timed out, vanished
     ├── StorageError                  disk full, permission denied, unreadable source
     ├── UnsafePath                    a hostile or invalid path (code BAD_PATH)
+    ├── ArgumentError                 a bad argument to the Python API (also a ValueError)
     └── AuthError (ftx.core.secure)   the peer did not prove itself; a record did not open (code AUTH)
 
 Every class carries ``code``, the ``ErrorCode`` put in an ERROR or RESULT frame.
@@ -90,3 +91,7 @@ class StorageError(FtxError):
 
 class UnsafePath(FtxError):
     code = ErrorCode.BAD_PATH
+
+
+class ArgumentError(FtxError, ValueError):
+    """A bad argument to the Python API (ftx/api.py): what a usage error is to the CLI."""

@@ -78,6 +78,7 @@ class Metrics:
     """The receiver's counters in their own registry; ``serve`` exposes them over HTTP."""
 
     def __init__(self, activity=None, admission=None, auth=None, dest_root: bytes | None = None) -> None:
+        self.activity = activity  # the Service: sessions now, and its config file's areas
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.sessions = Counter("ftx_sessions", "Sessions ended, by transport and outcome "
@@ -179,7 +180,8 @@ class Metrics:
             at, value = self._partial
             if time.monotonic() - at < PARTIAL_SCAN_INTERVAL:
                 return value
-            value = _scan_partials(root)
+            settings = getattr(self.activity, "settings", None)  # the Service: its config file's areas
+            value = _scan_partials(root, settings.areas.areas if settings is not None and settings.areas else ())
             self._partial = (time.monotonic(), value)
             return value
 
@@ -234,15 +236,11 @@ class _Live:
                                     value=self.metrics.partial_bytes(self.root))
 
 
-def _scan_partials(root: bytes) -> int:
+def _scan_partials(root: bytes, areas=()) -> int:
     """Bytes on disk (not sparse sizes) of the partial data and journals in ftx's state
     directory ``root/.ftx`` (storage.py keeps them there; one directory, never a walk of --dir),
-    and in each configured area's (``--config`` [areas], ftx/areas.py).
+    and in each of ``areas``' (``--config`` [areas], ftx/areas.py).
     Partials kept beside their file under another mount point are not counted."""
-    from .config_file import current
-
-    settings = current()
-    areas = settings.areas.areas if settings is not None and settings.areas is not None else ()
     return _scan_state(root) + sum(_scan_state(os.path.join(root, area.dir)) for area in areas)
 
 

@@ -62,6 +62,10 @@ FILES_LISTED = 1000  # per-file reports a SendReport lists (the first ones, and 
 
 @dataclass
 class FileSendReport:
+    """One item sent: its wire ``path``, ``kind`` (file, dir, symlink), ``size``; ``status`` ("ok",
+    "identical" when the receiver already held it, else a failure such as "exists" or "storage", with
+    ``message``); ``bytes_sent`` on the wire and ``bytes_resumed`` (already on the receiver)."""
+
     path: str
     kind: str
     size: int
@@ -78,6 +82,13 @@ class FileSendReport:
 
 @dataclass
 class SendReport:
+    """What ``ftx.send`` returns (and ``ftx send --json`` prints).  ``ok``: every item arrived;
+    ``transport`` "tcp" or "udp"; ``seconds``; ``bytes`` (of all items), ``bytes_sent`` (on the wire),
+    ``bytes_resumed`` (already there); ``file_count``, ``identical``, ``failed`` count every item;
+    ``files`` lists the first 1000 (and failures beyond them), ``failures`` the first failed ones;
+    ``error``: why the session as a whole failed ("" if it did not); ``receipt``: the receipt written
+    (``receipt=``); ``transport_stats``; ``peer_fingerprint``: the receiver's proven key or certificate."""
+
     ok: bool
     transport: str
     seconds: float
@@ -92,6 +103,7 @@ class SendReport:
     failed: int = 0
     identical: int = 0
     failures: list[FileSendReport] = field(default_factory=list)  # the first FILES_LISTED failures
+    peer_fingerprint = ""  # not a field (not in as_json): set by the sender after its handshake
 
     def as_json(self, lazy_files: bool = False) -> dict:
         """What ``dataclasses.asdict`` gives, without its deep copies of every file report.

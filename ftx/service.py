@@ -57,8 +57,10 @@ class Tally(Progress):
 
 class Service:
     def __init__(self, emit: Callable[[dict], None] | None = None, *, admission=None, auth=None,
-                 dest_root: bytes | None = None, metrics_at: tuple[str, int] | None = None, env=None) -> None:
+                 dest_root: bytes | None = None, metrics_at: tuple[str, int] | None = None, env=None,
+                 settings=None) -> None:
         self.emit = emit  # prints a --json line (None: no --json)
+        self.settings = settings  # the config file read (ftx/config_file.py), or None
         self.auth = auth
         self.notifier = Notifier(env)
         self.tallies: set[Tally] = set()
@@ -134,9 +136,7 @@ class Service:
         """SIGHUP: read the config file and the authorized keys again (running sessions go on with what
         they started with; new ones see the new areas and keys)."""
         self.notifier.reloading()
-        from . import config_file
-
-        settings = config_file.current()
+        settings = self.settings
         if settings is not None:  # --config: areas and quotas for new sessions; the keys below
             settings.reload()
         try:

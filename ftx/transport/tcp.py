@@ -21,6 +21,7 @@ import errno
 import logging
 import socket
 import time
+import weakref
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
@@ -389,6 +390,7 @@ class TcpLink:
             self._opener.trim()
         if self._sealer is not None and not self._send_lock.locked():  # not under a send in progress
             self._sealer.trim()
+        _trim_heap_soon(self._loop)
 
     def read_buffer(self, shared: memoryview) -> memoryview:
         """Where the sender reads its next chunk: framed and sent at once, so one buffer serves."""
@@ -446,6 +448,29 @@ def _copy_into(conn, data) -> None:
         del buf
         view = view[n:]
         conn.buffer_updated(n)
+
+
+_heap_trims: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list]" = weakref.WeakKeyDictionary()
+
+
+def _trim_heap_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Give freed buffer memory back to the kernel after connections trimmed theirs: glibc keeps a
+    freed 4 MiB buffer unless it sits at the top of the heap, so an idle receiver's RSS depended on
+    where its buffers had landed.  One trim for many requests, paced as the UDP server's
+    (udp_server.py: at least TRIM_INTERVAL apart, at most 1/TRIM_COST_RATIO of the time)."""
+    from .udp_server import TRIM_COST_RATIO, TRIM_INTERVAL, _malloc_trim_fn
+
+    state = _heap_trims.setdefault(loop, [0.0, None])  # [no trim before, scheduled handle]
+    if _malloc_trim_fn is None or state[1] is not None:
+        return
+
+    def trim() -> None:
+        state[1] = None
+        start = time.monotonic()
+        _malloc_trim_fn(0)
+        state[0] = time.monotonic() + max(TRIM_INTERVAL, TRIM_COST_RATIO * (time.monotonic() - start))
+
+    state[1] = loop.call_later(max(0.0, state[0] - time.monotonic()), trim)
 
 
 async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:

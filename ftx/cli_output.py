@@ -1,0 +1,134 @@
+"""The command line's output channels: ``--json`` lines on stdout, log lines on stderr.
+
+``emit`` queues one JSON line (from any thread) and ``flush`` writes what is queued; a
+daemon's stdout and stderr go through ``LineWriter``s (ftx/output.py) between
+``start_writers`` and ``stop_writers``, so that a reader who stops reading loses lines
+(counted, then reported) and never stalls the receiver.  ``emit_streamed`` writes a
+sender's report with a list of any length a thousand items at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import sys
+from collections import deque
+
+log = logging.getLogger("ftx")
+
+WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
+_err = None  # the daemon's stderr LineWriter
+
+
+def start_writers(as_json: bool, bars: bool) -> None:
+    """The daemon's stdout (--json) and stderr (log lines) go through LineWriters: a reader that stops
+    reading loses lines (counted, then reported), the receiver never waits for it."""
+    global _out, _err
+    from .output import LineWriter
+    from .terminal import use_stream
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if as_json:
+        _out = LineWriter(sys.stdout.fileno(), dropped=lambda n: json.dumps({"event": "dropped", "lines": n}) + "\n",
+                          on_dropped=lambda n: log.warning("%d --json lines dropped: standard output was not read "
+                                                           "fast enough", n),
+                          on_gone=lambda: log.warning("standard output was closed; no more --json lines"),
+                          name="ftx-stdout")
+    if not bars:  # progress bars redraw the terminal themselves; log lines then stay in order with them
+        _err = LineWriter(sys.stderr.fileno(), dropped=lambda n: f"ftx: warning: {n} log lines dropped: standard "
+                          "error was not read fast enough\n", name="ftx-stderr")
+        use_stream(_err)
+
+
+def stop_writers() -> None:
+    """Give a slow reader WRITERS_DRAIN seconds at most, then exit without the rest."""
+    global _out, _err
+    import time
+
+    from .terminal import use_stream
+
+    flush()
+    deadline = time.monotonic() + WRITERS_DRAIN
+    if _out is not None:
+        _out.close(WRITERS_DRAIN)
+        _out = None
+    if _err is not None:
+        use_stream(None)
+        _err.close(max(0.0, deadline - time.monotonic()))
+        _err = None
+
+
+_queued: deque[str] = deque()  # --json lines not written yet (appended from worker threads)
+
+
+def emit(obj: dict, flush: bool = True) -> None:
+    """One --json line.  A reader that went away (``| head -1``) ends the output, not the program.
+
+    ``flush=False`` (per-file lines, from any thread) only queues it: ``flush`` writes
+    everything queued at once, and so does the next line emitted with ``flush=True``."""
+    _queued.append(json.dumps(obj) + "\n")
+    if flush:
+        _write_queued()
+
+
+STREAM_ITEMS = 1000  # list items encoded per json.dumps call by emit_streamed
+
+
+def emit_streamed(obj: dict, key: str) -> None:
+    """``emit(obj)``, byte for byte, with the list (or iterator) ``obj[key]`` encoded and
+    written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
+    flush()
+    out = sys.stdout
+    try:
+        out.write("{")
+        for i, (name, value) in enumerate(obj.items()):
+            out.write((", " if i else "") + json.dumps(name) + ": ")
+            if name != key:
+                out.write(json.dumps(value))
+                continue
+            out.write("[")
+            items, first = iter(value), True
+            while part := list(itertools.islice(items, STREAM_ITEMS)):
+                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
+                first = False
+            out.write("]")
+        out.write("}\n")
+        out.flush()
+    except BrokenPipeError:
+        stdout_gone()
+
+
+_out = None  # the daemon's stdout LineWriter (ftx/output.py): lines never wait for the reader
+
+
+def flush() -> None:
+    """Write the queued lines with one call (on the event loop's thread)."""
+    lines = []
+    while _queued:
+        lines.append(_queued.popleft())
+    if not lines:
+        return
+    if _out is not None:
+        _out.write("".join(lines))  # queued for the writer thread, or dropped and counted
+        return
+    try:
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_gone()
+
+
+_write_queued = flush  # for emit, whose argument is called flush
+
+
+def stdout_gone() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit go nowhere
+    os.close(devnull)
+    log.warning("standard output was closed; no more --json lines")
+
+
+__all__ = ["emit", "emit_streamed", "flush", "start_writers", "stop_writers"]
