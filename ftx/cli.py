@@ -9,7 +9,6 @@ Exit codes (also in README.md):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from .cli_output import start_writers as _start_writers, stop_writers as _stop_w
 from .limits import Limits
 from .units import human_size, parse_duration, parse_rate, parse_size
 from . import config_file
+from .cli_help import KEYGEN_EPILOG, MAIN_EPILOG, RECEIVE_EPILOG, SEND_EPILOG
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
@@ -205,102 +205,6 @@ def _with(options):
             fn = opt(fn)
         return fn
     return deco
-
-
-EXIT_CODES_TEXT = """\b
-Exit codes:
-  0    success
-  1    some files failed (the others arrived)
-  2    usage error (bad option, value or credential file)
-  3    connection failed or lost (resolve, connect, timeout, refused, busy)
-  4    protocol error from the peer, or authentication failed
-  5    local file error (unreadable source, disk full, --dir unusable)
-  130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM; the sender -- a receiver stops cleanly with 0)
-"""
-
-UNITS_TEXT = """\b
-Units: SIZE 4096, 500K, 20M = 20MiB = 20*2^20, 20MB = 20*10^6 (as rsync), 1.5G;
-  RATE is a SIZE per second or bits (decimal): 160Mbit, 1Gbit, 1Gbps;
-  TIME 30 (seconds), 30s, 500ms, 5m, 12h, 7d.
-"""
-
-MAIN_EPILOG = f"""\b
-Examples:
-  ftx receive --dir ~/incoming --mkdir            (on the receiving machine)
-  ftx send photos/ report.pdf host.example.org    (on the sending machine)
-  ftx send --code big.iso host.example.org        (pairing code, no keys to copy)
-  ftx COMMAND --help                              (e.g. ftx send --help)
-
-{UNITS_TEXT}
-\b
-Environment:
-  FTX_CODE           send: the receiver's pairing code (instead of --code's prompt)
-  XDG_CONFIG_HOME    identity, authorized_keys, known_hosts in $XDG_CONFIG_HOME/ftx
-                     (default ~/.config/ftx)
-  XDG_STATE_HOME     the sender id that lets an interrupted transfer resume
-                     (default ~/.local/state/ftx)
-  NOTIFY_SOCKET, LISTEN_FDS   receive: set by systemd (readiness, socket activation)
-
-\b
-Shell completion (bash, zsh, fish):
-  eval "$(_FTX_COMPLETE=bash_source ftx)"     in ~/.bashrc
-  eval "$(_FTX_COMPLETE=zsh_source ftx)"      in ~/.zshrc
-  _FTX_COMPLETE=fish_source ftx > ~/.config/fish/completions/ftx.fish
-
-{EXIT_CODES_TEXT}"""
-
-SEND_EPILOG = f"""\b
-Examples:
-  ftx send report.pdf host.example.org                 (port {DEFAULT_PORT})
-  ftx send photos/ music/ host.example.org:9000        (directories, recursively)
-  ftx send --udp --max-rate 160Mbit big.iso [2001:db8::1]:{DEFAULT_PORT}
-  FTX_CODE=7-olive-tiger ftx send --code big.iso host.example.org
-  ftx send --json big.iso host | jq .bytes_sent
-
-\b
-On a terminal it shows one total bar (bytes, files, rate, ETA) and a bar per
-large file (8 MiB or more), then a one-line summary on stderr (not with -q
-or --json; --json prints its object on stdout, on every exit).
-An interrupted send resumes when run again (--no-resume: start over).
-
-{UNITS_TEXT}
-\b
-Environment:
-  FTX_CODE         the receiver's pairing code (with --code; never on the command line)
-  XDG_CONFIG_HOME  identity and known_hosts in $XDG_CONFIG_HOME/ftx (default ~/.config/ftx)
-  XDG_STATE_HOME   the sender id that resumes a transfer (default ~/.local/state/ftx)
-
-{EXIT_CODES_TEXT}"""
-
-RECEIVE_EPILOG = f"""\b
-Examples:
-  ftx receive --dir ~/incoming --mkdir                  (senders in authorized_keys)
-  ftx receive --code --once --dir .                     (one sender with a pairing code)
-  ftx receive --dir /srv/in --listen 192.0.2.10 --port 9000 --max-per-host 4
-  ftx receive --dir /srv/in --min-free 10GB --partial-ttl 2d --metrics 9100
-  ftx receive --insecure --dir /tmp/in --once --json    (tests, loopback only)
-
-{UNITS_TEXT}
-\b
-Environment:
-  XDG_CONFIG_HOME  identity and authorized_keys in $XDG_CONFIG_HOME/ftx (default ~/.config/ftx)
-  NOTIFY_SOCKET    set by systemd (Type=notify): READY=1, STATUS=, STOPPING=1, WATCHDOG=1
-  LISTEN_FDS       set by systemd socket activation: serve the sockets it passes
-
-{EXIT_CODES_TEXT}"""
-
-KEYGEN_EPILOG = """\b
-Examples:
-  ftx keygen                                   (~/.config/ftx/identity and identity.pub)
-  ftx keygen --identity /etc/ftx/identity --comment backup-server
-
-\b
-Give the .pub line to the receiver's operator (authorized_keys), or the
-receiver's fingerprint to senders (--expect-fingerprint).
-Environment: XDG_CONFIG_HOME (default ~/.config) holds ftx/identity.
-Exit codes: 0 written, 2 the key exists or the path is unsafe, 5 cannot write.
-"""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
@@ -647,100 +551,11 @@ def keygen(identity, comment):
         click.echo(public_line(ident.public, comment or ""))
 
 
-IMPAIR_EPILOG = f"""\b
-Examples:
-  ftx impair --to 127.0.0.1:{DEFAULT_PORT} --both loss=0.01,delay=20ms --json
-  ftx send --udp big.iso 127.0.0.1:PORT    (PORT: the one printed at start)
-  ftx impair --to host:{DEFAULT_PORT} --forward rate=20Mbit,queue=30ms --duration 60
-
-\b
-It runs until SIGTERM, Ctrl-C or --duration, then prints its counters (JSON).
-"ftx relay", its former name, still works.
-"""
-
-
-@main.command(epilog=IMPAIR_EPILOG)
-@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT to listen on.")
-@click.option("--to", "target", required=True, help="HOST:PORT to forward to (e.g. a receiver).")
-@click.option("--both", default="", help="Impairments in both directions, e.g. 'loss=0.01,delay=15ms'.")
-@click.option("--forward", default="", help="Extra impairments towards --to (override --both).")
-@click.option("--reverse", default="", help="Extra impairments back to the client (override --both).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed, the same fates.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines: listening, then the counters at exit.")
-def impair(listen, target, both, forward, reverse, seed, duration, as_json):
-    """Emulate a bad network path for UDP (to rehearse 'ftx send --udp').
-
-    A local UDP forwarder (not a rendezvous relay: it only impairs) that drops,
-    duplicates, reorders, corrupts, delays and rate-limits datagrams.
-
-    Impairments: loss, dup, reorder, reorder_delay, corrupt (probabilities or
-    N%), delay, jitter, queue (seconds or ms), rate (as --max-rate: 20M =
-    20 MiB/s, 20MB = 20*10^6 bytes/s, 200Mbit), blackout=START-END seconds after start (';' for several),
-    replay (probability of re-sending an earlier datagram 50 ms late), and
-    rebind=T (forward: new source port at T seconds, like a NAT rebinding),
-    mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
-    whose MTU is N + 28 over IPv4, N + 48 over IPv6).
-    """
-    from .netsim import Impairment
-    from .transport.sockets import parse_dest
-
-    try:
-        lhost, lport = parse_dest(listen, 0, allow_zero=True)
-        thost, tport = parse_dest(target, DEFAULT_PORT)
-        fwd = Impairment.parse(",".join(filter(None, [both, forward])))
-        rev = Impairment.parse(",".join(filter(None, [both, reverse])))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    _check_listen(lhost)
-    _check_resolves(thost, "--to")
-    try:
-        asyncio.run(_impair(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
-    except OSError as exc:
-        _die(f"impair: {exc.strerror or exc}", EXIT_CONNECTION)
-
-
-# 'ftx relay' was its first name; croc and magic-wormhole users read that as a rendezvous relay.
-# It still works (scripts), but is not listed in --help nor offered by completion.
-main.add_command(click.Command("relay", params=impair.params, callback=impair.callback, help=impair.help,
-                               epilog=IMPAIR_EPILOG, hidden=True))
-
-
-def _check_resolves(host: str, option: str) -> None:
-    import socket
-
-    try:
-        socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        _die(f"{option} {host!r} is not an address: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
-
-
-async def _impair(lhost, lport, target, fwd, rev, seed, duration, as_json):
-    from .netsim import Relay
-
-    r = Relay(target, fwd, rev, seed)
-    port = await r.start(lhost, lport)
-    stop = asyncio.get_running_loop().create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": a SIGTERM right after it gets the counters
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    if as_json:
-        _emit({"event": "listening", "host": lhost, "port": port, "to": list(target)})
-    else:
-        click.echo(f"ftx impair: {lhost}:{port} -> {target[0]}:{target[1]}", err=True)
-    try:
-        await asyncio.wait_for(stop, duration)
-    except asyncio.TimeoutError:
-        pass
-    r.close()
-    stats = {"event": "stats", **r.stats}
-    if as_json:
-        _emit(stats)
-    else:
-        click.echo(json.dumps(stats), err=True)
-
-
+from .impair_cli import impair, relay  # noqa: E402
 from .receipt_cli import verify_receipt  # noqa: E402
 
+main.add_command(impair)
+main.add_command(relay)
 main.add_command(verify_receipt)
 
 if __name__ == "__main__":  # pragma: no cover
