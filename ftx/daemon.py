@@ -28,6 +28,7 @@ from . import DEFAULT_PORT
 from .errors import TransportError
 from .limits import Admission, Limits
 from .progress import Progress
+from .units import human_bytes
 
 events_log = logging.getLogger("ftx.events")  # one line per event (README "Logs")
 
@@ -67,14 +68,6 @@ def sender_text(link: Any) -> tuple[str, dict]:
     if peer.name and peer.kind != "code":
         text += f" ({peer.name})"
     return text, {"identity": peer.kind, "fingerprint": peer.fingerprint, "name": peer.name}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def fit_descriptors(limits: Limits, tell: Callable[[str], None]) -> Limits:
