@@ -1,0 +1,91 @@
+"""Per-sender areas attacked by an authenticated sender (issue #14): real receivers, real senders, real files.
+
+Alice must not read, list, resume into, overwrite or learn of bob's files or the
+root's; a symlink a local user made inside her area must not lead her out of it;
+TLS client certificates pick areas end to end as keys do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .helpers import run_send, write_random
+from .test_config_areas import _areas_setup, _start, _stop
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_a_symlink_in_alices_area_does_not_lead_into_bobs(tmp_path):
+    ids, config = _areas_setup(tmp_path)
+    dst = tmp_path / "dst"
+    bob = dst / "people" / "bob"
+    bob.mkdir(parents=True)
+    secret = write_random(bob / "secret.bin", 20_000, seed=9)
+    (dst / "alice").mkdir(mode=0o700)
+    (dst / "alice" / "link").symlink_to(bob)  # made by a local user, not by ftx
+    (dst / "alice" / "file-link").symlink_to(bob / "secret.bin")
+    src = tmp_path / "src"
+    write_random(src / "link" / "secret.bin", 20_000, seed=10)  # alice's own bytes, same name
+    write_random(src / "file-link", 5_000, seed=11)
+    proc, _, first = _start(config, "--overwrite")
+    try:
+        rc, report, err = run_send(str(src / "link"), f"127.0.0.1:{first['port']}", env=ids["alice"][0])
+        assert rc != 0, (report, err)
+        # --overwrite replaces the name in alice's area (rename), never the file the link points to
+        rc, report, err = run_send(str(src / "file-link"), f"127.0.0.1:{first['port']}", env=ids["alice"][0])
+        assert rc != 0 or not (dst / "alice" / "file-link").is_symlink(), (report, err)
+        assert (bob / "secret.bin").read_bytes() == secret  # bob's file untouched
+        assert sorted(p.name for p in bob.iterdir()) == ["secret.bin"]  # nothing new in bob's area
+        assert (dst / "alice" / "link").is_symlink()
+    finally:
+        _stop(proc)
+
+
+def _tls_config(tmp_path: Path, ca_path: Path, server) -> Path:
+    config = tmp_path / "receive.toml"
+    config.write_text(f'dir = "{tmp_path / "dst"}"\nmkdir = true\nlisten = "127.0.0.1"\nport = 0\n'
+                      f'tls-cert = "{server.cert}"\ntls-key = "{server.key}"\ntls-ca = "{ca_path}"\n'
+                      '[areas.scanner]\nsubject = "scanner.example.org"\ndir = "scans"\nmax-file-size = "50K"\n'
+                      '[areas.office]\nsubject = "office.example.org"\ndir = "office"\n')
+    return config
+
+
+@pytest.mark.parametrize("udp", [(), ("--udp",)], ids=["tcp", "udp"])
+def test_tls_client_certificates_pick_areas_end_to_end(tmp_path, udp):
+    from .tls_pki import CA
+
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("localhost", ["localhost", "127.0.0.1"], stem="server")
+    scanner = ca.issue("scanner.example.org", client=True, stem="scanner")
+    office = ca.issue("office.example.org", client=True, stem="office")
+    stranger = ca.issue("stranger.example.org", client=True, stem="stranger")
+    config = _tls_config(tmp_path, ca.path, server)
+    src = tmp_path / "src"
+    data = write_random(src / "scan.bin", 40_000)
+    write_random(src / "big.bin", 60_000, seed=3)
+    proc, _, first = _start(config)
+    dest = f"127.0.0.1:{first['port']}"
+    dst = tmp_path / "dst"
+
+    def send(path: Path, who):
+        return run_send(str(path), dest, "--tls-ca", str(ca.path), "--tls-cert", str(who.cert),
+                        "--tls-key", str(who.key), *udp)
+    try:
+        rc, report, err = send(src / "scan.bin", scanner)
+        assert rc == 0, err
+        assert (dst / "scans" / "scan.bin").read_bytes() == data
+        rc, report, err = send(src / "scan.bin", office)
+        assert rc == 0 and report["files"][0]["status"] == "ok", err  # office's quick check does not see scans/
+        assert (dst / "office" / "scan.bin").read_bytes() == data
+        rc, report, err = send(src / "big.bin", scanner)  # over the scanner area's max-file-size
+        assert rc == 1 and "max-file-size" in err, err
+        assert not (dst / "scans" / "big.bin").exists()
+        rc, report, err = send(src / "scan.bin", stranger)  # a valid certificate without an area
+        assert rc != 0 and "no area" in err, err
+        rc, report, err = run_send(str(src / "scan.bin"), dest, "--tls-ca", str(ca.path), *udp)  # no certificate
+        assert rc != 0, err
+        assert sorted(p.name for p in dst.iterdir() if p.name != ".ftx") == ["office", "scans"]
+    finally:
+        _stop(proc)
