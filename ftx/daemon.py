@@ -396,6 +396,14 @@ class ReceiverService:
                                              identity=None if auth.insecure else auth.receipt_identity,
                                              established=getattr(link, "established", None),
                                              keep_reports=False)  # on_file tells each: memory flat with the count
+        except asyncio.CancelledError:  # the receiver stops (close(), SIGTERM): this sender's session still ends
+            error = ("the receiver is shutting down; partial files are kept for a resume" if self._closed
+                     else "the receiver ended the connection")  # (an idle one evicted for a newcomer)
+            svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
+                         "complete": False, "ok": False, "files": counts.files, "error": error,
+                         "transport_stats": getattr(link, "stats", {})})
+            counts.log(peer_label(link.peer), link.transport, "", False, False, error)
+            raise
         finally:
             if progress is not None:
                 progress.close()

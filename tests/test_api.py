@@ -295,3 +295,37 @@ def test_typed_package():
     assert set(ftx.__all__) <= set(dir(ftx))
     for name in ftx.__all__:
         assert getattr(ftx, name) is not None
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_close_ends_every_reported_sender_with_a_session_event(tmp_path, udp):
+    """A session cut by ``Receiver.close()`` still ends with its ``session`` event (complete: false)."""
+    from .helpers import start_send, write_random
+
+    write_random(tmp_path / "slow.bin", 4 << 20)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    async def main():
+        async with ftx.Receiver(dst, insecure=True) as r:
+            sender = start_send(str(tmp_path / "slow.bin"), f"127.0.0.1:{r.port}", "--insecure",
+                                "--max-rate", "1M", "--chunk-size", "256K", *(["--udp"] if udp else []))
+            seen = []
+            try:
+                async for event in r.events():
+                    seen.append(event)
+                    if event["event"] == "sender":
+                        r.close()
+            finally:
+                sender.kill()
+                sender.communicate(timeout=10)
+            return seen
+
+    events = run(main())
+    kinds = [e["event"] for e in events]
+    assert "sender" in kinds, kinds
+    after = kinds[kinds.index("sender"):]
+    assert "session" in after, kinds
+    session = next(e for e in events if e["event"] == "session")
+    assert session["complete"] is False and session["ok"] is False and session["error"], session
+    assert session["transport"] == ("udp" if udp else "tcp")
