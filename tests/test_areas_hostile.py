@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import run_send, write_random
+from .helpers import run_send, wait_for, write_random
 from .test_config_areas import _areas_setup, _start, _stop
 
 pytestmark = pytest.mark.timeout(90)
@@ -87,5 +87,33 @@ def test_tls_client_certificates_pick_areas_end_to_end(tmp_path, udp):
         rc, report, err = run_send(str(src / "scan.bin"), dest, "--tls-ca", str(ca.path), *udp)  # no certificate
         assert rc != 0, err
         assert sorted(p.name for p in dst.iterdir() if p.name != ".ftx") == ["office", "scans"]
+    finally:
+        _stop(proc)
+
+
+def test_an_expired_partial_gives_its_bytes_back_to_the_quota(tmp_path):
+    """A sender that never finishes: its partial counts against the quota until it expires, then not."""
+    from .helpers import journal_records, start_send
+
+    ids, config = _areas_setup(tmp_path)
+    config.write_text(config.read_text().replace("port = 0\n", 'port = 0\npartial-ttl = "2s"\n')
+                      .replace('quota = "100K"\nmax-file-size = "50K"', 'quota = "3M"'))
+    write_random(tmp_path / "src" / "slow.bin", 2560 << 10, seed=8)
+    write_random(tmp_path / "src2" / "next.bin", 2 << 20, seed=9)
+    proc, _, first = _start(config)
+    dest = f"127.0.0.1:{first['port']}"
+    area = tmp_path / "dst" / "people" / "bob"
+    try:
+        slow = start_send(str(tmp_path / "src" / "slow.bin"), dest, "--max-rate", "2M", "--chunk-size", "256K",
+                          env=ids["bob"][0])
+        wait_for(lambda: journal_records(area, "slow.bin") >= 6, what="1.5 MiB in bob's area")
+        slow.kill()
+        slow.communicate(timeout=10)
+        rc, report, _ = run_send(str(tmp_path / "src2" / "next.bin"), dest, env=ids["bob"][0])
+        assert rc == 1 and "quota" in report["files"][0]["message"], report  # the partial still counts
+        wait_for(lambda: not (area / ".ftx").exists() or not any((area / ".ftx").iterdir()), timeout=30,
+                 interval=0.1, what="the stale partial expired")
+        rc, report, err = run_send(str(tmp_path / "src2" / "next.bin"), dest, env=ids["bob"][0])
+        assert rc == 0, (report, err)  # the expired partial's bytes no longer count
     finally:
         _stop(proc)
