@@ -117,3 +117,33 @@ def test_an_expired_partial_gives_its_bytes_back_to_the_quota(tmp_path):
         assert rc == 0, (report, err)  # the expired partial's bytes no longer count
     finally:
         _stop(proc)
+
+
+def test_overwriting_with_a_bigger_file_counts_the_difference(tmp_path):
+    ids, config = _areas_setup(tmp_path)
+    config.write_text(config.read_text().replace("port = 0\n", "port = 0\noverwrite = true\n")
+                      .replace('max-file-size = "50K"', 'max-file-size = "80K"'))
+    env = ids["bob"][0]
+    src = tmp_path / "src"
+    write_random(src / "a.bin", 40_000, seed=1)
+    write_random(src / "b.bin", 40_000, seed=2)
+    proc, _, first = _start(config)
+    dest = f"127.0.0.1:{first['port']}"
+    bob = tmp_path / "dst" / "people" / "bob"
+    try:
+        for name in ("a.bin", "b.bin"):
+            rc, _, err = run_send(str(src / name), dest, env=env)
+            assert rc == 0, err
+        old = (bob / "a.bin").read_bytes()
+        write_random(src / "a.bin", 70_000, seed=3)  # 80K held; 40K replaced by 70K: 110K > 100K
+        rc, report, _ = run_send(str(src / "a.bin"), dest, env=env)
+        assert rc == 1 and "quota" in report["files"][0]["message"], report
+        assert (bob / "a.bin").read_bytes() == old  # the old file stays
+        write_random(src / "a.bin", 55_000, seed=4)  # 95K: fits
+        rc, _, err = run_send(str(src / "a.bin"), dest, env=env)
+        assert rc == 0, err
+        write_random(src / "c.bin", 10_000, seed=5)  # 105K
+        rc, report, _ = run_send(str(src / "c.bin"), dest, env=env)
+        assert rc == 1 and "quota" in report["files"][0]["message"], report
+    finally:
+        _stop(proc)
