@@ -385,6 +385,7 @@ class ReceiverService:
             self._on_file(report)
 
         ask = self.ask
+        tally = None
         try:
             if (session_dest := await self.destination_for(link)) is None:
                 return  # no area for this sender: told, logged, published
@@ -402,6 +403,7 @@ class ReceiverService:
             svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
                          "complete": False, "ok": False, "files": counts.files, "error": error,
                          "transport_stats": getattr(link, "stats", {})})
+            counts.received += tally.bytes if tally is not None else 0  # files not settled: kept for a resume
             counts.log(peer_label(link.peer), link.transport, "", False, False, error)
             raise
         finally:
@@ -413,6 +415,7 @@ class ReceiverService:
         svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
                      "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
                      "transfer_id": transfer_id, "transport_stats": getattr(link, "stats", {})})
+        counts.received += tally.bytes if tally is not None else 0  # data of files not settled (kept for a resume)
         counts.log(peer_label(link.peer), link.transport, transfer_id, ok, session.complete, session.error)
         finished = self._finished
         if self.once and session.complete and finished is not None and not finished.done():
