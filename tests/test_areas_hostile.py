@@ -147,3 +147,21 @@ def test_overwriting_with_a_bigger_file_counts_the_difference(tmp_path):
         assert rc == 1 and "quota" in report["files"][0]["message"], report
     finally:
         _stop(proc)
+
+
+@pytest.mark.parametrize("udp", [(), ("--udp",)], ids=["tcp", "udp"])
+def test_many_small_files_at_once_stay_within_the_quota(tmp_path, udp):
+    """Each small file fits the quota alone; together they do not: the area holds at most the quota."""
+    ids, config = _areas_setup(tmp_path)
+    src = tmp_path / "src"
+    for i in range(40):
+        write_random(src / f"s{i:02d}", 5_000, seed=i)  # 200K offered at once, 100K allowed
+    proc, _, first = _start(config)
+    try:
+        rc, report, err = run_send(str(src), f"127.0.0.1:{first['port']}", *udp, env=ids["bob"][0])
+        assert rc == 1 and any("quota" in (f.get("message") or "") for f in report["files"]), (report, err)
+    finally:
+        _stop(proc)
+    bob = tmp_path / "dst" / "people" / "bob"
+    held = sum(p.stat().st_size for p in bob.rglob("*") if p.is_file() and ".ftx" not in p.parts)
+    assert 0 < held <= 100 << 10, held
