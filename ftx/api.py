@@ -147,7 +147,10 @@ class Receiver:
     Authentication as ``ftx receive``: by default keys (``identity``; senders listed in
     ``authorized_keys``); TLS with ``tls_cert``/``tls_key`` and ``tls_ca`` (client certificates) or
     ``tls_any_client``; ``code=True`` (a pairing code, ``r.code``; each offer goes to ``ask(peer,
-    offer)``, or is accepted without one); ``insecure`` (none).  ``limits``: ``ftx.Limits``."""
+    offer)``, or is accepted without one); ``insecure`` (none).  ``limits``: ``ftx.Limits``.
+    ``config``: a TOML file (as ``ftx receive --config``) whose ``[areas]`` and ``default-area`` give
+    each authenticated sender its own directory below ``dir``, quota and max-file-size; its other
+    keys are not read (give them as arguments); ``r.reload()`` re-reads it."""
 
     def __init__(self, dir: PathLike, *, listen: str = "127.0.0.1", port: int = 0, udp: bool = True,
                  identity: str | None = None, authorized_keys: str | None = None, tls_cert: str | None = None,
@@ -155,7 +158,7 @@ class Receiver:
                  code: bool = False, ask: Ask | None = None, insecure: bool = False, overwrite: bool = False,
                  mkdir: bool = False, once: bool = False, limits: Limits | None = None,
                  idle_timeout: float | None = None, on_event: Callable[[Event], None] | None = None,
-                 max_events: int = MAX_EVENTS) -> None:
+                 max_events: int = MAX_EVENTS, config: PathLike | None = None) -> None:
         from .security_setup import receiver_conflict
 
         why = receiver_conflict(insecure, code, identity, authorized_keys, tls_cert, tls_key, tls_ca, tls_any_client)
@@ -173,6 +176,7 @@ class Receiver:
             tls_key=tls_key, tls_ca=tls_ca, code=code, insecure=insecure, overwrite=overwrite, mkdir=mkdir, once=once,
             idle_timeout=idle_timeout)
         self.limits = limits or Limits()
+        self.config = None if config is None else os.fsdecode(os.fspath(config))
         self.on_event = on_event
         self.max_events = max_events
         self.dropped = 0  # events the queue had no room for
@@ -217,6 +221,14 @@ class Receiver:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._ready = asyncio.Event()
+        settings = None
+        if self.config is not None:  # its [areas]: per-sender directories and quotas (reload() re-reads it)
+            from .config_file import ConfigError, read
+
+            try:
+                settings = read(self.config)
+            except ConfigError as exc:
+                raise ArgumentError(f"config {exc}") from None
         limits = fit_descriptors(self.limits, log.warning)
         if not os.path.isdir(self.dir):
             if os.path.lexists(self.dir) or not o["mkdir"]:
@@ -239,7 +251,7 @@ class Receiver:
                                   idle_timeout=o["idle_timeout"], limits=limits, auth=auth, emit=self._emit,
                                   flush=self._deliver, tell=log.info, say=_log_say,
                                   ask=self._ask if self._user_ask is not None else None, activation=False,
-                                  detail=True)
+                                  detail=True, settings=settings)
         self._service = service
         try:
             try:
@@ -279,7 +291,8 @@ class Receiver:
             await asyncio.shield(self._runner)
 
     def reload(self) -> None:
-        """Read the authorized keys again; running sessions go on."""
+        """Read the authorized keys and the ``config`` file's areas again; running sessions go on
+        (a file that no longer loads keeps the areas read before, and says why in the log)."""
         if self._service is not None:
             self._service.reload()
 

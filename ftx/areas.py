@@ -307,7 +307,9 @@ class Areas:
             await asyncio.sleep(interval_for(ttl))
             for dest in list(self._dests.values()):
                 try:
-                    await asyncio.to_thread(dest.expire_partials, ttl)
+                    removed = await asyncio.to_thread(dest.expire_partials, ttl)
+                    if dest.quota is not None:  # their bytes leave the area's quota (counted by take or count)
+                        dest.quota.give(sum(size for _path, size, _age in removed))
                 except Exception as exc:  # a vanished area must not stop the receiver
                     log.warning("could not expire stale partial files in %s: %s", os.fsdecode(dest.root), exc)
 

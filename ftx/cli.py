@@ -269,14 +269,19 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     started = time.monotonic()
     transfer_id = os.urandom(8).hex()  # names this session in both sides' logs (HELLO TRANSFER_ID)
     auth = None
+    from .progress import SoFar
+
+    so_far = SoFar()  # counts what is sent, for fail()'s --json object
 
     def fail(message: str, code: int):
         """Every exit after the options are parsed prints the --json object: ok false, the error, the exit code."""
         if as_json:
             from .sending import SendReport
 
-            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), 0, 0, 0,
-                                error=message).as_json(),
+            done = so_far  # what was sent before the failure (an interrupted transfer)
+            _emit({**SendReport(False, "udp" if udp else "tcp", round(time.monotonic() - started, 3), done.bytes,
+                                done.bytes_sent, done.bytes_resumed, error=message, file_count=done.files,
+                                failed=done.failed, identical=done.identical).as_json(),
                    "auth": auth.mode if auth is not None else "insecure" if insecure else "",
                    "fingerprint": "", "transfer_id": transfer_id, "exit": code})
         _die(message, code)
@@ -311,6 +316,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         from .source import file_sizes
 
         progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
+    so_far.inner = progress or so_far.inner
 
     from .api import send_async
 
@@ -319,7 +325,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         report = asyncio.run(_until_signalled(send_async(
             list(paths), dest, port=port, udp=udp, identity=identity, expect_fingerprint=expect_fingerprint, code=code,
             tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, checksum=checksum,
-            max_rate=rate, receipt=receipt, progress=progress, resume=not no_resume, links=links, chunk_size=csize,
+            max_rate=rate, receipt=receipt, progress=so_far, resume=not no_resume, links=links, chunk_size=csize,
             mtu=mtu, pmtud=pmtud, idle_timeout=idle_timeout, transfer_id=bytes.fromhex(transfer_id)), terminated))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)

@@ -53,7 +53,7 @@ class Settings:
     options: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
     areas: AreaTable | None = None
-    params: list = field(default_factory=list, repr=False)
+    params: list | None = field(default_factory=list, repr=False)  # None: areas only (read())
     auth: object = None  # the receiver's authentication (its authorized keys are re-read on reload)
 
     def reload(self) -> bool:
@@ -65,7 +65,7 @@ class Settings:
             log.warning("reload of %s failed, keeping the settings read before: %s", self.path,
                         str(exc).removeprefix(self.path + ": "))
             return False
-        for key in sorted(set(self.raw) | set(new.raw)):
+        for key in sorted(set(self.raw) | set(new.raw)) if self.params is not None else ():
             if key not in ("areas", "default-area") and self.raw.get(key) != new.raw.get(key):
                 log.warning("%s: %s: needs a restart (the running receiver keeps %r)", self.path, key,
                             self.raw.get(key))
@@ -76,8 +76,12 @@ class Settings:
 
 
 
-def read(path: str, params) -> Settings:
-    """Read and check FILE against the command's ``params`` (click Parameters).  Raises ConfigError."""
+def read(path: str, params=None) -> Settings:
+    """Read and check FILE against the command's ``params`` (click Parameters).  Raises ConfigError.
+
+    ``params`` None (a library receiver, ``ftx.Receiver(config=...)``): only ``[areas]`` and
+    ``default-area`` are read; the other keys (``ftx receive``'s options, the same file may serve
+    both) are left in ``raw``, unchecked: the program gives them as arguments."""
     from .credentials import CredentialError, read_trusted
 
     try:  # it grants access (areas, keys, --insecure): refused if someone else could have written it
@@ -91,11 +95,11 @@ def read(path: str, params) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not TOML: {exc}") from None
     by_key = {}
-    for p in params:
+    for p in params or ():
         for opt in getattr(p, "opts", []):
             if opt.startswith("--"):
                 by_key[opt[2:]] = p
-    settings = Settings(path, raw=dict(data), params=list(params))
+    settings = Settings(path, raw=dict(data), params=None if params is None else list(params))
     areas, default = data.get("areas"), data.get("default-area")
     if default is not None and not isinstance(default, str):
         raise ConfigError(path, "default-area", "must be the name of an area")
@@ -105,7 +109,7 @@ def read(path: str, params) -> Settings:
         except AreaError as exc:
             raise ConfigError(path, exc.key, str(exc)) from None
     for key, value in data.items():
-        if key in ("areas", "default-area"):
+        if key in ("areas", "default-area") or params is None:
             continue
         name, value = _option(path, key, value, by_key)
         settings.options[name] = value

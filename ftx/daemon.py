@@ -378,6 +378,7 @@ class ReceiverService:
             self._on_file(report)
 
         ask = self.ask
+        tally = None
         try:
             if (session_dest := await self.destination_for(link)) is None:
                 return  # no area for this sender: told, logged, published
@@ -389,6 +390,15 @@ class ReceiverService:
                                              identity=None if auth.insecure else auth.receipt_identity,
                                              established=getattr(link, "established", None),
                                              keep_reports=False)  # on_file tells each: memory flat with the count
+        except asyncio.CancelledError:  # the receiver stops (close(), SIGTERM): this sender's session still ends
+            error = ("the receiver is shutting down; partial files are kept for a resume" if self._closed
+                     else "the receiver ended the connection")  # (an idle one evicted for a newcomer)
+            svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
+                         "complete": False, "ok": False, "files": counts.files, "error": error,
+                         "transport_stats": getattr(link, "stats", {})})
+            counts.received += tally.bytes if tally is not None else 0  # files not settled: kept for a resume
+            counts.log(peer_label(link.peer), link.transport, "", False, False, error)
+            raise
         finally:
             if progress is not None:
                 progress.close()
@@ -398,6 +408,7 @@ class ReceiverService:
         svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
                      "complete": session.complete, "ok": ok, "files": session.files, "error": session.error,
                      "transfer_id": transfer_id, "transport_stats": getattr(link, "stats", {})})
+        counts.received += tally.bytes if tally is not None else 0  # data of files not settled (kept for a resume)
         counts.log(peer_label(link.peer), link.transport, transfer_id, ok, session.complete, session.error)
         finished = self._finished
         if self.once and session.complete and finished is not None and not finished.done():

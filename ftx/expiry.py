@@ -62,7 +62,7 @@ def expire_partials(dest, ttl: float, now: float | None = None,
             st = os.stat(bname, dir_fd=state, follow_symlinks=False)
             if now - st.st_mtime >= ttl and bname not in named:
                 os.unlink(bname, dir_fd=state)
-                removed.append((bname, st.st_size, now - st.st_mtime))
+                removed.append((bname, min(st.st_size, st.st_blocks * 512), now - st.st_mtime))
         except OSError:
             continue
     return removed

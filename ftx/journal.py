@@ -86,13 +86,15 @@ class JournalHeader:
 
 
 def drop_files(dest, state: int, jname: bytes, info: JournalHeader | None) -> int:
-    """Remove a journal and the data it names; return the data's size.  Data in a user's
-    directory is removed only if it is still the inode ftx made."""
+    """Remove a journal and the data it names; return the data's bytes on disk (a sparse partial's
+    holes are not counted, as an area's quota does not).  Data in a user's directory is removed
+    only if it is still the inode ftx made."""
     size = 0
     if info is not None:
         if info.where == IN_STATE:
             try:
-                size = os.stat(info.data_name, dir_fd=state, follow_symlinks=False).st_size
+                st = os.stat(info.data_name, dir_fd=state, follow_symlinks=False)
+                size = min(st.st_size, st.st_blocks * 512)
                 os.unlink(info.data_name, dir_fd=state)
             except OSError:
                 pass
@@ -103,7 +105,7 @@ def drop_files(dest, state: int, jname: bytes, info: JournalHeader | None) -> in
                         st = os.stat(info.data_name, dir_fd=d.fd, follow_symlinks=False)
                         if (st.st_dev, st.st_ino) == info.ident:
                             os.unlink(info.data_name, dir_fd=d.fd)
-                            size = st.st_size
+                            size = min(st.st_size, st.st_blocks * 512)
             except (OSError, FtxError):
                 pass
     unlink_quietly(jname, state)

@@ -41,6 +41,34 @@ class Progress:
     def close(self) -> None: ...
 
 
+class SoFar(Progress):
+    """What was sent so far, counted from the hooks (passed on to ``inner``): an interrupted sender
+    reports it (``ftx send --json`` after SIGTERM or Ctrl-C), where no SendReport came back."""
+
+    def __init__(self, inner: Progress | None = None) -> None:
+        self.inner = inner or Progress()
+        self.files = self.failed = self.identical = 0
+        self.bytes = self.bytes_sent = self.bytes_resumed = 0
+
+    def start_file(self, path: str, size: int, resumed: int) -> None:
+        self.bytes_resumed += resumed
+        self.inner.start_file(path, size, resumed)
+
+    def advance(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+        self.inner.advance(nbytes)
+
+    def end_file(self, report) -> None:
+        self.files += 1
+        self.bytes += getattr(report, "size", 0)
+        self.identical += getattr(report, "status", "") == "identical"
+        self.failed += not getattr(report, "ok", True)
+        self.inner.end_file(report)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def _human(n: float) -> str:
     from .units import human_bytes
 

@@ -64,7 +64,7 @@ class Service:
         self.auth = auth
         self.notifier = Notifier(env)
         self.tallies: set[Tally] = set()
-        self.bytes_done = 0  # file bytes of settled files (the "file" events' bytes_received)
+        self.bytes_done = 0  # bytes received by sessions: settled files' bytes_received, and ended sessions' rest
         self.files_done = 0
         self.metrics = None
         if metrics_at is not None:
@@ -102,6 +102,7 @@ class Service:
             yield tally
         finally:
             self.tallies.discard(tally)
+            self.bytes_done += tally.bytes  # data of files not settled (kept for a resume) was received too
 
     # -- what is going on -----------------------------------------------------------
     def active_by_transport(self) -> dict[str, int]:

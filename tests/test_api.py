@@ -295,3 +295,71 @@ def test_typed_package():
     assert set(ftx.__all__) <= set(dir(ftx))
     for name in ftx.__all__:
         assert getattr(ftx, name) is not None
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_close_ends_every_reported_sender_with_a_session_event(tmp_path, udp):
+    """A session cut by ``Receiver.close()`` still ends with its ``session`` event (complete: false)."""
+    from .helpers import start_send, write_random
+
+    write_random(tmp_path / "slow.bin", 4 << 20)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    async def main():
+        async with ftx.Receiver(dst, insecure=True) as r:
+            sender = start_send(str(tmp_path / "slow.bin"), f"127.0.0.1:{r.port}", "--insecure",
+                                "--max-rate", "1M", "--chunk-size", "256K", *(["--udp"] if udp else []))
+            seen = []
+            try:
+                async for event in r.events():
+                    seen.append(event)
+                    if event["event"] == "sender":
+                        r.close()
+            finally:
+                sender.kill()
+                sender.communicate(timeout=10)
+            return seen
+
+    events = run(main())
+    kinds = [e["event"] for e in events]
+    assert "sender" in kinds, kinds
+    after = kinds[kinds.index("sender"):]
+    assert "session" in after, kinds
+    session = next(e for e in events if e["event"] == "session")
+    assert session["complete"] is False and session["ok"] is False and session["error"], session
+    assert session["transport"] == ("udp" if udp else "tcp")
+
+
+def test_a_library_receiver_takes_areas_from_a_config_file(tmp_path):
+    """``ftx.Receiver(config=PATH)``: the file's [areas] (per-sender directories, quotas) and a reload."""
+    src = tree(tmp_path / "src", {"a.txt": b"alpha\n"})
+    rid, sid, ak = keys(tmp_path)
+    fp = cr.load_identity(sid, create=False).fingerprint
+    config = tmp_path / "receive.toml"
+    config.write_text(f'dir = "ignored"\n[areas.s]\nkey = "{fp}"\ndir = "senders/s"\nquota = "1K"\n')
+    dst = tmp_path / "dst"
+
+    async def main():
+        async with ftx.Receiver(dst, mkdir=True, identity=rid, authorized_keys=ak, udp=False,
+                                config=str(config)) as r:
+            report = await ftx.send_async([src / "a.txt"], f"127.0.0.1:{r.port}", identity=sid,
+                                          expect_fingerprint=r.fingerprint)
+            assert report.ok
+            config.write_text(f'[areas.s]\nkey = "{fp}"\ndir = "other"\n')
+            r.reload()
+            report2 = await ftx.send_async([src / "a.txt"], f"127.0.0.1:{r.port}", identity=sid,
+                                           expect_fingerprint=r.fingerprint)
+            return report2
+
+    report2 = run(main())
+    assert report2.ok
+    assert (dst / "senders" / "s" / "a.txt").read_bytes() == b"alpha\n"
+    assert (dst / "other" / "a.txt").read_bytes() == b"alpha\n"
+    assert not (dst / "a.txt").exists()
+    config.write_text("[areas.s]\nkye = 1\n")
+    with pytest.raises(ftx.FtxError, match="kye"):
+        run(ftx.Receiver(dst, identity=rid, authorized_keys=ak, config=str(config)).start())
+    config.write_text(f'[areas.s]\nkey = "{fp}"\n')
+    with pytest.raises(ftx.FtxError, match="areas need"):
+        run(ftx.Receiver(dst, insecure=True, config=str(config)).start())

@@ -67,3 +67,21 @@ def test_verbose_adds_a_line_per_file_and_json_log_format_is_one_object_per_line
     assert sorted(o["path"] for o in by_event["file"]) == ["src"] + [f"src/f{i}" for i in range(5)]
     (s,) = by_event["session"]
     assert s["transfer_id"] == report["transfer_id"] and s["files"] == 6 and s["ok"] is True
+
+
+def test_an_interrupted_session_logs_the_data_it_received(tmp_path):
+    """A sender killed mid-file: the session line counts the data kept for a resume (it said 0 B)."""
+    from .helpers import journal_records, start_send, wait_for, write_random
+
+    write_random(tmp_path / "big.bin", 4 << 20)
+    r = Receiver(tmp_path / "dst", "--insecure", "--log-format", "json")
+    try:
+        sender = start_send(str(tmp_path / "big.bin"), r.dest, "--insecure", "--max-rate", "2M", "--chunk-size", "256K")
+        wait_for(lambda: journal_records(tmp_path / "dst", "big.bin") >= 3, what="3 chunks received")
+        sender.kill()
+        sender.communicate(timeout=10)
+        r.events_until("session")
+    finally:
+        r.stop()
+    (s,) = [o for o in map(json.loads, r.stderr.splitlines()) if o.get("event") == "session"]
+    assert s["ok"] is False and s["bytes_received"] >= 3 * (256 << 10), s

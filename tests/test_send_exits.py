@@ -79,3 +79,32 @@ def test_a_missing_path_prints_the_json_object(tmp_path):
     code, report, err = run_send(str(tmp_path / "nothing-here"), "127.0.0.1:9", "--insecure", timeout=60)
     assert code == 5, err
     _assert_failure_object(report, 5, "no such file")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_sender_signalled_mid_transfer_reports_what_it_sent(tmp_path, sig, code):
+    """The --json object of an interrupted transfer counts the data sent and the files done so far."""
+    from .helpers import Receiver, start_send, wait_for, write_random
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write_random(src / f"small{i}", 1000, seed=i)
+    write_random(src / "z-big.bin", 8 << 20, seed=9)
+    r = Receiver(tmp_path / "dst", "--insecure")
+    try:
+        proc = start_send(str(src), r.dest, "--insecure", "--json", "--max-rate", "2M", "--chunk-size", "256K")
+        try:
+            wait_for(lambda: sum(p.stat().st_size for p in (tmp_path / "dst").rglob("*") if p.is_file()) > 1 << 20,
+                     what="a MiB received")
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        r.stop()
+    assert proc.returncode == code, err
+    report = json.loads(out)
+    assert report["bytes_sent"] >= 256 << 10 and report["bytes"] >= 3000, report  # a chunk of z-big.bin, the small ones
+    assert report["file_count"] >= 3 and report["failed"] == 0, report
