@@ -97,7 +97,7 @@ class UdpLink:
                     # so bursts stay large (GSO, GRO, few ACKs) instead of a packet or two
                     # per wake-up, a mode that costs so much per packet it cannot speed up.
                     quantum = min(PACING_QUANTUM, 32 * s.max_datagram / s.cc.pacing_rate)
-                    await asyncio.sleep(max(quantum, s._pace_next - time.monotonic()))
+                    await self._nap(time.monotonic() + max(quantum, s._pace_next - time.monotonic()))
                     continue
                 t = s.next_timer()
                 self._wake.clear()
@@ -113,6 +113,18 @@ class UdpLink:
             self.closed_event.set()
             for fn in self._on_close:
                 fn()
+            async with self._cond:
+                self._cond.notify_all()
+
+    async def _nap(self, until: float) -> None:
+        """Sleep until ``until`` without sending, but let the application have what arrives
+        meanwhile (a RESULT that reopens the sender's offer window must not wait for pacing)."""
+        while (timeout := until - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                return
             async with self._cond:
                 self._cond.notify_all()
 
