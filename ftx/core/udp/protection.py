@@ -19,7 +19,7 @@ The handshake runs on the control stream like any other bytes.  Then:
 from __future__ import annotations
 
 from ...errors import ErrorCode, RemoteProtocolError
-from ..ranges import RangeSet, read_varint
+from ..ranges import RangeSet
 from ..secure import AuthError, Established
 from ..secure.datagrams import SEALED_OVERHEAD, PacketProtection
 from ..secure.handshake import unauthenticated_reason
@@ -119,15 +119,28 @@ class SealedPackets:
             pn = int.from_bytes(scratch[off + 10 : off + HEADER_SIZE], "big")
             payload = scratch[off + HEADER_SIZE : off + plain - 8]
             soff = -1
-            if payload and payload[0] == F_STREAM and pn > self._largest_recv:
+            if len(payload) > 4 and payload[0] == F_STREAM and pn > self._largest_recv:
+                # the offset and length varints, read inline (a call each cost 40% of this loop)
                 try:
-                    soff, p = read_varint(payload, 1)
-                    length, p = read_varint(payload, p)
-                except RemoteProtocolError:  # (receive_payload says so)
+                    soff = shift = 0
+                    p = 1
+                    while (b := payload[p]) & 0x80 and p < 10:
+                        soff |= (b & 0x7F) << shift
+                        shift += 7
+                        p += 1
+                    soff |= b << shift
+                    p += 1
+                    length = payload[p]
+                    if length & 0x80:
+                        length = (length & 0x7F) | payload[p + 1] << 7
+                        p += 1
+                    p += 1
+                except IndexError:  # truncated
                     soff = -1
                 else:
-                    if p + length != len(payload) or not length or soff + length > MAX_STREAM_OFFSET:
-                        soff = -1
+                    if b & 0x80 or length & 0x4000 or p + length != len(payload) or not length \
+                            or soff + length > MAX_STREAM_OFFSET:
+                        soff = -1  # not a plain one-frame STREAM packet: receive_payload decides
             if soff >= 0 and run and pn == run_pn + len(run) and soff == end:
                 run.append((payload, p))
                 end += length
