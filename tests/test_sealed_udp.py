@@ -25,6 +25,8 @@ from ftx.core.secure import datagrams as D
 from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305
 from ftx.core.udp import burst
 from ftx.core.udp import packets as P
+from ftx.core.udp.session import UdpConfig, UdpSession
+from ftx.errors import RemoteProtocolError
 
 from .test_udp_core import DELIVERY, InMemoryNet, _check_chunks, _chunks, _send_all, loops  # noqa: F401 (fixture)
 
@@ -714,3 +716,71 @@ def test_an_unsealed_packet_before_our_keys_does_not_shadow_a_held_sealed_one():
     assert ds.stats["duplicate_packets"] == 0
     net.run_until(lambda n: len(n.dstream) >= 6, max_seconds=5)
     assert bytes(net.dstream) == b"sealed"
+
+
+@pytest.mark.parametrize("gro", DELIVERY)
+def test_a_long_sealed_control_stream_over_a_lossy_link(gro, loops):
+    """A tree of small files is mostly control stream: the sender seals it a burst at a time
+    and the receiver takes runs of whole STREAM packets at once; over loss, reordering and
+    duplicates, past the offsets where the offset's varint grows (16 KiB, 2 MiB), the bytes
+    arrive intact, in order, once."""
+    if gro:
+        loops(gro == "c")
+    imp = dict(loss=0.02, reorder=0.05, dup=0.02)
+    net = InMemoryNet(seed=13, fwd=imp, rev=imp, gro=bool(gro))
+    secure(net)
+    up = random.Random(14).randbytes(2_200_000)
+    net.dsession.stream_write(up)
+    net.lsession.stream_write(b"results" * 300)
+    net.run_until(lambda n: len(n.lstream) >= len(up) and len(n.dstream) >= 2100 and n.dsession.stream_all_acked)
+    assert bytes(net.lstream) == up and bytes(net.dstream) == b"results" * 300
+    assert net.dsession.stats["retransmitted_bytes"] > 0 and net.lsession.stats["duplicate_packets"] > 0
+    assert b"".join(d for _, d, _ in net.fwd.log).find(up[100_000:100_032]) < 0
+
+
+def _opened_burst(payloads: list[bytes], first_pn: int, cid: int, plain: int) -> tuple[memoryview, list[int]]:
+    """Datagrams as ``open_burst`` leaves them: header, payload, 8 spare bytes; ``plain`` each."""
+    buf = bytearray()
+    for k, payload in enumerate(payloads):
+        d = P.HEADER.pack(P.DATA, P.VERSION, cid, first_pn + k) + payload
+        buf += d + bytes(plain - len(d))
+    return memoryview(buf), list(range(0, len(buf), plain))
+
+
+def _outcome(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 (the test compares what each path raises)
+        return type(exc)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=40).map(lambda b: bytes([P.F_STREAM]) + b),
+                          st.binary(min_size=1, max_size=12).map(lambda b: b"\x03" + bytes([0x80 | x for x in b])),
+                          st.sampled_from([b"\x03" + b"\x80" * 53, b"\x03" + b"\x80" * 52 + b"\x01",  # varints cut by
+                                           b"\x03" + b"\x80" * 51 + b"\x01\x80"]),  # the datagram's end
+                          st.binary(min_size=0, max_size=40)), min_size=1, max_size=6),
+       st.sampled_from([31, 34, 36, 80]))
+def test_opened_stream_packets_taken_as_runs_as_one_by_one(payloads, plain):
+    """Whatever the payloads (truncated or overlong varints, several frames, junk), taking a
+    burst's STREAM packets as runs ends as taking them one at a time: the same stream, the
+    same packets recorded, the same error class (RemoteProtocolError), never another."""
+    payloads = [p[: plain - P.HEADER_SIZE - 8] for p in payloads]  # (tiny datagrams: varints cut short)
+    results = []
+    for runs in (True, False):
+        s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=True)
+        view, offsets = _opened_burst(payloads, 5, 1, plain)
+        if runs:
+            err = _outcome(lambda: s._receive_opened(view, offsets, plain, 0.0))
+        else:
+            def each():
+                for off in offsets:
+                    s.receive_payload(5 + off // plain, view[off + P.HEADER_SIZE : off + plain - 8], 0.0, opened=True)
+            err = _outcome(each)
+        results.append((err, bytes(s._sin.data), list(s._recv)))
+    assert results[0][0] in (None, RemoteProtocolError)
+    if results[0][0] is None:
+        assert results[0] == results[1]
+    else:
+        assert results[1][0] is RemoteProtocolError

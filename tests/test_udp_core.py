@@ -1781,3 +1781,52 @@ def test_full_control_stream_packets_leave_in_one_burst():
             pkt = P.parse(bytes(d))
             offsets += [f.offset for f in P.parse_frames(pkt.payload) if isinstance(f, P.StreamFrame)]
     assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+class _OneAtATime(UdpSession):
+    """The reference: every packet built by ``_fill`` + ``_packet``, none by ``_bulk_stream``."""
+
+    def _bulk_stream_ready(self) -> bool:
+        return False
+
+
+def _all_datagrams(s: UdpSession) -> list[bytes]:
+    out = []
+    for k in range(50):  # far apart: pacing never holds anything back; the initial window does not fill
+        out += [bytes(d) for buf, seg in s.transmit(k * 1.0, 64) for d in P.segments(buf, seg)]
+    return out
+
+
+@pytest.mark.parametrize("start", [0, 16_384 - 3 * 1390, 2**21 - 5_000])
+def test_a_burst_of_stream_packets_is_the_packets_made_one_at_a_time(start):
+    """``_bulk_stream`` (a tree of small files: SMALL_FILE frames fill the control stream)
+    builds the same datagrams, byte for byte, as the one-packet-at-a-time path -- also where
+    the stream offset's varint grows a byte (16 KiB, 2 MiB), and with a short last packet."""
+    data = random.Random(start).randbytes(30_000)
+    made = []
+    for cls in (UdpSession, _OneAtATime):
+        s = cls(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+        s._sout_next = s._sout_end = s._sout_base = s._sout_phys = start  # as if acknowledged up to there
+        s.stream_write(data)
+        made.append(_all_datagrams(s))
+        assert s._sout_next == s._sout_end
+    bulk, single = made
+    assert bulk == single and len(bulk) > 20
+    got = bytearray()
+    for d in bulk:
+        (f,) = P.parse_frames(P.parse(d).payload)
+        assert f.offset == start + len(got)
+        got += f.data
+    assert got == data
+
+
+def test_stream_bursts_are_acknowledged_and_lost_per_packet():
+    """A burst of stream packets is recorded as one run: acknowledging part of it frees those
+    bytes only, losing part of it sends exactly those bytes again."""
+    net = InMemoryNet(seed=11, fwd=dict(loss=0.05, reorder=0.05, dup=0.02))
+    net.handshake()
+    up = random.Random(12).randbytes(600_000)
+    net.dsession.stream_write(up)
+    net.run_until(lambda n: bytes(n.lstream) == up and n.dsession.stream_all_acked)
+    d = net.dsession
+    assert d.stats["retransmitted_bytes"] > 0 and d._sout_base == len(up)

@@ -56,6 +56,8 @@ class UdpLink:
         self.busy = 0
         self.last_recv = self.last_send = time.monotonic()
         self._wake = asyncio.Event()
+        self._input = asyncio.Event()  # input for the application arrived during a pacing nap
+        self._napping = False
         self._cond = asyncio.Condition()
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
         self.closed_event = asyncio.Event()
@@ -71,6 +73,10 @@ class UdpLink:
 
     def wake(self) -> None:
         self._wake.set()
+        if self._napping:
+            s = self.session
+            if s.stream_readable or s._completed or s.closed:
+                self._input.set()
 
     # -- pump: timers and output ---------------------------------------------------------
     async def _pump(self) -> None:
@@ -97,7 +103,7 @@ class UdpLink:
                     # so bursts stay large (GSO, GRO, few ACKs) instead of a packet or two
                     # per wake-up, a mode that costs so much per packet it cannot speed up.
                     quantum = min(PACING_QUANTUM, 32 * s.max_datagram / s.cc.pacing_rate)
-                    await asyncio.sleep(max(quantum, s._pace_next - time.monotonic()))
+                    await self._nap(time.monotonic() + max(quantum, s._pace_next - time.monotonic()))
                     continue
                 t = s.next_timer()
                 self._wake.clear()
@@ -115,6 +121,24 @@ class UdpLink:
                 fn()
             async with self._cond:
                 self._cond.notify_all()
+
+    async def _nap(self, until: float) -> None:
+        """Sleep until ``until`` without sending, but let the application have what arrives
+        meanwhile (a RESULT that reopens the sender's offer window must not wait for pacing;
+        ACKs, the usual wake-ups of a paced sender, do not interrupt the nap)."""
+        self._input.clear()
+        self._napping = True
+        try:
+            while (timeout := until - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(self._input.wait(), timeout)
+                except asyncio.TimeoutError:
+                    return
+                self._input.clear()
+                async with self._cond:
+                    self._cond.notify_all()
+        finally:
+            self._napping = False
 
     def _size_changed(self, size: int) -> None:
         old, self._datagram_size = self._datagram_size, size

@@ -19,8 +19,9 @@ import struct
 import xxhash
 
 from . import burst
-from .packets import CHUNK_HEADER, CHUNK_HEADER_SIZE, DATA, F_CHUNK, F_MAX_DATA, HEADER, TRAILER_SIZE, VERSION, \
-    encode_ack, encode_stream, encode_varint_frame
+from .packets import CHUNK_HEADER, CHUNK_HEADER_SIZE, DATA, F_CHUNK, F_MAX_DATA, F_STREAM, HEADER, HEADER_SIZE, \
+    TRAILER_SIZE, VERSION, encode_ack, encode_stream, encode_varint_frame
+from ..ranges import write_varint
 from .recovery import SentPacket
 from ..secure.keys import TAG_SIZE
 
@@ -30,6 +31,7 @@ BURST_BYTES = 65000
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
 _TAG_ZERO = bytes(TAG_SIZE)
 _pack_q = struct.Struct(">Q").pack_into
+_pack_header = HEADER.pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 
 
@@ -112,6 +114,70 @@ class PacketAssembly:
         self._pace_next = pace + size / rate
         self.stats["packets_sent"] += n
         self.stats["bytes_sent"] += size
+        return n
+
+    def _bulk_stream_ready(self) -> bool:
+        """New control-stream bytes for at least one full packet, nothing else waiting (a
+        tree of small files: their SMALL_FILE frames are most of a transfer's bytes)."""
+        return (not self._unacked_eliciting and not self._sout_retx and not self._cout_retx
+                and self._sout_next >= self._hs_end and self._sout_end - self._sout_next >= self.max_datagram)
+
+    def _bulk_stream(self, out: list, now: float, limit: int, cwnd: int, rate: float, credit: float) -> int:
+        """A burst of full STREAM packets of new control-stream bytes: the same bytes as
+        ``_fill`` + ``_packet`` make one at a time (one STREAM frame filling each packet),
+        built in one buffer, sealed in one call and recorded as one run, as ``_bulk_chunks``
+        does for chunk data.  Returns the number of datagrams made (0: none fit now)."""
+        mss = self.max_datagram
+        room = mss - self._overhead
+        first = self._sout_next
+        vo, vl = _varint_size(first), _varint_size(room)
+        step = room - 1 - vo - vl  # data bytes per packet (as _fill: the frame fills the room)
+        if _varint_size(step) != vl:
+            return 0
+        rec = self.recovery
+        pace = max(self._pace_next, now - credit)
+        # a run of packets has one step: it ends where the offset's varint grows a byte
+        n = min((self._sout_end - first) // step, -(-((1 << (7 * vo)) - first) // step), limit, BURST_DATAGRAMS,
+                max(1, BURST_BYTES // mss), (cwnd - rec.bytes_in_flight) // mss, int((now - pace) * rate / mss) + 1)
+        if n <= 0:
+            if pace > now:
+                self.pacing_limited = True
+            return 0
+        prot = self.protection
+        seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
+        buf = bytearray(n * seg)
+        pn = self._next_pn
+        length = bytearray()
+        write_varint(length, step)
+        dcid = self.peer_cid
+        rel = first - self._sout_phys
+        with memoryview(self._sout) as src, memoryview(buf) as dst:
+            for k in range(n):
+                p = k * seg
+                _pack_header(buf, p, DATA, VERSION, dcid, pn + k)
+                head = bytearray((F_STREAM,))
+                write_varint(head, first + k * step)
+                head += length
+                d = p + HEADER_SIZE + len(head)
+                dst[p + HEADER_SIZE : d] = head
+                dst[d : d + step] = src[rel + k * step : rel + (k + 1) * step]
+                if prot is None:
+                    _pack_q(buf, d + step, _xxh64(dst[p : d + step]))
+        if prot is not None:
+            buf = prot.seal_burst(buf, seg, n * seg, mss, pn)
+        out.append((buf, mss))
+        self._next_pn = pn + n
+        if not rec.bytes_in_flight:
+            self._acked_at = now
+        if mss > self.pmtu.base:
+            self._big_sent_at = now
+        stop = first + n * step
+        self._sout_next = stop
+        rec.on_sent(SentPacket(pn, now, mss, True, [("t", first, step, stop)], n))
+        self._last_eliciting_sent = now
+        self._pace_next = pace + n * mss / rate
+        self.stats["packets_sent"] += n
+        self.stats["bytes_sent"] += n * mss
         return n
 
     def _control_frames(self, now: float) -> list[bytes]:

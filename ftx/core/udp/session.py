@@ -25,14 +25,16 @@ from dataclasses import dataclass
 import xxhash
 
 from ...errors import ErrorCode, RemoteProtocolError
-from ..ranges import RangeSet
+from ..ranges import RangeSet, read_varint
 from .congestion import Bbr
 from .packets import (
     CHUNK_HEADER,
     CHUNK_HEADER_SIZE,
     F_CHUNK,
     F_PING,
+    F_STREAM,
     HEADER_SIZE,
+    MAX_STREAM_OFFSET,
     OVERHEAD,
     PING,
     MAX_MAX_DATAGRAM,
@@ -203,7 +205,8 @@ class UdpSession(PacketAssembly, SealedPackets):
         self.stats = {"packets_sent": 0, "packets_received": 0, "bytes_sent": 0, "bytes_received": 0,
                       "retransmitted_bytes": 0, "lost_packets": 0, "duplicate_packets": 0, "stale_packets": 0,
                       "dropped_no_buffer": 0, "probes": 0, "receive_overflows": 0, "pmtu_probes": 0,
-                      "pmtu_fallbacks": 0, "forged": 0, "unsealed_dropped": 0}
+                      "pmtu_fallbacks": 0, "forged": 0, "unsealed_dropped": 0,
+                      "cwnd_limited": 0, "pacing_limited": 0, "app_limited": 0}
 
     # == input ==================================================================
     def receive_payload(self, pn: int, payload, now: float, opened: bool = False) -> None:
@@ -242,6 +245,20 @@ class UdpSession(PacketAssembly, SealedPackets):
                 if slot is not None:
                     slot.buf[coff : coff + length] = payload[CHUNK_HEADER_SIZE:]
                     self._cin.filled((fid, index), slot, coff, coff + length)
+                self._on_eliciting(in_order, now)
+                return
+        if frames is None and payload and payload[0] == F_STREAM:
+            # fast path: a packet that is one STREAM frame (a tree of small files: most packets)
+            soff, p = read_varint(payload, 1)
+            length, p = read_varint(payload, p)
+            if p + length == len(payload) and length and soff + length <= MAX_STREAM_OFFSET:
+                if not self._sin.fits(soff, length):
+                    self.stats["dropped_no_buffer"] += 1
+                    return  # not recorded, so not acknowledged: the sender will send it again
+                in_order = self._record(pn, len(payload), now)
+                self._sin.add(soff, payload[p:])
+                if not opened:  # (checked at handshake_done, protection.py)
+                    self._plain_end = max(self._plain_end, soff + length)
                 self._on_eliciting(in_order, now)
                 return
         if frames is None:
@@ -373,13 +390,19 @@ class UdpSession(PacketAssembly, SealedPackets):
                 else:
                     self.pmtu.on_probe_lost(item[1])
                 continue
-            if kind == "s":
-                _, off, length = item
+            if kind == "s" or kind == "t":
+                if kind == "s":
+                    _, off, length = item
+                    end = off + length
+                else:  # a burst of control-stream bytes, ``step`` bytes a packet
+                    _, first, step, stop = item
+                    off = first + (a - run.pn) * step
+                    end = min(first + (b - run.pn) * step, stop)
                 if acked:
-                    self._sout_acked.add(off, off + length)
+                    self._sout_acked.add(off, end)
                     self._trim_stream()
                 else:
-                    self._sout_retx.add(off, off + length)
+                    self._sout_retx.add(off, end)
                 continue
             if kind == "r":  # a burst of one chunk's bytes, ``step`` bytes a packet
                 _, key, first, step, stop = item
@@ -652,9 +675,11 @@ class UdpSession(PacketAssembly, SealedPackets):
             probe = self._probes > 0
             if not probe:
                 if self.recovery.bytes_in_flight + mss > cwnd:
+                    self.stats["cwnd_limited"] += 1
                     break
                 if now < self._pace_next:
                     self.pacing_limited = True
+                    self.stats["pacing_limited"] += 1
                     break
                 if not self._has_data():
                     if self._credit_starved(now):
@@ -668,7 +693,14 @@ class UdpSession(PacketAssembly, SealedPackets):
                         count += 1
                     else:
                         self.recovery.mark_app_limited()
+                        self.stats["app_limited"] += 1
                     break
+            if not probe and self._bulk_stream_ready():
+                made = self._bulk_stream(out, now, limit - count, cwnd, rate, credit)
+                if not made:
+                    break
+                count += made
+                continue
             if not probe and self._bulk_ready():
                 made = self._bulk_chunks(out, now, limit - count, cwnd, rate, credit)
                 if not made:
