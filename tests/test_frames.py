@@ -308,23 +308,6 @@ def test_flipped_data_byte_is_a_chunk_checksum_mismatch():
         FrameDecoder().feed(f)
 
 
-def test_a_sealed_links_decoder_leaves_chunk_bytes_to_the_aead_but_checks_the_data_header():
-    good = encode_data_frame(1, 0, b"x" * 100)
-    f = bytearray(good)
-    f[-1] ^= 0x20  # a chunk byte: the chunk checksum is not recomputed
-    dec = FrameDecoder()
-    dec.verify_chunks = False
-    dec.feed(f)
-    frame = dec.next_frame()
-    assert frame.type == FrameType.DATA and bytes(frame.payload[-1:]) == b"X"
-    h = bytearray(good)
-    h[16 + 8] ^= 1  # the chunk index in the data header: its frame checksum still holds it
-    dec = FrameDecoder()
-    dec.verify_chunks = False
-    with pytest.raises(ChecksumMismatch, match="header"):
-        dec.feed(h)
-
-
 def test_flipped_control_payload_is_a_checksum_mismatch():
     f = bytearray(encode_frame(FrameType.OFFER, b"x" * 100))
     f[50] ^= 1

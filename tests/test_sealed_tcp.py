@@ -212,37 +212,6 @@ def test_sealed_transfer_and_the_capture_holds_neither_content_nor_names(tmp_pat
     assert b"PAY ALICE" not in wire
 
 
-@pytest.mark.parametrize("secure", [True, False])
-def test_a_sealed_receiver_does_not_hash_chunks_the_aead_checked(tmp_path, files, monkeypatch, secure):
-    """Sealed, each chunk's bytes were authenticated by their record's tag as they opened: the
-    frame layer does not hash them again for their chunk checksum (one pass over the data fewer
-    on the receiver); plaintext, it does.  The files land whole either way."""
-    from ftx.core import frames
-
-    hashed = []
-    real = frames.chunk_checksum
-    monkeypatch.setattr(frames, "chunk_checksum", lambda data: hashed.append(len(data)) or real(data))
-
-    async def go():
-        async with Server(Destination(tmp_path / "dst"), secure=secure) as server:
-            if secure:
-                report = await sealed_send(server.port, files)
-            else:
-                link = await tcp.connect("127.0.0.1", server.port)
-                report = await asyncio.wait_for(send_paths(link, [str(p) for p in files], idle_timeout=T), T * 3)
-            await server.wait(1)
-            return report
-
-    report = run(go())
-    assert report.ok, report.error
-    for f in files:
-        assert (tmp_path / "dst" / f.name).read_bytes() == f.read_bytes()
-    if secure:
-        assert hashed == []
-    else:
-        assert sum(hashed) >= files[0].stat().st_size
-
-
 @pytest.mark.parametrize("cipher", [CHACHA20_POLY1305])
 def test_sealed_transfer_with_chacha(tmp_path, files, cipher):
     async def go():

@@ -116,13 +116,6 @@ class Connection:
             self._decoder.buffer_updated(nbytes)
         self._drain_frames()
 
-    def trust_link_integrity(self) -> None:
-        """The link authenticates every byte it delivers (sealed TCP records, opened under their
-        AEAD tag): DATA chunk bytes are not hashed again against their chunk checksum (one pass
-        over the data fewer).  The data header's frame checksum is still checked, the chunk
-        checksum is still recorded for resume, and the file digest still covers the whole file."""
-        self._decoder.verify_chunks = False
-
     def receive_data(self, data) -> None:
         """Copying input path: events carry their own copies of chunk bytes."""
         self._check_usable()

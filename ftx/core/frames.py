@@ -154,7 +154,6 @@ class FrameDecoder:
         self._frame_len = -1  # total length of the frame at _start once its header is read
         self._frames: deque[Frame] = deque()
         self.copy_payloads = copy_payloads
-        self.verify_chunks = True  # False on a sealed link: the record's AEAD tag already covered the chunk bytes
         self.budget = budget
         self.set_max_payload(max_payload)
 
@@ -297,7 +296,7 @@ class FrameDecoder:
             return None
         ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
         payload = view[start + HEADER_SIZE : start + self._frame_len]
-        self._check(ftype, flags, reserved, length, csum, payload, self.verify_chunks)
+        self._check(ftype, flags, reserved, length, csum, payload)
         if copy or self.copy_payloads or ftype != FrameType.DATA:
             payload = bytes(payload)
         self._start += self._frame_len
@@ -307,7 +306,7 @@ class FrameDecoder:
         return Frame(_FRAME_TYPE[ftype], flags, payload)  # _check refused unknown types
 
     @staticmethod
-    def _check(ftype, flags, reserved, length, csum, payload, verify_chunks: bool = True) -> None:
+    def _check(ftype, flags, reserved, length, csum, payload) -> None:
         header8 = _header8(ftype, flags, length) | (reserved << 32)
         if ftype == FrameType.DATA:
             if length < DATA_HEADER_SIZE:
@@ -315,7 +314,7 @@ class FrameDecoder:
             if frame_checksum(header8, payload[:DATA_HEADER_SIZE]) != csum:
                 raise ChecksumMismatch("DATA frame header checksum mismatch")
             expected = DATA_HEADER.unpack_from(payload, 0)[3]
-            if verify_chunks and chunk_checksum(payload[DATA_HEADER_SIZE:]) != expected:
+            if chunk_checksum(payload[DATA_HEADER_SIZE:]) != expected:
                 raise ChecksumMismatch("chunk checksum mismatch")
         elif frame_checksum(header8, payload) != csum:
             raise ChecksumMismatch(f"frame checksum mismatch (type 0x{ftype:02x})")

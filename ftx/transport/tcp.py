@@ -64,7 +64,6 @@ class TcpLink:
         self._keys: Established | None = None
         self._sealer: RecordSealer | None = None  # set by install_keys: what we send is sealed
         self._opener: RecordOpener | None = None  # set by handshake_done: what we read is sealed
-        self._trusted = False  # conn told that the link checks the bytes (trust_link_integrity)
         try:
             self.peer = sock.getpeername()
         except OSError:
@@ -255,9 +254,6 @@ class TcpLink:
         try:
             if opener.budget is None and (budget := getattr(conn, "buffer_budget", None)) is not None:
                 opener.use_budget(budget)  # a record is held whole before it opens: count it in --max-memory
-            if not self._trusted:  # every byte conn gets from here on opened under its AEAD tag
-                conn.trust_link_integrity()
-                self._trusted = True
             while True:
                 refusal = self._plain_error(conn) if opener.number == 0 else False
                 if refusal:
