@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from .helpers import FTX
+from .helpers import FTX, Receiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,3 +43,17 @@ def test_tab_completion_imports_no_event_loop_tls_or_crypto():
     assert proc.returncode == 0 and "--max-connections" in proc.stdout  # it completed
     mods = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not [m for m in HEAVY_FOR_HELP if m in mods]
+
+
+def test_insecure_send_imports_no_cryptography(tmp_path):
+    """--insecure neither authenticates nor encrypts: no cipher, key or signature module is loaded."""
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello\n")
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        mods = _imported(["send", str(src), r.dest, "--insecure", "--no-progress"])
+        assert "ftx.sending" in mods and "ftx.core.secure.handshake" in mods  # the check sees the send path
+        assert not [m for m in mods if m.startswith("cryptography")]
+        assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
+    finally:
+        r.stop()
