@@ -53,6 +53,10 @@ sys.path[:0] = [HERE, ROOT]
 
 from harness import FTX, own_identity, read_line, run_wait  # noqa: E402
 
+# as installed: pip compiles ftx once; with PYTHONDONTWRITEBYTECODE=1 every run (both sides)
+# would compile every ftx module it imports again, and the start-up figures would include that
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 PEER_TIMEOUT = 600  # seconds for one transfer of any tool before it counts as failed
 ROWS = ("ftx-tcp", "ftx-tcp-base", "ftx-udp", "ftx-udp-base", "tar-nc", "rsync", "scp", "wormhole")
 TITLES = {"ftx-tcp": "ftx TCP", "ftx-tcp-base": "ftx TCP base", "ftx-udp": "ftx UDP", "ftx-udp-base": "ftx UDP base",

@@ -5,9 +5,11 @@ report), in parts of ``receiving.BATCH`` events as the driver hands them over.
 
 No network, no sealing, one thread: process time per file (min of ``--runs``), so
 that the receiver's per-file Python overhead can be compared A/B on a loaded machine.
-``--profile`` prints the top of a cProfile of one run.
+``--profile`` prints the top of a cProfile of one run.  ``--daemon`` adds what ``ftx receive``
+does per file above the session (``ReceiverService._on_file``: the session's counts, the
+service's event, as without --json, -v and --metrics).
 
-    python benchmarks/bench_recv_session.py [--files 20000] [--runs 5] [--dir /dev/shm] [--profile]
+    python benchmarks/bench_recv_session.py [--files 20000] [--runs 5] [--dir /dev/shm] [--profile] [--daemon]
 """
 
 from __future__ import annotations
@@ -43,10 +45,28 @@ def wire(files) -> tuple[bytes, bytes]:
     return hello, b"".join(bytes(b) for b in s.data_to_send())
 
 
-def one_run(hello: bytes, stream: bytes, root: str, reports: list) -> float:
+def daemon_on_file(dest: Destination, reports: list):
+    """``ftx receive``'s per-file path (ftx/daemon.py ``_handle``'s on_file): no --json, -v or --metrics."""
+    from ftx.daemon import ReceiverService, SessionCounts
+    from ftx.service import Service
+
+    service = ReceiverService(dest)
+    service.svc = Service(None)
+    counts = SessionCounts()
+
+    def on_file(report) -> None:
+        counts.add(report)
+        service._on_file(report)
+        reports.append(report)
+
+    return on_file
+
+
+def one_run(hello: bytes, stream: bytes, root: str, reports: list, daemon: bool = False) -> float:
     dest = Destination(root.encode())
     conn = ReceiverConnection()
-    session = receiving.ReceiveSession(conn, dest, on_file=reports.append, keep_reports=False)
+    on_file = daemon_on_file(dest, reports) if daemon else reports.append
+    session = receiving.ReceiveSession(conn, dest, on_file=on_file, keep_reports=False)
     t0 = time.process_time()
     conn.receive_data(hello)
     conn.data_to_send()
@@ -70,6 +90,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/dev/shm")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--daemon", action="store_true", help="include the receiver service's per-file path")
     args = ap.parse_args()
     hello, stream = wire(make_files(args.files, args.dirs, 2048))
     times = []
@@ -81,10 +102,10 @@ def main() -> None:
                 import pstats
 
                 prof = cProfile.Profile()
-                prof.runcall(one_run, hello, stream, root, [])
+                prof.runcall(one_run, hello, stream, root, [], args.daemon)
                 pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "25")))
                 continue
-            times.append(one_run(hello, stream, root, []))
+            times.append(one_run(hello, stream, root, [], args.daemon))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if times:

@@ -8,18 +8,14 @@ Exit codes (also in README.md):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 
 import click
 
 from . import DEFAULT_PORT, __version__
-from .core.secure import AuthError
-from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .errors import ArgumentError, ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath
 from .cli_output import emit as _emit, emit_streamed as _emit_streamed, flush as _flush  # noqa: F401
 from .cli_output import start_writers as _start_writers, stop_writers as _stop_writers
@@ -36,6 +32,7 @@ events_log = logging.getLogger("ftx.events")  # the receiver's default lines: on
 
 
 def _exit_code(exc: BaseException) -> int:
+    from .core.secure import AuthError
     from .credentials import CredentialError
     from .security_setup import SetupError
 
@@ -52,6 +49,8 @@ def _exit_code(exc: BaseException) -> int:
 
 def _report_exit_code(report) -> int:
     """Exit code of a session that failed as a whole: by the class of its error."""
+    from .core.secure import AuthError
+
     failure = getattr(report, "failure", None)
     if isinstance(failure, (ProtocolError, AuthError)):  # the peer's bytes broke the protocol or its seal
         return EXIT_PROTOCOL
@@ -286,6 +285,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
                    "fingerprint": "", "transfer_id": transfer_id, "exit": code})
         _die(message, code)
 
+    from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+
     csize = _size(chunk_size, "--chunk-size")
     if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
         raise click.BadParameter("must be between 4K and 16M", param_hint="--chunk-size")
@@ -317,6 +318,8 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
         progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
     so_far.inner = progress or so_far.inner
+
+    import asyncio
 
     from .api import send_async
 
@@ -363,6 +366,9 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
 async def _until_signalled(coro, terminated: list):
     """Run ``coro``; SIGTERM cancels it (and is noted in ``terminated``), as SIGINT does in asyncio.run."""
+    import asyncio
+    import signal
+
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
 
     def on_term() -> None:
@@ -473,6 +479,8 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     except OSError as exc:
         _die(f"cannot use {directory}: {exc.strerror}", EXIT_LOCAL)
     bars = _show_progress(no_progress, as_json)
+    import asyncio
+
     _start_writers(as_json, bars)
     try:
         code = asyncio.run(_receive(dest, host, port, once, as_json, idle_timeout, bars, not no_udp, limits, auth,
@@ -489,6 +497,9 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
                    auth=None, metrics_at=None, settings=None) -> int:
     """The receiver service until a signal (or --once): its events printed as --json lines."""
+    import asyncio
+    import signal
+
     from .daemon import ReceiverService
 
     progress = None

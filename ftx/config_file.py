@@ -19,16 +19,17 @@ that no longer loads keeps what was read before.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
-import tomllib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
-from .areas import AreaError, AreaTable, parse_areas
 from .limits import Limits, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from .areas import AreaTable
 
 log = logging.getLogger("ftx.receive")
 
@@ -74,14 +75,15 @@ class Settings:
         return True
 
 
-
-
 def read(path: str, params=None) -> Settings:
     """Read and check FILE against the command's ``params`` (click Parameters).  Raises ConfigError.
 
     ``params`` None (a library receiver, ``ftx.Receiver(config=...)``): only ``[areas]`` and
     ``default-area`` are read; the other keys (``ftx receive``'s options, the same file may serve
     both) are left in ``raw``, unchecked: the program gives them as arguments."""
+    import tomllib  # here, not at the top: --help and TAB completion never read a file
+
+    from .areas import AreaError, parse_areas
     from .credentials import CredentialError, read_trusted
 
     try:  # it grants access (areas, keys, --insecure): refused if someone else could have written it
@@ -134,6 +136,8 @@ def _option(path: str, key: str, value, by_key: dict):
         return "no_udp", not value
     param = by_key.get(key)
     if param is None:
+        import difflib
+
         near = difflib.get_close_matches(key, list(by_key) + ["areas", "default-area", "udp"], 1)
         raise bad("unknown key (not an option of ftx receive)" + (f"; did you mean {near[0]!r}?" if near else ""))
     if getattr(param, "is_flag", False) and not getattr(param, "count", False):

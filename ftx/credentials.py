@@ -86,11 +86,32 @@ def normalize_fingerprint(text: str) -> str:
 
 def raw_public(key) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_bytes_raw()  # as public_bytes(Raw, Raw), without importing serialization (start-up)
+
+
+#: DER of an unencrypted PKCS#8 Ed25519 private key (RFC 8410 §7) before its 32-byte seed: what
+#: create_identity writes, read without cryptography's serialization package (~20 ms to import)
+_ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
+
+
+def _ed25519_from_pem(data: bytes):
+    """The Ed25519 key of a PEM file that is exactly one unencrypted PKCS#8 Ed25519 key, else None
+    (then load_pem_private_key reads it, and says what is wrong with it)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    lines = data.strip().splitlines()
+    if len(lines) < 3 or lines[0] != b"-----BEGIN PRIVATE KEY-----" or lines[-1] != b"-----END PRIVATE KEY-----":
+        return None
+    try:
+        der = base64.b64decode(b"".join(lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(_ED25519_PKCS8) + 32 or not der.startswith(_ED25519_PKCS8):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[len(_ED25519_PKCS8):])
 
 
 def public_line(raw: bytes, comment: str = "") -> str:
@@ -162,7 +183,6 @@ def create_identity(path: str, comment: str | None = None) -> Identity:
 def load_identity(path: str, create: bool = True) -> Identity:
     """The identity at ``path``; created there first if missing and ``create``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -190,6 +210,11 @@ def load_identity(path: str, create: bool = True) -> Identity:
         data = os.read(fd, 64 * 1024)
     finally:
         os.close(fd)
+    key = _ed25519_from_pem(data)
+    if key is not None:
+        return Identity(key, path)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -339,7 +339,7 @@ class ReceiverService:
         # the event is queued, flushed at most LINES_DELAY later (or before the next other
         # event): a write per file from the worker thread, and the loop's wake-ups, cost more
         # than the file did
-        self.svc.publish({"event": "file", **report.__dict__}, flush=False)
+        self.svc.file_settled(report)  # the "file" event, built only when someone reads events
         if self.flush is not None and not self._flush_due:
             self._flush_due = True
             self._loop.call_soon_threadsafe(self._loop.call_later, LINES_DELAY, self._flush_lines)

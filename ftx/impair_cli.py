@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import signal
-
 import click
 
 from . import DEFAULT_PORT
@@ -50,6 +46,8 @@ def impair(listen, target, both, forward, reverse, seed, duration, as_json):
         raise click.BadParameter(str(exc)) from None
     _check_listen(lhost)
     _check_resolves(thost, "--to")
+    import asyncio  # here, not at the top: `ftx --help` and TAB completion import this module
+
     try:
         asyncio.run(_impair(lhost, lport, (thost, tport), fwd, rev, seed, duration, as_json))
     except OSError as exc:
@@ -74,6 +72,10 @@ def _check_resolves(host: str, option: str) -> None:
 
 
 async def _impair(lhost, lport, target, fwd, rev, seed, duration, as_json):
+    import asyncio
+    import json
+    import signal
+
     from .netsim import Relay
 
     r = Relay(target, fwd, rev, seed)

@@ -94,6 +94,16 @@ class Service:
         if self.metrics is not None:
             self.metrics.observe(event)
 
+    def file_settled(self, report) -> None:
+        """One received item (a receiving.FileReport), the per-file hot path: counted for the status,
+        and published as a "file" event only when something reads events (--json, --metrics, the
+        library's receiver): without them no dict is built per file."""
+        if self.emit is None and self.metrics is None:
+            self.files_done += 1
+            self.bytes_done += report.bytes_received
+        else:
+            self.publish({"event": "file", **report.__dict__}, flush=False)
+
     @contextlib.contextmanager
     def session(self, transport: str, progress: Progress | None = None):
         tally = Tally(transport, progress)

@@ -28,9 +28,8 @@ import hashlib
 import hmac
 import struct
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+# cryptography is imported where it is used (once per handshake or key update), not here: the
+# handshake module imports this one, and `ftx send --insecure` uses neither (start-up time).
 
 AES_256_GCM = "aes-256-gcm"
 CHACHA20_POLY1305 = "chacha20-poly1305"
@@ -60,6 +59,9 @@ def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-Expand with SHA-256 (RFC 5869 §2.3)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
     return HKDFExpand(hashes.SHA256(), length, info).derive(prk)
 
 
@@ -70,6 +72,8 @@ def expand_label(secret: bytes, label: str, context: bytes, length: int) -> byte
 
 
 def aead(cipher: str, key: bytes):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
     if cipher == AES_256_GCM:
         return AESGCM(key)
     if cipher == CHACHA20_POLY1305:

@@ -32,10 +32,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from ...errors import ErrorCode, RemoteProtocolError
 from ..manifest import MAX_PATH, Kind
 from ..messages import wire_text
@@ -251,6 +247,8 @@ class ReceiptSigner:
 
             self.public = signer_id(self.chain)
         else:
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
             self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.transcript = transcript
         self.count = 0
@@ -382,6 +380,9 @@ def check_signature(end: ReceiptEnd, entries_hash: bytes) -> None:
             raise ReceiptError("receipt signer field is not its certificate's hash")
         verify_x509(end.chain, end.signature, msg, end.fingerprint)
         return
+    from cryptography.exceptions import InvalidSignature  # here: only a receipt's check needs it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(end.public).verify(end.signature, msg)
     except (InvalidSignature, ValueError):

@@ -31,7 +31,6 @@ from typing import Callable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ...errors import RemoteProtocolError
 from . import AuthError, Established, PeerIdentity
@@ -68,7 +67,7 @@ Policy = Callable[[PeerIdentity], "str | None"]
 def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     if hasattr(key, "sign"):  # a private key (or a signer in its place)
         key = key.public_key()
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_bytes_raw()
 
 
 def fingerprint(public: bytes) -> str:
@@ -157,7 +156,7 @@ class SigmaClient(FramedHandshake):
         self._ciphers = list(ciphers or preferred_ciphers(True))
         self._random = self._rng(RANDOM_SIZE)
         self._eph = X25519PrivateKey.from_private_bytes(self._rng(SHARE_SIZE))
-        share = self._eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        share = self._eph.public_key().public_bytes_raw()
         body = self._random + share + bytes([len(self._ciphers)]) + bytes(CIPHERS[c] for c in self._ciphers)
         self._transcript = self._send(CLIENT_HELLO, body)
         self._expect = SERVER_HELLO
@@ -224,7 +223,7 @@ class SigmaServer(FramedHandshake):
             random = self._rng(RANDOM_SIZE)
             eph = X25519PrivateKey.from_private_bytes(self._rng(SHARE_SIZE))
             secret = x25519_shared(eph, share, "sender")
-            mine = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            mine = eph.public_key().public_bytes_raw()
             server_hello = self._send(SERVER_HELLO, random + mine + bytes([CIPHERS[cipher]]))
             transcript = payload + server_hello
             sched = self._schedule = Schedule(secret, sha256(transcript))

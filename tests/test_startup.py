@@ -1,0 +1,117 @@
+"""Fixed costs of every run: what `ftx --help`, a shell's TAB and a send import before any work.
+
+Every TAB runs the program, and 20 000 tiny files are sent in about as long as the interpreter
+takes to start twice: modules a run does not need (asyncio for --help, cryptography for
+--insecure) must not be imported.  Checked in a fresh interpreter with ``-X importtime``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import FTX, Receiver
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _imported(args: list[str], env: dict | None = None) -> set[str]:
+    """The modules a fresh ``ftx ARGS`` imports (it must exit 0)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *FTX[1:], *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+HEAVY_FOR_HELP = ("asyncio", "ssl", "cryptography", "tomllib", "ftx.areas", "ftx.core.secure", "socket")
+
+
+def test_help_imports_no_event_loop_tls_or_crypto():
+    mods = _imported(["--help"])
+    assert "click" in mods  # the check can see imports at all
+    assert not [m for m in HEAVY_FOR_HELP if m in mods]
+
+
+def test_tab_completion_imports_no_event_loop_tls_or_crypto():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "from ftx.cli import main; main(prog_name='ftx')"],
+                          capture_output=True, text=True, env={**os.environ, "_FTX_COMPLETE": "bash_complete",
+                                                               "COMP_WORDS": "ftx receive --", "COMP_CWORD": "2"},
+                          timeout=50)
+    assert proc.returncode == 0 and "--max-connections" in proc.stdout  # it completed
+    mods = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not [m for m in HEAVY_FOR_HELP if m in mods]
+
+
+def test_insecure_send_imports_no_cryptography(tmp_path):
+    """--insecure neither authenticates nor encrypts: no cipher, key or signature module is loaded."""
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello\n")
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        mods = _imported(["send", str(src), r.dest, "--insecure", "--no-progress"])
+        assert "ftx.sending" in mods and "ftx.core.secure.handshake" in mods  # the check sees the send path
+        assert not [m for m in mods if m.startswith("cryptography")]
+        assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
+    finally:
+        r.stop()
+
+
+def _write_key(path, pem: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, pem)
+    os.close(fd)
+    return str(path)
+
+
+def test_identity_read_without_the_serialization_package_is_the_same_key(tmp_path):
+    """load_identity reads the PKCS#8 file it writes itself; any other PEM goes to cryptography's parser."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
+
+    from ftx import credentials as cr
+
+    made = cr.load_identity(str(tmp_path / "id"))  # created, as on first use
+    pem = (tmp_path / "id").read_bytes()
+    assert cr._ed25519_from_pem(pem) is not None  # the fast path takes the file ftx writes
+    again = cr.load_identity(str(tmp_path / "id"), create=False)
+    assert cr.raw_public(again.key) == cr.raw_public(made.key) == cr.raw_public(load_pem_private_key(pem, None))
+    key = Ed25519PrivateKey.generate()
+    for n, other in enumerate([
+        key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()),  # another container
+        pem.replace(b"\n", b"\r\n"),  # CRLF line ends
+        b"junk before\n" + pem,
+    ]):
+        got = cr._ed25519_from_pem(other)
+        try:
+            expected = load_pem_private_key(other, None)
+        except ValueError:
+            expected = None
+        if got is not None:  # taken by the fast path only where cryptography reads the same key
+            assert expected is not None and cr.raw_public(got) == cr.raw_public(expected), n
+    for bad in (pem.replace(b"BEGIN PRIVATE KEY", b"BEGIN PUBLIC KEY"), pem[:60] + b"!" + pem[61:], b""):
+        with pytest.raises(cr.CredentialError, match="not an unencrypted PEM private key"):
+            cr.load_identity(_write_key(tmp_path / f"bad{len(bad)}", bad), create=False)
+
+
+def test_keys_mode_send_imports_no_serialization_package(tmp_path):
+    """Keys mode loads the identity and signs the handshake without cryptography's serialization
+    package (PEM/DER/SSH codecs: ~20 ms of start-up)."""
+    cfg = tmp_path / "cfg"
+    env = {"XDG_CONFIG_HOME": str(cfg), "XDG_STATE_HOME": str(tmp_path / "state")}
+    from ftx import credentials as cr
+
+    ident = cr.load_identity(str(cfg / "ftx" / "identity"))
+    (cfg / "ftx" / "authorized_keys").write_text(cr.public_line(cr.raw_public(ident.key), "me") + "\n")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"sealed\n")
+    r = Receiver(tmp_path / "in", env=env)
+    try:
+        mods = _imported(["send", str(src), r.dest, "--no-progress"], env)
+        assert "ftx.core.secure.sigma" in mods  # keys mode ran
+        assert "cryptography.hazmat.primitives.serialization" not in mods
+        assert (tmp_path / "in" / "a.txt").read_bytes() == b"sealed\n"
+    finally:
+        r.stop()
