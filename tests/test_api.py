@@ -6,6 +6,7 @@ Real sockets on loopback, real files, both transports, every authentication mode
 from __future__ import annotations
 
 import asyncio
+import time
 import os
 import socket
 from pathlib import Path
@@ -205,12 +206,20 @@ def test_refusal_event(tmp_path):
                 ftx.send, tmp_path / "big", "127.0.0.1", port=r.port, insecure=True, max_rate=256 << 10))
             try:
                 errors = []
-                for _ in range(50):  # until one of the two is refused (usually this one, once the other's
-                    report = await ftx.send_async(tmp_path / "f", "127.0.0.1", port=r.port, insecure=True,
-                                                  idle_timeout=5)  # HELLO has settled its place)
-                    errors.append(report.error)
-                    if refusals:
+                deadline = time.monotonic() + 12  # the slow one holds its place for 16 s
+                while time.monotonic() < deadline:  # its HELLO settled its place once its data lands
+                    state = dst / ".ftx"
+                    if state.is_dir() and any(state.iterdir()):
                         break
+                    await asyncio.sleep(0.02)
+                while not refusals and time.monotonic() < deadline:  # until one of the two is refused
+                    # (usually this one, once the other's HELLO has settled its place; the slow
+                    # sender's thread may take a while to connect on a loaded machine)
+                    report = await ftx.send_async(tmp_path / "f", "127.0.0.1", port=r.port, insecure=True,
+                                                  idle_timeout=5)
+                    errors.append(report.error)
+                    if not refusals:
+                        await asyncio.sleep(0.02)
             finally:
                 r.close()  # the slow sender fails at once
             slow_error = (await slow).error
