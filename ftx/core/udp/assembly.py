@@ -100,11 +100,7 @@ class PacketAssembly:
                 buf = prot.seal_burst(buf, seg, size, mss, pn)
         size = len(buf)
         out.append((buf, mss))
-        self._next_pn = pn + n
-        if not rec.bytes_in_flight:
-            self._acked_at = now
-        if mss > self.pmtu.base:
-            self._big_sent_at = now
+        self._burst_numbered(rec, now, pn, n, mss)
         c.next_off = off + nbytes
         self._new_chunk_bytes += nbytes
         if c.next_off >= clen:
@@ -115,6 +111,15 @@ class PacketAssembly:
         self.stats["packets_sent"] += n
         self.stats["bytes_sent"] += size
         return n
+
+    def _burst_numbered(self, rec, now: float, pn: int, n: int, mss: int) -> None:
+        """A burst of ``n`` packets from ``pn`` on was built: the next number, and the times
+        the recovery and PMTU search read."""
+        self._next_pn = pn + n
+        if not rec.bytes_in_flight:
+            self._acked_at = now
+        if mss > self.pmtu.base:
+            self._big_sent_at = now
 
     def _bulk_stream_ready(self) -> bool:
         """New control-stream bytes for at least one full packet, nothing else waiting (a
@@ -166,11 +171,7 @@ class PacketAssembly:
         if prot is not None:
             buf = prot.seal_burst(buf, seg, n * seg, mss, pn)
         out.append((buf, mss))
-        self._next_pn = pn + n
-        if not rec.bytes_in_flight:
-            self._acked_at = now
-        if mss > self.pmtu.base:
-            self._big_sent_at = now
+        self._burst_numbered(rec, now, pn, n, mss)
         stop = first + n * step
         self._sout_next = stop
         rec.on_sent(SentPacket(pn, now, mss, True, [("t", first, step, stop)], n))
