@@ -378,9 +378,10 @@ def chooser(root, service=None, admission=None, settings=None) -> Areas:
         return settings.areas if settings is not None else None
 
     def on_refused(link, reason: str) -> None:
+        from .transport.sockets import host_of, peer_label
+
         peer = getattr(link, "peer", None)
-        host = peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
-        label = f"{host}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        host, label = host_of(peer), peer_label(peer)
         if admission is not None and admission.on_refused is not None:
             admission.on_refused(host, reason)
         if service is not None:

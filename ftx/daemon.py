@@ -29,6 +29,7 @@ from .errors import TransportError
 from .limits import Admission, Limits
 from .progress import Progress
 from .units import human_bytes
+from .transport.sockets import host_of, peer_label
 
 events_log = logging.getLogger("ftx.events")  # one line per event (README "Logs")
 
@@ -36,17 +37,6 @@ LINES_DELAY = 0.1  # seconds a per-file event may wait in the sink before ``flus
 
 Emit = Callable[..., None]  # emit(event: dict, flush: bool = True)
 Ask = Callable[[str, str], Awaitable[Optional[str]]]  # ask(peer, offer) -> None to accept, else the reason
-
-
-def host_of(peer: Any) -> str | None:
-    return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
-
-
-def peer_label(peer: Any) -> str:
-    if isinstance(peer, tuple):
-        host = peer[0].removeprefix("::ffff:")
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return str(peer)
 
 
 def auth_text(auth: Any) -> str:

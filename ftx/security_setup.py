@@ -443,7 +443,9 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float, budget=None) ->
     from .core.secure.handshake import refusal_frame
     from .securing import run_handshake
 
-    host = link.peer[0].removeprefix("::ffff:") if isinstance(link.peer, tuple) else None
+    from .transport.sockets import host_of
+
+    host = host_of(link.peer)
     why = auth.begin(host)
     if why is not None:
         try:

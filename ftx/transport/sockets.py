@@ -52,3 +52,16 @@ def bound_socket(host: str | None, port: int, socktype: int, reuse_addr: bool = 
         kind = "UDP" if socktype == socket.SOCK_DGRAM else "TCP"
         raise TransportError(f"cannot listen on {kind} {addr[0]} port {addr[1]}: {exc.strerror}") from exc
     return sock
+
+
+def host_of(peer) -> str | None:
+    """The IP address of a peer's (host, port, ...) tuple, an IPv4-mapped IPv6 one as IPv4; None otherwise."""
+    return peer[0].removeprefix("::ffff:") if isinstance(peer, tuple) else None
+
+
+def peer_label(peer) -> str:
+    """``host:port`` (``[v6]:port``) of a peer for logs and events."""
+    host = host_of(peer)
+    if host is None:
+        return str(peer)
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"

@@ -32,7 +32,7 @@ from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.keys import TAG_SIZE
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
-from .sockets import bound_socket
+from .sockets import bound_socket, host_of
 
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
@@ -543,7 +543,7 @@ async def serve(socks: list[socket.socket], handle: Callable[[TcpLink], Awaitabl
             if admission is None:
                 coro = handle(TcpLink(sock))
             else:
-                host = addr[0].removeprefix("::ffff:") if isinstance(addr, tuple) else None
+                host = host_of(addr)
                 holder: list[asyncio.Task] = []
 
                 def evict(holder=holder) -> None:  # no HELLO yet, and a newcomer needs the place
