@@ -8,6 +8,8 @@ Exit codes (also in README.md):
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import sys
@@ -26,6 +28,14 @@ from .cli_help import KEYGEN_EPILOG, MAIN_EPILOG, RECEIVE_EPILOG, SEND_EPILOG
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
+
+# At exit the interpreter's last garbage collections walk, and then free one by one, every
+# class, function and module the run loaded: about 35 ms of a one-file send, more than its
+# whole transfer.  Frozen, that heap is left to the OS as the process ends.  Nothing else
+# changes: atexit handlers, the joining of threads and the flushing of stdout and stderr run
+# as before; every file ftx writes is closed (and synced) before it reports; only objects in
+# reference cycles get no __del__ at exit, which Python never promised them anyway.
+atexit.register(gc.freeze)
 
 log = logging.getLogger("ftx")
 events_log = logging.getLogger("ftx.events")  # the receiver's default lines: one per event (README "Logs")
