@@ -129,3 +129,24 @@ def test_the_heap_is_left_to_the_os_at_exit():
     assert proc.returncode == 0 and proc.stdout.startswith("ftx, version")
     frozen = int(proc.stderr.rsplit("frozen=", 1)[1])
     assert frozen > 10_000  # the modules' objects, not a handful
+
+
+def test_a_numeric_address_is_resolved_without_a_thread():
+    """asyncio's getaddrinfo starts a resolver thread (and asyncio.run's end another to join it), even
+    for 127.0.0.1: connect converts a numeric address itself, with the same result; names still go
+    to the resolver."""
+    import asyncio
+    import socket
+    import threading
+
+    from ftx.transport.sockets import resolve
+
+    async def main() -> None:
+        before = threading.active_count()
+        for host in ("127.0.0.1", "::1", "fe80::1%1"):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                assert await resolve(host, 7431, kind) == socket.getaddrinfo(host, 7431, type=kind)
+        assert threading.active_count() == before  # no thread started
+        assert {info[4][1] for info in await resolve("localhost", 7431, socket.SOCK_STREAM)} == {7431}
+
+    asyncio.run(main())

@@ -30,6 +30,19 @@ def parse_dest(dest: str, default_port: int = DEFAULT_PORT, allow_zero: bool = F
     return host, default_port
 
 
+async def resolve(host: str, port: int, socktype: int) -> list:
+    """``getaddrinfo`` for a connect.  A numeric address (IPv4, IPv6, scoped IPv6) is converted
+    here, at once: asyncio's ``loop.getaddrinfo`` would start its resolver thread for it (and the
+    end of ``asyncio.run`` another to join that one), about 1-2 ms of every send.  Only a name
+    goes to that thread; its result and errors are what they always were."""
+    try:
+        return socket.getaddrinfo(host, port, type=socktype, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:  # a name (or not an address at all: the resolver says which, as before)
+        import asyncio
+
+        return await asyncio.get_running_loop().getaddrinfo(host, port, type=socktype)
+
+
 def bound_socket(host: str | None, port: int, socktype: int, reuse_addr: bool = False) -> socket.socket:
     """A socket bound to ``host``/``port``; ``None``/``::`` means every address, IPv6 and IPv4
     (falling back to IPv4 alone where the machine has no IPv6)."""

@@ -32,7 +32,7 @@ from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.keys import TAG_SIZE
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
-from .sockets import bound_socket, host_of
+from .sockets import bound_socket, host_of, resolve
 
 log = logging.getLogger("ftx.tcp")
 IOV_MAX = 512
@@ -476,7 +476,7 @@ def _trim_heap_soon(loop: asyncio.AbstractEventLoop) -> None:
 async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await resolve(host, port, socket.SOCK_STREAM)  # a numeric address without a thread
     except socket.gaierror as exc:
         raise TransportError(f"cannot resolve {host}: {exc.strerror}") from exc
     last: Exception | None = None

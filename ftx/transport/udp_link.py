@@ -22,6 +22,7 @@ from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.session import UdpConfig, UdpSession
 from ..core.secure import AuthError, Established, datagrams
 from ..errors import ErrorCode, TransportError
+from .sockets import resolve
 from .udp_socket import DatagramSocket
 
 log = logging.getLogger("ftx.udp")
@@ -299,7 +300,7 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
     config = config or UdpConfig()
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = await resolve(host, port, socket.SOCK_DGRAM)  # a numeric address without a thread
     except socket.gaierror as exc:
         raise TransportError(f"cannot resolve {host}: {exc.strerror}") from exc
     family, _, _, _, addr = infos[0]
