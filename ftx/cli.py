@@ -255,7 +255,25 @@ def _with(options):
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
+class _Commands(click.Group):
+    """The ``ftx`` group.  The commands defined in other modules are imported when named (or when a
+    listing such as ``ftx --help`` shows them): ``ftx send`` and ``ftx receive`` do not load them."""
+
+    ELSEWHERE = {"impair": "impair_cli", "relay": "impair_cli", "verify-receipt": "receipt_cli"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.ELSEWHERE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.ELSEWHERE:
+            import importlib
+
+            module = importlib.import_module(f".{self.ELSEWHERE[cmd_name]}", __package__)
+            self.add_command(getattr(module, cmd_name.replace("-", "_")), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)
 @click.version_option(__version__, prog_name="ftx")
 def main() -> None:
     """Send files and directories between machines; interrupted transfers resume."""
@@ -620,13 +638,6 @@ def keygen(identity, comment):
     except OSError:
         click.echo(public_line(ident.public, comment or ""))
 
-
-from .impair_cli import impair, relay  # noqa: E402
-from .receipt_cli import verify_receipt  # noqa: E402
-
-main.add_command(impair)
-main.add_command(relay)
-main.add_command(verify_receipt)
 
 if _collecting:  # this module is loaded (see the top)
     gc.enable()

@@ -54,6 +54,7 @@ def test_insecure_send_imports_no_cryptography(tmp_path):
         mods = _imported(["send", str(src), r.dest, "--insecure", "--no-progress"])
         assert "ftx.sending" in mods and "ftx.core.secure.handshake" in mods  # the check sees the send path
         assert not [m for m in mods if m.startswith("cryptography")]
+        assert "ftx.impair_cli" not in mods and "ftx.receipt_cli" not in mods  # other commands: loaded when named
         assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
     finally:
         r.stop()
