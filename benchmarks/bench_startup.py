@@ -3,8 +3,9 @@
 
 Rows: ``ftx --help``; shell completion (what TAB runs: ``_FTX_COMPLETE=bash_complete``);
 ``ftx send`` of one small file to a running receiver, ``--insecure`` and in keys mode (a
-private config directory whose identity authorizes itself, ``harness.own_identity``).  The
-receivers (one insecure, one in keys mode) run before the clock starts, as daemons would.
+private config directory whose identity authorizes itself, ``harness.own_identity``), over
+TCP and over UDP (``--udp``).  The receivers (one insecure, one in keys mode serving both
+transports) run before the clock starts, as daemons would.
 
     python benchmarks/bench_startup.py [--runs 20]
     python benchmarks/bench_startup.py --baseline /tmp/old     # A/B, interleaved: `git archive` there
@@ -53,7 +54,7 @@ class Daemon:
     def __init__(self, dst: str, root: str | None, *extra: str) -> None:
         os.makedirs(dst, exist_ok=True)
         self.proc = subprocess.Popen(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
-                                            "--json", "--no-udp", *extra], stdout=subprocess.PIPE, text=True,
+                                            "--json", *extra], stdout=subprocess.PIPE, text=True,
                                      stderr=subprocess.DEVNULL,
                                      cwd=root, env=_env(root))
         self.port = json.loads(read_line(self.proc))["port"]
@@ -90,7 +91,7 @@ def main() -> None:
     trees = {"this": None, **({"base": os.path.abspath(args.baseline)} if args.baseline else {})}
     daemons = {}
     for name, root in trees.items():
-        daemons[name, "insecure"] = Daemon(os.path.join(work, name, "insecure"), root, "--insecure")
+        daemons[name, "insecure"] = Daemon(os.path.join(work, name, "insecure"), root, "--insecure", "--no-udp")
         daemons[name, "keys"] = Daemon(os.path.join(work, name, "keys"), root)
     complete = {"_FTX_COMPLETE": "bash_complete", "COMP_WORDS": "ftx send --", "COMP_CWORD": "2"}
     rows = {
@@ -100,6 +101,8 @@ def main() -> None:
             FTX_SCRIPT + ["send", src, f"127.0.0.1:{daemons[name, 'insecure'].port}", "--insecure", "--no-progress"], root),
         "send 1 file, keys": lambda name, root: timed(
             FTX_SCRIPT + ["send", src, f"127.0.0.1:{daemons[name, 'keys'].port}", "--no-progress"], root),
+        "send 1 file, keys, UDP": lambda name, root: timed(
+            FTX_SCRIPT + ["send", src, f"127.0.0.1:{daemons[name, 'keys'].port}", "--udp", "--no-progress"], root),
     }
     results: dict = {(row, name): [] for row in rows for name in trees}
     try:
