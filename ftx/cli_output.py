@@ -10,13 +10,22 @@ sender's report with a list of any length a thousand items at a time.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import sys
 from collections import deque
 
 log = logging.getLogger("ftx")
+json = None  # the json module, imported on first use: a run without --json never loads it (start-up)
+
+
+def _json():
+    global json
+    if json is None:
+        import json as module
+
+        json = module
+    return json
 
 WRITERS_DRAIN = 0.5  # seconds the daemon waits at exit for a slow reader of its output, at most (SIGTERM: exit within 2 s)
 _err = None  # the daemon's stderr LineWriter
@@ -29,6 +38,7 @@ def start_writers(as_json: bool, bars: bool) -> None:
     from .output import LineWriter
     from .terminal import use_stream
 
+    _json()
     sys.stdout.flush()
     sys.stderr.flush()
     if as_json:
@@ -69,7 +79,7 @@ def emit(obj: dict, flush: bool = True) -> None:
 
     ``flush=False`` (per-file lines, from any thread) only queues it: ``flush`` writes
     everything queued at once, and so does the next line emitted with ``flush=True``."""
-    _queued.append(json.dumps(obj) + "\n")
+    _queued.append((json or _json()).dumps(obj) + "\n")
     if flush:
         _write_queued()
 
@@ -82,6 +92,7 @@ def emit_streamed(obj: dict, key: str) -> None:
     written ``STREAM_ITEMS`` at a time: a report of a million files is never one string."""
     flush()
     out = sys.stdout
+    _json()
     try:
         out.write("{")
         for i, (name, value) in enumerate(obj.items()):

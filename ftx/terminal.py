@@ -11,7 +11,6 @@ text alone, so a text escaped earlier passes unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -38,6 +37,8 @@ class JsonFormatter(logging.Formatter):
                "level": record.levelname.lower(),
                "message": printable(record.getMessage(), MAX_LINE)}
         obj.update(getattr(record, "fields", None) or {})
+        import json  # here: a run that logs text never loads it (start-up)
+
         return json.dumps(obj, default=str)
 
 
@@ -76,8 +77,13 @@ def use_stream(stream) -> None:
 def say(message: str, level: str = "error") -> None:
     """One ``ftx: <message>`` line on stderr, escaped."""
     out = _stream or sys.stderr
-    line = (json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
-                        "message": printable(message, MAX_LINE)}) if _json else f"ftx: {printable(message, MAX_LINE)}")
+    if _json:
+        import json  # only --log-format json needs it (start-up)
+
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
+                           "message": printable(message, MAX_LINE)})
+    else:
+        line = f"ftx: {printable(message, MAX_LINE)}"
     try:
         out.write(line + "\n")
         out.flush()

@@ -55,6 +55,7 @@ def test_insecure_send_imports_no_cryptography(tmp_path):
         assert "ftx.sending" in mods and "ftx.core.secure.handshake" in mods  # the check sees the send path
         assert not [m for m in mods if m.startswith("cryptography")]
         assert "ftx.impair_cli" not in mods and "ftx.receipt_cli" not in mods  # other commands: loaded when named
+        assert "json" not in mods  # only --json and --log-format json write JSON
         assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
     finally:
         r.stop()
