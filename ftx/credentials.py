@@ -22,7 +22,6 @@ from the command line, where other local users can read the process list.
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import logging
 import os
@@ -134,6 +133,8 @@ def parse_public_line(line: str) -> tuple[bytes, str]:
 
 
 def _default_comment() -> str:
+    import getpass  # only keygen and a first identity need it (it loads termios: start-up)
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
