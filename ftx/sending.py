@@ -37,7 +37,7 @@ from .core.events import (
     SessionComplete,
 )
 from .core.frames import DATA_HEADER_SIZE
-from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
+from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind, built
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
@@ -47,7 +47,7 @@ from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .progress import Progress
-from .source import DirGroup, SourceChanged, SourceFile, SourceItem, walk_groups
+from .source import DirGroup, SmallReader, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
@@ -459,16 +459,51 @@ class SendSession:
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         window = cfg.offer_window
-        for item in group.items:
-            if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
-                await self._window(queue)
-            fid = self._offer(item, by_offer)
-            if fid is not None:
-                queue.append(fid)
-            while queue and self._decisions[queue[0]].done():
-                await self._stream(queue.popleft())
-            if conn.pending_output >= 256 * 1024:
-                await self._flush()
+        # small files go whole, read by name under the directory's descriptor (SmallReader)
+        reader = SmallReader(group.dir) if not by_offer and group.dir is not None else None
+        limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
+        try:
+            for item in group.items:
+                if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
+                    await self._window(queue)
+                if reader is not None and item.kind == Kind.FILE and item.size <= limit:
+                    name = item.wire[skip:]
+                    if reader.owns(item, name):
+                        self._send_small(reader, item, name)
+                        if conn.pending_output >= 256 * 1024:
+                            await self._flush()
+                        continue
+                fid = self._offer(item, by_offer)
+                if fid is not None:
+                    queue.append(fid)
+                while queue and self._decisions[queue[0]].done():
+                    await self._stream(queue.popleft())
+                if conn.pending_output >= 256 * 1024:
+                    await self._flush()
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes) -> None:
+        """A listed small file, whole in one SMALL_FILE frame (no round trip)."""
+        path = item.wire.decode(*_FS)  # os.fsdecode, minus its checks
+        try:
+            data = reader.read(item, name)
+        except FtxError as exc:
+            log.warning("%s", exc)
+            self._done(FileSendReport(path, "file", 0, exc.code.name.lower(), message=str(exc)))
+            return
+        size = len(data)
+        entry = built(FileEntry, path=item.wire, kind=Kind.FILE, size=size, mode=item.mode & 0o7777,
+                      mtime_ns=item.mtime_ns, chunk_size=self.config.chunk_size, target=b"")
+        digest = file_digest(data)
+        fid = self.conn.send_small_file(entry, data, digest)
+        report = FileSendReport(path, "file", size, digest=digest.hex(), bytes_sent=size)
+        self._reports[fid] = report
+        self._outstanding += 1
+        progress = self.progress
+        progress.start_file(path, size, 0)
+        progress.advance(size)
 
     def _offer(self, item: SourceItem, by_offer: bool = False) -> int | None:
         """Send an item's first frame; return its id when it awaits a decision."""

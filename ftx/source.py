@@ -12,6 +12,7 @@ warning, never followed out of the tree.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -25,6 +26,10 @@ from .core.tree import MAX_CHECK_ENTRIES, ListingHasher, entry_record, is_ftx_ow
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 
 log = logging.getLogger("ftx.send")
+
+
+class SourceChanged(FtxError):
+    code = ErrorCode.SOURCE_CHANGED
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,70 @@ def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Sour
     return None
 
 
+_SMALL_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class SmallReader:
+    """Reads the small files of one listed directory whole, by name under its descriptor.
+
+    One ``openat`` (``O_NOFOLLOW``: a name swapped for a symlink since the listing is
+    refused, never followed; ``O_NONBLOCK``: a FIFO swapped in cannot block us), one
+    read of ``size + 1`` bytes, one close: no ``fstat``.  The entry is the listing's
+    (lstat before the read, as the fstat before it was), and a read of other than the
+    listed size is a ``SourceChanged``.  Anything but a regular file read back fails
+    the read (EISDIR, ELOOP, ENXIO) or its length (a FIFO reads nothing, a device
+    ``size + 1`` bytes) -- except an empty file swapped for an empty FIFO, which
+    sends an empty file: what was there to read.
+    """
+
+    __slots__ = ("fd", "prefix", "flags")
+
+    def __init__(self, dir_item: SourceItem) -> None:
+        self.prefix = dir_item.local + b"/"
+        self.flags = _SMALL_FLAGS | getattr(os, "O_NOATIME", 0)
+        try:  # a listed directory: not followed if it became a link since
+            self.fd = os.open(dir_item.local, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1  # its files fail one by one, each with the reason
+
+    def owns(self, item: SourceItem, name: bytes) -> bool:
+        """``item`` is the listed entry ``name`` of this directory (not a link followed to elsewhere)."""
+        return item.local == self.prefix + name
+
+    def read(self, item: SourceItem, name: bytes) -> bytes:
+        """The file's bytes; StorageError or SourceChanged (with its local path) if they cannot be had."""
+        try:
+            if self.fd < 0:
+                raise NotADirectoryError(errno.ENOTDIR, "its directory cannot be opened")
+            try:
+                fd = os.open(name, self.flags, dir_fd=self.fd)
+            except PermissionError:  # O_NOATIME: only for the file's owner
+                if not self.flags & getattr(os, "O_NOATIME", 0):
+                    raise
+                self.flags &= ~os.O_NOATIME
+                fd = os.open(name, self.flags, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
+            raise StorageError(f"cannot open {os.fsdecode(item.local)}: {exc.strerror}") from None
+        try:
+            data = os.read(fd, item.size + 1)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.EAGAIN):
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
+            raise StorageError(f"cannot read {os.fsdecode(item.local)}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(data) != item.size:
+            raise SourceChanged(f"{os.fsdecode(item.local)} changed size while being read")
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class SourceFile:
     """An open source file: its entry (from fstat), chunk reads and change detection."""
 
@@ -317,5 +386,3 @@ class SourceFile:
             self.fd = -1
 
 
-class SourceChanged(FtxError):
-    code = ErrorCode.SOURCE_CHANGED
