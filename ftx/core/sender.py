@@ -21,8 +21,9 @@ from .checksum import chunk_checksum
 from .config import Config
 from .connection import Connection
 from .events import DecisionReceived, DirStateReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
-from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
-from .manifest import FileEntry, Kind, built
+from .checksum import frame_checksum
+from .frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, Frame, FrameType, encode_data_header
+from .manifest import ENTRY, FileEntry, Kind, built
 from .messages import (
     HELLO_NO_RESUME,
     HELLO_QUICK_CHECK,
@@ -36,12 +37,15 @@ from .messages import (
     FileNotice,
     Offer,
     Result,
-    SmallFile,
 )
 from .secure import receipt
 from .secure.receipt import ReceiptChecker, ReceiptError
 from .tree import MAX_CHECK_ENTRIES
 from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
+
+
+_SMALL_FILE = int(FrameType.SMALL_FILE)
+_SMALL_FILE_H8 = _SMALL_FILE << 56  # the frame checksum's seed: type, flags 0, then the length
 
 
 class SenderConnection(Connection):
@@ -63,6 +67,7 @@ class SenderConnection(Connection):
         self._finished = False
         self.receipt = receipt
         self._digests: dict[int, bytes] = {}  # receipt: the digest we computed, until the file's RESULT
+        self._batch: bytearray | None = None  # SMALL_FILE frames of a run, the last item of _out
 
     # -- calls from the driver ---------------------------------------------
     def _new_id(self, entry: FileEntry) -> int:
@@ -110,15 +115,37 @@ class SenderConnection(Connection):
         return fid
 
     def send_small_file(self, entry: FileEntry, data, digest: bytes) -> int:
-        self._require_open()
-        if len(data) != entry.size or entry.kind != Kind.FILE:
+        """A whole small file in one SMALL_FILE frame (no round trip); its id.  Frames of a run
+        of small files are built into one buffer (one item of ``data_to_send``, sealed whole)."""
+        peer = self.peer
+        if self._error is not None or self.closed or peer is None or self._finished:
+            self._new_id(entry)  # raises the reason
+        path, size = entry.path, entry.size
+        if len(data) != size or entry.kind != Kind.FILE:
             raise LocalProtocolError("small file data does not match its entry")
-        if entry.size + 256 + len(entry.path) > self.peer.max_payload:
+        if size + 256 + len(path) > peer.max_payload:
             raise LocalProtocolError("file too large for SMALL_FILE")
-        fid = self._new_id(entry)
+        if entry.chunk_size + DATA_HEADER_SIZE > peer.max_payload:
+            raise LocalProtocolError("chunk size exceeds the receiver's frame limit")
+        fid = self._next_id
+        self._next_id = fid + 1
+        self._entries[fid] = entry
         self._files[fid] = FileState.ENDED
-        self._remember(fid, digest, hashlib.sha256(data).digest() if self.receipt is not None else None)
-        self._send_frame(FrameType.SMALL_FILE, SmallFile.pack(fid, entry, digest, data))
+        if self.receipt is not None:
+            self._remember(fid, digest, hashlib.sha256(data).digest())
+        # SmallFile.pack and encode_frame, inline: ENTRY, path, target, digest, data
+        payload = b"".join((ENTRY.pack(fid, Kind.FILE, 0, 0, entry.mode & 0o7777, entry.mtime_ns, size,
+                                       entry.chunk_size, len(path), len(entry.target)),
+                            path, entry.target, digest, data))
+        n = len(payload)
+        out = self._out
+        batch = self._batch
+        if not out or out[-1] is not batch:  # anything queued since goes first: a new run
+            batch = self._batch = bytearray()
+            out.append(batch)
+        batch += HEADER.pack(_SMALL_FILE, 0, 0, n, frame_checksum(_SMALL_FILE_H8 | n, payload))
+        batch += payload
+        self._out_bytes += HEADER_SIZE + n
         return fid
 
     def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None, framed: bool = True) -> None:
