@@ -468,8 +468,7 @@ class SendSession:
                     await self._window(queue)
                 if reader is not None and item.kind == Kind.FILE and item.size <= limit:
                     name = item.wire[skip:]
-                    if reader.owns(item, name):
-                        self._send_small(reader, item, name)
+                    if reader.owns(item, name) and self._send_small(reader, item, name, limit):
                         if conn.pending_output >= 256 * 1024:
                             await self._flush()
                         continue
@@ -484,18 +483,22 @@ class SendSession:
             if reader is not None:
                 reader.close()
 
-    def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes) -> None:
-        """A listed small file, whole in one SMALL_FILE frame (no round trip)."""
+    def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes, limit: int) -> bool:
+        """A listed small file, whole in one SMALL_FILE frame (no round trip).  False: it grew
+        beyond ``limit`` since the listing (send it as a large file)."""
         path = item.wire.decode(*_FS)  # os.fsdecode, minus its checks
         try:
-            data = reader.read(item, name)
+            data, st = reader.read(item, name, limit)
         except FtxError as exc:
             log.warning("%s", exc)
             self._done(FileSendReport(path, "file", 0, exc.code.name.lower(), message=str(exc)))
-            return
+            return True
+        if data is None:
+            return False
         size = len(data)
-        entry = built(FileEntry, path=item.wire, kind=Kind.FILE, size=size, mode=item.mode & 0o7777,
-                      mtime_ns=item.mtime_ns, chunk_size=self.config.chunk_size, target=b"")
+        mode, mtime = (item.mode, item.mtime_ns) if st is None else (st.st_mode, st.st_mtime_ns)
+        entry = built(FileEntry, path=item.wire, kind=Kind.FILE, size=size, mode=mode & 0o7777,
+                      mtime_ns=mtime, chunk_size=self.config.chunk_size, target=b"")
         digest = file_digest(data)
         fid = self.conn.send_small_file(entry, data, digest)
         report = FileSendReport(path, "file", size, digest=digest.hex(), bytes_sent=size)
@@ -504,6 +507,7 @@ class SendSession:
         progress = self.progress
         progress.start_file(path, size, 0)
         progress.advance(size)
+        return True
 
     def _offer(self, item: SourceItem, by_offer: bool = False) -> int | None:
         """Send an item's first frame; return its id when it awaits a decision."""

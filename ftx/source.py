@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -173,32 +174,69 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
             if d is None:
                 stack.pop()
                 continue
-            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links), parent=parent)
+            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links, d is item), parent=parent)
             subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
             if subdirs:
                 stack.append((group, iter(subdirs)))
             yield group
 
 
-def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+_FILE_HEAD = struct.Struct(">BHH")  # tree.entry_record of a regular file: kind, name length, mode bits
+_FILE_TAIL = struct.Struct(">Qq")  # ... name, then size, mtime_ns
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool,
+             follow: bool = True) -> tuple[list[SourceItem], bytes]:
     """The items of one directory's direct entries, sorted by name (the rest skipped with a
-    warning), and their listing digest."""
+    warning), and their listing digest.  Listed and lstat'ed under the directory's descriptor;
+    ``follow``: ``local`` may be a symlink (a named argument), else a directory listed as one
+    is not followed if it became a link since."""
+    try:
+        fd = os.open(local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
+    except OSError as exc:
+        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
+        return [], ListingHasher().digest()
+    try:
+        return _listed(fd, local, wire, root_real, links)
+    finally:
+        os.close(fd)
+
+
+def _listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    enc = os.fsencode
+    try:
+        with os.scandir(fd) as it:  # (names come as str from a descriptor: the bytes back)
+            listing = [(enc(de.name), de) for de in it]
+    except OSError as exc:
+        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
+        listing = []
+    listing.sort()  # by name bytes (names are unique: no DirEntry is ever compared)
     out = []
     h = ListingHasher()
+    update = h.update
     local += b"/"
     wire += b"/"
-    for de in _listing(local):
+    FILE, head, tail = Kind.FILE, _FILE_HEAD.pack, _FILE_TAIL.pack
+    for name, de in listing:
         # a listed name is never empty, '.', '..' or holds '/' or NUL; the wire path rules
         # (manifest.check_wire_path) leave only the lengths to check
-        child_local = local + de.name
-        child_wire = wire + de.name
-        if len(child_wire) > MAX_PATH or len(de.name) > MAX_COMPONENT:
+        child_local = local + name
+        child_wire = wire + name
+        if len(child_wire) > MAX_PATH or len(name) > MAX_COMPONENT:
             log.warning("skipping %s: path longer than %d bytes", os.fsdecode(child_local), MAX_PATH)
             continue
-        if is_ftx_own(de.name):
+        if is_ftx_own(name):
             log.warning("skipping %s: a receiver's own state or temporary file", os.fsdecode(child_local))
             continue
         try:
+            if de.is_file(follow_symlinks=False):  # the common case first: items built at once
+                st = de.stat(follow_symlinks=False)
+                mode, size, mtime = st.st_mode, st.st_size, st.st_mtime_ns
+                out.append(built(SourceItem, local=child_local, wire=child_wire, kind=FILE, target=b"",
+                                 mode=mode, size=size, mtime_ns=mtime))
+                update(head(FILE, len(name), mode & 0o777) + name + tail(size, mtime))  # entry_record
+                continue
             if de.is_symlink():
                 item = _link_item(child_local, child_wire, root_real, links)
                 if item is None:
@@ -206,10 +244,6 @@ def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[
             elif de.is_dir(follow_symlinks=False):
                 st = de.stat(follow_symlinks=False)
                 item = SourceItem(child_local, child_wire, Kind.DIR, mode=st.st_mode)
-            elif de.is_file(follow_symlinks=False):
-                st = de.stat(follow_symlinks=False)
-                item = SourceItem(child_local, child_wire, Kind.FILE, mode=st.st_mode, size=st.st_size,
-                                  mtime_ns=st.st_mtime_ns)
             else:
                 log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
                 continue
@@ -217,17 +251,8 @@ def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[
             log.warning("skipping %s: %s", os.fsdecode(child_local), exc.strerror or exc)
             continue
         out.append(item)
-        h.update(entry_record(item.kind, de.name, item.mode, item.size, item.mtime_ns, item.target))
+        update(entry_record(item.kind, name, item.mode, item.size, item.mtime_ns, item.target))
     return out, h.digest()
-
-
-def _listing(local: bytes) -> list:
-    try:
-        with os.scandir(local) as it:
-            return sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
-        return []
 
 
 def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> SourceItem | None:
@@ -265,7 +290,8 @@ class SmallReader:
     listed size is a ``SourceChanged``.  Anything but a regular file read back fails
     the read (EISDIR, ELOOP, ENXIO) or its length (a FIFO reads nothing, a device
     ``size + 1`` bytes) -- except an empty file swapped for an empty FIFO, which
-    sends an empty file: what was there to read.
+    sends an empty file: what was there to read.  A read of another length than
+    listed takes an ``fstat`` and, for a regular file, reads it again as it is now.
     """
 
     __slots__ = ("fd", "prefix", "flags")
@@ -282,8 +308,10 @@ class SmallReader:
         """``item`` is the listed entry ``name`` of this directory (not a link followed to elsewhere)."""
         return item.local == self.prefix + name
 
-    def read(self, item: SourceItem, name: bytes) -> bytes:
-        """The file's bytes; StorageError or SourceChanged (with its local path) if they cannot be had."""
+    def read(self, item: SourceItem, name: bytes, limit: int) -> tuple[bytes | None, os.stat_result | None]:
+        """(the file's bytes, None) as listed; (bytes, its stat) when it changed size since the
+        listing; (None, its stat) when it grew beyond ``limit``.  StorageError or SourceChanged
+        (naming its local path) if it cannot be had."""
         try:
             if self.fd < 0:
                 raise NotADirectoryError(errno.ENOTDIR, "its directory cannot be opened")
@@ -300,15 +328,23 @@ class SmallReader:
             raise StorageError(f"cannot open {os.fsdecode(item.local)}: {exc.strerror}") from None
         try:
             data = os.read(fd, item.size + 1)
+            if len(data) == item.size:
+                return data, None
+            st = os.fstat(fd)  # changed since the listing: what is it now?
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file")
+            if st.st_size > limit:
+                return None, st
+            data = os.pread(fd, st.st_size + 1, 0)
+            if len(data) != st.st_size:
+                raise SourceChanged(f"{os.fsdecode(item.local)} changed size while being read")
+            return data, st
         except OSError as exc:
             if exc.errno in (errno.EISDIR, errno.EAGAIN):
                 raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
             raise StorageError(f"cannot read {os.fsdecode(item.local)}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        if len(data) != item.size:
-            raise SourceChanged(f"{os.fsdecode(item.local)} changed size while being read")
-        return data
 
     def close(self) -> None:
         if self.fd >= 0:

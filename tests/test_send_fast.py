@@ -53,22 +53,55 @@ def test_a_small_file_swapped_for_a_symlink_after_the_listing_is_not_followed(tm
     assert b"SECRET" not in b"".join(p.read_bytes() for p in dst.rglob("*") if p.is_file())
 
 
-def test_a_small_file_that_grew_or_vanished_after_the_listing_is_reported(tmp_path, receiver, monkeypatch):
+def test_a_small_file_changed_after_the_listing_goes_as_it_is_now(tmp_path, receiver, monkeypatch):
+    """Read as listed, with no fstat: a file that grew (even past the small-file limit) or
+    shrank since is sent as it is now (stat'ed again); one that vanished or became a FIFO
+    is a failure (and the FIFO does not block the sender)."""
     src = tmp_path / "src" / "t"
     src.mkdir(parents=True)
-    for name in ("grows", "gone", "ok"):
+    for name in ("grows", "gone", "ok", "shrinks", "large", "pipe"):
         (src / name).write_bytes(b"x" * 10)
+    large = os.urandom(300_000)
 
     def swap():
         (src / "grows").write_bytes(b"y" * 20)
+        (src / "shrinks").write_bytes(b"")
+        (src / "large").write_bytes(large)
+        os.utime(src / "large", ns=(1, 1_000_000_000))
         os.unlink(src / "gone")
+        os.unlink(src / "pipe")
+        os.mkfifo(src / "pipe")  # opened and read, it would block a sender for ever
 
     _swap_after_listing(monkeypatch, b"t", swap)
     report = ftx.send([src], receiver.dest)
     by_path = {r.path: r for r in report.files}
-    assert by_path["t/grows"].status == "source_changed"
     assert by_path["t/gone"].status == "storage" and "t/gone" in by_path["t/gone"].message
-    assert by_path["t/ok"].status == "ok"
+    assert by_path["t/pipe"].status == "source_changed", by_path["t/pipe"]
     assert report.failed == 2
-    assert not (receiver.dir / "t" / "grows").exists()
-    assert (receiver.dir / "t" / "ok").read_bytes() == b"x" * 10
+    dst = receiver.dir / "t"
+    assert [by_path[f"t/{n}"].status for n in ("grows", "ok", "shrinks", "large")] == ["ok"] * 4
+    assert (dst / "grows").read_bytes() == b"y" * 20
+    assert (dst / "shrinks").read_bytes() == b""
+    assert (dst / "ok").read_bytes() == b"x" * 10
+    assert (dst / "large").read_bytes() == large and (dst / "large").stat().st_mtime_ns == 1_000_000_000
+    assert (dst / "grows").stat().st_mtime_ns == (src / "grows").stat().st_mtime_ns
+
+
+def test_a_listed_directory_swapped_for_a_symlink_is_not_walked_into(tmp_path, receiver, monkeypatch):
+    """The walk listed a subdirectory by its path again, following a symlink put there since."""
+    src = tmp_path / "src" / "t"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "mine").write_bytes(b"mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private").write_bytes(b"PRIVATE")
+
+    def swap():
+        os.rename(src / "sub", tmp_path / "moved")
+        os.symlink(outside, src / "sub")
+
+    _swap_after_listing(monkeypatch, b"t", swap)
+    report = ftx.send([src], receiver.dest)
+    assert report.file_count == 2, report.files  # t and t/sub (as the listing saw it), nothing in it
+    assert not (receiver.dir / "t" / "sub" / "private").exists()
+    assert b"PRIVATE" not in b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
