@@ -37,7 +37,7 @@ from .core.events import (
     SessionComplete,
 )
 from .core.frames import DATA_HEADER_SIZE
-from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind, built
+from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
@@ -46,7 +46,7 @@ from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
-from .progress import Progress
+from .progress import Progress, SoFar
 from .source import DirGroup, SmallReader, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
@@ -186,6 +186,7 @@ class SendSession:
         self._dir_states: dict[int, asyncio.Future] = {}
         self._main: asyncio.Task | None = None
         self._pacer = Pacer(max_rate) if max_rate else None
+        self._counter = _counter(self.progress)
 
     # -- top level --------------------------------------------------------------
     async def run(self, source) -> SendReport:
@@ -238,6 +239,8 @@ class SendSession:
                 self._receipt_file.abort()  # unless finished: then it is in place already
         tally = self.tally
         for r in list(self._reports.values()):
+            if r.__class__ is tuple:  # a small file's (wire path, size, digest)
+                r = self._small_report(r)
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
             tally.add(r)
@@ -364,12 +367,25 @@ class SendSession:
     def _on_result(self, result) -> None:
         fid = result.file_id
         report = self._reports.pop(fid)
-        src = self._sources.pop(fid, None)
-        if src is not None:
-            src.close()
-        fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
-        if fut is not None and not fut.done():
-            fut.set_result(None)  # refused before any decision
+        if report.__class__ is tuple:  # a small file: (wire path, size, digest)
+            if result.code == ErrorCode.OK and self._counter is not None and len(self.tally.listed) >= FILES_LISTED:
+                size = report[1]  # nobody reads its report: only counted
+                tally = self.tally
+                tally.count += 1
+                tally.bytes += size
+                tally.bytes_sent += size
+                self._counter(size)
+                self._outstanding -= 1
+                self._resolved.set()
+                return
+            report = self._small_report(report)
+        else:
+            src = self._sources.pop(fid, None)
+            if src is not None:
+                src.close()
+            fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
+            if fut is not None and not fut.done():
+                fut.set_result(None)  # refused before any decision
         code = result.code
         status = _STATUS.get(code)  # (a table: Enum's name is a property lookup per file)
         report.status = status if status is not None else f"error_{code}"
@@ -383,6 +399,11 @@ class SendSession:
         self._done(report)
         self._outstanding -= 1
         self._resolved.set()
+
+    @staticmethod
+    def _small_report(r: tuple) -> FileSendReport:
+        wire, size, digest = r
+        return FileSendReport(wire.decode(*_FS), "file", size, digest=digest.hex(), bytes_sent=size)
 
     def _done(self, report: FileSendReport) -> None:
         self.tally.add(report)
@@ -486,26 +507,25 @@ class SendSession:
     def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes, limit: int) -> bool:
         """A listed small file, whole in one SMALL_FILE frame (no round trip).  False: it grew
         beyond ``limit`` since the listing (send it as a large file)."""
-        path = item.wire.decode(*_FS)  # os.fsdecode, minus its checks
         try:
             data, st = reader.read(item, name, limit)
         except FtxError as exc:
             log.warning("%s", exc)
-            self._done(FileSendReport(path, "file", 0, exc.code.name.lower(), message=str(exc)))
+            self._done(FileSendReport(item.wire.decode(*_FS), "file", 0, exc.code.name.lower(), message=str(exc)))
             return True
         if data is None:
             return False
         size = len(data)
-        mode, mtime = (item.mode, item.mtime_ns) if st is None else (st.st_mode, st.st_mtime_ns)
-        entry = built(FileEntry, path=item.wire, kind=Kind.FILE, size=size, mode=mode & 0o7777,
-                      mtime_ns=mtime, chunk_size=self.config.chunk_size, target=b"")
         digest = file_digest(data)
-        fid = self.conn.send_small_file(entry, data, digest)
-        report = FileSendReport(path, "file", size, digest=digest.hex(), bytes_sent=size)
-        self._reports[fid] = report
+        if st is None:
+            fid = self.conn.send_small(item.wire, item.mode, item.mtime_ns, data, digest)
+        else:  # changed since the listing: as it is now
+            fid = self.conn.send_small(item.wire, st.st_mode, st.st_mtime_ns, data, digest)
+        self._reports[fid] = (item.wire, size, digest)  # its FileSendReport only if one is read
         self._outstanding += 1
         progress = self.progress
-        progress.start_file(path, size, 0)
+        if self._counter is None:
+            progress.start_file(item.wire.decode(*_FS), size, 0)
         progress.advance(size)
         return True
 
@@ -624,6 +644,24 @@ class SendSession:
     def _hasher(self):
         """XXH3-128, and SHA-256 in the same pass when a receipt was asked for (its entries list it)."""
         return ContentHasher() if self.receipt_path is not None else FileHasher()
+
+
+def _counter(progress: Progress):
+    """How a small file that arrived is counted when ``progress`` reads no report (it draws
+    nothing per file): a function of its size.  None: it gets each report (and start_file)."""
+    def silent(p) -> bool:
+        t = type(p)
+        return (t.start_file, t.end_file) == (Progress.start_file, Progress.end_file)
+
+    if silent(progress):
+        return _uncounted
+    if type(progress) is SoFar and silent(progress.inner):  # ftx send with no bars
+        return progress.ended_ok
+    return None
+
+
+def _uncounted(size: int) -> None:
+    pass
 
 
 def _sha256(hasher) -> bytes | None:

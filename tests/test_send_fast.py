@@ -105,3 +105,43 @@ def test_a_listed_directory_swapped_for_a_symlink_is_not_walked_into(tmp_path, r
     assert report.file_count == 2, report.files  # t and t/sub (as the listing saw it), nothing in it
     assert not (receiver.dir / "t" / "sub" / "private").exists()
     assert b"PRIVATE" not in b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
+
+
+def _many(root, dirs: int, per_dir: int) -> int:
+    total = 0
+    for d in range(dirs):
+        (root / f"d{d:02d}").mkdir(parents=True)
+        for f in range(per_dir):
+            data = bytes([f % 251]) * ((d * per_dir + f) % 700)
+            (root / f"d{d:02d}" / f"f{f:03d}").write_bytes(data)
+            total += len(data)
+    return total
+
+
+def test_beyond_the_listed_files_small_files_are_counted_and_failures_still_named(tmp_path, receiver, monkeypatch):
+    """Past the first 1000 reports a small file that arrived is only counted (no report
+    object); one that failed there is still listed, by name, and every total is right."""
+    src = tmp_path / "src" / "t"
+    total = _many(src, 12, 100)
+    victim = src / "d11" / "f050"
+    lost = victim.stat().st_size
+    _swap_after_listing(monkeypatch, b"t/d11", lambda: os.unlink(victim))
+    report = ftx.send([src], receiver.dest)
+    assert report.file_count == 1 + 12 + 1200 and report.failed == 1
+    assert report.bytes == total - lost and report.bytes_sent == total - lost
+    assert len(report.files) == 1000 and "t/d11/f050" in [f.path for f in report.files]
+    assert [f.path for f in report.failures] == ["t/d11/f050"]
+    assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1199
+
+
+def test_the_cli_json_summary_counts_every_small_file(tmp_path, receiver):
+    from .helpers import run_send
+
+    src = tmp_path / "src" / "t"
+    total = _many(src, 11, 100)
+    rc, report, err = run_send(str(src), receiver.dest)
+    assert rc == 0, err
+    assert report["file_count"] == 1 + 11 + 1100 and report["failed"] == 0 and report["ok"]
+    assert report["bytes"] == total and report["bytes_sent"] == total
+    assert len(report["files"]) == 1000 and report["files_truncated"]
+    assert all(f["status"] == "ok" and len(f["digest"]) == 32 for f in report["files"] if f["kind"] == "file")

@@ -63,7 +63,7 @@ class SenderConnection(Connection):
         self._next_dir = 0
         self._checks: set[int] = set()  # CHECK_DIRs sent, no DIR_STATE yet
         self._next_id = 0
-        self._entries: dict[int, FileEntry] = {}
+        self._entries: dict[int, FileEntry | None] = {}  # until the RESULT (None: a small file)
         self._finished = False
         self.receipt = receipt
         self._digests: dict[int, bytes] = {}  # receipt: the digest we computed, until the file's RESULT
@@ -115,28 +115,40 @@ class SenderConnection(Connection):
         return fid
 
     def send_small_file(self, entry: FileEntry, data, digest: bytes) -> int:
-        """A whole small file in one SMALL_FILE frame (no round trip); its id.  Frames of a run
-        of small files are built into one buffer (one item of ``data_to_send``, sealed whole)."""
-        peer = self.peer
-        if self._error is not None or self.closed or peer is None or self._finished:
-            self._new_id(entry)  # raises the reason
-        path, size = entry.path, entry.size
-        if len(data) != size or entry.kind != Kind.FILE:
+        """A whole small file in one SMALL_FILE frame (no round trip); its id."""
+        if len(data) != entry.size or entry.kind != Kind.FILE or entry.target:
             raise LocalProtocolError("small file data does not match its entry")
+        return self.send_small(entry.path, entry.mode, entry.mtime_ns, data, digest, entry.chunk_size)
+
+    def send_small(self, path: bytes, mode: int, mtime_ns: int, data, digest: bytes,
+                   chunk_size: int | None = None) -> int:
+        """``send_small_file`` of a regular file's wire ``path``, permission bits ``mode``, ``mtime_ns``
+        and bytes ``data`` (``digest``: their XXH3-128), with no FileEntry to make per file.
+        The frames of a run of small files are built into one buffer (one item of
+        ``data_to_send``, sealed whole)."""
+        peer = self.peer
+        size = len(data)
+        if chunk_size is None:
+            chunk_size = self.config.chunk_size
+        if self._error is not None or self.closed or peer is None or self._finished:
+            self._new_id(built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode, mtime_ns=mtime_ns,
+                               chunk_size=chunk_size, target=b""))  # raises the reason
         if size + 256 + len(path) > peer.max_payload:
             raise LocalProtocolError("file too large for SMALL_FILE")
-        if entry.chunk_size + DATA_HEADER_SIZE > peer.max_payload:
+        if chunk_size + DATA_HEADER_SIZE > peer.max_payload:
             raise LocalProtocolError("chunk size exceeds the receiver's frame limit")
         fid = self._next_id
         self._next_id = fid + 1
-        self._entries[fid] = entry
         self._files[fid] = FileState.ENDED
-        if self.receipt is not None:
+        if self.receipt is None:
+            self._entries[fid] = None  # (its RESULT needs no entry: nothing made per file)
+        else:
+            self._entries[fid] = built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode & 0o7777,
+                                       mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
             self._remember(fid, digest, hashlib.sha256(data).digest())
-        # SmallFile.pack and encode_frame, inline: ENTRY, path, target, digest, data
-        payload = b"".join((ENTRY.pack(fid, Kind.FILE, 0, 0, entry.mode & 0o7777, entry.mtime_ns, size,
-                                       entry.chunk_size, len(path), len(entry.target)),
-                            path, entry.target, digest, data))
+        # SmallFile.pack and encode_frame, inline: ENTRY, path, (no target), digest, data
+        payload = b"".join((ENTRY.pack(fid, Kind.FILE, 0, 0, mode & 0o7777, mtime_ns, size, chunk_size, len(path), 0),
+                            path, digest, data))
         n = len(payload)
         out = self._out
         batch = self._batch
@@ -201,12 +213,15 @@ class SenderConnection(Connection):
             self._finished = True
             self._send_frame(FrameType.DONE)
 
-    def entry(self, file_id: int) -> FileEntry:
+    def entry(self, file_id: int) -> FileEntry | None:
+        """The entry of a file awaiting its RESULT (None: a small file, sent with no receipt asked)."""
         return self._entries[file_id]
 
     # -- frames from the receiver ------------------------------------------
     def _chunks_awaiting_decision(self, file_id: int) -> int:
         entry = self._entries.get(file_id)
+        if entry is None and file_id in self._entries:
+            return 0  # a small file (no entry kept): the state table refuses the DECISION
         if entry is None or entry.kind != Kind.FILE:
             raise RemoteProtocolError(f"DECISION for file {file_id}, which awaits none")
         return entry.chunks
