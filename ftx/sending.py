@@ -330,7 +330,9 @@ class SendSession:
             self._fail(FtxError(f"internal error: {exc!r}"))
 
     def _on_event(self, ev) -> None:
-        if isinstance(ev, DecisionReceived):
+        if ev.__class__ is FileResolved:  # the common one (a result per file) first
+            self._on_result(ev.result)
+        elif isinstance(ev, DecisionReceived):
             fut = self._decisions.get(ev.decision.file_id)
             if fut is not None and not fut.done():
                 fut.set_result(ev.decision)
