@@ -485,13 +485,15 @@ class SendSession:
         # small files go whole, read by name under the directory's descriptor (SmallReader)
         reader = SmallReader(group.dir) if not by_offer and group.dir is not None else None
         limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
+        FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
         try:
             for item in group.items:
                 if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
                     await self._window(queue)
-                if reader is not None and item.kind == Kind.FILE and item.size <= limit:
+                if reader is not None and item.kind == FILE and item.size <= limit:
                     name = item.wire[skip:]
-                    if reader.owns(item, name) and self._send_small(reader, item, name, limit):
+                    # (listed here, not an in-tree link followed to elsewhere: SmallReader.owns)
+                    if item.local == prefix + name and send_small(reader, item, name, limit):
                         if conn.pending_output >= 256 * 1024:
                             await self._flush()
                         continue

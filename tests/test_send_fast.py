@@ -145,3 +145,15 @@ def test_the_cli_json_summary_counts_every_small_file(tmp_path, receiver):
     assert report["bytes"] == total and report["bytes_sent"] == total
     assert len(report["files"]) == 1000 and report["files_truncated"]
     assert all(f["status"] == "ok" and len(f["digest"]) == 32 for f in report["files"] if f["kind"] == "file")
+
+
+def test_an_in_tree_link_to_a_small_file_still_goes_as_that_file(tmp_path, receiver):
+    """Not a listed file of its directory (its item names the link's target): read by that path."""
+    src = tmp_path / "src" / "t"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "real").write_bytes(b"real bytes")
+    (src / "alias").symlink_to("sub/real")
+    report = ftx.send([src], receiver.dest)
+    assert report.ok, report.failures
+    assert (receiver.dir / "t" / "alias").read_bytes() == b"real bytes"
+    assert not (receiver.dir / "t" / "alias").is_symlink()
