@@ -306,10 +306,6 @@ class SmallReader:
         except OSError:
             self.fd = -1  # its files fail one by one, each with the reason
 
-    def owns(self, item: SourceItem, name: bytes) -> bool:
-        """``item`` is the listed entry ``name`` of this directory (not a link followed to elsewhere)."""
-        return item.local == self.prefix + name
-
     def read(self, item: SourceItem, name: bytes, limit: int) -> tuple[bytes | None, os.stat_result | None]:
         """(the file's bytes, None) as listed; (bytes, its stat) when it changed size since the
         listing; (None, its stat) when it grew beyond ``limit``.  StorageError or SourceChanged
