@@ -483,7 +483,9 @@ class SendSession:
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         window = cfg.offer_window
         # small files go whole, read by name under the directory's descriptor (SmallReader)
-        reader = SmallReader(group.dir) if not by_offer and group.dir is not None else None
+        reader = None
+        if not by_offer and group.dir is not None:  # (a named argument's group: its parent has no dir)
+            reader = SmallReader(group.dir, follow=group.parent is None or group.parent.dir is None)
         limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
         FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
         try:

@@ -298,11 +298,13 @@ class SmallReader:
 
     __slots__ = ("fd", "prefix", "flags")
 
-    def __init__(self, dir_item: SourceItem) -> None:
+    def __init__(self, dir_item: SourceItem, follow: bool = False) -> None:
+        """``follow``: ``dir_item`` is a named argument (followed, as the walk did); a listed
+        directory is not followed if it became a link since."""
         self.prefix = dir_item.local + b"/"
         self.flags = _SMALL_FLAGS | getattr(os, "O_NOATIME", 0)
-        try:  # a listed directory: not followed if it became a link since
-            self.fd = os.open(dir_item.local, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(dir_item.local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
         except OSError:
             self.fd = -1  # its files fail one by one, each with the reason
 

@@ -157,3 +157,14 @@ def test_an_in_tree_link_to_a_small_file_still_goes_as_that_file(tmp_path, recei
     assert report.ok, report.failures
     assert (receiver.dir / "t" / "alias").read_bytes() == b"real bytes"
     assert not (receiver.dir / "t" / "alias").is_symlink()
+
+
+def test_a_directory_named_by_a_symlink_sends_its_small_files(tmp_path, receiver):
+    """A named argument is followed (the user asked for it), also by the small-file reader."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a").write_bytes(b"A")
+    (tmp_path / "named").symlink_to(real)
+    report = ftx.send([tmp_path / "named"], receiver.dest)
+    assert report.ok, report.failures
+    assert (receiver.dir / "named" / "a").read_bytes() == b"A"
