@@ -287,13 +287,14 @@ class SmallReader:
 
     One ``openat`` (``O_NOFOLLOW``: a name swapped for a symlink since the listing is
     refused, never followed; ``O_NONBLOCK``: a FIFO swapped in cannot block us), one
-    read of ``size + 1`` bytes, one close: no ``fstat``.  The entry is the listing's
-    (lstat before the read, as the fstat before it was), and a read of other than the
-    listed size is a ``SourceChanged``.  Anything but a regular file read back fails
-    the read (EISDIR, ELOOP, ENXIO) or its length (a FIFO reads nothing, a device
-    ``size + 1`` bytes) -- except an empty file swapped for an empty FIFO, which
-    sends an empty file: what was there to read.  A read of another length than
-    listed takes an ``fstat`` and, for a regular file, reads it again as it is now.
+    read of ``size + 1`` bytes, one close: no ``fstat`` while the file is as listed.
+    Its entry is then the listing's (an lstat before the read, as the fstat before it
+    was: a file changed later gets an older mtime, so the next quick check sends it
+    again).  A read of another length than listed takes an ``fstat``: a regular file
+    is read again and sent as it is now (or offered as a large file if it grew past
+    the limit); anything else is a ``SourceChanged`` (a directory, a FIFO, a device),
+    as is a name that became a symlink (ELOOP).  An empty file swapped for an empty
+    FIFO sends an empty file: what was there to read.
     """
 
     __slots__ = ("fd", "prefix", "flags")
