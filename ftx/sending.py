@@ -398,23 +398,28 @@ class SendSession:
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         window = cfg.offer_window
         # small files go whole, read by name under the directory's descriptor (SmallReader)
+        # every file of a listed directory is opened under its descriptor (SmallReader), small
+        # ones (unless offered) read whole at once
         reader = None
-        if not by_offer and group.dir is not None:  # (a named argument's group: its parent has no dir)
+        if group.dir is not None:  # (a named argument's group: its parent has no dir)
             reader = SmallReader(group.dir, follow=group.parent is None or group.parent.dir is None)
         limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
         FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
+        whole = not by_offer
         try:
             for item in group.items:
                 if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
                     await self._window(queue)
-                if reader is not None and item.kind == FILE and item.size <= limit:
+                at = None
+                if reader is not None and item.kind == FILE:
                     name = item.wire[skip:]
-                    # (listed here, not an in-tree link followed to elsewhere: SmallReader.owns)
-                    if item.local == prefix + name and send_small(reader, item, name, limit):
-                        if conn.pending_output >= 256 * 1024:
-                            await self._flush()
-                        continue
-                fid = self._offer(item, by_offer)
+                    if item.local == prefix + name:  # listed here (not an in-tree link followed elsewhere)
+                        if whole and item.size <= limit and send_small(reader, item, name, limit):
+                            if conn.pending_output >= 256 * 1024:
+                                await self._flush()
+                            continue
+                        at = name
+                fid = self._offer(item, by_offer, reader if at is not None else None, at)
                 if fid is not None:
                     queue.append(fid)
                 while queue and self._decisions[queue[0]].done():
@@ -450,8 +455,10 @@ class SendSession:
         progress.advance(size)
         return True
 
-    def _offer(self, item: SourceItem, by_offer: bool = False) -> int | None:
-        """Send an item's first frame; return its id when it awaits a decision."""
+    def _offer(self, item: SourceItem, by_offer: bool = False, reader: SmallReader | None = None,
+               name: bytes | None = None) -> int | None:
+        """Send an item's first frame; return its id when it awaits a decision.  ``reader``: the
+        file is its directory's entry ``name``, opened under its descriptor."""
         conn, cfg = self.conn, self.config
         if item.kind != Kind.FILE:
             entry = _entry_for_nonfile(item, cfg.chunk_size)
@@ -459,7 +466,7 @@ class SendSession:
             self._track(fid, FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), 0))
             return None
         try:
-            src = SourceFile(item, cfg.chunk_size)
+            src = SourceFile(item, cfg.chunk_size, reader, name or b"")
         except FtxError as exc:
             log.warning("%s", exc)
             self._done(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))

@@ -356,13 +356,21 @@ class SmallReader:
 class SourceFile:
     """An open source file: its entry (from fstat), chunk reads and change detection."""
 
-    def __init__(self, item: SourceItem, chunk_size: int) -> None:
+    def __init__(self, item: SourceItem, chunk_size: int, reader: SmallReader | None = None,
+                 name: bytes = b"") -> None:
+        """``reader``: the item is its directory's listed entry ``name``, opened under that
+        directory's descriptor and not followed if it became a symlink (as small files are)."""
         self.item = item
+        at = reader is not None and reader.fd >= 0
+        path, flags, kw = (name, _SMALL_FLAGS, {"dir_fd": reader.fd}) if at else (item.local, os.O_RDONLY, {})
         try:
-            self.fd = os.open(item.local, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-        except PermissionError:
-            self.fd = os.open(item.local, os.O_RDONLY)
+            try:
+                self.fd = os.open(path, flags | getattr(os, "O_NOATIME", 0), **kw)
+            except PermissionError:  # O_NOATIME: only for the file's owner
+                self.fd = os.open(path, flags, **kw)
         except OSError as exc:
+            if at and exc.errno == errno.ELOOP:
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
             raise StorageError(f"cannot open {os.fsdecode(item.local)}: {exc.strerror}") from exc
         st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):

@@ -168,3 +168,23 @@ def test_a_directory_named_by_a_symlink_sends_its_small_files(tmp_path, receiver
     report = ftx.send([tmp_path / "named"], receiver.dest)
     assert report.ok, report.failures
     assert (receiver.dir / "named" / "a").read_bytes() == b"A"
+
+
+def test_a_large_file_swapped_for_a_symlink_after_the_listing_is_not_followed(tmp_path, receiver, monkeypatch):
+    """Large files of a listed directory are opened under its descriptor too (they were opened
+    by path, following whatever was there)."""
+    src = tmp_path / "src" / "t"
+    src.mkdir(parents=True)
+    (src / "big").write_bytes(b"i" * 200_000)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * 200_000)
+
+    def swap():
+        os.unlink(src / "big")
+        os.symlink(secret, src / "big")
+
+    _swap_after_listing(monkeypatch, b"t", swap)
+    report = ftx.send([src], receiver.dest)
+    [bad] = report.failures
+    assert bad.path == "t/big" and bad.status == "source_changed", bad
+    assert not (receiver.dir / "t" / "big").exists()
