@@ -58,6 +58,12 @@ class SoFar(Progress):
         self.bytes_sent += nbytes
         self.inner.advance(nbytes)
 
+    def ended_ok(self, size: int) -> None:
+        """``end_file`` of a file that arrived, known by its size alone: for a sender whose
+        ``inner`` draws nothing per file, which then makes no report object for it."""
+        self.files += 1
+        self.bytes += size
+
     def end_file(self, report) -> None:
         self.files += 1
         self.bytes += getattr(report, "size", 0)

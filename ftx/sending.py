@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
 
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
@@ -46,8 +45,9 @@ from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
-from .progress import Progress
-from .source import DirGroup, SourceChanged, SourceFile, SourceItem, walk_groups
+from .progress import Progress, SoFar
+from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
+from .source import DirGroup, SmallReader, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
@@ -57,91 +57,6 @@ log = logging.getLogger("ftx.send")
 
 CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
 AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
-FILES_LISTED = 1000  # per-file reports a SendReport lists (the first ones, and as many failures)
-
-
-@dataclass
-class FileSendReport:
-    """One item sent: its wire ``path``, ``kind`` (file, dir, symlink), ``size``; ``status`` ("ok",
-    "identical" when the receiver already held it, else a failure such as "exists" or "storage", with
-    ``message``); ``bytes_sent`` on the wire and ``bytes_resumed`` (already on the receiver)."""
-
-    path: str
-    kind: str
-    size: int
-    status: str = "pending"
-    digest: str = ""
-    bytes_sent: int = 0
-    bytes_resumed: int = 0
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("ok", "identical")
-
-
-@dataclass
-class SendReport:
-    """What ``ftx.send`` returns (and ``ftx send --json`` prints).  ``ok``: every item arrived;
-    ``transport`` "tcp" or "udp"; ``seconds``; ``bytes`` (of all items), ``bytes_sent`` (on the wire),
-    ``bytes_resumed`` (already there); ``file_count``, ``identical``, ``failed`` count every item;
-    ``files`` lists the first 1000 (and failures beyond them), ``failures`` the first failed ones;
-    ``error``: why the session as a whole failed ("" if it did not); ``receipt``: the receipt written
-    (``receipt=``); ``transport_stats``; ``peer_fingerprint``: the receiver's proven key or certificate."""
-
-    ok: bool
-    transport: str
-    seconds: float
-    bytes: int
-    bytes_sent: int
-    bytes_resumed: int
-    files: list[FileSendReport] = field(default_factory=list)
-    error: str = ""
-    transport_stats: dict = field(default_factory=dict)
-    receipt: dict = field(default_factory=dict)  # the receipt written: path, fingerprint, entries
-    file_count: int = 0  # every item, listed in ``files`` or not
-    failed: int = 0
-    identical: int = 0
-    failures: list[FileSendReport] = field(default_factory=list)  # the first FILES_LISTED failures
-    peer_fingerprint = ""  # not a field (not in as_json): set by the sender after its handshake
-
-    def as_json(self, lazy_files: bool = False) -> dict:
-        """What ``dataclasses.asdict`` gives, without its deep copies of every file report.
-        ``lazy_files``: "files" is an iterator of the per-file dicts, for a writer that
-        encodes them a few at a time."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
-        files = (dict(vars(r)) for r in self.files)
-        d["files"] = files if lazy_files else list(files)
-        d["files_truncated"] = len(self.files) < self.file_count  # "files" lists at most the first
-        return d
-
-
-class Tally:
-    """Counters over every item, and the first reports (memory stays flat with the file count)."""
-
-    def __init__(self) -> None:
-        self.count = self.failed = self.identical = 0
-        self.bytes = self.bytes_sent = self.bytes_resumed = 0
-        self.listed: list[FileSendReport] = []
-        self.failures: list[FileSendReport] = []
-
-    def add(self, r: FileSendReport) -> None:
-        self.count += 1
-        self.bytes += r.size
-        self.bytes_sent += r.bytes_sent
-        self.bytes_resumed += r.bytes_resumed
-        if r.status == "identical":
-            self.identical += 1
-        if not r.ok:
-            self.failed += 1
-            if len(self.failures) < FILES_LISTED:
-                self.failures.append(r)
-        if len(self.listed) < FILES_LISTED:
-            self.listed.append(r)
-        elif not r.ok and len(self.failures) <= FILES_LISTED:
-            self.listed.append(r)  # failures are listed beyond the first files too (up to as many)
-
-
 class SendSession:
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
@@ -186,6 +101,7 @@ class SendSession:
         self._dir_states: dict[int, asyncio.Future] = {}
         self._main: asyncio.Task | None = None
         self._pacer = Pacer(max_rate) if max_rate else None
+        self._counter = _counter(self.progress)
 
     # -- top level --------------------------------------------------------------
     async def run(self, source) -> SendReport:
@@ -238,6 +154,8 @@ class SendSession:
                 self._receipt_file.abort()  # unless finished: then it is in place already
         tally = self.tally
         for r in list(self._reports.values()):
+            if r.__class__ is tuple:  # a small file's (wire path, size, digest)
+                r = self._small_report(r)
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
             tally.add(r)
@@ -327,7 +245,9 @@ class SendSession:
             self._fail(FtxError(f"internal error: {exc!r}"))
 
     def _on_event(self, ev) -> None:
-        if isinstance(ev, DecisionReceived):
+        if ev.__class__ is FileResolved:  # the common one (a result per file) first
+            self._on_result(ev.result)
+        elif isinstance(ev, DecisionReceived):
             fut = self._decisions.get(ev.decision.file_id)
             if fut is not None and not fut.done():
                 fut.set_result(ev.decision)
@@ -364,12 +284,25 @@ class SendSession:
     def _on_result(self, result) -> None:
         fid = result.file_id
         report = self._reports.pop(fid)
-        src = self._sources.pop(fid, None)
-        if src is not None:
-            src.close()
-        fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
-        if fut is not None and not fut.done():
-            fut.set_result(None)  # refused before any decision
+        if report.__class__ is tuple:  # a small file: (wire path, size, digest)
+            if result.code == ErrorCode.OK and self._counter is not None and len(self.tally.listed) >= FILES_LISTED:
+                size = report[1]  # nobody reads its report: only counted
+                tally = self.tally
+                tally.count += 1
+                tally.bytes += size
+                tally.bytes_sent += size
+                self._counter(size)
+                self._outstanding -= 1
+                self._resolved.set()
+                return
+            report = self._small_report(report)
+        else:
+            src = self._sources.pop(fid, None)
+            if src is not None:
+                src.close()
+            fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
+            if fut is not None and not fut.done():
+                fut.set_result(None)  # refused before any decision
         code = result.code
         status = _STATUS.get(code)  # (a table: Enum's name is a property lookup per file)
         report.status = status if status is not None else f"error_{code}"
@@ -383,6 +316,11 @@ class SendSession:
         self._done(report)
         self._outstanding -= 1
         self._resolved.set()
+
+    @staticmethod
+    def _small_report(r: tuple) -> FileSendReport:
+        wire, size, digest = r
+        return FileSendReport(wire.decode(*_FS), "file", size, digest=digest.hex(), bytes_sent=size)
 
     def _done(self, report: FileSendReport) -> None:
         self.tally.add(report)
@@ -459,19 +397,68 @@ class SendSession:
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         window = cfg.offer_window
-        for item in group.items:
-            if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
-                await self._window(queue)
-            fid = self._offer(item, by_offer)
-            if fid is not None:
-                queue.append(fid)
-            while queue and self._decisions[queue[0]].done():
-                await self._stream(queue.popleft())
-            if conn.pending_output >= 256 * 1024:
-                await self._flush()
+        # small files go whole, read by name under the directory's descriptor (SmallReader)
+        # every file of a listed directory is opened under its descriptor (SmallReader), small
+        # ones (unless offered) read whole at once
+        reader = None
+        if group.dir is not None:  # (a named argument's group: its parent has no dir)
+            reader = SmallReader(group.dir, follow=group.parent is None or group.parent.dir is None)
+        limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
+        FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
+        whole = not by_offer
+        try:
+            for item in group.items:
+                if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
+                    await self._window(queue)
+                at = None
+                if reader is not None and item.kind == FILE:
+                    name = item.wire[skip:]
+                    if item.local == prefix + name:  # listed here (not an in-tree link followed elsewhere)
+                        if whole and item.size <= limit and send_small(reader, item, name, limit):
+                            if conn.pending_output >= 256 * 1024:
+                                await self._flush()
+                            continue
+                        at = name
+                fid = self._offer(item, by_offer, reader if at is not None else None, at)
+                if fid is not None:
+                    queue.append(fid)
+                while queue and self._decisions[queue[0]].done():
+                    await self._stream(queue.popleft())
+                if conn.pending_output >= 256 * 1024:
+                    await self._flush()
+        finally:
+            if reader is not None:
+                reader.close()
 
-    def _offer(self, item: SourceItem, by_offer: bool = False) -> int | None:
-        """Send an item's first frame; return its id when it awaits a decision."""
+    def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes, limit: int) -> bool:
+        """A listed small file, whole in one SMALL_FILE frame (no round trip).  False: it grew
+        beyond ``limit`` since the listing (send it as a large file)."""
+        try:
+            data, st = reader.read(item, name, limit)
+        except FtxError as exc:
+            log.warning("%s", exc)
+            self._done(FileSendReport(item.wire.decode(*_FS), "file", 0, exc.code.name.lower(), message=str(exc)))
+            return True
+        if data is None:
+            return False
+        size = len(data)
+        digest = file_digest(data)
+        if st is None:
+            fid = self.conn.send_small(item.wire, item.mode, item.mtime_ns, data, digest)
+        else:  # changed since the listing: as it is now
+            fid = self.conn.send_small(item.wire, st.st_mode, st.st_mtime_ns, data, digest)
+        self._reports[fid] = (item.wire, size, digest)  # its FileSendReport only if one is read
+        self._outstanding += 1
+        progress = self.progress
+        if self._counter is None:
+            progress.start_file(item.wire.decode(*_FS), size, 0)
+        progress.advance(size)
+        return True
+
+    def _offer(self, item: SourceItem, by_offer: bool = False, reader: SmallReader | None = None,
+               name: bytes | None = None) -> int | None:
+        """Send an item's first frame; return its id when it awaits a decision.  ``reader``: the
+        file is its directory's entry ``name``, opened under its descriptor."""
         conn, cfg = self.conn, self.config
         if item.kind != Kind.FILE:
             entry = _entry_for_nonfile(item, cfg.chunk_size)
@@ -479,7 +466,7 @@ class SendSession:
             self._track(fid, FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), 0))
             return None
         try:
-            src = SourceFile(item, cfg.chunk_size)
+            src = SourceFile(item, cfg.chunk_size, reader, name or b"")
         except FtxError as exc:
             log.warning("%s", exc)
             self._done(FileSendReport(os.fsdecode(item.wire), "file", 0, exc.code.name.lower(), message=str(exc)))
@@ -585,6 +572,24 @@ class SendSession:
     def _hasher(self):
         """XXH3-128, and SHA-256 in the same pass when a receipt was asked for (its entries list it)."""
         return ContentHasher() if self.receipt_path is not None else FileHasher()
+
+
+def _counter(progress: Progress):
+    """How a small file that arrived is counted when ``progress`` reads no report (it draws
+    nothing per file): a function of its size.  None: it gets each report (and start_file)."""
+    def silent(p) -> bool:
+        t = type(p)
+        return (t.start_file, t.end_file) == (Progress.start_file, Progress.end_file)
+
+    if silent(progress):
+        return _uncounted
+    if type(progress) is SoFar and silent(progress.inner):  # ftx send with no bars
+        return progress.ended_ok
+    return None
+
+
+def _uncounted(size: int) -> None:
+    pass
 
 
 def _sha256(hasher) -> bytes | None:

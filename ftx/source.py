@@ -12,11 +12,13 @@ warning, never followed out of the tree.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+import struct
+import sys
+from typing import Iterable, Iterator, NamedTuple
 
 from .core.checksum import FileHasher, HeldDigest, chunk_checksum
 from .core.manifest import MAX_COMPONENT, MAX_PATH, FileEntry, Kind, built, check_link_target
@@ -27,8 +29,14 @@ from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 log = logging.getLogger("ftx.send")
 
 
-@dataclass(frozen=True)
-class SourceItem:
+class SourceChanged(FtxError):
+    code = ErrorCode.SOURCE_CHANGED
+
+
+class SourceItem(NamedTuple):
+    """One item to send, as the walk listed it.  (A NamedTuple: one is made per file listed,
+    at a third of a frozen dataclass's cost.)"""
+
     local: bytes  # path to open
     wire: bytes  # path on the wire
     kind: Kind
@@ -168,32 +176,69 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
             if d is None:
                 stack.pop()
                 continue
-            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links), parent=parent)
+            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links, d is item), parent=parent)
             subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
             if subdirs:
                 stack.append((group, iter(subdirs)))
             yield group
 
 
-def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+_FILE_HEAD = struct.Struct(">BHH")  # tree.entry_record of a regular file: kind, name length, mode bits
+_FILE_TAIL = struct.Struct(">Qq")  # ... name, then size, mtime_ns
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool,
+             follow: bool = True) -> tuple[list[SourceItem], bytes]:
     """The items of one directory's direct entries, sorted by name (the rest skipped with a
-    warning), and their listing digest."""
+    warning), and their listing digest.  Listed and lstat'ed under the directory's descriptor;
+    ``follow``: ``local`` may be a symlink (a named argument), else a directory listed as one
+    is not followed if it became a link since."""
+    try:
+        fd = os.open(local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
+    except OSError as exc:
+        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
+        return [], ListingHasher().digest()
+    try:
+        return _listed(fd, local, wire, root_real, links)
+    finally:
+        os.close(fd)
+
+
+def _listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    enc, errors = _FS
+    try:
+        with os.scandir(fd) as it:  # (names come as str from a descriptor: the bytes back, os.fsencode)
+            listing = [(de.name.encode(enc, errors), de) for de in it]
+    except OSError as exc:
+        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
+        listing = []
+    listing.sort()  # by name bytes (names are unique: no DirEntry is ever compared)
     out = []
     h = ListingHasher()
+    update = h.update
     local += b"/"
     wire += b"/"
-    for de in _listing(local):
+    FILE, head, tail, new_item = Kind.FILE, _FILE_HEAD.pack, _FILE_TAIL.pack, tuple.__new__
+    for name, de in listing:
         # a listed name is never empty, '.', '..' or holds '/' or NUL; the wire path rules
         # (manifest.check_wire_path) leave only the lengths to check
-        child_local = local + de.name
-        child_wire = wire + de.name
-        if len(child_wire) > MAX_PATH or len(de.name) > MAX_COMPONENT:
+        child_local = local + name
+        child_wire = wire + name
+        if len(child_wire) > MAX_PATH or len(name) > MAX_COMPONENT:
             log.warning("skipping %s: path longer than %d bytes", os.fsdecode(child_local), MAX_PATH)
             continue
-        if is_ftx_own(de.name):
+        if name[0] == 0x2E and is_ftx_own(name):  # (a call only for a name starting with '.')
             log.warning("skipping %s: a receiver's own state or temporary file", os.fsdecode(child_local))
             continue
         try:
+            if de.is_file(follow_symlinks=False):  # the common case first: items built at once
+                st = de.stat(follow_symlinks=False)
+                mode, size, mtime = st.st_mode, st.st_size, st.st_mtime_ns
+                out.append(new_item(SourceItem, (child_local, child_wire, FILE, b"", mode, size, mtime)))
+                update(head(FILE, len(name), mode & 0o777) + name + tail(size, mtime))  # entry_record
+                continue
             if de.is_symlink():
                 item = _link_item(child_local, child_wire, root_real, links)
                 if item is None:
@@ -201,10 +246,6 @@ def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[
             elif de.is_dir(follow_symlinks=False):
                 st = de.stat(follow_symlinks=False)
                 item = SourceItem(child_local, child_wire, Kind.DIR, mode=st.st_mode)
-            elif de.is_file(follow_symlinks=False):
-                st = de.stat(follow_symlinks=False)
-                item = SourceItem(child_local, child_wire, Kind.FILE, mode=st.st_mode, size=st.st_size,
-                                  mtime_ns=st.st_mtime_ns)
             else:
                 log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(child_local))
                 continue
@@ -212,17 +253,8 @@ def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[
             log.warning("skipping %s: %s", os.fsdecode(child_local), exc.strerror or exc)
             continue
         out.append(item)
-        h.update(entry_record(item.kind, de.name, item.mode, item.size, item.mtime_ns, item.target))
+        update(entry_record(item.kind, name, item.mode, item.size, item.mtime_ns, item.target))
     return out, h.digest()
-
-
-def _listing(local: bytes) -> list:
-    try:
-        with os.scandir(local) as it:
-            return sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
-        return []
 
 
 def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> SourceItem | None:
@@ -247,16 +279,98 @@ def _link_item(local: bytes, wire: bytes, root_real: bytes, links: bool) -> Sour
     return None
 
 
+_SMALL_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class SmallReader:
+    """Reads the small files of one listed directory whole, by name under its descriptor.
+
+    One ``openat`` (``O_NOFOLLOW``: a name swapped for a symlink since the listing is
+    refused, never followed; ``O_NONBLOCK``: a FIFO swapped in cannot block us), one
+    read of ``size + 1`` bytes, one close: no ``fstat`` while the file is as listed.
+    Its entry is then the listing's (an lstat before the read, as the fstat before it
+    was: a file changed later gets an older mtime, so the next quick check sends it
+    again).  A read of another length than listed takes an ``fstat``: a regular file
+    is read again and sent as it is now (or offered as a large file if it grew past
+    the limit); anything else is a ``SourceChanged`` (a directory, a FIFO, a device),
+    as is a name that became a symlink (ELOOP).  An empty file swapped for an empty
+    FIFO sends an empty file: what was there to read.
+    """
+
+    __slots__ = ("fd", "prefix", "flags")
+
+    def __init__(self, dir_item: SourceItem, follow: bool = False) -> None:
+        """``follow``: ``dir_item`` is a named argument (followed, as the walk did); a listed
+        directory is not followed if it became a link since."""
+        self.prefix = dir_item.local + b"/"
+        self.flags = _SMALL_FLAGS | getattr(os, "O_NOATIME", 0)
+        try:
+            self.fd = os.open(dir_item.local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
+        except OSError:
+            self.fd = -1  # its files fail one by one, each with the reason
+
+    def read(self, item: SourceItem, name: bytes, limit: int) -> tuple[bytes | None, os.stat_result | None]:
+        """(the file's bytes, None) as listed; (bytes, its stat) when it changed size since the
+        listing; (None, its stat) when it grew beyond ``limit``.  StorageError or SourceChanged
+        (naming its local path) if it cannot be had."""
+        try:
+            if self.fd < 0:
+                raise NotADirectoryError(errno.ENOTDIR, "its directory cannot be opened")
+            try:
+                fd = os.open(name, self.flags, dir_fd=self.fd)
+            except PermissionError:  # O_NOATIME: only for the file's owner
+                if not self.flags & getattr(os, "O_NOATIME", 0):
+                    raise
+                self.flags &= ~os.O_NOATIME
+                fd = os.open(name, self.flags, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
+            raise StorageError(f"cannot open {os.fsdecode(item.local)}: {exc.strerror}") from None
+        try:
+            data = os.read(fd, item.size + 1)
+            if len(data) == item.size:
+                return data, None
+            st = os.fstat(fd)  # changed since the listing: what is it now?
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file")
+            if st.st_size > limit:
+                return None, st
+            data = os.pread(fd, st.st_size + 1, 0)
+            if len(data) != st.st_size:
+                raise SourceChanged(f"{os.fsdecode(item.local)} changed size while being read")
+            return data, st
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.EAGAIN):
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
+            raise StorageError(f"cannot read {os.fsdecode(item.local)}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class SourceFile:
     """An open source file: its entry (from fstat), chunk reads and change detection."""
 
-    def __init__(self, item: SourceItem, chunk_size: int) -> None:
+    def __init__(self, item: SourceItem, chunk_size: int, reader: SmallReader | None = None,
+                 name: bytes = b"") -> None:
+        """``reader``: the item is its directory's listed entry ``name``, opened under that
+        directory's descriptor and not followed if it became a symlink (as small files are)."""
         self.item = item
+        at = reader is not None and reader.fd >= 0
+        path, flags, kw = (name, _SMALL_FLAGS, {"dir_fd": reader.fd}) if at else (item.local, os.O_RDONLY, {})
         try:
-            self.fd = os.open(item.local, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-        except PermissionError:
-            self.fd = os.open(item.local, os.O_RDONLY)
+            try:
+                self.fd = os.open(path, flags | getattr(os, "O_NOATIME", 0), **kw)
+            except PermissionError:  # O_NOATIME: only for the file's owner
+                self.fd = os.open(path, flags, **kw)
         except OSError as exc:
+            if at and exc.errno == errno.ELOOP:
+                raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None
             raise StorageError(f"cannot open {os.fsdecode(item.local)}: {exc.strerror}") from exc
         st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
@@ -317,5 +431,3 @@ class SourceFile:
             self.fd = -1
 
 
-class SourceChanged(FtxError):
-    code = ErrorCode.SOURCE_CHANGED

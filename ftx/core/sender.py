@@ -21,8 +21,9 @@ from .checksum import chunk_checksum
 from .config import Config
 from .connection import Connection
 from .events import DecisionReceived, DirStateReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
-from .frames import DATA_HEADER_SIZE, Frame, FrameType, encode_data_header
-from .manifest import FileEntry, Kind, built
+from .checksum import frame_checksum
+from .frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, Frame, FrameType, encode_data_header
+from .manifest import ENTRY, FileEntry, Kind, built
 from .messages import (
     HELLO_NO_RESUME,
     HELLO_QUICK_CHECK,
@@ -36,12 +37,15 @@ from .messages import (
     FileNotice,
     Offer,
     Result,
-    SmallFile,
 )
 from .secure import receipt
 from .secure.receipt import ReceiptChecker, ReceiptError
 from .tree import MAX_CHECK_ENTRIES
 from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
+
+
+_SMALL_FILE = int(FrameType.SMALL_FILE)
+_SMALL_FILE_H8 = _SMALL_FILE << 56  # the frame checksum's seed: type, flags 0, then the length
 
 
 class SenderConnection(Connection):
@@ -59,10 +63,11 @@ class SenderConnection(Connection):
         self._next_dir = 0
         self._checks: set[int] = set()  # CHECK_DIRs sent, no DIR_STATE yet
         self._next_id = 0
-        self._entries: dict[int, FileEntry] = {}
+        self._entries: dict[int, FileEntry | None] = {}  # until the RESULT (None: a small file)
         self._finished = False
         self.receipt = receipt
         self._digests: dict[int, bytes] = {}  # receipt: the digest we computed, until the file's RESULT
+        self._batch: bytearray | None = None  # SMALL_FILE frames of a run, the last item of _out
 
     # -- calls from the driver ---------------------------------------------
     def _new_id(self, entry: FileEntry) -> int:
@@ -110,15 +115,49 @@ class SenderConnection(Connection):
         return fid
 
     def send_small_file(self, entry: FileEntry, data, digest: bytes) -> int:
-        self._require_open()
-        if len(data) != entry.size or entry.kind != Kind.FILE:
+        """A whole small file in one SMALL_FILE frame (no round trip); its id."""
+        if len(data) != entry.size or entry.kind != Kind.FILE or entry.target:
             raise LocalProtocolError("small file data does not match its entry")
-        if entry.size + 256 + len(entry.path) > self.peer.max_payload:
+        return self.send_small(entry.path, entry.mode, entry.mtime_ns, data, digest, entry.chunk_size)
+
+    def send_small(self, path: bytes, mode: int, mtime_ns: int, data, digest: bytes,
+                   chunk_size: int | None = None) -> int:
+        """``send_small_file`` of a regular file's wire ``path``, permission bits ``mode``, ``mtime_ns``
+        and bytes ``data`` (``digest``: their XXH3-128), with no FileEntry to make per file.
+        The frames of a run of small files are built into one buffer (one item of
+        ``data_to_send``, sealed whole)."""
+        peer = self.peer
+        size = len(data)
+        if chunk_size is None:
+            chunk_size = self.config.chunk_size
+        if self._error is not None or self.closed or peer is None or self._finished:
+            self._new_id(built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode, mtime_ns=mtime_ns,
+                               chunk_size=chunk_size, target=b""))  # raises the reason
+        if size + 256 + len(path) > peer.max_payload:
             raise LocalProtocolError("file too large for SMALL_FILE")
-        fid = self._new_id(entry)
+        if chunk_size + DATA_HEADER_SIZE > peer.max_payload:
+            raise LocalProtocolError("chunk size exceeds the receiver's frame limit")
+        fid = self._next_id
+        self._next_id = fid + 1
         self._files[fid] = FileState.ENDED
-        self._remember(fid, digest, hashlib.sha256(data).digest() if self.receipt is not None else None)
-        self._send_frame(FrameType.SMALL_FILE, SmallFile.pack(fid, entry, digest, data))
+        if self.receipt is None:
+            self._entries[fid] = None  # (its RESULT needs no entry: nothing made per file)
+        else:
+            self._entries[fid] = built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode & 0o7777,
+                                       mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
+            self._remember(fid, digest, hashlib.sha256(data).digest())
+        # SmallFile.pack and encode_frame, inline: ENTRY, path, (no target), digest, data
+        payload = b"".join((ENTRY.pack(fid, Kind.FILE, 0, 0, mode & 0o7777, mtime_ns, size, chunk_size, len(path), 0),
+                            path, digest, data))
+        n = len(payload)
+        out = self._out
+        batch = self._batch
+        if not out or out[-1] is not batch:  # anything queued since goes first: a new run
+            batch = self._batch = bytearray()
+            out.append(batch)
+        batch += HEADER.pack(_SMALL_FILE, 0, 0, n, frame_checksum(_SMALL_FILE_H8 | n, payload))
+        batch += payload
+        self._out_bytes += HEADER_SIZE + n
         return fid
 
     def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None, framed: bool = True) -> None:
@@ -174,12 +213,15 @@ class SenderConnection(Connection):
             self._finished = True
             self._send_frame(FrameType.DONE)
 
-    def entry(self, file_id: int) -> FileEntry:
+    def entry(self, file_id: int) -> FileEntry | None:
+        """The entry of a file awaiting its RESULT (None: a small file, sent with no receipt asked)."""
         return self._entries[file_id]
 
     # -- frames from the receiver ------------------------------------------
     def _chunks_awaiting_decision(self, file_id: int) -> int:
         entry = self._entries.get(file_id)
+        if entry is None and file_id in self._entries:
+            return 0  # a small file (no entry kept): the state table refuses the DECISION
         if entry is None or entry.kind != Kind.FILE:
             raise RemoteProtocolError(f"DECISION for file {file_id}, which awaits none")
         return entry.chunks

@@ -15,6 +15,8 @@ import enum
 
 
 class FileState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: the identity hash, in C (Enum's is Python, per step)
+
     OFFERED = "offered"  # offer sent, no decision yet
     SENDING = "sending"  # decision given, chunks flow
     ENDED = "ended"  # sender is finished with the file, result pending
@@ -23,6 +25,8 @@ class FileState(enum.Enum):
 
 
 class In(enum.Enum):
+    __hash__ = object.__hash__  # (as FileState's)
+
     DECISION = "DECISION"
     RESULT = "RESULT"
     CHUNK = "DATA"
