@@ -15,6 +15,7 @@
    sealed transfer): MB/s and CPU seconds per GB on each side.
 
     python benchmarks/bench_udp.py [--size 1G] [--relay-size 200M] [--runs 1] [--skip-relay] [--hard] [--sealed]
+    python benchmarks/bench_udp.py --sealed-only [--sealed-mtus default,1500,65535] [--scp] [--runs 3]
 """
 
 from __future__ import annotations
@@ -102,16 +103,17 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
-def sealed_run(src: str, dst: str, plain: bool) -> dict:
-    """One library-level UDP transfer, sealed or plaintext: seconds, CPU and RSS of each end."""
+def sealed_run(src: str, dst: str, plain: bool, mtu: int | None = None) -> dict:
+    """One library-level UDP transfer, sealed or plaintext: seconds, CPU and RSS of each end.
+    ``mtu``: the sender's link MTU (``ftx send --mtu``); None: ftx's default."""
     import json
     import subprocess
 
     extra = ["--plain"] if plain else []
     server = subprocess.Popen([sys.executable, SEALED_PEER, "server", dst, *extra], stdout=subprocess.PIPE, text=True)
     port = json.loads(read_line(server))["port"]
-    client = subprocess.Popen([sys.executable, SEALED_PEER, "client", str(port), src, *extra],
-                              stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, SEALED_PEER, "client", str(port), src, *extra,
+                               *(["--mtu", str(mtu)] if mtu else [])], stdout=subprocess.PIPE, text=True)
     out = json.loads(read_line(client, timeout=600))
     _, send_cpu, send_rss = run_wait(client)
     _, recv_cpu, recv_rss = run_wait(server)
@@ -121,22 +123,53 @@ def sealed_run(src: str, dst: str, plain: bool) -> dict:
     return {**out, "send_cpu": send_cpu, "recv_cpu": recv_cpu, "send_rss": send_rss, "recv_rss": recv_rss}
 
 
-def sealed(src: str, dst: str, size: int, runs: int) -> None:
-    rows = {"plain": [], "sealed": []}
-    for _ in range(runs):
-        rows["plain"].append(sealed_run(src, dst, True))
-        rows["sealed"].append(sealed_run(src, dst, False))
+def sealed(src: str, dst: str, size: int, runs: int, mtus: list[int | None], scp: bool = False) -> None:
+    """Sealed against plaintext UDP at each MTU in ``mtus`` (None: ftx's default), interleaved
+    run by run so that a noisy neighbour hits every row alike; medians.  ``scp``: also scp
+    (aes128-gcm, to a private sshd on loopback: bench_secure.py) in the same rounds."""
+    import statistics
+
+    from bench_secure import PrivateSshd, bench_scp
+
+    rows: dict[tuple, list[dict]] = {(kind, mtu): [] for mtu in mtus for kind in ("plain", "sealed")}
+    scp_runs: list[dict] = []
+    sshd = PrivateSshd() if scp else None
+    try:
+        for _ in range(runs):
+            for kind, mtu in rows:
+                rows[kind, mtu].append(sealed_run(src, dst, kind == "plain", mtu))
+            if sshd is not None and (r := bench_scp(sshd, src, os.path.join(dst, "scp.bin"))):
+                scp_runs.append(r)
+                os.unlink(os.path.join(dst, "scp.bin"))
+    finally:
+        if sshd is not None:
+            sshd.close()
     gb = size / 1e9
-    print(f"\n4. sealed against plaintext UDP, loopback, {size / 2**20:.0f} MiB, library level, best of {runs}")
-    print(f"{'':8} {'MB/s':>7} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
-    best = {}
-    for name, results in rows.items():
-        r = best[name] = min(results, key=lambda x: x["seconds"])
-        print(f"{name:8} {size / r['seconds'] / 1e6:7.0f} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
-              f"{r['send_rss'] / 1e6:12.1f} {r['recv_rss'] / 1e6:12.1f}")
-    print(f"ratio sealed/plain: {best['plain']['seconds'] / best['sealed']['seconds']:.2f}x (best against best)")
-    for name, results in rows.items():
-        print(f"  every {name} run, MB/s: " + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in results))
+    print(f"\n4. sealed against plaintext UDP, loopback, {size / 2**20:.0f} MiB, library level, median of {runs}")
+    print(f"{'':22} {'MB/s':>7} {'datagram':>9} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} "
+          f"{'recv RSS MB':>12}")
+    med = {}
+    for (kind, mtu), results in rows.items():
+        secs = med[kind, mtu] = statistics.median(r["seconds"] for r in results)
+        datagram = max(r["stats"].get("max_datagram", 0) for r in results)
+        label = f"{kind} mtu {mtu or 'default'}"
+        print(f"{label:22} {size / secs / 1e6:7.0f} {datagram:9} "
+              f"{statistics.median(r['send_cpu'] for r in results) / gb:14.2f} "
+              f"{statistics.median(r['recv_cpu'] for r in results) / gb:14.2f} "
+              f"{max(r['send_rss'] for r in results) / 1e6:12.1f} {max(r['recv_rss'] for r in results) / 1e6:12.1f}")
+    for mtu in mtus:
+        print(f"ratio sealed/plain, mtu {mtu or 'default'}: {med['plain', mtu] / med['sealed', mtu]:.2f}x "
+              f"(target >= 0.75); every run, MB/s: "
+              + "; ".join(f"{kind} " + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in rows[kind, mtu])
+                          for kind in ("plain", "sealed")))
+    if scp_runs:
+        secs = statistics.median(r["seconds"] for r in scp_runs)
+        print(f"{'scp aes128-gcm':22} {size / secs / 1e6:7.0f} (sender CPU {statistics.median(r['send_cpu'] for r in scp_runs) / gb:.2f} s/GB); "
+              "every run, MB/s: " + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in scp_runs))
+        for mtu in mtus:
+            print(f"ratio sealed mtu {mtu or 'default'}/scp: {secs / med['sealed', mtu]:.2f}x (target >= 2)")
+    elif scp:
+        print("note: scp skipped: needs scp, ssh-keygen and sshd (openssh-server) installed")
 
 
 def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float, small_src: str | None = None) -> None:
@@ -204,6 +237,10 @@ def main() -> None:
     ap.add_argument("--skip-relay", action="store_true")
     ap.add_argument("--hard", action="store_true", help="also 10-30%% loss and heavy reordering (20 MiB)")
     ap.add_argument("--sealed", action="store_true", help="also sealed against plaintext UDP (loopback)")
+    ap.add_argument("--sealed-only", action="store_true", help="only the sealed against plaintext rows (loopback)")
+    ap.add_argument("--scp", action="store_true", help="sealed rows: also scp aes128-gcm in the same rounds")
+    ap.add_argument("--sealed-mtus", default="default,1500",
+                    help="link MTUs of the sealed rows, comma-separated ('default': ftx's own choice)")
     args = ap.parse_args()
     work_src = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.src_dir)
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)
@@ -213,11 +250,13 @@ def main() -> None:
             src = os.path.join(work_src, "loop.bin")
             make_source(src, size)
             warm_memory(work_dst, 2 * size)
-            loopback(src, work_dst, size, args.runs)
-            if args.sealed:
-                sealed(src, work_dst, size, args.runs)
+            if not args.sealed_only:
+                loopback(src, work_dst, size, args.runs)
+            if args.sealed or args.sealed_only:
+                mtus = [None if m == "default" else int(m) for m in args.sealed_mtus.split(",") if m]
+                sealed(src, work_dst, size, args.runs, mtus, args.scp)
             os.unlink(src)
-        if args.skip_relay:
+        if args.skip_relay or args.sealed_only:
             return
         size = parse_size(args.relay_size)
         src = os.path.join(work_src, "relay.bin")

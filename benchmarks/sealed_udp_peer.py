@@ -2,7 +2,8 @@
 """One end of a library-level UDP transfer, sealed or not, for bench_udp.py --sealed.
 
     sealed_udp_peer.py server DIR [--plain]       prints {"port": N}, serves one sender
-    sealed_udp_peer.py client PORT FILE [--plain]  prints {"seconds": s, "stats": {...}}
+    sealed_udp_peer.py client PORT FILE [--plain] [--mtu N] [--pmtud]
+                                                   prints {"seconds": s, "stats": {...}}
 
 The real keys handshake (SIGMA-I, ``real_handshakes.keys``: fixed identities, each side
 accepting only the other's) runs over the control stream through ``ftx.securing``, as the
@@ -23,6 +24,7 @@ from ftx.securing import run_handshake
 from ftx.sending import send_paths
 from ftx.storage import Destination
 from ftx.transport import udp
+from ftx.core.udp.session import UdpConfig
 
 async def server(dst: str, plain: bool) -> None:
     done = asyncio.get_running_loop().create_future()
@@ -43,9 +45,9 @@ async def server(dst: str, plain: bool) -> None:
     srv.close()
 
 
-async def client(port: int, path: str, plain: bool) -> None:
+async def client(port: int, path: str, plain: bool, config: UdpConfig) -> None:
     t0 = time.monotonic()
-    link = await udp.connect("127.0.0.1", port)
+    link = await udp.connect("127.0.0.1", port, config)
     if not plain:
         await run_handshake(link, keys("client"), 10)
     report = await send_paths(link, [path])
@@ -59,7 +61,11 @@ def main() -> None:
     if role == "server":
         asyncio.run(server(sys.argv[2], plain))
     else:
-        asyncio.run(client(int(sys.argv[2]), sys.argv[3], plain))
+        args = sys.argv[4:]
+        config = UdpConfig(pmtud="--pmtud" in args)
+        if "--mtu" in args:  # the link MTU, as ftx send --mtu: datagrams of 48 bytes less
+            config.max_datagram = int(args[args.index("--mtu") + 1]) - 48
+        asyncio.run(client(int(sys.argv[2]), sys.argv[3], plain, config))
 
 
 if __name__ == "__main__":
