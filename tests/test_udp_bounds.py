@@ -198,6 +198,25 @@ def test_tiny_out_of_order_stream_pieces_are_bounded_in_entries():
     assert s.held == 0
 
 
+def test_tiny_in_order_stream_pieces_cost_no_object_each():
+    """The in-order control stream keeps what arrives as pieces (no copy into one growing
+    buffer); a peer's one-byte STREAM packets must not become one object each: 50 000 of
+    them unread would be ~2.5 MB of object headers for 50 KB of data."""
+    s = _receiver()
+    n = 50_000
+    data = random.Random(5).randbytes(n)
+    with Heap() as heap:
+        for off in range(n):
+            s.receive_payload(off, memoryview(P.encode_stream(off, data[off:off + 1])), 0.1)
+    assert s.stream_readable == n
+    assert heap.peak < n + MIB, f"{heap.peak / MIB:.1f} MiB held for {n} one-byte pieces"
+    out = bytearray(n)
+    got = 0
+    while got < n:  # read in odd sizes: pieces are split and resumed
+        got += s.stream_read_into(memoryview(out)[got : got + 777])
+    assert out == data and s.stream_readable == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # memory shared by all sessions
 # ---------------------------------------------------------------------------------------------

@@ -559,7 +559,7 @@ class UdpSession(PacketAssembly, SealedPackets):
 
     @property
     def stream_readable(self) -> int:
-        return len(self._sin.data)
+        return self._sin.size
 
     @property
     def stream_all_acked(self) -> bool:
