@@ -195,7 +195,9 @@ class UdpLink:
     # -- what the transport-neutral layers call ---------------------------------------
     async def send(self, bufs: list) -> None:
         self._raise_if_closed()
-        self.session.stream_write(b"".join(bytes(b) for b in bufs))
+        write = self.session.stream_write
+        for b in bufs:  # each copied once, into the session's send buffer
+            write(b)
         self.last_send = time.monotonic()
         self.wake()
 
