@@ -562,6 +562,11 @@ class UdpSession(PacketAssembly, SealedPackets):
         return self._sin.size
 
     @property
+    def stream_buffered(self) -> int:
+        """Control-stream bytes written and not yet acknowledged (sent or not)."""
+        return self._sout_end - self._sout_base
+
+    @property
     def stream_all_acked(self) -> bool:
         return self._sout_base == self._sout_end
 
