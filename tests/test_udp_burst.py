@@ -364,3 +364,27 @@ def test_stream_runs_refuse_offsets_outside_the_buffer(name):
         with pytest.raises(ValueError):
             scan(view, [-1], 600, False, 0)
     assert scan(view, offsets, 600, False, 0) == [(0, 1, 1, 0, 570, None)]
+
+
+@needs_c
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 3), st.binary(min_size=0, max_size=40)), min_size=1, max_size=12),
+       st.integers(0, 2**64 - 1), st.booleans())
+def test_c_and_python_agree_on_arbitrary_opened_payloads(items, largest, any_recv):
+    """Whatever an authenticated peer puts in its packets: the same runs, or the same refusal."""
+    plain = 18 + 48 + 8
+    payloads, pns = [], []
+    off = int.from_bytes(items[0][1][:8].ljust(8, b"\0"), "big") >> items[0][0] * 20
+    for k, (kind, body) in enumerate(items):
+        if kind >= 2:  # a frame that fills the packet (or, with a byte of body, nearly), following on or not
+            n = 48 - (len(P.encode_stream(off, b"x")) - 1)  # (a one-byte length)
+            frame = P.encode_stream(off, body[:1] * n)
+            off += n
+            payload = frame[: 48 - len(body[:1])] + body[:1] if kind == 3 else frame
+        else:
+            payload = (bytes([P.F_STREAM]) * kind + body)[:48]
+        payloads.append(payload)
+        pns.append((largest + k - (kind == 1)) % 2**64)
+    view, offsets = _opened(payloads, pns, plain)
+    assert stream_impl("c")[1](view, offsets, plain, any_recv, largest) == \
+        stream_impl("py")[1](view, offsets, plain, any_recv, largest)
