@@ -198,6 +198,25 @@ def test_tiny_out_of_order_stream_pieces_are_bounded_in_entries():
     assert s.held == 0
 
 
+def test_tiny_in_order_stream_pieces_cost_no_object_each():
+    """The in-order control stream keeps what arrives as pieces (no copy into one growing
+    buffer); a peer's one-byte STREAM packets must not become one object each: 50 000 of
+    them unread would be ~2.5 MB of object headers for 50 KB of data."""
+    s = _receiver()
+    n = 50_000
+    data = random.Random(5).randbytes(n)
+    with Heap() as heap:
+        for off in range(n):
+            s.receive_payload(off, memoryview(P.encode_stream(off, data[off:off + 1])), 0.1)
+    assert s.stream_readable == n
+    assert heap.peak < n + MIB, f"{heap.peak / MIB:.1f} MiB held for {n} one-byte pieces"
+    out = bytearray(n)
+    got = 0
+    while got < n:  # read in odd sizes: pieces are split and resumed
+        got += s.stream_read_into(memoryview(out)[got : got + 777])
+    assert out == data and s.stream_readable == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # memory shared by all sessions
 # ---------------------------------------------------------------------------------------------
@@ -483,3 +502,45 @@ def test_a_busy_address_sampled_by_the_socket_filter_stays_busy_while_it_floods(
         lst.receive_datagram(padded_initial(7, 1, 1000 + k, b""), ("10.0.0.1", 1), now)
         assert lst.busy_hosts(now, 10) == ["10.0.0.1"]
     assert lst.busy_hosts(now + 3.0, 10) == []  # it stopped: 16 a second refill its budget
+
+
+# ---------------------------------------------------------------------------------------------
+# the sender's own memory: control bytes written ahead
+# ---------------------------------------------------------------------------------------------
+def test_the_link_writer_waits_when_the_peer_acknowledges_nothing():
+    """UdpLink.send() waits (as TCP's drain) once a congestion window of control bytes, at
+    least SEND_BUFFER, is queued or unacknowledged: a sender reading a tree of small files no
+    longer holds all it has read.  When the session ends, the waiting writer gets the error."""
+    import asyncio
+
+    from ftx.errors import TransportError
+    from ftx.transport.udp_link import SEND_BUFFER, UdpLink
+    import time
+
+    sent: list = []
+
+    async def main() -> None:
+        session = UdpSession(1, 2, UdpConfig(), time.monotonic(), chunk_receiver=False)
+        link = UdpLink(session, sent.extend, ("127.0.0.1", 9))  # a path that loses everything
+        piece = [bytes(64 * 1024)]
+
+        async def writer() -> int:
+            written = 0
+            while written < 64 * MIB:
+                await link.send(piece)
+                written += len(piece[0])
+            return written
+
+        task = asyncio.ensure_future(writer())
+        deadline = asyncio.get_running_loop().time() + 10
+        while session.stream_buffered < SEND_BUFFER and not task.done():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the writer is given time; it stays put
+        assert not task.done()
+        assert session.stream_buffered <= max(SEND_BUFFER, session.cc.cwnd) + 64 * 1024
+        link.close()
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())

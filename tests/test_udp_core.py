@@ -1749,17 +1749,36 @@ def test_acknowledged_stream_bytes_leave_the_buffer_in_batches():
 
     s._sout_acked.add(0, 1000)
     s._trim_stream()
-    assert s._sout_base == 1000 and s._sout_phys == 0 and len(s._sout) == 102_400  # not yet
+    assert s._sout_base == 1000 and s._sout_phys == 0 and held(s) == 102_400  # not yet
     assert not s.stream_all_acked and (got := sent_from(1000)) == data[1000 : 1000 + len(got)] and len(got) > 1300
     s._sout_acked.add(1000, 60_000)
     s._trim_stream()
-    assert s._sout_base == s._sout_phys == 60_000 and len(s._sout) == 42_400
+    assert s._sout_base == s._sout_phys == 60_000 and held(s) == 42_400
     s.stream_write(b"tail")
     assert (got := sent_from(60_000)) == data[60_000 : 60_000 + len(got)] and len(got) > 1300
     assert sent_from(101_500) == data[101_500:] + b"tail"
     s._sout_acked.add(60_000, 102_404)
     s._trim_stream()
-    assert s.stream_all_acked and len(s._sout) == 0
+    assert s.stream_all_acked and held(s) == 0
+    assert len(s._sout) <= 2 * 102_404  # room for more, no more than doubling
+
+
+def held(s: UdpSession) -> int:
+    return s._sout_end - s._sout_phys
+
+
+def test_a_big_send_buffer_is_let_go_once_acknowledged():
+    from ftx.core.udp.session import SOUT_KEPT
+
+    s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+    for _ in range(3):
+        s.stream_write(bytes(SOUT_KEPT))
+    assert len(s._sout) >= 3 * SOUT_KEPT
+    s._sout_acked.add(0, 3 * SOUT_KEPT)
+    s._trim_stream()
+    assert s.stream_all_acked and held(s) == 0 and len(s._sout) == 0
+    s.stream_write(b"more")
+    assert held(s) == 4 and s._sout[:4] == b"more"
 
 
 def test_full_control_stream_packets_leave_in_one_burst():

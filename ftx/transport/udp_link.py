@@ -33,6 +33,7 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 PMTUDISC_PROBE = 3  # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: set DF, ignore the kernel's path MTU
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
+SEND_BUFFER = 2 * 1024 * 1024  # control bytes queued and unacknowledged before send() waits (or a cwnd)
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
 
@@ -193,10 +194,21 @@ class UdpLink:
             raise
         self._leftover = bytes(leftover)
 
+    def _send_room(self) -> bool:
+        """Room for more control bytes: fewer queued or unacknowledged than a congestion
+        window (at least SEND_BUFFER).  Without a bound the sender read a tree of small files
+        ahead as fast as the disk gave it (25 MB more peak RSS than over TCP on 2 000 files)."""
+        s = self.session
+        return s.stream_buffered < max(SEND_BUFFER, s.cc.cwnd)
+
     # -- what the transport-neutral layers call ---------------------------------------
     async def send(self, bufs: list) -> None:
+        s = self.session
+        if not self._send_room():  # as TCP's drain(): the writer waits for the peer
+            await self._wait_until(self._send_room)
         self._raise_if_closed()
-        self.session.stream_write(b"".join(bytes(b) for b in bufs))
+        # one call (a batch of small files is thousands of pieces), no bytes() copy of each first
+        s.stream_write(bufs[0] if len(bufs) == 1 else b"".join(bufs))
         self.last_send = time.monotonic()
         self.wake()
 

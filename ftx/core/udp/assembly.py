@@ -19,9 +19,8 @@ import struct
 import xxhash
 
 from . import burst
-from .packets import CHUNK_HEADER, CHUNK_HEADER_SIZE, DATA, F_CHUNK, F_MAX_DATA, F_STREAM, HEADER, HEADER_SIZE, \
-    TRAILER_SIZE, VERSION, encode_ack, encode_stream, encode_varint_frame
-from ..ranges import write_varint
+from .packets import CHUNK_HEADER, CHUNK_HEADER_SIZE, DATA, F_CHUNK, F_MAX_DATA, HEADER, TRAILER_SIZE, VERSION, \
+    encode_ack, encode_stream, encode_varint_frame
 from .recovery import SentPacket
 from ..secure.keys import TAG_SIZE
 
@@ -31,7 +30,6 @@ BURST_BYTES = 65000
 _TRAILER_ZERO = bytes(TRAILER_SIZE)
 _TAG_ZERO = bytes(TAG_SIZE)
 _pack_q = struct.Struct(">Q").pack_into
-_pack_header = HEADER.pack_into
 _xxh64 = xxhash.xxh3_64_intdigest
 
 
@@ -152,22 +150,8 @@ class PacketAssembly:
         seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
         buf = bytearray(n * seg)
         pn = self._next_pn
-        length = bytearray()
-        write_varint(length, step)
-        dcid = self.peer_cid
-        rel = first - self._sout_phys
-        with memoryview(self._sout) as src, memoryview(buf) as dst:
-            for k in range(n):
-                p = k * seg
-                _pack_header(buf, p, DATA, VERSION, dcid, pn + k)
-                head = bytearray((F_STREAM,))
-                write_varint(head, first + k * step)
-                head += length
-                d = p + HEADER_SIZE + len(head)
-                dst[p + HEADER_SIZE : d] = head
-                dst[d : d + step] = src[rel + k * step : rel + (k + 1) * step]
-                if prot is None:
-                    _pack_q(buf, d + step, _xxh64(dst[p : d + step]))
+        burst.build_stream_burst(buf, seg, self.peer_cid, pn, first, step, n, self._sout, first - self._sout_phys,
+                                 _xxh64 if prot is None else None)
         if prot is not None:
             buf = prot.seal_burst(buf, seg, n * seg, mss, pn)
         out.append((buf, mss))

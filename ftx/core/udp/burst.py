@@ -1,5 +1,5 @@
 """The per-datagram loops of bulk transfer: build a burst of CHUNK packets, scan a
-received burst of them.  Pure functions over buffers (sans I/O).
+received burst of them; the same for full STREAM packets (a tree of small files).  Pure functions over buffers (sans I/O).
 
 A *burst* is what one UDP GSO send carries and one UDP GRO read returns:
 datagrams of ``seg`` bytes laid end to end.  In bulk transfer nearly every
@@ -19,7 +19,8 @@ import itertools
 import struct
 from typing import Callable
 
-from .packets import CHUNK_HEADER, DATA, F_CHUNK, HEADER, TRAILER_SIZE, VERSION
+from ..ranges import write_varint
+from .packets import CHUNK_HEADER, DATA, F_CHUNK, F_STREAM, HEADER, HEADER_SIZE, MAX_STREAM_OFFSET, TRAILER_SIZE, VERSION
 
 BULK_HEADER = struct.Struct(HEADER.format + CHUNK_HEADER.format.lstrip(">"))  # packet + CHUNK header
 BULK_HEADER_SIZE = BULK_HEADER.size  # 49
@@ -134,6 +135,100 @@ def py_gather(view, seg: int, first: int, count: int, dest, dest_off: int) -> No
         at += seg
 
 
+def py_build_stream_burst(out, seg: int, dcid: int, pn: int, first: int, step: int, n: int, data, rel: int,
+                          hasher: Callable | None) -> None:
+    """Fill ``out`` (``n * seg`` bytes) with DATA packets ``pn, pn + 1, ...`` of ``seg`` bytes,
+    each one STREAM frame that fills it: packet ``k`` carries stream bytes ``first + k * step``
+    on (``step`` of them), read from ``data[rel + k * step:]``; the trailer is ``hasher``'s
+    XXH3-64 of the rest, or 0 with ``hasher`` None (a burst sealed next).  The offset's
+    varint must have one size for the whole burst (``seg`` says how big the frame is)."""
+    head = bytearray((F_STREAM,))
+    write_varint(head, first)
+    vo = len(head) - 1
+    length = bytearray()
+    write_varint(length, step)
+    last = bytearray()
+    write_varint(last, first + (n - 1) * step)
+    if (n <= 0 or step <= 0 or rel < 0 or first > 1 << 62 or rel + n * step > len(data) or len(last) != vo
+            or seg != HEADER_SIZE + 1 + vo + len(length) + step + TRAILER_SIZE or len(out) != n * seg):
+        raise ValueError("build_stream_burst: arguments out of range")
+    dst, src = memoryview(out), memoryview(data)
+    for k in range(n):
+        p = k * seg
+        HEADER.pack_into(out, p, DATA, VERSION, dcid, pn + k)
+        head = bytearray((F_STREAM,))
+        write_varint(head, first + k * step)
+        head += length
+        d = p + HEADER_SIZE + len(head)
+        dst[p + HEADER_SIZE : d] = head
+        dst[d : d + step] = src[rel + k * step : rel + (k + 1) * step]
+        _pack_q(out, d + step, 0 if hasher is None else hasher(dst[p : d + step]))
+
+
+def py_stream_frame(payload) -> tuple[int, int, int] | None:
+    """``(stream offset, data start, length)`` if ``payload`` is one STREAM frame and nothing
+    else (the form of a full STREAM packet), else None."""
+    if len(payload) <= 4 or payload[0] != F_STREAM:
+        return None
+    try:
+        soff = shift = 0
+        p = 1
+        while (b := payload[p]) & 0x80 and p < 10:
+            soff |= (b & 0x7F) << shift
+            shift += 7
+            p += 1
+        soff |= b << shift
+        p += 1
+        length = payload[p]
+        if length & 0x80:
+            length = (length & 0x7F) | payload[p + 1] << 7
+            p += 1
+        p += 1
+    except IndexError:  # truncated
+        return None
+    if b & 0x80 or length & 0x4000 or p + length != len(payload) or not length or soff + length > MAX_STREAM_OFFSET:
+        return None
+    return soff, p, length
+
+
+def py_scan_stream_runs(view, offsets: list, plain: int, any_recv: bool, largest: int) -> list:
+    """Sort opened datagrams of ``plain`` bytes at ``offsets`` of ``view`` into runs of full
+    STREAM packets: each item ``(i, count, first packet number, start, end, data)``.  A run is
+    the packets ``offsets[i:i + count]``, one STREAM frame each, numbered on from each other
+    and above ``largest`` (if ``any_recv``), their frames following on from stream offset
+    ``start`` to ``end``; ``data`` is their bytes joined (None for a run of one).  Any other
+    packet is an item of its own with ``start`` and ``end`` -1 and ``data`` None."""
+    view = memoryview(view)
+    out: list = []
+    i, count = 0, len(offsets)
+    while i < count:
+        at = offsets[i]
+        pn = int.from_bytes(view[at + 10 : at + HEADER_SIZE], "big")
+        f = py_stream_frame(view[at + HEADER_SIZE : at + plain - TRAILER_SIZE])
+        if f is None or (any_recv and pn <= largest):
+            out.append((i, 1, pn, -1, -1, None))
+            i += 1
+            continue
+        soff, _, length = f
+        pieces = [(at, f)]
+        end = soff + length
+        j = i + 1
+        while j < count:
+            a2 = offsets[j]
+            f2 = py_stream_frame(view[a2 + HEADER_SIZE : a2 + plain - TRAILER_SIZE])
+            if int.from_bytes(view[a2 + 10 : a2 + HEADER_SIZE], "big") != pn + j - i or f2 is None or f2[0] != end:
+                break
+            pieces.append((a2, f2))
+            end += f2[2]
+            j += 1
+        data = None
+        if j - i > 1:
+            data = b"".join([view[a + HEADER_SIZE + p : a + HEADER_SIZE + p + n] for a, (_, p, n) in pieces])
+        out.append((i, j - i, pn, soff, end, data))
+        i = j
+    return out
+
+
 try:
     from . import _burst
 except ImportError:  # no compiler at install time: the Python loops serve
@@ -142,15 +237,19 @@ if _burst is not None and getattr(_burst, "VERSION", 1) < 2:
     _burst = None  # built from an older _burst.c (no hasher None): the Python loops until it is rebuilt
 
 build_chunk_burst, scan_chunk_burst, gather = py_build_chunk_burst, py_scan_chunk_burst, py_gather
+build_stream_burst, scan_stream_runs = py_build_stream_burst, py_scan_stream_runs
 ACCELERATED = False
 
 
 def use(accelerated: bool) -> bool:
     """Choose the C loops (when built) or the Python ones; returns whether C is in use.
     (The driver honours FTX_PURE_PYTHON=1 through this; tests run both.)"""
-    global build_chunk_burst, scan_chunk_burst, gather, ACCELERATED
+    global build_chunk_burst, scan_chunk_burst, gather, build_stream_burst, scan_stream_runs, ACCELERATED
+    build_stream_burst, scan_stream_runs = py_build_stream_burst, py_scan_stream_runs
     if accelerated and _burst is not None:
         build_chunk_burst, scan_chunk_burst, gather = _burst.build_chunk_burst, _burst.scan_chunk_burst, _burst.gather
+        if getattr(_burst, "VERSION", 2) >= 3:  # a build from before the STREAM loops keeps the Python ones
+            build_stream_burst, scan_stream_runs = _burst.build_stream_burst, _burst.scan_stream_runs
         ACCELERATED = True
     else:
         build_chunk_burst, scan_chunk_burst, gather = py_build_chunk_burst, py_scan_chunk_burst, py_gather

@@ -38,6 +38,8 @@ SLOT_RANGES_LIMIT = 1024  # separate runs of bytes one incomplete chunk may hold
 STREAM_OOO_LIMIT = 8 * 1024 * 1024  # out-of-order control stream bytes kept
 STREAM_OOO_ENTRIES = 4096  # out-of-order control stream pieces kept
 STREAM_IN_LIMIT = 8 * 1024 * 1024  # in-order control stream bytes not yet read by the application
+SMALL_PIECE = 1024  # in-order stream pieces smaller than this are merged (StreamAssembler._push)
+MERGED_PIECE = 64 * 1024  # ... into a bytearray of up to about this size
 ENTRY_OVERHEAD = 128  # bytes charged per out-of-order stream piece on top of its data
 SPARE_BYTES = 8 * 1024 * 1024  # chunk buffers a receiving session keeps for reuse
 REFUSED = False  # ``ChunkAssembler.prepare``: no room, drop the packet unacknowledged
@@ -251,7 +253,14 @@ class StreamAssembler:
     def __init__(self, session) -> None:
         self._s = session
         self.next = 0  # stream offset of the first byte not yet in order
-        self.data = bytearray()  # in order, not yet read
+        # In order, not yet read: the pieces as they were added (a run of STREAM packets is one
+        # piece), ``_skip`` bytes of the first already read.  One bytearray appended at the back
+        # and cut at the front moved (and reallocated) every byte several times on its way to
+        # the frame decoder; now each byte is copied once out of its packet and once into the
+        # reader's buffer.
+        self._in: deque = deque()
+        self._skip = 0
+        self.size = 0  # bytes in order, not yet read
         self._heap: list[int] = []  # offsets of the pieces, smallest first
         self._pieces: dict[int, bytes] = {}  # offset -> bytes (one piece per offset)
         self.ooo_bytes = 0
@@ -263,7 +272,7 @@ class StreamAssembler:
             return True
         if offset <= self.next:  # extends the in-order bytes
             n = end - self.next
-            return len(self.data) + n <= STREAM_IN_LIMIT and self._s.may_hold(n)
+            return self.size + n <= STREAM_IN_LIMIT and self._s.may_hold(n)
         if offset in self._pieces:
             return True
         return (len(self._pieces) < STREAM_OOO_ENTRIES and self.ooo_bytes + length <= STREAM_OOO_LIMIT
@@ -282,7 +291,9 @@ class StreamAssembler:
                 self._s.charge(len(data) + ENTRY_OVERHEAD)
             return
         n = end - self.next
-        self.data += data[self.next - offset :]
+        # kept as it is if it is bytes (a run joined for us); a view of a reused buffer is copied
+        self._push(data if offset == self.next else data[self.next - offset :])
+        self.size += n
         self.next = end
         self._s.charge(n)
         heap, pieces = self._heap, self._pieces
@@ -292,26 +303,61 @@ class StreamAssembler:
             self.ooo_bytes -= len(piece)
             self._s.release(len(piece) + ENTRY_OVERHEAD)
             if off + len(piece) > self.next:
-                tail = piece[self.next - off :]
-                self.data += tail
+                tail = piece if off == self.next else piece[self.next - off :]
+                self._push(tail)
+                self.size += len(tail)
                 self.next = off + len(piece)
                 self._s.charge(len(tail))
 
+    def _push(self, data) -> None:
+        """Keep ``data`` in order: bytes as they are (a run joined for us), a view of a reused
+        buffer copied; small pieces join a bytearray at the back, so a peer's tiny STREAM
+        frames cost no object each (the pieces average over SMALL_PIECE / 2 bytes)."""
+        pieces = self._in
+        if len(data) < SMALL_PIECE:
+            if pieces and type(last := pieces[-1]) is bytearray and len(last) < MERGED_PIECE:
+                last += data
+            else:
+                pieces.append(bytearray(data))
+        else:
+            pieces.append(data if type(data) is bytes else bytes(data))
+
     def read_into(self, buf) -> int:
-        n = min(len(buf), len(self.data))
-        if n:
-            buf[:n] = self.data[:n]
-            del self.data[:n]
-            self._s.release(n)
+        n = min(len(buf), self.size)
+        if not n:
+            return 0
+        pieces, at = self._in, 0
+        while at < n:
+            piece, skip = pieces[0], self._skip
+            take = min(len(piece) - skip, n - at)
+            if skip or take < len(piece):
+                with memoryview(piece) as v:
+                    buf[at : at + take] = v[skip : skip + take]
+            else:
+                buf[at : at + take] = piece
+            at += take
+            if skip + take == len(piece):
+                pieces.popleft()
+                self._skip = 0
+            else:
+                self._skip = skip + take
+        self.size -= n
+        self._s.release(n)
         return n
+
+    @property
+    def data(self) -> bytes:
+        """The bytes in order, not yet read (for tests; the reader calls ``read_into``)."""
+        return b"".join(self._in)[self._skip :]
 
     @property
     def entries(self) -> int:
         return len(self._pieces)
 
     def release_all(self) -> None:
-        self._s.release(len(self.data) + self.ooo_bytes + ENTRY_OVERHEAD * len(self._pieces))
-        self.data = bytearray()
+        self._s.release(self.size + self.ooo_bytes + ENTRY_OVERHEAD * len(self._pieces))
+        self._in.clear()
+        self._skip = self.size = 0
         self._pieces.clear()
         self._heap.clear()
         self.ooo_bytes = 0

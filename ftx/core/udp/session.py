@@ -75,6 +75,7 @@ UNCONFIRMED_LOSSES = 3
 # beyond it, the control stream in both directions of its buffer, and spare chunk buffers.
 SESSION_BUFFER_LIMIT = 48 * 1024 * 1024
 PENDING_BUFFER_LIMIT = 1024 * 1024  # the same before the handshake is finished (``established``)
+SOUT_KEPT = 4 * 1024 * 1024  # a send buffer this big is let go once all of it is acknowledged
 
 
 @dataclass
@@ -159,7 +160,9 @@ class UdpSession(PacketAssembly, SealedPackets):
         self.last_recv_time = now
         self._last_eliciting_sent = now
         # control stream, out and in
-        self._sout = bytearray()  # our stream bytes from offset _sout_phys on ...
+        # our stream bytes from offset _sout_phys on, in the first _sout_end - _sout_phys bytes of
+        # _sout (the rest is room for more: the buffer is not resized at every write and trim) ...
+        self._sout = bytearray()
         self._sout_phys = 0
         self._sout_base = 0  # ... of which those below _sout_base are acknowledged
         self._sout_end = 0
@@ -429,12 +432,20 @@ class UdpSession(PacketAssembly, SealedPackets):
         end = self._sout_acked.prefix_end() if self._sout_acked else 0
         if end > self._sout_base:
             self._sout_base = end
-            # Acknowledged bytes leave the buffer once they are half of it: deleting the front of
-            # a bytearray at each ACK made each later append move all the rest (MBs per call
-            # while a tree of small files streams), now each byte moves about once.
+            # Acknowledged bytes leave the buffer once they are half of what it holds: deleting the
+            # front of a bytearray at each ACK made each later append move all the rest (MBs per
+            # call while a tree of small files streams).  The rest moves to the front in place
+            # (no longer than the gap: the copies do not overlap), each byte about once; a
+            # bytearray cut at the front and grown at the back by 1/8 at a time was reallocated
+            # and copied whole again and again (~50 ms of sender CPU per 64 MB of small files).
             dead = end - self._sout_phys
-            if 2 * dead >= len(self._sout):
-                del self._sout[:dead]
+            live = self._sout_end - end
+            if dead >= live:
+                if live:
+                    with memoryview(self._sout) as v:
+                        v[:live] = v[dead : dead + live]
+                elif len(self._sout) > SOUT_KEPT:
+                    self._sout = bytearray()  # all acknowledged: a big buffer goes back
                 self._sout_phys = end
 
     def _frames_fit(self, frames: list) -> bool:
@@ -548,8 +559,14 @@ class UdpSession(PacketAssembly, SealedPackets):
 
     # == application side =========================================================
     def stream_write(self, data) -> None:
-        self._sout += data
-        self._sout_end += len(data)
+        if type(data) is memoryview and (data.itemsize != 1 or not data.c_contiguous):
+            data = data.tobytes()
+        n = len(data)
+        at = self._sout_end - self._sout_phys
+        if at + n > len(self._sout):  # grows by doubling: rare
+            self._sout += bytes(max(at + n, 2 * len(self._sout), 64 * 1024) - len(self._sout))
+        self._sout[at : at + n] = data
+        self._sout_end += n
 
     def stream_read_into(self, buf: memoryview) -> int:
         n = self._sin.read_into(buf)
@@ -559,7 +576,12 @@ class UdpSession(PacketAssembly, SealedPackets):
 
     @property
     def stream_readable(self) -> int:
-        return len(self._sin.data)
+        return self._sin.size
+
+    @property
+    def stream_buffered(self) -> int:
+        """Control-stream bytes written and not yet acknowledged (sent or not)."""
+        return self._sout_end - self._sout_base
 
     @property
     def stream_all_acked(self) -> bool:
