@@ -461,7 +461,8 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             return
 
 
-BATCH = 64  # events handled per thread hop; their RESULTs are sent before the next part is handled
+BATCH = 256  # events handled per thread hop (a quarter of the default --max-files-in-flight, so that the
+# sender still has files in flight while a part is handled); their RESULTs are sent before the next part
 
 
 async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:
