@@ -173,12 +173,15 @@ class Connection:
 
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
-        while self._error is None and (frame := self._guard(self._decoder.next_frame)) is not None:
-            # DATA is the one frame whose payload reaches an event as a view (other payloads
-            # are decoded into objects of their own, SMALL_FILE's bytes copied)
-            if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
-                self._views_queued = True
-            self._guard(self._dispatch, frame)
+        try:  # (as _guard, once around the loop rather than twice per frame)
+            while self._error is None and (frame := self._decoder.next_frame()) is not None:
+                # DATA is the one frame whose payload reaches an event as a view (other payloads
+                # are decoded into objects of their own, SMALL_FILE's bytes copied)
+                if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
+                    self._views_queued = True
+                self._dispatch(frame)
+        except RemoteProtocolError as exc:
+            self._fail_local(exc)
 
     def _guard(self, fn, *args):
         try:

@@ -216,13 +216,18 @@ class SmallFile:
 
     @classmethod
     def decode(cls, p) -> "SmallFile":
+        file_id, entry, digest, data = cls.unpack(p)
+        return built(cls, file_id=file_id, entry=entry, digest=digest, data=data)
+
+    @staticmethod
+    def unpack(p) -> tuple[int, FileEntry, bytes, bytes]:
+        """``decode`` as (file_id, entry, digest, data), with no object in between (one per small file)."""
         file_id, entry, off = decode_entry(p)
         if len(p) - off != DIGEST_SIZE + entry.size:
             raise RemoteProtocolError("SMALL_FILE length does not match its size")
         # the event owns its bytes (small by definition): whoever holds it may keep it while
         # more input arrives, as the receiver does while it writes the file in a worker thread
-        return built(cls, file_id=file_id, entry=entry, digest=bytes(p[off : off + DIGEST_SIZE]),
-                     data=bytes(p[off + DIGEST_SIZE :]))
+        return file_id, entry, bytes(p[off : off + DIGEST_SIZE]), bytes(p[off + DIGEST_SIZE :])
 
 
 @dataclass(frozen=True)

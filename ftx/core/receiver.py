@@ -184,16 +184,15 @@ class ReceiverConnection(Connection):
     def _on_frame(self, frame: Frame) -> None:
         t, p = frame.type, frame.payload
         if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
-            s = SmallFile.decode(p)
-            if s.entry.kind != Kind.FILE:
+            file_id, entry, digest, data = SmallFile.unpack(p)
+            if entry.kind != Kind.FILE:
                 raise RemoteProtocolError("SMALL_FILE must carry a regular file")
             # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED)
-            self._new_file(s.file_id, s.entry, FileState.ENDED, chunked=False)
-            if (why := self._beyond_announced(s.entry)) is not None:
-                self._events.append(FileRefused(s.file_id, s.entry, why))
+            self._new_file(file_id, entry, FileState.ENDED, chunked=False)
+            if (why := self._beyond_announced(entry)) is not None:
+                self._events.append(FileRefused(file_id, entry, why))
             else:
-                self._events.append(built(SmallFileReceived, file_id=s.file_id, entry=s.entry, digest=s.digest,
-                                          data=s.data))
+                self._events.append(built(SmallFileReceived, file_id=file_id, entry=entry, digest=digest, data=data))
             return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)
