@@ -64,7 +64,8 @@ class Connection:
         hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
                       sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"",
                       summary=self.config.summary if self.role == ROLE_SENDER else b"",
-                      transfer_id=self.config.transfer_id if self.role == ROLE_SENDER else b"")
+                      transfer_id=self.config.transfer_id if self.role == ROLE_SENDER else b"",
+                      result_run=self.config.result_run and self.role == ROLE_SENDER)
         self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
