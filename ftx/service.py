@@ -34,6 +34,9 @@ class Tally(Progress):
     def __init__(self, transport: str, then: Progress | None = None) -> None:
         self.transport = transport
         self.then = then or Progress()
+        # nothing shows a file's start and bytes: a file that settles in the call that starts it
+        # (a small file) need not be started and advanced (it would be added, then taken off)
+        self.quiet = type(self.then) is Progress
         self.started: set[str] = set()
         self.bytes = 0  # received in this session for files not settled yet
 
