@@ -94,6 +94,8 @@ class ReceiveSession:
         self.dest = dest
         self.on_file = on_file or (lambda report: None)
         self.progress = progress or Progress()
+        # no display reads a small file's start and bytes (its end_file still comes, with its report)
+        self._quiet = type(self.progress) is Progress or getattr(self.progress, "quiet", False) is True
         self._partials: dict[int, PartialFile] = {}
         self._received: dict[int, int] = {}
         self._resumed: dict[int, int] = {}
@@ -111,9 +113,16 @@ class ReceiveSession:
 
     # -- dispatch -------------------------------------------------------------
     def handle_all(self, events: list[Event]) -> None:
+        on_small = self._on_small
         try:
             for ev in events:
-                self.handle(ev)
+                if type(ev) is SmallFileReceived:  # the many-files path: no dispatch, no _guarded call
+                    try:
+                        on_small(ev)
+                    except (FtxError, OSError) as exc:
+                        self._failed_with(ev.file_id, ev.entry, exc)
+                else:
+                    self.handle(ev)
         finally:
             self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
 
@@ -168,9 +177,13 @@ class ReceiveSession:
     def _guarded(self, file_id: int, entry: FileEntry, fn, ev) -> None:
         try:
             fn(ev)
-        except FtxError as exc:
+        except (FtxError, OSError) as exc:
+            self._failed_with(file_id, entry, exc)
+
+    def _failed_with(self, file_id: int, entry: FileEntry, exc: Exception) -> None:
+        if isinstance(exc, FtxError):
             self._fail(file_id, entry, exc.code, str(exc))
-        except OSError as exc:
+        else:
             self._fail(file_id, entry, ErrorCode.STORAGE, f"{os.fsdecode(entry.path)}: {exc.strerror or exc}")
 
     def _fail(self, file_id: int, entry: FileEntry, code: ErrorCode, message: str) -> None:
@@ -290,8 +303,9 @@ class ReceiveSession:
         received = 0
         if code is ErrorCode.OK:
             received = entry.size
-            self.progress.start_file(name, received, 0)
-            self.progress.advance(received)
+            if not self._quiet:
+                self.progress.start_file(name, received, 0)
+                self.progress.advance(received)
         sha = hashlib.sha256(ev.data).digest() if self.conn.receipt_requested else None  # its bytes are here
         self._finish(ev.file_id, entry, code, ev.digest, sha256=sha, name=name, received=received)
 
@@ -461,7 +475,8 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             return
 
 
-BATCH = 64  # events handled per thread hop; their RESULTs are sent before the next part is handled
+BATCH = 256  # events handled per thread hop (a quarter of the default --max-files-in-flight, so that the
+# sender still has files in flight while a part is handled); their RESULTs are sent before the next part
 
 
 async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:

@@ -34,6 +34,9 @@ class Tally(Progress):
     def __init__(self, transport: str, then: Progress | None = None) -> None:
         self.transport = transport
         self.then = then or Progress()
+        # nothing shows a file's start and bytes: a file that settles in the call that starts it
+        # (a small file) need not be started and advanced (it would be added, then taken off)
+        self.quiet = type(self.then) is Progress
         self.started: set[str] = set()
         self.bytes = 0  # received in this session for files not settled yet
 
@@ -60,6 +63,7 @@ class Service:
                  dest_root: bytes | None = None, metrics_at: tuple[str, int] | None = None, env=None,
                  settings=None) -> None:
         self.emit = emit  # prints a --json line (None: no --json)
+        self._emit_report = getattr(emit, "report", None)  # cli_output.emit's per-file line, without a dict
         self.settings = settings  # the config file read (ftx/config_file.py), or None
         self.auth = auth
         self.notifier = Notifier(env)
@@ -101,6 +105,10 @@ class Service:
         if self.emit is None and self.metrics is None:
             self.files_done += 1
             self.bytes_done += report.bytes_received
+        elif self.metrics is None and self._emit_report is not None:  # --json: the same line, cheaper
+            self.files_done += 1
+            self.bytes_done += report.bytes_received
+            self._emit_report(report)
         else:
             self.publish({"event": "file", **report.__dict__}, flush=False)
 

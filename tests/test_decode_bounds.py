@@ -16,6 +16,7 @@ from ftx.core.config import Config
 from ftx.core.frames import FrameType, encode_frame
 from ftx.core.manifest import ENTRY, MAX_FILE_SIZE, FileEntry, Kind, decode_entry, encode_entry
 from ftx.core.messages import (
+    RESULT_RUN,
     ROLE_RECEIVER,
     ROLE_SENDER,
     Decision,
@@ -26,6 +27,7 @@ from ftx.core.messages import (
     Offer,
     Result,
     SmallFile,
+    decode_result_run,
     wire_text,
 )
 from ftx.core.ranges import RangeSet, write_varint
@@ -176,7 +178,7 @@ DECODERS = [
     Hello.decode, Offer.decode, SmallFile.decode, FileEnd.decode, Result.decode, FileNotice.decode,
     ErrorMessage.decode, lambda p: Decision.decode(p, lambda fid: 1 << 40), lambda p: RangeSet.decode(p),
     lambda p: decode_entry(p), lambda p: packets.parse_frames(memoryview(p)),
-    lambda p: packets.parse_initial(memoryview(p)), packets.parse,
+    lambda p: packets.parse_initial(memoryview(p)), packets.parse, decode_result_run,
 ]
 SEEDS = [
     Hello(ROLE_SENDER, 1 << 22).encode(), Offer(1, FileEntry(b"a/b", size=5)).encode(),
@@ -184,7 +186,7 @@ SEEDS = [
     Decision(3, held=RangeSet([(0, 4), (9, 12)]), message="m").encode(),
     Result(4, ErrorCode.OK, message="ok").encode(), _chunk_frame(5, 1, b"ab"),
     packets.encode_ack(RangeSet([(0, 10), (12, 15)]), 250), packets.encode_stream(7, b"xyz"),
-    packets.encode_close(0, "done"),
+    packets.encode_close(0, "done"), RESULT_RUN.pack(6, 40), Hello(ROLE_SENDER, 1 << 22, result_run=True).encode(),
 ]
 
 

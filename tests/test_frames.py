@@ -349,7 +349,7 @@ def test_too_large_control_frame_from_encoder():
         d.feed(encode_frame(FrameType.OFFER, bytes(HANDSHAKE_MAX_PAYLOAD + 1))[:HEADER_SIZE])
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x1F, 0x22, 0xFF])  # 0x0F is RECEIPT, 0x20-0x21 CHECK_DIR, DIR_STATE
+@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x1F, 0x23, 0xFF])  # 0x0F is RECEIPT, 0x20-0x22 CHECK_DIR, DIR_STATE, RESULT_RUN
 def test_unknown_frame_type(ftype):
     d = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown frame type") as exc:

@@ -147,7 +147,9 @@ def test_results_of_a_part_go_out_before_the_next_part_is_handled(tmp_path):
                     frames.feed(opener.feed(pending))
                     pending = b""
                 while (frame := frames.next_frame()) is not None:
-                    got += frame.type == FrameType.RESULT
+                    got += frame.type == FrameType.RESULT  # files settled, one by one or a run at once
+                    if frame.type == FrameType.RESULT_RUN:
+                        got += int.from_bytes(frame.payload[4:8], "big")
                 if got or time.monotonic() > deadline:
                     return got
                 if select.select([raw], [], [], 0.05)[0]:

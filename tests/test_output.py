@@ -110,3 +110,31 @@ def test_mkdir_creates_the_directory(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_the_per_file_json_line_is_json_dumps_byte_for_byte():
+    """cli_output.emit_report (the daemon's --json "file" line without a dict) writes exactly what
+    emit({"event": "file", **report.__dict__}) wrote, for any path, status and message."""
+    import json
+
+    from ftx import cli_output
+    from ftx.receiving import FileReport
+
+    odd = ["d/f.bin", "quote\"back\\slash", "tab\tnl\n", "ünï cødé ☃", "bad\udcff byte", "\x00\x1f", ""]
+    reports = [FileReport(p, "file", 2**40, "ok", "ab" * 16, m, 7, 0) for p in odd for m in ("", odd[1], odd[4])]
+    reports += [FileReport("l", "symlink", 0, "bad_path", "", "unsafe", 0, 0),
+                FileReport("x", "file", 1, "error_999", "", "", 0, 3)]
+    cli_output._queued.clear()
+    for r in reports:
+        cli_output.emit_report(r)
+    got = list(cli_output._queued)
+    cli_output._queued.clear()
+    assert got == [json.dumps({"event": "file", **r.__dict__}) + "\n" for r in reports]
+
+    class Other:  # not a FileReport's fields: the generic path
+        def __init__(self):
+            self.path, self.extra = "p", [1]
+    cli_output.emit_report(Other())
+    assert list(cli_output._queued) == ['{"event": "file", "path": "p", "extra": [1]}\n']
+    cli_output._queued.clear()
+    assert cli_output.emit.report is cli_output.emit_report

@@ -200,3 +200,54 @@ def test_bars_of_sessions_at_the_same_time_take_lines_of_their_own(monkeypatch):
         for bars in (b, c, d):
             bars.close()
     os.close(master)
+
+
+def test_receiver_small_files_reach_a_display_and_leave_a_quiet_tally_even(tmp_path):
+    """A small file skips start_file/advance only when nothing would show them (a plain Progress,
+    or the daemon's Tally over one): a display still sees start, bytes and end of each."""
+    from ftx import receiving
+    from ftx.core.checksum import file_digest
+    from ftx.core.manifest import FileEntry
+    from ftx.core.receiver import ReceiverConnection
+    from ftx.core.sender import SenderConnection
+    from ftx.progress import Progress
+    from ftx.service import Tally
+    from ftx.storage import Destination
+
+    class Seen(Progress):
+        def __init__(self):
+            self.calls = []
+
+        def start_file(self, path, size, resumed):
+            self.calls.append(("start", path, size))
+
+        def advance(self, nbytes):
+            self.calls.append(("advance", nbytes))
+
+        def end_file(self, report):
+            self.calls.append(("end", report.path, report.status))
+
+    def run(progress, where):
+        s, r = SenderConnection(), ReceiverConnection()
+        r.receive_data(b"".join(map(bytes, s.data_to_send())))
+        s.receive_data(b"".join(map(bytes, r.data_to_send())))
+        for data in (b"abc", b""):
+            s.send_small_file(FileEntry(b"f%d" % len(data), size=len(data)), data, file_digest(data))
+        r.receive_data(b"".join(map(bytes, s.data_to_send())))
+        (where).mkdir()
+        session = receiving.ReceiveSession(r, Destination(bytes(where)), progress=progress)
+        session.handle_all(receiving._drain(r))
+        assert session.files == 2 and not session.failed
+
+    seen = Seen()
+    run(seen, tmp_path / "a")
+    assert seen.calls == [("start", "f3", 3), ("advance", 3), ("end", "f3", "ok"),
+                          ("start", "f0", 0), ("advance", 0), ("end", "f0", "ok")]
+    shown = Tally("tcp", Seen())
+    assert not shown.quiet
+    run(shown, tmp_path / "b")
+    assert len(shown.then.calls) == 6
+    quiet = Tally("tcp")
+    assert quiet.quiet
+    run(quiet, tmp_path / "c")
+    assert quiet.bytes == 0 and not quiet.started

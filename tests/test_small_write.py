@@ -16,10 +16,12 @@ from ftx.storage import Destination
 MTIME = 1_600_000_000_123_456_789
 
 
-@pytest.fixture(params=["nameless", "no-tmpfile"])
+@pytest.fixture(params=["nameless", "nameless-python", "no-tmpfile"])
 def dest(request, tmp_path, monkeypatch):
     if request.param == "no-tmpfile":  # a file system without O_TMPFILE: random names + link
         monkeypatch.setattr(fileops, "_TMPFILE", 0)
+    if request.param == "nameless-python":  # the reference, as without the C helper / FTX_PURE_PYTHON=1
+        monkeypatch.setattr(fileops, "_c_link_new", None)
     d = Destination(str(tmp_path))
     yield d
     d.close()
@@ -61,3 +63,31 @@ def test_directory_in_the_way(dest, tmp_path):
         _write(dest, b"f", b"data")
     assert err.value.code == ErrorCode.EXISTS
     assert os.listdir(tmp_path / "f") == []
+
+
+@pytest.mark.parametrize("mtime_ns", [MTIME, 0, -1, -1_500_000_001])
+def test_mtime_before_and_after_1970(dest, tmp_path, mtime_ns):
+    data = b"old"
+    entry = FileEntry(b"t", size=len(data), mode=0o644, mtime_ns=mtime_ns)
+    assert dest.write_small(entry, data, file_digest(data)) == ErrorCode.OK
+    assert os.stat(tmp_path / "t").st_mtime_ns == mtime_ns
+
+
+def test_c_helper_matches_the_python_reference(tmp_path):
+    """Where the C helper is built, ``link_new`` is it, and it leaves what ``py_link_new`` leaves."""
+    impls = [fileops.py_link_new] + ([fileops.link_new] if fileops._c_link_new is not None else [])
+    for i, impl in enumerate(impls):
+        d = tmp_path / str(i)
+        d.mkdir()
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, data, mode in [(b"a", b"x" * 3000, 0o640), (b"b", b"", 0o4755), (b"c", memoryview(b"yz"), 0o600)]:
+                assert impl(fd, name, data, mode, MTIME) is True
+            with pytest.raises(FileExistsError):  # never over anything: a user's file stays
+                impl(fd, b"a", b"other", 0o644, MTIME)
+        finally:
+            os.close(fd)
+        got = {n: (os.stat(d / n).st_mode, os.stat(d / n).st_mtime_ns, (d / n).read_bytes()) for n in "abc"}
+        if i == 0:
+            want = got
+        assert got == want and sorted(os.listdir(d)) == ["a", "b", "c"]

@@ -16,7 +16,7 @@ from ftx.core.checksum import EMPTY_DIGEST, HeldDigest, chunk_checksum, file_dig
 from ftx.core.frames import FrameType, encode_data_frame, encode_frame
 from ftx.core.manifest import FileEntry
 from ftx.core.manifest import Kind
-from ftx.core.messages import DIR_SAME, ROLE_SENDER, CheckDir, Decision, DirState, Hello, Result, SmallFile
+from ftx.core.messages import DIR_SAME, RESULT_RUN, ROLE_SENDER, CheckDir, Decision, DirState, Hello, Result, SmallFile
 from ftx.core.tree import dir_digest, entry_record
 from ftx.core.ranges import RangeSet
 from ftx.core.udp import packets as P
@@ -59,6 +59,7 @@ VECTORS = {
     "**SMALL_FILE** for file 0": encode_frame(
         FrameType.SMALL_FILE, SmallFile(0, SMALL, file_digest(b"hello"), b"hello").encode()),
     "**RESULT** for file 0": encode_frame(FrameType.RESULT, Result(0, ErrorCode.OK, file_digest(b"hello")).encode()),
+    "**RESULT_RUN** for files 0 to 39": encode_frame(FrameType.RESULT_RUN, RESULT_RUN.pack(0, 40)),
     "**DECISION** for file 3": encode_frame(FrameType.DECISION, Decision(
         3, 0, held_digest=held_digest([chunk_checksum(b"a"), chunk_checksum(b"b")]),
         held=RangeSet([(0, 2)])).encode()),

@@ -38,6 +38,11 @@ class Config:
     """Sender: an unchanged file is recognised by size and mtime (rsync's quick check) and a
     whole unchanged directory by one CHECK_DIR; False (``--checksum``) compares digests."""
 
+    result_run: bool = True
+    """A run of OK results in one RESULT_RUN frame (protocol.md 5.13).  Sender: announce in
+    HELLO that it takes them; receiver: send them to a sender that announced it (never with
+    a receipt).  False on either side: one RESULT per item, as an older peer."""
+
     agent: str = AGENT
     """Free text naming the implementation, sent in HELLO."""
 

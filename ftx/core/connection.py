@@ -64,7 +64,8 @@ class Connection:
         hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
                       sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"",
                       summary=self.config.summary if self.role == ROLE_SENDER else b"",
-                      transfer_id=self.config.transfer_id if self.role == ROLE_SENDER else b"")
+                      transfer_id=self.config.transfer_id if self.role == ROLE_SENDER else b"",
+                      result_run=self.config.result_run and self.role == ROLE_SENDER)
         self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
@@ -173,12 +174,15 @@ class Connection:
 
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
-        while self._error is None and (frame := self._guard(self._decoder.next_frame)) is not None:
-            # DATA is the one frame whose payload reaches an event as a view (other payloads
-            # are decoded into objects of their own, SMALL_FILE's bytes copied)
-            if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
-                self._views_queued = True
-            self._guard(self._dispatch, frame)
+        try:  # (as _guard, once around the loop rather than twice per frame)
+            while self._error is None and (frame := self._decoder.next_frame()) is not None:
+                # DATA is the one frame whose payload reaches an event as a view (other payloads
+                # are decoded into objects of their own, SMALL_FILE's bytes copied)
+                if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
+                    self._views_queued = True
+                self._dispatch(frame)
+        except RemoteProtocolError as exc:
+            self._fail_local(exc)
 
     def _guard(self, fn, *args):
         try:

@@ -58,6 +58,7 @@ class FrameType(enum.IntEnum):
     # 0x10-0x1F are reserved for the authentication handshake (protocol.md).
     CHECK_DIR = 0x20  # S->R, only to a receiver whose HELLO has QUICK_CHECK (protocol.md 5.11)
     DIR_STATE = 0x21  # R->S, the answer to CHECK_DIR
+    RESULT_RUN = 0x22  # R->S, only to a sender whose HELLO has RESULT_RUN: files a..b are OK (protocol.md 5.13)
 
 
 FRAME_TYPES = frozenset(int(t) for t in FrameType)

@@ -86,6 +86,7 @@ def _code(value: int) -> ErrorCode | int:
 EXT_SENDER_ID = 0x0001  # sender: the transfer identity, 1-64 opaque bytes
 EXT_OFFER_SUMMARY = 0x0002  # sender: what the session will offer (OfferSummary), for a receiver that asks
 EXT_TRANSFER_ID = 0x0003  # sender: this session's id, 8 random bytes, printed in both sides' logs
+EXT_RESULT_RUN = 0x0004  # sender: it takes RESULT_RUN frames (empty value)
 OFFER_SUMMARY_MAX = 2048
 TRANSFER_ID_SIZE = 8
 SENDER_ID_MAX = 64
@@ -102,6 +103,7 @@ class Hello:
     sender_id: bytes = b""  # transfer identity: who may take over a partial (empty: anonymous)
     summary: bytes = b""  # OFFER_SUMMARY value as sent (``OfferSummary.decode`` reads it)
     transfer_id: bytes = b""  # TRANSFER_ID: names this session in both peers' logs (empty: none sent)
+    result_run: bool = False  # RESULT_RUN: the sender takes a run of OK results in one frame
     _S = struct.Struct(">4sHBBIQ")
 
     def encode(self) -> bytes:
@@ -112,6 +114,8 @@ class Hello:
             out += _EXT.pack(EXT_OFFER_SUMMARY, len(self.summary)) + self.summary
         if self.transfer_id:
             out += _EXT.pack(EXT_TRANSFER_ID, len(self.transfer_id)) + self.transfer_id
+        if self.result_run:
+            out += _EXT.pack(EXT_RESULT_RUN, 0)
         return out
 
     @classmethod
@@ -122,6 +126,7 @@ class Hello:
             raise RemoteProtocolError("not an ftx peer (bad HELLO magic)")
         agent, off = _text(p, cls._S.size, "HELLO")
         sender_id = summary = transfer_id = b""
+        result_run = False
         # extensions: while a whole one fits; unknown types, a malformed id and
         # a shorter tail are ignored (trailing bytes were reserved, never an error)
         while len(p) - off >= _EXT.size:
@@ -135,8 +140,10 @@ class Hello:
                 summary = bytes(p[off : off + elen])
             elif etype == EXT_TRANSFER_ID and not transfer_id and elen == TRANSFER_ID_SIZE:
                 transfer_id = bytes(p[off : off + elen])
+            elif etype == EXT_RESULT_RUN and elen == 0:
+                result_run = True
             off += elen
-        return cls(role, max_payload, flags, agent, version, sender_id, summary, transfer_id)
+        return cls(role, max_payload, flags, agent, version, sender_id, summary, transfer_id, result_run)
 
 
 @dataclass(frozen=True)
@@ -216,13 +223,18 @@ class SmallFile:
 
     @classmethod
     def decode(cls, p) -> "SmallFile":
+        file_id, entry, digest, data = cls.unpack(p)
+        return built(cls, file_id=file_id, entry=entry, digest=digest, data=data)
+
+    @staticmethod
+    def unpack(p) -> tuple[int, FileEntry, bytes, bytes]:
+        """``decode`` as (file_id, entry, digest, data), with no object in between (one per small file)."""
         file_id, entry, off = decode_entry(p)
         if len(p) - off != DIGEST_SIZE + entry.size:
             raise RemoteProtocolError("SMALL_FILE length does not match its size")
         # the event owns its bytes (small by definition): whoever holds it may keep it while
         # more input arrives, as the receiver does while it writes the file in a worker thread
-        return built(cls, file_id=file_id, entry=entry, digest=bytes(p[off : off + DIGEST_SIZE]),
-                     data=bytes(p[off + DIGEST_SIZE :]))
+        return file_id, entry, bytes(p[off : off + DIGEST_SIZE]), bytes(p[off + DIGEST_SIZE :])
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,22 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.code in (ErrorCode.OK, ErrorCode.IDENTICAL)
+
+
+RESULT_RUN = struct.Struct(">II")  # RESULT_RUN payload: first file id, count (protocol.md 5.13)
+
+
+def decode_result_run(p) -> tuple[int, int]:
+    """RESULT_RUN's (first, count): exactly 8 bytes, count >= 1, ids within u32.  Whether
+    each id may be settled is the sender's check (its state per file)."""
+    if len(p) != RESULT_RUN.size:
+        raise RemoteProtocolError("RESULT_RUN payload must be 8 bytes")
+    first, count = RESULT_RUN.unpack_from(p, 0)
+    if count == 0:
+        raise RemoteProtocolError("RESULT_RUN of no file")
+    if first + count > 1 << 32:
+        raise RemoteProtocolError(f"RESULT_RUN of files {first}..{first + count - 1} runs past file id 2^32-1")
+    return first, count
 
 
 @dataclass(frozen=True)

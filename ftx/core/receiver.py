@@ -50,6 +50,7 @@ from .messages import (
     FileEnd,
     FileNotice,
     Offer,
+    RESULT_RUN,
     OfferSummary,
     Result,
     SmallFile,
@@ -66,6 +67,8 @@ FILE_STATE_COST = 2048  # bytes a receiver keeps per unsettled item besides its 
 class ReceiverConnection(Connection):
     role = ROLE_RECEIVER
     transitions = RECEIVER_TRANSITIONS
+    _runs = False  # (class defaults: Connection.__init__ sends our HELLO before ours run)
+    _run_count = 0
 
     def __init__(self, config: Config | None = None, budget=None,
                  signer: receipt.ReceiptSigner | None = None) -> None:
@@ -83,6 +86,8 @@ class ReceiverConnection(Connection):
         self._existing: dict[int, tuple[bytes, bytes]] = {}  # receipt: digests of an identical destination
         self._receipt_due = False
         self._announced: Announced | None = None  # from the peer's HELLO, at its first item
+        self._runs = False  # the sender takes RESULT_RUN (its HELLO said so; no receipt): set at its HELLO
+        self._run_first = 0  # a run of OK results not yet sent: ids first .. first + count - 1
 
     @property
     def receipt_requested(self) -> bool:
@@ -132,11 +137,44 @@ class ReceiverConnection(Connection):
             self._forget(file_id)
         else:  # FAILED: only its state stays, until the sender's frames for it stop
             self._drop_bookkeeping(file_id)
-        self._send_frame(FrameType.RESULT, Result.pack(file_id, code, digest, message))
+        if self._runs and code is ErrorCode.OK and new is FileState.DONE and digest != ZERO_DIGEST \
+                and not message:  # a file whose digest is the one the sender sent: it joins the run
+            if self._run_count and file_id == self._run_first + self._run_count:
+                self._run_count += 1
+            else:
+                if self._run_count:
+                    self._flush_run()
+                self._run_first, self._run_count = file_id, 1
+        else:
+            self._send_frame(FrameType.RESULT, Result.pack(file_id, code, digest, message))
         if entry is not None and (batch := self._signer.add(entry)) is not None:
             self._send_frame(FrameType.RECEIPT, batch)
         if self._sender_done:  # before DONE nothing can complete the session
             self._maybe_complete()
+
+    # -- RESULT_RUN: consecutive OK results leave as one frame ------------------------------
+    def _on_hello(self, hello) -> None:
+        super()._on_hello(hello)
+        self._runs = self.config.result_run and hello.result_run and not hello.flags & HELLO_RECEIPT
+
+    def _flush_run(self) -> None:
+        first, count = self._run_first, self._run_count
+        self._run_count = 0
+        Connection._send_frame(self, FrameType.RESULT_RUN, RESULT_RUN.pack(first, count))
+
+    def _send_frame(self, ftype: FrameType, payload: bytes = b"") -> None:
+        if self._run_count:  # results stay in order with every other frame
+            self._flush_run()
+        Connection._send_frame(self, ftype, payload)
+
+    def data_to_send(self) -> list:
+        if self._run_count:
+            self._flush_run()
+        return Connection.data_to_send(self)
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_bytes + (24 if self._run_count else 0)
 
     def _receipt_entry(self, file_id: int, code, digest: bytes, sha256: bytes | None) -> receipt.Entry | None:
         if self._signer is None or not self.receipt_requested:
@@ -184,16 +222,15 @@ class ReceiverConnection(Connection):
     def _on_frame(self, frame: Frame) -> None:
         t, p = frame.type, frame.payload
         if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
-            s = SmallFile.decode(p)
-            if s.entry.kind != Kind.FILE:
+            file_id, entry, digest, data = SmallFile.unpack(p)
+            if entry.kind != Kind.FILE:
                 raise RemoteProtocolError("SMALL_FILE must carry a regular file")
             # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED)
-            self._new_file(s.file_id, s.entry, FileState.ENDED, chunked=False)
-            if (why := self._beyond_announced(s.entry)) is not None:
-                self._events.append(FileRefused(s.file_id, s.entry, why))
+            self._new_file(file_id, entry, FileState.ENDED, chunked=False)
+            if (why := self._beyond_announced(entry)) is not None:
+                self._events.append(FileRefused(file_id, entry, why))
             else:
-                self._events.append(built(SmallFileReceived, file_id=s.file_id, entry=s.entry, digest=s.digest,
-                                          data=s.data))
+                self._events.append(built(SmallFileReceived, file_id=file_id, entry=entry, digest=digest, data=data))
             return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)

@@ -37,6 +37,7 @@ from .messages import (
     FileNotice,
     Offer,
     Result,
+    decode_result_run,
 )
 from .secure import receipt
 from .secure.receipt import ReceiptChecker, ReceiptError
@@ -68,6 +69,9 @@ class SenderConnection(Connection):
         self.receipt = receipt
         self._digests: dict[int, bytes] = {}  # receipt: the digest we computed, until the file's RESULT
         self._batch: bytearray | None = None  # SMALL_FILE frames of a run, the last item of _out
+        # RESULT_RUN: the digest each file was sent with (SMALL_FILE, FILE_END), until its result;
+        # a run settles only these, each OK with this digest (bounded by the offer window)
+        self._sent: dict[int, bytes] | None = {} if config.result_run else None
 
     # -- calls from the driver ---------------------------------------------
     def _new_id(self, entry: FileEntry) -> int:
@@ -146,6 +150,8 @@ class SenderConnection(Connection):
             self._entries[fid] = built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode & 0o7777,
                                        mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
             self._remember(fid, digest, hashlib.sha256(data).digest())
+        if self._sent is not None:
+            self._sent[fid] = digest
         # SmallFile.pack and encode_frame, inline: ENTRY, path, (no target), digest, data
         payload = b"".join((ENTRY.pack(fid, Kind.FILE, 0, 0, mode & 0o7777, mtime_ns, size, chunk_size, len(path), 0),
                             path, digest, data))
@@ -182,6 +188,8 @@ class SenderConnection(Connection):
         when a receipt was asked for: the receiver's signed entry must match it)."""
         self._step(file_id, In.END, remote=False)
         self._remember(file_id, digest, sha256)
+        if self._sent is not None:
+            self._sent[file_id] = bytes(digest)
         self._send_frame(FrameType.FILE_END, FileEnd(file_id, digest).encode())
 
     def _remember(self, file_id: int, digest: bytes, sha256: bytes | None) -> None:
@@ -237,6 +245,8 @@ class SenderConnection(Connection):
             self._step(r.file_id, In.RESULT, remote=True)
             del self._files[r.file_id]
             entry = self._entries.pop(r.file_id)
+            if self._sent:
+                self._sent.pop(r.file_id, None)
             if self.receipt is not None:
                 digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, receipt.ZERO_SHA256))
                 ok = r.ok and entry.kind == Kind.FILE
@@ -244,6 +254,8 @@ class SenderConnection(Connection):
                                                                  digest if ok else ZERO_DIGEST,
                                                                  sha if ok else receipt.ZERO_SHA256))
             self._events.append(built(FileResolved, result=r))
+        elif t == FrameType.RESULT_RUN:
+            self._on_result_run(frame.payload)
         elif t == FrameType.DIR_STATE:
             d = DirState.decode(frame.payload)
             if d.dir_id not in self._checks:
@@ -264,6 +276,25 @@ class SenderConnection(Connection):
             self._events.append(SessionComplete())
         else:
             raise RemoteProtocolError(f"{t.name} is not sent by a receiver")
+
+    def _on_result_run(self, p) -> None:
+        """Files first .. first + count - 1 are OK, each with the digest we sent it with: the
+        same FileResolved events, in the same order, as that many RESULT frames."""
+        first, count = decode_result_run(p)
+        sent = self._sent
+        if sent is None or self.receipt is not None:
+            raise RemoteProtocolError("RESULT_RUN to a sender that did not ask for it (or asked for a receipt)")
+        if count > len(sent):  # checked before any loop: a run of 2^32 files costs nothing
+            raise RemoteProtocolError(f"RESULT_RUN of {count} files, but only {len(sent)} await a result")
+        files = self._files
+        for fid in range(first, first + count):  # all checked before any is settled
+            if fid not in sent or files.get(fid) is not FileState.ENDED:
+                raise RemoteProtocolError(f"RESULT_RUN for file {fid}, which awaits no result of a digest we sent")
+        for fid in range(first, first + count):
+            del files[fid]
+            del self._entries[fid]
+            self._events.append(built(FileResolved, result=built(
+                Result, file_id=fid, code=ErrorCode.OK, digest=sent.pop(fid), message="")))
 
     def _on_receipt(self, p) -> None:
         if self.receipt is None:

@@ -23,6 +23,10 @@ class FileState(enum.Enum):
     FAILED = "failed"  # receiver only: result sent early, sender frames still in flight
     DONE = "done"  # result given
 
+    # members are singletons and compare by identity: hash them so too (Enum.__hash__ hashes the
+    # name in Python code, twice per file in the transition table's lookups)
+    __hash__ = object.__hash__
+
 
 class In(enum.Enum):
     __hash__ = object.__hash__  # (as FileState's)
@@ -34,6 +38,8 @@ class In(enum.Enum):
     END = "FILE_END"
     SKIP = "SKIP"
     ABORT = "ABORT_FILE"
+
+    __hash__ = object.__hash__  # as FileState's
 
 
 S, I = FileState, In  # noqa: E741
