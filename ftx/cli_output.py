@@ -14,16 +14,20 @@ import logging
 import os
 import sys
 from collections import deque
-from json.encoder import encode_basestring_ascii as _esc
 
 log = logging.getLogger("ftx")
 json = None  # the json module, imported on first use: a run without --json never loads it (start-up)
 
 
+_esc = None  # json.encoder.encode_basestring_ascii, bound with the module
+
+
 def _json():
-    global json
+    global json, _esc
     if json is None:
         import json as module
+
+        _esc = module.encoder.encode_basestring_ascii
 
         json = module
     return json
@@ -93,6 +97,8 @@ def emit_report(report) -> None:
     for byte, with no dict and no json.dumps per file (a quarter of the time: the daemon's --json
     line is on its per-file path).  Anything but a FileReport's fields in order takes ``emit``."""
     d = report.__dict__
+    if _esc is None:
+        _json()
     if tuple(d) != _REPORT_FIELDS:
         emit({"event": "file", **d}, False)
         return
