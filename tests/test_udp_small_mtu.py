@@ -34,7 +34,11 @@ def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtu
         write_random(src / "small" / f"f{i:03d}", 700, seed=i)
     relay = Relay(receiver.port, "--both", f"mtu={path}")
     try:
-        rc, report, err = _send(str(src), relay.dest, "--udp", *(["--pmtud"] if pmtud else []))
+        # a receipt: the receiver answers with a RESULT per file and signed RECEIPT entries, so its
+        # packets are full-sized too (without one, a RESULT_RUN settles the 300 files in 8 bytes
+        # and the receiver never sends a datagram the path drops)
+        rc, report, err = _send(str(src), relay.dest, "--udp", "--receipt", str(tmp_path / "receipt"),
+                                *(["--pmtud"] if pmtud else []))
     finally:
         counters = relay.stop()
     assert rc == 0, err
