@@ -115,3 +115,22 @@ def test_no_dataclass_exec_at_import():
         for obj in vars(mod).values():
             if isinstance(obj, type) and obj.__module__ == mod.__name__:
                 assert not dataclasses.is_dataclass(obj), obj
+
+
+@record(frozen=False)
+class Knobs:
+    path: str
+    hidden: list | None = field(default_factory=list, repr=False)
+    level: int = field(default=3)
+
+
+def test_mutable_record():
+    k = Knobs("p")
+    assert k.hidden == [] and k.level == 3 and Knobs.level == 3
+    k.level = 4
+    k.extra = "not a field"  # assignable, and left out of == (as a dataclass's)
+    assert k == Knobs("p", [], 4) and k != Knobs("p", [], 5)
+    assert repr(k) == "Knobs(path='p', level=4)"
+    with pytest.raises(TypeError):
+        hash(k)
+    assert pickle.loads(pickle.dumps(k)).extra == "not a field"

@@ -8,9 +8,11 @@ costs:
 
 - construction by position or keyword, with defaults (``field(default_factory=...)`` for
   mutable ones), ``TypeError`` as a dataclass raises it for a missing or unknown argument;
+  a class may write its own ``__init__`` (the per-file ones do: see events.py);
 - ``==`` field by field between instances of the same class (else ``NotImplemented``),
-  ``hash`` of the fields, a ``repr`` as a dataclass's (``Name(a=1, b='x')``);
-- frozen: assigning or deleting an attribute raises ``FrozenInstanceError``;
+  a ``repr`` as a dataclass's (``Name(a=1, b='x')``; ``field(repr=False)`` leaves one out);
+- frozen (the default): assigning or deleting an attribute raises ``FrozenInstanceError``,
+  and ``hash`` is that of the fields; ``@record(frozen=False)``: assignable, not hashable;
 - ``fields(cls)`` (the names, in order), ``replace(obj, **changes)``, ``__match_args__``;
 - pickling and ``copy`` as for any object with a ``__dict__``.
 
@@ -33,16 +35,17 @@ class FrozenInstanceError(AttributeError):
     """Assigning to a field of a record (as ``dataclasses.FrozenInstanceError``)."""
 
 
-class _Factory:
-    __slots__ = ("make",)
+class _Field:
+    __slots__ = ("default", "make", "repr")
 
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
+    def __init__(self, default: Any, make: Callable[[], Any] | None, repr: bool) -> None:
+        self.default, self.make, self.repr = default, make, repr
 
 
-def field(*, default_factory: Callable[[], Any]) -> Any:
-    """A field whose default is made per instance: ``held: RangeSet = field(default_factory=RangeSet)``."""
-    return _Factory(default_factory)
+def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None, repr: bool = True) -> Any:
+    """A field's default made per instance (``held: RangeSet = field(default_factory=RangeSet)``),
+    or a field left out of ``repr`` (``repr=False``)."""
+    return _Field(default, default_factory, repr)
 
 
 def fields(obj_or_cls) -> tuple[str, ...]:
@@ -66,28 +69,39 @@ def _frozen_delattr(self, name):
 
 
 def _eq(self, other):
-    # an instance's __dict__ holds its fields and nothing else: dict equality is field equality
+    # a frozen instance's __dict__ holds its fields and nothing else: dict equality is field equality
     if other.__class__ is self.__class__:
         return self.__dict__ == other.__dict__
     return NotImplemented
 
 
-def _hash(self):
+def _eq_mutable(self, other):
+    # a mutable one may carry other attributes too (set by its user): compare the fields only
+    if other.__class__ is self.__class__:
+        return _values(self) == _values(other)
+    return NotImplemented
+
+
+def _values(self) -> tuple:
     d = self.__dict__
-    return hash(tuple([d[name] for name in self._fields]))
+    return tuple([d[name] for name in self._fields])
+
+
+def _hash(self):
+    return hash(_values(self))
 
 
 def _repr(self):
     d = self.__dict__
-    inner = ", ".join([f"{name}={d[name]!r}" for name in self._fields])
+    inner = ", ".join([f"{name}={d[name]!r}" for name in self._repr_fields])
     return f"{self.__class__.__qualname__}({inner})"
 
 
 def _make_init(names: tuple[str, ...], defaults: dict[str, Any], qualname: str):
     n = len(names)
     nameset = frozenset(names)
-    factories = {k: v.make for k, v in defaults.items() if isinstance(v, _Factory)}
-    plain = {k: v for k, v in defaults.items() if not isinstance(v, _Factory)}
+    factories = {k: v for k, v in defaults.items() if isinstance(v, _Make)}
+    plain = {k: v for k, v in defaults.items() if k not in factories}
     required = n - len(defaults)
 
     def __init__(self, *args, **kwargs):
@@ -120,26 +134,52 @@ def _make_init(names: tuple[str, ...], defaults: dict[str, Any], qualname: str):
         d.update(kwargs)
         for name, make in factories.items():
             if name not in d:
-                d[name] = make()
+                d[name] = make.make()
 
     __init__.__qualname__ = f"{qualname}.__init__"
     return __init__
 
 
+class _Make:
+    """A default made per instance (``field(default_factory=...)``)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
-def record(cls: type[T]) -> type[T]:
-    """Make ``cls`` a frozen record of its annotated fields (see the module's docstring)."""
+def record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
+    """Make ``cls`` a record of its annotated fields (see the module's docstring);
+    ``@record(frozen=False)``: its fields may be assigned, and it is not hashable."""
+    if cls is None:
+        return lambda c: _build(c, frozen)
+    return _build(cls, frozen)
+
+
+def _build(cls, frozen: bool):
     base = next((b for b in cls.__mro__[1:] if "_fields" in b.__dict__), None)
     names = list(base._fields) if base is not None else []
     defaults = dict(base._defaults) if base is not None else {}
+    hidden = set(base._fields) - set(base._repr_fields) if base is not None else set()
     for name in cls.__dict__.get("__annotations__", {}):
         if name not in names:
             names.append(name)
         value = cls.__dict__.get(name, _MISSING)
-        if value is not _MISSING:
-            defaults[name] = value
-            if isinstance(value, _Factory):
+        if isinstance(value, _Field):
+            if not value.repr:
+                hidden.add(name)
+            if value.make is not None:
+                defaults[name] = _Make(value.make)
                 delattr(cls, name)
+            elif value.default is not _MISSING:
+                defaults[name] = value.default
+                setattr(cls, name, value.default)
+            else:
+                delattr(cls, name)
+        elif value is not _MISSING:
+            defaults[name] = value
     seen_default = False
     for name in names:
         if name in defaults:
@@ -148,13 +188,18 @@ def record(cls: type[T]) -> type[T]:
             raise TypeError(f"non-default argument {name!r} follows default argument")
     names = tuple(names)
     cls._fields = names
+    cls._repr_fields = tuple(name for name in names if name not in hidden)
     cls._defaults = defaults
     cls.__match_args__ = names
     if "__init__" not in cls.__dict__:
         cls.__init__ = _make_init(names, defaults, cls.__qualname__)
     cls.__repr__ = _repr
-    cls.__eq__ = _eq
-    cls.__hash__ = _hash
-    cls.__setattr__ = _frozen_setattr
-    cls.__delattr__ = _frozen_delattr
+    if frozen:
+        cls.__eq__ = _eq
+        cls.__hash__ = _hash
+        cls.__setattr__ = _frozen_setattr
+        cls.__delattr__ = _frozen_delattr
+    else:
+        cls.__eq__ = _eq_mutable
+        cls.__hash__ = None
     return cls
