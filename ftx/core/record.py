@@ -104,12 +104,9 @@ def _make_init(names: tuple[str, ...], defaults: dict[str, Any], qualname: str):
     plain = {k: v for k, v in defaults.items() if k not in factories}
     required = n - len(defaults)
 
-    def __init__(self, *args, **kwargs):
+    def general(self, args: tuple, kwargs: dict) -> None:
         d = self.__dict__
         if not kwargs:
-            if len(args) == n:  # every field by position: the common case
-                d.update(zip(names, args))
-                return
             if required <= len(args) < n and not factories:  # the rest from defaults
                 d.update(plain)
                 d.update(zip(names, args))
@@ -135,6 +132,51 @@ def _make_init(names: tuple[str, ...], defaults: dict[str, Any], qualname: str):
         for name, make in factories.items():
             if name not in d:
                 d[name] = make.make()
+
+    # every field by position is the common call: one store per field, spelled out for the
+    # small arities (zip and dict.update cost about as much as a dataclass's whole __init__)
+    if n == 1:
+        (k0,) = names
+
+        def __init__(self, *args, **kwargs):
+            if len(args) == 1 and not kwargs:
+                self.__dict__[k0] = args[0]
+            else:
+                general(self, args, kwargs)
+    elif n == 2:
+        k0, k1 = names
+
+        def __init__(self, *args, **kwargs):
+            if len(args) == 2 and not kwargs:
+                d = self.__dict__
+                d[k0], d[k1] = args
+            else:
+                general(self, args, kwargs)
+    elif n == 3:
+        k0, k1, k2 = names
+
+        def __init__(self, *args, **kwargs):
+            if len(args) == 3 and not kwargs:
+                d = self.__dict__
+                d[k0], d[k1], d[k2] = args
+            else:
+                general(self, args, kwargs)
+    elif n == 4:
+        k0, k1, k2, k3 = names
+
+        def __init__(self, *args, **kwargs):
+            if len(args) == 4 and not kwargs:
+                d = self.__dict__
+                d[k0], d[k1], d[k2], d[k3] = args
+            else:
+                general(self, args, kwargs)
+    else:
+
+        def __init__(self, *args, **kwargs):
+            if len(args) == n and not kwargs:
+                self.__dict__.update(zip(names, args))
+            else:
+                general(self, args, kwargs)
 
     __init__.__qualname__ = f"{qualname}.__init__"
     return __init__
