@@ -24,7 +24,7 @@ Type checkers see a frozen dataclass (``dataclass_transform``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar, dataclass_transform
+from typing import Any, Callable, TypeVar, dataclass_transform, overload
 
 T = TypeVar("T")
 
@@ -189,6 +189,12 @@ class _Make:
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self.make = make
+
+
+@overload
+def record(cls: type[T], /) -> type[T]: ...
+@overload
+def record(*, frozen: bool = True) -> Callable[[type[T]], type[T]]: ...
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
