@@ -24,9 +24,17 @@ Type checkers see a frozen dataclass (``dataclass_transform``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar, dataclass_transform, overload
+from typing import Any, Callable, TypeVar, overload
 
 T = TypeVar("T")
+
+try:
+    from typing import dataclass_transform
+except ImportError:  # Python 3.10: only type checkers read it (they know typing_extensions')
+
+    def dataclass_transform(**kwargs: Any) -> Callable[[T], T]:
+        return lambda f: f
+
 
 _MISSING = object()
 
