@@ -32,9 +32,9 @@ import logging
 import os
 import stat
 import threading
-from dataclasses import dataclass
 
 from .core.manifest import check_wire_path
+from .core.record import record
 from .errors import ErrorCode, FtxError, StorageError
 from .limits import parse_size
 
@@ -53,7 +53,7 @@ class AreaError(ValueError):
         self.key = key
 
 
-@dataclass(frozen=True)
+@record
 class AreaSpec:
     name: str
     keys: frozenset  # SHA256: fingerprints of Ed25519 identities
@@ -63,7 +63,7 @@ class AreaSpec:
     max_file_size: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class AreaTable:
     areas: tuple
     default: str | None = None

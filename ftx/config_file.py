@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import click
 
+from .core.record import field, record
 from .limits import Limits, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: key {key!r}: {message}" if key else f"{path}: {message}")
 
 
-@dataclass
+@record(frozen=False)
 class Settings:
     """One read of the file: the options (by parameter name, for ``default_map``), its raw keys, its areas."""
 

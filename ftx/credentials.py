@@ -29,8 +29,8 @@ import re
 import secrets
 import socket
 import stat
-from dataclasses import dataclass
 
+from .core.record import record
 from .errors import FtxError
 
 log = logging.getLogger("ftx")
@@ -145,7 +145,7 @@ def _default_comment() -> str:
 # -- the identity ---------------------------------------------------------------------
 
 
-@dataclass
+@record(frozen=False)
 class Identity:
     key: object  # Ed25519PrivateKey
     path: str

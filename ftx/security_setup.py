@@ -21,10 +21,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 from . import credentials as cr
+from .core.record import record
 from .core.secure import AuthError
 from .errors import FtxError
 
@@ -37,7 +37,7 @@ class SetupError(FtxError):
     """The options do not make a usable credential (bad TLS file, conflicting options...)."""
 
 
-@dataclass
+@record(frozen=False)
 class SenderAuth:
     insecure: bool = False
     identity: str | None = None

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+
+from .core.record import field, record
 
 log = logging.getLogger("ftx.systemd")
 
@@ -93,7 +94,7 @@ class Notifier:
             self._sock = None
 
 
-@dataclass
+@record(frozen=False)
 class PassedSockets:
     """Listening sockets the service manager passed (socket activation)."""
 

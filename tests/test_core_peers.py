@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -34,6 +33,7 @@ from ftx.core.messages import (
 )
 from ftx.core.ranges import RangeSet
 from ftx.core.receiver import ReceiverConnection
+from ftx.core.record import replace
 from ftx.core.sender import SenderConnection
 from ftx.core.states import RECEIVER_TRANSITIONS, SENDER_TRANSITIONS, FileState, In
 from ftx.errors import (
@@ -60,7 +60,7 @@ def cfg(**kw) -> Config:
 def _own(event):
     """Copy memoryview payloads out of an event (they die at the next get_buffer)."""
     if isinstance(event, (ev.ChunkReceived, ev.SmallFileReceived)) and not isinstance(event.data, bytes):
-        return dataclasses.replace(event, data=bytes(event.data))
+        return replace(event, data=bytes(event.data))
     return event
 
 

@@ -11,7 +11,6 @@ enters the error state and re-raises; every later call raises too.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
 from ..errors import (
@@ -37,6 +36,7 @@ from .frames import (
 from .secure import AuthError
 from .secure.handshake import printable
 from .messages import MAGIC, PROTOCOL_VERSION, ROLE_SENDER, ErrorMessage, Hello
+from .record import replace
 from .states import FileState, In
 
 HANDSHAKE_FRAME = 0x10  # the first frame of a peer that requires authentication (protocol.md)
@@ -311,5 +311,5 @@ def _owning(event: Event, buf) -> Event:
     """``event``, or a copy of it whose payload no longer lives in ``buf``."""
     data = getattr(event, "data", None)
     if isinstance(data, memoryview) and data.obj is buf:
-        return dataclasses.replace(event, data=bytes(data))
+        return replace(event, data=bytes(data))
     return event

@@ -1,8 +1,12 @@
-"""Events the state machines hand to their drivers: frozen dataclasses, named as nouns."""
+"""Events the state machines hand to their drivers: frozen records (``record.record``), named as nouns.
+
+The events of every file or chunk have a hand-written ``__init__`` that stores each field
+straight into the instance's ``__dict__`` (about half the cost of a dataclass's generated one,
+which calls ``object.__setattr__`` per field); the rest take ``record``'s shared one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import record
 
 from ..errors import ErrorCode
 from .secure.receipt import Entry, ReceiptEnd
@@ -15,7 +19,7 @@ class Event:
     __slots__ = ()
 
 
-@dataclass(frozen=True)
+@record
 class HandshakeComplete(Event):
     version: int
     agent: str
@@ -24,15 +28,20 @@ class HandshakeComplete(Event):
 
 
 # -- seen by the receiver ---------------------------------------------------
-@dataclass(frozen=True)
+@record
 class FileOffered(Event):
     """Answer with ``decide`` (regular files) or ``file_result`` (dirs, links)."""
 
     file_id: int
     entry: FileEntry
 
+    def __init__(self, file_id: int, entry: FileEntry) -> None:
+        d = self.__dict__
+        d["file_id"] = file_id
+        d["entry"] = entry
 
-@dataclass(frozen=True)
+
+@record
 class FileRefused(Event):
     """An item beyond what the sender announced (``announced.Announced``); answer with
     ``file_result`` (a refusal: nothing of it is looked at or written)."""
@@ -42,7 +51,7 @@ class FileRefused(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@record
 class SmallFileReceived(Event):
     """A whole file arrived in one frame; answer with ``file_result``."""
 
@@ -51,8 +60,15 @@ class SmallFileReceived(Event):
     digest: bytes
     data: bytes | memoryview
 
+    def __init__(self, file_id: int, entry: FileEntry, digest: bytes, data: bytes | memoryview) -> None:
+        d = self.__dict__
+        d["file_id"] = file_id
+        d["entry"] = entry
+        d["digest"] = digest
+        d["data"] = data
 
-@dataclass(frozen=True)
+
+@record
 class ChunkReceived(Event):
     """A verified chunk; ``data`` is valid until the next ``get_buffer`` call."""
 
@@ -62,23 +78,36 @@ class ChunkReceived(Event):
     checksum: int
     data: bytes | memoryview
 
+    def __init__(self, file_id: int, index: int, offset: int, checksum: int, data: bytes | memoryview) -> None:
+        d = self.__dict__
+        d["file_id"] = file_id
+        d["index"] = index
+        d["offset"] = offset
+        d["checksum"] = checksum
+        d["data"] = data
 
-@dataclass(frozen=True)
+
+@record
 class FileDataComplete(Event):
     """Every chunk is in; verify ``digest``, finalize, then ``file_result``."""
 
     file_id: int
     digest: bytes
 
+    def __init__(self, file_id: int, digest: bytes) -> None:
+        d = self.__dict__
+        d["file_id"] = file_id
+        d["digest"] = digest
 
-@dataclass(frozen=True)
+
+@record
 class FileRestarted(Event):
     """The sender found the partial stale: forget the held chunks of this file."""
 
     file_id: int
 
 
-@dataclass(frozen=True)
+@record
 class FileWithdrawn(Event):
     """The sender skipped or aborted the file; release it, then ``file_result``."""
 
@@ -87,13 +116,13 @@ class FileWithdrawn(Event):
     message: str
 
 
-@dataclass(frozen=True)
+@record
 class ReceiptDue(Event):
     """Every item has its RESULT and the sender asked for a receipt: answer with
     ``send_receipt(time_ns)`` (the receiver's wall clock), which also sends DONE."""
 
 
-@dataclass(frozen=True)
+@record
 class DirCheckRequested(Event):
     """CHECK_DIR: compare the destination directory ``path`` (a wire path, unchecked) with
     ``count`` entries of listing digest ``digest``; answer with ``dir_state``."""
@@ -105,7 +134,7 @@ class DirCheckRequested(Event):
 
 
 # -- seen by the sender -----------------------------------------------------
-@dataclass(frozen=True)
+@record
 class DirStateReceived(Event):
     """The receiver's answer to ``check_dir``: DIR_SAME, DIR_DIFFERENT or DIR_ABSENT."""
 
@@ -113,28 +142,36 @@ class DirStateReceived(Event):
     state: int
 
 
-@dataclass(frozen=True)
+@record
 class DecisionReceived(Event):
     decision: Decision
+
+    def __init__(self, decision: Decision) -> None:
+        d = self.__dict__
+        d["decision"] = decision
 
     @property
     def held(self) -> RangeSet:
         return self.decision.held
 
 
-@dataclass(frozen=True)
+@record
 class FileResolved(Event):
     result: Result
 
+    def __init__(self, result: Result) -> None:
+        d = self.__dict__
+        d["result"] = result
 
-@dataclass(frozen=True)
+
+@record
 class ReceiptEntries(Event):
     """Receipt entries, each already matched against what we sent (store them)."""
 
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True)
+@record
 class ReceiptVerified(Event):
     """The receipt's END: its signature verifies over every entry before it."""
 
@@ -142,12 +179,12 @@ class ReceiptVerified(Event):
 
 
 # -- both ---------------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class SessionComplete(Event):
     """Both sides said DONE: every file has its result; close the connection."""
 
 
-@dataclass(frozen=True)
+@record
 class PeerFailed(Event):
     """The peer sent ERROR; the connection is finished."""
 

@@ -1,6 +1,6 @@
 """Payload layouts of the control frames (protocol.md, "Frame payloads").
 
-Each message is a frozen dataclass with ``encode() -> bytes`` and a
+Each message is a frozen record (``record.record``) with ``encode() -> bytes`` and a
 ``decode(payload)`` classmethod that raises RemoteProtocolError on malformed
 input.  DATA frames live in frames.py (their bytes never pass through here).
 """
@@ -8,7 +8,7 @@ input.  DATA frames live in frames.py (their bytes never pass through here).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from .record import field, record
 
 from ..errors import ErrorCode, RemoteProtocolError
 from .checksum import DIGEST_SIZE
@@ -93,7 +93,7 @@ SENDER_ID_MAX = 64
 _EXT = struct.Struct(">HH")
 
 
-@dataclass(frozen=True)
+@record
 class Hello:
     role: int
     max_payload: int
@@ -146,7 +146,7 @@ class Hello:
         return cls(role, max_payload, flags, agent, version, sender_id, summary, transfer_id, result_run)
 
 
-@dataclass(frozen=True)
+@record
 class OfferSummary:
     """What a sender announces it will offer: item count, total file bytes, the top-level names.
 
@@ -188,7 +188,7 @@ class OfferSummary:
         return cls(items, size, tuple(names), count)
 
 
-@dataclass(frozen=True)
+@record
 class Offer:
     file_id: int
     entry: FileEntry
@@ -204,7 +204,7 @@ class Offer:
         return cls(file_id, entry)
 
 
-@dataclass(frozen=True)
+@record
 class SmallFile:
     """A whole small file in one frame: entry, digest, then its bytes."""
 
@@ -237,7 +237,7 @@ class SmallFile:
         return file_id, entry, bytes(p[off : off + DIGEST_SIZE]), bytes(p[off + DIGEST_SIZE :])
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     file_id: int
     flags: int = 0
@@ -269,7 +269,7 @@ class Decision:
         return cls(file_id, flags, existing, held_digest, held, message)
 
 
-@dataclass(frozen=True)
+@record
 class FileEnd:
     file_id: int
     digest: bytes
@@ -284,7 +284,7 @@ class FileEnd:
         return cls(*cls._S.unpack_from(p, 0))
 
 
-@dataclass(frozen=True)
+@record
 class Result:
     file_id: int
     code: ErrorCode | int
@@ -330,7 +330,7 @@ def decode_result_run(p) -> tuple[int, int]:
     return first, count
 
 
-@dataclass(frozen=True)
+@record
 class FileNotice:
     """SKIP, RESTART and ABORT_FILE share one layout: file id, code, message."""
 
@@ -350,7 +350,7 @@ class FileNotice:
         return cls(file_id, _code(code), message)
 
 
-@dataclass(frozen=True)
+@record
 class ErrorMessage:
     code: ErrorCode | int
     message: str = ""
@@ -372,7 +372,7 @@ DIR_DIFFERENT = 2  # it exists and differs (or could not be compared)
 DIR_ABSENT = 3  # there is no such directory
 
 
-@dataclass(frozen=True)
+@record
 class CheckDir:
     """CHECK_DIR: does the destination directory ``path`` hold these direct entries?
 
@@ -396,7 +396,7 @@ class CheckDir:
         return cls(dir_id, count, digest, bytes(p[cls._S.size :]))
 
 
-@dataclass(frozen=True)
+@record
 class DirState:
     dir_id: int
     state: int
