@@ -32,6 +32,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+# The public constructors import cryptography's OpenSSL backend module only to ask whether X25519
+# is supported (about 9 ms of every keys-mode start-up); the Rust binding behind them makes the same
+# key objects without it.  A cryptography that moves the binding gets the public constructors.
+try:
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl  # (an attribute, not a module)
+
+    _x25519_private, _x25519_public = _rust_openssl.x25519.from_private_bytes, _rust_openssl.x25519.from_public_bytes
+except (ImportError, AttributeError):
+    _x25519_private, _x25519_public = X25519PrivateKey.from_private_bytes, X25519PublicKey.from_public_bytes
+
 from ...errors import RemoteProtocolError
 from . import AuthError, Established, PeerIdentity
 from .handshake import (
@@ -93,7 +103,7 @@ def verify_signature(public: bytes, signature: bytes, content: bytes, who: str) 
 
 def x25519_shared(private: X25519PrivateKey, share: bytes, who: str) -> bytes:
     try:
-        return private.exchange(X25519PublicKey.from_public_bytes(share))
+        return private.exchange(_x25519_public(share))
     except ValueError:  # a low-order point gives the all-zero secret, which OpenSSL refuses
         raise AuthError(f"the {who}'s key share is invalid") from None
 
@@ -155,7 +165,7 @@ class SigmaClient(FramedHandshake):
         self._verify_server = verify_server
         self._ciphers = list(ciphers or preferred_ciphers(True))
         self._random = self._rng(RANDOM_SIZE)
-        self._eph = X25519PrivateKey.from_private_bytes(self._rng(SHARE_SIZE))
+        self._eph = _x25519_private(self._rng(SHARE_SIZE))
         share = self._eph.public_key().public_bytes_raw()
         body = self._random + share + bytes([len(self._ciphers)]) + bytes(CIPHERS[c] for c in self._ciphers)
         self._transcript = self._send(CLIENT_HELLO, body)
@@ -221,7 +231,7 @@ class SigmaServer(FramedHandshake):
             share, cipher = read_client_hello(body, SHARE_SIZE, self._ciphers)
             self._cipher = cipher
             random = self._rng(RANDOM_SIZE)
-            eph = X25519PrivateKey.from_private_bytes(self._rng(SHARE_SIZE))
+            eph = _x25519_private(self._rng(SHARE_SIZE))
             secret = x25519_shared(eph, share, "sender")
             mine = eph.public_key().public_bytes_raw()
             server_hello = self._send(SERVER_HELLO, random + mine + bytes([CIPHERS[cipher]]))
