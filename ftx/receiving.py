@@ -124,7 +124,14 @@ class ReceiveSession:
                 else:
                     self.handle(ev)
         finally:
-            self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
+            try:
+                self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
+            except FtxError as exc:
+                # Not known to be on disk: the RESULTs (or RESULT_RUN) this batch queued must never
+                # leave -- the error path sends what is queued.  The sender hears STORAGE instead.
+                self.conn.data_to_send()  # dropped
+                self.conn.send_error(exc.code, str(exc))
+                raise
 
     #: events that show the session is getting somewhere (PINGs never reach here)
     PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)
