@@ -361,7 +361,11 @@ class SourceFile:
         """``reader``: the item is its directory's listed entry ``name``, opened under that
         directory's descriptor and not followed if it became a symlink (as small files are)."""
         self.item = item
-        at = reader is not None and reader.fd >= 0
+        if reader is not None and reader.fd < 0:
+            # its listed directory could not be opened (no longer a directory, e.g. a symlink put
+            # there since): never by path instead, which would follow that link out of the tree
+            raise StorageError(f"cannot open {os.fsdecode(item.local)}: its directory cannot be opened")
+        at = reader is not None
         path, flags, kw = (name, _SMALL_FLAGS, {"dir_fd": reader.fd}) if at else (item.local, os.O_RDONLY, {})
         try:
             try:
