@@ -210,3 +210,27 @@ def test_a_large_file_of_a_directory_swapped_for_a_symlink_after_its_listing_is_
     report = ftx.send([src], receiver.dest)
     assert [f.path for f in report.failures] == ["t/sub/big"], report.files
     assert b"S" * 100 not in b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("swap_at", [b"t/sub", b"t/sub/inner"])
+def test_a_parent_directory_swapped_for_a_symlink_is_not_walked_through(tmp_path, receiver, monkeypatch, swap_at):
+    """O_NOFOLLOW guards only a path's last component: t/sub swapped for a symlink to a directory
+    outside that holds an ``inner`` of its own, after t/sub was listed, led the walk (listing
+    t/sub/inner by its path) or the reader (opening it) out of the tree."""
+    src = tmp_path / "src" / "t"
+    (src / "sub" / "inner").mkdir(parents=True)
+    (src / "sub" / "inner" / "mine").write_bytes(b"mine")
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "mine").write_bytes(b"PRIVATE")
+    (outside / "inner" / "private").write_bytes(b"PRIVATE")
+    (outside / "inner" / "big").write_bytes(b"P" * 200_000)
+
+    def swap():
+        os.rename(src / "sub", tmp_path / "moved")
+        os.symlink(outside, src / "sub")
+
+    _swap_after_listing(monkeypatch, swap_at, swap)
+    ftx.send([src], receiver.dest)
+    got = b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
+    assert b"PRIVATE" not in got and b"PPPP" not in got
