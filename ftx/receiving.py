@@ -124,7 +124,14 @@ class ReceiveSession:
                 else:
                     self.handle(ev)
         finally:
-            self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
+            try:
+                self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
+            except FtxError as exc:
+                # Not known to be on disk: the RESULTs (or RESULT_RUN) this batch queued must never
+                # leave -- the error path sends what is queued.  The sender hears STORAGE instead.
+                self.conn.data_to_send()  # dropped
+                self.conn.send_error(exc.code, str(exc))
+                raise
 
     #: events that show the session is getting somewhere (PINGs never reach here)
     PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)
@@ -419,6 +426,9 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         except asyncio.CancelledError:
             if not dead:
                 raise
+            # a worker thread may still be in its batch (writing, syncfs): the connection is its
+            # until it is done, and what it queued may leave only once its files are on disk
+            await _worker_done(session)
             exc, tell_peer = dead[0]
             if tell_peer:  # the peer is alive and deserves the reason
                 conn.send_error(getattr(exc, "code", ErrorCode.ABORTED), str(exc))
@@ -442,15 +452,20 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     finally:
         dog.stop()
         guard.cancel()
-        if session.worker is not None and not session.worker.done():
-            try:
-                await asyncio.wait({session.worker})  # its batch finishes before the session closes
-            except asyncio.CancelledError:
-                pass  # cancelled again (shutting down): close all the same
+        await _worker_done(session)  # its batch finishes before the session closes
         session.close()
         conn.release_buffers()
         await link.aclose()
     return session
+
+
+async def _worker_done(session: ReceiveSession) -> None:
+    """Wait for the batch a worker thread is handling, if any (cancelled again: no more)."""
+    if session.worker is not None and not session.worker.done():
+        try:
+            await asyncio.wait({session.worker})
+        except asyncio.CancelledError:
+            pass  # cancelled again (shutting down): close all the same
 
 
 async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead) -> None:

@@ -402,7 +402,8 @@ class SendSession:
         # ones (unless offered) read whole at once
         reader = None
         if group.dir is not None:  # (a named argument's group: its parent has no dir)
-            reader = SmallReader(group.dir, follow=group.parent is None or group.parent.dir is None)
+            reader = SmallReader(group.dir, follow=group.parent is None or group.parent.dir is None,
+                                 ident=getattr(group, "ident", None))
         limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
         FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
         whole = not by_offer

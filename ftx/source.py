@@ -63,13 +63,14 @@ class DirGroup:
     receiver's DIR_STATE once the sender knows it (None: not checked).
     """
 
-    __slots__ = ("dir", "items", "parent", "state", "_digest")
+    __slots__ = ("dir", "items", "parent", "state", "_digest", "ident")
 
     def __init__(self, dir: SourceItem | None, items: list[SourceItem], digest: bytes | None = None,
-                 parent: "DirGroup | None" = None) -> None:
+                 parent: "DirGroup | None" = None, ident: tuple[int, int] | None = None) -> None:
         self.dir = dir
         self.items = items
         self.parent = parent
+        self.ident = ident  # (st_dev, st_ino) of the directory listed: what its SmallReader must open
         self.state: int | None = None
         self._digest = digest
 
@@ -176,7 +177,8 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
             if d is None:
                 stack.pop()
                 continue
-            group = DirGroup(d, *_entries(d.local, d.wire, root_real, links, d is item), parent=parent)
+            items, digest, ident = _entries(d.local, d.wire, root_real, links, d is item)
+            group = DirGroup(d, items, digest, parent=parent, ident=ident)
             subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
             if subdirs:
                 stack.append((group, iter(subdirs)))
@@ -190,20 +192,36 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _entries(local: bytes, wire: bytes, root_real: bytes, links: bool,
-             follow: bool = True) -> tuple[list[SourceItem], bytes]:
+             follow: bool = True) -> tuple[list[SourceItem], bytes, tuple[int, int] | None]:
     """The items of one directory's direct entries, sorted by name (the rest skipped with a
-    warning), and their listing digest.  Listed and lstat'ed under the directory's descriptor;
-    ``follow``: ``local`` may be a symlink (a named argument), else a directory listed as one
-    is not followed if it became a link since."""
+    warning), their listing digest, and the directory's (st_dev, st_ino).  Listed and lstat'ed
+    under the directory's descriptor; ``follow``: ``local`` may be a symlink (a named
+    argument), else a directory listed as one is not followed if it became a link since --
+    nor if one of its parents did (O_NOFOLLOW guards the last component only): a directory
+    that is not under ``root_real`` once open is skipped."""
     try:
         fd = os.open(local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
     except OSError as exc:
         log.warning("skipping %s: %s", os.fsdecode(local), exc.strerror)
-        return [], ListingHasher().digest()
+        return [], ListingHasher().digest(), None
     try:
-        return _listed(fd, local, wire, root_real, links)
+        if not follow and not _within(fd, root_real):
+            log.warning("skipping %s: no longer inside %s (a parent directory was replaced)",
+                        os.fsdecode(local), os.fsdecode(root_real))
+            return [], ListingHasher().digest(), None
+        st = os.fstat(fd)
+        return (*_listed(fd, local, wire, root_real, links), (st.st_dev, st.st_ino))
     finally:
         os.close(fd)
+
+
+def _within(fd: int, root_real: bytes) -> bool:
+    """Whether the open directory ``fd`` is ``root_real`` or under it (True where /proc cannot tell)."""
+    try:
+        where = os.readlink(b"/proc/self/fd/%d" % fd)
+    except OSError:
+        return True
+    return root_real == b"/" or where == root_real or where.startswith(root_real + b"/")
 
 
 def _listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
@@ -299,15 +317,23 @@ class SmallReader:
 
     __slots__ = ("fd", "prefix", "flags")
 
-    def __init__(self, dir_item: SourceItem, follow: bool = False) -> None:
+    def __init__(self, dir_item: SourceItem, follow: bool = False, ident: tuple[int, int] | None = None) -> None:
         """``follow``: ``dir_item`` is a named argument (followed, as the walk did); a listed
-        directory is not followed if it became a link since."""
+        directory is not followed if it became a link since.  ``ident``: the (st_dev, st_ino)
+        the walk listed; another directory at that path now (a parent swapped for a symlink)
+        is not read."""
         self.prefix = dir_item.local + b"/"
         self.flags = _SMALL_FLAGS | getattr(os, "O_NOATIME", 0)
         try:
             self.fd = os.open(dir_item.local, _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW)
         except OSError:
             self.fd = -1  # its files fail one by one, each with the reason
+            return
+        if ident is not None:
+            st = os.fstat(self.fd)
+            if (st.st_dev, st.st_ino) != ident:
+                os.close(self.fd)
+                self.fd = -1
 
     def read(self, item: SourceItem, name: bytes, limit: int) -> tuple[bytes | None, os.stat_result | None]:
         """(the file's bytes, None) as listed; (bytes, its stat) when it changed size since the
@@ -361,7 +387,11 @@ class SourceFile:
         """``reader``: the item is its directory's listed entry ``name``, opened under that
         directory's descriptor and not followed if it became a symlink (as small files are)."""
         self.item = item
-        at = reader is not None and reader.fd >= 0
+        if reader is not None and reader.fd < 0:
+            # its listed directory could not be opened (no longer a directory, e.g. a symlink put
+            # there since): never by path instead, which would follow that link out of the tree
+            raise StorageError(f"cannot open {os.fsdecode(item.local)}: its directory cannot be opened")
+        at = reader is not None
         path, flags, kw = (name, _SMALL_FLAGS, {"dir_fd": reader.fd}) if at else (item.local, os.O_RDONLY, {})
         try:
             try:

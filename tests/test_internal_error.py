@@ -111,3 +111,79 @@ def test_a_cancelled_connection_closes_only_after_its_worker_thread(tmp_path, mo
     asyncio.run(run())
     path = os.path.join(os.fsencode(tmp_path / "dst"), b"big.bin")
     assert claim.is_free(path), "the cancelled connection left its partial claimed"
+
+
+@pytest.mark.timeout(30)
+def test_a_superseded_connection_sends_no_result_before_its_batch_is_flushed(tmp_path, monkeypatch):
+    """A takeover (abandon) cancels a connection's task while its worker thread handles a batch
+    of small files and is still in the batch's syncfs.  The task used to send ERROR at once,
+    and with it the RESULTs the worker had queued: OK for files not yet on disk (and the
+    loop's thread touched the connection while the worker did)."""
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"tiny %d" % i)
+    dest = Destination(tmp_path / "dst")
+    entered, release = threading.Event(), threading.Event()
+    synced = [False]
+    original_sync = Destination.sync
+
+    def slow_sync(self):
+        if not synced[0] and self.unsynced:
+            entered.set()
+            assert release.wait(10)
+            original_sync(self)
+            synced[0] = True
+        else:
+            original_sync(self)
+
+    monkeypatch.setattr(Destination, "sync", slow_sync)
+    sessions, early = [], []
+    original_handle_all = receiving.ReceiveSession.handle_all
+
+    def handle_all(self, events):
+        sessions.append(self)
+        return original_handle_all(self, events)
+
+    monkeypatch.setattr(receiving.ReceiveSession, "handle_all", handle_all)
+
+    async def run():
+        socks = tcp.listen("127.0.0.1", 0)
+        port = socks[0].getsockname()[1]
+        tasks = []
+
+        async def handle(link):
+            tasks.append(asyncio.current_task())
+            send = link.send
+
+            async def watched(bufs):
+                if entered.is_set() and not synced[0] and sum(len(b) for b in bufs):
+                    early.append(b"".join(bytes(b) for b in bufs))
+                await send(bufs)
+
+            link.send = watched
+            await receive_over(link, dest, idle_timeout=5)
+
+        loop = asyncio.get_running_loop()
+        server = loop.create_task(tcp.serve(socks, handle))
+        sender = loop.create_task(send_paths(await tcp.connect("127.0.0.1", port), [str(src)], idle_timeout=5))
+        try:
+            await loop.run_in_executor(None, entered.wait, 10)
+            sessions[0].abandon()  # as a newer connection of the same sender does
+            await asyncio.wait({tasks[0]}, timeout=0.5)
+            release.set()
+            await asyncio.wait({tasks[0]}, timeout=10)
+            await asyncio.wait({sender}, timeout=10)
+        finally:
+            release.set()
+            server.cancel()
+            sender.cancel()
+            await asyncio.gather(server, sender, return_exceptions=True)
+            for s in socks:
+                s.close()
+
+    asyncio.run(run())
+    assert entered.is_set()
+    assert not early, "the superseded connection sent output before its batch's syncfs"

@@ -188,3 +188,49 @@ def test_a_large_file_swapped_for_a_symlink_after_the_listing_is_not_followed(tm
     [bad] = report.failures
     assert bad.path == "t/big" and bad.status == "source_changed", bad
     assert not (receiver.dir / "t" / "big").exists()
+
+
+def test_a_large_file_of_a_directory_swapped_for_a_symlink_after_its_listing_is_not_followed(
+        tmp_path, receiver, monkeypatch):
+    """The listed directory itself became a symlink before its files were read: its reader
+    cannot open it (O_NOFOLLOW), and a large file of it was then opened by its path, through
+    the symlink, out of the tree."""
+    src = tmp_path / "src" / "t"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "big").write_bytes(b"i" * 200_000)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"S" * 200_000)
+
+    def swap():
+        os.rename(src / "sub", tmp_path / "moved")
+        os.symlink(outside, src / "sub")
+
+    _swap_after_listing(monkeypatch, b"t/sub", swap)
+    report = ftx.send([src], receiver.dest)
+    assert [f.path for f in report.failures] == ["t/sub/big"], report.files
+    assert b"S" * 100 not in b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("swap_at", [b"t/sub", b"t/sub/inner"])
+def test_a_parent_directory_swapped_for_a_symlink_is_not_walked_through(tmp_path, receiver, monkeypatch, swap_at):
+    """O_NOFOLLOW guards only a path's last component: t/sub swapped for a symlink to a directory
+    outside that holds an ``inner`` of its own, after t/sub was listed, led the walk (listing
+    t/sub/inner by its path) or the reader (opening it) out of the tree."""
+    src = tmp_path / "src" / "t"
+    (src / "sub" / "inner").mkdir(parents=True)
+    (src / "sub" / "inner" / "mine").write_bytes(b"mine")
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "mine").write_bytes(b"PRIVATE")
+    (outside / "inner" / "private").write_bytes(b"PRIVATE")
+    (outside / "inner" / "big").write_bytes(b"P" * 200_000)
+
+    def swap():
+        os.rename(src / "sub", tmp_path / "moved")
+        os.symlink(outside, src / "sub")
+
+    _swap_after_listing(monkeypatch, swap_at, swap)
+    ftx.send([src], receiver.dest)
+    got = b"".join(p.read_bytes() for p in receiver.dir.rglob("*") if p.is_file())
+    assert b"PRIVATE" not in got and b"PPPP" not in got

@@ -389,3 +389,50 @@ def test_a_mount_that_appears_during_a_transfer_gets_the_file_copied_not_hidden(
     assert [n for n in os.listdir(root / "mnt") if n != "big.bin"] == []
     assert not (root / ".ftx").exists()
     dest.close()
+
+
+@pytest.mark.parametrize("runs", [False, True])
+def test_a_failed_flush_sends_no_result_of_the_batch(tmp_path, monkeypatch, runs):
+    """syncfs fails after a batch of small files was written: their RESULTs (or RESULT_RUN) were
+    already queued by then.  None of them may leave (the files are not known to be on disk);
+    the sender is told STORAGE instead."""
+    from ftx.core.checksum import file_digest
+    from ftx.core.frames import FrameDecoder, FrameType, encode_frame
+    from ftx.core.manifest import FileEntry
+    from ftx.core.messages import Hello, SmallFile
+    from ftx.errors import StorageError
+    from ftx.receiving import ReceiveSession
+    from ftx.storage import Destination
+
+    from .test_fuzz_regressions import receiver
+
+    conn = receiver()
+    if runs:  # a second connection whose sender's HELLO takes RESULT_RUN
+        from ftx.core.receiver import ReceiverConnection
+
+        conn = ReceiverConnection()
+        conn.receive_data(encode_frame(FrameType.HELLO, Hello(1, 1 << 20, result_run=True).encode()))
+        assert conn._runs
+        list(iter(conn.next_event, None))
+    conn.data_to_send()
+    dest = Destination(tmp_path / "dst")
+    session = ReceiveSession(conn, dest)
+    conn.receive_data(b"".join(encode_frame(FrameType.SMALL_FILE, SmallFile(i, FileEntry(b"d/f%d" % i, size=2),
+                                                                            file_digest(b"ok"), b"ok").encode())
+                               for i in range(5)))
+    events = list(iter(conn.next_event, None))
+
+    def broken_sync():
+        raise StorageError("cannot flush received files to disk: [Errno 5] Input/output error")
+
+    monkeypatch.setattr(dest, "sync", broken_sync)
+    with pytest.raises(StorageError):
+        session.handle_all(events)
+    sent = b"".join(bytes(b) for b in conn.data_to_send())
+    dec = FrameDecoder()
+    dec.set_max_payload(1 << 20)
+    dec.feed(sent)
+    types = [f.type for f in iter(dec.next_frame, None)]
+    assert FrameType.RESULT not in types and FrameType.RESULT_RUN not in types, types
+    assert types == [FrameType.ERROR]
+    dest.close()

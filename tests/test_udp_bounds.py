@@ -544,3 +544,46 @@ def test_the_link_writer_waits_when_the_peer_acknowledges_nothing():
             await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
+
+
+def test_a_waiting_link_writer_gets_an_error_when_the_pump_dies():
+    """The link's pump ends without the session being closed (a bug of ours in a timer or in
+    transmit): nothing will ever acknowledge or send the queued bytes, so a writer waiting for
+    room must get an error, not wait forever."""
+    import asyncio
+
+    from ftx.errors import TransportError
+    from ftx.transport.udp_link import SEND_BUFFER, UdpLink
+    import time
+
+    sent: list = []
+
+    async def main() -> None:
+        session = UdpSession(1, 2, UdpConfig(), time.monotonic(), chunk_receiver=False)
+        link = UdpLink(session, sent.extend, ("127.0.0.1", 9))
+        piece = [bytes(64 * 1024)]
+
+        async def writer() -> None:
+            while True:
+                await link.send(piece)
+
+        task = asyncio.ensure_future(writer())
+        deadline = asyncio.get_running_loop().time() + 10
+        while session.stream_buffered < SEND_BUFFER and not task.done():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not task.done()
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug in the pump")
+
+        session.transmit = broken
+        link.wake()
+        await asyncio.wait({link._pump_task}, timeout=5)
+        assert link._pump_task.done()
+        link._pump_task.exception()  # (retrieved)
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())

@@ -388,3 +388,17 @@ def test_c_and_python_agree_on_arbitrary_opened_payloads(items, largest, any_rec
     view, offsets = _opened(payloads, pns, plain)
     assert stream_impl("c")[1](view, offsets, plain, any_recv, largest) == \
         stream_impl("py")[1](view, offsets, plain, any_recv, largest)
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_a_stream_run_never_wraps_past_the_largest_packet_number(name):
+    # packet 2^64 - 1 then packet 0, their frames following on: not one run (the C loop's
+    # pn + 1 wrapped to 0 and joined them, so the session recorded packet number 2^64)
+    plain = 600
+    room = plain - P.HEADER_SIZE - P.TRAILER_SIZE
+    head = len(P.encode_stream(200, bytes(200))) - 200  # (2-byte offset and length varints)
+    a, b = P.encode_stream(200, bytes(room - head)), P.encode_stream(200 + room - head, bytes(room - head))
+    assert len(a) == len(b) == room
+    view, offsets = _opened([a, b], [2**64 - 1, 0], plain)
+    runs = stream_impl(name)[1](view, offsets, plain, False, 0)
+    assert [(r[1], r[2]) for r in runs] == [(1, 2**64 - 1), (1, 0)]

@@ -61,6 +61,7 @@ class UdpLink:
         self._input = asyncio.Event()  # input for the application arrived during a pacing nap
         self._napping = False
         self._cond = asyncio.Condition()
+        self._pump_error = ""  # why the pump ended with the session still open (then closed by it)
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
         self.closed_event = asyncio.Event()
         self._on_close: list[Callable[[], None]] = []
@@ -117,6 +118,13 @@ class UdpLink:
                         pass
                 else:
                     await asyncio.sleep(0)
+        except BaseException as exc:
+            # the pump is what sends, acknowledges and times out: without it the session is over
+            # (a bug of ours, or the task cancelled); anyone waiting on it must hear so, not wait on
+            if not s.closed:
+                self._pump_error = f"the link stopped: {exc!r}"
+                s.close(ErrorCode.INTERNAL, self._pump_error)
+            raise
         finally:
             self.closed_event.set()
             for fn in self._on_close:
@@ -158,6 +166,8 @@ class UdpLink:
     def _raise_if_closed(self) -> None:
         s = self.session
         if s.closed:
+            if self._pump_error:
+                raise TransportError(f"connection lost: {self._pump_error}", ErrorCode.INTERNAL)
             if s.close_code == ErrorCode.AUTH:
                 raise AuthError(s.close_reason)
             if s.close_code == ErrorCode.TIMEOUT:

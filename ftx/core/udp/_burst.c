@@ -389,7 +389,9 @@ static PyObject *scan_stream_runs(PyObject *self, PyObject *args)
                 goto done;
             }
             const unsigned char *p2 = base + a2;
-            if (get_be(p2 + 10, 8) != pn + (uint64_t)(j - i) || !stream_frame(p2 + 18, plen, &s2, &st2, &l2) ||
+            /* (a run stops at packet number 2^64 - 1: pn + 1 must not wrap to 0, as in Python) */
+            if (pn + (uint64_t)(j - i) < pn || get_be(p2 + 10, 8) != pn + (uint64_t)(j - i) ||
+                !stream_frame(p2 + 18, plen, &s2, &st2, &l2) ||
                 s2 != end)
                 break;
             end += (uint64_t)l2;
