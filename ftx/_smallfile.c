@@ -49,11 +49,19 @@ link_new(PyObject *self, PyObject *args)
     }
     ts[1] = ts[0];
 
-    Py_BEGIN_ALLOW_THREADS
-    fd = openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, (mode_t)create);
-    if (fd < 0)
-        err = errno;
-    Py_END_ALLOW_THREADS
+    for (;;) { /* EINTR (a signal during an open on NFS or FUSE): Python's handlers run, then again, as os.open */
+        Py_BEGIN_ALLOW_THREADS
+        fd = openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, (mode_t)create);
+        if (fd < 0)
+            err = errno;
+        Py_END_ALLOW_THREADS
+        if (fd >= 0 || err != EINTR)
+            break;
+        if (PyErr_CheckSignals() != 0) {
+            PyBuffer_Release(&data);
+            return NULL;
+        }
+    }
     if (fd < 0) {
         PyBuffer_Release(&data);
         if (err == EOPNOTSUPP || err == EISDIR || err == EINVAL)
