@@ -39,6 +39,7 @@ from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
+from . import fileops
 from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, link_new, pwrite_full, random_name, seal, storage_error, syncfs,
                       unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
@@ -47,6 +48,7 @@ from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
+_UMASK = fileops.UMASK  # (creation_mode, inline in write_small)
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted
 
 
@@ -89,6 +91,8 @@ class Destination:
         self._dev_fds: dict[int, int] = {}
         self._sync_lock = threading.Lock()
         self._no_tmpfile: set[int] = set()
+        # write_small calls the C helper itself (fileops.link_new's checks, made once here)
+        self._c_link_new = fileops._c_link_new if fileops._TMPFILE and fileops._PROC_FD else None
         try:
             self._open_state(create=False)
         except BaseException:
@@ -473,16 +477,24 @@ class Destination:
                     ent = self._space[d.dev]
                 ent[2] += size
             key = self.root + b"/" + rel  # claimed as claim() would, without its three calls
-            with _busy_lock:
+            with _busy_lock:  # (the entry, one object per file, marks the claim as ours)
                 if key in _busy:
                     raise Busy(f"{os.fsdecode(key)} is being received from another sender", _busy[key])
-                _busy[key] = token = object()
+                _busy[key] = entry
             try:
                 t = None
                 try:
                     # the common case in one call (a nameless file linked into place); else a Temp
-                    if self.overwrite or d.dev in self._no_tmpfile \
-                            or not link_new(d.fd, name, data, entry.mode, entry.mtime_ns):
+                    if self.overwrite or d.dev in self._no_tmpfile:
+                        done = False
+                    elif (c_link_new := self._c_link_new) is not None:  # fileops.link_new, inline
+                        mode = entry.mode
+                        m = mode & 0o777
+                        done = c_link_new(d.fd, name, data, m if _UMASK is not None and not m & _UMASK else 0o600,
+                                          mode, entry.mtime_ns)
+                    else:
+                        done = link_new(d.fd, name, data, entry.mode, entry.mtime_ns)
+                    if not done:
                         t = self._small_temp(d, rel, entry.mode)
                         if data and os.write(t.fd, data) != size:
                             pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
@@ -507,7 +519,7 @@ class Destination:
                         t.close()
             finally:
                 with _busy_lock:
-                    if _busy.get(key) is token:
+                    if _busy.get(key) is entry:
                         del _busy[key]
             if d.dev not in self._dirty:
                 self._written(d)
