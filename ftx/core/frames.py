@@ -311,7 +311,7 @@ class FrameDecoder:
 
     @staticmethod
     def _check(ftype, flags, reserved, length, csum, payload) -> None:
-        header8 = _header8(ftype, flags, length) | (reserved << 32)
+        header8 = (ftype << 56) | (flags << 48) | (reserved << 32) | length  # _header8, inline (per frame)
         if ftype == FrameType.DATA:
             if length < DATA_HEADER_SIZE:
                 raise RemoteProtocolError("DATA frame shorter than its header")

@@ -254,7 +254,9 @@ class ReceiverConnection(Connection):
             if (why := self._beyond_announced(entry)) is not None:
                 self._events.append(FileRefused(file_id, entry, why))
             else:
-                self._events.append(built(SmallFileReceived, file_id=file_id, entry=entry, digest=digest, data=data))
+                ev = _new_entry(SmallFileReceived)  # manifest.built, inline (per small file)
+                ev.__dict__.update(file_id=file_id, entry=entry, digest=digest, data=data)
+                self._events.append(ev)
             return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)
