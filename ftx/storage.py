@@ -34,11 +34,12 @@ import stat
 import threading
 import time
 
-from .claims import Busy, claim, in_use
+from .claims import _busy, _busy_lock, Busy, claim, in_use
 from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
+from . import fileops
 from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, link_new, pwrite_full, random_name, seal, storage_error, syncfs,
                       unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
@@ -47,6 +48,7 @@ from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
+_UMASK = fileops.UMASK  # (creation_mode, inline in write_small)
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted
 
 
@@ -89,6 +91,8 @@ class Destination:
         self._dev_fds: dict[int, int] = {}
         self._sync_lock = threading.Lock()
         self._no_tmpfile: set[int] = set()
+        # write_small calls the C helper itself (fileops.link_new's checks, made once here)
+        self._c_link_new = fileops._c_link_new if fileops._TMPFILE and fileops._PROC_FD else None
         try:
             self._open_state(create=False)
         except BaseException:
@@ -443,31 +447,56 @@ class Destination:
     def write_small(self, entry: FileEntry, data, digest: bytes) -> ErrorCode:
         """Store a whole small file: verify, write a temporary in its directory, link it into place.
 
-        Durable once ``sync()`` has returned."""
+        Durable once ``sync()`` has returned.  The per-file Python is kept short (a tree of tiny
+        files is mostly this): the path check, the free-space figure's fast case, the claim and
+        the dirty mark are inline; anything unusual goes the long way (``_fits``, ``_written``)."""
         if file_digest(data) != digest:
             raise StorageError("whole-file digest mismatch", ErrorCode.DIGEST_MISMATCH)
-        rel = self.check(entry.path)
+        rel = entry.path
+        check_wire_path(rel)
+        if rel[:4] == STATE_DIR and (len(rel) == 4 or rel[4] == 47):  # b".ftx" or b".ftx/..."
+            self.check(rel)  # raises
         parent, _, name = rel.rpartition(b"/")
         d = self.dirs.hold(parent, create=True)
         counted = 0  # bytes an area's quota counted for this file: given back unless it is stored
+        size = len(data)
         try:
-            if self.overwrite and self._same(d, name, len(data), digest):
+            if self.overwrite and self._same(d, name, size, digest):
                 return ErrorCode.IDENTICAL
-            old = self.replaced_size(d.fd, name) if self.quota is not None and self.overwrite else 0
-            if data or self.quota is not None:
-                self._fits(d.fd, d.dev, len(data), len(data), old)
-                self._space[d.dev][2] += len(data)
-            if self.quota is not None:  # counted at once: small files arriving together cannot pass it
-                self.quota.take(len(data) - old)
-                counted = len(data) - old
-            with claim(self.root + b"/" + rel):
+            if self.quota is not None:
+                old = self.replaced_size(d.fd, name) if self.overwrite else 0
+                self._fits(d.fd, d.dev, size, size, old)
+                self._space[d.dev][2] += size
+                self.quota.take(size - old)  # counted at once: small files arriving together cannot pass it
+                counted = size - old
+            elif size:  # _fits' common case inline: a fresh figure with room to spare
+                ent = self._space.get(d.dev)
+                if ent is None or ent[2] > ent[3] or size > ent[0] - ent[2] - self.limits.min_free \
+                        or time.monotonic() - ent[1] > SPACE_AGE:
+                    self._fits(d.fd, d.dev, size, size)
+                    ent = self._space[d.dev]
+                ent[2] += size
+            key = self.root + b"/" + rel  # claimed as claim() would, without its three calls
+            with _busy_lock:  # (the entry, one object per file, marks the claim as ours)
+                if key in _busy:
+                    raise Busy(f"{os.fsdecode(key)} is being received from another sender", _busy[key])
+                _busy[key] = entry
+            try:
                 t = None
                 try:
                     # the common case in one call (a nameless file linked into place); else a Temp
-                    if self.overwrite or d.dev in self._no_tmpfile \
-                            or not link_new(d.fd, name, data, entry.mode, entry.mtime_ns):
+                    if self.overwrite or d.dev in self._no_tmpfile:
+                        done = False
+                    elif (c_link_new := self._c_link_new) is not None:  # fileops.link_new, inline
+                        mode = entry.mode
+                        m = mode & 0o777
+                        done = c_link_new(d.fd, name, data, m if _UMASK is not None and not m & _UMASK else 0o600,
+                                          mode, entry.mtime_ns)
+                    else:
+                        done = link_new(d.fd, name, data, entry.mode, entry.mtime_ns)
+                    if not done:
                         t = self._small_temp(d, rel, entry.mode)
-                        if data and os.write(t.fd, data) != len(data):
+                        if data and os.write(t.fd, data) != size:
                             pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
                         seal(t.fd, entry.mode, entry.mtime_ns, sync=False,
                              chmod=bool(t.name) or creation_mode(entry.mode) != entry.mode & 0o777)
@@ -477,7 +506,7 @@ class Destination:
                             t.link(name)
                     counted = 0  # stored: it stays counted
                 except FileExistsError:
-                    if self._same(d, name, len(data), digest):
+                    if self._same(d, name, size, digest):
                         return ErrorCode.IDENTICAL
                     raise StorageError(f"{os.fsdecode(rel)} exists and differs (receiver has no --overwrite)",
                                        ErrorCode.EXISTS) from None
@@ -488,7 +517,12 @@ class Destination:
                 finally:
                     if t is not None:
                         t.close()
-            self._written(d)
+            finally:
+                with _busy_lock:
+                    if _busy.get(key) is entry:
+                        del _busy[key]
+            if d.dev not in self._dirty:
+                self._written(d)
         finally:
             if counted:
                 self.quota.give(counted)

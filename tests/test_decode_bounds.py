@@ -31,7 +31,7 @@ from ftx.core.messages import (
     wire_text,
 )
 from ftx.core.ranges import RangeSet, write_varint
-from ftx.core.receiver import ReceiverConnection
+from ftx.core.receiver import ReceiverConnection, unpack_small
 from ftx.core.sender import SenderConnection
 from ftx.core.udp import packets
 from ftx.errors import ErrorCode, RemoteProtocolError
@@ -178,7 +178,7 @@ DECODERS = [
     Hello.decode, Offer.decode, SmallFile.decode, FileEnd.decode, Result.decode, FileNotice.decode,
     ErrorMessage.decode, lambda p: Decision.decode(p, lambda fid: 1 << 40), lambda p: RangeSet.decode(p),
     lambda p: decode_entry(p), lambda p: packets.parse_frames(memoryview(p)),
-    lambda p: packets.parse_initial(memoryview(p)), packets.parse, decode_result_run,
+    lambda p: packets.parse_initial(memoryview(p)), packets.parse, decode_result_run, unpack_small,
 ]
 SEEDS = [
     Hello(ROLE_SENDER, 1 << 22).encode(), Offer(1, FileEntry(b"a/b", size=5)).encode(),

@@ -433,3 +433,49 @@ def test_known_codes_decode_as_enum():
     assert r.code is ErrorCode.DIGEST_MISMATCH
     n = FileNotice.decode(FileNotice(3, ErrorCode.SOURCE_CHANGED, "changed").encode())
     assert n == FileNotice(3, ErrorCode.SOURCE_CHANGED, "changed")
+
+
+def _unpack_outcome(fn, payload):
+    try:
+        fid, entry, digest, data = fn(payload)
+    except RemoteProtocolError as exc:
+        return type(exc), str(exc)
+    assert type(digest) is bytes and type(data) is bytes and type(entry.path) is bytes  # owned, not views
+    return fid, entry, entry.__dict__, digest, data
+
+
+@SETTINGS
+@given(fid=file_ids, path=raw_paths, data=st.binary(max_size=300), mode=st.integers(0, 0o7777),
+       chunk=st.sampled_from([MIN_CHUNK_SIZE - 1, MIN_CHUNK_SIZE, 1 << 20, 16 << 20, (16 << 20) + 1]),
+       noise=st.binary(max_size=8), at=st.integers(0, 60), cut=st.integers(-2, 3))
+def test_receivers_small_file_fast_decode_agrees_with_small_file_unpack(fid, path, data, mode, chunk, noise, at, cut):
+    """receiver.unpack_small (one struct call for the common frame) gives what SmallFile.unpack
+    gives -- the same fields, or the same error -- on valid frames and on corrupted ones."""
+    from ftx.core.receiver import unpack_small
+
+    enc = bytearray(SmallFile(fid, FileEntry(path, Kind.FILE, len(data), mode, -5, MIN_CHUNK_SIZE),
+                              file_digest(data), data).encode())
+    enc[28:32] = chunk.to_bytes(4, "big")  # chunk size (some out of range)
+    variants = [bytes(enc)]
+    enc[at : at + len(noise)] = noise
+    variants.append(bytes(enc[: len(enc) - cut] if cut > 0 else enc + b"z" * -cut))
+    for payload in variants:
+        assert _unpack_outcome(unpack_small, payload) == _unpack_outcome(SmallFile.unpack, payload)
+
+
+def _safe_wire_path(path: bytes) -> bool:
+    """The rule check_wire_path enforces, spelled out the slow way (its reference)."""
+    return (0 < len(path) <= MAX_PATH and b"\x00" not in path and not path.startswith(b"/")
+            and all(part not in (b"", b".", b"..") and len(part) <= MAX_COMPONENT for part in path.split(b"/")))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b".", b"/", b"\x00", b"..", b"x" * 120, b"./", b"/."]), max_size=12))
+def test_check_wire_path_fast_case_agrees_with_the_rule(pieces):
+    """check_wire_path's common case (no split) accepts exactly what the component rule accepts."""
+    path = b"".join(pieces)
+    try:
+        ok = check_wire_path(path) == path
+    except UnsafePath:
+        ok = False
+    assert ok == _safe_wire_path(path)

@@ -10,7 +10,7 @@ import pytest
 from ftx import fileops
 from ftx.core.checksum import file_digest
 from ftx.core.manifest import FileEntry
-from ftx.errors import ErrorCode, StorageError
+from ftx.errors import ErrorCode, FtxError, StorageError
 from ftx.storage import Destination
 
 MTIME = 1_600_000_000_123_456_789
@@ -91,3 +91,33 @@ def test_c_helper_matches_the_python_reference(tmp_path):
         if i == 0:
             want = got
         assert got == want and sorted(os.listdir(d)) == ["a", "b", "c"]
+
+
+def test_small_file_refused_while_another_connection_writes_it(dest, tmp_path):
+    """write_small claims its destination inline (no claim object): a file another connection
+    is writing (a partial's claim) gets BUSY and is left alone; the claim is given back after."""
+    from ftx.claims import Busy, claim
+
+    path = dest.root + b"/d/busy.bin"
+    holder = object()
+    with claim(path, holder):
+        with pytest.raises(Busy) as info:
+            _write(dest, b"d/busy.bin", b"new")
+        assert info.value.holder is holder and info.value.code == ErrorCode.BUSY
+        assert not (tmp_path / "d/busy.bin").exists()
+        assert not claim.is_free(path)  # still the other connection's
+    assert claim.is_free(path)
+    assert _write(dest, b"d/busy.bin", b"new") == ErrorCode.OK
+    assert claim.is_free(path)  # given back after a write
+    with pytest.raises(StorageError):
+        _write(dest, b"d/busy.bin", b"different")  # exists and differs
+    assert claim.is_free(path)  # and after a refusal
+
+
+@pytest.mark.parametrize("path", [b".ftx", b".ftx/x", b".ftx/a/b"])
+def test_small_file_never_lands_in_the_state_directory(dest, tmp_path, path):
+    with pytest.raises(FtxError) as info:
+        _write(dest, path, b"x")
+    assert info.value.code == ErrorCode.BAD_PATH
+    assert not (tmp_path / os.fsdecode(path)).is_file()
+

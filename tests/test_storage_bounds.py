@@ -456,3 +456,23 @@ def test_max_open_files_is_fitted_to_the_descriptor_limit(tmp_path):
         proc.terminate()
         _out, err = proc.communicate(timeout=10)
     assert "--max-open-files lowered from 512 to 122: the descriptor limit (ulimit -n) is 600" in err
+
+
+def test_small_files_below_min_free_refused_after_room_was_known(tmpfs):
+    """The free-space figure's fast case (inline in write_small) still refuses a file that would
+    eat into --min-free, once what was written since the figure was read leaves no room."""
+    from ftx.errors import StorageError
+    from ftx.limits import Limits
+    from ftx.storage import Destination
+
+    free = os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize
+    d = Destination(str(tmpfs), limits=Limits(min_free=free - 3000))
+    entry = lambda path, n: FileEntry(path, size=n, mode=0o644, mtime_ns=0)  # noqa: E731
+    try:
+        assert d.write_small(entry(b"a", 1000), b"x" * 1000, file_digest(b"x" * 1000)) == ErrorCode.OK  # reads the figure: room ~3000
+        with pytest.raises(StorageError) as info:
+            for i in range(10):  # ~1000 bytes each, counted against the figure
+                d.write_small(entry(b"b%d" % i, 1000), b"y" * 1000, file_digest(b"y" * 1000))
+        assert "--min-free" in str(info.value)
+    finally:
+        d.close()

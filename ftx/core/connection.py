@@ -41,6 +41,7 @@ from .states import FileState, In
 
 HANDSHAKE_FRAME = 0x10  # the first frame of a peer that requires authentication (protocol.md)
 SNIFF_BYTES = 64  # how much of a foreign peer's first bytes an error quotes
+_SMALL_FILE = FrameType.SMALL_FILE  # (_drain_frames compares by identity)
 
 
 class Connection:
@@ -176,6 +177,9 @@ class Connection:
         # after an ERROR, sent or received, the session is over: later input is dropped
         try:  # (as _guard, once around the loop rather than twice per frame)
             while self._error is None and (frame := self._decoder.next_frame()) is not None:
+                if frame.type is _SMALL_FILE and self.peer is not None:  # many small files: straight on
+                    self._on_frame(frame)
+                    continue
                 # DATA is the one frame whose payload reaches an event as a view (other payloads
                 # are decoded into objects of their own, SMALL_FILE's bytes copied)
                 if frame.type == FrameType.DATA and not self._decoder.copy_payloads:

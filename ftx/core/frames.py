@@ -289,13 +289,16 @@ class FrameDecoder:
         if self._frame_len < 0:
             if avail < HEADER_SIZE:
                 return None
-            ftype, flags, reserved, length, _ = HEADER.unpack_from(view, start)
+            ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
             if length > self._max_payload:
                 raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max_payload}")
             self._frame_len = HEADER_SIZE + length
-        if avail < self._frame_len:
+            if avail < self._frame_len:
+                return None
+        elif avail < self._frame_len:
             return None
-        ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
+        else:  # the header was read when the frame began to arrive
+            ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
         payload = view[start + HEADER_SIZE : start + self._frame_len]
         self._check(ftype, flags, reserved, length, csum, payload)
         if copy or self.copy_payloads or ftype != FrameType.DATA:
@@ -308,7 +311,7 @@ class FrameDecoder:
 
     @staticmethod
     def _check(ftype, flags, reserved, length, csum, payload) -> None:
-        header8 = _header8(ftype, flags, length) | (reserved << 32)
+        header8 = (ftype << 56) | (flags << 48) | (reserved << 32) | length  # _header8, inline (per frame)
         if ftype == FrameType.DATA:
             if length < DATA_HEADER_SIZE:
                 raise RemoteProtocolError("DATA frame shorter than its header")

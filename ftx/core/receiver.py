@@ -35,7 +35,8 @@ from .events import (
 )
 from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
-from .manifest import FileEntry, Kind, built
+from .checksum import DIGEST_SIZE
+from .manifest import ENTRY, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, FileEntry, Kind, built
 from .messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
@@ -62,6 +63,29 @@ from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
 
 
 FILE_STATE_COST = 2048  # bytes a receiver keeps per unsettled item besides its path (measured 1.5-2 KB)
+
+
+_ENTRY_SIZE = ENTRY.size
+_unpack_entry = ENTRY.unpack_from
+_new_entry = object.__new__
+_FILE = Kind.FILE
+
+
+def unpack_small(p: bytes) -> tuple[int, FileEntry, bytes, bytes]:
+    """``SmallFile.unpack`` in one struct call for the common frame (a regular file, no target,
+    every field in range, the length exact); anything else goes to ``SmallFile.unpack``, which
+    decodes it or raises its RemoteProtocolError.  The same result either way (tested)."""
+    n = len(p)
+    if n >= _ENTRY_SIZE and type(p) is bytes:  # (a view would give views, and the event owns its bytes)
+        file_id, kind, _flags, _res, mode, mtime_ns, size, chunk_size, plen, tlen = _unpack_entry(p)
+        off = _ENTRY_SIZE + plen
+        if kind == 1 and not tlen and not mode & ~0o7777 and MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE \
+                and n == off + DIGEST_SIZE + size:  # (so size is below the frame limit)
+            entry = _new_entry(FileEntry)  # as manifest.built, the fields in decode_entry's order
+            entry.__dict__.update(path=p[_ENTRY_SIZE:off], kind=_FILE, size=size, mode=mode, mtime_ns=mtime_ns,
+                                  chunk_size=chunk_size, target=b"")
+            return file_id, entry, p[off : off + DIGEST_SIZE], p[off + DIGEST_SIZE :]
+    return SmallFile.unpack(p)
 
 
 class ReceiverConnection(Connection):
@@ -222,7 +246,7 @@ class ReceiverConnection(Connection):
     def _on_frame(self, frame: Frame) -> None:
         t, p = frame.type, frame.payload
         if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
-            file_id, entry, digest, data = SmallFile.unpack(p)
+            file_id, entry, digest, data = unpack_small(p)
             if entry.kind != Kind.FILE:
                 raise RemoteProtocolError("SMALL_FILE must carry a regular file")
             # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED)
@@ -230,7 +254,9 @@ class ReceiverConnection(Connection):
             if (why := self._beyond_announced(entry)) is not None:
                 self._events.append(FileRefused(file_id, entry, why))
             else:
-                self._events.append(built(SmallFileReceived, file_id=file_id, entry=entry, digest=digest, data=data))
+                ev = _new_entry(SmallFileReceived)  # manifest.built, inline (per small file)
+                ev.__dict__.update(file_id=file_id, entry=entry, digest=digest, data=data)
+                self._events.append(ev)
             return  # (no _maybe_complete: the file awaits its RESULT, and none comes after DONE)
         if t == FrameType.DATA:
             file_id, index, checksum, data = parse_data_payload(p)
