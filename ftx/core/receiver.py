@@ -36,7 +36,7 @@ from .events import (
 from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
 from .checksum import DIGEST_SIZE
-from .manifest import ENTRY, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, FileEntry, Kind, built
+from .manifest import ENTRY, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, FileEntry, Kind
 from .messages import (
     DECISION_EXISTS,
     HELLO_NO_RESUME,
