@@ -28,25 +28,35 @@ class Busy(StorageError):
         self.holder = holder
 
 
+def take(path: bytes, owner: object) -> None:
+    """Mark ``path`` as being written by ``owner``; ``Busy`` if another holder has it."""
+    with _busy_lock:
+        holder = _busy.get(path)
+        if holder is not None:
+            raise Busy(f"{os.fsdecode(path)} is being received from another sender", holder)
+        _busy[path] = owner
+
+
+def give(path: bytes, owner: object) -> None:
+    """Drop ``owner``'s mark on ``path`` (nothing if someone else holds it now)."""
+    with _busy_lock:
+        if _busy.get(path) is owner:
+            del _busy[path]
+
+
 class claim:
     """Context manager marking a destination as being written by ``owner``."""
 
     def __init__(self, path: bytes, owner: object = None) -> None:
         self.path = path
-        self.owner = owner
+        self.owner = owner if owner is not None else self
 
     def __enter__(self) -> "claim":
-        with _busy_lock:
-            holder = _busy.get(self.path)
-            if holder is not None:
-                raise Busy(f"{os.fsdecode(self.path)} is being received from another sender", holder)
-            _busy[self.path] = self.owner if self.owner is not None else self
+        take(self.path, self.owner)
         return self
 
     def __exit__(self, *exc) -> None:
-        with _busy_lock:
-            if _busy.get(self.path) is (self.owner if self.owner is not None else self):
-                del _busy[self.path]
+        give(self.path, self.owner)
 
     @staticmethod
     def is_free(path: bytes) -> bool:

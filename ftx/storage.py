@@ -34,7 +34,8 @@ import stat
 import threading
 import time
 
-from .claims import _busy, _busy_lock, Busy, claim, in_use
+from . import claims
+from .claims import Busy, claim, in_use
 from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
@@ -48,7 +49,6 @@ from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
-_UMASK = fileops.UMASK  # (creation_mode, inline in write_small)
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted
 
 
@@ -476,11 +476,8 @@ class Destination:
                     self._fits(d.fd, d.dev, size, size)
                     ent = self._space[d.dev]
                 ent[2] += size
-            key = self.root + b"/" + rel  # claimed as claim() would, without its three calls
-            with _busy_lock:  # (the entry, one object per file, marks the claim as ours)
-                if key in _busy:
-                    raise Busy(f"{os.fsdecode(key)} is being received from another sender", _busy[key])
-                _busy[key] = entry
+            key = self.root + b"/" + rel
+            claims.take(key, entry)  # as claim() does, with no claim object: the entry marks it as ours
             try:
                 t = None
                 try:
@@ -489,9 +486,7 @@ class Destination:
                         done = False
                     elif (c_link_new := self._c_link_new) is not None:  # fileops.link_new, inline
                         mode = entry.mode
-                        m = mode & 0o777
-                        done = c_link_new(d.fd, name, data, m if _UMASK is not None and not m & _UMASK else 0o600,
-                                          mode, entry.mtime_ns)
+                        done = c_link_new(d.fd, name, data, creation_mode(mode), mode, entry.mtime_ns)
                     else:
                         done = link_new(d.fd, name, data, entry.mode, entry.mtime_ns)
                     if not done:
@@ -518,9 +513,7 @@ class Destination:
                     if t is not None:
                         t.close()
             finally:
-                with _busy_lock:
-                    if _busy.get(key) is entry:
-                        del _busy[key]
+                claims.give(key, entry)
             if d.dev not in self._dirty:
                 self._written(d)
         finally:
