@@ -26,12 +26,14 @@ from .errors import ArgumentError, ErrorCode, FtxError, PeerError, ProtocolError
 from .cli_output import emit as _emit, emit_streamed as _emit_streamed, flush as _flush  # noqa: F401,E402
 from .cli_output import start_writers as _start_writers, stop_writers as _stop_writers  # noqa: E402
 from .limits import Limits  # noqa: E402
-from .units import human_size, parse_duration, parse_rate, parse_size  # noqa: E402
+from .cli_options import (EXIT_CONNECTION, EXIT_FILES, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK,  # noqa: E402,F401
+                          EXIT_PROTOCOL, EXIT_TERMINATED, EXIT_USAGE, verbosity)
+from .cli_options import check_listen as _check_listen, die as _die, limit_options as _limit_options  # noqa: E402
+from .cli_options import limits_from as _limits_from, rate_value as _rate, size_value as _size  # noqa: E402
+from .cli_options import with_options as _with  # noqa: E402
 from . import config_file  # noqa: E402
 from .cli_help import KEYGEN_EPILOG, MAIN_EPILOG, RECEIVE_EPILOG, SEND_EPILOG  # noqa: E402
 
-EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
-EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
 
 # At exit the interpreter's last garbage collections walk, and then free one by one, every
 # class, function and module the run loaded: about 35 ms of a one-file send, more than its
@@ -121,96 +123,6 @@ def _setup_logging(verbose: int, quiet: int, fmt: str = "text", events: int | No
         events_log.setLevel(max(logging.DEBUG, events))
 
 
-def _size(text: str, option: str) -> int:
-    """A size option's value (ftx/units.py); a bad one is a usage error that lists the accepted forms."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
-
-
-def _rate(text: str, option: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
-
-
-def _limit_options(fn):
-    """One ``ftx receive`` option per field of ``Limits`` (ftx/limits.py holds the table)."""
-    for name, kind, default, help_text in reversed(Limits.options()):
-        flag = "--" + name.replace("_", "-")
-        if kind == "count":
-            fn = click.option(flag, name, type=click.IntRange(max(1, int(Limits.least(name)))), default=default,
-                              show_default=True,
-                              help=help_text)(fn)
-        else:
-            shown = _human(default, kind)
-            fn = click.option(flag, name, default=None, metavar="SIZE" if kind == "size" else "TIME",
-                              help=f"{help_text}  [default: {shown}]")(fn)
-    return fn
-
-
-def _human(value, kind: str) -> str:
-    if kind == "size":
-        return human_size(value)
-    for unit, mult in (("d", 86400), ("h", 3600), ("m", 60)):
-        if value >= mult and value % mult == 0:
-            return f"{int(value // mult)}{unit}"
-    return f"{value:g}s"
-
-
-def _limits_from(values: dict) -> Limits:
-    """Build ``Limits`` from the receive command's parsed options (unset ones keep defaults)."""
-    kwargs = {}
-    for name, kind, _default, _help in Limits.options():
-        raw = values.get(name)
-        if raw is None:
-            continue
-        if kind == "count":
-            kwargs[name] = raw
-            continue
-        try:
-            kwargs[name] = parse_size(raw) if kind == "size" else parse_duration(raw)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--" + name.replace("_", "-")) from None
-        if kind == "duration" and kwargs[name] <= 0:
-            raise click.BadParameter("must be a positive time, such as 30s", param_hint="--" + name.replace("_", "-"))
-        if kwargs[name] < Limits.least(name):
-            raise click.BadParameter(f"must be at least {_human(Limits.least(name), kind)}",
-                                     param_hint="--" + name.replace("_", "-"))
-    return Limits(**kwargs)
-
-
-def _positive(value: float | None, param) -> float | None:
-    if value is not None and not 0 < value < float("inf"):  # also refuses nan
-        raise click.BadParameter(f"{value} is not a positive number of seconds", param=param)
-    return value
-
-
-def _check_listen(host: str, option: str = "--listen") -> None:
-    """A bad listening address is a one-line usage error, before anything starts."""
-    import errno
-    import socket
-
-    from .transport.sockets import ANY
-
-    if host in ANY:
-        return
-    try:
-        family, socktype, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM,
-                                                              flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        hint = " (give the port with --port)" if option == "--listen" and host.count(":") == 1 else ""
-        _die(f"{option} {host!r} is not an address: {getattr(exc, 'strerror', None) or exc}{hint}", EXIT_USAGE)
-    with socket.socket(family, socktype, proto) as probe:
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                _die(f"{option} {host}: not an address of this machine", EXIT_USAGE)
-
-
 def _fit_descriptors(limits: Limits) -> Limits:
     from .daemon import fit_descriptors
 
@@ -226,33 +138,6 @@ def _tell(message: str) -> None:
     from .terminal import say
 
     say(message, "warning" if message.startswith("WARNING") else "info")
-
-
-def _die(message: str, code: int):
-    from .terminal import say
-
-    say(message)  # escaped: it may hold a name from the peer or the file system
-    sys.exit(code)
-
-
-verbosity = [
-    click.option("-v", "--verbose", count=True, help="More logging (repeat for debug)."),
-    click.option("-q", "--quiet", count=True, help="Less logging."),
-    click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
-    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                 help="Log lines on stderr: 'ftx: ...' text, or one JSON object per line (for machines)."),
-    click.option("--no-progress", is_flag=True, help="No progress bars (also off when stderr is not a terminal)."),
-    click.option("--idle-timeout", type=float, default=None, callback=lambda ctx, param, v: _positive(v, param),
-                 help="Give up when the peer has been silent this many seconds (TCP 30, UDP 15)."),
-]
-
-
-def _with(options):
-    def deco(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-    return deco
 
 
 class _Commands(click.Group):

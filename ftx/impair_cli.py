@@ -33,7 +33,7 @@ def impair(listen, target, both, forward, reverse, seed, duration, as_json):
     mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
     whose MTU is N + 28 over IPv4, N + 48 over IPv6).
     """
-    from .cli import EXIT_CONNECTION, _check_listen, _die
+    from .cli_options import EXIT_CONNECTION, check_listen as _check_listen, die as _die
     from .netsim import Impairment
     from .transport.sockets import parse_dest
 
@@ -63,7 +63,7 @@ relay = click.Command("relay", params=impair.params, callback=impair.callback, h
 def _check_resolves(host: str, option: str) -> None:
     import socket
 
-    from .cli import EXIT_USAGE, _die
+    from .cli_options import EXIT_USAGE, die as _die
 
     try:
         socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
