@@ -554,3 +554,32 @@ def test_the_openers_buffer_shrinks_once_records_come_direct():
     wire, plain = chunk_wire(sealer, 2 * MAX_RECORD)
     assert drive(opener, wire, range(0, len(wire), 100_000)) == (plain, 2)
     assert opener.capacity <= 2 * MIN_READ and budget.used == opener.capacity
+
+
+def test_next_record_agrees_with_next_size_and_direct_size():
+    """The driver's one call per record (``next_record``) says what the two calls would: the size
+    of a whole record, minus the size of one that may go direct, 0 when more must arrive."""
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN)
+    wire, plain = chunk_wire(sealer)
+    seen = set()
+    for step in (1, 7, 4093):
+        opener, out, filled, pos = RecordOpener(Direction(AES_256_GCM, SECRET)), bytearray(len(plain)), 0, 0
+        while True:
+            whole = opener.next_size()
+            direct = opener.direct_size()
+            kind = opener.next_record()
+            assert kind == (whole if whole is not None else -direct), (step, pos)
+            seen.add((kind > 0) - (kind < 0))
+            if kind > 0:
+                opener.open_into(memoryview(out)[filled : filled + kind])
+                filled += kind
+                continue
+            if pos == len(wire):
+                break
+            buf = opener.get_buffer()
+            n = min(len(buf), step, len(wire) - pos)
+            buf[:n] = wire[pos : pos + n]
+            pos += n
+            opener.buffer_updated(n)
+        assert bytes(out) == plain
+    assert seen == {-1, 0, 1}

@@ -365,7 +365,8 @@ class RecordOpener:
     # -- records --------------------------------------------------------------
     def next_size(self) -> int | None:
         """Plaintext size of the next record if it has arrived whole, else None.  Checks its header."""
-        self._check()
+        if self._error is not None:
+            raise self._error
         avail = self._end - self._start
         if self._size < 0:
             if avail < HEADER_SIZE:
@@ -380,6 +381,16 @@ class RecordOpener:
         if avail < self._size + OVERHEAD:
             return None
         return self._size
+
+    def next_record(self) -> int:
+        """``next_size`` and ``direct_size`` in one call (a driver's loop asks per record): the
+        plaintext size of the next record when it has arrived whole; minus its size when it may be
+        read direct; 0 when more bytes must come first (into ``get_buffer``)."""
+        size = self.next_size()
+        if size is not None:
+            return size
+        size = self._size
+        return -size if size >= DIRECT_MIN and not self._direct else 0
 
     def open_into(self, out) -> None:
         """Open the next record (``next_size`` said it is complete) into ``out`` (exactly its size)."""
