@@ -343,23 +343,25 @@ class TcpLink:
         opener, sock = self._opener, self.sock
         got = opener.begin_direct(target)
         need = len(target)
-        while got < need:
-            self._wake_at(need - got, need - got)
-            rest, after = target[got:], opener.direct_room()  # what follows the record: the next header
-            try:
-                n = sock.recvmsg_into([rest, after])[0]
-            except (BlockingIOError, InterruptedError):
-                del rest, after
-                await self._readable(conn, trim=False)  # target is a region of conn's buffer: keep it
-                continue
-            except OSError as exc:
-                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
-            del rest, after
-            self.last_recv = time.monotonic()
-            if n == 0:
-                self._eof(conn)
-                return False
-            got += n
+        after = opener.direct_room()  # what follows the record (the next header): the same room each
+        try:  # read, as bytes land there only once the record's are all in
+            while got < need:
+                try:
+                    n = sock.recvmsg_into([target[got:], after])[0]
+                except (BlockingIOError, InterruptedError):
+                    self._wake_at(need - got, need - got)
+                    await self._readable(conn, trim=False)  # target is a region of conn's buffer: keep it
+                    continue
+                except OSError as exc:
+                    raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+                self.last_recv = time.monotonic()
+                self.bytes_in += n
+                if n == 0:
+                    self._eof(conn)
+                    return False
+                got += n
+        finally:
+            after.release()
         if got > need:
             opener.buffer_updated(got - need)
         opener.finish_direct(target)
