@@ -583,3 +583,39 @@ def test_next_record_agrees_with_next_size_and_direct_size():
             opener.buffer_updated(n)
         assert bytes(out) == plain
     assert seen == {-1, 0, 1}
+
+
+def test_open_in_place_gives_the_plaintext_where_the_record_lay():
+    """A record opened in the opener's own buffer (no new buffer for it): the same plaintext as
+    ``open``, the buffer reused after it, and a tampered record an AuthError."""
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), update_after=2)
+    parts = [random.Random(i).randbytes(n) for i, n in enumerate((300, 70_000, 5, MAX_RECORD))]
+    wire = b"".join(sealer.seal(p) for p in parts)
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    got, pos = [], 0
+    while pos < len(wire) or opener.next_size() is not None:
+        if opener.next_size() is not None:
+            view = opener.open_in_place()
+            assert view.obj is opener._buf  # in the opener's buffer, not a copy
+            got.append(bytes(view))
+            del view
+            continue
+        buf = opener.get_buffer()
+        n = min(len(buf), 9000, len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        del buf
+        pos += n
+        opener.buffer_updated(n)
+    assert b"".join(got) == b"".join(parts) and len(got) == 6  # the large ones end in a TAIL record
+    bad = bytearray(RecordSealer(Direction(AES_256_GCM, SECRET)).seal(b"secret"))
+    bad[6] ^= 1
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    buf = opener.get_buffer()
+    buf[: len(bad)] = bad
+    del buf
+    opener.buffer_updated(len(bad))
+    assert opener.next_size() == 6
+    with pytest.raises(AuthError):
+        opener.open_in_place()
+    with pytest.raises(AuthError):
+        opener.next_size()

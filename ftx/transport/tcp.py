@@ -318,9 +318,9 @@ class TcpLink:
                         if large:  # the rest of a large frame (its tail record): the region ends with it
                             continue
                         break  # small frames: the decoder sees each record, so that a chunk stops the feed
-                    if not filled:  # a record larger than the region the decoder offers: the rare path
-                        region = None
-                        _copy_into(conn, opener.open())
+                    if not filled:  # a record larger than the region the decoder offers (small
+                        region = None  # frames: the decoder offers READAHEAD): opened where it is, copied
+                        _copy_into(conn, opener.open_in_place())
                         return size
                     break
                 size = -size  # large, on its way: read it into its place, if it fits there with its tag
@@ -464,8 +464,8 @@ def _mark_unauthenticated(frame: bytes) -> bytes:
 
 
 def _copy_into(conn, data) -> None:
-    """Copy ``data`` into ``conn`` through its buffer (the rare path: a record larger than
-    the region the decoder offers, or a plaintext ERROR)."""
+    """Copy ``data`` into ``conn`` through its buffer (a record larger than the region the
+    decoder offers, or a plaintext ERROR)."""
     view = memoryview(data)
     while view:
         buf = conn.get_buffer()

@@ -464,6 +464,23 @@ class RecordOpener:
         if len(self._buf) > 2 * MIN_READ:  # it held a whole record before (the first chunk of a
             self._resize(2 * MIN_READ)  # connection, say): large ones come direct now, give it back
 
+    def open_in_place(self) -> memoryview:
+        """Open the next complete record where it lies in this opener's buffer: its plaintext, a
+        view valid until the next ``get_buffer`` (copy it out before: a record larger than the
+        region the frame decoder offers, such as one of many small files' frames)."""
+        size = self._size
+        if size < 0 or self._end - self._start < size + OVERHEAD:
+            raise ValueError("open_in_place: no complete record")
+        start = self._start
+        body = self._view[start + HEADER_SIZE : start + OVERHEAD + size]
+        self._open(bytes(self._view[start : start + HEADER_SIZE]), body, body[:size])
+        self._start += size + OVERHEAD
+        if self._start == self._end:
+            self._start = self._end = 0
+        if size >= DIRECT_MIN:
+            self._streaming = False
+        return body[:size]
+
     def open(self) -> bytes:
         """Copying: the next complete record's plaintext."""
         out = bytearray(self._size)
