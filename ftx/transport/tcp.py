@@ -246,7 +246,8 @@ class TcpLink:
         not one per record.  This returns once an event or output is pending (the driver drains
         events before the next call, so chunk payloads are consumed before the buffer
         is asked for again and nothing is copied); events that own their bytes (many
-        small files) pile up in one region: the driver handles them as one batch.
+        small files) pile up while records already read remain: the driver handles them
+        as one batch.
         A large record whose plaintext fits the decoder's buffer with its tag
         behind it is read straight there and opened in place (``_read_direct``).
         A record that does not open ends the session: the peer is told (sealed
