@@ -17,6 +17,7 @@ connect+handshake round trips on loopback (the lead measures the real
 handshakes with it).
 
     python benchmarks/bench_secure.py [--size 1G] [--runs 3] [--handshake tests.secure_fakes:FakeHandshake]
+        [--baseline TREE]     # TREE's ftx beside this one's, interleaved: rows "NAME (base)"
 
 scp needs openssh-server (sshd) and magic-wormhole needs ``wormhole`` and ``twist`` on PATH
 (pip install magic-wormhole magic-wormhole-mailbox-server magic-wormhole-transit-relay);
@@ -127,16 +128,17 @@ async def child_latency_server(cipher: str, handshake: str) -> None:
 
 
 # -- the parent -------------------------------------------------------------------------
-def child(*args: str, stdout=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *args], stdout=stdout, text=True,
-                            cwd=ROOT)
+def child(*args: str, stdout=None, tree: str = ROOT) -> subprocess.Popen:
+    """A child process running ``tree``'s copy of this script (and so that tree's ftx)."""
+    return subprocess.Popen([sys.executable, os.path.join(tree, "benchmarks", os.path.basename(__file__)), "--child",
+                             *args], stdout=stdout, text=True, cwd=tree)
 
 
-def bench_ftx(src: str, dst_dir: str, cipher: str, handshake: str) -> dict:
-    recv = child("recv", dst_dir, cipher, handshake, stdout=subprocess.PIPE)
+def bench_ftx(src: str, dst_dir: str, cipher: str, handshake: str, tree: str = ROOT) -> dict:
+    recv = child("recv", dst_dir, cipher, handshake, stdout=subprocess.PIPE, tree=tree)
     port = read_line(recv).strip()
     t0 = time.perf_counter()
-    send = child("send", src, port, cipher, handshake)
+    send = child("send", src, port, cipher, handshake, tree=tree)
     s = run_wait(send)
     r = run_wait(recv)
     elapsed = time.perf_counter() - t0
@@ -326,6 +328,9 @@ def main() -> None:
     ap.add_argument("--handshake-latency", type=int, default=0, metavar="N",
                     help="also time N connect+handshake round trips")
     ap.add_argument("--no-peers", action="store_true", help="skip scp and magic-wormhole")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="also run every ftx row with TREE's ftx (another source tree with its C modules built), "
+                         "interleaved, as rows 'NAME (base)'")
     ap.add_argument("--ciphers", default="aes-256-gcm,chacha20-poly1305",
                     help="sealed rows beside plaintext, comma-separated (fewer rows: more rounds in the same time); "
                          "CIPHER/N: the sender's records hold at most N bytes (record size against the cache)")
@@ -340,12 +345,16 @@ def main() -> None:
         make_source(src, size)
         warm_memory(work_dst, 2 * size)
         names = ["plaintext", *(c for c in args.ciphers.split(",") if c)]
-        rows: dict[str, list[dict]] = {n: [] for n in names}
+        trees = {n: ROOT for n in names}
+        if args.baseline:
+            base = os.path.abspath(args.baseline)
+            trees.update({f"{n} (base)": base for n in names})
+        rows: dict[str, list[dict]] = {n: [] for n in trees}
         peers: dict[str, list[dict]] = {"scp aes128-gcm": [], "magic-wormhole": []}
         sshd = PrivateSshd() if not args.no_peers else None
         for _ in range(args.runs):
-            for name in names:  # interleaved, so that a noisy neighbour hits every row alike
-                rows[name].append(bench_ftx(src, work_dst, name, args.handshake))
+            for name, tree in trees.items():  # interleaved, so that a noisy neighbour hits every row alike
+                rows[name].append(bench_ftx(src, work_dst, name.removesuffix(" (base)"), args.handshake, tree))
                 os.unlink(os.path.join(work_dst, "payload.bin"))
             if not args.no_peers:
                 dst = os.path.join(work_dst, "scp.bin")
@@ -368,18 +377,23 @@ def main() -> None:
         gb = size / 1e9
         print(f"\nloopback TCP, {size / 2**20:.0f} MiB, page cache -> {args.dst_dir}, median of {args.runs}; "
               f"handshake {args.handshake}")
-        print(f"{'':20} {'MB/s':>8} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
+        print(f"{'':26} {'MB/s':>8} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
         med = {}
         for name, results in {**rows, **peers}.items():
             if not results:
                 continue
             secs = statistics.median(r["seconds"] for r in results)
             med[name] = secs
-            print(f"{name:20} {size / secs / 1e6:8.0f} {statistics.median(r['send_cpu'] for r in results) / gb:14.2f} "
+            print(f"{name:26} {size / secs / 1e6:8.0f} {statistics.median(r['send_cpu'] for r in results) / gb:14.2f} "
                   f"{statistics.median(r['recv_cpu'] for r in results) / gb:14.2f} "
                   f"{max(r['send_rss'] for r in results) / 1e6:12.1f} {max(r['recv_rss'] for r in results) / 1e6:12.1f}")
         for name in names[1:]:
             print(f"ratio {name}/plaintext: {med['plaintext'] / med[name]:.2f}x (target >= 0.85)")
+            if args.baseline:
+                print(f"ratio {name} (base)/plaintext (base): {med['plaintext (base)'] / med[name + ' (base)']:.2f}x")
+        if args.baseline:
+            for name in names:
+                print(f"ratio {name}/{name} (base): {med[name + ' (base)'] / med[name]:.2f}x (above 1: faster)")
         for name in peers:
             if name in med and "aes-256-gcm" in med:  # (the row of the default record size)
                 print(f"ratio aes-256-gcm/{name}: {med[name] / med['aes-256-gcm']:.2f}x (target >= 2)")

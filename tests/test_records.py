@@ -554,3 +554,68 @@ def test_the_openers_buffer_shrinks_once_records_come_direct():
     wire, plain = chunk_wire(sealer, 2 * MAX_RECORD)
     assert drive(opener, wire, range(0, len(wire), 100_000)) == (plain, 2)
     assert opener.capacity <= 2 * MIN_READ and budget.used == opener.capacity
+
+
+def test_next_record_agrees_with_next_size_and_direct_size():
+    """The driver's one call per record (``next_record``) says what the two calls would: the size
+    of a whole record, minus the size of one that may go direct, 0 when more must arrive."""
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), max_record=DIRECT_MIN)
+    wire, plain = chunk_wire(sealer)
+    seen = set()
+    for step in (1, 7, 4093):
+        opener, out, filled, pos = RecordOpener(Direction(AES_256_GCM, SECRET)), bytearray(len(plain)), 0, 0
+        while True:
+            whole = opener.next_size()
+            direct = opener.direct_size()
+            kind = opener.next_record()
+            assert kind == (whole if whole is not None else -direct), (step, pos)
+            seen.add((kind > 0) - (kind < 0))
+            if kind > 0:
+                opener.open_into(memoryview(out)[filled : filled + kind])
+                filled += kind
+                continue
+            if pos == len(wire):
+                break
+            buf = opener.get_buffer()
+            n = min(len(buf), step, len(wire) - pos)
+            buf[:n] = wire[pos : pos + n]
+            pos += n
+            opener.buffer_updated(n)
+        assert bytes(out) == plain
+    assert seen == {-1, 0, 1}
+
+
+def test_open_in_place_gives_the_plaintext_where_the_record_lay():
+    """A record opened in the opener's own buffer (no new buffer for it): the same plaintext as
+    ``open``, the buffer reused after it, and a tampered record an AuthError."""
+    sealer = RecordSealer(Direction(AES_256_GCM, SECRET), update_after=2)
+    parts = [random.Random(i).randbytes(n) for i, n in enumerate((300, 70_000, 5, MAX_RECORD))]
+    wire = b"".join(sealer.seal(p) for p in parts)
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    got, pos = [], 0
+    while pos < len(wire) or opener.next_size() is not None:
+        if opener.next_size() is not None:
+            view = opener.open_in_place()
+            assert view.obj is opener._buf  # in the opener's buffer, not a copy
+            got.append(bytes(view))
+            del view
+            continue
+        buf = opener.get_buffer()
+        n = min(len(buf), 9000, len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        del buf
+        pos += n
+        opener.buffer_updated(n)
+    assert b"".join(got) == b"".join(parts) and len(got) == 6  # the large ones end in a TAIL record
+    bad = bytearray(RecordSealer(Direction(AES_256_GCM, SECRET)).seal(b"secret"))
+    bad[6] ^= 1
+    opener = RecordOpener(Direction(AES_256_GCM, SECRET))
+    buf = opener.get_buffer()
+    buf[: len(bad)] = bad
+    del buf
+    opener.buffer_updated(len(bad))
+    assert opener.next_size() == 6
+    with pytest.raises(AuthError):
+        opener.open_in_place()
+    with pytest.raises(AuthError):
+        opener.next_size()

@@ -45,6 +45,7 @@ class Server:
         self.make_hs = make_hs
         self.secure = secure
         self.results: list = []  # per connection: the session, or the handshake's exception
+        self.links: list = []
         self.done = asyncio.Event()
 
     async def __aenter__(self):
@@ -54,6 +55,7 @@ class Server:
         return self
 
     async def _handle(self, link) -> None:
+        self.links.append(link)
         try:
             if self.secure:
                 try:
@@ -457,6 +459,24 @@ def test_chunks_read_direct_from_reads_cut_anywhere(tmp_path, files, monkeypatch
     for f in files:
         assert (tmp_path / "dst" / f.name).read_bytes() == f.read_bytes()
     assert len(direct) >= 5  # two per MiB chunk of the 3 MiB file, but the first: the frame buffer grows to it
+
+def test_the_receivers_byte_count_includes_records_read_direct(tmp_path, files):
+    """``bytes_in`` (the --json reports' transport_stats) counts every byte that crossed the
+    socket, the large records read straight into the frame buffer too: the sender's count."""
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            link = await tcp.connect("127.0.0.1", server.port)
+            await run_handshake(link, FakeHandshake("client"), T)
+            report = await asyncio.wait_for(send_paths(link, [str(p) for p in files], idle_timeout=T), T * 3)
+            await server.wait(1)
+            return report, link, server.links
+
+    report, sender, links = run(go())
+    assert report.ok, report.error
+    assert len(links) == 1
+    assert links[0].bytes_in == sender.bytes_out > 3 * 1024 * 1024
+    assert sender.bytes_in == links[0].bytes_out
+
 
 class _Until:
     """A reader that reports end of stream once the proxy has attacked."""

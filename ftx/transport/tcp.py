@@ -240,11 +240,14 @@ class TcpLink:
     async def _feed_sealed(self, conn) -> None:
         """Open the next record(s) into ``conn``; read from the socket only when none is complete.
 
-        Every complete record already read goes in, until one of them raises an event
-        that holds a view into the decoder's buffer (a DATA chunk): the driver drains
+        Records go into one region of the frame decoder's buffer after another, and
+        the decoder hears of them once (``_fill``): a 1 MiB chunk is one
+        ``buffer_updated`` for its header's record and one for its payload's three,
+        not one per record.  This returns once an event or output is pending (the driver drains
         events before the next call, so chunk payloads are consumed before the buffer
-        is asked for again and nothing is copied.  Events that own their bytes (many
-        small files) pile up: the driver handles them as one batch.
+        is asked for again and nothing is copied); events that own their bytes (many
+        small files) pile up while records already read remain: the driver handles them
+        as one batch.
         A large record whose plaintext fits the decoder's buffer with its tag
         behind it is read straight there and opened in place (``_read_direct``).
         A record that does not open ends the session: the peer is told (sealed
@@ -258,23 +261,19 @@ class TcpLink:
                 refusal = self._plain_error(conn) if opener.number == 0 else False
                 if refusal:
                     return
-                if refusal is False and (size := opener.next_size()) is not None:
-                    break
-                if refusal is False and (size := opener.direct_size()):
-                    region = conn.get_buffer()
-                    if len(region) >= size + TAG_SIZE:
-                        if not await self._read_direct(conn, region[: size + TAG_SIZE]):
-                            return
-                        del region
-                        conn.buffer_updated(size)
-                        if conn.events_pending or conn.closed:
-                            self._established(conn)
-                            return
-                        continue
-                    del region
+                if refusal is False and opener.next_record():
+                    filled = await self._fill(conn)
+                    if filled < 0:
+                        return
+                    if filled:
+                        if conn.views_pending or conn.closed:
+                            break  # for the driver: a chunk (its payload is a view of conn's buffer)
+                        if (conn.events_pending or conn.pending_output) and opener.next_record() <= 0:
+                            break  # the records read so far are in: a batch for the driver
+                        continue  # more records already here (small files: one batch), or nothing
+                        # for the driver yet (a chunk's header alone, or a PING's rest): read on
                 buf = opener.get_buffer()
-                missing = opener.missing()
-                self._wake_at(missing, len(buf))
+                self._wake_at(opener.missing(), len(buf))
                 try:
                     n = sock.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
@@ -290,17 +289,6 @@ class TcpLink:
                 if n == 0:
                     self._eof(conn)
                     return
-            while True:
-                buf = conn.get_buffer()
-                if len(buf) >= size:  # the usual case: open straight into the frame buffer
-                    opener.open_into(buf[:size])
-                    del buf
-                    conn.buffer_updated(size)
-                else:
-                    del buf
-                    _copy_into(conn, opener.open())
-                if conn.views_pending or conn.closed or (size := opener.next_size()) is None:
-                    break
         except (AuthError, BufferLimit) as exc:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
             # the connection object is left as it is, so the error the session reports is this one
@@ -312,6 +300,43 @@ class TcpLink:
             raise
         self._established(conn)
 
+    async def _fill(self, conn) -> int:
+        """Open records into one region of ``conn``'s buffer and tell ``conn`` once: a record
+        complete in the opener's buffer, or large records read straight into their place
+        (``_read_direct``) one after another, and the small records after them while they fit
+        (a large frame's rest: a chunk's records after its header's).  The bytes placed (0: none
+        fits, read more into the opener's buffer; -1: the stream ended)."""
+        opener = self._opener
+        region = conn.get_buffer()
+        room, filled, large = len(region), 0, False
+        try:
+            while True:
+                size = opener.next_record()
+                if size > 0:  # arrived whole
+                    if filled + size <= room:
+                        opener.open_into(region[filled : filled + size])
+                        filled += size
+                        if large:  # the rest of a large frame (its tail record): the region ends with it
+                            continue
+                        break  # small frames: the decoder sees each record, so that a chunk stops the feed
+                    if not filled:  # a record larger than the region the decoder offers (small
+                        region = None  # frames: the decoder offers READAHEAD): opened where it is, copied
+                        _copy_into(conn, opener.open_in_place())
+                        return size
+                    break
+                size = -size  # large, on its way: read it into its place, if it fits there with its tag
+                if not size or filled + size + TAG_SIZE > room:
+                    break
+                if not await self._read_direct(conn, region[filled : filled + size + TAG_SIZE]):
+                    return -1
+                filled += size
+                large = True  # (a region with room for a large record: a large frame's rest, no other frame)
+        finally:
+            region = None  # hold no view of conn's buffer
+        if filled:
+            conn.buffer_updated(filled)
+        return filled
+
     async def _read_direct(self, conn, target: memoryview) -> bool:
         """Read the opener's current (large) record into ``target`` (its ciphertext and tag, where
         its plaintext goes in the decoder's buffer) and open it there.  Reads stop at the record's
@@ -319,23 +344,25 @@ class TcpLink:
         opener, sock = self._opener, self.sock
         got = opener.begin_direct(target)
         need = len(target)
-        while got < need:
-            self._wake_at(need - got, need - got)
-            rest, after = target[got:], opener.direct_room()  # what follows the record: the next header
-            try:
-                n = sock.recvmsg_into([rest, after])[0]
-            except (BlockingIOError, InterruptedError):
-                del rest, after
-                await self._readable(conn, trim=False)  # target is a region of conn's buffer: keep it
-                continue
-            except OSError as exc:
-                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
-            del rest, after
-            self.last_recv = time.monotonic()
-            if n == 0:
-                self._eof(conn)
-                return False
-            got += n
+        after = opener.direct_room()  # what follows the record (the next header): the same room each
+        try:  # read, as bytes land there only once the record's are all in
+            while got < need:
+                try:
+                    n = sock.recvmsg_into([target[got:], after])[0]
+                except (BlockingIOError, InterruptedError):
+                    self._wake_at(need - got, need - got)
+                    await self._readable(conn, trim=False)  # target is a region of conn's buffer: keep it
+                    continue
+                except OSError as exc:
+                    raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+                self.last_recv = time.monotonic()
+                self.bytes_in += n
+                if n == 0:
+                    self._eof(conn)
+                    return False
+                got += n
+        finally:
+            after.release()
         if got > need:
             opener.buffer_updated(got - need)
         opener.finish_direct(target)
@@ -438,8 +465,8 @@ def _mark_unauthenticated(frame: bytes) -> bytes:
 
 
 def _copy_into(conn, data) -> None:
-    """Copy ``data`` into ``conn`` through its buffer (the rare path: a record larger than
-    the region the decoder offers, or a plaintext ERROR)."""
+    """Copy ``data`` into ``conn`` through its buffer (a record larger than the region the
+    decoder offers, or a plaintext ERROR)."""
     view = memoryview(data)
     while view:
         buf = conn.get_buffer()

@@ -71,7 +71,13 @@ def expand_label(secret: bytes, label: str, context: bytes, length: int) -> byte
     return hkdf_expand(secret, info, length)
 
 
+class InvalidTag(Exception):
+    """Replaced by cryptography's InvalidTag when aead() imports it (``open_into`` catches it)."""
+
+
 def aead(cipher: str, key: bytes):
+    global InvalidTag
+    from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
     if cipher == AES_256_GCM:
@@ -138,7 +144,7 @@ class Direction:
         """Seal into ``out`` (len(plaintext) + 16 bytes; may not overlap ``plaintext``)."""
         self.sealed += 1
         self.blocks += (len(plaintext) + 15) // 16 + 1
-        self._aead.encrypt_into(self.nonce(number), plaintext, aad, out)
+        self._aead.encrypt_into((self._iv_int ^ number).to_bytes(IV_SIZE, "big"), plaintext, aad, out)
 
     def open(self, number: int, ciphertext, aad: bytes) -> bytes | None:
         """The plaintext, or None when the tag does not verify (counted in ``forged``)."""
@@ -152,10 +158,8 @@ class Direction:
 
     def open_into(self, number: int, ciphertext, aad: bytes, out) -> bool:
         """Open into ``out`` (len(ciphertext) - 16 bytes); False when the tag does not verify."""
-        from cryptography.exceptions import InvalidTag
-
-        try:
-            self._aead.decrypt_into(self.nonce(number), ciphertext, aad, out)
+        try:  # (the nonce inline: this runs per record)
+            self._aead.decrypt_into((self._iv_int ^ number).to_bytes(IV_SIZE, "big"), ciphertext, aad, out)
             return True
         except InvalidTag:
             self.forged += 1

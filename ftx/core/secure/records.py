@@ -365,7 +365,8 @@ class RecordOpener:
     # -- records --------------------------------------------------------------
     def next_size(self) -> int | None:
         """Plaintext size of the next record if it has arrived whole, else None.  Checks its header."""
-        self._check()
+        if self._error is not None:
+            raise self._error
         avail = self._end - self._start
         if self._size < 0:
             if avail < HEADER_SIZE:
@@ -380,6 +381,16 @@ class RecordOpener:
         if avail < self._size + OVERHEAD:
             return None
         return self._size
+
+    def next_record(self) -> int:
+        """``next_size`` and ``direct_size`` in one call (a driver's loop asks per record): the
+        plaintext size of the next record when it has arrived whole; minus its size when it may be
+        read direct; 0 when more bytes must come first (into ``get_buffer``)."""
+        size = self.next_size()
+        if size is not None:
+            return size
+        size = self._size
+        return -size if size >= DIRECT_MIN and not self._direct else 0
 
     def open_into(self, out) -> None:
         """Open the next record (``next_size`` said it is complete) into ``out`` (exactly its size)."""
@@ -452,6 +463,23 @@ class RecordOpener:
         self._streaming = True
         if len(self._buf) > 2 * MIN_READ:  # it held a whole record before (the first chunk of a
             self._resize(2 * MIN_READ)  # connection, say): large ones come direct now, give it back
+
+    def open_in_place(self) -> memoryview:
+        """Open the next complete record where it lies in this opener's buffer: its plaintext, a
+        view valid until the next ``get_buffer`` (copy it out before: a record larger than the
+        region the frame decoder offers, such as one of many small files' frames)."""
+        size = self._size
+        if size < 0 or self._end - self._start < size + OVERHEAD:
+            raise ValueError("open_in_place: no complete record")
+        start = self._start
+        body = self._view[start + HEADER_SIZE : start + OVERHEAD + size]
+        self._open(bytes(self._view[start : start + HEADER_SIZE]), body, body[:size])
+        self._start += size + OVERHEAD
+        if self._start == self._end:
+            self._start = self._end = 0
+        if size >= DIRECT_MIN:
+            self._streaming = False
+        return body[:size]
 
     def open(self) -> bytes:
         """Copying: the next complete record's plaintext."""
