@@ -49,6 +49,7 @@ from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
 
 STATE_DIR = b".ftx"
+_OK = ErrorCode.OK
 SPACE_AGE = 1.0  # seconds a free-space figure is trusted
 
 
@@ -521,6 +522,124 @@ class Destination:
                 self.quota.give(counted)
             self.dirs.release(d)
         return ErrorCode.OK
+
+    def write_small_run(self, entries: list, datas: list, digests: list) -> list:
+        """``write_small`` for a run of small files, in order: a list with, for each file,
+        ErrorCode.OK, ErrorCode.IDENTICAL or the exception (FtxError, OSError) that failed it.
+
+        The same checks and outcomes as file by file, with the per-file Python cut to the checks:
+        consecutive files of one directory are one group -- its directory held once, its bytes
+        checked against --min-free once (a group that does not fit goes file by file, for the
+        exact refusals), its claims taken and given under one lock, its files written and linked
+        by one C call (fileops.link_run).  --overwrite, an area's quota and file systems without
+        O_TMPFILE go file by file."""
+        n = len(entries)
+        out = [_OK] * n
+        if self.overwrite or self.quota is not None or not fileops.NAMELESS:
+            for i in range(n):
+                try:
+                    out[i] = self.write_small(entries[i], datas[i], digests[i])
+                except (FtxError, OSError) as exc:
+                    out[i] = exc
+            return out
+        groups = []  # (parent, [index, ...]) of consecutive valid files with one parent
+        parent = None
+        idx: list = []
+        for i in range(n):
+            rel = entries[i].path
+            try:
+                if file_digest(datas[i]) != digests[i]:
+                    raise StorageError("whole-file digest mismatch", ErrorCode.DIGEST_MISMATCH)
+                check_wire_path(rel)
+                if rel[:4] == STATE_DIR and (len(rel) == 4 or rel[4] == 47):  # b".ftx" or b".ftx/..."
+                    self.check(rel)  # raises
+            except FtxError as exc:
+                out[i] = exc
+                continue
+            p = rel[: rel.rfind(b"/") + 1]
+            if p != parent:
+                parent, idx = p, []
+                groups.append((p, idx))
+            idx.append(i)
+        for parent, idx in groups:
+            try:
+                self._write_group(parent[:-1], idx, entries, datas, digests, out)
+            except (FtxError, OSError) as exc:  # its directory: every file of the group fails alike
+                for i in idx:
+                    if out[i] is _OK:
+                        out[i] = exc
+        return out
+
+    def _write_group(self, parent: bytes, idx: list, entries: list, datas: list, digests: list, out: list) -> None:
+        """The files ``idx`` (checked, all in ``parent``) of ``write_small_run``; ``out`` gets their outcomes."""
+        d = self.dirs.hold(parent, create=True)
+        try:
+            if d.dev in self._no_tmpfile:
+                return self._one_by_one(idx, entries, datas, digests, out)
+            total = 0
+            for i in idx:
+                total += len(datas[i])
+            if total:  # _fits' common case: a fresh figure with room to spare for the whole group
+                ent = self._space.get(d.dev)
+                if ent is None or ent[2] > ent[3] or total > ent[0] - ent[2] - self.limits.min_free \
+                        or time.monotonic() - ent[1] > SPACE_AGE:
+                    try:
+                        self._fits(d.fd, d.dev, total)
+                    except StorageError:  # not all of them fit: file by file, each told exactly
+                        return self._one_by_one(idx, entries, datas, digests, out)
+                    ent = self._space[d.dev]
+                ent[2] += total
+            root = self.root + b"/"
+            keys = [root + entries[i].path for i in idx]
+            owners = [entries[i] for i in idx]
+            busy = claims.take_run(keys, owners)  # as claim() does: the entry marks each as ours
+            rest = None
+            try:
+                todo = idx
+                if busy:
+                    for k, exc in busy.items():
+                        out[idx[k]] = exc
+                    todo = [i for k, i in enumerate(idx) if k not in busy]
+                cut = len(parent) + 1 if parent else 0
+                done, failures, exc = fileops.link_run(
+                    d.fd, [entries[i].path[cut:] for i in todo], [datas[i] for i in todo],
+                    [entries[i].mode for i in todo], [entries[i].mtime_ns for i in todo])
+                for k, err in failures:
+                    i = todo[k]
+                    out[i] = self._link_failed(d, entries[i], datas[i], digests[i], err)
+                if done < len(todo):
+                    if exc is not None:
+                        raise exc
+                    self._no_tmpfile.add(d.dev)
+                    rest = todo[done:]
+                if done and d.dev not in self._dirty:
+                    self._written(d)
+            finally:
+                claims.give_run(keys, owners)
+            if rest:  # this file system has no O_TMPFILE: the rest through a named temporary
+                self._one_by_one(rest, entries, datas, digests, out)
+        finally:
+            self.dirs.release(d)
+
+    def _one_by_one(self, idx: list, entries: list, datas: list, digests: list, out: list) -> None:
+        for i in idx:
+            try:
+                out[i] = self.write_small(entries[i], datas[i], digests[i])
+            except (FtxError, OSError) as exc:
+                out[i] = exc
+
+    def _link_failed(self, d: HeldDir, entry: FileEntry, data, digest: bytes, err: int):
+        """The outcome of a small file whose link_run failed with ``err``, as write_small words it."""
+        rel = entry.path
+        name = rel.rpartition(b"/")[2]
+        if err == errno.EEXIST:
+            if self._same(d, name, len(data), digest):
+                return ErrorCode.IDENTICAL
+            return StorageError(f"{os.fsdecode(rel)} exists and differs (receiver has no --overwrite)",
+                                ErrorCode.EXISTS)
+        if err == errno.EISDIR:
+            return StorageError(f"{os.fsdecode(rel)} exists and is a directory", ErrorCode.EXISTS)
+        return storage_error(OSError(err, os.strerror(err)), f"cannot write {os.fsdecode(rel)}")
 
     def _small_temp(self, d: HeldDir, rel: bytes, mode: int) -> Temp:
         """A temporary for the small file ``rel`` in ``d`` (nameless where the file system allows)."""
