@@ -187,3 +187,206 @@ def test_write_small_run_min_free_refuses_exactly_as_one_by_one(tmp_path, flavou
     assert ok[0] and not ok[-1]  # the first fit, the last not
     assert all(isinstance(o, StorageError) and "--min-free" in str(o) for o in out if o is not ErrorCode.OK)
     assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i, k in enumerate(ok) if k)
+
+
+# -- FrameDecoder.small_run: the same frames as next_frame ---------------------------------------------
+def _small_frame(i: int, size: int) -> bytes:
+    data = bytes([i % 256]) * size
+    return encode_frame(FrameType.SMALL_FILE, SmallFile.pack(i, FileEntry(b"f%d" % i, size=size), file_digest(data), data))
+
+
+@settings(max_examples=60, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["small", "ping", "bad", "big"]), min_size=1, max_size=12),
+       cut=st.integers(0, 10**6), limit=st.integers(1, 20))
+def test_small_run_takes_the_frames_next_frame_would(kinds, cut, limit):
+    frames = []
+    for i, k in enumerate(kinds):
+        if k == "small":
+            frames.append(_small_frame(i, i * 37))
+        elif k == "ping":
+            frames.append(encode_frame(FrameType.PING, b"12345678"))
+        elif k == "bad":  # a checksum that does not match: next_frame raises
+            f = bytearray(_small_frame(i, 5))
+            f[-1] ^= 1
+            frames.append(bytes(f))
+        else:  # beyond the payload limit
+            frames.append(_small_frame(i, 70_000))
+    stream = b"".join(frames)
+    stream = stream[: cut % (len(stream) + 1)]
+
+    def decode(with_runs: bool):
+        d = FrameDecoder()
+        buf = d.get_buffer()
+        out = []
+        pos = 0
+        while pos < len(stream):  # as a driver fills the buffer
+            buf = d.get_buffer()
+            n = min(len(buf), len(stream) - pos)
+            buf[:n] = stream[pos : pos + n]
+            d.buffer_updated(n)
+            pos += n
+            del buf
+            try:
+                while True:
+                    if with_runs:
+                        out += [("run", p) for p in d.small_run(limit)]
+                    f = d.next_frame()
+                    if f is None:
+                        break
+                    out.append((f.type.name, bytes(f.payload)))
+            except RemoteProtocolError as exc:
+                out.append(("error", type(exc).__name__, str(exc)))
+                return out
+        return out
+
+    plain, runs = decode(False), decode(True)
+    assert [x if x[0] != "run" else ("SMALL_FILE", x[1]) for x in runs] == plain
+    assert all(type(x[1]) is bytes for x in runs if x[0] == "run")
+
+
+def _read_sizes(d: FrameDecoder, stream: bytes, reads: int) -> list:
+    """The regions a driver is offered while the kernel always has more than that to give."""
+    sizes, pos = [], 0
+    for _ in range(reads):
+        buf = d.get_buffer()
+        n = len(buf)
+        sizes.append(n)
+        buf[:n] = stream[pos : pos + n]
+        pos += n
+        del buf
+        d.buffer_updated(n)
+        while d.small_run(1000) or d.next_frame() is not None:
+            pass
+    return sizes
+
+
+def test_reads_grow_while_they_fill_the_buffer_and_not_past_the_budget():
+    stream = b"".join(_small_frame(i, 500) for i in range(2000))
+    sizes = _read_sizes(FrameDecoder(), stream, 8)
+    assert sizes[0] == 4096 and max(sizes) == READAHEAD and sizes == sorted(sizes)
+    budget = BufferBudget(16384)  # room for no more than 16 KiB of buffer: reads stay within it
+    sizes = _read_sizes(FrameDecoder(budget=budget), stream, 8)
+    assert max(sizes) <= 16384 and budget.used <= 16384
+
+
+# -- the core: one event per run, the same checks ----------------------------------------------------
+def _sender_stream(files, summary=True, done=True):
+    """(HELLO, the frames of ``files`` [(path, data)]) as a sender sends them."""
+    tops = sorted({p.split(b"/")[0].decode() for p, _ in files})
+    s = SenderConnection(Config(summary=OfferSummary(len(files), sum(len(d) for _, d in files), tuple(tops),
+                                                     len(tops)).encode()) if summary else None)
+    hello = _bytes(s.data_to_send())
+    s.receive_data(_bytes(ReceiverConnection().data_to_send()))
+    while s.next_event() is not None:
+        pass
+    for path, data in files:
+        s.send_small_file(FileEntry(path, size=len(data), mtime_ns=MTIME), data, file_digest(data))
+    if done:
+        s.finish()
+    return hello, _bytes(s.data_to_send())
+
+
+def _flat(events):
+    out = []
+    for e in events:
+        if type(e) is ev.SmallFilesReceived:
+            out += [("small", i, en.path, g, bytes(d)) for i, en, g, d in zip(e.file_ids, e.entries, e.digests, e.datas)]
+        elif type(e) is ev.SmallFileReceived:
+            out.append(("small", e.file_id, e.entry.path, e.digest, bytes(e.data)))
+        else:
+            out.append(type(e).__name__)
+    return out
+
+
+def _receive(stream: bytes, runs: bool, step: int, config=None, budget=None):
+    r = ReceiverConnection(config, budget=budget, small_runs=runs)
+    r.data_to_send()
+    got, error = [], None
+    for i in range(0, len(stream), step):
+        try:
+            r.receive_data(stream[i : i + step])
+        except FtxError as exc:
+            error = (type(exc).__name__, str(exc))
+            break
+        finally:
+            while (e := r.next_event()) is not None:
+                got.append(e)
+    return r, got, error
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=40), step=st.integers(1, 70_000),
+       in_flight=st.integers(1, 50), memory=st.sampled_from([None, 20_000, 200_000]))
+def test_runs_and_single_frames_agree(sizes, step, in_flight, memory):
+    files = [(b"d%d/f%d" % (i % 3, i), bytes([i]) * n) for i, n in enumerate(sizes)]
+    hello, body = _sender_stream(files)
+    outs = []
+    for runs in (False, True):
+        r, got, error = _receive(hello + body, runs, step, Config(max_files_in_flight=in_flight),
+                                 BufferBudget(memory) if memory else None)
+        outs.append((_flat(got), error, _bytes(r.data_to_send())))
+        if runs:
+            assert all(len(e.file_ids) <= r.small_run_max for e in got if type(e) is ev.SmallFilesReceived)
+    assert outs[0] == outs[1]
+
+
+def test_a_run_is_split_by_a_file_beyond_the_announcement():
+    files = [(b"f%d" % i, b"x" * 10) for i in range(5)]
+    tops = tuple(p.decode() for p, _ in files)
+    s = SenderConnection(Config(summary=OfferSummary(3, 10_000, tops, len(tops)).encode()))  # announces 3 items
+    hello = _bytes(s.data_to_send())
+    s.receive_data(_bytes(ReceiverConnection().data_to_send()))
+    while s.next_event() is not None:
+        pass
+    for path, data in files:
+        s.send_small_file(FileEntry(path, size=len(data), mtime_ns=MTIME), data, file_digest(data))
+    r, got, error = _receive(hello + _bytes(s.data_to_send()), True, 1 << 20)
+    assert error is None
+    kinds = [type(e).__name__ for e in got]
+    assert kinds == ["HandshakeComplete", "SmallFilesReceived", "FileRefused", "FileRefused"]
+    assert got[1].file_ids == [1, 2, 3] or len(got[1].file_ids) == 3
+
+
+@pytest.mark.parametrize("frame", ["reused", "after-done"])
+def test_a_bad_frame_in_a_run_fails_after_the_files_before_it(frame):
+    s = SenderConnection()
+    hello = _bytes(s.data_to_send())
+    s.receive_data(_bytes(ReceiverConnection().data_to_send()))
+    while s.next_event() is not None:
+        pass
+    payloads = [SmallFile.pack(i, FileEntry(b"f%d" % i, size=1), file_digest(b"a"), b"a") for i in range(1, 4)]
+    if frame == "reused":
+        payloads.append(payloads[0])
+        tail = b""
+    else:
+        tail = encode_frame(FrameType.DONE) + encode_frame(FrameType.SMALL_FILE, SmallFile.pack(
+            9, FileEntry(b"late", size=1), file_digest(b"a"), b"a"))
+    stream = hello + b"".join(encode_frame(FrameType.SMALL_FILE, p) for p in payloads) + tail
+    r, got, error = _receive(stream, True, 1 << 20)
+    assert _flat(got)[1:] == [("small", i, b"f%d" % i, file_digest(b"a"), b"a") for i in (1, 2, 3)]
+    assert error is not None and error[0] == "RemoteProtocolError"
+    assert ("reused" in error[1]) if frame == "reused" else ("after DONE" in error[1])
+
+
+def test_files_ok_sends_what_file_result_sends():
+    files = [(b"f%d" % i, b"y" * i) for i in range(30)]
+    hello, body = _sender_stream(files)
+    wires = []
+    for bulk in (False, True):
+        r, got, error = _receive(hello + body, True, 1 << 20)
+        r.data_to_send()
+        for e in got:
+            if type(e) is ev.SmallFilesReceived:
+                ids = e.file_ids
+                # the fifth fails (a RESULT of its own, in order), the rest OK
+                for first, part in enumerate((ids[:5], ids[6:])):
+                    if bulk:
+                        r.files_ok(part, [e.digests[ids.index(i)] for i in part])
+                    else:
+                        for i in part:
+                            r.file_result(i, ErrorCode.OK, e.digests[ids.index(i)])
+                    if not first:
+                        r.file_result(ids[5], ErrorCode.STORAGE, message="disk full")
+        wires.append((_bytes(r.data_to_send()), r.closed, [type(e).__name__ for e in iter(r.next_event, None)]))
+    assert wires[0] == wires[1]
+    assert wires[1][1]  # every file settled after DONE: the session is complete

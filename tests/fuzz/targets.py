@@ -217,7 +217,7 @@ def tcp_receiver(data: bytes) -> None:
     if len(data) < 2:
         return
     opts, split, body = tcp_input(data)
-    conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)))
+    conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)), small_runs=bool(len(data) & 1))  # both decoders
     drv = ReceiverDriver(conn, (opts >> 2) & 0xF, {b"dir/big.bin": sample_files()[1][1]})
     hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
     _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
