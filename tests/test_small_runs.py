@@ -4,9 +4,9 @@ together (files_ok, RunReport, cli_output.emit_run) -- each tested to agree with
 
 from __future__ import annotations
 
-import io
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -23,6 +23,8 @@ from ftx.core.sender import SenderConnection
 from ftx.errors import ErrorCode, FtxError, RemoteProtocolError, StorageError
 from ftx.limits import Limits
 from ftx.storage import Destination
+
+from .helpers import run_send
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -390,3 +392,65 @@ def test_files_ok_sends_what_file_result_sends():
         wires.append((_bytes(r.data_to_send()), r.closed, [type(e).__name__ for e in iter(r.next_event, None)]))
     assert wires[0] == wires[1]
     assert wires[1][1]  # every file settled after DONE: the session is complete
+
+
+# -- reports: a run's --json lines, byte for byte ------------------------------------------------------
+def test_emit_run_writes_the_lines_emit_report_writes(monkeypatch):
+    paths = ["a", "d/é", 'q"uote', "back\\slash", "tab\t", "\udcff-undecodable", "ünï/çødé"]
+    run = receiving.RunReport(paths, [0, 1, 22, 333, 4444, 5, 66], ["ab" * 16] * 7)
+    lines = []
+    cli_output._queued.clear()
+    for report in run:
+        cli_output.emit_report(report)
+    lines.append("".join(cli_output._queued))
+    cli_output._queued.clear()
+    cli_output.emit_run(run)
+    lines.append("".join(cli_output._queued))
+    cli_output._queued.clear()
+    assert lines[0] == lines[1] and lines[0].count("\n") == 7
+
+
+def test_parts_cut_runs_to_batch_files():
+    def run(n, start=0):
+        return ev.SmallFilesReceived(list(range(start, start + n)), [None] * n, [b""] * n, [b""] * n)
+
+    events = [ev.HandshakeComplete(1, "x", 0, 65536), run(300), run(10, 300), ev.SessionComplete(), run(600, 310)]
+    parts = list(receiving._parts(events))
+    sizes = [sum(len(e.file_ids) if type(e) is ev.SmallFilesReceived else 1 for e in p) for p in parts]
+    assert all(s == receiving.BATCH for s in sizes[:-1]) and sum(sizes) == 1 + 300 + 10 + 1 + 600
+    ids = [i for p in parts for e in p if type(e) is ev.SmallFilesReceived for i in e.file_ids]
+    assert ids == list(range(910))
+
+
+def test_a_real_receiver_writes_each_files_line_as_before(tmp_path, receiver_factory):
+    """``ftx receive --json`` over TCP, a tree of small files that arrive as runs: one line per file
+    with exactly the fields and values FileReport gives; a file that fails in the middle of a run
+    (its destination exists and differs) has its own line, and the session counts every file."""
+    receiver = receiver_factory()
+    src = tmp_path / "tree"
+    names = [f"d{d}/f{i:03d}" for d in range(3) for i in range(120)] + ['q"uote', "é-ünï", "tab\tname"]
+    for name in names:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(name.encode() * (len(name) % 5))
+    dst = Path(receiver.dir)
+    (dst / "tree" / "d1").mkdir(parents=True)
+    (dst / "tree" / "d1" / "f050").write_bytes(b"the receiver's own")
+    code, report, err = run_send(str(src), receiver.dest)
+    assert code != 0  # one file failed
+    events = receiver.events_until("session")
+    lines = {ev["path"]: ev for ev in events if ev["event"] == "file" and ev["kind"] == "file"}
+    assert events[-1]["files"] == len(names) + 3 + 1  # and the directories d0..d2 and the root
+    top = src.name
+    for name in names:
+        line = lines[f"{top}/{name}"]
+        data = (src / name).read_bytes()
+        if name == "d1/f050":
+            assert line["status"] == "exists" and "exists and differs" in line["message"]
+            assert (dst / top / name).read_bytes() == b"the receiver's own"  # untouched
+            continue
+        assert list(line) == ["event", "path", "kind", "size", "status", "digest", "message", "bytes_received",
+                              "bytes_resumed"]
+        assert line == {"event": "file", "path": f"{top}/{name}", "kind": "file", "size": len(data), "status": "ok",
+                        "digest": file_digest(data).hex(), "message": "", "bytes_received": len(data),
+                        "bytes_resumed": 0}
+        assert (dst / top / name).read_bytes() == data

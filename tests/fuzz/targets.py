@@ -285,7 +285,7 @@ def tcp_storage(data: bytes) -> None:
         dest = Destination(root, overwrite=overwrite)
         if opts & 0x80:  # an earlier run left a partial of dir/big.bin holding its first chunk
             _leave_partial(dest)
-        conn = ReceiverConnection(config(overwrite=overwrite))
+        conn = ReceiverConnection(config(overwrite=overwrite), small_runs=bool(len(data) & 1))  # (receive_over: runs)
         session = ReceiveSession(conn, dest)
         drv = _SessionDriver(conn, session)
         hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
