@@ -364,6 +364,9 @@ class ReceiverConnection(Connection):
         files, known, costs, events = self._files, self._entries, self._costs, self._events
         budget = self._decoder.budget
         limit, ended, size_entry, new = self.config.max_files_in_flight, FileState.ENDED, _ENTRY_SIZE, _new_entry
+        if self._announced is None:
+            self._beyond_announced(None)  # (made at the first item; counts nothing)
+        admit = self._announced.admit if self._announced.summary is not None else None
         try:
             for p in payloads:
                 n = len(p)
@@ -402,7 +405,7 @@ class ReceiverConnection(Connection):
                 self._unsettled += 1
                 files[file_id] = ended
                 known[file_id] = entry
-                if (why := self._beyond_announced(entry)) is not None:
+                if admit is not None and (why := admit(entry)) is not None:  # (_beyond_announced)
                     if ids:
                         events.append(SmallFilesReceived(ids, entries, digests, datas))
                         ids, entries, digests, datas = [], [], [], []
@@ -465,12 +468,13 @@ class ReceiverConnection(Connection):
         self._unsettled += 1
         self._checks[c.dir_id] = cost
 
-    def _beyond_announced(self, entry: FileEntry) -> str | None:
-        """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted)."""
+    def _beyond_announced(self, entry: FileEntry | None) -> str | None:
+        """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted;
+        no entry: only the announcement is read)."""
         if self._announced is None:
             summary = self.peer.summary if self.peer is not None else b""
             self._announced = Announced(OfferSummary.decode(summary) if summary else None)
-        return self._announced.admit(entry)
+        return self._announced.admit(entry) if entry is not None else None
 
     def _on_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
         if self._step(file_id, In.CHUNK, remote=True) == FileState.FAILED:
