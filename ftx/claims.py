@@ -44,27 +44,27 @@ def give(path: bytes, owner: object) -> None:
             del _busy[path]
 
 
-def take_run(paths: list, owners: list) -> dict:
-    """``take`` for each of ``paths`` (with its owner), under one lock: {position: Busy} of those
-    another holder has (not taken; the others are)."""
+def take_run(paths: list, owner: object) -> dict:
+    """``take`` for each of ``paths``, all for one ``owner``, under one lock: {position: Busy} of
+    those another holder has (not taken; the others are).  A path twice is taken once."""
     busy = {}
-    mine = set()  # taken by this call: a path twice in the run is not busy (the second finds the first's file)
     with _busy_lock:
+        get = _busy.get
         for k, path in enumerate(paths):
-            holder = _busy.get(path)
+            holder = get(path)
             if holder is None:
-                _busy[path] = owners[k]
-                mine.add(path)
-            elif path not in mine:
+                _busy[path] = owner
+            elif holder is not owner:
                 busy[k] = Busy(f"{os.fsdecode(path)} is being received from another sender", holder)
     return busy
 
 
-def give_run(paths: list, owners: list) -> None:
-    """``give`` for each of ``paths`` (with its owner), under one lock."""
+def give_run(paths: list, owner: object) -> None:
+    """``give`` for each of ``paths``, under one lock."""
     with _busy_lock:
-        for k, path in enumerate(paths):
-            if _busy.get(path) is owners[k]:
+        get = _busy.get
+        for path in paths:
+            if get(path) is owner:
                 del _busy[path]
 
 

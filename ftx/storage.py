@@ -597,8 +597,8 @@ class Destination:
                 ent[2] += total
             root = self.root + b"/"
             keys = [root + entries[i].path for i in idx]
-            owners = [entries[i] for i in idx]
-            busy = claims.take_run(keys, owners)  # as claim() does: the entry marks each as ours
+            owner = object()  # the group's mark on each claim (a path twice in it is not busy: the second
+            busy = claims.take_run(keys, owner)  # finds the first's file, as one by one)
             rest = None
             try:
                 todo = idx
@@ -621,7 +621,7 @@ class Destination:
                 if done and d.dev not in self._dirty:
                     self._written(d)
             finally:
-                claims.give_run(keys, owners)
+                claims.give_run(keys, owner)
             if rest:  # this file system has no O_TMPFILE: the rest through a named temporary
                 self._one_by_one(rest, entries, datas, digests, out)
         finally:

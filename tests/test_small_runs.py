@@ -332,6 +332,25 @@ def test_runs_and_single_frames_agree(sizes, step, in_flight, memory):
     assert outs[0] == outs[1]
 
 
+def test_the_memory_budget_refuses_the_same_file_to_the_byte():
+    """--max-memory charges each file's state as it is decoded: a run is refused at the very file
+    (and with the same words) where file by file is, at the budget's exact boundaries."""
+    files = [(b"p%d" % i, b"z" * 50) for i in range(12)]
+    hello, body = _sender_stream(files)
+    roomy = BufferBudget(1 << 30)
+    _receive(hello + body, False, 1 << 20, budget=roomy)
+    used = roomy.used  # buffers and every file's state
+    cost = 2048 + 2
+    for limit in (used - cost - 1, used - cost, used - 1, used, used + 1):
+        outs = []
+        for runs in (False, True):
+            budget = BufferBudget(limit)
+            r, got, error = _receive(hello + body, runs, 1 << 20, budget=budget)
+            outs.append((_flat(got), error, budget.used))
+        assert outs[0] == outs[1], limit
+        assert (outs[0][1] is None) == (limit >= used), limit
+
+
 def test_a_run_is_split_by_a_file_beyond_the_announcement():
     files = [(b"f%d" % i, b"x" * 10) for i in range(5)]
     tops = tuple(p.decode() for p, _ in files)

@@ -191,7 +191,7 @@ class ReceiverConnection(Connection):
         per-file work a few operations (RESULT_RUN extended, or a RESULT each to a sender without it)."""
         files, ended = self._files, FileState.ENDED
         if self._signer is not None or not self._runs or self._existing or ZERO_DIGEST in digests \
-                or not all(files.get(f) is ended for f in file_ids):  # anything unusual: one by one
+                or list(map(files.get, file_ids)).count(ended) != len(file_ids):  # anything unusual: one by one
             for file_id, digest in zip(file_ids, digests):
                 self.file_result(file_id, ErrorCode.OK, digest)
             return
@@ -367,6 +367,8 @@ class ReceiverConnection(Connection):
         if self._announced is None:
             self._beyond_announced(None)  # (made at the first item; counts nothing)
         admit = self._announced.admit if self._announced.summary is not None else None
+        taken = 0  # file-state bytes of this run's files, taken from the budget at the end
+        room_left = budget.limit - budget.used if budget is not None else 0
         try:
             for p in payloads:
                 n = len(p)
@@ -395,12 +397,16 @@ class ReceiverConnection(Connection):
                 if self._unsettled >= limit:
                     raise RemoteProtocolError(
                         f"more than {limit} files offered and not yet settled (the receiver's --max-files-in-flight)")
-                if budget is not None:
+                if budget is not None:  # budget.take, for the run at once (below)
                     cost = FILE_STATE_COST + len(entry.path)
-                    if not budget.take(cost):
+                    if room_left < cost:
+                        budget.take(taken)
+                        taken = 0
                         self._fail_local(BufferLimit(
                             f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} "
                             "MiB in use, --max-memory); try again later"))
+                    room_left -= cost
+                    taken += cost
                     costs[file_id] = cost
                 self._unsettled += 1
                 files[file_id] = ended
@@ -416,6 +422,8 @@ class ReceiverConnection(Connection):
                 digests.append(digest)
                 datas.append(data)
         finally:
+            if taken:
+                budget.take(taken)  # (fits: room_left said so; one thread uses the budget)
             if ids:
                 events.append(SmallFilesReceived(ids, entries, digests, datas))
 
