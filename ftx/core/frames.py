@@ -200,7 +200,9 @@ class FrameDecoder:
             return self._view[self._end : start + min(need, len(self._buf) - start)]
         # headers and small frames: read ahead, up to READAHEAD at once
         want = max(need - pending, MIN_BUFFER)
-        ahead = self._ahead  # the last read filled what it was offered: offer twice as much
+        # the last read filled what it was offered and the frame ahead is small (or its header not
+        # read yet): offer twice as much (a larger frame is read as before, to its end)
+        ahead = self._ahead if need <= MIN_BUFFER else 0
         if len(self._buf) - end < max(want, ahead):
             self._compact()
             cap = len(self._buf)
