@@ -15,7 +15,6 @@ import os
 import stat
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from .core.config import Config
@@ -44,6 +43,7 @@ from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
+from .recv_report import FileReport, RunReport
 from .storage import Busy, Destination, PartialFile, claim
 from .transport.link import Watchdog, link_busy
 from .tree_state import check_directory
@@ -56,50 +56,6 @@ _RESOLVED = (None, FileState.FAILED, FileState.DONE)
 _OK = ErrorCode.OK
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per file
 _KIND = {kind: kind.name.lower() for kind in Kind}
-
-
-@dataclass(frozen=True)
-class FileReport:
-    """What happened to one received item (for --json lines and logs)."""
-
-    path: str
-    kind: str
-    size: int
-    status: str  # "ok", "identical" or an error code name in lower case
-    digest: str = ""
-    message: str = ""
-    bytes_received: int = 0
-    bytes_resumed: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("ok", "identical")
-
-
-class RunReport:
-    """Small files that a run stored, all OK (``ReceiveSession``'s ``on_files``): their names,
-    sizes and digests (hex) in lists.  Iterating gives each one's FileReport (status "ok", all
-    its bytes received), the same as ``on_file`` would have been given."""
-
-    __slots__ = ("paths", "sizes", "digests")
-
-    def __init__(self, paths: list, sizes: list, digests: list) -> None:
-        self.paths, self.sizes, self.digests = paths, sizes, digests
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.sizes)
-
-    def __iter__(self):
-        new = FileReport.__new__
-        for path, size, digest in zip(self.paths, self.sizes, self.digests):
-            report = new(FileReport)
-            report.__dict__.update(path=path, kind="file", size=size, status="ok", digest=digest, message="",
-                                   bytes_received=size, bytes_resumed=0)
-            yield report
 
 
 class ReceiveSession:
