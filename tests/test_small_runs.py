@@ -78,6 +78,34 @@ def test_link_run_c_matches_the_python_reference(tmp_path_factory, names, modes,
     assert all(err in (17, 21) for _, err in failures)  # EEXIST, EISDIR: nothing else touched
 
 
+@pytest.mark.skipif(fileops._c_link_run is None or not fileops.NAMELESS, reason="the C helper is not built")
+def test_link_run_with_and_without_at_empty_path_lands_the_same(tmp_path_factory):
+    """The C helper links a file by its descriptor (AT_EMPTY_PATH) where allowed, else through
+    /proc/self/fd: the same files, modes, times and failures either way."""
+    from ftx import _smallfile
+
+    names = [b"a", b"old", b"dir", b"b", b"a"]
+    results = []
+    for empty in (True, False):
+        was = _smallfile.use_empty_path(empty)
+        try:
+            root = tmp_path_factory.mktemp("empty")
+            (root / "old").write_bytes(b"there")
+            os.utime(root / "old", ns=(MTIME, MTIME))
+            (root / "dir").mkdir()
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                got = _smallfile.link_run(fd, names, [b"x" * i for i in range(5)], [0o640, 0o600, 0o644, 0o4755, 0o644],
+                                          [MTIME] * 5, 0o22)
+            finally:
+                os.close(fd)
+        finally:
+            _smallfile.use_empty_path(was)
+        results.append((got, _tree(root)))
+    assert results[0] == results[1]
+    assert results[0][0] == (5, [(1, 17), (2, 17), (4, 17)], None)
+
+
 def test_link_run_refuses_bad_arguments(tmp_path):
     if fileops._c_link_run is None:
         pytest.skip("the C helper is not built")
