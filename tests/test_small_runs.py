@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -205,18 +206,50 @@ def test_write_small_run_a_busy_file_fails_alone(tmp_path, flavour):
     assert not claims._busy
 
 
-def test_write_small_run_min_free_refuses_exactly_as_one_by_one(tmp_path, flavour):
-    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    dest = Destination(str(tmp_path), limits=Limits(min_free=free - 3000))  # room for ~3000 bytes
+@pytest.fixture
+def tmpfs_pair(tmp_path):
+    """Two 8 MiB tmpfs mounts: free space that nothing else on this machine changes."""
+    mounts = []
+    for name in ("a", "b"):
+        mnt = tmp_path / name
+        mnt.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+        if res.returncode != 0:
+            for m in mounts:
+                subprocess.run(["umount", "-l", str(m)], capture_output=True)
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+        mounts.append(mnt)
     try:
-        entries = [FileEntry(b"f%d" % i, size=1000, mode=0o644, mtime_ns=MTIME) for i in range(6)]
-        out = dest.write_small_run(entries, [b"x" * 1000] * 6, [file_digest(b"x" * 1000)] * 6)
+        yield mounts
     finally:
-        dest.close()
-    ok = [o is ErrorCode.OK for o in out]
+        for m in mounts:
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_write_small_run_min_free_refuses_exactly_as_one_by_one(tmpfs_pair, flavour):
+    outs = []
+    for run, root in zip((False, True), tmpfs_pair):
+        free = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize
+        dest = Destination(str(root), limits=Limits(min_free=free - 3000))  # room for ~3000 bytes
+        try:
+            entries = [FileEntry(b"d/f%d" % i, size=1000, mode=0o644, mtime_ns=MTIME) for i in range(6)]
+            datas, digests = [b"x" * 1000] * 6, [file_digest(b"x" * 1000)] * 6
+            if run:
+                out = dest.write_small_run(entries, datas, digests)
+            else:
+                out = []
+                for e, d, g in zip(entries, datas, digests):
+                    try:
+                        out.append(dest.write_small(e, d, g))
+                    except (FtxError, OSError) as exc:
+                        out.append(exc)
+        finally:
+            dest.close()
+        outs.append(([_outcome(o) for o in out], sorted(os.listdir(root / "d"))))
+    assert outs[0] == outs[1]
+    ok = [o is ErrorCode.OK for o in outs[1][0]]
     assert ok[0] and not ok[-1]  # the first fit, the last not
-    assert all(isinstance(o, StorageError) and "--min-free" in str(o) for o in out if o is not ErrorCode.OK)
-    assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i, k in enumerate(ok) if k)
+    assert all("--min-free" in o[2] for o in outs[1][0] if o is not ErrorCode.OK)
 
 
 # -- FrameDecoder.small_run: the same frames as next_frame ---------------------------------------------
