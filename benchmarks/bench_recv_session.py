@@ -59,14 +59,19 @@ def daemon_on_file(dest: Destination, reports: list):
         service._on_file(report)
         reports.append(report)
 
-    return on_file
+    def on_files(run) -> None:
+        counts.add_run(run)
+        service._on_files(run)
+        reports.append(run)
+
+    return on_file, on_files
 
 
 def one_run(hello: bytes, stream: bytes, root: str, reports: list, daemon: bool = False) -> float:
     dest = Destination(root.encode())
-    conn = ReceiverConnection()
-    on_file = daemon_on_file(dest, reports) if daemon else reports.append
-    session = receiving.ReceiveSession(conn, dest, on_file=on_file, keep_reports=False)
+    conn = ReceiverConnection(small_runs=True)  # as receive_over makes it
+    on_file, on_files = daemon_on_file(dest, reports) if daemon else (reports.append, None)
+    session = receiving.ReceiveSession(conn, dest, on_file=on_file, keep_reports=False, on_files=on_files)
     t0 = time.process_time()
     conn.receive_data(hello)
     conn.data_to_send()

@@ -44,6 +44,30 @@ def give(path: bytes, owner: object) -> None:
             del _busy[path]
 
 
+def take_run(paths: list, owner: object) -> dict:
+    """``take`` for each of ``paths``, all for one ``owner``, under one lock: {position: Busy} of
+    those another holder has (not taken; the others are).  A path twice is taken once."""
+    busy = {}
+    with _busy_lock:
+        get = _busy.get
+        for k, path in enumerate(paths):
+            holder = get(path)
+            if holder is None:
+                _busy[path] = owner
+            elif holder is not owner:
+                busy[k] = Busy(f"{os.fsdecode(path)} is being received from another sender", holder)
+    return busy
+
+
+def give_run(paths: list, owner: object) -> None:
+    """``give`` for each of ``paths``, under one lock."""
+    with _busy_lock:
+        get = _busy.get
+        for path in paths:
+            if get(path) is owner:
+                del _busy[path]
+
+
 class claim:
     """Context manager marking a destination as being written by ``owner``."""
 

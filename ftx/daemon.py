@@ -93,6 +93,13 @@ class SessionCounts:
         self.identical += report.status == "identical"
         self.failed += not report.ok
 
+    def add_run(self, run: Any) -> None:
+        """``add`` for each of a run of small files stored OK (receiving.RunReport)."""
+        nbytes = run.bytes
+        self.files += len(run)
+        self.bytes += nbytes
+        self.received += nbytes
+
     def log(self, peer: str, transport: str, transfer_id: str, ok: bool, complete: bool, error: str) -> None:
         seconds = max(time.monotonic() - self.start, 1e-6)
         rate = self.received / seconds
@@ -338,6 +345,18 @@ class ReceiverService:
                              extra={"fields": {"event": "file", "path": report.path, "size": report.size,
                                                "status": report.status}})
 
+    def _on_files(self, run: Any) -> None:
+        """``_on_file`` for each report of a run (receiving.RunReport), the run's events at once."""
+        self.svc.files_settled(run)
+        if self.flush is not None and not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon_threadsafe(self._loop.call_later, LINES_DELAY, self._flush_lines)
+        if events_log.isEnabledFor(logging.DEBUG):
+            for report in run:
+                events_log.debug("%s: %s (%d bytes)", report.path, report.status, report.size,
+                                 extra={"fields": {"event": "file", "path": report.path, "size": report.size,
+                                                   "status": report.status}})
+
     async def _handle(self, link: Any, default_timeout: float = 30.0) -> None:
         from .receiving import receive_over
 
@@ -367,13 +386,17 @@ class ReceiverService:
             counts.add(report)
             self._on_file(report)
 
+        def on_files_counted(run: Any) -> None:
+            counts.add_run(run)
+            self._on_files(run)
+
         ask = self.ask
         tally = None
         try:
             if (session_dest := await self.destination_for(link)) is None:
                 return  # no area for this sender: told, logged, published
             with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
-                session = await receive_over(link, session_dest, on_file=on_file_counted,
+                session = await receive_over(link, session_dest, on_file=on_file_counted, on_files=on_files_counted,
                                              idle_timeout=self.idle_timeout or default_timeout,
                                              progress=tally, limits=limits, budget=self.budget,
                                              confirm=(lambda hello: self._ask(ask, link, hello)) if ask else None,

@@ -24,11 +24,11 @@ FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PROC_FD = os.path.isdir("/proc/self/fd")
 try:  # optional C helper (setup.py); FTX_PURE_PYTHON=1 runs the Python reference instead
-    from ._smallfile import link_new as _c_link_new
+    from ._smallfile import link_new as _c_link_new, link_run as _c_link_run
 except ImportError:
-    _c_link_new = None
+    _c_link_new = _c_link_run = None
 if os.environ.get("FTX_PURE_PYTHON"):
-    _c_link_new = None
+    _c_link_new = _c_link_run = None
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
@@ -119,6 +119,7 @@ class Temp:
 
 
 _NAMELESS = _TMPFILE | os.O_RDWR | os.O_CLOEXEC
+NAMELESS = bool(_TMPFILE and _PROC_FD)  # link_new / link_run can work here (per file system: they may say no)
 
 
 def link_new(dir_fd: int, name: bytes, data, mode: int, mtime_ns: int) -> bool:
@@ -158,6 +159,34 @@ def py_link_new(dir_fd: int, name: bytes, data, mode: int, mtime_ns: int) -> boo
     finally:
         os.close(fd)
     return True
+
+
+def link_run(dir_fd: int, names: list, datas: list, modes: list, mtimes: list) -> tuple:
+    """``link_new`` for a run of small files in one directory, in order: (done, failures, exc).
+
+    ``failures``: (index, errno) of the files that failed (EEXIST: something is at the name); the
+    others before ``done`` are linked.  ``done`` < len(names): nothing was done from that index on --
+    the file system has no O_TMPFILE (``exc`` None: use ``Temp``), or a signal handler raised ``exc``.
+    The C helper runs the loop (``ftx._smallfile.link_run``); ``py_link_run`` is its reference."""
+    if not (_TMPFILE and _PROC_FD):
+        return 0, [], None
+    if _c_link_run is not None:
+        return _c_link_run(dir_fd, names, datas, modes, mtimes, -1 if UMASK is None else UMASK)
+    return py_link_run(dir_fd, names, datas, modes, mtimes)
+
+
+def py_link_run(dir_fd: int, names: list, datas: list, modes: list, mtimes: list) -> tuple:
+    """``link_run`` in Python (the reference the C helper is tested against)."""
+    failures = []
+    for i, name in enumerate(names):
+        try:
+            if not py_link_new(dir_fd, name, datas[i], modes[i], mtimes[i]):
+                return i, failures, None
+        except OSError as exc:
+            failures.append((i, exc.errno))
+        except BaseException as exc:  # a signal handler's exception: stop here, as the C helper does
+            return i, failures, exc
+    return len(names), failures, None
 
 
 def create_exclusive(dir_fd: int, prefix: bytes, suffix: bytes = b"") -> tuple[int, bytes]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
 import stat
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from .core.config import Config
@@ -32,6 +32,7 @@ from .core.events import (
     ReceiptDue,
     SessionComplete,
     SmallFileReceived,
+    SmallFilesReceived,
 )
 from .core.frames import BufferBudget
 from .core.manifest import FileEntry, Kind
@@ -42,6 +43,7 @@ from .core.states import FileState
 from .errors import ErrorCode, FtxError, TransportError
 from .limits import Limits
 from .progress import Progress
+from .recv_report import FileReport, RunReport
 from .storage import Busy, Destination, PartialFile, claim
 from .transport.link import Watchdog, link_busy
 from .tree_state import check_directory
@@ -51,32 +53,15 @@ log = logging.getLogger("ftx.receive")
 # handled in the same batch failed it early: the core may even have forgotten it)
 _FILE_EVENTS = (ChunkReceived, FileDataComplete, FileRestarted, FileWithdrawn)
 _RESOLVED = (None, FileState.FAILED, FileState.DONE)
+_OK = ErrorCode.OK
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per file
 _KIND = {kind: kind.name.lower() for kind in Kind}
-
-
-@dataclass(frozen=True)
-class FileReport:
-    """What happened to one received item (for --json lines and logs)."""
-
-    path: str
-    kind: str
-    size: int
-    status: str  # "ok", "identical" or an error code name in lower case
-    digest: str = ""
-    message: str = ""
-    bytes_received: int = 0
-    bytes_resumed: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("ok", "identical")
 
 
 class ReceiveSession:
     #: events whose handling may block on disk for long (hashing, fsync): drivers
     #: may run them off the event loop
-    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived, DirCheckRequested)
+    SLOW_EVENTS = (FileOffered, FileDataComplete, SmallFileReceived, SmallFilesReceived, DirCheckRequested)
     #: per-file reports kept in ``reports`` (the first ones); ``files`` and ``failed`` count them all
     REPORTS_KEPT = 1000
 
@@ -87,12 +72,15 @@ class ReceiveSession:
         on_file: Callable[[FileReport], None] | None = None,
         progress: Progress | None = None,
         keep_reports: bool = True,
+        on_files: Callable[[RunReport], None] | None = None,
     ) -> None:
         """``keep_reports=False``: ``reports`` stays empty (memory flat with the number of
-        files; ``on_file`` sees each report, ``files`` and ``failed`` count them)."""
+        files; ``on_file`` sees each report, ``files`` and ``failed`` count them).  ``on_files``:
+        small files stored OK together come to it as one RunReport (else to ``on_file`` one by one)."""
         self.conn = conn
         self.dest = dest
         self.on_file = on_file or (lambda report: None)
+        self.on_files = on_files
         self.progress = progress or Progress()
         # no display reads a small file's start and bytes (its end_file still comes, with its report)
         self._quiet = type(self.progress) is Progress or getattr(self.progress, "quiet", False) is True
@@ -116,7 +104,9 @@ class ReceiveSession:
         on_small = self._on_small
         try:
             for ev in events:
-                if type(ev) is SmallFileReceived:  # the many-files path: no dispatch, no _guarded call
+                if type(ev) is SmallFilesReceived:  # the many-files path: a run at once
+                    self._on_small_run(ev)
+                elif type(ev) is SmallFileReceived:  # no dispatch, no _guarded call
                     try:
                         on_small(ev)
                     except (FtxError, OSError) as exc:
@@ -134,7 +124,7 @@ class ReceiveSession:
                 raise
 
     #: events that show the session is getting somewhere (PINGs never reach here)
-    PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, FileDataComplete, HandshakeComplete)
+    PROGRESS_EVENTS = (ChunkReceived, SmallFileReceived, SmallFilesReceived, FileDataComplete, HandshakeComplete)
 
     @property
     def identity(self) -> bytes:
@@ -145,6 +135,9 @@ class ReceiveSession:
     def handle(self, ev: Event) -> None:
         if type(ev) is SmallFileReceived:  # the many-files path first, with no isinstance chain
             self._guarded(ev.file_id, ev.entry, self._on_small, ev)  # (_finish marks the progress)
+            return
+        if type(ev) is SmallFilesReceived:
+            self._on_small_run(ev)
             return
         if isinstance(ev, self.PROGRESS_EVENTS):
             self.last_progress = time.monotonic()
@@ -305,7 +298,10 @@ class ReceiveSession:
 
     def _on_small(self, ev: SmallFileReceived) -> None:
         entry = ev.entry
-        code = self.dest.write_small(entry, ev.data, ev.digest)
+        self._small_settled(ev.file_id, entry, self.dest.write_small(entry, ev.data, ev.digest), ev.data, ev.digest)
+
+    def _small_settled(self, file_id: int, entry: FileEntry, code: ErrorCode, data, digest: bytes) -> None:
+        """The result of a small file that ``write_small`` stored (OK) or found there (IDENTICAL)."""
         name = _name(entry)
         received = 0
         if code is ErrorCode.OK:
@@ -313,8 +309,55 @@ class ReceiveSession:
             if not self._quiet:
                 self.progress.start_file(name, received, 0)
                 self.progress.advance(received)
-        sha = hashlib.sha256(ev.data).digest() if self.conn.receipt_requested else None  # its bytes are here
-        self._finish(ev.file_id, entry, code, ev.digest, sha256=sha, name=name, received=received)
+        sha = hashlib.sha256(data).digest() if self.conn.receipt_requested else None  # its bytes are here
+        self._finish(file_id, entry, code, digest, sha256=sha, name=name, received=received)
+
+    def _on_small_run(self, ev: SmallFilesReceived) -> None:
+        """A run of small files: stored by one ``write_small_run``; those stored OK settle together
+        (``_settle_ok``: one files_ok, one RunReport), in order with the others, which settle one by
+        one as ``_on_small`` settles them."""
+        ids, entries, digests, datas = ev.file_ids, ev.entries, ev.digests, ev.datas
+        try:
+            outcomes = self.dest.write_small_run(entries, datas, digests)
+        except (FtxError, OSError) as exc:
+            outcomes = [exc] * len(ids)
+        one_by_one = self.conn.receipt_requested or not self._quiet
+        if not one_by_one and outcomes.count(_OK) == len(ids):  # the common case: every file stored
+            self._settle_ok(ids, entries, digests)
+            return
+        start = 0  # OK files from here not settled yet
+        for k, code in enumerate(outcomes):
+            if code is _OK and not one_by_one:
+                continue
+            if start < k:
+                self._settle_ok(ids[start:k], entries[start:k], digests[start:k])
+            start = k + 1
+            file_id, entry = ids[k], entries[k]
+            if isinstance(code, ErrorCode):
+                self._small_settled(file_id, entry, code, datas[k], digests[k])
+            else:
+                self._failed_with(file_id, entry, code)
+        if start < len(ids):
+            self._settle_ok(ids[start:], entries[start:], digests[start:])
+
+    def _settle_ok(self, ids: list, entries: list, digests: list) -> None:
+        """``_finish(OK)`` for each of a run of small files stored with the sender's digests (no
+        receipt, no progress display), with the per-file work done in bulk."""
+        self.last_progress = time.monotonic()
+        self.conn.files_ok(ids, digests)
+        fs = _FS
+        run = RunReport([e.path.decode(*fs) for e in entries], [e.size for e in entries],
+                        [d.hex() for d in digests])
+        self.files += len(ids)
+        if self.keep_reports and len(self.reports) < self.REPORTS_KEPT:
+            self.reports.extend(itertools.islice(run, self.REPORTS_KEPT - len(self.reports)))
+        if type(self.progress) is not Progress:
+            self.progress.end_files(run)
+        if self.on_files is not None:
+            self.on_files(run)
+        else:
+            for report in run:
+                self.on_file(report)
 
     def _on_chunk(self, ev: ChunkReceived) -> None:
         part = self._partials.get(ev.file_id)
@@ -378,7 +421,7 @@ _FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 async def receive_over(link, dest: Destination, config=None, on_file=None, idle_timeout: float = 30.0,
                        progress: Progress | None = None, limits: Limits | None = None,
                        budget: BufferBudget | None = None, confirm=None, identity=None,
-                       established=None, keep_reports: bool = True) -> ReceiveSession:
+                       established=None, keep_reports: bool = True, on_files=None) -> ReceiveSession:
     """Serve one sender on ``link`` until the session ends; return it for its reports.
 
     Per-file problems become RESULTs; a broken or silent peer ends only this
@@ -389,7 +432,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     when the sender's HELLO arrives, before any offer is handled: None accepts, a text declines
     the session and is the sender's reason (ftx/confirm.py).
     ``identity`` (our Ed25519 private key, or in TLS mode (certificate's private key, DER
-    chain)) signs receipts for senders that ask, bound to ``established.transcript``.  ``keep_reports=False``: see ``ReceiveSession``.
+    chain)) signs receipts for senders that ask, bound to ``established.transcript``.  ``keep_reports=False`` and ``on_files``: see ``ReceiveSession``.
     """
     limits = limits or Limits()
     signer = None
@@ -399,8 +442,10 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
         key, chain = identity if isinstance(identity, tuple) else (identity, ())
         signer = ReceiptSigner(key, established.transcript if established is not None else b"", chain)
     conn = ReceiverConnection(config or Config(overwrite=dest.overwrite,
-                                               max_files_in_flight=limits.max_files_in_flight), budget, signer)
-    session = ReceiveSession(conn, dest, on_file, progress, keep_reports)
+                                               max_files_in_flight=limits.max_files_in_flight), budget, signer,
+                              small_runs=True)
+    conn.small_run_max = BATCH  # a run is at most a part
+    session = ReceiveSession(conn, dest, on_file, progress, keep_reports, on_files)
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()
@@ -508,8 +553,7 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                     conn.send_error(ErrorCode.ABORTED, refused)
                     raise FtxError(refused.replace("the receiver ", "", 1), ErrorCode.ABORTED)
                 confirm = None
-            for start in range(0, len(events), BATCH):
-                part = events[start : start + BATCH]
+            for part in _parts(events):
                 if any(isinstance(ev, slow) for ev in part):
                     with link_busy(link):  # one thread hop for the whole part
                         # shielded: cancelling this task (a takeover, a limit) must not leave the
@@ -522,6 +566,33 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                     await link.send(conn.data_to_send())  # window while we handle the next part
         if conn.pending_output:
             await link.send(conn.data_to_send())
+
+
+def _parts(events: list[Event]):
+    """``events`` in parts of BATCH files each (the last one less): a SmallFilesReceived counts
+    its files, and one that does not fit is cut in two."""
+    part: list[Event] = []
+    files = 0
+    for ev in events:
+        if type(ev) is SmallFilesReceived:
+            while files + len(ev.file_ids) > BATCH:
+                k = BATCH - files
+                a, b, c, d = ev.file_ids, ev.entries, ev.digests, ev.datas
+                part.append(SmallFilesReceived(a[:k], b[:k], c[:k], d[:k]))
+                yield part
+                part, files = [], 0
+                ev = SmallFilesReceived(a[k:], b[k:], c[k:], d[k:])
+            if ev.file_ids:
+                part.append(ev)
+                files += len(ev.file_ids)
+        else:
+            part.append(ev)
+            files += 1
+        if files >= BATCH:
+            yield part
+            part, files = [], 0
+    if part:
+        yield part
 
 
 def _drain(conn) -> list[Event]:

@@ -54,6 +54,12 @@ class Tally(Progress):
             self.bytes = max(0, self.bytes - report.bytes_received)
         self.then.end_file(report)
 
+    def end_files(self, run) -> None:
+        if self.quiet and not self.started:  # nothing to take off, nobody to tell
+            return
+        for report in run:
+            self.end_file(report)
+
     def close(self) -> None:
         self.then.close()
 
@@ -64,6 +70,7 @@ class Service:
                  settings=None) -> None:
         self.emit = emit  # prints a --json line (None: no --json)
         self._emit_report = getattr(emit, "report", None)  # cli_output.emit's per-file line, without a dict
+        self._emit_run = getattr(emit, "run", None)  # ... and a run's lines in one go
         self.settings = settings  # the config file read (ftx/config_file.py), or None
         self.auth = auth
         self.notifier = Notifier(env)
@@ -111,6 +118,20 @@ class Service:
             self._emit_report(report)
         else:
             self.publish({"event": "file", **report.__dict__}, flush=False)
+
+    def files_settled(self, run) -> None:
+        """``file_settled`` for each report of a run of small files stored OK (receiving.RunReport):
+        counted at once, and its "file" events built together (--json: its lines in one string)."""
+        if self.emit is None and self.metrics is None:
+            self.files_done += len(run)
+            self.bytes_done += run.bytes
+        elif self.metrics is None and self._emit_run is not None:
+            self.files_done += len(run)
+            self.bytes_done += run.bytes
+            self._emit_run(run)
+        else:
+            for report in run:
+                self.file_settled(report)
 
     @contextlib.contextmanager
     def session(self, transport: str, progress: Progress | None = None):

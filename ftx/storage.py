@@ -10,7 +10,8 @@ that ftx did not create is opened for writing, truncated or removed.
 
 A small file is written to an ``O_TMPFILE`` (or an exclusively created random
 name) in its directory, its mode and mtime set, and linked under its name
-(EEXIST: the file that is there stays); with --overwrite renamed over.  Its
+(EEXIST: the file that is there stays); with --overwrite renamed over
+(smallwrite.py: one file, or a run of them with one C call per directory).  Its
 durability is batched: ``sync()`` flushes every file system written since the
 last call (``syncfs``), and the session calls it before the RESULTs of a batch
 leave, so a file reported OK is on disk.  Files received in chunks (partial.py)
@@ -34,22 +35,18 @@ import stat
 import threading
 import time
 
-from . import claims
 from .claims import Busy, claim, in_use
-from .core.checksum import file_digest
 from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_count
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 from . import fileops
-from .fileops import (FILE_FLAGS, Temp, creation_mode, hash_fd, link_new, pwrite_full, random_name, seal, storage_error, syncfs,
+from .fileops import (FILE_FLAGS, hash_fd, random_name, storage_error, syncfs,
                       unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
 from .journal import JournalHeader, drop_files, journal_name
 from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
-
-STATE_DIR = b".ftx"
-SPACE_AGE = 1.0  # seconds a free-space figure is trusted
+from .smallwrite import SPACE_AGE, STATE_DIR, SmallWrites  # small files: write_small, write_small_run
 
 
 class MadeDir:
@@ -64,7 +61,7 @@ class MadeDir:
         return os.path.join(self.dest.root, self.rel)
 
 
-class Destination:
+class Destination(SmallWrites):
     """The receive root.  Every wire path is resolved below it, never through a symlink."""
 
     def __init__(self, root: str | bytes, overwrite: bool = False, limits: Limits | None = None,
@@ -441,107 +438,6 @@ class Destination:
             fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
         try:
             return hash_fd(fd, hasher=hasher)
-        finally:
-            os.close(fd)
-
-    def write_small(self, entry: FileEntry, data, digest: bytes) -> ErrorCode:
-        """Store a whole small file: verify, write a temporary in its directory, link it into place.
-
-        Durable once ``sync()`` has returned.  The per-file Python is kept short (a tree of tiny
-        files is mostly this): the path check, the free-space figure's fast case, the claim and
-        the dirty mark are inline; anything unusual goes the long way (``_fits``, ``_written``)."""
-        if file_digest(data) != digest:
-            raise StorageError("whole-file digest mismatch", ErrorCode.DIGEST_MISMATCH)
-        rel = entry.path
-        check_wire_path(rel)
-        if rel[:4] == STATE_DIR and (len(rel) == 4 or rel[4] == 47):  # b".ftx" or b".ftx/..."
-            self.check(rel)  # raises
-        parent, _, name = rel.rpartition(b"/")
-        d = self.dirs.hold(parent, create=True)
-        counted = 0  # bytes an area's quota counted for this file: given back unless it is stored
-        size = len(data)
-        try:
-            if self.overwrite and self._same(d, name, size, digest):
-                return ErrorCode.IDENTICAL
-            if self.quota is not None:
-                old = self.replaced_size(d.fd, name) if self.overwrite else 0
-                self._fits(d.fd, d.dev, size, size, old)
-                self._space[d.dev][2] += size
-                self.quota.take(size - old)  # counted at once: small files arriving together cannot pass it
-                counted = size - old
-            elif size:  # _fits' common case inline: a fresh figure with room to spare
-                ent = self._space.get(d.dev)
-                if ent is None or ent[2] > ent[3] or size > ent[0] - ent[2] - self.limits.min_free \
-                        or time.monotonic() - ent[1] > SPACE_AGE:
-                    self._fits(d.fd, d.dev, size, size)
-                    ent = self._space[d.dev]
-                ent[2] += size
-            key = self.root + b"/" + rel
-            claims.take(key, entry)  # as claim() does, with no claim object: the entry marks it as ours
-            try:
-                t = None
-                try:
-                    # the common case in one call (a nameless file linked into place); else a Temp
-                    if self.overwrite or d.dev in self._no_tmpfile:
-                        done = False
-                    elif (c_link_new := self._c_link_new) is not None:  # fileops.link_new, inline
-                        mode = entry.mode
-                        done = c_link_new(d.fd, name, data, creation_mode(mode), mode, entry.mtime_ns)
-                    else:
-                        done = link_new(d.fd, name, data, entry.mode, entry.mtime_ns)
-                    if not done:
-                        t = self._small_temp(d, rel, entry.mode)
-                        if data and os.write(t.fd, data) != size:
-                            pwrite_full(t.fd, data, 0)  # a short write (a signal, a full disk): finish or fail
-                        seal(t.fd, entry.mode, entry.mtime_ns, sync=False,
-                             chmod=bool(t.name) or creation_mode(entry.mode) != entry.mode & 0o777)
-                        if self.overwrite:
-                            t.replace(name)
-                        else:
-                            t.link(name)
-                    counted = 0  # stored: it stays counted
-                except FileExistsError:
-                    if self._same(d, name, size, digest):
-                        return ErrorCode.IDENTICAL
-                    raise StorageError(f"{os.fsdecode(rel)} exists and differs (receiver has no --overwrite)",
-                                       ErrorCode.EXISTS) from None
-                except IsADirectoryError:
-                    raise StorageError(f"{os.fsdecode(rel)} exists and is a directory", ErrorCode.EXISTS) from None
-                except OSError as exc:
-                    raise storage_error(exc, f"cannot write {os.fsdecode(rel)}") from exc
-                finally:
-                    if t is not None:
-                        t.close()
-            finally:
-                claims.give(key, entry)
-            if d.dev not in self._dirty:
-                self._written(d)
-        finally:
-            if counted:
-                self.quota.give(counted)
-            self.dirs.release(d)
-        return ErrorCode.OK
-
-    def _small_temp(self, d: HeldDir, rel: bytes, mode: int) -> Temp:
-        """A temporary for the small file ``rel`` in ``d`` (nameless where the file system allows)."""
-        try:
-            t = Temp(d.fd, d.dev not in self._no_tmpfile, creation_mode(mode))
-        except OSError as exc:
-            raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
-        if t.no_tmpfile:
-            self._no_tmpfile.add(d.dev)
-        return t
-
-    @staticmethod
-    def _same(d: HeldDir, name: bytes, size: int, digest: bytes) -> bool:
-        """Whether ``name`` is a regular file of ``size`` bytes with ``digest``."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            return stat.S_ISREG(st.st_mode) and st.st_size == size and hash_fd(fd) == digest
         finally:
             os.close(fd)
 

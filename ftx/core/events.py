@@ -69,6 +69,25 @@ class SmallFileReceived(Event):
 
 
 @record
+class SmallFilesReceived(Event):
+    """Whole files, each in its SMALL_FILE frame, that arrived one after another: one event for
+    the run (a receiver made with ``small_runs=True``).  The lists are aligned; answer each file
+    with ``file_result``, or the OK ones together with ``files_ok``."""
+
+    file_ids: list
+    entries: list
+    digests: list
+    datas: list
+
+    def __init__(self, file_ids: list, entries: list, digests: list, datas: list) -> None:
+        d = self.__dict__
+        d["file_ids"] = file_ids
+        d["entries"] = entries
+        d["digests"] = digests
+        d["datas"] = datas
+
+
+@record
 class ChunkReceived(Event):
     """A verified chunk; ``data`` is valid until the next ``get_buffer`` call."""
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from ..errors import ChecksumMismatch, ErrorCode, FrameTooLarge, FtxError, RemoteProtocolError
 from .checksum import chunk_checksum, frame_checksum
+from xxhash import xxh3_64_intdigest as _xxh64  # (small_run: frame_checksum without its call)
 
 HEADER = struct.Struct(">BBHIQ")
 HEADER_SIZE = HEADER.size  # 16
@@ -153,6 +154,8 @@ class FrameDecoder:
         self._start = 0  # first byte not yet consumed
         self._end = 0  # first byte not yet filled
         self._frame_len = -1  # total length of the frame at _start once its header is read
+        self._offered = 0  # length of the region get_buffer gave last
+        self._ahead = 0  # room to offer next for headers and small frames (0: as usual)
         self._frames: deque[Frame] = deque()
         self.copy_payloads = copy_payloads
         self.budget = budget
@@ -197,13 +200,23 @@ class FrameDecoder:
             return self._view[self._end : start + min(need, len(self._buf) - start)]
         # headers and small frames: read ahead, up to READAHEAD at once
         want = max(need - pending, MIN_BUFFER)
-        if len(self._buf) - end < want:
+        # the last read filled what it was offered and the frame ahead is small (or its header not
+        # read yet): offer twice as much (a larger frame is read as before, to its end)
+        ahead = self._ahead if need <= MIN_BUFFER else 0
+        if len(self._buf) - end < max(want, ahead):
             self._compact()
             cap = len(self._buf)
             if cap - pending < want:
                 self._resize(max(pending + want, min(max(2 * cap, MIN_BUFFER), pending + READAHEAD)))
+            elif cap - pending < ahead:  # only to read more at once (a run of small frames): not if over budget
+                try:
+                    self._resize(pending + ahead)
+                except BufferLimit:
+                    pass
         end = self._end
-        return self._view[end : min(len(self._buf), end + READAHEAD)]
+        region = self._view[end : min(len(self._buf), end + READAHEAD)]
+        self._offered = len(region)
+        return region
 
     def trim(self) -> None:
         """Give back what the bytes held now do not need (the peer is quiet)."""
@@ -250,6 +263,10 @@ class FrameDecoder:
         """Frames are parsed lazily by ``next_frame``, so that a HELLO can raise the
         size limit before the frame behind it, read in the same call, is checked."""
         self._end += nbytes
+        # a read that filled the region offered (more was waiting, e.g. many small frames): the next
+        # region of headers and small frames is twice as large, up to READAHEAD, so that a run of
+        # small files comes in few reads (and is handled as one); a read that did not: back to normal
+        self._ahead = min(2 * nbytes, READAHEAD) if nbytes >= self._offered > 0 else 0
 
     def feed(self, data) -> None:
         """Copying convenience: accept any bytes-like object, whole or in part.  Frames it
@@ -308,6 +325,32 @@ class FrameDecoder:
         if self._start == self._end:
             self._start = self._end = 0
         return Frame(_FRAME_TYPE[ftype], flags, payload)  # _check refused unknown types
+
+    def small_run(self, limit: int) -> list:
+        """The payloads (bytes) of the SMALL_FILE frames complete at the head of the buffer, at most
+        ``limit``, taken in one loop: the whole run of small files a read brought.  It stops before
+        anything else -- another type, flags or reserved bits set, a length beyond the limit, a
+        checksum that does not match, a frame not complete -- which ``next_frame`` then handles
+        (and refuses) as ever.  Nothing when frames are queued (``feed``) or one is half read."""
+        if self._frames or self._frame_len >= 0:
+            return []
+        out = []
+        view, start, end, most = self._view, self._start, self._end, self._max_payload
+        unpack, digest = HEADER.unpack_from, _xxh64
+        while len(out) < limit and end - start >= HEADER_SIZE:
+            ftype, flags, reserved, length, csum = unpack(view, start)
+            stop = start + HEADER_SIZE + length
+            if ftype != 7 or flags or reserved or length > most or stop > end:  # 7: FrameType.SMALL_FILE
+                break
+            payload = view[start + HEADER_SIZE : stop]
+            if digest(payload, seed=0x0700000000000000 | length) != csum:  # _check's frame checksum
+                break
+            out.append(payload.tobytes())  # (the event owns its bytes, as _parse_one copies them)
+            start = stop
+        if start == end:
+            start = self._end = 0
+        self._start = start
+        return out
 
     @staticmethod
     def _check(ftype, flags, reserved, length, csum, payload) -> None:

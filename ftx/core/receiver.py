@@ -5,6 +5,8 @@ Frames become events; the driver answers with calls:
 * ``FileOffered``       -> ``decide(file_id, held=..., ...)`` for a regular file,
                            or ``file_result(...)`` to refuse it / for dirs and links
 * ``SmallFileReceived`` -> ``file_result``
+* ``SmallFilesReceived`` -> ``file_result`` for each, or ``files_ok`` for those stored OK
+                           (a run of SMALL_FILE frames; with ``small_runs=True``)
 * ``FileRefused``       -> ``file_result`` refusing it (beyond the sender's OFFER_SUMMARY)
 * ``ChunkReceived``     -> write the (already verified) bytes
 * ``FileDataComplete``  -> verify the digest, finalize, ``file_result``
@@ -32,6 +34,7 @@ from .events import (
     ReceiptDue,
     SessionComplete,
     SmallFileReceived,
+    SmallFilesReceived,
 )
 from .announced import Announced
 from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
@@ -93,11 +96,16 @@ class ReceiverConnection(Connection):
     transitions = RECEIVER_TRANSITIONS
     _runs = False  # (class defaults: Connection.__init__ sends our HELLO before ours run)
     _run_count = 0
+    #: files in one SmallFilesReceived at most: a run's RESULTs leave once it is handled, so a run is
+    #: kept to a part of what the sender may have in flight (the driver sets its part size)
+    small_run_max = 256
 
     def __init__(self, config: Config | None = None, budget=None,
-                 signer: receipt.ReceiptSigner | None = None) -> None:
+                 signer: receipt.ReceiptSigner | None = None, small_runs: bool = False) -> None:
         """``signer`` (our identity key) signs a receipt for a sender that asks for one;
-        without it such a sender is told the receipt is declined."""
+        without it such a sender is told the receipt is declined.  ``small_runs``: consecutive
+        SMALL_FILE frames come as one ``SmallFilesReceived`` per run (else a ``SmallFileReceived``
+        per file)."""
         config = config or Config()
         super().__init__(config, (HELLO_OVERWRITE if config.overwrite else 0) | HELLO_QUICK_CHECK, budget)
         self._entries: dict[int, FileEntry] = {}
@@ -112,6 +120,7 @@ class ReceiverConnection(Connection):
         self._announced: Announced | None = None  # from the peer's HELLO, at its first item
         self._runs = False  # the sender takes RESULT_RUN (its HELLO said so; no receipt): set at its HELLO
         self._run_first = 0  # a run of OK results not yet sent: ids first .. first + count - 1
+        self._small_runs = small_runs
 
     @property
     def receipt_requested(self) -> bool:
@@ -174,6 +183,37 @@ class ReceiverConnection(Connection):
         if entry is not None and (batch := self._signer.add(entry)) is not None:
             self._send_frame(FrameType.RECEIPT, batch)
         if self._sender_done:  # before DONE nothing can complete the session
+            self._maybe_complete()
+
+    def files_ok(self, file_ids: list, digests: list) -> None:
+        """``file_result(id, OK, digest)`` for each of a run of small files (``SmallFilesReceived``)
+        stored with the sender's digests, in order: the same states, frames and budget, with the
+        per-file work a few operations (RESULT_RUN extended, or a RESULT each to a sender without it)."""
+        files, ended = self._files, FileState.ENDED
+        if self._signer is not None or not self._runs or self._existing or ZERO_DIGEST in digests \
+                or list(map(files.get, file_ids)).count(ended) != len(file_ids):  # anything unusual: one by one
+            for file_id, digest in zip(file_ids, digests):
+                self.file_result(file_id, ErrorCode.OK, digest)
+            return
+        entries, costs = self._entries, self._costs
+        first, count = self._run_first, self._run_count
+        given = 0
+        for file_id in file_ids:
+            del files[file_id]  # DONE, and forgotten (_forget)
+            del entries[file_id]
+            if costs:
+                given += costs.pop(file_id, 0)
+            if count and file_id == first + count:
+                count += 1
+            else:
+                if count:
+                    Connection._send_frame(self, FrameType.RESULT_RUN, RESULT_RUN.pack(first, count))
+                first, count = file_id, 1
+        self._run_first, self._run_count = first, count
+        self._unsettled -= len(file_ids)
+        if given:
+            self._decoder.budget.give(given)
+        if self._sender_done:
             self._maybe_complete()
 
     # -- RESULT_RUN: consecutive OK results leave as one frame ------------------------------
@@ -245,6 +285,9 @@ class ReceiverConnection(Connection):
     # -- frames from the sender --------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         t, p = frame.type, frame.payload
+        if t is FrameType.SMALL_FILE and self._small_runs:  # many small files: the run in one go
+            self._on_small_run(p)
+            return
         if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
             file_id, entry, digest, data = unpack_small(p)
             if entry.kind != Kind.FILE:
@@ -305,6 +348,85 @@ class ReceiverConnection(Connection):
             raise RemoteProtocolError(f"{t.name} is not sent by a sender")
         self._maybe_complete()
 
+    def _on_small_run(self, p: bytes) -> None:
+        """SMALL_FILE ``p`` and those right behind it in the input buffer (``FrameDecoder.small_run``):
+        every check of the per-file path (unpack_small, _new_file, _beyond_announced) made in one
+        loop, and one ``SmallFilesReceived`` for the run (a refused file splits it).  A failure
+        raises after the files before it have their event, as file by file."""
+        payloads = [p]
+        room = min(self.config.max_files_in_flight - self._unsettled, self.small_run_max)  # (beyond: fails below)
+        if room > 1:
+            payloads += self._decoder.small_run(room - 1)
+        ids: list = []
+        entries: list = []
+        digests: list = []
+        datas: list = []
+        files, known, costs, events = self._files, self._entries, self._costs, self._events
+        budget = self._decoder.budget
+        limit, ended, size_entry, new = self.config.max_files_in_flight, FileState.ENDED, _ENTRY_SIZE, _new_entry
+        if self._announced is None:
+            self._beyond_announced(None)  # (made at the first item; counts nothing)
+        admit = self._announced.admit if self._announced.summary is not None else None
+        taken = 0  # file-state bytes of this run's files, taken from the budget at the end
+        room_left = budget.limit - budget.used if budget is not None else 0
+        try:
+            for p in payloads:
+                n = len(p)
+                if n >= size_entry and type(p) is bytes:  # unpack_small, inline
+                    file_id, kind, _flags, _res, mode, mtime_ns, size, chunk_size, plen, tlen = _unpack_entry(p)
+                    off = size_entry + plen
+                    if kind == 1 and not tlen and not mode & ~0o7777 and MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE \
+                            and n == off + DIGEST_SIZE + size:
+                        entry = new(FileEntry)
+                        entry.__dict__.update(path=p[size_entry:off], kind=_FILE, size=size, mode=mode,
+                                              mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
+                        digest = p[off : off + DIGEST_SIZE]
+                        # the bytes: a view of the payload (its own bytes) where a copy would cost more
+                        data = p[off + DIGEST_SIZE :] if size < 4096 else memoryview(p)[off + DIGEST_SIZE :]
+                    else:
+                        file_id, entry, digest, data = SmallFile.unpack(p)
+                else:
+                    file_id, entry, digest, data = SmallFile.unpack(p)
+                if entry.kind != Kind.FILE:
+                    raise RemoteProtocolError("SMALL_FILE must carry a regular file")
+                # _new_file, inline
+                if self._sender_done:
+                    raise RemoteProtocolError("file offered after DONE")
+                if file_id in files:
+                    raise RemoteProtocolError(f"file id {file_id} reused while in use")
+                if self._unsettled >= limit:
+                    raise RemoteProtocolError(
+                        f"more than {limit} files offered and not yet settled (the receiver's --max-files-in-flight)")
+                if budget is not None:  # budget.take, for the run at once (below)
+                    cost = FILE_STATE_COST + len(entry.path)
+                    if room_left < cost:
+                        budget.take(taken)
+                        taken = 0
+                        self._fail_local(BufferLimit(
+                            f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} "
+                            "MiB in use, --max-memory); try again later"))
+                    room_left -= cost
+                    taken += cost
+                    costs[file_id] = cost
+                self._unsettled += 1
+                files[file_id] = ended
+                known[file_id] = entry
+                if admit is not None and (why := admit(entry)) is not None:  # (_beyond_announced)
+                    if ids:
+                        events.append(SmallFilesReceived(ids, entries, digests, datas))
+                        ids, entries, digests, datas = [], [], [], []
+                    events.append(FileRefused(file_id, entry, why))
+                    continue
+                ids.append(file_id)
+                entries.append(entry)
+                digests.append(digest)
+                datas.append(data)
+        finally:
+            if taken:
+                budget.take(taken)  # (fits: room_left said so; one thread uses the budget)
+            if ids:
+                events.append(SmallFilesReceived(ids, entries, digests, datas))
+
     def _new_file(self, file_id: int, entry: FileEntry, state: FileState, chunked: bool = True) -> None:
         """``chunked``: its chunks arrive one by one (an OFFER), so a chunk map is kept for it."""
         if self._sender_done:
@@ -354,12 +476,13 @@ class ReceiverConnection(Connection):
         self._unsettled += 1
         self._checks[c.dir_id] = cost
 
-    def _beyond_announced(self, entry: FileEntry) -> str | None:
-        """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted)."""
+    def _beyond_announced(self, entry: FileEntry | None) -> str | None:
+        """Why ``entry`` is beyond the sender's OFFER_SUMMARY (None: admitted and counted;
+        no entry: only the announcement is read)."""
         if self._announced is None:
             summary = self.peer.summary if self.peer is not None else b""
             self._announced = Announced(OfferSummary.decode(summary) if summary else None)
-        return self._announced.admit(entry)
+        return self._announced.admit(entry) if entry is not None else None
 
     def _on_chunk(self, file_id: int, index: int, checksum: int, data) -> None:
         if self._step(file_id, In.CHUNK, remote=True) == FileState.FAILED:

@@ -76,6 +76,29 @@ class ReceiverDriver:
         self.results.append((fid, int(code), entry.path))
         self.conn.file_result(fid, code, digest, message)
 
+    def _small(self, fid: int, entry: FileEntry, digest: bytes, data, flush=None) -> bool:
+        """Whether a small file is stored OK (then the caller settles it); else its RESULT is given,
+        after ``flush`` (OK ids and digests not settled yet: they go first, with files_ok)."""
+        why = None
+        try:
+            check_wire_path(entry.path)
+        except UnsafePath as exc:
+            why = (exc.code, str(exc))
+        data = _own(data)
+        if why is None and file_digest(data) != digest:
+            why = (ErrorCode.DIGEST_MISMATCH, f"{os.fsdecode(entry.path)}: digest mismatch")
+        if why is None and self.policy & REFUSE_EXISTS:
+            why = (ErrorCode.EXISTS, f"{os.fsdecode(entry.path)} exists and differs")
+        if why is None:
+            self.completed.append((entry.path, data))
+            return True
+        if flush is not None and flush[0]:
+            self.conn.files_ok(flush[0], flush[1])
+            flush[0].clear()
+            flush[1].clear()
+        self._result(fid, entry, *why)
+        return False
+
     def drain(self) -> None:
         while (e := self.conn.next_event()) is not None:
             self.handle(e)
@@ -146,21 +169,17 @@ class ReceiverDriver:
         elif isinstance(e, ev.FileRefused):  # beyond the sender's OFFER_SUMMARY (as ReceiveSession)
             self._result(e.file_id, e.entry, ErrorCode.ABORTED, e.reason)
         elif isinstance(e, ev.SmallFileReceived):
-            entry = e.entry
-            try:
-                check_wire_path(entry.path)
-            except UnsafePath as exc:
-                self._result(e.file_id, entry, exc.code, str(exc))
-                return
-            data = _own(e.data)
-            if file_digest(data) != e.digest:
-                self._result(e.file_id, entry, ErrorCode.DIGEST_MISMATCH, f"{os.fsdecode(entry.path)}: digest mismatch")
-                return
-            if self.policy & REFUSE_EXISTS:
-                self._result(e.file_id, entry, ErrorCode.EXISTS, f"{os.fsdecode(entry.path)} exists and differs")
-                return
-            self.completed.append((entry.path, data))
-            self._result(e.file_id, entry, ErrorCode.OK, digest=e.digest)
+            if self._small(e.file_id, e.entry, e.digest, e.data):
+                self._result(e.file_id, e.entry, ErrorCode.OK, digest=e.digest)
+        elif isinstance(e, ev.SmallFilesReceived):  # a run: its OK files settle together (files_ok), in order
+            ids, digests = [], []
+            for fid, entry, digest, data in zip(e.file_ids, e.entries, e.digests, e.datas):
+                if self._small(fid, entry, digest, data, flush=(ids, digests)):
+                    ids.append(fid)
+                    digests.append(digest)
+                    self.results.append((fid, int(ErrorCode.OK), entry.path))
+            if ids:
+                conn.files_ok(ids, digests)
         elif isinstance(e, ev.FileRestarted):
             f = self.files.get(e.file_id)
             if f is not None:

@@ -217,7 +217,7 @@ def tcp_receiver(data: bytes) -> None:
     if len(data) < 2:
         return
     opts, split, body = tcp_input(data)
-    conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)))
+    conn = ReceiverConnection(config(overwrite=bool(opts & 0x40)), small_runs=bool(len(data) & 1))  # both decoders
     drv = ReceiverDriver(conn, (opts >> 2) & 0xF, {b"dir/big.bin": sample_files()[1][1]})
     hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
     _run(_feed_tcp, conn, drv, hello + body, split, bool(opts & 2))
@@ -285,7 +285,7 @@ def tcp_storage(data: bytes) -> None:
         dest = Destination(root, overwrite=overwrite)
         if opts & 0x80:  # an earlier run left a partial of dir/big.bin holding its first chunk
             _leave_partial(dest)
-        conn = ReceiverConnection(config(overwrite=overwrite))
+        conn = ReceiverConnection(config(overwrite=overwrite), small_runs=bool(len(data) & 1))  # (receive_over: runs)
         session = ReceiveSession(conn, dest)
         drv = _SessionDriver(conn, session)
         hello = _hello(ROLE_SENDER, (HELLO_NO_RESUME if opts & 0x20 else 0) | HELLO_QUICK_CHECK)
