@@ -1,0 +1,230 @@
+/* The sender's run of small files in one call: what ftx/smallrun.py ``py_frames`` does per file
+ * (openat by name under the listed directory's descriptor, one read of size + 1 bytes, close,
+ * XXH3-128 of the bytes, one SMALL_FILE frame appended to ``out``), for as many of a directory's
+ * listed items in a row as are plain: a regular file listed here, of at most ``limit`` bytes,
+ * read at its listed size.  The file's bytes are read straight into ``out`` at their place in
+ * the frame (no copy); the two hashes are the ``xxhash`` module's functions, called from here.
+ *
+ * The first item that is not plain (another kind, too large, an in-tree link followed elsewhere,
+ * an open or read that fails, a length other than listed) ends the call, its frame undone: the
+ * caller sends it by the Python path, which says why, and calls again after it.  Same contract
+ * and safety as ``source.SmallReader.read``: O_NOFOLLOW (a name swapped for a symlink is never
+ * followed), O_NONBLOCK (a FIFO swapped in cannot block), O_NOATIME dropped on EPERM.
+ * Optional: without it (no compiler, or FTX_PURE_PYTHON=1) ftx runs ``py_frames``.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HEADER_SIZE 16
+#define ENTRY_SIZE 36 /* manifest.ENTRY: >IBBHIqQIHH */
+#define DIGEST_SIZE 16
+#define SMALL_FILE 0x07
+#define KIND_FILE 1
+
+static void
+put16(unsigned char *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
+
+static void
+put32(unsigned char *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+
+static void
+put64(unsigned char *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+
+/* frames(dir_fd, flags, items, start, stop, skip, prefix, file_kind, limit, fid, chunk_size,
+ *        out, max_out, digest128, hash64) -> (next, flags, count, total, digests)
+ * items[start:stop] are source.SourceItem tuples (local, wire, kind, target, mode, size, mtime_ns);
+ * the call stops before ``stop``, at the first item that is not plain, or once ``out`` holds
+ * ``max_out`` bytes or more.  ``next``: the first item not framed; ``flags``: the open flags
+ * (O_NOATIME dropped if refused); ``count`` files framed with ids fid.., ``total`` their bytes,
+ * ``digests`` the list of their XXH3-128 digests. */
+static PyObject *
+frames(PyObject *self, PyObject *args)
+{
+    int dir_fd, flags;
+    PyObject *items, *prefix, *file_kind, *out, *digest128, *hash64;
+    Py_ssize_t start, stop, skip, limit, max_out;
+    unsigned long long fid, chunk_size;
+
+    if (!PyArg_ParseTuple(args, "iiO!nnnSOnKKO!nOO:frames", &dir_fd, &flags, &PyList_Type, &items, &start, &stop,
+                          &skip, &prefix, &file_kind, &limit, &fid, &chunk_size, &PyByteArray_Type, &out,
+                          &max_out, &digest128, &hash64))
+        return NULL;
+    PyObject *digests = PyList_New(0);
+    if (digests == NULL)
+        return NULL;
+    if (stop > PyList_GET_SIZE(items))
+        stop = PyList_GET_SIZE(items);
+    const char *pre = PyBytes_AS_STRING(prefix);
+    Py_ssize_t pre_len = PyBytes_GET_SIZE(prefix);
+    Py_ssize_t i = start, count = 0;
+    long long total = 0;
+
+    for (; i < stop && PyByteArray_GET_SIZE(out) < max_out; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind)
+            break;
+        PyObject *local = PyTuple_GET_ITEM(item, 0), *wire = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_Check(local) || !PyBytes_Check(wire))
+            break;
+        Py_ssize_t wlen = PyBytes_GET_SIZE(wire);
+        const char *w = PyBytes_AS_STRING(wire);
+        if (wlen <= skip || wlen > 0xFFFF)
+            break;
+        const char *name = w + skip;
+        Py_ssize_t nlen = wlen - skip;
+        /* listed here: local == prefix + name (not an in-tree link followed elsewhere) */
+        if (PyBytes_GET_SIZE(local) != pre_len + nlen || memcmp(PyBytes_AS_STRING(local), pre, pre_len) != 0
+            || memcmp(PyBytes_AS_STRING(local) + pre_len, name, nlen) != 0 || memchr(name, 0, nlen) != NULL)
+            break;
+        long long mode = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 4));
+        long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 5));
+        long long mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 6));
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            break;
+        }
+        if (size < 0 || size > limit)
+            break;
+
+        Py_ssize_t at = PyByteArray_GET_SIZE(out);
+        Py_ssize_t payload = ENTRY_SIZE + wlen + DIGEST_SIZE + (Py_ssize_t)size;
+        if (payload > 0xFFFFFFFFLL)
+            break;
+        /* room for the frame and one byte more (a file that grew shows as a longer read) */
+        if (PyByteArray_Resize(out, at + HEADER_SIZE + payload + 1) < 0)
+            goto fail;
+        unsigned char *f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
+        unsigned char *data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
+
+        char cname[4097];
+        if (nlen >= (Py_ssize_t)sizeof cname) {
+            PyByteArray_Resize(out, at);
+            break;
+        }
+        memcpy(cname, name, nlen);
+        cname[nlen] = 0;
+        int fd, err = 0;
+        ssize_t got = 0;
+        for (;;) {
+            Py_BEGIN_ALLOW_THREADS
+            fd = openat(dir_fd, cname, flags);
+#ifdef O_NOATIME
+            if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) { /* O_NOATIME: only for the file's owner */
+                flags &= ~O_NOATIME;
+                fd = openat(dir_fd, cname, flags);
+            }
+#endif
+            if (fd < 0) {
+                err = errno;
+            } else {
+                do {
+                    got = read(fd, data, (size_t)size + 1);
+                } while (got < 0 && errno == EINTR);
+                if (got < 0)
+                    err = errno;
+                close(fd);
+            }
+            Py_END_ALLOW_THREADS
+            if (fd >= 0 || err != EINTR)
+                break;
+            if (PyErr_CheckSignals() != 0) { /* as os.open: Python's handlers run, then again */
+                PyByteArray_Resize(out, at);
+                goto fail;
+            }
+        }
+        if (fd < 0 || got != size) { /* not as listed: the Python path says why */
+            if (PyByteArray_Resize(out, at) < 0)
+                goto fail;
+            break;
+        }
+        /* the buffer may not have moved (no resize since), but take its address again anyway */
+        f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
+        data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
+        PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
+        if (view == NULL)
+            goto undo;
+        PyObject *digest = PyObject_CallOneArg(digest128, view);
+        Py_DECREF(view);
+        if (digest == NULL)
+            goto undo;
+        if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != DIGEST_SIZE) {
+            Py_DECREF(digest);
+            PyErr_SetString(PyExc_TypeError, "digest128 must return 16 bytes");
+            goto undo;
+        }
+        unsigned char *e = f + HEADER_SIZE;
+        put32(e, (uint32_t)(fid + count));
+        e[4] = KIND_FILE;
+        e[5] = 0;
+        put16(e + 6, 0);
+        put32(e + 8, (uint32_t)(mode & 07777));
+        put64(e + 12, (uint64_t)mtime);
+        put64(e + 20, (uint64_t)size);
+        put32(e + 28, (uint32_t)chunk_size);
+        put16(e + 32, (uint16_t)wlen);
+        put16(e + 34, 0);
+        memcpy(e + ENTRY_SIZE, w, wlen);
+        memcpy(e + ENTRY_SIZE + wlen, PyBytes_AS_STRING(digest), DIGEST_SIZE);
+        int appended = PyList_Append(digests, digest);
+        Py_DECREF(digest);
+        if (appended < 0)
+            goto undo;
+        /* the frame checksum: XXH3-64 of the payload seeded with the header's first 8 bytes */
+        uint64_t seed = ((uint64_t)SMALL_FILE << 56) | (uint64_t)payload;
+        PyObject *pv = PyMemoryView_FromMemory((char *)e, payload, PyBUF_READ);
+        if (pv == NULL)
+            goto undo;
+        PyObject *pseed = PyLong_FromUnsignedLongLong(seed);
+        if (pseed == NULL) {
+            Py_DECREF(pv);
+            goto undo;
+        }
+        PyObject *hargs[2] = {pv, pseed};
+        PyObject *sum = PyObject_Vectorcall(hash64, hargs, 2, NULL);
+        Py_DECREF(pv);
+        Py_DECREF(pseed);
+        if (sum == NULL)
+            goto undo;
+        uint64_t check = PyLong_AsUnsignedLongLong(sum);
+        Py_DECREF(sum);
+        if (check == (uint64_t)-1 && PyErr_Occurred())
+            goto undo;
+        f[0] = SMALL_FILE;
+        f[1] = 0;
+        put16(f + 2, 0);
+        put32(f + 4, (uint32_t)payload);
+        put64(f + 8, check);
+        if (PyByteArray_Resize(out, at + HEADER_SIZE + payload) < 0) /* the extra byte off */
+            goto fail;
+        count++;
+        total += size;
+        continue;
+    undo:
+        PyByteArray_Resize(out, at);
+        goto fail;
+    }
+    return Py_BuildValue("(niLLN)", i, flags, (long long)count, total, digests);
+
+fail:
+    Py_DECREF(digests);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"frames", frames, METH_VARARGS, "A run of small files of one listed directory as SMALL_FILE frames."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_smallread", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__smallread(void)
+{
+    return PyModule_Create(&module);
+}

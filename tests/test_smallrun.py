@@ -1,0 +1,152 @@
+"""A run of small files read and framed in one call (ftx.smallrun): the C helper and the Python
+reference give the same frames and stop at the same item, and a stopped item is one the
+per-file path must look at (a symlink, a FIFO, a file changed since the listing, ...).
+Real files; the frames decoded by the receiver's own decoder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ftx import smallrun
+from ftx.core.checksum import file_digest
+from ftx.core.frames import FrameDecoder, FrameType
+from ftx.core.messages import SmallFile
+from ftx.source import SmallReader, walk_groups
+
+pytestmark = pytest.mark.timeout(30)
+
+IMPLS = ["python"] + (["c"] if smallrun._c_frames is not None else [])
+
+
+def run(impl: str, group, start=0, stop=None, limit=1 << 20, max_out=1 << 30, fid=7):
+    reader = SmallReader(group.dir, follow=True, ident=group.ident)
+    out = bytearray()
+    skip = len(group.dir.wire) + 1
+    stop = len(group.items) if stop is None else stop
+    try:
+        fn = smallrun.py_frames if impl == "python" else smallrun.frames
+        r = fn(reader, group.items, start, stop, skip, limit, fid, 65536, out, max_out)
+    finally:
+        reader.close()
+    return r, bytes(out)
+
+
+def frames_of(data: bytes) -> list:
+    dec = FrameDecoder()
+    dec.set_max_payload(1 << 24)
+    dec.copy_payloads = True
+    buf = dec.get_buffer()
+    got = []
+    view = memoryview(data)
+    while view:
+        buf = dec.get_buffer()
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        dec.buffer_updated(n)
+        view = view[n:]
+        while (f := dec.next_frame()) is not None:
+            got.append(f)
+    return got
+
+
+def group_of(tmp_path, files: dict) -> "object":
+    d = tmp_path / "t"
+    d.mkdir()
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    groups = list(walk_groups([d]))
+    return groups[1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_run_is_the_frames_send_small_would_make(tmp_path, impl):
+    files = {f"f{i:03}": os.urandom(i * 37 % 3000) for i in range(50)}
+    group = group_of(tmp_path, files)
+    r, out = run(impl, group)
+    assert (r.next, r.count, r.total) == (50, 50, sum(map(len, files.values())))
+    frames = frames_of(out)
+    assert [f.type for f in frames] == [FrameType.SMALL_FILE] * 50
+    for i, (f, item) in enumerate(zip(frames, group.items)):
+        sf = SmallFile.decode(f.payload)
+        assert sf.file_id == 7 + i and sf.entry.path == item.wire and sf.data == files[item.wire[2:].decode()]
+        assert sf.entry.mode == item.mode & 0o7777 and sf.entry.mtime_ns == item.mtime_ns
+        assert sf.digest == file_digest(sf.data) == r.digests[i]
+
+
+@pytest.mark.skipif("c" not in IMPLS, reason="the C helper is not built")
+def test_c_and_python_agree_byte_for_byte(tmp_path):
+    files = {f"n{i}": os.urandom(i * 101 % 5000) for i in range(40)}
+    group = group_of(tmp_path, files)
+    for start, stop, max_out in ((0, 40, 1 << 30), (3, 17, 1 << 30), (0, 40, 20_000), (39, 40, 1)):
+        assert run("c", group, start, stop, max_out=max_out) == run("python", group, start, stop, max_out=max_out)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_run_stops_at_what_the_per_file_path_must_see(tmp_path, impl):
+    """Each of these is the first item not framed; the items before it are."""
+    group = group_of(tmp_path, {"a": b"1" * 10, "b": b"2" * 20, "c": b"3" * 30, "d": b"4" * 40})
+    d = tmp_path / "t"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * 20)
+
+    def swapped_symlink():
+        os.unlink(d / "b")
+        os.symlink(secret, d / "b")
+
+    def fifo():
+        os.unlink(d / "b")
+        os.mkfifo(d / "b")
+
+    def grew():
+        (d / "b").write_bytes(b"2" * 21)
+
+    def shrank():
+        (d / "b").write_bytes(b"2" * 19)
+
+    def vanished():
+        os.unlink(d / "b")
+
+    def directory():
+        os.unlink(d / "b")
+        os.mkdir(d / "b")
+
+    for change in (swapped_symlink, fifo, grew, shrank, vanished, directory):
+        change()
+        r, out = run(impl, group)
+        assert (r.next, r.count, r.total) == (1, 1, 10), change.__name__
+        assert b"S" * 20 not in out
+        assert [f.type for f in frames_of(out)] == [FrameType.SMALL_FILE]
+        if os.path.isdir(d / "b") and not os.path.islink(d / "b"):
+            os.rmdir(d / "b")
+        elif os.path.lexists(d / "b"):
+            os.unlink(d / "b")
+        (d / "b").write_bytes(b"2" * 20)
+    # larger than the limit; beyond the run's byte budget
+    assert run(impl, group, limit=25)[0][:3] == (2, 2, 30)
+    assert run(impl, group, max_out=1)[0][:3] == (1, 1, 10)
+    assert run(impl, group, start=2, stop=3)[0][:3] == (3, 1, 30)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_in_tree_link_and_a_directory_are_left_to_the_per_item_path(tmp_path, impl):
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "a").write_bytes(b"x")
+    (d / "b").symlink_to("a")  # sent as the file it points to, read from there: not by this run
+    (d / "c").mkdir()
+    (d / "d").write_bytes(b"y")
+    group = list(walk_groups([d]))[1]
+    assert [i.wire for i in group.items] == [b"t/a", b"t/b", b"t/c", b"t/d"]
+    assert run(impl, group)[0][:3] == (1, 1, 1)
+    assert run(impl, group, start=1)[0][:3] == (1, 0, 0)
+    assert run(impl, group, start=2)[0][:3] == (2, 0, 0)
+    assert run(impl, group, start=3)[0][:3] == (4, 1, 1)
+
+
+def test_an_unopenable_directory_frames_nothing(tmp_path):
+    group = group_of(tmp_path, {"a": b"1"})
+    reader = SmallReader(group.dir, follow=True, ident=(0, 0))  # another directory than listed
+    assert reader.fd < 0
+    assert smallrun.frames(reader, group.items, 0, 1, 2, 100, 0, 65536, bytearray(), 1 << 20)[:3] == (0, 0, 0)
