@@ -15,8 +15,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -216,8 +219,204 @@ fail:
     return NULL;
 }
 
+
+/* -- listing a directory ------------------------------------------------------------------ */
+struct name { char *s; size_t len; };
+
+static int
+by_bytes(const void *a, const void *b)
+{
+    const struct name *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+static void
+free_names(struct name *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i].s);
+    free(names);
+}
+
+static PyObject *
+join2(const char *a, Py_ssize_t alen, const char *b, Py_ssize_t blen)
+{
+    PyObject *o = PyBytes_FromStringAndSize(NULL, alen + blen);
+    if (o != NULL) {
+        memcpy(PyBytes_AS_STRING(o), a, alen);
+        memcpy(PyBytes_AS_STRING(o) + alen, b, blen);
+    }
+    return o;
+}
+
+/* listing(dir_fd, local, wire, max_path, max_component, item_type, file_kind, dir_kind, update)
+ *   -> list of items, or None
+ * The direct entries of the open directory ``dir_fd`` sorted by name bytes, as source._listed
+ * makes them: regular files and directories (lstat'ed by name under ``dir_fd``) as
+ * ``item_type`` (source.SourceItem) with local/wire paths ``local + name`` / ``wire + name``,
+ * each entry's listing record (tree.entry_record) fed to ``update`` in order.  None where
+ * anything asks for the Python path's judgement (a symlink, a special file, a name of ftx's
+ * own or too long, an entry gone since it was read): that path lists the directory again. */
+static PyObject *
+listing(PyObject *self, PyObject *args)
+{
+    int dir_fd;
+    const char *local, *wire;
+    Py_ssize_t local_len, wire_len, max_path, max_component;
+    PyTypeObject *item_type;
+    PyObject *file_kind, *dir_kind, *update;
+
+    if (!PyArg_ParseTuple(args, "iy#y#nnO!OOO:listing", &dir_fd, &local, &local_len, &wire, &wire_len, &max_path,
+                          &max_component, &PyType_Type, &item_type, &file_kind, &dir_kind, &update))
+        return NULL;
+    if (!PyType_IsSubtype(item_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "item_type must be a tuple type");
+        return NULL;
+    }
+    struct name *names = NULL;
+    size_t n = 0, cap = 0;
+    int err = 0;
+    DIR *d = NULL;
+    int fd2;
+    Py_BEGIN_ALLOW_THREADS
+    fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd2 < 0) {
+        err = errno;
+    } else {
+        d = fdopendir(fd2);
+        if (d == NULL) {
+            err = errno;
+            close(fd2);
+        } else {
+            rewinddir(d);
+            struct dirent *de;
+            for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (de == NULL) {
+                    err = errno;
+                    break;
+                }
+                const char *s = de->d_name;
+                if (s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0)))
+                    continue;
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    struct name *nn = realloc(names, ncap * sizeof *names);
+                    if (nn == NULL) { err = ENOMEM; break; }
+                    names = nn;
+                    cap = ncap;
+                }
+                names[n].len = strlen(s);
+                names[n].s = malloc(names[n].len + 1);
+                if (names[n].s == NULL) { err = ENOMEM; break; }
+                memcpy(names[n].s, s, names[n].len + 1);
+                n++;
+            }
+            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
+            closedir(d);
+        }
+    }
+    if (!err && n > 1)
+        qsort(names, n, sizeof *names, by_bytes);
+    Py_END_ALLOW_THREADS
+    if (err) { /* the Python path says what went wrong */
+        free_names(names, n);
+        Py_RETURN_NONE;
+    }
+    PyObject *items = PyList_New(0), *rec = NULL;
+    size_t rec_cap = 65536, rec_len = 0;
+    unsigned char *recs = malloc(rec_cap + 8192);
+    if (items == NULL || recs == NULL)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = names[i].s;
+        Py_ssize_t len = (Py_ssize_t)names[i].len;
+        if (len > max_component || wire_len + len > max_path || local_len + len > 4096 || s[0] == '.')
+            goto python; /* (a name starting with '.' may be ftx's own: is_ftx_own decides) */
+        struct stat st;
+        int r;
+        do {
+            r = fstatat(dir_fd, s, &st, AT_SYMLINK_NOFOLLOW);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0)
+            goto python;
+        int is_file = S_ISREG(st.st_mode);
+        if (!is_file && !S_ISDIR(st.st_mode))
+            goto python;
+        long long mtime = is_file ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec : 0;
+        long long size = is_file ? (long long)st.st_size : 0;
+        PyObject *item = item_type->tp_alloc(item_type, 7);
+        if (item == NULL)
+            goto fail;
+        PyObject *l = join2(local, local_len, s, len), *w = join2(wire, wire_len, s, len);
+        PyObject *mode = PyLong_FromUnsignedLong(st.st_mode), *sz = PyLong_FromLongLong(size);
+        PyObject *mt = PyLong_FromLongLong(mtime), *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *kind = is_file ? file_kind : dir_kind;
+        Py_INCREF(kind);
+        PyTuple_SET_ITEM(item, 0, l);
+        PyTuple_SET_ITEM(item, 1, w);
+        PyTuple_SET_ITEM(item, 2, kind);
+        PyTuple_SET_ITEM(item, 3, empty);
+        PyTuple_SET_ITEM(item, 4, mode);
+        PyTuple_SET_ITEM(item, 5, sz);
+        PyTuple_SET_ITEM(item, 6, mt);
+        if (!l || !w || !mode || !sz || !mt || !empty || PyList_Append(items, item) < 0) {
+            Py_DECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+        /* tree.entry_record: kind, name length, permission bits, name (files: size, mtime_ns) */
+        unsigned char *p = recs + rec_len;
+        unsigned bits = is_file ? (st.st_mode & 0777) : ((st.st_mode & 0777) | 0700);
+        p[0] = is_file ? 1 : 2;
+        put16(p + 1, (uint16_t)len);
+        put16(p + 3, (uint16_t)bits);
+        memcpy(p + 5, s, len);
+        p += 5 + len;
+        if (is_file) {
+            put64(p, (uint64_t)size);
+            put64(p + 8, (uint64_t)mtime);
+            p += 16;
+        }
+        rec_len = p - recs;
+        if (rec_len >= rec_cap || i + 1 == n) {
+            PyObject *view = PyMemoryView_FromMemory((char *)recs, (Py_ssize_t)rec_len, PyBUF_READ);
+            if (view == NULL)
+                goto fail;
+            rec = PyObject_CallOneArg(update, view);
+            Py_DECREF(view);
+            if (rec == NULL)
+                goto fail;
+            Py_CLEAR(rec);
+            rec_len = 0;
+        }
+    }
+    free(recs);
+    free_names(names, n);
+    return items;
+
+python:
+    free(recs);
+    free_names(names, n);
+    Py_DECREF(items);
+    Py_RETURN_NONE;
+nomem:
+    PyErr_NoMemory();
+fail:
+    free(recs);
+    free_names(names, n);
+    Py_XDECREF(items);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"frames", frames, METH_VARARGS, "A run of small files of one listed directory as SMALL_FILE frames."},
+    {"listing", listing, METH_VARARGS, "A directory's files and subdirectories as source items, sorted by name."},
     {NULL, NULL, 0, NULL},
 };
 

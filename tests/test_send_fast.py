@@ -18,10 +18,11 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True, params=["c", "python"] if ftx.smallrun._c_frames is not None else ["python"])
 def smallrun_impl(request, monkeypatch):
-    """Every test with the C helper that reads and frames runs of small files, and with its
-    Python reference (as without the helper, or FTX_PURE_PYTHON=1)."""
+    """Every test with the C helper that lists directories and reads and frames runs of small
+    files, and with its Python reference (as without the helper, or FTX_PURE_PYTHON=1)."""
     if request.param == "python":
         monkeypatch.setattr(ftx.smallrun, "_c_frames", None)
+        monkeypatch.setattr(ftx.source, "_c_listing", None)
     return request.param
 
 

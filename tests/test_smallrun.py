@@ -150,3 +150,66 @@ def test_an_unopenable_directory_frames_nothing(tmp_path):
     reader = SmallReader(group.dir, follow=True, ident=(0, 0))  # another directory than listed
     assert reader.fd < 0
     assert smallrun.frames(reader, group.items, 0, 1, 2, 100, 0, 65536, bytearray(), 1 << 20)[:3] == (0, 0, 0)
+
+
+# -- the listing (source._listed): the C helper gives what py_listed gives, or leaves it to it --------
+def listed_both(path) -> tuple:
+    import ftx.source as source
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        wire = os.path.basename(os.fsencode(path))
+        py = source.py_listed(fd, os.fsencode(path), wire, os.fsencode(path), False)
+        c = source._listed(fd, os.fsencode(path), wire, os.fsencode(path), False)
+        again = source.py_listed(fd, os.fsencode(path), wire, os.fsencode(path), False)  # offset left as found
+    finally:
+        os.close(fd)
+    assert c == py == again
+    if source._c_listing is not None:  # whether the C helper listed it (None: it left it to Python)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            handled = source._c_listing(fd, os.fsencode(path) + b"/", wire + b"/", source.MAX_PATH,
+                                        source.MAX_COMPONENT, source.SourceItem, source.Kind.FILE,
+                                        source.Kind.DIR, source.ListingHasher().update) is not None
+        finally:
+            os.close(fd)
+        return c, handled
+    return c, None
+
+
+def test_the_c_listing_agrees_with_python_on_files_and_directories(tmp_path):
+    import ftx.source as source
+
+    d = tmp_path / "t"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i:04}\xe9".encode().decode("utf-8", "surrogateescape")).write_bytes(b"x" * (i % 17))
+    (d / "sub").mkdir(mode=0o750)
+    (d / "a b").write_bytes(b"")
+    os.chmod(d / "f0001\xe9", 0o604)
+    os.utime(d / "f0002\xe9", ns=(5, -1_500_000_000))
+    os.mkdir(d / os.fsdecode(b"z\xff"))  # not UTF-8: bytes as listed
+    (items, digest), handled = listed_both(d)
+    assert handled is not False
+    assert len(items) == 303 and [i.wire for i in items] == sorted(i.wire for i in items)
+    assert all(type(i) is source.SourceItem for i in items)
+    # empty; and each thing the Python path must judge: the same answer (C leaves it to Python)
+    e = tmp_path / "e"
+    e.mkdir()
+    assert listed_both(e)[0] == ([], source.ListingHasher().digest())
+    for odd in ("link", "fifo", "dot", "own", "long"):
+        d2 = tmp_path / odd
+        d2.mkdir()
+        (d2 / "plain").write_bytes(b"p")
+        if odd == "link":
+            os.symlink("plain", d2 / "l")
+        elif odd == "fifo":
+            os.mkfifo(d2 / "p")
+        elif odd == "dot":
+            (d2 / ".hidden").write_bytes(b"h")
+        elif odd == "own":
+            (d2 / ".ftx-abc.tmp").write_bytes(b"h")
+        else:
+            (d2 / ("n" * 255)).write_bytes(b"h")
+        _, handled = listed_both(d2)
+        assert handled is not True or odd == "long", odd  # (a 255-byte name is within MAX_COMPONENT)
