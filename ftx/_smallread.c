@@ -67,8 +67,25 @@ frames(PyObject *self, PyObject *args)
     Py_ssize_t pre_len = PyBytes_GET_SIZE(prefix);
     Py_ssize_t i = start, count = 0;
     long long total = 0;
+    /* ``out`` grows once, to what the listed sizes ask (the frames are written at ``used``, and
+     * ``out`` cut to it at the end): growing it frame by frame moved its bytes ~8 times over */
+    Py_ssize_t used = PyByteArray_GET_SIZE(out), want = used, orig = used;
+    for (Py_ssize_t k = start; k < stop && want < max_out; k++) {
+        PyObject *item = PyList_GET_ITEM(items, k);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind
+            || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
+            break;
+        Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 5));
+        if (size < 0 || size > limit) {
+            PyErr_Clear();
+            break;
+        }
+        want += HEADER_SIZE + ENTRY_SIZE + PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1)) + DIGEST_SIZE + size;
+    }
+    if (want + 1 > PyByteArray_GET_SIZE(out) && PyByteArray_Resize(out, want + 1) < 0)
+        goto fail;
 
-    for (; i < stop && PyByteArray_GET_SIZE(out) < max_out; i++) {
+    for (; i < stop && used < max_out; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind)
             break;
@@ -95,21 +112,20 @@ frames(PyObject *self, PyObject *args)
         if (size < 0 || size > limit)
             break;
 
-        Py_ssize_t at = PyByteArray_GET_SIZE(out);
+        Py_ssize_t at = used;
         Py_ssize_t payload = ENTRY_SIZE + wlen + DIGEST_SIZE + (Py_ssize_t)size;
         if (payload > 0xFFFFFFFFLL)
             break;
         /* room for the frame and one byte more (a file that grew shows as a longer read) */
-        if (PyByteArray_Resize(out, at + HEADER_SIZE + payload + 1) < 0)
+        if (at + HEADER_SIZE + payload + 1 > PyByteArray_GET_SIZE(out)
+            && PyByteArray_Resize(out, at + HEADER_SIZE + payload + 1) < 0)
             goto fail;
         unsigned char *f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
         unsigned char *data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
 
         char cname[4097];
-        if (nlen >= (Py_ssize_t)sizeof cname) {
-            PyByteArray_Resize(out, at);
+        if (nlen >= (Py_ssize_t)sizeof cname)
             break;
-        }
         memcpy(cname, name, nlen);
         cname[nlen] = 0;
         int fd, err = 0;
@@ -136,30 +152,25 @@ frames(PyObject *self, PyObject *args)
             Py_END_ALLOW_THREADS
             if (fd >= 0 || err != EINTR)
                 break;
-            if (PyErr_CheckSignals() != 0) { /* as os.open: Python's handlers run, then again */
-                PyByteArray_Resize(out, at);
+            if (PyErr_CheckSignals() != 0) /* as os.open: Python's handlers run, then again */
                 goto fail;
-            }
         }
-        if (fd < 0 || got != size) { /* not as listed: the Python path says why */
-            if (PyByteArray_Resize(out, at) < 0)
-                goto fail;
+        if (fd < 0 || got != size) /* not as listed: the Python path says why */
             break;
-        }
         /* the buffer may not have moved (no resize since), but take its address again anyway */
         f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
         data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
         PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
         if (view == NULL)
-            goto undo;
+            goto fail;
         PyObject *digest = PyObject_CallOneArg(digest128, view);
         Py_DECREF(view);
         if (digest == NULL)
-            goto undo;
+            goto fail;
         if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != DIGEST_SIZE) {
             Py_DECREF(digest);
             PyErr_SetString(PyExc_TypeError, "digest128 must return 16 bytes");
-            goto undo;
+            goto fail;
         }
         unsigned char *e = f + HEADER_SIZE;
         put32(e, (uint32_t)(fid + count));
@@ -177,44 +188,48 @@ frames(PyObject *self, PyObject *args)
         int appended = PyList_Append(digests, digest);
         Py_DECREF(digest);
         if (appended < 0)
-            goto undo;
+            goto fail;
         /* the frame checksum: XXH3-64 of the payload seeded with the header's first 8 bytes */
         uint64_t seed = ((uint64_t)SMALL_FILE << 56) | (uint64_t)payload;
         PyObject *pv = PyMemoryView_FromMemory((char *)e, payload, PyBUF_READ);
         if (pv == NULL)
-            goto undo;
+            goto fail;
         PyObject *pseed = PyLong_FromUnsignedLongLong(seed);
         if (pseed == NULL) {
             Py_DECREF(pv);
-            goto undo;
+            goto fail;
         }
         PyObject *hargs[2] = {pv, pseed};
         PyObject *sum = PyObject_Vectorcall(hash64, hargs, 2, NULL);
         Py_DECREF(pv);
         Py_DECREF(pseed);
         if (sum == NULL)
-            goto undo;
+            goto fail;
         uint64_t check = PyLong_AsUnsignedLongLong(sum);
         Py_DECREF(sum);
         if (check == (uint64_t)-1 && PyErr_Occurred())
-            goto undo;
+            goto fail;
         f[0] = SMALL_FILE;
         f[1] = 0;
         put16(f + 2, 0);
         put32(f + 4, (uint32_t)payload);
         put64(f + 8, check);
-        if (PyByteArray_Resize(out, at + HEADER_SIZE + payload) < 0) /* the extra byte off */
-            goto fail;
+        used = at + HEADER_SIZE + payload;
         count++;
         total += size;
-        continue;
-    undo:
-        PyByteArray_Resize(out, at);
-        goto fail;
     }
+    if (PyByteArray_Resize(out, used) < 0) /* cut to the frames made */
+        goto fail;
     return Py_BuildValue("(niLLN)", i, flags, (long long)count, total, digests);
 
-fail:
+fail: /* ``out`` as it came */
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyByteArray_GET_SIZE(out) > orig)
+            PyByteArray_Resize(out, orig);
+        PyErr_Restore(type, value, tb);
+    }
     Py_DECREF(digests);
     return NULL;
 }
