@@ -95,3 +95,10 @@ class Tally:
             self.listed.append(r)
         elif not r.ok and len(self.failures) <= FILES_LISTED:
             self.listed.append(r)  # failures are listed beyond the first files too (up to as many)
+
+    def report(self, transport: str, seconds: float, error: str) -> SendReport:
+        """The SendReport of a send whose every item was counted here; ``error``: why it failed as a whole."""
+        return SendReport(ok=not error and not self.failed, transport=transport, seconds=seconds, bytes=self.bytes,
+                          bytes_sent=self.bytes_sent, bytes_resumed=self.bytes_resumed, files=self.listed,
+                          error=error, file_count=self.count, failed=self.failed, identical=self.identical,
+                          failures=self.failures)

@@ -3,6 +3,9 @@
 Transport-neutral: give it any ``Link``.  Offers run ahead of the data (up to
 ``Config.offer_window`` files without a result), small files travel whole with
 no round trip, and each large file streams only the chunks the receiver lacks.
+A directory's small files go as runs (``smallrun``): read and framed in one call,
+queued as one buffer, kept as one ``SmallRun`` until their results, and counted
+per RESULT_RUN (``RunResolved``); a file a run stops at goes by the per-file path.
 
 The tree is walked one directory at a time (``source.walk_groups``).  With a
 receiver that takes CHECK_DIR, each directory's listing digest goes ahead of
@@ -47,6 +50,7 @@ from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
+from .pacing import Pacer
 from .progress import Progress, SoFar
 from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
 from .smallrun import SmallRun, frames
@@ -168,20 +172,7 @@ class SendSession:
                 r.status, r.message = "aborted", error or "session ended first"
             tally.add(r)
         self._reports.clear()
-        report = SendReport(
-            ok=not error and not tally.failed,
-            transport=getattr(self.link, "transport", "?"),
-            seconds=round(time.monotonic() - t0, 6),
-            bytes=tally.bytes,
-            bytes_sent=tally.bytes_sent,
-            bytes_resumed=tally.bytes_resumed,
-            files=tally.listed,
-            error=error,
-            file_count=tally.count,
-            failed=tally.failed,
-            identical=tally.identical,
-            failures=tally.failures,
-        )
+        report = tally.report(getattr(self.link, "transport", "?"), round(time.monotonic() - t0, 6), error)
         checker = self.conn.receipt
         if checker is not None and checker.end is not None:
             report.receipt = {"path": os.fspath(self.receipt_path), "fingerprint": checker.end.fingerprint,
@@ -666,20 +657,6 @@ def _uncounted(size: int, files: int = 1) -> None:
 
 def _sha256(hasher) -> bytes | None:
     return hasher.sha256() if isinstance(hasher, ContentHasher) else None
-
-
-class Pacer:
-    """Keeps the average payload rate at or below ``rate`` bytes per second."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._next = time.monotonic()
-
-    async def pace(self, nbytes: int) -> None:
-        now = time.monotonic()
-        self._next = max(self._next, now - 0.1) + nbytes / self.rate  # at most 100 ms of credit
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
 
 
 def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:
