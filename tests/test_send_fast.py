@@ -149,6 +149,49 @@ def test_beyond_the_listed_files_small_files_are_counted_and_failures_still_name
     assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1199
 
 
+@pytest.mark.parametrize("peer", ["result_run", "one_result_per_file"])
+def test_runs_keep_the_senders_bookkeeping_within_the_offer_window(tmp_path, receiver, monkeypatch, peer):
+    """A run of small files is one object until its results: what the sender holds for files in
+    flight (reports, file states, digests) stays within the offer window however many files go,
+    with a receiver that settles them by RESULT_RUN or one RESULT per file (a peer without it)."""
+    from ftx.core.config import Config
+    from ftx.core.sender import SenderConnection
+    from ftx.sending import SendSession
+
+    src = tmp_path / "src" / "t"
+    total = _many(src, 15, 100)
+    if peer == "one_result_per_file":
+        real_init = SenderConnection.__init__
+
+        def init(self, config=None, receipt=None):
+            config = config or Config()
+            config.result_run = False  # the HELLO asks for no RESULT_RUN: one RESULT per file
+            real_init(self, config, receipt)
+
+        monkeypatch.setattr(SenderConnection, "__init__", init)
+    peak = {"reports": 0, "runs": 0, "files": 0, "sent": 0}
+    real_send_run = SendSession._send_run
+
+    def send_run(self, *args):
+        nxt = real_send_run(self, *args)
+        conn = self.conn
+        for key, n in (("reports", len(self._reports)), ("runs", len({id(r) for r in self._reports.values()})),
+                       ("files", len(conn._files)), ("sent", len(conn._sent or ()))):
+            peak[key] = max(peak[key], n)
+        return nxt
+
+    monkeypatch.setattr(SendSession, "_send_run", send_run)
+    runs_settled = []
+    real_on_run = SendSession._on_run
+    monkeypatch.setattr(SendSession, "_on_run", lambda self, *a: runs_settled.append(a[1]) or real_on_run(self, *a))
+    report = ftx.send([src], receiver.dest)
+    assert (sum(runs_settled) > 1000) == (peer == "result_run")
+    assert report.ok and report.file_count == 1 + 15 + 1500 and report.bytes == total
+    window = Config().offer_window
+    assert 0 < peak["runs"] <= peak["reports"] <= window and peak["files"] <= window and peak["sent"] <= window, peak
+    assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1500
+
+
 def test_the_cli_json_summary_counts_every_small_file(tmp_path, receiver):
     from .helpers import run_send
 
