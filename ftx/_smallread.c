@@ -61,6 +61,11 @@ frames(PyObject *self, PyObject *args)
     PyObject *digests = PyList_New(0);
     if (digests == NULL)
         return NULL;
+    if (start < 0 || skip < 0 || limit < 0 || max_out < 0) {
+        Py_DECREF(digests);
+        PyErr_SetString(PyExc_ValueError, "frames: start, skip, limit and max_out must be >= 0");
+        return NULL;
+    }
     if (stop > PyList_GET_SIZE(items))
         stop = PyList_GET_SIZE(items);
     const char *pre = PyBytes_AS_STRING(prefix);
@@ -70,6 +75,8 @@ frames(PyObject *self, PyObject *args)
     /* ``out`` grows once, to what the listed sizes ask (the frames are written at ``used``, and
      * ``out`` cut to it at the end): growing it frame by frame moved its bytes ~8 times over */
     Py_ssize_t used = PyByteArray_GET_SIZE(out), want = used, orig = used;
+    Py_buffer pin;
+    int pinned = 0;
     for (Py_ssize_t k = start; k < stop && want < max_out; k++) {
         PyObject *item = PyList_GET_ITEM(items, k);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind
@@ -128,8 +135,14 @@ frames(PyObject *self, PyObject *args)
             break;
         memcpy(cname, name, nlen);
         cname[nlen] = 0;
+        memcpy(f + HEADER_SIZE + ENTRY_SIZE, w, wlen); /* (nothing of the item is used without the GIL) */
         int fd, err = 0;
         ssize_t got = 0;
+        /* ``out`` cannot be resized (by another thread) while the read fills it without the GIL
+         * or the hashes read it */
+        if (PyObject_GetBuffer(out, &pin, PyBUF_WRITABLE) < 0)
+            goto fail;
+        pinned = 1;
         for (;;) {
             Py_BEGIN_ALLOW_THREADS
             fd = openat(dir_fd, cname, flags);
@@ -155,9 +168,11 @@ frames(PyObject *self, PyObject *args)
             if (PyErr_CheckSignals() != 0) /* as os.open: Python's handlers run, then again */
                 goto fail;
         }
-        if (fd < 0 || got != size) /* not as listed: the Python path says why */
+        if (fd < 0 || got != size) { /* not as listed: the Python path says why */
+            PyBuffer_Release(&pin);
+            pinned = 0;
             break;
-        /* the buffer may not have moved (no resize since), but take its address again anyway */
+        }
         f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
         data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
         PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
@@ -183,7 +198,6 @@ frames(PyObject *self, PyObject *args)
         put32(e + 28, (uint32_t)chunk_size);
         put16(e + 32, (uint16_t)wlen);
         put16(e + 34, 0);
-        memcpy(e + ENTRY_SIZE, w, wlen);
         memcpy(e + ENTRY_SIZE + wlen, PyBytes_AS_STRING(digest), DIGEST_SIZE);
         int appended = PyList_Append(digests, digest);
         Py_DECREF(digest);
@@ -214,6 +228,8 @@ frames(PyObject *self, PyObject *args)
         put16(f + 2, 0);
         put32(f + 4, (uint32_t)payload);
         put64(f + 8, check);
+        PyBuffer_Release(&pin);
+        pinned = 0;
         used = at + HEADER_SIZE + payload;
         count++;
         total += size;
@@ -223,6 +239,8 @@ frames(PyObject *self, PyObject *args)
     return Py_BuildValue("(niLLN)", i, flags, (long long)count, total, digests);
 
 fail: /* ``out`` as it came */
+    if (pinned)
+        PyBuffer_Release(&pin);
     {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);

@@ -145,6 +145,25 @@ def test_an_in_tree_link_and_a_directory_are_left_to_the_per_item_path(tmp_path,
     assert run(impl, group, start=3)[0][:3] == (4, 1, 1)
 
 
+@pytest.mark.skipif("c" not in IMPLS, reason="the C helper is not built")
+def test_the_c_helper_refuses_what_would_index_outside_its_list(tmp_path):
+    group = group_of(tmp_path, {"a": b"1"})
+    reader = SmallReader(group.dir, follow=True, ident=group.ident)
+    try:
+        for start, skip, limit, max_out in ((-1, 2, 9, 9), (0, -1, 9, 9), (0, 2, -1, 9), (0, 2, 9, -1)):
+            with pytest.raises(ValueError):
+                smallrun._c_frames(reader.fd, reader.flags, group.items, start, 1, skip, reader.prefix,
+                                   smallrun._FILE, limit, 0, 65536, bytearray(), max_out, smallrun._digest128,
+                                   smallrun._hash64)
+        out = bytearray(b"kept")
+        with pytest.raises(TypeError):  # a failure midway leaves the buffer as it came
+            smallrun._c_frames(reader.fd, reader.flags, group.items, 0, 1, 2, reader.prefix, smallrun._FILE, 9, 0,
+                               65536, out, 1 << 20, lambda v: b"short", smallrun._hash64)
+        assert out == b"kept"
+    finally:
+        reader.close()
+
+
 def test_an_unopenable_directory_frames_nothing(tmp_path):
     group = group_of(tmp_path, {"a": b"1"})
     reader = SmallReader(group.dir, follow=True, ident=(0, 0))  # another directory than listed
