@@ -116,8 +116,8 @@ frames(PyObject *self, PyObject *args)
             PyErr_Clear();
             break;
         }
-        if (size < 0 || size > limit)
-            break;
+        if (size < 0 || size > limit || fid + (unsigned long long)count > 0xFFFFFFFFULL)
+            break; /* (file ids are 32 bits: past them the Python path raises) */
 
         Py_ssize_t at = used;
         Py_ssize_t payload = ENTRY_SIZE + wlen + DIGEST_SIZE + (Py_ssize_t)size;

@@ -69,7 +69,7 @@ def py_frames(reader, items: list, start: int, stop: int, skip: int, limit: int,
         local, wire, kind, _target, mode, size, mtime_ns = items[i]
         name = wire[skip:]
         if (kind is not _FILE or not name or len(wire) > 0xFFFF or local != prefix + name
-                or not 0 <= size <= limit):
+                or not 0 <= size <= limit or fid + len(digests) > 0xFFFFFFFF):  # (ids are 32 bits)
             break
         data = _read(reader, name, size)
         if data is None:

@@ -127,6 +127,7 @@ def test_a_run_stops_at_what_the_per_file_path_must_see(tmp_path, impl):
     assert run(impl, group, limit=25)[0][:3] == (2, 2, 30)
     assert run(impl, group, max_out=1)[0][:3] == (1, 1, 10)
     assert run(impl, group, start=2, stop=3)[0][:3] == (3, 1, 30)
+    assert run(impl, group, fid=0xFFFFFFFF)[0][:3] == (1, 1, 10)  # file ids are 32 bits: the rest is not framed
 
 
 @pytest.mark.parametrize("impl", IMPLS)
