@@ -192,6 +192,36 @@ def test_runs_keep_the_senders_bookkeeping_within_the_offer_window(tmp_path, rec
     assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1500
 
 
+def test_a_receiver_killed_mid_run_leaves_every_file_sent_reported(tmp_path, receiver, monkeypatch):
+    """SIGKILL of the receiver while runs of small files are in flight: the send fails with the
+    reason, and every file it framed is in the counts, those without a result as aborted (each
+    named, though its run kept no report of its own until then)."""
+    from ftx.sending import SendSession
+
+    src = tmp_path / "src" / "t"
+    _many(src, 15, 100)
+    calls = []
+    real_send_run = SendSession._send_run
+
+    def send_run(self, reader, items, start, *args):
+        nxt = real_send_run(self, reader, items, start, *args)
+        if nxt > start:
+            calls.append(items[start:nxt])
+            if len(calls) == 3:  # this run is queued, not yet written: its files can have no result
+                receiver.kill()
+        return nxt
+
+    monkeypatch.setattr(SendSession, "_send_run", send_run)
+    report = ftx.send([src], receiver.dest)
+    assert not report.ok and report.error
+    aborted = [f for f in report.failures if f.status == "aborted"]
+    assert aborted and report.failed == len(report.failures) == len(aborted) <= report.file_count
+    files = [f for f in aborted if f.kind == "file"]
+    assert {i.wire.decode() for i in calls[2]} <= {f.path for f in files}
+    assert files and all((src.parent / f.path).is_file() and f.size == (src.parent / f.path).stat().st_size
+                         and f.message for f in files)
+
+
 def test_the_cli_json_summary_counts_every_small_file(tmp_path, receiver):
     from .helpers import run_send
 
