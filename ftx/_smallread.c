@@ -267,6 +267,17 @@ by_bytes(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
+/* tree.is_ftx_own: a receiver's own state or temporary (.ftx, .ftx-*.tmp, .ftx-*.part) */
+static int
+ftx_own(const char *s, size_t len)
+{
+    if (len == 4 && memcmp(s, ".ftx", 4) == 0)
+        return 1;
+    if (len < 5 || memcmp(s, ".ftx-", 5) != 0)
+        return 0;
+    return (len >= 4 && memcmp(s + len - 4, ".tmp", 4) == 0) || (len >= 5 && memcmp(s + len - 5, ".part", 5) == 0);
+}
+
 static void
 free_names(struct name *names, size_t n)
 {
@@ -369,8 +380,8 @@ listing(PyObject *self, PyObject *args)
     for (size_t i = 0; i < n; i++) {
         const char *s = names[i].s;
         Py_ssize_t len = (Py_ssize_t)names[i].len;
-        if (len > max_component || wire_len + len > max_path || local_len + len > 4096 || s[0] == '.')
-            goto python; /* (a name starting with '.' may be ftx's own: is_ftx_own decides) */
+        if (len > max_component || wire_len + len > max_path || local_len + len > 4096 || ftx_own(s, len))
+            goto python; /* (the Python listing skips these, with a warning) */
         struct stat st;
         int r;
         do {

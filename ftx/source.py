@@ -243,7 +243,7 @@ def _listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -
 
 def py_listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
     """``_listed`` in Python: every directory where the C helper is not built (or FTX_PURE_PYTHON=1),
-    and those it leaves to this judgement (a symlink, a special file, a dot name, a long name)."""
+    and those it leaves to this judgement (a symlink, a special file, a name of ftx's own, a long name)."""
     enc, errors = _FS
     try:
         with os.scandir(fd) as it:  # (names come as str from a descriptor: the bytes back, os.fsencode)
