@@ -20,14 +20,14 @@ pytestmark = pytest.mark.timeout(30)
 IMPLS = ["python"] + (["c"] if smallrun._c_frames is not None else [])
 
 
-def run(impl: str, group, start=0, stop=None, limit=1 << 20, max_out=1 << 30, fid=7):
+def run(impl: str, group, start=0, stop=None, limit=1 << 20, max_out=1 << 30, fid=7, chunk_size=65536):
     reader = SmallReader(group.dir, follow=True, ident=group.ident)
     out = bytearray()
     skip = len(group.dir.wire) + 1
     stop = len(group.items) if stop is None else stop
     try:
         fn = smallrun.py_frames if impl == "python" else smallrun.frames
-        r = fn(reader, group.items, start, stop, skip, limit, fid, 65536, out, max_out)
+        r = fn(reader, group.items, start, stop, skip, limit, fid, chunk_size, out, max_out)
     finally:
         reader.close()
     return r, bytes(out)
@@ -236,3 +236,27 @@ def test_the_c_listing_agrees_with_python_on_files_and_directories(tmp_path):
         _, handled = listed_both(d2)
         # (a dot name and a 255-byte name are plain: MAX_COMPONENT is 255)
         assert handled is not (odd not in ("dot", "long")), odd
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_run_is_byte_for_byte_what_send_small_queues(tmp_path, impl):
+    """No wire change: the frames of a run are the bytes SenderConnection.send_small makes for
+    the same files, ids and chunk size."""
+    from ftx.core.checksum import file_digest
+    from ftx.core.config import Config
+    from ftx.core.frames import encode_frame
+    from ftx.core.messages import ROLE_RECEIVER, Hello
+    from ftx.core.sender import SenderConnection
+
+    files = {f"g{i:02}": os.urandom(i * 211 % 4000) for i in range(30)}
+    group = group_of(tmp_path, files)
+    conn = SenderConnection(Config())
+    conn.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_RECEIVER, 1 << 22).encode()))
+    conn.data_to_send()
+    first = conn.next_file_id
+    for item in group.items:
+        data = (tmp_path / os.fsdecode(item.wire)).read_bytes()
+        conn.send_small(item.wire, item.mode, item.mtime_ns, data, file_digest(data))
+    expected = b"".join(bytes(b) for b in conn.data_to_send())
+    r, out = run(impl, group, fid=first, chunk_size=conn.config.chunk_size)
+    assert r.count == 30 and out == expected
