@@ -66,6 +66,7 @@ CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
 AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
 RUN_BYTES = 256 * 1024  # a run of small files is framed up to this many bytes, then sent
 
+
 class SendSession:
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
@@ -451,11 +452,12 @@ class SendSession:
                 if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
                     await self._window(queue)
                 if runs:
-                    i = self._send_run(reader, items, i, i + window - self._outstanding - conn.checks_in_flight,
+                    j = self._send_run(reader, items, i, i + window - self._outstanding - conn.checks_in_flight,
                                        skip, limit)
                     if conn.pending_output >= 256 * 1024:
                         await self._flush()
-                    if i >= n or self._outstanding + conn.checks_in_flight >= window:
+                    if j > i:  # (stopped by its byte budget, the window or an item it leaves to us)
+                        i = j
                         continue
                 item = items[i]
                 i += 1
