@@ -64,10 +64,11 @@ class SoFar(Progress):
         self.bytes_sent += nbytes
         self.inner.advance(nbytes)
 
-    def ended_ok(self, size: int) -> None:
-        """``end_file`` of a file that arrived, known by its size alone: for a sender whose
-        ``inner`` draws nothing per file, which then makes no report object for it."""
-        self.files += 1
+    def ended_ok(self, size: int, files: int = 1) -> None:
+        """``end_file`` of a file that arrived, known by its size alone (or of ``files`` files of
+        ``size`` bytes in all): for a sender whose ``inner`` draws nothing per file, which then
+        makes no report object for it."""
+        self.files += files
         self.bytes += size
 
     def end_file(self, report) -> None:

@@ -28,7 +28,7 @@ class FileSendReport:
         return self.status in ("ok", "identical")
 
 
-@dataclass
+@dataclass(repr=False)
 class SendReport:
     """What ``ftx.send`` returns (and ``ftx send --json`` prints).  ``ok``: every item arrived;
     ``transport`` "tcp" or "udp"; ``seconds``; ``bytes`` (of all items), ``bytes_sent`` (on the wire),
@@ -52,6 +52,13 @@ class SendReport:
     identical: int = 0
     failures: list[FileSendReport] = field(default_factory=list)  # the first FILES_LISTED failures
     peer_fingerprint = ""  # not a field (not in as_json): set by the sender after its handshake
+
+    def __repr__(self) -> str:
+        """Its counters, not its list of up to 2000 file reports: asyncio.run's end builds the repr
+        of the task whose result this is (signal.getsignal on its SIGINT handler), ~3 ms each send."""
+        return (f"SendReport(ok={self.ok}, transport={self.transport!r}, file_count={self.file_count}, "
+                f"failed={self.failed}, identical={self.identical}, bytes={self.bytes}, "
+                f"bytes_sent={self.bytes_sent}, files=[{len(self.files)} listed], error={self.error!r})")
 
     def as_json(self, lazy_files: bool = False) -> dict:
         """What ``dataclasses.asdict`` gives, without its deep copies of every file report.
@@ -88,3 +95,10 @@ class Tally:
             self.listed.append(r)
         elif not r.ok and len(self.failures) <= FILES_LISTED:
             self.listed.append(r)  # failures are listed beyond the first files too (up to as many)
+
+    def report(self, transport: str, seconds: float, error: str) -> SendReport:
+        """The SendReport of a send whose every item was counted here; ``error``: why it failed as a whole."""
+        return SendReport(ok=not error and not self.failed, transport=transport, seconds=seconds, bytes=self.bytes,
+                          bytes_sent=self.bytes_sent, bytes_resumed=self.bytes_resumed, files=self.listed,
+                          error=error, file_count=self.count, failed=self.failed, identical=self.identical,
+                          failures=self.failures)

@@ -3,6 +3,9 @@
 Transport-neutral: give it any ``Link``.  Offers run ahead of the data (up to
 ``Config.offer_window`` files without a result), small files travel whole with
 no round trip, and each large file streams only the chunks the receiver lacks.
+A directory's small files go as runs (``smallrun``): read and framed in one call,
+queued as one buffer, kept as one ``SmallRun`` until their results, and counted
+per RESULT_RUN (``RunResolved``); a file a run stops at goes by the per-file path.
 
 The tree is walked one directory at a time (``source.walk_groups``).  With a
 receiver that takes CHECK_DIR, each directory's listing digest goes ahead of
@@ -22,6 +25,7 @@ import os
 import sys
 import time
 from collections import deque
+from itertools import repeat
 
 from .core.checksum import FileHasher, file_digest
 from .core.config import Config
@@ -33,11 +37,12 @@ from .core.events import (
     PeerFailed,
     ReceiptEntries,
     ReceiptVerified,
+    RunResolved,
     SessionComplete,
 )
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
-from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision
+from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision, Result
 from .core.secure.handshake import printable
 from .core.ranges import RangeSet
 from .core.secure import Established
@@ -45,8 +50,10 @@ from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
+from .pacing import Pacer
 from .progress import Progress, SoFar
 from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
+from .smallrun import SmallRun, frames
 from .source import DirGroup, SmallReader, SourceChanged, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
@@ -57,6 +64,9 @@ log = logging.getLogger("ftx.send")
 
 CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
 AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
+RUN_BYTES = 256 * 1024  # a run of small files is framed up to this many bytes, then sent
+
+
 class SendSession:
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
@@ -85,6 +95,7 @@ class SendSession:
                                        "handshake proves none")
             checker = ReceiptChecker(receipt_key, transcript, certificate)
         self.conn = SenderConnection(self.config, checker)
+        self.conn.run_events = True  # a RESULT_RUN settles its files per run (_on_run)
         self.progress = progress or Progress()
         self.idle_timeout = idle_timeout
         loop = asyncio.get_running_loop()
@@ -153,27 +164,16 @@ class SendSession:
             if self._receipt_file is not None:
                 self._receipt_file.abort()  # unless finished: then it is in place already
         tally = self.tally
-        for r in list(self._reports.values()):
-            if r.__class__ is tuple:  # a small file's (wire path, size, digest)
+        for fid, r in list(self._reports.items()):
+            if r.__class__ is SmallRun:  # one of a run of small files
+                r = r.report(fid)
+            elif r.__class__ is tuple:  # a small file's (wire path, size, digest)
                 r = self._small_report(r)
             if r.status == "pending":
                 r.status, r.message = "aborted", error or "session ended first"
             tally.add(r)
         self._reports.clear()
-        report = SendReport(
-            ok=not error and not tally.failed,
-            transport=getattr(self.link, "transport", "?"),
-            seconds=round(time.monotonic() - t0, 6),
-            bytes=tally.bytes,
-            bytes_sent=tally.bytes_sent,
-            bytes_resumed=tally.bytes_resumed,
-            files=tally.listed,
-            error=error,
-            file_count=tally.count,
-            failed=tally.failed,
-            identical=tally.identical,
-            failures=tally.failures,
-        )
+        report = tally.report(getattr(self.link, "transport", "?"), round(time.monotonic() - t0, 6), error)
         checker = self.conn.receipt
         if checker is not None and checker.end is not None:
             report.receipt = {"path": os.fspath(self.receipt_path), "fingerprint": checker.end.fingerprint,
@@ -245,7 +245,9 @@ class SendSession:
             self._fail(FtxError(f"internal error: {exc!r}"))
 
     def _on_event(self, ev) -> None:
-        if ev.__class__ is FileResolved:  # the common one (a result per file) first
+        if ev.__class__ is RunResolved:  # the common ones (results of many small files) first
+            self._on_run(ev.first, ev.count, ev.digests)
+        elif ev.__class__ is FileResolved:
             self._on_result(ev.result)
         elif isinstance(ev, DecisionReceived):
             fut = self._decisions.get(ev.decision.file_id)
@@ -281,10 +283,43 @@ class SendSession:
         if self.conn.receipt.public is None:
             log.warning("receipt signed by %s, a key no handshake proved (plaintext link)", ev.end.fingerprint)
 
+    def _on_run(self, first: int, count: int, digests: list) -> None:
+        """Files ``first`` .. ``first + count - 1`` arrived OK: counted per run of small files
+        sent (``SmallRun``) once nobody reads their reports; file by file otherwise."""
+        reports, tally, counter = self._reports, self.tally, self._counter
+        fid, end = first, first + count
+        while fid < end:
+            r = reports.get(fid)
+            if r.__class__ is SmallRun and counter is not None and len(tally.listed) >= FILES_LISTED:
+                stop = min(end, r.end)
+                deque(map(reports.__delitem__, range(fid, stop)), 0)
+                self._on_run_ok(r, fid, stop)
+                fid = stop
+            else:
+                self._on_result(Result(fid, ErrorCode.OK, digests[fid - first], ""))
+                fid += 1
+        self._resolved.set()
+
+    def _on_run_ok(self, run: SmallRun, start: int, stop: int) -> None:
+        """Files ``start`` .. ``stop - 1`` of ``run`` arrived, their reports read by nobody: counted."""
+        size, n = run.size(start, stop), stop - start
+        tally = self.tally
+        tally.count += n
+        tally.bytes += size
+        tally.bytes_sent += size
+        self._counter(size, n)
+        self._outstanding -= n
+
     def _on_result(self, result) -> None:
         fid = result.file_id
         report = self._reports.pop(fid)
-        if report.__class__ is tuple:  # a small file: (wire path, size, digest)
+        if report.__class__ is SmallRun:  # one of a run of small files (RESULT: a peer without RESULT_RUN)
+            if result.code == ErrorCode.OK and self._counter is not None and len(self.tally.listed) >= FILES_LISTED:
+                self._on_run_ok(report, fid, fid + 1)
+                self._resolved.set()
+                return
+            report = report.report(fid)
+        elif report.__class__ is tuple:  # a small file: (wire path, size, digest)
             if result.code == ErrorCode.OK and self._counter is not None and len(self.tally.listed) >= FILES_LISTED:
                 size = report[1]  # nobody reads its report: only counted
                 tally = self.tally
@@ -407,10 +442,25 @@ class SendSession:
         limit, skip = cfg.small_file_limit, len(group.dir.wire) + 1 if reader is not None else 0
         FILE, prefix, send_small = Kind.FILE, reader.prefix if reader is not None else b"", self._send_small
         whole = not by_offer
+        # a run of small files at a time (smallrun.frames), unless a progress bar draws each file
+        # or a receipt lists each file's SHA-256; an item it stops at goes by the per-item path
+        runs = whole and reader is not None and self._counter is not None and self.receipt_path is None
+        items = group.items
+        i, n = 0, len(items)
         try:
-            for item in group.items:
+            while i < n:
                 if self._outstanding + conn.checks_in_flight >= window:  # (no coroutine per item otherwise)
                     await self._window(queue)
+                if runs:
+                    j = self._send_run(reader, items, i, i + window - self._outstanding - conn.checks_in_flight,
+                                       skip, limit)
+                    if conn.pending_output >= 256 * 1024:
+                        await self._flush()
+                    if j > i:  # (stopped by its byte budget, the window or an item it leaves to us)
+                        i = j
+                        continue
+                item = items[i]
+                i += 1
                 at = None
                 if reader is not None and item.kind == FILE:
                     name = item.wire[skip:]
@@ -430,6 +480,20 @@ class SendSession:
         finally:
             if reader is not None:
                 reader.close()
+
+    def _send_run(self, reader: SmallReader, items: list, start: int, stop: int, skip: int, limit: int) -> int:
+        """Send the plain small files of ``items[start:stop]`` from ``start`` on as one run
+        (``smallrun.frames``); the index of the first item not sent."""
+        conn, out = self.conn, bytearray()
+        run = frames(reader, items, start, stop, skip, limit, conn.next_file_id, self.config.chunk_size, out,
+                     RUN_BYTES)
+        if run.count:
+            first = conn.send_small_run(out, run.digests)
+            sent = SmallRun(first, items[start:run.next], run.digests)
+            self._reports.update(zip(range(first, sent.end), repeat(sent)))
+            self._outstanding += run.count
+            self.progress.advance(run.total)
+        return run.next
 
     def _send_small(self, reader: SmallReader, item: SourceItem, name: bytes, limit: int) -> bool:
         """A listed small file, whole in one SMALL_FILE frame (no round trip).  False: it grew
@@ -589,26 +653,12 @@ def _counter(progress: Progress):
     return None
 
 
-def _uncounted(size: int) -> None:
+def _uncounted(size: int, files: int = 1) -> None:
     pass
 
 
 def _sha256(hasher) -> bytes | None:
     return hasher.sha256() if isinstance(hasher, ContentHasher) else None
-
-
-class Pacer:
-    """Keeps the average payload rate at or below ``rate`` bytes per second."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._next = time.monotonic()
-
-    async def pace(self, nbytes: int) -> None:
-        now = time.monotonic()
-        self._next = max(self._next, now - 0.1) + nbytes / self.rate  # at most 100 ms of credit
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
 
 
 def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:

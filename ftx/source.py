@@ -28,6 +28,13 @@ from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 
 log = logging.getLogger("ftx.send")
 
+try:  # optional C helper (setup.py); FTX_PURE_PYTHON=1 runs py_listed instead
+    from ._smallread import listing as _c_listing
+except ImportError:  # pragma: no cover - no compiler where ftx was installed
+    _c_listing = None
+if os.environ.get("FTX_PURE_PYTHON"):
+    _c_listing = None
+
 
 class SourceChanged(FtxError):
     code = ErrorCode.SOURCE_CHANGED
@@ -225,6 +232,18 @@ def _within(fd: int, root_real: bytes) -> bool:
 
 
 def _listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    if _c_listing is not None:  # the common directory (files and directories only) in one C call
+        h = ListingHasher()
+        items = _c_listing(fd, local + b"/", wire + b"/", MAX_PATH, MAX_COMPONENT, SourceItem, Kind.FILE, Kind.DIR,
+                           h.update)
+        if items is not None:
+            return items, h.digest()
+    return py_listed(fd, local, wire, root_real, links)
+
+
+def py_listed(fd: int, local: bytes, wire: bytes, root_real: bytes, links: bool) -> tuple[list[SourceItem], bytes]:
+    """``_listed`` in Python: every directory where the C helper is not built (or FTX_PURE_PYTHON=1),
+    and those it leaves to this judgement (a symlink, a special file, a name of ftx's own, a long name)."""
     enc, errors = _FS
     try:
         with os.scandir(fd) as it:  # (names come as str from a descriptor: the bytes back, os.fsencode)

@@ -10,7 +10,7 @@ from ftx.core import events as ev
 from ftx.core.checksum import EMPTY_DIGEST, file_digest
 from ftx.core.frames import FrameType, encode_frame
 from ftx.core.manifest import FileEntry, Kind
-from ftx.core.messages import HELLO_RECEIPT, RESULT_RUN, ROLE_RECEIVER, ROLE_SENDER, Hello, Result
+from ftx.core.messages import HELLO_RECEIPT, RESULT_RUN, ROLE_RECEIVER, ROLE_SENDER, Hello, Result, SmallFile
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.sender import SenderConnection
 from ftx.errors import ErrorCode, RemoteProtocolError
@@ -91,6 +91,45 @@ def test_a_failure_or_a_directory_breaks_the_run_and_order_is_kept():
     finish_session(link)
 
 
+def small_run(link: Link, n: int) -> tuple[int, list]:
+    """``n`` small files framed by the driver and queued as one run (send_small_run)."""
+    first = link.s.next_file_id
+    frames, digests = bytearray(), []
+    for i in range(n):
+        data = content(i % 5 * 300, seed=i)
+        digests.append(file_digest(data))
+        entry = FileEntry(b"r%d" % i, size=len(data), mode=0o640, mtime_ns=i, chunk_size=CS)
+        frames += encode_frame(FrameType.SMALL_FILE, SmallFile.pack(first + i, entry, digests[-1], data))
+    assert link.s.send_small_run(frames, digests) == first
+    return first, digests
+
+
+def test_a_run_sent_whole_settles_as_one_event_per_result_run():
+    """send_small_run: the files' bookkeeping per run; with run_events, a RESULT_RUN is one
+    RunResolved (its digests in order); a failure between runs still gets its FileResolved."""
+    link = Link().handshake()
+    link.s.run_events = True
+    first, digests = small_run(link, 30)
+    more, digests2 = small_run(link, 5)
+    assert more == first + 30 and link.s.next_file_id == first + 35
+    link.to_receiver()
+    got = of_type(link.take("r"), ev.SmallFileReceived)
+    assert [(e.file_id, e.digest) for e in got] == list(zip(range(first, first + 35), digests + digests2))
+    for e in got:
+        if e.file_id == first + 10:
+            link.r.file_result(e.file_id, ErrorCode.STORAGE, message="disk said no")
+        else:
+            link.r.file_result(e.file_id, ErrorCode.OK, e.digest)
+    deliver(link, r_frames(link))
+    events = [e for e in link.take("s") if isinstance(e, (ev.RunResolved, ev.FileResolved))]
+    alld = digests + digests2
+    assert events == [ev.RunResolved(first, 10, alld[:10]),
+                      ev.FileResolved(Result(first + 10, ErrorCode.STORAGE, bytes(16), "disk said no")),
+                      ev.RunResolved(first + 11, 24, alld[11:])]
+    assert not link.s._sent and not link.s._entries
+    finish_session(link)
+
+
 def test_a_run_goes_out_before_any_other_frame():
     link = Link().handshake()
     (sent,) = small_files(link, 1)
@@ -128,8 +167,9 @@ def test_no_run_when_a_receipt_is_asked_for():
 
 
 # -- the sender's decoder bounds: every bad run is a typed RemoteProtocolError -------------------
-def sender_with(n: int) -> tuple[SenderConnection, list]:
+def sender_with(n: int, run_events: bool = False) -> tuple[SenderConnection, list]:
     s = SenderConnection(cfg())
+    s.run_events = run_events
     s.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_RECEIVER, SMALL).encode()))
     ids = []
     for i in range(n):
@@ -149,8 +189,9 @@ def sender_with(n: int) -> tuple[SenderConnection, list]:
     (RESULT_RUN.pack(0, 1) + b"\0", "must be 8 bytes"),
     (b"\0\0\0", "must be 8 bytes"),
 ])
-def test_bad_runs_are_protocol_errors(payload, why):
-    s, _ids = sender_with(4)
+@pytest.mark.parametrize("run_events", [False, True])
+def test_bad_runs_are_protocol_errors(payload, why, run_events):
+    s, _ids = sender_with(4, run_events)
     with pytest.raises(RemoteProtocolError, match=why):
         s.receive_data(encode_frame(FrameType.RESULT_RUN, payload))
     assert s.data_to_send()  # the peer is told: an ERROR frame

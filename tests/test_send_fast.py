@@ -10,9 +10,20 @@ import os
 import pytest
 
 import ftx
+import ftx.smallrun
 import ftx.source
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, params=["c", "python"] if ftx.smallrun._c_frames is not None else ["python"])
+def smallrun_impl(request, monkeypatch):
+    """Every test with the C helper that lists directories and reads and frames runs of small
+    files, and with its Python reference (as without the helper, or FTX_PURE_PYTHON=1)."""
+    if request.param == "python":
+        monkeypatch.setattr(ftx.smallrun, "_c_frames", None)
+        monkeypatch.setattr(ftx.source, "_c_listing", None)
+    return request.param
 
 
 def _swap_after_listing(monkeypatch, dirname: bytes, swap) -> None:
@@ -136,6 +147,79 @@ def test_beyond_the_listed_files_small_files_are_counted_and_failures_still_name
     assert "t/d11/f050" in [f.path for f in report.files]
     assert [f.path for f in report.failures] == ["t/d11/f050"]
     assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1199
+
+
+@pytest.mark.parametrize("peer", ["result_run", "one_result_per_file"])
+def test_runs_keep_the_senders_bookkeeping_within_the_offer_window(tmp_path, receiver, monkeypatch, peer):
+    """A run of small files is one object until its results: what the sender holds for files in
+    flight (reports, file states, digests) stays within the offer window however many files go,
+    with a receiver that settles them by RESULT_RUN or one RESULT per file (a peer without it)."""
+    from ftx.core.config import Config
+    from ftx.core.sender import SenderConnection
+    from ftx.sending import SendSession
+
+    src = tmp_path / "src" / "t"
+    total = _many(src, 15, 100)
+    if peer == "one_result_per_file":
+        real_init = SenderConnection.__init__
+
+        def init(self, config=None, receipt=None):
+            config = config or Config()
+            config.result_run = False  # the HELLO asks for no RESULT_RUN: one RESULT per file
+            real_init(self, config, receipt)
+
+        monkeypatch.setattr(SenderConnection, "__init__", init)
+    peak = {"reports": 0, "runs": 0, "files": 0, "sent": 0}
+    real_send_run = SendSession._send_run
+
+    def send_run(self, *args):
+        nxt = real_send_run(self, *args)
+        conn = self.conn
+        for key, n in (("reports", len(self._reports)), ("runs", len({id(r) for r in self._reports.values()})),
+                       ("files", len(conn._files)), ("sent", len(conn._sent or ()))):
+            peak[key] = max(peak[key], n)
+        return nxt
+
+    monkeypatch.setattr(SendSession, "_send_run", send_run)
+    runs_settled = []
+    real_on_run = SendSession._on_run
+    monkeypatch.setattr(SendSession, "_on_run", lambda self, *a: runs_settled.append(a[1]) or real_on_run(self, *a))
+    report = ftx.send([src], receiver.dest)
+    assert (sum(runs_settled) > 1000) == (peer == "result_run")
+    assert report.ok and report.file_count == 1 + 15 + 1500 and report.bytes == total
+    window = Config().offer_window
+    assert 0 < peak["runs"] <= peak["reports"] <= window and peak["files"] <= window and peak["sent"] <= window, peak
+    assert sum(1 for p in receiver.dir.rglob("*") if p.is_file()) == 1500
+
+
+def test_a_receiver_killed_mid_run_leaves_every_file_sent_reported(tmp_path, receiver, monkeypatch):
+    """SIGKILL of the receiver while runs of small files are in flight: the send fails with the
+    reason, and every file it framed is in the counts, those without a result as aborted (each
+    named, though its run kept no report of its own until then)."""
+    from ftx.sending import SendSession
+
+    src = tmp_path / "src" / "t"
+    _many(src, 15, 100)
+    calls = []
+    real_send_run = SendSession._send_run
+
+    def send_run(self, reader, items, start, *args):
+        nxt = real_send_run(self, reader, items, start, *args)
+        if nxt > start:
+            calls.append(items[start:nxt])
+            if len(calls) == 3:  # this run is queued, not yet written: its files can have no result
+                receiver.kill()
+        return nxt
+
+    monkeypatch.setattr(SendSession, "_send_run", send_run)
+    report = ftx.send([src], receiver.dest)
+    assert not report.ok and report.error
+    aborted = [f for f in report.failures if f.status == "aborted"]
+    assert aborted and report.failed == len(report.failures) == len(aborted) <= report.file_count
+    files = [f for f in aborted if f.kind == "file"]
+    assert {i.wire.decode() for i in calls[2]} <= {f.path for f in files}
+    assert files and all((src.parent / f.path).is_file() and f.size == (src.parent / f.path).stat().st_size
+                         and f.message for f in files)
 
 
 def test_the_cli_json_summary_counts_every_small_file(tmp_path, receiver):

@@ -184,6 +184,17 @@ class FileResolved(Event):
 
 
 @record
+class RunResolved(Event):
+    """Files ``first`` .. ``first + count - 1`` are all OK (a RESULT_RUN), each with the digest
+    it was sent with (``digests``, in order): what that many ``FileResolved`` say, as one event.
+    Only to a driver that asked for it (``SenderConnection.run_events``)."""
+
+    first: int
+    count: int
+    digests: list
+
+
+@record
 class ReceiptEntries(Event):
     """Receipt entries, each already matched against what we sent (store them)."""
 

@@ -15,12 +15,23 @@ the receiver's frames into events.  A typical file::
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from itertools import repeat
+from operator import is_
 
 from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .checksum import chunk_checksum
 from .config import Config
 from .connection import Connection
-from .events import DecisionReceived, DirStateReceived, FileResolved, ReceiptEntries, ReceiptVerified, SessionComplete
+from .events import (
+    DecisionReceived,
+    DirStateReceived,
+    FileResolved,
+    ReceiptEntries,
+    ReceiptVerified,
+    RunResolved,
+    SessionComplete,
+)
 from .checksum import frame_checksum
 from .frames import DATA_HEADER_SIZE, HEADER, HEADER_SIZE, Frame, FrameType, encode_data_header
 from .manifest import ENTRY, FileEntry, Kind, built
@@ -72,6 +83,9 @@ class SenderConnection(Connection):
         # RESULT_RUN: the digest each file was sent with (SMALL_FILE, FILE_END), until its result;
         # a run settles only these, each OK with this digest (bounded by the offer window)
         self._sent: dict[int, bytes] | None = {} if config.result_run else None
+        # a RESULT_RUN is one RunResolved event, not one FileResolved per file (set by a driver
+        # that settles its files per run)
+        self.run_events = False
 
     # -- calls from the driver ---------------------------------------------
     def _new_id(self, entry: FileEntry) -> int:
@@ -165,6 +179,39 @@ class SenderConnection(Connection):
         batch += payload
         self._out_bytes += HEADER_SIZE + n
         return fid
+
+    @property
+    def next_file_id(self) -> int:
+        """The id the next file sent will get (``send_small_run``'s frames are built with it)."""
+        return self._next_id
+
+    def send_small_run(self, frames: bytearray, digests: list) -> int:
+        """A run of small files already framed: ``frames`` holds ``len(digests)`` SMALL_FILE
+        frames (``ftx.smallrun``), with ids ``next_file_id`` on, each file's XXH3-128 in
+        ``digests``.  Queued as one item of ``data_to_send`` (not copied: keep it intact until
+        sent); the files' bookkeeping is done per run.  Returns the first id.  Not with a
+        receipt (its entries need each file's SHA-256: ``send_small``)."""
+        self._require_open()
+        if self._finished:
+            raise LocalProtocolError("offer after finish()")
+        if self.receipt is not None:
+            raise LocalProtocolError("send_small_run with a receipt (use send_small)")
+        if self.config.chunk_size + DATA_HEADER_SIZE > self.peer.max_payload:
+            raise LocalProtocolError("chunk size exceeds the receiver's frame limit")
+        first = self._next_id
+        count = len(digests)
+        if not count:
+            return first
+        ids = range(first, first + count)
+        self._next_id = first + count
+        self._files.update(dict.fromkeys(ids, FileState.ENDED))
+        self._entries.update(dict.fromkeys(ids))  # (a RESULT needs no entry: nothing made per file)
+        if self._sent is not None:
+            self._sent.update(zip(ids, digests))
+        self._batch = None  # the next send_small starts a buffer of its own, after these
+        self._out.append(frames)
+        self._out_bytes += len(frames)
+        return first
 
     def send_chunk(self, file_id: int, index: int, data, checksum: int | None = None, framed: bool = True) -> None:
         """Queue one DATA frame.  ``data`` is not copied: keep it intact until sent.
@@ -287,14 +334,20 @@ class SenderConnection(Connection):
         if count > len(sent):  # checked before any loop: a run of 2^32 files costs nothing
             raise RemoteProtocolError(f"RESULT_RUN of {count} files, but only {len(sent)} await a result")
         files = self._files
-        for fid in range(first, first + count):  # all checked before any is settled
-            if fid not in sent or files.get(fid) is not FileState.ENDED:
-                raise RemoteProtocolError(f"RESULT_RUN for file {fid}, which awaits no result of a digest we sent")
-        for fid in range(first, first + count):
-            del files[fid]
-            del self._entries[fid]
+        ids = range(first, first + count)
+        # all checked before any is settled (in C loops: map over the run, no Python per file)
+        if not (all(map(sent.__contains__, ids)) and all(map(is_, map(files.get, ids), repeat(FileState.ENDED)))):
+            bad = next(f for f in ids if f not in sent or files.get(f) is not FileState.ENDED)
+            raise RemoteProtocolError(f"RESULT_RUN for file {bad}, which awaits no result of a digest we sent")
+        deque(map(files.__delitem__, ids), 0)
+        deque(map(self._entries.__delitem__, ids), 0)
+        digests = list(map(sent.pop, ids))
+        if self.run_events:
+            self._events.append(RunResolved(first, count, digests))
+            return
+        for fid, digest in zip(ids, digests):
             self._events.append(built(FileResolved, result=built(
-                Result, file_id=fid, code=ErrorCode.OK, digest=sent.pop(fid), message="")))
+                Result, file_id=fid, code=ErrorCode.OK, digest=digest, message="")))
 
     def _on_receipt(self, p) -> None:
         if self.receipt is None:

@@ -1,0 +1,473 @@
+/* The sender's run of small files in one call: what ftx/smallrun.py ``py_frames`` does per file
+ * (openat by name under the listed directory's descriptor, one read of size + 1 bytes, close,
+ * XXH3-128 of the bytes, one SMALL_FILE frame appended to ``out``), for as many of a directory's
+ * listed items in a row as are plain: a regular file listed here, of at most ``limit`` bytes,
+ * read at its listed size.  The file's bytes are read straight into ``out`` at their place in
+ * the frame (no copy); the two hashes are the ``xxhash`` module's functions, called from here.
+ *
+ * The first item that is not plain (another kind, too large, an in-tree link followed elsewhere,
+ * an open or read that fails, a length other than listed) ends the call, its frame undone: the
+ * caller sends it by the Python path, which says why, and calls again after it.  Same contract
+ * and safety as ``source.SmallReader.read``: O_NOFOLLOW (a name swapped for a symlink is never
+ * followed), O_NONBLOCK (a FIFO swapped in cannot block), O_NOATIME dropped on EPERM.
+ * Optional: without it (no compiler, or FTX_PURE_PYTHON=1) ftx runs ``py_frames``.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HEADER_SIZE 16
+#define ENTRY_SIZE 36 /* manifest.ENTRY: >IBBHIqQIHH */
+#define DIGEST_SIZE 16
+#define SMALL_FILE 0x07
+#define KIND_FILE 1
+
+static void
+put16(unsigned char *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
+
+static void
+put32(unsigned char *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+
+static void
+put64(unsigned char *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+
+/* frames(dir_fd, flags, items, start, stop, skip, prefix, file_kind, limit, fid, chunk_size,
+ *        out, max_out, digest128, hash64) -> (next, flags, count, total, digests)
+ * items[start:stop] are source.SourceItem tuples (local, wire, kind, target, mode, size, mtime_ns);
+ * the call stops before ``stop``, at the first item that is not plain, or once ``out`` holds
+ * ``max_out`` bytes or more.  ``next``: the first item not framed; ``flags``: the open flags
+ * (O_NOATIME dropped if refused); ``count`` files framed with ids fid.., ``total`` their bytes,
+ * ``digests`` the list of their XXH3-128 digests. */
+static PyObject *
+frames(PyObject *self, PyObject *args)
+{
+    int dir_fd, flags;
+    PyObject *items, *prefix, *file_kind, *out, *digest128, *hash64;
+    Py_ssize_t start, stop, skip, limit, max_out;
+    unsigned long long fid, chunk_size;
+
+    if (!PyArg_ParseTuple(args, "iiO!nnnSOnKKO!nOO:frames", &dir_fd, &flags, &PyList_Type, &items, &start, &stop,
+                          &skip, &prefix, &file_kind, &limit, &fid, &chunk_size, &PyByteArray_Type, &out,
+                          &max_out, &digest128, &hash64))
+        return NULL;
+    PyObject *digests = PyList_New(0);
+    if (digests == NULL)
+        return NULL;
+    if (start < 0 || skip < 0 || limit < 0 || max_out < 0) {
+        Py_DECREF(digests);
+        PyErr_SetString(PyExc_ValueError, "frames: start, skip, limit and max_out must be >= 0");
+        return NULL;
+    }
+    if (stop > PyList_GET_SIZE(items))
+        stop = PyList_GET_SIZE(items);
+    const char *pre = PyBytes_AS_STRING(prefix);
+    Py_ssize_t pre_len = PyBytes_GET_SIZE(prefix);
+    Py_ssize_t i = start, count = 0;
+    long long total = 0;
+    /* ``out`` grows once, to what the listed sizes ask (the frames are written at ``used``, and
+     * ``out`` cut to it at the end): growing it frame by frame moved its bytes ~8 times over */
+    Py_ssize_t used = PyByteArray_GET_SIZE(out), want = used, orig = used;
+    Py_buffer pin;
+    int pinned = 0;
+    for (Py_ssize_t k = start; k < stop && want < max_out; k++) {
+        PyObject *item = PyList_GET_ITEM(items, k);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind
+            || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
+            break;
+        Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 5));
+        if (size < 0 || size > limit) {
+            PyErr_Clear();
+            break;
+        }
+        want += HEADER_SIZE + ENTRY_SIZE + PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1)) + DIGEST_SIZE + size;
+    }
+    if (want + 1 > PyByteArray_GET_SIZE(out) && PyByteArray_Resize(out, want + 1) < 0)
+        goto fail;
+
+    for (; i < stop && used < max_out; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 7 || PyTuple_GET_ITEM(item, 2) != file_kind)
+            break;
+        PyObject *local = PyTuple_GET_ITEM(item, 0), *wire = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_Check(local) || !PyBytes_Check(wire))
+            break;
+        Py_ssize_t wlen = PyBytes_GET_SIZE(wire);
+        const char *w = PyBytes_AS_STRING(wire);
+        if (wlen <= skip || wlen > 0xFFFF)
+            break;
+        const char *name = w + skip;
+        Py_ssize_t nlen = wlen - skip;
+        /* listed here: local == prefix + name (not an in-tree link followed elsewhere) */
+        if (PyBytes_GET_SIZE(local) != pre_len + nlen || memcmp(PyBytes_AS_STRING(local), pre, pre_len) != 0
+            || memcmp(PyBytes_AS_STRING(local) + pre_len, name, nlen) != 0 || memchr(name, 0, nlen) != NULL)
+            break;
+        long long mode = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 4));
+        long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 5));
+        long long mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 6));
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            break;
+        }
+        if (size < 0 || size > limit || fid + (unsigned long long)count > 0xFFFFFFFFULL)
+            break; /* (file ids are 32 bits: past them the Python path raises) */
+
+        Py_ssize_t at = used;
+        Py_ssize_t payload = ENTRY_SIZE + wlen + DIGEST_SIZE + (Py_ssize_t)size;
+        if (payload > 0xFFFFFFFFLL)
+            break;
+        /* room for the frame and one byte more (a file that grew shows as a longer read) */
+        if (at + HEADER_SIZE + payload + 1 > PyByteArray_GET_SIZE(out)
+            && PyByteArray_Resize(out, at + HEADER_SIZE + payload + 1) < 0)
+            goto fail;
+        unsigned char *f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
+        unsigned char *data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
+
+        char cname[4097];
+        if (nlen >= (Py_ssize_t)sizeof cname)
+            break;
+        memcpy(cname, name, nlen);
+        cname[nlen] = 0;
+        memcpy(f + HEADER_SIZE + ENTRY_SIZE, w, wlen); /* (nothing of the item is used without the GIL) */
+        int fd, err = 0;
+        ssize_t got = 0;
+        /* ``out`` cannot be resized (by another thread) while the read fills it without the GIL
+         * or the hashes read it */
+        if (PyObject_GetBuffer(out, &pin, PyBUF_WRITABLE) < 0)
+            goto fail;
+        pinned = 1;
+        for (;;) {
+            Py_BEGIN_ALLOW_THREADS
+            fd = openat(dir_fd, cname, flags);
+#ifdef O_NOATIME
+            if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) { /* O_NOATIME: only for the file's owner */
+                flags &= ~O_NOATIME;
+                fd = openat(dir_fd, cname, flags);
+            }
+#endif
+            if (fd < 0) {
+                err = errno;
+            } else {
+                do {
+                    got = read(fd, data, (size_t)size + 1);
+                } while (got < 0 && errno == EINTR);
+                if (got < 0)
+                    err = errno;
+                close(fd);
+            }
+            Py_END_ALLOW_THREADS
+            if (fd >= 0 || err != EINTR)
+                break;
+            if (PyErr_CheckSignals() != 0) /* as os.open: Python's handlers run, then again */
+                goto fail;
+        }
+        if (fd < 0 || got != size) { /* not as listed: the Python path says why */
+            PyBuffer_Release(&pin);
+            pinned = 0;
+            break;
+        }
+        f = (unsigned char *)PyByteArray_AS_STRING(out) + at;
+        data = f + HEADER_SIZE + ENTRY_SIZE + wlen + DIGEST_SIZE;
+        PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
+        if (view == NULL)
+            goto fail;
+        PyObject *digest = PyObject_CallOneArg(digest128, view);
+        Py_DECREF(view);
+        if (digest == NULL)
+            goto fail;
+        if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != DIGEST_SIZE) {
+            Py_DECREF(digest);
+            PyErr_SetString(PyExc_TypeError, "digest128 must return 16 bytes");
+            goto fail;
+        }
+        unsigned char *e = f + HEADER_SIZE;
+        put32(e, (uint32_t)(fid + count));
+        e[4] = KIND_FILE;
+        e[5] = 0;
+        put16(e + 6, 0);
+        put32(e + 8, (uint32_t)(mode & 07777));
+        put64(e + 12, (uint64_t)mtime);
+        put64(e + 20, (uint64_t)size);
+        put32(e + 28, (uint32_t)chunk_size);
+        put16(e + 32, (uint16_t)wlen);
+        put16(e + 34, 0);
+        memcpy(e + ENTRY_SIZE + wlen, PyBytes_AS_STRING(digest), DIGEST_SIZE);
+        int appended = PyList_Append(digests, digest);
+        Py_DECREF(digest);
+        if (appended < 0)
+            goto fail;
+        /* the frame checksum: XXH3-64 of the payload seeded with the header's first 8 bytes */
+        uint64_t seed = ((uint64_t)SMALL_FILE << 56) | (uint64_t)payload;
+        PyObject *pv = PyMemoryView_FromMemory((char *)e, payload, PyBUF_READ);
+        if (pv == NULL)
+            goto fail;
+        PyObject *pseed = PyLong_FromUnsignedLongLong(seed);
+        if (pseed == NULL) {
+            Py_DECREF(pv);
+            goto fail;
+        }
+        PyObject *hargs[2] = {pv, pseed};
+        PyObject *sum = PyObject_Vectorcall(hash64, hargs, 2, NULL);
+        Py_DECREF(pv);
+        Py_DECREF(pseed);
+        if (sum == NULL)
+            goto fail;
+        uint64_t check = PyLong_AsUnsignedLongLong(sum);
+        Py_DECREF(sum);
+        if (check == (uint64_t)-1 && PyErr_Occurred())
+            goto fail;
+        f[0] = SMALL_FILE;
+        f[1] = 0;
+        put16(f + 2, 0);
+        put32(f + 4, (uint32_t)payload);
+        put64(f + 8, check);
+        PyBuffer_Release(&pin);
+        pinned = 0;
+        used = at + HEADER_SIZE + payload;
+        count++;
+        total += size;
+    }
+    if (PyByteArray_Resize(out, used) < 0) /* cut to the frames made */
+        goto fail;
+    return Py_BuildValue("(niLLN)", i, flags, (long long)count, total, digests);
+
+fail: /* ``out`` as it came */
+    if (pinned)
+        PyBuffer_Release(&pin);
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyByteArray_GET_SIZE(out) > orig)
+            PyByteArray_Resize(out, orig);
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(digests);
+    return NULL;
+}
+
+
+/* -- listing a directory ------------------------------------------------------------------ */
+struct name { char *s; size_t len; };
+
+static int
+by_bytes(const void *a, const void *b)
+{
+    const struct name *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* tree.is_ftx_own: a receiver's own state or temporary (.ftx, .ftx-*.tmp, .ftx-*.part) */
+static int
+ftx_own(const char *s, size_t len)
+{
+    if (len == 4 && memcmp(s, ".ftx", 4) == 0)
+        return 1;
+    if (len < 5 || memcmp(s, ".ftx-", 5) != 0)
+        return 0;
+    return (len >= 4 && memcmp(s + len - 4, ".tmp", 4) == 0) || (len >= 5 && memcmp(s + len - 5, ".part", 5) == 0);
+}
+
+static void
+free_names(struct name *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i].s);
+    free(names);
+}
+
+static PyObject *
+join2(const char *a, Py_ssize_t alen, const char *b, Py_ssize_t blen)
+{
+    PyObject *o = PyBytes_FromStringAndSize(NULL, alen + blen);
+    if (o != NULL) {
+        memcpy(PyBytes_AS_STRING(o), a, alen);
+        memcpy(PyBytes_AS_STRING(o) + alen, b, blen);
+    }
+    return o;
+}
+
+/* listing(dir_fd, local, wire, max_path, max_component, item_type, file_kind, dir_kind, update)
+ *   -> list of items, or None
+ * The direct entries of the open directory ``dir_fd`` sorted by name bytes, as source._listed
+ * makes them: regular files and directories (lstat'ed by name under ``dir_fd``) as
+ * ``item_type`` (source.SourceItem) with local/wire paths ``local + name`` / ``wire + name``,
+ * each entry's listing record (tree.entry_record) fed to ``update`` in order.  None where
+ * anything asks for the Python path's judgement (a symlink, a special file, a name of ftx's
+ * own or too long, an entry gone since it was read): that path lists the directory again. */
+static PyObject *
+listing(PyObject *self, PyObject *args)
+{
+    int dir_fd;
+    const char *local, *wire;
+    Py_ssize_t local_len, wire_len, max_path, max_component;
+    PyTypeObject *item_type;
+    PyObject *file_kind, *dir_kind, *update;
+
+    if (!PyArg_ParseTuple(args, "iy#y#nnO!OOO:listing", &dir_fd, &local, &local_len, &wire, &wire_len, &max_path,
+                          &max_component, &PyType_Type, &item_type, &file_kind, &dir_kind, &update))
+        return NULL;
+    if (!PyType_IsSubtype(item_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "item_type must be a tuple type");
+        return NULL;
+    }
+    struct name *names = NULL;
+    size_t n = 0, cap = 0;
+    int err = 0;
+    DIR *d = NULL;
+    int fd2;
+    Py_BEGIN_ALLOW_THREADS
+    fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd2 < 0) {
+        err = errno;
+    } else {
+        d = fdopendir(fd2);
+        if (d == NULL) {
+            err = errno;
+            close(fd2);
+        } else {
+            rewinddir(d);
+            struct dirent *de;
+            for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (de == NULL) {
+                    err = errno;
+                    break;
+                }
+                const char *s = de->d_name;
+                if (s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0)))
+                    continue;
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    struct name *nn = realloc(names, ncap * sizeof *names);
+                    if (nn == NULL) { err = ENOMEM; break; }
+                    names = nn;
+                    cap = ncap;
+                }
+                names[n].len = strlen(s);
+                names[n].s = malloc(names[n].len + 1);
+                if (names[n].s == NULL) { err = ENOMEM; break; }
+                memcpy(names[n].s, s, names[n].len + 1);
+                n++;
+            }
+            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
+            closedir(d);
+        }
+    }
+    if (!err && n > 1)
+        qsort(names, n, sizeof *names, by_bytes);
+    Py_END_ALLOW_THREADS
+    if (err) { /* the Python path says what went wrong */
+        free_names(names, n);
+        Py_RETURN_NONE;
+    }
+    PyObject *items = PyList_New(0), *rec = NULL;
+    size_t rec_cap = 65536, rec_len = 0;
+    unsigned char *recs = malloc(rec_cap + 8192);
+    if (items == NULL || recs == NULL)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = names[i].s;
+        Py_ssize_t len = (Py_ssize_t)names[i].len;
+        if (len > max_component || wire_len + len > max_path || local_len + len > 4096 || ftx_own(s, len))
+            goto python; /* (the Python listing skips these, with a warning) */
+        struct stat st;
+        int r;
+        do {
+            r = fstatat(dir_fd, s, &st, AT_SYMLINK_NOFOLLOW);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0)
+            goto python;
+        int is_file = S_ISREG(st.st_mode);
+        if (!is_file && !S_ISDIR(st.st_mode))
+            goto python;
+        long long mtime = is_file ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec : 0;
+        long long size = is_file ? (long long)st.st_size : 0;
+        PyObject *item = item_type->tp_alloc(item_type, 7);
+        if (item == NULL)
+            goto fail;
+        PyObject *l = join2(local, local_len, s, len), *w = join2(wire, wire_len, s, len);
+        PyObject *mode = PyLong_FromUnsignedLong(st.st_mode), *sz = PyLong_FromLongLong(size);
+        PyObject *mt = PyLong_FromLongLong(mtime), *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *kind = is_file ? file_kind : dir_kind;
+        Py_INCREF(kind);
+        PyTuple_SET_ITEM(item, 0, l);
+        PyTuple_SET_ITEM(item, 1, w);
+        PyTuple_SET_ITEM(item, 2, kind);
+        PyTuple_SET_ITEM(item, 3, empty);
+        PyTuple_SET_ITEM(item, 4, mode);
+        PyTuple_SET_ITEM(item, 5, sz);
+        PyTuple_SET_ITEM(item, 6, mt);
+        if (!l || !w || !mode || !sz || !mt || !empty || PyList_Append(items, item) < 0) {
+            Py_DECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+        /* tree.entry_record: kind, name length, permission bits, name (files: size, mtime_ns) */
+        unsigned char *p = recs + rec_len;
+        unsigned bits = is_file ? (st.st_mode & 0777) : ((st.st_mode & 0777) | 0700);
+        p[0] = is_file ? 1 : 2;
+        put16(p + 1, (uint16_t)len);
+        put16(p + 3, (uint16_t)bits);
+        memcpy(p + 5, s, len);
+        p += 5 + len;
+        if (is_file) {
+            put64(p, (uint64_t)size);
+            put64(p + 8, (uint64_t)mtime);
+            p += 16;
+        }
+        rec_len = p - recs;
+        if (rec_len >= rec_cap || i + 1 == n) {
+            PyObject *view = PyMemoryView_FromMemory((char *)recs, (Py_ssize_t)rec_len, PyBUF_READ);
+            if (view == NULL)
+                goto fail;
+            rec = PyObject_CallOneArg(update, view);
+            Py_DECREF(view);
+            if (rec == NULL)
+                goto fail;
+            Py_CLEAR(rec);
+            rec_len = 0;
+        }
+    }
+    free(recs);
+    free_names(names, n);
+    return items;
+
+python:
+    free(recs);
+    free_names(names, n);
+    Py_DECREF(items);
+    Py_RETURN_NONE;
+nomem:
+    PyErr_NoMemory();
+fail:
+    free(recs);
+    free_names(names, n);
+    Py_XDECREF(items);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"frames", frames, METH_VARARGS, "A run of small files of one listed directory as SMALL_FILE frames."},
+    {"listing", listing, METH_VARARGS, "A directory's files and subdirectories as source items, sorted by name."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_smallread", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__smallread(void)
+{
+    return PyModule_Create(&module);
+}
