@@ -32,7 +32,7 @@ EARLY_BYTES = 64 * 1024  # ... and their bytes in all
 PLAIN_RANGES_KEPT = 96  # ranges of numbers recorded from unsealed packets while we have keys
 # Where a burst of sealed datagrams (one or more GRO reads, as the driver joins them) is
 # opened: used within one call only (the session copies what it keeps), so one buffer serves
-# every session; it grows to the largest burst a driver hands over (1 MiB: udp_socket.py).
+# every session; it grows to the largest burst a driver hands over (256 KiB: udp_socket.py).
 _SCRATCH = bytearray(65536)
 
 
