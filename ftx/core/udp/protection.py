@@ -30,9 +30,17 @@ from .packets import (DATA, CHUNK_HEADER_SIZE, HEADER_SIZE, AckFrame, ChunkFrame
 EARLY_LIMIT = 16  # sealed packets kept until we have keys ...
 EARLY_BYTES = 64 * 1024  # ... and their bytes in all
 PLAIN_RANGES_KEPT = 96  # ranges of numbers recorded from unsealed packets while we have keys
-# Where a GRO read of sealed datagrams is opened: used within one call only (the session
-# copies what it keeps), so one buffer serves every session.
+# Where a burst of sealed datagrams (one or more GRO reads, as the driver joins them) is
+# opened: used within one call only (the session copies what it keeps), so one buffer serves
+# every session; it grows to the largest burst a driver hands over (256 KiB: udp_socket.py).
 _SCRATCH = bytearray(65536)
+
+
+def _scratch(size: int) -> bytearray:
+    global _SCRATCH
+    if len(_SCRATCH) < size:
+        _SCRATCH = bytearray(size)
+    return _SCRATCH
 
 
 class SealedPackets:
@@ -139,14 +147,15 @@ class SealedPackets:
             for off in range(0, len(view), seg):
                 self.receive_sealed(view[off : off + seg], now)
             return
+        scratch = _scratch(len(view))
         try:
-            used, bad, unsealed = prot.open_burst(view, seg, self.local_cid.to_bytes(8, "big"), _SCRATCH)
+            used, bad, unsealed = prot.open_burst(view, seg, self.local_cid.to_bytes(8, "big"), scratch)
         except AuthError as exc:
             self.close(ErrorCode.AUTH, str(exc))
             return
         self.stats["forged"] += bad
         plain = seg - 8
-        scratch = memoryview(_SCRATCH)
+        scratch = memoryview(scratch)
         others, _ = self.receive_chunk_burst(scratch[:used], plain, now, opened=True)
         if others:
             self._receive_opened(scratch, others, plain, now)

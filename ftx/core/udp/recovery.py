@@ -99,6 +99,9 @@ class SentPacket:
 
     def settle(self, a: int, b: int) -> None:
         if self.live is None:
+            if a <= self.pn and b >= self.pn + self.count:  # the whole run at once (an ACK of a
+                self.live = RangeSet()  # burst, the usual case): nothing to build and cut
+                return
             self.live = RangeSet([(self.pn, self.pn + self.count)])
         self.live.subtract(a, b)
 
