@@ -417,8 +417,8 @@ def print_table(kind, files, total, rows, resend, runs) -> None:
             continue
         secs = statistics.median(r["seconds"] for r in res)
         wire = [r["wire"] for r in res if r.get("wire") is not None]
-        wire_text = f"{statistics.median(wire) / 1e6:.2f} MB on the wire ({statistics.median(wire) / max(total, 1):.1%})" \
-            if wire else "wire bytes unknown"
+        share = f" ({statistics.median(wire) / total:.1%} of the set's bytes)" if total else ""  # (huge: 0 bytes)
+        wire_text = f"{statistics.median(wire) / 1e6:.2f} MB on the wire{share}" if wire else "wire bytes unknown"
         first = med.get(name)
         speed = f", {first / secs:.1f}x faster than the first send" if first else ""
         print(f"resend {TITLES[name]:9} {secs:8.2f} s onto the complete destination: {wire_text}{speed}")
