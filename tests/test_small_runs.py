@@ -474,6 +474,34 @@ def test_files_ok_sends_what_file_result_sends():
     assert wires[1][1]  # every file settled after DONE: the session is complete
 
 
+def test_files_ok_settles_in_bulk_on_a_receiver_that_could_sign_a_receipt_nobody_asked_for(monkeypatch):
+    """Every ``ftx receive`` with an identity has a receipt signer; a sender that asked for no
+    receipt still gets its run settled in bulk (RESULT_RUN), not file by file (found by profiling
+    the small set: 2 021 file_result calls for 2 000 files)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ftx.core.secure.receipt import ReceiptSigner
+
+    files = [(b"f%d" % i, b"z" * i) for i in range(20)]
+    hello, body = _sender_stream(files)
+    r = ReceiverConnection(signer=ReceiptSigner(Ed25519PrivateKey.from_private_bytes(bytes(range(32)))),
+                           small_runs=True)
+    r.data_to_send()
+    r.receive_data(hello + body)
+    got = list(iter(r.next_event, None))
+    assert not r.receipt_requested
+    one_by_one = []
+    monkeypatch.setattr(r, "file_result", lambda *a, **k: one_by_one.append(a))
+    for e in got:
+        if type(e) is ev.SmallFilesReceived:
+            r.files_ok(e.file_ids, e.digests)
+    assert one_by_one == []
+    from .test_core_peers import decode_frames
+
+    assert FrameType.RESULT_RUN in [f.type for f in decode_frames(r.data_to_send())]
+    assert r.closed  # every file settled after DONE
+
+
 # -- reports: a run's --json lines, byte for byte ------------------------------------------------------
 def test_emit_run_writes_the_lines_emit_report_writes(monkeypatch):
     paths = ["a", "d/é", 'q"uote', "back\\slash", "tab\t", "\udcff-undecodable", "ünï/çødé"]
