@@ -332,6 +332,46 @@ def test_reads_grow_while_they_fill_the_buffer_and_not_past_the_budget():
     assert max(sizes) <= 16384 and budget.used <= 16384
 
 
+def test_a_whole_record_ready_is_offered_room_in_one_region_within_the_budget():
+    """A sealed record of many small files' frames (up to 512 KiB) is placed in one region and
+    its frames decoded as one run; over the budget the region is as usual (no error)."""
+    stream = b"".join(_small_frame(i, 40_000) for i in range(12))  # ~480 KB: one record's worth
+    d = FrameDecoder()
+    buf = d.get_buffer(len(stream))
+    assert len(buf) == len(stream)
+    buf[:] = stream
+    del buf
+    d.buffer_updated(len(stream))
+    first = d.next_frame()
+    assert first.type is FrameType.SMALL_FILE and len(d.small_run(1000)) == 11 and d.pending_bytes == 0
+    budget = BufferBudget(100_000)
+    d = FrameDecoder(budget=budget)
+    assert len(d.get_buffer(len(stream))) <= READAHEAD and budget.used <= 100_000
+    assert len(FrameDecoder().get_buffer(1000)) <= READAHEAD  # a small want: as usual
+
+
+def test_the_driver_joins_runs_that_follow_one_another():
+    def run(*ids):
+        return ev.SmallFilesReceived(list(ids), [b"e%d" % i for i in ids], [b"g%d" % i for i in ids],
+                                     [b"d%d" % i for i in ids])
+
+    class Queue:
+        def __init__(self, events):
+            self.events = list(events)
+
+        def next_event(self):
+            return self.events.pop(0) if self.events else None
+
+    refused = ev.FileRefused(9, FileEntry(b"x", size=1), "no")
+    original = run(1, 2)
+    got = receiving._drain(Queue([original, run(3), run(4, 5), refused, run(6), run(7)]))
+    assert [type(e) for e in got] == [ev.SmallFilesReceived, ev.FileRefused, ev.SmallFilesReceived]
+    assert (got[0].file_ids, got[0].entries, got[0].datas) == ([1, 2, 3, 4, 5], [b"e1", b"e2", b"e3", b"e4", b"e5"],
+                                                              [b"d1", b"d2", b"d3", b"d4", b"d5"])
+    assert got[0].digests == [b"g1", b"g2", b"g3", b"g4", b"g5"] and got[2].file_ids == [6, 7]
+    assert original.file_ids == [1, 2]  # the core's event is not changed under it
+
+
 # -- the core: one event per run, the same checks ----------------------------------------------------
 def _sender_stream(files, summary=True, done=True):
     """(HELLO, the frames of ``files`` [(path, data)]) as a sender sends them."""

@@ -307,7 +307,7 @@ class TcpLink:
         (a large frame's rest: a chunk's records after its header's).  The bytes placed (0: none
         fits, read more into the opener's buffer; -1: the stream ended)."""
         opener = self._opener
-        region = conn.get_buffer()
+        region = conn.get_buffer(opener.next_record())  # a complete record (size > 0): room for it whole
         room, filled, large = len(region), 0, False
         try:
             while True:
