@@ -596,7 +596,20 @@ def _parts(events: list[Event]):
 
 
 def _drain(conn) -> list[Event]:
-    events = []
+    """The events queued, runs of small files that follow one another joined into one (the
+    records of a read each gave one or more: handled, stored and settled as one run)."""
+    events: list[Event] = []
+    last = None  # the SmallFilesReceived at the end of events, while its lists are ours to extend
     while (ev := conn.next_event()) is not None:
+        if type(ev) is SmallFilesReceived:
+            if last is not None:
+                last.file_ids.extend(ev.file_ids)
+                last.entries.extend(ev.entries)
+                last.digests.extend(ev.digests)
+                last.datas.extend(ev.datas)
+                continue
+            ev = last = SmallFilesReceived(list(ev.file_ids), list(ev.entries), list(ev.digests), list(ev.datas))
+        else:
+            last = None
         events.append(ev)
     return events

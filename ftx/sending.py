@@ -64,7 +64,7 @@ log = logging.getLogger("ftx.send")
 
 CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
 AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
-RUN_BYTES = 256 * 1024  # a run of small files is framed up to this many bytes, then sent
+RUN_BYTES = 480 * 1024  # a run of small files is framed up to this many bytes (one record of at most 512 KiB), then sent
 
 
 class SendSession:

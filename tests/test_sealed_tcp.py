@@ -676,3 +676,46 @@ def test_the_read_low_water_mark_never_waits_for_more_than_is_wanted():
         return calls
 
     assert run(go()) < 300
+
+
+def test_records_of_small_files_waiting_in_the_socket_are_one_batch_for_the_driver():
+    """Small files' records already waiting in the socket are opened in one feed (up to
+    tcp.PILE_RECORDS): one part, one syncfs, one thread hop for the driver, instead of one per
+    record; with nothing more waiting the feed returns at once."""
+    from ftx.core import events as ev
+    from ftx.core.checksum import file_digest
+    from ftx.core.manifest import FileEntry
+
+    async def go():
+        client = FakeHandshake("client")
+        first = client.data_to_send()
+        s = SenderConnection()
+        sealer = RecordSealer(client.result)
+        sealed = sealer.seal(b"".join(bytes(x) for x in s.data_to_send()))
+        result, link, raw = await _server_side([first + sealed])
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        conn = ReceiverConnection(small_runs=True)
+        await asyncio.wait_for(link.feed(conn), T)
+        assert conn.peer is not None
+        s.receive_data(b"".join(bytes(x) for x in conn.data_to_send()))
+        while s.next_event() is not None:
+            pass
+        records = []
+        for r in range(5):  # five records of ten 30 KB files: the opener holds one whole at a time
+            for i in range(10):
+                data = bytes([r * 10 + i]) * 30_000
+                s.send_small_file(FileEntry(b"f%d" % (r * 10 + i), size=len(data)), data, file_digest(data))
+            records.append(sealer.seal(b"".join(bytes(x) for x in s.data_to_send())))
+        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(raw, b"".join(records)), T)
+        batches = []
+        while sum(batches) < 50:
+            await asyncio.wait_for(link.feed(conn), T)  # returns: never waits while events are pending
+            batches.append(sum(len(e.file_ids) for e in iter(conn.next_event, None)
+                               if type(e) is ev.SmallFilesReceived))
+        link.close()
+        raw.close()
+        return batches
+
+    batches = run(go())
+    assert batches[0] >= 20 and sum(batches) == 50, batches  # more than one record's files at once
+    assert batches[0] <= 10 * (tcp.PILE_RECORDS + 1), batches

@@ -70,15 +70,15 @@ class Connection:
         self._send_frame(FrameType.HELLO, hello.encode())
 
     # -- input -------------------------------------------------------------
-    def get_buffer(self) -> memoryview:
-        """Where the next input bytes go.  Events still queued whose payloads are views into
+    def get_buffer(self, want: int = 0) -> memoryview:
+        """Where the next input bytes go (``want``: bytes ready to place at once; FrameDecoder).  Events still queued whose payloads are views into
         the input buffer take their own copies first: filling the buffer may move or overwrite
         the bytes under them (the common driver drains every event first, and copies nothing).
         Out of buffer memory: ERROR BUSY is queued, and raised."""
         self._check_usable()
         self._own_queued_views()
         try:
-            buf = self._decoder.get_buffer()
+            buf = self._decoder.get_buffer(want)
         except BufferLimit as exc:
             self._fail_local(exc)
         if self._head is not None:

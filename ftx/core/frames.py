@@ -182,8 +182,13 @@ class FrameDecoder:
         self._max_payload = max_payload
 
     # -- BufferedProtocol-style input --------------------------------------
-    def get_buffer(self) -> memoryview:
+    def get_buffer(self, want: int = 0) -> memoryview:
         """A writable region to fill; invalidates payloads handed out before.
+
+        ``want``: the driver has that many bytes ready to place at once (a sealed record of many
+        small files' frames, up to 512 KiB): while headers and small frames are read, the region
+        is made at least that large if the budget allows (else as usual), so the record is placed
+        in one piece and its frames are decoded as one run.
 
         Raises ``BufferLimit`` when the buffer must grow and the budget is spent.
         """
@@ -198,7 +203,20 @@ class FrameDecoder:
                     self._resize(min(need, max(2 * cap, pending + READAHEAD)))
             start = self._start
             return self._view[self._end : start + min(need, len(self._buf) - start)]
-        # headers and small frames: read ahead, up to READAHEAD at once
+        # headers and small frames: read ahead, up to READAHEAD at once (or the ``want`` ready)
+        if want > READAHEAD:
+            if len(self._buf) - end < want:
+                self._compact()
+                if len(self._buf) - self._end < want:
+                    try:
+                        self._resize(self._end + want)
+                    except BufferLimit:
+                        want = 0
+            if want:
+                end = self._end
+                region = self._view[end : end + want]
+                self._offered = len(region)
+                return region
         want = max(need - pending, MIN_BUFFER)
         # the last read filled what it was offered and the frame ahead is small (or its header not
         # read yet): offer twice as much (a larger frame is read as before, to its end)

@@ -188,9 +188,10 @@ class ReceiverConnection(Connection):
     def files_ok(self, file_ids: list, digests: list) -> None:
         """``file_result(id, OK, digest)`` for each of a run of small files (``SmallFilesReceived``)
         stored with the sender's digests, in order: the same states, frames and budget, with the
-        per-file work a few operations (RESULT_RUN extended, or a RESULT each to a sender without it)."""
+        per-file work a few operations (RESULT_RUN extended, or a RESULT each to a sender without it).
+        A receipt (a signer, and a sender that asked) means no runs (``_runs``): one by one."""
         files, ended = self._files, FileState.ENDED
-        if self._signer is not None or not self._runs or self._existing or ZERO_DIGEST in digests \
+        if not self._runs or self._existing or ZERO_DIGEST in digests \
                 or list(map(files.get, file_ids)).count(ended) != len(file_ids):  # anything unusual: one by one
             for file_id, digest in zip(file_ids, digests):
                 self.file_result(file_id, ErrorCode.OK, digest)

@@ -39,6 +39,8 @@ IOV_MAX = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
 RCVLOWAT_MAX = 1024 * 1024
 PLAIN_ERROR_MAX = 16 + 4096  # a plaintext ERROR frame (a refusal) before the first record, at most
+PILE_RECORDS = 4  # records of small files' events handed to the driver as one batch, at most (while
+# more are waiting in the socket): ~2 MiB of their bytes at most, one part, one syncfs, one thread hop
 IDLE_TRIM = 1.0  # seconds without input after which a connection gives its buffer memory back
 
 
@@ -257,6 +259,7 @@ class TcpLink:
         try:
             if opener.budget is None and (budget := getattr(conn, "buffer_budget", None)) is not None:
                 opener.use_budget(budget)  # a record is held whole before it opens: count it in --max-memory
+            piled = 0  # records opened in this call while events wait (small files: at most PILE_RECORDS)
             while True:
                 refusal = self._plain_error(conn) if opener.number == 0 else False
                 if refusal:
@@ -268,8 +271,10 @@ class TcpLink:
                     if filled:
                         if conn.views_pending or conn.closed:
                             break  # for the driver: a chunk (its payload is a view of conn's buffer)
-                        if (conn.events_pending or conn.pending_output) and opener.next_record() <= 0:
-                            break  # the records read so far are in: a batch for the driver
+                        if conn.events_pending or conn.pending_output:
+                            piled += 1
+                            if piled >= PILE_RECORDS and opener.next_record() <= 0:
+                                break  # the records read so far are in: a batch for the driver
                         continue  # more records already here (small files: one batch), or nothing
                         # for the driver yet (a chunk's header alone, or a PING's rest): read on
                 buf = opener.get_buffer()
@@ -278,6 +283,8 @@ class TcpLink:
                     n = sock.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
                     del buf
+                    if piled:  # nothing more waiting: the batch goes to the driver now
+                        break
                     await self._readable(conn)
                     continue
                 except OSError as exc:
@@ -307,7 +314,7 @@ class TcpLink:
         (a large frame's rest: a chunk's records after its header's).  The bytes placed (0: none
         fits, read more into the opener's buffer; -1: the stream ended)."""
         opener = self._opener
-        region = conn.get_buffer()
+        region = conn.get_buffer(opener.next_record())  # a complete record (size > 0): room for it whole
         room, filled, large = len(region), 0, False
         try:
             while True:
