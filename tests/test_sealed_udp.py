@@ -622,6 +622,57 @@ def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
     ls.handshake_done(5)  # the boundary is right after message 3: no complaint
 
 
+def test_a_handshake_flight_resent_after_the_peer_finished_still_settles():
+    """The client's last handshake message (unsealed DATA) is delayed on the path: its sealed
+    packets after it are acknowledged first, so the client declares it lost and resends it; the
+    delayed copy then arrives, the server finishes, and discards the resent DATA (as it must,
+    finished) unacknowledged, while the late ACK of the first copy settles nothing (declared
+    lost).  Before the fix the client's stream never got past those bytes: its control data
+    piled up unacknowledged and a tree of small files over UDP through loss stalled for good
+    once it passed the send buffer.  Now the server's sealed bytes beyond its handshake show
+    that it finished, so the client's handshake bytes count as delivered."""
+    net = InMemoryNet(seed=31)
+    net.handshake()
+    c, s = FixedHandshake(True), FixedHandshake(False)
+    ds, ls = net.dsession, net.lsession
+    ds.stream_write(c.data_to_send())  # message 1
+    net.run_until(lambda n: len(n.lstream) >= MSG)
+    s.receive(bytes(net.lstream), net.now)
+    del net.lstream[:]
+    ls.stream_write(s.data_to_send())  # message 2
+    ls.install_keys(s.result)
+    net.run_until(lambda n: len(n.dstream) >= MSG)
+    c.receive(bytes(net.dstream), net.now)
+    del net.dstream[:]
+    held: list = []
+    send = net.fwd.send
+
+    def hold_data(data, now, addr):  # the client's DATA packets (message 3 and its resends) wait
+        if data[0] == P.DATA and not held_done:
+            held.append((bytes(data), addr))
+            return
+        send(data, now, addr)
+
+    held_done = False
+    net.fwd.send = hold_data
+    ds.stream_write(b"3" * MSG)  # message 3, the client's last: unsealed
+    ds.install_keys(c.result)
+    ds.handshake_done(0)
+    for k in range(6):  # sealed bytes after it, acknowledged while message 3 is missing
+        ds.stream_write(b"x" * 100)
+        net.run_until(lambda n: n.dsession.recovery.lost_packets > 0 or len(held) > 1, max_seconds=5.0)
+    net.run_until(lambda n: len(held) > 1, max_seconds=5.0)  # declared lost and resent
+    held_done = True
+    net.listener.receive_datagram(held[0][0], held[0][1], net.now)  # the delayed first copy
+    net.run_until(lambda n: len(n.lstream) >= MSG + 600)
+    ls.handshake_done(len(net.lstream) - MSG)  # finished: from now on it discards DATA
+    del net.lstream[:MSG]
+    ls.stream_write(b"hello from the server")  # sealed, after its handshake
+    ds.stream_write(b"files" * 1000)
+    net.run_until(lambda n: ds.stream_all_acked and len(n.lstream) == 5600 and len(n.dstream) == 21, max_seconds=30.0)
+    assert ds.stream_buffered == 0 and not ds.closed and not ls.closed
+
+
 def test_an_unsealed_close_with_keys_is_marked_not_authenticated():
     """Between our keys and the end of the peer's handshake an unsealed packet may still come
     from the peer (its refusal); its CLOSE ends the session, but its reason is shown as what it

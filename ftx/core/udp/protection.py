@@ -49,6 +49,8 @@ class SealedPackets:
     _sealed_only = False  # handshake_done: unsealed DATA is dropped
     _plain_end = 0  # end of the highest stream bytes that arrived unsealed
     _early_bytes = 0
+    _peer_hs_end = -1  # handshake_done: where the peer's handshake ends on its stream
+    _hs_settled = False  # our handshake bytes count as delivered (the peer finished)
 
     def install_keys(self, est: Established, limits: tuple[int, int, int] | None = None) -> None:
         """Our handshake bytes are all written: seal everything after them."""
@@ -72,6 +74,22 @@ class SealedPackets:
         if self._cin.slots or self._cin.completed or self._delivered:
             raise AuthError("chunk data arrived before the handshake finished (an attacker on the path?)")
         self._sealed_only = True
+        self._peer_hs_end = boundary
+        self._check_peer_finished()
+
+    def _check_peer_finished(self) -> None:
+        """The peer's own stream bytes beyond its handshake, which only a peer that finished
+        sends (protocol.md 14.13) and which arrived sealed (we finished: only sealed bytes are
+        taken), show that it consumed our handshake: those bytes count as delivered, and are
+        never resent.  A finished peer discards DATA, so a resent copy (our first one declared
+        lost, its late ACK then settling nothing) could never be acknowledged: our stream
+        would stay stuck behind it for good."""
+        if not self._hs_settled and self._sealed_only and self._sin.next > self._peer_hs_end:
+            self._hs_settled = True
+            if self._hs_end > 0:
+                self._sout_acked.add(0, self._hs_end)
+                self._sout_retx.subtract(0, self._hs_end)
+                self._trim_stream()
 
     def _plain_room(self) -> bool:
         """Room to record one more unsealed packet's number (the peer sends a handful in the

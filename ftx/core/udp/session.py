@@ -404,8 +404,8 @@ class UdpSession(PacketAssembly, SealedPackets):
                 if acked:
                     self._sout_acked.add(off, end)
                     self._trim_stream()
-                else:
-                    self._sout_retx.add(off, end)
+                elif end > self._sout_base:  # (not what already counts as delivered)
+                    self._sout_retx.add(max(off, self._sout_base), end)
                 continue
             if kind == "r":  # a burst of one chunk's bytes, ``step`` bytes a packet
                 _, key, first, step, stop = item
@@ -672,6 +672,8 @@ class UdpSession(PacketAssembly, SealedPackets):
         buffer holds datagrams of ``size`` bytes laid end to end, the last one possibly
         shorter -- one UDP GSO send each (a driver without GSO sends the slices)."""
         out: list[tuple[bytearray, int]] = []
+        if not self._hs_settled and self._sealed_only:
+            self._check_peer_finished()
         if self.closed:
             while self._close_sends:  # two copies, back to back: one may be lost
                 self._close_sends -= 1
