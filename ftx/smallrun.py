@@ -89,14 +89,8 @@ def py_frames(reader, items: list, start: int, stop: int, skip: int, limit: int,
 def _read(reader, name: bytes, size: int) -> bytes | None:
     """The file's bytes if it opens and reads at ``size`` bytes; else None (the caller's
     per-file path finds out why)."""
-    try:  # (os.open retries EINTR itself, PEP 475)
-        try:
-            fd = os.open(name, reader.flags, dir_fd=reader.fd)
-        except PermissionError:  # O_NOATIME: only for the file's owner
-            if not reader.flags & getattr(os, "O_NOATIME", 0):
-                raise
-            reader.flags &= ~os.O_NOATIME
-            fd = os.open(name, reader.flags, dir_fd=reader.fd)
+    try:
+        fd = reader.open_name(name)
     except OSError:
         return None
     try:

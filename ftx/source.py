@@ -336,6 +336,18 @@ class SmallReader:
 
     __slots__ = ("fd", "prefix", "flags")
 
+    def open_name(self, name: bytes) -> int:
+        """``name`` opened under the directory (O_NOFOLLOW, O_NONBLOCK); O_NOATIME is dropped
+        for good once refused (only the file's owner may use it).  (os.open retries EINTR
+        itself, PEP 475.)"""
+        try:
+            return os.open(name, self.flags, dir_fd=self.fd)
+        except PermissionError:
+            if not self.flags & getattr(os, "O_NOATIME", 0):
+                raise
+            self.flags &= ~os.O_NOATIME
+            return os.open(name, self.flags, dir_fd=self.fd)
+
     def __init__(self, dir_item: SourceItem, follow: bool = False, ident: tuple[int, int] | None = None) -> None:
         """``follow``: ``dir_item`` is a named argument (followed, as the walk did); a listed
         directory is not followed if it became a link since.  ``ident``: the (st_dev, st_ino)
@@ -361,13 +373,7 @@ class SmallReader:
         try:
             if self.fd < 0:
                 raise NotADirectoryError(errno.ENOTDIR, "its directory cannot be opened")
-            try:
-                fd = os.open(name, self.flags, dir_fd=self.fd)
-            except PermissionError:  # O_NOATIME: only for the file's owner
-                if not self.flags & getattr(os, "O_NOATIME", 0):
-                    raise
-                self.flags &= ~os.O_NOATIME
-                fd = os.open(name, self.flags, dir_fd=self.fd)
+            fd = self.open_name(name)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise SourceChanged(f"{os.fsdecode(item.local)} is no longer a regular file") from None

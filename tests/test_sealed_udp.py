@@ -593,11 +593,10 @@ def _keyed_net() -> InMemoryNet:
     return net
 
 
-def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
-    """A three-message handshake (as SIGMA-I): the client's last message goes unsealed, its
-    first bytes after it sealed, and the server reads both at once.  Its boundary is the end
-    of that last message: sealed bytes beyond it are the leftover, unsealed ones would not be."""
-    net = InMemoryNet(seed=29)
+def _up_to_message_3(net: InMemoryNet):
+    """A three-message handshake (as SIGMA-I) up to the client's last message: message 1
+    from the client, message 2 from the server, which then has keys; returns the client's
+    handshake (which has read message 2) and both sessions."""
     net.handshake()
     c, s = FixedHandshake(True), FixedHandshake(False)
     ds, ls = net.dsession, net.lsession
@@ -609,6 +608,15 @@ def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
     ls.install_keys(s.result)
     net.run_until(lambda n: len(n.dstream) >= MSG)
     c.receive(bytes(net.dstream), net.now)
+    return c, ds, ls
+
+
+def test_sealed_bytes_read_past_the_handshake_are_leftover_not_an_attack():
+    """A three-message handshake (as SIGMA-I): the client's last message goes unsealed, its
+    first bytes after it sealed, and the server reads both at once.  Its boundary is the end
+    of that last message: sealed bytes beyond it are the leftover, unsealed ones would not be."""
+    net = InMemoryNet(seed=29)
+    c, ds, ls = _up_to_message_3(net)
     ds.stream_write(b"3" * MSG)  # message 3, the client's last: still unsealed
     ds.install_keys(c.result)
     ds.handshake_done(0)
@@ -632,17 +640,7 @@ def test_a_handshake_flight_resent_after_the_peer_finished_still_settles():
     once it passed the send buffer.  Now the server's sealed bytes beyond its handshake show
     that it finished, so the client's handshake bytes count as delivered."""
     net = InMemoryNet(seed=31)
-    net.handshake()
-    c, s = FixedHandshake(True), FixedHandshake(False)
-    ds, ls = net.dsession, net.lsession
-    ds.stream_write(c.data_to_send())  # message 1
-    net.run_until(lambda n: len(n.lstream) >= MSG)
-    s.receive(bytes(net.lstream), net.now)
-    del net.lstream[:]
-    ls.stream_write(s.data_to_send())  # message 2
-    ls.install_keys(s.result)
-    net.run_until(lambda n: len(n.dstream) >= MSG)
-    c.receive(bytes(net.dstream), net.now)
+    c, ds, ls = _up_to_message_3(net)
     del net.dstream[:]
     held: list = []
     send = net.fwd.send
