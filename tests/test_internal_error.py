@@ -57,6 +57,31 @@ def test_an_unexpected_exception_ends_only_its_connection(tmp_path, monkeypatch)
     assert (tmp_path / "dst" / "a.txt").read_bytes() == b"hello"
 
 
+async def _interrupt_mid_batch(src, handle, tasks: list, entered, release, interrupt) -> None:
+    """Serve one connection with ``handle`` (which appends its task to ``tasks``) and send
+    ``src`` into it; once a worker thread is inside its batch (``entered``), ``interrupt()``
+    the connection, give its task 0.5 s, then let the worker go (``release``) and let all end."""
+    socks = tcp.listen("127.0.0.1", 0)
+    port = socks[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    server = loop.create_task(tcp.serve(socks, handle))
+    sender = loop.create_task(send_paths(await tcp.connect("127.0.0.1", port), [str(src)], idle_timeout=5))
+    try:
+        await loop.run_in_executor(None, entered.wait, 10)
+        interrupt()
+        await asyncio.wait({tasks[0]}, timeout=0.5)
+        release.set()
+        await asyncio.wait({tasks[0]}, timeout=10)
+        await asyncio.wait({sender}, timeout=10)
+    finally:
+        release.set()
+        server.cancel()
+        sender.cancel()
+        await asyncio.gather(server, sender, return_exceptions=True)
+        for s in socks:
+            s.close()
+
+
 @pytest.mark.timeout(30)
 def test_a_cancelled_connection_closes_only_after_its_worker_thread(tmp_path, monkeypatch):
     """A takeover or a limit cancels a connection's task while a worker thread still handles
@@ -80,35 +105,15 @@ def test_a_cancelled_connection_closes_only_after_its_worker_thread(tmp_path, mo
 
     monkeypatch.setattr(receiving.ReceiveSession, "_on_offer", slow_offer)
 
-    async def run():
-        socks = tcp.listen("127.0.0.1", 0)
-        port = socks[0].getsockname()[1]
-        tasks = []
+    tasks = []
 
-        async def handle(link):
-            tasks.append(asyncio.current_task())
-            await receive_over(link, dest, idle_timeout=5)
+    async def handle(link):
+        tasks.append(asyncio.current_task())
+        await receive_over(link, dest, idle_timeout=5)
 
-        loop = asyncio.get_running_loop()
-        server = loop.create_task(tcp.serve(socks, handle))
-        sender = loop.create_task(send_paths(await tcp.connect("127.0.0.1", port), [str(src)], idle_timeout=5))
-        try:
-            await loop.run_in_executor(None, entered.wait, 10)
-            tasks[0].cancel()  # as abandon() or a limit does, while the worker is in _on_offer
-            # the old code closed the session at once; fixed, the task waits for its worker
-            await asyncio.wait({tasks[0]}, timeout=0.5)
-            release.set()
-            await asyncio.wait({tasks[0]}, timeout=10)
-            await asyncio.wait({sender}, timeout=10)
-        finally:
-            release.set()
-            server.cancel()
-            sender.cancel()
-            await asyncio.gather(server, sender, return_exceptions=True)
-            for s in socks:
-                s.close()
-
-    asyncio.run(run())
+    # as abandon() or a limit does, while the worker is in _on_offer; the old code closed the
+    # session at once; fixed, the task waits for its worker
+    asyncio.run(_interrupt_mid_batch(src, handle, tasks, entered, release, lambda: tasks[0].cancel()))
     path = os.path.join(os.fsencode(tmp_path / "dst"), b"big.bin")
     assert claim.is_free(path), "the cancelled connection left its partial claimed"
 
@@ -149,41 +154,21 @@ def test_a_superseded_connection_sends_no_result_before_its_batch_is_flushed(tmp
 
     monkeypatch.setattr(receiving.ReceiveSession, "handle_all", handle_all)
 
-    async def run():
-        socks = tcp.listen("127.0.0.1", 0)
-        port = socks[0].getsockname()[1]
-        tasks = []
+    tasks = []
 
-        async def handle(link):
-            tasks.append(asyncio.current_task())
-            send = link.send
+    async def handle(link):
+        tasks.append(asyncio.current_task())
+        send = link.send
 
-            async def watched(bufs):
-                if entered.is_set() and not synced[0] and sum(len(b) for b in bufs):
-                    early.append(b"".join(bytes(b) for b in bufs))
-                await send(bufs)
+        async def watched(bufs):
+            if entered.is_set() and not synced[0] and sum(len(b) for b in bufs):
+                early.append(b"".join(bytes(b) for b in bufs))
+            await send(bufs)
 
-            link.send = watched
-            await receive_over(link, dest, idle_timeout=5)
+        link.send = watched
+        await receive_over(link, dest, idle_timeout=5)
 
-        loop = asyncio.get_running_loop()
-        server = loop.create_task(tcp.serve(socks, handle))
-        sender = loop.create_task(send_paths(await tcp.connect("127.0.0.1", port), [str(src)], idle_timeout=5))
-        try:
-            await loop.run_in_executor(None, entered.wait, 10)
-            sessions[0].abandon()  # as a newer connection of the same sender does
-            await asyncio.wait({tasks[0]}, timeout=0.5)
-            release.set()
-            await asyncio.wait({tasks[0]}, timeout=10)
-            await asyncio.wait({sender}, timeout=10)
-        finally:
-            release.set()
-            server.cancel()
-            sender.cancel()
-            await asyncio.gather(server, sender, return_exceptions=True)
-            for s in socks:
-                s.close()
-
-    asyncio.run(run())
+    # as a newer connection of the same sender does
+    asyncio.run(_interrupt_mid_batch(src, handle, tasks, entered, release, lambda: sessions[0].abandon()))
     assert entered.is_set()
     assert not early, "the superseded connection sent output before its batch's syncfs"

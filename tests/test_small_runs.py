@@ -21,7 +21,7 @@ from ftx.core.manifest import FileEntry
 from ftx.core.messages import OfferSummary, SmallFile
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.sender import SenderConnection
-from ftx.errors import ErrorCode, FtxError, RemoteProtocolError, StorageError
+from ftx.errors import ErrorCode, FtxError, RemoteProtocolError
 from ftx.limits import Limits
 from ftx.storage import Destination
 
@@ -172,15 +172,7 @@ def test_write_small_run_agrees_with_write_small(tmp_path_factory, flavour, orde
         _scenario(root)
         dest = Destination(str(root))
         try:
-            if run:
-                out = dest.write_small_run(entries, datas, digests)
-            else:
-                out = []
-                for e, d, g in zip(entries, datas, digests):
-                    try:
-                        out.append(dest.write_small(e, d, g))
-                    except (FtxError, OSError) as exc:
-                        out.append(exc)
+            out = _outcomes(dest, run, entries, datas, digests)
             assert dest.unsynced or not any(o is ErrorCode.OK for o in out)  # stored: synced before its RESULT
             dest.sync()
         finally:
@@ -234,15 +226,7 @@ def test_write_small_run_min_free_refuses_exactly_as_one_by_one(tmpfs_pair, flav
         try:
             entries = [FileEntry(b"d/f%d" % i, size=1000, mode=0o644, mtime_ns=MTIME) for i in range(6)]
             datas, digests = [b"x" * 1000] * 6, [file_digest(b"x" * 1000)] * 6
-            if run:
-                out = dest.write_small_run(entries, datas, digests)
-            else:
-                out = []
-                for e, d, g in zip(entries, datas, digests):
-                    try:
-                        out.append(dest.write_small(e, d, g))
-                    except (FtxError, OSError) as exc:
-                        out.append(exc)
+            out = _outcomes(dest, run, entries, datas, digests)
         finally:
             dest.close()
         outs.append(([_outcome(o) for o in out], sorted(os.listdir(root / "d"))))
@@ -602,3 +586,17 @@ def test_a_real_receiver_writes_each_files_line_as_before(tmp_path, receiver_fac
                         "digest": file_digest(data).hex(), "message": "", "bytes_received": len(data),
                         "bytes_resumed": 0}
         assert (dst / top / name).read_bytes() == data
+
+
+def _outcomes(dest, run: bool, entries, datas, digests) -> list:
+    """Each file's outcome: from one ``write_small_run``, or from ``write_small`` file by file
+    (an exception standing for the file it failed)."""
+    if run:
+        return dest.write_small_run(entries, datas, digests)
+    out = []
+    for e, d, g in zip(entries, datas, digests):
+        try:
+            out.append(dest.write_small(e, d, g))
+        except (FtxError, OSError) as exc:
+            out.append(exc)
+    return out
