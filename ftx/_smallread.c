@@ -458,9 +458,147 @@ fail:
     return NULL;
 }
 
+/* dir_digest(dir_fd, limit, budget, update) -> entry count, -1 or None
+ * The receiver's listing of a destination directory (tree_state._listing_digest): its direct
+ * entries but ftx's own, sorted by name bytes, each one's record (tree.entry_record) fed to
+ * ``update`` in that order; the count is returned.  -1: not comparable -- more than ``limit``
+ * entries, or the names and records would hold more than ``budget`` bytes (each entry counted
+ * as in tree_state: name, record and an overhead of 48).  None where the Python path must judge
+ * (a symlink, a special file, an entry gone since it was read, an error): it lists again. */
+static PyObject *
+dir_digest(PyObject *self, PyObject *args)
+{
+    int dir_fd;
+    Py_ssize_t limit, budget;
+    PyObject *update;
+
+    if (!PyArg_ParseTuple(args, "innO:dir_digest", &dir_fd, &limit, &budget, &update))
+        return NULL;
+    struct name *names = NULL;
+    size_t n = 0, cap = 0, held = 0, exact = 0, rec_len = 0;
+    unsigned char *recs = NULL;
+    int err = 0, result = 0; /* result: 0 count, -1 not comparable, 1 the Python path */
+    DIR *d = NULL;
+    int fd2;
+    Py_BEGIN_ALLOW_THREADS
+    fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd2 < 0) {
+        err = errno;
+    } else {
+        d = fdopendir(fd2);
+        if (d == NULL) {
+            err = errno;
+            close(fd2);
+        } else {
+            rewinddir(d);
+            struct dirent *de;
+            for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (de == NULL) {
+                    err = errno;
+                    break;
+                }
+                const char *s = de->d_name;
+                size_t len = strlen(s);
+                if ((s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0))) || ftx_own(s, len))
+                    continue;
+                held += 2 * len + 54; /* at least: name, NUL, a directory's record (5 + len), overhead */
+                if (n >= (size_t)limit || held > (size_t)budget) {
+                    result = -1;
+                    break;
+                }
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    struct name *nn = realloc(names, ncap * sizeof *names);
+                    if (nn == NULL) { err = ENOMEM; break; }
+                    names = nn;
+                    cap = ncap;
+                }
+                names[n].len = len;
+                names[n].s = malloc(len + 1);
+                if (names[n].s == NULL) { err = ENOMEM; break; }
+                memcpy(names[n].s, s, len + 1);
+                n++;
+            }
+            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
+            closedir(d);
+        }
+    }
+    if (!err && !result) {
+        if (n > 1)
+            qsort(names, n, sizeof *names, by_bytes);
+        size_t need = 0;
+        for (size_t i = 0; i < n; i++)
+            need += 21 + names[i].len;
+        recs = malloc(need ? need : 1);
+        if (recs == NULL)
+            err = ENOMEM;
+        for (size_t i = 0; !err && i < n; i++) {
+            const char *s = names[i].s;
+            size_t len = names[i].len;
+            struct stat st;
+            int r;
+            do {
+                r = fstatat(dir_fd, s, &st, AT_SYMLINK_NOFOLLOW);
+            } while (r < 0 && errno == EINTR);
+            int is_file = r == 0 && S_ISREG(st.st_mode);
+            if (r < 0 || len > 0xffff || (!is_file && !S_ISDIR(st.st_mode))) {
+                result = 1;
+                break;
+            }
+            exact += 2 * len + 54 + (is_file ? 16 : 0); /* as tree_state counts it */
+            if (exact > (size_t)budget) {
+                result = -1;
+                break;
+            }
+            unsigned char *p = recs + rec_len;
+            unsigned bits = is_file ? (st.st_mode & 0777) : ((st.st_mode & 0777) | 0700);
+            p[0] = is_file ? 1 : 2;
+            put16(p + 1, (uint16_t)len);
+            put16(p + 3, (uint16_t)bits);
+            memcpy(p + 5, s, len);
+            p += 5 + len;
+            if (is_file) {
+                put64(p, (uint64_t)st.st_size);
+                put64(p + 8, (uint64_t)((long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec));
+                p += 16;
+            }
+            rec_len = p - recs;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free_names(names, n);
+    if (err == ENOMEM) {
+        free(recs);
+        return PyErr_NoMemory();
+    }
+    if (err || result == 1) {
+        free(recs);
+        Py_RETURN_NONE;
+    }
+    if (result == -1) {
+        free(recs);
+        return PyLong_FromLong(-1);
+    }
+    if (rec_len) {
+        PyObject *view = PyMemoryView_FromMemory((char *)recs, (Py_ssize_t)rec_len, PyBUF_READ);
+        PyObject *r = view ? PyObject_CallOneArg(update, view) : NULL;
+        Py_XDECREF(view);
+        if (r == NULL) {
+            free(recs);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    free(recs);
+    return PyLong_FromSize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"frames", frames, METH_VARARGS, "A run of small files of one listed directory as SMALL_FILE frames."},
     {"listing", listing, METH_VARARGS, "A directory's files and subdirectories as source items, sorted by name."},
+    {"dir_digest", dir_digest, METH_VARARGS, "A destination directory's listing records fed in name order; its count."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,6 +26,13 @@ from .core.messages import DIR_ABSENT, DIR_DIFFERENT, DIR_SAME
 from .core.tree import MAX_CHECK_ENTRIES, ListingHasher, entry_record, is_ftx_own
 from .errors import FtxError
 
+try:  # optional C helper (setup.py); FTX_PURE_PYTHON=1 lists in Python
+    from ._smallread import dir_digest as _c_dir_digest
+except ImportError:  # pragma: no cover - where the C helper is not built
+    _c_dir_digest = None
+if os.environ.get("FTX_PURE_PYTHON"):
+    _c_dir_digest = None
+
 _OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -60,6 +67,19 @@ def _digest_fd(fd: int, limit: int, budget: int = MAX_LISTING_BYTES) -> tuple[in
 
 
 def _listing_digest(fd: int, limit: int, budget: int) -> tuple[int, bytes]:
+    if _c_dir_digest is not None:  # files and directories only (the common case) in one C call
+        h = ListingHasher()
+        count = _c_dir_digest(fd, limit, budget, h.update)
+        if count == -1:
+            raise NotComparable(f"more than {limit} entries, or a listing larger than {budget} bytes")
+        if count is not None:
+            return count, h.digest()
+    return py_listing_digest(fd, limit, budget)
+
+
+def py_listing_digest(fd: int, limit: int, budget: int) -> tuple[int, bytes]:
+    """``_listing_digest`` in Python: where the C helper is not built, and where it leaves the
+    judgement to Python (a symlink, a special file, an entry gone while listed)."""
     # One bytes object per entry, ``name NUL record``: names hold no NUL, so sorting these
     # sorts by name bytes (a name that is a prefix of another sorts first, as in
     # core.tree.dir_digest), and the record is what follows the first NUL.

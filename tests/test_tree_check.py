@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftx.core import events as ev
 from ftx.core.frames import FrameType
@@ -26,10 +28,11 @@ from ftx.core.messages import (
     CheckDir,
     DirState,
 )
-from ftx.core.tree import MAX_CHECK_ENTRIES, dir_digest
+from ftx.core.tree import MAX_CHECK_ENTRIES, dir_digest, is_ftx_own
 from ftx.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ftx.source import walk_groups
 from ftx.storage import Destination
+from ftx import tree_state
 from ftx.tree_state import NotComparable, check_directory, digest_of_directory
 
 
@@ -265,6 +268,51 @@ def test_listing_memory_is_bounded(tmp_path):
         assert count == 40
         with pytest.raises(NotComparable, match="larger than"):
             _digest_fd(fd, 100, budget=100_000)
+    finally:
+        os.close(fd)
+
+
+def _listing_outcome(fn, fd, limit, budget):
+    try:
+        return fn(fd, limit, budget)
+    except NotComparable:
+        return "not comparable"
+
+
+@pytest.mark.skipif(tree_state._c_dir_digest is None, reason="the C helper is not built here")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(st.sampled_from([b"a", b"ab", b"a\x01", b"\xff", b"B", b".ftx", b".ftx-1.tmp",
+                                                   b".ftx-2.part", b".ftx-x", b"z" * 200, b"m", b"dir"]),
+                                  st.sampled_from(["file", "dir", "link", "fifo"]), st.integers(0, 3000),
+                                  st.sampled_from([0o600, 0o644, 0o755, 0o4755])), max_size=10),
+       limit=st.integers(0, 12), budget=st.sampled_from([0, 200, 600, 1000, 2000, 16 << 20]))
+def test_the_c_listing_equals_the_python_listing(tmp_path, entries, limit, budget):
+    """The receiver's CHECK_DIR listing in C gives the Python listing's answer: the same count and
+    digest, or "not comparable" at the same entry and byte bounds; what C leaves to Python (symlinks,
+    special files) is judged there."""
+    d = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    for name, kind, size, mode in entries:
+        path = os.path.join(os.fsencode(d), name)
+        if os.path.lexists(path):
+            continue
+        if kind == "file":
+            with open(path, "wb") as f:
+                f.write(bytes(size))
+            os.chmod(path, mode)
+        elif kind == "dir":
+            os.mkdir(path, mode & 0o777)
+        elif kind == "link":
+            os.symlink(b"t" * (size + 1), path)
+        else:
+            os.mkfifo(path)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        held = sum(2 * len(n) + 54 + (16 if os.path.isfile(os.path.join(os.fsencode(d), n)) else 0)
+                   for n in os.listdir(os.fsencode(d)) if not is_ftx_own(n))  # tree_state's count: at the edge too
+        for lim, bud in ((limit, budget), (limit + 20, held), (limit + 20, held - 1)):
+            got = _listing_outcome(tree_state._listing_digest, fd, lim, bud)
+            assert got == _listing_outcome(tree_state.py_listing_digest, fd, lim, bud)
     finally:
         os.close(fd)
 
