@@ -348,7 +348,7 @@ def run_set(kind: str, args, work_src: str, work_dst: str, notes: list[str]) -> 
     only = set(args.only.split(",")) if args.only else set(ROWS)
     rows: dict[str, list[dict]] = {name: [] for name in ROWS if name in only
                                    and (args.baseline or not name.endswith("-base"))}
-    resend: dict[str, list[dict]] = {"ftx-tcp": [], "rsync": []}
+    resend: dict[str, list[dict]] = {"ftx-tcp": [], "ftx-tcp-base": [], "rsync": []}
     sshd = None
     if "scp" in rows:
         from bench_secure import PrivateSshd
@@ -368,6 +368,8 @@ def run_set(kind: str, args, work_src: str, work_dst: str, notes: list[str]) -> 
                         r = bench_ftx(src, dst, udp=True)
                     elif name.endswith("-base"):
                         r = bench_ftx(src, dst, udp=name == "ftx-udp-base", root=args.baseline)
+                        if args.resend and name == "ftx-tcp-base":
+                            resend[name].append(bench_ftx(src, dst, udp=False, root=args.baseline))
                     elif name == "tar-nc":
                         r = bench_tar_nc(src, dst)
                     elif name == "rsync":

@@ -90,12 +90,12 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
     from .credentials import CredentialError, parse_code
     from .identity import sender_id
     from .security_setup import SenderAuth
-    from .transport.sockets import parse_dest
+    from .transport.sockets import check_host, parse_dest
 
     names = _paths(paths)
     try:
         host, dport = parse_dest(dest, port or DEFAULT_PORT)
-        host.encode("idna")  # what the resolver will need; e.g. a label over 63 characters fails
+        check_host(host)  # what the resolver will need; e.g. a label over 63 characters fails
         csize = parse_size(chunk_size) if isinstance(chunk_size, str) else int(chunk_size)
         rate = parse_size(max_rate) if isinstance(max_rate, str) else max_rate
     except (ValueError, UnicodeError) as exc:

@@ -210,11 +210,11 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
     """
     _setup_logging(verbose, quiet, log_format)
-    from .transport.sockets import parse_dest
+    from .transport.sockets import check_host, parse_dest
 
     try:
         host, dport = parse_dest(dest, port or DEFAULT_PORT)
-        host.encode("idna")  # what the resolver will need; e.g. a label over 63 characters fails
+        check_host(host)  # what the resolver will need; e.g. a label over 63 characters fails
     except (ValueError, UnicodeError) as exc:
         raise click.BadParameter(f"bad destination {dest!r}: {exc}" if isinstance(exc, UnicodeError) else str(exc),
                                  param_hint="DEST") from None

@@ -418,16 +418,16 @@ class SendSession:
                 await self._window(queue)
                 self._offer(group.dir, False)
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
-            tally = self.tally
-            for item in group.items:
-                if item.kind == Kind.DIR:
-                    continue  # its own group reports it (above)
-                if len(tally.listed) < FILES_LISTED:
-                    self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
-                else:  # only counted: no report object per file
-                    tally.count += 1
-                    tally.identical += 1
-                    tally.bytes += item.size
+            tally, DIR = self.tally, Kind.DIR
+            items = [item for item in group.items if item.kind != DIR]  # a directory's own group reports it (above)
+            room = max(0, FILES_LISTED - len(tally.listed))
+            for item in items[:room]:
+                self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
+            if len(items) > room:  # only counted: no report object per file
+                sizes = [item.size for item in items[room:]]
+                tally.count += len(sizes)
+                tally.identical += len(sizes)
+                tally.bytes += sum(sizes)
             return
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))

@@ -372,3 +372,17 @@ def test_a_library_receiver_takes_areas_from_a_config_file(tmp_path):
     config.write_text(f'[areas.s]\nkey = "{fp}"\n')
     with pytest.raises(ftx.FtxError, match="areas need"):
         run(ftx.Receiver(dst, insecure=True, config=str(config)).start())
+
+
+@pytest.mark.parametrize("dest", ["a" * 64 + ".example", "a..b", ".example", "b\u00fccher\udcff.example"])
+def test_a_destination_the_resolver_cannot_take_is_a_bad_argument(tmp_path, dest):
+    """Checked before any connection, without the idna codec for plain ASCII names (check_host)."""
+    with pytest.raises(ftx.ArgumentError, match="bad destination"):
+        run(ftx.send_async([tmp_path], f"{dest}:1", insecure=True))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "example.com.", "b\u00fccher.example", "a" * 63])
+def test_check_host_takes_what_the_resolver_takes(host):
+    from ftx.transport.sockets import check_host
+
+    check_host(host)
