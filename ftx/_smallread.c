@@ -297,6 +297,86 @@ join2(const char *a, Py_ssize_t alen, const char *b, Py_ssize_t blen)
     return o;
 }
 
+/* tree.entry_record of a file or directory at p: kind, name length, permission bits, name (files:
+ * size, mtime_ns); returns its end */
+static unsigned char *
+put_record(unsigned char *p, int is_file, mode_t mode, const char *name, size_t len, long long size, long long mtime)
+{
+    unsigned bits = is_file ? (mode & 0777) : ((mode & 0777) | 0700);
+    p[0] = is_file ? 1 : 2;
+    put16(p + 1, (uint16_t)len);
+    put16(p + 3, (uint16_t)bits);
+    memcpy(p + 5, name, len);
+    p += 5 + len;
+    if (is_file) {
+        put64(p, (uint64_t)size);
+        put64(p + 8, (uint64_t)mtime);
+        p += 16;
+    }
+    return p;
+}
+
+/* The names of the open directory ``dir_fd`` (but "." and ".."; with ``skip_own``, but ftx's own),
+ * sorted by name bytes, into *names / *count; called without the GIL.  Returns 0, an errno, or -1
+ * when there are more than ``limit`` names or they would count more than ``budget`` bytes (each
+ * 2 * length + 54: a name, its NUL and at least a directory's record, as tree_state counts). */
+static int
+read_names(int dir_fd, int skip_own, size_t limit, size_t budget, struct name **names_out, size_t *count)
+{
+    struct name *names = NULL;
+    size_t n = 0, cap = 0, held = 0;
+    int err = 0;
+    int fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd2 < 0) {
+        err = errno;
+    } else {
+        DIR *d = fdopendir(fd2);
+        if (d == NULL) {
+            err = errno;
+            close(fd2);
+        } else {
+            rewinddir(d);
+            struct dirent *de;
+            for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (de == NULL) {
+                    err = errno;
+                    break;
+                }
+                const char *s = de->d_name;
+                size_t len = strlen(s);
+                if ((s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0))) || (skip_own && ftx_own(s, len)))
+                    continue;
+                held += 2 * len + 54;
+                if (n >= limit || held > budget) {
+                    err = -1;
+                    break;
+                }
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    struct name *nn = realloc(names, ncap * sizeof *names);
+                    if (nn == NULL) { err = ENOMEM; break; }
+                    names = nn;
+                    cap = ncap;
+                }
+                names[n].len = len;
+                names[n].s = malloc(len + 1);
+                if (names[n].s == NULL) { err = ENOMEM; break; }
+                memcpy(names[n].s, s, len + 1);
+                n++;
+            }
+            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
+            closedir(d);
+        }
+    }
+    if (!err && n > 1)
+        qsort(names, n, sizeof *names, by_bytes);
+    *names_out = names;
+    *count = n;
+    return err;
+}
+
 /* listing(dir_fd, local, wire, max_path, max_component, item_type, file_kind, dir_kind, update)
  *   -> list of items, or None
  * The direct entries of the open directory ``dir_fd`` sorted by name bytes, as source._listed
@@ -322,51 +402,10 @@ listing(PyObject *self, PyObject *args)
         return NULL;
     }
     struct name *names = NULL;
-    size_t n = 0, cap = 0;
-    int err = 0;
-    DIR *d = NULL;
-    int fd2;
+    size_t n = 0;
+    int err;
     Py_BEGIN_ALLOW_THREADS
-    fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-    if (fd2 < 0) {
-        err = errno;
-    } else {
-        d = fdopendir(fd2);
-        if (d == NULL) {
-            err = errno;
-            close(fd2);
-        } else {
-            rewinddir(d);
-            struct dirent *de;
-            for (;;) {
-                errno = 0;
-                de = readdir(d);
-                if (de == NULL) {
-                    err = errno;
-                    break;
-                }
-                const char *s = de->d_name;
-                if (s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0)))
-                    continue;
-                if (n == cap) {
-                    size_t ncap = cap ? cap * 2 : 256;
-                    struct name *nn = realloc(names, ncap * sizeof *names);
-                    if (nn == NULL) { err = ENOMEM; break; }
-                    names = nn;
-                    cap = ncap;
-                }
-                names[n].len = strlen(s);
-                names[n].s = malloc(names[n].len + 1);
-                if (names[n].s == NULL) { err = ENOMEM; break; }
-                memcpy(names[n].s, s, names[n].len + 1);
-                n++;
-            }
-            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
-            closedir(d);
-        }
-    }
-    if (!err && n > 1)
-        qsort(names, n, sizeof *names, by_bytes);
+    err = read_names(dir_fd, 0, (size_t)-1, (size_t)-1, &names, &n);
     Py_END_ALLOW_THREADS
     if (err) { /* the Python path says what went wrong */
         free_names(names, n);
@@ -414,20 +453,7 @@ listing(PyObject *self, PyObject *args)
             goto fail;
         }
         Py_DECREF(item);
-        /* tree.entry_record: kind, name length, permission bits, name (files: size, mtime_ns) */
-        unsigned char *p = recs + rec_len;
-        unsigned bits = is_file ? (st.st_mode & 0777) : ((st.st_mode & 0777) | 0700);
-        p[0] = is_file ? 1 : 2;
-        put16(p + 1, (uint16_t)len);
-        put16(p + 3, (uint16_t)bits);
-        memcpy(p + 5, s, len);
-        p += 5 + len;
-        if (is_file) {
-            put64(p, (uint64_t)size);
-            put64(p + 8, (uint64_t)mtime);
-            p += 16;
-        }
-        rec_len = p - recs;
+        rec_len = put_record(recs + rec_len, is_file, st.st_mode, s, len, size, mtime) - recs;
         if (rec_len >= rec_cap || i + 1 == n) {
             PyObject *view = PyMemoryView_FromMemory((char *)recs, (Py_ssize_t)rec_len, PyBUF_READ);
             if (view == NULL)
@@ -475,59 +501,16 @@ dir_digest(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "innO:dir_digest", &dir_fd, &limit, &budget, &update))
         return NULL;
     struct name *names = NULL;
-    size_t n = 0, cap = 0, held = 0, exact = 0, rec_len = 0;
+    size_t n = 0, exact = 0, rec_len = 0;
     unsigned char *recs = NULL;
-    int err = 0, result = 0; /* result: 0 count, -1 not comparable, 1 the Python path */
-    DIR *d = NULL;
-    int fd2;
+    int err, result = 0; /* result: 0 count, -1 not comparable, 1 the Python path */
     Py_BEGIN_ALLOW_THREADS
-    fd2 = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-    if (fd2 < 0) {
-        err = errno;
-    } else {
-        d = fdopendir(fd2);
-        if (d == NULL) {
-            err = errno;
-            close(fd2);
-        } else {
-            rewinddir(d);
-            struct dirent *de;
-            for (;;) {
-                errno = 0;
-                de = readdir(d);
-                if (de == NULL) {
-                    err = errno;
-                    break;
-                }
-                const char *s = de->d_name;
-                size_t len = strlen(s);
-                if ((s[0] == '.' && (s[1] == 0 || (s[1] == '.' && s[2] == 0))) || ftx_own(s, len))
-                    continue;
-                held += 2 * len + 54; /* at least: name, NUL, a directory's record (5 + len), overhead */
-                if (n >= (size_t)limit || held > (size_t)budget) {
-                    result = -1;
-                    break;
-                }
-                if (n == cap) {
-                    size_t ncap = cap ? cap * 2 : 256;
-                    struct name *nn = realloc(names, ncap * sizeof *names);
-                    if (nn == NULL) { err = ENOMEM; break; }
-                    names = nn;
-                    cap = ncap;
-                }
-                names[n].len = len;
-                names[n].s = malloc(len + 1);
-                if (names[n].s == NULL) { err = ENOMEM; break; }
-                memcpy(names[n].s, s, len + 1);
-                n++;
-            }
-            rewinddir(d); /* the descriptor's offset is shared with dir_fd's: left as found */
-            closedir(d);
-        }
+    err = read_names(dir_fd, 1, (size_t)limit, (size_t)budget, &names, &n);
+    if (err == -1) {
+        err = 0;
+        result = -1;
     }
     if (!err && !result) {
-        if (n > 1)
-            qsort(names, n, sizeof *names, by_bytes);
         size_t need = 0;
         for (size_t i = 0; i < n; i++)
             need += 21 + names[i].len;
@@ -552,19 +535,8 @@ dir_digest(PyObject *self, PyObject *args)
                 result = -1;
                 break;
             }
-            unsigned char *p = recs + rec_len;
-            unsigned bits = is_file ? (st.st_mode & 0777) : ((st.st_mode & 0777) | 0700);
-            p[0] = is_file ? 1 : 2;
-            put16(p + 1, (uint16_t)len);
-            put16(p + 3, (uint16_t)bits);
-            memcpy(p + 5, s, len);
-            p += 5 + len;
-            if (is_file) {
-                put64(p, (uint64_t)st.st_size);
-                put64(p + 8, (uint64_t)((long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec));
-                p += 16;
-            }
-            rec_len = p - recs;
+            rec_len = put_record(recs + rec_len, is_file, st.st_mode, s, len, (long long)st.st_size,
+                                 (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec) - recs;
         }
     }
     Py_END_ALLOW_THREADS
