@@ -451,9 +451,10 @@ class UdpSession(PacketAssembly, SealedPackets):
     def _frames_fit(self, frames: list) -> bool:
         """Whether the data of every STREAM and CHUNK frame can be kept (buffers are bounded);
         makes room for the chunk pieces."""
+        claim = [0, 0, 0]  # what the packet's STREAM frames take together (StreamAssembler.fits)
         for f in frames:
             if isinstance(f, StreamFrame):
-                if not self._sin.fits(f.offset, len(f.data)):
+                if not self._sin.fits(f.offset, len(f.data), claim):
                     return False
             elif isinstance(f, ChunkFrame):
                 if not self.chunk_receiver:
