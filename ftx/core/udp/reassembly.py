@@ -275,8 +275,13 @@ class StreamAssembler:
         frames of one packet count together, or one datagram of thousands of tiny frames
         would pass the entry bound."""
         end = offset + length
-        more, entries, ahead = claim if claim is not None else (0, 0, 0)
-        first = max(self.next, ahead)  # the packet's earlier frames may extend the in-order bytes
+        first = self.next
+        if claim is None:
+            more = entries = 0
+        else:
+            more, entries, ahead = claim
+            if ahead > first:  # the packet's earlier frames extend the in-order bytes
+                first = ahead
         if end <= first or not length:
             return True
         if offset <= first:  # extends the in-order bytes
