@@ -1487,7 +1487,7 @@ class TestSessionEdges:
         assert b.stats["duplicate_packets"] == 1 and b.stats["packets_received"] == 1
 
     def test_packets_below_the_forgotten_ranges_are_stale(self):
-        from ftx.core.udp.session import RECV_RANGES_KEPT
+        from ftx.core.udp.intake import RECV_RANGES_KEPT
 
         _, b = self._pair()
         ping = memoryview(bytes([P.F_PING]))
@@ -1768,7 +1768,7 @@ def held(s: UdpSession) -> int:
 
 
 def test_a_big_send_buffer_is_let_go_once_acknowledged():
-    from ftx.core.udp.session import SOUT_KEPT
+    from ftx.core.udp.settling import SOUT_KEPT
 
     s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
     for _ in range(3):

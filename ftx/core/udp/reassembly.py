@@ -13,8 +13,11 @@ Every byte a peer can make us hold is charged to its session and to one
   and may hold at most ``SLOT_RANGES_LIMIT`` separate runs, so many tiny
   pieces cost entries, not just bytes;
 * the control stream (``StreamAssembler``): out-of-order pieces are kept in a
-  heap (no scan per in-order byte), counted as entries and bytes; empty pieces
-  beyond a gap are ignored; bytes in order but not yet read are bounded too.
+  heap (no scan per in-order byte), counted as entries and bytes (the frames of
+  one packet together); of two pieces at one offset the longer is kept, and
+  pieces that overlap are cut where they reach the in-order bytes, so every
+  byte acknowledged is delivered once, in order; empty pieces beyond a gap are
+  ignored; bytes in order but not yet read are bounded too.
 
 What does not fit is dropped *before* its packet is recorded, so it is not
 acknowledged and the sender sends it again (protocol.md 14.7, 14.9).  The
@@ -265,18 +268,43 @@ class StreamAssembler:
         self._pieces: dict[int, bytes] = {}  # offset -> bytes (one piece per offset)
         self.ooo_bytes = 0
 
-    def fits(self, offset: int, length: int) -> bool:
-        """Whether a STREAM frame's data can be kept: otherwise its packet must be dropped."""
+    def fits(self, offset: int, length: int, claim: list | None = None) -> bool:
+        """Whether a STREAM frame's data can be kept: otherwise its packet must be dropped.
+        ``claim``: for a packet of several frames, ``[bytes, entries, end]`` that its earlier
+        frames take and where their in-order bytes end (updated when this one fits): the
+        frames of one packet count together, or one datagram of thousands of tiny frames
+        would pass the entry bound."""
         end = offset + length
-        if end <= self.next or not length:
+        first = self.next
+        if claim is None:
+            more = entries = 0
+        else:
+            more, entries, ahead = claim
+            if ahead > first:  # the packet's earlier frames extend the in-order bytes
+                first = ahead
+        if end <= first or not length:
             return True
-        if offset <= self.next:  # extends the in-order bytes
-            n = end - self.next
-            return self.size + n <= STREAM_IN_LIMIT and self._s.may_hold(n)
-        if offset in self._pieces:
-            return True
-        return (len(self._pieces) < STREAM_OOO_ENTRIES and self.ooo_bytes + length <= STREAM_OOO_LIMIT
-                and self._s.may_hold(length + ENTRY_OVERHEAD))
+        if offset <= first:  # extends the in-order bytes
+            need = end - first
+            ok = self.size + more + need <= STREAM_IN_LIMIT
+            ahead = end
+        else:
+            held = self._pieces.get(offset)
+            if held is None:
+                need = length
+                entries += 1
+                ok = len(self._pieces) + entries <= STREAM_OOO_ENTRIES
+            else:  # a longer piece takes the place of the one held there (``add``): its extra bytes
+                need = length - len(held)
+                if need <= 0:
+                    return True
+                ok = True
+            ok = ok and self.ooo_bytes + more + need <= STREAM_OOO_LIMIT
+        if not (ok and self._s.may_hold(more + need + ENTRY_OVERHEAD * entries)):
+            return False
+        if claim is not None:
+            claim[:] = more + need, entries, ahead
+        return True
 
     def add(self, offset: int, data) -> None:
         """A STREAM frame's data (``fits`` said yes)."""
@@ -284,11 +312,19 @@ class StreamAssembler:
         if end <= self.next or not data:
             return
         if offset > self.next:
-            if offset not in self._pieces:
+            held = self._pieces.get(offset)
+            if held is None:
                 self._pieces[offset] = bytes(data)
                 heapq.heappush(self._heap, offset)
                 self.ooo_bytes += len(data)
                 self._s.charge(len(data) + ENTRY_OVERHEAD)
+            elif len(data) > len(held):
+                # Re-packed with more bytes (lost pieces sent again as one frame) or overlapping:
+                # the longer one is kept.  Keeping the shorter lost the rest for good -- its
+                # packet is acknowledged, so the sender never sends those bytes again.
+                self._pieces[offset] = bytes(data)
+                self.ooo_bytes += len(data) - len(held)
+                self._s.charge(len(data) - len(held))
             return
         n = end - self.next
         # kept as it is if it is bytes (a run joined for us); a view of a reused buffer is copied

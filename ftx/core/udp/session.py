@@ -15,6 +15,10 @@ the sender; the receiver's MAX_DATA bounds the chunk bytes it must buffer.
 Driver contract (as aioquic's): feed ``receive_payload(pn, payload, now)``,
 send ``datagrams_to_send(now)``, wake at ``next_timer()`` and call
 ``handle_timer(now)``.  No socket, no clock.
+
+Its parts, mixins of ``UdpSession``: intake.py (what a received packet does),
+settling.py (what an ACK settles and a loss sends again), assembly.py (the
+packets it sends), protection.py (sealed packets).
 """
 
 from __future__ import annotations
@@ -22,60 +26,28 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import xxhash
-
-from ...errors import ErrorCode, RemoteProtocolError
-from ..ranges import RangeSet, read_varint
+from ...errors import ErrorCode
+from ..ranges import RangeSet
 from .congestion import Bbr
-from .packets import (
-    CHUNK_HEADER,
-    CHUNK_HEADER_SIZE,
-    F_CHUNK,
-    F_PING,
-    F_STREAM,
-    HEADER_SIZE,
-    MAX_STREAM_OFFSET,
-    OVERHEAD,
-    PING,
-    MAX_MAX_DATAGRAM,
-    TRAILER_SIZE,
-    AckFrame,
-    ChunkFrame,
-    CloseFrame,
-    MaxDataFrame,
-    StreamFrame,
-    encode_close,
-    parse_frames,
-    segments,
-)
-from . import burst
+from .packets import F_PING, OVERHEAD, MAX_MAX_DATAGRAM, encode_close, segments
 from .assembly import BURST_BYTES, BURST_DATAGRAMS, PacketAssembly
-from ..secure.handshake import printable
+from .intake import PacketIntake
 from .protection import SealedPackets
 from .pmtu import PmtuSearch
-from .reassembly import MAX_CHUNK, REFUSED, STREAM_OOO_LIMIT, ChunkAssembler, MemoryBudget, Spares, StreamAssembler
-from .recovery import Recovery, SentPacket
+from .reassembly import MAX_CHUNK, STREAM_OOO_LIMIT, ChunkAssembler, MemoryBudget, Spares, StreamAssembler
+from .recovery import Recovery
+from .settling import Settling
 
 INITIAL_MAX_DATA = 16 * 1024 * 1024  # credit every peer may assume before the first MAX_DATA (protocol.md)
 # Pacing credit a sender may bank: more than a driver's nap between bursts plus timer slop
 # (drivers nap up to 2 ms), or every nap would forfeit part of the rate.
 PACING_BURST = 0.005
-_xxh64 = xxhash.xxh3_64_intdigest
 __all__ = ["BURST_BYTES", "BURST_DATAGRAMS", "MAX_CHUNK", "STREAM_OOO_LIMIT", "UdpConfig", "UdpSession"]
-RECV_RANGES_KEPT = 64
 MIN_FLOW_WINDOW = 2 * 1024 * 1024
-# Path MTU black hole (RFC 8899 4.3): this many datagrams larger than the base size lost,
-# and none acknowledged for three round trips, while smaller ones still get through (a
-# congestion drop of part of a burst loses many at once, but the rest keep being acked).
-BLACK_HOLE_LOSSES = 16
-# Until one datagram above the base size has been acknowledged, the size is a guess: this
-# many of them lost while later, smaller ones are acknowledged, and it was a wrong guess.
-UNCONFIRMED_LOSSES = 3
 # What one session may make its receiver buffer: a full credit of chunk data, a chunk
 # beyond it, the control stream in both directions of its buffer, and spare chunk buffers.
 SESSION_BUFFER_LIMIT = 48 * 1024 * 1024
 PENDING_BUFFER_LIMIT = 1024 * 1024  # the same before the handshake is finished (``established``)
-SOUT_KEPT = 4 * 1024 * 1024  # a send buffer this big is let go once all of it is acknowledged
 
 
 @dataclass
@@ -126,7 +98,7 @@ class ChunkOut:
     unacked: RangeSet
 
 
-class UdpSession(PacketAssembly, SealedPackets):
+class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
     def __init__(self, local_cid: int, peer_cid: int, config: UdpConfig, now: float, chunk_receiver: bool,
                  budget: MemoryBudget | None = None) -> None:
         self.local_cid = local_cid
@@ -211,265 +183,6 @@ class UdpSession(PacketAssembly, SealedPackets):
                       "pmtu_fallbacks": 0, "forged": 0, "unsealed_dropped": 0,
                       "cwnd_limited": 0, "pacing_limited": 0, "app_limited": 0}
 
-    # == input ==================================================================
-    def receive_payload(self, pn: int, payload, now: float, opened: bool = False) -> None:
-        """A packet addressed to us, already length- and checksum-checked (``opened``: a
-        sealed one, opened)."""
-        if self.closed:
-            return
-        frames = None
-        unsealed = self.protection is not None and not opened
-        if unsealed:
-            frames = self._unsealed_frames(payload)  # protection.py: what it may still carry
-            if not frames:
-                return
-        if pn in self._recv:
-            if not (opened and self._plain_recv and pn in self._plain_recv):
-                self.stats["duplicate_packets"] += 1
-                return
-            # an unsealed packet (anyone's) had this number: the sealed one is the peer's own
-            self._plain_recv.subtract(pn, pn + 1)
-        elif unsealed and not self._plain_room():
-            self.stats["unsealed_dropped"] += 1
-            return
-        if pn <= self._recv_floor:  # older than anything we still track: its ACK is long gone
-            self.stats["stale_packets"] += 1
-            return
-        if frames is None and payload and payload[0] == F_CHUNK and self.chunk_receiver \
-                and len(payload) >= CHUNK_HEADER_SIZE:
-            # fast path: a packet that is one CHUNK frame (nearly all of a transfer's packets)
-            _, fid, index, clen, coff, csum, length = CHUNK_HEADER.unpack_from(payload, 0)
-            if len(payload) == CHUNK_HEADER_SIZE + length and coff + length <= clen:
-                slot = self._cin.prepare(fid, index, clen, csum, coff, coff + length)
-                if slot is REFUSED:
-                    self.stats["dropped_no_buffer"] += 1
-                    return  # not recorded, so not acknowledged: the sender will send it again
-                in_order = self._record(pn, len(payload), now)
-                if slot is not None:
-                    slot.buf[coff : coff + length] = payload[CHUNK_HEADER_SIZE:]
-                    self._cin.filled((fid, index), slot, coff, coff + length)
-                self._on_eliciting(in_order, now)
-                return
-        if frames is None and payload and payload[0] == F_STREAM:
-            # fast path: a packet that is one STREAM frame (a tree of small files: most packets)
-            soff, p = read_varint(payload, 1)
-            length, p = read_varint(payload, p)
-            if p + length == len(payload) and length and soff + length <= MAX_STREAM_OFFSET:
-                if not self._sin.fits(soff, length):
-                    self.stats["dropped_no_buffer"] += 1
-                    return  # not recorded, so not acknowledged: the sender will send it again
-                in_order = self._record(pn, len(payload), now)
-                self._sin.add(soff, payload[p:])
-                if not opened:  # (checked at handshake_done, protection.py)
-                    self._plain_end = max(self._plain_end, soff + length)
-                self._on_eliciting(in_order, now)
-                return
-        if frames is None:
-            frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
-        if not self._frames_fit(frames):
-            self.stats["dropped_no_buffer"] += 1
-            return  # not recorded, so not acknowledged: the sender will send it again
-        in_order = self._record(pn, len(payload), now)
-        if unsealed:
-            self._plain_recv.add(pn, pn + 1)
-        eliciting = False
-        for f in frames:
-            if isinstance(f, ChunkFrame):
-                eliciting = True
-                self._on_chunk(f)
-            elif isinstance(f, AckFrame):
-                self._on_ack(f, now)
-            elif isinstance(f, StreamFrame):
-                eliciting = True
-                self._sin.add(f.offset, f.data)
-                if not opened:  # (checked at handshake_done, protection.py)
-                    self._plain_end = max(self._plain_end, f.offset + len(f.data))
-            elif f is PING:
-                eliciting = True
-            elif isinstance(f, CloseFrame):  # the peer's text, for a terminal: escaped, capped (an
-                # unsealed one with keys was already escaped and marked by protection.py)
-                reason = f.reason if unsealed else printable(f.reason or "peer closed")
-                self.closed, self.close_code, self.close_reason = True, f.code, reason or "peer closed"
-                return
-            elif isinstance(f, MaxDataFrame):
-                self._peer_max_data = max(self._peer_max_data, f.value)
-        if eliciting:
-            self._on_eliciting(in_order, now)
-
-    def _record(self, pn: int, size: int, now: float, count: int = 1) -> bool:
-        """Note packets ``pn .. pn + count - 1`` of ``size`` payload bytes each as received
-        (for ACKs); returns whether they came in order."""
-        self.stats["packets_received"] += count
-        self.stats["bytes_received"] += count * (size + OVERHEAD)
-        self.last_recv_time = now
-        in_order = pn == self._largest_recv + 1
-        self._recv_add(pn, pn + count)
-        if pn + count - 1 > self._largest_recv:
-            self._largest_recv, self._largest_recv_time = pn + count - 1, now
-        return in_order
-
-    def _recv_add(self, start: int, stop: int) -> None:
-        """Packet numbers received; only the newest RECV_RANGES_KEPT ranges are remembered."""
-        self._recv.add(start, stop)
-        if len(self._recv) > RECV_RANGES_KEPT:
-            first = next(iter(self._recv))
-            self._recv.subtract(first[0], first[1])
-            self._recv_floor = first[1] - 1
-
-    def _on_eliciting(self, in_order: bool, now: float, count: int = 1) -> None:
-        self._unacked_eliciting += count
-        if not in_order:
-            self._ack_now = True  # a gap or reordering: tell the sender at once
-        if self._unacked_eliciting >= self.config.ack_every:
-            self._ack_now = True
-        elif self._ack_deadline is None:
-            self._ack_deadline = now + self.config.max_ack_delay
-
-    def _on_ack(self, f: AckFrame, now: float) -> None:
-        if f.acked and f.acked.last() >= self._next_pn:
-            raise RemoteProtocolError("ACK for a packet never sent")
-        rs = self.recovery.on_ack(f.acked, f.delay_us / 1e6, now)
-        if rs.acked:
-            self._acked_at = now
-        base = self.pmtu.base
-        for run, a, b in rs.acked:
-            self._settle(run, a, b, acked=True)
-            if run.size > base:  # datagrams above the base size get through
-                self._big_lost, self._big_acked_at, self._big_confirmed = 0, now, True
-        self.cc.on_ack(rs, now, self.recovery.delivered, self.recovery.bytes_in_flight, self.recovery.rtt.smoothed)
-        self._on_lost(rs, now)
-
-    def _set_max_datagram(self, size: int) -> None:
-        if size != self.max_datagram:
-            self.max_datagram = size
-            self.cc.set_mss(size)
-            self._size_pn = self._next_pn
-
-    def _black_hole(self, now: float) -> None:
-        """Datagrams of our size do not get through (RFC 8899 4.3): fall back to the base
-        size; what was lost goes again, smaller, and the search for a larger size restarts."""
-        if self.pmtu.on_black_hole(now):
-            if not self._big_confirmed:  # nothing got through yet: the path model learnt nothing
-                self.cc = Bbr(self.pmtu.current, self.config.max_rate, 3 * self.config.ack_every)
-            self._set_max_datagram(self.pmtu.current)
-            self._big_lost = 0
-            self.stats["pmtu_fallbacks"] += 1
-
-    def _on_lost(self, rs, now: float) -> None:
-        base = self.pmtu.base
-        for run, a, b in rs.lost:
-            if run.items and run.items[0][0] == "p":  # a lost probe says nothing about congestion
-                rs.newly_lost -= run.span_bytes(a, b)
-                rs.lost_count -= b - a
-            elif run.size > base and run.pn >= self._size_pn:  # (not what went before a size change)
-                self._big_lost += b - a
-        # Losses found by an ACK: later packets got through.  A size never confirmed is given
-        # up after a few; a confirmed one only when none got through for three round trips.
-        if self._big_confirmed:
-            if self._big_lost >= BLACK_HOLE_LOSSES and now - self._big_acked_at > 3 * self.recovery.rtt.smoothed:
-                self._black_hole(now)
-        elif self._big_lost >= UNCONFIRMED_LOSSES:
-            self._black_hole(now)
-        for run, a, b in rs.lost:  # too big for the path, not a sign of congestion (RFC 8899 3)
-            if run.size > self.max_datagram and not (run.items and run.items[0][0] == "p"):
-                rs.newly_lost -= run.span_bytes(a, b)
-                rs.lost_count -= b - a
-                self.stats["lost_packets"] += b - a
-        if rs.lost:
-            self.stats["lost_packets"] += rs.lost_count
-            for run, a, b in rs.lost:
-                self._settle(run, a, b, acked=False)
-            self.cc.on_loss(rs, now)
-
-    def _settle(self, run: SentPacket, a: int, b: int, acked: bool) -> None:
-        """Packets ``a .. b - 1`` of ``run`` were acknowledged, or lost: their content is
-        done with, or must go again."""
-        for item in run.items:
-            kind = item[0]
-            if kind == "p":  # a path MTU probe
-                if acked:
-                    self.pmtu.on_probe_acked(item[1])
-                    self._set_max_datagram(self.pmtu.current)
-                else:
-                    self.pmtu.on_probe_lost(item[1])
-                continue
-            if kind == "s" or kind == "t":
-                if kind == "s":
-                    _, off, length = item
-                    end = off + length
-                else:  # a burst of control-stream bytes, ``step`` bytes a packet
-                    _, first, step, stop = item
-                    off = first + (a - run.pn) * step
-                    end = min(first + (b - run.pn) * step, stop)
-                if acked:
-                    self._sout_acked.add(off, end)
-                    self._trim_stream()
-                elif end > self._sout_base:  # (not what already counts as delivered)
-                    self._sout_retx.add(max(off, self._sout_base), end)
-                continue
-            if kind == "r":  # a burst of one chunk's bytes, ``step`` bytes a packet
-                _, key, first, step, stop = item
-                off = first + (a - run.pn) * step
-                length = min(first + (b - run.pn) * step, stop) - off
-            else:
-                _, key, off, length = item
-            c = self._cout.get(key)
-            if c is None:
-                continue
-            if acked:
-                c.unacked.subtract(off, off + length)
-                if not c.unacked:
-                    del self._cout[key]
-                    self._spares.put(c.data)
-                    self.retained_bytes -= len(c.data)
-                    self._file_chunks[key[0]] -= 1
-                    if not self._file_chunks[key[0]]:
-                        del self._file_chunks[key[0]]
-            else:
-                self._cout_retx.append((key, off, length))
-
-    def _trim_stream(self) -> None:
-        end = self._sout_acked.prefix_end() if self._sout_acked else 0
-        if end > self._sout_base:
-            self._sout_base = end
-            # Acknowledged bytes leave the buffer once they are half of what it holds: deleting the
-            # front of a bytearray at each ACK made each later append move all the rest (MBs per
-            # call while a tree of small files streams).  The rest moves to the front in place
-            # (no longer than the gap: the copies do not overlap), each byte about once; a
-            # bytearray cut at the front and grown at the back by 1/8 at a time was reallocated
-            # and copied whole again and again (~50 ms of sender CPU per 64 MB of small files).
-            dead = end - self._sout_phys
-            live = self._sout_end - end
-            if dead >= live:
-                if live:
-                    with memoryview(self._sout) as v:
-                        v[:live] = v[dead : dead + live]
-                elif len(self._sout) > SOUT_KEPT:
-                    self._sout = bytearray()  # all acknowledged: a big buffer goes back
-                self._sout_phys = end
-
-    def _frames_fit(self, frames: list) -> bool:
-        """Whether the data of every STREAM and CHUNK frame can be kept (buffers are bounded);
-        makes room for the chunk pieces."""
-        for f in frames:
-            if isinstance(f, StreamFrame):
-                if not self._sin.fits(f.offset, len(f.data)):
-                    return False
-            elif isinstance(f, ChunkFrame):
-                if not self.chunk_receiver:
-                    raise RemoteProtocolError("CHUNK frame sent to a sender")
-                if self._cin.prepare(f.file_id, f.index, f.chunk_len, f.checksum, f.offset,
-                                     f.offset + len(f.data)) is REFUSED:
-                    return False
-        return True
-
-    def _on_chunk(self, f: ChunkFrame) -> None:
-        end = f.offset + len(f.data)
-        slot = self._cin.prepare(f.file_id, f.index, f.chunk_len, f.checksum, f.offset, end)
-        if slot:  # None: handed over already; REFUSED cannot happen after _frames_fit but is safe
-            slot.buf[f.offset : end] = f.data
-            self._cin.filled((f.file_id, f.index), slot, f.offset, end)
-
     # == what the peer makes us buffer =============================================
     def may_hold(self, n: int) -> bool:
         """Whether ``n`` more buffered bytes are allowed, for this session and in all."""
@@ -518,44 +231,6 @@ class UdpSession(PacketAssembly, SealedPackets):
         """The application is busy with work of its own (hashing, fsync) and reads nothing
         meanwhile: that is not the peer's stall."""
         self._progress_at = max(self._progress_at, now)
-
-    def receive_chunk_burst(self, view: memoryview, seg: int, now: float, opened: bool = False) -> tuple[list[int], int]:
-        """Many datagrams of ``seg`` bytes each, laid end to end (what UDP GRO delivers),
-        addressed to us.  Those that are full CHUNK packets -- nearly all of a transfer's --
-        are checked and taken here a run at a time (``burst.scan_chunk_burst``): packet
-        numbers are recorded per run and each run's data copied in one call.
-
-        Returns the offsets of the datagrams not taken (any other kind: the caller feeds
-        them one by one) and the number that failed their checksum (dropped).  ``opened``:
-        sealed datagrams opened by ``receive_sealed_burst`` (the AEAD checked them)."""
-        room = seg - OVERHEAD - CHUNK_HEADER_SIZE
-        if room <= 0 or self.closed or not self.chunk_receiver or (self.protection is not None and not opened):
-            return ([] if self.closed else list(range(0, len(view), seg))), 0  # (with keys: each alone)
-        runs, others, garbage = burst.scan_chunk_burst(view, seg, self.local_cid, None if opened else _xxh64)
-        taken = 0
-        in_order = True
-        for first, count, pn, fid, index, clen, csum, coff in runs:
-            if pn <= self._largest_recv:  # old numbers among them: late, duplicate or stale
-                for k in range(count):
-                    at = first + k * seg
-                    self.receive_payload(pn + k, view[at + HEADER_SIZE : at + seg - TRAILER_SIZE], now, opened)
-                continue
-            end = coff + count * room
-            if end > clen:
-                raise RemoteProtocolError("CHUNK data beyond the end of its chunk")
-            slot = self._cin.prepare(fid, index, clen, csum, coff, end)
-            if slot is REFUSED:
-                self.stats["dropped_no_buffer"] += count
-                continue  # not recorded, so not acknowledged: sent again later
-            in_order &= self._record(pn, seg - OVERHEAD, now, count)  # a gap: tell the sender at once
-            taken += count
-            if slot is None:
-                continue  # a chunk already handed over
-            burst.gather(view, seg, first, count, slot.buf, coff)
-            self._cin.filled((fid, index), slot, coff, end)
-        if taken:
-            self._on_eliciting(in_order, now, taken)
-        return others, garbage
 
     # == application side =========================================================
     def stream_write(self, data) -> None:
