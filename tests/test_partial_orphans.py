@@ -14,9 +14,10 @@ import time
 import pytest
 
 from .helpers import Receiver, run_send, wait_for, write_random
-from .test_storage_race import mounted  # noqa: F401 - the fixture
+from . import test_storage_race
 
 pytestmark = pytest.mark.timeout(60)
+mounted = test_storage_race.mounted  # the fixture: a tmpfs mounted below --dir
 
 # the first os.fstat of PartialFile._create is the one of the data file it has just made
 KILL_HOOK = """\
@@ -37,7 +38,7 @@ def _own_files(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in [*root.rglob(".ftx-*"), *root.glob(".ftx/*")] if p.is_file())
 
 
-def _killed_while_making_a_partial(tmp_path, mounted, where: str):  # noqa: F811
+def _killed_while_making_a_partial(tmp_path, mounted, where: str):
     """--dir ``tmp_path/dst`` after a receiver was killed making the partial of ``mnt/big.bin``:
     (dst, src, what ftx left).  ``beside``: ``mnt`` is a mount point, so the data is made in it."""
     hook = tmp_path / "hook"
@@ -60,7 +61,7 @@ def _killed_while_making_a_partial(tmp_path, mounted, where: str):  # noqa: F811
 
 
 @pytest.mark.parametrize("where", ["state", "beside"])
-def test_a_partial_left_by_a_kill_during_its_creation_expires(tmp_path, mounted, where):  # noqa: F811
+def test_a_partial_left_by_a_kill_during_its_creation_expires(tmp_path, mounted, where):
     """``beside``: the data is made in the destination's directory (``.ftx-<token>.part``), outside
     .ftx; before the journal named it first, nothing ever found it again and it stayed for good."""
     dst, _src, left = _killed_while_making_a_partial(tmp_path, mounted, where)
@@ -82,7 +83,7 @@ def test_a_partial_left_by_a_kill_during_its_creation_expires(tmp_path, mounted,
         assert p.read_bytes() == content
 
 
-def test_sending_again_after_such_a_kill_leaves_nothing_behind(tmp_path, mounted):  # noqa: F811
+def test_sending_again_after_such_a_kill_leaves_nothing_behind(tmp_path, mounted):
     """The next offer of the file finds the journal, removes the data it names, and starts afresh."""
     dst, src, _left = _killed_while_making_a_partial(tmp_path, mounted, "beside")
     r = Receiver(dst, "--min-free", "0")
