@@ -15,6 +15,8 @@ import os
 import sys
 from collections import deque
 
+from .jsontext import clean, path_value
+
 log = logging.getLogger("ftx")
 json = None  # the json module, imported on first use: a run without --json never loads it (start-up)
 
@@ -84,7 +86,7 @@ def emit(obj: dict, flush: bool = True) -> None:
 
     ``flush=False`` (per-file lines, from any thread) only queues it: ``flush`` writes
     everything queued at once, and so does the next line emitted with ``flush=True``."""
-    _queued.append((json or _json()).dumps(obj) + "\n")
+    _queued.append((json or _json()).dumps(clean(obj)) + "\n")
     if flush:
         _write_queued()
 
@@ -99,11 +101,13 @@ def emit_report(report) -> None:
     d = report.__dict__
     if _esc is None:
         _json()
-    if tuple(d) != _REPORT_FIELDS:
+    if tuple(d) != _REPORT_FIELDS or not d["message"].isascii():
         emit({"event": "file", **d}, False)
         return
+    path = d["path"]
     _queued.append(
-        f'{{"event": "file", "path": {_esc(d["path"])}, "kind": {_esc(d["kind"])}, "size": {d["size"]:d}, '
+        f'{{"event": "file", "path": {_esc(path) if path.isascii() else path_value("path", path, _esc)}, '
+        f'"kind": {_esc(d["kind"])}, "size": {d["size"]:d}, '
         f'"status": {_esc(d["status"])}, "digest": {_esc(d["digest"])}, "message": {_esc(d["message"])}, '
         f'"bytes_received": {d["bytes_received"]:d}, "bytes_resumed": {d["bytes_resumed"]:d}}}\n')
 
@@ -116,7 +120,8 @@ def emit_run(run) -> None:
         _json()
     esc = _esc
     _queued.append("".join([
-        f'{{"event": "file", "path": {esc(path)}, "kind": "file", "size": {size:d}, "status": "ok", '
+        f'{{"event": "file", "path": {esc(path) if path.isascii() else path_value("path", path, esc)}, '
+        f'"kind": "file", "size": {size:d}, "status": "ok", '
         f'"digest": "{digest}", "message": "", "bytes_received": {size:d}, "bytes_resumed": 0}}\n'
         for path, size, digest in zip(run.paths, run.sizes, run.digests)]))
 
@@ -136,14 +141,13 @@ def emit_streamed(obj: dict, key: str) -> None:
     try:
         out.write("{")
         for i, (name, value) in enumerate(obj.items()):
-            out.write((", " if i else "") + json.dumps(name) + ": ")
             if name != key:
-                out.write(json.dumps(value))
+                out.write((", " if i else "") + json.dumps(clean({name: value}))[1:-1])
                 continue
-            out.write("[")
+            out.write((", " if i else "") + json.dumps(name) + ": [")
             items, first = iter(value), True
             while part := list(itertools.islice(items, STREAM_ITEMS)):
-                out.write(("" if first else ", ") + json.dumps(part)[1:-1])
+                out.write(("" if first else ", ") + json.dumps(clean(part))[1:-1])
                 first = False
             out.write("]")
         out.write("}\n")

@@ -1,9 +1,12 @@
 """Stale partial files go away: journals and data in ``--dir/.ftx`` untouched for ``--partial-ttl``.
 
 Only ftx's state directory is looked in (partial.py): the journals ``j-*`` and
-the data they name, and data files ``p-*`` that no journal names (a crash
-between their creation and the journal's header).  Nothing outside it is ever
-looked at, so a user's file is never touched, whatever its name.  A partial
+the data they name, and data files ``p-<32 hex>`` that no journal names (left by
+an older ftx killed between making the data and writing the journal's header;
+today the header names the data before it is made).  Data kept beside its file
+(a mount point below --dir) is reached only through the journal naming it, and
+removed only if it is the file ftx made (``JournalHeader.made_by_us``), so a
+user's file is never touched, whatever its name.  A partial
 that this process is using, or that another process holds locked, is skipped.
 The receiver runs a pass at start and then every hour (or every TTL/2 when
 that is shorter, at least a second apart), in a worker thread.
@@ -15,6 +18,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import re
 import stat
 import time
 from typing import Callable
@@ -27,6 +31,7 @@ from .journal import IN_STATE, JournalHeader, drop_files
 log = logging.getLogger("ftx.receive")
 
 DEFAULT_INTERVAL = 3600.0
+_DATA_NAME = re.compile(r"p-[0-9a-f]{32}")  # journal.data_name in .ftx
 
 
 def expire_partials(dest, ttl: float, now: float | None = None,
@@ -54,13 +59,13 @@ def expire_partials(dest, ttl: float, now: float | None = None,
             removed.append(gone)
             log.warning("removed a stale partial file: %s (%d bytes, untouched for %.1f days)",
                         os.fsdecode(gone[0]), gone[1], gone[2] / 86400)
-    for name in names:  # data without a journal
+    for name in names:  # data in .ftx that no journal names (an older ftx, killed before its header)
         bname = os.fsencode(name)
-        if not name.startswith("p-") or bname in named:
+        if not _DATA_NAME.fullmatch(name) or bname in named:
             continue
         try:
             st = os.stat(bname, dir_fd=state, follow_symlinks=False)
-            if now - st.st_mtime >= ttl and bname not in named:
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= ttl:
                 os.unlink(bname, dir_fd=state)
                 removed.append((bname, min(st.st_size, st.st_blocks * 512), now - st.st_mtime))
         except OSError:

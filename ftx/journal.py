@@ -5,11 +5,17 @@ destination's directory) u32 chunk_size u64 size i64 mtime_ns u64 data_dev u64
 data_ino 16s data_token u16 path_len``, the wire path, ``u64 xxh3_64`` of all
 that.  Then 24-byte records ``u64 index, u64 chunk checksum, u64 xxh3_64(previous
 16 bytes)``.  See protocol.md section 16.
+
+The header is written before the data file is made, naming its token with
+(data_dev, data_ino) = (0, 0) (``UNRECORDED``), and again once the data file
+exists: whatever moment a receiver dies at, a data file it made is named by a
+journal, so that expiry (expiry.py) finds it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 import xxhash
@@ -24,6 +30,7 @@ JOURNAL_FIXED = struct.Struct(">4sHHIQqQQ16sH")
 RECORD = struct.Struct(">QQ")
 RECORD_SIZE = RECORD.size + 8
 IN_STATE, IN_DIR = 0, 1
+UNRECORDED = (0, 0)  # (data_dev, data_ino) of a header written before its data file was made
 
 
 def journal_name(wire_path: bytes) -> bytes:
@@ -84,11 +91,20 @@ class JournalHeader:
     def data_name(self) -> bytes:
         return data_name(self.where, self.token)
 
+    def made_by_us(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (of the file named ``data_name``) is the data file this journal's
+        receiver made: the recorded inode, or -- while none is recorded (a receiver died
+        between making it and recording it) -- a regular file of ours under the random
+        name that was journaled before it was made."""
+        if self.ident != UNRECORDED:
+            return (st.st_dev, st.st_ino) == self.ident
+        return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_size <= self.size
+
 
 def drop_files(dest, state: int, jname: bytes, info: JournalHeader | None) -> int:
     """Remove a journal and the data it names; return the data's bytes on disk (a sparse partial's
     holes are not counted, as an area's quota does not).  Data in a user's directory is removed
-    only if it is still the inode ftx made."""
+    only if it is still the file ftx made (``JournalHeader.made_by_us``)."""
     size = 0
     if info is not None:
         if info.where == IN_STATE:
@@ -103,7 +119,7 @@ def drop_files(dest, state: int, jname: bytes, info: JournalHeader | None) -> in
                 with pinned(dest.dirs, info.path.rpartition(b"/")[0]) as d:
                     if d is not None:
                         st = os.stat(info.data_name, dir_fd=d.fd, follow_symlinks=False)
-                        if (st.st_dev, st.st_ino) == info.ident:
+                        if info.made_by_us(st):
                             os.unlink(info.data_name, dir_fd=d.fd)
                             size = min(st.st_size, st.st_blocks * 512)
             except (OSError, FtxError):
@@ -117,5 +133,5 @@ def record(index: int, checksum: int) -> bytes:
     return rec + xxhash.xxh3_64_digest(rec)
 
 
-__all__ = ["IN_DIR", "IN_STATE", "JOURNAL_MAGIC", "JournalHeader", "RECORD", "RECORD_SIZE", "data_name", "drop_files",
-           "journal_header_size", "journal_name", "partial_paths", "record"]
+__all__ = ["IN_DIR", "IN_STATE", "JOURNAL_MAGIC", "UNRECORDED", "JournalHeader", "RECORD", "RECORD_SIZE", "data_name",
+           "drop_files", "journal_header_size", "journal_name", "partial_paths", "record"]

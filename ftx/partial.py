@@ -13,7 +13,9 @@ file system.  Both are created with ``O_CREAT | O_EXCL | O_NOFOLLOW``: ftx
 never opens, truncates or removes a file it did not create.
 
 The journal (journal.py) records the source version, the wire path and the data
-file's (dev, inode), then one record per chunk, appended after it is written.  On
+file's (dev, inode) -- its header is written once before the data file is made,
+naming it, so that a receiver killed in between leaves nothing expiry cannot
+find -- then one record per chunk, appended after it is written.  On
 resume every recorded chunk is read back and re-hashed, so torn or lost writes
 are found and re-sent; data whose (dev, inode) is not the one recorded is not
 ftx's and is neither used nor removed.  Finalize: verify the XXH3-128 digest,
@@ -40,8 +42,8 @@ from .errors import ErrorCode, FtxError, StorageError
 from .fileops import (FILE_FLAGS, Temp, copy_fd, link_fd, pread_full, pwrite_full, random_name, seal, storage_error,
                       unlink_quietly)
 from .helddirs import pinned
-from .journal import (IN_DIR, IN_STATE, RECORD, RECORD_SIZE, JournalHeader, data_name, drop_files, journal_header_size,
-                      journal_name, record)
+from .journal import (IN_DIR, IN_STATE, RECORD, RECORD_SIZE, UNRECORDED, JournalHeader, data_name, drop_files,
+                      journal_header_size, journal_name, record)
 
 PENDING_LIMIT = 32 * 1024 * 1024  # out-of-order chunk bytes kept for the digest (UDP's window is 16 MiB)
 PENDING_TOTAL = 64 * 1024 * 1024  # ... over all partials of a receiver (at most Limits.digest_buffer_bytes)
@@ -253,17 +255,22 @@ class PartialFile:
         try:
             self.jfd = jfd
             self._lock_journal()
+            e = self.entry
             with pinned(self.dest.dirs, self.dir_rel, create=True) as d:
                 if d.dev != self.dest.state_dev:
                     where = IN_DIR
                 token = secrets.token_bytes(16)
+                # named before it exists: a receiver killed from here on leaves a journal that names
+                # its data file, and expiry finds both (the data may be beside its file, outside .ftx)
+                named = JournalHeader(where, e.chunk_size, e.size, e.mtime_ns, UNRECORDED, token, self.rel)
+                pwrite_full(jfd, named.pack(), 0)
                 fd = os.open(data_name(where, token), os.O_RDWR | os.O_CREAT | os.O_EXCL | FILE_FLAGS, 0o600,
                              dir_fd=state if where == IN_STATE else d.fd)
+                self._info = named  # from now on a failure removes the data file too
             st = os.fstat(fd)
-            e = self.entry
             self._info = JournalHeader(where, e.chunk_size, e.size, e.mtime_ns, (st.st_dev, st.st_ino), token, self.rel)
             header = self._info.pack()
-            pwrite_full(jfd, header, 0)
+            pwrite_full(jfd, header, 0)  # the same length: the header with the data file's identity
             self._jsize, self._jino = len(header), os.fstat(jfd).st_ino
             self._on_disk = True
             self.fd = fd

@@ -39,7 +39,9 @@ class JsonFormatter(logging.Formatter):
         obj.update(getattr(record, "fields", None) or {})
         import json  # here: a run that logs text never loads it (start-up)
 
-        return json.dumps(obj, default=str)
+        from .jsontext import clean
+
+        return json.dumps(clean(obj), default=str)  # paths valid UTF-8, their exact bytes beside them
 
 
 _json = False  # --log-format json: say() writes JSON objects too

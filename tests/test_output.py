@@ -114,10 +114,12 @@ def test_mkdir_creates_the_directory(tmp_path):
 
 def test_the_per_file_json_line_is_json_dumps_byte_for_byte():
     """cli_output.emit_report (the daemon's --json "file" line without a dict) writes exactly what
-    emit({"event": "file", **report.__dict__}) wrote, for any path, status and message."""
+    emit({"event": "file", **report.__dict__}) writes, for any path, status and message (a path that
+    is not UTF-8 is written with U+FFFD and its bytes in "path_b64", ftx/jsontext.py)."""
     import json
 
     from ftx import cli_output
+    from ftx.jsontext import clean
     from ftx.receiving import FileReport
 
     odd = ["d/f.bin", "quote\"back\\slash", "tab\tnl\n", "ünï cødé ☃", "bad\udcff byte", "\x00\x1f", ""]
@@ -129,7 +131,8 @@ def test_the_per_file_json_line_is_json_dumps_byte_for_byte():
         cli_output.emit_report(r)
     got = list(cli_output._queued)
     cli_output._queued.clear()
-    assert got == [json.dumps({"event": "file", **r.__dict__}) + "\n" for r in reports]
+    assert got == [json.dumps(clean({"event": "file", **r.__dict__})) + "\n" for r in reports]
+    assert '"path": "bad\\ufffd byte", "path_b64": "YmFk/yBieXRl", "kind"' in "".join(got)
 
     class Other:  # not a FileReport's fields: the generic path
         def __init__(self):
