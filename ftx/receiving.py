@@ -34,7 +34,7 @@ from .core.events import (
     SmallFileReceived,
     SmallFilesReceived,
 )
-from .core.frames import BufferBudget
+from .core.frames import BufferBudget, BufferWait
 from .core.manifest import FileEntry, Kind
 from .core.messages import DECISION_DISCARDED, DECISION_EXISTS, DECISION_OVERWRITE, ZERO_DIGEST
 from .core.receiver import ReceiverConnection
@@ -543,7 +543,16 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
     slow = ReceiveSession.SLOW_EVENTS
     await link.send(conn.data_to_send())
     while not conn.closed:
-        await link.feed(conn)
+        if conn.paused:  # an item waits for room in --max-memory: read nothing until it fits
+            with link_busy(link):  # (waiting for our own storage work is not the sender's silence)
+                await _memory_freed(conn)
+        else:
+            try:
+                await link.feed(conn)
+            except BufferWait:  # no room for a buffer until small files being stored give bytes back
+                if not conn.events_pending:
+                    with link_busy(link):
+                        await asyncio.sleep(MEMORY_POLL)
         # handling an event can raise new ones (the last RESULT completes the session)
         while events := _drain(conn):
             if confirm is not None and any(isinstance(ev, HandshakeComplete) for ev in events):
@@ -566,6 +575,19 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                     await link.send(conn.data_to_send())  # window while we handle the next part
         if conn.pending_output:
             await link.send(conn.data_to_send())
+
+
+MEMORY_POLL = 0.005  # seconds between looks at the budget while a connection waits for room in it
+
+
+async def _memory_freed(conn: ReceiverConnection) -> None:
+    """Decode again once the budget has room for the item that paused ``conn``: at once when this
+    connection's own settled files gave bytes back, else when other connections' do (or, when none
+    is being stored any more, the item fails as before: BufferLimit)."""
+    conn.resume()
+    while conn.paused and not conn.events_pending:
+        await asyncio.sleep(MEMORY_POLL)
+        conn.resume()
 
 
 def _parts(events: list[Event]):

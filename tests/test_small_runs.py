@@ -417,23 +417,39 @@ def test_runs_and_single_frames_agree(sizes, step, in_flight, memory):
     assert outs[0] == outs[1]
 
 
-def test_the_memory_budget_refuses_the_same_file_to_the_byte():
-    """--max-memory charges each file's state as it is decoded: a run is refused at the very file
-    (and with the same words) where file by file is, at the budget's exact boundaries."""
+def test_the_memory_budget_pauses_at_the_same_file_to_the_byte():
+    """--max-memory charges each small file's state and bytes as it is decoded, until its RESULT: a
+    run stops at the very file where file by file does, at the budget's exact boundaries; the
+    connection then pauses (that frame waits in its buffer) and takes the rest once the files
+    decoded are settled.  Only when nothing is being settled is the file refused (BufferLimit)."""
     files = [(b"p%d" % i, b"z" * 50) for i in range(12)]
     hello, body = _sender_stream(files)
     roomy = BufferBudget(1 << 30)
     _receive(hello + body, False, 1 << 20, budget=roomy)
-    used = roomy.used  # buffers and every file's state
-    cost = 2048 + 2
-    for limit in (used - cost - 1, used - cost, used - 1, used, used + 1):
+    used = roomy.used  # buffers, and every file's state and bytes
+    cost = (used - 4096) // 12  # a file's charge (the 4 KiB buffer holds the whole stream)
+    for limit in (4096 + cost - 1, used - cost - 1, used - cost, used - 1, used, used + 1):
         outs = []
         for runs in (False, True):
             budget = BufferBudget(limit)
             r, got, error = _receive(hello + body, runs, 1 << 20, budget=budget)
-            outs.append((_flat(got), error, budget.used))
+            outs.append((_flat(got), error, budget.used, r.paused))
+            if error is None:  # settle what arrived, resume, until every file is in
+                while r.paused or got:
+                    for e in got:
+                        if not isinstance(e, (ev.SmallFilesReceived, ev.SmallFileReceived)):
+                            continue
+                        for fid, digest in zip(e.file_ids, e.digests) if runs else [(e.file_id, e.digest)]:
+                            r.file_result(fid, ErrorCode.OK, digest)
+                    r.resume()
+                    got = list(iter(r.next_event, None))
+                    assert budget.used <= limit
+                assert budget.settling == 0 and r.file_state(11) is None  # all twelve settled
         assert outs[0] == outs[1], limit
-        assert (outs[0][1] is None) == (limit >= used), limit
+        if limit < 4096 + cost:  # not even one file, and nothing settling: refused as before
+            assert outs[0][1] is not None and "--max-memory" in outs[0][1][1]
+        else:
+            assert outs[0][1] is None and outs[0][3] == (limit < used), limit
 
 
 def test_a_run_is_split_by_a_file_beyond_the_announcement():
