@@ -428,6 +428,7 @@ def test_the_memory_budget_pauses_at_the_same_file_to_the_byte():
     _receive(hello + body, False, 1 << 20, budget=roomy)
     used = roomy.used  # buffers, and every file's state and bytes
     cost = (used - 4096) // 12  # a file's charge (the 4 KiB buffer holds the whole stream)
+    assert cost >= 2048 + len(b"p0") + 50  # its state, its path and its bytes
     for limit in (4096 + cost - 1, used - cost - 1, used - cost, used - 1, used, used + 1):
         outs = []
         for runs in (False, True):
