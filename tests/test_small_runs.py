@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ftx import claims, cli_output, fileops, receiving
+from ftx import claims, cli_output, fileops, receiving, recv_pipeline
 from ftx.core import events as ev
 from ftx.core.checksum import file_digest
 from ftx.core.config import Config
@@ -348,7 +348,7 @@ def test_the_driver_joins_runs_that_follow_one_another():
 
     refused = ev.FileRefused(9, FileEntry(b"x", size=1), "no")
     original = run(1, 2)
-    got = receiving._drain(Queue([original, run(3), run(4, 5), refused, run(6), run(7)]))
+    got = recv_pipeline._drain(Queue([original, run(3), run(4, 5), refused, run(6), run(7)]))
     assert [type(e) for e in got] == [ev.SmallFilesReceived, ev.FileRefused, ev.SmallFilesReceived]
     assert (got[0].file_ids, got[0].entries, got[0].datas) == ([1, 2, 3, 4, 5], [b"e1", b"e2", b"e3", b"e4", b"e5"],
                                                               [b"d1", b"d2", b"d3", b"d4", b"d5"])
@@ -564,9 +564,9 @@ def test_parts_cut_runs_to_batch_files():
         return ev.SmallFilesReceived(list(range(start, start + n)), [None] * n, [b""] * n, [b""] * n)
 
     events = [ev.HandshakeComplete(1, "x", 0, 65536), run(300), run(10, 300), ev.SessionComplete(), run(600, 310)]
-    parts = list(receiving._parts(events))
+    parts = list(recv_pipeline._parts(events))
     sizes = [sum(len(e.file_ids) if type(e) is ev.SmallFilesReceived else 1 for e in p) for p in parts]
-    assert all(s == receiving.BATCH for s in sizes[:-1]) and sum(sizes) == 1 + 300 + 10 + 1 + 600
+    assert all(s == recv_pipeline.BATCH for s in sizes[:-1]) and sum(sizes) == 1 + 300 + 10 + 1 + 600
     ids = [i for p in parts for e in p if type(e) is ev.SmallFilesReceived for i in e.file_ids]
     assert ids == list(range(910))
 
