@@ -26,7 +26,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from bench_small_files import make_files  # noqa: E402
 
-from ftx import receiving  # noqa: E402
+from ftx import receiving, recv_pipeline  # noqa: E402
 from ftx.core.receiver import ReceiverConnection  # noqa: E402
 from ftx.core.sender import SenderConnection  # noqa: E402
 from ftx.storage import Destination  # noqa: E402
@@ -77,12 +77,12 @@ def one_run(hello: bytes, stream: bytes, root: str, reports: list, daemon: bool 
     conn.data_to_send()
     for start in range(0, len(stream), 65536):  # as the TCP driver reads
         conn.receive_data(stream[start : start + 65536])
-        events = receiving._drain(conn)
+        events = recv_pipeline._drain(conn)
         for i in range(0, len(events), receiving.BATCH):
             session.handle_all(events[i : i + receiving.BATCH])
             conn.data_to_send()
         reports.clear()
-    session.handle_all(receiving._drain(conn))  # the last RESULT completes the session
+    session.handle_all(recv_pipeline._drain(conn))  # the last RESULT completes the session
     elapsed = time.process_time() - t0
     assert session.complete and not session.failed, (session.complete, session.failed)
     return elapsed

@@ -219,6 +219,7 @@ class ReceiverService:
                                  metrics_at=self.metrics_at, settings=self.settings)  # the one observer: events,
         from .areas import chooser  # metrics, systemd STATUS
 
+        svc.budget = self.budget  # (--metrics reads its use)
         self._areas = chooser(dest, svc, admission, self.settings)  # refuses areas without authenticated senders
         await svc.start()
         udp_config = UdpConfig(idle_timeout=self.idle_timeout or 15.0)

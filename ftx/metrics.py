@@ -231,6 +231,15 @@ class _Live:
             yield CounterMetricFamily("ftx_handshakes_turned_away", "Connections turned away before any handshake "
                                       "work (an address throttled after failures, a pairing code in use).",
                                       value=getattr(self.auth, "turned_away", 0))
+        budget = getattr(self.activity, "budget", None)
+        if budget is not None:  # --max-memory's frame share: buffers, item state, small files not yet settled
+            yield GaugeMetricFamily("ftx_buffer_memory_bytes", "Bytes of the receiver's buffer budget in use now "
+                                    "(frame buffers, per-item state and small files' bytes until their RESULT).",
+                                    value=budget.used)
+            yield GaugeMetricFamily("ftx_buffer_memory_peak_bytes", "The most ftx_buffer_memory_bytes has been.",
+                                    value=budget.peak)
+            yield GaugeMetricFamily("ftx_buffer_memory_limit_bytes", "What that budget may hold (from --max-memory).",
+                                    value=budget.limit)
         if self.root is not None:
             yield GaugeMetricFamily("ftx_partial_bytes", "Bytes in partial files (kept for resume) under --dir.",
                                     value=self.metrics.partial_bytes(self.root))

@@ -3,6 +3,8 @@
 Transport-neutral: the TCP driver (and later the UDP one) feeds bytes to the
 connection, then passes each event to ``ReceiveSession.handle``.  Every per-file
 failure becomes a RESULT for that file; the session carries on with the next.
+``receive_over`` serves one link: its watchdogs and limits here, the loop that
+reads and hands events to storage work in ``recv_pipeline``.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from .limits import Limits
 from .progress import Progress
 from .recv_report import FileReport, RunReport
 from .storage import Busy, Destination, PartialFile, claim
-from .transport.link import Watchdog, link_busy
+from .transport.link import Watchdog
 from .tree_state import check_directory
+from .recv_pipeline import BATCH, _serve_loop, _worker_done
 
 log = logging.getLogger("ftx.receive")
 # events about one file, and the states in which the file already has its RESULT (an event
@@ -504,15 +507,6 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
     return session
 
 
-async def _worker_done(session: ReceiveSession) -> None:
-    """Wait for the batch a worker thread is handling, if any (cancelled again: no more)."""
-    if session.worker is not None and not session.worker.done():
-        try:
-            await asyncio.wait({session.worker})
-        except asyncio.CancelledError:
-            pass  # cancelled again (shutting down): close all the same
-
-
 async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead) -> None:
     """Drop a connection that does not finish its handshake in time, or that moves
     no file data and settles no file for ``stall_timeout`` (PINGs do not count)."""
@@ -533,83 +527,3 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
             on_dead(TransportError(f"no file data moved for {limits.stall_timeout:g} s (receiver's "
                                    f"--stall-timeout)", ErrorCode.TIMEOUT), True)
             return
-
-
-BATCH = 256  # events handled per thread hop (a quarter of the default --max-files-in-flight, so that the
-# sender still has files in flight while a part is handled); their RESULTs are sent before the next part
-
-
-async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, confirm=None) -> None:
-    slow = ReceiveSession.SLOW_EVENTS
-    await link.send(conn.data_to_send())
-    while not conn.closed:
-        await link.feed(conn)
-        # handling an event can raise new ones (the last RESULT completes the session)
-        while events := _drain(conn):
-            if confirm is not None and any(isinstance(ev, HandshakeComplete) for ev in events):
-                with link_busy(link):  # the user's time at the question is not the sender's silence
-                    refused = await confirm(conn.peer)
-                if refused is not None:  # before anything offered is looked at
-                    conn.send_error(ErrorCode.ABORTED, refused)
-                    raise FtxError(refused.replace("the receiver ", "", 1), ErrorCode.ABORTED)
-                confirm = None
-            for part in _parts(events):
-                if any(isinstance(ev, slow) for ev in part):
-                    with link_busy(link):  # one thread hop for the whole part
-                        # shielded: cancelling this task (a takeover, a limit) must not leave the
-                        # thread running on while the session is closed under it; see receive_over
-                        session.worker = asyncio.get_running_loop().run_in_executor(None, session.handle_all, part)
-                        await asyncio.shield(session.worker)
-                else:
-                    session.handle_all(part)
-                if conn.pending_output:  # this part's RESULTs go out now: the sender refills its
-                    await link.send(conn.data_to_send())  # window while we handle the next part
-        if conn.pending_output:
-            await link.send(conn.data_to_send())
-
-
-def _parts(events: list[Event]):
-    """``events`` in parts of BATCH files each (the last one less): a SmallFilesReceived counts
-    its files, and one that does not fit is cut in two."""
-    part: list[Event] = []
-    files = 0
-    for ev in events:
-        if type(ev) is SmallFilesReceived:
-            while files + len(ev.file_ids) > BATCH:
-                k = BATCH - files
-                a, b, c, d = ev.file_ids, ev.entries, ev.digests, ev.datas
-                part.append(SmallFilesReceived(a[:k], b[:k], c[:k], d[:k]))
-                yield part
-                part, files = [], 0
-                ev = SmallFilesReceived(a[k:], b[k:], c[k:], d[k:])
-            if ev.file_ids:
-                part.append(ev)
-                files += len(ev.file_ids)
-        else:
-            part.append(ev)
-            files += 1
-        if files >= BATCH:
-            yield part
-            part, files = [], 0
-    if part:
-        yield part
-
-
-def _drain(conn) -> list[Event]:
-    """The events queued, runs of small files that follow one another joined into one (the
-    records of a read each gave one or more: handled, stored and settled as one run)."""
-    events: list[Event] = []
-    last = None  # the SmallFilesReceived at the end of events, while its lists are ours to extend
-    while (ev := conn.next_event()) is not None:
-        if type(ev) is SmallFilesReceived:
-            if last is not None:
-                last.file_ids.extend(ev.file_ids)
-                last.entries.extend(ev.entries)
-                last.digests.extend(ev.digests)
-                last.datas.extend(ev.datas)
-                continue
-            ev = last = SmallFilesReceived(list(ev.file_ids), list(ev.entries), list(ev.digests), list(ev.datas))
-        else:
-            last = None
-        events.append(ev)
-    return events

@@ -2,7 +2,8 @@
 
 Transport-neutral: give it any ``Link``.  Offers run ahead of the data (up to
 ``Config.offer_window`` files without a result), small files travel whole with
-no round trip, and each large file streams only the chunks the receiver lacks.
+no round trip, and each large file streams only the chunks the receiver lacks
+(``send_stream.LargeFileStreaming``, which ``SendSession`` takes its part from).
 A directory's small files go as runs (``smallrun``): read and framed in one call,
 queued as one buffer, kept as one ``SmallRun`` until their results, and counted
 per RESULT_RUN (``RunResolved``); a file a run stops at goes by the per-file path.
@@ -27,7 +28,7 @@ import time
 from collections import deque
 from itertools import repeat
 
-from .core.checksum import FileHasher, file_digest
+from .core.checksum import file_digest
 from .core.config import Config
 from .core.events import (
     DecisionReceived,
@@ -42,19 +43,18 @@ from .core.events import (
 )
 from .core.frames import DATA_HEADER_SIZE
 from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
-from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Decision, Result
+from .core.messages import DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Result
 from .core.secure.handshake import printable
-from .core.ranges import RangeSet
 from .core.secure import Established
-from .core.secure.receipt import ContentHasher, ReceiptChecker, ReceiptError
+from .core.secure.receipt import ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
-from .core.states import FileState
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .pacing import Pacer
 from .progress import Progress, SoFar
+from .send_stream import LargeFileStreaming
 from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
 from .smallrun import SmallRun, frames
-from .source import DirGroup, SmallReader, SourceChanged, SourceFile, SourceItem, walk_groups
+from .source import DirGroup, SmallReader, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
@@ -67,7 +67,7 @@ AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this
 RUN_BYTES = 480 * 1024  # a run of small files is framed up to this many bytes (one record of at most 512 KiB), then sent
 
 
-class SendSession:
+class SendSession(LargeFileStreaming):
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
                  max_rate: float | None = None, receipt=None, established: Established | None = None,
@@ -565,79 +565,6 @@ class SendSession:
         self._reports[fid] = report
         self._outstanding += 1
 
-    async def _stream(self, fid: int) -> None:
-        """Wait for the decision on a large file, then send what the receiver lacks."""
-        await self._flush()
-        decision: Decision | None = await self._wait(self._decisions[fid])
-        del self._decisions[fid]
-        if decision is None or self.conn.file_state(fid) != FileState.SENDING:
-            return  # refused: its result is already in
-        src, report = self._sources[fid], self._reports[fid]
-        try:
-            await self._stream_file(fid, src, report, decision)
-        except (SourceChanged, OSError) as exc:
-            if isinstance(exc, SourceChanged):
-                code, report.message = ErrorCode.SOURCE_CHANGED, str(exc)
-            else:
-                code, report.message = ErrorCode.STORAGE, f"read error: {exc.strerror or exc}"
-            await self.link.file_sent(fid)  # chunks already handed over must land before the abort
-            if self.conn.file_state(fid) == FileState.SENDING:
-                self.conn.abort_file(fid, code, report.message)
-        await self._flush()
-
-    async def _stream_file(self, fid: int, src: SourceFile, report: FileSendReport, d: Decision) -> None:
-        conn, entry, view = self.conn, src.entry, self._buf
-        if d.flags & DECISION_EXISTS:
-            hasher = self._hasher()
-            digest = src.digest(view, hasher)
-            if digest == d.existing_digest:
-                report.digest = digest.hex()
-                conn.skip_file(fid, ErrorCode.IDENTICAL, "destination already identical", digest, _sha256(hasher))
-                return
-            if not d.flags & DECISION_OVERWRITE:
-                report.message = f"{report.path} exists on the receiver and differs (receiver has no --overwrite)"
-                conn.skip_file(fid, ErrorCode.EXISTS, report.message)
-                return
-        hasher = self._hasher()
-        held, hashed = (d.held if self.config.resume else RangeSet()), 0
-        if d.message:
-            log.warning("%s: %s", report.path, printable(d.message))
-        if held:
-            matches, hashed = src.check_held(held, d.held_digest, view, hasher)
-            if not matches:
-                log.warning("%s: source content changed since the partial was made; starting over", report.path)
-                conn.restart_file(fid, "held chunks differ from the source")
-                await self._flush()
-                await self.link.control_delivered()  # RESTART must arrive before new chunks
-                held, hashed, hasher = RangeSet(), 0, self._hasher()
-        resumed = sum(entry.chunk_length(i) for i in held.values())
-        report.bytes_resumed = resumed
-        self.progress.start_file(report.path, entry.size, resumed)
-        for index in range(hashed, entry.chunks):
-            data = src.read_chunk(index, self.link.read_buffer(view))
-            hasher.update(data)
-            if index in held:
-                continue
-            if conn.file_state(fid) != FileState.SENDING:
-                return  # the receiver failed the file; its result says why
-            await self.link.send_chunk(conn, fid, index, data)
-            await self._flush()
-            if self._pacer is not None:
-                await self._pacer.pace(len(data))
-            report.bytes_sent += len(data)
-            self.progress.advance(len(data))
-        if not src.unchanged():
-            raise SourceChanged(f"{os.fsdecode(src.item.local)} changed while being sent")
-        digest = hasher.digest()
-        report.digest = digest.hex()
-        await self.link.file_sent(fid)
-        if conn.file_state(fid) == FileState.SENDING:
-            conn.end_file(fid, digest, _sha256(hasher))
-
-    def _hasher(self):
-        """XXH3-128, and SHA-256 in the same pass when a receipt was asked for (its entries list it)."""
-        return ContentHasher() if self.receipt_path is not None else FileHasher()
-
 
 def _counter(progress: Progress):
     """How a small file that arrived is counted when ``progress`` reads no report (it draws
@@ -655,10 +582,6 @@ def _counter(progress: Progress):
 
 def _uncounted(size: int, files: int = 1) -> None:
     pass
-
-
-def _sha256(hasher) -> bytes | None:
-    return hasher.sha256() if isinstance(hasher, ContentHasher) else None
 
 
 def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:

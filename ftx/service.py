@@ -78,6 +78,7 @@ class Service:
         self.bytes_done = 0  # bytes received by sessions: settled files' bytes_received, and ended sessions' rest
         self.files_done = 0
         self.metrics = None
+        self.budget = None  # the daemon's BufferBudget (--max-memory), for --metrics
         if metrics_at is not None:
             from .metrics import Metrics
 

@@ -553,3 +553,45 @@ def test_growth_and_trim_in_any_rhythm_keep_frames_and_bound_capacity(sizes, tri
             assert d.capacity <= max(d.pending_bytes, 4096 if d.pending_bytes else 0)
         i += 1
     _check_big(got, frames)
+
+
+@pytest.mark.parametrize("tail", [b"", encode_frame(FrameType.PING, b"p" * 8)[:10]])
+def test_a_frame_put_back_is_the_next_frame_again(tail):
+    """``unread`` (a receiver whose budget cannot take the frame's item yet): the frame just taken
+    is decoded again, whole, whether bytes followed it or it emptied the buffer, and after a trim."""
+    from ftx.core.frames import FrameDecoder
+
+    frames = [encode_frame(FrameType.SMALL_FILE, bytes([i]) * (100 + i)) for i in range(3)]
+    d = FrameDecoder()
+    buf = d.get_buffer()
+    stream = b"".join(frames) + tail
+    buf[: len(stream)] = stream
+    del buf
+    d.buffer_updated(len(stream))
+    assert bytes(d.next_frame().payload) == bytes([0]) * 100
+    for i in (1, 2):
+        frame = d.next_frame()
+        d.unread(frame)
+        d.trim()
+        again = d.next_frame()
+        assert again.type == FrameType.SMALL_FILE and bytes(again.payload) == bytes([i]) * (100 + i)
+    assert d.next_frame() is None and d.pending_bytes == len(tail)
+
+
+def test_budget_gives_from_other_threads_are_all_counted():
+    """Storage workers give small files' bytes back while the loop takes: nothing is lost."""
+    import threading
+
+    from ftx.core.frames import BufferBudget
+
+    b = BufferBudget(1 << 30)
+    assert b.take(4 * 100_000, settling=True)
+    workers = [threading.Thread(target=lambda: [b.give(1, settling=True) for _ in range(100_000)]) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for _ in range(100_000):
+        assert b.take(1)
+        b.give(1)
+    for w in workers:
+        w.join(30)
+    assert b.used == 0 and b.settling == 0 and b.room == 1 << 30

@@ -205,7 +205,7 @@ def test_bars_of_sessions_at_the_same_time_take_lines_of_their_own(monkeypatch):
 def test_receiver_small_files_reach_a_display_and_leave_a_quiet_tally_even(tmp_path):
     """A small file skips start_file/advance only when nothing would show them (a plain Progress,
     or the daemon's Tally over one): a display still sees start, bytes and end of each."""
-    from ftx import receiving
+    from ftx import receiving, recv_pipeline
     from ftx.core.checksum import file_digest
     from ftx.core.manifest import FileEntry
     from ftx.core.receiver import ReceiverConnection
@@ -236,7 +236,7 @@ def test_receiver_small_files_reach_a_display_and_leave_a_quiet_tally_even(tmp_p
         r.receive_data(b"".join(map(bytes, s.data_to_send())))
         (where).mkdir()
         session = receiving.ReceiveSession(r, Destination(bytes(where)), progress=progress)
-        session.handle_all(receiving._drain(r))
+        session.handle_all(recv_pipeline._drain(r))
         assert session.files == 2 and not session.failed
 
     seen = Seen()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ftx import claims, cli_output, fileops, receiving
+from ftx import claims, cli_output, fileops, receiving, recv_pipeline
 from ftx.core import events as ev
 from ftx.core.checksum import file_digest
 from ftx.core.config import Config
@@ -348,7 +348,7 @@ def test_the_driver_joins_runs_that_follow_one_another():
 
     refused = ev.FileRefused(9, FileEntry(b"x", size=1), "no")
     original = run(1, 2)
-    got = receiving._drain(Queue([original, run(3), run(4, 5), refused, run(6), run(7)]))
+    got = recv_pipeline._drain(Queue([original, run(3), run(4, 5), refused, run(6), run(7)]))
     assert [type(e) for e in got] == [ev.SmallFilesReceived, ev.FileRefused, ev.SmallFilesReceived]
     assert (got[0].file_ids, got[0].entries, got[0].datas) == ([1, 2, 3, 4, 5], [b"e1", b"e2", b"e3", b"e4", b"e5"],
                                                               [b"d1", b"d2", b"d3", b"d4", b"d5"])
@@ -417,23 +417,40 @@ def test_runs_and_single_frames_agree(sizes, step, in_flight, memory):
     assert outs[0] == outs[1]
 
 
-def test_the_memory_budget_refuses_the_same_file_to_the_byte():
-    """--max-memory charges each file's state as it is decoded: a run is refused at the very file
-    (and with the same words) where file by file is, at the budget's exact boundaries."""
+def test_the_memory_budget_pauses_at_the_same_file_to_the_byte():
+    """--max-memory charges each small file's state and bytes as it is decoded, until its RESULT: a
+    run stops at the very file where file by file does, at the budget's exact boundaries; the
+    connection then pauses (that frame waits in its buffer) and takes the rest once the files
+    decoded are settled.  Only when nothing is being settled is the file refused (BufferLimit)."""
     files = [(b"p%d" % i, b"z" * 50) for i in range(12)]
     hello, body = _sender_stream(files)
     roomy = BufferBudget(1 << 30)
     _receive(hello + body, False, 1 << 20, budget=roomy)
-    used = roomy.used  # buffers and every file's state
-    cost = 2048 + 2
-    for limit in (used - cost - 1, used - cost, used - 1, used, used + 1):
+    used = roomy.used  # buffers, and every file's state and bytes
+    cost = (used - 4096) // 12  # a file's charge (the 4 KiB buffer holds the whole stream)
+    assert cost >= 2048 + len(b"p0") + 50  # its state, its path and its bytes
+    for limit in (4096 + cost - 1, used - cost - 1, used - cost, used - 1, used, used + 1):
         outs = []
         for runs in (False, True):
             budget = BufferBudget(limit)
             r, got, error = _receive(hello + body, runs, 1 << 20, budget=budget)
-            outs.append((_flat(got), error, budget.used))
+            outs.append((_flat(got), error, budget.used, r.paused))
+            if error is None:  # settle what arrived, resume, until every file is in
+                while r.paused or got:
+                    for e in got:
+                        if not isinstance(e, (ev.SmallFilesReceived, ev.SmallFileReceived)):
+                            continue
+                        for fid, digest in zip(e.file_ids, e.digests) if runs else [(e.file_id, e.digest)]:
+                            r.file_result(fid, ErrorCode.OK, digest)
+                    r.resume()
+                    got = list(iter(r.next_event, None))
+                    assert budget.used <= limit
+                assert budget.settling == 0 and r.file_state(11) is None  # all twelve settled
         assert outs[0] == outs[1], limit
-        assert (outs[0][1] is None) == (limit >= used), limit
+        if limit < 4096 + cost:  # not even one file, and nothing settling: refused as before
+            assert outs[0][1] is not None and "--max-memory" in outs[0][1][1]
+        else:
+            assert outs[0][1] is None and outs[0][3] == (limit < used), limit
 
 
 def test_a_run_is_split_by_a_file_beyond_the_announcement():
@@ -547,9 +564,9 @@ def test_parts_cut_runs_to_batch_files():
         return ev.SmallFilesReceived(list(range(start, start + n)), [None] * n, [b""] * n, [b""] * n)
 
     events = [ev.HandshakeComplete(1, "x", 0, 65536), run(300), run(10, 300), ev.SessionComplete(), run(600, 310)]
-    parts = list(receiving._parts(events))
+    parts = list(recv_pipeline._parts(events))
     sizes = [sum(len(e.file_ids) if type(e) is ev.SmallFilesReceived else 1 for e in p) for p in parts]
-    assert all(s == receiving.BATCH for s in sizes[:-1]) and sum(sizes) == 1 + 300 + 10 + 1 + 600
+    assert all(s == recv_pipeline.BATCH for s in sizes[:-1]) and sum(sizes) == 1 + 300 + 10 + 1 + 600
     ids = [i for p in parts for e in p if type(e) is ev.SmallFilesReceived for i in e.file_ids]
     assert ids == list(range(910))
 

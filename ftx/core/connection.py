@@ -28,9 +28,11 @@ from .frames import (
     HANDSHAKE_MAX_PAYLOAD,
     BufferBudget,
     BufferLimit,
+    BufferWait,
     Frame,
     FrameDecoder,
     FrameType,
+    PauseInput,
     encode_frame,
 )
 from .secure import AuthError
@@ -47,6 +49,7 @@ _SMALL_FILE = FrameType.SMALL_FILE  # (_drain_frames compares by identity)
 class Connection:
     role: int = 0
     transitions: dict = {}
+    _paused = False  # the receiver's budget cannot take the next frame's small file yet (ReceiverConnection)
 
     def __init__(self, config: Config | None = None, hello_flags: int = 0,
                  budget: BufferBudget | None = None) -> None:
@@ -79,6 +82,8 @@ class Connection:
         self._own_queued_views()
         try:
             buf = self._decoder.get_buffer(want)
+        except BufferWait:
+            raise  # not now (nothing changed): the driver waits for small files to settle, then asks again
         except BufferLimit as exc:
             self._fail_local(exc)
         if self._head is not None:
@@ -176,7 +181,7 @@ class Connection:
     def _drain_frames(self) -> None:
         # after an ERROR, sent or received, the session is over: later input is dropped
         try:  # (as _guard, once around the loop rather than twice per frame)
-            while self._error is None and (frame := self._decoder.next_frame()) is not None:
+            while self._error is None and not self._paused and (frame := self._decoder.next_frame()) is not None:
                 if frame.type is _SMALL_FILE and self.peer is not None:  # many small files: straight on
                     self._on_frame(frame)
                     continue
@@ -185,6 +190,9 @@ class Connection:
                 if frame.type == FrameType.DATA and not self._decoder.copy_payloads:
                     self._views_queued = True
                 self._dispatch(frame)
+        except PauseInput:  # (a receiver) no room for its item yet: it is the next frame again
+            self._decoder.unread(frame)
+            self._paused = True
         except RemoteProtocolError as exc:
             self._fail_local(exc)
 
@@ -279,6 +287,13 @@ class Connection:
     @property
     def events_pending(self) -> bool:
         return bool(self._events)
+
+    @property
+    def paused(self) -> bool:
+        """(A receiver) a small file did not fit in the budget: its frame waits in the input buffer
+        and no frame is decoded, so the driver should read nothing more; ``resume`` once settling
+        (here or on another connection) may have given bytes back."""
+        return self._paused
 
     @property
     def views_pending(self) -> bool:

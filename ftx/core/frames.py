@@ -109,23 +109,70 @@ class BufferBudget:
     """Bytes of frame buffers that all connections together may hold (``--max-memory``).
 
     Decoders ``take`` capacity before they grow and ``give`` it back when they
-    shrink or close.  Pure bookkeeping, used from one event loop thread.
+    shrink or close.  A receiver also charges what it keeps per unsettled item, and a
+    small file's bytes from the moment they are decoded until its RESULT; those are
+    taken with ``settling=True``: ``settling`` counts the bytes that storage work
+    already under way will give back without more input, so that a connection the
+    budget refuses may wait for them (``refusal``: ``BufferWait``) instead of failing.
+    Taken on the event loop's thread; given back from worker threads too (a storage
+    worker settles files): a give is queued (a deque's append is atomic) and counted
+    at the next look at the figures, on the loop's thread.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        self._used = 0
         self.peak = 0
+        self._settling = 0
+        self._given: deque = deque()  # (nbytes, settling) given back, not counted yet
 
-    def take(self, nbytes: int) -> bool:
-        if self.used + nbytes > self.limit:
+    def take(self, nbytes: int, settling: bool = False) -> bool:
+        if self._given:
+            self._count_given()
+        if self._used + nbytes > self.limit:
             return False
-        self.used += nbytes
-        self.peak = max(self.peak, self.used)
+        self._used += nbytes
+        if settling:
+            self._settling += nbytes
+        if self._used > self.peak:
+            self.peak = self._used
         return True
 
-    def give(self, nbytes: int) -> None:
-        self.used = max(0, self.used - nbytes)
+    def give(self, nbytes: int, settling: bool = False) -> None:
+        self._given.append((nbytes, settling))
+
+    def _count_given(self) -> None:
+        given = self._given
+        while given:
+            nbytes, settling = given.popleft()
+            self._used = max(0, self._used - nbytes)
+            if settling:
+                self._settling = max(0, self._settling - nbytes)
+
+    @property
+    def used(self) -> int:
+        if self._given:
+            self._count_given()
+        return self._used
+
+    @property
+    def settling(self) -> int:
+        """Of ``used``: small files decoded and not settled yet (their state and bytes)."""
+        if self._given:
+            self._count_given()
+        return self._settling
+
+    @property
+    def room(self) -> int:
+        """Bytes that may still be taken."""
+        return self.limit - self.used
+
+    def refusal(self, what: str = "buffer memory") -> BufferLimit:
+        """The error for a refused ``take``: ``BufferWait`` while small files being settled will
+        give bytes back (the caller waits and tries again), else ``BufferLimit`` (the sender is told)."""
+        kind = BufferWait if self.settling else BufferLimit
+        return kind(f"receiver out of {what} ({self.used >> 20} of {self.limit >> 20} MiB in use; its "
+                    "--max-memory); try again later")
 
 
 class BufferLimit(FtxError):
@@ -134,6 +181,17 @@ class BufferLimit(FtxError):
     code = ErrorCode.BUSY
 
 
+class BufferWait(BufferLimit):
+    """Not now: the budget is spent, but small files being stored will give bytes back soon.
+    Nothing was read or changed; the driver handles its events, waits a little, and reads again."""
+
+
+class PauseInput(Exception):
+    """(Raised by a receiver's frame handler before it changes anything) the budget cannot take
+    this frame's item now: the frame goes back into the input buffer and decoding pauses."""
+
+
+ITEM_COST = 2048  # bytes a receiver keeps per unsettled item besides its path (measured 1.5-2 KB)
 MIN_BUFFER = 4096  # first allocation, for headers and small frames
 
 
@@ -157,6 +215,7 @@ class FrameDecoder:
         self._offered = 0  # length of the region get_buffer gave last
         self._ahead = 0  # room to offer next for headers and small frames (0: as usual)
         self._frames: deque[Frame] = deque()
+        self._undo = -1  # where the SMALL_FILE frame last parsed began (unread)
         self.copy_payloads = copy_payloads
         self.budget = budget
         self.set_max_payload(max_payload)
@@ -263,9 +322,7 @@ class FrameDecoder:
         """
         old = len(self._buf)
         if capacity > old and self.budget is not None and not self.budget.take(capacity - old):
-            raise BufferLimit(
-                f"receiver out of buffer memory ({self.budget.used >> 20} of {self.budget.limit >> 20} MiB "
-                f"in use; its --max-memory); try again later")
+            raise self.budget.refusal()
         pending = self._view[self._start : self._end]
         new = bytearray(capacity)
         new[: len(pending)] = pending
@@ -301,8 +358,20 @@ class FrameDecoder:
 
     def next_frame(self) -> Frame | None:
         if self._frames:
+            self._undo = -1
             return self._frames.popleft()
         return self._parse_one()
+
+    def unread(self, frame: Frame) -> None:
+        """Put back the ``frame`` that ``next_frame`` just returned (nothing else since): it is the
+        next frame again.  (The receiver cannot take its item into its budget yet.)"""
+        if self._undo < 0:
+            self._frames.appendleft(frame)
+            return
+        if self._end == 0:  # it was the last byte there: the offsets went back to 0, its bytes stay
+            self._end = self._undo + HEADER_SIZE + len(frame.payload)
+        self._start = self._undo
+        self._undo = -1
 
     def receive_eof(self) -> None:
         if self._end != self._start:
@@ -338,18 +407,21 @@ class FrameDecoder:
         self._check(ftype, flags, reserved, length, csum, payload)
         if copy or self.copy_payloads or ftype != FrameType.DATA:
             payload = bytes(payload)
+        self._undo = start  # where it began, should it be put back (unread)
         self._start += self._frame_len
         self._frame_len = -1
         if self._start == self._end:
             self._start = self._end = 0
         return Frame(_FRAME_TYPE[ftype], flags, payload)  # _check refused unknown types
 
-    def small_run(self, limit: int) -> list:
+    def small_run(self, limit: int, room: int = -1) -> list:
         """The payloads (bytes) of the SMALL_FILE frames complete at the head of the buffer, at most
         ``limit``, taken in one loop: the whole run of small files a read brought.  It stops before
         anything else -- another type, flags or reserved bits set, a length beyond the limit, a
         checksum that does not match, a frame not complete -- which ``next_frame`` then handles
-        (and refuses) as ever.  Nothing when frames are queued (``feed``) or one is half read."""
+        (and refuses) as ever.  Nothing when frames are queued (``feed``) or one is half read.
+        ``room`` (>= 0): stop before the payloads taken, each with ``ITEM_COST`` bytes more, would
+        pass it (the receiver's budget left for them)."""
         if self._frames or self._frame_len >= 0:
             return []
         out = []
@@ -360,6 +432,10 @@ class FrameDecoder:
             stop = start + HEADER_SIZE + length
             if ftype != 7 or flags or reserved or length > most or stop > end:  # 7: FrameType.SMALL_FILE
                 break
+            if room >= 0:
+                room -= ITEM_COST + length
+                if room < 0:
+                    break
             payload = view[start + HEADER_SIZE : stop]
             if digest(payload, seed=0x0700000000000000 | length) != csum:  # _check's frame checksum
                 break

@@ -37,7 +37,7 @@ from .events import (
     SmallFilesReceived,
 )
 from .announced import Announced
-from .frames import DATA_HEADER_SIZE, BufferLimit, Frame, FrameType, parse_data_payload
+from .frames import DATA_HEADER_SIZE, ITEM_COST, BufferLimit, Frame, FrameType, PauseInput, parse_data_payload
 from .checksum import DIGEST_SIZE
 from .manifest import ENTRY, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, FileEntry, Kind
 from .messages import (
@@ -65,7 +65,7 @@ from .tree import MAX_CHECK_ENTRIES
 from .states import RECEIVER_TRANSITIONS, RESOLVED, FileState, In
 
 
-FILE_STATE_COST = 2048  # bytes a receiver keeps per unsettled item besides its path (measured 1.5-2 KB)
+FILE_STATE_COST = ITEM_COST  # bytes a receiver keeps per unsettled item besides its path (measured 1.5-2 KB)
 
 
 _ENTRY_SIZE = ENTRY.size
@@ -212,8 +212,8 @@ class ReceiverConnection(Connection):
                 first, count = file_id, 1
         self._run_first, self._run_count = first, count
         self._unsettled -= len(file_ids)
-        if given:
-            self._decoder.budget.give(given)
+        if given:  # small files' charges (negative: settling)
+            self._decoder.budget.give(-given, settling=True)
         if self._sender_done:
             self._maybe_complete()
 
@@ -290,11 +290,15 @@ class ReceiverConnection(Connection):
             self._on_small_run(p)
             return
         if t is FrameType.SMALL_FILE:  # many small files: first, and no transition lookups
+            budget = self._decoder.budget
+            if budget is not None and FILE_STATE_COST + len(p) > budget.room and not self._small_fits(p):
+                return
             file_id, entry, digest, data = unpack_small(p)
             if entry.kind != Kind.FILE:
                 raise RemoteProtocolError("SMALL_FILE must carry a regular file")
-            # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED)
-            self._new_file(file_id, entry, FileState.ENDED, chunked=False)
+            # a whole file in one frame: offered, sent and ended at once ((SENDING, END) -> ENDED);
+            # its bytes are charged with its state, until its RESULT
+            self._new_file(file_id, entry, FileState.ENDED, chunked=False, cost=FILE_STATE_COST + len(p))
             if (why := self._beyond_announced(entry)) is not None:
                 self._events.append(FileRefused(file_id, entry, why))
             else:
@@ -353,17 +357,21 @@ class ReceiverConnection(Connection):
         """SMALL_FILE ``p`` and those right behind it in the input buffer (``FrameDecoder.small_run``):
         every check of the per-file path (unpack_small, _new_file, _beyond_announced) made in one
         loop, and one ``SmallFilesReceived`` for the run (a refused file splits it).  A failure
-        raises after the files before it have their event, as file by file."""
+        raises after the files before it have their event, as file by file.  The run ends where the
+        budget does (``small_run``'s room); a first file that does not fit pauses the connection."""
+        budget = self._decoder.budget
+        if budget is not None and FILE_STATE_COST + len(p) > budget.room and not self._small_fits(p):
+            return
         payloads = [p]
         room = min(self.config.max_files_in_flight - self._unsettled, self.small_run_max)  # (beyond: fails below)
         if room > 1:
-            payloads += self._decoder.small_run(room - 1)
+            payloads += self._decoder.small_run(
+                room - 1, budget.room - FILE_STATE_COST - len(p) if budget is not None else -1)
         ids: list = []
         entries: list = []
         digests: list = []
         datas: list = []
         files, known, costs, events = self._files, self._entries, self._costs, self._events
-        budget = self._decoder.budget
         limit, ended, size_entry, new = self.config.max_files_in_flight, FileState.ENDED, _ENTRY_SIZE, _new_entry
         if self._announced is None:
             self._beyond_announced(None)  # (made at the first item; counts nothing)
@@ -399,16 +407,16 @@ class ReceiverConnection(Connection):
                     raise RemoteProtocolError(
                         f"more than {limit} files offered and not yet settled (the receiver's --max-files-in-flight)")
                 if budget is not None:  # budget.take, for the run at once (below)
-                    cost = FILE_STATE_COST + len(entry.path)
+                    cost = FILE_STATE_COST + n  # its state, and its bytes until its RESULT
                     if room_left < cost:
-                        budget.take(taken)
+                        budget.take(taken, settling=True)
                         taken = 0
                         self._fail_local(BufferLimit(
                             f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} "
                             "MiB in use, --max-memory); try again later"))
                     room_left -= cost
                     taken += cost
-                    costs[file_id] = cost
+                    costs[file_id] = -cost  # (negative: a small file's, settling)
                 self._unsettled += 1
                 files[file_id] = ended
                 known[file_id] = entry
@@ -424,12 +432,14 @@ class ReceiverConnection(Connection):
                 datas.append(data)
         finally:
             if taken:
-                budget.take(taken)  # (fits: room_left said so; one thread uses the budget)
+                budget.take(taken, settling=True)  # (fits: room_left said so; only this thread takes)
             if ids:
                 events.append(SmallFilesReceived(ids, entries, digests, datas))
 
-    def _new_file(self, file_id: int, entry: FileEntry, state: FileState, chunked: bool = True) -> None:
-        """``chunked``: its chunks arrive one by one (an OFFER), so a chunk map is kept for it."""
+    def _new_file(self, file_id: int, entry: FileEntry, state: FileState, chunked: bool = True,
+                  cost: int = 0) -> None:
+        """``chunked``: its chunks arrive one by one (an OFFER), so a chunk map is kept for it.
+        ``cost``: what it costs the budget (0: its state, FILE_STATE_COST and its names)."""
         if self._sender_done:
             raise RemoteProtocolError("file offered after DONE")
         if file_id in self._files:
@@ -440,17 +450,49 @@ class ReceiverConnection(Connection):
                 "(the receiver's --max-files-in-flight)")
         budget = self._decoder.budget
         if budget is not None:  # the receiver's memory bound covers what it keeps per item, too
-            cost = FILE_STATE_COST + len(entry.path) + len(entry.target)
-            if not budget.take(cost):
-                self._fail_local(BufferLimit(
-                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
-                    "in use, --max-memory); try again later"))
-            self._costs[file_id] = cost
+            small = bool(cost)  # a small file's state and bytes: given back as soon as it is stored
+            cost = cost or FILE_STATE_COST + len(entry.path) + len(entry.target)
+            if not budget.take(cost, settling=small):
+                self._no_room(budget)
+            self._costs[file_id] = -cost if small else cost
         self._unsettled += 1
         self._files[file_id] = state
         self._entries[file_id] = entry
         if chunked:
             self._have[file_id] = RangeSet()
+
+    # -- a budget that cannot take a small file now: reading waits ------------------------
+    def resume(self) -> None:
+        """Decode again after a pause (it may pause again at once)."""
+        if self._paused:
+            self._paused = False
+            self._drain_frames()
+
+    def _small_fits(self, p: bytes) -> bool:
+        """The SMALL_FILE ``p`` just decoded does not fit in the budget with its state: give back what
+        our input buffer holds beyond its pending bytes; if it fits then, True (the frame is taken
+        again), else put it back and pause (False).  When no
+        item anywhere holds budget bytes (nothing will give any back), BufferLimit as before."""
+        budget = self._decoder.budget
+        self._decoder.unread(Frame(FrameType.SMALL_FILE, 0, p))
+        self._own_queued_views()
+        self._decoder.trim()
+        if FILE_STATE_COST + len(p) <= budget.room:  # the buffer's spare room was enough: take it again
+            self._decoder.next_frame()
+            return True
+        if not budget.settling:
+            self._fail_local(budget.refusal("memory for small files"))
+        self._paused = True
+        return False
+
+    def _no_room(self, budget) -> None:
+        """The budget cannot take an item's state: pause (PauseInput, before anything changed) while
+        small files being stored will give bytes back, else fail with BufferLimit as ever."""
+        if budget.settling:
+            raise PauseInput()
+        self._fail_local(BufferLimit(
+            f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
+            "in use, --max-memory); try again later"))
 
     def _new_check(self, c: CheckDir) -> None:
         """A CHECK_DIR counts as an unsettled item (--max-files-in-flight) and in --max-memory."""
@@ -471,9 +513,7 @@ class ReceiverConnection(Connection):
         if budget is not None:
             cost = FILE_STATE_COST + len(c.path)
             if not budget.take(cost):
-                self._fail_local(BufferLimit(
-                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
-                    "in use, --max-memory); try again later"))
+                self._no_room(budget)
         self._unsettled += 1
         self._checks[c.dir_id] = cost
 
@@ -507,14 +547,16 @@ class ReceiverConnection(Connection):
         if self._existing:
             self._existing.pop(file_id, None)
         cost = self._costs.pop(file_id, 0)
-        if cost:
-            self._decoder.budget.give(cost)
+        if cost:  # (negative: a small file's, settling)
+            self._decoder.budget.give(abs(cost), settling=cost < 0)
 
     def release_buffers(self) -> None:
         """The connection is over: its input buffer and its items' bookkeeping leave the budget."""
         super().release_buffers()
         if self._costs:
-            self._decoder.budget.give(sum(self._costs.values()))
+            small = -sum(c for c in self._costs.values() if c < 0)
+            self._decoder.budget.give(sum(c for c in self._costs.values() if c > 0))
+            self._decoder.budget.give(small, settling=True)
             self._costs.clear()
         if self._checks and self._decoder.budget is not None:
             self._decoder.budget.give(sum(self._checks.values()))

@@ -25,7 +25,7 @@ import weakref
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from ..core.frames import BufferLimit, FrameDecoder, FrameType, encode_frame
+from ..core.frames import BufferLimit, BufferWait, FrameDecoder, FrameType, encode_frame
 from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError, Established
 from ..core.secure.handshake import unauthenticated_reason
@@ -62,6 +62,7 @@ class TcpLink:
         self.busy = 0
         self.bytes_in = self.bytes_out = 0  # bytes that crossed the socket, records and handshake included
         self._lowat = 1
+        self._rest: memoryview | None = None  # plaintext conn could not take yet (it paused: --max-memory)
         self.on_established = None  # called once when the peer's HELLO has arrived (Admission)
         self._keys: Established | None = None
         self._sealer: RecordSealer | None = None  # set by install_keys: what we send is sealed
@@ -259,6 +260,11 @@ class TcpLink:
         try:
             if opener.budget is None and (budget := getattr(conn, "buffer_budget", None)) is not None:
                 opener.use_budget(budget)  # a record is held whole before it opens: count it in --max-memory
+            if self._rest is not None:  # what conn could not take last time goes first
+                rest, self._rest = self._rest, None
+                self._put(conn, rest)
+                if self._rest is not None or conn.events_pending:
+                    return
             piled = 0  # records opened in this call while events wait (small files: at most PILE_RECORDS)
             while True:
                 refusal = self._plain_error(conn) if opener.number == 0 else False
@@ -269,8 +275,9 @@ class TcpLink:
                     if filled < 0:
                         return
                     if filled:
-                        if conn.views_pending or conn.closed:
-                            break  # for the driver: a chunk (its payload is a view of conn's buffer)
+                        if conn.views_pending or conn.closed or conn.paused:
+                            break  # for the driver: a chunk (its payload is a view of conn's buffer), or
+                            # a small file waits for room in --max-memory (read no more until it fits)
                         if conn.events_pending or conn.pending_output:
                             piled += 1
                             if piled >= PILE_RECORDS and opener.next_record() <= 0:
@@ -296,6 +303,8 @@ class TcpLink:
                 if n == 0:
                     self._eof(conn)
                     return
+        except BufferWait:
+            raise  # not now: nothing was read; the driver waits for small files to settle, then reads again
         except (AuthError, BufferLimit) as exc:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
             # the connection object is left as it is, so the error the session reports is this one
@@ -328,7 +337,7 @@ class TcpLink:
                         break  # small frames: the decoder sees each record, so that a chunk stops the feed
                     if not filled:  # a record larger than the region the decoder offers (small
                         region = None  # frames: the decoder offers READAHEAD): opened where it is, copied
-                        _copy_into(conn, opener.open_in_place())
+                        self._put(conn, opener.open_in_place())
                         return size
                     break
                 size = -size  # large, on its way: read it into its place, if it fits there with its tag
@@ -374,6 +383,26 @@ class TcpLink:
             opener.buffer_updated(got - need)
         opener.finish_direct(target)
         return True
+
+    def _put(self, conn, data) -> None:
+        """``_copy_into`` for a record opened in place: what ``conn`` cannot take now -- it paused
+        (an item waits for room in --max-memory) or has no room for a buffer yet (BufferWait,
+        re-raised) -- stays in ``_rest`` (a view of the opener's buffer) and goes first next time."""
+        view = memoryview(data)
+        while view:
+            if conn.paused:
+                self._rest = view
+                return
+            try:
+                buf = conn.get_buffer()
+            except BufferWait:
+                self._rest = view
+                raise
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            del buf
+            view = view[n:]
+            conn.buffer_updated(n)
 
     def _eof(self, conn) -> None:
         self._opener.receive_eof()  # a cut record: AuthError

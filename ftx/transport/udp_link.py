@@ -244,7 +244,8 @@ class UdpLink:
             self.wake()  # MAX_DATA may now be due
         for fid, index, checksum, data in chunks:
             conn.receive_chunk(fid, index, checksum, data)
-        while s.stream_readable:  # conn.get_buffer() keeps the payloads of queued events intact
+        while s.stream_readable and not conn.paused:  # (paused: no room in --max-memory)
+            # conn.get_buffer() keeps the payloads of queued events intact
             buf = conn.get_buffer()
             conn.buffer_updated(s.stream_read_into(buf))
         if conn.peer is not None:

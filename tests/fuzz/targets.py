@@ -340,7 +340,7 @@ class _SessionDriver:
         self.conn, self.session = conn, session
 
     def drain(self) -> None:
-        """As ftx.receiving._serve_loop: handling events can raise new ones (the last RESULT
+        """As ftx.recv_pipeline._serve_loop: handling events can raise new ones (the last RESULT
         completes the session), so drain until none are left."""
         while events := list(iter(self.conn.next_event, None)):
             self.session.handle_all(events)

@@ -130,7 +130,7 @@ class UdpEnd:
         try:
             chunks = s.take_chunks()
             self._lent.extend(c[3] for c in chunks)
-            # exactly as UdpLink.feed, then ftx.receiving._serve_loop: chunks, then all the
+            # exactly as UdpLink.feed, then ftx.recv_pipeline._serve_loop: chunks, then all the
             # stream bytes, and only then the events
             for fid, index, checksum, data in chunks:
                 self.conn.receive_chunk(fid, index, checksum, data)
