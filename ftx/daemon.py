@@ -25,6 +25,7 @@ import time
 from typing import Any, Awaitable, Callable, Optional
 
 from . import DEFAULT_PORT
+from .core.hosts import host_key
 from .errors import TransportError
 from .limits import Admission, Limits
 from .progress import Progress
@@ -368,7 +369,7 @@ class ReceiverService:
             if error == "":
                 return  # turned away quietly (throttled)
             if error is not None:  # one line at once, then one summary per address per interval
-                told = self.failures.failed(host_of(link.peer), peer_label(link.peer), error)
+                told = self.failures.failed(host_key(host_of(link.peer)), peer_label(link.peer), error)
                 if told:  # events are throttled alike (the rest: "failures_suppressed")
                     svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
                                  "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
+from .core.hosts import host_key
 from .units import parse_duration, parse_size  # noqa: F401 - re-exported (the one parser: ftx/units.py)
 
 
@@ -26,7 +27,7 @@ class Limits:
     max_connections: int = field(default=256, metadata=_opt(
         "count", "Senders served at once, TCP and UDP together; more are refused (BUSY)."))
     max_per_host: int = field(default=16, metadata=_opt(
-        "count", "Senders served at once from one IP address."))
+        "count", "Senders served at once from one host (an IPv4 address, or an IPv6 /64)."))
     handshake_timeout: float = field(default=10.0, metadata=_opt(
         "duration", "Drop a connection that has not completed its handshake in this time."))
     stall_timeout: float = field(default=600.0, metadata=_opt(
@@ -98,7 +99,7 @@ class Limits:
 
 
 class Admission:
-    """Counts live sessions, in total and per host, against ``Limits``.
+    """Counts live sessions, in total and per host (``host_key``: an IPv6 /64 is one), against ``Limits``.
 
     ``admit(host, evict)`` returns a reason string when the session must be refused,
     else ``None`` and the caller owes one ``release(host, evict)``.  A session is
@@ -134,7 +135,7 @@ class Admission:
         return reason
 
     def _admit(self, host: str | None, evict=None, protected: bool = False) -> str | None:
-        key = host or "?"
+        key = host_key(host)  # an IPv6 /64 is one host (ftx/core/hosts.py)
         victims = []
         with self._lock:
             if self.total >= self.limits.max_connections:
@@ -195,7 +196,7 @@ class Admission:
                 return
             if evict is not None:
                 self._pending.pop(evict, None)
-            self._uncount(host or "?")
+            self._uncount(host_key(host))
 
     def _uncount(self, key: str) -> None:
         self.total -= 1

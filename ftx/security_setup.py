@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from . import credentials as cr
+from .core.hosts import host_key
 from .core.record import record
 from .core.secure import AuthError
 from .errors import FtxError
@@ -185,9 +186,10 @@ def describe_offer(hello) -> str:
 
 
 class Throttle:
-    """Failed handshakes per source address: after ``limit`` in ``window`` s, refuse it for ``ban`` s.
+    """Failed handshakes per source host (``host_key``: an IPv4 address, an IPv6 /64): after ``limit``
+    in ``window`` s, refuse it for ``ban`` s.
 
-    Holds at most ``max_hosts`` addresses (the least recently failed are forgotten).
+    Holds at most ``max_hosts`` hosts (the least recently failed are forgotten).
     """
 
     def __init__(self, limit: int = 5, window: float = 60.0, ban: float = 60.0, max_hosts: int = 4096,
@@ -200,6 +202,7 @@ class Throttle:
         """Seconds ``host`` is still refused for (0: let it try)."""
         if host is None:
             return 0.0
+        host = host_key(host)
         until = self._banned.get(host)
         if until is None:
             return 0.0
@@ -212,6 +215,7 @@ class Throttle:
     def failed(self, host: str | None) -> None:
         if host is None or self.limit <= 0:
             return
+        host = host_key(host)
         now = self.clock()
         times = [t for t in self._fails.pop(host, []) if now - t < self.window]
         times.append(now)
@@ -226,22 +230,6 @@ class Throttle:
         for table in (self._fails, self._banned):
             while len(table) > self.max_hosts:
                 table.popitem(last=False)
-
-
-def rate_key(host: str) -> str:
-    """Whose bucket an address draws on: an IPv4 address, or an IPv6 address's /64 (one
-    host usually holds a whole /64)."""
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 class HandshakeRate:
@@ -265,7 +253,7 @@ class HandshakeRate:
     def take(self, host: str | None) -> str | None:
         """None: ``host`` may start a handshake (a token of each bucket is spent); else why not."""
         now = self.clock()
-        key = rate_key(host) if host else "?"
+        key = host_key(host)
         mine = self._hosts.get(key)
         tokens = self.per_host if mine is None else self._refill(mine, self.per_host, self.per_host / 60, now)
         if tokens < 1:
@@ -366,7 +354,7 @@ class ReceiverAuth:
         """A connection from ``host`` wants to run a handshake: None to go on, else why not."""
         left = self.throttle.refused(host)
         if left > 0:
-            return f"too many failed authentications from {host}; try again in {left:.0f} s"
+            return f"too many failed authentications from {host_key(host)}; try again in {left:.0f} s"
         if self.code_mode:
             if self.code is None:
                 return "the pairing code was used; ask the receiver for a new one"
