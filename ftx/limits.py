@@ -58,7 +58,8 @@ class Limits:
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
         "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "
-                "handshake) get this less 48M for the process itself.", least=24 << 20))
+                "handshake) get this less 48M for the process itself; the connections of one host hold at "
+                "most a quarter of the frame buffers (at least 8M).", least=24 << 20))
 
     #: what the receiver process needs besides buffers (interpreter, per-session state)
     PROCESS_RESERVE = 48 << 20
@@ -76,6 +77,20 @@ class Limits:
     def frame_buffer_bytes(self) -> int:
         """Frame decoders of all connections (TCP and UDP) and each unsettled item's state: 3/8."""
         return self.buffer_bytes * 3 // 8
+
+    #: a host's share of the frame buffers is never less than this (all of them, if they are less):
+    #: one sender at the largest chunk the receiver allows (4 MiB) needs about 4.6 MiB -- its
+    #: frame, a sealed record being opened, its items' state -- and two such senders fit
+    HOST_SHARE_FLOOR = 8 << 20
+
+    @property
+    def host_frame_buffer_bytes(self) -> int:
+        """What the connections of one host (an IPv4 address, an IPv6 /64) may hold of the frame
+        buffers: a quarter, so that at least four hosts get their whole share at once, and a host
+        that holds its share leaves three quarters to the others; at least HOST_SHARE_FLOOR.
+        19.5 of 78 MiB by default (--max-memory 256M)."""
+        whole = self.frame_buffer_bytes
+        return max(whole // 4, min(whole, self.HOST_SHARE_FLOOR))
 
     @property
     def udp_buffer_bytes(self) -> int:

@@ -194,3 +194,93 @@ def test_max_per_host_counts_a_64_through_a_real_receiver(tmp_path, receiver_fac
     finally:
         for h in held:
             h.close()
+
+
+# -- the frame-buffer budget: one host's share -------------------------------------------------------
+def _rx_queue(local_port: int, remote: tuple[str, int]) -> int | None:
+    """Bytes waiting unread in the receiver's socket of the connection from ``remote`` (None: gone),
+    from /proc/net/tcp: how we know the receiver has read (and so buffered) what was sent."""
+    want_local = f"0100007F:{local_port:04X}"
+    a = socket.inet_aton(remote[0])
+    want_remote = f"{a[::-1].hex().upper()}:{remote[1]:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[1] == want_local and parts[2] == want_remote and parts[3] == "01":  # ESTABLISHED
+                return int(parts[4].split(":")[1], 16)
+    return None
+
+
+def _hold_partial_frame(port: int, source: str, size: int) -> Held | None:
+    """An authenticated connection from ``source`` that sends a DATA frame announcing ``size`` bytes
+    and all of it but 16 bytes, then waits: the receiver holds those bytes until the stall timeout.
+    None if the receiver refused it on the way."""
+    h = Held(port, "127.0.0.1", source)
+    h.sock.sendall(HELLO + encode_frame(FrameType.PING, bytes(8)))
+    if h.until(FrameType.PONG) is None:
+        h.close()
+        return None
+    try:
+        h.sock.sendall(encode_data_header(1, 0, 0, size) + os.urandom(size - 16))
+    except OSError:
+        h.close()
+        return None
+    return h
+
+
+def test_one_host_cannot_take_the_frame_buffers_of_the_others(tmp_path, receiver_factory):
+    """One host (127.0.0.2) opens 16 connections, each holding most of a big DATA frame (4 MiB,
+    1 MiB, 256 KiB: what fills a budget best); a sender from another host (127.0.0.1) still gets
+    its frames buffered and its file delivered.  --max-memory 96M: 18 MiB of frame buffers, of
+    which one host may hold 8 MiB."""
+    r = receiver_factory("--max-memory", "96M", "--stall-timeout", "60")
+    held = []
+    try:
+        for size in [4 * MIB] * 6 + [MIB] * 6 + [256 * 1024] * 4:
+            h = _hold_partial_frame(r.port, "127.0.0.2", size)
+            if h is not None:
+                held.append(h)
+        # the attack has landed: every connection it kept has been read to the last byte (or closed)
+        for h in held:
+            me = h.sock.sock.getsockname()
+            wait_for(lambda: not _rx_queue(r.port, me), timeout=20, interval=0.01,
+                     what="the receiver to read what the attacker sent")
+        assert held, "the receiver refused every connection of the host"
+        write_random(tmp_path / "src" / "legit.bin", 24 * MIB, seed=5)
+        rc, report, stderr = run_send(str(tmp_path / "src" / "legit.bin"), r.dest, timeout=60)
+        assert rc == 0, stderr
+        assert (r.dir / "legit.bin").stat().st_size == 24 * MIB
+        # and the host was told why its connections beyond its share were refused
+        refused = [h for h in held if _rx_queue(r.port, h.sock.sock.getsockname()) is None]
+        assert refused, "the host kept every connection"
+        err = ErrorMessage.decode(refused[0].until(FrameType.ERROR).payload)
+        assert err.code == ErrorCode.BUSY, err
+        assert "for 127.0.0.2" in err.message and "one host's share of its --max-memory" in err.message
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_a_hosts_share_counts_all_its_connections_and_leaves_the_rest_to_others():
+    from ftx.core.frames import BufferBudget
+
+    total = BufferBudget(100, host_share=40)
+    a1, a2, b = total.for_host("192.0.2.1"), total.for_host("192.0.2.1"), total.for_host("192.0.2.2")
+    assert a1.take(30) and not a2.take(11) and a2.take(10)  # the host's 40, over two connections
+    assert a1.room == 0 and "for 192.0.2.1" in a2.refusal() and "one host's share" in a2.refusal()
+    assert b.take(40) and b.room == 0
+    c = total.for_host("192.0.2.3")
+    assert c.room == 20 and c.take(20) and not c.take(1)  # the total is spent: its own message
+    assert "for 192.0.2.3" not in c.refusal() and "(100 of" not in c.refusal()  # (MiB: 0 of 0)
+    a1.give(30)
+    a2.give(10)
+    assert "192.0.2.1" not in total.hosts and total.used == 60  # an idle host leaves no entry
+
+
+def test_the_host_share_is_a_quarter_of_the_frame_buffers_and_at_least_8_mib():
+    assert Limits().frame_buffer_bytes == 78 * MIB
+    assert Limits().host_frame_buffer_bytes == 78 * MIB // 4  # 19.5 MiB by default
+    small = Limits(max_memory=96 * MIB)  # 18 MiB of frame buffers: a quarter would not fit a 4 MiB chunk twice
+    assert small.host_frame_buffer_bytes == 8 * MIB
+    tiny = Limits(max_memory=24 * MIB)  # 4.5 MiB in all: one host may have all of it
+    assert tiny.host_frame_buffer_bytes == tiny.frame_buffer_bytes

@@ -110,12 +110,24 @@ class BufferBudget:
 
     Decoders ``take`` capacity before they grow and ``give`` it back when they
     shrink or close.  Pure bookkeeping, used from one event loop thread.
+
+    ``host_share``: what the connections of one host may hold together (default: all of
+    it).  A connection draws through ``for_host(key)`` (``key``: ``ftx.core.hosts.host_key``
+    of its peer), so that one host's many connections, each holding a large frame that
+    never ends, cannot take the buffers other hosts' senders need.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, host_share: int | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
+        self.host_share = limit if host_share is None else min(host_share, limit)
+        self.hosts: dict[str, int] = {}  # host key -> bytes its connections hold (entries > 0 only)
+
+    @property
+    def room(self) -> int:
+        """Bytes that may still be taken."""
+        return self.limit - self.used
 
     def take(self, nbytes: int) -> bool:
         if self.used + nbytes > self.limit:
@@ -126,6 +138,60 @@ class BufferBudget:
 
     def give(self, nbytes: int) -> None:
         self.used = max(0, self.used - nbytes)
+
+    def refusal(self, what: str = "buffer memory") -> str:
+        """The one line a sender that would go over is told."""
+        return (f"receiver out of {what} ({self.used >> 20} of {self.limit >> 20} MiB in use; "
+                f"its --max-memory); try again later")
+
+    def for_host(self, key: str) -> "HostBudget":
+        """The budget one connection of host ``key`` draws on: the total and the host's share."""
+        return HostBudget(self, key)
+
+
+class HostBudget:
+    """One host's part of a ``BufferBudget``: what it takes counts in the total and in the
+    host's own account, which may not pass ``host_share``.  One per connection (they are
+    views: a host's connections share its account in the total's ``hosts``)."""
+
+    def __init__(self, total: BufferBudget, key: str) -> None:
+        self.total = total
+        self.key = key
+
+    @property
+    def used(self) -> int:
+        """Bytes this host's connections hold together."""
+        return self.total.hosts.get(self.key, 0)
+
+    @property
+    def limit(self) -> int:
+        return self.total.host_share
+
+    @property
+    def room(self) -> int:
+        return min(self.total.host_share - self.used, self.total.room)
+
+    def take(self, nbytes: int) -> bool:
+        mine = self.total.hosts.get(self.key, 0)
+        if mine + nbytes > self.total.host_share or not self.total.take(nbytes):
+            return False
+        self.total.hosts[self.key] = mine + nbytes
+        return True
+
+    def give(self, nbytes: int) -> None:
+        mine = self.total.hosts.get(self.key, 0)
+        nbytes = min(nbytes, mine)
+        if mine - nbytes > 0:
+            self.total.hosts[self.key] = mine - nbytes
+        else:
+            self.total.hosts.pop(self.key, None)
+        self.total.give(nbytes)
+
+    def refusal(self, what: str = "buffer memory") -> str:
+        if self.total.host_share - self.used > self.total.room:  # the total is what is spent
+            return self.total.refusal(what)
+        return (f"receiver out of {what} for {self.key} ({self.used >> 20} of {self.limit >> 20} MiB in use by "
+                f"that host's connections: one host's share of its --max-memory); try again later")
 
 
 class BufferLimit(FtxError):
@@ -147,7 +213,7 @@ class FrameDecoder:
     """
 
     def __init__(self, max_payload: int = HANDSHAKE_MAX_PAYLOAD, copy_payloads: bool = False,
-                 budget: BufferBudget | None = None):
+                 budget: BufferBudget | HostBudget | None = None):
         self._max_payload = 0
         self._buf = bytearray()
         self._view = memoryview(self._buf)
@@ -263,9 +329,7 @@ class FrameDecoder:
         """
         old = len(self._buf)
         if capacity > old and self.budget is not None and not self.budget.take(capacity - old):
-            raise BufferLimit(
-                f"receiver out of buffer memory ({self.budget.used >> 20} of {self.budget.limit >> 20} MiB "
-                f"in use; its --max-memory); try again later")
+            raise BufferLimit(self.budget.refusal())
         pending = self._view[self._start : self._end]
         new = bytearray(capacity)
         new[: len(pending)] = pending

@@ -369,7 +369,7 @@ class ReceiverConnection(Connection):
             self._beyond_announced(None)  # (made at the first item; counts nothing)
         admit = self._announced.admit if self._announced.summary is not None else None
         taken = 0  # file-state bytes of this run's files, taken from the budget at the end
-        room_left = budget.limit - budget.used if budget is not None else 0
+        room_left = budget.room if budget is not None else 0
         try:
             for p in payloads:
                 n = len(p)
@@ -403,9 +403,7 @@ class ReceiverConnection(Connection):
                     if room_left < cost:
                         budget.take(taken)
                         taken = 0
-                        self._fail_local(BufferLimit(
-                            f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} "
-                            "MiB in use, --max-memory); try again later"))
+                        self._fail_local(BufferLimit(budget.refusal("memory for file state")))
                     room_left -= cost
                     taken += cost
                     costs[file_id] = cost
@@ -442,9 +440,7 @@ class ReceiverConnection(Connection):
         if budget is not None:  # the receiver's memory bound covers what it keeps per item, too
             cost = FILE_STATE_COST + len(entry.path) + len(entry.target)
             if not budget.take(cost):
-                self._fail_local(BufferLimit(
-                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
-                    "in use, --max-memory); try again later"))
+                self._fail_local(BufferLimit(budget.refusal("memory for file state")))
             self._costs[file_id] = cost
         self._unsettled += 1
         self._files[file_id] = state
@@ -471,9 +467,7 @@ class ReceiverConnection(Connection):
         if budget is not None:
             cost = FILE_STATE_COST + len(c.path)
             if not budget.take(cost):
-                self._fail_local(BufferLimit(
-                    f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
-                    "in use, --max-memory); try again later"))
+                self._fail_local(BufferLimit(budget.refusal("memory for file state")))
         self._unsettled += 1
         self._checks[c.dir_id] = cost
 

@@ -299,8 +299,7 @@ class RecordOpener:
 
     @staticmethod
     def _limit(budget: BufferBudget) -> BufferLimit:
-        return BufferLimit(f"receiver out of buffer memory ({budget.used >> 20} of {budget.limit >> 20} MiB "
-                           f"in use; its --max-memory); try again later")
+        return BufferLimit(budget.refusal())
 
     def _resize(self, capacity: int) -> None:
         old = len(self._buf)
