@@ -232,6 +232,33 @@ class Throttle:
                 table.popitem(last=False)
 
 
+def takeover_credential(established) -> str | None:
+    """What a connection must share with the one writing a destination to take it over
+    (besides the SENDER_ID, protocol.md 6.1): the sender's key (``key SHA256:...``) or its TLS
+    client certificate (``tls SHA256:...``).  None -- never the same as another -- for a
+    pairing-code session (a code is good for one session) or a TLS sender without a
+    certificate (--tls-any-client): nothing proves that it is the sender it would replace.
+    ``established`` None (--insecure): "", the SENDER_ID alone decides, as it did before
+    connections were authenticated."""
+    if established is None:
+        return ""
+    peer = established.peer
+    if peer.kind in ("key", "tls") and peer.fingerprint:
+        return f"{peer.kind} {peer.fingerprint}"
+    return None
+
+
+def takeover_refusal(mine: str | None, theirs: str | None, kind: str) -> str:
+    """Why a connection authenticated as ``mine`` may not take over from one authenticated as
+    ``theirs`` (``takeover_credential``; ``kind``: ours, "key", "tls" or "code")."""
+    if mine is None:
+        what = "a pairing-code session" if kind == "code" else "a TLS sender without a client certificate"
+        return (f"busy: another sender holds this transfer, and {what} cannot take over another "
+                "connection's transfer; try again when it is done")
+    other = "certificate" if kind == "tls" else "key"
+    return f"busy: another sender holds this transfer (authenticated with a different {other}); try again when it is done"
+
+
 class HandshakeRate:
     """Token buckets on code-mode handshakes, which cost the receiver SPAKE2 work (about
     10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per address
