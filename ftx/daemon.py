@@ -276,7 +276,7 @@ class ReceiverService:
                        loop.create_task(svc.run())]  # systemd STATUS= and WATCHDOG=1
 
     def _refused(self, host: str | None, reason: str) -> None:
-        self.refusals.failed(host, f"refused {host or '?'}", reason)
+        self.refusals.failed(host_key(host), f"refused {host or '?'}", reason)  # throttled per host (a /64)
         if self.detail is not None:
             self.detail({"event": "refusal", "host": host or "", "reason": reason})
 

@@ -100,6 +100,53 @@ def test_the_same_key_takes_over_a_connection_left_by_a_killed_sender(tmp_path, 
     assert (r.dir / "big.bin").read_bytes() == data
 
 
+def _stop_and_take_over(r, tmp_path, first: subprocess.Popen, src, data: bytes, *args: str) -> None:
+    """Stop ``first`` (its connection stays open), send the same file again with ``args``: it
+    takes over and completes."""
+    first.send_signal(signal.SIGSTOP)
+    again = _send(tmp_path / "state", str(src), r.dest, *args)
+    _out, err = again.communicate(timeout=40)
+    assert again.returncode == 0, err
+    assert (r.dir / src.name).read_bytes() == data
+
+
+def test_tls_another_client_certificate_cannot_take_over_and_the_same_one_can(tmp_path, receiver_factory):
+    from .tls_pki import CA
+
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("receiver.example", ["localhost", "127.0.0.1"], stem="server")
+    one, two = ca.issue("one.example", client=True, stem="one"), ca.issue("two.example", client=True, stem="two")
+    r = receiver_factory("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-ca", str(ca.path))
+    tls = lambda cert: ["--tls-ca", str(ca.path), "--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]  # noqa: E731
+    src = tmp_path / "src" / "big.bin"
+    data = write_random(src, 6 * MIB, seed=4)
+    first = _send(tmp_path / "state", str(src), r.dest, "--max-rate", "1M", "--chunk-size", "256K", *tls(one))
+    try:
+        wait_for(lambda: _under_way(r.dir, "big.bin"), what="the first transfer to be under way")
+        other = _send(tmp_path / "state", str(src), r.dest, *tls(two))  # same sender id, another certificate
+        _out, err = other.communicate(timeout=30)
+        assert other.returncode == 1 and "a different certificate" in err, err
+        assert first.poll() is None  # undisturbed
+        _stop_and_take_over(r, tmp_path, first, src, data, *tls(one))
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+
+
+def test_insecure_keeps_the_sender_id_rule(tmp_path, receiver_factory):
+    """--insecure has no credential: the same SENDER_ID takes over, as before (protocol.md 6.1)."""
+    r = receiver_factory("--insecure")
+    src = tmp_path / "src" / "big.bin"
+    data = write_random(src, 6 * MIB, seed=5)
+    first = _send(tmp_path / "state", str(src), r.dest, "--insecure", "--max-rate", "1M", "--chunk-size", "256K")
+    try:
+        wait_for(lambda: _under_way(r.dir, "big.bin"), what="the first transfer to be under way")
+        _stop_and_take_over(r, tmp_path, first, src, data, "--insecure")
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+
+
 # -- what counts as the same credential ----------------------------------------------------------
 def _est(peer: PeerIdentity, transcript: bytes = b"t") -> Established:
     return Established("aes-256-gcm", bytes(32), bytes(32), peer, transcript)
