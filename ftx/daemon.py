@@ -371,7 +371,7 @@ class ReceiverService:
             error = await authenticate(link, auth, limits.handshake_timeout, budget)  # counts in --max-memory
             if error == "":
                 return  # turned away quietly (throttled)
-            if error is not None:  # one line at once, then one summary per address per interval
+            if error is not None:  # one line at once, then one summary per host per interval
                 told = self.failures.failed(host_key(host_of(link.peer)), peer_label(link.peer), error)
                 if told:  # events are throttled alike (the rest: "failures_suppressed")
                     svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,

@@ -10,9 +10,10 @@ authorized senders, the current pairing code (burned after ``CODE_TRIES``
 failed guesses, with at most that many guesses in flight, so parallel
 connections cannot guess more; and burned as soon as one sender proved it:
 one code, one transfer -- a handshake still in flight on a burned code is
-refused even if it proves the old code), and per-address failure counting
-(``Throttle``): an address whose credentials failed 5 checks within a minute
-is turned away before any handshake work for a minute.
+refused even if it proves the old code), and per-host failure counting
+(``Throttle``; a host is an IPv4 address or an IPv6 /64, ``ftx.core.hosts``): a host
+whose credentials failed 5 checks within a minute is turned away before any
+handshake work for a minute.
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ def takeover_refusal(mine: str | None, theirs: str | None, kind: str) -> str:
 
 class HandshakeRate:
     """Token buckets on code-mode handshakes, which cost the receiver SPAKE2 work (about
-    10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per address
-    (IPv6: per /64) and ``total`` a second for all of them, each in bursts of as many.
+    10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per host
+    (``host_key``: an IPv4 address, an IPv6 /64) and ``total`` a second for all of them, each in bursts of as many.
     A flood is turned away before any work, so it cannot starve transfers in progress.
     Holds at most ``max_hosts`` addresses (the least recently seen are forgotten)."""
 

@@ -80,7 +80,7 @@ LIGHT_BURST = 8.0  # a sender's handshake asks 2 to 4 times: a few transfers in 
 # filled, and a new sender's packets waited seconds behind the flood.
 SESSION_RATE = 200.0
 SESSION_BURST = 64
-HOSTS_TRACKED = 4096  # per-address budgets kept; beyond, they start afresh (the total still holds)
+HOSTS_TRACKED = 4096  # per-host budgets kept; beyond, they start afresh (the total still holds)
 _xxh64 = xxhash.xxh3_64_intdigest
 _unpack_q = struct.Struct(">Q").unpack_from
 
