@@ -96,8 +96,7 @@ class ReceiveSession:
         self.receipt_sent = False
         self.error = ""
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
-        self.credential: str | None = ""  # whom a takeover must match (security_setup.takeover_credential)
-        self.auth_kind = ""  # "key", "tls", "code" ("": --insecure)
+        self.established = None  # the handshake's outcome (None: --insecure): who may take over (_claim_partial)
         self.worker: asyncio.Future | None = None  # the batch a worker thread is handling, if any
         self.last_progress = time.monotonic()  # file data moved or a file settled (--stall-timeout)
 
@@ -276,12 +275,9 @@ class ReceiveSession:
 
         A sender that was killed, or whose network vanished, leaves its old
         connection waiting for the idle timeout; the user's re-run carries the
-        same transfer identity (HELLO's sender id), is authenticated with the same
-        credential (key or client certificate) and must not be told "busy" for
-        that long.  Anyone else -- another user behind the same NAT, an anonymous
-        older sender, a sender with another key that presents the same id -- gets
-        BUSY and the transfer in progress goes on.  With --insecure the id alone
-        decides (protocol.md 6.1).
+        same transfer identity (HELLO's sender id) and credential, and must not be
+        told "busy" for that long.  Anyone else gets BUSY and the transfer in
+        progress goes on (security_setup.takeover_refusal, protocol.md 6.1).
         """
         kind = PartialFile
         if self.conn.receipt_requested:  # hashes SHA-256 alongside XXH3, for the receipt
@@ -289,15 +285,11 @@ class ReceiveSession:
         try:
             return kind(self.dest, entry, path, owner=self)
         except Busy as exc:
-            old = exc.holder
-            if not isinstance(old, ReceiveSession) or old is self or not self.identity \
-                    or old.identity != self.identity:
-                raise Busy("busy: another sender is sending this file right now (a different transfer "
-                           "identity); try again when it is done", old) from None
-            if self.credential is None or self.credential != old.credential:
-                from .security_setup import takeover_refusal
+            from .security_setup import takeover_refusal
 
-                raise Busy(takeover_refusal(self.credential, old.credential, self.auth_kind), old) from None
+            old = exc.holder
+            if (why := takeover_refusal(self, old)) is not None:
+                raise Busy(why, old) from None
             log.warning("%s: taking over from an earlier connection of the same sender", _name(entry))
             old.abandon()
             deadline = time.monotonic() + 5.0
@@ -455,11 +447,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
                               small_runs=True)
     conn.small_run_max = BATCH  # a run is at most a part
     session = ReceiveSession(conn, dest, on_file, progress, keep_reports, on_files)
-    if established is not None:  # who may take over what this session writes
-        from .security_setup import takeover_credential
-
-        session.credential = takeover_credential(established)
-        session.auth_kind = established.peer.kind
+    session.established = established
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()

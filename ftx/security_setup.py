@@ -249,14 +249,24 @@ def takeover_credential(established) -> str | None:
     return None
 
 
-def takeover_refusal(mine: str | None, theirs: str | None, kind: str) -> str:
-    """Why a connection authenticated as ``mine`` may not take over from one authenticated as
-    ``theirs`` (``takeover_credential``; ``kind``: ours, "key", "tls" or "code")."""
-    if mine is None:
-        what = "a pairing-code session" if kind == "code" else "a TLS sender without a client certificate"
+def takeover_refusal(new, old) -> str | None:
+    """None if receiver session ``new`` may take over the destination that ``old`` (the claim's
+    holder: a ``ReceiveSession``, or something else) is writing, else the BUSY text: both must
+    carry the same non-empty SENDER_ID (``identity``) and, unless --insecure, be authenticated
+    with the same credential (``established``: ``takeover_credential``)."""
+    mine = getattr(new, "identity", b"")
+    if old is new or not mine or getattr(old, "identity", b"") != mine:
+        return ("busy: another sender is sending this file right now (a different transfer identity); "
+                "try again when it is done")
+    ours, theirs = takeover_credential(new.established), takeover_credential(old.established)
+    if ours is not None and ours == theirs:
+        return None
+    if ours is None:
+        what = ("a pairing-code session" if new.established.peer.kind == "code"
+                else "a TLS sender without a client certificate")
         return (f"busy: another sender holds this transfer, and {what} cannot take over another "
                 "connection's transfer; try again when it is done")
-    other = "certificate" if kind == "tls" else "key"
+    other = "certificate" if new.established.peer.kind == "tls" else "key"
     return f"busy: another sender holds this transfer (authenticated with a different {other}); try again when it is done"
 
 

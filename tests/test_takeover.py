@@ -167,3 +167,21 @@ def test_the_credential_a_takeover_must_match():
     assert takeover_credential(None) == ""  # --insecure: the sender id alone decides, as before
 
 
+
+
+def test_the_takeover_rule():
+    from types import SimpleNamespace as S
+
+    from ftx.security_setup import takeover_refusal
+
+    key_a, key_b = PeerIdentity("key", "SHA256:a", b"a" * 32), PeerIdentity("key", "SHA256:b", b"b" * 32)
+    old = S(identity=b"id", established=_est(key_a))
+    assert takeover_refusal(S(identity=b"id", established=_est(key_a, b"new")), old) is None
+    assert "a different key" in takeover_refusal(S(identity=b"id", established=_est(key_b)), old)
+    assert "transfer identity" in takeover_refusal(S(identity=b"other", established=_est(key_a)), old)
+    assert "transfer identity" in takeover_refusal(S(identity=b"", established=_est(key_a)), S(identity=b"",
+                                                                                              established=_est(key_a)))
+    code = S(identity=b"id", established=_est(PeerIdentity("code", name="code")))
+    assert "pairing-code session cannot take over" in takeover_refusal(code, S(identity=b"id", established=code.established))
+    assert takeover_refusal(S(identity=b"id", established=None), S(identity=b"id", established=None)) is None  # --insecure
+    assert "transfer identity" in takeover_refusal(old, old)
