@@ -188,6 +188,9 @@ def test_max_per_host_counts_a_64_through_a_real_receiver(tmp_path, receiver_fac
         write_random(tmp_path / "f.bin", 1000)
         rc, _report, stderr = run_send(str(tmp_path / "f.bin"), f"[{c}]:{r.port}", timeout=30)
         assert rc == 3 and "--max-per-host 2" in stderr, stderr
+        # over UDP too (TCP and UDP count together): the Listener keys the INITIAL's source alike
+        rc, _report, stderr = run_send(str(tmp_path / "f.bin"), f"[{c}]:{r.port}", "--udp", timeout=30)
+        assert rc == 3 and f"{PREFIX}::/64" in stderr and "--max-per-host 2" in stderr, stderr
         # another host (IPv4 here) is not counted with them
         rc, _report, stderr = run_send(str(tmp_path / "f.bin"), f"127.0.0.1:{r.port}", timeout=30)
         assert rc == 0, stderr
