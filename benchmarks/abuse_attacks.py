@@ -276,6 +276,25 @@ class SlowHandshake(Attack):
         return [self.tcp_closed_note("dribbling connections")]
 
 
+class FramesOneHost(Attack):
+    """16 TCP connections from one host (127.0.0.2) each send all but 16 bytes of a 4 MiB DATA
+    frame, then hold it: one host's share of the frame buffers (review of issue #11)."""
+
+    name = "frames-one-host"
+
+    def start(self) -> None:
+        from ftx.core.frames import encode_data_header
+
+        self.tcp = TcpConns(self.ctx.port)
+        self.idxs = self.tcp.connect(16, ["127.0.0.2"], self.deadline(20, 10))
+        body = os.urandom(4 * MiB - 16)
+        for i in self.idxs:
+            self.tcp.send(i, HELLO + encode_data_header(1, 0, 0, 4 * MiB) + body, timeout=5)
+
+    def report(self) -> list[str]:
+        return [self.tcp_closed_note("connections holding most of a 4 MiB frame")]
+
+
 class SamePath(Attack):
     """A second sender from the same host offers the legitimate sender's destination path
     while it is being received, once per legitimate send (item 13)."""
@@ -532,4 +551,4 @@ class UdpInitialFlood(Attack):
 
 
 ATTACKS = [HelloIdle, Offers, Claim10T, Claims40M, UdpChunk16M, UdpStreamOoo, UdpHandshakes, UdpMutate,
-           UdpInitialFlood, PingOnly, SlowHandshake, SamePath]
+           UdpInitialFlood, PingOnly, SlowHandshake, FramesOneHost, SamePath]

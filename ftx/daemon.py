@@ -25,6 +25,7 @@ import time
 from typing import Any, Awaitable, Callable, Optional
 
 from . import DEFAULT_PORT
+from .core.hosts import host_key
 from .errors import TransportError
 from .limits import Admission, Limits
 from .progress import Progress
@@ -213,7 +214,9 @@ class ReceiverService:
 
         limits, auth, dest = self.limits, self.auth, self.dest
         self.admission = admission = Admission(limits)  # sessions in total and per host, TCP and UDP together
-        self.budget = BufferBudget(limits.frame_buffer_bytes)  # frame buffers and item state of all connections
+        # frame buffers and item state of all connections, and of each host's (a connection draws on
+        # ``budget.for_host``: one host's connections cannot hold more than its share)
+        self.budget = BufferBudget(limits.frame_buffer_bytes, limits.host_frame_buffer_bytes)
         passed = activation() if self.activation else PassedSockets([], [], [])
         self.svc = svc = Service(self.emit, admission=admission, auth=auth, dest_root=dest.root,
                                  metrics_at=self.metrics_at, settings=self.settings)  # the one observer: events,
@@ -274,7 +277,7 @@ class ReceiverService:
                        loop.create_task(svc.run())]  # systemd STATUS= and WATCHDOG=1
 
     def _refused(self, host: str | None, reason: str) -> None:
-        self.refusals.failed(host, f"refused {host or '?'}", reason)
+        self.refusals.failed(host_key(host), f"refused {host or '?'}", reason)  # throttled per host (a /64)
         if self.detail is not None:
             self.detail({"event": "refusal", "host": host or "", "reason": reason})
 
@@ -362,14 +365,15 @@ class ReceiverService:
         from .receiving import receive_over
 
         auth, svc, limits = self.auth, self.svc, self.limits
+        budget = self.budget.for_host(host_key(host_of(link.peer)))  # its host's share of --max-memory
         if not auth.insecure:
             from .security_setup import authenticate
 
-            error = await authenticate(link, auth, limits.handshake_timeout, self.budget)  # counts in --max-memory
+            error = await authenticate(link, auth, limits.handshake_timeout, budget)  # counts in --max-memory
             if error == "":
                 return  # turned away quietly (throttled)
-            if error is not None:  # one line at once, then one summary per address per interval
-                told = self.failures.failed(host_of(link.peer), peer_label(link.peer), error)
+            if error is not None:  # one line at once, then one summary per host per interval
+                told = self.failures.failed(host_key(host_of(link.peer)), peer_label(link.peer), error)
                 if told:  # events are throttled alike (the rest: "failures_suppressed")
                     svc.publish({"event": "session", "peer": peer_label(link.peer), "transport": link.transport,
                                  "complete": False, "ok": False, "files": 0, "error": error, "auth": auth.kind})
@@ -399,7 +403,7 @@ class ReceiverService:
             with svc.session(link.transport, progress) as tally:  # files and bytes in progress (status, metrics)
                 session = await receive_over(link, session_dest, on_file=on_file_counted, on_files=on_files_counted,
                                              idle_timeout=self.idle_timeout or default_timeout,
-                                             progress=tally, limits=limits, budget=self.budget,
+                                             progress=tally, limits=limits, budget=budget,
                                              confirm=(lambda hello: self._ask(ask, link, hello)) if ask else None,
                                              identity=None if auth.insecure else auth.receipt_identity,
                                              established=getattr(link, "established", None),

@@ -4,7 +4,8 @@ Every failed handshake (a wrong key, garbage, a timeout) used to print one stder
 line: a flood filled the log, and a stderr pipe nobody read stalled the daemon.
 Now the first failure from an address prints at once (an operator trying a sender
 sees why at once); the next ones from it within ``interval`` seconds are only
-counted, and one summary line per address per interval reports them::
+counted, and one summary line per address per interval reports them (the daemon
+passes ``host_key``: an IPv6 /64 is one "address" here)::
 
     192.0.2.7: 312 failed handshakes in the last 10 s (last: authentication failed: ...)
 

@@ -2,7 +2,8 @@
 
 A receiver lets a new connection take over a partial file that another
 connection is still writing only when both carry the same identity (HELLO's
-sender id, protocol.md section 6.1).  A re-run of a killed ``ftx send`` by the
+sender id, protocol.md section 6.1) and, unless --insecure, were authenticated
+with the same key or client certificate (the id alone is not a credential).  A re-run of a killed ``ftx send`` by the
 same user therefore resumes at once; another user -- behind the same NAT or
 not -- is told BUSY and cannot abort the transfer in progress.
 

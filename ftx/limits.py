@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
+from .core.hosts import host_key
 from .units import parse_duration, parse_size  # noqa: F401 - re-exported (the one parser: ftx/units.py)
 
 
@@ -26,7 +27,7 @@ class Limits:
     max_connections: int = field(default=256, metadata=_opt(
         "count", "Senders served at once, TCP and UDP together; more are refused (BUSY)."))
     max_per_host: int = field(default=16, metadata=_opt(
-        "count", "Senders served at once from one IP address."))
+        "count", "Senders served at once from one host (an IPv4 address, or an IPv6 /64)."))
     handshake_timeout: float = field(default=10.0, metadata=_opt(
         "duration", "Drop a connection that has not completed its handshake in this time."))
     stall_timeout: float = field(default=600.0, metadata=_opt(
@@ -57,7 +58,8 @@ class Limits:
     # -- memory -------------------------------------------------------------------
     max_memory: int = field(default=256 << 20, metadata=_opt(
         "size", "Memory bound of the receiver: the buffers of all senders together (frame, reassembly, "
-                "handshake) get this less 48M for the process itself.", least=24 << 20))
+                "handshake) get this less 48M for the process itself; the connections of one host hold at "
+                "most a quarter of the frame buffers (at least 8M).", least=24 << 20))
 
     #: what the receiver process needs besides buffers (interpreter, per-session state)
     PROCESS_RESERVE = 48 << 20
@@ -75,6 +77,20 @@ class Limits:
     def frame_buffer_bytes(self) -> int:
         """Frame decoders of all connections (TCP and UDP) and each unsettled item's state: 3/8."""
         return self.buffer_bytes * 3 // 8
+
+    #: a host's share of the frame buffers is never less than this (all of them, if they are less):
+    #: one sender at the largest chunk the receiver allows (4 MiB) needs about 4.6 MiB -- its
+    #: frame, a sealed record being opened, its items' state -- and two such senders fit
+    HOST_SHARE_FLOOR = 8 << 20
+
+    @property
+    def host_frame_buffer_bytes(self) -> int:
+        """What the connections of one host (an IPv4 address, an IPv6 /64) may hold of the frame
+        buffers: a quarter, so that at least four hosts get their whole share at once, and a host
+        that holds its share leaves three quarters to the others; at least HOST_SHARE_FLOOR.
+        19.5 of 78 MiB by default (--max-memory 256M)."""
+        whole = self.frame_buffer_bytes
+        return max(whole // 4, min(whole, self.HOST_SHARE_FLOOR))
 
     @property
     def udp_buffer_bytes(self) -> int:
@@ -98,7 +114,7 @@ class Limits:
 
 
 class Admission:
-    """Counts live sessions, in total and per host, against ``Limits``.
+    """Counts live sessions, in total and per host (``host_key``: an IPv6 /64 is one), against ``Limits``.
 
     ``admit(host, evict)`` returns a reason string when the session must be refused,
     else ``None`` and the caller owes one ``release(host, evict)``.  A session is
@@ -134,7 +150,7 @@ class Admission:
         return reason
 
     def _admit(self, host: str | None, evict=None, protected: bool = False) -> str | None:
-        key = host or "?"
+        key = host_key(host)  # an IPv6 /64 is one host (ftx/core/hosts.py)
         victims = []
         with self._lock:
             if self.total >= self.limits.max_connections:
@@ -195,7 +211,7 @@ class Admission:
                 return
             if evict is not None:
                 self._pending.pop(evict, None)
-            self._uncount(host or "?")
+            self._uncount(host_key(host))
 
     def _uncount(self, key: str) -> None:
         self.total -= 1

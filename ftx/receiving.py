@@ -99,6 +99,7 @@ class ReceiveSession:
         self.receipt_sent = False
         self.error = ""
         self.abandon = lambda: None  # set by the driver: end this connection from another thread
+        self.established = None  # the handshake's outcome (None: --insecure): who may take over (_claim_partial)
         self.worker: asyncio.Future | None = None  # the batch a worker thread is handling, if any
         self.last_progress = time.monotonic()  # file data moved or a file settled (--stall-timeout)
 
@@ -277,9 +278,9 @@ class ReceiveSession:
 
         A sender that was killed, or whose network vanished, leaves its old
         connection waiting for the idle timeout; the user's re-run carries the
-        same transfer identity (HELLO's sender id) and must not be told "busy"
-        for that long.  Anyone else -- another user behind the same NAT, an
-        anonymous older sender -- gets BUSY and the transfer in progress goes on.
+        same transfer identity (HELLO's sender id) and credential, and must not be
+        told "busy" for that long.  Anyone else gets BUSY and the transfer in
+        progress goes on (security_setup.takeover_refusal, protocol.md 6.1).
         """
         kind = PartialFile
         if self.conn.receipt_requested:  # hashes SHA-256 alongside XXH3, for the receipt
@@ -287,11 +288,11 @@ class ReceiveSession:
         try:
             return kind(self.dest, entry, path, owner=self)
         except Busy as exc:
+            from .security_setup import takeover_refusal
+
             old = exc.holder
-            if not isinstance(old, ReceiveSession) or old is self or not self.identity \
-                    or old.identity != self.identity:
-                raise Busy("busy: another sender is sending this file right now (a different transfer "
-                           "identity); try again when it is done", old) from None
+            if (why := takeover_refusal(self, old)) is not None:
+                raise Busy(why, old) from None
             log.warning("%s: taking over from an earlier connection of the same sender", _name(entry))
             old.abandon()
             deadline = time.monotonic() + 5.0
@@ -449,6 +450,7 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
                               small_runs=True)
     conn.small_run_max = BATCH  # a run is at most a part
     session = ReceiveSession(conn, dest, on_file, progress, keep_reports, on_files)
+    session.established = established
     task = asyncio.current_task()
     dead: list[tuple[Exception, bool]] = []
     loop = asyncio.get_running_loop()

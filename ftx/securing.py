@@ -135,8 +135,7 @@ class _Pump:
         if want <= 0:
             return
         if not self.budget.take(want):
-            raise BufferLimit(f"receiver out of handshake memory ({self.budget.used >> 10} of "
-                              f"{self.budget.limit >> 10} KiB in use; its --max-memory); try again later")
+            raise self.budget.refusal("handshake memory")
         self.charged += want
 
     def release(self) -> None:

@@ -10,9 +10,10 @@ authorized senders, the current pairing code (burned after ``CODE_TRIES``
 failed guesses, with at most that many guesses in flight, so parallel
 connections cannot guess more; and burned as soon as one sender proved it:
 one code, one transfer -- a handshake still in flight on a burned code is
-refused even if it proves the old code), and per-address failure counting
-(``Throttle``): an address whose credentials failed 5 checks within a minute
-is turned away before any handshake work for a minute.
+refused even if it proves the old code), and per-host failure counting
+(``Throttle``; a host is an IPv4 address or an IPv6 /64, ``ftx.core.hosts``): a host
+whose credentials failed 5 checks within a minute is turned away before any
+handshake work for a minute.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from . import credentials as cr
+from .core.hosts import host_key
 from .core.record import record
 from .core.secure import AuthError
 from .errors import FtxError
@@ -185,9 +187,10 @@ def describe_offer(hello) -> str:
 
 
 class Throttle:
-    """Failed handshakes per source address: after ``limit`` in ``window`` s, refuse it for ``ban`` s.
+    """Failed handshakes per source host (``host_key``: an IPv4 address, an IPv6 /64): after ``limit``
+    in ``window`` s, refuse it for ``ban`` s.
 
-    Holds at most ``max_hosts`` addresses (the least recently failed are forgotten).
+    Holds at most ``max_hosts`` hosts (the least recently failed are forgotten).
     """
 
     def __init__(self, limit: int = 5, window: float = 60.0, ban: float = 60.0, max_hosts: int = 4096,
@@ -200,6 +203,7 @@ class Throttle:
         """Seconds ``host`` is still refused for (0: let it try)."""
         if host is None:
             return 0.0
+        host = host_key(host)
         until = self._banned.get(host)
         if until is None:
             return 0.0
@@ -212,6 +216,7 @@ class Throttle:
     def failed(self, host: str | None) -> None:
         if host is None or self.limit <= 0:
             return
+        host = host_key(host)
         now = self.clock()
         times = [t for t in self._fails.pop(host, []) if now - t < self.window]
         times.append(now)
@@ -228,26 +233,47 @@ class Throttle:
                 table.popitem(last=False)
 
 
-def rate_key(host: str) -> str:
-    """Whose bucket an address draws on: an IPv4 address, or an IPv6 address's /64 (one
-    host usually holds a whole /64)."""
-    import ipaddress
+def takeover_credential(established) -> str | None:
+    """What a connection must share with the one writing a destination to take it over
+    (besides the SENDER_ID, protocol.md 6.1): the sender's key (``key SHA256:...``) or its TLS
+    client certificate (``tls SHA256:...``).  None -- never the same as another -- for a
+    pairing-code session (a code is good for one session) or a TLS sender without a
+    certificate (--tls-any-client): nothing proves that it is the sender it would replace.
+    ``established`` None (--insecure): "", the SENDER_ID alone decides, as it did before
+    connections were authenticated."""
+    if established is None:
+        return ""
+    peer = established.peer
+    if peer.kind in ("key", "tls") and peer.fingerprint:
+        return f"{peer.kind} {peer.fingerprint}"
+    return None
 
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+
+def takeover_refusal(new, old) -> str | None:
+    """None if receiver session ``new`` may take over the destination that ``old`` (the claim's
+    holder: a ``ReceiveSession``, or something else) is writing, else the BUSY text: both must
+    carry the same non-empty SENDER_ID (``identity``) and, unless --insecure, be authenticated
+    with the same credential (``established``: ``takeover_credential``)."""
+    mine = getattr(new, "identity", b"")
+    if old is new or not mine or getattr(old, "identity", b"") != mine:
+        return ("busy: another sender is sending this file right now (a different transfer identity); "
+                "try again when it is done")
+    ours, theirs = takeover_credential(new.established), takeover_credential(old.established)
+    if ours is not None and ours == theirs:
+        return None
+    if ours is None:
+        what = ("a pairing-code session" if new.established.peer.kind == "code"
+                else "a TLS sender without a client certificate")
+        return (f"busy: another sender holds this transfer, and {what} cannot take over another "
+                "connection's transfer; try again when it is done")
+    other = "certificate" if new.established.peer.kind == "tls" else "key"
+    return f"busy: another sender holds this transfer (authenticated with a different {other}); try again when it is done"
 
 
 class HandshakeRate:
     """Token buckets on code-mode handshakes, which cost the receiver SPAKE2 work (about
-    10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per address
-    (IPv6: per /64) and ``total`` a second for all of them, each in bursts of as many.
+    10 ms of CPU each) before the sender proves anything: ``per_host`` a minute per host
+    (``host_key``: an IPv4 address, an IPv6 /64) and ``total`` a second for all of them, each in bursts of as many.
     A flood is turned away before any work, so it cannot starve transfers in progress.
     Holds at most ``max_hosts`` addresses (the least recently seen are forgotten)."""
 
@@ -265,7 +291,7 @@ class HandshakeRate:
     def take(self, host: str | None) -> str | None:
         """None: ``host`` may start a handshake (a token of each bucket is spent); else why not."""
         now = self.clock()
-        key = rate_key(host) if host else "?"
+        key = host_key(host)
         mine = self._hosts.get(key)
         tokens = self.per_host if mine is None else self._refill(mine, self.per_host, self.per_host / 60, now)
         if tokens < 1:
@@ -366,7 +392,7 @@ class ReceiverAuth:
         """A connection from ``host`` wants to run a handshake: None to go on, else why not."""
         left = self.throttle.refused(host)
         if left > 0:
-            return f"too many failed authentications from {host}; try again in {left:.0f} s"
+            return f"too many failed authentications from {host_key(host)}; try again in {left:.0f} s"
         if self.code_mode:
             if self.code is None:
                 return "the pairing code was used; ask the receiver for a new one"

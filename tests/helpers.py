@@ -256,11 +256,15 @@ class SealedSocket:
     handshake as an authorized (but misbehaving) sender would.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, source: str | None = None,
+                 hs=None) -> None:
+        """``source``: the local address to connect from (e.g. 127.0.0.2: another host on loopback);
+        ``hs``: the client handshake to run (default: ``client_handshake()``)."""
         from ftx.core.secure.records import RecordOpener, RecordSealer
 
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        hs = client_handshake()
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        hs = hs or client_handshake()
         held = b""
         while True:
             out = hs.data_to_send()

@@ -45,9 +45,10 @@ class Raw:
     """A raw TCP client: sends whatever it is told, reads back frames (past the handshake, as an
     authorized sender: ``SealedSocket``)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", handshake: bool = True) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", handshake: bool = True, source: str | None = None) -> None:
         # without the handshake: a connection the receiver turns away at once, in plaintext
-        self.sock = SealedSocket(port, host) if handshake else socket.create_connection((host, port), timeout=10)
+        self.sock = SealedSocket(port, host, source=source) if handshake \
+            else socket.create_connection((host, port), timeout=10)
         self.decoder = FrameDecoder(copy_payloads=True)
         self.decoder.set_max_payload(4 * MIB + 64 * 1024)
         self.frames: list = []
@@ -121,15 +122,17 @@ def test_200_hello_only_connections_cost_little_memory_and_give_it_back(receiver
 
 
 def test_idle_connections_give_their_buffers_back(receiver_factory):
-    """16 connections each send one legal 4 MiB PING, then stay open and quiet."""
+    """16 connections each send one legal 4 MiB PING, then stay open and quiet.  From 8 hosts
+    (127.0.0.2-9): one host's connections may hold only its share of the frame buffers
+    (test_host_limits.py), 19.5 MiB by default."""
     r = receiver_factory("--max-per-host", "100")
     pid = r.proc.pid
     before = rss(pid)
     big = encode_frame(FrameType.PING, os.urandom(4 * MIB))
     clients = []
     try:
-        for _ in range(16):
-            c = Raw(r.port)
+        for k in range(16):
+            c = Raw(r.port, source=f"127.0.0.{2 + k % 8}")
             c.send(HELLO + big)
             clients.append(c)
         for c in clients:

@@ -117,14 +117,22 @@ class BufferBudget:
     Taken on the event loop's thread; given back from worker threads too (a storage
     worker settles files): a give is queued (a deque's append is atomic) and counted
     at the next look at the figures, on the loop's thread.
+
+    ``host_share``: what the connections of one host may hold together (default: all of
+    it).  A connection draws through ``for_host(key)`` (``key``: ``ftx.core.hosts.host_key``
+    of its peer), so that one host's many connections, each holding a large frame that
+    never ends, cannot take the buffers other hosts' senders need.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, host_share: int | None = None) -> None:
         self.limit = limit
         self._used = 0
         self.peak = 0
         self._settling = 0
-        self._given: deque = deque()  # (nbytes, settling) given back, not counted yet
+        self._given: deque = deque()  # (nbytes, settling, host key or None) given back, not counted yet
+        self.host_share = limit if host_share is None else min(host_share, limit)
+        self.hosts: dict[str, int] = {}  # host key -> bytes its connections hold (entries > 0 only)
+        self.hosts_settling: dict[str, int] = {}  # host key -> of those, settling (entries > 0 only)
 
     def take(self, nbytes: int, settling: bool = False) -> bool:
         if self._given:
@@ -138,13 +146,18 @@ class BufferBudget:
             self.peak = self._used
         return True
 
-    def give(self, nbytes: int, settling: bool = False) -> None:
-        self._given.append((nbytes, settling))
+    def give(self, nbytes: int, settling: bool = False, host: str | None = None) -> None:
+        self._given.append((nbytes, settling, host))
 
     def _count_given(self) -> None:
         given = self._given
         while given:
-            nbytes, settling = given.popleft()
+            nbytes, settling, host = given.popleft()
+            if host is not None:
+                nbytes = min(nbytes, self.hosts.get(host, 0))
+                _less(self.hosts, host, nbytes)
+                if settling:
+                    _less(self.hosts_settling, host, nbytes)
             self._used = max(0, self._used - nbytes)
             if settling:
                 self._settling = max(0, self._settling - nbytes)
@@ -173,6 +186,79 @@ class BufferBudget:
         kind = BufferWait if self.settling else BufferLimit
         return kind(f"receiver out of {what} ({self.used >> 20} of {self.limit >> 20} MiB in use; its "
                     "--max-memory); try again later")
+
+    def for_host(self, key: str) -> "HostBudget":
+        """The budget one connection of host ``key`` draws on: the total and the host's share."""
+        return HostBudget(self, key)
+
+
+def _less(counts: dict[str, int], key: str, nbytes: int) -> None:
+    left = counts.get(key, 0) - nbytes
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class HostBudget:
+    """One host's part of a ``BufferBudget``: what it takes counts in the total and in the
+    host's own account, which may not pass ``host_share``.  One per connection (they are
+    views: a host's connections share its account in the total's ``hosts``).  The same
+    interface as ``BufferBudget``; gives may come from worker threads (queued by the total)."""
+
+    def __init__(self, total: BufferBudget, key: str) -> None:
+        self.total = total
+        self.key = key
+
+    @property
+    def used(self) -> int:
+        """Bytes this host's connections hold together."""
+        self.total.used  # (counts what was given back)
+        return self.total.hosts.get(self.key, 0)
+
+    @property
+    def limit(self) -> int:
+        return self.total.host_share
+
+    @property
+    def peak(self) -> int:
+        return self.total.peak
+
+    @property
+    def room(self) -> int:
+        return min(self.total.host_share - self.used, self.total.room)
+
+    @property
+    def _share_binds(self) -> bool:
+        """Whether the host's share, not the total, is what is spent."""
+        return self.total.host_share - self.used < self.total.room
+
+    @property
+    def settling(self) -> int:
+        """Bytes that storage work under way will give back to what binds: the host's own, or all."""
+        if self._share_binds:
+            return self.total.hosts_settling.get(self.key, 0)
+        return self.total.settling
+
+    def take(self, nbytes: int, settling: bool = False) -> bool:
+        total = self.total
+        mine = self.used
+        if mine + nbytes > total.host_share or not total.take(nbytes, settling):
+            return False
+        total.hosts[self.key] = mine + nbytes
+        if settling:
+            total.hosts_settling[self.key] = total.hosts_settling.get(self.key, 0) + nbytes
+        return True
+
+    def give(self, nbytes: int, settling: bool = False) -> None:
+        self.total.give(nbytes, settling, self.key)
+
+    def refusal(self, what: str = "buffer memory") -> BufferLimit:
+        if not self._share_binds:  # the total is what is spent
+            return self.total.refusal(what)
+        kind = BufferWait if self.settling else BufferLimit
+        return kind(f"receiver out of {what} for {self.key} ({self.used >> 20} of {self.limit >> 20} MiB in use by "
+                    "that host's connections: one host's share of its --max-memory); try again later")
 
 
 class BufferLimit(FtxError):
@@ -205,7 +291,7 @@ class FrameDecoder:
     """
 
     def __init__(self, max_payload: int = HANDSHAKE_MAX_PAYLOAD, copy_payloads: bool = False,
-                 budget: BufferBudget | None = None):
+                 budget: BufferBudget | HostBudget | None = None):
         self._max_payload = 0
         self._buf = bytearray()
         self._view = memoryview(self._buf)

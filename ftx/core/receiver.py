@@ -377,7 +377,7 @@ class ReceiverConnection(Connection):
             self._beyond_announced(None)  # (made at the first item; counts nothing)
         admit = self._announced.admit if self._announced.summary is not None else None
         taken = 0  # file-state bytes of this run's files, taken from the budget at the end
-        room_left = budget.limit - budget.used if budget is not None else 0
+        room_left = budget.room if budget is not None else 0
         try:
             for p in payloads:
                 n = len(p)
@@ -411,9 +411,7 @@ class ReceiverConnection(Connection):
                     if room_left < cost:
                         budget.take(taken, settling=True)
                         taken = 0
-                        self._fail_local(BufferLimit(
-                            f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} "
-                            "MiB in use, --max-memory); try again later"))
+                        self._fail_local(BufferLimit(str(budget.refusal("memory for file state"))))  # (never a wait)
                     room_left -= cost
                     taken += cost
                     costs[file_id] = -cost  # (negative: a small file's, settling)
@@ -490,9 +488,7 @@ class ReceiverConnection(Connection):
         small files being stored will give bytes back, else fail with BufferLimit as ever."""
         if budget.settling:
             raise PauseInput()
-        self._fail_local(BufferLimit(
-            f"receiver out of memory for file state ({budget.used >> 20} of {budget.limit >> 20} MiB "
-            "in use, --max-memory); try again later"))
+        self._fail_local(budget.refusal("memory for file state"))
 
     def _new_check(self, c: CheckDir) -> None:
         """A CHECK_DIR counts as an unsettled item (--max-files-in-flight) and in --max-memory."""

@@ -184,8 +184,8 @@ class UdpLink:
             n = s.stream_read_into(memoryview(buf))
             self.last_recv = time.monotonic()
             return bytes(buf[:n])
-        if s.close_code == ErrorCode.AUTH:
-            raise AuthError(s.close_reason)
+        if s.closed and (s.close_reason or self._pump_error):  # why it ended (a refusal: BUSY and its
+            self._raise_if_closed()  # reason, when its CLOSE came after the INITIAL reply), not "closed"
         return b""
 
     def install_keys(self, est: Established) -> None:

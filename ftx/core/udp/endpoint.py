@@ -22,8 +22,8 @@ an INITIAL reply and a CLOSE with code BUSY and the reason, still stateless);
 ``budget`` is the memory all sessions may buffer together (reassembly.py); the
 config's ``handshake_timeout`` closes a session whose HELLO does not arrive;
 and INITIALs are answered at most ``initial_rate`` a second (with a burst of
-``INITIAL_BURST``), and at most ``HOST_INITIAL_RATE`` a second from one IP
-address, so that a flood of them -- each costs an HMAC and a reply -- takes
+``INITIAL_BURST``), and at most ``HOST_INITIAL_RATE`` a second from one host
+(``host_of``: an IPv4 address or an IPv6 /64), so that a flood of them -- each costs an HMAC and a reply -- takes
 little time from the sessions already served.  Half of the total is kept for
 addresses that still have most of their own budget, so that a sender on
 another address than the flood's still gets its answer.  Sessions are created at
@@ -42,6 +42,7 @@ import struct
 import xxhash
 
 from ...errors import ErrorCode, RemoteProtocolError
+from ..hosts import host_key
 from .packets import (
     DATA,
     HEADER,
@@ -66,7 +67,7 @@ from .session import UdpConfig, UdpSession
 TOKEN_LIFETIME = 10
 INITIAL_RATE = 5000.0  # INITIALs answered per second (RETRY or session), beyond the burst:
 INITIAL_BURST = 256  # half of each for addresses that have asked little lately, half for the rest
-HOST_INITIAL_RATE = 16.0  # the same from one IP address
+HOST_INITIAL_RATE = 16.0  # the same from one host (an IPv4 address or an IPv6 /64)
 HOST_INITIAL_BURST = 32
 # An address is "light" (served from the reserved half of the total) while it has asked for
 # no more than this many INITIALs lately: a new sender asks once or twice, an address that
@@ -79,7 +80,7 @@ LIGHT_BURST = 8.0  # a sender's handshake asks 2 to 4 times: a few transfers in 
 # filled, and a new sender's packets waited seconds behind the flood.
 SESSION_RATE = 200.0
 SESSION_BURST = 64
-HOSTS_TRACKED = 4096  # per-address budgets kept; beyond, they start afresh (the total still holds)
+HOSTS_TRACKED = 4096  # per-host budgets kept; beyond, they start afresh (the total still holds)
 _xxh64 = xxhash.xxh3_64_intdigest
 _unpack_q = struct.Struct(">Q").unpack_from
 
@@ -107,8 +108,9 @@ def check_token(secret: bytes, token: bytes, addr, scid: int, now: float) -> boo
 
 
 def host_of(addr) -> str:
-    """The host part of a socket address, IPv4-mapped IPv6 as plain IPv4 (what limits count)."""
-    return str(addr[0]).removeprefix("::ffff:")
+    """The host a socket address counts as in every per-host limit: ``host_key`` (an IPv4
+    address, IPv4-mapped IPv6 as plain IPv4, or an IPv6 /64)."""
+    return host_key(addr[0])
 
 
 def padded_initial(dcid: int, pn: int, scid: int, token: bytes) -> bytes:
