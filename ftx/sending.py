@@ -214,12 +214,13 @@ class SendSession:
             raise self._failure.exception()
         return fut.result()
 
-    async def _flush(self) -> None:
+    async def _flush(self, pacer: Pacer | None = None) -> None:
+        """Send what is queued (``pacer``: at its rate, in slices)."""
         if self._failure.done():
             raise self._failure.exception()
         out = self.conn.data_to_send()
         if out:
-            await self.link.send(out)
+            await (self.link.send_paced(out, pacer) if pacer is not None else self.link.send(out))
 
     # -- reading the receiver -----------------------------------------------------
     async def _read_loop(self) -> None:
@@ -621,9 +622,7 @@ class SendSession:
             if conn.file_state(fid) != FileState.SENDING:
                 return  # the receiver failed the file; its result says why
             await self.link.send_chunk(conn, fid, index, data)
-            await self._flush()
-            if self._pacer is not None:
-                await self._pacer.pace(len(data))
+            await self._flush(self._pacer)
             report.bytes_sent += len(data)
             self.progress.advance(len(data))
         if not src.unchanged():

@@ -126,11 +126,22 @@ class TcpLink:
         if not bufs:
             return
         async with self._send_lock:
-            if self._sealer is not None:
-                for view in self._sealer.seal_buffers(bufs):
-                    await self._send_all(view)
-                return
-            await self._sendmsg(bufs)
+            await self._write(bufs)
+
+    async def send_paced(self, bufs: list, pacer) -> None:
+        """``send`` at ``pacer``'s rate (``--max-rate``): slice after slice, each paced, all under
+        one hold of the send lock (no other frame, such as a PING, lands inside a DATA frame)."""
+        async with self._send_lock:
+            for part, size in pacer.slices(bufs):
+                await self._write(part)
+                await pacer.pace(size)
+
+    async def _write(self, bufs: list) -> None:
+        if self._sealer is not None:
+            for view in self._sealer.seal_buffers(bufs):
+                await self._send_all(view)
+            return
+        await self._sendmsg(bufs)
 
     async def send_plain(self, bufs: list) -> None:
         """Write ``bufs`` unsealed even after ``install_keys``: a handshake refusal (protocol.md)."""
@@ -194,6 +205,7 @@ class TcpLink:
 
     # -- what the transport-neutral layers call -----------------------------------
     own_liveness = False  # the Watchdog pings and times out for us
+    file_bytes_in = 0  # chunks travel in frames: conn.file_data_moved counts them (UDP: chunks apart)
 
     async def feed(self, conn) -> None:
         """Move whatever arrives next into ``conn`` (zero-copy into its frame buffer).
@@ -293,6 +305,7 @@ class TcpLink:
                 self.last_recv = time.monotonic()
                 self.bytes_in += n
                 opener.buffer_updated(n)
+                conn.bytes_arriving(n)  # a record of a chunk on its way: the stall timeout sees it move
                 if n == 0:
                     self._eof(conn)
                     return
@@ -368,6 +381,7 @@ class TcpLink:
                     self._eof(conn)
                     return False
                 got += n
+                conn.bytes_arriving(n)
         finally:
             after.release()
         if got > need:

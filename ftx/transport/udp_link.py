@@ -74,6 +74,11 @@ class UdpLink:
     def sending(self) -> bool:
         return False
 
+    @property
+    def file_bytes_in(self) -> int:
+        """Chunk bytes that arrived, whole chunks or not (the receiver's --stall-timeout)."""
+        return self.session.chunk_bytes_in
+
     def wake(self) -> None:
         self._wake.set()
         if self._napping:
