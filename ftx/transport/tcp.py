@@ -21,7 +21,6 @@ import errno
 import logging
 import socket
 import time
-import weakref
 from typing import Awaitable, Callable
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
@@ -32,6 +31,7 @@ from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.keys import TAG_SIZE
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, FtxError, LocalProtocolError, TransportError
+from .quiet import IDLE_TRIM, give_back
 from .sockets import bound_socket, host_of, resolve
 
 log = logging.getLogger("ftx.tcp")
@@ -41,7 +41,6 @@ RCVLOWAT_MAX = 1024 * 1024
 PLAIN_ERROR_MAX = 16 + 4096  # a plaintext ERROR frame (a refusal) before the first record, at most
 PILE_RECORDS = 4  # records of small files' events handed to the driver as one batch, at most (while
 # more are waiting in the socket): ~2 MiB of their bytes at most, one part, one syncfs, one thread hop
-IDLE_TRIM = 1.0  # seconds without input after which a connection gives its buffer memory back
 
 
 def _tune(sock: socket.socket) -> None:
@@ -433,12 +432,11 @@ class TcpLink:
             self._loop.remove_reader(fd)
 
     def _trim(self, conn) -> None:
-        conn.trim_buffers()
         if self._opener is not None:
             self._opener.trim()
         if self._sealer is not None and not self._send_lock.locked():  # not under a send in progress
             self._sealer.trim()
-        _trim_heap_soon(self._loop)
+        give_back(conn, self._loop)
 
     def read_buffer(self, shared: memoryview) -> memoryview:
         """Where the sender reads its next chunk: framed and sent at once, so one buffer serves."""
@@ -496,29 +494,6 @@ def _copy_into(conn, data) -> None:
         del buf
         view = view[n:]
         conn.buffer_updated(n)
-
-
-_heap_trims: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list]" = weakref.WeakKeyDictionary()
-
-
-def _trim_heap_soon(loop: asyncio.AbstractEventLoop) -> None:
-    """Give freed buffer memory back to the kernel after connections trimmed theirs: glibc keeps a
-    freed 4 MiB buffer unless it sits at the top of the heap, so an idle receiver's RSS depended on
-    where its buffers had landed.  One trim for many requests, paced as the UDP server's
-    (udp_server.py: at least TRIM_INTERVAL apart, at most 1/TRIM_COST_RATIO of the time)."""
-    from .udp_server import TRIM_COST_RATIO, TRIM_INTERVAL, _malloc_trim_fn
-
-    state = _heap_trims.setdefault(loop, [0.0, None])  # [no trim before, scheduled handle]
-    if _malloc_trim_fn is None or state[1] is not None:
-        return
-
-    def trim() -> None:
-        state[1] = None
-        start = time.monotonic()
-        _malloc_trim_fn(0)
-        state[0] = time.monotonic() + max(TRIM_INTERVAL, TRIM_COST_RATIO * (time.monotonic() - start))
-
-    state[1] = loop.call_later(max(0.0, state[0] - time.monotonic()), trim)
 
 
 async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
