@@ -16,8 +16,11 @@ import pytest
 from ftx.core.frames import FrameDecoder, FrameType, encode_data_frame, encode_data_header, encode_frame
 from ftx.errors import ErrorCode
 
-from .helpers import run_send, write_random
+from ftx.core.udp import packets as P
+
+from .helpers import Receiver, run_send, write_random
 from .test_bounds import HELLO, MIB, Raw
+from .udp_attacker import RawPeer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,6 +59,26 @@ def test_a_sender_that_stops_in_the_middle_of_a_chunk_is_still_cut(receiver_fact
         assert 0.8 <= time.monotonic() - t0 <= 5
     finally:
         c.close()
+
+
+def test_a_udp_sender_that_stops_in_the_middle_of_a_chunk_and_only_pings_is_still_cut(tmp_path):
+    (tmp_path / "dst").mkdir()
+    r = Receiver(tmp_path / "dst", "-q", "--stall-timeout", "1")
+    try:
+        peer = RawPeer(r.port)
+        s = peer.handshake()
+        s.hello()
+        for off in range(0, 20 * 1200, 1200):  # the first pieces of a 1 MiB chunk, then only PINGs
+            s.chunk(1, 0, MIB, off, bytes(1200))
+        t0 = time.monotonic()
+        while s.closed_by is None and time.monotonic() - t0 < 10:
+            s.send(bytes([P.F_PING]))  # alive, but moving nothing
+            s.poll(0.2)
+        assert s.closed_by is not None and s.closed_by.code == ErrorCode.TIMEOUT, s.closed_by
+        assert 0.8 <= time.monotonic() - t0 <= 5
+        peer.close()
+    finally:
+        r.stop()
 
 
 def test_the_decoder_counts_file_bytes_as_they_arrive_and_nothing_else():
