@@ -25,10 +25,10 @@ from .udp_attacker import RawPeer
 pytestmark = pytest.mark.timeout(60)
 
 
-def _slow_send(tmp_path, r, *extra: str) -> None:
-    """One 2 MiB chunk at 1 MiB/s: about 2 s, twice the receiver's stall timeout."""
-    data = write_random(tmp_path / "src" / "slow.bin", 2 * MIB)
-    rc, report, stderr = run_send(str(tmp_path / "src" / "slow.bin"), r.dest, "--chunk-size", "2M",
+def _slow_send(tmp_path, r, *extra: str, mib: int = 2) -> None:
+    """One chunk of ``mib`` MiB at 1 MiB/s: 2 s by default, twice the receiver's stall timeout."""
+    data = write_random(tmp_path / "src" / "slow.bin", mib * MIB)
+    rc, report, stderr = run_send(str(tmp_path / "src" / "slow.bin"), r.dest, "--chunk-size", f"{mib}M",
                                   "--max-rate", "1M", *extra, timeout=40)
     assert rc == 0, stderr
     assert report["files"][0]["status"] == "ok", report
@@ -45,6 +45,14 @@ def test_a_chunk_slower_than_the_stall_timeout_completes_over_plain_tcp(tmp_path
 
 def test_a_chunk_slower_than_the_stall_timeout_completes_over_udp(tmp_path, receiver_factory):
     _slow_send(tmp_path, receiver_factory("--stall-timeout", "1"), "--udp")
+
+
+def test_a_paced_chunk_longer_than_the_idle_timeouts_keeps_both_sides_talking(tmp_path, receiver_factory):
+    """While a chunk trickles out at --max-rate (4 s), the quiet receiver PINGs the sender (every
+    0.5 s with --idle-timeout 1.5); the sender must go on reading and answering, or it would
+    call the receiver silent (and the receiver the sender) before the chunk is out."""
+    r = receiver_factory("--stall-timeout", "1", "--idle-timeout", "1.5")
+    _slow_send(tmp_path, r, "--idle-timeout", "1.5", mib=4)
 
 
 def test_a_sender_that_stops_in_the_middle_of_a_chunk_is_still_cut(receiver_factory):

@@ -111,9 +111,13 @@ class TcpLink(SealedFeed):
         """``send`` at ``pacer``'s rate (``--max-rate``): slice after slice, each paced, all under
         one hold of the send lock (no other frame, such as a PING, lands inside a DATA frame)."""
         async with self._send_lock:
-            for part, size in pacer.slices(bufs):
-                await self._write(part)
-                await pacer.pace(size)
+            self.pacing = True
+            try:
+                for part, size in pacer.slices(bufs):
+                    await self._write(part)
+                    await pacer.pace(size)
+            finally:
+                self.pacing = False
 
     async def _write(self, bufs: list) -> None:
         if self._sealer is not None:
@@ -184,6 +188,7 @@ class TcpLink(SealedFeed):
 
     # -- what the transport-neutral layers call -----------------------------------
     own_liveness = False  # the Watchdog pings and times out for us
+    pacing = False  # send_paced holds the link (for seconds, at a low --max-rate)
     file_bytes_in = 0  # chunks travel in frames: conn.file_data_moved counts them (UDP: chunks apart)
 
     async def feed(self, conn) -> None:
