@@ -511,9 +511,11 @@ async def receive_over(link, dest: Destination, config=None, on_file=None, idle_
 
 async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead) -> None:
     """Drop a connection that does not finish its handshake in time, or that moves
-    no file data and settles no file for ``stall_timeout`` (PINGs do not count)."""
+    no file data and settles no file for ``stall_timeout`` (PINGs do not count; bytes of a
+    chunk not yet whole do: a sender slower than a chunk per ``stall_timeout`` is no stall)."""
     conn = session.conn
     start = time.monotonic()
+    moved = _moved(link, conn)  # file bytes, whole or in part: a slow chunk is progress as it comes
     period = max(0.05, min(1.0, limits.handshake_timeout / 5, limits.stall_timeout / 5))
     while True:
         await asyncio.sleep(period)
@@ -525,7 +527,15 @@ async def _enforce_limits(link, session: ReceiveSession, limits: Limits, on_dead
                 return
         elif link.busy:  # our own slow work (hashing, fsync) is not the sender's stall
             session.last_progress = now
+        elif _moved(link, conn) != moved:
+            moved = _moved(link, conn)
+            session.last_progress = now
         elif now - session.last_progress > limits.stall_timeout:
             on_dead(TransportError(f"no file data moved for {limits.stall_timeout:g} s (receiver's "
                                    f"--stall-timeout)", ErrorCode.TIMEOUT), True)
             return
+
+
+def _moved(link, conn) -> int:
+    """Grows whenever file bytes arrive: in ``conn``'s frames, or (UDP) in chunks apart from them."""
+    return conn.file_data_moved + getattr(link, "file_bytes_in", 0)

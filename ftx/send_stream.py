@@ -85,9 +85,7 @@ class LargeFileStreaming:
             if conn.file_state(fid) != FileState.SENDING:
                 return  # the receiver failed the file; its result says why
             await self.link.send_chunk(conn, fid, index, data)
-            await self._flush()
-            if self._pacer is not None:
-                await self._pacer.pace(len(data))
+            await self._flush(self._pacer)
             report.bytes_sent += len(data)
             self.progress.advance(len(data))
         if not src.unchanged():

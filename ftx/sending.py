@@ -214,12 +214,15 @@ class SendSession(LargeFileStreaming):
             raise self._failure.exception()
         return fut.result()
 
-    async def _flush(self) -> None:
+    async def _flush(self, pacer: Pacer | None = None) -> None:
+        """Send what is queued (``pacer``: at its rate, in slices)."""
         if self._failure.done():
             raise self._failure.exception()
         out = self.conn.data_to_send()
-        if out:
-            await self.link.send(out)
+        while out:
+            await (self.link.send_paced(out, pacer) if pacer is not None else self.link.send(out))
+            # what the read loop queued while a paced chunk held the link (a PONG) it left to us
+            out, pacer = (self.conn.data_to_send() if pacer is not None else None), None
 
     # -- reading the receiver -----------------------------------------------------
     async def _read_loop(self) -> None:
@@ -229,7 +232,9 @@ class SendSession(LargeFileStreaming):
                 await link.feed(conn)
                 while (ev := conn.next_event()) is not None:
                     self._on_event(ev)
-                if conn.pending_output:
+                # a paced chunk holds the link (seconds at a low --max-rate): read on, and leave what
+                # is queued to the flush that sends the chunk, which sends it next
+                if conn.pending_output and not getattr(link, "pacing", False):
                     await self._flush()
                 if conn.closed:
                     return

@@ -29,7 +29,7 @@ from ftx.receiving import receive_over
 from ftx.securing import run_handshake
 from ftx.sending import send_paths
 from ftx.storage import Destination
-from ftx.transport import tcp
+from ftx.transport import tcp, tcp_sealed
 
 from .secure_fakes import FakeHandshake
 
@@ -680,7 +680,7 @@ def test_the_read_low_water_mark_never_waits_for_more_than_is_wanted():
 
 def test_records_of_small_files_waiting_in_the_socket_are_one_batch_for_the_driver():
     """Small files' records already waiting in the socket are opened in one feed (up to
-    tcp.PILE_RECORDS): one part, one syncfs, one thread hop for the driver, instead of one per
+    tcp_sealed.PILE_RECORDS): one part, one syncfs, one thread hop for the driver, instead of one per
     record; with nothing more waiting the feed returns at once."""
     from ftx.core import events as ev
     from ftx.core.checksum import file_digest
@@ -718,4 +718,4 @@ def test_records_of_small_files_waiting_in_the_socket_are_one_batch_for_the_driv
 
     batches = run(go())
     assert batches[0] >= 20 and sum(batches) == 50, batches  # more than one record's files at once
-    assert batches[0] <= 10 * (tcp.PILE_RECORDS + 1), batches
+    assert batches[0] <= 10 * (tcp_sealed.PILE_RECORDS + 1), batches

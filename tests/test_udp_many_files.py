@@ -148,3 +148,56 @@ def test_udp_thousands_of_small_files_through_impairments(tmp_path, fast_receive
     assert rc == 0, err
     assert report["failed"] == 0 and counters["forward"]["dropped"] > 0
     assert tree_equal(src, receiver.dir / "many")
+
+
+async def _grow_then_idle(blob: bytes, deadline: float) -> tuple[int, int, int]:
+    """Send ``blob`` over a real UDP link; the receiver feeds it as its driver does (events drained
+    after each feed), then stays idle.  Its decoder's capacity: grown, once consumed, once idle."""
+    from ftx.transport.quiet import IDLE_TRIM
+
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def handle(link):
+        try:
+            conn = ReceiverConnection(Config(max_files_in_flight=10_000))
+            files = 0
+            while files < 2:
+                await asyncio.wait_for(link.feed(conn), deadline - time.monotonic())
+                while (e := conn.next_event()) is not None:
+                    files += isinstance(e, ev.SmallFileReceived)
+            grown, consumed = conn._decoder.capacity, conn._decoder.pending_bytes
+            try:  # nothing more comes: the link waits, idle, for IDLE_TRIM and more
+                await asyncio.wait_for(link.feed(conn), 1.5 * IDLE_TRIM)  # (the trim timer comes first)
+            except asyncio.TimeoutError:
+                pass
+            got.set_result((grown, consumed, conn._decoder.capacity))
+        except BaseException as exc:
+            got.set_exception(exc)
+        finally:
+            link.close()
+
+    server = await udp.serve("127.0.0.1", 0, handle)
+    port = server.dsock.sock.getsockname()[1]
+    link = await udp.connect("127.0.0.1", port)
+    try:
+        await link.send([blob])
+        return await asyncio.wait_for(got, deadline - time.monotonic())
+    finally:
+        link.close()
+        server.close()
+
+
+def test_udp_control_decoder_gives_its_memory_back_when_idle():
+    """A large control frame grows the control stream's frame decoder (here a 2 MiB SMALL_FILE:
+    a big manifest burst does the same); once it is consumed and the peer is quiet, the decoder
+    holds no more than a small bound, as on TCP (it held the 2 MiB for the whole session)."""
+    s, peer = SenderConnection(Config(chunk_size=4 << 20)), ReceiverConnection(Config())
+    s.receive_data(b"".join(bytes(b) for b in peer.data_to_send()))
+    assert isinstance(s.next_event(), ev.HandshakeComplete)
+    for i, size in enumerate((2 << 20, 10)):
+        d = random.Random(i).randbytes(size)
+        s.send_small_file(FileEntry(b"f%d" % i, size=size, chunk_size=4 << 20), d, file_digest(d))
+    blob = b"".join(bytes(b) for b in s.data_to_send())
+    grown, pending, idle = asyncio.run(_grow_then_idle(blob, time.monotonic() + 30))
+    assert grown >= 2 << 20 and pending == 0
+    assert idle <= 4096, f"the idle decoder still holds {idle} bytes"

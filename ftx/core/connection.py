@@ -65,6 +65,7 @@ class Connection:
         self._error: FtxError | None = None
         self._head: bytes | None = b""  # the peer's first bytes, until they look like ftx
         self._inbuf: memoryview | None = None
+        self._arriving = 0  # see bytes_arriving
         hello = Hello(self.role, self.config.max_payload, hello_flags, self.config.agent,
                       sender_id=self.config.sender_id if self.role == ROLE_SENDER else b"",
                       summary=self.config.summary if self.role == ROLE_SENDER else b"",
@@ -111,6 +112,20 @@ class Connection:
         """The connection is over: free the input buffer (and its share of the budget)."""
         self._own_queued_views()
         self._decoder.release()
+
+    @property
+    def file_data_moved(self) -> int:
+        """Grows whenever file data arrives: bytes of DATA and SMALL_FILE frames, whole or in
+        part, and of sealed records still on their way into such a frame (``bytes_arriving``).
+        What the stall timeout watches (PINGs and other frames leave it as it is); a measure to
+        compare, not a byte count (a sealed record's bytes count once arriving, once opened)."""
+        return self._decoder.file_bytes + self._arriving
+
+    def bytes_arriving(self, nbytes: int) -> None:
+        """``nbytes`` more of the frame being received arrived but are not in its buffer yet (a
+        sealed record read straight into its place, not opened yet): progress if it is file data."""
+        if self._decoder.in_file_frame:
+            self._arriving += nbytes
 
     def buffer_updated(self, nbytes: int) -> None:
         self._check_usable()

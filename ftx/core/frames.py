@@ -66,6 +66,7 @@ FRAME_TYPES = frozenset(int(t) for t in FrameType)
 _FRAME_TYPE = {int(t): t for t in FrameType}  # a dict lookup: FrameType(n) costs an Enum call per frame
 FLAG_SEALED = 0x01  # reserved: payload is AEAD ciphertext + tag (future version)
 KNOWN_FLAGS = 0x00  # flags a version-1 peer may set
+FILE_FRAMES = frozenset({int(FrameType.DATA), int(FrameType.SMALL_FILE)})  # frames that carry file bytes
 
 
 class Frame(NamedTuple):
@@ -302,6 +303,10 @@ class FrameDecoder:
         self._ahead = 0  # room to offer next for headers and small frames (0: as usual)
         self._frames: deque[Frame] = deque()
         self._undo = -1  # where the SMALL_FILE frame last parsed began (unread)
+        # bytes of DATA and SMALL_FILE frames that arrived, whole or in part (a frame still on its
+        # way counts as its bytes come): the receiver's measure of file data moving (--stall-timeout)
+        self.file_bytes = 0
+        self._counted = 0  # bytes of the file frame at _start counted so far (0: none on its way)
         self.copy_payloads = copy_payloads
         self.budget = budget
         self.set_max_payload(max_payload)
@@ -392,6 +397,7 @@ class FrameDecoder:
         """The connection is over: free the buffer and return it to the budget."""
         self._start = self._end = 0
         self._frame_len = -1
+        self._counted = 0
         self._resize(0)
 
     def _compact(self) -> None:
@@ -424,6 +430,10 @@ class FrameDecoder:
         """Frames are parsed lazily by ``next_frame``, so that a HELLO can raise the
         size limit before the frame behind it, read in the same call, is checked."""
         self._end += nbytes
+        if self._counted:  # more of a file frame on its way
+            add = min(nbytes, self._frame_len - self._counted)
+            self._counted += add
+            self.file_bytes += add
         # a read that filled the region offered (more was waiting, e.g. many small frames): the next
         # region of headers and small frames is twice as large, up to READAHEAD, so that a run of
         # small files comes in few reads (and is handled as one); a read that did not: back to normal
@@ -456,6 +466,8 @@ class FrameDecoder:
             return
         if self._end == 0:  # it was the last byte there: the offsets went back to 0, its bytes stay
             self._end = self._undo + HEADER_SIZE + len(frame.payload)
+        if frame.type in FILE_FRAMES:  # counted again when it is decoded again (--stall-timeout)
+            self.file_bytes -= HEADER_SIZE + len(frame.payload)
         self._start = self._undo
         self._undo = -1
 
@@ -468,6 +480,11 @@ class FrameDecoder:
     @property
     def pending_bytes(self) -> int:
         return self._end - self._start
+
+    @property
+    def in_file_frame(self) -> bool:
+        """A DATA or SMALL_FILE frame has begun to arrive and is not complete yet."""
+        return self._counted > 0
 
     # -- parsing -----------------------------------------------------------
     def _parse_one(self, copy: bool = False) -> Frame | None:
@@ -484,6 +501,9 @@ class FrameDecoder:
                 raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max_payload}")
             self._frame_len = HEADER_SIZE + length
             if avail < self._frame_len:
+                if ftype in FILE_FRAMES:  # its bytes so far; buffer_updated counts the rest as it comes
+                    self._counted = avail
+                    self.file_bytes += avail
                 return None
         elif avail < self._frame_len:
             return None
@@ -494,6 +514,9 @@ class FrameDecoder:
         if copy or self.copy_payloads or ftype != FrameType.DATA:
             payload = bytes(payload)
         self._undo = start  # where it began, should it be put back (unread)
+        if ftype in FILE_FRAMES:
+            self.file_bytes += self._frame_len - self._counted
+            self._counted = 0
         self._start += self._frame_len
         self._frame_len = -1
         if self._start == self._end:
@@ -527,6 +550,7 @@ class FrameDecoder:
                 break
             out.append(payload.tobytes())  # (the event owns its bytes, as _parse_one copies them)
             start = stop
+        self.file_bytes += start - self._start
         if start == end:
             start = self._end = 0
         self._start = start

@@ -22,6 +22,7 @@ from ..core.udp.packets import MIN_INITIAL_SIZE
 from ..core.udp.session import UdpConfig, UdpSession
 from ..core.secure import AuthError, Established, datagrams
 from ..errors import ErrorCode, TransportError
+from .quiet import IDLE_TRIM, give_back
 from .sockets import resolve
 from .udp_socket import DatagramSocket
 
@@ -73,6 +74,11 @@ class UdpLink:
     @property
     def sending(self) -> bool:
         return False
+
+    @property
+    def file_bytes_in(self) -> int:
+        """Chunk bytes that arrived, whole chunks or not (the receiver's --stall-timeout)."""
+        return self.session.chunk_bytes_in
 
     def wake(self) -> None:
         self._wake.set()
@@ -231,7 +237,16 @@ class UdpLink:
             for buf in self._lent:
                 s.recycle(buf)
             self._lent.clear()
-        await self._wait_until(lambda: s.stream_readable or s._completed or self._leftover)
+        def ready():
+            return s.stream_readable or s._completed or self._leftover
+
+        if not ready():  # quiet: after IDLE_TRIM the control decoder gives its memory back (as on TCP)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(IDLE_TRIM, give_back, conn, loop)
+            try:
+                await self._wait_until(ready)
+            finally:
+                timer.cancel()
         while self._leftover:  # what the handshake read past its end
             buf = conn.get_buffer()
             n = min(len(buf), len(self._leftover))

@@ -206,6 +206,8 @@ class ChunkAssembler:
         """Bytes ``[start, end)`` of ``slot``'s chunk are in its buffer; hand the chunk over once whole."""
         slot.arrived += end - start
         got = slot.got
+        if end > start and not got.covers(start, end):  # new bytes of a chunk, however slow it is
+            self._s.file_data_arrived(end - start)  # (the --stall-timeout)
         got.add(start, end)
         if not got.covers(0, slot.clen):
             return

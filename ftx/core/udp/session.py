@@ -148,7 +148,8 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
         self._handshake_deadline = (now + config.handshake_timeout
                                     if chunk_receiver and config.handshake_timeout is not None else None)
         self._stall = config.stall_timeout if chunk_receiver else None
-        self._progress_at = now  # when the application last got stream bytes or a chunk
+        self._progress_at = now  # when the application last got stream bytes, or chunk bytes arrived
+        self.chunk_bytes_in = 0  # new chunk bytes that arrived (file_data_arrived)
         self.on_established = None  # called once by established() (the receiver's Admission)
         # chunks out (sender)
         self._cout: dict[tuple[int, int], ChunkOut] = {}
@@ -231,6 +232,11 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
         """The application is busy with work of its own (hashing, fsync) and reads nothing
         meanwhile: that is not the peer's stall."""
         self._progress_at = max(self._progress_at, now)
+
+    def file_data_arrived(self, n: int) -> None:
+        """``n`` new bytes of a chunk arrived (reassembly.py): progress, though it is not whole."""
+        self._progress_at = self.last_recv_time
+        self.chunk_bytes_in += n
 
     # == application side =========================================================
     def stream_write(self, data) -> None:
