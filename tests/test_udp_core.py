@@ -776,6 +776,25 @@ class TestBbr:
         BbrFeed(slow).ack(1e6)
         assert slow.pacing_rate == pytest.approx(STARTUP_GAIN * 1e6)
 
+    def test_startup_never_paces_below_its_initial_rate(self):
+        """The handshake's ACKs give delivery-rate samples of a few hundred bytes, app-limited:
+        they measure the handshake, not the path.  Taken as the bottleneck they made a sender
+        pace its first data at ~1 MB/s (and its ACKs' samples, paced, stayed that low): on
+        loopback the first 2 MB of a tree of small files took ~25 ms.  As Linux BBR, STARTUP
+        never paces below its initial rate (initial window / smoothed RTT, x the gain)."""
+        bbr = Bbr(1452)
+        f = BbrFeed(bbr)
+        f.ack(350e3, acked=300, app_limited=True, rtt=0.001)  # a handshake message, 1 ms RTT
+        initial = STARTUP_GAIN * INITIAL_CWND_PACKETS * 1452 / 0.001
+        assert bbr.state == "startup" and bbr.btl_bw == 350e3
+        assert bbr.pacing_rate == pytest.approx(initial)
+        for rate in (1e8, 2e8, 4e8):  # the path's real rate, growing: the model takes over
+            f.ack(rate, rtt=0.001)
+        assert bbr.pacing_rate == pytest.approx(STARTUP_GAIN * 4e8)
+        capped = Bbr(1452, max_rate=1e6)
+        BbrFeed(capped).ack(350e3, acked=300, app_limited=True, rtt=0.001)
+        assert capped.pacing_rate == 1e6  # --max-rate still caps it
+
     def test_ack_without_new_packets_is_not_a_round(self):
         f = BbrFeed(Bbr(1400))
         f.ack(1e6)

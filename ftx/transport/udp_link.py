@@ -35,6 +35,11 @@ IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 PMTUDISC_PROBE = 3  # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: set DF, ignore the kernel's path MTU
 SEND_BATCH = 256  # datagrams a link hands to the socket per turn of its pump
 SEND_BUFFER = 2 * 1024 * 1024  # control bytes queued and unacknowledged before send() waits (or a cwnd)
+# ... but never more than this: the window follows the path's bandwidth-delay product estimate,
+# unbounded (2.885 x 10 GB/s x 100 ms is 2.9 GB).  8 MiB is about what the offer window puts
+# in flight on a tree of small files anyway (256 files of 1-64 KiB); held twice at most in
+# the session's send buffer (acknowledged bytes leave it in batches).
+SEND_BUFFER_MAX = 8 * 1024 * 1024
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
 
 
@@ -212,10 +217,11 @@ class UdpLink:
 
     def _send_room(self) -> bool:
         """Room for more control bytes: fewer queued or unacknowledged than a congestion
-        window (at least SEND_BUFFER).  Without a bound the sender read a tree of small files
-        ahead as fast as the disk gave it (25 MB more peak RSS than over TCP on 2 000 files)."""
+        window (at least SEND_BUFFER, at most SEND_BUFFER_MAX).  Without a bound the sender read
+        a tree of small files ahead as fast as the disk gave it (25 MB more peak RSS than over
+        TCP on 2 000 files)."""
         s = self.session
-        return s.stream_buffered < max(SEND_BUFFER, s.cc.cwnd)
+        return s.stream_buffered < min(max(SEND_BUFFER, s.cc.cwnd), SEND_BUFFER_MAX)
 
     # -- what the transport-neutral layers call ---------------------------------------
     async def send(self, bufs: list) -> None:

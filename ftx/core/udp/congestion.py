@@ -7,10 +7,10 @@ the path (draft-cardwell-iccrg-bbr-congestion-control, BBR v1):
 
 * BtlBw: the maximum delivery rate seen over the last 10 round trips;
 * RTprop: the minimum RTT seen over the last 10 seconds;
-* STARTUP paces at 2/ln 2 (2.885) x BtlBw until BtlBw grows less than 25% for
-  three rounds, DRAIN paces at 1/2.885 until the queue it built is gone, then
-  PROBE_BW cycles its pacing gain through 5/4, 3/4, 1, 1, 1, 1, 1, 1, one
-  phase per RTprop;
+* STARTUP paces at 2/ln 2 (2.885) x BtlBw -- never below 2.885 x the initial window
+  per smoothed RTT -- until BtlBw grows less than 25% for three rounds, DRAIN paces at
+  1/2.885 until the queue it built is gone, then PROBE_BW cycles its pacing gain through
+  5/4, 3/4, 1, 1, 1, 1, 1, 1, one phase per RTprop;
 * cwnd = cwnd_gain (2, or 2.885 in STARTUP) x BtlBw x RTprop, at least 4 packets --
   and at least enough for the receiver's ACK batching (3 x its ack_every), or a
   tiny path would wait for delayed ACKs and measure their delay as bandwidth.
@@ -88,10 +88,16 @@ class Bbr:
 
     @property
     def pacing_rate(self) -> float:
+        # STARTUP never paces below the initial rate (as Linux BBR, which never lowers the rate
+        # before the pipe is full): the first samples, the handshake's few app-limited bytes,
+        # put BtlBw at ~0.3 MB/s, and pacing at that throttled the first data and its samples
+        initial = STARTUP_GAIN * INITIAL_CWND_PACKETS * self.mss / max(self._srtt_hint, 0.001)
         if self.btl_bw:
             rate = self.pacing_gain * self.btl_bw * self._loss_boost()
+            if self.state == "startup":
+                rate = max(rate, initial)
         else:
-            rate = STARTUP_GAIN * INITIAL_CWND_PACKETS * self.mss / max(self._srtt_hint, 0.001)
+            rate = initial
         if self.max_rate:
             rate = min(rate, self.max_rate)
         return rate
