@@ -57,8 +57,10 @@ def temp_name(token: bytes) -> bytes:
     return b".ftx-" + token.hex().encode() + b".tmp"
 
 
-def pack_record(kind: int, rel: bytes, dev: int, ino: int, tokens: list) -> bytes:
-    rec = RECORD.pack(kind, dev, ino, len(rel), len(tokens)) + rel + b"".join(tokens)
+def pack_record(kind: int, rel: bytes, dev: int, ino: int, tokens) -> bytes:
+    """One record: ``tokens`` a list of 16-byte tokens, or their bytes joined."""
+    raw = tokens if isinstance(tokens, bytes) else b"".join(tokens)
+    rec = RECORD.pack(kind, dev, ino, len(rel), len(raw) // TOKEN) + rel + raw
     return rec + xxhash.xxh3_64_digest(rec)
 
 
@@ -118,10 +120,10 @@ class TempLog:
         with self._lock:
             pool = self._pool.get(key)
             if not pool:
-                tokens = [secrets.token_bytes(TOKEN) for _ in range(RESERVE if kind == FILE else 1)]
-                self._append(pack_record(kind, d.rel, d.dev, d.ino, tokens))
-                pool = self._pool[key] = tokens
-            name = temp_name(pool.pop())
+                raw = secrets.token_bytes(TOKEN * (RESERVE if kind == FILE else 1))
+                self._append(pack_record(kind, d.rel, d.dev, d.ino, raw))
+                pool = self._pool[key] = [raw[i : i + TOKEN] for i in range(0, len(raw), TOKEN)]
+            name = b".ftx-%s.tmp" % pool.pop().hex().encode()  # temp_name
             self._out[name] = key
             return name
 
