@@ -150,7 +150,8 @@ class TempLog:
             if self._fd < 0:
                 self._fd, self._name = self._create()
                 self._size = HEAD.size
-            os.pwrite(self._fd, rec, self._size)  # short only on a full disk: the record fails its hash
+            if os.pwrite(self._fd, rec, self._size) != len(rec):  # a full disk: the next one goes here
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self._size += len(rec)
         except OSError as exc:
             raise StorageError(f"cannot record a temporary in .ftx: {exc.strerror or exc}") from None
@@ -190,18 +191,20 @@ class TempLog:
     def _rotate(self) -> None:
         """Start a new log with the names still out, then drop the old one (a kill in between leaves
         both, and a sweep reads both)."""
-        old = (self._fd, self._name)
         groups: dict[tuple, list] = {}
         for name, key in self._out.items():
             groups.setdefault(key, []).append(bytes.fromhex(name[5:-4].decode()))
-        self._fd, self._name = self._create()
-        self._size = HEAD.size
-        self._pool.clear()
         recs = b"".join(pack_record(kind, rel, dev, ino, tokens) for (kind, rel, dev, ino), tokens in groups.items())
-        if recs:
-            os.pwrite(self._fd, recs, self._size)
-            self._size += len(recs)
-        self._drop(*old)
+        fd, name = self._create()
+        try:
+            if recs and os.pwrite(fd, recs, HEAD.size) != len(recs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except BaseException:
+            self._drop(fd, name)  # the old log stays, with every name still out
+            raise
+        self._drop(self._fd, self._name)
+        self._fd, self._name, self._size = fd, name, HEAD.size + len(recs)
+        self._pool.clear()
 
     def _drop(self, fd: int, name: bytes) -> None:
         try:
