@@ -159,3 +159,27 @@ def test_a_torn_or_foreign_log_is_parsed_to_its_last_good_record():
     assert templog.parse_log(raw) == [(0, b"x/y", 1, 2, [b"\x01" * 16, b"\x02" * 16])]
     assert templog.parse_log(b"FTXJ\x00\x01" + rec) == []
     assert templog.parse_log(raw[:5]) == []
+
+
+def test_every_temporary_ftx_makes_in_a_users_directory_takes_a_recorded_name():
+    """Source check: a new call site of Temp / create_exclusive without ``names``, or a name of its own
+    (random_name, secrets) for a ``.ftx-`` temporary, would make temporaries a kill leaves for good."""
+    import ast
+    from pathlib import Path
+
+    root = Path(fileops.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            has_names = any(k.arg == "names" for k in node.keywords)
+            if fn == "Temp" and not (has_names or len(node.args) >= 4):
+                bad.append(f"{path.name}:{node.lineno} Temp without names")
+            if fn == "create_exclusive" and path.name != "fileops.py" and not (has_names or len(node.args) >= 4):
+                bad.append(f"{path.name}:{node.lineno} create_exclusive without names")
+            if fn == "random_name" and path.name != "fileops.py":
+                bad.append(f"{path.name}:{node.lineno} random_name: an unrecorded name")
+    assert bad == []
