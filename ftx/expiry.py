@@ -6,7 +6,8 @@ an older ftx killed between making the data and writing the journal's header;
 today the header names the data before it is made).  Data kept beside its file
 (a mount point below --dir) is reached only through the journal naming it, and
 removed only if it is the file ftx made (``JournalHeader.made_by_us``), so a
-user's file is never touched, whatever its name.  A partial
+user's file is never touched, whatever its name.  The logs of temporaries
+``t-*`` that killed receivers left are swept too, whatever the TTL (templog.py).  A partial
 that this process is using, or that another process holds locked, is skipped.
 The receiver runs a pass at start and then every hour (or every TTL/2 when
 that is shorter, at least a second apart), in a worker thread.
@@ -23,6 +24,7 @@ import stat
 import time
 from typing import Callable
 
+from . import templog
 from .errors import FtxError
 from .fileops import FILE_FLAGS
 from .helddirs import pinned
@@ -59,6 +61,7 @@ def expire_partials(dest, ttl: float, now: float | None = None,
             removed.append(gone)
             log.warning("removed a stale partial file: %s (%d bytes, untouched for %.1f days)",
                         os.fsdecode(gone[0]), gone[1], gone[2] / 86400)
+    templog.sweep(dest, state, names)  # temporaries in users' directories that killed receivers recorded
     for name in names:  # data in .ftx that no journal names (an older ftx, killed before its header)
         bname = os.fsencode(name)
         if not _DATA_NAME.fullmatch(name) or bname in named:

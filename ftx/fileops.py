@@ -80,12 +80,16 @@ def unlink_quietly(name: bytes, dir_fd: int) -> None:
 class Temp:
     """A new file in a held directory: nameless (O_TMPFILE) or under a random name of ours."""
 
-    __slots__ = ("fd", "name", "dir_fd", "no_tmpfile")
+    __slots__ = ("fd", "name", "dir_fd", "no_tmpfile", "names")
 
-    def __init__(self, dir_fd: int, try_tmpfile: bool = True, mode: int = 0o600) -> None:
-        """``mode`` other than 0600 only for a nameless file (nobody can open it before it is linked)."""
+    def __init__(self, dir_fd: int, try_tmpfile: bool = True, mode: int = 0o600, names=None) -> None:
+        """``mode`` other than 0600 only for a nameless file (nobody can open it before it is linked).
+        ``names``: where a name comes from when one is needed -- ``names.take()`` one recorded in the
+        receiver's state before it is used, ``names.done(name)`` once it is gone (templog.Names), so
+        that a kill leaves none behind; None: an unrecorded random name (tests)."""
         self.dir_fd = dir_fd
         self.name = b""
+        self.names = names
         self.no_tmpfile = False  # set when the file system refused O_TMPFILE: the caller need not try again
         if _TMPFILE and _PROC_FD and try_tmpfile:
             try:
@@ -95,7 +99,7 @@ class Temp:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
                 self.no_tmpfile = True
-        self.fd, self.name = create_exclusive(dir_fd, b".ftx-", b".tmp")
+        self.fd, self.name = create_exclusive(dir_fd, b".ftx-", b".tmp", names)
 
     def link(self, name: bytes) -> None:
         """Give the file ``name`` in its directory; FileExistsError if anything is there already."""
@@ -104,10 +108,17 @@ class Temp:
     def replace(self, name: bytes) -> None:
         """Put the file at ``name``, replacing what is there (--overwrite)."""
         if not self.name:  # nameless: first a random name of ours, then rename over
-            tmp = random_name(b".ftx-", b".tmp")
-            link_fd(self.fd, b"", self.dir_fd, tmp, self.dir_fd)
-            self.name = tmp
+            tmp = self.names.take() if self.names is not None else random_name(b".ftx-", b".tmp")
+            try:
+                link_fd(self.fd, b"", self.dir_fd, tmp, self.dir_fd)
+            except BaseException:
+                if self.names is not None:
+                    self.names.done(tmp)
+                raise
+            self.name = tmp  # close() removes it (and says it is gone) if the rename fails
         os.rename(self.name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        if self.names is not None:
+            self.names.done(self.name)
         self.name = b""
 
     def close(self) -> None:
@@ -115,6 +126,8 @@ class Temp:
         os.close(self.fd)
         if self.name:
             unlink_quietly(self.name, self.dir_fd)
+            if self.names is not None:
+                self.names.done(self.name)
             self.name = b""
 
 
@@ -189,14 +202,18 @@ def py_link_run(dir_fd: int, names: list, datas: list, modes: list, mtimes: list
     return len(names), failures, None
 
 
-def create_exclusive(dir_fd: int, prefix: bytes, suffix: bytes = b"") -> tuple[int, bytes]:
-    """A new regular file under a random name in ``dir_fd`` (never an existing one); (fd, name)."""
+def create_exclusive(dir_fd: int, prefix: bytes, suffix: bytes = b"", names=None) -> tuple[int, bytes]:
+    """A new regular file under a random name in ``dir_fd`` (never an existing one); (fd, name).
+    ``names``: as for ``Temp`` (the name is recorded before it is made)."""
     for _ in range(8):
-        name = random_name(prefix, suffix)
+        name = names.take() if names is not None else random_name(prefix, suffix)
         try:
             return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | FILE_FLAGS, 0o600, dir_fd=dir_fd), name
-        except FileExistsError:
-            continue
+        except BaseException as exc:
+            if names is not None:
+                names.done(name)
+            if not isinstance(exc, FileExistsError):
+                raise
     raise StorageError("cannot create a temporary file: every random name was taken")
 
 

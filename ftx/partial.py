@@ -39,8 +39,7 @@ from .core.checksum import FileHasher, HeldDigest, chunk_checksum
 from .core.manifest import FileEntry
 from .core.ranges import RangeSet
 from .errors import ErrorCode, FtxError, StorageError
-from .fileops import (FILE_FLAGS, Temp, copy_fd, link_fd, pread_full, pwrite_full, random_name, seal, storage_error,
-                      unlink_quietly)
+from .fileops import FILE_FLAGS, Temp, copy_fd, link_fd, pread_full, pwrite_full, seal, storage_error, unlink_quietly
 from .helddirs import pinned
 from .journal import (IN_DIR, IN_STATE, RECORD, RECORD_SIZE, UNRECORDED, JournalHeader, data_name, drop_files,
                       journal_header_size, journal_name, record)
@@ -411,13 +410,16 @@ class PartialFile:
                 if overwrite and info.where == IN_STATE:
                     os.rename(info.data_name, self.name, src_dir_fd=state, dst_dir_fd=d.fd)
                 elif overwrite:  # a fresh random name first: the data's own name sits in a user's directory
-                    tmp = random_name(b".ftx-", b".tmp")
-                    link_fd(self.fd, info.data_name, src_dir, tmp, d.fd)
+                    tmp = self.dest.temps.take(d)  # recorded before it is made: a kill leaves none behind
                     try:
-                        os.rename(tmp, self.name, src_dir_fd=d.fd, dst_dir_fd=d.fd)
-                    except BaseException:
-                        unlink_quietly(tmp, d.fd)
-                        raise
+                        link_fd(self.fd, info.data_name, src_dir, tmp, d.fd)
+                        try:
+                            os.rename(tmp, self.name, src_dir_fd=d.fd, dst_dir_fd=d.fd)
+                        except BaseException:
+                            unlink_quietly(tmp, d.fd)
+                            raise
+                    finally:
+                        self.dest.temps.done(tmp)
                     unlink_quietly(info.data_name, src_dir)
                 else:
                     link_fd(self.fd, info.data_name, src_dir, self.name, d.fd)
@@ -429,12 +431,12 @@ class PartialFile:
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                self._commit_by_copy(d.fd)  # a mount point appeared below --dir meanwhile
+                self._commit_by_copy(d)  # a mount point appeared below --dir meanwhile
                 unlink_quietly(info.data_name, src_dir)
             os.fsync(d.fd)
 
-    def _commit_by_copy(self, dir_fd: int) -> None:
-        t = Temp(dir_fd)
+    def _commit_by_copy(self, d) -> None:
+        t = Temp(d.fd, names=self.dest.temps.names(d))
         try:
             copy_fd(self.fd, t.fd, self.entry.size)
             seal(t.fd, self.entry.mode, self.entry.mtime_ns)

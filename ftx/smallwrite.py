@@ -30,8 +30,8 @@ _digest_of = xxh3_128_digest  # checksum.file_digest, without its call (per smal
 
 class SmallWrites:
     """``Destination``'s small-file methods (it has ``dirs``, ``root``, ``overwrite``, ``quota``,
-    ``limits``, ``_space``, ``_dirty``, ``_no_tmpfile``, ``_c_link_new``, ``_fits``, ``_written``,
-    ``check``, ``replaced_size``)."""
+    ``limits``, ``_space``, ``_dirty``, ``_no_tmpfile``, ``_c_link_new``, ``temps``, ``_fits``,
+    ``_written``, ``check``, ``replaced_size``)."""
 
     def write_small(self, entry: FileEntry, data, digest: bytes) -> ErrorCode:
         """Store a whole small file: verify, write a temporary in its directory, link it into place.
@@ -235,7 +235,7 @@ class SmallWrites:
     def _small_temp(self, d: HeldDir, rel: bytes, mode: int) -> Temp:
         """A temporary for the small file ``rel`` in ``d`` (nameless where the file system allows)."""
         try:
-            t = Temp(d.fd, d.dev not in self._no_tmpfile, creation_mode(mode))
+            t = Temp(d.fd, d.dev not in self._no_tmpfile, creation_mode(mode), self.temps.names(d))
         except OSError as exc:
             raise storage_error(exc, f"cannot create {os.fsdecode(rel)}") from exc
         if t.no_tmpfile:

@@ -40,12 +40,13 @@ from .core.manifest import FileEntry, check_link_target, check_wire_path, chunk_
 from .descriptors import DescriptorBudget
 from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 from . import fileops
-from .fileops import (FILE_FLAGS, hash_fd, random_name, storage_error, syncfs,
+from .fileops import (FILE_FLAGS, hash_fd, storage_error, syncfs,
                       unlink_quietly)
 from .helddirs import DIR_FLAGS, HeldDir, HeldDirs, open_dir_at, pinned
 from .journal import JournalHeader, drop_files, journal_name
 from .limits import Limits
 from .partial import KEEP_MIN, PENDING_LIMIT, PENDING_TOTAL, PartialFile
+from .templog import SYMLINK, TempLog
 from .smallwrite import SPACE_AGE, STATE_DIR, SmallWrites  # small files: write_small, write_small_run
 
 
@@ -90,6 +91,7 @@ class Destination(SmallWrites):
         self._no_tmpfile: set[int] = set()
         # write_small calls the C helper itself (fileops.link_new's checks, made once here)
         self._c_link_new = fileops._c_link_new if fileops._TMPFILE and fileops._PROC_FD else None
+        self.temps = TempLog(self)  # names of temporaries in users' directories, recorded before they are made
         try:
             self._open_state(create=False)
         except BaseException:
@@ -168,6 +170,9 @@ class Destination(SmallWrites):
 
     def close(self) -> None:
         """Close every descriptor this destination holds (it must not be used afterwards)."""
+        temps = getattr(self, "temps", None)
+        if temps is not None and self.root_fd >= 0:
+            temps.close()
         self.dirs.close()
         for fd in [self._state_fd, self.root_fd, *self._dev_fds.values()]:
             if fd >= 0:
@@ -322,16 +327,16 @@ class Destination(SmallWrites):
         Call before the files' RESULTs go out.  Concurrent callers wait for a flush in progress,
         even with nothing left to flush: that flush may have taken their files along.
         """
-        if not self._dirty and not self._sync_lock.locked():
-            return
-        with self._sync_lock:
-            with self._lock:
-                todo, self._dirty = self._dirty, {}
-            for fd in todo.values():
-                try:
-                    syncfs(fd)
-                except OSError as exc:
-                    raise storage_error(exc, "cannot flush received files to disk") from exc
+        if self._dirty or self._sync_lock.locked():
+            with self._sync_lock:
+                with self._lock:
+                    todo, self._dirty = self._dirty, {}
+                for fd in todo.values():
+                    try:
+                        syncfs(fd)
+                    except OSError as exc:
+                        raise storage_error(exc, "cannot flush received files to disk") from exc
+        self.temps.settle()  # the batch's temporaries are renamed or linked away, and that is on disk
 
     def expire_partials(self, ttl: float, now: float | None = None) -> list:
         """Remove ftx's partials (journal and data) untouched for ``ttl`` seconds; return what went."""
@@ -394,23 +399,26 @@ class Destination(SmallWrites):
                     return ErrorCode.IDENTICAL
                 if not self.overwrite or stat.S_ISDIR(st.st_mode):
                     raise StorageError(f"{os.fsdecode(rel)} exists and differs", ErrorCode.EXISTS)
-            tmp = random_name(b".ftx-", b".tmp")
+            tmp = self.temps.take(d, SYMLINK)  # recorded before it is made: a kill leaves none behind
             try:
                 os.symlink(entry.target, tmp, dir_fd=d.fd)
+                renamed = False
                 try:
                     os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d.fd, follow_symlinks=False)
                     if self.overwrite:
                         os.rename(tmp, name, src_dir_fd=d.fd, dst_dir_fd=d.fd)
-                        tmp = b""
+                        renamed = True
                     else:
                         os.link(tmp, name, src_dir_fd=d.fd, dst_dir_fd=d.fd, follow_symlinks=False)
                 finally:
-                    if tmp:
+                    if not renamed:
                         unlink_quietly(tmp, d.fd)
             except FileExistsError:
                 raise StorageError(f"{os.fsdecode(rel)} appeared meanwhile; not replaced", ErrorCode.EXISTS) from None
             except OSError as exc:
                 raise storage_error(exc, f"cannot create symlink {os.fsdecode(rel)}") from exc
+            finally:
+                self.temps.done(tmp)
             self._written(d)
         return ErrorCode.OK
 
