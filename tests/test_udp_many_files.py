@@ -201,3 +201,31 @@ def test_udp_control_decoder_gives_its_memory_back_when_idle():
     grown, pending, idle = asyncio.run(_grow_then_idle(blob, time.monotonic() + 30))
     assert grown >= 2 << 20 and pending == 0
     assert idle <= 4096, f"the idle decoder still holds {idle} bytes"
+
+
+def test_udp_link_send_puts_control_bytes_on_the_wire_at_once():
+    """A RESULT (or RESULT_RUN) written to the link is handed to the socket within the
+    ``send`` call, not a turn of the loop later when the pump task runs: on a receiver busy
+    reading, that turn held back each RESULT -- and with it the sender's offer window."""
+    async def main():
+        async def handle(link):
+            await link.closed_event.wait()
+
+        server = await udp.serve("127.0.0.1", 0, handle)
+        link = await udp.connect("127.0.0.1", server.dsock.sock.getsockname()[1])
+        try:
+            sent: list[int] = []
+            real = link._send
+
+            def recording(bursts) -> None:
+                sent.append(sum(len(buf) for buf, _ in bursts))
+                real(bursts)
+
+            link._send = recording
+            await link.send([b"r" * 500])  # room in the send buffer: returns without a turn of the loop
+            assert sum(sent) >= 500, "the bytes wait for the pump"
+        finally:
+            link.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

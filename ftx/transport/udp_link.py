@@ -231,7 +231,13 @@ class UdpLink:
         self._raise_if_closed()
         # one call (a batch of small files is thousands of pieces), no bytes() copy of each first
         s.stream_write(bufs[0] if len(bufs) == 1 else b"".join(bufs))
-        self.last_send = time.monotonic()
+        self.last_send = now = time.monotonic()
+        if not self._napping:
+            # out at once: waking the pump costs a turn of the loop, and on a receiver busy
+            # reading that turn held back each RESULT (which reopens the sender's offer window)
+            out = s.transmit(now, SEND_BATCH)
+            if out:
+                self._send(out)
         self.wake()
 
     async def feed(self, conn) -> None:
