@@ -37,7 +37,7 @@ READ_BATCH = 32  # reads (each up to 64 KiB with GRO) per readiness event
 MAX_READ = 65536  # the most one read returns (a GRO read: at most 64 KiB)
 READ_BYTES = 4 * MAX_READ  # reads joined into one burst for on_read, at most (16: the small-file set
 # got slower, 3 700 -> 3 360 files/s, and the receiver 6 MB larger; 4 was no slower than 1 there)
-TURN_BYTES = 2 * READ_BYTES  # bytes read per readiness event, about (then the loop's other callbacks
+TURN_BYTES = READ_BYTES  # bytes read per readiness event, about (then the loop's other callbacks
 # get their turn): 32 full GRO reads took the loop ~1.5 ms, and a worker's "done" took three such
 # turns to become a RESULT on the wire while the sender waited on its offer window
 
