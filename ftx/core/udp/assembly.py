@@ -154,24 +154,26 @@ class PacketAssembly:
         prot = self.protection
         seg = mss if prot is None else mss - (TAG_SIZE - TRAILER_SIZE)  # sealed: built with 8-byte trailers
         pn = self._next_pn
-        if prot is None:
-            buf = bytearray(n * seg)  # goes to the socket as it is
-            burst.build_stream_burst(buf, seg, self.peer_cid, pn, first, step, n, self._sout,
-                                     first - self._sout_phys, _xxh64)
-        else:  # built where the last burst was (sealed into a new buffer), not in a new one each time
+        # one GSO send takes this many datagrams: the run goes to the socket in buffers of that size
+        # (below malloc's mmap threshold: a 370 KiB buffer a burst came from fresh pages each time)
+        per = min(BURST_DATAGRAMS, max(1, BURST_BYTES // mss))
+        sout, rel = self._sout, first - self._sout_phys
+        if prot is None:  # built straight into the buffers the socket sends
+            for i in range(0, n, per):
+                m = min(per, n - i)
+                buf = bytearray(m * seg)
+                burst.build_stream_burst(buf, seg, self.peer_cid, pn + i, first + i * step, step, m, sout,
+                                         rel + i * step, _xxh64)
+                out.append((buf, mss))
+        else:  # built in one go where the last run was (sealing copies it out), sealed a GSO send at a time
             scratch = self._bulk_scratch
             if len(scratch) < n * seg:
                 scratch = self._bulk_scratch = bytearray(n * seg)
             with memoryview(scratch) as view:
-                burst.build_stream_burst(view[: n * seg], seg, self.peer_cid, pn, first, step, n, self._sout,
-                                         first - self._sout_phys, None)
-            buf = prot.seal_burst(scratch, seg, n * seg, mss, pn)
-        per = min(BURST_DATAGRAMS, max(1, BURST_BYTES // mss))  # datagrams one GSO send takes
-        if n <= per:
-            out.append((buf, mss))
-        else:
-            view = memoryview(buf)
-            out.extend((view[i * mss : min(n, i + per) * mss], mss) for i in range(0, n, per))
+                burst.build_stream_burst(view[: n * seg], seg, self.peer_cid, pn, first, step, n, sout, rel, None)
+                for i in range(0, n, per):
+                    m = min(per, n - i)
+                    out.append((prot.seal_burst(view[i * seg : (i + m) * seg], seg, m * seg, mss, pn + i), mss))
         self._burst_numbered(rec, now, pn, n, mss)
         stop = first + n * step
         self._sout_next = stop
