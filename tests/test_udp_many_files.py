@@ -27,7 +27,7 @@ from ftx.core.config import Config
 from ftx.core.manifest import FileEntry
 from ftx.core.receiver import ReceiverConnection
 from ftx.core.sender import SenderConnection
-from ftx.transport import udp
+from ftx.transport import udp, udp_link
 
 from .helpers import Relay, run_send, tree_equal
 
@@ -59,8 +59,9 @@ def _small_files_stream(count: int, seed: int, tiled: bool) -> tuple[bytes, list
     return blob, datas
 
 
-async def _deliver_all_then_feed(blob: bytes, deadline: float) -> list:
-    """Send ``blob`` over a real UDP link; feed the receiver once all of it is waiting."""
+async def _deliver_all_then_feed(blob: bytes, deadline: float, placed: list | None = None) -> list:
+    """Send ``blob`` over a real UDP link; feed the receiver once all of it is waiting.
+    ``placed``: gets the size of each region of stream bytes the link placed in the decoder."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def handle(link):
@@ -71,6 +72,9 @@ async def _deliver_all_then_feed(blob: bytes, deadline: float) -> list:
                     raise AssertionError(f"only {s.stream_readable} of {len(blob)} stream bytes arrived")
                 await asyncio.sleep(0.005)
             conn = ReceiverConnection(Config(max_files_in_flight=10_000))  # no RESULT goes back here
+            if placed is not None:
+                updated = conn.buffer_updated
+                conn.buffer_updated = lambda n: (placed.append(n), updated(n))
             await link.feed(conn)  # one call: the link moves every waiting byte into conn
             events = []
             while (e := conn.next_event()) is not None:
@@ -201,3 +205,43 @@ def test_udp_control_decoder_gives_its_memory_back_when_idle():
     grown, pending, idle = asyncio.run(_grow_then_idle(blob, time.monotonic() + 30))
     assert grown >= 2 << 20 and pending == 0
     assert idle <= 4096, f"the idle decoder still holds {idle} bytes"
+
+
+def test_udp_link_send_puts_control_bytes_on_the_wire_at_once():
+    """A RESULT (or RESULT_RUN) written to the link is handed to the socket within the
+    ``send`` call, not a turn of the loop later when the pump task runs: on a receiver busy
+    reading, that turn held back each RESULT -- and with it the sender's offer window."""
+    async def main():
+        async def handle(link):
+            await link.closed_event.wait()
+
+        server = await udp.serve("127.0.0.1", 0, handle)
+        link = await udp.connect("127.0.0.1", server.dsock.sock.getsockname()[1])
+        try:
+            sent: list[int] = []
+            real = link._send
+
+            def recording(bursts) -> None:
+                sent.append(sum(len(buf) for buf, _ in bursts))
+                real(bursts)
+
+            link._send = recording
+            await link.send([b"r" * 500])  # room in the send buffer: returns without a turn of the loop
+            assert sum(sent) >= 500, "the bytes wait for the pump"
+        finally:
+            link.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_udp_link_places_waiting_stream_bytes_in_large_regions():
+    """Stream bytes that wait go to the frame decoder up to FEED_BYTES at a time (as a sealed TCP
+    record does), so that a run of small files is decoded in one go: 64 KiB at a time, every
+    region ended in a cut frame that was moved again, and a run took eight decoder calls."""
+    blob, datas = _small_files_stream(1500, seed=12, tiled=False)
+    placed: list[int] = []
+    events = asyncio.run(_deliver_all_then_feed(blob, time.monotonic() + 30, placed))
+    files = [e for e in events if isinstance(e, ev.SmallFileReceived)]
+    assert [bytes(e.data) for e in files] == datas
+    assert sum(placed) == len(blob) and len(placed) <= -(-len(blob) // udp_link.FEED_BYTES) + 2, placed[:10]

@@ -41,6 +41,8 @@ SEND_BUFFER = 2 * 1024 * 1024  # control bytes queued and unacknowledged before 
 # the session's send buffer (acknowledged bytes leave it in batches).
 SEND_BUFFER_MAX = 8 * 1024 * 1024
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
+FEED_BYTES = 512 * 1024  # stream bytes placed in the frame decoder at once, at most (a sender's run of
+# small files is up to 480 KiB; the decoder grows to it only while --max-memory allows)
 
 
 def _format_addr(addr) -> str:
@@ -231,7 +233,13 @@ class UdpLink:
         self._raise_if_closed()
         # one call (a batch of small files is thousands of pieces), no bytes() copy of each first
         s.stream_write(bufs[0] if len(bufs) == 1 else b"".join(bufs))
-        self.last_send = time.monotonic()
+        self.last_send = now = time.monotonic()
+        if not self._napping:
+            # out at once: waking the pump costs a turn of the loop, and on a receiver busy
+            # reading that turn held back each RESULT (which reopens the sender's offer window)
+            out = s.transmit(now, SEND_BATCH)
+            if out:
+                self._send(out)
         self.wake()
 
     async def feed(self, conn) -> None:
@@ -266,8 +274,10 @@ class UdpLink:
         for fid, index, checksum, data in chunks:
             conn.receive_chunk(fid, index, checksum, data)
         while s.stream_readable and not conn.paused:  # (paused: no room in --max-memory)
-            # conn.get_buffer() keeps the payloads of queued events intact
-            buf = conn.get_buffer()
+            # conn.get_buffer() keeps the payloads of queued events intact; offered what waits (up
+            # to FEED_BYTES), a run of small files is placed in one region and decoded in one go,
+            # as a sealed TCP record is, not 64 KiB at a time with its cut frame moved each time
+            buf = conn.get_buffer(min(s.stream_readable, FEED_BYTES))
             conn.buffer_updated(s.stream_read_into(buf))
         if conn.peer is not None:
             s.established()  # the handshake timeout no longer applies

@@ -135,6 +135,7 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
         # our stream bytes from offset _sout_phys on, in the first _sout_end - _sout_phys bytes of
         # _sout (the rest is room for more: the buffer is not resized at every write and trim) ...
         self._sout = bytearray()
+        self._bulk_scratch = bytearray()  # where _bulk_stream builds a burst before sealing it
         self._sout_phys = 0
         self._sout_base = 0  # ... of which those below _sout_base are acknowledged
         self._sout_end = 0
