@@ -309,3 +309,37 @@ def test_a_hosts_settling_small_files_make_it_wait_not_fail_and_gives_from_threa
         t.join()
     assert a.used == 0 and a.settling == 0 and total.settling == 0 and total.used == 40
     assert "192.0.2.1" not in total.hosts and "192.0.2.1" not in total.hosts_settling
+
+
+def test_a_hosts_account_loses_no_give_from_a_worker_thread_while_it_takes():
+    """A worker thread's give queued while the loop thread is inside ``HostBudget.take`` (after it read
+    the host's account, before the total counted the queue) is not overwritten: after every take is
+    given back, the host holds nothing (a lost give would shrink its share for good)."""
+    import sys
+    import threading
+    import time
+
+    from ftx.core.frames import BufferBudget
+
+    total = BufferBudget(1 << 30, host_share=1 << 29)
+    host = total.for_host("192.0.2.1")
+    n = 20_000
+    assert host.take(n, settling=True)
+
+    def worker() -> None:
+        for _ in range(n):
+            host.give(1, True)
+            time.sleep(0)  # the loop thread runs again, and is switched out anywhere in take
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        while thread.is_alive():
+            assert host.take(1)
+            host.give(1)
+        thread.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert total.used == 0 and total.settling == 0 and host.used == 0 and total.hosts == {}
