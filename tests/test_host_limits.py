@@ -54,6 +54,17 @@ def test_addresses_in_another_64_are_another_host():
     assert host_key("192.0.2.7") != host_key("192.0.2.8")
 
 
+def test_ipv4_peers_translated_into_the_nat64_prefix_are_each_their_own_host():
+    """Behind a stateless translator (SIIT, RFC 7915; SIIT-DC, RFC 7755) an IPv6-only receiver sees
+    every IPv4 sender as ``64:ff9b::a.b.c.d`` (RFC 6052's well-known prefix): one /64 for all of
+    them would make every IPv4 sender one host, so that one of them could take the share and the
+    per-host places of all the others.  Each counts as its IPv4 address, as ``::ffff:a.b.c.d`` does."""
+    assert host_key("64:ff9b::192.0.2.7") == "192.0.2.7"
+    assert host_key("64:ff9b::c000:208") == "192.0.2.8"
+    assert host_key(("64:ff9b::198.51.100.1", 7431, 0, 0)) == "198.51.100.1"
+    assert host_key("64:ff9b:1::192.0.2.7") == "64:ff9b:1::/64"  # (the local-use prefix: a network's own)
+
+
 # -- every per-host count uses it ------------------------------------------------------------------
 def test_max_per_host_counts_an_ipv6_64_as_one_host():
     admission = Admission(Limits(max_per_host=2))
