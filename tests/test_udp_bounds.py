@@ -644,3 +644,40 @@ def test_the_send_buffer_holds_at_most_twice_what_is_unacknowledged():
             s._trim_stream()
     assert most_live > 5 * MIB
     assert largest <= 2 * most_live + piece, (largest, most_live)
+
+
+def test_chunk_buffers_kept_for_reuse_make_way_for_new_chunks_and_stream_bytes():
+    """A receiver keeps the buffers of chunks it handed over for reuse (spares), and they count
+    in its memory.  With a small --max-memory (24M: 3 MiB for UDP) two such 1 MiB spares and one
+    chunk in progress filled it: every packet of a new chunk and every STREAM packet (the
+    sender's FILE_END and DONE) was dropped as 'no buffer', and the transfer hung with its last
+    file never settled.  Spares are memory the receiver may drop at any time: they give way."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(3 * MIB)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    rnd = random.Random(2)
+    pn = 0
+
+    def send(fid: int, index: int, data: bytes, upto: int) -> None:
+        nonlocal pn
+        csum = xxhash.xxh3_64_intdigest(data)
+        for off in range(0, upto, 1400):
+            s.receive_payload(pn, _chunk(fid, index, len(data), off, data[off:min(off + 1400, upto)], csum), 0.1)
+            pn += 1
+
+    for index in (0, 1):  # two chunks arrive, are handed over and come back as spares
+        data = rnd.randbytes(MIB)
+        send(1, index, data, len(data))
+    for chunk in s.take_chunks():
+        s.recycle(chunk[3])
+    assert s._cin.spares.bytes == 2 * MIB
+    send(2, 0, rnd.randbytes(MIB), MIB // 2)  # a chunk in progress (a spare's buffer)
+    send(2, 1, rnd.randbytes(MIB), 1400)  # the next chunk begins
+    s.receive_payload(pn, memoryview(P.encode_stream(0, b"the sender's FILE_END and DONE")), 0.1)
+    assert s.stats["dropped_no_buffer"] == 0
+    assert (2, 1) in s._cin.slots and s.stream_readable == 30
+    assert s.held <= budget.total
+    s.release_buffers()
+    assert budget.used == 0

@@ -237,7 +237,7 @@ class ChunkAssembler:
     def recycle(self, buf: bytearray) -> None:
         """A buffer from ``take`` that nothing refers to any more: kept for reuse if allowed."""
         before = self.spares.bytes
-        if self._s.may_hold(len(buf)):
+        if self._s.may_keep(len(buf)):  # (a spare never makes other spares give way)
             self.spares.put(buf)
         delta = self.spares.bytes - before  # negative when buffers of other sizes made way
         if delta > 0:
