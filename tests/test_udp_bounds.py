@@ -681,3 +681,33 @@ def test_chunk_buffers_kept_for_reuse_make_way_for_new_chunks_and_stream_bytes()
     assert s.held <= budget.total
     s.release_buffers()
     assert budget.used == 0
+
+
+def test_a_packet_that_does_not_fit_still_completes_the_chunks_in_progress_it_carries():
+    """A datagram is taken or dropped whole (only what is acknowledged is never sent again).  The
+    sender packs a chunk's tail with the next chunk's head: when memory is full (four senders at
+    --max-memory 24M), that packet was dropped -- and so was every resend of it -- because the new
+    chunk found no room, while only the old chunk's completion, which the same packet carried,
+    could make room.  Three sessions waited for a few bytes each, for ever.  The pieces of chunks
+    in progress are kept (a resend repeats them harmlessly); the packet is still not acknowledged,
+    and its resend, which now fits, is taken."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(MIB + 64 * 1024)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    rnd = random.Random(3)
+    a, b = rnd.randbytes(MIB), rnd.randbytes(MIB)
+    ca, cb = xxhash.xxh3_64_intdigest(a), xxhash.xxh3_64_intdigest(b)
+    pn = 0
+    for off in range(0, MIB - 100, 1400):  # all of chunk a but its last 100 bytes
+        s.receive_payload(pn, _chunk(1, 0, MIB, off, a[off:min(off + 1400, MIB - 100)], ca), 0.1)
+        pn += 1
+    packet = bytes(_chunk(1, 0, MIB, MIB - 100, a[-100:], ca)) + bytes(_chunk(1, 1, MIB, 0, b[:1200], cb))
+    s.receive_payload(pn, memoryview(packet), 0.2)
+    assert pn not in s._recv  # not acknowledged: its new chunk found no room
+    assert [c[:3] for c in s.take_chunks()] == [(1, 0, ca)]  # but the chunk in progress is whole
+    s.receive_payload(pn + 1, memoryview(packet), 0.3)  # sent again: now it fits
+    assert pn + 1 in s._recv and (1, 1) in s._cin.slots
+    s.release_buffers()
+    assert budget.used == 0
