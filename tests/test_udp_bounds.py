@@ -711,3 +711,29 @@ def test_a_packet_that_does_not_fit_still_completes_the_chunks_in_progress_it_ca
     assert pn + 1 in s._recv and (1, 1) in s._cin.slots
     s.release_buffers()
     assert budget.used == 0
+
+
+def test_stream_bytes_that_fill_the_gap_are_taken_when_out_of_order_ones_fill_the_memory():
+    """Small files travel in the control stream.  When STREAM packets arrive out of order, the
+    bytes after a gap are kept -- and count in the memory all sessions share.  Four senders of
+    small files at --max-memory 24M each held their share in such bytes, so the resent packet
+    that filled a gap found no room and was dropped, again and again: every session waited for
+    the one packet that would have let its kept bytes go.  Bytes that extend the in-order stream
+    (read at once, and releasing what waited behind them) may go past the budget as a new chunk
+    may (up to twice it)."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(256 * 1024)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    data = random.Random(4).randbytes(400 * 1024)
+    piece, pn = 1200, 0
+    for off in range(piece, len(data), piece):  # all but the first packet: kept out of order
+        s.receive_payload(pn, memoryview(P.encode_stream(off, data[off:off + piece])), 0.1)
+        pn += 1
+    assert s.stats["dropped_no_buffer"] and s.held > 200 * 1024  # the memory is full of them
+    s.receive_payload(pn, memoryview(P.encode_stream(0, data[:piece])), 0.2)  # the gap's resend
+    assert s.stream_readable >= 200 * 1024  # taken: what waited behind it is in order now
+    assert budget.used <= 2 * budget.total
+    s.release_buffers()
+    assert budget.used == 0
