@@ -54,6 +54,17 @@ def test_addresses_in_another_64_are_another_host():
     assert host_key("192.0.2.7") != host_key("192.0.2.8")
 
 
+def test_ipv4_peers_translated_into_the_nat64_prefix_are_each_their_own_host():
+    """Behind a stateless translator (SIIT, RFC 7915; SIIT-DC, RFC 7755) an IPv6-only receiver sees
+    every IPv4 sender as ``64:ff9b::a.b.c.d`` (RFC 6052's well-known prefix): one /64 for all of
+    them would make every IPv4 sender one host, so that one of them could take the share and the
+    per-host places of all the others.  Each counts as its IPv4 address, as ``::ffff:a.b.c.d`` does."""
+    assert host_key("64:ff9b::192.0.2.7") == "192.0.2.7"
+    assert host_key("64:ff9b::c000:208") == "192.0.2.8"
+    assert host_key(("64:ff9b::198.51.100.1", 7431, 0, 0)) == "198.51.100.1"
+    assert host_key("64:ff9b:1::192.0.2.7") == "64:ff9b:1::/64"  # (the local-use prefix: a network's own)
+
+
 # -- every per-host count uses it ------------------------------------------------------------------
 def test_max_per_host_counts_an_ipv6_64_as_one_host():
     admission = Admission(Limits(max_per_host=2))
@@ -309,3 +320,37 @@ def test_a_hosts_settling_small_files_make_it_wait_not_fail_and_gives_from_threa
         t.join()
     assert a.used == 0 and a.settling == 0 and total.settling == 0 and total.used == 40
     assert "192.0.2.1" not in total.hosts and "192.0.2.1" not in total.hosts_settling
+
+
+def test_a_hosts_account_loses_no_give_from_a_worker_thread_while_it_takes():
+    """A worker thread's give queued while the loop thread is inside ``HostBudget.take`` (after it read
+    the host's account, before the total counted the queue) is not overwritten: after every take is
+    given back, the host holds nothing (a lost give would shrink its share for good)."""
+    import sys
+    import threading
+    import time
+
+    from ftx.core.frames import BufferBudget
+
+    total = BufferBudget(1 << 30, host_share=1 << 29)
+    host = total.for_host("192.0.2.1")
+    n = 20_000
+    assert host.take(n, settling=True)
+
+    def worker() -> None:
+        for _ in range(n):
+            host.give(1, True)
+            time.sleep(0)  # the loop thread runs again, and is switched out anywhere in take
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        while thread.is_alive():
+            assert host.take(1)
+            host.give(1)
+        thread.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert total.used == 0 and total.settling == 0 and host.used == 0 and total.hosts == {}

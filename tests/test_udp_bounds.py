@@ -644,3 +644,96 @@ def test_the_send_buffer_holds_at_most_twice_what_is_unacknowledged():
             s._trim_stream()
     assert most_live > 5 * MIB
     assert largest <= 2 * most_live + piece, (largest, most_live)
+
+
+def test_chunk_buffers_kept_for_reuse_make_way_for_new_chunks_and_stream_bytes():
+    """A receiver keeps the buffers of chunks it handed over for reuse (spares), and they count
+    in its memory.  With a small --max-memory (24M: 3 MiB for UDP) two such 1 MiB spares and one
+    chunk in progress filled it: every packet of a new chunk and every STREAM packet (the
+    sender's FILE_END and DONE) was dropped as 'no buffer', and the transfer hung with its last
+    file never settled.  Spares are memory the receiver may drop at any time: they give way."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(3 * MIB)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    rnd = random.Random(2)
+    pn = 0
+
+    def send(fid: int, index: int, data: bytes, upto: int) -> None:
+        nonlocal pn
+        csum = xxhash.xxh3_64_intdigest(data)
+        for off in range(0, upto, 1400):
+            s.receive_payload(pn, _chunk(fid, index, len(data), off, data[off:min(off + 1400, upto)], csum), 0.1)
+            pn += 1
+
+    for index in (0, 1):  # two chunks arrive, are handed over and come back as spares
+        data = rnd.randbytes(MIB)
+        send(1, index, data, len(data))
+    for chunk in s.take_chunks():
+        s.recycle(chunk[3])
+    assert s._cin.spares.bytes == 2 * MIB
+    send(2, 0, rnd.randbytes(MIB), MIB // 2)  # a chunk in progress (a spare's buffer)
+    send(2, 1, rnd.randbytes(MIB), 1400)  # the next chunk begins
+    s.receive_payload(pn, memoryview(P.encode_stream(0, b"the sender's FILE_END and DONE")), 0.1)
+    assert s.stats["dropped_no_buffer"] == 0
+    assert (2, 1) in s._cin.slots and s.stream_readable == 30
+    assert s.held <= budget.total
+    s.release_buffers()
+    assert budget.used == 0
+
+
+def test_a_packet_that_does_not_fit_still_completes_the_chunks_in_progress_it_carries():
+    """A datagram is taken or dropped whole (only what is acknowledged is never sent again).  The
+    sender packs a chunk's tail with the next chunk's head: when memory is full (four senders at
+    --max-memory 24M), that packet was dropped -- and so was every resend of it -- because the new
+    chunk found no room, while only the old chunk's completion, which the same packet carried,
+    could make room.  Three sessions waited for a few bytes each, for ever.  The pieces of chunks
+    in progress are kept (a resend repeats them harmlessly); the packet is still not acknowledged,
+    and its resend, which now fits, is taken."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(MIB + 64 * 1024)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    rnd = random.Random(3)
+    a, b = rnd.randbytes(MIB), rnd.randbytes(MIB)
+    ca, cb = xxhash.xxh3_64_intdigest(a), xxhash.xxh3_64_intdigest(b)
+    pn = 0
+    for off in range(0, MIB - 100, 1400):  # all of chunk a but its last 100 bytes
+        s.receive_payload(pn, _chunk(1, 0, MIB, off, a[off:min(off + 1400, MIB - 100)], ca), 0.1)
+        pn += 1
+    packet = bytes(_chunk(1, 0, MIB, MIB - 100, a[-100:], ca)) + bytes(_chunk(1, 1, MIB, 0, b[:1200], cb))
+    s.receive_payload(pn, memoryview(packet), 0.2)
+    assert pn not in s._recv  # not acknowledged: its new chunk found no room
+    assert [c[:3] for c in s.take_chunks()] == [(1, 0, ca)]  # but the chunk in progress is whole
+    s.receive_payload(pn + 1, memoryview(packet), 0.3)  # sent again: now it fits
+    assert pn + 1 in s._recv and (1, 1) in s._cin.slots
+    s.release_buffers()
+    assert budget.used == 0
+
+
+def test_stream_bytes_that_fill_the_gap_are_taken_when_out_of_order_ones_fill_the_memory():
+    """Small files travel in the control stream.  When STREAM packets arrive out of order, the
+    bytes after a gap are kept -- and count in the memory all sessions share.  Four senders of
+    small files at --max-memory 24M each held their share in such bytes, so the resent packet
+    that filled a gap found no room and was dropped, again and again: every session waited for
+    the one packet that would have let its kept bytes go.  Bytes that extend the in-order stream
+    (read at once, and releasing what waited behind them) may go past the budget as a new chunk
+    may (up to twice it)."""
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(256 * 1024)
+    budget.sessions += 1
+    s = _receiver(budget=budget)
+    data = random.Random(4).randbytes(400 * 1024)
+    piece, pn = 1200, 0
+    for off in range(piece, len(data), piece):  # all but the first packet: kept out of order
+        s.receive_payload(pn, memoryview(P.encode_stream(off, data[off:off + piece])), 0.1)
+        pn += 1
+    assert s.stats["dropped_no_buffer"] and s.held > 200 * 1024  # the memory is full of them
+    s.receive_payload(pn, memoryview(P.encode_stream(0, data[:piece])), 0.2)  # the gap's resend
+    assert s.stream_readable >= 200 * 1024  # taken: what waited behind it is in order now
+    assert budget.used <= 2 * budget.total
+    s.release_buffers()
+    assert budget.used == 0

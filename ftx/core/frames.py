@@ -243,10 +243,11 @@ class HostBudget:
 
     def take(self, nbytes: int, settling: bool = False) -> bool:
         total = self.total
-        mine = self.used
-        if mine + nbytes > total.host_share or not total.take(nbytes, settling):
+        if self.used + nbytes > total.host_share or not total.take(nbytes, settling):
             return False
-        total.hosts[self.key] = mine + nbytes
+        # read again: total.take counted gives queued since (a worker thread's), which a figure read
+        # before it would overwrite
+        total.hosts[self.key] = total.hosts.get(self.key, 0) + nbytes
         if settling:
             total.hosts_settling[self.key] = total.hosts_settling.get(self.key, 0) + nbytes
         return True

@@ -5,7 +5,9 @@ one customer of an ISP) is usually given a whole /64, and picks source addresses
 in it freely (privacy addresses, RFC 8981), so counting per address would give
 it 2^64 shares of every per-host limit.  An IPv4-mapped IPv6 address
 (``::ffff:192.0.2.7``, what a dual-stack socket reports for an IPv4 peer) is the
-IPv4 address.  Anything else (a name, a Unix socket path, None) is its own key.
+IPv4 address, and so is one in RFC 6052's well-known NAT64 prefix (``64:ff9b::a.b.c.d``,
+what an IPv6-only receiver behind a stateless translator sees for every IPv4 peer: as one
+/64 they would all be one host).  Anything else (a name, a Unix socket path, None) is its own key.
 
 Every per-host count uses ``host_key`` (limits.py ``Admission``, the handshake
 throttles in security_setup.py, the UDP Listener's INITIAL budgets, the
@@ -18,6 +20,7 @@ import ipaddress
 from functools import lru_cache
 
 UNKNOWN = "?"
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: an IPv4 address in its last 32 bits
 
 
 @lru_cache(maxsize=4096)
@@ -32,12 +35,14 @@ def _key(host: str) -> str:
         return str(ip)
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
+    if ip in _NAT64:
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 def host_key(host) -> str:
     """The host ``host`` counts as: an IPv4 address as itself, an IPv6 address as its /64
-    (``2001:db8:1:2::/64``), an IPv4-mapped IPv6 address as the IPv4 one; ``host`` may also be
+    (``2001:db8:1:2::/64``), an IPv4-mapped or NAT64 (``64:ff9b::/96``) IPv6 address as the IPv4 one; ``host`` may also be
     a socket address tuple (its first element is used).  None or empty: ``"?"``."""
     if isinstance(host, tuple):
         host = host[0] if host else None

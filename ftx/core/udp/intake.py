@@ -100,7 +100,13 @@ class PacketIntake:
             frames = parse_frames(payload)  # RemoteProtocolError: the driver closes the session
         if not self._frames_fit(frames):
             self.stats["dropped_no_buffer"] += 1
-            return  # not recorded, so not acknowledged: the sender will send it again
+            # not recorded, so not acknowledged: the sender will send it again.  Pieces of chunks in
+            # progress are kept all the same (a resend repeats them harmlessly): the chunk a piece
+            # completes makes the room that the packet's other frames wait for
+            for f in frames:
+                if isinstance(f, ChunkFrame) and (f.file_id, f.index) in self._cin.slots:
+                    self._on_chunk(f)
+            return
         in_order = self._record(pn, len(payload), now)
         if unsealed:
             self._plain_recv.add(pn, pn + 1)

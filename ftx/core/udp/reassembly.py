@@ -237,7 +237,7 @@ class ChunkAssembler:
     def recycle(self, buf: bytearray) -> None:
         """A buffer from ``take`` that nothing refers to any more: kept for reuse if allowed."""
         before = self.spares.bytes
-        if self._s.may_hold(len(buf)):
+        if self._s.may_keep(len(buf)):  # (a spare never makes other spares give way)
             self.spares.put(buf)
         delta = self.spares.bytes - before  # negative when buffers of other sizes made way
         if delta > 0:
@@ -302,7 +302,11 @@ class StreamAssembler:
                     return True
                 ok = True
             ok = ok and self.ooo_bytes + more + need <= STREAM_OOO_LIMIT
-        if not (ok and self._s.may_hold(more + need + ENTRY_OVERHEAD * entries)):
+        n = more + need + ENTRY_OVERHEAD * entries
+        # bytes that extend the in-order stream are read at once and let go what waited behind them:
+        # they may go past the budget as a new chunk may (up to twice it), or a gap's resend found no
+        # room while the bytes after the gap held it
+        if not (ok and (self._s.may_hold(n) or (offset <= first and self._s.may_start(n)))):
             return False
         if claim is not None:
             claim[:] = more + need, entries, ahead

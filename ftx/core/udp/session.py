@@ -187,7 +187,18 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
 
     # == what the peer makes us buffer =============================================
     def may_hold(self, n: int) -> bool:
-        """Whether ``n`` more buffered bytes are allowed, for this session and in all."""
+        """Whether ``n`` more buffered bytes of the peer's data are allowed, for this session and in
+        all; chunk buffers kept for reuse give way to them (else spares filling a small budget
+        dropped every packet, and the transfer hung)."""
+        if self.may_keep(n):
+            return True
+        if self._cin.spares.bytes:
+            self.release(self._cin.spares.clear())
+            return self.may_keep(n)
+        return False
+
+    def may_keep(self, n: int) -> bool:
+        """``may_hold`` without making way: whether ``n`` more bytes fit as things are."""
         limit = SESSION_BUFFER_LIMIT if self._handshake_deadline is None else PENDING_BUFFER_LIMIT
         return self.held + n <= limit and self.budget.allows(self.held, n)
 
