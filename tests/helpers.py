@@ -306,3 +306,20 @@ class SealedSocket:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def second_sender_busy(first, start_second, *needles) -> None:
+    """``start_second()`` (waiting for ``first``'s transfer, then starting another ``ftx send``) is
+    refused -- exit 1, every one of ``needles`` in its stderr -- and ``first`` still completes."""
+    try:
+        second = start_second()
+        _out, err = second.communicate(timeout=30)
+        assert second.returncode == 1, err
+        for needle in needles:
+            assert needle in err, err
+        _out, first_err = first.communicate(timeout=60)
+        assert first.returncode == 0, first_err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()

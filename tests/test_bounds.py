@@ -20,7 +20,7 @@ from ftx.core.messages import ROLE_SENDER, ErrorMessage, Hello
 from .helpers import SealedSocket
 from ftx.errors import ErrorCode
 
-from .helpers import journal_records, run_send, wait_for, write_random
+from .helpers import journal_records, run_send, second_sender_busy, wait_for, write_random
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -302,18 +302,12 @@ def test_another_sender_cannot_abort_a_transfer_in_progress(tmp_path, receiver):
     write_random(b_src, 6 * MIB, seed=2)
     # 6 s at 1 MB/s: time enough for the second sender to start, even on a loaded machine
     a = _send_as(tmp_path / "state-a", str(a_src), receiver.dest, "--max-rate", "1M", "--chunk-size", "256K")
-    try:
+
+    def second():
         wait_for(lambda: _journaled(receiver.dir, "big.bin"), what="the first transfer to be under way")
-        b = _send_as(tmp_path / "state-b", str(b_src), receiver.dest)
-        _out, b_err = b.communicate(timeout=30)
-        assert b.returncode == 1, b_err
-        assert "busy" in b_err.lower() and "another sender" in b_err
-        _out, a_err = a.communicate(timeout=60)
-        assert a.returncode == 0, a_err
-    finally:
-        if a.poll() is None:
-            a.kill()
-            a.wait()
+        return _send_as(tmp_path / "state-b", str(b_src), receiver.dest)
+
+    second_sender_busy(a, second, "busy", "another sender")
     assert (receiver.dir / "big.bin").read_bytes() == a_data
 
 

@@ -22,7 +22,7 @@ import pytest
 from ftx.core.secure import Established, PeerIdentity
 from ftx.credentials import config_dir, create_identity, load_identity, public_line
 
-from .helpers import journal_records, wait_for, write_random
+from .helpers import journal_records, second_sender_busy, wait_for, write_random
 
 pytestmark = pytest.mark.timeout(120)
 MIB = 1 << 20
@@ -62,18 +62,12 @@ def test_another_key_cannot_take_over_even_with_the_same_sender_id(tmp_path, rec
     write_random(b_src, 6 * MIB, seed=2)
     state = tmp_path / "state"  # one sender id for both
     a = _send(state, str(a_src), r.dest, "--max-rate", "1M", "--chunk-size", "256K")
-    try:
+
+    def second():
         wait_for(lambda: _under_way(r.dir, "big.bin"), what="the first transfer to be under way")
-        b = _send(state, str(b_src), r.dest, "--identity", other)
-        _out, b_err = b.communicate(timeout=30)
-        assert b.returncode == 1, b_err
-        assert "busy: another sender holds this transfer" in b_err and "a different key" in b_err, b_err
-        _out, a_err = a.communicate(timeout=60)
-        assert a.returncode == 0, a_err
-    finally:
-        if a.poll() is None:
-            a.kill()
-            a.wait()
+        return _send(state, str(b_src), r.dest, "--identity", other)
+
+    second_sender_busy(a, second, "busy: another sender holds this transfer", "a different key")
     assert (r.dir / "big.bin").read_bytes() == a_data
 
 

@@ -59,6 +59,19 @@ def _small_files_stream(count: int, seed: int, tiled: bool) -> tuple[bytes, list
     return blob, datas
 
 
+async def _send_to_one_link(handle, blob, got, deadline):
+    """Serve on loopback with ``handle``, send ``blob`` from a client link, and wait for ``got``."""
+    server = await udp.serve("127.0.0.1", 0, handle)
+    port = server.dsock.sock.getsockname()[1]
+    link = await udp.connect("127.0.0.1", port)
+    try:
+        await link.send([blob])
+        return await asyncio.wait_for(got, deadline - time.monotonic())
+    finally:
+        link.close()
+        server.close()
+
+
 async def _deliver_all_then_feed(blob: bytes, deadline: float, placed: list | None = None) -> list:
     """Send ``blob`` over a real UDP link; feed the receiver once all of it is waiting.
     ``placed``: gets the size of each region of stream bytes the link placed in the decoder."""
@@ -85,15 +98,7 @@ async def _deliver_all_then_feed(blob: bytes, deadline: float, placed: list | No
         finally:
             link.close()
 
-    server = await udp.serve("127.0.0.1", 0, handle)
-    port = server.dsock.sock.getsockname()[1]
-    link = await udp.connect("127.0.0.1", port)
-    try:
-        await link.send([blob])
-        return await asyncio.wait_for(got, deadline - time.monotonic())
-    finally:
-        link.close()
-        server.close()
+    return await _send_to_one_link(handle, blob, got, deadline)
 
 
 @pytest.mark.parametrize("tiled", [False, True], ids=["random-sizes", "frames-tile-reads"])
@@ -180,15 +185,7 @@ async def _grow_then_idle(blob: bytes, deadline: float) -> tuple[int, int, int]:
         finally:
             link.close()
 
-    server = await udp.serve("127.0.0.1", 0, handle)
-    port = server.dsock.sock.getsockname()[1]
-    link = await udp.connect("127.0.0.1", port)
-    try:
-        await link.send([blob])
-        return await asyncio.wait_for(got, deadline - time.monotonic())
-    finally:
-        link.close()
-        server.close()
+    return await _send_to_one_link(handle, blob, got, deadline)
 
 
 def test_udp_control_decoder_gives_its_memory_back_when_idle():
