@@ -799,3 +799,26 @@ def test_a_chunk_whose_start_found_no_memory_is_probed_from_its_start_and_finish
     assert not s.closed, s.close_reason
     assert sorted((c[0], c[1], bytes(c[3])) for c in chunks[4:]) == [(1, 4 + i, d) for i, d in enumerate(more)]
     assert clock[0] < t0 + 5.0  # a few probe timeouts, not the 15 s idle timeout
+
+
+def test_probes_carry_the_oldest_unacknowledged_stream_and_chunk_bytes():
+    """What a probe timeout sends when nothing was acknowledged: the first unacknowledged
+    control-stream bytes, then the first unacknowledged bytes of the oldest chunk -- what a
+    receiver that dropped everything for want of memory takes first -- not new data."""
+    s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+    s.stream_write(random.Random(7).randbytes(20_000))
+    for i in range(3):
+        data = random.Random(i).randbytes(MIB)
+        s.send_chunk(1, i, xxhash.xxh3_64_intdigest(data), data)
+    now = 0.0
+    while s._cout[(1, 0)].next_off < 10_000 and now < 1.0:  # all the stream and some chunk data in flight (paced)
+        s.datagrams_to_send(now)
+        now += 0.001
+    assert s._sout_next == 20_000 and not s.stats["probes"]
+    t = max(s.recovery.timer(), now)  # the probe timeout
+    s.handle_timer(t)
+    probes = [P.parse_frames(P.parse(d).payload) for d in s.datagrams_to_send(t)][:2]  # (new data may follow)
+    assert s.stats["probes"] == 2
+    (stream,), (chunk,) = probes
+    assert isinstance(stream, P.StreamFrame) and stream.offset == 0 and len(stream.data) > 1000
+    assert isinstance(chunk, P.ChunkFrame) and (chunk.file_id, chunk.index, chunk.offset) == (1, 0, 0)
