@@ -737,3 +737,88 @@ def test_stream_bytes_that_fill_the_gap_are_taken_when_out_of_order_ones_fill_th
     assert budget.used <= 2 * budget.total
     s.release_buffers()
     assert budget.used == 0
+
+
+
+def test_a_chunk_whose_start_found_no_memory_is_probed_from_its_start_and_finishes():
+    """Four senders at --max-memory 24M: a chunk's first packets came while the other sessions
+    held the memory and were dropped unacknowledged; its later packets were dropped too, being
+    far into a chunk none of which had arrived.  With nothing acknowledged no loss is ever
+    declared, and the probe timeouts sent new data -- further into the chunk, dropped in turn --
+    so the chunk's start was never sent again, although the memory was free a moment later:
+    'nothing sent was acknowledged for 15 s'.  A probe carries the oldest unacknowledged data."""
+    import heapq
+
+    from ftx.core.udp.reassembly import MemoryBudget
+
+    budget = MemoryBudget(4 * MIB)
+    other = _receiver(budget=budget)  # another sender's session
+    r = _receiver(budget=budget)
+    budget.sessions += 8  # (and more: a small share each)
+    s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+    rnd = random.Random(5)
+    wire: list = []  # (arrival, seq, destination, datagram): 10 ms each way
+    chunks: list = []
+    clock = [0.0]
+
+    def run(until, limit: float) -> None:
+        now = clock[0]
+        while not until() and now < limit and not s.closed:
+            for x in (s, r):
+                t = x.next_timer()
+                if t is not None and now >= t:
+                    x.handle_timer(now)
+            while wire and wire[0][0] <= now:
+                _, _, dest, d = heapq.heappop(wire)
+                p = P.parse(d)
+                dest.receive_payload(p.pn, p.payload, now)
+            chunks.extend(r.take_chunks())
+            for a, b in ((s, r), (r, s)):
+                for d in a.datagrams_to_send(now):
+                    heapq.heappush(wire, (now + 0.01, len(chunks) + rnd.random(), b, d))
+            times = [x.next_timer() for x in (s, r)] + [wire[0][0] if wire else None]
+            now = max(min(t for t in times if t is not None), now + 1e-4)
+            clock[0] = now
+
+    warm = [rnd.randbytes(MIB) for _ in range(4)]  # a first transfer: the window grows
+    for i, data in enumerate(warm):
+        s.send_chunk(1, i, xxhash.xxh3_64_intdigest(data), data)
+    run(lambda: len(chunks) == 4, 10.0)
+    assert [bytes(c[3]) for c in chunks] == warm and s.cc.cwnd > 100 * 1452
+    big = rnd.randbytes(7 * MIB)  # the other session starts a big chunk: the memory is taken
+    other.receive_payload(0, _chunk(9, 0, len(big), 0, big[:1400], xxhash.xxh3_64_intdigest(big)), clock[0])
+    assert (9, 0) in other._cin.slots
+    more = [rnd.randbytes(MIB) for _ in range(12)]  # more than the window holds: new data waits
+    for i, data in enumerate(more):
+        s.send_chunk(1, 4 + i, xxhash.xxh3_64_intdigest(data), data)
+    t0 = clock[0]
+    run(lambda: False, t0 + 0.1)
+    assert r.stats["dropped_no_buffer"] > 50 and not r._cin.slots
+    other.release_buffers()  # that session ends: the memory is free
+    run(lambda: len(chunks) == 16, t0 + 30.0)
+    assert not s.closed, s.close_reason
+    assert sorted((c[0], c[1], bytes(c[3])) for c in chunks[4:]) == [(1, 4 + i, d) for i, d in enumerate(more)]
+    assert clock[0] < t0 + 5.0  # a few probe timeouts, not the 15 s idle timeout
+
+
+def test_probes_carry_the_oldest_unacknowledged_stream_and_chunk_bytes():
+    """What a probe timeout sends when nothing was acknowledged: the first unacknowledged
+    control-stream bytes, then the first unacknowledged bytes of the oldest chunk -- what a
+    receiver that dropped everything for want of memory takes first -- not new data."""
+    s = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+    s.stream_write(random.Random(7).randbytes(20_000))
+    for i in range(3):
+        data = random.Random(i).randbytes(MIB)
+        s.send_chunk(1, i, xxhash.xxh3_64_intdigest(data), data)
+    now = 0.0
+    while s._cout[(1, 0)].next_off < 10_000 and now < 1.0:  # all the stream and some chunk data in flight (paced)
+        s.datagrams_to_send(now)
+        now += 0.001
+    assert s._sout_next == 20_000 and not s.stats["probes"]
+    t = max(s.recovery.timer(), now)  # the probe timeout
+    s.handle_timer(t)
+    probes = [P.parse_frames(P.parse(d).payload) for d in s.datagrams_to_send(t)][:2]  # (new data may follow)
+    assert s.stats["probes"] == 2
+    (stream,), (chunk,) = probes
+    assert isinstance(stream, P.StreamFrame) and stream.offset == 0 and len(stream.data) > 1000
+    assert isinstance(chunk, P.ChunkFrame) and (chunk.file_id, chunk.index, chunk.offset) == (1, 0, 0)

@@ -270,6 +270,36 @@ class PacketAssembly:
             room -= CHUNK_HEADER_SIZE + n
         return frames, items
 
+    def _oldest(self, room: int, stream: bool) -> tuple[list, list]:
+        """A probe's content (RFC 9002 6.2.4 lets it be data sent before): the oldest
+        unacknowledged bytes sent of the control stream (``stream``) or of the chunks, as much
+        as one packet holds; nothing when there are none.  A receiver short of memory drops
+        packets unacknowledged, and then drops new data far into a chunk whose start it dropped
+        (reassembly.py) -- while the oldest bytes are what it takes as soon as it has room: in
+        the stream, where its in-order bytes end; in a chunk, where the acknowledged bytes end.
+        With nothing acknowledged no loss is declared, so only a probe sends them again."""
+        if stream:
+            start, stop = self._sout_base, self._sout_next
+            if start >= stop or start < self._hs_end:  # (our handshake bytes: transmit resends them)
+                return [], []
+            for a, _ in self._sout_acked:  # up to the next bytes acknowledged
+                if a > start:
+                    stop = min(stop, a)
+                    break
+            n = min(stop - start, room - 1 - _varint_size(start) - _varint_size(room))
+            rel = start - self._sout_phys
+            self.stats["retransmitted_bytes"] += n
+            return [encode_stream(start, self._sout[rel : rel + n])], [("s", start, n)]
+        for key, c in self._cout.items():  # in the order sent: the first is the oldest
+            a, b = next(iter(c.unacked))
+            b = min(b, c.next_off, a + room - CHUNK_HEADER_SIZE)
+            if a >= b:  # its first bytes unacknowledged were never sent: no old chunk data
+                break
+            self.stats["retransmitted_bytes"] += b - a
+            header = CHUNK_HEADER.pack(F_CHUNK, key[0], key[1], len(c.data), a, c.checksum, b - a)
+            return [header, memoryview(c.data)[a:b]], [("c", key, a, b - a)]
+        return [], []
+
     def _packet(self, frames: list, now: float, items: list, eliciting: bool) -> bytes:
         pn = self._next_pn
         self._next_pn += 1

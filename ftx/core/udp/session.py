@@ -174,6 +174,7 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
         self.pacing_limited = False  # the last datagrams_to_send stopped for pacing
         self._blocked_probe_at = now
         self._probes = 0
+        self._probe_old = 0  # 2: a probe may carry the oldest stream bytes, 1: the oldest chunk bytes
         self._ping = False
         self.closed = False
         self.close_code: int = 0
@@ -429,7 +430,12 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
                 # our handshake flight is unacknowledged and the peer's is not done: a keyless
                 # peer's ACKs are not believed (protection.py), so only resending it recovers it
                 self._sout_retx.add(self._sout_base, min(self._hs_end, self._sout_next))
-            frames, items = self._fill(mss - self._overhead, now)
+            frames = None
+            while probe and self._probe_old and not frames:  # the oldest data first (assembly.py)
+                frames, items = self._oldest(mss - self._overhead, self._probe_old == 2)
+                self._probe_old -= 1
+            if not frames:
+                frames, items = self._fill(mss - self._overhead, now)
             if not frames:
                 if probe:  # nothing to resend: a PING still elicits an ACK
                     frames = [bytes([F_PING])]
@@ -496,7 +502,8 @@ class UdpSession(PacketIntake, Settling, PacketAssembly, SealedPackets):
             rs, probe = self.recovery.on_timer(now)
             self._on_lost(rs, now)
             if probe:
-                self._probes = 2
+                # two probes: the oldest unacknowledged stream and chunk bytes, or new data
+                self._probes = self._probe_old = 2
                 # two probe timeouts in a row with datagrams above the base size unacknowledged:
                 # a size never confirmed, or raised by probing, is the likeliest reason (a size
                 # that worked before: rather the path is down; only small ones: not the size)
