@@ -53,7 +53,10 @@ def test_udp_plain_loopback(tmp_path, receiver):
     assert report["transport"] == "udp"
     assert tree_equal(src, receiver.dir / "src")
     stats = report["transport_stats"]
-    assert stats["packets_sent"] > 2000 and stats["retransmitted_bytes"] == 0
+    assert stats["packets_sent"] > 2000 and stats["lost_packets"] == 0
+    # nothing lost, so nothing resent -- but what a probe timeout (a late ACK on a busy machine) resends
+    # as its probe: the oldest unacknowledged bytes, at most a datagram per probe (protocol.md 14.6)
+    assert stats["retransmitted_bytes"] <= stats["probes"] * 1452, stats
 
 
 IMPAIRMENTS = {
