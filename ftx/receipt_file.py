@@ -1,8 +1,11 @@
 """Receipt files: a verified receipt as one self-contained JSON document.
 
-Written as it arrives (entries are never all in memory), into a temporary
-file next to FILE (``FILE.<random>.ftx-tmp``, created exclusively) that
-replaces FILE only once the signature has verified::
+Written as it arrives (entries are never all in memory), into a nameless
+file (``O_TMPFILE``) in FILE's directory that replaces FILE only once the
+signature has verified: linked under a fresh name (``FILE.<random>.ftx-tmp``)
+and renamed over FILE at once, so a sender killed while the receipt arrives
+leaves nothing behind.  Where the file system has no ``O_TMPFILE`` the
+temporary is named from the start (created exclusively, as with ``mkstemp``)::
 
     {"ftx_receipt": 2,
      "files": [
@@ -30,8 +33,10 @@ byte makes it invalid); ``verify_file`` re-checks it with
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import secrets
 import struct
 import tempfile
 from typing import Callable, Iterator
@@ -45,7 +50,9 @@ FORMAT = VERSION  # the file's format number is the receipt version it holds (1 
 _HEADS = {v: f'{{"ftx_receipt": {v},\n "files": [\n' for v in (LEGACY_VERSION, VERSION)}
 _HEAD = _HEADS[FORMAT]
 _TAIL = " ],\n"
-_MAX_LINE = 8 * 1024  # an entry line: base64 of a path of at most 4096 bytes, and the rest
+_MAX_LINE = 8 * 1024
+_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a file system (or kernel) without O_TMPFILE  # an entry line: base64 of a path of at most 4096 bytes, and the rest
 
 
 def _b64(raw: bytes) -> str:
@@ -79,9 +86,16 @@ class ReceiptWriter:
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
-        # a fresh name (O_EXCL): never a file or symlink someone else put there
-        fd, self.tmp = tempfile.mkstemp(".ftx-tmp", os.path.basename(self.path) + ".",
-                                        os.path.dirname(self.path) or ".")
+        self.tmp: str | None = None  # the temporary's name, once it has one
+        folder = os.path.dirname(self.path) or "."
+        try:  # nameless until it has verified: a kill leaves nothing behind
+            fd = os.open(folder, os.O_WRONLY | os.O_CLOEXEC | _TMPFILE, 0o600) if _TMPFILE else -1
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            fd = -1
+        if fd < 0:  # a fresh name (O_EXCL): never a file or symlink someone else put there
+            fd, self.tmp = tempfile.mkstemp(".ftx-tmp", os.path.basename(self.path) + ".", folder)
         self._f = open(fd, "w", encoding="ascii")
         self._f.write(_HEAD)
         self._last = ""  # held back: only the last entry line has no comma
@@ -99,14 +113,37 @@ class ReceiptWriter:
         f.write(_TAIL + _end_line(end))
         f.flush()
         os.fsync(f.fileno())
+        try:
+            if self.tmp is None:
+                self.tmp = self._name(f.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         f.close()
-        os.replace(self.tmp, self.path)
+
+    def _name(self, fd: int) -> str:
+        """Link the nameless file under a fresh name beside FILE (a name that exists is never reused)."""
+        folder = os.path.dirname(self.path) or "."
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N (os.link takes that path only with a dir_fd)
+            for _ in range(100):
+                name = f"{os.path.basename(self.path)}.{secrets.token_hex(6)}.ftx-tmp"
+                try:
+                    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+                    return os.path.join(folder, name)
+                except FileExistsError:
+                    continue
+        finally:
+            os.close(dir_fd)
+        raise FileExistsError(errno.EEXIST, "every temporary name beside the receipt was taken", folder)
 
     def abort(self) -> None:
         if not self._f.closed:
             self._f.close()
             try:
-                os.unlink(self.tmp)
+                if self.tmp is not None:
+                    os.unlink(self.tmp)
             except OSError:
                 pass
 

@@ -516,3 +516,25 @@ def test_the_receipt_file_never_writes_through_a_planted_link(tmp_path):
     report, _ = _run([src], tmp_path / "dst", out)
     assert report.ok, report.error
     assert victim.read_bytes() == b"precious" and verify_file(out).count == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_killed_while_its_receipt_arrives_leaves_no_file_behind(tmp_path):
+    """The receipt is written nameless (O_TMPFILE) until it has verified: a SIGKILL of the
+    sender while entries arrive leaves nothing beside FILE (a named temporary did)."""
+    out = tmp_path / "r.json"
+    child = (
+        "import os, signal, sys\n"
+        "from ftx.receipt_file import ReceiptWriter\n"
+        "from ftx.core.manifest import Kind\n"
+        "from ftx.core.secure.receipt import Entry\n"
+        "w = ReceiptWriter(sys.argv[1])\n"
+        "w.add([Entry(b'a/%d' % i, Kind.FILE, i, 0, bytes(16), bytes(32)) for i in range(1000)])\n"
+        "w._f.flush()\n"
+        "print(len(os.listdir(os.path.dirname(sys.argv[1]))), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == -9, proc.stderr
+    assert proc.stdout.strip() == "0"  # nothing named while it was being written either
+    assert os.listdir(tmp_path) == []
