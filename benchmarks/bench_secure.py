@@ -343,7 +343,6 @@ def main() -> None:
     sshd = None
     try:
         make_source(src, size)
-        warm_memory(work_dst, 2 * size)
         names = ["plaintext", *(c for c in args.ciphers.split(",") if c)]
         trees = {n: ROOT for n in names}
         if args.baseline:
@@ -354,6 +353,11 @@ def main() -> None:
         sshd = PrivateSshd() if not args.no_peers else None
         for _ in range(args.runs):
             for name, tree in trees.items():  # interleaved, so that a noisy neighbour hits every row alike
+                # memory freed by the last run's unlink goes back to the host within seconds (a virtual
+                # machine's free page reporting); touching it again first costs several times a write,
+                # and whichever row met that paid 2-3x receiver CPU (0.4 GB/s instead of 1.2): warm it
+                # before every run, untimed, not only once
+                warm_memory(work_dst, 2 * size)
                 rows[name].append(bench_ftx(src, work_dst, name.removesuffix(" (base)"), args.handshake, tree))
                 os.unlink(os.path.join(work_dst, "payload.bin"))
             if not args.no_peers:
