@@ -59,6 +59,8 @@ async def child_recv(directory: str, cipher: str | None, handshake: str) -> None
     from ftx.storage import Destination
     from ftx.transport import tcp
 
+    factory = load_factory(handshake) if cipher else None  # before the port is printed (untimed), as `ftx
+    # receive` loads its identity (cryptography) before it listens: its imports are not the transfer's time
     socks = tcp.listen("127.0.0.1", 0)
     print(socks[0].getsockname()[1], flush=True)
     done = asyncio.get_running_loop().create_future()
@@ -66,7 +68,7 @@ async def child_recv(directory: str, cipher: str | None, handshake: str) -> None
     async def handle(link):
         try:
             if cipher:
-                await run_handshake(link, load_factory(handshake)("server", cipher=cipher.partition("/")[0]), 10)
+                await run_handshake(link, factory("server", cipher=cipher.partition("/")[0]), 10)
             session = await receive_over(link, Destination(directory))
             done.set_result(session.error)
         except Exception as exc:
