@@ -353,8 +353,11 @@ def main() -> None:
         rows: dict[str, list[dict]] = {n: [] for n in trees}
         peers: dict[str, list[dict]] = {"scp aes128-gcm": [], "magic-wormhole": []}
         sshd = PrivateSshd() if not args.no_peers else None
-        for _ in range(args.runs):
-            for name, tree in trees.items():  # interleaved, so that a noisy neighbour hits every row alike
+        for round_ in range(args.runs):
+            order = list(trees.items())
+            if round_ % 2:  # every other round backwards: no row always runs right after the same one
+                order.reverse()
+            for name, tree in order:  # interleaved, so that a noisy neighbour hits every row alike
                 # memory freed by the last run's unlink goes back to the host within seconds (a virtual
                 # machine's free page reporting); touching it again first costs several times a write,
                 # and whichever row met that paid 2-3x receiver CPU (0.4 GB/s instead of 1.2): warm it
