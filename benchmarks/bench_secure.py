@@ -59,6 +59,8 @@ async def child_recv(directory: str, cipher: str | None, handshake: str) -> None
     from ftx.storage import Destination
     from ftx.transport import tcp
 
+    factory = load_factory(handshake) if cipher else None  # before the port is printed (untimed), as `ftx
+    # receive` loads its identity (cryptography) before it listens: its imports are not the transfer's time
     socks = tcp.listen("127.0.0.1", 0)
     print(socks[0].getsockname()[1], flush=True)
     done = asyncio.get_running_loop().create_future()
@@ -66,7 +68,7 @@ async def child_recv(directory: str, cipher: str | None, handshake: str) -> None
     async def handle(link):
         try:
             if cipher:
-                await run_handshake(link, load_factory(handshake)("server", cipher=cipher.partition("/")[0]), 10)
+                await run_handshake(link, factory("server", cipher=cipher.partition("/")[0]), 10)
             session = await receive_over(link, Destination(directory))
             done.set_result(session.error)
         except Exception as exc:
@@ -343,7 +345,6 @@ def main() -> None:
     sshd = None
     try:
         make_source(src, size)
-        warm_memory(work_dst, 2 * size)
         names = ["plaintext", *(c for c in args.ciphers.split(",") if c)]
         trees = {n: ROOT for n in names}
         if args.baseline:
@@ -352,8 +353,16 @@ def main() -> None:
         rows: dict[str, list[dict]] = {n: [] for n in trees}
         peers: dict[str, list[dict]] = {"scp aes128-gcm": [], "magic-wormhole": []}
         sshd = PrivateSshd() if not args.no_peers else None
-        for _ in range(args.runs):
-            for name, tree in trees.items():  # interleaved, so that a noisy neighbour hits every row alike
+        for round_ in range(args.runs):
+            order = list(trees.items())
+            if round_ % 2:  # every other round backwards: no row always runs right after the same one
+                order.reverse()
+            for name, tree in order:  # interleaved, so that a noisy neighbour hits every row alike
+                # memory freed by the last run's unlink goes back to the host within seconds (a virtual
+                # machine's free page reporting); touching it again first costs several times a write,
+                # and whichever row met that paid 2-3x receiver CPU (0.4 GB/s instead of 1.2): warm it
+                # before every run, untimed, not only once
+                warm_memory(work_dst, 2 * size)
                 rows[name].append(bench_ftx(src, work_dst, name.removesuffix(" (base)"), args.handshake, tree))
                 os.unlink(os.path.join(work_dst, "payload.bin"))
             if not args.no_peers:

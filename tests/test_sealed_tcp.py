@@ -719,3 +719,75 @@ def test_records_of_small_files_waiting_in_the_socket_are_one_batch_for_the_driv
     batches = run(go())
     assert batches[0] >= 20 and sum(batches) == 50, batches  # more than one record's files at once
     assert batches[0] <= 10 * (tcp_sealed.PILE_RECORDS + 1), batches
+
+
+# -- the chunk checksum on a sealed connection (protocol.md 20.2) ---------------------------
+def _wrong_chunk_checksums(monkeypatch) -> None:
+    """The sender states a wrong chunk checksum in every DATA frame (the chunk bytes are right)."""
+    import ftx.core.sender as core_sender
+
+    real = core_sender.chunk_checksum
+    monkeypatch.setattr(core_sender, "chunk_checksum", lambda data: real(data) ^ 1)
+
+
+def test_a_sealed_receiver_does_not_hash_chunks_again(tmp_path, files, monkeypatch):
+    """Over a sealed connection the AEAD tag already proves every chunk byte and its checksum are
+    what the authenticated sender sent: the receiver records the checksum without hashing the chunk
+    a second time (the whole-file digest still verifies what landed).  A sender whose checksums are
+    wrong shows it: its file lands, byte-identical."""
+    _wrong_chunk_checksums(monkeypatch)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            report = await sealed_send(server.port, files[:1])
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert report.ok, report.error
+    assert (tmp_path / "dst" / files[0].name).read_bytes() == files[0].read_bytes()
+
+
+def test_a_plaintext_receiver_still_checks_every_chunk(tmp_path, files, monkeypatch):
+    """Without the AEAD (--insecure) the chunk checksum is the only check on the way: a wrong one
+    fails the transfer with CHECKSUM and nothing lands."""
+    _wrong_chunk_checksums(monkeypatch)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst"), secure=False) as server:
+            link = await tcp.connect("127.0.0.1", server.port)
+            report = await asyncio.wait_for(send_paths(link, [str(files[0])], idle_timeout=T), T * 3)
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert not report.ok
+    assert getattr(report.failure, "code", None) == ErrorCode.CHECKSUM, report.failure
+    assert not (tmp_path / "dst" / files[0].name).exists()
+
+
+def test_a_sealed_chunk_changed_after_it_was_hashed_never_lands(tmp_path, files, monkeypatch):
+    """The sender's buffer changes between hashing and sealing (its chunk checksum and record are of
+    the new bytes, its file digest of the old): the AEAD opens and no chunk check runs, and the
+    whole-file digest refuses the file; nothing lands under its name."""
+    import ftx.core.sender as core_sender
+
+    real = core_sender.SenderConnection.send_chunk
+
+    def changed(self, file_id, index, data, *a, **kw):
+        if index == 1:
+            data = bytearray(data)
+            data[7] ^= 0x40
+        return real(self, file_id, index, data, *a, **kw)
+
+    monkeypatch.setattr(core_sender.SenderConnection, "send_chunk", changed)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            report = await sealed_send(server.port, files[:1])
+            await server.wait(1)
+            return report
+
+    report = run(go())
+    assert not report.ok
+    assert not (tmp_path / "dst" / files[0].name).exists()

@@ -309,6 +309,9 @@ class FrameDecoder:
         self.file_bytes = 0
         self._counted = 0  # bytes of the file frame at _start counted so far (0: none on its way)
         self.copy_payloads = copy_payloads
+        # False once the input is sealed (protocol.md 20.2): the AEAD tag has proved the chunk bytes
+        # and their checksum are the authenticated peer's, so DATA chunks are not hashed again here
+        self.verify_chunks = True
         self.budget = budget
         self.set_max_payload(max_payload)
 
@@ -511,7 +514,7 @@ class FrameDecoder:
         else:  # the header was read when the frame began to arrive
             ftype, flags, reserved, length, csum = HEADER.unpack_from(view, start)
         payload = view[start + HEADER_SIZE : start + self._frame_len]
-        self._check(ftype, flags, reserved, length, csum, payload)
+        self._check(ftype, flags, reserved, length, csum, payload, self.verify_chunks)
         if copy or self.copy_payloads or ftype != FrameType.DATA:
             payload = bytes(payload)
         self._undo = start  # where it began, should it be put back (unread)
@@ -558,15 +561,14 @@ class FrameDecoder:
         return out
 
     @staticmethod
-    def _check(ftype, flags, reserved, length, csum, payload) -> None:
+    def _check(ftype, flags, reserved, length, csum, payload, verify_chunks: bool = True) -> None:
         header8 = (ftype << 56) | (flags << 48) | (reserved << 32) | length  # _header8, inline (per frame)
         if ftype == FrameType.DATA:
             if length < DATA_HEADER_SIZE:
                 raise RemoteProtocolError("DATA frame shorter than its header")
             if frame_checksum(header8, payload[:DATA_HEADER_SIZE]) != csum:
                 raise ChecksumMismatch("DATA frame header checksum mismatch")
-            expected = DATA_HEADER.unpack_from(payload, 0)[3]
-            if chunk_checksum(payload[DATA_HEADER_SIZE:]) != expected:
+            if verify_chunks and chunk_checksum(payload[DATA_HEADER_SIZE:]) != DATA_HEADER.unpack_from(payload, 0)[3]:
                 raise ChecksumMismatch("chunk checksum mismatch")
         elif frame_checksum(header8, payload) != csum:
             raise ChecksumMismatch(f"frame checksum mismatch (type 0x{ftype:02x})")

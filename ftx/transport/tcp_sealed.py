@@ -68,6 +68,8 @@ class SealedFeed:
         try:
             if opener.budget is None and (budget := getattr(conn, "buffer_budget", None)) is not None:
                 opener.use_budget(budget)  # a record is held whole before it opens: count it in --max-memory
+            if opener.number == 0:
+                conn.input_sealed()  # the AEAD proves each chunk: no second hash of it (protocol.md 20.2)
             if self._rest is not None:  # what conn could not take last time goes first
                 rest, self._rest = self._rest, None
                 self._put(conn, rest)
