@@ -329,6 +329,8 @@ class PartialFile:
         budget.acquire(self)
         try:
             self.dest.account(self.fd, len(data), self._info.ident[0])
+            if index < self._hashed and not self._same_on_disk(index, data):
+                self._rehash_at_end()  # a repeated chunk (5.5) with other bytes: the digest covers what lands
             pwrite_full(self.fd, data, index * self.entry.chunk_size)
             if os.pwrite(self.jfd, record(index, checksum), self._jsize) != RECORD_SIZE:
                 raise OSError(errno.ENOSPC, "short write to the journal")
@@ -347,7 +349,9 @@ class PartialFile:
                 self.dest.pending.give(len(waiting))
                 self._hasher.update(waiting)
                 self._hashed += 1
-        elif self._hashed < index < self._unkept and index not in self._pending:
+        elif index in self._pending:  # repeated while it waits: the bytes now written are the ones to hash
+            self._pending[index] = bytes(data)
+        elif self._hashed < index < self._unkept:
             if self._pending_bytes + len(data) <= PENDING_LIMIT and self.dest.pending.take(len(data)):
                 self._pending[index] = bytes(data)
                 self._pending_bytes += len(data)
@@ -356,6 +360,17 @@ class PartialFile:
                 for later in [i for i in self._pending if i > index]:
                     self._pending_bytes -= len(self._pending[later])
                     self.dest.pending.give(len(self._pending.pop(later)))
+
+    def _same_on_disk(self, index: int, data) -> bool:
+        buf = bytearray(len(data))
+        return pread_full(self.fd, memoryview(buf), index * self.entry.chunk_size) == len(data) and buf == data
+
+    def _rehash_at_end(self) -> None:
+        """Forget the running hash: ``finalize`` hashes the whole file from disk."""
+        self._hasher = None
+        self._hashed = 0
+        self._drop_pending()
+        self._unkept = 0  # nothing ahead is kept in memory any more
 
     def restart(self) -> None:
         """The sender says the held chunks are stale: forget them (and remove the partial's files)."""

@@ -791,3 +791,32 @@ def test_a_sealed_chunk_changed_after_it_was_hashed_never_lands(tmp_path, files,
     report = run(go())
     assert not report.ok
     assert not (tmp_path / "dst" / files[0].name).exists()
+
+
+def test_a_chunk_sent_again_with_other_bytes_never_lands_unverified(tmp_path, files, monkeypatch):
+    """DATA may repeat a chunk (protocol.md 5.5): the whole-file digest must cover the bytes that
+    landed, not the first copy's.  The sender sends chunk 1 right, then again changed (with the
+    chunk checksum of the changed bytes), and a FILE_END digest of the right file: the file on disk
+    would differ from what the digest covers, so it must not land under its name."""
+    import ftx.core.sender as core_sender
+
+    real = core_sender.SenderConnection.send_chunk
+
+    def twice(self, file_id, index, data, *a, **kw):
+        real(self, file_id, index, data, *a, **kw)
+        if index == 1:
+            changed = bytearray(data)
+            changed[7] ^= 0x40
+            real(self, file_id, index, changed)
+
+    monkeypatch.setattr(core_sender.SenderConnection, "send_chunk", twice)
+
+    async def go():
+        async with Server(Destination(tmp_path / "dst")) as server:
+            report = await sealed_send(server.port, files[:1])
+            await server.wait(1)
+            return report
+
+    run(go())
+    dst = tmp_path / "dst" / files[0].name
+    assert not dst.exists() or dst.read_bytes() == files[0].read_bytes()

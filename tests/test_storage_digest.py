@@ -76,3 +76,28 @@ def test_a_chunk_that_cannot_be_kept_frees_what_waits_behind_it(tmp_path, monkey
     assert part._hashed == 5 and part._pending_bytes == 0 and part.dest.pending.used == 0
     assert part.finalize(xxhash.xxh3_128_digest(data)) == xxhash.xxh3_128_digest(data)
     assert open(path, "rb").read() == data
+
+
+@pytest.mark.parametrize("order, again", [([0, 1, 2, 3], 1),  # chunk 1 is already in the running hash
+                                          ([0, 2, 3], 2)])  # chunk 2 waits in memory for chunk 1
+def test_a_repeated_chunk_with_other_bytes_is_what_the_digest_covers(tmp_path, order, again):
+    """DATA may repeat a chunk (protocol.md 5.5); the last copy is the one on disk, so the digest
+    FILE_END is checked against must be of it: the first copy's digest fails, the landed one's passes."""
+    data = random.Random(3).randbytes(4 * CHUNK)
+    changed = bytearray(data)
+    changed[again * CHUNK + 5] ^= 1
+    for expected, ok in ((data, False), (bytes(changed), True)):
+        sub = tmp_path / str(ok)
+        part, path = _write_shuffled(sub, data, order)
+        piece = changed[again * CHUNK : (again + 1) * CHUNK]
+        part.write_chunk(again, chunk_checksum(piece), piece)
+        for i in range(4):
+            if i not in order:
+                part.write_chunk(i, chunk_checksum(data[i * CHUNK : (i + 1) * CHUNK]), data[i * CHUNK : (i + 1) * CHUNK])
+        if ok:
+            assert part.finalize(xxhash.xxh3_128_digest(expected)) == xxhash.xxh3_128_digest(expected)
+            assert open(path, "rb").read() == expected
+        else:
+            with pytest.raises(storage.StorageError):
+                part.finalize(xxhash.xxh3_128_digest(expected))
+            assert not (sub / "f.bin").exists()
