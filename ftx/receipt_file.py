@@ -140,7 +140,10 @@ class ReceiptWriter:
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:  # its last bytes may still be unwritten (why finish failed: a full disk); the fd goes anyway
+                self._f.close()
+            except OSError:
+                pass
             try:
                 if self.tmp is not None:
                     os.unlink(self.tmp)

@@ -538,3 +538,57 @@ def test_a_sender_killed_while_its_receipt_arrives_leaves_no_file_behind(tmp_pat
     assert proc.returncode == -9, proc.stderr
     assert proc.stdout.strip() == "0"  # nothing named while it was being written either
     assert os.listdir(tmp_path) == []
+
+
+def _file_size_limit(limit: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # writes past it: EFBIG
+
+
+@pytest.mark.timeout(60)
+def test_cli_send_receipt_that_cannot_be_written_at_the_end_fails_in_one_line(receiver, tmp_path):
+    """The receipt's last bytes cannot be written (here: the sender's file size limit; a full
+    disk is the same EFBIG/ENOSPC at flush): the send fails with one line, no traceback, and
+    leaves nothing beside FILE."""
+    from .helpers import FTX, with_env
+
+    src = _tree(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run(FTX + ["send", str(src), receiver.dest, "--receipt", str(out_dir / "r.json"), "--json",
+                                 "--no-progress"], capture_output=True, text=True, timeout=50, env=with_env(None),
+                          preexec_fn=_file_size_limit(200))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # (exit 3 today, where 5 "local file error" is meant: cli._report_exit_code maps no StorageError)
+    assert proc.returncode in (3, 5) and last.startswith("ftx: cannot write the receipt"), proc.stderr
+    assert os.listdir(out_dir) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_a_receipt_whose_end_cannot_be_written_leaves_nothing(tmp_path, tmpfile):
+    """finish fails writing the last bytes (EFBIG here, ENOSPC on a full disk); abort then closes
+    quietly and removes the named temporary of a file system without O_TMPFILE too."""
+    out = tmp_path / "r.json"
+    child = (
+        "import os, resource, sys\n"
+        "import ftx.receipt_file as rf\n"
+        "from ftx.core.manifest import Kind\n"
+        "from ftx.core.secure.receipt import Entry, ReceiptEnd\n"
+        f"rf._TMPFILE = rf._TMPFILE if {tmpfile} else 0\n"
+        "w = rf.ReceiptWriter(sys.argv[1])\n"
+        "w.add([Entry(b'a/%d' % i, Kind.FILE, i, 0, bytes(16), bytes(32)) for i in range(3)])\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+        "try:\n"
+        "    w.finish(ReceiptEnd(3, 1, bytes(32), bytes(32), bytes(64)))\n"
+        "except OSError:\n"
+        "    pass\n"
+        "w.abort()\n"
+        "w.abort()\n"
+        "print('aborted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == "aborted\n", proc.stderr
+    assert os.listdir(tmp_path) == []
