@@ -163,3 +163,28 @@ def test_protocol_md_version_2_vector_is_what_the_code_produces():
     assert receipt.hash_entries([e])[0].hex() in section.replace("\n", "").replace(" ", "")
     assert f"  {json.dumps(entry_json(e))}\n" in section
     assert base64.b64encode(_sha(b"hello")).decode() in section
+
+
+def test_a_resumed_chunk_sent_again_with_other_bytes_is_what_both_digests_cover(tmp_path):
+    """A held chunk (re-verified and hashed on resume) may come again (protocol.md 5.5) with other
+    bytes: XXH3-128 and the receipt's SHA-256 are of the file that landed, not of the first copy."""
+    data = write_random(tmp_path / "src.bin", 4 * 1024 * 1024 + 9, seed=8)
+    chunk = 1 << 20
+    entry = FileEntry(b"f.bin", Kind.FILE, len(data), 0o644, 0, chunk)
+    dest = Destination(tmp_path / "dst")
+    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    part = ReceiptPartial(dest, entry, dest.resolve(b"f.bin"))
+    part.open(resume=True)
+    for i in (0, 1, 2):
+        part.write_chunk(i, chunk_checksum(pieces[i]), pieces[i])
+    part.close()
+    part = ReceiptPartial(dest, entry, dest.resolve(b"f.bin"))
+    held, _ = part.open(resume=True)
+    assert sorted(held.values()) == [0, 1, 2]
+    pieces[1] = b"\x01" + pieces[1][1:] if pieces[1][0] != 1 else b"\x02" + pieces[1][1:]
+    for i in (1, 3, 4):
+        part.write_chunk(i, chunk_checksum(pieces[i]), pieces[i])
+    landed = b"".join(pieces)
+    assert part.finalize(file_digest(landed)) == file_digest(landed)
+    assert part.sha256() == _sha(landed)
+    assert (tmp_path / "dst" / "f.bin").read_bytes() == landed
