@@ -50,9 +50,9 @@ FORMAT = VERSION  # the file's format number is the receipt version it holds (1 
 _HEADS = {v: f'{{"ftx_receipt": {v},\n "files": [\n' for v in (LEGACY_VERSION, VERSION)}
 _HEAD = _HEADS[FORMAT]
 _TAIL = " ],\n"
-_MAX_LINE = 8 * 1024
+_MAX_LINE = 8 * 1024  # an entry line: base64 of a path of at most 4096 bytes, and the rest
 _TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a file system (or kernel) without O_TMPFILE  # an entry line: base64 of a path of at most 4096 bytes, and the rest
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a file system (or kernel) without O_TMPFILE
 
 
 def _b64(raw: bytes) -> str:
