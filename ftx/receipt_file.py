@@ -121,6 +121,11 @@ class ReceiptWriter:
             self.abort()
             raise
         f.close()
+        dir_fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # the new name survives a power loss once the send has said it is there
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _name(self, fd: int) -> str:
         """Link the nameless file under a fresh name beside FILE (a name that exists is never reused)."""
