@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """UDP transport benchmarks, with baselines measured in the same run.
 
-1. Loopback, no impairment, page cache -> tmpfs: ftx TCP and ftx UDP side by side
-   (MB/s, UDP packets per second, CPU seconds per GB on each side, peak RSS).
+1. Loopback, no impairment, page cache -> tmpfs: ftx TCP and ftx UDP side by side, both
+   sealed (the default), and UDP with --insecure on both sides, interleaved run by run
+   (MB/s, UDP packets per second, CPU seconds per GB on each side, peak RSS; the CLI's
+   sealed/plain UDP ratio from the medians).
 2. Through the seeded relay: a bottleneck of --rate (default 200 Mbit/s) with a
    30 ms queue, --rtt (default 30 ms) and 0%, 1% and 3% random loss each way:
    goodput against the bottleneck and retransmitted bytes against the loss rate.
@@ -70,36 +72,59 @@ def aioquic_push(src: str, dst: str, via_relay: list[str] | None = None, timeout
             pass
 
 
+def bench_insecure(src: str, dst: str) -> dict:
+    """``bench_ftx`` with ``--insecure`` on both sides: the CLI's plaintext UDP, the baseline
+    of the sealed/plain ratio (issue 12 asks sealed UDP >= 0.75x plaintext UDP)."""
+    recv = Receiver(dst, "--insecure")
+    report, s, elapsed = ftx_send(src, recv.port, "--udp", "--insecure")
+    r = recv.finish()
+    if r[0] != 0:
+        raise RuntimeError(f"ftx receive failed with {r[0]}")
+    return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2],
+            "bytes_sent": report["bytes_sent"], "bytes_resumed": report["bytes_resumed"],
+            "stats": report.get("transport_stats", {})}
+
+
 def loopback(src: str, dst: str, size: int, runs: int) -> None:
-    rows = {"ftx tcp": [], "ftx udp": []}
+    """ftx TCP, UDP (both sealed: the default) and UDP ``--insecure``, interleaved run by run."""
+    import statistics
+
+    rows = {"ftx tcp": [], "ftx udp": [], "udp plain": []}
     for _ in range(runs):
         rows["ftx tcp"].append(bench_ftx(src, dst))
         os.unlink(os.path.join(dst, os.path.basename(src)))
         rows["ftx udp"].append(bench_ftx(src, dst, "--udp"))
         os.unlink(os.path.join(dst, os.path.basename(src)))
+        rows["udp plain"].append(bench_insecure(src, dst))
+        os.unlink(os.path.join(dst, os.path.basename(src)))
     gb = size / 1e9
-    print(f"\n1. loopback, {size / 2**20:.0f} MiB, page cache -> tmpfs, best of {runs} (TCP: system default CC)")
-    print(f"{'':8} {'MB/s':>7} {'pkts/s':>9} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
+    print(f"\n1. loopback, {size / 2**20:.0f} MiB, page cache -> tmpfs, best of {runs} (TCP: system default CC; "
+          "tcp and udp sealed, as by default; udp plain: --insecure on both sides)")
+    print(f"{'':10} {'MB/s':>7} {'pkts/s':>9} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'send RSS MB':>12} {'recv RSS MB':>12}")
     best = {}
     for name, results in rows.items():
         r = min(results, key=lambda x: x["seconds"])
         best[name] = r
         pps = r["stats"].get("packets_sent", 0) / r["seconds"]
         pps_text = f"{pps:.0f}" if pps else "-"
-        print(f"{name:8} {size / r['seconds'] / 1e6:7.0f} {pps_text:>9} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
+        print(f"{name:10} {size / r['seconds'] / 1e6:7.0f} {pps_text:>9} {r['send_cpu'] / gb:14.2f} {r['recv_cpu'] / gb:14.2f} "
               f"{r['send_rss'] / 1e6:12.1f} {r['recv_rss'] / 1e6:12.1f}")
     print(f"ratio udp/tcp: {best['ftx tcp']['seconds'] / best['ftx udp']['seconds']:.2f}x (best against best)")
+    med = {name: statistics.median(r["seconds"] for r in results) for name, results in rows.items()}
+    print(f"ratio udp sealed/plain (CLI): {med['udp plain'] / med['ftx udp']:.2f}x (medians; target >= 0.75)")
     if runs > 1:
         for name, results in rows.items():
             speeds = sorted(size / r["seconds"] / 1e6 for r in results)
             print(f"  every {name} run, MB/s: " + ", ".join(f"{v:.0f}" for v in speeds))
         pairs = [t["seconds"] / u["seconds"] for t, u in zip(rows["ftx tcp"], rows["ftx udp"])]
         print("  udp/tcp run by run: " + ", ".join(f"{v:.2f}x" for v in pairs))
+        pairs = [p["seconds"] / u["seconds"] for p, u in zip(rows["udp plain"], rows["ftx udp"])]
+        print("  udp sealed/plain run by run: " + ", ".join(f"{v:.2f}x" for v in pairs))
     if have_aioquic():
         res = aioquic_push(src, dst)
         if res:
             rate = res["bytes"] / res["seconds"]
-            print(f"aioquic  {rate / 1e6:7.0f}   (one stream, same file; ftx udp is "
+            print(f"aioquic    {rate / 1e6:7.0f}   (one stream, same file; ftx udp is "
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
