@@ -436,6 +436,7 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     bars = _show_progress(no_progress, as_json)
     import asyncio
 
+    _warm_receiver(auth)
     _start_writers(as_json, bars)
     _loaded()
     try:
@@ -448,6 +449,24 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
         _die(str(exc), _exit_code(exc))
     _stop_writers()
     sys.exit(code)
+
+
+def _warm_receiver(auth) -> None:
+    """Import now what the first sender's connection would import: the session, and in keys mode
+    the handshake's and the AEAD's modules (~15 ms), so that the first sender (a --once
+    receiver's only one) does not wait for them in its handshake.  (Code and TLS modes keep
+    their own modules lazy.)"""
+    import concurrent.futures.thread  # noqa: F401  (the session's worker thread)
+
+    from . import expiry, failure_log, receiving  # noqa: F401
+    if auth.kind != "key":
+        return
+    from cryptography.hazmat.primitives import serialization  # noqa: F401
+    from cryptography.hazmat.primitives.ciphers import aead  # noqa: F401
+    from cryptography.hazmat.primitives.kdf import hkdf  # noqa: F401
+
+    from . import securing  # noqa: F401
+    from .core.secure import sigma  # noqa: F401
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
