@@ -451,22 +451,24 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     sys.exit(code)
 
 
-def _warm_receiver(auth) -> None:
+def _warm_receiver(auth) -> tuple:
     """Import now what the first sender's connection would import: the session, and in keys mode
     the handshake's and the AEAD's modules (~15 ms), so that the first sender (a --once
     receiver's only one) does not wait for them in its handshake.  (Code and TLS modes keep
-    their own modules lazy.)"""
-    import concurrent.futures.thread  # noqa: F401  (the session's worker thread)
+    their own modules lazy.)  Import statements, not importlib: ``-X importtime`` sees them."""
+    import concurrent.futures.thread  # the session's worker thread
 
-    from . import expiry, failure_log, receiving  # noqa: F401
+    from . import expiry, failure_log, receiving
+    warm = (concurrent.futures.thread, expiry, failure_log, receiving)
     if auth.kind != "key":
-        return
-    from cryptography.hazmat.primitives import serialization  # noqa: F401
-    from cryptography.hazmat.primitives.ciphers import aead  # noqa: F401
-    from cryptography.hazmat.primitives.kdf import hkdf  # noqa: F401
+        return warm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers import aead
+    from cryptography.hazmat.primitives.kdf import hkdf
 
-    from . import securing  # noqa: F401
-    from .core.secure import sigma  # noqa: F401
+    from . import securing
+    from .core.secure import sigma
+    return warm + (serialization, aead, hkdf, securing, sigma)
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,
