@@ -24,6 +24,13 @@ onto the complete destination: its time, and the bytes that crossed the wire
 
     python benchmarks/bench_files.py [--set small --set tiny] [--runs 5] [--only ftx-tcp,rsync]
     python benchmarks/bench_files.py --only ftx-tcp,ftx-tcp-base --baseline /tmp/old   # A/B: `git archive` there
+    python benchmarks/bench_files.py --python /tmp/v/bin/python   # ftx run by that interpreter
+
+``--python``: the interpreter that runs the ftx rows (default: this one).  A
+``pip install -e`` checkout starts every ftx with its editable-install finder
+loaded by ``site`` (about 8-12 ms of each command that a user's ``pip install .``
+does not pay); a venv with a regular install (``python3 -m venv /tmp/v &&
+/tmp/v/bin/pip install .``) measures what users run.  Report both figures.
 
 rsync and nc (netcat-openbsd) must be installed; scp needs openssh-server;
 magic-wormhole needs ``wormhole`` and ``twist`` (pip install magic-wormhole
@@ -153,6 +160,9 @@ def result(seconds: float, s: tuple, r: tuple | None, ps: Peak | None, pr: Peak 
             "send_rss": ps.rss() if ps else nan, "recv_rss": pr.rss() if pr else nan, **extra}
 
 
+FTX_CMD = list(FTX)  # the command that runs ftx (--python changes the interpreter)
+
+
 def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
     """One ``ftx send`` into a fresh ``ftx receive --once``; ``root``: run the ftx of that source
     tree instead (``--baseline``, for A/B figures in one run)."""
@@ -161,7 +171,7 @@ def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
     if root is not None:
         env = {**os.environ, "PYTHONPATH": root}
     os.makedirs(dst, exist_ok=True)  # ftx receive no longer creates a missing --dir
-    recv = subprocess.Popen(pr.wrap(FTX + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
+    recv = subprocess.Popen(pr.wrap(FTX_CMD + ["receive", "--port", "0", "--listen", "127.0.0.1", "--dir", dst,
                                            "--json", "--once", *([] if udp else ["--no-udp"])]),
                             stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     port = json.loads(read_line(recv))["port"]
@@ -169,7 +179,7 @@ def bench_ftx(src: str, dst: str, udp: bool, root: str | None = None) -> dict:
     reader = threading.Thread(target=lambda: lines.extend(recv.stdout), daemon=True)
     reader.start()
     t0 = time.perf_counter()
-    send = subprocess.Popen(ps.wrap(FTX + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress",
+    send = subprocess.Popen(ps.wrap(FTX_CMD + ["send", src, f"127.0.0.1:{port}", "--json", "--no-progress",
                                            *(["--udp"] if udp else [])]), stdout=subprocess.PIPE, text=True,
                             cwd=root, env=env)
     out = send.stdout.read()
@@ -437,7 +447,11 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="also run the ftx of this source tree (e.g. `git archive` "
                     "of an older commit), interleaved: the ftx-tcp-base and ftx-udp-base columns")
     ap.add_argument("--no-resend", dest="resend", action="store_false", help="skip the resend rows")
+    ap.add_argument("--python", metavar="PY", help="the interpreter that runs the ftx rows, e.g. a venv's with a "
+                    "regular `pip install .` (no editable-install finder at start-up); default: this one")
     args = ap.parse_args()
+    if args.python:
+        FTX_CMD[0] = args.python
     own_identity()
     notes: list[str] = []
     work_src = tempfile.mkdtemp(prefix="ftx-bench-files-src-", dir=args.src_dir)

@@ -436,6 +436,7 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
     bars = _show_progress(no_progress, as_json)
     import asyncio
 
+    _warm_receiver(auth)
     _start_writers(as_json, bars)
     _loaded()
     try:
@@ -448,6 +449,26 @@ def receive(host, port, directory, mkdir, once, overwrite, no_udp, code_mode, ye
         _die(str(exc), _exit_code(exc))
     _stop_writers()
     sys.exit(code)
+
+
+def _warm_receiver(auth) -> tuple:
+    """Import now what the first sender's connection would import: the session, and in keys mode
+    the handshake's and the AEAD's modules (~15 ms), so that the first sender (a --once
+    receiver's only one) does not wait for them in its handshake.  (Code and TLS modes keep
+    their own modules lazy.)  Import statements, not importlib: ``-X importtime`` sees them."""
+    import concurrent.futures.thread  # the session's worker thread
+
+    from . import expiry, failure_log, receiving
+    warm = (concurrent.futures.thread, expiry, failure_log, receiving)
+    if auth.kind != "key":
+        return warm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers import aead
+    from cryptography.hazmat.primitives.kdf import hkdf
+
+    from . import securing
+    from .core.secure import sigma
+    return warm + (serialization, aead, hkdf, securing, sigma)
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,

@@ -190,3 +190,44 @@ def test_no_collection_while_a_command_loads_and_collection_on_in_its_loop(tmp_p
     # under PYTHONDONTWRITEBYTECODE; without the pause 20 to 40 ran)
     assert int(fields["collections"]) <= 2 and fields["enabled"] == "True", fields
     assert int(fields["frozen"]) > 10_000, fields
+
+
+def test_a_receiver_has_imported_what_its_first_sender_needs_before_it_listens(tmp_path):
+    """A keys-mode ``ftx receive`` imported the session, the handshake and the AEAD modules (and
+    cryptography's serialization package) when its first sender connected: ~15 ms of every
+    ``--once`` receiver's first transfer, spent while the sender waited for the handshake."""
+    cfg = tmp_path / "cfg"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(cfg), "XDG_STATE_HOME": str(tmp_path / "state")}
+    from ftx import credentials as cr
+
+    ident = cr.load_identity(str(cfg / "ftx" / "identity"))
+    (cfg / "ftx" / "authorized_keys").write_text(cr.public_line(cr.raw_public(ident.key), "me") + "\n")
+    src = tmp_path / "tree"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.txt").write_bytes(b"sealed\n")
+    dst = tmp_path / "in"
+    dst.mkdir()
+    recv = subprocess.Popen([sys.executable, "-X", "importtime", *FTX[1:], "receive", "--listen", "127.0.0.1",
+                             "--port", "0", "--dir", str(dst), "--json", "--once", "--no-udp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        import json
+
+        port = json.loads(recv.stdout.readline())["port"]
+        send = subprocess.run(FTX + ["send", str(src), f"127.0.0.1:{port}", "--no-progress"],
+                              capture_output=True, text=True, env=env, timeout=50)
+        assert send.returncode == 0, send.stderr
+        recv.stdout.read()
+        err = recv.communicate(timeout=50)[1]
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.communicate()
+    assert recv.returncode == 0, err[-2000:]
+    assert (dst / "tree" / "d" / "a.txt").read_bytes() == b"sealed\n"
+    lines = err.splitlines()
+    at = next(i for i, line in enumerate(lines) if "listening on" in line)
+    late = [line.rsplit("|", 1)[1].strip() for line in lines[at:] if line.startswith("import time:")]
+    assert "ftx.core.secure.sigma" in {line.rsplit("|", 1)[1].strip() for line in lines
+                                       if line.startswith("import time:")}  # keys mode ran
+    assert late == [], " ".join(late)
