@@ -103,6 +103,8 @@ def _report_exit_code(report) -> int:
     from .core.secure import AuthError
 
     failure = getattr(report, "failure", None)
+    if isinstance(failure, StorageError):  # a local file (the receipt) could not be written: exit 5, as documented
+        return EXIT_LOCAL
     if isinstance(failure, (ProtocolError, AuthError)):  # the peer's bytes broke the protocol or its seal
         return EXIT_PROTOCOL
     if isinstance(failure, PeerError) and failure.code in (ErrorCode.PROTOCOL, ErrorCode.CHECKSUM,
