@@ -128,16 +128,24 @@ def test_garbage_is_rejected_and_receiver_keeps_serving(tmp_path, receiver, garb
     _assert_still_serving(tmp_path, receiver)
 
 
-def test_corrupt_chunk_ends_session_without_final_file(tmp_path, receiver):
+def test_corrupt_chunk_never_lands_under_the_final_name(tmp_path, receiver):
+    """A chunk whose bytes are not what its sender hashed: over a sealed connection the receiver
+    takes the stated chunk checksum (protocol.md 20.2), and the whole-file digest of FILE_END,
+    over the bytes written, refuses the file (plaintext: the chunk check ends the session,
+    tests/test_sealed_tcp.py)."""
     s = RawSender(receiver.port)
-    fid = s.conn.offer(FileEntry(b"c.bin", size=2 * 1024 * 1024))
+    data = os.urandom(2 * 1024 * 1024)
+    fid = s.conn.offer(FileEntry(b"c.bin", size=len(data)))
     s.flush()
     s.wait_for(lambda ev: ev.__class__.__name__ == "DecisionReceived")
-    frame = bytearray(encode_data_frame(fid, 0, os.urandom(1024 * 1024)))
+    frame = bytearray(encode_data_frame(fid, 0, data[: 1024 * 1024]))
     frame[5000] ^= 1
     s.sock.sendall(frame)
-    ev = s.wait_for(lambda ev: ev.__class__.__name__ == "PeerFailed")
-    assert ev.code == ErrorCode.CHECKSUM
+    s.conn.send_chunk(fid, 1, data[1024 * 1024 :])
+    s.conn.end_file(fid, file_digest(data))
+    s.flush()
+    ev = s.wait_for(lambda ev: isinstance(ev, FileResolved))
+    assert ev.result.code == ErrorCode.DIGEST_MISMATCH
     assert not (receiver.dir / "c.bin").exists()
     _assert_still_serving(tmp_path, receiver)
 
