@@ -76,14 +76,7 @@ def aioquic_push(src: str, dst: str, via_relay: list[str] | None = None, timeout
 def bench_insecure(src: str, dst: str) -> dict:
     """``bench_ftx`` with ``--insecure`` on both sides: the CLI's plaintext UDP, the baseline
     of the sealed/plain ratio (issue 12 asks sealed UDP >= 0.75x plaintext UDP)."""
-    recv = Receiver(dst, "--insecure")
-    report, s, elapsed = ftx_send(src, recv.port, "--udp", "--insecure")
-    r = recv.finish()
-    if r[0] != 0:
-        raise RuntimeError(f"ftx receive failed with {r[0]}")
-    return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2],
-            "bytes_sent": report["bytes_sent"], "bytes_resumed": report["bytes_resumed"],
-            "stats": report.get("transport_stats", {})}
+    return bench_ftx(src, dst, "--udp", "--insecure", recv_args=("--insecure",))
 
 
 def loopback(src: str, dst: str, size: int, runs: int) -> None:

@@ -114,9 +114,9 @@ def ftx_send(src: str, port: int, *extra: str) -> tuple[dict, tuple[int, float, 
     return json.loads(out), res, elapsed
 
 
-def bench_ftx(src: str, dst_dir: str, *extra_send: str) -> dict:
-    """One full transfer through a fresh receiver; figures for both sides."""
-    recv = Receiver(dst_dir)
+def bench_ftx(src: str, dst_dir: str, *extra_send: str, recv_args: tuple = ()) -> dict:
+    """One full transfer through a fresh receiver (``recv_args``: its extra options); figures for both sides."""
+    recv = Receiver(dst_dir, *recv_args)
     report, s, elapsed = ftx_send(src, recv.port, *extra_send)
     r = recv.finish()
     if r[0] != 0:

@@ -82,16 +82,23 @@ def test_a_receiver_signing_a_sha256_that_was_not_sent_is_caught(tmp_path, monke
     assert not out.exists()
 
 
-def test_the_sha256_of_a_resumed_file_covers_every_byte_once(tmp_path):
-    """Held chunks re-verified on resume, chunks out of order, the rest read back at finalize: the
-    SHA-256 is that of the whole file, without a second read of what was hashed on arrival."""
-    data = write_random(tmp_path / "src.bin", 5 * 1024 * 1024 + 123, seed=7)
+def _resumable(tmp_path, size: int, seed: int):
+    """A random source file of ``size`` bytes and a receipt partial of it opened for resume: (data,
+    chunk size, entry, destination, the chunks, the partial)."""
+    data = write_random(tmp_path / "src.bin", size, seed=seed)
     chunk = 1 << 20
     entry = FileEntry(b"f.bin", Kind.FILE, len(data), 0o644, 0, chunk)
     dest = Destination(tmp_path / "dst")
     pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
     part = ReceiptPartial(dest, entry, dest.resolve(b"f.bin"))
     part.open(resume=True)
+    return data, chunk, entry, dest, pieces, part
+
+
+def test_the_sha256_of_a_resumed_file_covers_every_byte_once(tmp_path):
+    """Held chunks re-verified on resume, chunks out of order, the rest read back at finalize: the
+    SHA-256 is that of the whole file, without a second read of what was hashed on arrival."""
+    data, chunk, entry, dest, pieces, part = _resumable(tmp_path, 5 * 1024 * 1024 + 123, seed=7)
     for i in (0, 1, 3):  # 3 ahead of the gap at 2
         part.write_chunk(i, chunk_checksum(pieces[i]), pieces[i])
     part.close()  # interrupted: 3 MiB verified are kept
@@ -168,13 +175,7 @@ def test_protocol_md_version_2_vector_is_what_the_code_produces():
 def test_a_resumed_chunk_sent_again_with_other_bytes_is_what_both_digests_cover(tmp_path):
     """A held chunk (re-verified and hashed on resume) may come again (protocol.md 5.5) with other
     bytes: XXH3-128 and the receipt's SHA-256 are of the file that landed, not of the first copy."""
-    data = write_random(tmp_path / "src.bin", 4 * 1024 * 1024 + 9, seed=8)
-    chunk = 1 << 20
-    entry = FileEntry(b"f.bin", Kind.FILE, len(data), 0o644, 0, chunk)
-    dest = Destination(tmp_path / "dst")
-    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
-    part = ReceiptPartial(dest, entry, dest.resolve(b"f.bin"))
-    part.open(resume=True)
+    data, chunk, entry, dest, pieces, part = _resumable(tmp_path, 4 * 1024 * 1024 + 9, seed=8)
     for i in (0, 1, 2):
         part.write_chunk(i, chunk_checksum(pieces[i]), pieces[i])
     part.close()

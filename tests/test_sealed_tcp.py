@@ -730,12 +730,8 @@ def _wrong_chunk_checksums(monkeypatch) -> None:
     monkeypatch.setattr(core_sender, "chunk_checksum", lambda data: real(data) ^ 1)
 
 
-def test_a_sealed_receiver_does_not_hash_chunks_again(tmp_path, files, monkeypatch):
-    """Over a sealed connection the AEAD tag already proves every chunk byte and its checksum are
-    what the authenticated sender sent: the receiver records the checksum without hashing the chunk
-    a second time (the whole-file digest still verifies what landed).  A sender whose checksums are
-    wrong shows it: its file lands, byte-identical."""
-    _wrong_chunk_checksums(monkeypatch)
+def _send_first_sealed(tmp_path, files):
+    """The first of ``files`` over sealed TCP into a fresh receiver at tmp_path/dst; the sender's report."""
 
     async def go():
         async with Server(Destination(tmp_path / "dst")) as server:
@@ -743,7 +739,17 @@ def test_a_sealed_receiver_does_not_hash_chunks_again(tmp_path, files, monkeypat
             await server.wait(1)
             return report
 
-    report = run(go())
+    return run(go())
+
+
+def test_a_sealed_receiver_does_not_hash_chunks_again(tmp_path, files, monkeypatch):
+    """Over a sealed connection the AEAD tag already proves every chunk byte and its checksum are
+    what the authenticated sender sent: the receiver records the checksum without hashing the chunk
+    a second time (the whole-file digest still verifies what landed).  A sender whose checksums are
+    wrong shows it: its file lands, byte-identical."""
+    _wrong_chunk_checksums(monkeypatch)
+
+    report = _send_first_sealed(tmp_path, files)
     assert report.ok, report.error
     assert (tmp_path / "dst" / files[0].name).read_bytes() == files[0].read_bytes()
 
@@ -782,13 +788,7 @@ def test_a_sealed_chunk_changed_after_it_was_hashed_never_lands(tmp_path, files,
 
     monkeypatch.setattr(core_sender.SenderConnection, "send_chunk", changed)
 
-    async def go():
-        async with Server(Destination(tmp_path / "dst")) as server:
-            report = await sealed_send(server.port, files[:1])
-            await server.wait(1)
-            return report
-
-    report = run(go())
+    report = _send_first_sealed(tmp_path, files)
     assert not report.ok
     assert not (tmp_path / "dst" / files[0].name).exists()
 
@@ -811,12 +811,6 @@ def test_a_chunk_sent_again_with_other_bytes_never_lands_unverified(tmp_path, fi
 
     monkeypatch.setattr(core_sender.SenderConnection, "send_chunk", twice)
 
-    async def go():
-        async with Server(Destination(tmp_path / "dst")) as server:
-            report = await sealed_send(server.port, files[:1])
-            await server.wait(1)
-            return report
-
-    run(go())
+    _send_first_sealed(tmp_path, files)
     dst = tmp_path / "dst" / files[0].name
     assert not dst.exists() or dst.read_bytes() == files[0].read_bytes()
