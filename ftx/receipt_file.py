@@ -33,26 +33,24 @@ byte makes it invalid); ``verify_file`` re-checks it with
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import secrets
 import struct
-import tempfile
 from typing import Callable, Iterator
 
 from .core.manifest import MAX_PATH, Kind
 from .core.secure.receipt import (LEGACY_VERSION, MAX_TRANSCRIPT, VERSION, Entry, ReceiptEnd, ReceiptError,
                                   hash_entries, verify)
 from .errors import ErrorCode
+from .fileops import Temp
 
 FORMAT = VERSION  # the file's format number is the receipt version it holds (1 or 2)
 _HEADS = {v: f'{{"ftx_receipt": {v},\n "files": [\n' for v in (LEGACY_VERSION, VERSION)}
 _HEAD = _HEADS[FORMAT]
 _TAIL = " ],\n"
 _MAX_LINE = 8 * 1024  # an entry line: base64 of a path of at most 4096 bytes, and the rest
-_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a file system (or kernel) without O_TMPFILE
+TRY_TMPFILE = True  # False: the temporary is named from the start, as on a file system without O_TMPFILE
 
 
 def _b64(raw: bytes) -> str:
@@ -82,21 +80,19 @@ def end_json(end: ReceiptEnd) -> dict:
 
 class ReceiptWriter:
     """Entries to a temporary file as they come; ``finish`` puts it in place under ``path``.
-    Writes format 2 (entries with SHA-256), the only one a sender accepts now."""
+    Writes format 2 (entries with SHA-256), the only one a sender accepts now.  The temporary is
+    ``fileops.Temp`` in FILE's directory (held open): nameless where the file system allows."""
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
-        self.tmp: str | None = None  # the temporary's name, once it has one
-        folder = os.path.dirname(self.path) or "."
-        try:  # nameless until it has verified: a kill leaves nothing behind
-            fd = os.open(folder, os.O_WRONLY | os.O_CLOEXEC | _TMPFILE, 0o600) if _TMPFILE else -1
-        except OSError as exc:
-            if exc.errno not in _NO_TMPFILE:
-                raise
-            fd = -1
-        if fd < 0:  # a fresh name (O_EXCL): never a file or symlink someone else put there
-            fd, self.tmp = tempfile.mkstemp(".ftx-tmp", os.path.basename(self.path) + ".", folder)
-        self._f = open(fd, "w", encoding="ascii")
+        self._dir = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._base = os.fsencode(os.path.basename(self.path))
+        try:
+            self._temp: Temp | None = Temp(self._dir, TRY_TMPFILE, names=_Beside(self._base))
+        except BaseException:
+            os.close(self._dir)
+            raise
+        self._f = open(self._temp.fd, "w", encoding="ascii", closefd=False)
         self._f.write(_HEAD)
         self._last = ""  # held back: only the last entry line has no comma
 
@@ -108,52 +104,44 @@ class ReceiptWriter:
 
     def finish(self, end: ReceiptEnd) -> None:
         f = self._f
-        if self._last:
-            f.write(f"  {self._last}\n")
-        f.write(_TAIL + _end_line(end))
-        f.flush()
-        os.fsync(f.fileno())
         try:
-            if self.tmp is None:
-                self.tmp = self._name(f.fileno())
-            os.replace(self.tmp, self.path)
+            if self._last:
+                f.write(f"  {self._last}\n")
+            f.write(_TAIL + _end_line(end))
+            f.flush()
+            os.fsync(self._temp.fd)
+            self._temp.replace(self._base)  # a nameless one is linked as FILE.<random>.ftx-tmp first
+            os.fsync(self._dir)  # the new name survives a power loss once the send has said it is there
         except BaseException:
             self.abort()
             raise
-        f.close()
-        dir_fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:  # the new name survives a power loss once the send has said it is there
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _name(self, fd: int) -> str:
-        """Link the nameless file under a fresh name beside FILE (a name that exists is never reused)."""
-        folder = os.path.dirname(self.path) or "."
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:  # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N (os.link takes that path only with a dir_fd)
-            for _ in range(100):
-                name = f"{os.path.basename(self.path)}.{secrets.token_hex(6)}.ftx-tmp"
-                try:
-                    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
-                    return os.path.join(folder, name)
-                except FileExistsError:
-                    continue
-        finally:
-            os.close(dir_fd)
-        raise FileExistsError(errno.EEXIST, "every temporary name beside the receipt was taken", folder)
+        self.abort()  # nothing is left to remove: this closes the descriptors
 
     def abort(self) -> None:
-        if not self._f.closed:
-            try:  # its last bytes may still be unwritten (why finish failed: a full disk); the fd goes anyway
-                self._f.close()
-            except OSError:
-                pass
-            try:
-                if self.tmp is not None:
-                    os.unlink(self.tmp)
-            except OSError:
-                pass
+        if self._temp is None:
+            return
+        try:  # its last bytes may still be unwritten (why finish failed: a full disk); the fd goes anyway
+            self._f.close()
+        except OSError:
+            pass
+        self._temp.close()  # a named temporary not renamed over FILE is removed
+        self._temp = None
+        os.close(self._dir)
+
+
+class _Beside:
+    """``Temp``'s names for a receipt: ``FILE.<random>.ftx-tmp`` beside FILE (nothing records them)."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base
+
+    def take(self) -> bytes:
+        return b"%s.%s.ftx-tmp" % (self.base, secrets.token_hex(6).encode())
+
+    def done(self, name: bytes) -> None:
+        pass
 
 
 def _end_line(end: ReceiptEnd) -> str:

@@ -576,7 +576,7 @@ def test_a_receipt_whose_end_cannot_be_written_leaves_nothing(tmp_path, tmpfile)
         "import ftx.receipt_file as rf\n"
         "from ftx.core.manifest import Kind\n"
         "from ftx.core.secure.receipt import Entry, ReceiptEnd\n"
-        f"rf._TMPFILE = rf._TMPFILE if {tmpfile} else 0\n"
+        f"rf.TRY_TMPFILE = {tmpfile}\n"
         "w = rf.ReceiptWriter(sys.argv[1])\n"
         "w.add([Entry(b'a/%d' % i, Kind.FILE, i, 0, bytes(16), bytes(32)) for i in range(3)])\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
