@@ -39,7 +39,8 @@ from .core.checksum import FileHasher, HeldDigest, chunk_checksum
 from .core.manifest import FileEntry
 from .core.ranges import RangeSet
 from .errors import ErrorCode, FtxError, StorageError
-from .fileops import FILE_FLAGS, Temp, copy_fd, link_fd, pread_full, pwrite_full, seal, storage_error, unlink_quietly
+from .fileops import (FILE_FLAGS, READ_BLOCK, Temp, copy_fd, link_fd, pread_full, pwrite_full, seal, storage_error,
+                      unlink_quietly)
 from .helddirs import pinned
 from .journal import (IN_DIR, IN_STATE, RECORD, RECORD_SIZE, UNRECORDED, JournalHeader, data_name, drop_files,
                       journal_header_size, journal_name, record)
@@ -362,8 +363,15 @@ class PartialFile:
                     self.dest.pending.give(len(self._pending.pop(later)))
 
     def _same_on_disk(self, index: int, data) -> bool:
-        buf = bytearray(len(data))
-        return pread_full(self.fd, memoryview(buf), index * self.entry.chunk_size) == len(data) and buf == data
+        """Whether chunk ``index`` on disk is ``data`` (read a block at a time: a chunk may be 16 MiB)."""
+        view, offset = memoryview(data), index * self.entry.chunk_size
+        buf = bytearray(min(len(view), READ_BLOCK))
+        for at in range(0, len(view), len(buf)):
+            piece = view[at : at + len(buf)]
+            got = memoryview(buf)[: len(piece)]
+            if pread_full(self.fd, got, offset + at) != len(piece) or got != piece:
+                return False
+        return True
 
     def _rehash_at_end(self) -> None:
         """Forget the running hash: ``finalize`` hashes the whole file from disk."""

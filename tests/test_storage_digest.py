@@ -101,3 +101,21 @@ def test_a_repeated_chunk_with_other_bytes_is_what_the_digest_covers(tmp_path, o
             with pytest.raises(storage.StorageError):
                 part.finalize(xxhash.xxh3_128_digest(expected))
             assert not (sub / "f.bin").exists()
+
+
+def test_a_repeated_chunk_with_the_same_bytes_keeps_the_running_hash(tmp_path, monkeypatch):
+    """The same bytes again (a resend) are compared with the disk a block at a time and leave the
+    running hash as it was: nothing is read back at FILE_END.  (Blocks of 1000 bytes here: a
+    difference in the last, short block is seen too.)"""
+    import ftx.partial
+
+    monkeypatch.setattr(ftx.partial, "READ_BLOCK", 1000)
+    data = random.Random(4).randbytes(4 * CHUNK)
+    part, path = _write_shuffled(tmp_path, data, [0, 1, 2, 3])
+    other = bytearray(data[CHUNK : 2 * CHUNK])
+    other[-1] ^= 1
+    assert not part._same_on_disk(1, other)
+    part.write_chunk(1, chunk_checksum(data[CHUNK : 2 * CHUNK]), data[CHUNK : 2 * CHUNK])
+    assert part._hashed == 4 and part._hasher is not None
+    assert part.finalize(xxhash.xxh3_128_digest(data)) == xxhash.xxh3_128_digest(data)
+    assert open(path, "rb").read() == data
