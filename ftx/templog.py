@@ -123,7 +123,7 @@ class TempLog:
                 raw = secrets.token_bytes(TOKEN * (RESERVE if kind == FILE else 1))
                 self._append(pack_record(kind, d.rel, d.dev, d.ino, raw))
                 pool = self._pool[key] = [raw[i : i + TOKEN] for i in range(0, len(raw), TOKEN)]
-            name = b".ftx-%s.tmp" % pool.pop().hex().encode()  # temp_name
+            name = temp_name(pool.pop())
             self._out[name] = key
             return name
 
