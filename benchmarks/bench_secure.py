@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
-from harness import make_source, parse_size, read_line, run_wait, warm_memory  # noqa: E402
+from harness import make_source, parse_size, read_line, round_order, run_wait, warm_memory  # noqa: E402
 
 DEFAULT_HANDSHAKE = "real_handshakes:keys"  # the real SIGMA-I handshake; tests.secure_fakes:FakeHandshake is the stand-in
 WORMHOLE_TIMEOUT = 300  # seconds for one magic-wormhole transfer before it counts as failed
@@ -354,15 +354,8 @@ def main() -> None:
         peers: dict[str, list[dict]] = {"scp aes128-gcm": [], "magic-wormhole": []}
         sshd = PrivateSshd() if not args.no_peers else None
         for round_ in range(args.runs):
-            order = list(trees.items())
-            if round_ % 2:  # every other round backwards: no row always runs right after the same one
-                order.reverse()
-            for name, tree in order:  # interleaved, so that a noisy neighbour hits every row alike
-                # memory freed by the last run's unlink goes back to the host within seconds (a virtual
-                # machine's free page reporting); touching it again first costs several times a write,
-                # and whichever row met that paid 2-3x receiver CPU (0.4 GB/s instead of 1.2): warm it
-                # before every run, untimed, not only once
-                warm_memory(work_dst, 2 * size)
+            for name, tree in round_order(trees.items(), round_):  # interleaved: a noisy neighbour hits every row
+                warm_memory(work_dst, 2 * size)  # before every run, untimed (harness.round_order says why)
                 rows[name].append(bench_ftx(src, work_dst, name.removesuffix(" (base)"), args.handshake, tree))
                 os.unlink(os.path.join(work_dst, "payload.bin"))
             if not args.no_peers:

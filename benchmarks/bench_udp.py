@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 
-from harness import warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
+from harness import round_order, warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aioquic_peer.py")
 SEALED_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sealed_udp_peer.py")
@@ -73,24 +73,16 @@ def aioquic_push(src: str, dst: str, via_relay: list[str] | None = None, timeout
             pass
 
 
-def bench_insecure(src: str, dst: str) -> dict:
-    """``bench_ftx`` with ``--insecure`` on both sides: the CLI's plaintext UDP, the baseline
-    of the sealed/plain ratio (issue 12 asks sealed UDP >= 0.75x plaintext UDP)."""
-    return bench_ftx(src, dst, "--udp", "--insecure", recv_args=("--insecure",))
-
-
 def loopback(src: str, dst: str, size: int, runs: int) -> None:
     """ftx TCP, UDP (both sealed: the default) and UDP ``--insecure``, interleaved run by run."""
     import statistics
 
     rows = {"ftx tcp": [], "ftx udp": [], "udp plain": []}
     contenders = {"ftx tcp": lambda: bench_ftx(src, dst), "ftx udp": lambda: bench_ftx(src, dst, "--udp"),
-                  "udp plain": lambda: bench_insecure(src, dst)}
+                  # --insecure on both sides: the baseline of the sealed/plain ratio (issue 12: >= 0.75x)
+                  "udp plain": lambda: bench_ftx(src, dst, "--udp", "--insecure", recv_args=("--insecure",))}
     for n in range(runs):
-        # every other round backwards (no row always follows the same one), and the destination's
-        # memory warmed before every run: on this VM pages freed by the last run's unlink go back
-        # to the host within seconds, and the run that touches them again pays 2-3x (bench_secure)
-        for name in list(contenders)[:: -1 if n % 2 else 1]:
+        for name in round_order(contenders, n):
             warm_memory(dst, 2 * size)
             rows[name].append(contenders[name]())
             os.unlink(os.path.join(dst, os.path.basename(src)))
@@ -158,14 +150,14 @@ def sealed(src: str, dst: str, size: int, runs: int, mtus: list[int | None], scp
     sshd = PrivateSshd() if scp else None
     try:
         for n in range(runs):
-            for kind, mtu in list(rows)[:: -1 if n % 2 else 1]:  # as in loopback(): alternate, warm each
+            for kind, mtu in round_order(rows, n):
                 warm_memory(dst, 2 * size)
                 rows[kind, mtu].append(sealed_run(src, dst, kind == "plain", mtu))
             if sshd is not None:
                 warm_memory(dst, 2 * size)
-            if sshd is not None and (r := bench_scp(sshd, src, os.path.join(dst, "scp.bin"))):
-                scp_runs.append(r)
-                os.unlink(os.path.join(dst, "scp.bin"))
+                if r := bench_scp(sshd, src, os.path.join(dst, "scp.bin")):
+                    scp_runs.append(r)
+                    os.unlink(os.path.join(dst, "scp.bin"))
     finally:
         if sshd is not None:
             sshd.close()
