@@ -197,9 +197,10 @@ class SealedFeed:
         return True
 
     def _put(self, conn, data) -> None:
-        """``_copy_into`` for a record opened in place: what ``conn`` cannot take now -- it paused
-        (an item waits for room in --max-memory) or has no room for a buffer yet (BufferWait,
-        re-raised) -- stays in ``_rest`` (a view of the opener's buffer) and goes first next time."""
+        """Copy ``data`` (a record opened in place, or a peer's plaintext refusal) into ``conn``
+        through its buffer.  What ``conn`` cannot take now -- it paused (an item waits for room in
+        --max-memory) or has no room for a buffer yet (BufferWait, re-raised) -- stays in ``_rest``
+        and goes first next time."""
         view = memoryview(data)
         while view:
             if conn.paused:
@@ -239,7 +240,7 @@ class SealedFeed:
         if len(frame) < size:
             return None
         opener.skip(size)
-        _copy_into(conn, _mark_unauthenticated(frame))
+        self._put(conn, _mark_unauthenticated(frame))
         return True
 
 
@@ -254,16 +255,3 @@ def _mark_unauthenticated(frame: bytes) -> bytes:
         return frame
     reason = unauthenticated_reason(msg.message, MAX_TEXT // 4)  # one line, no escape sequences for a terminal
     return encode_frame(FrameType.ERROR, ErrorMessage(msg.code, reason).encode())
-
-
-def _copy_into(conn, data) -> None:
-    """Copy ``data`` into ``conn`` through its buffer (a record larger than the region the
-    decoder offers, or a plaintext ERROR)."""
-    view = memoryview(data)
-    while view:
-        buf = conn.get_buffer()
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        del buf
-        view = view[n:]
-        conn.buffer_updated(n)
