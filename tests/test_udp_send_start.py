@@ -9,6 +9,8 @@ single datagram, with the receiver idle all that time.  The read-ahead now follo
 congestion window (at most ``READ_AHEAD_WINDOWS`` of it, never less than the one chunk):
 the first chunk goes out while the next is read.  Real sockets, a real receiver, a real
 file; the link's datagram output is only watched.
+
+And a sender does not import the receiver's UDP server.
 """
 
 from __future__ import annotations
@@ -71,3 +73,29 @@ def test_first_datagrams_leave_after_one_chunk_not_sixteen(tmp_path):
     assert first <= CHUNK, f"{first / CHUNK:.0f} chunks read before the first chunk datagram left"
     assert udp_link.READ_AHEAD_WINDOWS >= 2  # (the bound is named, and leaves room to pipeline)
 
+
+def test_udp_sender_does_not_load_the_receivers_server(tmp_path):
+    """``ftx send --udp`` dials out: the receiver's UdpServer (its admission, socket filter
+    and ctypes for malloc_trim) is not imported -- about 2 ms of every sender's start."""
+    from .helpers import Receiver
+    from .test_startup import _imported
+
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello\n")
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        mods = _imported(["send", str(src), r.dest, "--udp", "--insecure", "--no-progress"])
+        assert "ftx.transport.udp_link" in mods  # the check sees the UDP send path
+        assert "ftx.transport.udp_server" not in mods and "ctypes" not in mods
+        assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
+    finally:
+        r.stop()
+    from ftx.transport import udp  # the names stay where they were
+
+    assert udp.serve is udp_server_serve() and udp.UdpServer.__name__ == "UdpServer"
+
+
+def udp_server_serve():
+    from ftx.transport.udp_server import serve
+
+    return serve
