@@ -15,9 +15,14 @@ a sender only dials out, and ``udp_server`` (with ctypes) is about 2 ms of its s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..core.udp.session import UdpConfig
 from .udp_link import UdpLink, connect
 from .udp_socket import DatagramSocket
+
+if TYPE_CHECKING:  # for type checkers and linters; at run time __getattr__ below
+    from .udp_server import UdpServer, serve
 
 __all__ = ["UdpLink", "UdpConfig", "UdpServer", "DatagramSocket", "connect", "serve"]
 
