@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
-from harness import make_source, parse_size, read_line, round_order, run_wait, warm_memory  # noqa: E402
+from harness import compile_ftx, make_source, parse_size, read_line, round_order, run_wait, warm_memory  # noqa: E402
 
 DEFAULT_HANDSHAKE = "real_handshakes:keys"  # the real SIGMA-I handshake; tests.secure_fakes:FakeHandshake is the stand-in
 WORMHOLE_TIMEOUT = 300  # seconds for one magic-wormhole transfer before it counts as failed
@@ -337,6 +337,7 @@ def main() -> None:
                     help="sealed rows beside plaintext, comma-separated (fewer rows: more rounds in the same time); "
                          "CIPHER/N: the sender's records hold at most N bytes (record size against the cache)")
     args = ap.parse_args()
+    compile_ftx()
     size = parse_size(args.size)
     work_src = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.src_dir)
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
-from harness import FTX, read_line, run_wait  # noqa: E402  (also sets up the keys-mode config dir)
+from harness import compile_ftx, FTX, read_line, run_wait  # noqa: E402  (also sets up the keys-mode config dir)
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: ftx's modules are compiled once
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--baseline", metavar="DIR", help="also run the ftx of this source tree, interleaved")
     args = ap.parse_args()
+    compile_ftx()
 
     work = tempfile.mkdtemp(prefix="ftx-startup-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     src = os.path.join(work, "small.bin")

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from harness import warm_memory, FTX, bench_ftx, make_source, parse_size, read_line, run_wait
+from harness import compile_ftx, warm_memory, FTX, bench_ftx, make_source, parse_size, read_line, run_wait
 
 BASELINE_RECV = r"""
 import socket, sys
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--src-dir", default="/var/tmp")
     ap.add_argument("--dst-dir", default="/dev/shm")
     args = ap.parse_args()
+    compile_ftx()
     size = parse_size(args.size)
     work_src = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.src_dir)
     work_dst = tempfile.mkdtemp(prefix="ftx-bench-", dir=args.dst_dir)

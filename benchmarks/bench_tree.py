@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Receiver, ftx_send, run_wait  # noqa: E402
+from harness import compile_ftx, Receiver, ftx_send, run_wait  # noqa: E402
 
 SHM = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--skip-checksum", action="store_true", help="no --checksum row (an ftx without it, e.g. "
                    "PYTHONPATH pointing at an older tree for a before/after comparison)")
     args = p.parse_args()
+    compile_ftx()
     if args.mode == "resend":
         args.files, args.dirs = args.files or 20_000, args.dirs or 200
         resend(args)

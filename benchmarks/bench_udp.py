@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 
-from harness import round_order, warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
+from harness import compile_ftx, round_order, warm_memory, Receiver, Relay, bench_ftx, ftx_send, make_source, parse_size, read_line, run_wait
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aioquic_peer.py")
 SEALED_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sealed_udp_peer.py")
@@ -115,18 +115,6 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
             rate = res["bytes"] / res["seconds"]
             print(f"aioquic    {rate / 1e6:7.0f}   (one stream, same file; ftx udp is "
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
-
-
-def compile_ftx() -> None:
-    """Write the bytecode of ftx's modules before measuring, as installing ftx does.  Every CLI
-    row starts fresh interpreters; with PYTHONDONTWRITEBYTECODE set (as in some shells and CI)
-    each of them compiled again every module changed since its .pyc was written: up to 75 ms
-    a command (a 1 GiB UDP send takes 1.2 s), a cost of the tree's state, not of ftx."""
-    import compileall
-
-    import ftx
-
-    compileall.compile_dir(os.path.dirname(os.path.abspath(ftx.__file__)), quiet=2)
 
 
 def sealed_run(src: str, dst: str, plain: bool, mtu: int | None = None) -> dict:
