@@ -116,6 +116,7 @@ def test_keys_mode_send_imports_no_serialization_package(tmp_path):
         assert "ftx.core.secure.sigma" in mods  # keys mode ran
         assert "cryptography.hazmat.primitives.serialization" not in mods
         assert "cryptography.hazmat.backends.openssl" not in mods
+        assert "_ssl" not in mods  # only TLS mode loads ssl (sans-I/O, core/secure/tls.py); asyncio does not
         assert (tmp_path / "in" / "a.txt").read_bytes() == b"sealed\n"
     finally:
         r.stop()
