@@ -157,9 +157,33 @@ def _tell(message: str) -> None:
     say(message, "warning" if message.startswith("WARNING") else "info")
 
 
+_program = False  # main() took its arguments from sys.argv: this process is the ftx command
+
+
+def _finished(code: int) -> None:
+    """The command is done and has written everything: where ftx is the program, end it now
+    (os._exit) instead of tearing the interpreter down -- its modules and every object they hold
+    freed one by one, ~5 ms of every send.  Log handlers and stdout/stderr are flushed first; the
+    transfer's files were closed (and synced by the receiver) before it reported."""
+    if not _program:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 class _Commands(click.Group):
     """The ``ftx`` group.  The commands defined in other modules are imported when named (or when a
     listing such as ``ftx --help`` shows them): ``ftx send`` and ``ftx receive`` do not load them."""
+
+    def main(self, args=None, *rest, **kwargs):
+        global _program
+        _program = args is None  # (a caller that passes the arguments, e.g. CliRunner, gets click's exit)
+        return super().main(args, *rest, **kwargs)
 
     ELSEWHERE = {"impair": "impair_cli", "relay": "impair_cli", "verify-receipt": "receipt_cli"}
 
@@ -334,6 +358,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         first = report.failures[0]
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
              f"{first.message or first.status}", code)
+    _finished(EXIT_OK)
 
 
 async def _until_signalled(coro, terminated: list):
