@@ -141,7 +141,7 @@ def _asyncio_without_ssl() -> None:
         return
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError meanwhile
     try:
-        import asyncio  # noqa: F401
+        __import__("asyncio")
     finally:
         del sys.modules["ssl"]
 
