@@ -10,7 +10,7 @@ per RESULT_RUN (``RunResolved``); a file a run stops at goes by the per-file pat
 
 The tree is walked one directory at a time (``source.walk_groups``).  With a
 receiver that takes CHECK_DIR, each directory's listing digest goes ahead of
-its items (up to ``CHECKS_AHEAD`` directories in flight): an unchanged
+its items (up to ``CHECKS_AHEAD`` in flight, written ``CHECK_BATCH`` at a time): an unchanged
 directory is reported identical and nothing more of it is sent; a differing one
 sends its files by OFFER, which the receiver answers IDENTICAL by size and mtime
 (the quick check) when it can.  ``--checksum`` (``Config.quick_check=False``)
@@ -63,6 +63,7 @@ _FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 log = logging.getLogger("ftx.send")
 
 CHECKS_AHEAD = 32  # directories whose CHECK_DIR may await its DIR_STATE
+CHECK_BATCH = 8  # ... made and written this many at a time (the receiver lists a batch per wake-up)
 AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
 RUN_BYTES = 480 * 1024  # a run of small files is framed up to this many bytes (one record of at most 512 KiB), then sent
 
@@ -373,19 +374,25 @@ class SendSession(LargeFileStreaming):
         ahead: deque[tuple[DirGroup, asyncio.Future | None]] = deque()  # groups walked, in order
         ahead_items = 0
         walk = iter(groups)
+        limit = CHECKS_AHEAD if conn.quick_check else 1
         while True:
-            # walk on and check directories ahead (bounded), so no round trip per directory waits
-            while len(ahead) < (CHECKS_AHEAD if conn.quick_check else 1) and (not ahead or ahead_items < AHEAD_ITEMS):
-                group = next(walk, None)
-                if group is None:
-                    break
-                fut = None
-                if conn.quick_check and group.checkable:
-                    await self._window(queue)
-                    did = conn.check_dir(group.dir.wire, len(group.items), group.digest())
-                    fut = self._dir_states[did] = asyncio.get_running_loop().create_future()
-                ahead.append((group, fut))
-                ahead_items += len(group.items)
+            # walk on and check directories ahead (bounded), so no round trip per directory waits;
+            # refilled once half are used, written CHECK_BATCH at a time: the receiver starts on
+            # them while we list on, and answers a batch per wake-up, not one per round trip
+            if len(ahead) <= limit // 2:
+                while len(ahead) < limit and (not ahead or ahead_items < AHEAD_ITEMS):
+                    group = next(walk, None)
+                    if group is None:
+                        break
+                    fut = None
+                    if conn.quick_check and group.checkable:
+                        await self._window(queue)
+                        did = conn.check_dir(group.dir.wire, len(group.items), group.digest())
+                        fut = self._dir_states[did] = asyncio.get_running_loop().create_future()
+                        if conn.checks_in_flight % CHECK_BATCH == 0:
+                            await self._flush()
+                    ahead.append((group, fut))
+                    ahead_items += len(group.items)
             if not ahead:
                 break
             if conn.pending_output:

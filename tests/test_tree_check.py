@@ -326,6 +326,7 @@ class CountingProxy:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.up = self.down = 0
+        self.up_reads = 0  # reads of what the sender wrote (at most its writes)
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -346,6 +347,7 @@ class CountingProxy:
                 with self._lock:
                     if up:
                         self.up += len(data)
+                        self.up_reads += 1
                     else:
                         self.down += len(data)
         except OSError:
@@ -408,6 +410,27 @@ def test_resending_an_unchanged_tree_puts_under_one_percent_on_the_wire(shm_dir,
     assert again["identical"] == 1010 and again["bytes_sent"] == 0  # all but the top directory
     print(f"wire bytes: first send {up1}, again {up2} + {down2}; content {content}")
     assert up2 + down2 < content / 100, (up2, down2, content)
+
+
+@pytest.mark.timeout(60)
+def test_an_unchanged_tree_is_checked_in_batches_not_one_directory_per_write(shm_dir, receiver_factory):
+    """The sender writes its CHECK_DIRs in batches (sending.CHECK_BATCH), so the receiver lists a
+    batch per wake-up and answers it in one write: one check per write, answered one per round
+    trip, kept both sides alternating (each waiting on the other) instead of working side by side."""
+    from ftx.sending import CHECK_BATCH
+
+    receiver = receiver_factory(directory=shm_dir / "dst")
+    src, _ = _many_small(shm_dir, 120, 3)
+    assert run_send(str(src), receiver.dest)[0] == 0
+    proxy = CountingProxy(receiver.port)
+    try:
+        rc, again, err = run_send(str(src), f"127.0.0.1:{proxy.port}")
+    finally:
+        proxy.close()
+    assert rc == 0 and again["identical"] == 480, err
+    # the handshake's and HELLO's few writes, the checks' 120 / CHECK_BATCH and DONE (21 here); with one
+    # check per write, 50 or more (reads coalesce writes)
+    assert proxy.up_reads <= 12 + 120 // CHECK_BATCH, proxy.up_reads
 
 
 @pytest.mark.timeout(60)
