@@ -382,6 +382,20 @@ class TestLossDetection:
         rs = rec.on_ack(RangeSet([(1, 2)]), 0.0, 0.15)  # delay 0.1125; 0 <= 0.15 - 0.1125
         assert _pns(rs.lost) == [0] and _pns(rs.acked) == [1]
 
+    def test_an_unacknowledged_ack_alone_is_not_a_loss(self):
+        """A packet that carries only an ACK is never acknowledged for itself (the peer need not
+        have kept it: one that came before the peer's keys were ready is dropped there).  Once
+        later packets are acknowledged it is forgotten, not counted lost: nothing goes again and
+        it was never in flight (RFC 9002 6.1, 7: only packets in flight are a congestion signal).
+        It was counted, and test_udp_plain_loopback saw ``lost_packets == 1`` on a busy machine."""
+        rec = Recovery()
+        rec.on_sent(SentPacket(0, 0.0, 40, False, []))
+        for pn in range(1, 5):
+            _send(rec, pn, 0.0)
+        rs = rec.on_ack(RangeSet([(1, 5)]), 0.0, 0.1)
+        assert rs.lost == [] and rs.lost_count == 0 and rs.newly_lost == 0
+        assert rec.lost_packets == 0 and rec.lost_bytes == 0 and rec.unsettled() == []
+
     def test_lost_packet_acked_late_is_not_acked_again(self):
         rec = Recovery()
         for pn in range(5):

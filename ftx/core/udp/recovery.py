@@ -284,6 +284,8 @@ class Recovery:
                 for a, b in run.live_in(run.pn, upto):
                     if a < b:
                         run.settle(a, b)
+                        if not run.ack_eliciting and not run.items:
+                            continue  # an ACK alone: never in flight, nothing to send again; forgotten
                         nbytes = run.span_bytes(a, b)
                         if run.ack_eliciting:
                             self.bytes_in_flight -= nbytes
