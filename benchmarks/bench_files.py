@@ -58,7 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
-from harness import FTX, own_identity, read_line, run_wait  # noqa: E402
+from harness import FTX, compile_ftx, own_identity, read_line, run_wait  # noqa: E402
 
 # as installed: pip compiles ftx once; with PYTHONDONTWRITEBYTECODE=1 every run (both sides)
 # would compile every ftx module it imports again, and the start-up figures would include that
@@ -452,6 +452,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.python:
         FTX_CMD[0] = args.python
+    # the .pyc of both ftx trees written first, as installing does (PYTHONDONTWRITEBYTECODE=1 left
+    # every run compiling the modules changed since: up to 75 ms a command)
+    compile_ftx(FTX_CMD[0])
+    if args.baseline:
+        subprocess.run([FTX_CMD[0], "-c", "import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2)",
+                        os.path.join(args.baseline, "ftx")], check=True)
     own_identity()
     notes: list[str] = []
     work_src = tempfile.mkdtemp(prefix="ftx-bench-files-src-", dir=args.src_dir)
