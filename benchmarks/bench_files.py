@@ -433,7 +433,10 @@ def print_table(kind, files, total, rows, resend, runs) -> None:
         wire_text = f"{statistics.median(wire) / 1e6:.2f} MB on the wire{share}" if wire else "wire bytes unknown"
         first = med.get(name)
         speed = f", {first / secs:.1f}x faster than the first send" if first else ""
-        print(f"resend {TITLES[name]:9} {secs:8.2f} s onto the complete destination: {wire_text}{speed}")
+        print(f"resend {TITLES[name]:9} {secs:8.3f} s onto the complete destination: {wire_text}{speed}")
+    for name, res in [*rows.items(), *(("resend " + n, r) for n, r in resend.items())]:  # every run, for A/B
+        if res:
+            print(f"  runs {name}: " + " ".join(f"{r['seconds']:.3f}" for r in res))
 
 
 def main() -> None:
