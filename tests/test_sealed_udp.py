@@ -792,7 +792,7 @@ def test_a_sealed_stream_burst_is_built_and_recorded_beyond_one_gso_send():
     sealed and recorded in the recovery as one run -- per 64 KiB burst the Python work around it
     was a fifth of the sender's CPU on a tree of small files -- and handed to the socket as
     slices that one GSO send each takes (at most 64 datagrams, 65 000 bytes)."""
-    net = InMemoryNet(seed=5, gro=True, config=UdpConfig(pmtud=False))  # 1452-byte datagrams throughout
+    net = InMemoryNet(seed=5, gro=True)
     secure(net)
     warm = random.Random(1).randbytes(4_000_000)  # the window and pacing rate grow first
     net.dsession.stream_write(warm)

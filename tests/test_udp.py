@@ -53,11 +53,10 @@ def test_udp_plain_loopback(tmp_path, receiver):
     assert report["transport"] == "udp"
     assert tree_equal(src, receiver.dir / "src")
     stats = report["transport_stats"]
-    # loopback carries 64 KiB datagrams: the search (on by default) finds them
-    assert stats["packets_sent"] > 3_000_000 / stats["max_datagram"] and stats["lost_packets"] == 0
+    assert stats["packets_sent"] > 2000 and stats["lost_packets"] == 0
     # nothing lost, so nothing resent -- but what a probe timeout (a late ACK on a busy machine) resends
     # as its probe: the oldest unacknowledged bytes, at most a datagram per probe (protocol.md 14.6)
-    assert stats["retransmitted_bytes"] <= stats["probes"] * stats["max_datagram"], stats
+    assert stats["retransmitted_bytes"] <= stats["probes"] * 1452, stats
 
 
 IMPAIRMENTS = {
@@ -72,8 +71,7 @@ IMPAIRMENTS = {
 @pytest.mark.parametrize("name", list(IMPAIRMENTS))
 def test_udp_through_impairments(tmp_path, receiver, relays, name):
     src = _payload(tmp_path)
-    # mtu=1472: a 1500-byte path, as on the internet (the relay alone carries any size)
-    relay = relays(receiver.port, "--both", IMPAIRMENTS[name] + ",mtu=1472", "--seed", "7")
+    relay = relays(receiver.port, "--both", IMPAIRMENTS[name], "--seed", "7")
     rc, report, err = run_send(str(src), relay.dest, "--udp")
     counters = relay.stop()
     assert rc == 0, err
@@ -201,7 +199,7 @@ def test_udp_survives_a_source_port_change(tmp_path, receiver, relays):
 def test_udp_replayed_datagrams_have_no_effect(tmp_path, receiver, relays):
     """Real datagrams of this very transfer, replayed 50 ms late in both directions."""
     src = _payload(tmp_path, 4_000_000)
-    relay = relays(receiver.port, "--both", "replay=0.05,mtu=1472", "--seed", "3")  # a 1500-byte path
+    relay = relays(receiver.port, "--both", "replay=0.05", "--seed", "3")
     rc, report, err = run_send(str(src), relay.dest, "--udp")
     counters = relay.stop()
     assert rc == 0, err
@@ -224,8 +222,7 @@ def test_udp_one_port_serves_many_senders_at_once(tmp_path, receiver):
 def test_udp_no_congestion_collapse_behind_a_narrow_bottleneck(tmp_path, receiver, relays):
     """A 4 MB/s bottleneck with a short queue: the sender must find the rate, not flood it."""
     data = write_random(tmp_path / "f.bin", 10_000_000, seed=41)
-    # a 1500-byte path (a queue of 20 ms at 4 MB/s holds one 64 KiB datagram: no real path is both)
-    relay = relays(receiver.port, "--forward", "rate=4M,queue=20ms", "--both", "delay=5ms,mtu=1472")
+    relay = relays(receiver.port, "--forward", "rate=4M,queue=20ms", "--both", "delay=5ms")
     rc, report, err = run_send(str(tmp_path / "f.bin"), relay.dest, "--udp")
     counters = relay.stop()
     assert rc == 0, err
@@ -287,17 +284,15 @@ def test_udp_pmtud_finds_what_the_path_carries(tmp_path, receiver, relays):
     assert counters["forward"]["too_big"] >= 1
 
 
-def test_udp_searches_above_1452_by_default_and_not_with_no_pmtud(tmp_path, receiver):
-    """The search above the initial size is on by default (loopback carries 64 KiB datagrams:
-    fewer, larger datagrams cost less CPU per GB on both sides); --no-pmtud keeps 1452 bytes."""
+@pytest.mark.parametrize("off", [(), ("--no-pmtud",)], ids=["default", "no-pmtud"])
+def test_udp_pmtud_on_loopback_and_off_by_default(tmp_path, receiver, off):
+    """The search above the initial size stays opt-in (pmtu.py says why, with figures);
+    --no-pmtud names the default (and undoes a --pmtud earlier on the line)."""
     src = _payload(tmp_path)
-    rc, report, err = run_send(str(src), receiver.dest, "--udp")
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", "--pmtud")
     assert rc == 0, err
-    assert tree_equal(src, receiver.dir / "src")
-    stats = report["transport_stats"]
-    assert stats["max_datagram"] > 9000 and stats["pmtu_probes"] >= 1  # loopback's MTU is 64 KiB
-    assert stats["pmtu_fallbacks"] == 0
+    assert report["transport_stats"]["max_datagram"] > 9000  # loopback's MTU is 64 KiB
     (receiver.dir / "src" / "data.bin").unlink()
-    rc, report, err = run_send(str(src), receiver.dest, "--udp", "--no-pmtud")
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", *(("--pmtud",) + off if off else ()))
     assert rc == 0, err
     assert report["transport_stats"]["max_datagram"] == 1452 and report["transport_stats"]["pmtu_probes"] == 0

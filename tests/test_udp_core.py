@@ -1705,9 +1705,9 @@ class TestSmallMtuPath:
         net.run_until(lambda n: not n.dsession.pmtu.searching, max_seconds=5, max_iterations=50_000)
         assert net.dsession.max_datagram == expect and not net.dsession.closed
 
-    @pytest.mark.parametrize("pmtud", [True, False], ids=["default", "no-pmtud"])
+    @pytest.mark.parametrize("pmtud", [True, False], ids=["pmtud", "default"])
     def test_a_1500_byte_path_keeps_1452_and_loses_only_probes(self, pmtud):
-        """The search (on by default) tries 2000 bytes MAX_PROBES times and stops; nothing is
+        """The search (pmtud) tries 2000 bytes MAX_PROBES times and stops; nothing is
         lost, sent again or taken for congestion; without it nothing is probed at all."""
         net = InMemoryNet(seed=9, fwd={"mtu": 1472}, rev={"mtu": 1472}, config=UdpConfig(pmtud=pmtud))
         net.handshake()
@@ -1719,7 +1719,7 @@ class TestSmallMtuPath:
         assert d.stats["pmtu_probes"] == (3 if pmtud else 0) and not d.pmtu.searching
         assert d.stats["lost_packets"] == 0 and d.stats["retransmitted_bytes"] == 0 and d.cc.loss_rate == 0.0
 
-    @pytest.mark.parametrize("pmtud", [True, False], ids=["default", "no-pmtud"])
+    @pytest.mark.parametrize("pmtud", [True, False], ids=["pmtud", "default"])
     def test_random_loss_is_not_taken_for_a_small_path(self, pmtud):
         net = InMemoryNet(seed=4, fwd={"loss": 0.1}, rev={"loss": 0.1}, config=UdpConfig(pmtud=pmtud))
         net.handshake()

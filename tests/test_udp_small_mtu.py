@@ -58,9 +58,9 @@ def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtu
     assert 1200 <= rstats["max_datagram"] <= expect
 
 
-@pytest.mark.parametrize("search", ["default", "--no-pmtud"])
+@pytest.mark.parametrize("search", ["--pmtud", "default"])
 def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver, search):
-    """On a 1500-byte path (the internet's usual MTU) the search, on by default, stays at 1452
+    """On a 1500-byte path (the internet's usual MTU) the search (--pmtud) stays at 1452
     bytes and costs nothing but its probes: the next size (2000) is tried MAX_PROBES (3) times,
     only the probes are too big for the path, and nothing falls back.  (That a lost probe is not
     a lost packet nor a congestion signal, RFC 8899 3 item 7, is checked without the noise of a
@@ -75,15 +75,15 @@ def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver, search
     assert rc == 0, err
     stats = report["transport_stats"]
     assert stats["max_datagram"] == 1452 and stats["pmtu_fallbacks"] == 0
-    probes = 0 if search == "--no-pmtud" else 3  # 2000 bytes, three times, then the search is over
+    probes = 3 if search == "--pmtud" else 0  # 2000 bytes, three times, then the search is over
     assert stats["pmtu_probes"] == probes and counters["forward"]["too_big"] == probes
     assert "do not get through" not in err
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plain"])
-def test_udp_1280_byte_path_falls_back_with_the_search_on(tmp_path, receiver_factory, sealed, host):
-    """With the search on (the default) every datagram has the don't-fragment bit
+def test_udp_1280_byte_path_falls_back_with_pmtud(tmp_path, receiver_factory, sealed, host):
+    """With the search on (--pmtud) every datagram has the don't-fragment bit
     (IP_PMTUDISC_PROBE), so on a path below 1500 bytes nothing is fragmented on the way any more:
     a 1452-byte datagram is simply dropped, as ``ftx impair mtu=1280`` drops it, and the
     black-hole fallback must find the size that gets through, sealed or not, IPv4 or IPv6."""
@@ -93,7 +93,7 @@ def test_udp_1280_byte_path_falls_back_with_the_search_on(tmp_path, receiver_fac
     write_random(src / "data.bin", 2_000_000, seed=5)
     relay = Relay(receiver.port, "--both", "mtu=1280", host=host)
     try:
-        rc, report, err = _send(str(src), relay.dest, "--udp", *insecure)
+        rc, report, err = _send(str(src), relay.dest, "--udp", "--pmtud", *insecure)
     finally:
         counters = relay.stop()
     assert rc == 0, err

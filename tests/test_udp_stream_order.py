@@ -157,7 +157,7 @@ def test_a_late_piece_and_a_repacked_retransmission_do_not_stall_the_stream():
     late, after the sender declared it and its neighbours lost and re-packed them from R
     with more bytes.  The receiver kept the late short piece, acknowledged the long one, and
     the stream stopped at R+10 for good while the sender saw all of it acknowledged."""
-    a = UdpSession(1, 2, UdpConfig(pmtud=False), 0.0, chunk_receiver=False)  # (no probe among them)
+    a = UdpSession(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
     b = _receiver()
     room = a.max_datagram - P.OVERHEAD - 4  # a full packet's stream bytes (frame header: 4)
     data = random.Random(6).randbytes(5 * room + 10)

@@ -9,7 +9,6 @@ transport-neutral layers and keeps liveness itself.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -376,10 +375,9 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
             (socket.IPPROTO_IP, IP_MTU_DISCOVER)
         try:
             sock.setsockopt(level, opt, PMTUDISC_PROBE)
-        except OSError as exc:  # no such option here: no search above the initial size (it is the default)
-            log.info("udp: no don't-fragment socket option (%s): not searching above %d-byte datagrams",
-                     exc.strerror, config.max_datagram)
-            config = dataclasses.replace(config, pmtud=False)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"--pmtud needs the don't-fragment socket option: {exc.strerror}") from exc
     sock.connect(addr)
     dialer = Dialer(config, _random_cid(), _random_cid(), time.monotonic())
     ready = loop.create_future()

@@ -16,35 +16,36 @@ path ftx supports carries: the handshake's INITIALs are padded to it.
   search at the last size that worked;
 * candidates go up through common link MTUs less 48 bytes (IPv6 and UDP
   headers), as the initial size is, up to the ceiling: the initial size, or
-  with ``pmtud`` (the sender's default; ``--no-pmtud`` turns it off) the
-  largest datagram there is, so that the search also climbs above the
-  initial size from the start;
+  with ``--pmtud`` the largest datagram there is, so that ``--pmtud`` also
+  searches above the initial size from the start;
 * a probe's loss is not a congestion signal (RFC 8899 3, item 7) and its
   content is never sent again.
 
 Probes above the initial size need the IP "don't fragment" bit (Linux:
-IP_PMTUDISC_PROBE, set by the sender's driver with ``pmtud``), or a probe
-larger than the path would simply be fragmented and "succeed".  With it every
-datagram has the bit, so on a path below 1500 bytes a full-size datagram is
-dropped rather than fragmented (as on a path whose routers do not fragment,
-or do not send ICMP): the black hole fallback above finds the size that
-fits within a few round trips.  A receiver never searches above its initial
-size: its packets are mostly ACKs.
+IP_PMTUDISC_PROBE, set by the driver with ``--pmtud``), or a probe larger than
+the path would simply be fragmented and "succeed".  With it every datagram has
+the bit, so on a path below 1500 bytes a 1452-byte datagram is dropped rather
+than fragmented: the black hole fallback above finds the size that fits.  A
+receiver never searches above its initial size.
 
-Why the search above the initial size is on by default: where the path
-carries only 1500 bytes (most of the internet) it costs three 2000-byte
-probes and nothing else (no loss, no retransmission, no congestion signal:
-``bench_udp.py --relay-mtus 1472``, 100 Mbit/s, 80 ms, 0/1/3 % loss: the same
-goodput with and without, every run within the noise); on a LAN with jumbo
-frames it finds 8952 bytes (9000-byte path: 92 against 87 Mbit/s at 0 and
-1 % loss, every run); on loopback it finds 64 KiB, which cuts the CPU per GB
-of each side by 10-25 %, sealed or not.  Throughput on loopback follows the
-CPU only on an idle machine: on two cores shared with other work the
-wall-clock figures swing 2x run to run either way (``bench_udp.py
---pmtud-ab``; README "Status and limits" has the figures), and the earlier
-opt-in rested on that noise.  A lost 64 KiB datagram costs one 64 KiB
-retransmission and is not taken for a black hole (that needs several losses
-and no acknowledgement for three round trips).
+The search above the initial size stays opt-in (``--pmtud``; ``--no-pmtud``
+names the default).  Measured 2026-12-04 on 2 shared cores (load 1.0-2.7),
+``bench_udp.py --pmtud-ab --ab-mtus 9048,16432 --scp --size 1G --runs 6``,
+whole ``ftx send --udp`` commands, interleaved: with 64 KiB datagrams both
+sides spend 10-25 % less CPU per GB, sealed or not, in every set, but the
+transfer is not consistently faster: sealed with/without run by run 1.46,
+0.99, 0.57, 0.61, 0.82x; 1.22, 1.17, 1.40, 1.28, 1.39, 1.28x; 0.96, 1.09,
+1.23, 1.10, 0.53, 1.22x (medians 0.78, 1.34, 0.79x), plaintext likewise
+(medians 1.13, 0.74, 1.08x).  Sealed 64 KiB runs are bimodal (about 470 or
+850-1100 MB/s) with no loss and no fallback in the slow ones: they wait, not
+compute (no GSO or GRO batching above 65 000 bytes, and one pump batch of 256
+such datagrams is the whole 16 MiB socket buffer -- unconfirmed).  Fixed
+9000- and 16 KiB datagrams were steadier but not consistently faster either.
+Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
+1500-byte path costs the search three 2000-byte probes and about nothing
+(87.6/86.5/83.8 against 87.5/87.4/84.2 Mbit/s), and a 9000-byte path gains
+every run (92.6/92.1/91.4 against 86.6/86.6/83.9 Mbit/s, at 7-10 % rather than
+4-5 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class UdpConfig:
     retain_limit: int = 16 * 1024 * 1024
     """Sender: unacknowledged chunk bytes kept for retransmission before send_chunk blocks."""
 
-    pmtud: bool = True
+    pmtud: bool = False
     """Sender: also probe for datagrams larger than max_datagram (RFC 8899, pmtu.py; the
     driver then sets the don't-fragment bit on every datagram).  Without it a peer still
     falls back to 1200-byte datagrams when larger ones do not get through, and then searches
