@@ -38,8 +38,11 @@ transfer is not consistently faster: sealed with/without run by run 1.46,
 1.23, 1.10, 0.53, 1.22x (medians 0.78, 1.34, 0.79x), plaintext likewise
 (medians 1.13, 0.74, 1.08x).  Sealed 64 KiB runs are bimodal (about 470 or
 850-1100 MB/s) with no loss and no fallback in the slow ones: they wait, not
-compute (no GSO or GRO batching above 65 000 bytes, and one pump batch of 256
-such datagrams is the whole 16 MiB socket buffer -- unconfirmed).  Fixed
+compute.  In 6 direct runs the slow ones (272, 427 MB/s) had no receive buffer
+overflow but 4-10x the sender's pacing-limited turns of the fast ones: the
+sender's own rate model (congestion.py) held them back, its samples being few
+and coarse at 16 000 datagrams a GiB -- to fix before the search is worth a
+default on loopback.  Fixed
 9000- and 16 KiB datagrams were steadier but not consistently faster either.
 Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
 1500-byte path costs the search three 2000-byte probes and about nothing
