@@ -117,6 +117,71 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
+def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: bool) -> None:
+    """The ``ftx send --udp`` command with and without the path MTU search above 1452 bytes
+    (``--pmtud`` / ``--no-pmtud``), sealed and ``--insecure``, interleaved run by run; ``mtus``:
+    also fixed datagram sizes without a search (``--mtu M --no-pmtud``: MTU-48-byte datagrams from
+    the start, as a search capped there would settle on); ``scp``: scp aes128-gcm in the same
+    rounds.  Every run is printed, with what was lost and retransmitted."""
+    import statistics
+
+    from bench_secure import PrivateSshd, bench_scp
+
+    plain = ("--insecure",)
+    contenders = {"sealed": (("--udp", "--no-pmtud"), ()), "sealed pmtud": (("--udp", "--pmtud"), ()),
+                  "plain": (("--udp", "--no-pmtud", *plain), plain),
+                  "plain pmtud": (("--udp", "--pmtud", *plain), plain)}
+    for m in mtus:
+        contenders[f"sealed mtu {m}"] = (("--udp", "--no-pmtud", "--mtu", str(m)), ())
+    rows: dict[str, list[dict]] = {name: [] for name in contenders}
+    scp_runs: list[dict] = []
+    sshd = PrivateSshd() if scp else None
+    try:
+        for n in range(runs):
+            for name in round_order(contenders, n):
+                send_args, recv_args = contenders[name]
+                warm_memory(dst, 2 * size)
+                rows[name].append(bench_ftx(src, dst, *send_args, recv_args=recv_args))
+                os.unlink(os.path.join(dst, os.path.basename(src)))
+            if sshd is not None:
+                warm_memory(dst, 2 * size)
+                if r := bench_scp(sshd, src, os.path.join(dst, "scp.bin")):
+                    scp_runs.append(r)
+                    os.unlink(os.path.join(dst, "scp.bin"))
+    finally:
+        if sshd is not None:
+            sshd.close()
+    gb = size / 1e9
+    print(f"\n1b. ftx send --udp with and without --pmtud, loopback, {size / 2**20:.0f} MiB, median of {runs} "
+          f"(whole commands; load {os.getloadavg()[0]:.2f} at the end)")
+    print(f"{'':18} {'MB/s':>7} {'datagram':>9} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} {'lost':>6} {'retx MB':>8}  every run, MB/s")
+    med = {}
+    for name, results in rows.items():
+        secs = med[name] = statistics.median(r["seconds"] for r in results)
+        st = [r["stats"] for r in results]
+        print(f"{name:18} {size / secs / 1e6:7.0f} {max(x.get('max_datagram', 0) for x in st):9} "
+              f"{statistics.median(r['send_cpu'] for r in results) / gb:14.2f} "
+              f"{statistics.median(r['recv_cpu'] for r in results) / gb:14.2f} "
+              f"{statistics.median(x.get('lost_packets', 0) for x in st):6.0f} "
+              f"{statistics.median(x.get('retransmitted_bytes', 0) for x in st) / 1e6:8.1f}  "
+              + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in results)
+              + "  (lost: " + ",".join(str(x.get("lost_packets", 0)) for x in st)
+              + "; fallbacks: " + ",".join(str(x.get("pmtu_fallbacks", 0)) for x in st)
+              + "; cpu s/GB send+recv: " + ",".join(f"{(r['send_cpu'] + r['recv_cpu']) / gb:.2f}" for r in results) + ")")
+    for a, b in (("sealed pmtud", "sealed"), ("plain pmtud", "plain")):
+        pairs = [x["seconds"] / y["seconds"] for x, y in zip(rows[b], rows[a])]
+        print(f"{a} / {b} run by run: " + ", ".join(f"{v:.2f}x" for v in pairs)
+              + f"; medians {med[b] / med[a]:.2f}x")
+    if scp_runs:
+        secs = statistics.median(r["seconds"] for r in scp_runs)
+        print(f"{'scp aes128-gcm':18} {size / secs / 1e6:7.0f}  every run, MB/s: "
+              + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in scp_runs))
+        for name in rows:
+            if name.startswith("sealed"):
+                print(f"ratio {name}/scp: {secs / med[name]:.2f}x (target >= 2); run by run: "
+                      + ", ".join(f"{s['seconds'] / r['seconds']:.2f}x" for r, s in zip(rows[name], scp_runs)))
+
+
 def sealed_run(src: str, dst: str, plain: bool, mtu: int | None = None) -> dict:
     """One library-level UDP transfer, sealed or plaintext: seconds (connect to report), the
     client process's whole life (``process_seconds``: start-up and imports too, as a CLI row
@@ -308,6 +373,43 @@ def impaired(src: str, dst: str, size: int, rate: str, rtt_ms: float, small_src:
                       f"({res['bytes'] / 2**20:.0f} MiB)")
 
 
+def impaired_ab(src: str, dst: str, size: int, rate: str, rtt_ms: float, runs: int, mtus: list[int]) -> None:
+    """Through the relay as in ``impaired``, with against without the path MTU search
+    (``--pmtud`` / ``--no-pmtud``), interleaved run by run, on paths that carry datagrams of at
+    most ``mtus`` bytes (the relay's ``mtu=``: 1472 is a 1500-byte IPv4 path, 8972 a 9000-byte
+    one; 0: any size, as loopback)."""
+    import statistics
+
+    from ftx.netsim import _rate
+
+    bottleneck = _rate(rate)
+    print(f"\n2b. UDP through the relay with and without --pmtud: {rate} bottleneck (30 ms queue), {rtt_ms:g} ms RTT, "
+          f"random loss both ways, {size / 2**20:.0f} MiB, median of {runs}", flush=True)
+    print(f"{'path':>9} {'loss':>5} {'search':>8} {'goodput Mbit/s':>15} {'of bottleneck':>14} {'retransmitted':>14} "
+          f"{'datagram':>9} {'probes':>7} {'too big':>8}  every run, Mbit/s")
+    for mtu in mtus:
+        for loss in (0.0, 0.01, 0.03):
+            res: dict[str, list] = {"--no-pmtud": [], "--pmtud": []}
+            for n in range(runs):
+                for flag in round_order(res, n):
+                    recv = Receiver(dst)
+                    relay = Relay(recv.port, "--both", f"loss={loss},delay={rtt_ms / 2}ms" + (f",mtu={mtu}" if mtu else ""),
+                                  "--forward", f"rate={rate},queue=30ms")
+                    report, _, _ = ftx_send(src, relay.port, "--udp", flag)
+                    counters = relay.stop()
+                    recv.finish()
+                    os.unlink(os.path.join(dst, os.path.basename(src)))
+                    res[flag].append((report, counters["forward"]["too_big"]))
+            for flag, rs in res.items():
+                good = [r["bytes"] / r["seconds"] for r, _ in rs]
+                st = [r["transport_stats"] for r, _ in rs]
+                g = statistics.median(good)
+                print(f"{mtu or 'any':>9} {loss:5.0%} {'on' if flag == '--pmtud' else 'off':>8} {g * 8 / 1e6:15.1f} "
+                      f"{g / bottleneck:14.1%} {statistics.median(x['retransmitted_bytes'] for x in st) / size:14.2%} "
+                      f"{max(x['max_datagram'] for x in st):9} {max(x['pmtu_probes'] for x in st):7} "
+                      f"{max(t for _, t in rs):8}  " + ", ".join(f"{v * 8 / 1e6:.1f}" for v in good), flush=True)
+
+
 def hard(src: str, dst: str, size: int, rate: str, rtt_ms: float) -> None:
     """Heavy random loss and heavy reordering: beyond what the targets ask, to show the curve."""
     from ftx.netsim import _rate
@@ -348,6 +450,13 @@ def main() -> None:
     ap.add_argument("--seal-loops", action="store_true",
                     help="only what sealing costs a datagram in the C loops, and the bulk AES-GCM speed of the "
                          "libcrypto they run on (no network)")
+    ap.add_argument("--pmtud-ab", action="store_true",
+                    help="only ftx send --udp with against without --pmtud (sealed and plain) on loopback")
+    ap.add_argument("--ab-mtus", default="",
+                    help="--pmtud-ab: also sealed rows with fixed link MTUs and no search, comma-separated")
+    ap.add_argument("--relay-mtus", default=None,
+                    help="relay rows with against without --pmtud, interleaved, on paths of these largest UDP "
+                         "payloads (relay mtu=; 1472: a 1500-byte IPv4 path, 8972: 9000; 0: any size), comma-separated")
     ap.add_argument("--sealed-mtus", default="default,1500",
                     help="link MTUs of the sealed rows, comma-separated ('default': ftx's own choice)")
     args = ap.parse_args()
@@ -362,7 +471,9 @@ def main() -> None:
             src = os.path.join(work_src, "loop.bin")
             make_source(src, size)
             warm_memory(work_dst, 2 * size)
-            if not args.sealed_only:
+            if args.pmtud_ab:
+                pmtud_ab(src, work_dst, size, args.runs, [int(m) for m in args.ab_mtus.split(",") if m], args.scp)
+            elif not args.sealed_only:
                 loopback(src, work_dst, size, args.runs)
             if args.sealed or args.sealed_only:
                 mtus = [None if m == "default" else int(m) for m in args.sealed_mtus.split(",") if m]
@@ -377,6 +488,10 @@ def main() -> None:
         if have_aioquic():
             small = os.path.join(work_src, "small.bin")
             make_source(small, min(size, 40 << 20))
+        if args.relay_mtus is not None:
+            impaired_ab(src, work_dst, size, args.rate, args.rtt, args.runs,
+                        [int(m) for m in args.relay_mtus.split(",") if m])
+            return
         impaired(src, work_dst, size, args.rate, args.rtt, small)
         if args.hard:
             hard_src = os.path.join(work_src, "hard.bin")

@@ -201,15 +201,16 @@ def tree_equal(a: Path, b: Path) -> bool:
 class Relay:
     """``ftx impair --json`` as a subprocess in front of a receiver's UDP port."""
 
-    def __init__(self, target_port: int, *args: str) -> None:
+    def __init__(self, target_port: int, *args: str, host: str = "127.0.0.1") -> None:
+        h = f"[{host}]" if ":" in host else host
         self.proc = subprocess.Popen(
-            FTX + ["impair", "--to", f"127.0.0.1:{target_port}", "--json", *args],
+            FTX + ["impair", "--listen", f"{h}:0", "--to", f"{h}:{target_port}", "--json", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines = LineReader(self.proc.stdout)
         first = self.lines.next_json()
         assert first["event"] == "listening", first
         self.port = first["port"]
-        self.dest = f"127.0.0.1:{self.port}"
+        self.dest = f"{h}:{self.port}"
 
     def stop(self) -> dict:
         """Stop it and return its counters."""

@@ -1059,7 +1059,7 @@ def _all_done(fid: int, n: int, up: bytes = b"", down: bytes = b""):
 
 class TestHandshake:
     def test_handshake_sequence(self):
-        net = InMemoryNet()
+        net = InMemoryNet(config=UdpConfig(pmtud=False))  # (no path MTU probe after the handshake)
         net.handshake(max_seconds=1, max_iterations=100)
         types = [(P.parse(d).ptype, len(d)) for _, d, _ in net.fwd.log]
         back = [P.parse(d) for _, d, _ in net.rev.log]
@@ -1080,7 +1080,7 @@ class TestHandshake:
         assert net.lsession.chunk_receiver and not net.dsession.chunk_receiver
 
     def test_handshake_survives_losing_each_message_once(self):
-        net = InMemoryNet()
+        net = InMemoryNet(config=UdpConfig(pmtud=False))
         kinds = {"fwd": [], "rev": []}
 
         def drop_first(name, wire):
@@ -1654,7 +1654,10 @@ class TestPmtuTransfer:
         expect = {1500: 1452, 4100: 4048, 65535: 65487}[path_mtu]
         assert d.max_datagram == expect and d.pmtu.current == expect and not d.pmtu.searching
         assert d.stats["pmtu_probes"] >= 1
-        assert d.stats["lost_packets"] == 0 or path_mtu != 65535  # probes lost are not data lost
+        # a lost probe is neither a lost packet (nothing is sent again) nor a congestion signal
+        # (RFC 8899 3, item 7): on this loss-free path nothing else is lost
+        assert d.stats["lost_packets"] == 0 and d.stats["retransmitted_bytes"] == 0
+        assert d.cc.loss_rate == 0.0 and d.cc._round_lost == 0
         assert net.lsession.stats["bytes_received"] > 0
         sizes = {len(data) for _, data, _ in net.fwd.log}
         assert max(s for s in sizes if s <= path_mtu - 28) == expect
@@ -1716,30 +1719,36 @@ class TestSmallMtuPath:
         net.run_until(lambda n: not n.dsession.pmtu.searching, max_seconds=5, max_iterations=50_000)
         assert net.dsession.max_datagram == expect and not net.dsession.closed
 
-    def test_a_1500_byte_path_keeps_1452_and_sends_no_probe(self):
-        net = InMemoryNet(seed=9, fwd={"mtu": 1472}, rev={"mtu": 1472})
+    @pytest.mark.parametrize("pmtud", [True, False], ids=["pmtud", "default"])
+    def test_a_1500_byte_path_keeps_1452_and_loses_only_probes(self, pmtud):
+        """The search (pmtud) tries 2000 bytes MAX_PROBES times and stops; nothing is
+        lost, sent again or taken for congestion; without it nothing is probed at all."""
+        net = InMemoryNet(seed=9, fwd={"mtu": 1472}, rev={"mtu": 1472}, config=UdpConfig(pmtud=pmtud))
         net.handshake()
         blobs = _chunks(30, 64 * 1024, seed=9)
         _send_all(net, blobs)
         net.run_until(_all_done(3, 30), max_seconds=5, max_iterations=50_000)
         d = net.dsession
-        assert d.max_datagram == 1452 and d.stats["pmtu_fallbacks"] == 0 and d.stats["pmtu_probes"] == 0
-        assert d.stats["lost_packets"] == 0
+        assert d.max_datagram == 1452 and d.stats["pmtu_fallbacks"] == 0
+        assert d.stats["pmtu_probes"] == (3 if pmtud else 0) and not d.pmtu.searching
+        assert d.stats["lost_packets"] == 0 and d.stats["retransmitted_bytes"] == 0 and d.cc.loss_rate == 0.0
 
-    def test_random_loss_is_not_taken_for_a_small_path(self):
-        net = InMemoryNet(seed=4, fwd={"loss": 0.1}, rev={"loss": 0.1})
+    @pytest.mark.parametrize("pmtud", [True, False], ids=["pmtud", "default"])
+    def test_random_loss_is_not_taken_for_a_small_path(self, pmtud):
+        net = InMemoryNet(seed=4, fwd={"loss": 0.1}, rev={"loss": 0.1}, config=UdpConfig(pmtud=pmtud))
         net.handshake()
         blobs = _chunks(60, 64 * 1024, seed=4)
         _send_all(net, blobs)
         net.run_until(_all_done(3, 60), max_seconds=30, max_iterations=100_000)
         _check_chunks(net, blobs)
-        assert net.dsession.stats["lost_packets"] > 100
-        assert net.dsession.max_datagram == 1452 and net.dsession.stats["pmtu_fallbacks"] == 0
+        assert net.dsession.stats["lost_packets"] > 20
+        assert net.dsession.stats["pmtu_fallbacks"] == 0
+        assert net.dsession.max_datagram > 1452 if pmtud else net.dsession.max_datagram == 1452
 
     def test_nothing_acknowledged_while_the_peer_answers_is_a_timeout_with_its_cause(self):
         """Were even base-sized datagrams dropped (a path changing under a session), the peer's
         PINGs would keep the idle timer from firing: the sender must still give up, and say why."""
-        cfg = UdpConfig(idle_timeout=3.0)
+        cfg = UdpConfig(idle_timeout=3.0, pmtud=False)
         net = InMemoryNet(seed=2, config=cfg, listener_config=cfg)
         net.handshake()
         net.fwd.mtu = 300  # only the smallest packets (ACKs, PINGs) still get through
@@ -1857,7 +1866,7 @@ def test_a_burst_of_stream_packets_is_the_packets_made_one_at_a_time(start):
     data = random.Random(start).randbytes(30_000)
     made = []
     for cls in (UdpSession, _OneAtATime):
-        s = cls(1, 2, UdpConfig(), 0.0, chunk_receiver=False)
+        s = cls(1, 2, UdpConfig(pmtud=False), 0.0, chunk_receiver=False)  # (no probe among them)
         s._sout_next = s._sout_end = s._sout_base = s._sout_phys = start  # as if acknowledged up to there
         s.stream_write(data)
         made.append(_all_datagrams(s))

@@ -23,15 +23,32 @@ path ftx supports carries: the handshake's INITIALs are padded to it.
 
 Probes above the initial size need the IP "don't fragment" bit (Linux:
 IP_PMTUDISC_PROBE, set by the driver with ``--pmtud``), or a probe larger than
-the path would simply be fragmented and "succeed".
+the path would simply be fragmented and "succeed".  With it every datagram has
+the bit, so on a path below 1500 bytes a 1452-byte datagram is dropped rather
+than fragmented: the black hole fallback above finds the size that fits.  A
+receiver never searches above its initial size.
 
-The search above the initial size stays opt-in (``--pmtud``).  Measured on
-loopback (bench_udp.py --sealed-only --sealed-mtus default,9000,...,65535,
-1 GiB, 2 cores shared with other work): 64 KiB datagrams cut the CPU per GB
-by 15-25 % on each side, sealed or not, but the transfer was not consistently
-faster (median MB/s equal or lower than with 1452 bytes: under CPU contention
-a lost or late 64 KiB datagram costs more than a 1452-byte one), and a
-1500-byte path, the common case, gains nothing from a search.
+The search above the initial size stays opt-in (``--pmtud``; ``--no-pmtud``
+names the default).  Measured 2026-12-04 on 2 shared cores (load 1.0-2.7),
+``bench_udp.py --pmtud-ab --ab-mtus 9048,16432 --scp --size 1G --runs 6``,
+whole ``ftx send --udp`` commands, interleaved: with 64 KiB datagrams both
+sides spend 10-25 % less CPU per GB, sealed or not, in every set, but the
+transfer is not consistently faster: sealed with/without run by run 1.46,
+0.99, 0.57, 0.61, 0.82x; 1.22, 1.17, 1.40, 1.28, 1.39, 1.28x; 0.96, 1.09,
+1.23, 1.10, 0.53, 1.22x (medians 0.78, 1.34, 0.79x), plaintext likewise
+(medians 1.13, 0.74, 1.08x).  Sealed 64 KiB runs are bimodal (about 470 or
+850-1100 MB/s) with no loss and no fallback in the slow ones: they wait, not
+compute.  In 6 direct runs the slow ones (272, 427 MB/s) had no receive buffer
+overflow but 4-10x the sender's pacing-limited turns of the fast ones: the
+sender's own rate model (congestion.py) held them back, its samples being few
+and coarse at 16 000 datagrams a GiB -- to fix before the search is worth a
+default on loopback.  Fixed
+9000- and 16 KiB datagrams were steadier but not consistently faster either.
+Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
+1500-byte path costs the search three 2000-byte probes and about nothing
+(87.6/86.5/83.8 against 87.5/87.4/84.2 Mbit/s), and a 9000-byte path gains
+every run (92.6/92.1/91.4 against 86.6/86.6/83.9 Mbit/s, at 7-10 % rather than
+4-5 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
 """
 
 from __future__ import annotations

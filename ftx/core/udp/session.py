@@ -74,9 +74,10 @@ class UdpConfig:
     """Sender: unacknowledged chunk bytes kept for retransmission before send_chunk blocks."""
 
     pmtud: bool = False
-    """Sender: probe for datagrams larger than max_datagram (RFC 8899, pmtu.py).  Without
-    it a peer still falls back to 1200-byte datagrams when larger ones do not get through,
-    and then searches up to max_datagram again."""
+    """Sender: also probe for datagrams larger than max_datagram (RFC 8899, pmtu.py; the
+    driver then sets the don't-fragment bit on every datagram).  Without it a peer still
+    falls back to 1200-byte datagrams when larger ones do not get through, and then searches
+    up to max_datagram again.  A receiver never searches above max_datagram."""
 
     handshake_timeout: float | None = None
     """Receiver: close a session whose application has not called ``established`` this long
