@@ -117,32 +117,20 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
 
 
-def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: bool) -> None:
-    """The ``ftx send --udp`` command with and without the path MTU search above 1452 bytes
-    (``--pmtud`` / ``--no-pmtud``), sealed and ``--insecure``, interleaved run by run; ``mtus``:
-    also fixed datagram sizes without a search (``--mtu M --no-pmtud``: MTU-48-byte datagrams from
-    the start, as a search capped there would settle on); ``scp``: scp aes128-gcm in the same
-    rounds.  Every run is printed, with what was lost and retransmitted."""
-    import statistics
-
+def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: bool) -> tuple[dict, list]:
+    """``run_one(key)`` for every key in ``runs`` interleaved rounds (harness.round_order), the
+    destination warmed before each run; ``scp``: scp aes128-gcm (to a private sshd on loopback,
+    bench_secure.py) once in every round too.  The runs of each key, and scp's."""
     from bench_secure import PrivateSshd, bench_scp
 
-    plain = ("--insecure",)
-    contenders = {"sealed": (("--udp", "--no-pmtud"), ()), "sealed pmtud": (("--udp", "--pmtud"), ()),
-                  "plain": (("--udp", "--no-pmtud", *plain), plain),
-                  "plain pmtud": (("--udp", "--pmtud", *plain), plain)}
-    for m in mtus:
-        contenders[f"sealed mtu {m}"] = (("--udp", "--no-pmtud", "--mtu", str(m)), ())
-    rows: dict[str, list[dict]] = {name: [] for name in contenders}
+    rows: dict = {key: [] for key in keys}
     scp_runs: list[dict] = []
     sshd = PrivateSshd() if scp else None
     try:
         for n in range(runs):
-            for name in round_order(contenders, n):
-                send_args, recv_args = contenders[name]
+            for key in round_order(rows, n):
                 warm_memory(dst, 2 * size)
-                rows[name].append(bench_ftx(src, dst, *send_args, recv_args=recv_args))
-                os.unlink(os.path.join(dst, os.path.basename(src)))
+                rows[key].append(run_one(key))
             if sshd is not None:
                 warm_memory(dst, 2 * size)
                 if r := bench_scp(sshd, src, os.path.join(dst, "scp.bin")):
@@ -151,6 +139,31 @@ def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: boo
     finally:
         if sshd is not None:
             sshd.close()
+    return rows, scp_runs
+
+
+def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: bool) -> None:
+    """The ``ftx send --udp`` command with and without the path MTU search above 1452 bytes
+    (``--pmtud`` / ``--no-pmtud``), sealed and ``--insecure``, interleaved run by run; ``mtus``:
+    also fixed datagram sizes without a search (``--mtu M --no-pmtud``: MTU-48-byte datagrams from
+    the start, as a search capped there would settle on); ``scp``: scp aes128-gcm in the same
+    rounds.  Every run is printed, with what was lost and retransmitted."""
+    import statistics
+
+    plain = ("--insecure",)
+    contenders = {"sealed": (("--udp", "--no-pmtud"), ()), "sealed pmtud": (("--udp", "--pmtud"), ()),
+                  "plain": (("--udp", "--no-pmtud", *plain), plain),
+                  "plain pmtud": (("--udp", "--pmtud", *plain), plain)}
+    for m in mtus:
+        contenders[f"sealed mtu {m}"] = (("--udp", "--no-pmtud", "--mtu", str(m)), ())
+
+    def one(name: str) -> dict:
+        send_args, recv_args = contenders[name]
+        r = bench_ftx(src, dst, *send_args, recv_args=recv_args)
+        os.unlink(os.path.join(dst, os.path.basename(src)))
+        return r
+
+    rows, scp_runs = _rounds(list(contenders), runs, one, src, dst, size, scp)
     gb = size / 1e9
     print(f"\n1b. ftx send --udp with and without --pmtud, loopback, {size / 2**20:.0f} MiB, median of {runs} "
           f"(whole commands; load {os.getloadavg()[0]:.2f} at the end)")
@@ -213,24 +226,8 @@ def sealed(src: str, dst: str, size: int, runs: int, mtus: list[int | None], scp
     (aes128-gcm, to a private sshd on loopback: bench_secure.py) in the same rounds."""
     import statistics
 
-    from bench_secure import PrivateSshd, bench_scp
-
-    rows: dict[tuple, list[dict]] = {(kind, mtu): [] for mtu in mtus for kind in ("plain", "sealed")}
-    scp_runs: list[dict] = []
-    sshd = PrivateSshd() if scp else None
-    try:
-        for n in range(runs):
-            for kind, mtu in round_order(rows, n):
-                warm_memory(dst, 2 * size)
-                rows[kind, mtu].append(sealed_run(src, dst, kind == "plain", mtu))
-            if sshd is not None:
-                warm_memory(dst, 2 * size)
-                if r := bench_scp(sshd, src, os.path.join(dst, "scp.bin")):
-                    scp_runs.append(r)
-                    os.unlink(os.path.join(dst, "scp.bin"))
-    finally:
-        if sshd is not None:
-            sshd.close()
+    keys = [(kind, mtu) for mtu in mtus for kind in ("plain", "sealed")]
+    rows, scp_runs = _rounds(keys, runs, lambda key: sealed_run(src, dst, key[0] == "plain", key[1]), src, dst, size, scp)
     gb = size / 1e9
     print(f"\n4. sealed against plaintext UDP, loopback, {size / 2**20:.0f} MiB, library level, median of {runs} "
           "(MB/s: connect to report; process: the client process's whole life, start-up and imports too, "
