@@ -41,10 +41,6 @@ SEND_BUFFER = 2 * 1024 * 1024  # control bytes queued and unacknowledged before 
 # the session's send buffer (acknowledged bytes leave it in batches).
 SEND_BUFFER_MAX = 8 * 1024 * 1024
 PACING_QUANTUM = 0.002  # seconds: the longest a paced sender naps between bursts
-READ_AHEAD_WINDOWS = 4  # chunk bytes a sender holds (read, not yet acknowledged): at most this many
-# congestion windows (and never more than retain_limit; always room for the one chunk).  Bounded
-# by retain_limit alone it read 16 MiB before the first datagram of a transfer left (cwnd: 30
-# datagrams); with a window of a few MB on loopback, 4 of them leave retain_limit the bound there.
 FEED_BYTES = 512 * 1024  # stream bytes placed in the frame decoder at once, at most (a sender's run of
 # small files is up to 480 KiB; the decoder grows to it only while --max-memory allows)
 
@@ -298,16 +294,9 @@ class UdpLink:
             self._reading = self.session.spare_buffer(len(shared))
         return memoryview(self._reading)
 
-    def _chunk_room(self, size: int) -> bool:
-        """Room to queue a chunk of ``size`` bytes (see READ_AHEAD_WINDOWS)."""
-        s = self.session
-        return s.retained_bytes < s.config.retain_limit and \
-            s.retained_bytes + size <= max(READ_AHEAD_WINDOWS * s.cc.cwnd, size)
-
     async def send_chunk(self, conn, file_id: int, index: int, data) -> None:
         s = self.session
-        if not self._chunk_room(len(data)):
-            await self._wait_until(lambda: self._chunk_room(len(data)))
+        await self._wait_until(lambda: s.retained_bytes < s.config.retain_limit)
         self._raise_if_closed()
         checksum = chunk_checksum(data)
         conn.send_chunk(file_id, index, data, checksum, framed=False)
