@@ -170,7 +170,8 @@ def _finished(code: int) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the descriptor was closed when Python started (cron, >&-)
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(code)

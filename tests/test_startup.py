@@ -163,6 +163,24 @@ def test_a_finished_send_leaves_the_interpreter_without_tearing_it_down(tmp_path
         r.stop()
 
 
+def test_a_send_with_its_standard_output_closed_still_exits_0(tmp_path):
+    """Under cron or a supervisor, or with ``>&-``, fd 1 is closed and Python's sys.stdout is
+    None: the quick exit flushed it anyway and a delivered file ended in exit 1 and a traceback
+    (review13)."""
+    import os
+
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello\n")
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ftx", "send", str(src), r.dest, "--insecure", "--no-progress"],
+                              preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=50)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert (tmp_path / "in" / "a.txt").read_bytes() == b"hello\n"
+    finally:
+        r.stop()
+
+
 def test_a_numeric_address_is_resolved_without_a_thread():
     """asyncio's getaddrinfo starts a resolver thread (and asyncio.run's end another to join it), even
     for 127.0.0.1: connect converts a numeric address itself, with the same result; names still go
