@@ -459,8 +459,7 @@ def main() -> None:
     # every run compiling the modules changed since: up to 75 ms a command)
     compile_ftx(FTX_CMD[0])
     if args.baseline:
-        subprocess.run([FTX_CMD[0], "-c", "import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2)",
-                        os.path.join(args.baseline, "ftx")], check=True)
+        compile_ftx(FTX_CMD[0], args.baseline)
     own_identity()
     notes: list[str] = []
     work_src = tempfile.mkdtemp(prefix="ftx-bench-files-src-", dir=args.src_dir)

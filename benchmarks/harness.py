@@ -32,13 +32,16 @@ def own_identity() -> str:
 own_identity()
 
 
-def compile_ftx(python: str = sys.executable) -> None:
-    """Write the bytecode of the ftx that ``python`` imports, before measuring, as installing ftx
-    does.  The rows start fresh interpreters; with PYTHONDONTWRITEBYTECODE set (as in some shells
-    and CI) each of them compiled every module changed since its .pyc was written again: up to
+def compile_ftx(python: str = sys.executable, tree: str | None = None) -> None:
+    """Write the bytecode of the ftx that ``python`` imports (with ``tree``: that source tree's,
+    run as a baseline is, from ``tree`` on PYTHONPATH), before measuring, as installing ftx does.
+    The rows start fresh interpreters; with PYTHONDONTWRITEBYTECODE set (as in some shells and
+    CI) each of them compiled every module changed since its .pyc was written again: up to
     75 ms a command, a cost of the checkout's state, not of ftx."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     subprocess.run([python, "-c", "import compileall, os, ftx; "
-                    "compileall.compile_dir(os.path.dirname(os.path.abspath(ftx.__file__)), quiet=2)"], check=True)
+                    "compileall.compile_dir(os.path.dirname(os.path.abspath(ftx.__file__)), quiet=2)"],
+                   check=True, cwd=tree, env=env)
 
 
 def parse_size(text: str) -> int:
