@@ -77,15 +77,10 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
     """ftx TCP, UDP (both sealed: the default) and UDP ``--insecure``, interleaved run by run."""
     import statistics
 
-    rows = {"ftx tcp": [], "ftx udp": [], "udp plain": []}
-    contenders = {"ftx tcp": lambda: bench_ftx(src, dst), "ftx udp": lambda: bench_ftx(src, dst, "--udp"),
+    contenders = {"ftx tcp": ((), ()), "ftx udp": (("--udp",), ()),
                   # --insecure on both sides: the baseline of the sealed/plain ratio (issue 12: >= 0.75x)
-                  "udp plain": lambda: bench_ftx(src, dst, "--udp", "--insecure", recv_args=("--insecure",))}
-    for n in range(runs):
-        for name in round_order(contenders, n):
-            warm_memory(dst, 2 * size)
-            rows[name].append(contenders[name]())
-            os.unlink(os.path.join(dst, os.path.basename(src)))
+                  "udp plain": (("--udp", "--insecure"), ("--insecure",))}
+    rows, _ = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst, size, False)
     gb = size / 1e9
     print(f"\n1. loopback, {size / 2**20:.0f} MiB, page cache -> tmpfs, best of {runs} (TCP: system default CC; "
           "tcp and udp sealed, as by default; udp plain: --insecure on both sides)")
@@ -115,6 +110,13 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
             rate = res["bytes"] / res["seconds"]
             print(f"aioquic    {rate / 1e6:7.0f}   (one stream, same file; ftx udp is "
                   f"{size / best['ftx udp']['seconds'] / rate:.1f}x faster)")
+
+
+def _cli_run(src: str, dst: str, send_args: tuple, recv_args: tuple) -> dict:
+    """One ``ftx send`` of ``src`` into a fresh receiver (harness.bench_ftx); the copy is removed."""
+    r = bench_ftx(src, dst, *send_args, recv_args=recv_args)
+    os.unlink(os.path.join(dst, os.path.basename(src)))
+    return r
 
 
 def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: bool) -> tuple[dict, list]:
@@ -157,13 +159,7 @@ def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: boo
     for m in mtus:
         contenders[f"sealed mtu {m}"] = (("--udp", "--no-pmtud", "--mtu", str(m)), ())
 
-    def one(name: str) -> dict:
-        send_args, recv_args = contenders[name]
-        r = bench_ftx(src, dst, *send_args, recv_args=recv_args)
-        os.unlink(os.path.join(dst, os.path.basename(src)))
-        return r
-
-    rows, scp_runs = _rounds(list(contenders), runs, one, src, dst, size, scp)
+    rows, scp_runs = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst, size, scp)
     gb = size / 1e9
     print(f"\n1b. ftx send --udp with and without --pmtud, loopback, {size / 2**20:.0f} MiB, median of {runs} "
           f"(whole commands; load {os.getloadavg()[0]:.2f} at the end)")
