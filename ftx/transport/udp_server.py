@@ -1,7 +1,7 @@
 """The receiver's UDP socket (part of the UDP driver, ``udp.py``): ``UdpServer`` routes
 datagrams to sessions through the core's ``Listener`` (one socket serves every
 sender; packets are routed by connection ID), admits new ones, shields itself
-from INITIAL floods with a socket filter, and gives freed memory back; ``serve``.
+from INITIAL floods with a socket filter, and gives freed memory back (``quiet.trim_heap_soon``); ``serve``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
-import gc
 import ipaddress
 import logging
 import os
@@ -23,6 +22,7 @@ from ..core.udp.reassembly import MemoryBudget
 from ..core.udp.session import UdpConfig
 from ..errors import ErrorCode
 from .sockets import bound_socket
+from .quiet import trim_heap_soon
 from .udp_link import UdpLink, _random_cid
 from .udp_socket import DatagramSocket
 
@@ -40,18 +40,6 @@ def _ipv4(host: str) -> int | None:
         return int(ipaddress.IPv4Address(host))
     except ValueError:
         return None
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim_fn = _malloc_trim()
-TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
-TRIM_COST_RATIO = 20  # and at least this many times as long as the last trim took (5 % of the CPU at most)
 
 
 def _initial_filter(pass_one_in: int, busy: list[int], everyone: bool) -> bytes:
@@ -110,8 +98,6 @@ class UdpServer:
         self.links: dict[int, UdpLink] = {}
         self._woken: set[UdpLink] = set()
         self._drops = 0
-        self._trimmed_at = 0.0
-        self._trim_handle: asyncio.TimerHandle | None = None
         self.dsock = DatagramSocket(sock, self._on_read, self._on_drained)
         self.shielded = False  # an INITIAL flood: most token-less INITIALs dropped in the kernel
         self.shield_periods = 0
@@ -255,28 +241,7 @@ class UdpServer:
     def forget(self, link: UdpLink) -> None:
         self.links.pop(link.session.local_cid, None)
         self.listener.forget(link.session)
-        self._trim_heap()
-
-    def _trim_heap(self) -> None:
-        """Give freed heap memory back to the kernel, soon after sessions end: glibc keeps
-        it otherwise, and a receiver would stay at the peak RSS that senders long gone
-        caused.  At most once per TRIM_INTERVAL; a no-op without malloc_trim."""
-        if _malloc_trim_fn is None or self._trim_handle is not None:
-            return
-        wait = self._trimmed_at + TRIM_INTERVAL - time.monotonic()
-
-        def trim() -> None:
-            self._trim_handle = None
-            start = time.monotonic()
-            gc.collect()  # sessions end in reference cycles: free their buffers now, not at some later collection
-            _malloc_trim_fn(0)
-            # a full collection costs more the more objects there are: while sessions come and
-            # go by the hundred (a flood of handshakes) it must not take much of the CPU
-            self._trimmed_at = time.monotonic() + TRIM_COST_RATIO * (time.monotonic() - start)
-        if wait <= 0:
-            trim()
-        else:
-            self._trim_handle = asyncio.get_running_loop().call_later(wait, trim)
+        trim_heap_soon(asyncio.get_running_loop(), collect=True)
 
     async def shutdown(self, reason: str, timeout: float = 0.5) -> None:
         """Stopping (SIGTERM): CLOSE every session with ``reason``, so that its sender knows at once
@@ -295,7 +260,7 @@ class UdpServer:
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
-        for handle in (self._trim_handle, self._shield_handle, self._busy_handle):
+        for handle in (self._shield_handle, self._busy_handle):
             if handle is not None:
                 handle.cancel()
         self.dsock.close()
