@@ -252,6 +252,10 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
     """
+    if not checksum and receipt is None:  # each directory's CHECK_DIR digest: listed while we start up
+        from .source import start_prewalk
+
+        start_prewalk(paths)
     _setup_logging(verbose, quiet, log_format)
     _asyncio_without_ssl()
     from .transport.sockets import check_host, parse_dest
