@@ -159,15 +159,24 @@ class Prewalk:
     again only where its items are needed (a directory the receiver does not hold as it is,
     or the first ``FILES_LISTED`` items of the report).  Bounded: ``PREWALK_ENTRIES`` entries
     in all (their names and records held until their groups are made), ``PREWALK_DEPTH``
-    levels.  ``known`` waits for the thread."""
+    levels.  ``known`` waits for the thread.  ``after``: called in the thread once the walk is
+    done (ftx send imports its JSON output there, while its own thread waits on the network)."""
 
-    def __init__(self, paths: Iterable[str | bytes]) -> None:
+    def __init__(self, paths: Iterable[str | bytes], after=None) -> None:
         self.roots = [os.fsencode(p) for p in paths]
         self._known: dict[bytes, dict[bytes, tuple]] = {}
+        self._after = after
         self._thread = threading.Thread(target=self._run, name="ftx-prewalk", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._walk()
+        finally:
+            if self._after is not None:
+                self._after()
+
+    def _walk(self) -> None:
         budget = PREWALK_ENTRIES
         try:
             tops = arguments(self.roots)
@@ -195,11 +204,11 @@ class Prewalk:
 _started: Prewalk | None = None  # the one ``start_prewalk`` began, until ``take_prewalk``
 
 
-def start_prewalk(paths: Iterable[str | bytes]) -> None:
+def start_prewalk(paths: Iterable[str | bytes], after=None) -> None:
     """Begin listing ``paths`` ahead (``Prewalk``), for the ``walk_groups`` of a send of them."""
     global _started
     if _c_prewalk is not None:
-        _started = Prewalk(paths)
+        _started = Prewalk(paths, after)
 
 
 def take_prewalk(paths: Iterable[str | bytes]) -> Prewalk | None:
