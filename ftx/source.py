@@ -172,9 +172,10 @@ class Prewalk:
     def _run(self) -> None:
         try:
             self._walk()
-        finally:
             if self._after is not None:
                 self._after()
+        except Exception:  # whatever went wrong here, the walk lists those directories itself
+            log.debug("listing ahead failed", exc_info=True)
 
     def _walk(self) -> None:
         budget = PREWALK_ENTRIES
