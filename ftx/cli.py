@@ -260,7 +260,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     DEST is HOST, HOST:PORT or [IPv6]:PORT.
     """
     if not checksum and receipt is None:  # each directory's CHECK_DIR digest: listed while we start up
-        from .source import start_prewalk
+        from .prewalk import start_prewalk
 
         start_prewalk(paths, _prepare_json if as_json else None)
     _setup_logging(verbose, quiet, log_format)

@@ -21,7 +21,8 @@ async def send_over_network(paths: list[str], host: str, port: int, config: Conf
                             mtu: int, pmtud: bool, auth: Any = None, receipt: str | None = None) -> SendReport:
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
-    from .source import arguments, take_prewalk, walk, walk_groups
+    from .prewalk import take_prewalk
+    from .source import arguments, walk, walk_groups
 
     top = arguments(paths)  # bad arguments fail before connecting
     hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too

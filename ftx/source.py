@@ -18,7 +18,6 @@ import os
 import stat
 import struct
 import sys
-import threading
 from typing import Iterable, Iterator, NamedTuple
 
 from .core.checksum import FileHasher, HeldDigest, chunk_checksum
@@ -30,11 +29,11 @@ from .errors import ErrorCode, FtxError, StorageError, UnsafePath
 log = logging.getLogger("ftx.send")
 
 try:  # optional C helper (setup.py); FTX_PURE_PYTHON=1 runs py_listed instead
-    from ._smallread import listing as _c_listing, prewalk as _c_prewalk
+    from ._smallread import listing as _c_listing
 except ImportError:  # pragma: no cover - no compiler where ftx was installed
-    _c_listing = _c_prewalk = None
+    _c_listing = None
 if os.environ.get("FTX_PURE_PYTHON"):
-    _c_listing = _c_prewalk = None
+    _c_listing = None
 
 
 class SourceChanged(FtxError):
@@ -70,7 +69,7 @@ class DirGroup:
     group of their own, after the parent's (depth first).  ``state`` is the
     receiver's DIR_STATE once the sender knows it (None: not checked).
 
-    A directory listed ahead (``Prewalk``: ``ahead`` is its entry) has its digest, entry
+    A directory listed ahead (``prewalk.Prewalk``: ``ahead`` is its entry) has its digest, entry
     count and file totals but no items until ``items`` is read: then it is listed again
     (``_entries``, as any other), and ``changed`` says whether that listing differs from
     the one its digest was made of.  Its subdirectories are those listed ahead (they are
@@ -143,84 +142,6 @@ class DirGroup:
         return items
 
 
-PREWALK_ENTRIES = 1 << 15
-"""Entries a ``Prewalk`` lists at most (about 40 ms of lstat on tmpfs); the directories after
-them, and any holding a symlink, special file or name ftx skips, the walk lists as it goes."""
-PREWALK_DEPTH = 64  # directory levels below a named directory it goes into (descriptors it holds)
-
-
-class Prewalk:
-    """The named directories' trees listed ahead, in a thread, while the sender starts up.
-
-    ``ftx send`` spends some 60 ms importing, connecting and authenticating on one core;
-    meanwhile this thread lists and lstat's the trees (``_smallread.prewalk``: C, without
-    the GIL, each directory opened under its parent's descriptor, O_NOFOLLOW), so that
-    ``walk_groups`` has each directory's CHECK_DIR digest at hand, and lists a directory
-    again only where its items are needed (a directory the receiver does not hold as it is,
-    or the first ``FILES_LISTED`` items of the report).  Bounded: ``PREWALK_ENTRIES`` entries
-    in all (their names and records held until their groups are made), ``PREWALK_DEPTH``
-    levels.  ``known`` waits for the thread.  ``after``: called in the thread once the walk is
-    done (ftx send imports its JSON output there, while its own thread waits on the network)."""
-
-    def __init__(self, paths: Iterable[str | bytes], after=None) -> None:
-        self.roots = [os.fsencode(p) for p in paths]
-        self._known: dict[bytes, dict[bytes, tuple]] = {}
-        self._after = after
-        self._thread = threading.Thread(target=self._run, name="ftx-prewalk", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._walk()
-            if self._after is not None:
-                self._after()
-        except Exception:  # whatever went wrong here, the walk lists those directories itself
-            log.debug("listing ahead failed", exc_info=True)
-
-    def _walk(self) -> None:
-        budget = PREWALK_ENTRIES
-        try:
-            tops = arguments(self.roots)
-        except FtxError:
-            return
-        for item in tops:
-            if item.kind != Kind.DIR or budget <= 0:
-                continue
-            try:
-                found = _c_prewalk(item.local, budget, PREWALK_DEPTH, MAX_PATH - len(item.wire), MAX_PATH)
-            except (OSError, MemoryError):
-                continue
-            self._known[item.local] = {entry[0]: entry for entry in found}
-            budget -= sum(entry[3] for entry in found)
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def known(self, local: bytes) -> dict[bytes, tuple] | None:
-        """What was listed ahead below the named directory ``local``: relative path -> entry."""
-        self.wait()
-        return self._known.pop(local, None)
-
-
-_started: Prewalk | None = None  # the one ``start_prewalk`` began, until ``take_prewalk``
-
-
-def start_prewalk(paths: Iterable[str | bytes], after=None) -> None:
-    """Begin listing ``paths`` ahead (``Prewalk``), for the ``walk_groups`` of a send of them."""
-    global _started
-    if _c_prewalk is not None:
-        _started = Prewalk(paths, after)
-
-
-def take_prewalk(paths: Iterable[str | bytes]) -> Prewalk | None:
-    """The ``Prewalk`` begun for exactly ``paths``, if any (once)."""
-    global _started
-    found, _started = _started, None
-    if found is not None and found.roots != [os.fsencode(p) for p in paths]:
-        return None
-    return found
-
-
 def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceItem]:
     """Every item, each directory before its entries (group by group, see ``walk_groups``)."""
     for group in walk_groups(paths, links):
@@ -291,14 +212,14 @@ def arguments(paths: Iterable[str | bytes]) -> list[SourceItem]:
 
 
 def walk_groups(paths: Iterable[str | bytes], links: bool = False,
-                top: list[SourceItem] | None = None, prewalk: Prewalk | None = None) -> Iterator[DirGroup]:
+                top: list[SourceItem] | None = None, prewalk=None) -> Iterator[DirGroup]:
     """The arguments' group, then one group per directory, depth first, entries sorted by name.
 
     A generator: it holds one listing per level of the directory being walked
     (the pending subdirectories), never the whole tree.  Iterative, so that a
     tree as deep as a 4096-byte wire path allows (2048 levels) cannot exceed
-    Python's recursion limit.  ``prewalk``: directories listed ahead are not listed
-    here (see ``DirGroup``)."""
+    Python's recursion limit.  ``prewalk`` (``prewalk.Prewalk``): directories listed
+    ahead are not listed here (see ``DirGroup``)."""
     first = DirGroup(None, top if top is not None else arguments(paths))
     tops = [i for i in first.items if i.kind == Kind.DIR]  # the consumer may drop a group's items when done
     yield first

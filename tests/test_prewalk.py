@@ -1,4 +1,4 @@
-"""The sender's tree listed ahead (source.Prewalk) while ``ftx send`` starts up.
+"""The sender's tree listed ahead (prewalk.Prewalk) while ``ftx send`` starts up.
 
 A resend of an unchanged tree then lists again only what its report names (the first
 FILES_LISTED items); the digests it checks are the walk's own; a directory changed
@@ -16,15 +16,17 @@ import pytest
 from click.testing import CliRunner
 
 import ftx.api as ftx_api
+import ftx.prewalk
 import ftx.source
 from ftx.cli import main
 from ftx.core.tree import ListingHasher
-from ftx.source import Prewalk, walk_groups
+from ftx.prewalk import Prewalk
+from ftx.source import walk_groups
 
 from .helpers import run_send
 from .test_tree_check import _many_small, shm_dir  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.skipif(ftx.source._c_prewalk is None, reason="the C helper is not built")
+pytestmark = pytest.mark.skipif(ftx.prewalk._c_prewalk is None, reason="the C helper is not built")
 
 
 def _groups(src: Path, prewalk: Prewalk | None = None) -> list[tuple]:
@@ -69,7 +71,7 @@ def test_the_directories_listed_ahead_give_the_walks_own_groups(tmp_path):
 def test_past_the_bound_the_walk_lists_the_rest_itself(tmp_path, monkeypatch):
     src, _ = _many_small(tmp_path, 12, 10)
     plain = _groups(src)
-    monkeypatch.setattr(ftx.source, "PREWALK_ENTRIES", 45)  # the root's 12 entries and three directories of 10
+    monkeypatch.setattr(ftx.prewalk, "PREWALK_ENTRIES", 45)  # the root's 12 entries and three directories of 10
     assert sorted(Prewalk([str(src)]).known(os.fsencode(src))) == [b"", b"d000", b"d001", b"d002"]
     assert _groups(src, Prewalk([str(src)])) == plain
 
@@ -105,8 +107,8 @@ def test_a_directory_changed_since_it_was_listed_ahead_is_sent_as_it_is_now(shm_
     receiver = receiver_factory("--overwrite", directory=shm_dir / "dst")
     src, _ = _many_small(shm_dir, 3, 5)
     assert run_send(str(src), receiver.dest)[0] == 0
-    ftx.source.start_prewalk([str(src)])
-    ftx.source._started.wait()
+    ftx.prewalk.start_prewalk([str(src)])
+    ftx.prewalk._started.wait()
     changed = src / "d001" / "f002"
     changed.write_bytes(b"new content, another size")  # after the listing ahead, before the check
     (src / "d002" / "g-new").write_bytes(b"a new file")
@@ -118,4 +120,4 @@ def test_a_directory_changed_since_it_was_listed_ahead_is_sent_as_it_is_now(shm_
     assert status["tree/d001/f002"] == "ok" and status["tree/d002/g-new"] == "ok"
     assert status["tree/d000/f000"] == status["tree/d001/f000"] == "identical"
     assert report.bytes_sent == len(b"new content, another size") + len(b"a new file")
-    assert ftx.source._started is None  # taken by that send
+    assert ftx.prewalk._started is None  # taken by that send
