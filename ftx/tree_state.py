@@ -164,8 +164,11 @@ def check_directories(dest, checks: list[tuple[bytes, int, bytes]]) -> list[int]
     this thread and one helper thread side by side: a listing's lstat calls run without the GIL,
     so a run of checks takes two cores, not one.  Each thread takes the next check not yet taken;
     the helper is one thread for the whole process (a session finds it busy with another's: this
-    thread lists them all), and ``LISTINGS_AT_ONCE`` still bounds the listings held at once."""
-    states = [DIR_DIFFERENT] * len(checks)
+    thread lists them all), and ``LISTINGS_AT_ONCE`` still bounds the listings held at once.
+    This thread never waits for the helper: a check the helper took and has not answered when
+    this one runs out (the helper started late, or the machine is busy and it is not running) is
+    listed again here; a check changes nothing, so either answer is the directory's."""
+    states: list[int | None] = [None] * len(checks)
     todo = iter(range(len(checks)))  # shared: each index is taken by one thread (next() holds the GIL)
 
     def work() -> None:
@@ -173,9 +176,6 @@ def check_directories(dest, checks: list[tuple[bytes, int, bytes]]) -> list[int]
             states[i] = check_directory(dest, *checks[i])
 
     helping = _lister().submit(work)
-    try:
-        work()
-    finally:
-        if not helping.cancel():  # it started: wait for the check it is on
-            helping.result()
-    return states
+    work()
+    helping.cancel()  # (if it has not started)
+    return [check_directory(dest, *checks[i]) if state is None else state for i, state in enumerate(states)]

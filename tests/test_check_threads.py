@@ -44,3 +44,33 @@ def test_a_run_of_checks_is_listed_by_two_threads_and_answered_in_order(tmp_path
         if len(threads) == 2:
             break
     assert len(threads) == 2
+
+
+def test_the_sessions_thread_never_waits_for_a_helper_that_is_not_running(tmp_path, monkeypatch):
+    """The helper takes a check and then does not run (a busy machine): the run is answered all the
+    same, that check listed again by the session's thread, while the helper still holds it."""
+    for d in range(6):
+        (tmp_path / "dst" / f"d{d}").mkdir(parents=True)
+        (tmp_path / "dst" / f"d{d}" / "f").write_bytes(b"x" * d)
+    dest = Destination(str(tmp_path / "dst"))
+    checks = [(f"d{d}".encode(), 1, bytes(16)) for d in range(6)]
+    real = tree_state.check_directory
+    session = threading.get_ident()
+    holds, release, held_done = threading.Event(), threading.Event(), threading.Event()
+
+    def check_directory(*args):  # the real check; the helper's first one stalls until released
+        if threading.get_ident() == session:
+            holds.wait(10)  # (the session's thread goes on once the helper surely took one)
+        elif not holds.is_set():
+            holds.set()
+            release.wait(5)
+            held_done.set()
+        return real(*args)
+
+    monkeypatch.setattr(tree_state, "check_directory", check_directory)
+    try:
+        states = tree_state.check_directories(dest, checks)
+        assert holds.is_set() and not held_done.is_set()  # answered while the helper still held its check
+        assert states == [DIR_DIFFERENT] * 6  # (each holds one file, not the claimed digest)
+    finally:
+        release.set()
