@@ -432,7 +432,7 @@ class SendSession(LargeFileStreaming):
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
             tally, DIR = self.tally, Kind.DIR
             room = max(0, FILES_LISTED - len(tally.listed))
-            if not room and group.unlisted:  # listed ahead (source.Prewalk): counted, not listed again
+            if not room and group.unlisted:  # listed ahead (prewalk.Prewalk): counted, not listed again
                 files, size = group.totals()
                 tally.count += files
                 tally.identical += files
