@@ -568,7 +568,7 @@ dir_digest(PyObject *self, PyObject *args)
 }
 
 /* -- prewalk: a tree's directories listed ahead, without the GIL ---------------------------------
- * prewalk(root, max_entries, max_depth, max_wire, max_local)
+ * prewalk(root, max_entries, max_depth, max_wire, max_local, stop)
  *   -> list of (rel, dev, ino, count, records, files, file_bytes, subdirs)
  * The directories of the tree at ``root`` (followed: a named argument), depth first, each reached
  * from its parent's descriptor with O_NOFOLLOW | O_DIRECTORY (never through a symlink), listed and
@@ -580,7 +580,9 @@ dir_digest(PyObject *self, PyObject *args)
  * anything the Python listing must judge (a symlink, a special file, a name of ftx's own or too
  * long: ``max_wire`` / ``max_local`` bound rel + "/" + name) is left out, and not descended into;
  * so are directories deeper than ``max_depth`` and, once more than ``max_entries`` entries were
- * listed in all, every directory after it (the walk stops): the sender lists those itself. */
+ * listed in all, every directory after it (the walk stops): the sender lists those itself.
+ * ``stop``: a writable buffer whose first byte, once not 0, ends the walk at the next directory
+ * (the sender needs what is listed now: it lists the rest itself). */
 struct sub { char *name; size_t len; unsigned mode; };
 struct pdir {
     char *rel; size_t rel_len;
@@ -667,9 +669,16 @@ prewalk(PyObject *self, PyObject *args)
 {
     const char *root;
     Py_ssize_t root_len, max_entries, max_depth, max_wire, max_local;
-    if (!PyArg_ParseTuple(args, "y#nnnn:prewalk", &root, &root_len, &max_entries, &max_depth, &max_wire,
-                          &max_local))
+    Py_buffer stop_buf;
+    if (!PyArg_ParseTuple(args, "y#nnnnw*:prewalk", &root, &root_len, &max_entries, &max_depth, &max_wire,
+                          &max_local, &stop_buf))
         return NULL;
+    if (stop_buf.len < 1) {
+        PyBuffer_Release(&stop_buf);
+        PyErr_SetString(PyExc_ValueError, "stop must hold a byte");
+        return NULL;
+    }
+    volatile unsigned char *stop = (volatile unsigned char *)stop_buf.buf;
     struct pdir *dirs = NULL;
     struct frame *stack = NULL;
     size_t ndirs = 0, cap = 0, depth = 0, entries = 0;
@@ -697,7 +706,7 @@ prewalk(PyObject *self, PyObject *args)
     while (depth > 0) {
         struct frame *f = &stack[depth - 1];
         struct pdir *d = &dirs[f->dir];
-        if (f->next >= d->nsubs || entries > (size_t)max_entries || nomem || depth > (size_t)max_depth) {
+        if (f->next >= d->nsubs || entries > (size_t)max_entries || nomem || depth > (size_t)max_depth || *stop) {
             close(f->fd);
             depth--;
             continue;
@@ -744,6 +753,7 @@ prewalk(PyObject *self, PyObject *args)
     }
     free(stack);
     Py_END_ALLOW_THREADS
+    PyBuffer_Release(&stop_buf);
     PyObject *out = nomem ? NULL : PyList_New(0);
     for (size_t i = 0; out != NULL && i < ndirs; i++) {
         struct pdir *d = &dirs[i];

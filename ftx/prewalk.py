@@ -49,12 +49,17 @@ class Prewalk:
         self.roots = [os.fsencode(p) for p in paths]
         self._known: dict[bytes, dict[bytes, tuple]] = {}
         self._after = after
+        self._stop = bytearray(1)  # set by known(): the C walk ends at the next directory
+        self._walked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ftx-prewalk", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self._walk()
+            try:
+                self._walk()
+            finally:
+                self._walked.set()
             if self._after is not None:
                 self._after()
         except Exception:  # whatever went wrong here, the walk lists those directories itself
@@ -67,20 +72,25 @@ class Prewalk:
         except FtxError:
             return
         for item in tops:
-            if item.kind != Kind.DIR or budget <= 0:
+            if item.kind != Kind.DIR or budget <= 0 or self._stop[0]:
                 continue
             try:
-                found = _c_prewalk(item.local, budget, PREWALK_DEPTH, MAX_PATH - len(item.wire), MAX_PATH)
+                found = _c_prewalk(item.local, budget, PREWALK_DEPTH, MAX_PATH - len(item.wire), MAX_PATH,
+                                   self._stop)
             except (OSError, MemoryError):
                 continue
             self._known[item.local] = {entry[0]: entry for entry in found}
             budget -= sum(entry[3] for entry in found)
 
     def wait(self) -> None:
-        self._thread.join()
+        """Until the walk is done (not ``after``)."""
+        self._walked.wait()
 
     def known(self, local: bytes) -> dict[bytes, tuple] | None:
-        """What was listed ahead below the named directory ``local``: relative path -> entry."""
+        """What was listed ahead below the named directory ``local``: relative path -> entry.
+        A walk not done yet ends at its next directory (on a busy machine the thread may have had
+        little of a core): what it listed is used, the sender lists the rest as it goes."""
+        self._stop[0] = 1
         self.wait()
         return self._known.pop(local, None)
 

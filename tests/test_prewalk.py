@@ -38,6 +38,13 @@ def _groups(src: Path, prewalk: Prewalk | None = None) -> list[tuple]:
     return out
 
 
+def _listed_ahead(src: Path) -> dict:
+    """Everything a Prewalk of ``src`` lists, left to finish first."""
+    ahead = Prewalk([str(src)])
+    ahead.wait()
+    return ahead.known(os.fsencode(src))
+
+
 def _odd_tree(root: Path) -> Path:
     src = root / "odd"
     for d in ("a", "a/deep/er", "b", "c", "empty", "own", "fifo", "links/sub"):
@@ -58,7 +65,7 @@ def test_the_directories_listed_ahead_give_the_walks_own_groups(tmp_path):
     assert _groups(src, Prewalk([str(src)])) == plain
     # listed ahead: the plain directories; not those holding a link, a FIFO or a receiver's own
     # name, nor anything below them ("links/sub" is the walk's)
-    entries = Prewalk([str(src)]).known(os.fsencode(src))
+    entries = _listed_ahead(src)
     assert set(entries) == {b"", b"a", b"a/deep", b"a/deep/er", b"b", b"c", b"empty"}
     by_wire = {wire: (digest, count) for wire, digest, count, _ in plain}
     for rel, entry in entries.items():  # each one's digest and count are the walk's
@@ -72,8 +79,17 @@ def test_past_the_bound_the_walk_lists_the_rest_itself(tmp_path, monkeypatch):
     src, _ = _many_small(tmp_path, 12, 10)
     plain = _groups(src)
     monkeypatch.setattr(ftx.prewalk, "PREWALK_ENTRIES", 45)  # the root's 12 entries and three directories of 10
-    assert sorted(Prewalk([str(src)]).known(os.fsencode(src))) == [b"", b"d000", b"d001", b"d002"]
+    assert sorted(_listed_ahead(src)) == [b"", b"d000", b"d001", b"d002"]
     assert _groups(src, Prewalk([str(src)])) == plain
+
+
+def test_a_walk_not_done_when_it_is_needed_ends_there_and_the_walk_lists_the_rest(tmp_path):
+    src, _ = _many_small(tmp_path, 12, 10)
+    plain = _groups(src)
+    stopped = ftx.prewalk._c_prewalk(os.fsencode(src), 1 << 15, 64, 4096, 4096, bytearray(b"\x01"))
+    assert [entry[0] for entry in stopped] == [b""]  # the named directory, listed before the flag is looked at
+    assert _groups(src, Prewalk([str(src)])) == plain  # however far it got when known() stopped it
+    assert len(_listed_ahead(src)) == 13  # (done before it was needed: all of it)
 
 
 def _send_in_process(*args: str) -> dict:
@@ -95,6 +111,13 @@ def test_an_unchanged_resend_lists_again_only_what_its_report_names(shm_dir, rec
         return real(local, *args)
 
     monkeypatch.setattr(ftx.source, "_entries", entries)
+    real_known = ftx.prewalk.Prewalk.known
+
+    def known(self, local):  # the walk ahead left to finish first, as where a core is free for it
+        self.wait()
+        return real_known(self, local)
+
+    monkeypatch.setattr(ftx.prewalk.Prewalk, "known", known)
     report = _send_in_process(str(src), receiver.dest)
     assert report["identical"] == 3030 and report["bytes_sent"] == 0 and report["failed"] == 0
     assert len(report["files"]) == 1000
