@@ -567,9 +567,221 @@ dir_digest(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(n);
 }
 
+/* -- prewalk: a tree's directories listed ahead, without the GIL ---------------------------------
+ * prewalk(root, max_entries, max_depth, max_wire, max_local, stop)
+ *   -> list of (rel, dev, ino, count, records, files, file_bytes, subdirs)
+ * The directories of the tree at ``root`` (followed: a named argument), depth first, each reached
+ * from its parent's descriptor with O_NOFOLLOW | O_DIRECTORY (never through a symlink), listed and
+ * lstat'ed as ``listing`` does, the whole walk without the GIL (a thread runs it while the sender
+ * starts up: source.Prewalk).  Per directory: its path relative to ``root`` (b"" for the root), its
+ * st_dev and st_ino, its entry count, the listing records of its entries in name order
+ * (tree.entry_record: the CHECK_DIR digest is XXH3-128 over them), how many are regular files and
+ * their bytes, and its subdirectories as (name, st_mode) in name order.  A directory holding
+ * anything the Python listing must judge (a symlink, a special file, a name of ftx's own or too
+ * long: ``max_wire`` / ``max_local`` bound rel + "/" + name) is left out, and not descended into;
+ * so are directories deeper than ``max_depth`` and, once more than ``max_entries`` entries were
+ * listed in all, every directory after it (the walk stops): the sender lists those itself.
+ * ``stop``: a writable buffer whose first byte, once not 0, ends the walk at the next directory
+ * (the sender needs what is listed now: it lists the rest itself). */
+struct sub { char *name; size_t len; unsigned mode; };
+struct pdir {
+    char *rel; size_t rel_len;
+    unsigned long long dev, ino, file_bytes;
+    size_t count, files, nsubs, rec_len;
+    unsigned char *recs;
+    struct sub *subs;
+};
+struct frame { int fd; size_t dir; size_t next; };
+
+static void
+free_pdir(struct pdir *d)
+{
+    for (size_t i = 0; i < d->nsubs; i++)
+        free(d->subs[i].name);
+    free(d->subs);
+    free(d->recs);
+    free(d->rel);
+    memset(d, 0, sizeof *d);
+}
+
+/* List the open directory ``fd`` into ``d`` (whose rel is set).  1: listed; 0: left to Python. */
+static int
+list_dir(int fd, struct pdir *d, size_t max_wire, size_t max_local, size_t root_len)
+{
+    struct name *names = NULL;
+    size_t n = 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return 0;
+    d->dev = (unsigned long long)st.st_dev;
+    d->ino = (unsigned long long)st.st_ino;
+    if (read_names(fd, 0, (size_t)-1, (size_t)-1, &names, &n)) {
+        free_names(names, n);
+        return 0;
+    }
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += 21 + names[i].len;
+    d->recs = malloc(need ? need : 1);
+    d->subs = malloc((n ? n : 1) * sizeof *d->subs);
+    if (d->recs == NULL || d->subs == NULL)
+        goto python;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = names[i].s;
+        size_t len = names[i].len;
+        size_t rel = d->rel_len + (d->rel_len ? 1 : 0) + len; /* rel + "/" + name */
+        if (len > 255 || rel + 1 > max_wire || root_len + 1 + rel > max_local || ftx_own(s, len))
+            goto python;
+        int r;
+        do {
+            r = fstatat(fd, s, &st, AT_SYMLINK_NOFOLLOW);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0)
+            goto python;
+        int is_file = S_ISREG(st.st_mode);
+        if (!is_file && !S_ISDIR(st.st_mode))
+            goto python;
+        long long mtime = is_file ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec : 0;
+        long long size = is_file ? (long long)st.st_size : 0;
+        d->rec_len = put_record(d->recs + d->rec_len, is_file, st.st_mode, s, len, size, mtime) - d->recs;
+        if (is_file) {
+            d->files++;
+            d->file_bytes += (unsigned long long)size;
+        } else {
+            struct sub *b = &d->subs[d->nsubs];
+            b->name = names[i].s; /* taken */
+            b->len = len;
+            b->mode = (unsigned)st.st_mode;
+            names[i].s = NULL;
+            d->nsubs++;
+        }
+    }
+    d->count = n;
+    free_names(names, n);
+    return 1;
+python:
+    free_names(names, n);
+    return 0;
+}
+
+static PyObject *
+prewalk(PyObject *self, PyObject *args)
+{
+    const char *root;
+    Py_ssize_t root_len, max_entries, max_depth, max_wire, max_local;
+    Py_buffer stop_buf;
+    if (!PyArg_ParseTuple(args, "y#nnnnw*:prewalk", &root, &root_len, &max_entries, &max_depth, &max_wire,
+                          &max_local, &stop_buf))
+        return NULL;
+    if (stop_buf.len < 1) {
+        PyBuffer_Release(&stop_buf);
+        PyErr_SetString(PyExc_ValueError, "stop must hold a byte");
+        return NULL;
+    }
+    volatile unsigned char *stop = (volatile unsigned char *)stop_buf.buf;
+    struct pdir *dirs = NULL;
+    struct frame *stack = NULL;
+    size_t ndirs = 0, cap = 0, depth = 0, entries = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    stack = malloc(((size_t)max_depth + 1) * sizeof *stack);
+    int fd = stack ? open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+        dirs = calloc(16, sizeof *dirs);
+        cap = 16;
+        if (dirs == NULL || (dirs[0].rel = malloc(1)) == NULL) {
+            nomem = 1;
+            close(fd);
+        } else if (!list_dir(fd, &dirs[0], (size_t)max_wire, (size_t)max_local, (size_t)root_len)
+                   || dirs[0].count > (size_t)max_entries) {
+            free_pdir(&dirs[0]);
+            close(fd);
+        } else {
+            ndirs = 1;
+            entries = dirs[0].count;
+            stack[0].fd = fd; stack[0].dir = 0; stack[0].next = 0;
+            depth = 1;
+        }
+    }
+    while (depth > 0) {
+        struct frame *f = &stack[depth - 1];
+        struct pdir *d = &dirs[f->dir];
+        if (f->next >= d->nsubs || entries > (size_t)max_entries || nomem || depth > (size_t)max_depth || *stop) {
+            close(f->fd);
+            depth--;
+            continue;
+        }
+        struct sub *b = &d->subs[f->next++];
+        int cfd;
+        do {
+            cfd = openat(f->fd, b->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        } while (cfd < 0 && errno == EINTR);
+        if (cfd < 0)
+            continue;
+        if (ndirs == cap) {
+            struct pdir *nd = realloc(dirs, 2 * cap * sizeof *dirs);
+            if (nd == NULL) { nomem = 1; close(cfd); continue; }
+            memset(nd + cap, 0, cap * sizeof *nd);
+            dirs = nd;
+            cap *= 2;
+            d = &dirs[f->dir];
+            b = &d->subs[f->next - 1];
+        }
+        struct pdir *c = &dirs[ndirs];
+        c->rel_len = d->rel_len + (d->rel_len ? 1 : 0) + b->len;
+        c->rel = malloc(c->rel_len + 1);
+        if (c->rel == NULL) { nomem = 1; close(cfd); continue; }
+        if (d->rel_len) {
+            memcpy(c->rel, d->rel, d->rel_len);
+            c->rel[d->rel_len] = '/';
+        }
+        memcpy(c->rel + c->rel_len - b->len, b->name, b->len);
+        if (!list_dir(cfd, c, (size_t)max_wire, (size_t)max_local, (size_t)root_len)) {
+            free_pdir(c); /* left to the Python listing, and so is everything below it */
+            close(cfd);
+            continue;
+        }
+        entries += c->count;
+        if (entries > (size_t)max_entries) { /* over the bound: this one and all after it are the sender's */
+            free_pdir(c);
+            close(cfd);
+            continue;
+        }
+        ndirs++;
+        stack[depth].fd = cfd; stack[depth].dir = ndirs - 1; stack[depth].next = 0;
+        depth++;
+    }
+    free(stack);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&stop_buf);
+    PyObject *out = nomem ? NULL : PyList_New(0);
+    for (size_t i = 0; out != NULL && i < ndirs; i++) {
+        struct pdir *d = &dirs[i];
+        PyObject *subs = PyTuple_New((Py_ssize_t)d->nsubs);
+        for (size_t j = 0; subs != NULL && j < d->nsubs; j++) {
+            PyObject *t = Py_BuildValue("(y#I)", d->subs[j].name, (Py_ssize_t)d->subs[j].len, d->subs[j].mode);
+            if (t == NULL) { Py_CLEAR(subs); break; }
+            PyTuple_SET_ITEM(subs, (Py_ssize_t)j, t);
+        }
+        PyObject *t = subs == NULL ? NULL :
+            Py_BuildValue("(y#KKny#nKN)", d->rel, (Py_ssize_t)d->rel_len, d->dev, d->ino, (Py_ssize_t)d->count,
+                          (const char *)d->recs, (Py_ssize_t)d->rec_len, (Py_ssize_t)d->files, d->file_bytes, subs);
+        if (t == NULL || PyList_Append(out, t) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(t);
+    }
+    for (size_t i = 0; i < ndirs; i++)
+        free_pdir(&dirs[i]);
+    free(dirs);
+    if (nomem)
+        return PyErr_NoMemory();
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"frames", frames, METH_VARARGS, "A run of small files of one listed directory as SMALL_FILE frames."},
     {"listing", listing, METH_VARARGS, "A directory's files and subdirectories as source items, sorted by name."},
+    {"prewalk", prewalk, METH_VARARGS, "A tree's directories listed ahead (digest records), without the GIL."},
     {"dir_digest", dir_digest, METH_VARARGS, "A destination directory's listing records fed in name order; its count."},
     {NULL, NULL, 0, NULL},
 };

@@ -147,13 +147,35 @@ def emit_streamed(obj: dict, key: str) -> None:
             out.write((", " if i else "") + json.dumps(name) + ": [")
             items, first = iter(value), True
             while part := list(itertools.islice(items, STREAM_ITEMS)):
-                out.write(("" if first else ", ") + _dumps(part)[1:-1])
+                out.write(("" if first else ", ") + _items(part))
                 first = False
             out.write("]")
         out.write("}\n")
         out.flush()
     except BrokenPipeError:
         stdout_gone()
+
+
+_SENT_FIELDS = ("path", "kind", "size", "status", "digest", "bytes_sent", "bytes_resumed", "message")
+
+
+def _items(part: list) -> str:
+    """``_dumps(part)[1:-1]``, byte for byte: a sender's file report (send_report.FileSendReport's
+    fields in order, ASCII text) built by hand, with no json.dumps walk over its dict (half the time
+    of a re-send's thousand reports); anything else by ``_dumps``."""
+    esc, out = _esc, []
+    for d in part:
+        if type(d) is dict and tuple(d) == _SENT_FIELDS:
+            path, kind, status, digest, message = d["path"], d["kind"], d["status"], d["digest"], d["message"]
+            size, sent, resumed = d["size"], d["bytes_sent"], d["bytes_resumed"]
+            if type(size) is int and type(sent) is int and type(resumed) is int \
+                    and (path + kind + status + digest + message).isascii():
+                out.append(f'{{"path": {esc(path)}, "kind": {esc(kind)}, "size": {size:d}, "status": {esc(status)}, '
+                           f'"digest": {esc(digest)}, "bytes_sent": {sent:d}, "bytes_resumed": {resumed:d}, '
+                           f'"message": {esc(message)}}}')
+                continue
+        out.append(_dumps(d))
+    return ", ".join(out)
 
 
 def _dumps(value) -> str:

@@ -21,6 +21,7 @@ async def send_over_network(paths: list[str], host: str, port: int, config: Conf
                             mtu: int, pmtud: bool, auth: Any = None, receipt: str | None = None) -> SendReport:
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
+    from .prewalk import take_prewalk
     from .source import arguments, walk, walk_groups
 
     top = arguments(paths)  # bad arguments fail before connecting
@@ -51,7 +52,7 @@ async def send_over_network(paths: list[str], host: str, port: int, config: Conf
             est = await run_handshake(link, hs, idle_timeout)
             peer_fingerprint = est.peer.fingerprint
         report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
-                                   established=est).run(walk_groups(paths, links, top))
+                                   established=est).run(walk_groups(paths, links, top, take_prewalk(paths)))
         report.transport_stats = getattr(link, "stats", {})
         report.peer_fingerprint = peer_fingerprint
         return report

@@ -26,7 +26,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import socket
 import stat
 
@@ -409,6 +408,8 @@ class KnownHosts:
 
 
 def new_code() -> str:
+    import secrets  # here: a send never makes a code (secrets imports random)
+
     from .words import MAX_NUMBER, WORDS
 
     return f"{secrets.randbelow(MAX_NUMBER) + 1}-{secrets.choice(WORDS)}-{secrets.choice(WORDS)}"

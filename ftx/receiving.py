@@ -48,7 +48,7 @@ from .progress import Progress
 from .recv_report import FileReport, RunReport
 from .storage import Busy, Destination, PartialFile, claim
 from .transport.link import Watchdog
-from .tree_state import check_directory
+from .tree_state import check_directories, check_directory
 from .recv_pipeline import BATCH, _serve_loop, _worker_done
 
 log = logging.getLogger("ftx.receive")
@@ -106,8 +106,15 @@ class ReceiveSession:
     # -- dispatch -------------------------------------------------------------
     def handle_all(self, events: list[Event]) -> None:
         on_small = self._on_small
+        checks: list[DirCheckRequested] = []  # CHECK_DIRs in a row: listed side by side (_on_checks)
         try:
             for ev in events:
+                if type(ev) is DirCheckRequested:
+                    checks.append(ev)
+                    continue
+                if checks:
+                    self._on_checks(checks)
+                    checks = []
                 if type(ev) is SmallFilesReceived:  # the many-files path: a run at once
                     self._on_small_run(ev)
                 elif type(ev) is SmallFileReceived:  # no dispatch, no _guarded call
@@ -117,6 +124,8 @@ class ReceiveSession:
                         self._failed_with(ev.file_id, ev.entry, exc)
                 else:
                     self.handle(ev)
+            if checks:
+                self._on_checks(checks)
         finally:
             try:
                 self.dest.sync()  # the batch's small files are on disk before their RESULTs go out
@@ -272,6 +281,17 @@ class ReceiveSession:
     def _dir_state(self, ev: DirCheckRequested) -> int:
         """List the destination directory and compare (nothing is created)."""
         return check_directory(self.dest, ev.path, ev.count, ev.digest)
+
+    def _on_checks(self, checks: list[DirCheckRequested]) -> None:
+        """CHECK_DIRs that came in a row, answered in order: listed by two threads at once
+        (tree_state.check_directories); a check changes nothing, so their order among themselves
+        does not matter, and the events before and after them are handled before and after."""
+        if len(checks) == 1:
+            self.conn.dir_state(checks[0].dir_id, self._dir_state(checks[0]))
+            return
+        states = check_directories(self.dest, [(ev.path, ev.count, ev.digest) for ev in checks])
+        for ev, state in zip(checks, states):
+            self.conn.dir_state(ev.dir_id, state)
 
     def _claim_partial(self, entry: FileEntry, path: bytes) -> PartialFile:
         """Open the partial; take it over from an earlier connection of the same sender.

@@ -68,8 +68,12 @@ async def _serve_loop(link, conn: ReceiverConnection, session: ReceiveSession, c
                         await asyncio.shield(session.worker)
                 else:
                     session.handle_all(part)
-                if conn.pending_output:  # this part's RESULTs go out now: the sender refills its
-                    await link.send(conn.data_to_send())  # window while we handle the next part
+                # this part's RESULTs go out now: the sender refills its window while we handle the
+                # next part; but not once the session is over (this part settled its last item): the
+                # DONE goes out after SessionComplete is handled (directory modes and mtimes set),
+                # so that a sender that has ended finds its tree as it will stay
+                if conn.pending_output and not conn.closed:
+                    await link.send(conn.data_to_send())
         if conn.pending_output:
             await link.send(conn.data_to_send())
 

@@ -387,18 +387,18 @@ class SendSession(LargeFileStreaming):
                     fut = None
                     if conn.quick_check and group.checkable:
                         await self._window(queue)
-                        did = conn.check_dir(group.dir.wire, len(group.items), group.digest())
+                        did = conn.check_dir(group.dir.wire, group.count, group.digest())
                         fut = self._dir_states[did] = asyncio.get_running_loop().create_future()
                         if conn.checks_in_flight % CHECK_BATCH == 0:
                             await self._flush()
                     ahead.append((group, fut))
-                    ahead_items += len(group.items)
+                    ahead_items += group.count
             if not ahead:
                 break
             if conn.pending_output:
                 await self._flush()  # the checks just made go out now, not when one is awaited
             group, fut = ahead.popleft()
-            ahead_items -= len(group.items)
+            ahead_items -= group.count
             if fut is not None:
                 if not fut.done():
                     await self._flush()
@@ -431,16 +431,27 @@ class SendSession(LargeFileStreaming):
                 self._offer(group.dir, False)
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
             tally, DIR = self.tally, Kind.DIR
-            items = [item for item in group.items if item.kind != DIR]  # a directory's own group reports it (above)
             room = max(0, FILES_LISTED - len(tally.listed))
-            for item in items[:room]:
-                self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
-            if len(items) > room:  # only counted: no report object per file
-                sizes = [item.size for item in items[room:]]
-                tally.count += len(sizes)
-                tally.identical += len(sizes)
-                tally.bytes += sum(sizes)
-            return
+            if not room and group.unlisted:  # listed ahead (prewalk.Prewalk): counted, not listed again
+                files, size = group.totals()
+                tally.count += files
+                tally.identical += files
+                tally.bytes += size
+                return
+            items = [item for item in group.items if item.kind != DIR]  # a directory's own group reports it (above)
+            if not group.changed:
+                for item in items[:room]:
+                    self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
+                if len(items) > room:  # only counted: no report object per file
+                    sizes = [item.size for item in items[room:]]
+                    tally.count += len(sizes)
+                    tally.identical += len(sizes)
+                    tally.bytes += sum(sizes)
+                return
+            # changed since it was listed ahead and checked: its items go by OFFER (each its own quick
+            # check), and its subdirectories offer themselves in its items, not again in their groups
+            group.state = state = DIR_DIFFERENT
+        items = group.items  # (listed again now if it was listed ahead: before its reader opens it)
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
         window = cfg.offer_window
@@ -457,7 +468,6 @@ class SendSession(LargeFileStreaming):
         # a run of small files at a time (smallrun.frames), unless a progress bar draws each file
         # or a receipt lists each file's SHA-256; an item it stops at goes by the per-item path
         runs = whole and reader is not None and self._counter is not None and self.receipt_path is None
-        items = group.items
         i, n = 0, len(items)
         try:
             while i < n:

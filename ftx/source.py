@@ -68,22 +68,57 @@ class DirGroup:
     directory's own item is in its parent's group; its entries come in a later
     group of their own, after the parent's (depth first).  ``state`` is the
     receiver's DIR_STATE once the sender knows it (None: not checked).
+
+    A directory listed ahead (``prewalk.Prewalk``: ``ahead`` is its entry) has its digest, entry
+    count and file totals but no items until ``items`` is read: then it is listed again
+    (``_entries``, as any other), and ``changed`` says whether that listing differs from
+    the one its digest was made of.  Its subdirectories are those listed ahead (they are
+    what the walk went into): one made since is left out, as after any listing.
     """
 
-    __slots__ = ("dir", "items", "parent", "state", "_digest", "ident")
+    __slots__ = ("dir", "_items", "parent", "state", "_digest", "ident", "_ahead", "changed")
 
-    def __init__(self, dir: SourceItem | None, items: list[SourceItem], digest: bytes | None = None,
-                 parent: "DirGroup | None" = None, ident: tuple[int, int] | None = None) -> None:
+    def __init__(self, dir: SourceItem | None, items: list[SourceItem] | None, digest: bytes | None = None,
+                 parent: "DirGroup | None" = None, ident: tuple[int, int] | None = None,
+                 ahead: tuple | None = None) -> None:
         self.dir = dir
-        self.items = items
+        self._items = items
         self.parent = parent
         self.ident = ident  # (st_dev, st_ino) of the directory listed: what its SmallReader must open
         self.state: int | None = None
         self._digest = digest
+        self._ahead = ahead  # (root_real, links, follow, the Prewalk entry) while not listed again
+        self.changed = False
+
+    @property
+    def items(self) -> list[SourceItem]:
+        if self._items is None:
+            self._items = self._list_again()
+        return self._items
+
+    @items.setter
+    def items(self, items: list[SourceItem]) -> None:
+        self._items = items
+        self._ahead = None
+
+    @property
+    def count(self) -> int:
+        """How many items (without listing a directory listed ahead again)."""
+        return len(self._items) if self._items is not None else self._ahead[3][3]
+
+    @property
+    def unlisted(self) -> bool:
+        """Listed ahead and not again: ``totals`` comes without a listing."""
+        return self._items is None
+
+    def totals(self) -> tuple[int, int]:
+        """(regular files, their bytes) among the items of a directory listed ahead."""
+        entry = self._ahead[3]
+        return entry[5], entry[6]
 
     @property
     def checkable(self) -> bool:
-        return self.dir is not None and len(self.items) <= MAX_CHECK_ENTRIES
+        return self.dir is not None and self.count <= MAX_CHECK_ENTRIES
 
     def digest(self) -> bytes:
         """The listing digest of ``items`` (already in name order, as ``_entries`` lists them)."""
@@ -93,6 +128,18 @@ class DirGroup:
         for i in self.items:
             h.update(i.record())
         return h.digest()
+
+    def _list_again(self) -> list[SourceItem]:
+        root_real, links, follow, entry = self._ahead
+        d = self.dir
+        items, digest, ident = _entries(d.local, d.wire, root_real, links, follow)
+        self.ident = ident
+        self.changed = digest != self._digest
+        if self.changed:  # only the subdirectories the walk went into (those listed ahead)
+            subdirs = {name for name, _mode in entry[7]}
+            skip = len(d.wire) + 1
+            items = [i for i in items if i.kind != Kind.DIR or i.wire[skip:] in subdirs]
+        return items
 
 
 def walk(paths: Iterable[str | bytes], links: bool = False) -> Iterator[SourceItem]:
@@ -165,18 +212,22 @@ def arguments(paths: Iterable[str | bytes]) -> list[SourceItem]:
 
 
 def walk_groups(paths: Iterable[str | bytes], links: bool = False,
-                top: list[SourceItem] | None = None) -> Iterator[DirGroup]:
+                top: list[SourceItem] | None = None, prewalk=None) -> Iterator[DirGroup]:
     """The arguments' group, then one group per directory, depth first, entries sorted by name.
 
     A generator: it holds one listing per level of the directory being walked
     (the pending subdirectories), never the whole tree.  Iterative, so that a
     tree as deep as a 4096-byte wire path allows (2048 levels) cannot exceed
-    Python's recursion limit."""
+    Python's recursion limit.  ``prewalk`` (``prewalk.Prewalk``): directories listed
+    ahead are not listed here (see ``DirGroup``)."""
     first = DirGroup(None, top if top is not None else arguments(paths))
     tops = [i for i in first.items if i.kind == Kind.DIR]  # the consumer may drop a group's items when done
     yield first
+    DIR, new_item = Kind.DIR, tuple.__new__
     for item in tops:
         root_real = os.path.realpath(item.local)
+        known = prewalk.known(item.local) if prewalk is not None else None
+        skip = len(item.wire) + 1
         stack = [(first, iter((item,)))]
         while stack:
             parent, dirs = stack[-1]
@@ -184,9 +235,18 @@ def walk_groups(paths: Iterable[str | bytes], links: bool = False,
             if d is None:
                 stack.pop()
                 continue
-            items, digest, ident = _entries(d.local, d.wire, root_real, links, d is item)
-            group = DirGroup(d, items, digest, parent=parent, ident=ident)
-            subdirs = [i for i in group.items if i.kind == Kind.DIR]  # before the consumer is done with it
+            entry = known.pop(b"" if d is item else d.wire[skip:], None) if known else None
+            if entry is not None:
+                h = ListingHasher(entry[4])
+                group = DirGroup(d, None, h.digest(), parent=parent, ident=(entry[1], entry[2]),
+                                 ahead=(root_real, links, d is item, entry))
+                local, wire = d.local + b"/", d.wire + b"/"
+                subdirs = [new_item(SourceItem, (local + name, wire + name, DIR, b"", mode, 0, 0))
+                           for name, mode in entry[7]]
+            else:
+                items, digest, ident = _entries(d.local, d.wire, root_real, links, d is item)
+                group = DirGroup(d, items, digest, parent=parent, ident=ident)
+                subdirs = [i for i in items if i.kind == DIR]  # before the consumer is done with it
             if subdirs:
                 stack.append((group, iter(subdirs)))
             yield group

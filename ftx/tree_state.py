@@ -143,3 +143,39 @@ def check_directory(dest, wire_dir: bytes, count: int, digest: bytes) -> int:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+_helper = None  # the thread that lists beside a session's worker (check_directories), made on first use
+_helper_made = threading.Lock()
+
+
+def _lister():
+    global _helper
+    with _helper_made:
+        if _helper is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _helper = ThreadPoolExecutor(1, thread_name_prefix="ftx-list")
+        return _helper
+
+
+def check_directories(dest, checks: list[tuple[bytes, int, bytes]]) -> list[int]:
+    """``check_directory`` for each (wire_dir, count, digest) of ``checks``, in order, listed by
+    this thread and one helper thread side by side: a listing's lstat calls run without the GIL,
+    so a run of checks takes two cores, not one.  Each thread takes the next check not yet taken;
+    the helper is one thread for the whole process (a session finds it busy with another's: this
+    thread lists them all), and ``LISTINGS_AT_ONCE`` still bounds the listings held at once.
+    This thread never waits for the helper: a check the helper took and has not answered when
+    this one runs out (the helper started late, or the machine is busy and it is not running) is
+    listed again here; a check changes nothing, so either answer is the directory's."""
+    states: list[int | None] = [None] * len(checks)
+    todo = iter(range(len(checks)))  # shared: each index is taken by one thread (next() holds the GIL)
+
+    def work() -> None:
+        for i in todo:
+            states[i] = check_directory(dest, *checks[i])
+
+    helping = _lister().submit(work)
+    work()
+    helping.cancel()  # (if it has not started)
+    return [check_directory(dest, *checks[i]) if state is None else state for i, state in enumerate(states)]

@@ -220,6 +220,24 @@ def test_the_senders_report_is_written_in_pieces_as_one_json_dumps_would(count, 
     assert capsys.readouterr().out == json.dumps({**report.as_json(), **extra}) + "\n"
 
 
+def test_the_senders_file_reports_built_by_hand_are_what_json_dumps_writes(capsys):
+    """ASCII reports are built by hand (cli_output._items); any other text goes through json.dumps
+    (and jsontext.clean for a name that is not UTF-8): the same bytes either way."""
+    from ftx import cli
+    from ftx.jsontext import clean
+    from ftx.sending import FileSendReport, SendReport
+
+    paths = ["d/plain.bin", 'd/q"uote\\back/sl\nnl\x01\x7f\t', "d/caf\u00e9", "d/caf\udce9", "", "d/\U0001f600"]
+    files = [FileSendReport(p, kind, i * 7, status, digest, i, i // 2, message)
+             for i, (p, kind, status, digest, message) in enumerate(
+                 (p, k, st, dg, m) for p in paths for k in ("file", "dir") for st, dg, m in (
+                     ("identical", "", ""), ("ok", "ab" * 16, ""), ("exists", "", 'it "differs"\n'),
+                     ("storage", "", "disk \u00e9 full")))]
+    report = SendReport(True, "tcp", 0.5, 10, 10, 0, files, file_count=len(files))
+    cli._emit_streamed({**report.as_json(lazy_files=True), "exit": 0}, "files")
+    assert capsys.readouterr().out == json.dumps(clean({**report.as_json(), "exit": 0})) + "\n"
+
+
 def test_a_second_sender_is_not_starved_while_one_streams_small_files(tmp_path, receiver_factory):
     """Small files may be stored on the event loop itself (no thread hop); the loop must still
     turn to other connections between parts.  Sender A streams small files with no pause (its

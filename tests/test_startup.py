@@ -122,6 +122,34 @@ def test_keys_mode_send_imports_no_serialization_package(tmp_path):
         r.stop()
 
 
+# what a keys-mode TCP send of a tree never runs: the other transport, the other authentications,
+# receipts, progress bars, and `random` (secrets: the handshake's randomness is os.urandom)
+NOT_FOR_A_TCP_KEYS_SEND = ("random", "secrets", "tempfile", "ftx.transport.udp", "ftx.transport.udp_link",
+                           "ftx.core.udp", "ftx.core.secure.tls", "ftx.tlsconfig", "ftx.core.secure.pake",
+                           "spake2", "ftx.receipt_file", "ftx.core.secure.receipt_x509", "tqdm", "ftx.metrics")
+
+
+def test_a_tcp_keys_send_of_a_tree_imports_only_what_it_runs(tmp_path):
+    cfg = tmp_path / "cfg"
+    env = {"XDG_CONFIG_HOME": str(cfg), "XDG_STATE_HOME": str(tmp_path / "state")}
+    from ftx import credentials as cr
+
+    ident = cr.load_identity(str(cfg / "ftx" / "identity"))
+    (cfg / "ftx" / "authorized_keys").write_text(cr.public_line(cr.raw_public(ident.key), "me") + "\n")
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_bytes(b"sealed\n")
+    r = Receiver(tmp_path / "in", env=env)
+    try:
+        for run in range(2):  # the first send, and a resend (the quick check of the whole tree)
+            mods = _imported(["send", str(src), r.dest, "--no-progress", "--json"], env)
+            assert "ftx.core.secure.sigma" in mods and "ftx.sending" in mods  # keys mode ran, and sent
+            assert [m for m in mods if m.startswith(NOT_FOR_A_TCP_KEYS_SEND)] == [], run
+        assert (tmp_path / "in" / "tree" / "sub" / "a.txt").read_bytes() == b"sealed\n"
+    finally:
+        r.stop()
+
+
 def test_the_heap_is_left_to_the_os_at_exit():
     """At exit the interpreter's last collections walk and free every module, class and function a
     run loaded (about 35 ms of a one-file send): the CLI freezes the heap first (gc.freeze, atexit),

@@ -436,3 +436,58 @@ def test_a_failed_flush_sends_no_result_of_the_batch(tmp_path, monkeypatch, runs
     assert FrameType.RESULT not in types and FrameType.RESULT_RUN not in types, types
     assert types == [FrameType.ERROR]
     dest.close()
+
+
+def test_the_sender_ends_only_once_directory_modes_are_set(tmp_path, monkeypatch):
+    """The receiver's DONE goes out after it set the modes and mtimes of the directories it made
+    (SessionComplete): it went out with the last RESULT, so a sender could end, and a user look,
+    before the modes were set (test_modes_go_only_to_directories_ftx_created failed now and then)."""
+    import asyncio
+    import subprocess
+
+    import ftx
+    from ftx.storage import Destination
+
+    src = tmp_path / "src" / "tree"
+    write_random(src / "new" / "b.txt", 100)
+    os.chmod(src / "new", 0o751)
+    entered, release = threading.Event(), threading.Event()
+    real = Destination.finish_dirs
+
+    def finish_dirs(dirs):  # the real one, held until the test has looked at the sender
+        entered.set()
+        release.wait(20)
+        real(dirs)
+
+    monkeypatch.setattr(Destination, "finish_dirs", staticmethod(finish_dirs))
+    port, stop = [], threading.Event()
+
+    async def serve():
+        async with ftx.Receiver(tmp_path / "dst", mkdir=True) as r:
+            port.append(r.port)
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+
+    server = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    server.start()
+    deadline = time.monotonic() + 20
+    while not port and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc = start_send(str(src), f"127.0.0.1:{port[0]}")
+    try:
+        assert entered.wait(20)
+        try:
+            proc.wait(timeout=1.0)  # it must not end while the modes are not set yet
+            ended = True
+        except subprocess.TimeoutExpired:
+            ended = False
+        release.set()
+        out, err = proc.communicate(timeout=20)
+        assert not ended, "the sender ended before the receiver set the directory modes"
+        assert proc.returncode == 0, err
+        assert stat.S_IMODE((tmp_path / "dst" / "tree" / "new").stat().st_mode) == 0o751
+    finally:
+        release.set()
+        stop.set()
+        proc.kill()
+        server.join(20)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+import os
 from typing import Callable
 
 from ...errors import ChecksumMismatch, ErrorCode, FtxError, PeerError, RemoteProtocolError
@@ -55,7 +55,7 @@ RANDOM_SIZE = 32
 HASH_SIZE = 32
 
 Rng = Callable[[int], bytes]
-default_rng: Rng = secrets.token_bytes
+default_rng: Rng = os.urandom  # (secrets.token_bytes is os.urandom; `secrets` imports `random`)
 
 INSECURE_PEER = "the peer runs --insecure; plaintext needs --insecure on both sides"
 WE_REQUIRE_AUTH = "the peer requires authentication; this side runs --insecure"
