@@ -16,7 +16,6 @@ import xxhash
 from ftx.core.secure import datagrams as D
 from ftx.core.secure.keys import AES_256_GCM, CHACHA20_POLY1305
 from ftx.core.udp import burst
-from ftx.core.udp import packets as P
 
 from .test_sealed_udp import _pair, secure
 from .test_udp_core import InMemoryNet
