@@ -72,6 +72,7 @@ def _cipher(key: Direction, datagram: int, seal: bool):
         return key._aead.encrypt_into if seal else key._aead.decrypt_into
     return CIPHERS[key.cipher]
 
+
 SEALED = 0x04
 SEALED_TYPES = (0x04, 0x05)
 HEADER_SIZE = 18
