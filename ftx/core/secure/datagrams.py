@@ -45,7 +45,7 @@ ACCELERATED = _seal is not None
 # From this datagram size on, the C loops seal and open AES-256-GCM datagrams by calling
 # cryptography's encrypt_into / decrypt_into (the same AEAD, key, nonce and AAD: the same bytes)
 # instead of the system libcrypto's EVP they link: cryptography's own OpenSSL may have a much
-# faster bulk AES-GCM (VAES/AVX-512: 18 against 5.4 GB/s here), but a call costs ~0.3 us more.
+# faster bulk AES-GCM (VAES/AVX-512: 18 against 4.7-5.4 GB/s here), but a call costs ~0.3 us more.
 # Measured on one core (benchmarks/bench_udp.py --seal-loops), a datagram sealed or opened,
 # us, EVP against cryptography: 1452 B 0.42/0.75, 4096 B 0.90/0.93, 5000 B 1.05/0.97,
 # 8952 B 1.76/1.16, 65000 B 11.8/3.7.  ChaCha20-Poly1305 stays on EVP: cryptography's was
