@@ -370,7 +370,8 @@ def test_a_wrong_secret_opens_nothing():
 # real sockets, through the impairing relay
 # =====================================================================================
 @pytest.mark.timeout(120)
-def test_sealed_files_over_real_sockets_through_a_hostile_relay(tmp_path):
+@pytest.mark.parametrize("mss", [None, 8952], ids=["default", "8952"])  # 8952: cryptography's AEAD (BULK_AEAD_FROM)
+def test_sealed_files_over_real_sockets_through_a_hostile_relay(tmp_path, mss):
     from ftx.netsim import Impairment, Relay
     from ftx.receiving import receive_over
     from ftx.sending import send_paths
@@ -403,7 +404,7 @@ def test_sealed_files_over_real_sockets_through_a_hostile_relay(tmp_path):
         relay = Capture(("127.0.0.1", port), Impairment.parse(imp), Impairment.parse(imp), seed=4)
         rport = await relay.start()
         try:
-            link = await udp.connect("127.0.0.1", rport)
+            link = await udp.connect("127.0.0.1", rport, UdpConfig(max_datagram=mss) if mss else None)
             await run_handshake(link, FixedHandshake(True))
             report = await asyncio.wait_for(send_paths(link, [str(src)]), 90)
             forged = link.session.stats["forged"]
@@ -423,6 +424,7 @@ def test_sealed_files_over_real_sockets_through_a_hostile_relay(tmp_path):
     assert len(wire) > len(content)
     assert sum(d[0] in D.SEALED_TYPES for d in captured) > 0.9 * len(captured)
     assert src.name.encode() not in wire
+    assert max(map(len, captured)) == (mss or 1452)
     for k in range(0, len(content) - 64, len(content) // 50):
         assert content[k : k + 32] not in wire
 
