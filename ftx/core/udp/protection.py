@@ -52,6 +52,12 @@ class SealedPackets:
     _peer_hs_end = -1  # handshake_done: where the peer's handshake ends on its stream
     _hs_settled = False  # our handshake bytes count as delivered (the peer finished)
 
+    @property
+    def chunks_authenticated(self) -> bool:
+        """Every chunk byte we take arrives sealed: the handshake is done (no chunk data came before
+        it, ``handshake_done``) and unsealed CHUNK frames are dropped."""
+        return self._sealed_only
+
     def install_keys(self, est: Established, limits: tuple[int, int, int] | None = None) -> None:
         """Our handshake bytes are all written: seal everything after them."""
         self.protection = PacketProtection(est, limits)
