@@ -53,7 +53,7 @@ every run, so the search stays opt-in.
 Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
 1500-byte path costs the search three 2000-byte probes and about nothing
 (86.9/86.8/83.7 against 87.6/87.1/84.8 Mbit/s), and a 9000-byte path gains
-every run (93.0/92.7 against 87.1/86.8 Mbit/s at 0/1 %, at 7.6-7.8 % rather
+every run (92.6/93.0/92.6 against 87.8/87.2/85.4 Mbit/s, at 7.7-8.9 % rather
 than 5-6 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
 """
 
