@@ -144,12 +144,26 @@ def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: 
     return rows, scp_runs
 
 
+CONTENDED = 0.1  # a run during which runnable tasks waited for a CPU this share of its time: other tenants
+
+
+def _waited(r: dict) -> str:
+    """The share of a run during which some runnable task waited for a CPU (harness.cpu_waited)."""
+    return "?" if r.get("cpu_wait") is None else f"{r['cpu_wait'] / r['seconds']:.0%}"
+
+
+def _contended(r: dict) -> bool:
+    return r.get("cpu_wait") is not None and r["cpu_wait"] >= CONTENDED * r["seconds"]
+
+
 def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: bool) -> None:
     """The ``ftx send --udp`` command with and without the path MTU search above 1452 bytes
     (``--pmtud`` / ``--no-pmtud``), sealed and ``--insecure``, interleaved run by run; ``mtus``:
     also fixed datagram sizes without a search (``--mtu M --no-pmtud``: MTU-48-byte datagrams from
     the start, as a search capped there would settle on); ``scp``: scp aes128-gcm in the same
-    rounds.  Every run is printed, with what was lost and retransmitted."""
+    rounds.  Every run is printed, with what was lost and retransmitted, and the share of it during
+    which a runnable task waited for a CPU (on a shared machine: the other tenants' load; such
+    runs measure them, at either datagram size, and are starred in the run-by-run ratios)."""
     import statistics
 
     plain = ("--insecure",)
@@ -176,11 +190,15 @@ def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: boo
               + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in results)
               + "  (lost: " + ",".join(str(x.get("lost_packets", 0)) for x in st)
               + "; fallbacks: " + ",".join(str(x.get("pmtu_fallbacks", 0)) for x in st)
-              + "; cpu s/GB send+recv: " + ",".join(f"{(r['send_cpu'] + r['recv_cpu']) / gb:.2f}" for r in results) + ")")
+              + "; cpu s/GB send+recv: " + ",".join(f"{(r['send_cpu'] + r['recv_cpu']) / gb:.2f}" for r in results)
+              + "; cpu wait: " + ",".join(_waited(r) for r in results) + ")")
     for a, b in (("sealed pmtud", "sealed"), ("plain pmtud", "plain")):
-        pairs = [x["seconds"] / y["seconds"] for x, y in zip(rows[b], rows[a])]
-        print(f"{a} / {b} run by run: " + ", ".join(f"{v:.2f}x" for v in pairs)
-              + f"; medians {med[b] / med[a]:.2f}x")
+        pairs = [(x["seconds"] / y["seconds"], _contended(x) or _contended(y)) for x, y in zip(rows[b], rows[a])]
+        quiet = [v for v, busy in pairs if not busy]
+        print(f"{a} / {b} run by run: " + ", ".join(f"{v:.2f}x{'*' if busy else ''}" for v, busy in pairs)
+              + f"; medians {med[b] / med[a]:.2f}x; pairs with no run waiting for a CPU "
+              f"{CONTENDED:.0%} of its time or more (* otherwise): "
+              + (", ".join(f"{v:.2f}x" for v in quiet) or "none"))
     if scp_runs:
         secs = statistics.median(r["seconds"] for r in scp_runs)
         print(f"{'scp aes128-gcm':18} {size / secs / 1e6:7.0f}  every run, MB/s: "

@@ -126,14 +126,32 @@ def ftx_send(src: str, port: int, *extra: str) -> tuple[dict, tuple[int, float, 
     return json.loads(out), res, elapsed
 
 
+def cpu_waited() -> float | None:
+    """Seconds, since boot, during which some runnable task waited for a CPU (Linux pressure
+    stall information, /proc/pressure/cpu "some"); None where the kernel has none.  On a shared
+    machine a run whose processes wait for a CPU a tenth of its time is measuring the other
+    tenants: 1 GiB over UDP on loopback ran at 1200 MB/s, and at 470 from the moment other
+    processes took the cores (both sides then waited 30-50 % of the time, 64 KiB datagrams or
+    1452-byte ones alike)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def bench_ftx(src: str, dst_dir: str, *extra_send: str, recv_args: tuple = ()) -> dict:
-    """One full transfer through a fresh receiver (``recv_args``: its extra options); figures for both sides."""
+    """One full transfer through a fresh receiver (``recv_args``: its extra options); figures for both
+    sides, and ``cpu_wait``: seconds of it during which a runnable task waited for a CPU (None: unknown)."""
     recv = Receiver(dst_dir, *recv_args)
+    waited = cpu_waited()
     report, s, elapsed = ftx_send(src, recv.port, *extra_send)
+    after = cpu_waited()
     r = recv.finish()
     if r[0] != 0:
         raise RuntimeError(f"ftx receive failed with {r[0]}")
     return {"seconds": elapsed, "send_cpu": s[1], "recv_cpu": r[1], "send_rss": s[2], "recv_rss": r[2],
+            "cpu_wait": None if waited is None or after is None else after - waited,
             "bytes_sent": report["bytes_sent"], "bytes_resumed": report["bytes_resumed"],
             "stats": report.get("transport_stats", {})}
 

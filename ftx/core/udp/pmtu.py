@@ -29,26 +29,32 @@ than fragmented: the black hole fallback above finds the size that fits.  A
 receiver never searches above its initial size.
 
 The search above the initial size stays opt-in (``--pmtud``; ``--no-pmtud``
-names the default).  Measured 2026-12-04 on 2 shared cores (load 1.0-2.7),
-``bench_udp.py --pmtud-ab --ab-mtus 9048,16432 --scp --size 1G --runs 6``,
-whole ``ftx send --udp`` commands, interleaved: with 64 KiB datagrams both
-sides spend 10-25 % less CPU per GB, sealed or not, in every set, but the
-transfer is not consistently faster: sealed with/without run by run 1.46,
-0.99, 0.57, 0.61, 0.82x; 1.22, 1.17, 1.40, 1.28, 1.39, 1.28x; 0.96, 1.09,
-1.23, 1.10, 0.53, 1.22x (medians 0.78, 1.34, 0.79x), plaintext likewise
-(medians 1.13, 0.74, 1.08x).  Sealed 64 KiB runs are bimodal (about 470 or
-850-1100 MB/s) with no loss and no fallback in the slow ones: they wait, not
-compute.  In 6 direct runs the slow ones (272, 427 MB/s) had no receive buffer
-overflow but 4-10x the sender's pacing-limited turns of the fast ones: the
-sender's own rate model (congestion.py) held them back, its samples being few
-and coarse at 16 000 datagrams a GiB -- to fix before the search is worth a
-default on loopback.  Fixed
-9000- and 16 KiB datagrams were steadier but not consistently faster either.
+names the default).  On loopback (64 KiB datagrams) both sides spend less CPU
+per GB in every run, sealed or not, but the whole command is not faster in
+every run.  The runs that looked bimodal (about 470 or 850-1100 MB/s) are the
+machine's other tenants, not the rate model: traced run by run (bandwidth
+estimate, pacing rate, cwnd, bytes in flight, each process's CPU time and its
+wait for a CPU from /proc/thread-self/schedstat), a 1 GiB send ran at 1200 MB/s
+and fell to 470 at the moment both processes began to wait 30-50 % of the time
+for a CPU -- and rose again from 500 to 1200 within 200 ms when they stopped;
+1452-byte runs fell the same way (364-435 MB/s, 22-49 % waiting), and no run of
+either size lost a datagram or overflowed a socket buffer (nstat: no
+UdpRcvbufErrors or UdpSndbufErrors).  The slow runs' extra pacing-limited
+turns rose with that wait, at either size: an effect, not the cause.  Pacing naps of one GSO
+burst's bytes instead of 32 datagrams (2 ms at 64 KiB) changed nothing at
+matched contention (443/405/372 against 431/398/383 MB/s).
+``bench_udp.py --pmtud-ab`` now prints each run's share of time spent waiting
+for a CPU (/proc/pressure/cpu) and the ratios of the pairs where neither run
+waited 10 %.  Measured 2026-12-04, 2 shared cores, ``--pmtud-ab --scp --size 1G
+--runs 5``: sealed with/without 1.14, 1.18x in the quiet pairs (all five 1.14,
+0.69, 2.49, 1.18, 0.58x; 1004 against 791 MB/s medians, scp 482), plaintext
+1.02, 1.10, 0.88x in the quiet pairs (1257 against 1172) -- not better in
+every run, so the search stays opt-in.
 Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
 1500-byte path costs the search three 2000-byte probes and about nothing
-(87.6/86.5/83.8 against 87.5/87.4/84.2 Mbit/s), and a 9000-byte path gains
-every run (92.6/92.1/91.4 against 86.6/86.6/83.9 Mbit/s, at 7-10 % rather than
-4-5 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
+(86.9/86.8/83.7 against 87.6/87.1/84.8 Mbit/s), and a 9000-byte path gains
+every run (92.6/93.0/92.6 against 87.8/87.2/85.4 Mbit/s, at 7.7-8.9 % rather
+than 5-6 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
 """
 
 from __future__ import annotations
