@@ -212,8 +212,8 @@ def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: boo
 def sealed_run(src: str, dst: str, plain: bool, mtu: int | None = None) -> dict:
     """One library-level UDP transfer, sealed or plaintext: seconds (connect to report), the
     client process's whole life (``process_seconds``: start-up and imports too, as a CLI row
-    measures), CPU and RSS of each end.  ``mtu``: the sender's link MTU (``ftx send --mtu``);
-    None: ftx's default."""
+    measures), CPU and RSS of each end.  ``mtu``: the sender's link MTU (``ftx send --mtu``), with
+    no search above it (``--no-pmtud``: datagrams of MTU-48 bytes); None: ftx's default (the search on)."""
     import json
     import subprocess
     import time
@@ -223,7 +223,7 @@ def sealed_run(src: str, dst: str, plain: bool, mtu: int | None = None) -> dict:
     port = json.loads(read_line(server))["port"]
     t0 = time.perf_counter()
     client = subprocess.Popen([sys.executable, SEALED_PEER, "client", str(port), src, *extra,
-                               *(["--mtu", str(mtu)] if mtu else [])], stdout=subprocess.PIPE, text=True)
+                               *(["--mtu", str(mtu), "--no-pmtud"] if mtu else [])], stdout=subprocess.PIPE, text=True)
     out = json.loads(read_line(client, timeout=600))
     _, send_cpu, send_rss = run_wait(client)
     out["process_seconds"] = time.perf_counter() - t0
@@ -416,7 +416,7 @@ def impaired_ab(src: str, dst: str, size: int, rate: str, rtt_ms: float, runs: i
             for n in range(runs):
                 for flag in round_order(res, n):
                     recv = Receiver(dst)
-                    relay = Relay(recv.port, "--both", f"loss={loss},delay={rtt_ms / 2}ms" + (f",mtu={mtu}" if mtu else ""),
+                    relay = Relay(recv.port, "--both", f"loss={loss},delay={rtt_ms / 2}ms,mtu={mtu}",
                                   "--forward", f"rate={rate},queue=30ms")
                     report, _, _ = ftx_send(src, relay.port, "--udp", flag)
                     counters = relay.stop()

@@ -2,7 +2,7 @@
 """One end of a library-level UDP transfer, sealed or not, for bench_udp.py --sealed.
 
     sealed_udp_peer.py server DIR [--plain]       prints {"port": N}, serves one sender
-    sealed_udp_peer.py client PORT FILE [--plain] [--mtu N] [--pmtud]
+    sealed_udp_peer.py client PORT FILE [--plain] [--mtu N] [--no-pmtud]
                                                    prints {"seconds": s, "stats": {...}}
 
 The real keys handshake (SIGMA-I, ``real_handshakes.keys``: fixed identities, each side
@@ -62,7 +62,7 @@ def main() -> None:
         asyncio.run(server(sys.argv[2], plain))
     else:
         args = sys.argv[4:]
-        config = UdpConfig(pmtud="--pmtud" in args)
+        config = UdpConfig(pmtud="--no-pmtud" not in args)  # as ftx send: the search on unless --no-pmtud
         if "--mtu" in args:  # the link MTU, as ftx send --mtu: datagrams of 48 bytes less
             config.max_datagram = int(args[args.index("--mtu") + 1]) - 48
         asyncio.run(client(int(sys.argv[2]), sys.argv[3], plain, config))

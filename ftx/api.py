@@ -69,7 +69,7 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
                      tls_key: str | None = None, insecure: bool = False, checksum: bool = False,
                      max_rate: int | str | None = None, receipt: str | None = None, progress: Progress | None = None,
                      resume: bool = True, links: bool = False, chunk_size: int | str = 1 << 20, mtu: int = 1500,
-                     pmtud: bool = False, idle_timeout: float | None = None,
+                     pmtud: bool = True, idle_timeout: float | None = None,
                      transfer_id: bytes | None = None) -> SendReport:
     """Send ``paths`` (files or directories) to the receiver at ``dest`` (HOST, HOST:PORT or [IPv6]:PORT;
     ``port`` when it names none, default 7431) and return the ``SendReport``.
@@ -78,7 +78,7 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
     and the receiver's key, optionally pinned by ``expect_fingerprint``; ``code`` (a pairing code such as
     ``7-crossword-apple-zebra``); ``tls`` with ``tls_ca`` (and ``tls_cert``/``tls_key`` for a client
     certificate); or ``insecure`` (no authentication, no encryption; the receiver must agree).
-    ``udp``: the reliable UDP transport (``mtu``, ``pmtud``).  ``checksum``: recognise unchanged files by
+    ``udp``: the reliable UDP transport (``mtu``; ``pmtud``: search for a larger path MTU, on by default).  ``checksum``: recognise unchanged files by
     their digest.  ``max_rate``: bytes per second (an int, or text such as ``"20M"`` = 20 MiB/s).
     ``receipt``: a file to write the receiver's signed receipt to.  ``progress``: a ``ftx.Progress``.
     ``transfer_id``: 8 bytes that name this transfer in both sides' logs (default: random).

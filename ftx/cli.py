@@ -228,7 +228,7 @@ def main() -> None:
 @click.option("--udp", is_flag=True, help="Use the reliable UDP transport (for long, lossy links).")
 @click.option("--mtu", type=click.IntRange(1248, 65535), default=1500, show_default=True,
               help="UDP: path MTU; datagrams carry at most MTU-48 bytes (1200 where larger ones do not get through).")
-@click.option("--pmtud/--no-pmtud", default=False, show_default=True,
+@click.option("--pmtud/--no-pmtud", default=True, show_default=True,
               help="UDP: probe for a larger path MTU than --mtu (RFC 8899), with the don't-fragment bit set.")
 @click.option("--code", "code_prompt", is_flag=True,
               help="Pairing-code mode: type the receiver's code at a prompt (or set FTX_CODE, or --code-file).")

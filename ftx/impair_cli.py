@@ -31,7 +31,8 @@ def impair(listen, target, both, forward, reverse, seed, duration, as_json):
     replay (probability of re-sending an earlier datagram 50 ms late), and
     rebind=T (forward: new source port at T seconds, like a NAT rebinding),
     mtu=N (datagrams whose UDP payload exceeds N bytes are dropped, as on a path
-    whose MTU is N + 28 over IPv4, N + 48 over IPv6).
+    whose MTU is N + 28 over IPv4, N + 48 over IPv6; default 1472, a 1500-byte
+    IPv4 path as on the internet; mtu=0: any size).
     """
     from .cli_options import EXIT_CONNECTION, check_listen as _check_listen, die as _die
     from .netsim import Impairment

@@ -34,7 +34,9 @@ class Impairment:
     blackouts: list[tuple[float, float]] = field(default_factory=list)  # (start, end) s since start
     replay: float = 0.0  # probability an earlier datagram (of the last 1000) is sent again, late
     rebind: list[float] = field(default_factory=list)  # forward only: new source port at these times
-    mtu: int = 0  # largest datagram (UDP payload, bytes) that gets through, as on a path with a small MTU (0 = any)
+    # largest datagram (UDP payload, bytes) that gets through: by default a 1500-byte IPv4 path, the
+    # internet's usual MTU (loopback itself carries 64 KiB, which no WAN path does); 0 = any size
+    mtu: int = 1472
 
     @classmethod
     def parse(cls, spec: str) -> "Impairment":

@@ -253,10 +253,18 @@ class TestDuplicationCorruptionReordering:
         assert abs(sum(extra) / len(extra) - 0.0025) < 0.0002  # uniform: mean jitter/2
 
 
+def test_the_default_path_is_a_1500_byte_ipv4_path_and_mtu_0_any():
+    """Like an internet path, the emulator drops a datagram whose UDP payload exceeds 1472 bytes
+    (1500 - 28) unless told otherwise; ``mtu=0`` lets any size through (as loopback does)."""
+    em = LinkEmulator(Impairment(), 1, START)
+    assert em.process(bytes(1472), START) and not em.process(bytes(1473), START)
+    assert LinkEmulator(Impairment.parse("mtu=0"), 1, START).process(bytes(65000), START)
+
+
 class TestRateLimit:
     def test_release_times_spaced_by_len_over_rate(self):
         rate = 1_000_000.0  # bytes/s: a 1000-byte datagram takes 1 ms
-        em = LinkEmulator(Impairment(rate=rate, queue=1.0, delay=0.005), 1, START)
+        em = LinkEmulator(Impairment(rate=rate, queue=1.0, delay=0.005, mtu=0), 1, START)
         sizes = [1000, 500, 1500, 200, 1000, 64]
         out = [em.process(bytes(s), START) for s in sizes]  # a burst, all at once
         times = [o[0][0] for o in out]

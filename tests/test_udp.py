@@ -53,10 +53,10 @@ def test_udp_plain_loopback(tmp_path, receiver):
     assert report["transport"] == "udp"
     assert tree_equal(src, receiver.dir / "src")
     stats = report["transport_stats"]
-    assert stats["packets_sent"] > 2000 and stats["lost_packets"] == 0
+    assert stats["packets_sent"] > 40 and stats["lost_packets"] == 0  # (3 MB in datagrams of up to 64 KiB)
     # nothing lost, so nothing resent -- but what a probe timeout (a late ACK on a busy machine) resends
     # as its probe: the oldest unacknowledged bytes, at most a datagram per probe (protocol.md 14.6)
-    assert stats["retransmitted_bytes"] <= stats["probes"] * 1452, stats
+    assert stats["retransmitted_bytes"] <= stats["probes"] * stats["max_datagram"], stats
 
 
 IMPAIRMENTS = {
@@ -284,15 +284,15 @@ def test_udp_pmtud_finds_what_the_path_carries(tmp_path, receiver, relays):
     assert counters["forward"]["too_big"] >= 1
 
 
-@pytest.mark.parametrize("off", [(), ("--no-pmtud",)], ids=["default", "no-pmtud"])
-def test_udp_pmtud_on_loopback_and_off_by_default(tmp_path, receiver, off):
-    """The search above the initial size stays opt-in (pmtu.py says why, with figures);
-    --no-pmtud names the default (and undoes a --pmtud earlier on the line)."""
+@pytest.mark.parametrize("on", [(), ("--pmtud",)], ids=["default", "pmtud"])
+def test_udp_pmtud_on_loopback_by_default_and_off_with_no_pmtud(tmp_path, receiver, on):
+    """The search above the initial size is on by default (pmtu.py says why, with figures);
+    --pmtud names the default; --no-pmtud turns it off (also after a --pmtud on the line)."""
     src = _payload(tmp_path)
-    rc, report, err = run_send(str(src), receiver.dest, "--udp", "--pmtud")
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", *on)
     assert rc == 0, err
     assert report["transport_stats"]["max_datagram"] > 9000  # loopback's MTU is 64 KiB
     (receiver.dir / "src" / "data.bin").unlink()
-    rc, report, err = run_send(str(src), receiver.dest, "--udp", *(("--pmtud",) + off if off else ()))
+    rc, report, err = run_send(str(src), receiver.dest, "--udp", *on, "--no-pmtud")
     assert rc == 0, err
     assert report["transport_stats"]["max_datagram"] == 1452 and report["transport_stats"]["pmtu_probes"] == 0

@@ -58,9 +58,9 @@ def test_udp_small_mtu_path_works_without_options(tmp_path, receiver, path, pmtu
     assert 1200 <= rstats["max_datagram"] <= expect
 
 
-@pytest.mark.parametrize("search", ["--pmtud", "default"])
+@pytest.mark.parametrize("search", ["default", "--no-pmtud"])
 def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver, search):
-    """On a 1500-byte path (the internet's usual MTU) the search (--pmtud) stays at 1452
+    """On a 1500-byte path (the internet's usual MTU) the search (on by default) stays at 1452
     bytes and costs nothing but its probes: the next size (2000) is tried MAX_PROBES (3) times,
     only the probes are too big for the path, and nothing falls back.  (That a lost probe is not
     a lost packet nor a congestion signal, RFC 8899 3 item 7, is checked without the noise of a
@@ -75,7 +75,7 @@ def test_udp_1500_byte_path_keeps_full_size_datagrams(tmp_path, receiver, search
     assert rc == 0, err
     stats = report["transport_stats"]
     assert stats["max_datagram"] == 1452 and stats["pmtu_fallbacks"] == 0
-    probes = 3 if search == "--pmtud" else 0  # 2000 bytes, three times, then the search is over
+    probes = 0 if search == "--no-pmtud" else 3  # 2000 bytes, three times, then the search is over
     assert stats["pmtu_probes"] == probes and counters["forward"]["too_big"] == probes
     assert "do not get through" not in err
 

@@ -9,6 +9,7 @@ transport-neutral layers and keeps liveness itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -364,9 +365,9 @@ async def connect(host: str, port: int, config: UdpConfig | None = None) -> UdpL
             (socket.IPPROTO_IP, IP_MTU_DISCOVER)
         try:
             sock.setsockopt(level, opt, PMTUDISC_PROBE)
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"--pmtud needs the don't-fragment socket option: {exc.strerror}") from exc
+        except OSError as exc:  # (a kernel without the option: send as without the search)
+            log.warning("no path MTU search: the don't-fragment socket option is refused (%s)", exc.strerror)
+            config = dataclasses.replace(config, pmtud=False)
     sock.connect(addr)
     dialer = Dialer(config, _random_cid(), _random_cid(), time.monotonic())
     ready = loop.create_future()

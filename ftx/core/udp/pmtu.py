@@ -22,39 +22,39 @@ path ftx supports carries: the handshake's INITIALs are padded to it.
   content is never sent again.
 
 Probes above the initial size need the IP "don't fragment" bit (Linux:
-IP_PMTUDISC_PROBE, set by the driver with ``--pmtud``), or a probe larger than
+IP_PMTUDISC_PROBE, set by the driver when it searches), or a probe larger than
 the path would simply be fragmented and "succeed".  With it every datagram has
 the bit, so on a path below 1500 bytes a 1452-byte datagram is dropped rather
 than fragmented: the black hole fallback above finds the size that fits.  A
 receiver never searches above its initial size.
 
-The search above the initial size stays opt-in (``--pmtud``; ``--no-pmtud``
-names the default).  On loopback (64 KiB datagrams) both sides spend less CPU
-per GB in every run, sealed or not, but the whole command is not faster in
-every run.  The runs that looked bimodal (about 470 or 850-1100 MB/s) are the
-machine's other tenants, not the rate model: traced run by run (bandwidth
-estimate, pacing rate, cwnd, bytes in flight, each process's CPU time and its
-wait for a CPU from /proc/thread-self/schedstat), a 1 GiB send ran at 1200 MB/s
-and fell to 470 at the moment both processes began to wait 30-50 % of the time
-for a CPU -- and rose again from 500 to 1200 within 200 ms when they stopped;
-1452-byte runs fell the same way (364-435 MB/s, 22-49 % waiting), and no run of
-either size lost a datagram or overflowed a socket buffer (nstat: no
-UdpRcvbufErrors or UdpSndbufErrors).  The slow runs' extra pacing-limited
-turns rose with that wait, at either size: an effect, not the cause.  Pacing naps of one GSO
-burst's bytes instead of 32 datagrams (2 ms at 64 KiB) changed nothing at
-matched contention (443/405/372 against 431/398/383 MB/s).
-``bench_udp.py --pmtud-ab`` now prints each run's share of time spent waiting
-for a CPU (/proc/pressure/cpu) and the ratios of the pairs where neither run
-waited 10 %.  Measured 2026-12-04, 2 shared cores, ``--pmtud-ab --scp --size 1G
---runs 5``: sealed with/without 1.14, 1.18x in the quiet pairs (all five 1.14,
-0.69, 2.49, 1.18, 0.58x; 1004 against 791 MB/s medians, scp 482), plaintext
-1.02, 1.10, 0.88x in the quiet pairs (1257 against 1172) -- not better in
-every run, so the search stays opt-in.
-Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
-1500-byte path costs the search three 2000-byte probes and about nothing
-(86.9/86.8/83.7 against 87.6/87.1/84.8 Mbit/s), and a 9000-byte path gains
-every run (92.6/93.0/92.6 against 87.8/87.2/85.4 Mbit/s, at 7.7-8.9 % rather
-than 5-6 % retransmitted).  Use ``--pmtud`` on a LAN with jumbo frames.
+``ftx send --udp`` (and ``ftx.send``) search above the initial size by default
+(``--no-pmtud`` turns it off; ``UdpConfig.pmtud``, the core's mechanism, stays
+off unless a driver asks).  Why, measured 2026-12-04 on 2 shared cores:
+- Loopback (64 KiB datagrams), ``bench_udp.py --skip-relay --size 1G --runs 5
+  --pmtud-ab --scp``: both sides spend less CPU per GB in every run, sealed or
+  not (sealed send+receive 1.50-1.74 against 2.19-2.41 s/GB; plain 1.45-1.65
+  against 1.57-1.78).  In the pairs where neither run waited 10 % of its time
+  for a CPU, sealed with/without 1.47, 1.29, 1.39x (1078 against 775 MB/s
+  medians, scp 446), plaintext 1.02, 0.98, 1.08x.  Sealed 64 KiB datagrams are
+  cheap since the C loops seal them with cryptography's AES-GCM (datagrams.py
+  BULK_AEAD_FROM).  Runs that look bimodal (about 470 or 850-1200 MB/s) are
+  the machine's other tenants, not the rate model: traced run by run (bandwidth
+  estimate, pacing rate, cwnd, in flight, each process's CPU time and its wait
+  for a CPU from /proc/thread-self/schedstat), a send ran at 1200 MB/s and fell
+  to 470 the moment both processes began to wait 30-50 % for a CPU, at 1452
+  bytes as at 64 KiB, with no datagram lost and no socket buffer overflow;
+  ``--pmtud-ab`` prints each run's wait (/proc/pressure/cpu) for that reason.
+- Through ``ftx impair`` (100 Mbit/s, 80 ms, 0/1/3 % loss, ``--relay-mtus``) a
+  1500-byte path (the internet's, and the relay's default) costs the search
+  three 2000-byte probes and about nothing (86.9/86.8/83.7 against
+  87.6/87.1/84.8 Mbit/s), and a 9000-byte LAN path gains every run
+  (92.6/93.0/92.6 against 87.8/87.2/85.4 Mbit/s).
+- With the search every datagram carries the don't-fragment bit, so a path
+  below 1500 bytes drops 1452-byte datagrams until the black hole fallback
+  finds what fits (tests: test_udp_small_mtu.py, IPv4 and IPv6, sealed and
+  plain), as QUIC stacks do.  A kernel that refuses the socket option gets no
+  search, with a warning, instead of a failed send.
 """
 
 from __future__ import annotations
