@@ -519,13 +519,13 @@ def _warm_receiver(auth) -> tuple:
     warm = (concurrent.futures.thread, expiry, failure_log, receiving)
     if auth.kind != "key":
         return warm
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hmac, serialization
     from cryptography.hazmat.primitives.ciphers import aead
     from cryptography.hazmat.primitives.kdf import hkdf
 
     from . import securing
     from .core.secure import sigma
-    return warm + (serialization, aead, hkdf, securing, sigma)
+    return warm + (hmac, serialization, aead, hkdf, securing, sigma)
 
 
 async def _receive(dest, host, port, once, as_json, idle_timeout, bars, udp, limits: Limits | None = None,

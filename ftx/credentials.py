@@ -22,7 +22,6 @@ from the command line, where other local users can read the process list.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import re
@@ -69,7 +68,9 @@ def default_known_hosts() -> str:
 
 def fingerprint(raw: bytes) -> str:
     """``SHA256:`` + unpadded base64 of SHA-256 of ``raw`` (a 32-byte public key or a DER certificate)."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+    from .core.secure.keys import sha256  # cryptography's: no second OpenSSL (hashlib) for a send
+
+    return "SHA256:" + base64.b64encode(sha256(raw)).decode().rstrip("=")
 
 
 def normalize_fingerprint(text: str) -> str:

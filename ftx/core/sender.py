@@ -14,7 +14,6 @@ the receiver's frames into events.  A typical file::
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from itertools import repeat
 from operator import is_
@@ -160,7 +159,9 @@ class SenderConnection(Connection):
         self._files[fid] = FileState.ENDED
         if self.receipt is None:
             self._entries[fid] = None  # (its RESULT needs no entry: nothing made per file)
-        else:
+        else:  # (hashlib only here: a send without a receipt does not load its OpenSSL, ~1 ms)
+            import hashlib
+
             self._entries[fid] = built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode & 0o7777,
                                        mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
             self._remember(fid, digest, hashlib.sha256(data).digest())

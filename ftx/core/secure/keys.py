@@ -24,8 +24,6 @@ side updates its key well before the limit (``Direction.should_update``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 
 # cryptography is imported where it is used (once per handshake or key update), not here: the
@@ -52,9 +50,27 @@ LIMITS = {
 }
 
 
+def sha256(data: bytes) -> bytes:
+    """SHA-256, cryptography's (hashlib would load a second OpenSSL: ~1 ms of every start-up)."""
+    from cryptography.hazmat.primitives import hashes
+
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104), cryptography's."""
+    from cryptography.hazmat.primitives import hashes, hmac
+
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract with SHA-256 (RFC 5869 §2.2)."""
-    return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    return hmac_sha256(salt or bytes(32), ikm)
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
