@@ -26,11 +26,21 @@ def _imported(args: list[str], env: dict | None = None) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
 
-def _interpreter_start(env: dict | None = None) -> set[str]:
-    """The modules the interpreter imports before any of ftx's code runs (site, .pth files)."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+def _imported_fresh(args: list[str], env: dict | None = None) -> set[str]:
+    """``_imported``, with every module the interpreter's start imported (site, .pth files: an
+    editable install's finder imports pathlib, and with it ipaddress) forgotten first, so that any
+    import of them by ftx's code shows too."""
+    code = ("import sys\n"
+            "for name in [m for m in sys.modules if m in FORGET]:\n"
+            "    del sys.modules[name]\n"
+            "sys.stderr.write('ftx starts\\n')\n"
+            "from ftx.cli import main\n"
+            "main()\n").replace("FORGET", repr(NOT_FOR_A_TCP_KEYS_SEND))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=50)
-    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.split("ftx starts\n", 1)[1].splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
 
 
 HEAVY_FOR_HELP = ("asyncio", "ssl", "cryptography", "tomllib", "ftx.areas", "ftx.core.secure", "socket")
@@ -151,9 +161,8 @@ def test_a_tcp_keys_send_of_a_tree_imports_only_what_it_runs(tmp_path):
     (src / "sub" / "a.txt").write_bytes(b"sealed\n")
     r = Receiver(tmp_path / "in", env=env)
     try:
-        at_start = _interpreter_start(env)  # (an editable install's finder imports ipaddress before ftx runs)
         for run in range(2):  # the first send, and a resend (the quick check of the whole tree)
-            mods = _imported(["send", str(src), r.dest, "--no-progress", "--json"], env) - at_start
+            mods = _imported_fresh(["send", str(src), r.dest, "--no-progress", "--json"], env)
             assert "ftx.core.secure.sigma" in mods and "ftx.sending" in mods  # keys mode ran, and sent
             assert [m for m in mods if m.startswith(NOT_FOR_A_TCP_KEYS_SEND)] == [], run
         assert (tmp_path / "in" / "tree" / "sub" / "a.txt").read_bytes() == b"sealed\n"
