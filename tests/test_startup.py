@@ -325,3 +325,16 @@ def test_a_receiver_has_imported_what_its_first_sender_needs_before_it_listens(t
     assert "ftx.core.secure.sigma" in {line.rsplit("|", 1)[1].strip() for line in lines
                                        if line.startswith("import time:")}  # keys mode ran
     assert late == [], " ".join(late)
+
+
+def test_the_command_line_builds_only_the_send_command_until_another_is_named():
+    """Each command's click options cost start-up to build (``receive`` has 36): ``ftx send``
+    builds its own only; ``receive`` and ``keygen`` are made when named (or listed)."""
+    code = ("import ftx.cli as cli\n"
+            "print(sorted(cli.main.commands))\n"
+            "print(cli.receive.name, cli.keygen.name, sorted(cli.main.list_commands(None)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    built, named = proc.stdout.splitlines()
+    assert built == "['send']"
+    assert named == "receive keygen ['impair', 'keygen', 'receive', 'relay', 'send', 'verify-receipt']"
