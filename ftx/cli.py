@@ -24,7 +24,6 @@ import click  # noqa: E402
 from . import DEFAULT_PORT, __version__  # noqa: E402
 from .errors import ArgumentError, ErrorCode, FtxError, PeerError, ProtocolError, StorageError, TransportError, UnsafePath  # noqa: E402
 from .cli_output import emit as _emit, emit_streamed as _emit_streamed  # noqa: F401,E402
-from .limits import Limits  # noqa: E402
 from .cli_options import (EXIT_CONNECTION, EXIT_FILES, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK,  # noqa: E402,F401
                           EXIT_PROTOCOL, EXIT_TERMINATED, EXIT_USAGE, verbosity)
 from .cli_options import die as _die, rate_value as _rate, size_value as _size  # noqa: E402
@@ -57,7 +56,7 @@ def _paused_collection(command):
     @functools.wraps(command)
     def run(*args, **kwargs):
         global _resume_collection
-        enabled = _resume_collection = gc.isenabled()
+        enabled = _resume_collection = gc.isenabled() or _parsing_paused
         gc.disable()
         try:
             return command(*args, **kwargs)
@@ -66,10 +65,12 @@ def _paused_collection(command):
             if enabled:
                 gc.enable()
 
+    run.pauses_collection = True  # (_Commands.get_command)
     return run
 
 
 _resume_collection = False  # whether _loaded enables the collector (it was on when the command started)
+_parsing_paused = False  # _Commands.main paused it while click parses (and loads the named command)
 
 
 def _loaded() -> None:
@@ -124,7 +125,7 @@ def _setup_logging(verbose: int, quiet: int, fmt: str = "text", events: int | No
         events_log.setLevel(max(logging.DEBUG, events))
 
 
-def _fit_descriptors(limits: Limits) -> Limits:
+def _fit_descriptors(limits):
     from .daemon import fit_descriptors
 
     return fit_descriptors(limits, _tell)  # the notice is shown even without -v
@@ -188,9 +189,18 @@ class _Commands(click.Group):
     listing such as ``ftx --help`` shows them): ``ftx send`` and ``ftx receive`` do not load them."""
 
     def main(self, args=None, *rest, **kwargs):
-        global _program
+        global _program, _parsing_paused
         _program = args is None  # (a caller that passes the arguments, e.g. CliRunner, gets click's exit)
-        return super().main(args, *rest, **kwargs)
+        # paused while click parses and builds the named command (its options, its module: see
+        # get_command), then by the command itself until its event loop starts (_paused_collection)
+        paused = _parsing_paused = gc.isenabled()
+        gc.disable()
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            _parsing_paused = False
+            if paused:
+                gc.enable()
 
     ELSEWHERE = {"receive": "cli_receive", "keygen": "cli_keygen", "impair": "impair_cli", "relay": "impair_cli",
                  "verify-receipt": "receipt_cli"}
@@ -202,9 +212,14 @@ class _Commands(click.Group):
         if cmd_name not in self.commands and cmd_name in self.ELSEWHERE:
             import importlib
 
-            module = importlib.import_module(f".{self.ELSEWHERE[cmd_name]}", __package__)
+            module = importlib.import_module(f".{self.ELSEWHERE[cmd_name]}", __package__)  # (collection paused: main)
             self.add_command(getattr(module, cmd_name.replace("-", "_")), cmd_name)
-        return super().get_command(ctx, cmd_name)
+        command = super().get_command(ctx, cmd_name)
+        global _parsing_paused
+        if _parsing_paused and not getattr(getattr(command, "callback", None), "pauses_collection", False):
+            _parsing_paused = False  # a command that does not resume collection itself (impair: a long
+            gc.enable()  # relay) runs with it on, as before
+        return command
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EPILOG)

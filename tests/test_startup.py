@@ -146,7 +146,8 @@ def test_keys_mode_send_imports_no_serialization_package(tmp_path):
 NOT_FOR_A_TCP_KEYS_SEND = ("random", "secrets", "tempfile", "ftx.transport.udp", "ftx.transport.udp_link",
                            "ftx.core.udp", "ftx.core.secure.tls", "ftx.tlsconfig", "ftx.core.secure.pake",
                            "spake2", "ftx.receipt_file", "ftx.core.secure.receipt_x509", "tqdm", "ftx.metrics",
-                           "hashlib", "_hashlib", "hmac", "ctypes", "_ctypes", "ipaddress")
+                           "hashlib", "_hashlib", "hmac", "ctypes", "_ctypes", "ipaddress",
+                           "ftx.limits", "ftx.config_file")  # (a receiver's limits and configuration)
 
 
 def test_a_tcp_keys_send_of_a_tree_imports_only_what_it_runs(tmp_path):
@@ -338,3 +339,13 @@ def test_the_command_line_builds_only_the_send_command_until_another_is_named():
     built, named = proc.stdout.splitlines()
     assert built == "['send']"
     assert named == "receive keygen ['impair', 'keygen', 'receive', 'relay', 'send', 'verify-receipt']"
+
+
+def test_a_command_that_does_not_pause_collection_runs_with_it_on(tmp_path):
+    """``ftx impair`` (a relay that may run for hours) does not pause the collector itself: the
+    pause while the command line parses ends before it runs."""
+    proc = subprocess.run([sys.executable, "-c", GC_PROBE, "impair", "--to", "127.0.0.1:9", "--both", "loss=1%"],
+                          capture_output=True, text=True, timeout=50)
+    assert "probe " in proc.stderr, proc.stderr[-2000:]  # it reached its event loop
+    fields = dict(f.split("=") for f in proc.stderr.split("probe ", 1)[1].split()[:3])
+    assert fields["enabled"] == "True", fields
