@@ -46,7 +46,6 @@ from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
 from .core.messages import DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Result
 from .core.secure.handshake import printable
 from .core.secure import Established
-from .core.secure.receipt import ReceiptChecker, ReceiptError
 from .core.sender import SenderConnection
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .pacing import Pacer
@@ -86,6 +85,8 @@ class SendSession(LargeFileStreaming):
         self._receipt_file = None
         checker = None
         if receipt is not None:
+            from .core.secure.receipt import ReceiptChecker, ReceiptError  # (only a send that asks for one)
+
             transcript = established.transcript if established is not None else b""
             certificate = None
             if receipt_key is None and established is not None:

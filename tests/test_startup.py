@@ -145,7 +145,7 @@ def test_keys_mode_send_imports_no_serialization_package(tmp_path):
 # receiver's malloc_trim) or ipaddress (parsing a receiver's --max-per-host keys): ~4 ms of start-up
 NOT_FOR_A_TCP_KEYS_SEND = ("random", "secrets", "tempfile", "ftx.transport.udp", "ftx.transport.udp_link",
                            "ftx.core.udp", "ftx.core.secure.tls", "ftx.tlsconfig", "ftx.core.secure.pake",
-                           "spake2", "ftx.receipt_file", "ftx.core.secure.receipt_x509", "tqdm", "ftx.metrics",
+                           "spake2", "ftx.receipt_file", "ftx.core.secure.receipt", "tqdm", "ftx.metrics",
                            "hashlib", "_hashlib", "hmac", "ctypes", "_ctypes", "ipaddress",
                            "ftx.limits", "ftx.config_file",  # (a receiver's limits and configuration)
                            "cryptography.hazmat.primitives.ciphers")  # (the AEADs come from the Rust binding)
