@@ -277,7 +277,7 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
     if not checksum and receipt is None:  # each directory's CHECK_DIR digest: listed while we start up
         from .prewalk import start_prewalk
 
-        start_prewalk(paths, _prepare_json if as_json else None)
+        start_prewalk(paths, _prepare_json if as_json else None, freeze=True)  # (see _loaded)
     _setup_logging(verbose, quiet, log_format)
     _asyncio_without_ssl()
     from .transport.sockets import check_host, parse_dest
