@@ -27,11 +27,14 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Union
 
 from . import DEFAULT_PORT
 from .errors import ArgumentError, FtxError
-from .limits import Limits, parse_size
+from .units import parse_size
+
+if TYPE_CHECKING:
+    from .limits import Limits
 from .progress import Progress
 from .sending import SendReport
 
@@ -175,7 +178,11 @@ class Receiver:
             listen=listen, port=port, udp=udp, identity=identity, authorized_keys=authorized_keys, tls_cert=tls_cert,
             tls_key=tls_key, tls_ca=tls_ca, code=code, insecure=insecure, overwrite=overwrite, mkdir=mkdir, once=once,
             idle_timeout=idle_timeout)
-        self.limits = limits or Limits()
+        if limits is None:
+            from .limits import Limits  # (here: a send never loads the receiver's limits)
+
+            limits = Limits()
+        self.limits = limits
         self.config = None if config is None else os.fsdecode(os.fspath(config))
         self.on_event = on_event
         self.max_events = max_events
@@ -381,6 +388,14 @@ class Receiver:
 def _log_say(message: str, level: str = "error") -> None:
     """Failure and refusal lines of a library receiver: to the ``ftx.receive`` logger."""
     logging.getLogger("ftx.receive").log(logging.INFO if level == "info" else logging.WARNING, "%s", message)
+
+
+def __getattr__(name: str):
+    if name == "Limits":  # exported, imported when asked for (see Receiver)
+        from .limits import Limits
+
+        return Limits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["send", "send_async", "Receiver", "Event", "Ask", "SendReport", "Limits", "Progress", "FtxError",

@@ -4,11 +4,14 @@ values (a bad one is a one-line usage error), the verbosity options every comman
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from .limits import Limits
 from .units import human_size, parse_duration, parse_rate, parse_size
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 EXIT_OK, EXIT_FILES, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it killed
@@ -31,6 +34,8 @@ def rate_value(text: str, option: str) -> int:
 
 def limit_options(fn):
     """One ``ftx receive`` option per field of ``Limits`` (ftx/limits.py holds the table)."""
+    from .limits import Limits  # (here: ``ftx send`` never loads the receiver's limits)
+
     for name, kind, default, help_text in reversed(Limits.options()):
         flag = "--" + name.replace("_", "-")
         if kind == "count":
@@ -55,6 +60,8 @@ def human(value, kind: str) -> str:
 
 def limits_from(values: dict) -> Limits:
     """Build ``Limits`` from the receive command's parsed options (unset ones keep defaults)."""
+    from .limits import Limits
+
     kwargs = {}
     for name, kind, _default, _help in Limits.options():
         raw = values.get(name)

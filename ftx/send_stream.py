@@ -16,7 +16,6 @@ from .core.checksum import FileHasher
 from .core.messages import DECISION_EXISTS, DECISION_OVERWRITE, Decision
 from .core.ranges import RangeSet
 from .core.secure.handshake import printable
-from .core.secure.receipt import ContentHasher
 from .core.states import FileState
 from .errors import ErrorCode
 from .send_report import FileSendReport
@@ -98,8 +97,12 @@ class LargeFileStreaming:
 
     def _hasher(self):
         """XXH3-128, and SHA-256 in the same pass when a receipt was asked for (its entries list it)."""
-        return ContentHasher() if self.receipt_path is not None else FileHasher()
+        if self.receipt_path is None:
+            return FileHasher()
+        from .core.secure.receipt import ContentHasher  # (a send without a receipt never loads it)
+
+        return ContentHasher()
 
 
 def _sha256(hasher) -> bytes | None:
-    return hasher.sha256() if isinstance(hasher, ContentHasher) else None
+    return None if type(hasher) is FileHasher else hasher.sha256()  # (a ContentHasher: a receipt)

@@ -317,3 +317,13 @@ def test_the_sender_offers_aes_first_only_where_the_cpu_has_aes_instructions():
 
     assert preferred_ciphers(has_aes_instructions(arm_no))[0] == CHACHA20_POLY1305
     assert preferred_ciphers(has_aes_instructions(x86))[0] == AES_256_GCM
+
+
+def test_host_label_spells_each_host_one_way():
+    from ftx.credentials import host_label
+
+    assert host_label("127.0.0.1", 7431) == "127.0.0.1:7431"
+    assert host_label("010.0.0.1", 1) == "010.0.0.1:1"  # not an address ipaddress takes: a name
+    assert host_label("Example.COM.", 22) == "example.com:22"
+    assert host_label("[0:0::1]", 9) == host_label("::1", 9) == "[::1]:9"
+    assert host_label("FE80::1%eth0", 9) == "[fe80::1%eth0]:9"

@@ -26,6 +26,23 @@ def _imported(args: list[str], env: dict | None = None) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
 
+def _imported_fresh(args: list[str], env: dict | None = None) -> set[str]:
+    """``_imported``, with every module the interpreter's start imported (site, .pth files: an
+    editable install's finder imports pathlib, and with it ipaddress) forgotten first, so that any
+    import of them by ftx's code shows too."""
+    code = ("import sys\n"
+            "for name in [m for m in sys.modules if m in FORGET]:\n"
+            "    del sys.modules[name]\n"
+            "sys.stderr.write('ftx starts\\n')\n"
+            "from ftx.cli import main\n"
+            "main()\n").replace("FORGET", repr(NOT_FOR_A_TCP_KEYS_SEND))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.split("ftx starts\n", 1)[1].splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
 HEAVY_FOR_HELP = ("asyncio", "ssl", "cryptography", "tomllib", "ftx.areas", "ftx.core.secure", "socket")
 
 
@@ -123,10 +140,15 @@ def test_keys_mode_send_imports_no_serialization_package(tmp_path):
 
 
 # what a keys-mode TCP send of a tree never runs: the other transport, the other authentications,
-# receipts, progress bars, and `random` (secrets: the handshake's randomness is os.urandom)
+# receipts, progress bars, and `random` (secrets: the handshake's randomness is os.urandom); nor
+# hashlib/hmac (a second OpenSSL: keys mode hashes with cryptography's, already loaded), ctypes (the
+# receiver's malloc_trim) or ipaddress (parsing a receiver's --max-per-host keys): ~4 ms of start-up
 NOT_FOR_A_TCP_KEYS_SEND = ("random", "secrets", "tempfile", "ftx.transport.udp", "ftx.transport.udp_link",
                            "ftx.core.udp", "ftx.core.secure.tls", "ftx.tlsconfig", "ftx.core.secure.pake",
-                           "spake2", "ftx.receipt_file", "ftx.core.secure.receipt_x509", "tqdm", "ftx.metrics")
+                           "spake2", "ftx.receipt_file", "ftx.core.secure.receipt", "tqdm", "ftx.metrics",
+                           "hashlib", "_hashlib", "hmac", "ctypes", "_ctypes", "ipaddress",
+                           "ftx.limits", "ftx.config_file",  # (a receiver's limits and configuration)
+                           "cryptography.hazmat.primitives.ciphers")  # (the AEADs come from the Rust binding)
 
 
 def test_a_tcp_keys_send_of_a_tree_imports_only_what_it_runs(tmp_path):
@@ -142,7 +164,7 @@ def test_a_tcp_keys_send_of_a_tree_imports_only_what_it_runs(tmp_path):
     r = Receiver(tmp_path / "in", env=env)
     try:
         for run in range(2):  # the first send, and a resend (the quick check of the whole tree)
-            mods = _imported(["send", str(src), r.dest, "--no-progress", "--json"], env)
+            mods = _imported_fresh(["send", str(src), r.dest, "--no-progress", "--json"], env)
             assert "ftx.core.secure.sigma" in mods and "ftx.sending" in mods  # keys mode ran, and sent
             assert [m for m in mods if m.startswith(NOT_FOR_A_TCP_KEYS_SEND)] == [], run
         assert (tmp_path / "in" / "tree" / "sub" / "a.txt").read_bytes() == b"sealed\n"
@@ -305,3 +327,73 @@ def test_a_receiver_has_imported_what_its_first_sender_needs_before_it_listens(t
     assert "ftx.core.secure.sigma" in {line.rsplit("|", 1)[1].strip() for line in lines
                                        if line.startswith("import time:")}  # keys mode ran
     assert late == [], " ".join(late)
+
+
+def test_the_command_line_builds_only_the_send_command_until_another_is_named():
+    """Each command's click options cost start-up to build (``receive`` has 36): ``ftx send``
+    builds its own only; ``receive`` and ``keygen`` are made when named (or listed)."""
+    code = ("import ftx.cli as cli\n"
+            "print(sorted(cli.main.commands))\n"
+            "print(cli.receive.name, cli.keygen.name, sorted(cli.main.list_commands(None)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    built, named = proc.stdout.splitlines()
+    assert built == "['send']"
+    assert named == "receive keygen ['impair', 'keygen', 'receive', 'relay', 'send', 'verify-receipt']"
+
+
+def test_a_command_that_does_not_pause_collection_runs_with_it_on(tmp_path):
+    """``ftx impair`` (a relay that may run for hours) does not pause the collector itself: the
+    pause while the command line parses ends before it runs."""
+    proc = subprocess.run([sys.executable, "-c", GC_PROBE, "impair", "--to", "127.0.0.1:9", "--both", "loss=1%"],
+                          capture_output=True, text=True, timeout=50)
+    assert "probe " in proc.stderr, proc.stderr[-2000:]  # it reached its event loop
+    fields = dict(f.split("=") for f in proc.stderr.split("probe ", 1)[1].split()[:3])
+    assert fields["enabled"] == "True", fields
+
+
+FREEZE_PROBE = """
+import gc, sys, threading
+import ftx.cli as cli
+import ftx.prewalk as prewalk
+started = threading.Event()  # the walk begins once the event loop starts (as on a busy machine)
+loaded = cli._loaded
+def _loaded():
+    loaded()
+    started.set()
+cli._loaded = _loaded
+walk = prewalk.Prewalk._walk
+def _walk(self):
+    started.wait(30)
+    walk(self)
+prewalk.Prewalk._walk = _walk
+known = prewalk.Prewalk.known
+def _known(self, local):
+    found = known(self, local)
+    young = {id(o) for g in range(3) for o in gc.get_objects(g)}
+    sys.stderr.write(f"probe listed={found is not None} young={id(found) in young}\\n")
+    return found
+prewalk.Prewalk.known = _known
+cli.main()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_tree_listed_ahead_is_left_out_of_the_collectors_walks(tmp_path):
+    """The sender's listing ahead (prewalk.Prewalk: a record per entry) is made by its thread while
+    the send starts, often after the event loop started and the loaded modules were frozen: the
+    collector's older generations walked all of it again and again (~2 ms of a re-send of 20 000
+    files).  Once listed it is frozen too; it is freed as before, by reference counts, once its
+    groups are sent."""
+    src = tmp_path / "tree"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        (src / f"d{d}" / "f").write_bytes(b"x")
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        proc = subprocess.run([sys.executable, "-c", FREEZE_PROBE, "send", str(src), r.dest, "--insecure",
+                               "--no-progress"], capture_output=True, text=True, timeout=50)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        r.stop()
+    assert "probe listed=True young=False" in proc.stderr, proc.stderr[-2000:]

@@ -519,3 +519,76 @@ def test_resending_over_udp_uses_the_same_checks(shm_dir, receiver_factory):
     rc, again, err = run_send(str(src), receiver.dest, "--udp")
     assert rc == 0, err
     assert again["identical"] == again["file_count"] - 1 == 64 and again["bytes_sent"] == 0
+
+
+class AnswerHoldingProxy:
+    """A plaintext (--insecure) TCP relay that counts the sender's CHECK_DIR frames and holds the
+    receiver's first DIR_STATE back until ``want`` checks went up (or ``patience`` s passed): how
+    many checks a sender writes before it waits for an answer."""
+
+    def __init__(self, target_port: int, want: int, patience: float = 3.0) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.want, self.patience = want, patience
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.checks_up = 0
+        self.checks_before_answer: int | None = None  # CHECK_DIRs written before the first answer passed
+        self._cond = threading.Condition()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self.sock.accept()
+        server = socket.create_connection(self.target, timeout=30)
+        threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, a, b, up: bool) -> None:
+        from ftx.core.frames import HEADER, HEADER_SIZE
+
+        held = bytearray()
+        try:
+            while data := a.recv(65536):
+                held += data
+                while len(held) >= HEADER_SIZE:  # whole frames only, each looked at
+                    ftype, _, _, length, _ = HEADER.unpack_from(held)
+                    if len(held) < HEADER_SIZE + length:
+                        break
+                    frame = bytes(held[:HEADER_SIZE + length])
+                    del held[:HEADER_SIZE + length]
+                    with self._cond:
+                        if up and ftype == 0x20:
+                            self.checks_up += 1
+                            self._cond.notify_all()
+                        elif not up and ftype == 0x21 and self.checks_before_answer is None:
+                            self._cond.wait_for(lambda: self.checks_up >= self.want, self.patience)
+                            self.checks_before_answer = self.checks_up
+                    b.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_every_check_of_an_unchanged_tree_goes_out_before_the_sender_waits_for_an_answer(shm_dir, receiver_factory):
+    """A re-send's time is the receiver's listing of every directory: the sender writes the checks of
+    all of them at once (up to sending.CHECKS_AHEAD), so that the receiver lists them back to back.
+    (32 ahead, refilled at 16, the receiver sat idle for a round trip and the sender's refill after
+    each batch: ~10 ms of a 100 ms re-send of 200 directories.)"""
+    receiver = receiver_factory("--insecure", directory=shm_dir / "dst")
+    src, _ = _many_small(shm_dir, 120, 3)
+    assert run_send(str(src), receiver.dest, "--insecure")[0] == 0
+    proxy = AnswerHoldingProxy(receiver.port, want=121)  # 120 directories and the tree's own
+    try:
+        rc, again, err = run_send(str(src), f"127.0.0.1:{proxy.port}", "--insecure")
+    finally:
+        proxy.close()
+    assert rc == 0 and again["identical"] == 480, err
+    assert proxy.checks_up == 121
+    assert proxy.checks_before_answer == 121, proxy.checks_before_answer

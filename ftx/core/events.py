@@ -6,13 +6,17 @@ which calls ``object.__setattr__`` per field); the rest take ``record``'s shared
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .record import record
 
 from ..errors import ErrorCode
-from .secure.receipt import Entry, ReceiptEnd
 from .manifest import FileEntry
 from .messages import Decision, Result
 from .ranges import RangeSet
+
+if TYPE_CHECKING:  # (a send without a receipt does not load the receipt module)
+    from .secure.receipt import Entry, ReceiptEnd
 
 
 class Event:

@@ -16,17 +16,18 @@ frame-buffer share in frames.py, the failure log): one host is one key everywher
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 
 UNKNOWN = "?"
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: an IPv4 address in its last 32 bits
+NAT64 = "64:ff9b::/96"  # RFC 6052's well-known prefix: an IPv4 address in its last 32 bits
 
 
 @lru_cache(maxsize=4096)
 def _key(host: str) -> str:
     if "/" in host:  # already a key (a /64)
         return host
+    import ipaddress  # here: every ftx command imports this module, few meet an IPv6 address (~1 ms)
+
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])  # a scoped address (fe80::1%eth0): its scope goes
     except ValueError:
@@ -35,7 +36,7 @@ def _key(host: str) -> str:
         return str(ip)
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
-    if ip in _NAT64:
+    if ip in ipaddress.IPv6Network(NAT64):
         return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 

@@ -14,8 +14,8 @@ the receiver's frames into events.  A typical file::
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
+from typing import TYPE_CHECKING
 from itertools import repeat
 from operator import is_
 
@@ -50,10 +50,18 @@ from .messages import (
     Result,
     decode_result_run,
 )
-from .secure import receipt
-from .secure.receipt import ReceiptChecker, ReceiptError
 from .tree import MAX_CHECK_ENTRIES
 from .states import RESOLVED, SENDER_TRANSITIONS, FileState, In
+
+if TYPE_CHECKING:
+    from .secure.receipt import ReceiptChecker
+
+
+def _receipt():
+    """The receipt module, imported by a send that asked for a receipt (others never load it)."""
+    from .secure import receipt
+
+    return receipt
 
 
 _SMALL_FILE = int(FrameType.SMALL_FILE)
@@ -160,7 +168,9 @@ class SenderConnection(Connection):
         self._files[fid] = FileState.ENDED
         if self.receipt is None:
             self._entries[fid] = None  # (its RESULT needs no entry: nothing made per file)
-        else:
+        else:  # (hashlib only here: a send without a receipt does not load its OpenSSL, ~1 ms)
+            import hashlib
+
             self._entries[fid] = built(FileEntry, path=path, kind=Kind.FILE, size=size, mode=mode & 0o7777,
                                        mtime_ns=mtime_ns, chunk_size=chunk_size, target=b"")
             self._remember(fid, digest, hashlib.sha256(data).digest())
@@ -241,7 +251,7 @@ class SenderConnection(Connection):
 
     def _remember(self, file_id: int, digest: bytes, sha256: bytes | None) -> None:
         if self.receipt is not None:
-            self._digests[file_id] = (bytes(digest), bytes(sha256) if sha256 is not None else receipt.ZERO_SHA256)
+            self._digests[file_id] = (bytes(digest), bytes(sha256) if sha256 is not None else _receipt().ZERO_SHA256)
 
     def skip_file(self, file_id: int, code: ErrorCode, message: str = "", digest: bytes = ZERO_DIGEST,
                   sha256: bytes | None = None) -> None:
@@ -295,11 +305,11 @@ class SenderConnection(Connection):
             if self._sent:
                 self._sent.pop(r.file_id, None)
             if self.receipt is not None:
-                digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, receipt.ZERO_SHA256))
+                digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, _receipt().ZERO_SHA256))
                 ok = r.ok and entry.kind == Kind.FILE
-                self._checked(self.receipt.expect, receipt.Entry(entry.path, entry.kind, entry.size, r.code,
+                self._checked(self.receipt.expect, _receipt().Entry(entry.path, entry.kind, entry.size, r.code,
                                                                  digest if ok else ZERO_DIGEST,
-                                                                 sha if ok else receipt.ZERO_SHA256))
+                                                                 sha if ok else _receipt().ZERO_SHA256))
             self._events.append(built(FileResolved, result=r))
         elif t == FrameType.RESULT_RUN:
             self._on_result_run(frame.payload)
@@ -318,7 +328,7 @@ class SenderConnection(Connection):
             if self.receipt is not None and self.receipt.end is None:
                 why = (f"the receiver declined: {self.receipt.declined}" if self.receipt.declined
                        else "the receiver sent none (an ftx without receipts?)")
-                self._error = ReceiptError(f"no receipt: {why}")
+                self._error = _receipt().ReceiptError(f"no receipt: {why}")
                 raise self._error
             self._events.append(SessionComplete())
         else:
@@ -352,23 +362,24 @@ class SenderConnection(Connection):
     def _on_receipt(self, p) -> None:
         if self.receipt is None:
             raise RemoteProtocolError("RECEIPT that was not asked for")
+        rc = _receipt()
         part = p[0] if len(p) else 0
-        if part == receipt.PART_ENTRIES:  # version 1: XXH3 only, which binds no content
+        if part == rc.PART_ENTRIES:  # version 1: XXH3 only, which binds no content
             self._checked(self.receipt.legacy, None)
-        elif part == receipt.PART_ENTRIES_SHA256:
+        elif part == rc.PART_ENTRIES_SHA256:
             entries = []
-            for e in receipt.iter_entries(p):  # checked one by one: at most a batch is decoded
+            for e in rc.iter_entries(p):  # checked one by one: at most a batch is decoded
                 self._checked(self.receipt.entries, (e,))
                 entries.append(e)
             if not entries:
                 raise RemoteProtocolError("RECEIPT ENTRIES without an entry")
             self._events.append(ReceiptEntries(tuple(entries)))
-        elif part in (receipt.PART_END, receipt.PART_END_X509):
-            end = receipt.ReceiptEnd.decode(p)
+        elif part in (rc.PART_END, rc.PART_END_X509):
+            end = rc.ReceiptEnd.decode(p)
             self._checked(self.receipt.finish, end)
             self._events.append(ReceiptVerified(end))
-        elif part == receipt.PART_DECLINED:
-            self._checked(self.receipt.decline, receipt.decode_declined(p))
+        elif part == rc.PART_DECLINED:
+            self._checked(self.receipt.decline, rc.decode_declined(p))
         else:
             raise RemoteProtocolError(f"RECEIPT of unknown part {part}")
 
@@ -376,5 +387,5 @@ class SenderConnection(Connection):
         """A receipt that does not match: the receiver is told (ERROR AUTH) and we stop."""
         try:
             fn(arg)
-        except ReceiptError as exc:
+        except _receipt().ReceiptError as exc:  # (evaluated only when fn raised)
             self._fail_local(exc)

@@ -11,7 +11,6 @@ is trimmed soon after, so that an idle session holds little.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import time
 import weakref
@@ -21,14 +20,22 @@ TRIM_INTERVAL = 1.0  # seconds: the least time between two heap trims
 TRIM_COST_RATIO = 20  # and at least this many times as long as the last trim took (5 % of the CPU at most)
 
 
+_UNKNOWN = object()
+_malloc_trim_fn = _UNKNOWN  # glibc's malloc_trim, found on the first trim (None: there is none)
+
+
 def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
+    """glibc's malloc_trim, or None.  Looked up when first needed: ctypes costs every ``ftx send``
+    ~1 ms of start-up, and a sender rarely trims."""
+    global _malloc_trim_fn
+    if _malloc_trim_fn is _UNKNOWN:
+        try:
+            import ctypes
 
-
-_malloc_trim_fn = _malloc_trim()
+            _malloc_trim_fn = ctypes.CDLL(None).malloc_trim
+        except (ImportError, OSError, AttributeError):
+            _malloc_trim_fn = None
+    return _malloc_trim_fn
 
 
 def give_back(conn, loop: asyncio.AbstractEventLoop) -> None:
@@ -49,7 +56,8 @@ def trim_heap_soon(loop: asyncio.AbstractEventLoop, collect: bool = False) -> No
     sessions are reference cycles: free their buffers now, not at some later collection).
     A no-op without malloc_trim."""
     state = _heap_trims.setdefault(loop, [0.0, None, False])  # [no trim before, scheduled handle, collect]
-    if _malloc_trim_fn is None:
+    trim_fn = _malloc_trim()
+    if trim_fn is None:
         return
     state[2] = state[2] or collect
     if state[1] is not None:
@@ -61,7 +69,7 @@ def trim_heap_soon(loop: asyncio.AbstractEventLoop, collect: bool = False) -> No
         if state[2]:
             state[2] = False
             gc.collect()
-        _malloc_trim_fn(0)
+        trim_fn(0)
         # a full collection costs more the more objects there are: while sessions come and go by
         # the hundred (a flood of handshakes) it must not take much of the CPU
         state[0] = time.monotonic() + max(TRIM_INTERVAL, TRIM_COST_RATIO * (time.monotonic() - start))

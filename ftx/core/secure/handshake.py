@@ -32,9 +32,8 @@ vectors are reproducible); no clock is read (a deadline is the driver's job).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
+from _operator import _compare_digest  # hmac.compare_digest without hmac's import of hashlib
 from typing import Callable
 
 from ...errors import ChecksumMismatch, ErrorCode, FtxError, PeerError, RemoteProtocolError
@@ -42,7 +41,7 @@ from ..checksum import frame_checksum
 from ..frames import FRAME_TYPES, HEADER, HEADER_SIZE, FrameType, encode_frame
 from ..messages import MAX_TEXT, ErrorMessage
 from . import AuthError, Established
-from .keys import expand_label, hkdf_extract
+from .keys import expand_label, hkdf_extract, hmac_sha256, sha256 as _sha256
 
 HANDSHAKE_FRAME = 0x10
 MAX_MESSAGE = 16384  # payload bytes of one HANDSHAKE frame
@@ -206,11 +205,13 @@ def peer_error(payload: bytes, peer: str) -> FtxError:
 
 
 # -- the key schedule (protocol.md, "Security"; RFC 8446 §7.1 with ftx labels) --
+# SHA-256 and HMAC are cryptography's (keys.sha256, keys.hmac_sha256), which every secure mode has
+# loaded anyway, not hashlib's: a second OpenSSL library would cost every send ~1 ms of start-up
 def sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    return _sha256(data)
 
 
-EMPTY_HASH = sha256(b"")
+EMPTY_HASH = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")  # sha256(b"")
 
 
 def derive_secret(secret: bytes, label: str, transcript_hash: bytes) -> bytes:
@@ -224,11 +225,11 @@ def extract(salt: bytes, ikm: bytes) -> bytes:
 
 def finished_mac(base_key: bytes, transcript_hash: bytes) -> bytes:
     """HMAC-SHA256(HKDF-Expand-Label(base_key, "finished", "", 32), transcript hash)."""
-    return hmac.new(expand_label(base_key, "finished", b"", 32), transcript_hash, hashlib.sha256).digest()
+    return hmac_sha256(expand_label(base_key, "finished", b"", 32), transcript_hash)
 
 
 def macs_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)
+    return _compare_digest(a, b)
 
 
 class Schedule:

@@ -24,8 +24,6 @@ side updates its key well before the limit (``Direction.should_update``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 
 # cryptography is imported where it is used (once per handshake or key update), not here: the
@@ -52,9 +50,27 @@ LIMITS = {
 }
 
 
+def sha256(data: bytes) -> bytes:
+    """SHA-256, cryptography's (hashlib would load a second OpenSSL: ~1 ms of every start-up)."""
+    from cryptography.hazmat.primitives import hashes
+
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104), cryptography's."""
+    from cryptography.hazmat.primitives import hashes, hmac
+
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract with SHA-256 (RFC 5869 §2.2)."""
-    return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    return hmac_sha256(salt or bytes(32), ikm)
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
@@ -78,7 +94,13 @@ class InvalidTag(Exception):
 def aead(cipher: str, key: bytes):
     global InvalidTag
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    try:  # the classes ciphers.aead re-exports, without that package's other 13 modules (~1.5 ms of a send)
+        from cryptography.hazmat.bindings._rust import openssl as _rust_openssl  # (an attribute, not a module)
+
+        AESGCM, ChaCha20Poly1305 = _rust_openssl.aead.AESGCM, _rust_openssl.aead.ChaCha20Poly1305
+    except (ImportError, AttributeError):  # a cryptography that moved them
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
     if cipher == AES_256_GCM:
         return AESGCM(key)

@@ -26,7 +26,6 @@ with what the sender itself sent, then checks the signature), and
 from __future__ import annotations
 
 import base64
-import hashlib
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -37,6 +36,14 @@ from ..manifest import MAX_PATH, Kind
 from ..messages import wire_text
 from . import AuthError
 from .handshake import printable as _printable
+
+def _sha256(data: bytes = b""):
+    """hashlib's SHA-256, imported when a receipt is made or checked: a send without one does not
+    load hashlib's OpenSSL (~1 ms of start-up; the handshake hashes with cryptography's)."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
 
 VERSION = 2  # entries carry SHA-256 besides the protocol's whole-file digest, XXH3-128 (protocol.md 21)
 LEGACY_VERSION = 1  # XXH3-128 only: stored receipts of this version still verify, flagged as weaker
@@ -61,7 +68,7 @@ class ReceiptError(AuthError):
 
 def fingerprint(public: bytes) -> str:
     """``SHA256:`` and the unpadded base64 of the SHA-256 of a raw public key, as ssh prints it."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(public).digest()).decode().rstrip("=")
+    return "SHA256:" + base64.b64encode(_sha256(public).digest()).decode().rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class ContentHasher:
         from ..checksum import FileHasher
 
         self._xxh = FileHasher()
-        self._sha = hashlib.sha256()
+        self._sha = _sha256()
 
     def update(self, data) -> None:
         self._xxh.update(data)
@@ -252,7 +259,7 @@ class ReceiptSigner:
             self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.transcript = transcript
         self.count = 0
-        self._hash = hashlib.sha256()
+        self._hash = _sha256()
         self._batch = bytearray([PART_ENTRIES_SHA256])
         self._batched = 0
 
@@ -305,14 +312,14 @@ class ReceiptChecker:
     def __init__(self, public: bytes | None = None, transcript: bytes = b"", certificate: bytes | None = None) -> None:
         self.certificate = certificate
         if certificate is not None:
-            public = hashlib.sha256(certificate).digest()
+            public = _sha256(certificate).digest()
         self.public = public
         self.transcript = transcript
         self.count = 0
         self.end: ReceiptEnd | None = None
         self.declined = ""
         self._expected: deque[Entry] = deque()
-        self._hash = hashlib.sha256()
+        self._hash = _sha256()
 
     @property
     def finished(self) -> bool:
@@ -391,7 +398,7 @@ def check_signature(end: ReceiptEnd, entries_hash: bytes) -> None:
 
 def hash_entries(entries: Iterable[Entry]) -> tuple[bytes, int]:
     """SHA-256 over the entries' encodings, and their count (streamed: one entry at a time)."""
-    h, count = hashlib.sha256(), 0
+    h, count = _sha256(), 0
     for e in entries:
         h.update(e.encode())
         count += 1
