@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -28,7 +29,10 @@ from . import credentials as cr
 from .core.hosts import host_key
 from .core.record import record
 from .core.secure import AuthError
+from .core.secure.handshake import default_rng
 from .errors import FtxError
+
+default_rng[0] = os.urandom  # the handshakes' randoms (what secrets.token_bytes draws, without importing `random`)
 
 log = logging.getLogger("ftx")
 

@@ -32,7 +32,6 @@ vectors are reproducible); no clock is read (a deadline is the driver's job).
 
 from __future__ import annotations
 
-import os
 from _operator import _compare_digest  # hmac.compare_digest without hmac's import of hashlib
 from typing import Callable
 
@@ -54,7 +53,19 @@ RANDOM_SIZE = 32
 HASH_SIZE = 32
 
 Rng = Callable[[int], bytes]
-default_rng: Rng = os.urandom  # (secrets.token_bytes is os.urandom; `secrets` imports `random`)
+
+
+def _token_bytes(n: int) -> bytes:
+    """The operating system's CSPRNG, imported at the first draw: the core does no I/O of its
+    own, and `secrets` imports `random`, ~1 ms of start-up a send does not otherwise need."""
+    import secrets
+
+    return secrets.token_bytes(n)
+
+
+# where a handshake draws its randoms unless given ``rng``: the shell (ftx/security_setup.py) installs
+# os.urandom, the same source as secrets.token_bytes, without importing `random`
+default_rng: list[Rng] = [_token_bytes]
 
 INSECURE_PEER = "the peer runs --insecure; plaintext needs --insecure on both sides"
 WE_REQUIRE_AUTH = "the peer requires authentication; this side runs --insecure"
@@ -274,7 +285,7 @@ class FramedHandshake:
     def __init__(self, client: bool, rng: Rng | None = None) -> None:
         self.client = client
         self.peer_name = "receiver" if client else "sender"
-        self._rng = rng or default_rng
+        self._rng = rng or default_rng[0]
         self._reader = FrameReader()
         self._out = bytearray()
         self._result: Established | None = None
