@@ -390,7 +390,7 @@ def test_sealed_files_over_real_sockets_through_a_hostile_relay(tmp_path, mss):
             captured.append(data)
             super()._schedule(when, data, dsock, addr)
 
-    imp = "loss=0.02,dup=0.02,reorder=0.05,corrupt=0.01,replay=0.02,delay=2ms"
+    imp = "loss=0.02,dup=0.02,reorder=0.05,corrupt=0.01,replay=0.02,delay=2ms,mtu=0"  # mtu=0: any size (8952)
 
     async def run():
         results = []
