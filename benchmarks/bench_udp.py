@@ -73,14 +73,16 @@ def aioquic_push(src: str, dst: str, via_relay: list[str] | None = None, timeout
             pass
 
 
-def loopback(src: str, dst: str, size: int, runs: int) -> None:
-    """ftx TCP, UDP (both sealed: the default) and UDP ``--insecure``, interleaved run by run."""
+def loopback(src: str, dst: str, size: int, runs: int, peers: bool = False) -> None:
+    """ftx TCP, UDP (both sealed: the default) and UDP ``--insecure``, interleaved run by run;
+    ``peers``: scp and magic-wormhole in the same rounds (``_rounds``)."""
     import statistics
 
     contenders = {"ftx tcp": ((), ()), "ftx udp": (("--udp",), ()),
                   # --insecure on both sides: the baseline of the sealed/plain ratio (issue 12: >= 0.75x)
                   "udp plain": (("--udp", "--insecure"), ("--insecure",))}
-    rows, _ = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst, size, False)
+    rows, peer_runs = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst,
+                              size, peers)
     gb = size / 1e9
     print(f"\n1. loopback, {size / 2**20:.0f} MiB, page cache -> tmpfs, best of {runs} (TCP: system default CC; "
           "tcp and udp sealed, as by default; udp plain: --insecure on both sides)")
@@ -104,6 +106,7 @@ def loopback(src: str, dst: str, size: int, runs: int) -> None:
         print("  udp/tcp run by run: " + ", ".join(f"{v:.2f}x" for v in pairs))
         pairs = [p["seconds"] / u["seconds"] for p, u in zip(rows["udp plain"], rows["ftx udp"])]
         print("  udp sealed/plain run by run: " + ", ".join(f"{v:.2f}x" for v in pairs))
+    _print_peers(peer_runs, size, {"ftx udp (sealed, median)": med["ftx udp"], "ftx tcp (sealed, median)": med["ftx tcp"]})
     if have_aioquic():
         res = aioquic_push(src, dst)
         if res:
@@ -119,14 +122,18 @@ def _cli_run(src: str, dst: str, send_args: tuple, recv_args: tuple) -> dict:
     return r
 
 
-def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: bool) -> tuple[dict, list]:
+SCP, WORMHOLE = "scp aes128-gcm", "magic-wormhole"
+
+
+def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: bool) -> tuple[dict, dict]:
     """``run_one(key)`` for every key in ``runs`` interleaved rounds (harness.round_order), the
-    destination warmed before each run; ``scp``: scp aes128-gcm (to a private sshd on loopback,
-    bench_secure.py) once in every round too.  The runs of each key, and scp's."""
-    from bench_secure import PrivateSshd, bench_scp
+    destination warmed before each run; ``scp``: the peers too, once in every round: scp
+    aes128-gcm (to a private sshd on loopback) and magic-wormhole (a local mailbox and transit
+    relay, when installed; bench_secure.py).  The runs of each key, and each peer's."""
+    from bench_secure import PrivateSshd, bench_scp, bench_wormhole
 
     rows: dict = {key: [] for key in keys}
-    scp_runs: list[dict] = []
+    peers: dict[str, list[dict]] = {SCP: [], WORMHOLE: []}
     sshd = PrivateSshd() if scp else None
     try:
         for n in range(runs):
@@ -136,12 +143,30 @@ def _rounds(keys: list, runs: int, run_one, src: str, dst: str, size: int, scp: 
             if sshd is not None:
                 warm_memory(dst, 2 * size)
                 if r := bench_scp(sshd, src, os.path.join(dst, "scp.bin")):
-                    scp_runs.append(r)
+                    peers[SCP].append(r)
                     os.unlink(os.path.join(dst, "scp.bin"))
+                warm_memory(dst, 2 * size)
+                if r := bench_wormhole(src, dst):
+                    peers[WORMHOLE].append(r)
+                    os.unlink(os.path.join(dst, os.path.basename(src)))
     finally:
         if sshd is not None:
             sshd.close()
-    return rows, scp_runs
+    return rows, peers
+
+
+def _print_peers(peers: dict, size: int, medians: dict) -> None:
+    """Each peer's median and every run, then each of ``medians`` (name: median seconds) against
+    it (issue 12: sealed >= 2x each)."""
+    import statistics
+
+    for peer, runs in peers.items():
+        if not runs:
+            continue
+        secs = statistics.median(r["seconds"] for r in runs)
+        print(f"{peer:22} {size / secs / 1e6:7.0f}  every run, MB/s: " + ", ".join(f"{size / r['seconds'] / 1e6:.0f}" for r in runs))
+        for name, med in medians.items():
+            print(f"ratio {name}/{peer}: {secs / med:.2f}x (target >= 2)")
 
 
 CONTENDED = 0.1  # a run during which runnable tasks waited for a CPU this share of its time: other tenants
@@ -173,7 +198,8 @@ def pmtud_ab(src: str, dst: str, size: int, runs: int, mtus: list[int], scp: boo
     for m in mtus:
         contenders[f"sealed mtu {m}"] = (("--udp", "--no-pmtud", "--mtu", str(m)), ())
 
-    rows, scp_runs = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst, size, scp)
+    rows, peer_runs = _rounds(list(contenders), runs, lambda name: _cli_run(src, dst, *contenders[name]), src, dst, size, scp)
+    scp_runs = peer_runs[SCP]
     gb = size / 1e9
     print(f"\n1b. ftx send --udp with and without --pmtud, loopback, {size / 2**20:.0f} MiB, median of {runs} "
           f"(whole commands; load {os.getloadavg()[0]:.2f} at the end)")
@@ -241,7 +267,8 @@ def sealed(src: str, dst: str, size: int, runs: int, mtus: list[int | None], scp
     import statistics
 
     keys = [(kind, mtu) for mtu in mtus for kind in ("plain", "sealed")]
-    rows, scp_runs = _rounds(keys, runs, lambda key: sealed_run(src, dst, key[0] == "plain", key[1]), src, dst, size, scp)
+    rows, peer_runs = _rounds(keys, runs, lambda key: sealed_run(src, dst, key[0] == "plain", key[1]), src, dst, size, scp)
+    scp_runs = peer_runs[SCP]
     gb = size / 1e9
     print(f"\n4. sealed against plaintext UDP, loopback, {size / 2**20:.0f} MiB, library level, median of {runs} "
           "(MB/s: connect to report; process: the client process's whole life, start-up and imports too, "
@@ -271,6 +298,7 @@ def sealed(src: str, dst: str, size: int, runs: int, mtus: list[int | None], scp
             print(f"ratio sealed mtu {mtu or 'default'}/scp: {secs / med['sealed', mtu]:.2f}x (target >= 2)")
     elif scp:
         print("note: scp skipped: needs scp, ssh-keygen and sshd (openssh-server) installed")
+    _print_peers({WORMHOLE: peer_runs[WORMHOLE]}, size, {f"sealed mtu {mtu or 'default'}": med["sealed", mtu] for mtu in mtus})
 
 
 def seal_loops(mss: int = 1452) -> None:
@@ -469,7 +497,8 @@ def main() -> None:
     ap.add_argument("--hard", action="store_true", help="also 10-30%% loss and heavy reordering (20 MiB)")
     ap.add_argument("--sealed", action="store_true", help="also sealed against plaintext UDP (loopback)")
     ap.add_argument("--sealed-only", action="store_true", help="only the sealed against plaintext rows (loopback)")
-    ap.add_argument("--scp", action="store_true", help="sealed rows: also scp aes128-gcm in the same rounds")
+    ap.add_argument("--scp", action="store_true",
+                    help="also scp aes128-gcm and magic-wormhole (when installed) in the same rounds")
     ap.add_argument("--seal-loops", action="store_true",
                     help="only what sealing costs a datagram in the C loops, and the bulk AES-GCM speed of the "
                          "libcrypto they run on (no network)")
@@ -497,7 +526,7 @@ def main() -> None:
             if args.pmtud_ab:
                 pmtud_ab(src, work_dst, size, args.runs, [int(m) for m in args.ab_mtus.split(",") if m], args.scp)
             elif not args.sealed_only:
-                loopback(src, work_dst, size, args.runs)
+                loopback(src, work_dst, size, args.runs, args.scp)
             if args.sealed or args.sealed_only:
                 mtus = [None if m == "default" else int(m) for m in args.sealed_mtus.split(",") if m]
                 sealed(src, work_dst, size, args.runs, mtus, args.scp)
