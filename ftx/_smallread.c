@@ -377,6 +377,25 @@ read_names(int dir_fd, int skip_own, size_t limit, size_t budget, struct name **
     return err;
 }
 
+/* lstat one entry of a held directory (EINTR retried): 0 for a regular file or a directory, with
+   its size and mtime in ns (0 for a directory); -1 for anything else or an error (the caller then
+   leaves the directory to the Python listing, which says why). */
+static int stat_entry(int dir_fd, const char *name, struct stat *st, int *is_file, long long *size, long long *mtime)
+{
+    int r;
+    do {
+        r = fstatat(dir_fd, name, st, AT_SYMLINK_NOFOLLOW);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -1;
+    *is_file = S_ISREG(st->st_mode);
+    if (!*is_file && !S_ISDIR(st->st_mode))
+        return -1;
+    *mtime = *is_file ? (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec : 0;
+    *size = *is_file ? (long long)st->st_size : 0;
+    return 0;
+}
+
 /* listing(dir_fd, local, wire, max_path, max_component, item_type, file_kind, dir_kind, update)
  *   -> list of items, or None
  * The direct entries of the open directory ``dir_fd`` sorted by name bytes, as source._listed
@@ -422,17 +441,10 @@ listing(PyObject *self, PyObject *args)
         if (len > max_component || wire_len + len > max_path || local_len + len > 4096 || ftx_own(s, len))
             goto python; /* (the Python listing skips these, with a warning) */
         struct stat st;
-        int r;
-        do {
-            r = fstatat(dir_fd, s, &st, AT_SYMLINK_NOFOLLOW);
-        } while (r < 0 && errno == EINTR);
-        if (r < 0)
+        int is_file;
+        long long size, mtime;
+        if (stat_entry(dir_fd, s, &st, &is_file, &size, &mtime) < 0)
             goto python;
-        int is_file = S_ISREG(st.st_mode);
-        if (!is_file && !S_ISDIR(st.st_mode))
-            goto python;
-        long long mtime = is_file ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec : 0;
-        long long size = is_file ? (long long)st.st_size : 0;
         PyObject *item = item_type->tp_alloc(item_type, 7);
         if (item == NULL)
             goto fail;
@@ -632,17 +644,10 @@ list_dir(int fd, struct pdir *d, size_t max_wire, size_t max_local, size_t root_
         size_t rel = d->rel_len + (d->rel_len ? 1 : 0) + len; /* rel + "/" + name */
         if (len > 255 || rel + 1 > max_wire || root_len + 1 + rel > max_local || ftx_own(s, len))
             goto python;
-        int r;
-        do {
-            r = fstatat(fd, s, &st, AT_SYMLINK_NOFOLLOW);
-        } while (r < 0 && errno == EINTR);
-        if (r < 0)
+        int is_file;
+        long long size, mtime;
+        if (stat_entry(fd, s, &st, &is_file, &size, &mtime) < 0)
             goto python;
-        int is_file = S_ISREG(st.st_mode);
-        if (!is_file && !S_ISDIR(st.st_mode))
-            goto python;
-        long long mtime = is_file ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec : 0;
-        long long size = is_file ? (long long)st.st_size : 0;
         d->rec_len = put_record(d->recs + d->rec_len, is_file, st.st_mode, s, len, size, mtime) - d->recs;
         if (is_file) {
             d->files++;
