@@ -343,13 +343,7 @@ class CountingProxy:
     def _pipe(self, a, b, up: bool) -> None:
         try:
             while data := a.recv(65536):
-                b.sendall(data)
-                with self._lock:
-                    if up:
-                        self.up += len(data)
-                        self.up_reads += 1
-                    else:
-                        self.down += len(data)
+                self._carry(data, b, up)
         except OSError:
             pass
         finally:
@@ -357,6 +351,16 @@ class CountingProxy:
                 b.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+    def _carry(self, data: bytes, b, up: bool) -> None:
+        """What was read from one side, to the other (``up``: from the sender)."""
+        b.sendall(data)
+        with self._lock:
+            if up:
+                self.up += len(data)
+                self.up_reads += 1
+            else:
+                self.down += len(data)
 
     def take(self) -> tuple[int, int]:
         with self._lock:
@@ -521,58 +525,38 @@ def test_resending_over_udp_uses_the_same_checks(shm_dir, receiver_factory):
     assert again["identical"] == again["file_count"] - 1 == 64 and again["bytes_sent"] == 0
 
 
-class AnswerHoldingProxy:
+class AnswerHoldingProxy(CountingProxy):
     """A plaintext (--insecure) TCP relay that counts the sender's CHECK_DIR frames and holds the
     receiver's first DIR_STATE back until ``want`` checks went up (or ``patience`` s passed): how
     many checks a sender writes before it waits for an answer."""
 
     def __init__(self, target_port: int, want: int, patience: float = 3.0) -> None:
-        self.target = ("127.0.0.1", target_port)
         self.want, self.patience = want, patience
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.checks_up = 0
         self.checks_before_answer: int | None = None  # CHECK_DIRs written before the first answer passed
         self._cond = threading.Condition()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._held = {True: bytearray(), False: bytearray()}  # each direction's bytes short of a frame
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        client, _ = self.sock.accept()
-        server = socket.create_connection(self.target, timeout=30)
-        threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-        threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, a, b, up: bool) -> None:
+    def _carry(self, data: bytes, b, up: bool) -> None:
         from ftx.core.frames import HEADER, HEADER_SIZE
 
-        held = bytearray()
-        try:
-            while data := a.recv(65536):
-                held += data
-                while len(held) >= HEADER_SIZE:  # whole frames only, each looked at
-                    ftype, _, _, length, _ = HEADER.unpack_from(held)
-                    if len(held) < HEADER_SIZE + length:
-                        break
-                    frame = bytes(held[:HEADER_SIZE + length])
-                    del held[:HEADER_SIZE + length]
-                    with self._cond:
-                        if up and ftype == 0x20:
-                            self.checks_up += 1
-                            self._cond.notify_all()
-                        elif not up and ftype == 0x21 and self.checks_before_answer is None:
-                            self._cond.wait_for(lambda: self.checks_up >= self.want, self.patience)
-                            self.checks_before_answer = self.checks_up
-                    b.sendall(frame)
-        except OSError:
-            pass
-        finally:
-            try:
-                b.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+        held = self._held[up]
+        held += data
+        while len(held) >= HEADER_SIZE:  # whole frames only, each looked at
+            ftype, _, _, length, _ = HEADER.unpack_from(held)
+            if len(held) < HEADER_SIZE + length:
+                break
+            frame = bytes(held[:HEADER_SIZE + length])
+            del held[:HEADER_SIZE + length]
+            with self._cond:
+                if up and ftype == 0x20:
+                    self.checks_up += 1
+                    self._cond.notify_all()
+                elif not up and ftype == 0x21 and self.checks_before_answer is None:
+                    self._cond.wait_for(lambda: self.checks_up >= self.want, self.patience)
+                    self.checks_before_answer = self.checks_up
+            b.sendall(frame)
 
 
 @pytest.mark.timeout(60)
