@@ -305,11 +305,12 @@ class SenderConnection(Connection):
             if self._sent:
                 self._sent.pop(r.file_id, None)
             if self.receipt is not None:
-                digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, _receipt().ZERO_SHA256))
+                rc = _receipt()
+                digest, sha = self._digests.pop(r.file_id, (ZERO_DIGEST, rc.ZERO_SHA256))
                 ok = r.ok and entry.kind == Kind.FILE
-                self._checked(self.receipt.expect, _receipt().Entry(entry.path, entry.kind, entry.size, r.code,
-                                                                 digest if ok else ZERO_DIGEST,
-                                                                 sha if ok else _receipt().ZERO_SHA256))
+                self._checked(self.receipt.expect, rc.Entry(entry.path, entry.kind, entry.size, r.code,
+                                                            digest if ok else ZERO_DIGEST,
+                                                            sha if ok else rc.ZERO_SHA256))
             self._events.append(built(FileResolved, result=r))
         elif t == FrameType.RESULT_RUN:
             self._on_result_run(frame.payload)
