@@ -10,7 +10,8 @@ costs:
   mutable ones), ``TypeError`` as a dataclass raises it for a missing or unknown argument;
   a class may write its own ``__init__`` (the per-file ones do: see events.py);
 - ``==`` field by field between instances of the same class (else ``NotImplemented``),
-  a ``repr`` as a dataclass's (``Name(a=1, b='x')``; ``field(repr=False)`` leaves one out);
+  a ``repr`` as a dataclass's (``Name(a=1, b='x')``; ``field(repr=False)`` leaves one out;
+  a class's own ``__repr__`` is kept);
 - frozen (the default): assigning or deleting an attribute raises ``FrozenInstanceError``,
   and ``hash`` is that of the fields; ``@record(frozen=False)``: assignable, not hashable;
 - ``fields(cls)`` (the names, in order), ``replace(obj, **changes)``, ``__match_args__``;
@@ -249,7 +250,8 @@ def _build(cls, frozen: bool):
     cls.__match_args__ = names
     if "__init__" not in cls.__dict__:
         cls.__init__ = _make_init(names, defaults, cls.__qualname__)
-    cls.__repr__ = _repr
+    if "__repr__" not in cls.__dict__:  # (as a dataclass: a class's own is kept)
+        cls.__repr__ = _repr
     if frozen:
         cls.__eq__ = _eq
         cls.__hash__ = _hash

@@ -19,10 +19,10 @@ results out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...errors import ErrorCode, FtxError
+from ..record import field, record
 
 
 class AuthError(FtxError):
@@ -31,7 +31,7 @@ class AuthError(FtxError):
     code = ErrorCode.AUTH
 
 
-@dataclass(frozen=True)
+@record
 class PeerIdentity:
     """What the handshake proved about the peer."""
 
@@ -48,7 +48,7 @@ class PeerIdentity:
     """Human label: the key's comment, the certificate subject, or "code"."""
 
 
-@dataclass(frozen=True)
+@record
 class Established:
     """The outcome of a finished handshake, identical in shape for every kind."""
 
