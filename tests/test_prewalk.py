@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,48 @@ def test_a_walk_not_done_when_it_is_needed_ends_there_and_the_walk_lists_the_res
     assert [entry[0] for entry in stopped] == [b""]  # the named directory, listed before the flag is looked at
     assert _groups(src, Prewalk([str(src)])) == plain  # however far it got when known() stopped it
     assert len(_listed_ahead(src)) == 13  # (done before it was needed: all of it)
+
+
+def _slow_prewalk(monkeypatch, seconds: float) -> list:
+    """``_c_prewalk`` as one that lists for ``seconds`` (checking its stop flag each ms) and then
+    gives everything, or what it had (the named directory alone) when stopped; the calls' flags."""
+    real, calls = ftx.prewalk._c_prewalk, []
+
+    def slow(root, budget, depth, max_wire, max_local, stop):
+        calls.append(stop)
+        found = real(root, budget, depth, max_wire, max_local, bytearray(1))
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if stop[0]:
+                return found[:1]
+            time.sleep(0.001)
+        return found
+
+    monkeypatch.setattr(ftx.prewalk, "_c_prewalk", slow)
+    return calls
+
+
+def test_a_walk_ahead_about_to_end_is_waited_for_not_stopped(tmp_path, monkeypatch):
+    # a re-send asked ~1 ms before the thread was done, and listed up to 3 700 entries itself
+    src, _ = _many_small(tmp_path, 12, 10)
+    calls = _slow_prewalk(monkeypatch, ftx.prewalk.PREWALK_WAIT / 5)
+    ahead = Prewalk([str(src)])
+    known = ahead.known(os.fsencode(src))
+    assert len(known) == 13 and not calls[0][0]  # all of it, never told to stop
+
+
+def test_a_walk_ahead_that_takes_too_long_is_stopped_after_the_wait(tmp_path, monkeypatch):
+    src, _ = _many_small(tmp_path, 12, 10)
+    plain = _groups(src)
+    calls = _slow_prewalk(monkeypatch, 30.0)
+    t0 = time.monotonic()
+    ahead = Prewalk([str(src)])
+    known = ahead.known(os.fsencode(src))
+    waited = time.monotonic() - t0
+    assert list(known) == [b""] and calls[0][0]  # stopped: the walk lists the rest
+    assert ftx.prewalk.PREWALK_WAIT <= waited < ftx.prewalk.PREWALK_WAIT + 5.0
+    monkeypatch.undo()
+    assert _groups(src, Prewalk([str(src)])) == plain
 
 
 def _send_in_process(*args: str) -> dict:
