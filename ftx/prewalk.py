@@ -100,6 +100,10 @@ class Prewalk:
         """Until the walk is done (not ``after``)."""
         self._walked.wait()
 
+    def stop(self) -> None:
+        """Not wanted after all: the walk ends at its next directory."""
+        self._stop[0] = 1
+
     def known(self, local: bytes) -> dict[bytes, tuple] | None:
         """What was listed ahead below the named directory ``local``: relative path -> entry.
         A walk not done within ``PREWALK_WAIT`` ends at its next directory (on a busy machine the
@@ -115,16 +119,24 @@ _started: Prewalk | None = None  # the one ``start_prewalk`` began, until ``take
 
 
 def start_prewalk(paths: Iterable[str | bytes], after=None, freeze: bool = False) -> None:
-    """Begin listing ``paths`` ahead (``Prewalk``), for the ``walk_groups`` of a send of them."""
+    """Begin listing ``paths`` ahead (``Prewalk``), for the ``walk_groups`` of a send of them:
+    unless that listing is begun already (the program's entry began it before the command line
+    was parsed: ftx/entry.py); one of other paths is stopped."""
     global _started
+    roots = [os.fsencode(p) for p in paths]
+    if _started is not None:
+        if _started.roots == roots:
+            return
+        _started.stop()
     if _c_prewalk is not None:
-        _started = Prewalk(paths, after, freeze)
+        _started = Prewalk(roots, after, freeze)
 
 
 def take_prewalk(paths: Iterable[str | bytes]) -> Prewalk | None:
-    """The ``Prewalk`` begun for exactly ``paths``, if any (once)."""
+    """The ``Prewalk`` begun for exactly ``paths``, if any (once); one of other paths is stopped."""
     global _started
     found, _started = _started, None
     if found is not None and found.roots != [os.fsencode(p) for p in paths]:
+        found.stop()
         return None
     return found

@@ -398,3 +398,55 @@ def test_the_tree_listed_ahead_is_left_out_of_the_collectors_walks(tmp_path):
     finally:
         r.stop()
     assert "probe listed=True young=False" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_entry_knows_which_send_options_take_a_value():
+    """ftx/entry.py finds a send's paths before click loads: its table of the options that take a
+    value must be the command's."""
+    import click
+
+    from ftx.cli import main
+    from ftx.entry import SEND_VALUE_OPTIONS
+
+    send = main.get_command(click.Context(main), "send")
+    valued = {opt for p in send.params if isinstance(p, click.Option) and not p.is_flag and not p.count
+              for opt in p.opts + p.secondary_opts}
+    assert valued == SEND_VALUE_OPTIONS
+    assert all(opt.startswith("--") for opt in valued)  # (no short option takes a value)
+
+
+@pytest.mark.parametrize("args", [
+    ["a", "host"], ["a", "b/c", "host:1"], ["--port", "7431", "a", "host"], ["a", "--identity=id", "host", "--json"],
+    ["-vq", "a", "host", "--max-rate", "1M"], ["--", "-odd", "host"], ["a", "-", "host", "--no-progress", "-v"],
+    ["--idle-timeout", "5", "--log-format", "json", "x", "y", "host"]])
+def test_the_entry_finds_the_paths_click_parses(args):
+    import click
+
+    from ftx.cli import main
+    from ftx.entry import send_paths
+
+    send = main.get_command(click.Context(main), "send")
+    parsed = send.make_context("send", list(args)).params["paths"]
+    assert send_paths(["ftx", "send", *args]) == list(parsed)
+
+
+def test_the_entry_lists_nothing_ahead_for_other_commands_or_sends_without_checks():
+    from ftx.entry import send_paths
+
+    for argv in (["ftx", "receive", "--dir", "x"], ["ftx", "send", "host"], ["ftx", "send", "a", "h", "--checksum"],
+                 ["ftx", "send", "a", "h", "--receipt", "r"], ["ftx", "--help"], ["ftx"]):
+        assert send_paths(argv) is None, argv
+
+
+def test_a_send_begins_listing_its_trees_before_its_command_line_loads(tmp_path):
+    """Begun after click and ftx.cli had loaded, the listing ahead was not done when a re-send of
+    20 000 files wanted it.  (-X importtime writes a line as each import ends.)"""
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_bytes(b"x")
+    proc = subprocess.run([*FTX[:1], "-X", "importtime", *FTX[1:], "send", str(src), "127.0.0.1:9", "--json",
+                           "--no-progress", "--insecure", "--idle-timeout", "2"], capture_output=True, text=True,
+                          timeout=50)
+    assert proc.returncode == 3, proc.stderr[-2000:]  # nothing listens on port 9: it could not connect
+    order = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert order.index("ftx.prewalk") < order.index("click"), order
