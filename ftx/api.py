@@ -29,9 +29,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Union
 
-from . import DEFAULT_PORT
 from .errors import ArgumentError, FtxError
-from .units import parse_size
 
 if TYPE_CHECKING:
     from .limits import Limits
@@ -57,15 +55,6 @@ Ask = Callable[[str, str], Union[bool, Awaitable[bool]]]
 MAX_EVENTS = 10_000  # events queued for ``Receiver.events()`` at most; more are dropped and counted
 
 
-def _paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        paths = [paths]
-    out = [os.fsdecode(os.fspath(p)) for p in paths]
-    if not out:
-        raise ArgumentError("nothing to send: give at least one path")
-    return out
-
-
 async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: int | None = None, udp: bool = False,
                      identity: str | None = None, expect_fingerprint: str | None = None, code: str | None = None,
                      tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
@@ -88,44 +77,13 @@ async def send_async(paths: PathLike | Iterable[PathLike], dest: str, *, port: i
     Raises ``ArgumentError`` for bad arguments and the ``ftx.errors`` classes for failures before or of
     the session as a whole; per-file failures are in the report."""
     from .client import send_over_network
-    from .core.config import Config
-    from .core.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-    from .credentials import CredentialError, parse_code
-    from .identity import sender_id
-    from .security_setup import SenderAuth
-    from .transport.sockets import check_host, parse_dest
+    from .send_args import plan_send
 
-    names = _paths(paths)
-    try:
-        host, dport = parse_dest(dest, port or DEFAULT_PORT)
-        check_host(host)  # what the resolver will need; e.g. a label over 63 characters fails
-        csize = parse_size(chunk_size) if isinstance(chunk_size, str) else int(chunk_size)
-        rate = parse_size(max_rate) if isinstance(max_rate, str) else max_rate
-    except (ValueError, UnicodeError) as exc:
-        raise ArgumentError(f"bad destination {dest!r}: {exc}" if isinstance(exc, UnicodeError) else str(exc)) \
-            from None
-    if not MIN_CHUNK_SIZE <= csize <= MAX_CHUNK_SIZE:
-        raise ArgumentError("chunk_size must be between 4K and 16M")
-    if rate is not None and rate <= 0:
-        raise ArgumentError("max_rate must be positive")
-    if idle_timeout is not None and not 0 < idle_timeout < float("inf"):
-        raise ArgumentError("idle_timeout must be a positive number of seconds")
-    if not 1248 <= mtu <= 65535:
-        raise ArgumentError("mtu must be between 1248 and 65535")
-    auth = SenderAuth(insecure, identity, expect_fingerprint, code, tls, tls_ca, tls_cert, tls_key)
-    if (why := auth.conflict(code is not None)) is not None:
-        raise ArgumentError(why.replace("--", "").replace("-", "_"))
-    if code is not None:
-        try:
-            auth.code = parse_code(code)
-        except CredentialError as exc:
-            raise ArgumentError(str(exc)) from None
-    if transfer_id is not None and len(transfer_id) != 8:
-        raise ArgumentError("transfer_id must be 8 bytes")
-    config = Config(chunk_size=csize, resume=resume, sender_id=sender_id(), quick_check=not checksum,
-                    transfer_id=transfer_id or os.urandom(8))
-    return await send_over_network(names, host, dport, config, links, progress,
-                                   idle_timeout or (15.0 if udp else 30.0), rate, udp, mtu, pmtud, auth, receipt)
+    return await send_over_network(plan_send(
+        paths, dest, port=port, udp=udp, identity=identity, expect_fingerprint=expect_fingerprint, code=code, tls=tls,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, checksum=checksum, max_rate=max_rate,
+        receipt=receipt, resume=resume, links=links, chunk_size=chunk_size, mtu=mtu, pmtud=pmtud,
+        idle_timeout=idle_timeout, transfer_id=transfer_id), progress)
 
 
 def send(paths: PathLike | Iterable[PathLike], dest: str, **options: Any) -> SendReport:

@@ -279,7 +279,6 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
         start_prewalk(paths, _prepare_json if as_json else None, freeze=True)  # (see _loaded)
     _setup_logging(verbose, quiet, log_format)
-    _asyncio_without_ssl()
     from .transport.sockets import check_host, parse_dest
 
     try:
@@ -341,27 +340,37 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
 
         progress = Bars(count=file_sizes(paths, links), file_bars=True)  # the total: counted by a thread
     so_far.inner = progress or so_far.inner
+    from .send_args import plan_send
 
-    import asyncio
-
-    from .api import send_async
-
-    terminated = []
-    _loaded()
     try:
-        report = asyncio.run(_until_signalled(send_async(
-            list(paths), dest, port=port, udp=udp, identity=identity, expect_fingerprint=expect_fingerprint, code=code,
-            tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, checksum=checksum,
-            max_rate=rate, receipt=receipt, progress=so_far, resume=not no_resume, links=links, chunk_size=csize,
-            mtu=mtu, pmtud=pmtud, idle_timeout=idle_timeout, transfer_id=bytes.fromhex(transfer_id)), terminated))
+        plan = plan_send(list(paths), dest, port=port, udp=udp, identity=identity,
+                         expect_fingerprint=expect_fingerprint, code=code, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert,
+                         tls_key=tls_key, insecure=insecure, checksum=checksum, max_rate=rate, receipt=receipt,
+                         resume=not no_resume, links=links, chunk_size=csize, mtu=mtu, pmtud=pmtud,
+                         idle_timeout=idle_timeout, transfer_id=bytes.fromhex(transfer_id))
+    except FtxError as exc:
+        fail(str(exc), _exit_code(exc))
+    terminated = []
+    try:
+        head = _head_start(plan)  # connected, authenticated, the first checks sent: the receiver lists
+        _asyncio_without_ssl()  # ... while this loads
+        import asyncio
+
+        from .client import send_over_network
+
+        _loaded()
+        report = asyncio.run(_until_signalled(send_over_network(plan, so_far, head), terminated))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
-    except asyncio.CancelledError:
-        if not terminated:
-            raise
+    except _Terminated:
         fail("terminated", EXIT_TERMINATED)
     except FtxError as exc:
         fail(str(exc), _exit_code(exc))
+    except BaseException as exc:
+        loop_module = sys.modules.get("asyncio")
+        if terminated and loop_module is not None and isinstance(exc, loop_module.CancelledError):
+            fail("terminated", EXIT_TERMINATED)
+        raise
     finally:
         if progress is not None:
             progress.close()
@@ -387,6 +396,28 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         _die(f"{report.failed} of {report.file_count} items failed; first: {first.path}: "
              f"{first.message or first.status}", code)
     _finished(EXIT_OK)
+
+
+class _Terminated(BaseException):
+    """SIGTERM during the head start (asyncio's handler comes with the loop: _until_signalled)."""
+
+
+def _head_start(plan):
+    """``head_start.begin`` (None where a send has none), SIGTERM raising _Terminated meanwhile."""
+    from .head_start import begin, eligible
+
+    if not eligible(plan):
+        return None
+    import signal
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        return begin(plan)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _until_signalled(coro, terminated: list):

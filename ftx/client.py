@@ -1,41 +1,52 @@
 """The sender's work: check the paths, connect, authenticate, send, report.
 
-``send_over_network`` runs one transfer of ``paths`` to ``host``/``port`` over TCP or the
+``send_over_network`` runs one planned transfer (``send_args.SendPlan``) over TCP or the
 reliable UDP transport and returns the ``SendReport``; errors before the session (bad
 arguments, bad credentials, cannot connect, handshake failed) raise ``ftx.errors``
-exceptions.  ``ftx send`` (ftx/cli.py) and ``ftx.send`` (ftx/api.py) both run it.
+exceptions.  ``ftx send`` (ftx/cli.py) and ``ftx.send`` (ftx/api.py) both run it; ``ftx send``
+gives it where its head start left the send (ftx/head_start.py: the first steps of this, to
+the first directory checks, done before asyncio and the session were loaded).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .core.config import Config
 from .errors import TransportError
 from .progress import Progress
+from .send_args import SendPlan
 from .sending import SendReport
 
 
-async def send_over_network(paths: list[str], host: str, port: int, config: Config, links: bool,
-                            progress: Progress | None, idle_timeout: float, rate: float | None, udp: bool,
-                            mtu: int, pmtud: bool, auth: Any = None, receipt: str | None = None) -> SendReport:
+async def send_over_network(plan: SendPlan, progress: Progress | None, head=None) -> SendReport:
     from .security_setup import SenderAuth, sender_handshake
     from .sending import SendSession
     from .prewalk import take_prewalk
     from .source import arguments, walk, walk_groups
 
+    paths, host, port, config, links, auth = plan.names, plan.host, plan.port, plan.config, plan.links, plan.auth
+    if head is not None:  # (head_start.HeadState: connected, authenticated, HELLOs exchanged)
+        from .transport.tcp import TcpLink
+
+        link = TcpLink.taking_over(head.link)
+        try:
+            report = await SendSession(link, config, progress, plan.idle_timeout, plan.rate,
+                                       established=head.established, head=head).run(
+                head.walk or walk_groups(paths, links, head.top, take_prewalk(paths)))
+            return _finish(report, link, head.established)
+        finally:
+            await link.aclose()
     top = arguments(paths)  # bad arguments fail before connecting
     hs = sender_handshake(auth or SenderAuth(insecure=True), host, port)  # bad credentials too
     if hs is not None and auth.mode == "code":  # the receiver asks its user: say what comes
         from .security_setup import offer_summary
 
         config.summary = offer_summary(walk(paths, links))  # a first walk that counts, holding nothing
+    rate = plan.rate
     try:
-        if udp:
+        if plan.udp:
             from .transport import udp as transport
 
             link = await transport.connect(host, port, transport.UdpConfig(
-                max_datagram=mtu - 48, idle_timeout=idle_timeout, max_rate=rate, pmtud=pmtud))
+                max_datagram=plan.mtu - 48, idle_timeout=plan.idle_timeout, max_rate=rate, pmtud=plan.pmtud))
             rate = None  # the UDP pacer applies it
         else:
             from .transport import tcp as transport
@@ -44,20 +55,22 @@ async def send_over_network(paths: list[str], host: str, port: int, config: Conf
     except OSError as exc:  # what the transports do not name themselves (e.g. a broadcast address)
         raise TransportError(f"cannot connect to {host} port {port}: {exc.strerror or exc}") from exc
     try:
-        peer_fingerprint = ""
         est = None
         if hs is not None:
             from .securing import run_handshake
 
-            est = await run_handshake(link, hs, idle_timeout)
-            peer_fingerprint = est.peer.fingerprint
-        report = await SendSession(link, config, progress, idle_timeout, rate, receipt=receipt,
+            est = await run_handshake(link, hs, plan.idle_timeout)
+        report = await SendSession(link, config, progress, plan.idle_timeout, rate, receipt=plan.receipt,
                                    established=est).run(walk_groups(paths, links, top, take_prewalk(paths)))
-        report.transport_stats = getattr(link, "stats", {})
-        report.peer_fingerprint = peer_fingerprint
-        return report
+        return _finish(report, link, est)
     finally:
         await link.aclose()
+
+
+def _finish(report: SendReport, link, est) -> SendReport:
+    report.transport_stats = getattr(link, "stats", {})
+    report.peer_fingerprint = est.peer.fingerprint if est is not None else ""
+    return report
 
 
 __all__ = ["send_over_network"]

@@ -31,11 +31,13 @@ legitimate sender out.
 The driver reads frame headers only at frame boundaries of the peer's
 handshake; a sealed record's header starts with 0x00 or 0x80, so it is never
 taken for one of these.
+
+``run_handshake_blocking`` runs the same pump over a link whose calls block (a
+send's head start, ftx/head_start.py, before asyncio is loaded).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from .core.frames import HEADER as FRAME_HEADER
@@ -68,15 +70,53 @@ async def run_handshake(link, hs: Handshake, timeout: float, budget: BufferBudge
     (connection lost; code TIMEOUT when the time ran out), ``BufferLimit`` (the
     budget is spent) or ``RemoteProtocolError`` (malformed handshake).
     """
+    import asyncio
+
     pump = _Pump(link, hs, budget)
     try:
         return await asyncio.wait_for(pump.run(), timeout)
     except asyncio.TimeoutError:
-        exc = TransportError(f"the handshake did not finish within {timeout:g} s", ErrorCode.TIMEOUT)
-        await _tell(link, exc.code, str(exc))
-        raise exc from None
+        raise await _timed_out(link, timeout) from None
     finally:
         pump.release()
+
+
+def run_handshake_blocking(link, hs: Handshake, timeout: float) -> Established:
+    """``run_handshake`` over a link whose calls block (``blocking``: ftx/head_start.py's), without
+    an event loop: the pump's coroutine never suspends there, so it runs to its end in one step.
+    The link raises TimeoutError once ``timeout`` seconds have passed since ``link.deadline``
+    was set here; the errors are ``run_handshake``'s."""
+    link.deadline = time.monotonic() + timeout
+    try:
+        return run_now(_Pump(link, hs).run())
+    except TimeoutError:
+        raise run_now(_timed_out(link, timeout)) from None
+
+
+async def _timed_out(link, timeout: float) -> TransportError:
+    exc = TransportError(f"the handshake did not finish within {timeout:g} s", ErrorCode.TIMEOUT)
+    await _tell(link, exc.code, str(exc))
+    return exc
+
+
+def run_now(coro):
+    """The result of a coroutine that does not suspend (one that awaits only a blocking link)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a blocking link's coroutine suspended")
+
+
+async def within(link, aw, seconds: float):
+    """``await aw`` for ``seconds`` at most (asyncio.TimeoutError after).  A blocking link bounds
+    its own calls (its socket's timeout), and no event loop runs there."""
+    if getattr(link, "blocking", False):
+        return await aw
+    import asyncio
+
+    return await asyncio.wait_for(aw, seconds)
 
 
 class _Pump:
@@ -161,7 +201,7 @@ class _Pump:
             return
         if self.installed and getattr(self.hs, "refusal_sealable", False):
             try:
-                await asyncio.wait_for(self.link.send([out]), 1.0)
+                await within(self.link, self.link.send([out]), 1.0)
             except Exception:
                 pass
             return
@@ -229,6 +269,6 @@ async def _tell(link, code: ErrorCode, message: str) -> None:
 async def _send_plain(link, frame: bytes) -> None:
     try:
         send = getattr(link, "send_plain", link.send)
-        await asyncio.wait_for(send([frame]), 1.0)
+        await within(link, send([frame]), 1.0)
     except Exception:
         pass

@@ -18,7 +18,6 @@ handshake work for a minute.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -501,8 +500,10 @@ async def authenticate(link, auth: ReceiverAuth, timeout: float, budget=None) ->
         raise
     why = auth.end(host, hs, None, generation)
     if why is not None:  # proved a code that another sender used first: sealed now, so say it sealed
+        from .securing import within
+
         try:
-            await asyncio.wait_for(link.send([refusal_frame(why)]), 1.0)
+            await within(link, link.send([refusal_frame(why)]), 1.0)
         except Exception:
             pass
         await link.aclose()

@@ -53,7 +53,7 @@ from .progress import Progress, SoFar
 from .send_stream import LargeFileStreaming
 from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
 from .smallrun import SmallRun, frames
-from .source import DirGroup, SmallReader, SourceFile, SourceItem, walk_groups
+from .source import AHEAD_ITEMS, CHECK_BATCH, CHECKS_AHEAD, DirGroup, SmallReader, SourceFile, SourceItem, walk_groups
 from .transport.link import Link, Watchdog
 
 _STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
@@ -61,12 +61,6 @@ _FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 log = logging.getLogger("ftx.send")
 
-CHECKS_AHEAD = 256  # directories whose CHECK_DIR may await its DIR_STATE (within the offer window):
-# a re-send's time is the receiver's listing of every directory, so all of a tree's checks go out at
-# once and it lists them back to back (with 32, refilled at 16, it sat idle for a round trip and our
-# refill after each batch: ~10 ms of a 100 ms re-send of 200 directories)
-CHECK_BATCH = 8  # ... made and written this many at a time (the receiver lists a batch per wake-up)
-AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
 RUN_BYTES = 480 * 1024  # a run of small files is framed up to this many bytes (one record of at most 512 KiB), then sent
 
 
@@ -74,11 +68,12 @@ class SendSession(LargeFileStreaming):
     def __init__(self, link: Link, config: Config | None = None,
                  progress: Progress | None = None, idle_timeout: float = 30.0,
                  max_rate: float | None = None, receipt=None, established: Established | None = None,
-                 receipt_key: bytes | None = None) -> None:
+                 receipt_key: bytes | None = None, head=None) -> None:
         """``receipt``: a path; ask the receiver for a signed receipt, check it and write it
         there.  Its key must be the one ``established`` (the handshake) proved (a TLS
         handshake: its certificate's), or ``receipt_key`` (raw Ed25519); with neither (a plaintext link) the receipt's own
-        key is taken, and the report names its fingerprint."""
+        key is taken, and the report names its fingerprint.  ``head``: where a head start left
+        this send (head_start.HeadState: its connection, the checks it sent; no receipt)."""
         self.link = link
         self.config = config or Config()
         self.receipt_path = receipt
@@ -99,7 +94,8 @@ class SendSession(LargeFileStreaming):
                     raise ReceiptError(f"receipts need the receiver's Ed25519 identity or certificate; a {peer.kind} "
                                        "handshake proves none")
             checker = ReceiptChecker(receipt_key, transcript, certificate)
-        self.conn = SenderConnection(self.config, checker)
+        self._head = head
+        self.conn = head.conn if head is not None else SenderConnection(self.config, checker)
         self.conn.run_events = True  # a RESULT_RUN settles its files per run (_on_run)
         self.progress = progress or Progress()
         self.idle_timeout = idle_timeout
@@ -129,6 +125,7 @@ class SendSession(LargeFileStreaming):
         error = ""
         failure: FtxError | None = None
         self._main = asyncio.current_task()
+        early = self._take_over(self._head) if self._head is not None else ()
         if self.receipt_path is not None:
             from .receipt_file import ReceiptWriter
 
@@ -146,7 +143,7 @@ class SendSession(LargeFileStreaming):
                 await self._flush()
                 hello = await self._wait(self._handshake)
                 self._fit_to_peer(hello.max_payload)
-                await self._send_all(source)
+                await self._send_all(source, early)
                 self.conn.finish()
                 await self._flush()
                 await self._wait(self._complete)
@@ -185,6 +182,20 @@ class SendSession(LargeFileStreaming):
                               "entries": checker.end.count, "key_proven": checker.public is not None}
         report.failure = failure  # not in the JSON: the CLI picks the exit code by its class
         return report
+
+    def _take_over(self, head) -> list:
+        """The groups a head start walked, each with the future of its CHECK_DIR's answer (made
+        before our read loop first runs: none of the answers is missed); its failure is ours."""
+        loop = asyncio.get_running_loop()
+        early = []
+        for group, did in head.ahead:
+            fut = None
+            if did is not None:
+                fut = self._dir_states[did] = loop.create_future()
+            early.append((group, fut))
+        if head.failure is not None:
+            self._fail(head.failure)
+        return early
 
     def _fit_to_peer(self, peer_max: int) -> None:
         """Chunks and whole small files must fit the receiver's largest frame."""
@@ -233,8 +244,7 @@ class SendSession(LargeFileStreaming):
     async def _read_loop(self) -> None:
         conn, link = self.conn, self.link
         try:
-            while True:
-                await link.feed(conn)
+            while True:  # (events first: a head start may have left some, the receiver's HELLO)
                 while (ev := conn.next_event()) is not None:
                     self._on_event(ev)
                 # a paced chunk holds the link (seconds at a low --max-rate): read on, and leave what
@@ -243,6 +253,7 @@ class SendSession(LargeFileStreaming):
                     await self._flush()
                 if conn.closed:
                     return
+                await link.feed(conn)
         except FtxError as exc:
             try:  # tell the peer why (the core queued an ERROR frame)
                 await asyncio.wait_for(self.link.send(conn.data_to_send()), 1.0)
@@ -372,11 +383,12 @@ class SendSession(LargeFileStreaming):
         self.progress.end_file(report)
 
     # -- sending ----------------------------------------------------------------
-    async def _send_all(self, groups) -> None:
+    async def _send_all(self, groups, early=()) -> None:
+        """``early``: (group, future of its DIR_STATE or None) walked and checked already (a head start's)."""
         conn = self.conn
         queue: deque[int] = deque()  # large files offered, in offer order
-        ahead: deque[tuple[DirGroup, asyncio.Future | None]] = deque()  # groups walked, in order
-        ahead_items = 0
+        ahead: deque[tuple[DirGroup, asyncio.Future | None]] = deque(early)  # groups walked, in order
+        ahead_items = sum(group.count for group, _ in ahead)
         walk = iter(groups)
         limit = CHECKS_AHEAD if conn.quick_check else 1
         while True:

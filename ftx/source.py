@@ -36,6 +36,14 @@ if os.environ.get("FTX_PURE_PYTHON"):
     _c_listing = None
 
 
+CHECKS_AHEAD = 256  # directories whose CHECK_DIR may await its DIR_STATE (within the offer window):
+# a re-send's time is the receiver's listing of every directory, so all of a tree's checks go out at
+# once and it lists them back to back (with 32, refilled at 16, it sat idle for a round trip and our
+# refill after each batch: ~10 ms of a 100 ms re-send of 200 directories)
+CHECK_BATCH = 8  # ... made and written this many at a time (the receiver lists a batch per wake-up)
+AHEAD_ITEMS = 50_000  # ... as long as their groups hold no more items than this in all
+
+
 class SourceChanged(FtxError):
     code = ErrorCode.SOURCE_CHANGED
 

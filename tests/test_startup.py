@@ -277,7 +277,8 @@ def test_no_collection_while_a_command_loads_and_collection_on_in_its_loop(tmp_p
     paused until the event loop starts, then everything loaded so far is frozen and collection
     resumes (a receiver that ran without it would grow with every cycle its sessions leave)."""
     (tmp_path / "a.txt").write_bytes(b"x")
-    args = {"send": ["send", str(tmp_path / "a.txt"), "127.0.0.1:9", "--insecure", "--no-progress"],
+    # (--checksum: a send without a head start, which would connect before its loop: head_start.py)
+    args = {"send": ["send", str(tmp_path / "a.txt"), "127.0.0.1:9", "--insecure", "--no-progress", "--checksum"],
             "receive": ["receive", "--dir", str(tmp_path), "--port", "0", "--listen", "127.0.0.1"]}[command]
     proc = subprocess.run([sys.executable, "-c", GC_PROBE, *args], capture_output=True, text=True, timeout=50,
                           env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg")})
@@ -356,13 +357,15 @@ def test_a_command_that_does_not_pause_collection_runs_with_it_on(tmp_path):
 FREEZE_PROBE = """
 import gc, sys, threading
 import ftx.cli as cli
+import ftx.head_start as head_start
 import ftx.prewalk as prewalk
-started = threading.Event()  # the walk begins once the event loop starts (as on a busy machine)
-loaded = cli._loaded
-def _loaded():
-    loaded()
+started = threading.Event()  # the walk begins once the send has begun (as on a busy machine)
+begin = head_start.begin
+def _begin(plan):
+    gc.freeze()  # (what the command had loaded by then: as _loaded does once the loop starts)
     started.set()
-cli._loaded = _loaded
+    return begin(plan)
+head_start.begin = _begin
 walk = prewalk.Prewalk._walk
 def _walk(self):
     started.wait(30)
@@ -382,7 +385,7 @@ cli.main()
 @pytest.mark.timeout(60)
 def test_the_tree_listed_ahead_is_left_out_of_the_collectors_walks(tmp_path):
     """The sender's listing ahead (prewalk.Prewalk: a record per entry) is made by its thread while
-    the send starts, often after the event loop started and the loaded modules were frozen: the
+    the send starts, often after the loaded modules were frozen: the
     collector's older generations walked all of it again and again (~2 ms of a re-send of 20 000
     files).  Once listed it is frozen too; it is freed as before, by reference counts, once its
     groups are sent."""

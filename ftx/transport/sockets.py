@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from .. import DEFAULT_PORT
-from ..errors import TransportError
+from ..errors import ErrorCode, TransportError
 
 ANY = (None, "", "::", "*")
 
@@ -44,12 +45,49 @@ async def resolve(host: str, port: int, socktype: int) -> list:
     here, at once: asyncio's ``loop.getaddrinfo`` would start its resolver thread for it (and the
     end of ``asyncio.run`` another to join that one), about 1-2 ms of every send.  Only a name
     goes to that thread; its result and errors are what they always were."""
-    try:  # (as ASCII bytes: a str host is IDNA-encoded first, which imports the idna codec, ~2 ms)
-        return socket.getaddrinfo(host.encode("ascii"), port, type=socktype, flags=socket.AI_NUMERICHOST)
-    except (socket.gaierror, UnicodeEncodeError):  # a name (or not an address at all: the resolver says which, as before)
+    infos = _numeric(host, port, socktype)
+    if infos is None:  # a name (or not an address at all: the resolver says which, as before)
         import asyncio
 
         return await asyncio.get_running_loop().getaddrinfo(host, port, type=socktype)
+    return infos
+
+
+def _numeric(host: str, port: int, socktype: int) -> list | None:
+    try:  # (as ASCII bytes: a str host is IDNA-encoded first, which imports the idna codec, ~2 ms)
+        return socket.getaddrinfo(host.encode("ascii"), port, type=socktype, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeEncodeError):
+        return None
+
+
+def connect_blocking(host: str, port: int, timeout: float) -> socket.socket:
+    """``tcp.connect`` without an event loop (ftx/head_start.py): a blocking socket (``timeout`` on each
+    call, TCP_NODELAY) connected to the first of HOST's addresses that answers; the same errors."""
+    try:
+        infos = _numeric(host, port, socket.SOCK_STREAM) or socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot resolve {host}: {exc.strerror}") from exc
+    last: Exception | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise connect_error(host, port, last)
+
+
+def connect_error(host: str, port: int, last: Exception | None) -> TransportError:
+    """What a connect that found no address answering says (the last address's reason)."""
+    errno_ = getattr(last, "errno", None)  # asyncio's strerror reads "Connect call failed ('127.0.0.1', 9)"
+    reason = os.strerror(errno_).lower() if errno_ else getattr(last, "strerror", None) or "timed out"
+    return TransportError(f"cannot connect to {host} port {port}: {reason}", ErrorCode.ABORTED)
 
 
 def bound_socket(host: str | None, port: int, socktype: int, reuse_addr: bool = False) -> socket.socket:

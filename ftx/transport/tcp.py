@@ -17,7 +17,6 @@ the AEAD into their final place: that reading half is ``SealedFeed``
 from __future__ import annotations
 
 import asyncio
-import os
 import errno
 import logging
 import socket
@@ -30,7 +29,7 @@ from ..core.secure import Established
 from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import ErrorCode, LocalProtocolError, TransportError
 from .quiet import IDLE_TRIM, give_back
-from .sockets import bound_socket, host_of, resolve
+from .sockets import bound_socket, connect_error, host_of, resolve
 from .tcp_sealed import SealedFeed
 
 log = logging.getLogger("ftx.tcp")
@@ -66,6 +65,16 @@ class TcpLink(SealedFeed):
             self.peer = sock.getpeername()
         except OSError:
             self.peer = None
+
+    @classmethod
+    def taking_over(cls, head) -> "TcpLink":
+        """The link of the connection a send's head start opened and began (head_start.BlockingLink):
+        its records go on where the head start's left off -- the same keys, the next record
+        numbers, what it read and has not opened yet -- and its byte counts go on too."""
+        link = cls(head.sock)
+        link._keys, link._sealer, link._opener, link._rest = head._keys, head._sealer, head._opener, head._rest
+        link.bytes_in, link.bytes_out = head.bytes_in, head.bytes_out
+        return link
 
     @property
     def sending(self) -> bool:
@@ -202,23 +211,7 @@ class TcpLink(SealedFeed):
         """
         if self._opener is not None:
             return await self._feed_sealed(conn)
-        sock = self.sock
-        while True:
-            buf = conn.get_buffer()
-            self._wake_at(len(buf), len(buf))
-            try:
-                n = sock.recv_into(buf)
-                break
-            except (BlockingIOError, InterruptedError):
-                del buf  # hold no region of the buffer while we wait
-                await self._readable(conn)
-            except OSError as exc:
-                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
-        self.last_recv = time.monotonic()
-        self.bytes_in += n
-        if n == 0:
-            conn.receive_eof()
-        conn.buffer_updated(n)
+        await self._feed_plain(conn)
         if self.on_established is not None and conn.peer is not None:
             callback, self.on_established = self.on_established, None
             callback()
@@ -308,9 +301,7 @@ async def connect(host: str, port: int, timeout: float = 15.0) -> TcpLink:
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             last = exc
-    errno_ = getattr(last, "errno", None)  # asyncio's strerror reads "Connect call failed ('127.0.0.1', 9)"
-    reason = os.strerror(errno_).lower() if errno_ else getattr(last, "strerror", None) or "timed out"
-    raise TransportError(f"cannot connect to {host} port {port}: {reason}", ErrorCode.ABORTED)
+    raise connect_error(host, port, last)
 
 
 def listen(host: str | None, port: int) -> list[socket.socket]:

@@ -1,5 +1,6 @@
-"""Reading sealed records on a TCP link: ``SealedFeed``, the half of ``TcpLink`` that
-opens the peer's records straight into the frame decoder's buffer.
+"""Reading on a TCP link: ``SealedFeed``, the half of ``TcpLink`` (and of a send's head start,
+head_start.BlockingLink) that opens the peer's records straight into the frame decoder's buffer
+(and reads plaintext there before a handshake is done, ``_feed_plain``).
 
 After ``handshake_done`` only sealed records are accepted (ftx/core/secure/records.py).
 ``feed`` opens them into the connection's buffer (``open_into``): a complete record
@@ -14,7 +15,6 @@ A mixin: its host (``TcpLink``) gives ``sock``, ``_keys``, ``_opener``, ``_rest`
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from ..core.frames import HEADER_SIZE as FRAME_HEADER_SIZE
@@ -25,6 +25,7 @@ from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.keys import TAG_SIZE
 from ..core.secure.records import RecordOpener
 from ..errors import FtxError, LocalProtocolError, TransportError
+from ..securing import within
 
 PLAIN_ERROR_MAX = 16 + 4096  # a plaintext ERROR frame (a refusal) before the first record, at most
 PILE_RECORDS = 4  # records of small files' events handed to the driver as one batch, at most (while
@@ -47,6 +48,27 @@ class SealedFeed:
             buf[:n] = view[:n]
             opener.buffer_updated(n)
             view = view[n:]
+
+    async def _feed_plain(self, conn) -> None:
+        """Before ``handshake_done`` (or without a handshake, --insecure): what arrives next, read
+        straight into ``conn``'s buffer."""
+        sock = self.sock
+        while True:
+            buf = conn.get_buffer()
+            self._wake_at(len(buf), len(buf))
+            try:
+                n = sock.recv_into(buf)
+                break
+            except (BlockingIOError, InterruptedError):
+                del buf  # hold no region of the buffer while we wait
+                await self._readable(conn)
+            except OSError as exc:
+                raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        self.last_recv = time.monotonic()
+        self.bytes_in += n
+        if n == 0:
+            conn.receive_eof()
+        conn.buffer_updated(n)
 
     async def _feed_sealed(self, conn) -> None:
         """Open the next record(s) into ``conn``; read from the socket only when none is complete.
@@ -120,7 +142,7 @@ class SealedFeed:
             # tell the peer why (sealed: it has our keys), before the session learns of it;
             # the connection object is left as it is, so the error the session reports is this one
             try:
-                await asyncio.wait_for(self.send([encode_frame(FrameType.ERROR, ErrorMessage(
+                await within(self, self.send([encode_frame(FrameType.ERROR, ErrorMessage(
                     exc.code, str(exc)).encode())]), 1.0)
             except Exception:
                 pass

@@ -1,0 +1,167 @@
+"""A send's head start (ftx/head_start.py): connected, authenticated, HELLOs exchanged and the first
+directory checks sent before asyncio and the session load; the session takes over from there.
+
+Real ``ftx`` subprocesses and sockets.  ``--checksum`` sends (no directory checks) have no head
+start: they are what a send without one does, to compare with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ftx.source import CHECKS_AHEAD
+
+from .helpers import FTX, Receiver, run_send, start_send, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _tree(root, dirs: int, files: int = 2):
+    for d in range(dirs):
+        (root / f"d{d:04d}").mkdir(parents=True)
+        for f in range(files):
+            (root / f"d{d:04d}" / f"f{f}").write_bytes(b"x" * (d + f))
+    return root
+
+
+def test_a_resend_of_more_directories_than_the_head_start_checks_goes_on_in_the_session(tmp_path):
+    src = _tree(tmp_path / "tree", CHECKS_AHEAD + 60)
+    r = Receiver(tmp_path / "in", "--overwrite")
+    try:
+        rc, first, err = run_send(str(src), r.dest)
+        assert rc == 0, err
+        rc, again, err = run_send(str(src), r.dest)
+        assert rc == 0, err
+        assert again["file_count"] == first["file_count"] == 1 + (CHECKS_AHEAD + 60) * 3
+        assert again["identical"] == again["file_count"] - 1  # (the named directory: its mode and mtime set again)
+        assert again["bytes_sent"] == 0
+        (src / "d0300" / "f1").write_bytes(b"changed")  # in a directory past the head start's checks
+        (src / "d0000" / "f0").write_bytes(b"changed too")  # and in one it checked
+        rc, third, err = run_send(str(src), r.dest)
+        assert rc == 0, err
+        assert (r.dir / "tree" / "d0300" / "f1").read_bytes() == b"changed"
+        assert (r.dir / "tree" / "d0000" / "f0").read_bytes() == b"changed too"
+        assert third["bytes_sent"] == len(b"changed") + len(b"changed too")
+    finally:
+        r.stop()
+
+
+HEAD_PROBE = """
+import sys
+import ftx.head_start as head_start
+begin = head_start.begin
+def _begin(plan):
+    state = begin(plan)
+    sys.stderr.write(f"probe head={state is not None} asyncio={'asyncio' in sys.modules} "
+                     f"checks={sum(did is not None for _, did in state.ahead) if state else 0}\\n")
+    return state
+head_start.begin = _begin
+from ftx.cli import main
+main(sys.argv[1:], prog_name="ftx")
+"""
+
+
+def test_the_head_start_checks_the_tree_before_asyncio_is_loaded(tmp_path):
+    src = _tree(tmp_path / "tree", 5)
+    r = Receiver(tmp_path / "in")
+    try:
+        assert run_send(str(src), r.dest)[0] == 0
+        proc = subprocess.run([sys.executable, "-c", HEAD_PROBE, "send", str(src), r.dest, "--no-progress", "--json"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["identical"] == 15  # (all but the named directory)
+    finally:
+        r.stop()
+    assert "probe head=True asyncio=False checks=6" in proc.stderr, proc.stderr
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word (holds them until stopped)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self.accepted:
+            s.close()
+
+
+@pytest.mark.parametrize("mode", [["--insecure"], []], ids=["insecure", "keys"])
+def test_a_silent_receiver_fails_a_send_as_without_a_head_start(tmp_path, mode):
+    """keys: the handshake never ends; --insecure: our HELLO is never answered (the head start
+    waits HELLO_WAIT, then the session's watchdog gives up as it always did)."""
+    (tmp_path / "f").write_bytes(b"x")
+    server = SilentServer()
+    try:
+        outcomes = []
+        for extra in ([], ["--checksum"]):  # with a head start, and without
+            rc, report, err = run_send(str(tmp_path / "f"), f"127.0.0.1:{server.port}", *mode, "--idle-timeout", "2",
+                                       *extra)
+            lines = [line for line in err.splitlines() if line.startswith("ftx: ") and "first contact" not in line]
+            outcomes.append((rc, report["error"], lines[-1]))
+        assert outcomes[0] == outcomes[1], outcomes
+        assert outcomes[0][0] == 3, outcomes  # the connection failed (lost / timed out)
+    finally:
+        server.close()
+
+
+def test_sigterm_during_the_head_start_ends_the_send_as_terminated(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    server = SilentServer()
+    try:
+        proc = start_send(str(tmp_path / "f"), f"127.0.0.1:{server.port}", "--idle-timeout", "30")
+        wait_for(lambda: server.accepted, what="the sender to connect")  # its handshake now waits
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        server.close()
+    assert proc.returncode == 143, err
+    report = json.loads(out)
+    assert report["exit"] == 143 and report["error"] == "terminated" and not report["ok"]
+
+
+def test_the_head_start_keeps_no_descriptor_of_a_failed_connect(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    code = ("import os, sys\n"
+            "import ftx.head_start as hs\n"
+            "from ftx.send_args import plan_send\n"
+            "from ftx.errors import FtxError\n"
+            "before = len(os.listdir('/proc/self/fd'))\n"
+            "for port in (9, 9):\n"
+            "    try:\n"
+            "        hs.begin(plan_send([sys.argv[1]], f'127.0.0.1:{port}', insecure=True, idle_timeout=2))\n"
+            "    except FtxError as exc:\n"
+            "        print(type(exc).__name__, exc)\n"
+            "print(len(os.listdir('/proc/self/fd')) - before)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f")], capture_output=True, text=True,
+                          timeout=30, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("TransportError cannot connect to 127.0.0.1 port 9") and lines[-1] == "0", lines
+
+
+def test_ftx_command_line_runs_through_the_entry(tmp_path):
+    """(python -m ftx and the console script run ftx.entry:main, which loads ftx.cli after it.)"""
+    proc = subprocess.run(FTX + ["--version"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
