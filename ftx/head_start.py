@@ -157,7 +157,10 @@ def begin(plan) -> HeadState | None:
 
     top = arguments(plan.names)  # bad arguments fail before connecting (as client.send_over_network)
     hs = sender_handshake(plan.auth, plan.host, plan.port)  # bad credentials too
-    sock = connect_blocking(plan.host, plan.port, plan.idle_timeout)
+    try:
+        sock = connect_blocking(plan.host, plan.port, plan.idle_timeout)
+    except OSError as exc:  # what connect_blocking does not name itself (as client.send_over_network)
+        raise TransportError(f"cannot connect to {plan.host} port {plan.port}: {exc.strerror or exc}") from exc
     try:
         link = BlockingLink(sock, plan.idle_timeout)
         est = run_handshake_blocking(link, hs, plan.idle_timeout) if hs is not None else None
