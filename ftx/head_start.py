@@ -25,7 +25,6 @@ from __future__ import annotations
 import select
 import time
 
-from .core.secure.records import RecordSealer
 from .core.sender import SenderConnection
 from .errors import FtxError, TransportError
 from .prewalk import take_prewalk
@@ -74,10 +73,6 @@ class BlockingLink(SealedFeed):
         self.last_recv = time.monotonic()
         self.bytes_in += len(data)
         return data
-
-    def install_keys(self, est) -> None:
-        self._keys = est
-        self._sealer = RecordSealer(est)
 
     # -- sending -------------------------------------------------------------------------
     async def send(self, bufs: list) -> None:

@@ -102,13 +102,6 @@ class TcpLink(SealedFeed):
         self.bytes_in += len(data)
         return data
 
-    def install_keys(self, est: Established) -> None:
-        """Our handshake bytes are all sent: everything sent from now on is sealed."""
-        if self._sealer is not None:
-            raise LocalProtocolError("keys installed twice")
-        self._keys = est
-        self._sealer = RecordSealer(est)
-
     # -- sending ---------------------------------------------------------------------
     async def send(self, bufs: list) -> None:
         """Write ``bufs`` in order; sealed once ``install_keys`` was called."""

@@ -9,7 +9,8 @@ opened there (``_read_direct``), so chunk bytes are copied once from the kernel 
 once by the AEAD.  Before the first record a plaintext ERROR frame is the peer's
 refusal of our last handshake message (``_plain_error``).
 
-A mixin: its host (``TcpLink``) gives ``sock``, ``_keys``, ``_opener``, ``_rest``, ``last_recv``,
+A mixin (with ``install_keys``, which seals what its host sends from then on): its host
+(``TcpLink``) gives ``sock``, ``_keys``, ``_sealer``, ``_opener``, ``_rest``, ``last_recv``,
 ``bytes_in``, ``send``, ``_wake_at``, ``_readable`` and ``_established``.
 """
 
@@ -23,7 +24,7 @@ from ..core.messages import MAX_TEXT, ErrorMessage
 from ..core.secure import AuthError
 from ..core.secure.handshake import unauthenticated_reason
 from ..core.secure.keys import TAG_SIZE
-from ..core.secure.records import RecordOpener
+from ..core.secure.records import RecordOpener, RecordSealer
 from ..errors import FtxError, LocalProtocolError, TransportError
 from ..securing import within
 
@@ -33,6 +34,13 @@ PILE_RECORDS = 4  # records of small files' events handed to the driver as one b
 
 
 class SealedFeed:
+    def install_keys(self, est) -> None:
+        """Our handshake bytes are all sent: everything sent from now on is sealed."""
+        if self._sealer is not None:
+            raise LocalProtocolError("keys installed twice")
+        self._keys = est
+        self._sealer = RecordSealer(est)
+
     def handshake_done(self, leftover: bytes) -> None:
         """The peer's handshake is consumed: from now on only sealed records are accepted.
         ``leftover`` are the bytes read past it (the first records)."""
