@@ -167,3 +167,24 @@ def test_udp_many_small_files_read_late():
     m.transmit()
     m.digests_match_unless_told_otherwise()
     m.teardown()
+
+
+def test_a_check_answered_after_the_peer_ended_the_session_is_not_an_error():
+    """tcp_receiver, session 14: HELLO, CHECK_DIR and the sender's ERROR in one read: the check's
+    event comes before the session ended, and answering it raised LocalProtocolError ("connection
+    is closed"); the real receiver reported that instead of the sender's reason."""
+    from ftx.core.messages import HELLO_QUICK_CHECK, CheckDir, DIR_DIFFERENT, ErrorMessage
+
+    conn = ReceiverConnection(Config(chunk_size=CS, max_payload=MAX_PAYLOAD))
+    conn.receive_data(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, MAX_PAYLOAD, HELLO_QUICK_CHECK).encode())
+                      + encode_frame(FrameType.CHECK_DIR, CheckDir(0, 0, bytes(16), b"dir").encode())
+                      + encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.ABORTED, "bye").encode()))
+    assert isinstance(conn.next_event(), ev.HandshakeComplete)
+    check = conn.next_event()
+    assert isinstance(check, ev.DirCheckRequested) and conn.closed
+    conn.data_to_send()  # (our HELLO)
+    conn.dir_state(check.dir_id, DIR_DIFFERENT)  # nothing to answer: the session is over
+    assert conn.data_to_send() == []
+    assert isinstance(conn.next_event(), ev.PeerFailed)
+    targets.tcp_receiver(bytes.fromhex("00ff20001d0000000000000002002000000000000000000000000000000003646972"
+                                       "0c01000000000000002064002f100008"))

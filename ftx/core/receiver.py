@@ -253,7 +253,10 @@ class ReceiverConnection(Connection):
         return receipt.Entry(e.path, e.kind, e.size, code, digest if ok else ZERO_DIGEST, sha256)
 
     def dir_state(self, dir_id: int, state: int) -> None:
-        """Answer a ``DirCheckRequested``: DIR_SAME, DIR_DIFFERENT or DIR_ABSENT."""
+        """Answer a ``DirCheckRequested``: DIR_SAME, DIR_DIFFERENT or DIR_ABSENT.  Nothing once the
+        session is over (the check came in the same read as the peer's ERROR: as send_receipt)."""
+        if self.closed:
+            return
         self._require_open()
         cost = self._checks.pop(dir_id, None)
         if cost is None:
