@@ -352,14 +352,19 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         fail(str(exc), _exit_code(exc))
     terminated = []
     try:
-        head = _head_start(plan)  # connected, authenticated, the first checks sent: the receiver lists
-        _asyncio_without_ssl()  # ... while this loads
-        import asyncio
+        # connected, authenticated, the first checks sent (the receiver lists while this loads
+        # asyncio); an unchanged tree is sent and reported by then
+        head = _head_start(plan, so_far)
+        if head is not None and head.report is not None:
+            report = head.report
+        else:
+            _asyncio_without_ssl()
+            import asyncio
 
-        from .client import send_over_network
+            from .client import send_over_network
 
-        _loaded()
-        report = asyncio.run(_until_signalled(send_over_network(plan, so_far, head), terminated))
+            _loaded()
+            report = asyncio.run(_until_signalled(send_over_network(plan, so_far, head), terminated))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except _Terminated:
@@ -402,7 +407,7 @@ class _Terminated(BaseException):
     """SIGTERM during the head start (asyncio's handler comes with the loop: _until_signalled)."""
 
 
-def _head_start(plan):
+def _head_start(plan, progress):
     """``head_start.begin`` (None where a send has none), SIGTERM raising _Terminated meanwhile."""
     from .head_start import begin, eligible
 
@@ -415,7 +420,7 @@ def _head_start(plan):
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return begin(plan)
+        return begin(plan, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

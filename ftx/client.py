@@ -13,7 +13,7 @@ from __future__ import annotations
 from .errors import TransportError
 from .progress import Progress
 from .send_args import SendPlan
-from .sending import SendReport
+from .send_report import SendReport, finished
 
 
 async def send_over_network(plan: SendPlan, progress: Progress | None, head=None) -> SendReport:
@@ -31,7 +31,7 @@ async def send_over_network(plan: SendPlan, progress: Progress | None, head=None
             report = await SendSession(link, config, progress, plan.idle_timeout, plan.rate,
                                        established=head.established, head=head).run(
                 head.walk or walk_groups(paths, links, head.top, take_prewalk(paths)))
-            return _finish(report, link, head.established)
+            return finished(report, link, head.established)
         finally:
             await link.aclose()
     top = arguments(paths)  # bad arguments fail before connecting
@@ -62,15 +62,9 @@ async def send_over_network(plan: SendPlan, progress: Progress | None, head=None
             est = await run_handshake(link, hs, plan.idle_timeout)
         report = await SendSession(link, config, progress, plan.idle_timeout, rate, receipt=plan.receipt,
                                    established=est).run(walk_groups(paths, links, top, take_prewalk(paths)))
-        return _finish(report, link, est)
+        return finished(report, link, est)
     finally:
         await link.aclose()
-
-
-def _finish(report: SendReport, link, est) -> SendReport:
-    report.transport_stats = getattr(link, "stats", {})
-    report.peer_fingerprint = est.peer.fingerprint if est is not None else ""
-    return report
 
 
 __all__ = ["send_over_network"]

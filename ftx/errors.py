@@ -80,9 +80,19 @@ class VersionMismatch(RemoteProtocolError):
 class PeerError(FtxError):
     """The peer reported a fatal error in an ERROR frame."""
 
+    @classmethod
+    def of_receiver(cls, message: str, code) -> "PeerError":
+        """The receiver's ERROR (``message``, its ``code``), as a sender fails with it."""
+        return cls(f"receiver error: {message}", code if isinstance(code, ErrorCode) else None)
+
 
 class TransportError(FtxError):
     code = ErrorCode.ABORTED
+
+    @classmethod
+    def silent(cls, timeout: float) -> "TransportError":
+        """The peer sent nothing (not even a PING) for ``timeout`` seconds."""
+        return cls(f"peer silent for {timeout:g} s: connection lost", ErrorCode.TIMEOUT)
 
 
 class StorageError(FtxError):

@@ -11,6 +11,14 @@ coroutines never suspend (``securing.run_now``).  The session takes over where i
 (``TcpLink.taking_over``, ``SendSession(head=...)``): the frames on the wire are those of a send
 without a head start, in the same order, only sooner (its checks in one write, not 8 a write).
 
+Where the checks cover the whole tree and the named paths are directories, it waits for the
+answers too (``ANSWER_WAIT`` at most): if the receiver holds every directory as we listed it (a
+re-send of an unchanged tree), it finishes the send itself -- the items counted identical, the
+named directories offered, END, the results and DONE -- and the command never loads asyncio
+or the session (~10 ms of CPU that the receiver's listing had to share the two cores with).
+At the first answer of a directory that differs it hands over, with what it read
+(``HeadState.events``, which the session handles first).
+
 It waits for the receiver's HELLO at most ``HELLO_WAIT`` seconds; a receiver slower than that
 is left to the session, whose watchdog and messages are the usual ones (``Handover``: between
 records, nothing half read).  Nothing here loads asyncio (tests/test_startup.py).  Errors are
@@ -22,18 +30,24 @@ pairing code's receiver asks its user first; TLS loads ssl), without --checksum 
 
 from __future__ import annotations
 
+import os
 import select
 import time
 
+from .core.events import DirStateReceived, FileResolved, HandshakeComplete, PeerFailed, SessionComplete
+from .core.manifest import Kind
+from .core.messages import DIR_SAME
 from .core.sender import SenderConnection
-from .errors import FtxError, TransportError
+from .errors import FtxError, PeerError, TransportError
 from .prewalk import take_prewalk
 from .securing import run_handshake_blocking, run_now
-from .source import AHEAD_ITEMS, CHECKS_AHEAD, arguments, walk_groups
+from .send_report import FileSendReport, SendReport, Tally, finished, settle
+from .source import AHEAD_ITEMS, CHECKS_AHEAD, arguments, nonfile_entry, walk_groups
 from .transport.sockets import connect_blocking
 from .transport.tcp_sealed import SealedFeed
 
 HELLO_WAIT = 1.0  # seconds the head start waits for the receiver's HELLO before the session takes over
+ANSWER_WAIT = 1.0  # ... and for the answers to its checks, where it sent them all
 
 
 class Handover(Exception):
@@ -134,7 +148,11 @@ class HeadState:
         self.top = top  # the named arguments (source.arguments)
         self.walk = None  # the walk (source.walk_groups) once begun
         self.ahead: list[tuple] = []  # (DirGroup, dir_id of its CHECK_DIR or None), in walk order
+        self.walked = False  # the walk ended within ``ahead``: every directory was checked
+        self.events: list = []  # taken from ``conn`` here: the session handles them first, in order
         self.failure: FtxError | None = None  # after our HELLO: the session fails with it
+        self.report: SendReport | None = None  # the send's, where it was done here (an unchanged tree)
+        self.started = time.monotonic()  # (the report's seconds, where it is done here)
 
 
 def eligible(plan) -> bool:
@@ -142,10 +160,12 @@ def eligible(plan) -> bool:
             and plan.auth.mode in ("key", "insecure"))
 
 
-def begin(plan) -> HeadState | None:
+def begin(plan, progress=None) -> HeadState | None:
     """The head start of a send planned as ``plan`` (send_args.SendPlan), where it has one
     (``eligible``); None otherwise.  Raises what a send without it raises before its session:
-    bad arguments or credentials (before connecting), cannot connect, the handshake failed."""
+    bad arguments or credentials (before connecting), cannot connect, the handshake failed.
+    Where the receiver holds every directory of the tree as we listed it, the whole send is
+    done here (``HeadState.report``; ``progress``: as the session's)."""
     if not eligible(plan):
         return None
     from .security_setup import sender_handshake
@@ -171,6 +191,8 @@ def begin(plan) -> HeadState | None:
             run_now(link.feed(conn))
         if conn.quick_check and not conn.closed:
             _check_ahead(plan, state)
+            if _answered_same(plan, state):
+                state.report = _finish_unchanged(plan, state, progress)
     except Handover:
         pass
     except FtxError as exc:  # as the session's read loop: the peer is told (the core queued an
@@ -193,6 +215,7 @@ def _check_ahead(plan, state: HeadState) -> None:
             and conn.checks_in_flight < window:
         group = next(walk, None)
         if group is None:
+            state.walked = True
             break
         did = None
         if group.checkable:
@@ -200,3 +223,94 @@ def _check_ahead(plan, state: HeadState) -> None:
         state.ahead.append((group, did))
         items += group.count
     run_now(link.send(conn.data_to_send()))
+
+
+def _answered_same(plan, state: HeadState) -> bool:
+    """Whether the receiver holds every directory of the tree as we listed it: the walk ended
+    within the checks sent, the named arguments are directories, and every answer is DIR_SAME.
+    Waits for the answers until the first other one or event, or ANSWER_WAIT (``Handover``);
+    what it reads stays in ``state.events`` for the session."""
+    if not state.walked or not state.ahead:
+        return False
+    (first, _), rest = state.ahead[0], state.ahead[1:]  # first: the named arguments' group
+    if first.dir is not None or any(item.kind != Kind.DIR for item in first.items) \
+            or any(did is None for _group, did in rest):
+        return False
+    conn, link = state.conn, state.link
+    wanted = {did for _group, did in rest}
+    link.deadline = time.monotonic() + min(ANSWER_WAIT, plan.idle_timeout)
+    while True:
+        while (ev := conn.next_event()) is not None:
+            state.events.append(ev)
+            if ev.__class__ is DirStateReceived and ev.state == DIR_SAME:
+                wanted.discard(ev.dir_id)
+            elif ev.__class__ is not HandshakeComplete:  # a directory that differs, an ERROR, ...
+                return False
+        if not wanted:
+            return True
+        if conn.closed:
+            return False
+        if conn.pending_output:  # (a PONG)
+            run_now(link.send(conn.data_to_send()))
+        run_now(link.feed(conn))
+
+
+def _finish_unchanged(plan, state: HeadState, progress) -> SendReport | None:
+    """The rest of a send whose every directory the receiver holds as we listed it, as the
+    session does it (sending.SendSession) but with nothing to stream: each directory's items
+    counted identical (``Tally.unchanged``), the named directories offered (their modes and
+    mtimes are set again), END; then their results and SESSION_COMPLETE.  None, with nothing
+    sent: a directory listed again for the report changed since its check (the session sends
+    it).  Errors from here on end the send with its report, as the session's do."""
+    conn, link, tally = state.conn, state.link, Tally()
+    (first, _), rest = state.ahead[0], state.ahead[1:]
+    for group, _did in rest:
+        group.state = DIR_SAME
+    for group, _did in rest:
+        if not tally.unchanged(group, tally.add):
+            return None
+    if progress is not None:
+        for report in tally.listed:
+            progress.end_file(report)
+    offered = {}
+    failure = None
+    try:
+        for item in first.items:
+            fid = conn.offer(nonfile_entry(item, plan.config.chunk_size))
+            offered[fid] = FileSendReport(os.fsdecode(item.wire), "dir", 0)
+        conn.finish()
+        run_now(link.send(conn.data_to_send()))
+        timeout = plan.idle_timeout
+        done = False
+        while not done:
+            link.deadline = link.last_recv + timeout  # (as the session's Watchdog: the receiver's silence)
+            try:
+                run_now(link.feed(conn))
+            except Handover:
+                raise TransportError.silent(timeout) from None
+            while (ev := conn.next_event()) is not None:
+                if ev.__class__ is FileResolved:
+                    report = offered.pop(ev.result.file_id, None)
+                    if report is not None:
+                        settle(report, ev.result)
+                        tally.add(report)
+                        if progress is not None:
+                            progress.end_file(report)
+                elif ev.__class__ is SessionComplete:
+                    done = True
+                elif ev.__class__ is PeerFailed:
+                    raise PeerError.of_receiver(ev.message, ev.code)
+            if conn.pending_output:  # (a PONG)
+                run_now(link.send(conn.data_to_send()))
+    except FtxError as exc:
+        failure = exc
+        try:  # tell the receiver why (the core queued an ERROR frame), as the session's read loop
+            run_now(link.send(conn.data_to_send()))
+        except FtxError:
+            pass
+    except Exception as exc:  # a bug (or a named directory gone): reported, as the session does
+        failure = FtxError(f"internal error: {exc!r}")
+    finally:
+        link.close()
+    report = tally.final(offered.values(), "tcp", round(time.monotonic() - state.started, 6), failure)
+    return finished(report, link, state.established)

@@ -3,9 +3,20 @@ and the counters over every item (``Tally``) that keep memory flat with the numb
 
 from __future__ import annotations
 
+import logging
+import os
+
+from .core.manifest import Kind
+from .core.messages import DIR_SAME, ZERO_DIGEST
 from .core.record import field, fields, record
+from .core.secure.handshake import printable
+from .errors import ErrorCode
 
 FILES_LISTED = 1000  # per-file reports a SendReport lists (the first ones, and as many failures)
+
+log = logging.getLogger("ftx.send")
+_STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
+_KIND = {kind: kind.name.lower() for kind in Kind}  # (Enum's name is a property lookup per file)
 
 
 @record(frozen=False)  # (records, not dataclasses: defining these two took ~0.75 ms of every send's start-up)
@@ -101,9 +112,74 @@ class Tally:
         elif not r.ok and len(self.failures) <= FILES_LISTED:
             self.listed.append(r)  # failures are listed beyond the first files too (up to as many)
 
+    def unchanged(self, group, done) -> bool:
+        """The items of ``group`` (source.DirGroup), a directory the receiver holds as we listed it
+        (DIR_SAME), identical: the first up to FILES_LISTED reported (``done``: each one's
+        FileSendReport, which adds it here), the others counted; the directory's own item too
+        where its parent was unchanged (its parent's group left it to this one).  False, with
+        none of its items counted, where it was listed ahead and its listing for the report
+        differs: it changed since its check, and its items go by OFFER."""
+        if group.parent is not None and group.parent.state == DIR_SAME:
+            done(FileSendReport(os.fsdecode(group.dir.wire), "dir", 0, "identical"))
+        room = max(0, FILES_LISTED - len(self.listed))
+        if not room and group.unlisted:  # listed ahead (prewalk.Prewalk): counted, not listed again
+            files, size = group.totals()
+            self.count += files
+            self.identical += files
+            self.bytes += size
+            return True
+        DIR = Kind.DIR
+        items = [item for item in group.items if item.kind != DIR]  # a directory's own group reports it
+        if group.changed:
+            return False
+        for item in items[:room]:
+            done(FileSendReport(os.fsdecode(item.wire), _KIND[item.kind], item.size, "identical"))
+        if len(items) > room:  # only counted: no report object per file
+            sizes = [item.size for item in items[room:]]
+            self.count += len(sizes)
+            self.identical += len(sizes)
+            self.bytes += sum(sizes)
+        return True
+
+    def final(self, pending, transport: str, seconds: float, failure=None) -> SendReport:
+        """The send's report once it is over: ``pending``, the reports of items that had no result
+        yet (aborted where the send failed first), are counted too; ``failure``: the FtxError
+        that ended it (``SendReport.failure``: the CLI picks its exit code by its class)."""
+        error = str(failure) if failure is not None else ""
+        for r in pending:
+            if r.status == "pending":
+                r.status, r.message = "aborted", error or "session ended first"
+            self.add(r)
+        report = self.report(transport, seconds, error)
+        report.failure = failure
+        return report
+
     def report(self, transport: str, seconds: float, error: str) -> SendReport:
         """The SendReport of a send whose every item was counted here; ``error``: why it failed as a whole."""
         return SendReport(ok=not error and not self.failed, transport=transport, seconds=seconds, bytes=self.bytes,
                           bytes_sent=self.bytes_sent, bytes_resumed=self.bytes_resumed, files=self.listed,
                           error=error, file_count=self.count, failed=self.failed, identical=self.identical,
                           failures=self.failures)
+
+
+def settle(report: FileSendReport, result) -> None:
+    """``report`` as the receiver's RESULT says (core.messages.Result): its status, the
+    receiver's message (escaped), the digest; a failure is logged."""
+    code = result.code
+    status = _STATUS.get(code)  # (a table: Enum's name is a property lookup per file)
+    report.status = status if status is not None else f"error_{code}"
+    if result.message and not report.message:
+        report.message = printable(result.message)  # the receiver's words: escaped before we show them
+    if status == "ok" or status == "identical":
+        if result.digest != ZERO_DIGEST:
+            report.digest = result.digest.hex()
+    else:
+        log.warning("%s: %s", report.path, report.message or report.status)
+
+
+def finished(report: SendReport, link, established) -> SendReport:
+    """``report`` with what the link and the handshake (``established``, None: --insecure) tell:
+    bytes on the wire both ways, the receiver's proven fingerprint."""
+    report.transport_stats = getattr(link, "stats", {})
+    report.peer_fingerprint = established.peer.fingerprint if established is not None else ""
+    return report

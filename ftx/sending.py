@@ -42,21 +42,20 @@ from .core.events import (
     SessionComplete,
 )
 from .core.frames import DATA_HEADER_SIZE
-from .core.manifest import MIN_CHUNK_SIZE, FileEntry, Kind
-from .core.messages import DIR_DIFFERENT, DIR_SAME, ZERO_DIGEST, Result
-from .core.secure.handshake import printable
+from .core.manifest import MIN_CHUNK_SIZE, Kind
+from .core.messages import DIR_DIFFERENT, DIR_SAME, Result
 from .core.secure import Established
 from .core.sender import SenderConnection
 from .errors import ErrorCode, FtxError, PeerError, StorageError, TransportError
 from .pacing import Pacer
 from .progress import Progress, SoFar
 from .send_stream import LargeFileStreaming
-from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally  # noqa: F401 (ftx.sending's names)
+from .send_report import FILES_LISTED, FileSendReport, SendReport, Tally, settle  # noqa: F401 (ftx.sending's names)
 from .smallrun import SmallRun, frames
-from .source import AHEAD_ITEMS, CHECK_BATCH, CHECKS_AHEAD, DirGroup, SmallReader, SourceFile, SourceItem, walk_groups
+from .source import (AHEAD_ITEMS, CHECK_BATCH, CHECKS_AHEAD, DirGroup, SmallReader, SourceFile, SourceItem,
+                     nonfile_entry, walk_groups)
 from .transport.link import Link, Watchdog
 
-_STATUS = {code: code.name.lower() for code in ErrorCode}  # a report's status, per code
 _FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 log = logging.getLogger("ftx.send")
@@ -122,7 +121,6 @@ class SendSession(LargeFileStreaming):
         if isinstance(source, list) and (not source or isinstance(source[0], SourceItem)):
             source = [DirGroup(None, source, None)]
         t0 = time.monotonic()
-        error = ""
         failure: FtxError | None = None
         self._main = asyncio.current_task()
         early = self._take_over(self._head) if self._head is not None else ()
@@ -153,11 +151,9 @@ class SendSession(LargeFileStreaming):
                 raise self._failure.exception() from None
         except FtxError as exc:
             failure = self._best_error(exc)
-            error = str(failure)
         except Exception as exc:  # a bug: still report every file and end cleanly
             log.debug("internal error", exc_info=True)
             failure = FtxError(f"internal error: {exc!r}")
-            error = str(failure)
         finally:
             dog.stop()
             reader.cancel()
@@ -165,22 +161,16 @@ class SendSession(LargeFileStreaming):
                 src.close()
             if self._receipt_file is not None:
                 self._receipt_file.abort()  # unless finished: then it is in place already
-        tally = self.tally
-        for fid, r in list(self._reports.items()):
-            if r.__class__ is SmallRun:  # one of a run of small files
-                r = r.report(fid)
-            elif r.__class__ is tuple:  # a small file's (wire path, size, digest)
-                r = self._small_report(r)
-            if r.status == "pending":
-                r.status, r.message = "aborted", error or "session ended first"
-            tally.add(r)
+        pending = [r.report(fid) if r.__class__ is SmallRun  # one of a run of small files
+                   else self._small_report(r) if r.__class__ is tuple  # a small file's (wire path, size, digest)
+                   else r for fid, r in self._reports.items()]
         self._reports.clear()
-        report = tally.report(getattr(self.link, "transport", "?"), round(time.monotonic() - t0, 6), error)
+        report = self.tally.final(pending, getattr(self.link, "transport", "?"), round(time.monotonic() - t0, 6),
+                                  failure)
         checker = self.conn.receipt
         if checker is not None and checker.end is not None:
             report.receipt = {"path": os.fspath(self.receipt_path), "fingerprint": checker.end.fingerprint,
                               "entries": checker.end.count, "key_proven": checker.public is not None}
-        report.failure = failure  # not in the JSON: the CLI picks the exit code by its class
         return report
 
     def _take_over(self, head) -> list:
@@ -244,6 +234,8 @@ class SendSession(LargeFileStreaming):
     async def _read_loop(self) -> None:
         conn, link = self.conn, self.link
         try:
+            for ev in self._head.events if self._head is not None else ():  # those the head start read
+                self._on_event(ev)
             while True:  # (events first: a head start may have left some, the receiver's HELLO)
                 while (ev := conn.next_event()) is not None:
                     self._on_event(ev)
@@ -289,7 +281,7 @@ class SendSession(LargeFileStreaming):
             if not self._complete.done():
                 self._complete.set_result(None)
         elif isinstance(ev, PeerFailed):
-            self._fail(PeerError(f"receiver error: {ev.message}", ev.code if isinstance(ev.code, ErrorCode) else None))
+            self._fail(PeerError.of_receiver(ev.message, ev.code))
 
     def _on_receipt(self, ev) -> None:
         try:
@@ -359,16 +351,7 @@ class SendSession(LargeFileStreaming):
             fut = self._decisions.get(fid)  # _stream removes it, whenever it gets there
             if fut is not None and not fut.done():
                 fut.set_result(None)  # refused before any decision
-        code = result.code
-        status = _STATUS.get(code)  # (a table: Enum's name is a property lookup per file)
-        report.status = status if status is not None else f"error_{code}"
-        if result.message and not report.message:
-            report.message = printable(result.message)  # the receiver's words: escaped before we show them
-        if status == "ok" or status == "identical":
-            if result.digest != ZERO_DIGEST:
-                report.digest = result.digest.hex()
-        else:
-            log.warning("%s: %s", report.path, report.message or report.status)
+        settle(report, result)
         self._done(report)
         self._outstanding -= 1
         self._resolved.set()
@@ -437,36 +420,17 @@ class SendSession(LargeFileStreaming):
     async def _send_group(self, group: DirGroup, queue: deque) -> None:
         conn, cfg = self.conn, self.config
         state = group.state
-        if group.parent is not None and group.parent.state == DIR_SAME:
-            # its parent was unchanged, so its own item was left to this group: identical too, or
-            # offered now (before its entries), so that its mode and mtime are set again
-            if state == DIR_SAME:
-                self._done(FileSendReport(os.fsdecode(group.dir.wire), "dir", 0, "identical"))
-            else:
-                await self._window(queue)
-                self._offer(group.dir, False)
         if state == DIR_SAME:  # every item as the receiver has it: nothing is sent
-            tally, DIR = self.tally, Kind.DIR
-            room = max(0, FILES_LISTED - len(tally.listed))
-            if not room and group.unlisted:  # listed ahead (prewalk.Prewalk): counted, not listed again
-                files, size = group.totals()
-                tally.count += files
-                tally.identical += files
-                tally.bytes += size
-                return
-            items = [item for item in group.items if item.kind != DIR]  # a directory's own group reports it (above)
-            if not group.changed:
-                for item in items[:room]:
-                    self._done(FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), item.size, "identical"))
-                if len(items) > room:  # only counted: no report object per file
-                    sizes = [item.size for item in items[room:]]
-                    tally.count += len(sizes)
-                    tally.identical += len(sizes)
-                    tally.bytes += sum(sizes)
+            if self.tally.unchanged(group, self._done):
                 return
             # changed since it was listed ahead and checked: its items go by OFFER (each its own quick
             # check), and its subdirectories offer themselves in its items, not again in their groups
             group.state = state = DIR_DIFFERENT
+        elif group.parent is not None and group.parent.state == DIR_SAME:
+            # its parent was unchanged, so its own item was left to this group: offered now (before
+            # its entries), so that its mode and mtime are set again
+            await self._window(queue)
+            self._offer(group.dir, False)
         items = group.items  # (listed again now if it was listed ahead: before its reader opens it)
         # small files by OFFER where the destination may hold them (the quick check answers at once)
         by_offer = state == DIR_DIFFERENT or (state is None and (conn.quick_check or not cfg.quick_check))
@@ -564,7 +528,7 @@ class SendSession(LargeFileStreaming):
         file is its directory's entry ``name``, opened under its descriptor."""
         conn, cfg = self.conn, self.config
         if item.kind != Kind.FILE:
-            entry = _entry_for_nonfile(item, cfg.chunk_size)
+            entry = nonfile_entry(item, cfg.chunk_size)
             fid = conn.offer(entry)
             self._track(fid, FileSendReport(os.fsdecode(item.wire), item.kind.name.lower(), 0))
             return None
@@ -620,11 +584,6 @@ def _counter(progress: Progress):
 
 def _uncounted(size: int, files: int = 1) -> None:
     pass
-
-
-def _entry_for_nonfile(item: SourceItem, chunk_size: int) -> FileEntry:
-    st = os.lstat(item.local)
-    return FileEntry(item.wire, item.kind, 0, st.st_mode & 0o7777, st.st_mtime_ns, chunk_size, item.target)
 
 
 async def send_paths(link: Link, paths: list, config: Config | None = None, links: bool = False,

@@ -69,6 +69,12 @@ class SourceItem(NamedTuple):
         return entry_record(self.kind, self.name, self.mode, self.size, self.mtime_ns, self.target)
 
 
+def nonfile_entry(item: SourceItem, chunk_size: int) -> FileEntry:
+    """The OFFER entry of a directory or symlink item: its mode and mtime as they are now."""
+    st = os.lstat(item.local)
+    return FileEntry(item.wire, item.kind, 0, st.st_mode & 0o7777, st.st_mtime_ns, chunk_size, item.target)
+
+
 class DirGroup:
     """The direct entries of one source directory (``dir``), sorted by name, as they will be sent.
 

@@ -58,8 +58,8 @@ HEAD_PROBE = """
 import sys
 import ftx.head_start as head_start
 begin = head_start.begin
-def _begin(plan):
-    state = begin(plan)
+def _begin(plan, *rest):
+    state = begin(plan, *rest)
     sys.stderr.write(f"probe head={state is not None} asyncio={'asyncio' in sys.modules} "
                      f"checks={sum(did is not None for _, did in state.ahead) if state else 0}\\n")
     return state
@@ -165,3 +165,143 @@ def test_ftx_command_line_runs_through_the_entry(tmp_path):
     """(python -m ftx and the console script run ftx.entry:main, which loads ftx.cli after it.)"""
     proc = subprocess.run(FTX + ["--version"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+
+
+# -- an unchanged tree: the whole send is the head start's ---------------------------------------
+
+def _compared(report: dict) -> dict:
+    """What a send's report says of its items (not its timing or its bytes on the wire).  Its
+    first 1 000 items listed are those of the tree's directories, in order, and the named
+    directory where its result arrived before the list was full (a matter of timing): not that one."""
+    said = {k: v for k, v in report.items() if k not in ("seconds", "transport_stats", "transfer_id", "auth",
+                                                         "fingerprint", "exit")}
+    said["files"] = [f for f in said["files"] if f["path"] != "tree"][:999]
+    return said
+
+
+def test_an_unchanged_tree_is_reported_by_the_head_start_as_by_the_session(tmp_path):
+    """12 directories of 100 files: more than the 1 000 a report lists (the rest only counted)."""
+    import ftx
+
+    src = _tree(tmp_path / "tree", 12, 100)
+    r = Receiver(tmp_path / "in", "--overwrite")
+    try:
+        assert run_send(str(src), r.dest)[0] == 0
+        rc, head, err = run_send(str(src), r.dest)  # (without asyncio: test_startup)
+        assert rc == 0, err
+        session = ftx.send([str(src)], r.dest).as_json()  # the library: a session, no head start
+        assert head["file_count"] == 1 + 12 * 101 and head["identical"] == 12 * 101 and head["bytes_sent"] == 0
+        assert _compared(head) == _compared(json.loads(json.dumps(session))), (head, session)
+        # one file changed: the session takes over and sends it
+        (src / "d0007" / "f3").write_bytes(b"changed")
+        rc, third, err = run_send(str(src), r.dest)
+        assert rc == 0, err
+        assert (r.dir / "tree" / "d0007" / "f3").read_bytes() == b"changed"
+        assert third["bytes_sent"] == len(b"changed") and third["identical"] == head["identical"] - 2  # (f3, d0007)
+    finally:
+        r.stop()
+
+
+def test_a_directory_changed_since_its_check_is_sent_by_the_session(tmp_path):
+    """The receiver says a directory is unchanged, but the listing for the report differs from the
+    one its check was made of (it changed in between): the head start leaves the send to the
+    session, which sends it as it is now (as tests/test_prewalk.py, with the head start)."""
+    import asyncio
+
+    from ftx import head_start, prewalk
+    from ftx.client import send_over_network
+    from ftx.send_args import plan_send
+
+    src = _tree(tmp_path / "tree", 3, 2)
+    r = Receiver(tmp_path / "in", "--overwrite")
+    try:
+        assert run_send(str(src), r.dest)[0] == 0
+        prewalk.start_prewalk([str(src)])
+        prewalk._started.wait()  # listed ahead (what the checks are made of) ...
+        (src / "d0001" / "f1").write_bytes(b"changed after the listing")  # ... then changed
+        plan = plan_send([str(src)], r.dest)
+        state = head_start.begin(plan)
+        assert state is not None and state.report is None  # left to the session
+        assert state.events  # the answers it read: the session handles them first
+        report = asyncio.run(send_over_network(plan, None, state))
+    finally:
+        r.stop()
+    assert report.ok, report.error
+    assert (r.dir / "tree" / "d0001" / "f1").read_bytes() == b"changed after the listing"
+    assert report.bytes_sent == len(b"changed after the listing")
+
+
+class CoreReceiver:
+    """A receiver made of the core's state machine (core/receiver.py) on a real socket, plain
+    frames (the sender runs with --insecure): it answers every directory check DIR_SAME, then
+    answers the OFFER of the named directory as ``then`` says: "silent" (never), "error" (an
+    ERROR frame), "fail" (a failed RESULT)."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.checks = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from ftx.core.config import Config
+        from ftx.core.events import DirCheckRequested, FileOffered
+        from ftx.core.messages import DIR_SAME
+        from ftx.core.receiver import ReceiverConnection
+        from ftx.errors import ErrorCode
+
+        try:
+            sock = self.sock.accept()[0]
+        except OSError:
+            return
+        self.conns.append(sock)
+        conn = ReceiverConnection(Config())
+        while (data := sock.recv(65536)):
+            conn.receive_data(data)
+            while (ev := conn.next_event()) is not None:
+                if isinstance(ev, DirCheckRequested):
+                    conn.dir_state(ev.dir_id, DIR_SAME)
+                    self.checks += 1
+                elif isinstance(ev, FileOffered) and self.then == "error":
+                    conn.send_error(ErrorCode.STORAGE, "disk on fire")
+                elif isinstance(ev, FileOffered) and self.then == "fail":
+                    conn.file_result(ev.file_id, ErrorCode.STORAGE, message="cannot set its mode")
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(b"".join(out))
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self.conns:
+            s.close()
+
+
+@pytest.mark.parametrize("then", ["silent", "error", "fail"])
+def test_a_receiver_that_fails_the_end_of_an_unchanged_send(tmp_path, then):
+    """After every answer said unchanged, the head start offers the named directory and ends the
+    session itself: a receiver that then goes silent, sends an ERROR or fails the directory
+    ends the send as it would end the session's (exit code, error, the directory's report)."""
+    src = _tree(tmp_path / "tree", 3)
+    receiver = CoreReceiver(then)
+    try:
+        rc, report, err = run_send(str(src), f"127.0.0.1:{receiver.port}", "--insecure", "--idle-timeout", "2",
+                                   timeout=30)
+    finally:
+        receiver.close()
+    assert receiver.checks == 4  # (the named directory and its three)
+    named = [f for f in report["files"] if f["path"] == "tree"]
+    assert report["file_count"] == 1 + 3 * 3 and report["identical"] == 3 * 3, report
+    if then == "silent":
+        assert (rc, report["error"]) == (3, "peer silent for 2 s: connection lost"), err
+        assert named[0]["status"] == "aborted"
+    elif then == "error":
+        assert (rc, report["error"]) == (3, "receiver error: disk on fire"), err
+        assert named[0]["status"] == "aborted"
+    else:
+        assert (rc, report["error"], report["failed"]) == (1, "", 1), err
+        assert named[0]["status"] == "storage" and named[0]["message"] == "cannot set its mode"
+        assert "tree: cannot set its mode" in err

@@ -15,7 +15,7 @@ import time
 from typing import Protocol
 
 from ..core.frames import FrameType, encode_frame
-from ..errors import ErrorCode, TransportError
+from ..errors import TransportError
 
 
 class Link(Protocol):
@@ -60,7 +60,7 @@ class Watchdog:
             if link.busy:  # our own slow work: not the peer's silence
                 link.last_recv = now
             elif now - link.last_recv > timeout:
-                on_dead(TransportError(f"peer silent for {timeout:g} s: connection lost", ErrorCode.TIMEOUT))
+                on_dead(TransportError.silent(timeout))
                 return
             # keep pinging even while busy, so the peer does not give up on us
             if now - link.last_send > timeout / 3 and not link.sending:

@@ -80,11 +80,6 @@ class TcpLink(SealedFeed):
     def sending(self) -> bool:
         return self._send_lock.locked()
 
-    @property
-    def stats(self) -> dict:
-        """Bytes on the wire both ways (the --json reports' ``transport_stats``)."""
-        return {"bytes_out": self.bytes_out, "bytes_in": self.bytes_in}
-
     # -- the handshake (ftx/securing.py) ------------------------------------------
     @property
     def sealed(self) -> bool:
@@ -264,15 +259,6 @@ class TcpLink(SealedFeed):
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def close(self) -> None:
-        if self._opener is not None:
-            self._opener.release()  # its share of --max-memory
-        try:  # closing with input unread resets the connection, which can destroy our last
-            self.sock.recv(65536)  # frame (an ERROR) before the peer reads it: drop what is there
-        except OSError:
-            pass
-        self.sock.close()
 
     async def aclose(self) -> None:
         self.close()

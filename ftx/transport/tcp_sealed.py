@@ -34,6 +34,25 @@ PILE_RECORDS = 4  # records of small files' events handed to the driver as one b
 
 
 class SealedFeed:
+    """The record half of a TCP link (``TcpLink``; the send's head start's ``BlockingLink``):
+    its keys, reading records into a connection, closing; its host has ``sock``, the byte
+    counts and the reads."""
+
+    @property
+    def stats(self) -> dict:
+        """Bytes on the wire both ways (the --json reports' ``transport_stats``)."""
+        return {"bytes_out": self.bytes_out, "bytes_in": self.bytes_in}
+
+    def close(self) -> None:
+        if self._opener is not None:
+            self._opener.release()  # its share of --max-memory
+        try:  # closing with input unread resets the connection, which can destroy our last
+            self.sock.setblocking(False)
+            self.sock.recv(65536)  # frame (an ERROR) before the peer reads it: drop what is there
+        except OSError:
+            pass
+        self.sock.close()
+
     def install_keys(self, est) -> None:
         """Our handshake bytes are all sent: everything sent from now on is sealed."""
         if self._sealer is not None:
