@@ -90,6 +90,7 @@ class ReceiveSession:
         self._partials: dict[int, PartialFile] = {}
         self._received: dict[int, int] = {}
         self._resumed: dict[int, int] = {}
+        self._found: dict[int, os.stat_result] = {}  # files found at an offer's path, their digests sent
         self._dirs: list[tuple[bytes, FileEntry]] = []
         self.reports: list[FileReport] = []  # the first REPORTS_KEPT (memory stays flat with the file count)
         self.keep_reports = keep_reports
@@ -223,6 +224,8 @@ class ReceiveSession:
             bytes_received=received if received is not None else self._received.pop(file_id, 0),
             bytes_resumed=self._resumed.pop(file_id, 0) if self._resumed else 0,
         )
+        if self._found:
+            self._found.pop(file_id, None)
         self.files += 1
         self.failed += not report.ok
         if self.keep_reports and len(self.reports) < self.REPORTS_KEPT:
@@ -245,12 +248,16 @@ class ReceiveSession:
         flags, existing, existing_sha = 0, ZERO_DIGEST, None
         if st is not None and self.conn.quick_check and stat.S_ISREG(st.st_mode) \
                 and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns:
+            if self.dest.overwrite and (st.st_mode ^ entry.mode) & 0o777:  # its mode changed alone
+                self.dest.adopt(path, entry, st)
             self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST)  # rsync's quick check
             return
         if st is not None:
             same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
             if same_size:
                 flags |= DECISION_EXISTS
+                if self.dest.overwrite:  # should the digests match: _on_withdrawn gives it our mtime
+                    self._found[ev.file_id] = st
                 if self.conn.receipt_requested:  # the receipt lists its SHA-256 too: one read for both
                     from .receipt_digest import hash_file_both
 
@@ -418,6 +425,9 @@ class ReceiveSession:
                 part.discard()
             else:
                 self.dest.remove_stale_partial(self.dest.resolve(entry.path, make_parents=False))
+            found = self._found.pop(ev.file_id, None)
+            if found is not None:  # the sender's digest matched: the file takes the sender's mode and mtime
+                self.dest.adopt(self.dest.resolve(entry.path, make_parents=False), entry, found)
             self._finish(ev.file_id, entry, ErrorCode.IDENTICAL, ZERO_DIGEST, "destination already identical")
             return
         if part is not None:

@@ -436,6 +436,29 @@ class Destination(SmallWrites):
             raise StorageError(f"{os.fsdecode(path)} exists and is a directory", ErrorCode.EXISTS)
         return st
 
+    def adopt(self, path: bytes, entry: FileEntry, found: os.stat_result) -> None:
+        """The file at ``path``, as ``existing`` found it (``found``), holds what the sender has
+        (same size and mtime, or their digests matched): it takes the sender's mode and mtime, as a
+        file received is given them, so that the next send's checks of it and of its directory find
+        it unchanged.  Only with --overwrite (ftx may replace the files it finds then; without,
+        it changes none).  Not if it changed since it was found: its content may no longer be the
+        one compared (its ctime moved, which nobody can set back, or it is another file)."""
+        where, name = self._parent(path)
+        with where as d:
+            if d is None:
+                return
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | FILE_FLAGS, dir_fd=d.fd)
+            except OSError:
+                return
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == \
+                    (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns):
+                fileops.seal(fd, entry.mode, entry.mtime_ns, sync=False)
+        finally:
+            os.close(fd)
+
     def hash_file(self, path: bytes, hasher=None) -> bytes:
         """XXH3-128 of the regular file at ``path`` (opened without following a symlink), through
         ``hasher`` when given (see ``fileops.hash_fd``)."""

@@ -576,3 +576,53 @@ def test_every_check_of_an_unchanged_tree_goes_out_before_the_sender_waits_for_a
     assert rc == 0 and again["identical"] == 480, err
     assert proxy.checks_up == 121
     assert proxy.checks_before_answer == 121, proxy.checks_before_answer
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "no-overwrite"])
+def test_a_touched_file_found_identical_takes_the_senders_mtime(shm_dir, receiver_factory, overwrite):
+    """A source file touched (new mtime, same content): its quick check fails, the digests match
+    and it is reported identical.  With --overwrite the receiver then gives its file the sender's
+    mode and mtime, as a received file has, so that the next re-send finds the directory unchanged
+    (it kept the old mtime: every later re-send compared the directory, then hashed the file on both
+    sides).  Without --overwrite it touches no file it finds."""
+    receiver = receiver_factory(*(["--overwrite"] if overwrite else []), directory=shm_dir / "dst")
+    src, _ = _many_small(shm_dir, 2, 3)
+    assert run_send(str(src), receiver.dest)[0] == 0
+    touched = src / "d001" / "f002"
+    touched.chmod(0o640)
+    os.utime(touched, ns=(1_600_000_000_123_456_789,) * 2)
+    rc, again, err = run_send(str(src), receiver.dest)
+    assert rc == 0 and again["failed"] == 0 and again["bytes_sent"] == 0, err
+    assert {f["path"]: f["status"] for f in again["files"]}["tree/d001/f002"] == "identical"
+    got = os.stat(shm_dir / "dst" / "tree" / "d001" / "f002")
+    if overwrite:
+        assert (got.st_mtime_ns, got.st_mode & 0o777) == (1_600_000_000_123_456_789, 0o640)
+    else:
+        assert got.st_mtime_ns != 1_600_000_000_123_456_789 and got.st_mode & 0o777 != 0o640
+    touched.chmod(0o604)  # its mode only: the quick check (size, mtime) says identical
+    rc, again, err = run_send(str(src), receiver.dest)
+    assert rc == 0 and again["failed"] == 0 and again["bytes_sent"] == 0, err
+    got = os.stat(shm_dir / "dst" / "tree" / "d001" / "f002")
+    assert (got.st_mode & 0o777 == 0o604) == overwrite
+
+
+def test_a_found_file_changed_after_it_was_hashed_keeps_its_own_mtime(tmp_path):
+    """Between the hash that found a file identical and the mtime given to it, another process
+    wrote to it: its content is no longer the one hashed, and giving it the sender's mtime would
+    make the next quick check call it unchanged.  Its ctime moved (nobody can set that back): left."""
+    from ftx.core.manifest import FileEntry
+
+    dest = Destination(str(tmp_path), overwrite=True)
+    (tmp_path / "f").write_bytes(b"same")
+    entry = FileEntry(b"f", Kind.FILE, 4, 0o600, 1_600_000_000_000_000_000)
+    found = dest.existing(dest.resolve(b"f"))
+    with open(tmp_path / "f", "r+b") as f:  # (same size, new content)
+        f.write(b"SAME")
+    mtime = os.stat(tmp_path / "f").st_mtime_ns
+    dest.adopt(dest.resolve(b"f"), entry, found)
+    assert os.stat(tmp_path / "f").st_mtime_ns == mtime
+    found = dest.existing(dest.resolve(b"f"))  # unchanged since found: it takes them
+    dest.adopt(dest.resolve(b"f"), entry, found)
+    assert os.stat(tmp_path / "f").st_mtime_ns == 1_600_000_000_000_000_000
+    dest.close()
