@@ -305,3 +305,41 @@ def test_a_receiver_that_fails_the_end_of_an_unchanged_send(tmp_path, then):
         assert (rc, report["error"], report["failed"]) == (1, "", 1), err
         assert named[0]["status"] == "storage" and named[0]["message"] == "cannot set its mode"
         assert "tree: cannot set its mode" in err
+
+
+def test_answers_that_arrive_slowly_are_left_to_the_session_half_read(tmp_path):
+    """A slow link: the record of the receiver's answers is half way across when the head start's
+    ANSWER_WAIT runs out.  The session takes over with the record half read (the opener's state
+    goes with the link: TcpLink.taking_over) and the answers read so far, and ends the send."""
+    import time
+
+    from ftx import head_start
+
+    from .test_tree_check import CountingProxy
+
+    class SplittingProxy(CountingProxy):
+        """Sends each large piece the receiver writes (its answers) in two, the second after a pause."""
+
+        def _carry(self, data: bytes, b, up: bool) -> None:
+            if not up and len(data) >= 2000:
+                b.sendall(data[:100])
+                time.sleep(head_start.ANSWER_WAIT + 0.5)
+                data = data[100:]
+            b.sendall(data)
+
+    src = _tree(tmp_path / "tree", 200, 1)  # 201 answers: one piece of some 5 KB
+    r = Receiver(tmp_path / "in")
+    try:
+        assert run_send(str(src), r.dest)[0] == 0
+        proxy = SplittingProxy(r.port)
+        try:
+            started = time.monotonic()
+            rc, again, err = run_send(str(src), f"127.0.0.1:{proxy.port}", "--idle-timeout", "5", timeout=60)
+            took = time.monotonic() - started
+        finally:
+            proxy.sock.close()
+    finally:
+        r.stop()
+    assert rc == 0, err
+    assert again["identical"] == 200 * 2 and again["bytes_sent"] == 0
+    assert took > head_start.ANSWER_WAIT, took  # (the pause happened)
