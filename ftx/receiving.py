@@ -185,8 +185,9 @@ class ReceiveSession:
             self.complete = True
         elif isinstance(ev, HandshakeComplete):
             log.debug("handshake with %s (protocol %d)", ev.agent, ev.version)
-        elif isinstance(ev, PeerFailed):
+        elif isinstance(ev, PeerFailed):  # (its message escaped by the core)
             log.warning("sender gave up: %s (code %s)", ev.message, ev.code)
+            self.error = self.error or f"sender error: {ev.message}"  # the session's outcome names it
 
     def _guarded(self, file_id: int, entry: FileEntry, fn, ev) -> None:
         try:

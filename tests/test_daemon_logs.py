@@ -85,3 +85,27 @@ def test_an_interrupted_session_logs_the_data_it_received(tmp_path):
         r.stop()
     (s,) = [o for o in map(json.loads, r.stderr.splitlines()) if o.get("event") == "session"]
     assert s["ok"] is False and s["bytes_received"] >= 3 * (256 << 10), s
+
+
+def test_a_session_the_sender_ends_with_an_error_names_its_reason(tmp_path):
+    """A sender that gives up says why in an ERROR frame: the receiver's session event and line carry
+    that reason, escaped (they said error "" and "incomplete")."""
+    import socket
+
+    from ftx.core.frames import FrameType, encode_frame
+    from ftx.core.messages import ErrorMessage
+    from ftx.errors import ErrorCode
+
+    (tmp_path / "dst").mkdir()
+    r = Receiver(tmp_path / "dst", "--insecure", "--log-format", "json")
+    try:
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            s.sendall(encode_frame(FrameType.HELLO, Hello(ROLE_SENDER, 1 << 20).encode())
+                      + encode_frame(FrameType.ERROR, ErrorMessage(ErrorCode.ABORTED, "disk\x1b[31m gone").encode()))
+            s.recv(4096)  # (the receiver's HELLO)
+        session = r.events_until("session")[-1]
+    finally:
+        r.stop()
+    assert session["ok"] is False and session["error"] == "sender error: disk\\x1b[31m gone", session
+    (line,) = [o for o in map(json.loads, r.stderr.splitlines()) if o.get("event") == "session"]
+    assert line["error"] == session["error"], line
