@@ -33,9 +33,14 @@ threading.setprofile(_kill_when_the_data_file_exists)
 """
 
 
-def _own_files(root) -> list[str]:
-    """ftx's files below ``root``: its state directory's, and ``.ftx-*`` names anywhere."""
-    return sorted(str(p.relative_to(root)) for p in [*root.rglob(".ftx-*"), *root.glob(".ftx/*")] if p.is_file())
+def _own_files(root) -> list[str] | None:
+    """ftx's files below ``root``: its state directory's, and ``.ftx-*`` names anywhere.  None
+    where a directory went while it was walked (the receiver tidies its state directory away
+    when it empties it): a poll looks again."""
+    try:
+        return sorted(str(p.relative_to(root)) for p in [*root.rglob(".ftx-*"), *root.glob(".ftx/*")] if p.is_file())
+    except FileNotFoundError:
+        return None
 
 
 def _killed_while_making_a_partial(tmp_path, mounted, where: str):

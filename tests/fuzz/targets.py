@@ -280,6 +280,8 @@ def tcp_storage(data: bytes) -> None:
         os.makedirs(os.path.join(root, "dir"))
         with open(os.path.join(root, "dir", "small.txt"), "wb") as f:
             f.write(b"not what the sender has\n")
+        os.chmod(os.path.join(root, "dir", "small.txt"), FOUND_MODE)
+        os.utime(os.path.join(root, "dir", "small.txt"), ns=(FOUND_MTIME, FOUND_MTIME))
         with open(os.path.join(tmp, "outside"), "wb") as f:
             f.write(b"ftx must never touch this\n")
         dest = Destination(root, overwrite=overwrite)
@@ -311,6 +313,7 @@ def _leave_partial(dest: Destination) -> None:
 
 
 _OWN_TEMP = re.compile(rb"\.ftx-[0-9a-f]{32}\.(part|tmp)")
+FOUND_MODE, FOUND_MTIME = 0o640, 1_500_000_000_123_456_789  # the file the destination held before
 
 
 def check_destination(root: bytes, reports, overwrite: bool) -> None:
@@ -329,8 +332,10 @@ def check_destination(root: bytes, reports, overwrite: bool) -> None:
                 if file_digest(content).hex() != ok[rel]:
                     raise Finding(f"{rel!r} is under its final name with content that does not match its digest")
             elif rel == b"dir/small.txt":
-                if content != b"not what the sender has\n" and not overwrite:
-                    raise Finding("a file that was there before changed without --overwrite")
+                st = os.stat(full)
+                if not overwrite and (content != b"not what the sender has\n" or st.st_mtime_ns != FOUND_MTIME
+                                      or st.st_mode & 0o777 != FOUND_MODE):
+                    raise Finding("a file that was there before changed (content, mtime or mode) without --overwrite")
             else:
                 raise Finding(f"{rel!r} is under a final name but was never reported OK")
 
