@@ -352,16 +352,13 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         fail(str(exc), _exit_code(exc))
     terminated = []
     try:
-        # connected, authenticated, the first checks sent (the receiver lists while this loads
-        # asyncio); an unchanged tree is sent and reported by then
+        # connected, authenticated, the first checks sent: the receiver lists them meanwhile
         head = _head_start(plan, so_far)
-        if head is not None and head.report is not None:
+        if head is not None and head.report is not None:  # an unchanged tree: sent and reported
             report = head.report
         else:
-            _asyncio_without_ssl()
+            send_over_network = _session()
             import asyncio
-
-            from .client import send_over_network
 
             _loaded()
             report = asyncio.run(_until_signalled(send_over_network(plan, so_far, head), terminated))
@@ -408,8 +405,13 @@ class _Terminated(BaseException):
 
 
 def _head_start(plan, progress):
-    """``head_start.begin`` (None where a send has none), SIGTERM raising _Terminated meanwhile."""
-    from .head_start import begin, eligible
+    """``head_start.begin`` (None where a send has no head start), and ``conclude`` where the
+    receiver runs on this machine, SIGTERM raising _Terminated meanwhile.  Such a receiver lists
+    on the cores we would load the session on: we wait for its answers, and load the session
+    only if they ask for it.  One elsewhere lists on its own: the session loads meanwhile and
+    handles the answers as they come, its work on each directory overlapping the listing of the
+    next (what it does in the head start only after the last answer: measured slower there)."""
+    from .head_start import begin, conclude, eligible
 
     if not eligible(plan):
         return None
@@ -420,9 +422,20 @@ def _head_start(plan, progress):
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return begin(plan, progress)
+        head = begin(plan)
+        if head is not None and head.local:
+            conclude(plan, head, progress)
+        return head
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _session():
+    """What the session runs with: asyncio (without ssl) and ``client.send_over_network``."""
+    _asyncio_without_ssl()
+    from .client import send_over_network
+
+    return send_over_network
 
 
 async def _until_signalled(coro, terminated: list):

@@ -153,6 +153,7 @@ class HeadState:
         self.failure: FtxError | None = None  # after our HELLO: the session fails with it
         self.report: SendReport | None = None  # the send's, where it was done here (an unchanged tree)
         self.started = time.monotonic()  # (the report's seconds, where it is done here)
+        self.local = True  # the receiver runs on this machine (same_host)
 
 
 def eligible(plan) -> bool:
@@ -160,12 +161,11 @@ def eligible(plan) -> bool:
             and plan.auth.mode in ("key", "insecure"))
 
 
-def begin(plan, progress=None) -> HeadState | None:
+def begin(plan) -> HeadState | None:
     """The head start of a send planned as ``plan`` (send_args.SendPlan), where it has one
-    (``eligible``); None otherwise.  Raises what a send without it raises before its session:
-    bad arguments or credentials (before connecting), cannot connect, the handshake failed.
-    Where the receiver holds every directory of the tree as we listed it, the whole send is
-    done here (``HeadState.report``; ``progress``: as the session's)."""
+    (``eligible``); None otherwise: connected, authenticated, HELLOs exchanged, the first
+    checks sent.  Raises what a send without it raises before its session: bad arguments or
+    credentials (before connecting), cannot connect, the handshake failed."""
     if not eligible(plan):
         return None
     from .security_setup import sender_handshake
@@ -184,24 +184,59 @@ def begin(plan, progress=None) -> HeadState | None:
         raise
     conn = SenderConnection(plan.config)
     state = HeadState(link, conn, est, top)
+    state.local = same_host(sock)
+    _until_handover(state, _hello_and_checks, plan, state)
+    return state
+
+
+def conclude(plan, state: HeadState, progress=None) -> None:
+    """Where the checks sent cover the whole tree: wait for their answers, and if the receiver
+    holds every directory as we listed it, do the rest of the send here (``state.report``;
+    ``progress``: as the session's).  Otherwise the session goes on from what was read."""
+    if state.failure is None and state.walked and not state.conn.closed:
+        _until_handover(state, _conclude, plan, state, progress)
+
+
+def same_host(sock) -> bool:
+    """Whether the receiver runs on this machine, as far as its address tells: a loopback
+    address, or the one we connected from.  Then it lists on the cores this process has, and
+    the send waits for its answers (``conclude``) before it loads anything more (cli.send)."""
     try:
-        run_now(link.send(conn.data_to_send()))  # our HELLO
-        link.deadline = time.monotonic() + min(HELLO_WAIT, plan.idle_timeout)
-        while not conn.events_pending and not conn.closed:  # until the receiver's HELLO (or ERROR)
-            run_now(link.feed(conn))
-        if conn.quick_check and not conn.closed:
-            _check_ahead(plan, state)
-            if _answered_same(plan, state):
-                state.report = _finish_unchanged(plan, state, progress)
+        peer, own = sock.getpeername()[0], sock.getsockname()[0]
+    except (OSError, IndexError):
+        return True
+    return peer == own or peer.startswith(("127.", "::ffff:127.")) or peer == "::1"
+
+
+def _until_handover(state: HeadState, step, *args) -> None:
+    """``step(*args)``; a ``Handover`` leaves the rest to the session, as does an error after our
+    HELLO: as the session's read loop, the peer is told (the core queued an ERROR frame) and the
+    session fails with it when it takes over (``HeadState.failure``)."""
+    try:
+        step(*args)
     except Handover:
         pass
-    except FtxError as exc:  # as the session's read loop: the peer is told (the core queued an
-        state.failure = exc  # ERROR frame), and the session fails with it when it takes over
+    except FtxError as exc:
+        state.failure = exc
         try:
-            run_now(link.send(conn.data_to_send()))
+            run_now(state.link.send(state.conn.data_to_send()))
         except FtxError:
             pass
-    return state
+
+
+def _hello_and_checks(plan, state: HeadState) -> None:
+    conn, link = state.conn, state.link
+    run_now(link.send(conn.data_to_send()))  # our HELLO
+    link.deadline = time.monotonic() + min(HELLO_WAIT, plan.idle_timeout)
+    while not conn.events_pending and not conn.closed:  # until the receiver's HELLO (or ERROR)
+        run_now(link.feed(conn))
+    if conn.quick_check and not conn.closed:
+        _check_ahead(plan, state)
+
+
+def _conclude(plan, state: HeadState, progress) -> None:
+    if _answered_same(plan, state):
+        state.report = _finish_unchanged(plan, state, progress)
 
 
 def _check_ahead(plan, state: HeadState) -> None:

@@ -221,6 +221,7 @@ def test_a_directory_changed_since_its_check_is_sent_by_the_session(tmp_path):
         (src / "d0001" / "f1").write_bytes(b"changed after the listing")  # ... then changed
         plan = plan_send([str(src)], r.dest)
         state = head_start.begin(plan)
+        head_start.conclude(plan, state)
         assert state is not None and state.report is None  # left to the session
         assert state.events  # the answers it read: the session handles them first
         report = asyncio.run(send_over_network(plan, None, state))
@@ -343,3 +344,83 @@ def test_answers_that_arrive_slowly_are_left_to_the_session_half_read(tmp_path):
     assert rc == 0, err
     assert again["identical"] == 200 * 2 and again["bytes_sent"] == 0
     assert took > head_start.ANSWER_WAIT, took  # (the pause happened)
+
+
+# -- where the session loads: a receiver on this machine, or elsewhere ----------------------------
+
+CONCLUDE_PROBE = """
+import sys
+import ftx.head_start as head_start
+begin, conclude = head_start.begin, head_start.conclude
+def _begin(plan, *rest):
+    state = begin(plan, *rest)
+    sys.stderr.write(f"probe local={state.local}\\n")
+    return state
+def _conclude(plan, state, *rest):
+    conclude(plan, state, *rest)
+    sys.stderr.write(f"probe concluded done={state.report is not None} asyncio={'asyncio' in sys.modules}\\n")
+head_start.begin, head_start.conclude = _begin, _conclude
+from ftx.cli import main
+main(sys.argv[1:], prog_name="ftx")
+"""
+
+
+@pytest.fixture
+def other_namespace():
+    """A network namespace joined to ours by a veth pair, as another machine is by a link:
+    (its name, its address).  (The tests run as root here.)"""
+    tag = os.getpid() % 250
+    name, ours, theirs = f"ftx-hs-{os.getpid()}", f"fhs{os.getpid()}a"[-15:], f"fhs{os.getpid()}b"[-15:]
+    addr, peer = f"10.213.{tag}.1", f"10.213.{tag}.2"
+    steps = [["ip", "netns", "add", name],
+             ["ip", "link", "add", ours, "type", "veth", "peer", "name", theirs],
+             ["ip", "link", "set", theirs, "netns", name],
+             ["ip", "addr", "add", f"{addr}/30", "dev", ours], ["ip", "link", "set", ours, "up"],
+             ["ip", "netns", "exec", name, "ip", "addr", "add", f"{peer}/30", "dev", theirs],
+             ["ip", "netns", "exec", name, "ip", "link", "set", theirs, "up"],
+             ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True, timeout=10)
+        yield name, peer
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", ours], capture_output=True, timeout=10)
+
+
+def test_a_receiver_on_this_machine_shares_its_cores_and_the_session_is_not_loaded(tmp_path):
+    src = _tree(tmp_path / "tree", 5)
+    r = Receiver(tmp_path / "in", "--insecure")
+    try:
+        assert run_send(str(src), r.dest, "--insecure")[0] == 0
+        proc = subprocess.run([sys.executable, "-c", CONCLUDE_PROBE, "send", str(src), r.dest, "--insecure",
+                               "--no-progress", "--json"], capture_output=True, text=True, timeout=60)
+    finally:
+        r.stop()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "probe local=True" in proc.stderr and "probe concluded done=True asyncio=False" in proc.stderr, proc.stderr
+
+
+def test_a_receiver_elsewhere_lists_while_the_session_loads(tmp_path, other_namespace):
+    """Its cores are not ours: the session loads while it answers and handles the answers as
+    they come (no conclude: measured faster there)."""
+    from .helpers import LineReader
+
+    name, peer = other_namespace
+    src = _tree(tmp_path / "tree", 5)
+    (tmp_path / "in").mkdir()
+    receiver = subprocess.Popen(["ip", "netns", "exec", name, *FTX, "receive", "--insecure", "--listen", peer, "--port",
+                                 "0", "--dir", str(tmp_path / "in"), "--json", "--no-udp"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = LineReader(receiver.stdout).next_json()["port"]
+        rc, first, err = run_send(str(src), f"{peer}:{port}", "--insecure")
+        assert rc == 0, err
+        proc = subprocess.run([sys.executable, "-c", CONCLUDE_PROBE, "send", str(src), f"{peer}:{port}", "--insecure",
+                               "--no-progress", "--json"], capture_output=True, text=True, timeout=60)
+    finally:
+        receiver.terminate()
+        receiver.communicate(timeout=20)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "probe local=False" in proc.stderr and "probe concluded" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["identical"] == 15
