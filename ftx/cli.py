@@ -357,8 +357,10 @@ def send(paths, dest, port, no_resume, links, chunk_size, max_rate, udp, mtu, pm
         if head is not None and head.report is not None:  # an unchanged tree: sent and reported
             report = head.report
         else:
-            send_over_network = _session()
+            _asyncio_without_ssl()
             import asyncio
+
+            from .client import send_over_network
 
             _loaded()
             report = asyncio.run(_until_signalled(send_over_network(plan, so_far, head), terminated))
@@ -428,14 +430,6 @@ def _head_start(plan, progress):
         return head
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _session():
-    """What the session runs with: asyncio (without ssl) and ``client.send_over_network``."""
-    _asyncio_without_ssl()
-    from .client import send_over_network
-
-    return send_over_network
 
 
 async def _until_signalled(coro, terminated: list):

@@ -193,7 +193,7 @@ def conclude(plan, state: HeadState, progress=None) -> None:
     """Where the checks sent cover the whole tree: wait for their answers, and if the receiver
     holds every directory as we listed it, do the rest of the send here (``state.report``;
     ``progress``: as the session's).  Otherwise the session goes on from what was read."""
-    if state.failure is None and state.walked and not state.conn.closed:
+    if state.failure is None and not state.conn.closed:
         _until_handover(state, _conclude, plan, state, progress)
 
 
@@ -218,10 +218,15 @@ def _until_handover(state: HeadState, step, *args) -> None:
         pass
     except FtxError as exc:
         state.failure = exc
-        try:
-            run_now(state.link.send(state.conn.data_to_send()))
-        except FtxError:
-            pass
+        _tell_peer(state)
+
+
+def _tell_peer(state: HeadState) -> None:
+    """Send what the core queued after an error of ours (its ERROR frame), if the link still takes it."""
+    try:
+        run_now(state.link.send(state.conn.data_to_send()))
+    except FtxError:
+        pass
 
 
 def _hello_and_checks(plan, state: HeadState) -> None:
@@ -339,10 +344,7 @@ def _finish_unchanged(plan, state: HeadState, progress) -> SendReport | None:
                 run_now(link.send(conn.data_to_send()))
     except FtxError as exc:
         failure = exc
-        try:  # tell the receiver why (the core queued an ERROR frame), as the session's read loop
-            run_now(link.send(conn.data_to_send()))
-        except FtxError:
-            pass
+        _tell_peer(state)  # why, as the session's read loop does
     except Exception as exc:  # a bug (or a named directory gone): reported, as the session does
         failure = FtxError(f"internal error: {exc!r}")
     finally:

@@ -116,9 +116,9 @@ class Tally:
         """The items of ``group`` (source.DirGroup), a directory the receiver holds as we listed it
         (DIR_SAME), identical: the first up to FILES_LISTED reported (``done``: each one's
         FileSendReport, which adds it here), the others counted; the directory's own item too
-        where its parent was unchanged (its parent's group left it to this one).  False, with
-        none of its items counted, where it was listed ahead and its listing for the report
-        differs: it changed since its check, and its items go by OFFER."""
+        where its parent was unchanged (its parent's group left it to this one).  False where it
+        was listed ahead and its listing for the report differs (its own item reported, none of
+        its entries counted): it changed since its check, and its entries go by OFFER."""
         if group.parent is not None and group.parent.state == DIR_SAME:
             done(FileSendReport(os.fsdecode(group.dir.wire), "dir", 0, "identical"))
         room = max(0, FILES_LISTED - len(self.listed))
